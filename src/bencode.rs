@@ -1,0 +1,290 @@
+//! Structural pre-scan of bencoded input.
+//!
+//! serde_bencode is the decoder we use everywhere, but it trusts its input in three ways that
+//! the network abuses: it recurses once per nesting level (a ~20k-deep list aborts a 2 MiB
+//! stack), it accepts trailing garbage after the first value, and it reads any length prefix
+//! it is given. [`validate`] walks the bytes once, iteratively and without allocating, and only
+//! input that passes it is handed to serde. The same walk finds the raw byte span of a value
+//! (e.g. a torrent's `info` dict, whose SHA-1 must be taken over the bytes as received).
+
+use std::fmt;
+use std::ops::Range;
+
+/// Deepest nesting any message we handle legitimately needs (KRPC uses 3, metainfo 5).
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a buffer is not one well-formed bencoded value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanError {
+    /// The input ended inside a value.
+    Truncated,
+    /// A byte that cannot start a value, at this offset.
+    Unexpected(usize),
+    /// An integer that is not `-?[0-9]+` or does not fit an i64.
+    BadInteger(usize),
+    /// A string length that is malformed or longer than the rest of the input.
+    BadLength(usize),
+    /// A dictionary key that is not a byte string.
+    BadKey(usize),
+    /// Nesting deeper than the limit.
+    TooDeep(usize),
+    /// Bytes left over after the value ended.
+    Trailing(usize),
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScanError::Truncated => write!(f, "truncated bencode"),
+            ScanError::Unexpected(p) => write!(f, "unexpected byte at offset {p}"),
+            ScanError::BadInteger(p) => write!(f, "malformed integer at offset {p}"),
+            ScanError::BadLength(p) => write!(f, "bad string length at offset {p}"),
+            ScanError::BadKey(p) => write!(f, "dictionary key is not a string at offset {p}"),
+            ScanError::TooDeep(p) => write!(f, "nesting too deep at offset {p}"),
+            ScanError::Trailing(p) => write!(f, "trailing bytes after offset {p}"),
+        }
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// Checks that `buf` is exactly one bencoded value nested at most `max_depth` deep.
+pub fn validate(buf: &[u8], max_depth: usize) -> Result<(), ScanError> {
+    let end = scan_value(buf, 0, max_depth)?;
+    if end != buf.len() {
+        return Err(ScanError::Trailing(end));
+    }
+    Ok(())
+}
+
+/// Returns the end offset of the single value starting at `start`.
+///
+/// Iterative: nesting state is one bit per level (dict or list) plus one bit saying whether a
+/// dict is waiting for a key, so `max_depth` is capped at 64 and no memory is allocated.
+pub fn scan_value(buf: &[u8], start: usize, max_depth: usize) -> Result<usize, ScanError> {
+    let max_depth = max_depth.min(64);
+    let mut is_dict: u64 = 0;
+    let mut want_key: u64 = 0;
+    let mut depth: usize = 0;
+    let mut pos = start;
+    loop {
+        let byte = *buf.get(pos).ok_or(ScanError::Truncated)?;
+        let level_bit = if depth > 0 { 1u64 << (depth - 1) } else { 0 };
+        let expecting_key = depth > 0 && is_dict & level_bit != 0 && want_key & level_bit != 0;
+        if byte == b'e' && depth > 0 {
+            if is_dict & level_bit != 0 && want_key & level_bit == 0 {
+                // A key without a value.
+                return Err(ScanError::Unexpected(pos));
+            }
+            depth -= 1;
+            pos += 1;
+        } else {
+            if expecting_key && !byte.is_ascii_digit() {
+                return Err(ScanError::BadKey(pos));
+            }
+            match byte {
+                b'i' => pos = scan_int(buf, pos)?,
+                b'0'..=b'9' => pos = scan_string(buf, pos)?.end,
+                b'l' | b'd' => {
+                    if depth >= max_depth {
+                        return Err(ScanError::TooDeep(pos));
+                    }
+                    // The container itself fills the slot of the enclosing dict's value.
+                    if depth > 0 && is_dict & level_bit != 0 {
+                        want_key ^= level_bit;
+                    }
+                    depth += 1;
+                    let bit = 1u64 << (depth - 1);
+                    if byte == b'd' {
+                        is_dict |= bit;
+                        want_key |= bit;
+                    } else {
+                        is_dict &= !bit;
+                    }
+                    pos += 1;
+                    continue;
+                }
+                _ => return Err(ScanError::Unexpected(pos)),
+            }
+            if depth > 0 && is_dict & level_bit != 0 {
+                want_key ^= level_bit;
+            }
+        }
+        if depth == 0 {
+            return Ok(pos);
+        }
+    }
+}
+
+/// Scans `i<digits>e` at `pos`, returning the offset after the `e`.
+fn scan_int(buf: &[u8], pos: usize) -> Result<usize, ScanError> {
+    let body_start = pos + 1;
+    let rel_end = buf
+        .get(body_start..)
+        .ok_or(ScanError::Truncated)?
+        .iter()
+        .position(|&b| b == b'e')
+        .ok_or(ScanError::Truncated)?;
+    let body = &buf[body_start..body_start + rel_end];
+    parse_int(body).ok_or(ScanError::BadInteger(pos))?;
+    Ok(body_start + rel_end + 1)
+}
+
+/// Parses `-?[0-9]+` into an i64 without allocating; `None` when malformed or out of range.
+pub fn parse_int(body: &[u8]) -> Option<i64> {
+    let (neg, digits) = match body.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, body),
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        let digit = i64::from(d - b'0');
+        value = value.checked_mul(10)?;
+        value = if neg { value.checked_sub(digit)? } else { value.checked_add(digit)? };
+    }
+    Some(value)
+}
+
+/// Scans `<len>:<bytes>` at `pos`, returning the range of the payload bytes.
+fn scan_string(buf: &[u8], pos: usize) -> Result<Range<usize>, ScanError> {
+    let mut len: usize = 0;
+    let mut i = pos;
+    loop {
+        match buf.get(i) {
+            None => return Err(ScanError::Truncated),
+            Some(b':') => break,
+            Some(d @ b'0'..=b'9') => {
+                len = len
+                    .checked_mul(10)
+                    .and_then(|l| l.checked_add(usize::from(d - b'0')))
+                    .ok_or(ScanError::BadLength(pos))?;
+                // Longer than the whole input can never be satisfied; stop before overflow.
+                if len > buf.len() {
+                    return Err(ScanError::BadLength(pos));
+                }
+            }
+            Some(_) => return Err(ScanError::BadLength(pos)),
+        }
+        i += 1;
+    }
+    let start = i + 1;
+    let end = start.checked_add(len).ok_or(ScanError::BadLength(pos))?;
+    if end > buf.len() {
+        return Err(ScanError::BadLength(pos));
+    }
+    Ok(start..end)
+}
+
+/// In a buffer whose top-level value (starting at offset 0) is a dict, returns the raw byte
+/// span of the value stored under `key`, exactly as it appears in the input.
+///
+/// Used where a hash must be taken over bytes as received (a torrent's `info` dict) and where
+/// a dict is followed by a raw payload (BEP 9 `data` messages: pass the dict's own span).
+pub fn dict_value_span(buf: &[u8], key: &[u8]) -> Result<Option<Range<usize>>, ScanError> {
+    if buf.first() != Some(&b'd') {
+        return Err(ScanError::Unexpected(0));
+    }
+    let mut pos = 1;
+    loop {
+        match buf.get(pos) {
+            None => return Err(ScanError::Truncated),
+            Some(b'e') => return Ok(None),
+            Some(b'0'..=b'9') => {}
+            Some(_) => return Err(ScanError::BadKey(pos)),
+        }
+        let key_range = scan_string(buf, pos)?;
+        let value_start = key_range.end;
+        let value_end = scan_value(buf, value_start, MAX_DEPTH)?;
+        if &buf[key_range] == key {
+            return Ok(Some(value_start..value_end));
+        }
+        pos = value_end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_well_formed_values() {
+        for ok in [
+            &b"i0e"[..],
+            b"i-42e",
+            b"4:spam",
+            b"0:",
+            b"le",
+            b"de",
+            b"l4:spami42ee",
+            b"d3:bar4:spam3:fooi42ee",
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe",
+            b"d1:ald1:xleee1:bi1ee",
+        ] {
+            assert_eq!(validate(ok, MAX_DEPTH), Ok(()), "{}", String::from_utf8_lossy(ok));
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        let cases: &[(&[u8], ScanError)] = &[
+            (b"", ScanError::Truncated),
+            (b"i12", ScanError::Truncated),
+            (b"iabce", ScanError::BadInteger(0)),
+            (b"ie", ScanError::BadInteger(0)),
+            (b"i99999999999999999999e", ScanError::BadInteger(0)),
+            (b"5:abc", ScanError::BadLength(0)),
+            (b"9223372036854775808:x", ScanError::BadLength(0)),
+            (b"l", ScanError::Truncated),
+            (b"di1e1:ae", ScanError::BadKey(1)),
+            (b"d1:ae", ScanError::Unexpected(4)),
+            (b"x", ScanError::Unexpected(0)),
+            (b"dei1e", ScanError::Trailing(2)),
+            (b"e", ScanError::Unexpected(0)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                validate(input, MAX_DEPTH),
+                Err(*want),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn depth_bomb_is_refused_without_recursion() {
+        let mut bomb = vec![b'l'; 100_000];
+        bomb.extend(std::iter::repeat_n(b'e', 100_000));
+        assert_eq!(validate(&bomb, MAX_DEPTH), Err(ScanError::TooDeep(MAX_DEPTH)));
+        let mut ok = vec![b'l'; MAX_DEPTH];
+        ok.extend(std::iter::repeat_n(b'e', MAX_DEPTH));
+        assert_eq!(validate(&ok, MAX_DEPTH), Ok(()));
+    }
+
+    #[test]
+    fn nested_dict_keys_alternate_correctly() {
+        // A dict value that is itself a dict must not confuse the key/value parity.
+        assert_eq!(validate(b"d1:ad1:bd1:ci1eee1:d1:ee", MAX_DEPTH), Ok(()));
+        assert_eq!(validate(b"d1:ad1:bd1:ci1eeei5ee", MAX_DEPTH), Err(ScanError::BadKey(17)));
+    }
+
+    #[test]
+    fn finds_raw_value_span() {
+        let buf = b"d8:announce3:url4:infod6:lengthi5e4:name1:xe1:zi0ee";
+        let span = dict_value_span(buf, b"info").unwrap().unwrap();
+        assert_eq!(&buf[span], b"d6:lengthi5e4:name1:xe");
+        assert_eq!(dict_value_span(buf, b"nope").unwrap(), None);
+    }
+
+    #[test]
+    fn parse_int_limits() {
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_int(b"9223372036854775808"), None);
+        assert_eq!(parse_int(b"-"), None);
+        assert_eq!(parse_int(b"+1"), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! trackerless: a BitTorrent Mainline DHT (BEP 5) node, crawler and trackerless downloader.
+//!
+//! The DHT node is a sans-IO state machine ([`node::Node`]) driven either by a tokio UDP driver
+//! ([`net`]) or by the virtual-time simulator ([`sim`]), so the code that runs on the public
+//! network is the same code the tests and benchmarks exercise at scale.
+
+pub mod bencode;
+pub mod magnet;
+pub mod metainfo;
+pub mod wire;
