@@ -4,6 +4,7 @@
 //! ([`net`]) or by the virtual-time simulator ([`sim`]), so the code that runs on the public
 //! network is the same code the tests and benchmarks exercise at scale.
 
+pub mod allow;
 pub mod bencode;
 pub mod magnet;
 pub mod metainfo;
