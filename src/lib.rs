@@ -6,6 +6,8 @@
 
 pub mod allow;
 pub mod bencode;
+pub mod id;
+pub mod krpc;
 pub mod magnet;
 pub mod metainfo;
 pub mod wire;
