@@ -7,8 +7,8 @@ use std::net::SocketAddrV4;
 use serde_bencode::value::Value;
 use trackerless::id::NodeId;
 use trackerless::krpc::{
-    self, Body, DecodeError, ErrorBody, Message, Method, Query, QueryArgs, Response,
-    ResponseBody, Tid, Token, Version,
+    self, Body, DecodeError, ErrorBody, Message, Method, Query, QueryArgs, Response, ResponseBody,
+    Tid, Token, Version,
 };
 
 fn id(s: &[u8; 20]) -> NodeId {
@@ -20,11 +20,23 @@ fn tid(s: &[u8]) -> Tid {
 }
 
 fn plain(tid_bytes: &[u8], body: Body) -> Message {
-    Message { tid: tid(tid_bytes), body, ip: None, read_only: false, version: None }
+    Message {
+        tid: tid(tid_bytes),
+        body,
+        ip: None,
+        read_only: false,
+        version: None,
+    }
 }
 
 fn query(method: Method) -> Message {
-    plain(b"aa", Body::Query(Query { id: id(b"abcdefghij0123456789"), method }))
+    plain(
+        b"aa",
+        Body::Query(Query {
+            id: id(b"abcdefghij0123456789"),
+            method,
+        }),
+    )
 }
 
 fn encoded(m: &Message) -> Vec<u8> {
@@ -121,7 +133,12 @@ fn b(s: &[u8]) -> Value {
 }
 
 fn dict(entries: Vec<(&[u8], Value)>) -> Value {
-    Value::Dict(entries.into_iter().map(|(k, v)| (k.to_vec(), v)).collect::<HashMap<_, _>>())
+    Value::Dict(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v))
+            .collect::<HashMap<_, _>>(),
+    )
 }
 
 fn canonical(v: &Value) -> Vec<u8> {
@@ -138,10 +155,21 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
 
     let shapes: Vec<(QueryArgs, Vec<(&[u8], Value)>)> = vec![
         (QueryArgs::Ping, vec![]),
-        (QueryArgs::FindNode { target: &target }, vec![(b"target", b(&target.0))]),
-        (QueryArgs::GetPeers { info_hash: &target }, vec![(b"info_hash", b(&target.0))]),
         (
-            QueryArgs::AnnouncePeer { info_hash: &target, port: 51413, implied_port: true, token },
+            QueryArgs::FindNode { target: &target },
+            vec![(b"target", b(&target.0))],
+        ),
+        (
+            QueryArgs::GetPeers { info_hash: &target },
+            vec![(b"info_hash", b(&target.0))],
+        ),
+        (
+            QueryArgs::AnnouncePeer {
+                info_hash: &target,
+                port: 51413,
+                implied_port: true,
+                token,
+            },
             vec![
                 (b"implied_port", Value::Int(1)),
                 (b"info_hash", b(&target.0)),
@@ -150,10 +178,22 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
             ],
         ),
         (
-            QueryArgs::AnnouncePeer { info_hash: &target, port: 1, implied_port: false, token },
-            vec![(b"info_hash", b(&target.0)), (b"port", Value::Int(1)), (b"token", b(token))],
+            QueryArgs::AnnouncePeer {
+                info_hash: &target,
+                port: 1,
+                implied_port: false,
+                token,
+            },
+            vec![
+                (b"info_hash", b(&target.0)),
+                (b"port", Value::Int(1)),
+                (b"token", b(token)),
+            ],
         ),
-        (QueryArgs::SampleInfohashes { target: &target }, vec![(b"target", b(&target.0))]),
+        (
+            QueryArgs::SampleInfohashes { target: &target },
+            vec![(b"target", b(&target.0))],
+        ),
     ];
     for (args, extra) in shapes {
         for read_only in [false, true] {
@@ -183,8 +223,10 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     }
 
     let nodes = [7u8; 52];
-    let values: Vec<SocketAddrV4> =
-        vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.2:65535".parse().unwrap()];
+    let values: Vec<SocketAddrV4> = vec![
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.2:65535".parse().unwrap(),
+    ];
     let samples = [9u8; 60];
     let body = ResponseBody {
         id: &me,
@@ -206,7 +248,12 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         (b"token", b(token)),
         (
             b"values",
-            Value::List(values.iter().map(|v| b(&trackerless::id::compact_peer_bytes(*v))).collect()),
+            Value::List(
+                values
+                    .iter()
+                    .map(|v| b(&trackerless::id::compact_peer_bytes(*v)))
+                    .collect(),
+            ),
         ),
     ]);
     let want = dict(vec![
@@ -218,7 +265,13 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     assert_eq!(ours, canonical(&want));
 
     let mut ours = Vec::new();
-    krpc::encode_response(&mut ours, b"t1", &ResponseBody::id_only(&me), None, Some(version));
+    krpc::encode_response(
+        &mut ours,
+        b"t1",
+        &ResponseBody::id_only(&me),
+        None,
+        Some(version),
+    );
     let want = dict(vec![
         (b"r", dict(vec![(b"id", b(&me.0))])),
         (b"t", b(b"t1")),
@@ -253,7 +306,10 @@ fn typed_round_trip_keeps_top_level_extras() {
         version: Version::new(b"LT\x01\x02"),
     };
     assert_eq!(krpc::decode(&encoded(&m)), Ok(m));
-    let q = Message { read_only: true, ..query(Method::Ping) };
+    let q = Message {
+        read_only: true,
+        ..query(Method::Ping)
+    };
     assert_eq!(krpc::decode(&encoded(&q)), Ok(q));
 }
 
@@ -266,13 +322,20 @@ fn unknown_keys_unsorted_keys_and_wrong_types_are_tolerated() {
         b"d1:rd2:id20:abcdefghij01234567892:ip4:\x7f\x00\x00\x015:token7:caojian6:valuesl6:axje.u18:aaaaaaaaaaaaaaaaaaee1:y1:r1:t2:aa2:\xff\xfei1e1:v4:UT\xa6\x6fe",
     )
     .unwrap();
-    let Body::Response(r) = m.body else { panic!("not a response") };
+    let Body::Response(r) = m.body else {
+        panic!("not a response")
+    };
     assert_eq!(r.token.unwrap().as_slice(), b"caojian");
     assert_eq!(r.values, vec![peer(b"axje.u")]);
     assert_eq!(m.version.unwrap().as_slice(), b"UT\xa6\x6f");
     // A mistyped optional field in a query is ignored; `port` is optional with implied_port.
     let m = krpc::decode(b"d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:port3:abc5:token2:ope1:q13:announce_peer1:t2:aa1:y1:qe").unwrap();
-    let Body::Query(Query { method: Method::AnnouncePeer { port, implied_port, .. }, .. }) = m.body
+    let Body::Query(Query {
+        method: Method::AnnouncePeer {
+            port, implied_port, ..
+        },
+        ..
+    }) = m.body
     else {
         panic!("not an announce")
     };
@@ -306,7 +369,13 @@ fn answerable_bad_queries_get_203_or_204() {
     );
     // An unknown method with a target is answered like find_node (forward compatibility).
     let m = krpc::decode(b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234565:token2:xx4:votei3ee1:q4:vote1:t2:aa1:y1:qe").unwrap();
-    assert!(matches!(m.body, Body::Query(Query { method: Method::Unknown { .. }, .. })));
+    assert!(matches!(
+        m.body,
+        Body::Query(Query {
+            method: Method::Unknown { .. },
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -315,11 +384,11 @@ fn unanswerable_input_is_rejected_not_answered() {
         b"",
         b"garbage",
         b"le",
-        b"d1:y1:qe",                                         // no tid
-        b"d1:t2:aae",                                        // no type
-        b"d1:t2:aa1:y1:ze",                                  // unknown type
-        b"d1:rd2:id3:abce1:t2:aa1:y1:re",                    // reply with bad id
-        b"d1:t2:aa1:y1:ee",                                  // error without list
+        b"d1:y1:qe",                      // no tid
+        b"d1:t2:aae",                     // no type
+        b"d1:t2:aa1:y1:ze",               // unknown type
+        b"d1:rd2:id3:abce1:t2:aa1:y1:re", // reply with bad id
+        b"d1:t2:aa1:y1:ee",               // error without list
         b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe trailing",
         b"d1:t40:0123456789012345678901234567890123456789e", // tid too long
     ];
@@ -346,18 +415,27 @@ fn depth_bombs_huge_lengths_and_oversize_datagrams_do_not_hurt() {
     bomb.extend(std::iter::repeat_n(b'l', 30_000));
     bomb.extend(std::iter::repeat_n(b'e', 30_000));
     bomb.extend_from_slice(b"1:t2:aa1:y1:qe");
-    assert!(matches!(krpc::decode(&bomb), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        krpc::decode(&bomb),
+        Err(DecodeError::Malformed(_))
+    ));
 
     let mut dict_bomb = Vec::new();
     for _ in 0..15_000 {
         dict_bomb.extend_from_slice(b"d1:x");
     }
-    assert!(matches!(krpc::decode(&dict_bomb), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        krpc::decode(&dict_bomb),
+        Err(DecodeError::Malformed(_))
+    ));
 
     let huge = b"d1:t9223372036854775807:aa1:y1:qe";
     assert!(matches!(krpc::decode(huge), Err(DecodeError::Malformed(_))));
     let huge_int = b"d1:ti99999999999999999999999e1:y1:qe";
-    assert!(matches!(krpc::decode(huge_int), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        krpc::decode(huge_int),
+        Err(DecodeError::Malformed(_))
+    ));
 
     let mut big = b"d1:ad2:id20:abcdefghij01234567895:extra".to_vec();
     big.extend_from_slice(format!("{}:", 65_536).as_bytes());
@@ -389,7 +467,9 @@ fn samples_slice_into_infohashes() {
         }),
     );
     let decoded = krpc::decode(&encoded(&m)).unwrap();
-    let Body::Response(r) = decoded.body else { panic!() };
+    let Body::Response(r) = decoded.body else {
+        panic!()
+    };
     let got: Vec<NodeId> = r.samples().collect();
     assert_eq!(got, (0..5u8).map(|i| NodeId([i; 20])).collect::<Vec<_>>());
 }

@@ -228,7 +228,9 @@ impl<'de> Deserialize<'de> for LPeers {
                 let mut out = Vec::new();
                 while let Some(LBytes(b)) = seq.next_element::<LBytes>()? {
                     if let Some(addr) = b.as_deref().and_then(|b| {
-                        (b.len() == COMPACT_PEER_LEN).then(|| compact_peer(b)).flatten()
+                        (b.len() == COMPACT_PEER_LEN)
+                            .then(|| compact_peer(b))
+                            .flatten()
                     }) {
                         out.push(addr);
                     }
@@ -292,7 +294,10 @@ impl<'de> Deserialize<'de> for Bag {
                 f.write_str("an argument dictionary")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bag, A::Error> {
-                let mut bag = Bag { is_dict: true, ..Default::default() };
+                let mut bag = Bag {
+                    is_dict: true,
+                    ..Default::default()
+                };
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
                         Key::Id => bag.id = map.next_value::<LBytes>()?.0,
@@ -373,7 +378,10 @@ fn id20(b: &Option<Vec<u8>>) -> Option<NodeId> {
 
 impl RawMessage {
     fn into_message(self) -> Result<Message, DecodeError> {
-        let tid = self.t.as_deref().ok_or(DecodeError::NotKrpc("missing transaction id"))?;
+        let tid = self
+            .t
+            .as_deref()
+            .ok_or(DecodeError::NotKrpc("missing transaction id"))?;
         let tid = Tid::new(tid).ok_or(DecodeError::NotKrpc("transaction id too long"))?;
         let body = match self.y.as_deref() {
             Some(b"q") => Body::Query(query(tid, self.q.as_deref(), self.a)?),
@@ -398,9 +406,15 @@ impl RawMessage {
 }
 
 fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag>) -> Result<Query, DecodeError> {
-    let bad = |reason| DecodeError::BadQuery { tid, code: ERR_PROTOCOL, reason };
+    let bad = |reason| DecodeError::BadQuery {
+        tid,
+        code: ERR_PROTOCOL,
+        reason,
+    };
     let q = q.ok_or_else(|| bad("missing method name"))?;
-    let a = a.filter(|a| a.is_dict).ok_or_else(|| bad("missing argument dictionary"))?;
+    let a = a
+        .filter(|a| a.is_dict)
+        .ok_or_else(|| bad("missing argument dictionary"))?;
     let id = id20(&a.id).ok_or_else(|| bad("missing or invalid node id"))?;
     let method = match q {
         b"ping" => Method::Ping,
@@ -411,7 +425,8 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag>) -> Result<Query, DecodeErro
             info_hash: id20(&a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?,
         },
         b"announce_peer" => {
-            let info_hash = id20(&a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?;
+            let info_hash =
+                id20(&a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?;
             let token = a
                 .token
                 .as_deref()
@@ -424,7 +439,12 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag>) -> Result<Query, DecodeErro
                 _ if implied_port => 0,
                 _ => return Err(bad("missing or invalid port")),
             };
-            Method::AnnouncePeer { info_hash, port, implied_port, token }
+            Method::AnnouncePeer {
+                info_hash,
+                port,
+                implied_port,
+                token,
+            }
         }
         b"sample_infohashes" => Method::SampleInfohashes {
             target: id20(&a.target).ok_or_else(|| bad("missing or invalid target"))?,
@@ -444,7 +464,9 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag>) -> Result<Query, DecodeErro
 }
 
 fn response(r: Option<Bag>) -> Result<Response, DecodeError> {
-    let r = r.filter(|r| r.is_dict).ok_or(DecodeError::BadReply("missing reply dictionary"))?;
+    let r = r
+        .filter(|r| r.is_dict)
+        .ok_or(DecodeError::BadReply("missing reply dictionary"))?;
     let id = id20(&r.id).ok_or(DecodeError::BadReply("missing or invalid node id"))?;
     Ok(Response {
         id,

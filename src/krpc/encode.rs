@@ -140,7 +140,12 @@ pub fn encode_query(
             kv_bytes(out, b"target", &target.0);
         }
         QueryArgs::GetPeers { info_hash } => kv_bytes(out, b"info_hash", &info_hash.0),
-        QueryArgs::AnnouncePeer { info_hash, port, implied_port, token } => {
+        QueryArgs::AnnouncePeer {
+            info_hash,
+            port,
+            implied_port,
+            token,
+        } => {
             if *implied_port {
                 kv_int(out, b"implied_port", 1);
             }
@@ -234,14 +239,17 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
                     QueryArgs::FindNode { target }
                 }
                 Method::GetPeers { info_hash } => QueryArgs::GetPeers { info_hash },
-                Method::AnnouncePeer { info_hash, port, implied_port, token } => {
-                    QueryArgs::AnnouncePeer {
-                        info_hash,
-                        port: *port,
-                        implied_port: *implied_port,
-                        token: token.as_slice(),
-                    }
-                }
+                Method::AnnouncePeer {
+                    info_hash,
+                    port,
+                    implied_port,
+                    token,
+                } => QueryArgs::AnnouncePeer {
+                    info_hash,
+                    port: *port,
+                    implied_port: *implied_port,
+                    token: token.as_slice(),
+                },
                 Method::SampleInfohashes { target } => QueryArgs::SampleInfohashes { target },
             };
             encode_query(out, m.tid.as_slice(), &q.id, &args, m.read_only, version);

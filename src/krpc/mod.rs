@@ -52,7 +52,10 @@ impl<const N: usize> ShortBytes<N> {
         }
         let mut buf = [0u8; N];
         buf[..b.len()].copy_from_slice(b);
-        Some(ShortBytes { len: b.len() as u8, buf })
+        Some(ShortBytes {
+            len: b.len() as u8,
+            buf,
+        })
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -170,7 +173,10 @@ pub struct Response {
 impl Response {
     /// A response carrying only the responder's id (ping, announce_peer).
     pub fn with_id(id: NodeId) -> Self {
-        Response { id, ..Default::default() }
+        Response {
+            id,
+            ..Default::default()
+        }
     }
 
     /// The contacts in `nodes` (complete 26-byte entries only).
