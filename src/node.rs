@@ -636,7 +636,12 @@ impl Node {
             }),
             Owner::Bootstrap => {
                 self.bootstrap_running = false;
-                if self.table.len() < self.config.routing.k {
+                if self.table.len() < self.config.routing.k
+                    && (!self.to_verify.is_empty() || !self.verifying.is_empty())
+                {
+                    // Known contacts are still being re-verified: look again once they are in.
+                    self.bootstrap_next = Some(now + Duration::from_secs(1));
+                } else if self.table.len() < self.config.routing.k {
                     // Offline or shallow: try again later, backing off.
                     self.bootstrap_next = Some(now + self.bootstrap_backoff);
                     self.bootstrap_backoff =
@@ -709,12 +714,17 @@ impl Node {
             return;
         }
         let contact = Contact::new(q.id, from);
-        if !ro && !self.table.heard_query(contact, now) {
+        let known = ro || self.table.heard_query(contact, now);
+        if !self.config.read_only {
+            self.answer_query(now, from, tid, q);
+        }
+        // After the reply, so verification never delays an answer.
+        if !known {
             self.maybe_verify(now, contact);
         }
-        if self.config.read_only {
-            return;
-        }
+    }
+
+    fn answer_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query) {
         let k = self.config.routing.k;
         let mut body = ResponseBody::id_only(&self.id);
         let mut contacts = std::mem::take(&mut self.scratch_contacts);
