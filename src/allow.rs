@@ -23,11 +23,18 @@ impl Ipv4Net {
             return None;
         }
         let masked = u32::from(addr) & Self::mask(prefix);
-        Some(Ipv4Net { addr: Ipv4Addr::from(masked), prefix })
+        Some(Ipv4Net {
+            addr: Ipv4Addr::from(masked),
+            prefix,
+        })
     }
 
     fn mask(prefix: u8) -> u32 {
-        if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix))
+        }
     }
 
     /// Whether `ip` lies inside this network.
@@ -36,7 +43,10 @@ impl Ipv4Net {
     }
 
     /// The loopback network, 127.0.0.0/8: what every test and tool in this project uses.
-    pub const LOOPBACK: Ipv4Net = Ipv4Net { addr: Ipv4Addr::new(127, 0, 0, 0), prefix: 8 };
+    pub const LOOPBACK: Ipv4Net = Ipv4Net {
+        addr: Ipv4Addr::new(127, 0, 0, 0),
+        prefix: 8,
+    };
 }
 
 impl fmt::Display for Ipv4Net {
@@ -86,7 +96,9 @@ impl AllowList {
 
     /// Only 127.0.0.0/8.
     pub fn loopback() -> Self {
-        AllowList { nets: vec![Ipv4Net::LOOPBACK] }
+        AllowList {
+            nets: vec![Ipv4Net::LOOPBACK],
+        }
     }
 
     /// Whether the list restricts anything at all.
@@ -134,7 +146,10 @@ mod tests {
         assert!(!host.contains(Ipv4Addr::new(192, 0, 2, 8)));
         let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
-        assert_eq!("10.1.2.3/8".parse::<Ipv4Net>().unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "10.1.2.3/8".parse::<Ipv4Net>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         for bad in ["", "127.0.0.0/33", "127.0.0/8", "abc/8", "1.2.3.4/x"] {
             assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
         }

@@ -143,7 +143,11 @@ pub fn parse_int(body: &[u8]) -> Option<i64> {
     for &d in digits {
         let digit = i64::from(d - b'0');
         value = value.checked_mul(10)?;
-        value = if neg { value.checked_sub(digit)? } else { value.checked_add(digit)? };
+        value = if neg {
+            value.checked_sub(digit)?
+        } else {
+            value.checked_add(digit)?
+        };
     }
     Some(value)
 }
@@ -223,7 +227,12 @@ mod tests {
             b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe",
             b"d1:ald1:xleee1:bi1ee",
         ] {
-            assert_eq!(validate(ok, MAX_DEPTH), Ok(()), "{}", String::from_utf8_lossy(ok));
+            assert_eq!(
+                validate(ok, MAX_DEPTH),
+                Ok(()),
+                "{}",
+                String::from_utf8_lossy(ok)
+            );
         }
     }
 
@@ -258,7 +267,10 @@ mod tests {
     fn depth_bomb_is_refused_without_recursion() {
         let mut bomb = vec![b'l'; 100_000];
         bomb.extend(std::iter::repeat_n(b'e', 100_000));
-        assert_eq!(validate(&bomb, MAX_DEPTH), Err(ScanError::TooDeep(MAX_DEPTH)));
+        assert_eq!(
+            validate(&bomb, MAX_DEPTH),
+            Err(ScanError::TooDeep(MAX_DEPTH))
+        );
         let mut ok = vec![b'l'; MAX_DEPTH];
         ok.extend(std::iter::repeat_n(b'e', MAX_DEPTH));
         assert_eq!(validate(&ok, MAX_DEPTH), Ok(()));
@@ -268,7 +280,10 @@ mod tests {
     fn nested_dict_keys_alternate_correctly() {
         // A dict value that is itself a dict must not confuse the key/value parity.
         assert_eq!(validate(b"d1:ad1:bd1:ci1eee1:d1:ee", MAX_DEPTH), Ok(()));
-        assert_eq!(validate(b"d1:ad1:bd1:ci1eeei5ee", MAX_DEPTH), Err(ScanError::BadKey(17)));
+        assert_eq!(
+            validate(b"d1:ad1:bd1:ci1eeei5ee", MAX_DEPTH),
+            Err(ScanError::BadKey(17))
+        );
     }
 
     #[test]

@@ -6,6 +6,17 @@
 
 pub mod allow;
 pub mod bencode;
+pub mod bootstrap;
+pub mod id;
+pub mod krpc;
+pub mod lookup;
 pub mod magnet;
 pub mod metainfo;
+pub mod net;
+pub mod node;
+pub mod persist;
+pub mod routing;
+pub mod rpc;
+pub mod sim;
+pub mod storage;
 pub mod wire;

@@ -1,0 +1,111 @@
+//! Bootstrap routers: the embedded default list, list files, and name resolution.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::Path;
+
+/// The default routers (`bootstrap-nodes.txt`, embedded at build time).
+pub const DEFAULT_LIST: &str = include_str!("../bootstrap-nodes.txt");
+
+/// Parses a router list: one `host:port` per line, `#` comments and blank lines ignored.
+/// Errors name the offending line.
+pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        validate_entry(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        out.push(line.to_string());
+    }
+    Ok(out)
+}
+
+/// Reads and parses a router list file.
+pub fn read_list(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read bootstrap file {}: {e}", path.display()))?;
+    let list = parse_list(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if list.is_empty() {
+        return Err(format!("{}: no bootstrap nodes in file", path.display()));
+    }
+    Ok(list)
+}
+
+/// Checks that `entry` looks like `host:port` with a non-zero port.
+pub fn validate_entry(entry: &str) -> Result<(), String> {
+    let (host, port) = entry
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{entry:?} is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("{entry:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{entry:?} has an invalid port")),
+    }
+}
+
+/// The default list, parsed.
+pub fn default_list() -> Vec<String> {
+    parse_list(DEFAULT_LIST).expect("embedded bootstrap list is valid")
+}
+
+/// Resolves `host:port` entries to IPv4 addresses. Entries that do not resolve are skipped
+/// (and reported in the error list) so one dead name does not stop the others.
+pub async fn resolve(entries: &[String]) -> (Vec<SocketAddrV4>, Vec<String>) {
+    let mut addrs = Vec::new();
+    let mut errors = Vec::new();
+    for e in entries {
+        match tokio::net::lookup_host(e.as_str()).await {
+            Ok(it) => {
+                let before = addrs.len();
+                for a in it {
+                    if let SocketAddr::V4(v4) = a {
+                        if !addrs.contains(&v4) {
+                            addrs.push(v4);
+                        }
+                    }
+                }
+                if addrs.len() == before {
+                    errors.push(format!("{e}: no IPv4 address"));
+                }
+            }
+            Err(err) => errors.push(format!("{e}: {err}")),
+        }
+    }
+    (addrs, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_list_has_the_well_known_routers() {
+        let l = default_list();
+        assert_eq!(l.len(), 5);
+        assert!(l.contains(&"router.bittorrent.com:6881".to_string()));
+        assert!(l.contains(&"dht.libtorrent.org:25401".to_string()));
+    }
+
+    #[test]
+    fn parse_rejects_bad_lines_with_line_numbers() {
+        assert_eq!(
+            parse_list("# c\n\n127.0.0.1:6881 # local\nhost:1\n").unwrap(),
+            vec!["127.0.0.1:6881", "host:1"]
+        );
+        let e = parse_list("127.0.0.1:6881\nnoport\n").unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+        assert!(parse_list("h:0").is_err());
+        assert!(parse_list(":5").is_err());
+        assert!(parse_list("h:99999").is_err());
+    }
+
+    #[tokio::test]
+    async fn resolves_ip_literals_without_dns() {
+        let (a, e) = resolve(&["127.0.0.1:6881".to_string(), "127.0.0.2:1".to_string()]).await;
+        assert_eq!(a.len(), 2);
+        assert!(e.is_empty());
+    }
+}

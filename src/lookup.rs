@@ -1,0 +1,496 @@
+//! Iterative lookups (find_node, get_peers, announce): the search state, free of I/O.
+//!
+//! The search keeps a bounded candidate list sorted by distance to the target and keeps α
+//! queries in flight among the K closest candidates that have not failed (libtorrent's
+//! "aggressive" mode: it never spends queries on candidates outside the current top K). A
+//! query that passes its short timeout stops occupying a slot, so one slow node does not
+//! stall the search, but its late answer is still used. The search is done when the K
+//! closest live candidates have all answered.
+
+use std::collections::HashSet;
+use std::net::SocketAddrV4;
+
+use crate::id::{Contact, InfoHash, NodeId};
+use crate::krpc::Token;
+
+/// Candidates kept per lookup. Enough to absorb a few rounds of `nodes` (8 each) without
+/// dropping close ones; farther ones are useless to an aggressive lookup anyway.
+pub const MAX_CANDIDATES: usize = 64;
+/// Distinct peers remembered per lookup for de-duplication.
+pub const MAX_PEERS_TRACKED: usize = 4096;
+
+/// What a lookup is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupKind {
+    FindNode,
+    GetPeers,
+    /// get_peers, then announce_peer to the K closest with their tokens. `port: None` means
+    /// `implied_port` (use our UDP source port).
+    Announce {
+        port: Option<u16>,
+    },
+}
+
+impl LookupKind {
+    pub fn wants_peers(&self) -> bool {
+        !matches!(self, LookupKind::FindNode)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CandState {
+    Fresh,
+    InFlight,
+    /// Short timeout passed, the query is still outstanding.
+    Slow,
+    Responded,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    /// Unknown for bootstrap routers, which we reach by address only.
+    id: Option<NodeId>,
+    addr: SocketAddrV4,
+    distance: NodeId,
+    state: CandState,
+    token: Option<Token>,
+}
+
+/// Where a lookup stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Searching,
+    /// announce_peer queries are outstanding.
+    Announcing,
+    Done,
+}
+
+/// One iterative search.
+#[derive(Debug)]
+pub struct Lookup {
+    pub target: NodeId,
+    pub kind: LookupKind,
+    own_id: NodeId,
+    alpha: usize,
+    k: usize,
+    candidates: Vec<Candidate>,
+    in_flight: usize,
+    phase: Phase,
+    peers_seen: HashSet<SocketAddrV4>,
+    announces_pending: usize,
+    /// Announces acknowledged by the storing nodes.
+    pub announced: usize,
+    /// Queries sent (find_node/get_peers and announce_peer).
+    pub messages: u32,
+    /// Replies received.
+    pub replies: u32,
+}
+
+impl Lookup {
+    pub fn new(target: NodeId, kind: LookupKind, own_id: NodeId, alpha: usize, k: usize) -> Self {
+        Lookup {
+            target,
+            kind,
+            own_id,
+            alpha: alpha.max(1),
+            k: k.max(1),
+            candidates: Vec::new(),
+            in_flight: 0,
+            phase: Phase::Searching,
+            peers_seen: HashSet::new(),
+            announces_pending: 0,
+            announced: 0,
+            messages: 0,
+            replies: 0,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Adds a contact we may query. Our own id is never a candidate.
+    pub fn add_candidate(&mut self, contact: Contact) {
+        if contact.id == self.own_id {
+            return;
+        }
+        if self
+            .candidates
+            .iter()
+            .any(|c| c.id == Some(contact.id) || c.addr == contact.addr)
+        {
+            return;
+        }
+        let distance = contact.id.distance(&self.target);
+        let pos = self.candidates.partition_point(|c| c.distance < distance);
+        if pos >= MAX_CANDIDATES {
+            return;
+        }
+        self.candidates.insert(
+            pos,
+            Candidate {
+                id: Some(contact.id),
+                addr: contact.addr,
+                distance,
+                state: CandState::Fresh,
+                token: None,
+            },
+        );
+        if self.candidates.len() > MAX_CANDIDATES {
+            // Dropping the farthest; if it was in flight its answer will simply be ignored.
+            self.candidates.pop();
+        }
+    }
+
+    /// Adds an entry point known only by address (a bootstrap router). It sorts last, so it
+    /// is used only while nothing better is known.
+    pub fn add_router(&mut self, addr: SocketAddrV4) {
+        if self.candidates.iter().any(|c| c.addr == addr) || self.candidates.len() >= MAX_CANDIDATES
+        {
+            return;
+        }
+        self.candidates.push(Candidate {
+            id: None,
+            addr,
+            distance: NodeId([0xff; 20]),
+            state: CandState::Fresh,
+            token: None,
+        });
+    }
+
+    pub fn has_candidates(&self) -> bool {
+        !self.candidates.is_empty()
+    }
+
+    fn find(&mut self, addr: SocketAddrV4) -> Option<&mut Candidate> {
+        self.candidates.iter_mut().find(|c| c.addr == addr)
+    }
+
+    /// The next queries to send, as (address, expected id); each is marked in flight.
+    pub fn next_queries(&mut self, out: &mut Vec<(SocketAddrV4, Option<NodeId>)>) {
+        out.clear();
+        if self.phase != Phase::Searching {
+            return;
+        }
+        let mut live = 0;
+        for c in &mut self.candidates {
+            if self.in_flight >= self.alpha || live >= self.k {
+                break;
+            }
+            if c.state == CandState::Failed {
+                continue;
+            }
+            live += 1;
+            if c.state == CandState::Fresh {
+                c.state = CandState::InFlight;
+                self.in_flight += 1;
+                self.messages += 1;
+                out.push((c.addr, c.id));
+            }
+        }
+    }
+
+    /// Whether the K closest live candidates have all answered (slow ones do not count as
+    /// live: waiting for them would make every lookup as slow as its slowest node).
+    fn search_complete(&self) -> bool {
+        if self.in_flight > 0 {
+            return false;
+        }
+        let mut live = 0;
+        for c in &self.candidates {
+            if live >= self.k {
+                break;
+            }
+            match c.state {
+                CandState::Failed | CandState::Slow => continue,
+                CandState::Responded => live += 1,
+                CandState::Fresh | CandState::InFlight => return false,
+            }
+        }
+        true
+    }
+
+    /// A reply to a search query. `nodes` are new candidates; `values` are returned minus
+    /// those already reported, into `new_peers`.
+    pub fn on_reply(
+        &mut self,
+        from: SocketAddrV4,
+        was_slow: bool,
+        id: NodeId,
+        nodes: impl Iterator<Item = Contact>,
+        token: Option<Token>,
+        values: &[SocketAddrV4],
+        new_peers: &mut Vec<SocketAddrV4>,
+    ) {
+        if !was_slow {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        self.replies += 1;
+        let target = self.target;
+        if let Some(c) = self.find(from) {
+            c.state = CandState::Responded;
+            c.token = token;
+            if c.id.is_none() {
+                // A router told us who it is; re-sort it into place.
+                c.id = Some(id);
+                c.distance = id.distance(&target);
+                self.candidates.sort_by_key(|c| c.distance);
+            }
+        }
+        for n in nodes {
+            self.add_candidate(n);
+        }
+        new_peers.clear();
+        if self.kind.wants_peers() {
+            for v in values {
+                if self.peers_seen.len() < MAX_PEERS_TRACKED && self.peers_seen.insert(*v) {
+                    new_peers.push(*v);
+                }
+            }
+        }
+    }
+
+    /// The short timeout of a query passed: free its slot.
+    pub fn on_slow(&mut self, addr: SocketAddrV4) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(c) = self.find(addr) {
+            if c.state == CandState::InFlight {
+                c.state = CandState::Slow;
+            }
+        }
+    }
+
+    /// A query failed (hard timeout, error reply or unsendable).
+    pub fn on_failure(&mut self, addr: SocketAddrV4, was_slow: bool) {
+        if !was_slow {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        if let Some(c) = self.find(addr) {
+            c.state = CandState::Failed;
+        }
+    }
+
+    /// Advances the phase after events: returns the announce targets when the search just
+    /// finished and this is an announce lookup (the caller sends them and reports each
+    /// answer with [`Lookup::on_announce_result`]).
+    pub fn advance(&mut self, announce_to: &mut Vec<(SocketAddrV4, NodeId, Token)>) {
+        announce_to.clear();
+        if self.phase != Phase::Searching || !self.search_complete() {
+            return;
+        }
+        if let LookupKind::Announce { .. } = self.kind {
+            for c in self
+                .candidates
+                .iter()
+                .filter(|c| c.state == CandState::Responded)
+                .take(self.k)
+            {
+                if let (Some(id), Some(token)) = (c.id, c.token) {
+                    announce_to.push((c.addr, id, token));
+                }
+            }
+            self.announces_pending = announce_to.len();
+            self.messages += announce_to.len() as u32;
+            self.phase = if announce_to.is_empty() {
+                Phase::Done
+            } else {
+                Phase::Announcing
+            };
+        } else {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// An announce_peer query was acknowledged (`ok`) or failed.
+    pub fn on_announce_result(&mut self, ok: bool) {
+        if ok {
+            self.announced += 1;
+        }
+        self.announces_pending = self.announces_pending.saturating_sub(1);
+        if self.phase == Phase::Announcing && self.announces_pending == 0 {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// An announce could not be sent at all.
+    pub fn announce_unsent(&mut self) {
+        self.on_announce_result(false);
+    }
+
+    /// The K closest candidates that answered, closest first.
+    pub fn closest_responders(&self) -> Vec<Contact> {
+        self.candidates
+            .iter()
+            .filter(|c| c.state == CandState::Responded)
+            .filter_map(|c| c.id.map(|id| Contact::new(id, c.addr)))
+            .take(self.k)
+            .collect()
+    }
+
+    /// Forces completion (e.g. nothing could be sent).
+    pub fn finish(&mut self) {
+        self.phase = Phase::Done;
+    }
+
+    pub fn target_info_hash(&self) -> InfoHash {
+        self.target
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn c(first: u8, i: u32) -> Contact {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = i as u8;
+        Contact::new(
+            NodeId(id),
+            SocketAddrV4::new(Ipv4Addr::from(0x7f00_0000 + i), 1),
+        )
+    }
+
+    #[test]
+    fn keeps_alpha_in_flight_among_the_top_k_and_finishes() {
+        let target = NodeId([0; 20]);
+        let mut l = Lookup::new(target, LookupKind::FindNode, NodeId([0xee; 20]), 3, 2);
+        for i in 1..=5 {
+            l.add_candidate(c(0x80 + i as u8, i));
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        // K = 2 limits the first round to the two closest even though α = 3.
+        assert_eq!(q.len(), 2);
+        let mut peers = Vec::new();
+        // Candidate 1 answers with a much closer node.
+        l.on_reply(
+            c(0x81, 1).addr,
+            false,
+            c(0x81, 1).id,
+            [c(0x01, 9)].into_iter(),
+            None,
+            &[],
+            &mut peers,
+        );
+        l.next_queries(&mut q);
+        assert_eq!(q, vec![(c(0x01, 9).addr, Some(c(0x01, 9).id))]);
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(l.phase(), Phase::Searching);
+        // Candidate 2 is slow: its slot frees but nothing else is in the top K.
+        l.on_slow(c(0x82, 2).addr);
+        l.on_reply(
+            c(0x01, 9).addr,
+            false,
+            c(0x01, 9).id,
+            std::iter::empty(),
+            None,
+            &[],
+            &mut peers,
+        );
+        l.next_queries(&mut q);
+        // Top-2 live (slow ones skipped) are 9 and 1, both answered.
+        assert!(q.is_empty());
+        l.advance(&mut ann);
+        assert_eq!(l.phase(), Phase::Done);
+        assert_eq!(l.closest_responders(), vec![c(0x01, 9), c(0x81, 1)]);
+        assert_eq!(l.messages, 3);
+    }
+
+    #[test]
+    fn failures_let_farther_candidates_in() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::FindNode,
+            NodeId([0xee; 20]),
+            1,
+            1,
+        );
+        l.add_candidate(c(1, 1));
+        l.add_candidate(c(2, 2));
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        assert_eq!(q[0].0, c(1, 1).addr);
+        l.on_failure(c(1, 1).addr, false);
+        l.next_queries(&mut q);
+        assert_eq!(q[0].0, c(2, 2).addr);
+    }
+
+    #[test]
+    fn get_peers_dedups_peers_and_announces_to_token_holders() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::Announce { port: Some(7) },
+            NodeId([0xee; 20]),
+            3,
+            8,
+        );
+        l.add_router("127.9.9.9:6881".parse().unwrap());
+        l.add_candidate(c(1, 1));
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        assert_eq!(q.len(), 2);
+        let peer: SocketAddrV4 = "127.5.5.5:5".parse().unwrap();
+        let mut new = Vec::new();
+        l.on_reply(
+            c(1, 1).addr,
+            false,
+            c(1, 1).id,
+            std::iter::empty(),
+            Token::new(b"tk"),
+            &[peer, peer],
+            &mut new,
+        );
+        assert_eq!(new, vec![peer]);
+        l.on_reply(
+            "127.9.9.9:6881".parse().unwrap(),
+            false,
+            NodeId([0x40; 20]),
+            std::iter::empty(),
+            None,
+            &[peer],
+            &mut new,
+        );
+        assert!(new.is_empty());
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        // Only the responder that gave a token is announced to.
+        assert_eq!(ann.len(), 1);
+        assert_eq!(l.phase(), Phase::Announcing);
+        l.on_announce_result(true);
+        assert_eq!(l.phase(), Phase::Done);
+        assert_eq!(l.announced, 1);
+    }
+
+    #[test]
+    fn candidate_list_is_bounded_and_sorted() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::FindNode,
+            NodeId([0xee; 20]),
+            3,
+            8,
+        );
+        for i in 0..200u32 {
+            l.add_candidate(c((200 - i) as u8, i));
+        }
+        assert_eq!(l.candidates.len(), MAX_CANDIDATES);
+        assert!(
+            l.candidates
+                .windows(2)
+                .all(|w| w[0].distance <= w[1].distance)
+        );
+        l.add_candidate(Contact::new(
+            NodeId([0xee; 20]),
+            "127.0.0.9:1".parse().unwrap(),
+        ));
+        assert!(
+            l.candidates
+                .iter()
+                .all(|c| c.id != Some(NodeId([0xee; 20])))
+        );
+    }
+}

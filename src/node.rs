@@ -1,0 +1,1076 @@
+//! The DHT node as a sans-IO state machine.
+//!
+//! [`Node`] performs no I/O and reads no clock: it is fed `(now, from, datagram)` and
+//! commands, and it yields datagrams to send ([`Node::poll_transmit`]), the next instant it
+//! wants to be woken ([`Node::poll_timeout`]) and events for the application
+//! ([`Node::poll_event`]). The tokio driver in [`crate::net`] and the virtual-time simulator
+//! in [`crate::sim`] run exactly this code, so what the tests and benchmarks measure is what
+//! runs on the network.
+//!
+//! Every datagram leaves through one function, `Node::queue`, which enforces the outbound
+//! allow-list.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::allow::AllowList;
+use crate::id::{Contact, InfoHash, NodeId};
+use crate::krpc::{
+    self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
+};
+use crate::lookup::{Lookup, LookupKind, Phase};
+use crate::routing::{Insert, RoutingConfig, RoutingTable};
+use crate::rpc::{Pending, Transactions, Unmatched};
+use crate::storage::{PeerStore, StoreConfig, TokenSecrets};
+
+/// Our client version tag: "TL" and a two-byte version.
+pub const VERSION: &[u8; 4] = b"TL\x00\x01";
+
+/// Node settings. The defaults suit a node on the public internet; tests and testnets turn
+/// off the subnet rule and set the allow-list to 127.0.0.0/8.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our node id; random when `None` (a restarted node passes its persisted id).
+    pub id: Option<NodeId>,
+    pub routing: RoutingConfig,
+    pub store: StoreConfig,
+    /// Outbound allow-list, enforced on every datagram.
+    pub allow: AllowList,
+    /// Queries in flight per lookup.
+    pub alpha: usize,
+    /// Short timeout: frees a lookup slot.
+    pub short_timeout: Duration,
+    /// Hard timeout: the query failed.
+    pub hard_timeout: Duration,
+    /// Outstanding queries at most.
+    pub max_transactions: usize,
+    /// Concurrent lookups at most (user and maintenance).
+    pub max_lookups: usize,
+    /// Pause between maintenance pings of the least recently seen node.
+    pub ping_interval: Duration,
+    /// A node heard from more recently than this is not pinged for maintenance.
+    pub ping_min_age: Duration,
+    /// BEP 43: mark our queries read-only and do not answer queries (for clients that
+    /// cannot receive unsolicited packets). Off for a normal node.
+    pub read_only: bool,
+    /// Seed for the node's random number generator (ids, tids, tokens); `None` = OS entropy.
+    /// The simulator passes one so runs are reproducible.
+    pub seed: Option<u64>,
+    /// BEP 51 `interval` we advertise, in seconds.
+    pub sample_interval: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: None,
+            routing: RoutingConfig::default(),
+            store: StoreConfig::default(),
+            allow: AllowList::any(),
+            alpha: 3,
+            short_timeout: Duration::from_millis(1000),
+            hard_timeout: Duration::from_secs(4),
+            max_transactions: 4096,
+            max_lookups: 256,
+            ping_interval: Duration::from_secs(5),
+            ping_min_age: Duration::from_secs(60),
+            read_only: false,
+            seed: None,
+            sample_interval: 6 * 3600,
+        }
+    }
+}
+
+impl Config {
+    /// Settings for a private network on loopback: allow-list 127.0.0.0/8, no subnet rule.
+    pub fn loopback_testnet() -> Self {
+        Config {
+            allow: AllowList::loopback(),
+            routing: RoutingConfig {
+                restrict_subnets: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// Identifies a lookup started with [`Node::find_node`], [`Node::get_peers`] or
+/// [`Node::announce`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LookupId(pub u64);
+
+/// Identifies a ping started with [`Node::ping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+/// Why a ping failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PingError {
+    Timeout,
+    /// The node answered with a KRPC error.
+    Remote(i64, String),
+    /// The allow-list refuses the destination.
+    NotAllowed,
+    /// Too many queries outstanding.
+    Busy,
+}
+
+/// Results for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Pong {
+        request: RequestId,
+        result: Result<NodeId, PingError>,
+    },
+    /// Peers found by a get_peers/announce lookup, each reported once per lookup.
+    Peers {
+        lookup: LookupId,
+        peers: Vec<SocketAddrV4>,
+    },
+    LookupDone {
+        lookup: LookupId,
+        /// The K closest nodes that answered.
+        closest: Vec<Contact>,
+        /// announce_peer acknowledgements (announce lookups).
+        announced: usize,
+        /// Queries this lookup sent.
+        messages: u32,
+    },
+}
+
+/// Counters and gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub good_nodes: usize,
+    pub questionable_nodes: usize,
+    pub bad_nodes: usize,
+    pub buckets: usize,
+    pub infohashes: usize,
+    pub peers: usize,
+    pub transactions: usize,
+    pub lookups: usize,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub queries_in: u64,
+    pub queries_out: u64,
+    pub replies_in: u64,
+    pub replies_out: u64,
+    pub errors_in: u64,
+    pub errors_out: u64,
+    /// Undecodable or unattributable datagrams.
+    pub dropped_malformed: u64,
+    /// Replies matching no outstanding query (or from the wrong address / with the wrong id).
+    pub dropped_unmatched: u64,
+    /// Datagrams we did not send because the allow-list refused the destination.
+    pub dropped_not_allowed: u64,
+    /// Other datagrams dropped (non-IPv4 or port 0 sources, our own id, full tables).
+    pub dropped_other: u64,
+    pub timeouts: u64,
+    pub announces_stored: u64,
+    pub bad_tokens: u64,
+}
+
+/// What an outstanding query is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A ping the application asked for.
+    UserPing(RequestId),
+    /// Checking an unknown querier or a persisted contact before it may enter the table.
+    Verify,
+    /// Keeping a table entry fresh.
+    Maintenance,
+    Search(LookupId),
+    Announce(LookupId),
+}
+
+/// Why a lookup exists, for what to report when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    User,
+    Bootstrap,
+    Refresh,
+}
+
+struct LookupSlot {
+    lookup: Lookup,
+    owner: Owner,
+}
+
+/// Outgoing datagrams stored back to back in one buffer, so queueing allocates nothing once
+/// the buffer has grown to its working size.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    queue: VecDeque<(SocketAddrV4, usize, usize)>,
+    /// Bytes already handed out by `poll_transmit`.
+    consumed: usize,
+}
+
+/// One datagram to send, borrowed from the node until the next call.
+#[derive(Debug)]
+pub struct Transmit<'a> {
+    pub to: SocketAddr,
+    pub payload: &'a [u8],
+}
+
+/// The DHT node core.
+pub struct Node {
+    id: NodeId,
+    config: Config,
+    rng: StdRng,
+    table: RoutingTable,
+    txns: Transactions<Purpose>,
+    tokens: TokenSecrets,
+    store: PeerStore,
+    lookups: HashMap<LookupId, LookupSlot>,
+    next_lookup: u64,
+    next_request: u64,
+    /// Addresses with a verification ping outstanding, so one querier gets one ping.
+    verifying: HashSet<SocketAddrV4>,
+    /// Persisted or PORT-learned contacts waiting for a verification ping (paced).
+    to_verify: VecDeque<SocketAddrV4>,
+    routers: Vec<SocketAddrV4>,
+    bootstrap_running: bool,
+    bootstrap_next: Option<Instant>,
+    bootstrap_backoff: Duration,
+    next_ping: Instant,
+    /// When the next burst of `to_verify` pings may go out.
+    next_verify: Instant,
+    next_refresh_check: Instant,
+    next_sweep: Instant,
+    outbox: Outbox,
+    events: VecDeque<Event>,
+    stats: Stats,
+    // Scratch buffers reused across packets.
+    scratch_contacts: Vec<Contact>,
+    scratch_nodes: Vec<u8>,
+    scratch_values: Vec<SocketAddrV4>,
+    scratch_samples: Vec<u8>,
+    scratch_queries: Vec<(SocketAddrV4, Option<NodeId>)>,
+    scratch_announce: Vec<(SocketAddrV4, NodeId, Token)>,
+    scratch_failed: Vec<Pending<Purpose>>,
+    scratch_slow: Vec<Pending<Purpose>>,
+}
+
+/// Contacts paced per timer tick when re-verifying persisted contacts.
+const VERIFY_BURST: usize = 64;
+/// Pause between bursts of verification pings.
+const VERIFY_PACE: Duration = Duration::from_millis(20);
+/// How often idle buckets are checked.
+const REFRESH_CHECK: Duration = Duration::from_secs(60);
+/// How often expired peers are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Bootstrap retry backoff bounds, used while the table stays empty or shallow.
+const BOOTSTRAP_MIN_BACKOFF: Duration = Duration::from_secs(5);
+const BOOTSTRAP_MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Bounds on pending verifications.
+const MAX_VERIFYING: usize = 256;
+const MAX_TO_VERIFY: usize = 4096;
+/// BEP 51: samples per reply.
+const MAX_SAMPLES: usize = 20;
+
+impl Node {
+    /// Creates a node. Nothing is sent until [`Node::bootstrap`], a command, or a datagram.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let mut rng = match config.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => rand::make_rng(),
+        };
+        let id = config.id.unwrap_or_else(|| NodeId::random(&mut rng));
+        let tokens = TokenSecrets::new(&mut rng, now);
+        Node {
+            id,
+            table: RoutingTable::new(id, config.routing.clone(), now),
+            txns: Transactions::new(
+                config.max_transactions,
+                config.short_timeout,
+                config.hard_timeout,
+            ),
+            tokens,
+            store: PeerStore::new(config.store.clone()),
+            lookups: HashMap::new(),
+            next_lookup: 1,
+            next_request: 1,
+            verifying: HashSet::new(),
+            to_verify: VecDeque::new(),
+            routers: Vec::new(),
+            bootstrap_running: false,
+            bootstrap_next: None,
+            bootstrap_backoff: BOOTSTRAP_MIN_BACKOFF,
+            next_ping: now + config.ping_interval,
+            next_verify: now,
+            next_refresh_check: now + REFRESH_CHECK,
+            next_sweep: now + SWEEP_INTERVAL,
+            outbox: Outbox::default(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            scratch_contacts: Vec::new(),
+            scratch_nodes: Vec::new(),
+            scratch_values: Vec::new(),
+            scratch_samples: Vec::new(),
+            scratch_queries: Vec::new(),
+            scratch_announce: Vec::new(),
+            scratch_failed: Vec::new(),
+            scratch_slow: Vec::new(),
+            rng,
+            config,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    pub fn store(&self) -> &PeerStore {
+        &self.store
+    }
+
+    /// Counters plus current gauges.
+    pub fn stats(&self, now: Instant) -> Stats {
+        let (good, questionable, bad) = self.table.counts(now);
+        Stats {
+            good_nodes: good,
+            questionable_nodes: questionable,
+            bad_nodes: bad,
+            buckets: self.table.num_buckets(),
+            infohashes: self.store.num_infohashes(),
+            peers: self.store.num_peers(),
+            transactions: self.txns.len(),
+            lookups: self.lookups.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    // ---------------------------------------------------------------- output side
+
+    /// The next datagram to send. The payload borrows the node until the next call.
+    pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
+        let Some((to, start, len)) = self.outbox.queue.pop_front() else {
+            self.outbox.bytes.clear();
+            self.outbox.consumed = 0;
+            return None;
+        };
+        self.outbox.consumed = start + len;
+        Some(Transmit {
+            to: SocketAddr::V4(to),
+            payload: &self.outbox.bytes[start..start + len],
+        })
+    }
+
+    /// Whether datagrams are waiting.
+    pub fn has_transmit(&self) -> bool {
+        !self.outbox.queue.is_empty()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self
+            .next_ping
+            .min(self.next_refresh_check)
+            .min(self.next_sweep);
+        t = t.min(self.tokens.next_rotation());
+        for x in [self.txns.next_deadline(), self.bootstrap_next]
+            .into_iter()
+            .flatten()
+        {
+            t = t.min(x);
+        }
+        if !self.to_verify.is_empty() {
+            t = t.min(self.next_verify);
+        }
+        Some(t)
+    }
+
+    /// Encodes one datagram into the outbox through the allow-list. The only way out.
+    fn queue(&mut self, to: SocketAddrV4, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        if !self.config.allow.allows(SocketAddr::V4(to)) {
+            self.stats.dropped_not_allowed += 1;
+            return false;
+        }
+        if self.outbox.queue.is_empty() && self.outbox.consumed > 0 {
+            self.outbox.bytes.clear();
+            self.outbox.consumed = 0;
+        }
+        let start = self.outbox.bytes.len();
+        encode(&mut self.outbox.bytes);
+        let len = self.outbox.bytes.len() - start;
+        self.outbox.queue.push_back((to, start, len));
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += len as u64;
+        true
+    }
+
+    /// Sends a query and registers its transaction. `false` when it could not be sent.
+    fn send_query(
+        &mut self,
+        now: Instant,
+        to: SocketAddrV4,
+        expected_id: Option<NodeId>,
+        args: QueryArgs<'_>,
+        purpose: Purpose,
+    ) -> bool {
+        if !self.config.allow.allows(SocketAddr::V4(to)) {
+            self.stats.dropped_not_allowed += 1;
+            return false;
+        }
+        if expected_id == Some(self.id) {
+            return false;
+        }
+        let Some(tid) = self
+            .txns
+            .insert(&mut self.rng, to, expected_id, now, purpose)
+        else {
+            self.stats.dropped_other += 1;
+            return false;
+        };
+        let id = self.id;
+        let read_only = self.config.read_only;
+        self.stats.queries_out += 1;
+        self.queue(to, |out| {
+            krpc::encode_query(out, &tid, &id, &args, read_only, Some(VERSION))
+        })
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    /// Sets the bootstrap routers and starts joining the network. While the table stays
+    /// empty the join is retried with exponential backoff (5 s doubling to 5 min).
+    pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddrV4]) {
+        self.routers = routers.to_vec();
+        self.start_bootstrap(now);
+    }
+
+    fn start_bootstrap(&mut self, now: Instant) {
+        if self.bootstrap_running {
+            return;
+        }
+        let mut lookup = self.new_lookup(self.id, LookupKind::FindNode);
+        for r in &self.routers {
+            lookup.add_router(*r);
+        }
+        self.bootstrap_running = true;
+        self.bootstrap_next = None;
+        self.start_lookup(now, lookup, Owner::Bootstrap);
+    }
+
+    /// Adds known contacts (e.g. persisted ones). They are pinged, paced, and enter the
+    /// table when they answer.
+    pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = SocketAddrV4>) {
+        self.next_verify = self.next_verify.min(now);
+        for c in contacts {
+            if self.to_verify.len() < MAX_TO_VERIFY {
+                self.to_verify.push_back(c);
+            }
+        }
+    }
+
+    /// Pings `addr`; the answer arrives as [`Event::Pong`].
+    pub fn ping(&mut self, now: Instant, addr: SocketAddrV4) -> RequestId {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        let error = if !self.config.allow.allows(SocketAddr::V4(addr)) {
+            self.stats.dropped_not_allowed += 1;
+            Some(PingError::NotAllowed)
+        } else if !self.send_query(now, addr, None, QueryArgs::Ping, Purpose::UserPing(request)) {
+            Some(PingError::Busy)
+        } else {
+            None
+        };
+        if let Some(e) = error {
+            self.events.push_back(Event::Pong {
+                request,
+                result: Err(e),
+            });
+        }
+        request
+    }
+
+    /// Finds the K closest nodes to `target`.
+    pub fn find_node(&mut self, now: Instant, target: NodeId) -> LookupId {
+        self.user_lookup(now, target, LookupKind::FindNode)
+    }
+
+    /// Finds peers for `info_hash`; they arrive as [`Event::Peers`].
+    pub fn get_peers(&mut self, now: Instant, info_hash: InfoHash) -> LookupId {
+        self.user_lookup(now, info_hash, LookupKind::GetPeers)
+    }
+
+    /// Finds peers for `info_hash` and announces us to the K closest nodes, on `port` or,
+    /// with `None`, on our UDP port (`implied_port`).
+    pub fn announce(&mut self, now: Instant, info_hash: InfoHash, port: Option<u16>) -> LookupId {
+        self.user_lookup(now, info_hash, LookupKind::Announce { port })
+    }
+
+    fn new_lookup(&self, target: NodeId, kind: LookupKind) -> Lookup {
+        Lookup::new(
+            target,
+            kind,
+            self.id,
+            self.config.alpha,
+            self.config.routing.k,
+        )
+    }
+
+    fn user_lookup(&mut self, now: Instant, target: NodeId, kind: LookupKind) -> LookupId {
+        let lookup = self.new_lookup(target, kind);
+        self.start_lookup(now, lookup, Owner::User)
+    }
+
+    fn start_lookup(&mut self, now: Instant, mut lookup: Lookup, owner: Owner) -> LookupId {
+        let id = LookupId(self.next_lookup);
+        self.next_lookup += 1;
+        let mut seeds = std::mem::take(&mut self.scratch_contacts);
+        // Seed with more than K so a few dead entries do not starve the first round.
+        self.table
+            .closest(&lookup.target, self.config.routing.k * 2, &mut seeds);
+        for c in &seeds {
+            lookup.add_candidate(*c);
+        }
+        self.scratch_contacts = seeds;
+        if lookup.has_candidates() && self.lookups.len() < self.config.max_lookups {
+            self.lookups.insert(id, LookupSlot { lookup, owner });
+            self.step_lookup(now, id);
+        } else {
+            // Nothing to ask (or too busy): finish at once so callers are never left waiting.
+            lookup.finish();
+            self.lookups.insert(id, LookupSlot { lookup, owner });
+            self.finish_lookup(now, id);
+        }
+        id
+    }
+
+    /// Sends whatever the lookup wants sent and reports its completion.
+    fn step_lookup(&mut self, now: Instant, id: LookupId) {
+        let mut queries = std::mem::take(&mut self.scratch_queries);
+        let mut announce = std::mem::take(&mut self.scratch_announce);
+        loop {
+            let Some(slot) = self.lookups.get_mut(&id) else {
+                break;
+            };
+            slot.lookup.next_queries(&mut queries);
+            if queries.is_empty() {
+                slot.lookup.advance(&mut announce);
+                if !announce.is_empty() {
+                    let (target, kind) = (slot.lookup.target, slot.lookup.kind);
+                    for (addr, node, token) in announce.drain(..) {
+                        let (port, implied_port) = match kind {
+                            LookupKind::Announce { port: Some(p) } => (p, false),
+                            _ => (0, true),
+                        };
+                        let args = QueryArgs::AnnouncePeer {
+                            info_hash: &target,
+                            port,
+                            implied_port,
+                            token: token.as_slice(),
+                        };
+                        if !self.send_query(now, addr, Some(node), args, Purpose::Announce(id)) {
+                            if let Some(slot) = self.lookups.get_mut(&id) {
+                                slot.lookup.announce_unsent();
+                            }
+                        }
+                    }
+                }
+                break;
+            }
+            let (target, kind) = (slot.lookup.target, slot.lookup.kind);
+            let mut unsent = false;
+            for &(addr, expected) in &queries {
+                let args = if kind.wants_peers() {
+                    QueryArgs::GetPeers { info_hash: &target }
+                } else {
+                    QueryArgs::FindNode { target: &target }
+                };
+                if !self.send_query(now, addr, expected, args, Purpose::Search(id)) {
+                    if let Some(slot) = self.lookups.get_mut(&id) {
+                        slot.lookup.on_failure(addr, false);
+                    }
+                    unsent = true;
+                }
+            }
+            // A refused send frees its slot at once: ask for replacements.
+            if !unsent {
+                break;
+            }
+        }
+        self.scratch_queries = queries;
+        self.scratch_announce = announce;
+        if self
+            .lookups
+            .get(&id)
+            .is_some_and(|s| s.lookup.phase() == Phase::Done)
+        {
+            self.finish_lookup(now, id);
+        }
+    }
+
+    fn finish_lookup(&mut self, now: Instant, id: LookupId) {
+        let Some(slot) = self.lookups.remove(&id) else {
+            return;
+        };
+        match slot.owner {
+            Owner::User => self.events.push_back(Event::LookupDone {
+                lookup: id,
+                closest: slot.lookup.closest_responders(),
+                announced: slot.lookup.announced,
+                messages: slot.lookup.messages,
+            }),
+            Owner::Bootstrap => {
+                self.bootstrap_running = false;
+                if self.table.len() < self.config.routing.k
+                    && (!self.to_verify.is_empty() || !self.verifying.is_empty())
+                {
+                    // Known contacts are still being re-verified: look again once they are in.
+                    self.bootstrap_next = Some(now + Duration::from_secs(1));
+                } else if self.table.len() < self.config.routing.k {
+                    // Offline or shallow: try again later, backing off.
+                    self.bootstrap_next = Some(now + self.bootstrap_backoff);
+                    self.bootstrap_backoff =
+                        (self.bootstrap_backoff * 2).min(BOOTSTRAP_MAX_BACKOFF);
+                } else {
+                    self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
+                }
+            }
+            Owner::Refresh => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- input side
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        let from = match from {
+            SocketAddr::V4(a) if a.port() != 0 => a,
+            SocketAddr::V6(a) if a.port() != 0 => match a.ip().to_ipv4_mapped() {
+                Some(ip) => SocketAddrV4::new(ip, a.port()),
+                None => {
+                    self.stats.dropped_other += 1;
+                    return;
+                }
+            },
+            _ => {
+                self.stats.dropped_other += 1;
+                return;
+            }
+        };
+        match krpc::decode(data) {
+            Ok(msg) => match msg.body {
+                Body::Query(q) => {
+                    self.stats.queries_in += 1;
+                    self.handle_query(now, from, msg.tid.as_slice(), q, msg.read_only);
+                }
+                Body::Response(r) => {
+                    self.stats.replies_in += 1;
+                    self.handle_response(now, from, msg.tid.as_slice(), r);
+                }
+                Body::Error(e) => {
+                    self.stats.errors_in += 1;
+                    self.handle_error(now, from, msg.tid.as_slice(), e.code, e.message);
+                }
+            },
+            Err(DecodeError::BadQuery { tid, code, reason }) => {
+                self.stats.queries_in += 1;
+                self.send_error(from, tid.as_slice(), code, reason);
+            }
+            Err(_) => self.stats.dropped_malformed += 1,
+        }
+    }
+
+    fn send_error(&mut self, to: SocketAddrV4, tid: &[u8], code: i64, message: &str) {
+        if self.config.read_only {
+            return;
+        }
+        self.stats.errors_out += 1;
+        self.queue(to, |out| {
+            krpc::encode_error(out, tid, code, message, Some(to), Some(VERSION))
+        });
+    }
+
+    fn handle_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query, ro: bool) {
+        if q.id == self.id {
+            // Our own id from elsewhere: a reflection or an impostor.
+            self.stats.dropped_other += 1;
+            return;
+        }
+        let contact = Contact::new(q.id, from);
+        let known = ro || self.table.heard_query(contact, now);
+        if !self.config.read_only {
+            self.answer_query(now, from, tid, q);
+        }
+        // After the reply, so verification never delays an answer.
+        if !known {
+            self.maybe_verify(now, contact);
+        }
+    }
+
+    fn answer_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query) {
+        let k = self.config.routing.k;
+        let mut body = ResponseBody::id_only(&self.id);
+        let mut contacts = std::mem::take(&mut self.scratch_contacts);
+        let mut nodes = std::mem::take(&mut self.scratch_nodes);
+        let mut values = std::mem::take(&mut self.scratch_values);
+        let mut samples = std::mem::take(&mut self.scratch_samples);
+        let token;
+        nodes.clear();
+        let closest = |table: &RoutingTable,
+                       target: &NodeId,
+                       contacts: &mut Vec<Contact>,
+                       nodes: &mut Vec<u8>| {
+            table.closest(target, k, contacts);
+            for c in contacts.iter() {
+                c.write_compact(nodes);
+            }
+        };
+        match q.method {
+            Method::Ping => {}
+            Method::FindNode { target } | Method::Unknown { target } => {
+                closest(&self.table, &target, &mut contacts, &mut nodes);
+                body.nodes = Some(&nodes);
+            }
+            Method::GetPeers { info_hash } => {
+                closest(&self.table, &info_hash, &mut contacts, &mut nodes);
+                body.nodes = Some(&nodes);
+                self.tokens.maybe_rotate(now, &mut self.rng);
+                token = self.tokens.make(*from.ip());
+                body.token = Some(token.as_slice());
+                let max = self.store.config().max_values_per_reply;
+                self.store
+                    .sample_peers(&info_hash, max, now, &mut self.rng, &mut values);
+                body.values = &values;
+            }
+            Method::AnnouncePeer {
+                info_hash,
+                port,
+                implied_port,
+                token,
+            } => {
+                self.tokens.maybe_rotate(now, &mut self.rng);
+                if !self.tokens.verify(*from.ip(), token.as_slice()) {
+                    self.stats.bad_tokens += 1;
+                    self.scratch_contacts = contacts;
+                    self.scratch_nodes = nodes;
+                    self.scratch_values = values;
+                    self.scratch_samples = samples;
+                    self.send_error(from, tid, ERR_PROTOCOL, "bad token");
+                    return;
+                }
+                let port = if implied_port { from.port() } else { port };
+                self.store
+                    .announce(info_hash, SocketAddrV4::new(*from.ip(), port), now);
+                self.stats.announces_stored += 1;
+            }
+            Method::SampleInfohashes { target } => {
+                closest(&self.table, &target, &mut contacts, &mut nodes);
+                body.nodes = Some(&nodes);
+                self.store
+                    .sample_infohashes(MAX_SAMPLES, &mut self.rng, &mut samples);
+                body.samples = Some(&samples);
+                body.interval = Some(i64::from(self.config.sample_interval));
+                body.num = Some(self.store.num_infohashes() as i64);
+            }
+        }
+        let Node {
+            outbox,
+            stats,
+            config,
+            ..
+        } = self;
+        // Inline of `queue` (it cannot borrow `self` while `body` borrows scratch buffers).
+        if config.allow.allows(SocketAddr::V4(from)) {
+            if outbox.queue.is_empty() && outbox.consumed > 0 {
+                outbox.bytes.clear();
+                outbox.consumed = 0;
+            }
+            let start = outbox.bytes.len();
+            krpc::encode_response(&mut outbox.bytes, tid, &body, Some(from), Some(VERSION));
+            let len = outbox.bytes.len() - start;
+            outbox.queue.push_back((from, start, len));
+            stats.packets_out += 1;
+            stats.bytes_out += len as u64;
+            stats.replies_out += 1;
+        } else {
+            stats.dropped_not_allowed += 1;
+        }
+        self.scratch_contacts = contacts;
+        self.scratch_nodes = nodes;
+        self.scratch_values = values;
+        self.scratch_samples = samples;
+    }
+
+    /// Pings an unknown querier when it could get a table slot: a claimed id becomes a
+    /// table entry only once the node answers a query of ours.
+    fn maybe_verify(&mut self, now: Instant, contact: Contact) {
+        if self.verifying.len() >= MAX_VERIFYING
+            || self.verifying.contains(&contact.addr)
+            || !self.table.would_accept(&contact, now)
+            || !self.config.allow.allows(SocketAddr::V4(contact.addr))
+        {
+            return;
+        }
+        if self.send_query(
+            now,
+            contact.addr,
+            Some(contact.id),
+            QueryArgs::Ping,
+            Purpose::Verify,
+        ) {
+            self.verifying.insert(contact.addr);
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], r: Response) {
+        let pending = match self.txns.take(tid, from, Some(&r.id)) {
+            Ok(p) => p,
+            Err(Unmatched::WrongId) => {
+                // The address now speaks for another node: drop the old entry's claim.
+                self.stats.dropped_unmatched += 1;
+                self.table.heard_query(Contact::new(r.id, from), now);
+                return;
+            }
+            Err(_) => {
+                self.stats.dropped_unmatched += 1;
+                return;
+            }
+        };
+        if r.id == self.id {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        let contact = Contact::new(r.id, from);
+        let inserted = self.table.heard_response(contact, now);
+        if matches!(inserted, Insert::Added) && self.table.len() >= self.config.routing.k {
+            self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
+        }
+        match pending.data {
+            Purpose::UserPing(request) => self.events.push_back(Event::Pong {
+                request,
+                result: Ok(r.id),
+            }),
+            Purpose::Verify => {
+                self.verifying.remove(&from);
+            }
+            Purpose::Maintenance => {}
+            Purpose::Search(lid) => {
+                let Some(slot) = self.lookups.get_mut(&lid) else {
+                    return;
+                };
+                let mut new_peers = std::mem::take(&mut self.scratch_values);
+                let values: &[SocketAddrV4] = &r.values;
+                slot.lookup.on_reply(
+                    from,
+                    pending.slow,
+                    r.id,
+                    r.nodes(),
+                    r.token,
+                    values,
+                    &mut new_peers,
+                );
+                if !new_peers.is_empty() && slot.owner == Owner::User {
+                    self.events.push_back(Event::Peers {
+                        lookup: lid,
+                        peers: new_peers.clone(),
+                    });
+                }
+                self.scratch_values = new_peers;
+                self.step_lookup(now, lid);
+            }
+            Purpose::Announce(lid) => {
+                if let Some(slot) = self.lookups.get_mut(&lid) {
+                    slot.lookup.on_announce_result(true);
+                    self.step_lookup(now, lid);
+                }
+            }
+        }
+    }
+
+    fn handle_error(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        tid: &[u8],
+        code: i64,
+        msg: String,
+    ) {
+        let Ok(pending) = self.txns.take(tid, from, None) else {
+            self.stats.dropped_unmatched += 1;
+            return;
+        };
+        match pending.data {
+            Purpose::UserPing(request) => self.events.push_back(Event::Pong {
+                request,
+                result: Err(PingError::Remote(code, msg)),
+            }),
+            Purpose::Verify => {
+                self.verifying.remove(&from);
+            }
+            Purpose::Maintenance => {}
+            Purpose::Search(lid) => {
+                if let Some(slot) = self.lookups.get_mut(&lid) {
+                    slot.lookup.on_failure(from, pending.slow);
+                    self.step_lookup(now, lid);
+                }
+            }
+            Purpose::Announce(lid) => {
+                if let Some(slot) = self.lookups.get_mut(&lid) {
+                    slot.lookup.on_announce_result(false);
+                    self.step_lookup(now, lid);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Runs timers that are due: timeouts, maintenance pings, bucket refresh, bootstrap
+    /// retries, token rotation, peer expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_transactions(now);
+        self.tokens.maybe_rotate(now, &mut self.rng);
+
+        if now >= self.next_ping {
+            self.next_ping = now + self.config.ping_interval;
+            if let Some(e) = self.table.least_recently_seen() {
+                let c = e.contact;
+                if now.saturating_duration_since(e.last_activity()) >= self.config.ping_min_age {
+                    self.table.pinged(&c.id, now);
+                    self.send_query(
+                        now,
+                        c.addr,
+                        Some(c.id),
+                        QueryArgs::Ping,
+                        Purpose::Maintenance,
+                    );
+                }
+            }
+        }
+        if !self.to_verify.is_empty() && now >= self.next_verify {
+            self.next_verify = now + VERIFY_PACE;
+            self.verify_burst(now);
+        }
+
+        if now >= self.next_refresh_check {
+            self.next_refresh_check = now + REFRESH_CHECK;
+            let targets = self.table.stale_buckets(now, &mut self.rng);
+            for t in targets {
+                let lookup = self.new_lookup(t, LookupKind::FindNode);
+                self.start_lookup(now, lookup, Owner::Refresh);
+            }
+            if self.table.len() < self.config.routing.k && self.bootstrap_next.is_none() {
+                self.bootstrap_next = Some(now);
+            }
+        }
+
+        if self.bootstrap_next.is_some_and(|t| now >= t) {
+            self.bootstrap_next = None;
+            self.start_bootstrap(now);
+        }
+
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_INTERVAL;
+            self.store.sweep(now);
+        }
+    }
+
+    fn verify_burst(&mut self, now: Instant) {
+        for _ in 0..VERIFY_BURST {
+            let Some(addr) = self.to_verify.pop_front() else {
+                break;
+            };
+            if self.verifying.contains(&addr) || self.verifying.len() >= MAX_VERIFYING {
+                if self.verifying.len() >= MAX_VERIFYING {
+                    self.to_verify.push_front(addr);
+                    break;
+                }
+                continue;
+            }
+            if self.send_query(now, addr, None, QueryArgs::Ping, Purpose::Verify) {
+                self.verifying.insert(addr);
+            }
+        }
+    }
+
+    fn expire_transactions(&mut self, now: Instant) {
+        let mut slow = std::mem::take(&mut self.scratch_slow);
+        let mut failed = std::mem::take(&mut self.scratch_failed);
+        slow.clear();
+        failed.clear();
+        self.txns.expire(
+            now,
+            |p| {
+                if matches!(p.data, Purpose::Search(_)) {
+                    slow.push(p.clone());
+                }
+            },
+            &mut failed,
+        );
+        for p in slow.drain(..) {
+            if let Purpose::Search(lid) = p.data {
+                if let Some(slot) = self.lookups.get_mut(&lid) {
+                    slot.lookup.on_slow(p.addr);
+                    self.step_lookup(now, lid);
+                }
+            }
+        }
+        for p in failed.drain(..) {
+            self.stats.timeouts += 1;
+            if let Some(id) = p.expected_id {
+                self.table.failed(&Contact::new(id, p.addr), now);
+            }
+            match p.data {
+                Purpose::UserPing(request) => self.events.push_back(Event::Pong {
+                    request,
+                    result: Err(PingError::Timeout),
+                }),
+                Purpose::Verify => {
+                    self.verifying.remove(&p.addr);
+                }
+                Purpose::Maintenance => {}
+                Purpose::Search(lid) => {
+                    if let Some(slot) = self.lookups.get_mut(&lid) {
+                        slot.lookup.on_failure(p.addr, p.slow);
+                        self.step_lookup(now, lid);
+                    }
+                }
+                Purpose::Announce(lid) => {
+                    if let Some(slot) = self.lookups.get_mut(&lid) {
+                        slot.lookup.on_announce_result(false);
+                        self.step_lookup(now, lid);
+                    }
+                }
+            }
+        }
+        self.scratch_slow = slow;
+        self.scratch_failed = failed;
+    }
+
+    /// Contacts worth persisting: table entries first, then replacements.
+    pub fn contacts(&self) -> Vec<Contact> {
+        self.table.all_contacts()
+    }
+
+    /// Whether a bootstrap lookup is running.
+    pub fn is_bootstrapping(&self) -> bool {
+        self.bootstrap_running
+    }
+}

@@ -1,0 +1,696 @@
+//! The Kademlia routing table (BEP 5): K-buckets over the XOR distance to our own id.
+//!
+//! Policy choices, each made to keep the table honest and useful:
+//! - Only nodes that answered one of *our* queries enter a bucket ([`RoutingTable::heard_response`]).
+//!   A query's claimed id is cheap to forge, so it only makes a node a candidate that the core
+//!   may verify with a ping.
+//! - One entry per IP address in the whole table, and (optionally) one per /24 per bucket, so a
+//!   single host or subnet cannot fill our view of the keyspace.
+//! - A node keeps its id: a different id at the same address evicts the old entry, and a known
+//!   id showing up from another address is ignored (no hijacking an entry by claiming its id).
+//! - Full buckets keep a replacement cache of verified nodes; a main entry that fails
+//!   repeatedly is swapped for the freshest replacement.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::id::{Contact, ID_LEN, NodeId};
+
+/// BEP 5 bucket size.
+pub const K: usize = 8;
+/// A node not heard from for this long is questionable (BEP 5).
+pub const QUESTIONABLE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// A bucket nothing happened in for this long gets a refresh lookup (BEP 5).
+pub const BUCKET_REFRESH_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Routing table settings.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Entries per bucket.
+    pub k: usize,
+    /// Replacement cache size per bucket.
+    pub replacements: usize,
+    /// Allow at most one node per /24 in each bucket. Turn off only for private test
+    /// networks where every node lives in one subnet.
+    pub restrict_subnets: bool,
+    /// Consecutive failed queries after which a node is bad.
+    pub max_failures: u8,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            k: K,
+            replacements: K,
+            restrict_subnets: true,
+            max_failures: 3,
+        }
+    }
+}
+
+/// BEP 5 node states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    Good,
+    Questionable,
+    Bad,
+}
+
+/// One routing table entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub contact: Contact,
+    /// When it last answered one of our queries.
+    pub last_response: Instant,
+    /// When it last sent us a query.
+    pub last_query: Option<Instant>,
+    /// When we last sent it a maintenance ping.
+    pub last_pinged: Option<Instant>,
+    /// Consecutive queries it failed to answer.
+    pub failures: u8,
+}
+
+impl Entry {
+    fn new(contact: Contact, now: Instant) -> Self {
+        Entry {
+            contact,
+            last_response: now,
+            last_query: None,
+            last_pinged: None,
+            failures: 0,
+        }
+    }
+
+    /// BEP 5: good if it answered us within 15 minutes, or answered us ever and queried us
+    /// within 15 minutes; bad after repeated failures; otherwise questionable.
+    pub fn status(&self, now: Instant, max_failures: u8) -> NodeStatus {
+        if self.failures >= max_failures {
+            return NodeStatus::Bad;
+        }
+        let recent = |t: Instant| now.saturating_duration_since(t) < QUESTIONABLE_AFTER;
+        if self.failures == 0 && (recent(self.last_response) || self.last_query.is_some_and(recent))
+        {
+            NodeStatus::Good
+        } else {
+            NodeStatus::Questionable
+        }
+    }
+
+    /// The latest of: answered us, queried us, was pinged by us.
+    pub fn last_activity(&self) -> Instant {
+        let mut t = self.last_response;
+        for x in [self.last_query, self.last_pinged].into_iter().flatten() {
+            t = t.max(x);
+        }
+        t
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    nodes: Vec<Entry>,
+    replacements: Vec<Entry>,
+    last_changed: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant) -> Self {
+        Bucket {
+            nodes: Vec::new(),
+            replacements: Vec::new(),
+            last_changed: now,
+        }
+    }
+}
+
+/// What [`RoutingTable::heard_response`] did with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    /// Now in a main bucket.
+    Added,
+    /// Already there; its timestamps were refreshed.
+    Refreshed,
+    /// Kept in the bucket's replacement cache.
+    Replacement,
+    /// Refused (our id, address conflict, subnet limit).
+    Rejected,
+}
+
+/// The routing table.
+#[derive(Debug, Clone)]
+pub struct RoutingTable {
+    own: NodeId,
+    config: RoutingConfig,
+    /// Bucket `i` (except the last) holds nodes sharing exactly `i` leading bits with `own`;
+    /// the last holds everything sharing at least `len - 1` bits, including our own id's range.
+    buckets: Vec<Bucket>,
+    /// IPs of main entries, for the one-entry-per-IP rule.
+    ips: HashSet<Ipv4Addr>,
+}
+
+impl RoutingTable {
+    pub fn new(own: NodeId, config: RoutingConfig, now: Instant) -> Self {
+        RoutingTable {
+            own,
+            config,
+            buckets: vec![Bucket::new(now)],
+            ips: HashSet::new(),
+        }
+    }
+
+    pub fn own_id(&self) -> NodeId {
+        self.own
+    }
+
+    pub fn config(&self) -> &RoutingConfig {
+        &self.config
+    }
+
+    fn bucket_index(&self, id: &NodeId) -> usize {
+        self.own.common_prefix_len(id).min(self.buckets.len() - 1)
+    }
+
+    fn find(&self, id: &NodeId) -> Option<(usize, usize)> {
+        let b = self.bucket_index(id);
+        self.buckets[b]
+            .nodes
+            .iter()
+            .position(|e| e.contact.id == *id)
+            .map(|i| (b, i))
+    }
+
+    fn find_addr(&self, addr: SocketAddrV4) -> Option<(usize, usize)> {
+        if !self.ips.contains(addr.ip()) {
+            return None;
+        }
+        self.buckets.iter().enumerate().find_map(|(b, bucket)| {
+            bucket
+                .nodes
+                .iter()
+                .position(|e| e.contact.addr == addr)
+                .map(|i| (b, i))
+        })
+    }
+
+    fn remove_at(&mut self, b: usize, i: usize) -> Entry {
+        let e = self.buckets[b].nodes.swap_remove(i);
+        self.ips.remove(e.contact.addr.ip());
+        e
+    }
+
+    /// Records that `contact` answered one of our queries: the only way into a bucket.
+    pub fn heard_response(&mut self, contact: Contact, now: Instant) -> Insert {
+        if contact.id == self.own {
+            return Insert::Rejected;
+        }
+        if let Some((b, i)) = self.find(&contact.id) {
+            let e = &mut self.buckets[b].nodes[i];
+            if e.contact.addr != contact.addr {
+                // Someone else claiming a known id: keep the original.
+                return Insert::Rejected;
+            }
+            e.last_response = now;
+            e.failures = 0;
+            self.buckets[b].last_changed = now;
+            return Insert::Refreshed;
+        }
+        if let Some((b, i)) = self.find_addr(contact.addr) {
+            // Same address, new id: the old identity is gone.
+            self.remove_at(b, i);
+        } else if self.ips.contains(contact.addr.ip()) {
+            return Insert::Rejected;
+        }
+        self.insert_verified(Entry::new(contact, now), now)
+    }
+
+    fn subnet_taken(&self, b: usize, addr: &SocketAddrV4, ignore: Option<usize>) -> bool {
+        if !self.config.restrict_subnets {
+            return false;
+        }
+        let net = addr.ip().octets();
+        self.buckets[b]
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, e)| Some(i) != ignore && e.contact.addr.ip().octets()[..3] == net[..3])
+    }
+
+    fn insert_verified(&mut self, entry: Entry, now: Instant) -> Insert {
+        loop {
+            let b = self.bucket_index(&entry.contact.id);
+            let addr = entry.contact.addr;
+            let bucket = &self.buckets[b];
+            if bucket.nodes.len() < self.config.k {
+                if self.subnet_taken(b, &addr, None) {
+                    return Insert::Rejected;
+                }
+                self.ips.insert(*addr.ip());
+                let bucket = &mut self.buckets[b];
+                bucket.nodes.push(entry);
+                bucket.last_changed = now;
+                bucket.replacements.retain(|r| r.contact.addr != addr);
+                return Insert::Added;
+            }
+            let max_failures = self.config.max_failures;
+            if let Some(bad) = bucket
+                .nodes
+                .iter()
+                .position(|e| e.status(now, max_failures) == NodeStatus::Bad)
+            {
+                if self.subnet_taken(b, &addr, Some(bad)) {
+                    return Insert::Rejected;
+                }
+                self.remove_at(b, bad);
+                continue;
+            }
+            if b == self.buckets.len() - 1 && self.buckets.len() < ID_LEN * 8 {
+                self.split_last(now);
+                continue;
+            }
+            if self.subnet_taken(b, &addr, None) {
+                return Insert::Rejected;
+            }
+            let cap = self.config.replacements;
+            let bucket = &mut self.buckets[b];
+            bucket
+                .replacements
+                .retain(|r| r.contact.id != entry.contact.id && r.contact.addr != addr);
+            if bucket.replacements.len() >= cap {
+                bucket.replacements.remove(0);
+            }
+            bucket.replacements.push(entry);
+            return Insert::Replacement;
+        }
+    }
+
+    /// Splits the last bucket: entries that share one more bit with our id move to a new one.
+    fn split_last(&mut self, now: Instant) {
+        let depth = self.buckets.len() - 1;
+        let own = self.own;
+        let last = self.buckets.last_mut().expect("table has a bucket");
+        let (stay, go): (Vec<Entry>, Vec<Entry>) = last
+            .nodes
+            .drain(..)
+            .partition(|e| own.common_prefix_len(&e.contact.id) == depth);
+        let (rstay, rgo): (Vec<Entry>, Vec<Entry>) = last
+            .replacements
+            .drain(..)
+            .partition(|e| own.common_prefix_len(&e.contact.id) == depth);
+        last.nodes = stay;
+        last.replacements = rstay;
+        let mut next = Bucket::new(now);
+        next.nodes = go;
+        next.replacements = rgo;
+        self.buckets.push(next);
+    }
+
+    /// Records a query from `contact`. Returns `true` when the node is already in the table
+    /// (and refreshes it); a changed id at a known address evicts the old entry.
+    pub fn heard_query(&mut self, contact: Contact, now: Instant) -> bool {
+        if let Some((b, i)) = self.find(&contact.id) {
+            let e = &mut self.buckets[b].nodes[i];
+            if e.contact.addr == contact.addr {
+                e.last_query = Some(now);
+                return true;
+            }
+            return false;
+        }
+        if let Some((b, i)) = self.find_addr(contact.addr) {
+            self.remove_at(b, i);
+        }
+        false
+    }
+
+    /// Whether a verified `contact` would get a main-bucket slot now, i.e. whether it is
+    /// worth a verification ping.
+    pub fn would_accept(&self, contact: &Contact, now: Instant) -> bool {
+        if contact.id == self.own || self.ips.contains(contact.addr.ip()) {
+            return false;
+        }
+        let b = self.bucket_index(&contact.id);
+        let bucket = &self.buckets[b];
+        if self.subnet_taken(b, &contact.addr, None) && bucket.nodes.len() < self.config.k {
+            return false;
+        }
+        bucket.nodes.len() < self.config.k
+            || (b == self.buckets.len() - 1 && self.buckets.len() < ID_LEN * 8)
+            || bucket
+                .nodes
+                .iter()
+                .any(|e| e.status(now, self.config.max_failures) != NodeStatus::Good)
+    }
+
+    /// Records that a query to `contact` timed out. A node that becomes bad is replaced by the
+    /// freshest verified replacement, when there is one.
+    pub fn failed(&mut self, contact: &Contact, now: Instant) {
+        let Some((b, i)) = self.find(&contact.id) else {
+            return;
+        };
+        if self.buckets[b].nodes[i].contact.addr != contact.addr {
+            return;
+        }
+        let e = &mut self.buckets[b].nodes[i];
+        e.failures = e.failures.saturating_add(1);
+        if e.status(now, self.config.max_failures) != NodeStatus::Bad {
+            return;
+        }
+        while let Some(r) = self.buckets[b].replacements.pop() {
+            if !self.ips.contains(r.contact.addr.ip())
+                && !self.subnet_taken(b, &r.contact.addr, Some(i))
+            {
+                self.remove_at(b, i);
+                self.ips.insert(*r.contact.addr.ip());
+                let bucket = &mut self.buckets[b];
+                bucket.nodes.push(r);
+                bucket.last_changed = now;
+                return;
+            }
+        }
+    }
+
+    /// Marks that we just pinged `contact` for maintenance, so the next pick moves on.
+    pub fn pinged(&mut self, id: &NodeId, now: Instant) {
+        if let Some((b, i)) = self.find(id) {
+            self.buckets[b].nodes[i].last_pinged = Some(now);
+        }
+    }
+
+    /// The entry we have heard from (or pinged) least recently: pinging one such node every
+    /// few seconds keeps the whole table fresh without bursts (libtorrent's approach).
+    pub fn least_recently_seen(&self) -> Option<&Entry> {
+        self.buckets
+            .iter()
+            .flat_map(|b| b.nodes.iter())
+            .min_by_key(|e| e.last_activity())
+    }
+
+    /// Buckets idle for [`BUCKET_REFRESH_AFTER`], each with a random target inside it.
+    pub fn stale_buckets<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> Vec<NodeId> {
+        let last = self.buckets.len() - 1;
+        let mut targets = Vec::new();
+        for (i, b) in self.buckets.iter_mut().enumerate() {
+            if now.saturating_duration_since(b.last_changed) >= BUCKET_REFRESH_AFTER {
+                // Resetting here keeps one refresh per interval even if the lookup finds nothing.
+                b.last_changed = now;
+                let depth = if i == last {
+                    (i + 1).min(ID_LEN * 8)
+                } else {
+                    i
+                };
+                targets.push(self.own.random_at_depth(depth, rng));
+            }
+        }
+        targets
+    }
+
+    /// The `count` closest usable (not failing) contacts to `target`, closest first, into `out`.
+    ///
+    /// Walks buckets from the one `target` falls into outwards (a bucket's nodes are all
+    /// closer to the target than those of the next group), so a reply costs a few buckets'
+    /// worth of distance computations rather than the whole table.
+    pub fn closest(&self, target: &NodeId, count: usize, out: &mut Vec<Contact>) {
+        out.clear();
+        let usable = |e: &&Entry| e.failures == 0;
+        let start = self.bucket_index(target);
+        let push_bucket = |b: &Bucket, out: &mut Vec<Contact>| {
+            out.extend(b.nodes.iter().filter(usable).map(|e| e.contact));
+        };
+        push_bucket(&self.buckets[start], out);
+        if out.len() < count {
+            for b in &self.buckets[start + 1..] {
+                push_bucket(b, out);
+            }
+        }
+        let mut next = start;
+        while out.len() < count && next > 0 {
+            next -= 1;
+            push_bucket(&self.buckets[next], out);
+        }
+        out.sort_unstable_by_key(|c| c.id.distance(target));
+        out.truncate(count);
+    }
+
+    /// Every main entry.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().flat_map(|b| b.nodes.iter())
+    }
+
+    /// Main entries then replacements: what is worth persisting.
+    pub fn all_contacts(&self) -> Vec<Contact> {
+        let mut v: Vec<Contact> = self.entries().map(|e| e.contact).collect();
+        v.extend(
+            self.buckets
+                .iter()
+                .flat_map(|b| b.replacements.iter().map(|e| e.contact)),
+        );
+        v
+    }
+
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Number of main entries.
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.nodes.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn num_buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// (good, questionable, bad) counts.
+    pub fn counts(&self, now: Instant) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for e in self.entries() {
+            match e.status(now, self.config.max_failures) {
+                NodeStatus::Good => c.0 += 1,
+                NodeStatus::Questionable => c.1 += 1,
+                NodeStatus::Bad => c.2 += 1,
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    fn addr(i: u32) -> SocketAddrV4 {
+        // Distinct /24s so the subnet rule does not interfere unless a test wants it.
+        SocketAddrV4::new(Ipv4Addr::from(0x7f00_0001 + (i << 8)), 6881)
+    }
+
+    fn id_with_prefix(own: &NodeId, depth: usize, rng: &mut StdRng) -> NodeId {
+        own.random_at_depth(depth, rng)
+    }
+
+    fn table() -> (RoutingTable, Instant, StdRng) {
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(7);
+        let own = NodeId::random(&mut rng);
+        (
+            RoutingTable::new(own, RoutingConfig::default(), now),
+            now,
+            rng,
+        )
+    }
+
+    #[test]
+    fn splits_only_the_bucket_holding_our_id() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        // 8 far nodes (depth 0) fill bucket 0 once it exists.
+        for i in 0..8 {
+            let id = id_with_prefix(&own, 0, &mut rng);
+            assert_eq!(
+                t.heard_response(Contact::new(id, addr(i)), now),
+                Insert::Added
+            );
+        }
+        // A 9th near node forces a split, the far ones stay in bucket 0.
+        let near = id_with_prefix(&own, 5, &mut rng);
+        assert_eq!(
+            t.heard_response(Contact::new(near, addr(100)), now),
+            Insert::Added
+        );
+        assert_eq!(t.num_buckets(), 2);
+        // More far nodes can no longer split: they become replacements.
+        let far = id_with_prefix(&own, 0, &mut rng);
+        assert_eq!(
+            t.heard_response(Contact::new(far, addr(200)), now),
+            Insert::Replacement
+        );
+        assert_eq!(t.len(), 9);
+    }
+
+    #[test]
+    fn one_entry_per_ip_and_per_subnet_in_a_bucket() {
+        let (mut t, now, mut rng) = table();
+        let a = SocketAddrV4::new(Ipv4Addr::new(127, 0, 5, 1), 1000);
+        let same_ip = SocketAddrV4::new(Ipv4Addr::new(127, 0, 5, 1), 1001);
+        let same_net = SocketAddrV4::new(Ipv4Addr::new(127, 0, 5, 2), 1000);
+        let id1 = id_with_prefix(&t.own_id(), 0, &mut rng);
+        let id2 = id_with_prefix(&t.own_id(), 0, &mut rng);
+        let id3 = id_with_prefix(&t.own_id(), 0, &mut rng);
+        assert_eq!(t.heard_response(Contact::new(id1, a), now), Insert::Added);
+        assert_eq!(
+            t.heard_response(Contact::new(id2, same_ip), now),
+            Insert::Rejected
+        );
+        assert_eq!(
+            t.heard_response(Contact::new(id3, same_net), now),
+            Insert::Rejected
+        );
+        let mut open = RoutingTable::new(
+            t.own_id(),
+            RoutingConfig {
+                restrict_subnets: false,
+                ..Default::default()
+            },
+            now,
+        );
+        open.heard_response(Contact::new(id1, a), now);
+        assert_eq!(
+            open.heard_response(Contact::new(id3, same_net), now),
+            Insert::Added
+        );
+    }
+
+    #[test]
+    fn id_change_at_same_address_evicts_and_id_hijack_is_refused() {
+        let (mut t, now, mut rng) = table();
+        let id1 = NodeId::random(&mut rng);
+        let id2 = NodeId::random(&mut rng);
+        t.heard_response(Contact::new(id1, addr(1)), now);
+        // A query with a new id from the same address evicts the old identity.
+        assert!(!t.heard_query(Contact::new(id2, addr(1)), now));
+        assert!(!t.contains(&id1));
+        t.heard_response(Contact::new(id2, addr(1)), now);
+        // Someone else claiming id2 from another address changes nothing.
+        assert_eq!(
+            t.heard_response(Contact::new(id2, addr(9)), now),
+            Insert::Rejected
+        );
+        let mut out = Vec::new();
+        t.closest(&NodeId::random(&mut rng), 8, &mut out);
+        assert_eq!(out, vec![Contact::new(id2, addr(1))]);
+    }
+
+    #[test]
+    fn own_id_is_never_added() {
+        let (mut t, now, _) = table();
+        let own = t.own_id();
+        assert_eq!(
+            t.heard_response(Contact::new(own, addr(1)), now),
+            Insert::Rejected
+        );
+        assert!(!t.would_accept(&Contact::new(own, addr(1)), now));
+    }
+
+    #[test]
+    fn failing_node_is_replaced_by_a_replacement() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        // Fill the near bucket first so bucket 0 cannot split any more.
+        t.heard_response(
+            Contact::new(id_with_prefix(&own, 3, &mut rng), addr(50)),
+            now,
+        );
+        let mut far = Vec::new();
+        for i in 0..8 {
+            let c = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i));
+            t.heard_response(c, now);
+            far.push(c);
+        }
+        // Force a split so bucket 0 is no longer the last one.
+        for i in 0..8 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 2, &mut rng), addr(60 + i)),
+                now,
+            );
+        }
+        let spare = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(99));
+        assert_eq!(t.heard_response(spare, now), Insert::Replacement);
+        for _ in 0..3 {
+            t.failed(&far[0], now);
+        }
+        assert!(!t.contains(&far[0].id));
+        assert!(t.contains(&spare.id));
+    }
+
+    #[test]
+    fn statuses_follow_bep5() {
+        let now = Instant::now();
+        let c = Contact::new(NodeId([1; 20]), addr(1));
+        let mut e = Entry::new(c, now);
+        assert_eq!(e.status(now, 3), NodeStatus::Good);
+        let later = now + QUESTIONABLE_AFTER + Duration::from_secs(1);
+        assert_eq!(e.status(later, 3), NodeStatus::Questionable);
+        e.last_query = Some(later);
+        assert_eq!(e.status(later, 3), NodeStatus::Good);
+        e.failures = 3;
+        assert_eq!(e.status(later, 3), NodeStatus::Bad);
+    }
+
+    #[test]
+    fn closest_matches_a_brute_force_sort() {
+        let (mut t, now, mut rng) = table();
+        let mut all = Vec::new();
+        for i in 0..400 {
+            let c = Contact::new(NodeId::random(&mut rng), addr(i));
+            if t.heard_response(c, now) == Insert::Added {
+                all.push(c);
+            }
+        }
+        let own = t.own_id();
+        for depth in [0, 1, 2, 5, 12] {
+            all.push(Contact::new(
+                id_with_prefix(&own, depth, &mut rng),
+                addr(1000 + depth as u32),
+            ));
+            t.heard_response(*all.last().unwrap(), now);
+        }
+        let in_table: Vec<Contact> = t.entries().map(|e| e.contact).collect();
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            let target = if rng.random::<bool>() {
+                NodeId::random(&mut rng)
+            } else {
+                own.random_at_depth(rng.random_range(0..20), &mut rng)
+            };
+            let mut want = in_table.clone();
+            want.sort_by_key(|c| c.id.distance(&target));
+            want.truncate(8);
+            t.closest(&target, 8, &mut out);
+            assert_eq!(out, want);
+        }
+    }
+
+    #[test]
+    fn stale_buckets_get_targets_inside_them() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        for i in 0..40 {
+            t.heard_response(Contact::new(NodeId::random(&mut rng), addr(i)), now);
+        }
+        assert!(t.stale_buckets(now, &mut rng).is_empty());
+        let later = now + BUCKET_REFRESH_AFTER;
+        let targets = t.stale_buckets(later, &mut rng);
+        assert_eq!(targets.len(), t.num_buckets());
+        for (i, target) in targets.iter().enumerate().take(t.num_buckets() - 1) {
+            assert_eq!(own.common_prefix_len(target), i);
+        }
+        assert!(t.stale_buckets(later, &mut rng).is_empty());
+    }
+}

@@ -1,0 +1,307 @@
+//! Test networks: a virtual-time simulator over the sans-IO core ([`Sim`]) and a loopback
+//! testnet of real nodes on real sockets ([`testnet::Testnet`]).
+//!
+//! The simulator runs thousands of [`Node`]s in one thread with per-packet latency and loss
+//! and a virtual clock, so behaviour that takes hours on a real network (token expiry,
+//! bucket refresh, churn) is tested in seconds, deterministically for a given seed. No
+//! socket is opened: datagrams move between nodes through an in-memory priority queue.
+
+pub mod testnet;
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::node::{self, Event, Node};
+
+/// Simulator settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// One-way latency is drawn uniformly from this range for every datagram.
+    pub latency: (Duration, Duration),
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    pub seed: u64,
+    /// Template for every node (its id and RNG seed are set per node).
+    pub node: node::Config,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            latency: (Duration::from_millis(10), Duration::from_millis(50)),
+            loss: 0.0,
+            seed: 1,
+            node: node::Config::loopback_testnet(),
+        }
+    }
+}
+
+/// The simulated address of node `i`: 127.x.y.z, distinct per node, port 6881.
+pub fn sim_addr(i: usize) -> SocketAddrV4 {
+    let i = i as u32;
+    let ip = Ipv4Addr::new(
+        127,
+        100 + (i / 62_500) as u8,
+        ((i / 250) % 250) as u8,
+        (i % 250) as u8 + 1,
+    );
+    SocketAddrV4::new(ip, 6881)
+}
+
+struct Packet {
+    at: Instant,
+    seq: u64,
+    from: SocketAddrV4,
+    to: usize,
+    data: Vec<u8>,
+}
+
+impl PartialEq for Packet {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Packet {}
+impl PartialOrd for Packet {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Packet {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Counters of the simulated network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    /// Sent to an address with no (online) node.
+    pub undeliverable: u64,
+}
+
+/// The virtual-time simulator.
+pub struct Sim {
+    config: SimConfig,
+    nodes: Vec<Node>,
+    online: Vec<bool>,
+    index: HashMap<SocketAddrV4, usize>,
+    start: Instant,
+    now: Instant,
+    packets: BinaryHeap<Reverse<Packet>>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    deadlines: Vec<Option<Instant>>,
+    seq: u64,
+    rng: StdRng,
+    events: Vec<(usize, Event)>,
+    free_buffers: Vec<Vec<u8>>,
+    pub net: NetStats,
+}
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Self {
+        let start = Instant::now();
+        Sim {
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+            nodes: Vec::new(),
+            online: Vec::new(),
+            index: HashMap::new(),
+            start,
+            now: start,
+            packets: BinaryHeap::new(),
+            timers: BinaryHeap::new(),
+            deadlines: Vec::new(),
+            seq: 0,
+            events: Vec::new(),
+            free_buffers: Vec::new(),
+            net: NetStats::default(),
+        }
+    }
+
+    /// Adds a node (offline until it is given something to do) and returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let mut cfg = self.config.node.clone();
+        cfg.seed = Some(self.rng.random());
+        self.nodes.push(Node::new(cfg, self.now));
+        self.online.push(true);
+        self.deadlines.push(None);
+        self.index.insert(sim_addr(i), i);
+        self.after(i);
+        i
+    }
+
+    /// Adds `n` nodes that join one after another (`spacing` apart), each bootstrapping
+    /// from up to three random nodes that joined before it.
+    pub fn grow(&mut self, n: usize, spacing: Duration) {
+        for _ in 0..n {
+            let i = self.add_node();
+            let mut routers = Vec::new();
+            let joined = self.nodes.len() - 1;
+            for _ in 0..joined.min(3) {
+                let j = self.rng.random_range(0..joined);
+                if self.online[j] {
+                    routers.push(sim_addr(j));
+                }
+            }
+            self.with_node(i, |node, now| node.bootstrap(now, &routers));
+            let until = self.now + spacing;
+            self.run_until(until);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Virtual time since the simulation started.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    pub fn is_online(&self, i: usize) -> bool {
+        self.online[i]
+    }
+
+    /// Takes node `i` off the network: packets to it are lost and its timers stop.
+    pub fn set_offline(&mut self, i: usize) {
+        self.online[i] = false;
+        self.deadlines[i] = None;
+    }
+
+    /// Runs `f` on node `i` at the current virtual time, then delivers what it sent.
+    pub fn with_node<R>(&mut self, i: usize, f: impl FnOnce(&mut Node, Instant) -> R) -> R {
+        let now = self.now;
+        let r = f(&mut self.nodes[i], now);
+        self.after(i);
+        r
+    }
+
+    /// Events the nodes produced since the last call, tagged with the node index.
+    pub fn take_events(&mut self) -> Vec<(usize, Event)> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Advances virtual time by `d`, processing everything due.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Processes packets and timers in time order up to `until`.
+    pub fn run_until(&mut self, until: Instant) {
+        loop {
+            let next_packet = self.packets.peek().map(|Reverse(p)| p.at);
+            let next_timer = loop {
+                match self.timers.peek() {
+                    Some(Reverse((t, i))) if self.deadlines[*i] != Some(*t) => {
+                        self.timers.pop();
+                    }
+                    Some(Reverse((t, _))) => break Some(*t),
+                    None => break None,
+                }
+            };
+            let next = match (next_packet, next_timer) {
+                (Some(p), Some(t)) => p.min(t),
+                (a, b) => match a.or(b) {
+                    Some(x) => x,
+                    None => break,
+                },
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            if next_packet == Some(next) {
+                let Reverse(p) = self.packets.pop().expect("peeked");
+                if self.online[p.to] {
+                    self.net.delivered += 1;
+                    let now = self.now;
+                    self.nodes[p.to].handle_datagram(now, SocketAddr::V4(p.from), &p.data);
+                    self.after(p.to);
+                } else {
+                    self.net.undeliverable += 1;
+                }
+                self.free_buffers.push(p.data);
+            } else {
+                let Reverse((_, i)) = self.timers.pop().expect("peeked");
+                self.deadlines[i] = None;
+                let now = self.now;
+                self.nodes[i].handle_timeout(now);
+                self.after(i);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Moves node `i`'s output into the network and re-arms its timer.
+    fn after(&mut self, i: usize) {
+        let from = sim_addr(i);
+        let (lo, hi) = self.config.latency;
+        while let Some(t) = self.nodes[i].poll_transmit() {
+            self.net.sent += 1;
+            let SocketAddr::V4(to) = t.to else { continue };
+            if self.config.loss > 0.0 && self.rng.random::<f64>() < self.config.loss {
+                self.net.lost += 1;
+                continue;
+            }
+            let Some(&to) = self.index.get(&to) else {
+                self.net.undeliverable += 1;
+                continue;
+            };
+            let latency = if hi > lo {
+                self.rng.random_range(lo..hi)
+            } else {
+                lo
+            };
+            let mut data = self.free_buffers.pop().unwrap_or_default();
+            data.clear();
+            data.extend_from_slice(t.payload);
+            self.seq += 1;
+            self.packets.push(Reverse(Packet {
+                at: self.now + latency,
+                seq: self.seq,
+                from,
+                to,
+                data,
+            }));
+        }
+        while let Some(e) = self.nodes[i].poll_event() {
+            self.events.push((i, e));
+        }
+        if !self.online[i] {
+            return;
+        }
+        if let Some(mut t) = self.nodes[i].poll_timeout() {
+            // Never schedule into the past (that would spin without time advancing).
+            if t <= self.now {
+                t = self.now + Duration::from_millis(1);
+            }
+            if self.deadlines[i] != Some(t) {
+                self.deadlines[i] = Some(t);
+                self.timers.push(Reverse((t, i)));
+            }
+        }
+    }
+}

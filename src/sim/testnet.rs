@@ -1,0 +1,125 @@
+//! A loopback testnet: N real nodes with real UDP sockets, each on its own 127.x.y.z address,
+//! all driven by the current tokio runtime. Used by the integration tests and the testnet
+//! tool; every node's allow-list is 127.0.0.0/8.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::net::{Dht, DhtConfig, DhtHandle, StartError};
+use crate::node;
+
+/// Testnet settings.
+#[derive(Debug, Clone)]
+pub struct TestnetConfig {
+    /// Second octet of every node's address (127.B.x.y), so concurrent testnets (e.g. tests
+    /// running in parallel) do not collide.
+    pub subnet: u8,
+    /// UDP port of every node (distinct IPs make a fixed port safe); 0 = ephemeral.
+    pub port: u16,
+    /// Node template (allow-list forced to loopback).
+    pub node: node::Config,
+    /// Per-node data directories `<dir>/node-<i>` when set.
+    pub data_dir: Option<PathBuf>,
+    /// Routers each joining node is given, drawn from earlier nodes.
+    pub fanout: usize,
+}
+
+impl Default for TestnetConfig {
+    fn default() -> Self {
+        TestnetConfig {
+            subnet: 50,
+            port: 0,
+            node: node::Config::loopback_testnet(),
+            data_dir: None,
+            fanout: 3,
+        }
+    }
+}
+
+/// The address node `i` binds: 127.subnet.(i / 250).(i % 250 + 1).
+pub fn testnet_ip(subnet: u8, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, subnet, (i / 250) as u8, (i % 250) as u8 + 1)
+}
+
+/// Running testnet nodes.
+pub struct Testnet {
+    pub nodes: Vec<DhtHandle>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Testnet {
+    /// Starts `n` nodes on the current runtime. Node 0 starts alone; each later node
+    /// bootstraps from up to `fanout` earlier nodes (node 0 and random others).
+    pub async fn start(n: usize, config: TestnetConfig) -> Result<Testnet, StartError> {
+        assert!(
+            n <= 250 * 250,
+            "testnet addresses cover at most 62,500 nodes"
+        );
+        let mut nodes: Vec<DhtHandle> = Vec::with_capacity(n);
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut node_cfg = config.node.clone();
+            node_cfg.allow = crate::allow::AllowList::loopback();
+            let mut routers = Vec::new();
+            if i > 0 {
+                routers.push(nodes[0].local_addr().to_string());
+                for _ in 1..config.fanout.min(i) {
+                    let j = rand::random_range(0..i);
+                    routers.push(nodes[j].local_addr().to_string());
+                }
+            }
+            let bind = SocketAddr::V4(SocketAddrV4::new(testnet_ip(config.subnet, i), config.port));
+            let dht = DhtConfig {
+                bind,
+                node: node_cfg,
+                bootstrap: routers,
+                data_dir: config
+                    .data_dir
+                    .as_ref()
+                    .map(|d| d.join(format!("node-{i}"))),
+                save_interval: Duration::from_secs(300),
+            };
+            let (handle, driver) = Dht::bind(dht).await?;
+            tasks.push(tokio::spawn(driver));
+            nodes.push(handle);
+        }
+        Ok(Testnet { nodes, tasks })
+    }
+
+    /// Address of node `i` as a v4 socket address.
+    pub fn addr(&self, i: usize) -> SocketAddrV4 {
+        match self.nodes[i].local_addr() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("testnet nodes bind IPv4"),
+        }
+    }
+
+    /// Waits until every node has at least `min_nodes` nodes in its table (or `timeout`
+    /// passes). Returns the smallest table size seen in the last round.
+    pub async fn wait_for_tables(&self, min_nodes: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut smallest = usize::MAX;
+            for n in &self.nodes {
+                if let Ok(s) = n.stats().await {
+                    smallest = smallest.min(s.good_nodes + s.questionable_nodes);
+                }
+            }
+            if smallest >= min_nodes || tokio::time::Instant::now() >= deadline {
+                return smallest;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every node (persisting where configured).
+    pub async fn shutdown(self) {
+        for n in &self.nodes {
+            let _ = n.shutdown().await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Announce tokens and the peer store.
+//!
+//! Tokens prove that an announcer can receive packets at the address it announces from (so
+//! nobody can sign up a third party's IP). A token is a truncated SHA-1 over the requester's
+//! IP and a secret that rotates every five minutes; the current and previous secrets are
+//! accepted, so a token stays valid for 5 to 10 minutes (BEP 5) and no per-requester state
+//! is kept.
+//!
+//! The peer store is bounded in both dimensions (infohashes, peers per infohash) because every
+//! entry is created by remote parties; peers expire unless re-announced.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, RngExt};
+use sha1::{Digest, Sha1};
+
+use crate::id::InfoHash;
+use crate::krpc::Token;
+
+/// How often the token secret changes (BEP 5).
+pub const TOKEN_ROTATION: Duration = Duration::from_secs(5 * 60);
+/// Bytes of SHA-1 kept in a token: short keeps replies small, 8 bytes is unguessable enough.
+pub const TOKEN_LEN: usize = 8;
+
+/// The rotating token secrets.
+#[derive(Debug, Clone)]
+pub struct TokenSecrets {
+    current: [u8; 16],
+    previous: [u8; 16],
+    rotated_at: Instant,
+}
+
+impl TokenSecrets {
+    pub fn new<R: Rng + ?Sized>(rng: &mut R, now: Instant) -> Self {
+        let mut current = [0u8; 16];
+        let mut previous = [0u8; 16];
+        rng.fill_bytes(&mut current);
+        rng.fill_bytes(&mut previous);
+        TokenSecrets {
+            current,
+            previous,
+            rotated_at: now,
+        }
+    }
+
+    /// Rotates as many times as the clock says is due (after a long stall both secrets are
+    /// replaced, so no token outlives its 10 minutes).
+    pub fn maybe_rotate<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) {
+        let mut rotations = 0;
+        while now.saturating_duration_since(self.rotated_at) >= TOKEN_ROTATION && rotations < 2 {
+            self.previous = self.current;
+            rng.fill_bytes(&mut self.current);
+            self.rotated_at += TOKEN_ROTATION;
+            rotations += 1;
+        }
+        if now.saturating_duration_since(self.rotated_at) >= TOKEN_ROTATION {
+            self.rotated_at = now;
+        }
+    }
+
+    /// When the next rotation is due.
+    pub fn next_rotation(&self) -> Instant {
+        self.rotated_at + TOKEN_ROTATION
+    }
+
+    fn token_with(secret: &[u8; 16], ip: Ipv4Addr) -> Token {
+        let mut h = Sha1::new();
+        h.update(ip.octets());
+        h.update(secret);
+        let digest = h.finalize();
+        Token::new(&digest[..TOKEN_LEN]).expect("token fits")
+    }
+
+    /// The token we hand to `ip` now.
+    pub fn make(&self, ip: Ipv4Addr) -> Token {
+        Self::token_with(&self.current, ip)
+    }
+
+    /// Whether `token` was issued to `ip` under the current or previous secret.
+    pub fn verify(&self, ip: Ipv4Addr, token: &[u8]) -> bool {
+        token == Self::token_with(&self.current, ip).as_slice()
+            || token == Self::token_with(&self.previous, ip).as_slice()
+    }
+}
+
+/// Peer store limits.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub max_infohashes: usize,
+    pub max_peers_per_infohash: usize,
+    /// How long an announce is remembered without being refreshed.
+    pub peer_ttl: Duration,
+    /// At most this many peers in one `values` reply: 100 × 8 bytes keeps a get_peers reply
+    /// (with `nodes`, token and `ip`) under ~1,200 bytes, below common path MTUs.
+    pub max_values_per_reply: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            max_infohashes: 2000,
+            max_peers_per_infohash: 500,
+            peer_ttl: Duration::from_secs(45 * 60),
+            max_values_per_reply: 100,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Swarm {
+    peers: Vec<(SocketAddrV4, Instant)>,
+    /// Position of this infohash in `PeerStore::keys` (for O(1) random sampling).
+    key_index: usize,
+}
+
+/// Announced peers by infohash.
+#[derive(Debug)]
+pub struct PeerStore {
+    config: StoreConfig,
+    swarms: HashMap<InfoHash, Swarm>,
+    /// The keys of `swarms`, so BEP 51 can sample infohashes uniformly.
+    keys: Vec<InfoHash>,
+    total_peers: usize,
+}
+
+impl PeerStore {
+    pub fn new(config: StoreConfig) -> Self {
+        PeerStore {
+            config,
+            swarms: HashMap::new(),
+            keys: Vec::new(),
+            total_peers: 0,
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Number of infohashes with at least one peer.
+    pub fn num_infohashes(&self) -> usize {
+        self.swarms.len()
+    }
+
+    pub fn num_peers(&self) -> usize {
+        self.total_peers
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.swarms.len() >= self.config.max_infohashes
+    }
+
+    /// Records (or refreshes) `peer` for `info_hash`. When the store is full, the infohash with
+    /// the fewest peers makes room (it is the least useful to keep); when a swarm is full, the
+    /// peer closest to expiry does.
+    pub fn announce(&mut self, info_hash: InfoHash, peer: SocketAddrV4, now: Instant) {
+        let expires = now + self.config.peer_ttl;
+        if let Some(swarm) = self.swarms.get_mut(&info_hash) {
+            if let Some(p) = swarm.peers.iter_mut().find(|(a, _)| *a == peer) {
+                p.1 = expires;
+                return;
+            }
+            if swarm.peers.len() >= self.config.max_peers_per_infohash {
+                if let Some(oldest) = swarm.peers.iter_mut().min_by_key(|(_, e)| *e) {
+                    *oldest = (peer, expires);
+                }
+                return;
+            }
+            swarm.peers.push((peer, expires));
+            self.total_peers += 1;
+            return;
+        }
+        if self.config.max_infohashes == 0 || self.config.max_peers_per_infohash == 0 {
+            return;
+        }
+        if self.swarms.len() >= self.config.max_infohashes {
+            let victim = self
+                .swarms
+                .iter()
+                .min_by_key(|(_, s)| s.peers.len())
+                .map(|(k, _)| *k)
+                .expect("store is full so not empty");
+            self.remove(&victim);
+        }
+        self.keys.push(info_hash);
+        self.swarms.insert(
+            info_hash,
+            Swarm {
+                peers: vec![(peer, expires)],
+                key_index: self.keys.len() - 1,
+            },
+        );
+        self.total_peers += 1;
+    }
+
+    fn remove(&mut self, info_hash: &InfoHash) {
+        if let Some(swarm) = self.swarms.remove(info_hash) {
+            self.total_peers -= swarm.peers.len();
+            self.keys.swap_remove(swarm.key_index);
+            if let Some(moved) = self.keys.get(swarm.key_index) {
+                self.swarms
+                    .get_mut(moved)
+                    .expect("key list mirrors map")
+                    .key_index = swarm.key_index;
+            }
+        }
+    }
+
+    /// Fills `out` with up to `max` random unexpired peers of `info_hash` (a partial
+    /// Fisher-Yates shuffle in place: the order of a swarm carries no meaning).
+    pub fn sample_peers<R: Rng + ?Sized>(
+        &mut self,
+        info_hash: &InfoHash,
+        max: usize,
+        now: Instant,
+        rng: &mut R,
+        out: &mut Vec<SocketAddrV4>,
+    ) {
+        out.clear();
+        let Some(swarm) = self.swarms.get_mut(info_hash) else {
+            return;
+        };
+        let n = swarm.peers.len();
+        let mut i = 0;
+        while i < n && out.len() < max {
+            let j = rng.random_range(i..n);
+            swarm.peers.swap(i, j);
+            let (addr, expires) = swarm.peers[i];
+            if expires > now {
+                out.push(addr);
+            }
+            i += 1;
+        }
+    }
+
+    /// Up to `max` random infohashes (BEP 51 samples), appended to `out` as raw bytes.
+    pub fn sample_infohashes<R: Rng + ?Sized>(&self, max: usize, rng: &mut R, out: &mut Vec<u8>) {
+        out.clear();
+        let n = self.keys.len();
+        if n <= max {
+            for k in &self.keys {
+                out.extend_from_slice(&k.0);
+            }
+            return;
+        }
+        for idx in rand::seq::index::sample(rng, n, max) {
+            out.extend_from_slice(&self.keys[idx].0);
+        }
+    }
+
+    /// Drops expired peers and empty infohashes.
+    pub fn sweep(&mut self, now: Instant) {
+        let mut empty = Vec::new();
+        for (k, swarm) in &mut self.swarms {
+            let before = swarm.peers.len();
+            swarm.peers.retain(|(_, e)| *e > now);
+            self.total_peers -= before - swarm.peers.len();
+            if swarm.peers.is_empty() {
+                empty.push(*k);
+            }
+        }
+        for k in empty {
+            self.remove(&k);
+        }
+    }
+
+    /// Every infohash and peer (for tools and persistence).
+    pub fn iter(
+        &self,
+    ) -> impl Iterator<Item = (&InfoHash, impl Iterator<Item = SocketAddrV4> + '_)> {
+        self.swarms
+            .iter()
+            .map(|(k, s)| (k, s.peers.iter().map(|(a, _)| *a)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn tokens_are_per_ip_and_live_5_to_10_minutes() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let t0 = Instant::now();
+        let mut s = TokenSecrets::new(&mut rng, t0);
+        let a = Ipv4Addr::new(127, 0, 0, 1);
+        let b = Ipv4Addr::new(127, 0, 0, 2);
+        let tok = s.make(a);
+        assert_eq!(tok.len(), TOKEN_LEN);
+        assert!(s.verify(a, tok.as_slice()));
+        assert!(!s.verify(b, tok.as_slice()), "a token is bound to its IP");
+        s.maybe_rotate(t0 + Duration::from_secs(5 * 60 + 1), &mut rng);
+        assert!(
+            s.verify(a, tok.as_slice()),
+            "previous secret still accepted"
+        );
+        s.maybe_rotate(t0 + Duration::from_secs(10 * 60 + 1), &mut rng);
+        assert!(
+            !s.verify(a, tok.as_slice()),
+            "older than 10 minutes is refused"
+        );
+        // After a long stall both secrets are fresh.
+        let tok = s.make(a);
+        s.maybe_rotate(t0 + Duration::from_secs(3600), &mut rng);
+        assert!(!s.verify(a, tok.as_slice()));
+        assert!(s.next_rotation() > t0 + Duration::from_secs(3600));
+    }
+
+    fn peer(i: u32) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(0x7f00_0000 + i), 6881)
+    }
+
+    #[test]
+    fn store_is_bounded_and_expires() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = Instant::now();
+        let mut st = PeerStore::new(StoreConfig {
+            max_infohashes: 3,
+            max_peers_per_infohash: 4,
+            peer_ttl: Duration::from_secs(60),
+            max_values_per_reply: 100,
+        });
+        let ih = |i: u8| InfoHash::from([i; 20]);
+        for i in 0..10 {
+            st.announce(ih(1), peer(i), now);
+        }
+        assert_eq!(st.num_peers(), 4);
+        st.announce(ih(2), peer(1), now);
+        st.announce(ih(2), peer(2), now);
+        st.announce(ih(3), peer(1), now + Duration::from_secs(30));
+        st.announce(ih(4), peer(1), now);
+        assert_eq!(st.num_infohashes(), 3);
+        assert!(st.swarms.contains_key(&ih(1)) && st.swarms.contains_key(&ih(4)));
+        // Re-announcing refreshes rather than duplicating.
+        st.announce(ih(1), peer(9), now + Duration::from_secs(40));
+        let mut out = Vec::new();
+        st.sample_peers(&ih(1), 100, now, &mut rng, &mut out);
+        assert_eq!(out.len(), 4);
+        st.sweep(now + Duration::from_secs(61));
+        assert_eq!(st.num_infohashes(), 1);
+        assert_eq!(st.num_peers(), 1);
+        st.sample_peers(
+            &ih(1),
+            100,
+            now + Duration::from_secs(61),
+            &mut rng,
+            &mut out,
+        );
+        assert_eq!(out, vec![peer(9)]);
+        assert_eq!(st.keys.len(), 1);
+    }
+
+    #[test]
+    fn samples_are_random_subsets() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = Instant::now();
+        let mut st = PeerStore::new(StoreConfig::default());
+        for i in 0..300 {
+            st.announce(InfoHash::from([7; 20]), peer(i), now);
+        }
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        st.sample_peers(&InfoHash::from([7; 20]), 100, now, &mut rng, &mut a);
+        st.sample_peers(&InfoHash::from([7; 20]), 100, now, &mut rng, &mut b);
+        assert_eq!(a.len(), 100);
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), 100);
+        assert_ne!(a, b);
+        for i in 0..50u8 {
+            st.announce(InfoHash::from([i; 20]), peer(1), now);
+        }
+        let mut s = Vec::new();
+        st.sample_infohashes(20, &mut rng, &mut s);
+        assert_eq!(s.len(), 20 * 20);
+    }
+}

@@ -1,0 +1,207 @@
+//! Three real nodes on loopback: ping, find_node, announce/get_peers round trip, and token
+//! checks (wrong token, a token presented from another IP, a token older than 10 minutes).
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use trackerless::id::{InfoHash, NodeId};
+use trackerless::krpc::{self, Body, QueryArgs};
+use trackerless::node::{Config, Node};
+use trackerless::sim::testnet::{Testnet, TestnetConfig};
+
+async fn testnet(subnet: u8) -> Testnet {
+    let net = Testnet::start(
+        3,
+        TestnetConfig {
+            subnet,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let smallest = net.wait_for_tables(2, Duration::from_secs(20)).await;
+    assert!(smallest >= 2, "tables did not fill: smallest {smallest}");
+    net
+}
+
+#[tokio::test]
+async fn ping_find_node_announce_and_get_peers() {
+    let net = testnet(61).await;
+    let (a, b, c) = (&net.nodes[0], &net.nodes[1], &net.nodes[2]);
+
+    assert_eq!(a.ping(net.addr(1)).await.unwrap(), b.id());
+
+    let found = a.find_node(c.id()).await.unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|x| x.id == c.id() && x.addr == net.addr(2)),
+        "{found:?}"
+    );
+
+    let ih: InfoHash = NodeId([0x5a; 20]);
+    let (_, summary) = b.announce(ih, Some(7000)).unwrap().collect().await;
+    assert!(
+        summary.announced >= 1,
+        "announce acknowledged by nobody: {summary:?}"
+    );
+
+    let (peers, _) = c.get_peers(ih).unwrap().collect().await;
+    let expected = SocketAddrV4::new(*net.addr(1).ip(), 7000);
+    assert!(peers.contains(&expected), "{peers:?}");
+
+    // implied_port: the announcer's UDP port is stored.
+    let ih2: InfoHash = NodeId([0x6b; 20]);
+    c.announce(ih2, None).unwrap().collect().await;
+    let (peers, _) = a.get_peers(ih2).unwrap().collect().await;
+    assert!(peers.contains(&net.addr(2)), "{peers:?}");
+
+    let stats = a.stats().await.unwrap();
+    assert!(stats.queries_in > 0 && stats.replies_in > 0);
+    assert_eq!(stats.dropped_not_allowed, 0);
+    net.shutdown().await;
+}
+
+/// Sends one query from `sock` to `to` and returns the decoded reply.
+async fn ask(sock: &UdpSocket, to: SocketAddrV4, args: QueryArgs<'_>) -> krpc::Message {
+    let mut out = Vec::new();
+    krpc::encode_query(&mut out, b"zz", &NodeId([0x33; 20]), &args, false, None);
+    sock.send_to(&out, to).await.unwrap();
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("reply")
+            .unwrap();
+        // The node may also ping us (to verify a new querier); skip its queries.
+        let m = krpc::decode(&buf[..n]).unwrap();
+        if m.tid.as_slice() == b"zz" {
+            return m;
+        }
+    }
+}
+
+fn token_of(m: &krpc::Message) -> Vec<u8> {
+    match &m.body {
+        Body::Response(r) => r
+            .token
+            .expect("get_peers reply has a token")
+            .as_slice()
+            .to_vec(),
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn error_code(m: &krpc::Message) -> Option<i64> {
+    match &m.body {
+        Body::Error(e) => Some(e.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn bad_and_foreign_tokens_are_refused() {
+    let net = testnet(62).await;
+    let target = net.addr(0);
+    let ih = NodeId([0x77; 20]);
+    let a = UdpSocket::bind("127.62.9.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.62.9.2:0").await.unwrap();
+
+    let reply = ask(&a, target, QueryArgs::GetPeers { info_hash: &ih }).await;
+    let token = token_of(&reply);
+
+    // A made-up token.
+    let bad = ask(
+        &a,
+        target,
+        QueryArgs::AnnouncePeer {
+            info_hash: &ih,
+            port: 1,
+            implied_port: false,
+            token: b"nope",
+        },
+    )
+    .await;
+    assert_eq!(error_code(&bad), Some(203));
+
+    // A's token presented from B.
+    let foreign = ask(
+        &b,
+        target,
+        QueryArgs::AnnouncePeer {
+            info_hash: &ih,
+            port: 1,
+            implied_port: false,
+            token: &token,
+        },
+    )
+    .await;
+    assert_eq!(error_code(&foreign), Some(203));
+
+    // The right token from the right IP.
+    let ok = ask(
+        &a,
+        target,
+        QueryArgs::AnnouncePeer {
+            info_hash: &ih,
+            port: 4242,
+            implied_port: false,
+            token: &token,
+        },
+    )
+    .await;
+    assert!(matches!(ok.body, Body::Response(_)), "{ok:?}");
+    let (peers, _) = net.nodes[1].get_peers(ih).unwrap().collect().await;
+    let SocketAddr::V4(a_addr) = a.local_addr().unwrap() else {
+        unreachable!()
+    };
+    assert!(
+        peers.contains(&SocketAddrV4::new(*a_addr.ip(), 4242)),
+        "{peers:?}"
+    );
+    let stats = net.nodes[0].stats().await.unwrap();
+    assert_eq!(stats.bad_tokens, 2);
+    net.shutdown().await;
+}
+
+/// Token lifetime on the virtual clock: a sans-IO node fed datagrams at chosen instants.
+#[test]
+fn token_older_than_ten_minutes_is_refused() {
+    let t0 = Instant::now();
+    let mut node = Node::new(Config::loopback_testnet(), t0);
+    let from: SocketAddr = "127.63.0.9:5000".parse().unwrap();
+    let ih = NodeId([0x11; 20]);
+    let exchange = |node: &mut Node, at: Instant, args: QueryArgs<'_>| {
+        let mut out = Vec::new();
+        krpc::encode_query(&mut out, b"tt", &NodeId([0x44; 20]), &args, false, None);
+        node.handle_timeout(at);
+        while node.poll_transmit().is_some() {}
+        node.handle_datagram(at, from, &out);
+        let t = node.poll_transmit().expect("a reply");
+        assert_eq!(t.to, from);
+        krpc::decode(t.payload).unwrap()
+    };
+    let token = token_of(&exchange(
+        &mut node,
+        t0,
+        QueryArgs::GetPeers { info_hash: &ih },
+    ));
+    let announce = |port| QueryArgs::AnnouncePeer {
+        info_hash: &ih,
+        port,
+        implied_port: false,
+        token: &token,
+    };
+
+    // 9 minutes later: still valid (current or previous secret).
+    let r = exchange(&mut node, t0 + Duration::from_secs(9 * 60), announce(1));
+    assert!(matches!(r.body, Body::Response(_)), "{r:?}");
+    // 10 minutes and a second later: refused.
+    let r = exchange(
+        &mut node,
+        t0 + Duration::from_secs(10 * 60 + 1),
+        announce(2),
+    );
+    assert_eq!(error_code(&r), Some(203));
+}
