@@ -61,10 +61,10 @@ pub async fn resolve(entries: &[String]) -> (Vec<SocketAddrV4>, Vec<String>) {
             Ok(it) => {
                 let before = addrs.len();
                 for a in it {
-                    if let SocketAddr::V4(v4) = a {
-                        if !addrs.contains(&v4) {
-                            addrs.push(v4);
-                        }
+                    if let SocketAddr::V4(v4) = a
+                        && !addrs.contains(&v4)
+                    {
+                        addrs.push(v4);
                     }
                 }
                 if addrs.len() == before {

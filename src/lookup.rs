@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 
-use crate::id::{Contact, InfoHash, NodeId};
+use crate::id::{Contact, InfoHash, NodeId, compact_nodes};
 use crate::krpc::Token;
 
 /// Candidates kept per lookup. Enough to absorb a few rounds of `nodes` (8 each) without
@@ -55,6 +55,19 @@ struct Candidate {
     distance: NodeId,
     state: CandState,
     token: Option<Token>,
+}
+
+/// The parts of a get_peers/find_node reply a lookup uses.
+#[derive(Debug, Clone, Copy)]
+pub struct SearchReply<'a> {
+    pub from: SocketAddrV4,
+    /// Whether the query had already passed its short timeout.
+    pub was_slow: bool,
+    pub id: NodeId,
+    /// Raw compact node info.
+    pub nodes: &'a [u8],
+    pub token: Option<Token>,
+    pub values: &'a [SocketAddrV4],
 }
 
 /// Where a lookup stands.
@@ -211,39 +224,30 @@ impl Lookup {
         true
     }
 
-    /// A reply to a search query. `nodes` are new candidates; `values` are returned minus
-    /// those already reported, into `new_peers`.
-    pub fn on_reply(
-        &mut self,
-        from: SocketAddrV4,
-        was_slow: bool,
-        id: NodeId,
-        nodes: impl Iterator<Item = Contact>,
-        token: Option<Token>,
-        values: &[SocketAddrV4],
-        new_peers: &mut Vec<SocketAddrV4>,
-    ) {
-        if !was_slow {
+    /// A reply to a search query: its `nodes` become candidates and its `values` are
+    /// returned, minus those already reported, in `new_peers`.
+    pub fn on_reply(&mut self, reply: &SearchReply<'_>, new_peers: &mut Vec<SocketAddrV4>) {
+        if !reply.was_slow {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
         self.replies += 1;
         let target = self.target;
-        if let Some(c) = self.find(from) {
+        if let Some(c) = self.find(reply.from) {
             c.state = CandState::Responded;
-            c.token = token;
+            c.token = reply.token;
             if c.id.is_none() {
                 // A router told us who it is; re-sort it into place.
-                c.id = Some(id);
-                c.distance = id.distance(&target);
+                c.id = Some(reply.id);
+                c.distance = reply.id.distance(&target);
                 self.candidates.sort_by_key(|c| c.distance);
             }
         }
-        for n in nodes {
+        for n in compact_nodes(reply.nodes) {
             self.add_candidate(n);
         }
         new_peers.clear();
         if self.kind.wants_peers() {
-            for v in values {
+            for v in reply.values {
                 if self.peers_seen.len() < MAX_PEERS_TRACKED && self.peers_seen.insert(*v) {
                     new_peers.push(*v);
                 }
@@ -254,10 +258,8 @@ impl Lookup {
     /// The short timeout of a query passed: free its slot.
     pub fn on_slow(&mut self, addr: SocketAddrV4) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(c) = self.find(addr) {
-            if c.state == CandState::InFlight {
-                c.state = CandState::Slow;
-            }
+        if let Some(c) = self.find(addr).filter(|c| c.state == CandState::InFlight) {
+            c.state = CandState::Slow;
         }
     }
 
@@ -343,6 +345,14 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
+    fn compact(contacts: &[Contact]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for c in contacts {
+            c.write_compact(&mut v);
+        }
+        v
+    }
+
     fn c(first: u8, i: u32) -> Contact {
         let mut id = [0u8; 20];
         id[0] = first;
@@ -367,12 +377,14 @@ mod tests {
         let mut peers = Vec::new();
         // Candidate 1 answers with a much closer node.
         l.on_reply(
-            c(0x81, 1).addr,
-            false,
-            c(0x81, 1).id,
-            [c(0x01, 9)].into_iter(),
-            None,
-            &[],
+            &SearchReply {
+                from: c(0x81, 1).addr,
+                was_slow: false,
+                id: c(0x81, 1).id,
+                nodes: &compact(&[c(0x01, 9)]),
+                token: None,
+                values: &[],
+            },
             &mut peers,
         );
         l.next_queries(&mut q);
@@ -383,12 +395,14 @@ mod tests {
         // Candidate 2 is slow: its slot frees but nothing else is in the top K.
         l.on_slow(c(0x82, 2).addr);
         l.on_reply(
-            c(0x01, 9).addr,
-            false,
-            c(0x01, 9).id,
-            std::iter::empty(),
-            None,
-            &[],
+            &SearchReply {
+                from: c(0x01, 9).addr,
+                was_slow: false,
+                id: c(0x01, 9).id,
+                nodes: &[],
+                token: None,
+                values: &[],
+            },
             &mut peers,
         );
         l.next_queries(&mut q);
@@ -436,22 +450,26 @@ mod tests {
         let peer: SocketAddrV4 = "127.5.5.5:5".parse().unwrap();
         let mut new = Vec::new();
         l.on_reply(
-            c(1, 1).addr,
-            false,
-            c(1, 1).id,
-            std::iter::empty(),
-            Token::new(b"tk"),
-            &[peer, peer],
+            &SearchReply {
+                from: c(1, 1).addr,
+                was_slow: false,
+                id: c(1, 1).id,
+                nodes: &[],
+                token: Token::new(b"tk"),
+                values: &[peer, peer],
+            },
             &mut new,
         );
         assert_eq!(new, vec![peer]);
         l.on_reply(
-            "127.9.9.9:6881".parse().unwrap(),
-            false,
-            NodeId([0x40; 20]),
-            std::iter::empty(),
-            None,
-            &[peer],
+            &SearchReply {
+                from: "127.9.9.9:6881".parse().unwrap(),
+                was_slow: false,
+                id: NodeId([0x40; 20]),
+                nodes: &[],
+                token: None,
+                values: &[peer],
+            },
             &mut new,
         );
         assert!(new.is_empty());

@@ -22,7 +22,7 @@ use crate::id::{Contact, InfoHash, NodeId};
 use crate::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
-use crate::lookup::{Lookup, LookupKind, Phase};
+use crate::lookup::{Lookup, LookupKind, Phase, SearchReply};
 use crate::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::rpc::{Pending, Transactions, Unmatched};
 use crate::storage::{PeerStore, StoreConfig, TokenSecrets};
@@ -563,52 +563,16 @@ impl Node {
     fn step_lookup(&mut self, now: Instant, id: LookupId) {
         let mut queries = std::mem::take(&mut self.scratch_queries);
         let mut announce = std::mem::take(&mut self.scratch_announce);
-        loop {
-            let Some(slot) = self.lookups.get_mut(&id) else {
-                break;
-            };
+        while let Some(slot) = self.lookups.get_mut(&id) {
+            let (target, kind) = (slot.lookup.target, slot.lookup.kind);
             slot.lookup.next_queries(&mut queries);
             if queries.is_empty() {
                 slot.lookup.advance(&mut announce);
-                if !announce.is_empty() {
-                    let (target, kind) = (slot.lookup.target, slot.lookup.kind);
-                    for (addr, node, token) in announce.drain(..) {
-                        let (port, implied_port) = match kind {
-                            LookupKind::Announce { port: Some(p) } => (p, false),
-                            _ => (0, true),
-                        };
-                        let args = QueryArgs::AnnouncePeer {
-                            info_hash: &target,
-                            port,
-                            implied_port,
-                            token: token.as_slice(),
-                        };
-                        if !self.send_query(now, addr, Some(node), args, Purpose::Announce(id)) {
-                            if let Some(slot) = self.lookups.get_mut(&id) {
-                                slot.lookup.announce_unsent();
-                            }
-                        }
-                    }
-                }
+                self.send_announces(now, id, target, kind, &mut announce);
                 break;
             }
-            let (target, kind) = (slot.lookup.target, slot.lookup.kind);
-            let mut unsent = false;
-            for &(addr, expected) in &queries {
-                let args = if kind.wants_peers() {
-                    QueryArgs::GetPeers { info_hash: &target }
-                } else {
-                    QueryArgs::FindNode { target: &target }
-                };
-                if !self.send_query(now, addr, expected, args, Purpose::Search(id)) {
-                    if let Some(slot) = self.lookups.get_mut(&id) {
-                        slot.lookup.on_failure(addr, false);
-                    }
-                    unsent = true;
-                }
-            }
-            // A refused send frees its slot at once: ask for replacements.
-            if !unsent {
+            // A refused send frees its slot at once: go round again for replacements.
+            if !self.send_searches(now, id, target, kind, &queries) {
                 break;
             }
         }
@@ -620,6 +584,60 @@ impl Node {
             .is_some_and(|s| s.lookup.phase() == Phase::Done)
         {
             self.finish_lookup(now, id);
+        }
+    }
+
+    /// Sends a lookup's search queries; returns whether any could not be sent.
+    fn send_searches(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        target: NodeId,
+        kind: LookupKind,
+        queries: &[(SocketAddrV4, Option<NodeId>)],
+    ) -> bool {
+        let mut unsent = false;
+        for &(addr, expected) in queries {
+            let args = if kind.wants_peers() {
+                QueryArgs::GetPeers { info_hash: &target }
+            } else {
+                QueryArgs::FindNode { target: &target }
+            };
+            if !self.send_query(now, addr, expected, args, Purpose::Search(id)) {
+                if let Some(slot) = self.lookups.get_mut(&id) {
+                    slot.lookup.on_failure(addr, false);
+                }
+                unsent = true;
+            }
+        }
+        unsent
+    }
+
+    /// Sends announce_peer to the nodes a finished announce lookup chose.
+    fn send_announces(
+        &mut self,
+        now: Instant,
+        id: LookupId,
+        target: NodeId,
+        kind: LookupKind,
+        announce: &mut Vec<(SocketAddrV4, NodeId, Token)>,
+    ) {
+        let (port, implied_port) = match kind {
+            LookupKind::Announce { port: Some(p) } => (p, false),
+            _ => (0, true),
+        };
+        for (addr, node, token) in announce.drain(..) {
+            let args = QueryArgs::AnnouncePeer {
+                info_hash: &target,
+                port,
+                implied_port,
+                token: token.as_slice(),
+            };
+            if !self.send_query(now, addr, Some(node), args, Purpose::Announce(id))
+                && let Some(slot) = self.lookups.get_mut(&id)
+            {
+                slot.lookup.announce_unsent();
+            }
         }
     }
 
@@ -876,16 +894,15 @@ impl Node {
                     return;
                 };
                 let mut new_peers = std::mem::take(&mut self.scratch_values);
-                let values: &[SocketAddrV4] = &r.values;
-                slot.lookup.on_reply(
+                let reply = SearchReply {
                     from,
-                    pending.slow,
-                    r.id,
-                    r.nodes(),
-                    r.token,
-                    values,
-                    &mut new_peers,
-                );
+                    was_slow: pending.slow,
+                    id: r.id,
+                    nodes: r.nodes.as_deref().unwrap_or(&[]),
+                    token: r.token,
+                    values: &r.values,
+                };
+                slot.lookup.on_reply(&reply, &mut new_peers);
                 if !new_peers.is_empty() && slot.owner == Owner::User {
                     self.events.push_back(Event::Peers {
                         lookup: lid,
@@ -1025,11 +1042,11 @@ impl Node {
             &mut failed,
         );
         for p in slow.drain(..) {
-            if let Purpose::Search(lid) = p.data {
-                if let Some(slot) = self.lookups.get_mut(&lid) {
-                    slot.lookup.on_slow(p.addr);
-                    self.step_lookup(now, lid);
-                }
+            if let Purpose::Search(lid) = p.data
+                && let Some(slot) = self.lookups.get_mut(&lid)
+            {
+                slot.lookup.on_slow(p.addr);
+                self.step_lookup(now, lid);
             }
         }
         for p in failed.drain(..) {

@@ -128,6 +128,9 @@ fn bep5_examples_decode_and_encode_byte_exact() {
 
 // ---- byte-exact against serde_bencode's canonical (sorted) encoder ----
 
+/// Dictionary entries as (key, value) pairs.
+type Entries<'a> = Vec<(&'a [u8], Value)>;
+
 fn b(s: &[u8]) -> Value {
     Value::Bytes(s.to_vec())
 }
@@ -153,7 +156,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     let ip: SocketAddrV4 = "127.1.2.3:6881".parse().unwrap();
     let version = b"TL\x00\x01";
 
-    let shapes: Vec<(QueryArgs, Vec<(&[u8], Value)>)> = vec![
+    let shapes: Vec<(QueryArgs, Entries)> = vec![
         (QueryArgs::Ping, vec![]),
         (
             QueryArgs::FindNode { target: &target },
