@@ -7,6 +7,7 @@
 pub mod allow;
 pub mod bencode;
 pub mod bootstrap;
+pub mod cli;
 pub mod id;
 pub mod krpc;
 pub mod lookup;

@@ -1,0 +1,188 @@
+//! Command-line pieces shared by the binaries: network flags, data directory, logging,
+//! one-line errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::allow::{AllowList, Ipv4Net};
+use crate::bootstrap;
+use crate::net::DhtConfig;
+use crate::node;
+
+/// Flags every DHT-speaking command takes.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// UDP address of the DHT node.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:6881")]
+    pub bind: SocketAddr,
+    /// Bootstrap router host:port (repeatable); replaces the built-in list.
+    #[arg(long, value_name = "ADDR")]
+    pub bootstrap: Vec<String>,
+    /// File with one bootstrap router host:port per line; replaces the built-in list.
+    #[arg(long, value_name = "PATH")]
+    pub bootstrap_file: Option<PathBuf>,
+    /// Directory for persistent state (default: the per-user data directory).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Only send to this IPv4 network, e.g. 127.0.0.0/8 (repeatable; default: anywhere).
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub allow_net: Vec<Ipv4Net>,
+    /// Allow several routing-table entries from one /24 (for private test networks).
+    #[arg(long)]
+    pub no_subnet_limit: bool,
+}
+
+fn parse_net(s: &str) -> Result<Ipv4Net, String> {
+    s.parse()
+}
+
+impl NetArgs {
+    /// The data directory: `--data-dir`, else `$XDG_DATA_HOME/trackerless`, else
+    /// `~/.local/share/trackerless`.
+    pub fn data_dir(&self) -> Result<PathBuf, String> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        default_data_dir()
+    }
+
+    /// The bootstrap routers: `--bootstrap`, then `--bootstrap-file`, else the built-in list.
+    pub fn routers(&self) -> Result<Vec<String>, String> {
+        let mut routers = Vec::new();
+        for b in &self.bootstrap {
+            bootstrap::validate_entry(b).map_err(|e| format!("--bootstrap: {e}"))?;
+            routers.push(b.clone());
+        }
+        if let Some(path) = &self.bootstrap_file {
+            routers.extend(bootstrap::read_list(path)?);
+        }
+        if routers.is_empty() {
+            routers = bootstrap::default_list();
+        }
+        Ok(routers)
+    }
+
+    /// A node configuration from these flags; the node store lives in `<data dir>/dht`.
+    pub fn dht_config(&self) -> Result<DhtConfig, String> {
+        let mut cfg = DhtConfig::new(self.bind);
+        cfg.bootstrap = self.routers()?;
+        cfg.data_dir = Some(self.data_dir()?.join("dht"));
+        cfg.node = node::Config {
+            allow: AllowList::only(self.allow_net.clone()),
+            ..node::Config::default()
+        };
+        cfg.node.routing.restrict_subnets = !self.no_subnet_limit;
+        Ok(cfg)
+    }
+}
+
+/// The per-user data directory.
+pub fn default_data_dir() -> Result<PathBuf, String> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("trackerless"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/trackerless")),
+        None => Err("no HOME or XDG_DATA_HOME; pass --data-dir".into()),
+    }
+}
+
+/// Logs to stderr through tracing, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints `error: <message>` and exits with status 1.
+pub fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
+/// Resolves when the process receives Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Human-readable bytes per second.
+pub fn rate(bytes_per_sec: f64) -> String {
+    const UNITS: [&str; 4] = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+    let mut v = bytes_per_sec;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        net: NetArgs,
+    }
+
+    #[test]
+    fn flags_build_a_config() {
+        let t = T::try_parse_from([
+            "x",
+            "--bind",
+            "127.0.0.5:7000",
+            "--bootstrap",
+            "127.0.0.6:6881",
+            "--allow-net",
+            "127.0.0.0/8",
+            "--data-dir",
+            "/tmp/x",
+            "--no-subnet-limit",
+        ])
+        .unwrap();
+        let cfg = t.net.dht_config().unwrap();
+        assert_eq!(cfg.bind, "127.0.0.5:7000".parse().unwrap());
+        assert_eq!(cfg.bootstrap, vec!["127.0.0.6:6881".to_string()]);
+        assert_eq!(cfg.data_dir, Some(PathBuf::from("/tmp/x/dht")));
+        assert!(cfg.node.allow.allows("127.1.1.1:1".parse().unwrap()));
+        assert!(!cfg.node.allow.allows("10.0.0.1:1".parse().unwrap()));
+        assert!(!cfg.node.routing.restrict_subnets);
+        assert!(T::try_parse_from(["x", "--allow-net", "10.0.0.0/40"]).is_err());
+        let t = T::try_parse_from(["x", "--bootstrap", "nope"]).unwrap();
+        assert!(t.net.dht_config().is_err());
+        let t = T::try_parse_from(["x"]).unwrap();
+        assert_eq!(t.net.routers().unwrap(), bootstrap::default_list());
+    }
+
+    #[test]
+    fn rates_read_well() {
+        assert_eq!(rate(10.0), "10.0 B/s");
+        assert_eq!(rate(2048.0), "2.0 KiB/s");
+    }
+}
