@@ -101,7 +101,7 @@ pub struct Sim {
     deadlines: Vec<Option<Instant>>,
     seq: u64,
     rng: StdRng,
-    events: Vec<(usize, Event)>,
+    events: Vec<(usize, Instant, Event)>,
     free_buffers: Vec<Vec<u8>>,
     pub net: NetStats,
 }
@@ -200,6 +200,14 @@ impl Sim {
 
     /// Events the nodes produced since the last call, tagged with the node index.
     pub fn take_events(&mut self) -> Vec<(usize, Event)> {
+        self.take_timed_events()
+            .into_iter()
+            .map(|(i, _, e)| (i, e))
+            .collect()
+    }
+
+    /// Events with the virtual time at which they were produced.
+    pub fn take_timed_events(&mut self) -> Vec<(usize, Instant, Event)> {
         std::mem::take(&mut self.events)
     }
 
@@ -288,7 +296,7 @@ impl Sim {
             }));
         }
         while let Some(e) = self.nodes[i].poll_event() {
-            self.events.push((i, e));
+            self.events.push((i, self.now, e));
         }
         if !self.online[i] {
             return;
