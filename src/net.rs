@@ -366,10 +366,16 @@ impl Driver {
         let mut resolve_backoff = Duration::from_secs(5);
         let resolve_at = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(resolve_at);
-        let mut need_resolve = !self.routers.is_empty();
+        // Resolve before serving commands so the first lookups can use the routers.
+        let mut need_resolve = false;
         if self.routers.is_empty() {
             // No routers: join through persisted contacts (or wait to be contacted).
             self.node.bootstrap(Instant::now(), &[]);
+        } else {
+            need_resolve = !self.resolve_and_bootstrap().await;
+            resolve_at
+                .as_mut()
+                .reset(tokio::time::Instant::now() + resolve_backoff);
         }
         let mut shutdown_ack = None;
         loop {
@@ -413,18 +419,9 @@ impl Driver {
                 },
                 () = &mut sleep => self.node.handle_timeout(Instant::now()),
                 () = &mut resolve_at, if need_resolve => {
-                    let (addrs, errors) = bootstrap::resolve(&self.routers).await;
-                    for e in &errors {
-                        tracing::warn!("bootstrap router {e}");
-                    }
-                    if addrs.is_empty() {
-                        tracing::warn!("no bootstrap router resolved; retrying in {resolve_backoff:?}");
-                        resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff);
-                        resolve_backoff = (resolve_backoff * 2).min(Duration::from_secs(300));
-                    } else {
-                        need_resolve = false;
-                    }
-                    self.node.bootstrap(Instant::now(), &addrs);
+                    resolve_backoff = (resolve_backoff * 2).min(Duration::from_secs(300));
+                    need_resolve = !self.resolve_and_bootstrap().await;
+                    resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff);
                 }
                 _ = save_tick.tick() => {
                     if let Err(e) = self.save() {
@@ -435,9 +432,26 @@ impl Driver {
         }
         self.flush().await;
         let saved = self.save().map_err(|e| e.to_string());
+        // Close the store (releasing its lock) before acknowledging, so a caller can reopen
+        // the same data directory as soon as shutdown() returns.
+        drop(self.store.take());
         if let Some(ack) = shutdown_ack {
             let _ = ack.send(saved);
         }
+    }
+
+    /// Resolves the routers and (re)starts the bootstrap; false when none resolved, so the
+    /// caller retries with backoff (e.g. started offline).
+    async fn resolve_and_bootstrap(&mut self) -> bool {
+        let (addrs, errors) = bootstrap::resolve(&self.routers).await;
+        for e in &errors {
+            tracing::warn!("bootstrap router {e}");
+        }
+        if addrs.is_empty() {
+            tracing::warn!("no bootstrap router resolved; will retry");
+        }
+        self.node.bootstrap(Instant::now(), &addrs);
+        !addrs.is_empty()
     }
 
     fn save(&self) -> Result<(), PersistError> {

@@ -546,6 +546,12 @@ impl Node {
         for c in &seeds {
             lookup.add_candidate(*c);
         }
+        if seeds.len() < self.config.routing.k {
+            // A thin table: the routers are better than nothing (they sort last).
+            for r in &self.routers {
+                lookup.add_router(*r);
+            }
+        }
         self.scratch_contacts = seeds;
         if lookup.has_candidates() && self.lookups.len() < self.config.max_lookups {
             self.lookups.insert(id, LookupSlot { lookup, owner });
@@ -666,6 +672,13 @@ impl Node {
                         (self.bootstrap_backoff * 2).min(BOOTSTRAP_MAX_BACKOFF);
                 } else {
                     self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
+                }
+                if !self.table.is_empty() {
+                    let targets = self.table.all_bucket_targets(now, &mut self.rng);
+                    for t in targets {
+                        let lookup = self.new_lookup(t, LookupKind::FindNode);
+                        self.start_lookup(now, lookup, Owner::Refresh);
+                    }
                 }
             }
             Owner::Refresh => {}

@@ -389,10 +389,37 @@ impl RoutingTable {
 
     /// Buckets idle for [`BUCKET_REFRESH_AFTER`], each with a random target inside it.
     pub fn stale_buckets<R: Rng + ?Sized>(&mut self, now: Instant, rng: &mut R) -> Vec<NodeId> {
+        self.refresh_targets(now, rng, true)
+    }
+
+    /// A random target at every depth the table has, including a random id in the last
+    /// bucket's far half: looking them all up right after joining fills the far buckets at
+    /// once instead of waiting for strangers to query us (a self-lookup alone only finds the
+    /// nodes nearest to us).
+    pub fn all_bucket_targets<R: Rng + ?Sized>(
+        &mut self,
+        now: Instant,
+        rng: &mut R,
+    ) -> Vec<NodeId> {
+        let mut targets = self.refresh_targets(now, rng, false);
+        let last = self.buckets.len() - 1;
+        if let Some(t) = targets.last_mut() {
+            *t = self.own.random_at_depth(last, rng);
+        }
+        targets
+    }
+
+    fn refresh_targets<R: Rng + ?Sized>(
+        &mut self,
+        now: Instant,
+        rng: &mut R,
+        only_stale: bool,
+    ) -> Vec<NodeId> {
         let last = self.buckets.len() - 1;
         let mut targets = Vec::new();
         for (i, b) in self.buckets.iter_mut().enumerate() {
-            if now.saturating_duration_since(b.last_changed) >= BUCKET_REFRESH_AFTER {
+            if !only_stale || now.saturating_duration_since(b.last_changed) >= BUCKET_REFRESH_AFTER
+            {
                 // Resetting here keeps one refresh per interval even if the lookup finds nothing.
                 b.last_changed = now;
                 let depth = if i == last {
