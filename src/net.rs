@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::bootstrap;
 use crate::id::{Contact, InfoHash, NodeId};
-use crate::node::{self, Event, LookupId, Node, PingError, RequestId, Stats};
+use crate::krpc::Response;
+use crate::node::{self, DirectQuery, Event, LookupId, Node, PingError, RequestId, Stats};
 use crate::persist::{NodeStore, PersistError};
 
 /// Everything needed to start a node.
@@ -34,6 +35,18 @@ pub struct DhtConfig {
     pub data_dir: Option<PathBuf>,
     /// How often contacts are saved while running (they are also saved on shutdown).
     pub save_interval: Duration,
+    /// Receives the infohashes of get_peers/announce_peer queries this node is sent (a
+    /// crawler's passive harvest). Full channel: the report is dropped, never the query.
+    pub incoming: Option<mpsc::Sender<IncomingQuery>>,
+}
+
+/// A get_peers or announce_peer query we received (see [`DhtConfig::incoming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingQuery {
+    pub info_hash: InfoHash,
+    pub from: SocketAddrV4,
+    /// The announced peer, for a valid announce_peer.
+    pub peer: Option<SocketAddrV4>,
 }
 
 impl DhtConfig {
@@ -45,6 +58,7 @@ impl DhtConfig {
             bootstrap: Vec::new(),
             data_dir: None,
             save_interval: Duration::from_secs(5 * 60),
+            incoming: None,
         }
     }
 }
@@ -151,6 +165,11 @@ impl PeerStream {
 
 enum Command {
     Ping(SocketAddrV4, oneshot::Sender<Result<NodeId, PingError>>),
+    Query(
+        SocketAddrV4,
+        DirectQuery,
+        oneshot::Sender<Result<Box<Response>, PingError>>,
+    ),
     Lookup(LookupRequest, mpsc::UnboundedSender<LookupUpdate>),
     AddContacts(Vec<SocketAddrV4>),
     Bootstrap(Vec<SocketAddrV4>),
@@ -194,6 +213,31 @@ impl DhtHandle {
         rx.await
             .map_err(|_| DhtError::Stopped)?
             .map_err(DhtError::Ping)
+    }
+
+    /// Sends one query to one node and returns its whole reply (e.g. a crawler's BEP 51
+    /// `sample_infohashes`, or `get_peers` to a node that lacks it). A ping returns a reply
+    /// holding just the node id.
+    pub async fn query(&self, addr: SocketAddrV4, q: DirectQuery) -> Result<Response, DhtError> {
+        if q == DirectQuery::Ping {
+            return self.ping(addr).await.map(Response::with_id);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Query(addr, q, tx))?;
+        match rx.await.map_err(|_| DhtError::Stopped)? {
+            Ok(r) => Ok(*r),
+            Err(e) => Err(DhtError::Ping(e)),
+        }
+    }
+
+    /// BEP 51: asks `addr` for a sample of the infohashes it stores.
+    pub async fn sample_infohashes(
+        &self,
+        addr: SocketAddrV4,
+        target: NodeId,
+    ) -> Result<Response, DhtError> {
+        self.query(addr, DirectQuery::SampleInfohashes(target))
+            .await
     }
 
     fn lookup(&self, req: LookupRequest) -> Result<PeerStream, DhtError> {
@@ -305,6 +349,7 @@ impl Dht {
             None => None,
         };
         let mut node_config = config.node.clone();
+        node_config.report_incoming |= config.incoming.is_some();
         let mut persisted = Vec::new();
         if let Some(store) = &store {
             if node_config.id.is_none() {
@@ -333,6 +378,8 @@ impl Dht {
             routers: config.bootstrap.clone(),
             save_interval: config.save_interval,
             pings: HashMap::new(),
+            replies: HashMap::new(),
+            incoming: config.incoming.clone(),
             lookups: HashMap::new(),
             send_errors: 0,
         };
@@ -348,6 +395,8 @@ struct Driver {
     routers: Vec<String>,
     save_interval: Duration,
     pings: HashMap<RequestId, oneshot::Sender<Result<NodeId, PingError>>>,
+    replies: HashMap<RequestId, oneshot::Sender<Result<Box<Response>, PingError>>>,
+    incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
     send_errors: u64,
 }
@@ -494,6 +543,10 @@ impl Driver {
                 let req = self.node.ping(now, addr);
                 self.pings.insert(req, tx);
             }
+            Command::Query(addr, q, tx) => {
+                let req = self.node.query(now, addr, q);
+                self.replies.insert(req, tx);
+            }
             Command::Lookup(req, tx) => {
                 let id = match req {
                     LookupRequest::FindNode(t) => self.node.find_node(now, t),
@@ -522,6 +575,24 @@ impl Driver {
                 Event::Pong { request, result } => {
                     if let Some(tx) = self.pings.remove(&request) {
                         let _ = tx.send(result);
+                    }
+                }
+                Event::Reply { request, result } => {
+                    if let Some(tx) = self.replies.remove(&request) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Event::Incoming {
+                    info_hash,
+                    from,
+                    peer,
+                } => {
+                    if let Some(tx) = &self.incoming {
+                        let _ = tx.try_send(IncomingQuery {
+                            info_hash,
+                            from,
+                            peer,
+                        });
                     }
                 }
                 Event::Peers { lookup, peers } => {

@@ -62,6 +62,8 @@ pub struct Config {
     pub seed: Option<u64>,
     /// BEP 51 `interval` we advertise, in seconds.
     pub sample_interval: u32,
+    /// Emit [`Event::Incoming`] for get_peers and announce_peer queries we receive.
+    pub report_incoming: bool,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             read_only: false,
             seed: None,
             sample_interval: 6 * 3600,
+            report_incoming: false,
         }
     }
 }
@@ -108,7 +111,7 @@ pub struct LookupId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RequestId(pub u64);
 
-/// Why a ping failed.
+/// Why a direct query (ping, or [`Node::query`]) failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PingError {
     Timeout,
@@ -126,6 +129,18 @@ pub enum Event {
     Pong {
         request: RequestId,
         result: Result<NodeId, PingError>,
+    },
+    /// The answer to a [`Node::query`] other than a ping.
+    Reply {
+        request: RequestId,
+        result: Result<Box<Response>, PingError>,
+    },
+    /// Someone asked us about an infohash (only with [`Config::report_incoming`]): what a
+    /// crawler harvests passively. `peer` is set for a valid announce.
+    Incoming {
+        info_hash: InfoHash,
+        from: SocketAddrV4,
+        peer: Option<SocketAddrV4>,
     },
     /// Peers found by a get_peers/announce lookup, each reported once per lookup.
     Peers {
@@ -177,11 +192,20 @@ pub struct Stats {
     pub bad_tokens: u64,
 }
 
+/// A single query to one node, answered by [`Event::Pong`] (ping) or [`Event::Reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectQuery {
+    Ping,
+    FindNode(NodeId),
+    GetPeers(InfoHash),
+    SampleInfohashes(NodeId),
+}
+
 /// What an outstanding query is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
-    /// A ping the application asked for.
-    UserPing(RequestId),
+    /// A query the application asked for (`true`: a ping, answered with `Pong`).
+    Direct(RequestId, bool),
     /// Checking an unknown querier or a persisted contact before it may enter the table.
     Verify,
     /// Keeping a table entry fresh.
@@ -486,23 +510,47 @@ impl Node {
 
     /// Pings `addr`; the answer arrives as [`Event::Pong`].
     pub fn ping(&mut self, now: Instant, addr: SocketAddrV4) -> RequestId {
+        self.query(now, addr, DirectQuery::Ping)
+    }
+
+    /// Sends one query to `addr`; a ping is answered by [`Event::Pong`], anything else by
+    /// [`Event::Reply`] with the node's whole response (e.g. BEP 51 samples for a crawler).
+    pub fn query(&mut self, now: Instant, addr: SocketAddrV4, q: DirectQuery) -> RequestId {
         let request = RequestId(self.next_request);
         self.next_request += 1;
+        let is_ping = q == DirectQuery::Ping;
+        let args = match &q {
+            DirectQuery::Ping => QueryArgs::Ping,
+            DirectQuery::FindNode(t) => QueryArgs::FindNode { target: t },
+            DirectQuery::GetPeers(ih) => QueryArgs::GetPeers { info_hash: ih },
+            DirectQuery::SampleInfohashes(t) => QueryArgs::SampleInfohashes { target: t },
+        };
         let error = if !self.config.allow.allows(SocketAddr::V4(addr)) {
             self.stats.dropped_not_allowed += 1;
             Some(PingError::NotAllowed)
-        } else if !self.send_query(now, addr, None, QueryArgs::Ping, Purpose::UserPing(request)) {
+        } else if !self.send_query(now, addr, None, args, Purpose::Direct(request, is_ping)) {
             Some(PingError::Busy)
         } else {
             None
         };
         if let Some(e) = error {
-            self.events.push_back(Event::Pong {
-                request,
-                result: Err(e),
-            });
+            self.direct_result(request, is_ping, Err(e));
         }
         request
+    }
+
+    fn direct_result(&mut self, request: RequestId, is_ping: bool, r: Result<Response, PingError>) {
+        self.events.push_back(if is_ping {
+            Event::Pong {
+                request,
+                result: r.map(|r| r.id),
+            }
+        } else {
+            Event::Reply {
+                request,
+                result: r.map(Box::new),
+            }
+        });
     }
 
     /// Finds the K closest nodes to `target`.
@@ -789,6 +837,13 @@ impl Node {
                 self.store
                     .sample_peers(&info_hash, max, now, &mut self.rng, &mut values);
                 body.values = &values;
+                if self.config.report_incoming {
+                    self.events.push_back(Event::Incoming {
+                        info_hash,
+                        from,
+                        peer: None,
+                    });
+                }
             }
             Method::AnnouncePeer {
                 info_hash,
@@ -807,9 +862,16 @@ impl Node {
                     return;
                 }
                 let port = if implied_port { from.port() } else { port };
-                self.store
-                    .announce(info_hash, SocketAddrV4::new(*from.ip(), port), now);
+                let peer = SocketAddrV4::new(*from.ip(), port);
+                self.store.announce(info_hash, peer, now);
                 self.stats.announces_stored += 1;
+                if self.config.report_incoming {
+                    self.events.push_back(Event::Incoming {
+                        info_hash,
+                        from,
+                        peer: Some(peer),
+                    });
+                }
             }
             Method::SampleInfohashes { target } => {
                 closest(&self.table, &target, &mut contacts, &mut nodes);
@@ -894,10 +956,7 @@ impl Node {
             self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
         }
         match pending.data {
-            Purpose::UserPing(request) => self.events.push_back(Event::Pong {
-                request,
-                result: Ok(r.id),
-            }),
+            Purpose::Direct(request, is_ping) => self.direct_result(request, is_ping, Ok(r)),
             Purpose::Verify => {
                 self.verifying.remove(&from);
             }
@@ -947,10 +1006,9 @@ impl Node {
             return;
         };
         match pending.data {
-            Purpose::UserPing(request) => self.events.push_back(Event::Pong {
-                request,
-                result: Err(PingError::Remote(code, msg)),
-            }),
+            Purpose::Direct(request, is_ping) => {
+                self.direct_result(request, is_ping, Err(PingError::Remote(code, msg)))
+            }
             Purpose::Verify => {
                 self.verifying.remove(&from);
             }
@@ -1068,10 +1126,9 @@ impl Node {
                 self.table.failed(&Contact::new(id, p.addr), now);
             }
             match p.data {
-                Purpose::UserPing(request) => self.events.push_back(Event::Pong {
-                    request,
-                    result: Err(PingError::Timeout),
-                }),
+                Purpose::Direct(request, is_ping) => {
+                    self.direct_result(request, is_ping, Err(PingError::Timeout))
+                }
                 Purpose::Verify => {
                     self.verifying.remove(&p.addr);
                 }

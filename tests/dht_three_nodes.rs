@@ -205,3 +205,63 @@ fn token_older_than_ten_minutes_is_refused() {
     );
     assert_eq!(error_code(&r), Some(203));
 }
+
+/// BEP 51 both ways between our nodes, direct queries, and the passive-harvest channel.
+#[tokio::test]
+async fn sample_infohashes_direct_queries_and_incoming_reports() {
+    use trackerless::net::{Dht, DhtConfig};
+    use trackerless::node::DirectQuery;
+
+    let net = testnet(67).await;
+    // Two infohashes announced by node 1; sample them from every node's store.
+    for b in [0x21u8, 0x22] {
+        net.nodes[1]
+            .announce(NodeId([b; 20]), Some(9000))
+            .unwrap()
+            .collect()
+            .await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..3 {
+        let r = net.nodes[1]
+            .sample_infohashes(net.addr(i), NodeId([0; 20]))
+            .await;
+        let Ok(r) = r else { continue };
+        assert!(r.interval.is_some() && r.num.is_some(), "{r:?}");
+        seen.extend(r.samples());
+    }
+    assert!(
+        seen.contains(&NodeId([0x21; 20])) && seen.contains(&NodeId([0x22; 20])),
+        "{seen:?}"
+    );
+
+    let r = net.nodes[0]
+        .query(net.addr(2), DirectQuery::GetPeers(NodeId([0x21; 20])))
+        .await
+        .unwrap();
+    assert!(r.token.is_some());
+
+    // A node with an incoming channel reports the queries it receives.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let mut cfg = DhtConfig::new("127.67.9.1:0".parse().unwrap());
+    cfg.node = Config::loopback_testnet();
+    cfg.incoming = Some(tx);
+    let (watcher, driver) = Dht::bind(cfg).await.unwrap();
+    tokio::spawn(driver);
+    let SocketAddr::V4(waddr) = watcher.local_addr() else {
+        unreachable!()
+    };
+    net.nodes[0]
+        .query(waddr, DirectQuery::GetPeers(NodeId([0x99; 20])))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.info_hash, NodeId([0x99; 20]));
+    assert_eq!(got.from, net.addr(0));
+    assert_eq!(got.peer, None);
+    watcher.shutdown().await.unwrap();
+    net.shutdown().await;
+}

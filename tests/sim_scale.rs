@@ -84,7 +84,7 @@ fn ten_thousand_nodes_with_latency_and_loss() {
                     times.push((at - *t0).as_secs_f64());
                 }
             }
-            Event::Pong { .. } => {}
+            _ => {}
         }
     }
     let succeeded = started.keys().filter(|k| found.contains_key(k)).count();

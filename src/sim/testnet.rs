@@ -79,6 +79,7 @@ impl Testnet {
                     .as_ref()
                     .map(|d| d.join(format!("node-{i}"))),
                 save_interval: Duration::from_secs(300),
+                incoming: None,
             };
             let (handle, driver) = Dht::bind(dht).await?;
             tasks.push(tokio::spawn(driver));
