@@ -69,10 +69,8 @@ fn ten_thousand_nodes_with_latency_and_loss() {
     let mut times = Vec::new();
     for (node, at, e) in sim.take_timed_events() {
         match e {
-            Event::Peers { lookup, peers } => {
-                if peers.iter().any(|p| p.ip() == expected.ip()) {
-                    found.insert((node, lookup), true);
-                }
+            Event::Peers { lookup, peers } if peers.iter().any(|p| p.ip() == expected.ip()) => {
+                found.insert((node, lookup), true);
             }
             Event::LookupDone {
                 lookup,
