@@ -6,10 +6,12 @@
 
 pub mod allow;
 pub mod bencode;
+pub mod bep42;
 pub mod bootstrap;
 pub mod cli;
 pub mod id;
 pub mod krpc;
+pub mod limits;
 pub mod lookup;
 pub mod magnet;
 pub mod metainfo;

@@ -18,10 +18,12 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::allow::AllowList;
+use crate::bep42::{self, IpVoter};
 use crate::id::{Contact, InfoHash, NodeId};
 use crate::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
+use crate::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
 use crate::lookup::{Lookup, LookupKind, Phase, SearchReply};
 use crate::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::rpc::{Pending, Transactions, Unmatched};
@@ -64,6 +66,14 @@ pub struct Config {
     pub sample_interval: u32,
     /// Emit [`Event::Incoming`] for get_peers and announce_peer queries we receive.
     pub report_incoming: bool,
+    /// Per-IP packet rate limit with temporary bans; `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Bytes per second of replies at most (a spoofed-query amplification cap); `None` =
+    /// unlimited.
+    pub reply_quota: Option<u64>,
+    /// BEP 42: once the majority of repliers agree on our external IP, switch to a node id
+    /// valid for it (unless the id is already valid). Emits [`Event::IdChanged`].
+    pub adopt_bep42_id: bool,
 }
 
 impl Default for Config {
@@ -84,15 +94,22 @@ impl Default for Config {
             seed: None,
             sample_interval: 6 * 3600,
             report_incoming: false,
+            rate_limit: Some(RateLimit::default()),
+            reply_quota: Some(DEFAULT_REPLY_QUOTA),
+            adopt_bep42_id: true,
         }
     }
 }
 
 impl Config {
-    /// Settings for a private network on loopback: allow-list 127.0.0.0/8, no subnet rule.
+    /// Settings for a private network on loopback: allow-list 127.0.0.0/8, no subnet rule,
+    /// no rate limit or reply quota (test networks and benchmarks push far more traffic
+    /// between a few addresses than any public peer would).
     pub fn loopback_testnet() -> Self {
         Config {
             allow: AllowList::loopback(),
+            rate_limit: None,
+            reply_quota: None,
             routing: RoutingConfig {
                 restrict_subnets: false,
                 ..Default::default()
@@ -101,6 +118,9 @@ impl Config {
         }
     }
 }
+
+/// Default reply quota: 2 MiB/s, about 7,000 replies per second.
+pub const DEFAULT_REPLY_QUOTA: u64 = 2 * 1024 * 1024;
 
 /// Identifies a lookup started with [`Node::find_node`], [`Node::get_peers`] or
 /// [`Node::announce`].
@@ -135,6 +155,8 @@ pub enum Event {
         request: RequestId,
         result: Result<Box<Response>, PingError>,
     },
+    /// Our node id changed (BEP 42, after learning our external IP): persist it.
+    IdChanged(NodeId),
     /// Someone asked us about an infohash (only with [`Config::report_incoming`]): what a
     /// crawler harvests passively. `peer` is set for a valid announce.
     Incoming {
@@ -190,6 +212,16 @@ pub struct Stats {
     pub timeouts: u64,
     pub announces_stored: u64,
     pub bad_tokens: u64,
+    /// Packets from IPs over the rate limit.
+    pub dropped_rate_limited: u64,
+    /// Replies not sent because of the reply quota.
+    pub dropped_quota: u64,
+    /// IPs currently banned by the rate limiter.
+    pub banned_ips: usize,
+    /// Our external IP as voted by repliers (BEP 42).
+    pub external_ip: Option<std::net::Ipv4Addr>,
+    /// Tokens not handed out because the peer store is full.
+    pub tokens_withheld: u64,
 }
 
 /// A single query to one node, answered by [`Event::Pong`] (ping) or [`Event::Reply`].
@@ -237,6 +269,41 @@ struct Outbox {
     consumed: usize,
 }
 
+/// Encodes one datagram into the outbox, after the allow-list and (for replies) the reply
+/// quota: the single place every datagram leaves the core. Returns whether it was queued.
+fn emit(
+    outbox: &mut Outbox,
+    stats: &mut Stats,
+    allow: &AllowList,
+    quota: Option<&mut ByteQuota>,
+    now: Instant,
+    to: SocketAddrV4,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> bool {
+    if !allow.allows(SocketAddr::V4(to)) {
+        stats.dropped_not_allowed += 1;
+        return false;
+    }
+    if outbox.queue.is_empty() && outbox.consumed > 0 {
+        outbox.bytes.clear();
+        outbox.consumed = 0;
+    }
+    let start = outbox.bytes.len();
+    encode(&mut outbox.bytes);
+    let len = outbox.bytes.len() - start;
+    if let Some(q) = quota
+        && !q.take(len, now)
+    {
+        outbox.bytes.truncate(start);
+        stats.dropped_quota += 1;
+        return false;
+    }
+    outbox.queue.push_back((to, start, len));
+    stats.packets_out += 1;
+    stats.bytes_out += len as u64;
+    true
+}
+
 /// One datagram to send, borrowed from the node until the next call.
 #[derive(Debug)]
 pub struct Transmit<'a> {
@@ -271,6 +338,9 @@ pub struct Node {
     next_sweep: Instant,
     outbox: Outbox,
     events: VecDeque<Event>,
+    limiter: Option<RateLimiter>,
+    quota: Option<ByteQuota>,
+    voter: IpVoter,
     stats: Stats,
     // Scratch buffers reused across packets.
     scratch_contacts: Vec<Contact>,
@@ -297,6 +367,9 @@ const BOOTSTRAP_MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Bounds on pending verifications.
 const MAX_VERIFYING: usize = 256;
 const MAX_TO_VERIFY: usize = 4096;
+/// BEP 42 external-IP vote: recent votes kept, and votes a result needs.
+const IP_VOTE_WINDOW: usize = 25;
+const IP_VOTE_MIN: usize = 5;
 /// BEP 51: samples per reply.
 const MAX_SAMPLES: usize = 20;
 
@@ -334,6 +407,9 @@ impl Node {
             next_sweep: now + SWEEP_INTERVAL,
             outbox: Outbox::default(),
             events: VecDeque::new(),
+            limiter: config.rate_limit.map(RateLimiter::new),
+            quota: config.reply_quota.map(|q| ByteQuota::new(q, now)),
+            voter: IpVoter::new(IP_VOTE_WINDOW, IP_VOTE_MIN),
             stats: Stats::default(),
             scratch_contacts: Vec::new(),
             scratch_nodes: Vec::new(),
@@ -376,6 +452,8 @@ impl Node {
             peers: self.store.num_peers(),
             transactions: self.txns.len(),
             lookups: self.lookups.len(),
+            banned_ips: self.limiter.as_ref().map_or(0, |l| l.banned(now)),
+            external_ip: self.voter.external_ip(),
             ..self.stats.clone()
         }
     }
@@ -425,23 +503,15 @@ impl Node {
         Some(t)
     }
 
-    /// Encodes one datagram into the outbox through the allow-list. The only way out.
-    fn queue(&mut self, to: SocketAddrV4, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
-        if !self.config.allow.allows(SocketAddr::V4(to)) {
-            self.stats.dropped_not_allowed += 1;
-            return false;
-        }
-        if self.outbox.queue.is_empty() && self.outbox.consumed > 0 {
-            self.outbox.bytes.clear();
-            self.outbox.consumed = 0;
-        }
-        let start = self.outbox.bytes.len();
-        encode(&mut self.outbox.bytes);
-        let len = self.outbox.bytes.len() - start;
-        self.outbox.queue.push_back((to, start, len));
-        self.stats.packets_out += 1;
-        self.stats.bytes_out += len as u64;
-        true
+    /// Encodes one query datagram into the outbox (replies use [`emit`] directly).
+    fn queue(&mut self, now: Instant, to: SocketAddrV4, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Node {
+            outbox,
+            stats,
+            config,
+            ..
+        } = self;
+        emit(outbox, stats, &config.allow, None, now, to, encode)
     }
 
     /// Sends a query and registers its transaction. `false` when it could not be sent.
@@ -470,7 +540,7 @@ impl Node {
         let id = self.id;
         let read_only = self.config.read_only;
         self.stats.queries_out += 1;
-        self.queue(to, |out| {
+        self.queue(now, to, |out| {
             krpc::encode_query(out, &tid, &id, &args, read_only, Some(VERSION))
         })
     }
@@ -753,6 +823,24 @@ impl Node {
                 return;
             }
         };
+        if limits::is_bogon_source(*from.ip()) {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        if let Some(limiter) = &mut self.limiter {
+            match limiter.check(*from.ip(), now) {
+                Verdict::Allow => {}
+                Verdict::NewBan => {
+                    tracing::debug!("rate limit: banning {} for a while", from.ip());
+                    self.stats.dropped_rate_limited += 1;
+                    return;
+                }
+                Verdict::Banned => {
+                    self.stats.dropped_rate_limited += 1;
+                    return;
+                }
+            }
+        }
         match krpc::decode(data) {
             Ok(msg) => match msg.body {
                 Body::Query(q) => {
@@ -761,7 +849,7 @@ impl Node {
                 }
                 Body::Response(r) => {
                     self.stats.replies_in += 1;
-                    self.handle_response(now, from, msg.tid.as_slice(), r);
+                    self.handle_response(now, from, msg.tid.as_slice(), r, msg.ip);
                 }
                 Body::Error(e) => {
                     self.stats.errors_in += 1;
@@ -770,20 +858,34 @@ impl Node {
             },
             Err(DecodeError::BadQuery { tid, code, reason }) => {
                 self.stats.queries_in += 1;
-                self.send_error(from, tid.as_slice(), code, reason);
+                self.send_error(now, from, tid.as_slice(), code, reason);
             }
             Err(_) => self.stats.dropped_malformed += 1,
         }
     }
 
-    fn send_error(&mut self, to: SocketAddrV4, tid: &[u8], code: i64, message: &str) {
+    fn send_error(&mut self, now: Instant, to: SocketAddrV4, tid: &[u8], code: i64, message: &str) {
         if self.config.read_only {
             return;
         }
-        self.stats.errors_out += 1;
-        self.queue(to, |out| {
-            krpc::encode_error(out, tid, code, message, Some(to), Some(VERSION))
-        });
+        let Node {
+            outbox,
+            stats,
+            config,
+            quota,
+            ..
+        } = self;
+        if emit(
+            outbox,
+            stats,
+            &config.allow,
+            quota.as_mut(),
+            now,
+            to,
+            |out| krpc::encode_error(out, tid, code, message, Some(to), Some(VERSION)),
+        ) {
+            stats.errors_out += 1;
+        }
     }
 
     fn handle_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query, ro: bool) {
@@ -832,7 +934,13 @@ impl Node {
                 body.nodes = Some(&nodes);
                 self.tokens.maybe_rotate(now, &mut self.rng);
                 token = self.tokens.make(*from.ip());
-                body.token = Some(token.as_slice());
+                // A full store could not take the announce anyway: no token, so the
+                // requester announces elsewhere instead of wasting a round trip here.
+                if !self.store.is_full() || self.store.contains(&info_hash) {
+                    body.token = Some(token.as_slice());
+                } else {
+                    self.stats.tokens_withheld += 1;
+                }
                 let max = self.store.config().max_values_per_reply;
                 self.store
                     .sample_peers(&info_hash, max, now, &mut self.rng, &mut values);
@@ -858,7 +966,7 @@ impl Node {
                     self.scratch_nodes = nodes;
                     self.scratch_values = values;
                     self.scratch_samples = samples;
-                    self.send_error(from, tid, ERR_PROTOCOL, "bad token");
+                    self.send_error(now, from, tid, ERR_PROTOCOL, "bad token");
                     return;
                 }
                 let port = if implied_port { from.port() } else { port };
@@ -887,28 +995,59 @@ impl Node {
             outbox,
             stats,
             config,
+            quota,
             ..
         } = self;
-        // Inline of `queue` (it cannot borrow `self` while `body` borrows scratch buffers).
-        if config.allow.allows(SocketAddr::V4(from)) {
-            if outbox.queue.is_empty() && outbox.consumed > 0 {
-                outbox.bytes.clear();
-                outbox.consumed = 0;
-            }
-            let start = outbox.bytes.len();
-            krpc::encode_response(&mut outbox.bytes, tid, &body, Some(from), Some(VERSION));
-            let len = outbox.bytes.len() - start;
-            outbox.queue.push_back((from, start, len));
-            stats.packets_out += 1;
-            stats.bytes_out += len as u64;
+        if emit(
+            outbox,
+            stats,
+            &config.allow,
+            quota.as_mut(),
+            now,
+            from,
+            |out| krpc::encode_response(out, tid, &body, Some(from), Some(VERSION)),
+        ) {
             stats.replies_out += 1;
-        } else {
-            stats.dropped_not_allowed += 1;
         }
         self.scratch_contacts = contacts;
         self.scratch_nodes = nodes;
         self.scratch_values = values;
         self.scratch_samples = samples;
+    }
+
+    /// Counts a replier's view of our address; when the majority settles on a public IP our
+    /// id is not valid for, switches to a BEP 42 id for it.
+    fn vote_external_ip(
+        &mut self,
+        now: Instant,
+        voter: std::net::Ipv4Addr,
+        seen_as: std::net::Ipv4Addr,
+    ) {
+        let Some(ip) = self.voter.vote(voter, seen_as) else {
+            return;
+        };
+        tracing::info!("external IP is {ip} (by majority of replies)");
+        if self.config.adopt_bep42_id && !bep42::is_valid(&self.id, ip) {
+            let id = bep42::id_for_ip(ip, &mut self.rng);
+            self.change_id(now, id);
+        }
+    }
+
+    /// Takes a new node id: the table is rebuilt around it from the current entries (they
+    /// are all verified, so they go straight back in where the new layout has room).
+    pub fn change_id(&mut self, now: Instant, id: NodeId) {
+        let old: Vec<_> = self
+            .table
+            .entries()
+            .map(|e| (e.contact, e.last_response))
+            .collect();
+        self.id = id;
+        self.table = RoutingTable::new(id, self.config.routing.clone(), now);
+        for (c, seen) in old {
+            self.table.heard_response(c, seen);
+        }
+        tracing::info!("node id is now {id}");
+        self.events.push_back(Event::IdChanged(id));
     }
 
     /// Pings an unknown querier when it could get a table slot: a claimed id becomes a
@@ -932,7 +1071,14 @@ impl Node {
         }
     }
 
-    fn handle_response(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], r: Response) {
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        tid: &[u8],
+        r: Response,
+        seen_as: Option<SocketAddrV4>,
+    ) {
         let pending = match self.txns.take(tid, from, Some(&r.id)) {
             Ok(p) => p,
             Err(Unmatched::WrongId) => {
@@ -949,6 +1095,9 @@ impl Node {
         if r.id == self.id {
             self.stats.dropped_other += 1;
             return;
+        }
+        if let Some(seen_as) = seen_as {
+            self.vote_external_ip(now, *from.ip(), *seen_as.ip());
         }
         let contact = Contact::new(r.id, from);
         let inserted = self.table.heard_response(contact, now);
@@ -1077,6 +1226,9 @@ impl Node {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
             self.store.sweep(now);
+            if let Some(l) = &mut self.limiter {
+                l.sweep(now);
+            }
         }
     }
 
