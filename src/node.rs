@@ -362,7 +362,7 @@ const REFRESH_CHECK: Duration = Duration::from_secs(60);
 /// How often expired peers are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Bootstrap retry backoff bounds, used while the table stays empty or shallow.
-const BOOTSTRAP_MIN_BACKOFF: Duration = Duration::from_secs(5);
+const BOOTSTRAP_MIN_BACKOFF: Duration = Duration::from_secs(2);
 const BOOTSTRAP_MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Bounds on pending verifications.
 const MAX_VERIFYING: usize = 256;
@@ -548,7 +548,7 @@ impl Node {
     // ---------------------------------------------------------------- commands
 
     /// Sets the bootstrap routers and starts joining the network. While the table stays
-    /// empty the join is retried with exponential backoff (5 s doubling to 5 min).
+    /// empty the join is retried with exponential backoff (2 s doubling to 5 min).
     pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddrV4]) {
         self.routers = routers.to_vec();
         self.start_bootstrap(now);
