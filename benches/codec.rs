@@ -9,6 +9,9 @@
 //! No criterion: a timed loop with warm-up and a median is all these numbers need, and it
 //! keeps the dependency list and the build time (2 shared cores) small.
 //!
+//! The `fast_decode` row is the prototype borrowing decoder of this branch (same results as
+//! `krpc::decode`, see `tests/fast_decode.rs`), measured to size the gain of adopting it.
+//!
 //! Before timing, the serde structs are checked to encode to exactly our bytes and to decode
 //! our bytes, so both sides really do the same work.
 
@@ -370,6 +373,10 @@ fn main() -> ExitCode {
         let dec_ours = measure(&opts, || {
             black_box(krpc::decode(black_box(&wire)).expect("decodes"));
         });
+        assert_eq!(trackerless::fast_decode::decode(&wire), Ok(typed.clone()));
+        let dec_fast = measure(&opts, || {
+            black_box(trackerless::fast_decode::decode(black_box(&wire)).expect("decodes"));
+        });
         let scan = measure(&opts, || {
             bencode::validate(black_box(&wire), 8).expect("valid");
         });
@@ -406,7 +413,13 @@ fn main() -> ExitCode {
             ratio(dec_ours, dec_serde)
         );
         println!(
-            "  pre-scan    alone {}  (bencode::validate, part of ours)",
+            "  decode      fast_decode prototype {}   ratio {:>5.2}x vs serde, {:>5.2}x vs ours",
+            dec_fast.show(),
+            ratio(dec_fast, dec_serde),
+            ratio(dec_fast, dec_ours)
+        );
+        println!(
+            "  pre-scan    alone {}  (bencode::validate, part of both of ours)",
             scan.show()
         );
         println!(

@@ -8,6 +8,7 @@ pub mod allow;
 pub mod bencode;
 pub mod bootstrap;
 pub mod cli;
+pub mod fast_decode;
 pub mod id;
 pub mod krpc;
 pub mod lookup;

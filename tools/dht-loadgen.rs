@@ -106,6 +106,10 @@ struct LoadArgs {
     /// and ignored.
     #[arg(long)]
     answer_pings: bool,
+    /// Poll the sockets in a loop that never sleeps instead of waiting in a tokio runtime:
+    /// burns the generator's core, but takes its wake-up latency out of the measurement.
+    #[arg(long)]
+    busy_poll: bool,
     /// Pid of the server process, to report how busy its CPU was while measuring.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
@@ -403,17 +407,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
-}
-
-/// Sends without waiting; a full socket buffer counts as a send error (timeouts recover).
-fn send(sock: &UdpSocket, data: &[u8], to: SocketAddrV4, errors: &mut u64) -> bool {
-    match sock.try_send_to(data, SocketAddr::V4(to)) {
-        Ok(_) => true,
-        Err(_) => {
-            *errors += 1;
-            false
-        }
-    }
 }
 
 /// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
@@ -730,6 +723,24 @@ impl LoadSource {
         false
     }
 
+    /// Sends queries until `concurrency` are outstanding; `send` reports success. A query
+    /// whose send fails is taken back and the filling stops until the next call.
+    fn fill(
+        &mut self,
+        plan: &LoadPlan,
+        now: Instant,
+        phase: u8,
+        out: &mut Vec<u8>,
+        mut send: impl FnMut(&[u8]) -> bool,
+    ) {
+        while let Some(tid) = self.next_query(plan, now, phase, out) {
+            if !send(out) {
+                self.unsend(&tid, phase);
+                break;
+            }
+        }
+    }
+
     fn expire(&mut self, plan: &LoadPlan, now: Instant, phase: u8) {
         let counts = &mut self.counts[usize::from(phase.min(MEASURE))];
         self.tracker
@@ -749,14 +760,11 @@ async fn run_load_source(
     let mut answer = Vec::with_capacity(256);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let to = SocketAddr::V4(plan.target);
+    // A full socket (or one tokio does not yet know is writable) stops the filling until the
+    // next datagram or tick.
     let fill = |src: &mut LoadSource, out: &mut Vec<u8>, now: Instant, phase: u8| {
-        while let Some(tid) = src.next_query(&plan, now, phase, out) {
-            if sock.try_send_to(out, SocketAddr::V4(plan.target)).is_err() {
-                // The socket is full (or not yet known writable): retry on the next tick.
-                src.unsend(&tid, phase);
-                break;
-            }
-        }
+        src.fill(&plan, now, phase, out, |q| sock.try_send_to(q, to).is_ok());
     };
     // tokio reports a new socket writable only after the reactor has polled it once.
     sock.writable()
@@ -774,10 +782,10 @@ async fn run_load_source(
                 for i in 1..=RECV_BATCH {
                     let Some((n, from)) = next else { break };
                     let now = Instant::now();
-                    if src.on_datagram(&plan, now, p, from, &buf[..n], &mut answer) {
-                        let mut e = 0;
-                        send(&sock, &answer, plan.target, &mut e);
-                        src.counts[usize::from(p)].send_errors += e;
+                    if src.on_datagram(&plan, now, p, from, &buf[..n], &mut answer)
+                        && sock.try_send_to(&answer, to).is_err()
+                    {
+                        src.counts[usize::from(p)].send_errors += 1;
                     }
                     fill(&mut src, &mut out, now, p);
                     // Read the next one only if it will be handled in this batch.
@@ -796,6 +804,68 @@ async fn run_load_source(
         }
     }
     Ok(src)
+}
+
+/// The busy-polling alternative: one thread cycles over nonblocking std sockets and never
+/// sleeps. On a core of its own this removes the generator's wake-up latency from the loop,
+/// which on a busy machine (other processes runnable on both cores) otherwise dominates the
+/// round trip and leaves *both* sides idle part of the time.
+fn run_busy(
+    plan: &LoadPlan,
+    phase: &AtomicU8,
+    sockets: Vec<std::net::UdpSocket>,
+    mut sources: Vec<LoadSource>,
+) -> Vec<LoadSource> {
+    let to = SocketAddr::V4(plan.target);
+    let mut buf = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(1500);
+    let mut answer = Vec::with_capacity(256);
+    // Connected sockets skip the per-datagram route lookup, and the kernel drops datagrams
+    // from anyone but the target for us.
+    let connected = sockets.iter().all(|s| s.connect(to).is_ok());
+    let send = |sock: &std::net::UdpSocket, data: &[u8]| {
+        if connected {
+            sock.send(data).is_ok()
+        } else {
+            sock.send_to(data, to).is_ok()
+        }
+    };
+    let mut next_tick = Instant::now();
+    loop {
+        let p = phase.load(Ordering::Relaxed);
+        if p == STOP {
+            break;
+        }
+        let now = Instant::now();
+        let tick = now >= next_tick;
+        if tick {
+            next_tick = now + TICK;
+        }
+        for (src, sock) in sources.iter_mut().zip(&sockets) {
+            if tick {
+                src.expire(plan, now, p);
+                src.fill(plan, now, p, &mut out, |q| send(sock, q));
+            }
+            for _ in 0..RECV_BATCH {
+                let received = if connected {
+                    sock.recv(&mut buf).map(|n| (n, to))
+                } else {
+                    sock.recv_from(&mut buf)
+                };
+                let Ok((n, from)) = received else {
+                    break;
+                };
+                let now = Instant::now();
+                if src.on_datagram(plan, now, p, from, &buf[..n], &mut answer)
+                    && !send(sock, &answer)
+                {
+                    src.counts[usize::from(p)].send_errors += 1;
+                }
+                src.fill(plan, now, p, &mut out, |q| send(sock, q));
+            }
+        }
+    }
+    sources
 }
 
 fn percentile(sorted: &[u32], q: f64) -> Option<u32> {
@@ -845,43 +915,58 @@ fn load(args: LoadArgs) -> Result<ExitCode, String> {
         answer_pings: args.answer_pings,
     });
     let sockets = bind_sources(&ips)?;
-    let rt = runtime()?;
+    let sources: Vec<LoadSource> = sockets
+        .iter()
+        .map(|_| LoadSource::new(&plan, rng.next_u64()))
+        .collect();
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let (sources, measured, server_cpu, own_cpu) = rt.block_on(async {
-        let tasks: Vec<_> = sockets
-            .into_iter()
-            .map(|sock| {
-                let src = LoadSource::new(&plan, rng.next_u64());
-                tokio::spawn(run_load_source(plan.clone(), phase.clone(), sock, src))
+    // The I/O runs on a worker thread; this thread only keeps time and flips the phase.
+    let worker = {
+        let (plan, phase) = (plan.clone(), phase.clone());
+        let busy = args.busy_poll;
+        std::thread::Builder::new()
+            .name("load".into())
+            .spawn(move || -> Result<Vec<LoadSource>, String> {
+                if busy {
+                    return Ok(run_busy(&plan, &phase, sockets, sources));
+                }
+                runtime()?.block_on(async {
+                    let tasks: Vec<_> = sockets
+                        .into_iter()
+                        .zip(sources)
+                        .map(|(sock, src)| {
+                            tokio::spawn(run_load_source(plan.clone(), phase.clone(), sock, src))
+                        })
+                        .collect();
+                    let mut sources = Vec::new();
+                    for t in tasks {
+                        sources.push(
+                            t.await
+                                .map_err(|e| format!("a source task failed: {e}"))??,
+                        );
+                    }
+                    Ok(sources)
+                })
             })
-            .collect();
-        tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-        let cpu_at = |pid: Option<&String>| pid.and_then(|p| cpu_time(p));
-        let (server0, own0) = (cpu_at(server_pid.as_ref()), cpu_time("self"));
-        let start = Instant::now();
-        phase.store(MEASURE, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-        phase.store(STOP, Ordering::Relaxed);
-        let measured = start.elapsed();
-        let (server1, own1) = (cpu_at(server_pid.as_ref()), cpu_time("self"));
-        let mut sources = Vec::new();
-        for t in tasks {
-            sources.push(
-                t.await
-                    .map_err(|e| format!("a source task failed: {e}"))??,
-            );
-        }
-        let share = |a: Option<Duration>, b: Option<Duration>| {
-            a.zip(b)
-                .map(|(a, b)| b.saturating_sub(a).as_secs_f64() / measured.as_secs_f64())
-        };
-        Ok::<_, String>((
-            sources,
-            measured,
-            share(server0, server1),
-            share(own0, own1),
-        ))
-    })?;
+            .map_err(|e| format!("cannot start the load thread: {e}"))?
+    };
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    let cpu_at = |pid: Option<&String>| pid.and_then(|p| cpu_time(p));
+    let (server0, own0) = (cpu_at(server_pid.as_ref()), cpu_time("self"));
+    let start = Instant::now();
+    phase.store(MEASURE, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    phase.store(STOP, Ordering::Relaxed);
+    let measured = start.elapsed();
+    let (server1, own1) = (cpu_at(server_pid.as_ref()), cpu_time("self"));
+    let sources = worker
+        .join()
+        .map_err(|_| "the load thread panicked".to_string())??;
+    let share = |a: Option<Duration>, b: Option<Duration>| {
+        a.zip(b)
+            .map(|(a, b)| b.saturating_sub(a).as_secs_f64() / measured.as_secs_f64())
+    };
+    let (server_cpu, own_cpu) = (share(server0, server1), share(own0, own1));
 
     let mut total = Counts::default();
     let mut lat = Vec::new();
@@ -1514,6 +1599,58 @@ mod tests {
         assert_eq!(src.timeouts, 4);
         assert_eq!(src.failed, 3);
         assert!(src.done());
+    }
+
+    #[test]
+    fn busy_loop_gets_every_query_echoed() {
+        // A plain std echo socket on this helper's loopback range.
+        let echo = std::net::UdpSocket::bind("127.90.3.1:0").unwrap();
+        echo.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let SocketAddr::V4(target) = echo.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let stop = Arc::new(AtomicU8::new(0));
+        let echo_thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while stop.load(Ordering::Relaxed) == 0 {
+                    if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                        echo.send_to(&buf[..n], from).unwrap();
+                    }
+                }
+            })
+        };
+        let plan = LoadPlan {
+            target,
+            ..plan(false)
+        };
+        let ips = source_ips("127.90.3.2".parse().unwrap(), 2).unwrap();
+        let sockets = bind_sources(&ips).unwrap();
+        let sources = vec![LoadSource::new(&plan, 1), LoadSource::new(&plan, 2)];
+        let phase = AtomicU8::new(MEASURE);
+        let sources = std::thread::scope(|s| {
+            let worker = s.spawn(|| run_busy(&plan, &phase, sockets, sources));
+            std::thread::sleep(Duration::from_millis(300));
+            phase.store(STOP, Ordering::Relaxed);
+            worker.join().unwrap()
+        });
+        stop.store(1, Ordering::Relaxed);
+        echo_thread.join().unwrap();
+        for src in &sources {
+            let c = &src.counts[usize::from(MEASURE)];
+            assert!(c.replies > 10, "{c:?}");
+            // Echoed queries carry no token, so announce turns into get_peers.
+            assert_eq!(c.replies_by_kind[Kind::Announce as usize], 0);
+            assert_eq!(
+                (c.errors, c.timeouts, c.unmatched, c.malformed),
+                (0, 0, 0, 0)
+            );
+            // Whatever is not answered yet is still outstanding: nothing got lost.
+            assert_eq!(c.sent, c.replies + src.tracker.outstanding() as u64);
+            assert_eq!(src.latencies.len() as u64, c.replies);
+        }
     }
 
     #[test]
