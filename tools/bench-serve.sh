@@ -70,11 +70,16 @@ fi
 
 TMP=$(mktemp -d)
 SERVER_PID=
+LOAD_PID=
 cleanup() {
-    if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    for pid in $LOAD_PID $SERVER_PID; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Fails if something already listens on UDP $1 (a leftover server would be measured instead).
 check_free() {
@@ -101,17 +106,22 @@ stop_server() {
     SERVER_PID=
 }
 
-# Runs the load against $1; prints "replies_per_s server_cpu" and keeps the full output.
+# Runs the load against $1, writing the loadgen's output to $2.
 run_load() {
     local addr=$1 log=$2
     pinned "$LOADGEN_CPU" $BIN/dht-loadgen load --target "$addr" --duration "$DURATION" \
         --warmup "$WARMUP" --sources "$SOURCES" --concurrency "$CONCURRENCY" --mix "$MIX" \
         --answer-pings --busy-poll --server-pid "$SERVER_PID" > "$log" &
-    local pid=$!
-    boost "$pid" dht-loadgen
-    wait "$pid" || { echo "error: dht-loadgen failed" >&2; cat "$log" >&2; exit 1; }
+    LOAD_PID=$!
+    boost "$LOAD_PID" dht-loadgen
+    wait "$LOAD_PID" || { echo "error: dht-loadgen failed" >&2; cat "$log" >&2; exit 1; }
+    LOAD_PID=
+}
+
+# Prints "replies_per_s server_cpu timeouts loadgen_cpu" from a loadgen log.
+result_of() {
     awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-                     print v["replies_per_s"], v["server_cpu"], v["timeouts"], v["loadgen_cpu"] }' "$log"
+                     print v["replies_per_s"], v["server_cpu"], v["timeouts"], v["loadgen_cpu"] }' "$1"
 }
 
 # Starts server $1 (echo, node or node2) on port $2 and leaves its pid in SERVER_PID.
@@ -157,7 +167,8 @@ for round in $(seq "$ROUNDS"); do
     for kind in $SERVERS; do
         port=$((port + 1))
         start_server "$kind" "$port"
-        read -r rate cpu timeouts gen < <(run_load "$SERVER_IP:$port" "$TMP/$kind-$round.log")
+        run_load "$SERVER_IP:$port" "$TMP/$kind-$round.log"
+        read -r rate cpu timeouts gen < <(result_of "$TMP/$kind-$round.log")
         stop_server
         if [[ $kind == echo ]]; then e_rate=$rate; e_cpu=$cpu; fi
         awk -v r="$round" -v k="$kind" -v rate="$rate" -v cpu="$cpu" -v to="$timeouts" \
