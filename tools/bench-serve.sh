@@ -138,7 +138,8 @@ start_server() {
             rm -rf "$TMP/data-$kind"
             mkdir -p "$TMP/data-$kind"
             pinned "$SERVER_CPU" "$bin" --bind "$addr" --bootstrap 127.90.0.2:1 \
-                --allow-net 127.0.0.0/8 --no-subnet-limit --data-dir "$TMP/data-$kind" \
+                --allow-net 127.0.0.0/8 --no-subnet-limit --rate-limit 0 --reply-quota 0 \
+                --data-dir "$TMP/data-$kind" \
                 --stats-interval 0 2> "$TMP/$kind.err" &
             ;;
     esac
