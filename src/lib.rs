@@ -21,6 +21,7 @@ pub mod net;
 pub mod node;
 pub mod outbox;
 pub mod persist;
+pub mod router;
 pub mod routing;
 pub mod rpc;
 pub mod sim;

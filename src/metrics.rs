@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::node::Stats;
+use crate::router::RouterStats;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "trackerless";
@@ -146,6 +147,99 @@ pub fn render_node(s: &Stats) -> String {
         s.infohashes as f64,
     );
     e.gauge("stored_peers", "Peers in the peer store.", s.peers as f64);
+    e.gauge(
+        "banned_ips",
+        "IPs banned by the rate limiter.",
+        s.banned_ips as f64,
+    );
+    e.finish()
+}
+
+/// The metrics of a bootstrap router.
+pub fn render_router(s: &RouterStats) -> String {
+    let mut e = Exposition::new();
+    let m = &s.queries_by_method;
+    e.counter_by(
+        "queries_received_total",
+        "Queries received, by method.",
+        "method",
+        &[
+            ("ping", m.ping),
+            ("find_node", m.find_node),
+            ("get_peers", m.get_peers),
+            ("announce_peer", m.announce_peer),
+            ("sample_infohashes", m.sample_infohashes),
+            ("other", m.other),
+        ],
+    );
+    e.counter("replies_sent_total", "Replies sent.", s.replies_out);
+    e.counter("errors_sent_total", "KRPC errors sent.", s.errors_out);
+    e.counter(
+        "verification_queries_sent_total",
+        "Cookie verification queries sent.",
+        s.pings_out,
+    );
+    e.counter_by(
+        "verification_total",
+        "Answers to verification queries, by outcome.",
+        "outcome",
+        &[
+            ("admitted", s.admitted),
+            ("invalid_id", s.rejected_invalid_id),
+            ("duplicate_ip", s.duplicate_ip),
+            ("bad_cookie", s.bad_cookie),
+        ],
+    );
+    e.counter_by(
+        "dropped_total",
+        "Datagrams dropped, by reason.",
+        "reason",
+        &[
+            ("malformed", s.dropped_malformed),
+            ("not_allowed", s.dropped_not_allowed),
+            ("rate_limited", s.dropped_rate_limited),
+            ("quota", s.dropped_quota),
+            ("queue_full", s.queue_full),
+            ("other", s.dropped_other),
+        ],
+    );
+    e.counter(
+        "bytes_received_total",
+        "UDP payload bytes received.",
+        s.bytes_in,
+    );
+    e.counter("bytes_sent_total", "UDP payload bytes sent.", s.bytes_out);
+    e.counter(
+        "packets_received_total",
+        "Datagrams received.",
+        s.packets_in,
+    );
+    e.counter("packets_sent_total", "Datagrams sent.", s.packets_out);
+    e.gauge(
+        "router_stored_nodes",
+        "Verified contacts in the store.",
+        s.stored as f64,
+    );
+    e.gauge(
+        "router_pending_verifications",
+        "Queriers waiting for verification.",
+        s.pending as f64,
+    );
+    let answered = s.admitted + s.rejected_invalid_id + s.duplicate_ip;
+    e.gauge(
+        "router_verified_ratio",
+        "Share of verification answers whose node was admitted.",
+        if answered == 0 {
+            0.0
+        } else {
+            s.admitted as f64 / answered as f64
+        },
+    );
+    e.gauge(
+        "router_memory_bytes",
+        "Bytes held by the store and filters.",
+        s.memory_bytes as f64,
+    );
     e.gauge(
         "banned_ips",
         "IPs banned by the rate limiter.",

@@ -312,18 +312,42 @@ pub struct Dht;
 
 impl Dht {
     /// Binds, opens the store and runs the node on its own thread (current-thread runtime).
-    /// Errors (bind, store) are reported before this returns.
+    /// Errors (bind, store) are reported before this returns. Callable from anywhere,
+    /// including inside another tokio runtime (it blocks only until the node is bound).
     pub fn spawn(config: DhtConfig) -> Result<DhtHandle, StartError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
-        let (handle, driver) = rt.block_on(Self::bind(config))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = format!("dht {}", config.bind);
         std::thread::Builder::new()
-            .name(format!("dht {}", handle.local_addr))
-            .spawn(move || rt.block_on(driver))
+            .name(name)
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(StartError::Runtime(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Self::bind(config).await {
+                        Ok((handle, driver)) => {
+                            let _ = tx.send(Ok(handle));
+                            driver.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })
             .map_err(StartError::Runtime)?;
-        Ok(handle)
+        rx.recv().unwrap_or_else(|_| {
+            Err(StartError::Runtime(io::Error::other(
+                "the node thread exited",
+            )))
+        })
     }
 
     /// Binds and opens the store; returns the handle and the driver future, which the caller

@@ -195,7 +195,8 @@ pub struct MethodCounts {
 }
 
 impl MethodCounts {
-    fn count(&mut self, m: &Method) {
+    /// Counts one query of method `m`.
+    pub fn count(&mut self, m: &Method) {
         match m {
             Method::Ping => self.ping += 1,
             Method::FindNode { .. } => self.find_node += 1,
