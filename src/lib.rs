@@ -12,6 +12,7 @@ pub mod id;
 pub mod krpc;
 pub mod lookup;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod net;
 pub mod node;
