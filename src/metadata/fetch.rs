@@ -35,7 +35,7 @@ use crate::wire::{
     UT_METADATA, WireConfig, WireError, connect, handshake_outgoing, valid_metadata_size,
 };
 
-/// Requests in flight to one peer at most. libtorrent queues up to 1024 incoming metadata
+/// Default for [`FetchConfig::max_window`]. libtorrent queues up to 1024 incoming metadata
 /// requests and answers them as its send buffer drains, so a deeper pipeline is safe; 16
 /// covers a 256 KiB dict (about 5,000 files) in one round trip.
 pub const MAX_WINDOW: usize = 16;
@@ -55,6 +55,8 @@ pub struct FetchConfig {
     pub wire: WireConfig,
     /// Peer connections open (or opening) at once.
     pub max_connections: usize,
+    /// Requests in flight to one peer at most (also bounded by the peer's `reqq`).
+    pub max_window: usize,
     /// How long a handshaken peer has to send its extension handshake.
     pub ext_handshake_timeout: Duration,
     /// How long a requested block may take before the peer is given up as too slow.
@@ -91,6 +93,7 @@ impl Default for FetchConfig {
                 ..WireConfig::default()
             },
             max_connections: 12,
+            max_window: MAX_WINDOW,
             ext_handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(8),
             steal_after: Duration::from_millis(500),
@@ -875,7 +878,8 @@ impl Coordinator {
         slot.phase = Phase::Ready;
         slot.group = group;
         slot.joined = true;
-        slot.window = reqq.map_or(MAX_WINDOW, |r| r as usize).clamp(1, MAX_WINDOW);
+        let max_window = self.cfg.max_window.max(1);
+        slot.window = reqq.map_or(max_window, |r| r as usize).clamp(1, max_window);
         slot.supplied = vec![false; n];
         slot.rejected = vec![false; n];
         self.schedule(idx);
