@@ -248,3 +248,70 @@ async fn serve_fake(
         }
     }
 }
+
+/// Our seeder: a DHT node and a metadata server on the same loopback IP, announcing every
+/// torrent it holds into the network it bootstrapped from.
+pub struct Seeder {
+    pub dht: trackerless::net::DhtHandle,
+    pub server: trackerless::metadata::MetadataServer,
+}
+
+impl Seeder {
+    /// Starts on `ip`, joins through `routers`, serves and announces `infos`.
+    pub async fn start(ip: std::net::Ipv4Addr, routers: Vec<String>, infos: &[Vec<u8>]) -> Seeder {
+        use trackerless::metadata::{MetadataRegistry, MetadataServer, ServeConfig};
+        let mut cfg = trackerless::net::DhtConfig::new(SocketAddr::new(ip.into(), 0));
+        cfg.node = trackerless::node::Config::loopback_testnet();
+        cfg.bootstrap = routers;
+        let (dht, driver) = trackerless::net::Dht::bind(cfg).await.unwrap();
+        tokio::spawn(driver);
+        let registry = Arc::new(MetadataRegistry::new());
+        for info in infos {
+            registry.insert(info.clone());
+        }
+        let server = MetadataServer::bind(
+            SocketAddr::new(ip.into(), 0),
+            registry,
+            ServeConfig {
+                allow: trackerless::allow::AllowList::loopback(),
+                dht: Some(dht.clone()),
+                dht_port: Some(dht.local_addr().port()),
+                ..ServeConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let seeder = Seeder { dht, server };
+        seeder.wait_for_table(1).await;
+        for info in infos {
+            seeder.announce(info_hash(info)).await;
+        }
+        seeder
+    }
+
+    pub async fn wait_for_table(&self, n: usize) {
+        for _ in 0..200 {
+            let s = self.dht.stats().await.unwrap();
+            if s.good_nodes + s.questionable_nodes >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("seeder's DHT table never reached {n} nodes");
+    }
+
+    /// Announces `ih` on the server's TCP port; panics if no node acknowledged it.
+    pub async fn announce(&self, ih: [u8; 20]) {
+        let port = self.server.local_addr().port();
+        let (_, summary) = self
+            .dht
+            .announce(trackerless::id::NodeId(ih), Some(port))
+            .unwrap()
+            .collect()
+            .await;
+        assert!(
+            summary.announced >= 1,
+            "announce reached nobody: {summary:?}"
+        );
+    }
+}
