@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/lt_node.py");
 
-/// One libtorrent session on a loopback address.
+/// One libtorrent session on a loopback address. Its log goes to stderr when `LT_STDERR` is
+/// set (e.g. to see libtorrent try uTP before TCP), and is discarded otherwise.
 pub struct LtNode {
     child: Child,
     stdin: ChildStdin,
@@ -37,7 +38,11 @@ impl LtNode {
             .arg(save_dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("LT_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("cannot run python3 tools/lt_node.py (is python3 installed?)");
