@@ -33,6 +33,7 @@ fn loopback_config() -> FetchConfig {
     FetchConfig {
         allow: AllowList::loopback(),
         timeout: Some(Duration::from_secs(20)),
+        retry_delay: Duration::from_millis(100),
         ..FetchConfig::default()
     }
 }
@@ -133,10 +134,11 @@ async fn a_server_without_the_torrent_is_not_usable() {
     let FetchError::Exhausted(stats) = &err else {
         panic!("{err}")
     };
-    assert_eq!((stats.found, stats.tried, stats.connected), (1, 1, 0));
+    // Closing on us might be temporary ("torrent not ready"): retried up to max_attempts.
+    assert_eq!((stats.found, stats.tried, stats.connected), (1, 3, 0));
     assert!(matches!(stats.peers[0].outcome, PeerOutcome::Failed(_)));
-    assert!(err.to_string().contains("found 1 peer, tried 1"), "{err}");
-    assert_eq!(srv.stats().unknown_info_hash, 1);
+    assert!(err.to_string().contains("found 1 peer, tried 3"), "{err}");
+    assert_eq!(srv.stats().unknown_info_hash, 3);
     assert_eq!(srv.stats().handshakes, 0);
 }
 
@@ -152,11 +154,33 @@ async fn refused_and_unreachable_peers_end_the_fetch_cleanly() {
         .await
         .unwrap_err();
     let stats = err.stats();
-    assert_eq!((stats.found, stats.tried, stats.connected), (2, 2, 0));
+    // The refused address is never retried, the closed port is, up to max_attempts.
+    assert_eq!((stats.found, stats.tried, stats.connected), (2, 4, 0));
     let PeerOutcome::Failed(why) = &stats.peers[0].outcome else {
         panic!("{stats:?}")
     };
     assert!(why.contains("allow-list"), "{why}");
+    assert!(stats.peers[1..].iter().all(|p| p.addr == addr(4, 1, 9)));
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_listening_yet_is_retried() {
+    let info = synthetic_info("late", 10, 10);
+    let ih = meta_support::info_hash(&info);
+    let bind = {
+        let l = std::net::TcpListener::bind(addr(9, 1, 0)).unwrap();
+        l.local_addr().unwrap()
+    };
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        server(bind, &[&info]).await
+    });
+    let got = fetch_metadata(ih, PeerSource::new([bind]), &loopback_config())
+        .await
+        .unwrap();
+    let _srv = late.await.unwrap();
+    assert!(got.stats.tried >= 2, "{:?}", got.stats);
+    assert_eq!(got.stats.suppliers().collect::<Vec<_>>(), [bind]);
 }
 
 #[tokio::test]

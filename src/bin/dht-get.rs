@@ -182,7 +182,7 @@ async fn lookup_loop(dht: DhtHandle, ih: [u8; 20], tx: mpsc::UnboundedSender<Soc
     loop {
         match dht.stats().await {
             Ok(s) if s.good_nodes + s.questionable_nodes > 0 => break,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             Err(_) => return,
         }
     }

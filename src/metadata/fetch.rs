@@ -68,8 +68,9 @@ pub struct FetchConfig {
     pub timeout: Option<Duration>,
     /// Cap on candidate block bytes held (distinct blocks, all peers).
     pub max_buffered: usize,
-    /// Connection attempts per peer address; a failed peer is retried only when the peer
-    /// source offers it again, and no sooner than `retry_delay`.
+    /// Connection attempts per peer address. A peer that failed for a reason that may pass
+    /// (connection refused or reset, "torrent not ready", rejected requests, too slow) is
+    /// retried after `retry_delay`, doubled for each further attempt; a liar never is.
     pub max_attempts: u32,
     pub retry_delay: Duration,
     /// Our DHT node: PORT messages received from peers make it ping them.
@@ -100,7 +101,7 @@ impl Default for FetchConfig {
             timeout: None,
             max_buffered: 64 << 20,
             max_attempts: 3,
-            retry_delay: Duration::from_secs(2),
+            retry_delay: Duration::from_secs(1),
             dht: None,
             dht_port: None,
             listen_port: None,
@@ -382,7 +383,10 @@ enum PeerEvent {
     },
     Malformed,
     Port,
-    Closed(String),
+    Closed {
+        why: String,
+        retry: bool,
+    },
 }
 
 struct TaskCtx {
@@ -404,11 +408,20 @@ async fn peer_task(
     events: EventTx,
     cmds: mpsc::UnboundedReceiver<PeerCmd>,
 ) {
-    let why = match run_peer(idx, addr, &ctx, &events, cmds).await {
-        Ok(()) => "closed".to_owned(),
-        Err(e) => e.to_string(),
+    let (why, retry) = match run_peer(idx, addr, &ctx, &events, cmds).await {
+        Ok(()) => ("closed".to_owned(), false),
+        Err(e) => {
+            // Refusals that will not change: the allow-list, a peer for another torrent or
+            // without the extension protocol.
+            let retry = !matches!(
+                e,
+                PeerEnd::NoExtensions
+                    | PeerEnd::Wire(WireError::Refused(_) | WireError::InfoHashMismatch { .. })
+            );
+            (e.to_string(), retry)
+        }
     };
-    let _ = events.send((idx, PeerEvent::Closed(why)));
+    let _ = events.send((idx, PeerEvent::Closed { why, retry }));
 }
 
 /// Why a peer task ended without a wire error.
@@ -594,6 +607,8 @@ struct Known {
     queued: bool,
     banned: bool,
     last_failure: Option<Instant>,
+    /// A retry is scheduled (in `Coordinator::retries`).
+    retry_pending: bool,
 }
 
 struct Coordinator {
@@ -605,6 +620,8 @@ struct Coordinator {
     groups: Vec<Group>,
     known: HashMap<SocketAddr, Known>,
     pending: VecDeque<SocketAddr>,
+    /// Peers to re-queue at the given time.
+    retries: Vec<(Instant, SocketAddr)>,
     active: usize,
     stats: FetchStats,
     result: Option<Vec<u8>>,
@@ -639,6 +656,7 @@ pub async fn fetch_metadata(
         groups: Vec::new(),
         known: HashMap::new(),
         pending: VecDeque::new(),
+        retries: Vec::new(),
         active: 0,
         stats: FetchStats::default(),
         result: None,
@@ -654,7 +672,7 @@ pub async fn fetch_metadata(
         if let Some(info) = co.result.take() {
             break Ok(info);
         }
-        if source_done && co.pending.is_empty() && co.active == 0 {
+        if source_done && co.pending.is_empty() && co.active == 0 && co.retries.is_empty() {
             break Err(false);
         }
         tokio::select! {
@@ -694,7 +712,13 @@ impl Coordinator {
         let waited = k
             .last_failure
             .is_none_or(|t| now.duration_since(t) >= retry_delay);
-        if k.banned || k.active || k.queued || k.attempts >= max_attempts || !waited {
+        if k.banned
+            || k.active
+            || k.queued
+            || k.retry_pending
+            || k.attempts >= max_attempts
+            || !waited
+        {
             return;
         }
         k.queued = true;
@@ -782,6 +806,21 @@ impl Coordinator {
         k.last_failure = Some(Instant::now());
     }
 
+    /// Closes a peer that could not be used and, if `retry` and attempts remain, schedules
+    /// another attempt.
+    fn fail(&mut self, idx: usize, why: impl Into<String>, retry: bool) {
+        self.close(idx, PeerOutcome::Failed(why.into()));
+        let addr = self.slots[idx].addr;
+        let max_attempts = self.cfg.max_attempts.max(1);
+        let k = self.known.entry(addr).or_default();
+        if !retry || k.banned || k.retry_pending || k.attempts >= max_attempts {
+            return;
+        }
+        let delay = self.cfg.retry_delay * 2u32.saturating_pow(k.attempts.saturating_sub(1));
+        k.retry_pending = true;
+        self.retries.push((Instant::now() + delay, addr));
+    }
+
     fn on_event(&mut self, idx: usize, ev: PeerEvent) {
         if self.slots[idx].phase == Phase::Closed {
             return;
@@ -804,7 +843,7 @@ impl Coordinator {
             PeerEvent::Reject { piece } => self.on_reject(idx, piece),
             PeerEvent::Malformed => self.close(idx, PeerOutcome::Dropped(Misbehavior::Malformed)),
             PeerEvent::Port => self.stats.ports_received += 1,
-            PeerEvent::Closed(why) => self.close(idx, PeerOutcome::Failed(why)),
+            PeerEvent::Closed { why, retry } => self.fail(idx, why, retry),
         }
     }
 
@@ -818,10 +857,7 @@ impl Coordinator {
         if self.slots[idx].phase == Phase::Ready {
             let size = self.groups[self.slots[idx].group].asm.size();
             match (ut_metadata, metadata_size) {
-                (None, _) => self.close(
-                    idx,
-                    PeerOutcome::Failed("peer disabled ut_metadata".to_owned()),
-                ),
+                (None, _) => self.fail(idx, "peer disabled ut_metadata", false),
                 (Some(_), Some(s)) if s != size => self.close(
                     idx,
                     PeerOutcome::Dropped(Misbehavior::SizeChanged { from: size, to: s }),
@@ -831,16 +867,11 @@ impl Coordinator {
             return;
         }
         let Some(_) = ut_metadata else {
-            return self.close(
-                idx,
-                PeerOutcome::Failed("peer does not support ut_metadata".to_owned()),
-            );
+            return self.fail(idx, "peer does not support ut_metadata", false);
         };
         let Some(size) = metadata_size else {
-            return self.close(
-                idx,
-                PeerOutcome::Failed("peer has no metadata (no metadata_size)".to_owned()),
-            );
+            // It may be fetching the metadata itself; ask again later.
+            return self.fail(idx, "peer has no metadata (no metadata_size)", true);
         };
         if !valid_metadata_size(size) {
             return self.close(
@@ -867,10 +898,7 @@ impl Coordinator {
                 self.groups.len() - 1
             }
             None => {
-                return self.close(
-                    idx,
-                    PeerOutcome::Failed("too many conflicting metadata sizes".to_owned()),
-                );
+                return self.fail(idx, "too many conflicting metadata sizes", false);
             }
         };
         let n = self.groups[group].asm.num_pieces() as usize;
@@ -911,10 +939,7 @@ impl Coordinator {
         let c = &mut g.in_flight[piece as usize];
         *c = c.saturating_sub(1);
         if g.asm.stored_bytes() + data.len() > self.cfg.max_buffered {
-            return self.close(
-                idx,
-                PeerOutcome::Failed("metadata buffer budget exhausted".to_owned()),
-            );
+            return self.fail(idx, "metadata buffer budget exhausted", false);
         }
         if let Err(e) = g.asm.add_block(idx, piece, data) {
             return self.close(idx, PeerOutcome::Dropped(Misbehavior::BadBlock(e)));
@@ -945,9 +970,10 @@ impl Coordinator {
         let slot = &self.slots[idx];
         if slot.phase == Phase::Ready && slot.outstanding.is_empty() {
             let rejected = slot.rejected.iter().filter(|&&r| r).count();
-            self.close(
+            self.fail(
                 idx,
-                PeerOutcome::Failed(format!("peer rejected {rejected} metadata request(s)")),
+                format!("peer rejected {rejected} metadata request(s)"),
+                true,
             );
             self.schedule_group(group);
         }
@@ -1070,16 +1096,27 @@ impl Coordinator {
     fn on_tick(&mut self) {
         let now = Instant::now();
         while self.tasks.try_join_next().is_some() {}
+        let mut i = 0;
+        while i < self.retries.len() {
+            if self.retries[i].0 > now {
+                i += 1;
+                continue;
+            }
+            let (_, addr) = self.retries.swap_remove(i);
+            let k = self.known.entry(addr).or_default();
+            k.retry_pending = false;
+            if !(k.banned || k.active || k.queued) {
+                k.queued = true;
+                self.pending.push_back(addr);
+            }
+        }
         for idx in 0..self.slots.len() {
             let slot = &self.slots[idx];
             match slot.phase {
                 Phase::Handshaken(at)
                     if now.duration_since(at) >= self.cfg.ext_handshake_timeout =>
                 {
-                    self.close(
-                        idx,
-                        PeerOutcome::Failed("no usable extension handshake".to_owned()),
-                    );
+                    self.fail(idx, "no usable extension handshake", false);
                 }
                 Phase::Ready => {
                     let late = slot
@@ -1088,10 +1125,7 @@ impl Coordinator {
                         .any(|&(_, t)| now.duration_since(t) >= self.cfg.request_timeout);
                     if late {
                         let group = slot.group;
-                        self.close(
-                            idx,
-                            PeerOutcome::Failed("metadata request timed out".to_owned()),
-                        );
+                        self.fail(idx, "metadata request timed out", true);
                         self.schedule_group(group);
                     } else {
                         self.schedule(idx);
