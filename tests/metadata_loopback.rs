@@ -436,3 +436,114 @@ async fn port_messages_flow_both_ways_and_reach_the_dht() {
     }
     assert!(found, "fetcher's DHT node never entered the server's table");
 }
+
+/// Random traffic after a valid handshake, fed straight to `serve_connection` so that a
+/// panic in the handler fails the test (inside the server's accept loop it would only kill
+/// one task). Each connection gets a burst of random frames: known and unknown ids, random
+/// payloads, ut_metadata messages with random dicts, and sometimes random raw bytes.
+#[tokio::test]
+async fn serve_connection_survives_random_traffic() {
+    use rand::RngExt;
+    use trackerless::metadata::{ServeContext, ServeStats, serve_connection};
+
+    let info = synthetic_info("fuzzed", 1500, 11);
+    let ih = meta_support::info_hash(&info);
+    let registry = Arc::new(MetadataRegistry::new());
+    registry.insert(info.clone());
+    let mut config = serve_config();
+    config.wire.read_timeout = Duration::from_millis(100);
+    let ctx = Arc::new(ServeContext {
+        registry,
+        config,
+        stats: ServeStats::default(),
+        listen_port: None,
+    });
+    let listener = tokio::net::TcpListener::bind(addr(10, 1, 0)).await.unwrap();
+    let srv = listener.local_addr().unwrap();
+    let mut rng = rand::rng();
+    for round in 0..200u32 {
+        let mut wire = Handshake::new(ih, [9; 20]).encode().to_vec();
+        if round % 2 == 0 {
+            ExtHandshake::ours(None, None)
+                .to_message()
+                .encode(&mut wire);
+        }
+        for _ in 0..rng.random_range(1..20) {
+            match rng.random_range(0..4) {
+                0 => {
+                    // A ut_metadata message with random keys and values.
+                    let dicts: [&[u8]; 6] = [
+                        b"d8:msg_typei0e5:piecei",
+                        b"d8:msg_typei1e5:piecei",
+                        b"d8:msg_typei2e5:piecei",
+                        b"d5:piecei",
+                        b"d8:msg_typei-7e5:piecei",
+                        b"l8:msg_typei",
+                    ];
+                    let mut p = dicts[rng.random_range(0..dicts.len())].to_vec();
+                    p.extend_from_slice(rng.random_range(-3i64..1_000_000).to_string().as_bytes());
+                    p.extend_from_slice(b"e10:total_sizei");
+                    p.extend_from_slice(rng.random::<u32>().to_string().as_bytes());
+                    p.extend_from_slice(b"ee");
+                    let len = rng.random_range(0..64);
+                    p.extend((0..len).map(|_| rng.random::<u8>()));
+                    let id = if rng.random_bool(0.8) {
+                        OUR_UT_METADATA_ID
+                    } else {
+                        rng.random()
+                    };
+                    Message::Extended {
+                        id,
+                        payload: p.into(),
+                    }
+                    .encode(&mut wire);
+                }
+                1 => {
+                    // Any id with a random payload length that is valid for it.
+                    let msg_id: u8 = rng.random_range(0..30);
+                    let body: Vec<u8> = match msg_id {
+                        0..=3 => vec![],
+                        4 => vec![0; 4],
+                        6 | 8 => vec![0; 12],
+                        9 => vec![0, 0],
+                        20 => vec![rng.random(), b'd', b'e'],
+                        _ => (0..rng.random_range(0..300))
+                            .map(|_| rng.random())
+                            .collect(),
+                    };
+                    wire.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
+                    wire.push(msg_id);
+                    wire.extend_from_slice(&body);
+                }
+                2 => Message::Port(rng.random()).encode(&mut wire),
+                _ => {
+                    let len = rng.random_range(0..100);
+                    wire.extend((0..len).map(|_| rng.random::<u8>()));
+                }
+            }
+        }
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(srv).await.unwrap();
+            let _ = s.write_all(&wire).await;
+            let mut sink = vec![0u8; 1 << 16];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await
+            {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let (stream, peer) = listener.accept().await.unwrap();
+        let ctx2 = ctx.clone();
+        let served = tokio::spawn(async move { serve_connection(stream, peer, &ctx2).await });
+        let result = served.await;
+        assert!(result.is_ok(), "handler panicked in round {round}");
+        client.await.unwrap();
+    }
+    // Random requests got real answers along the way.
+    let s = ctx.stats.snapshot();
+    assert_eq!(s.handshakes, 200);
+    assert!(s.data_sent + s.rejects_sent > 0, "{s:?}");
+    assert!(s.malformed > 0, "{s:?}");
+}

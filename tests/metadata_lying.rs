@@ -191,6 +191,14 @@ async fn short_blocks_and_malformed_messages_are_dropped() {
     );
     let why = liar_then_honest(26, Lie::Malformed, 2000, &cfg()).await;
     assert_eq!(why, Misbehavior::Malformed);
+    // A data flood hides the real blocks among unrequested ones; the liar's first two
+    // blocks may even be correct, but it is dropped before it finishes.
+    let cfg = FetchConfig {
+        max_window: 1,
+        ..cfg()
+    };
+    let why = liar_then_honest(29, Lie::Flood, 3000, &cfg).await;
+    assert_eq!(why, Misbehavior::Unrequested);
 }
 
 #[tokio::test]

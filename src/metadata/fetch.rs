@@ -35,6 +35,11 @@ use crate::wire::{
     UT_METADATA, WireConfig, WireError, connect, handshake_outgoing, valid_metadata_size,
 };
 
+/// Unrequested data messages tolerated from one peer. A few are normal (an answer to a
+/// request that already came from elsewhere, a duplicate); a stream of them only costs us
+/// bandwidth and coordinator time.
+pub const MAX_UNREQUESTED: u32 = 32;
+
 /// Default for [`FetchConfig::max_window`]. libtorrent queues up to 1024 incoming metadata
 /// requests and answers them as its send buffer drains, so a deeper pipeline is safe; 16
 /// covers a 256 KiB dict (about 5,000 files) in one round trip.
@@ -197,6 +202,8 @@ pub enum Misbehavior {
     SizeChanged { from: u64, to: u64 },
     /// An undecodable ut_metadata message.
     Malformed,
+    /// Kept sending blocks nobody asked for (more than [`MAX_UNREQUESTED`]).
+    Unrequested,
 }
 
 impl fmt::Display for Misbehavior {
@@ -217,6 +224,7 @@ impl fmt::Display for Misbehavior {
                 write!(f, "changed metadata_size from {from} to {to}")
             }
             Misbehavior::Malformed => write!(f, "sent a malformed ut_metadata message"),
+            Misbehavior::Unrequested => write!(f, "flooded us with unrequested blocks"),
         }
     }
 }
@@ -589,6 +597,7 @@ struct Slot {
     supplied: Vec<bool>,
     rejected: Vec<bool>,
     blocks: u32,
+    unrequested: u32,
     outcome: Option<PeerOutcome>,
 }
 
@@ -747,6 +756,7 @@ impl Coordinator {
                 supplied: Vec::new(),
                 rejected: Vec::new(),
                 blocks: 0,
+                unrequested: 0,
                 outcome: None,
             });
             self.active += 1;
@@ -915,12 +925,17 @@ impl Coordinator {
 
     fn on_data(&mut self, idx: usize, piece: u32, total_size: u64, data: Bytes) {
         let slot = &mut self.slots[idx];
-        if slot.phase != Phase::Ready {
-            // Data before an extension handshake was never requested; ignore it.
-            return;
-        }
-        let Some(pos) = slot.outstanding.iter().position(|&(p, _)| p == piece) else {
-            // Unrequested (or a duplicate): harmless, not stored.
+        // Data before the extension handshake was never requested either.
+        let requested = match slot.phase {
+            Phase::Ready => slot.outstanding.iter().position(|&(p, _)| p == piece),
+            _ => None,
+        };
+        let Some(pos) = requested else {
+            // Unrequested (or a duplicate): not stored; tolerated up to a limit.
+            slot.unrequested += 1;
+            if slot.unrequested > MAX_UNREQUESTED {
+                self.close(idx, PeerOutcome::Dropped(Misbehavior::Unrequested));
+            }
             return;
         };
         let group = slot.group;

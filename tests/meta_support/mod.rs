@@ -98,6 +98,8 @@ pub enum Lie {
     Malformed,
     /// Never answers requests.
     Silent,
+    /// Answers each request, then sends 100 blocks nobody asked for.
+    Flood,
 }
 
 /// A metadata peer built from the wire primitives, independent of the crate's serving side,
@@ -241,6 +243,18 @@ async fn serve_fake(
                         data: &block,
                     },
                 );
+                if lie == Lie::Flood {
+                    for _ in 0..100 {
+                        conn.writer.queue_metadata(
+                            id,
+                            &MetadataMsg::Data {
+                                piece: piece + 1000,
+                                total_size,
+                                data: b"x",
+                            },
+                        );
+                    }
+                }
                 conn.writer.flush().await?;
                 sent += 1;
             }
