@@ -174,7 +174,7 @@ async fn serve_fake(
     };
     // The dict as this peer pretends it is.
     let mut served = info.to_vec();
-    served.resize(advertised.min(64 << 20) as usize, 0);
+    served.resize(advertised.min(17 << 20) as usize, 0);
     let mut conn = PeerConn::from_tcp(stream, &wire);
     conn.writer
         .queue(&ExtHandshake::ours(None, Some(advertised)).to_message());
