@@ -15,6 +15,7 @@ pub mod krpc;
 pub mod limits;
 pub mod lookup;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod metrics;
 pub mod net;
