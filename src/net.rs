@@ -127,26 +127,31 @@ pub struct PeerStream {
 }
 
 impl PeerStream {
-    /// The next new peer, or `None` when the lookup has finished.
-    pub async fn next(&mut self) -> Option<SocketAddrV4> {
+    /// Polls for the next new peer (`Ready(None)` once the lookup has finished), for
+    /// callers that merge several sources in one `poll_fn`.
+    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<SocketAddrV4>> {
+        use std::task::Poll;
         loop {
             if let Some(p) = self.buffered.pop() {
-                return Some(p);
+                return Poll::Ready(Some(p));
             }
             if self.summary.is_some() {
-                return None;
+                return Poll::Ready(None);
             }
-            match self.rx.recv().await {
+            match std::task::ready!(self.rx.poll_recv(cx)) {
                 Some(LookupUpdate::Peers(mut p)) => {
                     p.reverse();
                     self.buffered = p;
                 }
                 Some(LookupUpdate::Done(s)) => self.summary = Some(s),
-                None => {
-                    self.summary = Some(LookupSummary::default());
-                }
+                None => self.summary = Some(LookupSummary::default()),
             }
         }
+    }
+
+    /// The next new peer, or `None` when the lookup has finished.
+    pub async fn next(&mut self) -> Option<SocketAddrV4> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
     /// Drains the stream: every peer, and how the lookup ended.
@@ -176,6 +181,7 @@ enum Command {
     Bootstrap(Vec<SocketAddrV4>),
     Stats(oneshot::Sender<Stats>),
     Contacts(oneshot::Sender<Vec<Contact>>),
+    WaitNodes(usize, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), String>>),
 }
 
@@ -287,6 +293,14 @@ impl DhtHandle {
     pub async fn stats(&self) -> Result<Stats, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Stats(tx))?;
+        rx.await.map_err(|_| DhtError::Stopped)
+    }
+
+    /// Resolves once the routing table holds at least `n` nodes (e.g. to start a lookup as
+    /// soon as bootstrap has found someone).
+    pub async fn wait_for_nodes(&self, n: usize) -> Result<(), DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::WaitNodes(n, tx))?;
         rx.await.map_err(|_| DhtError::Stopped)
     }
 
@@ -411,6 +425,7 @@ impl Dht {
             lookups: HashMap::new(),
             send_errors: 0,
             id,
+            waiters: Vec::new(),
         };
         Ok((handle, driver.run()))
     }
@@ -429,6 +444,8 @@ struct Driver {
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
     send_errors: u64,
     id: Arc<Mutex<NodeId>>,
+    /// `wait_for_nodes` callers: (table size wanted, who to tell).
+    waiters: Vec<(usize, oneshot::Sender<()>)>,
 }
 
 /// Datagrams read per wake-up before other work gets a turn.
@@ -460,6 +477,18 @@ impl Driver {
         loop {
             self.flush().await;
             self.dispatch_events();
+            if !self.waiters.is_empty() {
+                let have = self.node.table().len();
+                let mut i = 0;
+                while i < self.waiters.len() {
+                    if self.waiters[i].0 <= have {
+                        let (_, tx) = self.waiters.swap_remove(i);
+                        let _ = tx.send(());
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
             let deadline = self
                 .node
                 .poll_timeout()
@@ -595,6 +624,7 @@ impl Driver {
             Command::Contacts(tx) => {
                 let _ = tx.send(self.node.contacts());
             }
+            Command::WaitNodes(n, tx) => self.waiters.push((n, tx)),
             Command::Shutdown(_) => unreachable!("handled by the loop"),
         }
     }

@@ -179,12 +179,8 @@ async fn run(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
 /// routing table has a node, then again with growing pauses, since a seeder may announce
 /// (or a lookup may miss it) after we start. Ends when the fetcher drops the receiver.
 async fn lookup_loop(dht: DhtHandle, ih: [u8; 20], tx: mpsc::UnboundedSender<SocketAddr>) {
-    loop {
-        match dht.stats().await {
-            Ok(s) if s.good_nodes + s.questionable_nodes > 0 => break,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-            Err(_) => return,
-        }
+    if dht.wait_for_nodes(1).await.is_err() {
+        return;
     }
     let mut pause = Duration::from_millis(250);
     loop {

@@ -157,9 +157,7 @@ impl PeerSource {
             // Polls every input fairly; an input that ends is removed.
             let ended = std::future::poll_fn(|cx| {
                 for (i, s) in self.streams.iter_mut().enumerate() {
-                    let fut = s.next();
-                    tokio::pin!(fut);
-                    if let std::task::Poll::Ready(r) = fut.poll(cx) {
+                    if let std::task::Poll::Ready(r) = s.poll_next(cx) {
                         return std::task::Poll::Ready(match r {
                             Some(a) => Ok(SocketAddr::V4(a)),
                             None => Err(Some(i)),
