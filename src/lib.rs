@@ -8,6 +8,7 @@ pub mod allow;
 pub mod bencode;
 pub mod bootstrap;
 pub mod cli;
+pub mod crawl;
 pub mod id;
 pub mod krpc;
 pub mod lookup;
