@@ -385,7 +385,7 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(next_reseed) => {
                 if let Ok(contacts) = dht.contacts().await {
-                    c.walker.add_nodes(Instant::now(), contacts.into_iter().map(|x| x.addr));
+                    c.walker.add_contacts(Instant::now(), contacts);
                 }
                 reseeds += 1;
                 let pause = if c.walker.stats().nodes_known == 0 && reseeds < 120 {

@@ -21,9 +21,12 @@
 //! - memory is bounded ([`WalkConfig::max_nodes`]); a node is only forgotten once its
 //!   interval has passed, so forgetting can never cause an early revisit.
 //!
-//! Coverage: every reply's `nodes` feed a FIFO frontier of fresh nodes; query targets follow
-//! a bit-reversed counter (a van der Corput sequence over the top 32 bits), so successive
-//! targets split the id space evenly and the nodes we learn are spread over all of it.
+//! Coverage: every reply's `nodes` feed a FIFO frontier of fresh nodes. Query targets
+//! alternate between two kinds: a bit-reversed counter (a van der Corput sequence over the
+//! top 32 bits), so successive targets split the id space evenly and the nodes we learn are
+//! spread over all of it; and the queried node's own neighbourhood (its id's top 32 bits),
+//! which a Kademlia node knows completely, so nodes that only their close neighbours know
+//! of (a newcomer, a node behind a quiet address) are still found.
 //! Revisits are ranked by the number of *new* infohashes the node is expected to give,
 //! estimated from its last sample (the share of samples we did not know) and `num`; a
 //! fresh node is worth a running average of what first visits yield. Whichever is worth
@@ -38,7 +41,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::allow::AllowList;
-use crate::id::{ID_LEN, InfoHash, NodeId};
+use crate::id::{Contact, ID_LEN, InfoHash, NodeId};
 use crate::krpc::{ERR_METHOD_UNKNOWN, ERR_PROTOCOL, Response};
 use crate::node::DirectQuery;
 
@@ -165,10 +168,13 @@ enum Place {
 
 const RESPONDED: u8 = 1;
 const NO_BEP51: u8 = 2;
+const HAS_PREFIX: u8 = 4;
 
 /// Per-node state, kept small: a crawler tracks millions.
 #[derive(Debug, Clone, Copy)]
 struct NodeState {
+    /// Top 32 bits of the node's id (valid with `HAS_PREFIX`), for neighbourhood targets.
+    prefix: u32,
     /// Earliest next query, in whole seconds since the walker started.
     next: u32,
     /// Expected new infohashes at the next visit, in hundredths.
@@ -244,6 +250,7 @@ pub struct Walker {
     ready: BinaryHeap<(u16, Reverse<u32>, u64)>,
     in_flight: usize,
     target_seq: u32,
+    queries_made: u32,
     excluded: Vec<u64>,
     last_maintain: Option<Instant>,
     stats: WalkStats,
@@ -279,6 +286,7 @@ impl Walker {
             ready: BinaryHeap::new(),
             in_flight: 0,
             target_seq: 0,
+            queries_made: 0,
             excluded: Vec::new(),
             last_maintain: None,
             stats: WalkStats {
@@ -331,65 +339,83 @@ impl Walker {
         }
     }
 
-    /// Offers contacts (from a reply, the routing table, the bootstrap). Unknown ones join
-    /// the frontier; known ones are left where they are, except penalised ones whose
-    /// penalty is over.
+    /// Offers addresses of unknown id (e.g. routers). See [`Walker::add_contacts`].
     pub fn add_nodes(&mut self, now: Instant, addrs: impl IntoIterator<Item = SocketAddrV4>) {
-        let now_s = self.secs_floor(now);
         for addr in addrs {
-            let ip = *addr.ip();
-            if addr.port() == 0
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                || ip.is_multicast()
-                || !self.cfg.allow.allows(std::net::SocketAddr::V4(addr))
-            {
-                continue;
-            }
-            let k = key(addr);
-            if self.excluded.contains(&k) {
-                continue;
-            }
-            if let Some(st) = self.nodes.get_mut(&k) {
-                if st.place == Place::Idle
-                    && st.next <= now_s
-                    && self.frontier.len() < self.cfg.max_frontier
-                {
-                    st.place = Place::Frontier;
-                    st.failures = 0;
-                    self.frontier.push_back(k);
-                }
-                continue;
-            }
-            if self.frontier.len() >= self.cfg.max_frontier {
-                self.stats.dropped_contacts += 1;
-                continue;
-            }
-            if self.nodes.len() >= self.cfg.max_nodes {
-                self.maintain(now);
-                if self.nodes.len() >= self.cfg.max_nodes {
-                    self.stats.dropped_contacts += 1;
-                    continue;
-                }
-            }
-            let ports = self.per_ip.entry(u32::from(ip)).or_insert(0);
-            if *ports >= self.cfg.max_ports_per_ip {
-                self.stats.dropped_contacts += 1;
-                continue;
-            }
-            *ports += 1;
-            self.nodes.insert(
-                k,
-                NodeState {
-                    next: 0,
-                    yield_est: 0,
-                    place: Place::Frontier,
-                    failures: 0,
-                    flags: 0,
-                },
-            );
-            self.frontier.push_back(k);
+            self.add(now, addr, None);
         }
+    }
+
+    /// Offers contacts (from a reply, the routing table). Unknown ones join the frontier;
+    /// known ones are left where they are, except penalised ones whose penalty is over.
+    pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = Contact>) {
+        for c in contacts {
+            self.add(now, c.addr, Some(c.id));
+        }
+    }
+
+    fn add(&mut self, now: Instant, addr: SocketAddrV4, id: Option<NodeId>) {
+        let now_s = self.secs_floor(now);
+        let prefix = id.map(|id| u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]));
+        let ip = *addr.ip();
+        if addr.port() == 0
+            || ip.is_unspecified()
+            || ip.is_broadcast()
+            || ip.is_multicast()
+            || !self.cfg.allow.allows(std::net::SocketAddr::V4(addr))
+        {
+            return;
+        }
+        let k = key(addr);
+        if self.excluded.contains(&k) {
+            return;
+        }
+        if let Some(st) = self.nodes.get_mut(&k) {
+            if let Some(p) = prefix
+                && st.flags & HAS_PREFIX == 0
+            {
+                st.prefix = p;
+                st.flags |= HAS_PREFIX;
+            }
+            if st.place == Place::Idle
+                && st.next <= now_s
+                && self.frontier.len() < self.cfg.max_frontier
+            {
+                st.place = Place::Frontier;
+                st.failures = 0;
+                self.frontier.push_back(k);
+            }
+            return;
+        }
+        if self.frontier.len() >= self.cfg.max_frontier {
+            self.stats.dropped_contacts += 1;
+            return;
+        }
+        if self.nodes.len() >= self.cfg.max_nodes {
+            self.maintain(now);
+            if self.nodes.len() >= self.cfg.max_nodes {
+                self.stats.dropped_contacts += 1;
+                return;
+            }
+        }
+        let ports = self.per_ip.entry(u32::from(ip)).or_insert(0);
+        if *ports >= self.cfg.max_ports_per_ip {
+            self.stats.dropped_contacts += 1;
+            return;
+        }
+        *ports += 1;
+        self.nodes.insert(
+            k,
+            NodeState {
+                prefix: prefix.unwrap_or(0),
+                next: 0,
+                yield_est: 0,
+                place: Place::Frontier,
+                failures: 0,
+                flags: if prefix.is_some() { HAS_PREFIX } else { 0 },
+            },
+        );
+        self.frontier.push_back(k);
     }
 
     /// Charges `n` queries sent outside the walk (e.g. a metadata lookup) to the rate limit.
@@ -470,11 +496,20 @@ impl Walker {
         }
     }
 
-    fn next_target(&mut self) -> NodeId {
-        self.target_seq = self.target_seq.wrapping_add(1);
+    /// Alternately a spread target and, when the node's id is known, its neighbourhood.
+    fn next_target(&mut self, neighbourhood: Option<u32>) -> NodeId {
+        self.queries_made = self.queries_made.wrapping_add(1);
         let mut id = [0u8; ID_LEN];
         self.rng.fill(&mut id[4..]);
-        id[..4].copy_from_slice(&self.target_seq.reverse_bits().to_be_bytes());
+        let top = match neighbourhood {
+            Some(p) if self.queries_made % 2 == 0 => p,
+            _ => {
+                // Its own counter: bit-reversing only odd numbers would cover half the space.
+                self.target_seq = self.target_seq.wrapping_add(1);
+                self.target_seq.reverse_bits()
+            }
+        };
+        id[..4].copy_from_slice(&top.to_be_bytes());
         NodeId(id)
     }
 
@@ -503,10 +538,11 @@ impl Walker {
         }
         st.place = Place::InFlight;
         let find_node = is_fallback || st.flags & NO_BEP51 != 0;
+        let neighbourhood = (st.flags & HAS_PREFIX != 0).then_some(st.prefix);
         self.in_flight += 1;
         self.bucket.tokens -= 1.0;
         self.stats.queries += 1;
-        let target = self.next_target();
+        let target = self.next_target(neighbourhood);
         let query = if find_node {
             self.stats.find_node_queries += 1;
             DirectQuery::FindNode(target)
@@ -631,7 +667,8 @@ impl Walker {
             place = Place::Due;
         }
         let st = self.nodes.get_mut(&k).expect("in flight");
-        st.flags |= flags;
+        st.prefix = u32::from_be_bytes([r.id.0[0], r.id.0[1], r.id.0[2], r.id.0[3]]);
+        st.flags |= flags | HAS_PREFIX;
         st.failures = 0;
         st.next = next;
         st.place = place;
@@ -639,12 +676,8 @@ impl Walker {
         if place == Place::Due {
             self.due.push(Reverse((next, k)));
         }
-        let contacts: Vec<SocketAddrV4> = r
-            .nodes()
-            .take(self.cfg.max_nodes_per_reply)
-            .map(|c| c.addr)
-            .collect();
-        self.add_nodes(now, contacts);
+        let contacts: Vec<Contact> = r.nodes().take(self.cfg.max_nodes_per_reply).collect();
+        self.add_contacts(now, contacts);
         bep51 && !sent_find_node
     }
 
@@ -737,7 +770,6 @@ impl Walker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::Contact;
 
     fn a(i: u32) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(0x7f6e_0000 + i), 6881)
