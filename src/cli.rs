@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::allow::{AllowList, Ipv4Net};
 use crate::bootstrap;
+use crate::limits::RateLimit;
 use crate::net::DhtConfig;
 use crate::node;
 
@@ -32,6 +33,15 @@ pub struct NetArgs {
     /// Allow several routing-table entries from one /24 (for private test networks).
     #[arg(long)]
     pub no_subnet_limit: bool,
+    /// Packets one IP may send per 10 s before it is ignored for 5 minutes (0 = no limit).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub rate_limit: u32,
+    /// Bytes per second of replies at most (0 = no quota).
+    #[arg(long, value_name = "BYTES", default_value_t = node::DEFAULT_REPLY_QUOTA)]
+    pub reply_quota: u64,
+    /// Only admit routing-table nodes whose id is valid for their IP (BEP 42).
+    #[arg(long)]
+    pub enforce_node_id: bool,
 }
 
 fn parse_net(s: &str) -> Result<Ipv4Net, String> {
@@ -74,6 +84,12 @@ impl NetArgs {
             ..node::Config::default()
         };
         cfg.node.routing.restrict_subnets = !self.no_subnet_limit;
+        cfg.node.routing.enforce_node_id = self.enforce_node_id;
+        cfg.node.rate_limit = (self.rate_limit > 0).then(|| RateLimit {
+            packets: self.rate_limit,
+            ..RateLimit::default()
+        });
+        cfg.node.reply_quota = (self.reply_quota > 0).then_some(self.reply_quota);
         Ok(cfg)
     }
 }
@@ -164,6 +180,11 @@ mod tests {
             "--data-dir",
             "/tmp/x",
             "--no-subnet-limit",
+            "--rate-limit",
+            "0",
+            "--reply-quota",
+            "1000",
+            "--enforce-node-id",
         ])
         .unwrap();
         let cfg = t.net.dht_config().unwrap();
@@ -173,11 +194,17 @@ mod tests {
         assert!(cfg.node.allow.allows("127.1.1.1:1".parse().unwrap()));
         assert!(!cfg.node.allow.allows("10.0.0.1:1".parse().unwrap()));
         assert!(!cfg.node.routing.restrict_subnets);
+        assert!(cfg.node.routing.enforce_node_id);
+        assert_eq!(cfg.node.rate_limit, None);
+        assert_eq!(cfg.node.reply_quota, Some(1000));
         assert!(T::try_parse_from(["x", "--allow-net", "10.0.0.0/40"]).is_err());
         let t = T::try_parse_from(["x", "--bootstrap", "nope"]).unwrap();
         assert!(t.net.dht_config().is_err());
         let t = T::try_parse_from(["x"]).unwrap();
         assert_eq!(t.net.routers().unwrap(), bootstrap::default_list());
+        let cfg = t.net.dht_config().unwrap();
+        assert_eq!(cfg.node.rate_limit, Some(RateLimit::default()));
+        assert_eq!(cfg.node.reply_quota, Some(node::DEFAULT_REPLY_QUOTA));
     }
 
     #[test]

@@ -6,16 +6,21 @@
 
 pub mod allow;
 pub mod bencode;
+pub mod bep42;
 pub mod bootstrap;
 pub mod cli;
 pub mod crawl;
+pub mod fast_decode;
 pub mod id;
 pub mod krpc;
+pub mod limits;
 pub mod lookup;
 pub mod magnet;
 pub mod metainfo;
+pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod outbox;
 pub mod persist;
 pub mod routing;
 pub mod rpc;

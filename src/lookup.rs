@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 
+use crate::bep42;
 use crate::id::{Contact, InfoHash, NodeId, compact_nodes};
 use crate::krpc::Token;
 
@@ -282,10 +283,13 @@ impl Lookup {
             return;
         }
         if let LookupKind::Announce { .. } = self.kind {
+            // BEP 42: only nodes whose id fits their IP are trusted to store our announce
+            // (exempt addresses pass), so a sybil cannot park itself next to an infohash.
             for c in self
                 .candidates
                 .iter()
                 .filter(|c| c.state == CandState::Responded)
+                .filter(|c| c.id.is_some_and(|id| bep42::is_valid(&id, *c.addr.ip())))
                 .take(self.k)
             {
                 if let (Some(id), Some(token)) = (c.id, c.token) {
@@ -481,6 +485,45 @@ mod tests {
         l.on_announce_result(true);
         assert_eq!(l.phase(), Phase::Done);
         assert_eq!(l.announced, 1);
+    }
+
+    #[test]
+    fn announces_go_only_to_bep42_valid_ids() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::Announce { port: None },
+            NodeId([0xee; 20]),
+            3,
+            8,
+        );
+        // Public addresses in a sans-IO lookup: nothing is sent anywhere.
+        let bad = Contact::new(NodeId([1; 20]), "203.0.113.1:6881".parse().unwrap());
+        let ip: std::net::Ipv4Addr = "203.0.113.2".parse().unwrap();
+        let good = Contact::new(
+            bep42::id_for_ip(ip, &mut rand::rng()),
+            SocketAddrV4::new(ip, 6881),
+        );
+        l.add_candidate(bad);
+        l.add_candidate(good);
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        let mut new = Vec::new();
+        for c in [bad, good] {
+            l.on_reply(
+                &SearchReply {
+                    from: c.addr,
+                    was_slow: false,
+                    id: c.id,
+                    nodes: &[],
+                    token: Token::new(b"t"),
+                    values: &[],
+                },
+                &mut new,
+            );
+        }
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(ann.iter().map(|a| a.1).collect::<Vec<_>>(), vec![good.id]);
     }
 
     #[test]

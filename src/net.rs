@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -190,7 +191,8 @@ enum LookupRequest {
 pub struct DhtHandle {
     tx: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
-    id: NodeId,
+    /// Shared with the driver, which updates it when BEP 42 changes our id.
+    id: Arc<Mutex<NodeId>>,
 }
 
 impl DhtHandle {
@@ -198,8 +200,9 @@ impl DhtHandle {
         self.local_addr
     }
 
+    /// Our current node id.
     pub fn id(&self) -> NodeId {
-        self.id
+        *self.id.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn send(&self, c: Command) -> Result<(), DhtError> {
@@ -365,10 +368,11 @@ impl Dht {
         }
         node.add_contacts(now, persisted);
         let (tx, rx) = mpsc::unbounded_channel();
+        let id = Arc::new(Mutex::new(node.id()));
         let handle = DhtHandle {
             tx,
             local_addr,
-            id: node.id(),
+            id: id.clone(),
         };
         let driver = Driver {
             socket,
@@ -382,6 +386,7 @@ impl Dht {
             incoming: config.incoming.clone(),
             lookups: HashMap::new(),
             send_errors: 0,
+            id,
         };
         Ok((handle, driver.run()))
     }
@@ -399,6 +404,7 @@ struct Driver {
     incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
     send_errors: u64,
+    id: Arc<Mutex<NodeId>>,
 }
 
 /// Datagrams read per wake-up before other work gets a turn.
@@ -575,6 +581,14 @@ impl Driver {
                 Event::Pong { request, result } => {
                     if let Some(tx) = self.pings.remove(&request) {
                         let _ = tx.send(result);
+                    }
+                }
+                Event::IdChanged(id) => {
+                    *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+                    if let Some(store) = &self.store
+                        && let Err(e) = store.set_node_id(&id)
+                    {
+                        tracing::warn!("could not save the new node id: {e}");
                     }
                 }
                 Event::Reply { request, result } => {

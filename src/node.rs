@@ -18,11 +18,15 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::allow::AllowList;
+use crate::bep42::{self, IpVoter};
 use crate::id::{Contact, InfoHash, NodeId};
 use crate::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
+use crate::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
 use crate::lookup::{Lookup, LookupKind, Phase, SearchReply};
+pub use crate::outbox::Transmit;
+use crate::outbox::{Emitted, Outbox};
 use crate::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::rpc::{Pending, Transactions, Unmatched};
 use crate::storage::{PeerStore, StoreConfig, TokenSecrets};
@@ -64,6 +68,14 @@ pub struct Config {
     pub sample_interval: u32,
     /// Emit [`Event::Incoming`] for get_peers and announce_peer queries we receive.
     pub report_incoming: bool,
+    /// Per-IP packet rate limit with temporary bans; `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// Bytes per second of replies at most (a spoofed-query amplification cap); `None` =
+    /// unlimited.
+    pub reply_quota: Option<u64>,
+    /// BEP 42: once the majority of repliers agree on our external IP, switch to a node id
+    /// valid for it (unless the id is already valid). Emits [`Event::IdChanged`].
+    pub adopt_bep42_id: bool,
 }
 
 impl Default for Config {
@@ -84,15 +96,22 @@ impl Default for Config {
             seed: None,
             sample_interval: 6 * 3600,
             report_incoming: false,
+            rate_limit: Some(RateLimit::default()),
+            reply_quota: Some(DEFAULT_REPLY_QUOTA),
+            adopt_bep42_id: true,
         }
     }
 }
 
 impl Config {
-    /// Settings for a private network on loopback: allow-list 127.0.0.0/8, no subnet rule.
+    /// Settings for a private network on loopback: allow-list 127.0.0.0/8, no subnet rule,
+    /// no rate limit or reply quota (test networks and benchmarks push far more traffic
+    /// between a few addresses than any public peer would).
     pub fn loopback_testnet() -> Self {
         Config {
             allow: AllowList::loopback(),
+            rate_limit: None,
+            reply_quota: None,
             routing: RoutingConfig {
                 restrict_subnets: false,
                 ..Default::default()
@@ -101,6 +120,9 @@ impl Config {
         }
     }
 }
+
+/// Default reply quota: 2 MiB/s, about 7,000 replies per second.
+pub const DEFAULT_REPLY_QUOTA: u64 = 2 * 1024 * 1024;
 
 /// Identifies a lookup started with [`Node::find_node`], [`Node::get_peers`] or
 /// [`Node::announce`].
@@ -135,6 +157,8 @@ pub enum Event {
         request: RequestId,
         result: Result<Box<Response>, PingError>,
     },
+    /// Our node id changed (BEP 42, after learning our external IP): persist it.
+    IdChanged(NodeId),
     /// Someone asked us about an infohash (only with [`Config::report_incoming`]): what a
     /// crawler harvests passively. `peer` is set for a valid announce.
     Incoming {
@@ -158,9 +182,37 @@ pub enum Event {
     },
 }
 
+/// Queries received, by method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MethodCounts {
+    pub ping: u64,
+    pub find_node: u64,
+    pub get_peers: u64,
+    pub announce_peer: u64,
+    pub sample_infohashes: u64,
+    /// Unknown methods (answered like find_node when they carry a target).
+    pub other: u64,
+}
+
+impl MethodCounts {
+    fn count(&mut self, m: &Method) {
+        match m {
+            Method::Ping => self.ping += 1,
+            Method::FindNode { .. } => self.find_node += 1,
+            Method::GetPeers { .. } => self.get_peers += 1,
+            Method::AnnouncePeer { .. } => self.announce_peer += 1,
+            Method::SampleInfohashes { .. } => self.sample_infohashes += 1,
+            Method::Unknown { .. } => self.other += 1,
+        }
+    }
+}
+
 /// Counters and gauges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Table entries whose id is valid for their IP under BEP 42.
+    pub valid_id_nodes: usize,
+    pub queries_by_method: MethodCounts,
     pub good_nodes: usize,
     pub questionable_nodes: usize,
     pub bad_nodes: usize,
@@ -190,6 +242,16 @@ pub struct Stats {
     pub timeouts: u64,
     pub announces_stored: u64,
     pub bad_tokens: u64,
+    /// Packets from IPs over the rate limit.
+    pub dropped_rate_limited: u64,
+    /// Replies not sent because of the reply quota.
+    pub dropped_quota: u64,
+    /// IPs currently banned by the rate limiter.
+    pub banned_ips: usize,
+    /// Our external IP as voted by repliers (BEP 42).
+    pub external_ip: Option<std::net::Ipv4Addr>,
+    /// Tokens not handed out because the peer store is full.
+    pub tokens_withheld: u64,
 }
 
 /// A single query to one node, answered by [`Event::Pong`] (ping) or [`Event::Reply`].
@@ -227,21 +289,32 @@ struct LookupSlot {
     owner: Owner,
 }
 
-/// Outgoing datagrams stored back to back in one buffer, so queueing allocates nothing once
-/// the buffer has grown to its working size.
-#[derive(Default)]
-struct Outbox {
-    bytes: Vec<u8>,
-    queue: VecDeque<(SocketAddrV4, usize, usize)>,
-    /// Bytes already handed out by `poll_transmit`.
-    consumed: usize,
-}
-
-/// One datagram to send, borrowed from the node until the next call.
-#[derive(Debug)]
-pub struct Transmit<'a> {
-    pub to: SocketAddr,
-    pub payload: &'a [u8],
+/// Queues one datagram through the allow-list and (for replies) the quota, counting what
+/// happened: every datagram the node sends passes here.
+fn emit(
+    outbox: &mut Outbox,
+    stats: &mut Stats,
+    allow: &AllowList,
+    quota: Option<&mut ByteQuota>,
+    now: Instant,
+    to: SocketAddrV4,
+    encode: impl FnOnce(&mut Vec<u8>),
+) -> bool {
+    match outbox.emit(allow, quota, now, to, encode) {
+        Emitted::Queued(len) => {
+            stats.packets_out += 1;
+            stats.bytes_out += len as u64;
+            true
+        }
+        Emitted::NotAllowed => {
+            stats.dropped_not_allowed += 1;
+            false
+        }
+        Emitted::OverQuota => {
+            stats.dropped_quota += 1;
+            false
+        }
+    }
 }
 
 /// The DHT node core.
@@ -271,6 +344,9 @@ pub struct Node {
     next_sweep: Instant,
     outbox: Outbox,
     events: VecDeque<Event>,
+    limiter: Option<RateLimiter>,
+    quota: Option<ByteQuota>,
+    voter: IpVoter,
     stats: Stats,
     // Scratch buffers reused across packets.
     scratch_contacts: Vec<Contact>,
@@ -292,11 +368,14 @@ const REFRESH_CHECK: Duration = Duration::from_secs(60);
 /// How often expired peers are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Bootstrap retry backoff bounds, used while the table stays empty or shallow.
-const BOOTSTRAP_MIN_BACKOFF: Duration = Duration::from_secs(5);
+const BOOTSTRAP_MIN_BACKOFF: Duration = Duration::from_secs(2);
 const BOOTSTRAP_MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Bounds on pending verifications.
 const MAX_VERIFYING: usize = 256;
 const MAX_TO_VERIFY: usize = 4096;
+/// BEP 42 external-IP vote: recent votes kept, and votes a result needs.
+const IP_VOTE_WINDOW: usize = 25;
+const IP_VOTE_MIN: usize = 5;
 /// BEP 51: samples per reply.
 const MAX_SAMPLES: usize = 20;
 
@@ -334,6 +413,9 @@ impl Node {
             next_sweep: now + SWEEP_INTERVAL,
             outbox: Outbox::default(),
             events: VecDeque::new(),
+            limiter: config.rate_limit.map(RateLimiter::new),
+            quota: config.reply_quota.map(|q| ByteQuota::new(q, now)),
+            voter: IpVoter::new(IP_VOTE_WINDOW, IP_VOTE_MIN),
             stats: Stats::default(),
             scratch_contacts: Vec::new(),
             scratch_nodes: Vec::new(),
@@ -376,6 +458,9 @@ impl Node {
             peers: self.store.num_peers(),
             transactions: self.txns.len(),
             lookups: self.lookups.len(),
+            banned_ips: self.limiter.as_ref().map_or(0, |l| l.banned(now)),
+            valid_id_nodes: self.table.entries().filter(|e| e.valid_id).count(),
+            external_ip: self.voter.external_ip(),
             ..self.stats.clone()
         }
     }
@@ -384,21 +469,12 @@ impl Node {
 
     /// The next datagram to send. The payload borrows the node until the next call.
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
-        let Some((to, start, len)) = self.outbox.queue.pop_front() else {
-            self.outbox.bytes.clear();
-            self.outbox.consumed = 0;
-            return None;
-        };
-        self.outbox.consumed = start + len;
-        Some(Transmit {
-            to: SocketAddr::V4(to),
-            payload: &self.outbox.bytes[start..start + len],
-        })
+        self.outbox.poll()
     }
 
     /// Whether datagrams are waiting.
     pub fn has_transmit(&self) -> bool {
-        !self.outbox.queue.is_empty()
+        !self.outbox.is_empty()
     }
 
     /// The next event for the application.
@@ -425,23 +501,15 @@ impl Node {
         Some(t)
     }
 
-    /// Encodes one datagram into the outbox through the allow-list. The only way out.
-    fn queue(&mut self, to: SocketAddrV4, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
-        if !self.config.allow.allows(SocketAddr::V4(to)) {
-            self.stats.dropped_not_allowed += 1;
-            return false;
-        }
-        if self.outbox.queue.is_empty() && self.outbox.consumed > 0 {
-            self.outbox.bytes.clear();
-            self.outbox.consumed = 0;
-        }
-        let start = self.outbox.bytes.len();
-        encode(&mut self.outbox.bytes);
-        let len = self.outbox.bytes.len() - start;
-        self.outbox.queue.push_back((to, start, len));
-        self.stats.packets_out += 1;
-        self.stats.bytes_out += len as u64;
-        true
+    /// Encodes one query datagram into the outbox (replies use [`emit`] directly).
+    fn queue(&mut self, now: Instant, to: SocketAddrV4, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Node {
+            outbox,
+            stats,
+            config,
+            ..
+        } = self;
+        emit(outbox, stats, &config.allow, None, now, to, encode)
     }
 
     /// Sends a query and registers its transaction. `false` when it could not be sent.
@@ -470,7 +538,7 @@ impl Node {
         let id = self.id;
         let read_only = self.config.read_only;
         self.stats.queries_out += 1;
-        self.queue(to, |out| {
+        self.queue(now, to, |out| {
             krpc::encode_query(out, &tid, &id, &args, read_only, Some(VERSION))
         })
     }
@@ -478,7 +546,7 @@ impl Node {
     // ---------------------------------------------------------------- commands
 
     /// Sets the bootstrap routers and starts joining the network. While the table stays
-    /// empty the join is retried with exponential backoff (5 s doubling to 5 min).
+    /// empty the join is retried with exponential backoff (2 s doubling to 5 min).
     pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddrV4]) {
         self.routers = routers.to_vec();
         self.start_bootstrap(now);
@@ -753,6 +821,24 @@ impl Node {
                 return;
             }
         };
+        if limits::is_bogon_source(*from.ip()) {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        if let Some(limiter) = &mut self.limiter {
+            match limiter.check(*from.ip(), now) {
+                Verdict::Allow => {}
+                Verdict::NewBan => {
+                    tracing::debug!("rate limit: banning {} for a while", from.ip());
+                    self.stats.dropped_rate_limited += 1;
+                    return;
+                }
+                Verdict::Banned => {
+                    self.stats.dropped_rate_limited += 1;
+                    return;
+                }
+            }
+        }
         match krpc::decode(data) {
             Ok(msg) => match msg.body {
                 Body::Query(q) => {
@@ -761,7 +847,7 @@ impl Node {
                 }
                 Body::Response(r) => {
                     self.stats.replies_in += 1;
-                    self.handle_response(now, from, msg.tid.as_slice(), r);
+                    self.handle_response(now, from, msg.tid.as_slice(), r, msg.ip);
                 }
                 Body::Error(e) => {
                     self.stats.errors_in += 1;
@@ -770,20 +856,34 @@ impl Node {
             },
             Err(DecodeError::BadQuery { tid, code, reason }) => {
                 self.stats.queries_in += 1;
-                self.send_error(from, tid.as_slice(), code, reason);
+                self.send_error(now, from, tid.as_slice(), code, reason);
             }
             Err(_) => self.stats.dropped_malformed += 1,
         }
     }
 
-    fn send_error(&mut self, to: SocketAddrV4, tid: &[u8], code: i64, message: &str) {
+    fn send_error(&mut self, now: Instant, to: SocketAddrV4, tid: &[u8], code: i64, message: &str) {
         if self.config.read_only {
             return;
         }
-        self.stats.errors_out += 1;
-        self.queue(to, |out| {
-            krpc::encode_error(out, tid, code, message, Some(to), Some(VERSION))
-        });
+        let Node {
+            outbox,
+            stats,
+            config,
+            quota,
+            ..
+        } = self;
+        if emit(
+            outbox,
+            stats,
+            &config.allow,
+            quota.as_mut(),
+            now,
+            to,
+            |out| krpc::encode_error(out, tid, code, message, Some(to), Some(VERSION)),
+        ) {
+            stats.errors_out += 1;
+        }
     }
 
     fn handle_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query, ro: bool) {
@@ -792,6 +892,7 @@ impl Node {
             self.stats.dropped_other += 1;
             return;
         }
+        self.stats.queries_by_method.count(&q.method);
         let contact = Contact::new(q.id, from);
         let known = ro || self.table.heard_query(contact, now);
         if !self.config.read_only {
@@ -832,7 +933,13 @@ impl Node {
                 body.nodes = Some(&nodes);
                 self.tokens.maybe_rotate(now, &mut self.rng);
                 token = self.tokens.make(*from.ip());
-                body.token = Some(token.as_slice());
+                // A full store could not take the announce anyway: no token, so the
+                // requester announces elsewhere instead of wasting a round trip here.
+                if !self.store.is_full() || self.store.contains(&info_hash) {
+                    body.token = Some(token.as_slice());
+                } else {
+                    self.stats.tokens_withheld += 1;
+                }
                 let max = self.store.config().max_values_per_reply;
                 self.store
                     .sample_peers(&info_hash, max, now, &mut self.rng, &mut values);
@@ -858,7 +965,7 @@ impl Node {
                     self.scratch_nodes = nodes;
                     self.scratch_values = values;
                     self.scratch_samples = samples;
-                    self.send_error(from, tid, ERR_PROTOCOL, "bad token");
+                    self.send_error(now, from, tid, ERR_PROTOCOL, "bad token");
                     return;
                 }
                 let port = if implied_port { from.port() } else { port };
@@ -887,28 +994,59 @@ impl Node {
             outbox,
             stats,
             config,
+            quota,
             ..
         } = self;
-        // Inline of `queue` (it cannot borrow `self` while `body` borrows scratch buffers).
-        if config.allow.allows(SocketAddr::V4(from)) {
-            if outbox.queue.is_empty() && outbox.consumed > 0 {
-                outbox.bytes.clear();
-                outbox.consumed = 0;
-            }
-            let start = outbox.bytes.len();
-            krpc::encode_response(&mut outbox.bytes, tid, &body, Some(from), Some(VERSION));
-            let len = outbox.bytes.len() - start;
-            outbox.queue.push_back((from, start, len));
-            stats.packets_out += 1;
-            stats.bytes_out += len as u64;
+        if emit(
+            outbox,
+            stats,
+            &config.allow,
+            quota.as_mut(),
+            now,
+            from,
+            |out| krpc::encode_response(out, tid, &body, Some(from), Some(VERSION)),
+        ) {
             stats.replies_out += 1;
-        } else {
-            stats.dropped_not_allowed += 1;
         }
         self.scratch_contacts = contacts;
         self.scratch_nodes = nodes;
         self.scratch_values = values;
         self.scratch_samples = samples;
+    }
+
+    /// Counts a replier's view of our address; when the majority settles on a public IP our
+    /// id is not valid for, switches to a BEP 42 id for it.
+    fn vote_external_ip(
+        &mut self,
+        now: Instant,
+        voter: std::net::Ipv4Addr,
+        seen_as: std::net::Ipv4Addr,
+    ) {
+        let Some(ip) = self.voter.vote(voter, seen_as) else {
+            return;
+        };
+        tracing::info!("external IP is {ip} (by majority of replies)");
+        if self.config.adopt_bep42_id && !bep42::is_valid(&self.id, ip) {
+            let id = bep42::id_for_ip(ip, &mut self.rng);
+            self.change_id(now, id);
+        }
+    }
+
+    /// Takes a new node id: the table is rebuilt around it from the current entries (they
+    /// are all verified, so they go straight back in where the new layout has room).
+    pub fn change_id(&mut self, now: Instant, id: NodeId) {
+        let old: Vec<_> = self
+            .table
+            .entries()
+            .map(|e| (e.contact, e.last_response))
+            .collect();
+        self.id = id;
+        self.table = RoutingTable::new(id, self.config.routing.clone(), now);
+        for (c, seen) in old {
+            self.table.heard_response(c, seen);
+        }
+        tracing::info!("node id is now {id}");
+        self.events.push_back(Event::IdChanged(id));
     }
 
     /// Pings an unknown querier when it could get a table slot: a claimed id becomes a
@@ -932,7 +1070,14 @@ impl Node {
         }
     }
 
-    fn handle_response(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], r: Response) {
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        tid: &[u8],
+        r: Response,
+        seen_as: Option<SocketAddrV4>,
+    ) {
         let pending = match self.txns.take(tid, from, Some(&r.id)) {
             Ok(p) => p,
             Err(Unmatched::WrongId) => {
@@ -949,6 +1094,9 @@ impl Node {
         if r.id == self.id {
             self.stats.dropped_other += 1;
             return;
+        }
+        if let Some(seen_as) = seen_as {
+            self.vote_external_ip(now, *from.ip(), *seen_as.ip());
         }
         let contact = Contact::new(r.id, from);
         let inserted = self.table.heard_response(contact, now);
@@ -1077,6 +1225,9 @@ impl Node {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
             self.store.sweep(now);
+            if let Some(l) = &mut self.limiter {
+                l.sweep(now);
+            }
         }
     }
 

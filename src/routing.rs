@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use crate::bep42;
 use crate::id::{Contact, ID_LEN, NodeId};
 
 /// BEP 5 bucket size.
@@ -38,6 +39,10 @@ pub struct RoutingConfig {
     pub restrict_subnets: bool,
     /// Consecutive failed queries after which a node is bad.
     pub max_failures: u8,
+    /// Refuse nodes whose id is not valid for their IP under BEP 42 (exempt addresses
+    /// pass). Off by default: it locks out honest users behind NAT; without it, valid ids
+    /// are only *preferred* when a full bucket has to choose.
+    pub enforce_node_id: bool,
 }
 
 impl Default for RoutingConfig {
@@ -47,6 +52,7 @@ impl Default for RoutingConfig {
             replacements: K,
             restrict_subnets: true,
             max_failures: 3,
+            enforce_node_id: false,
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct Entry {
     pub last_pinged: Option<Instant>,
     /// Consecutive queries it failed to answer.
     pub failures: u8,
+    /// Whether its id is valid for its IP under BEP 42.
+    pub valid_id: bool,
 }
 
 impl Entry {
@@ -81,6 +89,7 @@ impl Entry {
             last_query: None,
             last_pinged: None,
             failures: 0,
+            valid_id: bep42::is_valid(&contact.id, *contact.addr.ip()),
         }
     }
 
@@ -217,13 +226,17 @@ impl RoutingTable {
             self.buckets[b].last_changed = now;
             return Insert::Refreshed;
         }
+        let entry = Entry::new(contact, now);
+        if self.config.enforce_node_id && !entry.valid_id {
+            return Insert::Rejected;
+        }
         if let Some((b, i)) = self.find_addr(contact.addr) {
             // Same address, new id: the old identity is gone.
             self.remove_at(b, i);
         } else if self.ips.contains(contact.addr.ip()) {
             return Insert::Rejected;
         }
-        self.insert_verified(Entry::new(contact, now), now)
+        self.insert_verified(entry, now)
     }
 
     fn subnet_taken(&self, b: usize, addr: &SocketAddrV4, ignore: Option<usize>) -> bool {
@@ -272,6 +285,29 @@ impl RoutingTable {
             }
             if self.subnet_taken(b, &addr, None) {
                 return Insert::Rejected;
+            }
+            // Full of live nodes: a BEP 42-valid newcomer displaces the least recently active
+            // node with an invalid id, which becomes a replacement.
+            if entry.valid_id
+                && let Some(i) = bucket
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.valid_id)
+                    .min_by_key(|(_, e)| e.last_activity())
+                    .map(|(i, _)| i)
+            {
+                let displaced = self.remove_at(b, i);
+                self.ips.insert(*addr.ip());
+                let cap = self.config.replacements;
+                let bucket = &mut self.buckets[b];
+                bucket.nodes.push(entry);
+                bucket.last_changed = now;
+                if bucket.replacements.len() >= cap {
+                    bucket.replacements.remove(0);
+                }
+                bucket.replacements.push(displaced);
+                return Insert::Added;
             }
             let cap = self.config.replacements;
             let bucket = &mut self.buckets[b];
@@ -654,6 +690,65 @@ mod tests {
         }
         assert!(!t.contains(&far[0].id));
         assert!(t.contains(&spare.id));
+    }
+
+    #[test]
+    fn valid_ids_are_preferred_and_can_be_required() {
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(9);
+        // Public addresses: only ever handed to a sans-IO table, never sent to.
+        let public = |i: u8| SocketAddrV4::new(Ipv4Addr::new(203, 0, i, 1), 6881);
+        let own = NodeId([0; 20]);
+        let mut t = RoutingTable::new(own, RoutingConfig::default(), now);
+        // Fill the far bucket (ids starting with bit 1) with invalid ids, after a near node
+        // so bucket 0 cannot split.
+        t.heard_response(Contact::new(NodeId([0x01; 20]), public(200)), now);
+        let mut invalid = Vec::new();
+        for i in 0..8u8 {
+            let mut id = NodeId::random(&mut rng);
+            id.0[0] |= 0x80;
+            let c = Contact::new(id, public(i));
+            assert!(!bep42::is_valid(&id, *c.addr.ip()));
+            t.heard_response(c, now + Duration::from_secs(u64::from(i)));
+            invalid.push(c);
+        }
+        // Force the split so bucket 0 is full and not the last.
+        for i in 0..8u8 {
+            let mut id = NodeId::random(&mut rng);
+            id.0[0] = 0x40 | (id.0[0] & 0x3f);
+            t.heard_response(Contact::new(id, public(100 + i)), now);
+        }
+        let ip = Ipv4Addr::new(198, 51, 100, 9);
+        let mut valid = bep42::id_for_ip(ip, &mut rng);
+        while valid.0[0] & 0x80 == 0 {
+            valid = bep42::id_for_ip(ip, &mut rng);
+        }
+        let c = Contact::new(valid, SocketAddrV4::new(ip, 6881));
+        assert_eq!(
+            t.heard_response(c, now + Duration::from_secs(20)),
+            Insert::Added
+        );
+        assert!(
+            !t.contains(&invalid[0].id),
+            "the least recently active invalid id made room"
+        );
+        assert!(t.contains(&invalid[1].id));
+
+        let mut strict = RoutingTable::new(
+            own,
+            RoutingConfig {
+                enforce_node_id: true,
+                ..Default::default()
+            },
+            now,
+        );
+        assert_eq!(strict.heard_response(invalid[3], now), Insert::Rejected);
+        assert_eq!(strict.heard_response(c, now), Insert::Added);
+        // Loopback is exempt.
+        assert_eq!(
+            strict.heard_response(Contact::new(NodeId([7; 20]), addr(1)), now),
+            Insert::Added
+        );
     }
 
     #[test]

@@ -148,6 +148,11 @@ impl PeerStore {
         self.total_peers
     }
 
+    /// Whether `info_hash` has peers stored.
+    pub fn contains(&self, info_hash: &InfoHash) -> bool {
+        self.swarms.contains_key(info_hash)
+    }
+
     pub fn is_full(&self) -> bool {
         self.swarms.len() >= self.config.max_infohashes
     }

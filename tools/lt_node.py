@@ -267,6 +267,15 @@ def ep_str(ep):
         return str(ep)
 
 
+def node_entry(n):
+    # Node lists (dht_live_nodes_alert.nodes, dht_sample_infohashes_alert.nodes) come
+    # back from the 2.x binding as {"nid": sha1_hash, "endpoint": (ip, port)} dicts;
+    # accept (id, endpoint) tuples too in case another binding version differs.
+    if isinstance(n, dict):
+        return {"id": hexhash(n["nid"]), "addr": ep_str(n["endpoint"])}
+    return {"id": hexhash(n[0]), "addr": ep_str(n[1])}
+
+
 def jsonable(v):
     if isinstance(v, bytes):
         try:
@@ -442,9 +451,7 @@ class Node:
             buckets = [[b.get("num_nodes", 0), b.get("num_replacements", 0)] for b in a.routing_table]
             self.deliver(name, {"buckets": buckets, "active_requests": len(a.active_requests)})
         elif name == "dht_live_nodes_alert":
-            nodes = [{"id": hexhash(n["nid"]) if isinstance(n, dict) else hexhash(n[0]),
-                      "addr": ep_str(n["endpoint"]) if isinstance(n, dict) else ep_str(n[1])}
-                     for n in a.nodes]
+            nodes = [node_entry(n) for n in a.nodes]
             self.deliver(name, {"node_id": hexhash(a.node_id), "nodes": nodes})
         elif name == "dht_announce_alert":
             emit({"event": "incoming_announce", "info_hash": hexhash(a.info_hash),
@@ -456,7 +463,7 @@ class Node:
                   if hasattr(a.interval, "total_seconds") else a.interval,
                   "num_infohashes": a.num_infohashes,
                   "samples": [hexhash(s) for s in a.samples],
-                  "nodes": [{"id": hexhash(n[0]), "addr": ep_str(n[1])} for n in a.nodes]})
+                  "nodes": [node_entry(n) for n in a.nodes]})
         elif name == "dht_put_alert":
             emit({"event": "put", "target": hexhash(a.target), "num_success": a.num_success})
         elif name == "dht_immutable_item_alert":

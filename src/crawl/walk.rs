@@ -12,8 +12,8 @@
 //! - a node is sampled at most once per the `interval` it advertised (BEP 51), never sooner
 //!   than [`WalkConfig::min_interval`] even if it asks for less;
 //! - a node that times out is retried with exponential backoff, and given up after
-//!   [`WalkConfig::max_failures`]; one that never answered is not retried at all until it is
-//!   rediscovered after [`WalkConfig::dead_retry`];
+//!   [`WalkConfig::max_failures`] (a node that never answered, after its one retry) until it
+//!   is rediscovered after [`WalkConfig::dead_retry`];
 //! - errors 203/204 (no BEP 51) switch that node to one `find_node`; 201/202 count as a
 //!   failure (backoff);
 //! - at most [`WalkConfig::max_ports_per_ip`] ports per IP are tracked, so a hostile
@@ -721,8 +721,8 @@ impl Walker {
         }
         st.failures = st.failures.saturating_add(1);
         let answered_before = st.flags & RESPONDED != 0 || matches!(e, WalkError::Remote(_));
-        if sent_find_node || !answered_before || st.failures >= max_failures {
-            // Never answered, gave up, or only ever useful for contacts: forget for a while.
+        if sent_find_node || st.failures >= max_failures || (!answered_before && st.failures >= 2) {
+            // Never answered twice, gave up, or only useful for contacts: forget for a while.
             st.place = Place::Idle;
             st.next = now_ceil.saturating_add(dead_retry);
             return;
@@ -933,6 +933,7 @@ mod tests {
     #[test]
     fn errors_back_off_fall_back_and_give_up() {
         let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
         let mut w = Walker::new(
             WalkConfig {
                 min_interval: Duration::from_secs(1),
@@ -942,40 +943,43 @@ mod tests {
         );
         w.add_nodes(t0, [a(1), a(2), a(3)]);
         let qs: Vec<WalkQuery> = (0..3).map(|_| w.poll_query(t0).unwrap()).collect();
-        // Node 1 never answered: not retried until rediscovered after dead_retry.
-        w.on_error(t0, qs[0].addr, WalkError::Timeout);
         // Node 2 has no BEP 51: one find_node follows at once.
         w.on_error(t0, qs[1].addr, WalkError::Remote(204));
         let f = w.poll_query(t0).unwrap();
         assert_eq!(f.addr, qs[1].addr);
         assert!(matches!(f.query, DirectQuery::FindNode(_)));
+        // Node 1 never answered: one retry after 60 s, then nothing until it is
+        // rediscovered after dead_retry.
+        w.on_error(t0, qs[0].addr, WalkError::Timeout);
+        assert_eq!(w.poll_query(secs(59)), None);
+        assert_eq!(w.poll_query(secs(60)).map(|q| q.addr), Some(qs[0].addr));
+        w.on_error(secs(60), qs[0].addr, WalkError::Timeout);
+        w.add_nodes(secs(61), [qs[0].addr]);
         // Node 3 answered once, then times out: retried after 60 s, then 240 s, then dropped.
         let mut out = Vec::new();
         w.on_reply(
-            t0,
+            secs(61),
             qs[2].addr,
             &sample_reply(&[], 0, 1, &[]),
             |_| true,
             &mut out,
         );
-        let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(w.poll_query(t1).map(|q| q.addr), Some(qs[2].addr));
-        w.on_error(t1, qs[2].addr, WalkError::Timeout);
-        assert_eq!(w.poll_query(t1 + Duration::from_secs(59)), None);
-        let t2 = t1 + Duration::from_secs(60);
-        assert_eq!(w.poll_query(t2).map(|q| q.addr), Some(qs[2].addr));
-        w.on_error(t2, qs[2].addr, WalkError::Timeout);
-        assert_eq!(w.poll_query(t2 + Duration::from_secs(239)), None);
-        let t3 = t2 + Duration::from_secs(240);
-        assert_eq!(w.poll_query(t3).map(|q| q.addr), Some(qs[2].addr));
-        w.on_error(t3, qs[2].addr, WalkError::Timeout);
-        assert_eq!(w.poll_timeout(t3), None, "given up after three failures");
-        // Rediscovered during its penalty: ignored; after it: queued again.
-        w.add_nodes(t3, [qs[0].addr]);
-        assert_eq!(w.poll_query(t3), None);
-        let t4 = t0 + Duration::from_secs(3601);
-        w.add_nodes(t4, [qs[0].addr]);
-        assert_eq!(w.poll_query(t4).map(|q| q.addr), Some(qs[0].addr));
+        assert_eq!(w.poll_query(secs(62)).map(|q| q.addr), Some(qs[2].addr));
+        w.on_error(secs(62), qs[2].addr, WalkError::Timeout);
+        assert_eq!(w.poll_query(secs(121)), None);
+        assert_eq!(w.poll_query(secs(122)).map(|q| q.addr), Some(qs[2].addr));
+        w.on_error(secs(122), qs[2].addr, WalkError::Timeout);
+        assert_eq!(w.poll_query(secs(361)), None);
+        assert_eq!(w.poll_query(secs(362)).map(|q| q.addr), Some(qs[2].addr));
+        w.on_error(secs(362), qs[2].addr, WalkError::Timeout);
+        assert_eq!(
+            w.poll_timeout(secs(362)),
+            None,
+            "given up after three failures"
+        );
+        // Node 1 rediscovered after its penalty: queued again.
+        w.add_nodes(secs(3660), [qs[0].addr]);
+        assert_eq!(w.poll_query(secs(3660)).map(|q| q.addr), Some(qs[0].addr));
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! BEP 42: node ids tied to the node's external IP, and learning that IP from replies.
+//!
+//! A node id whose top 21 bits are a CRC32-C of the (masked) IP cannot be chosen freely, so
+//! one host cannot place itself next to every infohash (a sybil / eclipse attack). Checking
+//! is cheap; enforcing it for routing-table entry would lock out users behind NAT, so (like
+//! libtorrent and the8472) the node *prefers* verified ids and requires them only where it
+//! matters most: the nodes it stores to and announces to. Addresses in private, loopback and
+//! link-local ranges are exempt, as the BEP says.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+
+use crate::id::NodeId;
+
+const IPV4_MASK: u32 = 0x030f_3fff;
+
+/// The 21-bit prefix BEP 42 derives from `ip` and the 3-bit `r`.
+fn crc_for(ip: Ipv4Addr, r: u8) -> u32 {
+    let masked = (u32::from(ip) & IPV4_MASK) | (u32::from(r & 7) << 29);
+    crc32c::crc32c(&masked.to_be_bytes())
+}
+
+/// Whether BEP 42 exempts `ip` (private, loopback, link-local, unspecified, and other
+/// addresses a public node can never be seen from).
+pub fn is_exempt(ip: Ipv4Addr) -> bool {
+    ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64 // 100.64.0.0/10 (CGNAT)
+}
+
+/// A node id valid for `ip` (random apart from the BEP 42 prefix and the `r` byte).
+pub fn id_for_ip<R: Rng + ?Sized>(ip: Ipv4Addr, rng: &mut R) -> NodeId {
+    let mut id = NodeId::random(rng);
+    let r = id.0[19];
+    let crc = crc_for(ip, r);
+    id.0[0] = (crc >> 24) as u8;
+    id.0[1] = (crc >> 16) as u8;
+    id.0[2] = ((crc >> 8) as u8 & 0xf8) | (id.0[2] & 0x07);
+    id
+}
+
+/// Whether `id` is valid for `ip` under BEP 42 (exempt addresses always are).
+pub fn is_valid(id: &NodeId, ip: Ipv4Addr) -> bool {
+    if is_exempt(ip) {
+        return true;
+    }
+    let crc = crc_for(ip, id.0[19]);
+    id.0[0] == (crc >> 24) as u8
+        && id.0[1] == (crc >> 16) as u8
+        && (id.0[2] & 0xf8) == ((crc >> 8) as u8 & 0xf8)
+}
+
+/// Learns our external IP from the `ip` field of replies: a majority over the most recent
+/// votes, one per voter IP, so a single node (or a few liars) cannot move it.
+#[derive(Debug, Clone)]
+pub struct IpVoter {
+    window: usize,
+    min_votes: usize,
+    votes: VecDeque<(Ipv4Addr, Ipv4Addr)>,
+    counts: HashMap<Ipv4Addr, usize>,
+    current: Option<Ipv4Addr>,
+}
+
+impl IpVoter {
+    /// Keeps the last `window` votes; a result needs at least `min_votes` of them.
+    pub fn new(window: usize, min_votes: usize) -> Self {
+        IpVoter {
+            window: window.max(1),
+            min_votes: min_votes.max(1),
+            votes: VecDeque::new(),
+            counts: HashMap::new(),
+            current: None,
+        }
+    }
+
+    /// The current majority, if any.
+    pub fn external_ip(&self) -> Option<Ipv4Addr> {
+        self.current
+    }
+
+    /// Records that `voter` says we are `seen_as`. Returns the new external IP when the
+    /// majority changed.
+    pub fn vote(&mut self, voter: Ipv4Addr, seen_as: Ipv4Addr) -> Option<Ipv4Addr> {
+        if seen_as.is_unspecified() || seen_as.is_broadcast() || seen_as.is_multicast() {
+            return None;
+        }
+        if let Some(pos) = self.votes.iter().position(|(v, _)| *v == voter) {
+            let (_, old) = self.votes.remove(pos).expect("position is valid");
+            self.uncount(old);
+        }
+        self.votes.push_back((voter, seen_as));
+        *self.counts.entry(seen_as).or_insert(0) += 1;
+        if self.votes.len() > self.window {
+            let (_, old) = self.votes.pop_front().expect("not empty");
+            self.uncount(old);
+        }
+        let (best, n) = self
+            .counts
+            .iter()
+            .max_by_key(|(ip, n)| (**n, u32::from(**ip)))
+            .map(|(ip, n)| (*ip, *n))?;
+        // A strict majority of the window's votes, and enough of them.
+        if n >= self.min_votes && n * 2 > self.votes.len() && self.current != Some(best) {
+            self.current = Some(best);
+            return Some(best);
+        }
+        None
+    }
+
+    fn uncount(&mut self, ip: Ipv4Addr) {
+        if let Some(c) = self.counts.get_mut(&ip) {
+            *c -= 1;
+            if *c == 0 {
+                self.counts.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// The test vectors of BEP 42: (IP, last byte of the id, first three bytes of a valid id).
+    const VECTORS: [(&str, u8, [u8; 3]); 5] = [
+        ("124.31.75.21", 1, [0x5f, 0xbf, 0xbf]),
+        ("21.75.31.124", 86, [0x5a, 0x3c, 0xe9]),
+        ("65.23.51.170", 22, [0xa5, 0xd4, 0x32]),
+        ("84.124.73.14", 65, [0x1b, 0x03, 0x21]),
+        ("43.213.53.83", 90, [0xe5, 0x6f, 0x6c]),
+    ];
+
+    #[test]
+    fn bep42_test_vectors() {
+        for (ip, last, prefix) in VECTORS {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            let mut id = [0u8; 20];
+            id[..3].copy_from_slice(&prefix);
+            id[19] = last;
+            assert!(is_valid(&NodeId(id), ip), "{ip}");
+            // The low 3 bits of byte 2 are free.
+            id[2] ^= 0x07;
+            assert!(is_valid(&NodeId(id), ip), "{ip}");
+            id[2] ^= 0x08;
+            assert!(!is_valid(&NodeId(id), ip), "{ip}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_validate_only_for_their_ip() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let ip: Ipv4Addr = "8.8.4.4".parse().unwrap();
+        for _ in 0..100 {
+            let id = id_for_ip(ip, &mut rng);
+            assert!(is_valid(&id, ip));
+            assert!(!is_valid(&id, "8.8.8.8".parse().unwrap()));
+        }
+        assert!(is_valid(&NodeId([0; 20]), "192.168.1.1".parse().unwrap()));
+        assert!(is_valid(&NodeId([0; 20]), "127.0.0.1".parse().unwrap()));
+        assert!(is_valid(&NodeId([0; 20]), "100.64.0.1".parse().unwrap()));
+        assert!(!is_valid(&NodeId([0; 20]), "1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn voter_needs_a_majority_of_distinct_voters() {
+        let mut v = IpVoter::new(10, 3);
+        let me: Ipv4Addr = "203.0.113.7".parse().unwrap();
+        let liar: Ipv4Addr = "198.51.100.1".parse().unwrap();
+        let voter = |i: u8| Ipv4Addr::new(192, 0, 2, i);
+        // One voter repeating itself counts once.
+        for _ in 0..5 {
+            assert_eq!(v.vote(voter(1), liar), None);
+        }
+        assert_eq!(v.vote(voter(2), me), None);
+        assert_eq!(v.vote(voter(3), me), None);
+        assert_eq!(v.vote(voter(4), me), Some(me));
+        assert_eq!(v.external_ip(), Some(me));
+        assert_eq!(v.vote(voter(5), me), None, "no change, no report");
+        // A new majority moves it.
+        for i in 6..=12 {
+            v.vote(voter(i), liar);
+        }
+        assert_eq!(v.external_ip(), Some(liar));
+    }
+}

@@ -1,0 +1,470 @@
+//! Drives `tools/lt_node.py` (a real python-libtorrent 2.x session) as a subprocess, so the
+//! integration tests can check our node against the reference implementation.
+//!
+//! The child speaks JSON lines: one reply (with an `"ok"` key) per command, in order, and
+//! asynchronous events (with an `"event"` key) interleaved anywhere. A reader thread parses
+//! stdout into a channel; replies are matched to commands and events are queued until a
+//! test asks for them, so no event is lost while waiting for a reply. A second thread keeps
+//! the tail of stderr so every panic can show what libtorrent said before it died.
+//!
+//! Threads (not tokio tasks) own the pipes so the helper works on any runtime flavour, and
+//! the async waits never block the runtime the nodes under test run on.
+//!
+//! Set `TRACKERLESS_LT_VERBOSE=1` to start the child with `--verbose` (libtorrent's DHT log
+//! and every DHT packet on its stderr) and to mirror that stderr to the test's stderr.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use trackerless::id::NodeId;
+
+/// How long `lt_node.py` may take to print its ready line (python + libtorrent import take
+/// ~0.3 s on an idle machine; a loaded CI machine can be much slower).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one command may take to be answered (`status` and `get_node_table` wait up to
+/// 5 s for a libtorrent alert inside the child).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
+/// How much of the child's stderr is kept for failure messages.
+const STDERR_TAIL: usize = 16 * 1024;
+
+/// The command line `python3 tools/lt_node.py` uses.
+pub fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/lt_node.py")
+}
+
+/// One running `lt_node.py`. The child is killed when this is dropped.
+pub struct LtNode {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<Value>,
+    /// Events read while waiting for something else, oldest first.
+    events: VecDeque<Value>,
+    stderr: Arc<Mutex<String>>,
+    /// libtorrent's DHT node id, from the ready line.
+    pub node_id: NodeId,
+    /// The address libtorrent listens on (TCP and UDP: DHT, uTP).
+    pub addr: SocketAddrV4,
+    /// Owned so it lives as long as the child and is removed after it.
+    _save_dir: tempfile::TempDir,
+}
+
+impl LtNode {
+    /// Starts libtorrent on `ip` with a free port (TCP and UDP), retrying a few times in
+    /// case another process grabs the port between the probe and libtorrent's bind.
+    /// Panics with the child's stderr if it cannot start.
+    pub async fn start_on(ip: Ipv4Addr) -> LtNode {
+        let mut errors = Vec::new();
+        for _ in 0..4 {
+            let port = match free_port(ip) {
+                Ok(p) => p,
+                Err(e) => panic!("no free TCP+UDP port on {ip}: {e}"),
+            };
+            match LtNode::try_start(SocketAddrV4::new(ip, port)).await {
+                Ok(n) => return n,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!(
+            "lt_node.py did not start on {ip} (is python libtorrent 2.x installed? \
+             `pip install libtorrent`):\n{}",
+            errors.join("\n---\n")
+        );
+    }
+
+    /// Starts libtorrent on exactly `bind`; `Err` carries the reason and the child's stderr.
+    pub async fn try_start(bind: SocketAddrV4) -> Result<LtNode, String> {
+        let save_dir = tempfile::Builder::new()
+            .prefix("lt_node_test_")
+            .tempdir()
+            .map_err(|e| format!("cannot create a save dir: {e}"))?;
+        let verbose = std::env::var_os("TRACKERLESS_LT_VERBOSE").is_some_and(|v| v != "0");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script_path())
+            .arg("--bind")
+            .arg(bind.to_string())
+            .arg("--save-dir")
+            .arg(save_dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if verbose {
+            cmd.arg("--verbose");
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run python3 {}: {e}", script_path().display()))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr_pipe = child.stderr.take().expect("stderr is piped");
+
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name(format!("lt_node stdout {bind}"))
+            .spawn(move || read_stdout(stdout, tx))
+            .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let tail = Arc::clone(&stderr);
+        std::thread::Builder::new()
+            .name(format!("lt_node stderr {bind}"))
+            .spawn(move || read_stderr(stderr_pipe, tail, verbose))
+            .map_err(|e| format!("cannot start a reader thread: {e}"))?;
+
+        let mut node = LtNode {
+            child,
+            stdin,
+            lines,
+            events: VecDeque::new(),
+            stderr,
+            node_id: NodeId([0; 20]),
+            addr: bind,
+            _save_dir: save_dir,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let line = match tokio::time::timeout_at(deadline, node.lines.recv()).await {
+                Err(_) => {
+                    return Err(node.failure(&format!("no ready line within {READY_TIMEOUT:?}")));
+                }
+                Ok(None) => return Err(node.failure("exited before it was ready")),
+                Ok(Some(v)) => v,
+            };
+            match line.get("event").and_then(Value::as_str) {
+                Some("ready") => {
+                    let id = line.get("node_id").and_then(Value::as_str).unwrap_or("");
+                    node.node_id = id
+                        .parse()
+                        .map_err(|e| node.failure(&format!("bad node_id in {line}: {e}")))?;
+                    return Ok(node);
+                }
+                Some("error") => return Err(node.failure(&format!("failed to start: {line}"))),
+                _ => node.events.push_back(line),
+            }
+        }
+    }
+
+    /// Sends one command line and returns its reply (`{"ok":true,...}`); `Err` for an
+    /// `ok:false` reply (the child's error message). Panics if the child dies or does not
+    /// answer within [`COMMAND_TIMEOUT`]: the protocol is then broken and nothing sensible
+    /// can follow.
+    pub async fn try_command(&mut self, line: &str) -> Result<Value, String> {
+        self.send_line(line);
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let v = self.recv_until(deadline).await.unwrap_or_else(|| {
+                panic!(
+                    "{}",
+                    self.failure(&format!("no reply to {line:?} within {COMMAND_TIMEOUT:?}"))
+                )
+            });
+            match v.get("ok") {
+                Some(Value::Bool(true)) => return Ok(v),
+                Some(_) => {
+                    return Err(v
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("ok:false without an error message")
+                        .to_string());
+                }
+                None => self.events.push_back(v),
+            }
+        }
+    }
+
+    /// Like [`LtNode::try_command`] but panics on an `ok:false` reply.
+    pub async fn command(&mut self, line: &str) -> Value {
+        match self.try_command(line).await {
+            Ok(v) => v,
+            Err(e) => panic!(
+                "{}",
+                self.failure(&format!("command {line:?} refused: {e}"))
+            ),
+        }
+    }
+
+    /// The first event of `kind` (queued or arriving within `timeout`) for which `accept`
+    /// returns true; queued events that don't match stay queued. `None` on timeout.
+    pub async fn wait_event(
+        &mut self,
+        kind: &str,
+        timeout: Duration,
+        mut accept: impl FnMut(&Value) -> bool,
+    ) -> Option<Value> {
+        if let Some(i) = self
+            .events
+            .iter()
+            .position(|e| is_event(e, kind) && accept(e))
+        {
+            return self.events.remove(i);
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(v) = self.recv_until(deadline).await {
+            if is_event(&v, kind) && accept(&v) {
+                return Some(v);
+            }
+            self.events.push_back(v);
+        }
+        None
+    }
+
+    /// Every event of `kind` that arrives within `window` (plus those already queued),
+    /// removed from the queue.
+    pub async fn collect_events(&mut self, kind: &str, window: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + window;
+        while let Some(v) = self.recv_until(deadline).await {
+            self.events.push_back(v);
+        }
+        self.take_events(kind)
+    }
+
+    /// Removes and returns the queued events of `kind` without waiting.
+    pub fn take_events(&mut self, kind: &str) -> Vec<Value> {
+        while let Ok(v) = self.lines.try_recv() {
+            self.events.push_back(v);
+        }
+        let (mine, rest) = self.events.drain(..).partition(|e| is_event(e, kind));
+        self.events = rest;
+        mine.into()
+    }
+
+    /// `status`: live routing-table size and more (see `tools/lt_node.py`).
+    pub async fn status(&mut self) -> Value {
+        self.command("status").await
+    }
+
+    /// Live routing-table size.
+    pub async fn dht_nodes(&mut self) -> u64 {
+        let st = self.status().await;
+        st.get("dht_nodes").and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// libtorrent's live routing table as (id, address) pairs.
+    pub async fn node_table(&mut self) -> Vec<(NodeId, SocketAddrV4)> {
+        let reply = self.command("get_node_table").await;
+        parse_nodes(reply.get("nodes"))
+    }
+
+    pub async fn add_node(&mut self, addr: SocketAddrV4) {
+        self.command(&format!("add_node {} {}", addr.ip(), addr.port()))
+            .await;
+    }
+
+    /// `dht_announce(ih, port, flags)`; flags: 1 = seed, 2 = implied_port.
+    pub async fn announce(&mut self, info_hash: NodeId, port: u16, flags: u32) {
+        self.command(&format!("announce {info_hash} {port} {flags}"))
+            .await;
+    }
+
+    /// Starts a get_peers lookup; results arrive as `peers` events (see
+    /// [`LtNode::wait_for_peer`]).
+    pub async fn get_peers(&mut self, info_hash: NodeId) {
+        self.command(&format!("get_peers {info_hash}")).await;
+    }
+
+    /// Waits up to `timeout` for a `peers` event for `info_hash` that lists `peer`.
+    pub async fn wait_for_peer(
+        &mut self,
+        info_hash: NodeId,
+        peer: SocketAddrV4,
+        timeout: Duration,
+    ) -> bool {
+        let ih = info_hash.to_string();
+        let want = peer.to_string();
+        self.wait_event("peers", timeout, |e| {
+            e.get("info_hash").and_then(Value::as_str) == Some(ih.as_str())
+                && e.get("peers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ps| ps.iter().any(|p| p.as_str() == Some(want.as_str())))
+        })
+        .await
+        .is_some()
+    }
+
+    /// Asks `node` for a BEP 51 sample; the answer arrives as a `samples` event.
+    pub async fn sample_infohashes(&mut self, node: SocketAddrV4, target: NodeId) {
+        self.command(&format!(
+            "sample_infohashes {} {} {target}",
+            node.ip(),
+            node.port()
+        ))
+        .await;
+    }
+
+    /// libtorrent's side of the story for a failure message: status, live table, queued
+    /// events and the stderr tail. Never panics (a dead child is reported as such).
+    pub async fn diagnostics(&mut self) -> String {
+        let mut out = format!("libtorrent node {} id {}\n", self.addr, self.node_id);
+        if let Ok(Some(status)) = self.child.try_wait() {
+            out.push_str(&format!("  child exited: {status}\n"));
+        } else {
+            for cmd in ["status", "get_node_table"] {
+                match self.try_command_no_panic(cmd).await {
+                    Ok(v) => out.push_str(&format!("  {cmd}: {v}\n")),
+                    Err(e) => out.push_str(&format!("  {cmd} failed: {e}\n")),
+                }
+            }
+        }
+        while let Ok(v) = self.lines.try_recv() {
+            self.events.push_back(v);
+        }
+        out.push_str(&format!("  {} queued event(s)", self.events.len()));
+        for e in self.events.iter().rev().take(20) {
+            out.push_str(&format!("\n    {e}"));
+        }
+        out.push_str(&format!("\n  stderr tail:\n{}", self.stderr_tail()));
+        out
+    }
+
+    /// The last few KiB the child wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// [`LtNode::try_command`] for diagnostics: a dead or stuck child is an `Err`, not a panic.
+    async fn try_command_no_panic(&mut self, line: &str) -> Result<Value, String> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err("stdin closed".into());
+        };
+        if let Err(e) = stdin.write_all(format!("{line}\n").as_bytes()) {
+            return Err(format!("cannot write to the child: {e}"));
+        }
+        let _ = stdin.flush();
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            match self.recv_until(deadline).await {
+                None => return Err("no reply (child dead or stuck)".into()),
+                Some(v) if v.get("ok").is_some() => return Ok(v),
+                Some(v) => self.events.push_back(v),
+            }
+        }
+    }
+
+    fn send_line(&mut self, line: &str) {
+        let res = match self.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(format!("{line}\n").as_bytes())
+                .and_then(|_| stdin.flush()),
+            None => Err(std::io::Error::other("stdin already closed")),
+        };
+        if let Err(e) = res {
+            panic!("{}", self.failure(&format!("cannot send {line:?}: {e}")));
+        }
+    }
+
+    /// The next stdout line, or `None` at the deadline or when the child has closed stdout.
+    async fn recv_until(&mut self, deadline: Instant) -> Option<Value> {
+        tokio::time::timeout_at(deadline, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A failure message: what went wrong, the child's exit status if it has exited, and
+    /// its stderr tail.
+    fn failure(&mut self, what: &str) -> String {
+        // Give a dying child a moment so its exit status and last words are in.
+        let mut status = None;
+        for _ in 0..20 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let status = match status {
+            Some(s) => format!("exited: {s}"),
+            None => "still running".to_string(),
+        };
+        format!(
+            "lt_node.py on {}: {what} ({status})\n--- lt_node stderr (tail) ---\n{}",
+            self.addr,
+            self.stderr_tail()
+        )
+    }
+}
+
+impl Drop for LtNode {
+    fn drop(&mut self) {
+        // Closing stdin alone would make it exit cleanly, but that can take seconds
+        // (libtorrent's session teardown); a test has no state to save, so kill it.
+        self.stdin = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_event(v: &Value, kind: &str) -> bool {
+    v.get("event").and_then(Value::as_str) == Some(kind)
+}
+
+/// `[{"id":hex,"addr":"ip:port"},...]` as pairs; malformed entries are skipped.
+pub fn parse_nodes(v: Option<&Value>) -> Vec<(NodeId, SocketAddrV4)> {
+    v.and_then(Value::as_array)
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| {
+                    let id = n.get("id")?.as_str()?.parse().ok()?;
+                    let addr = n.get("addr")?.as_str()?.parse().ok()?;
+                    Some((id, addr))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A port free for both TCP and UDP on `ip` (libtorrent listens on both).
+fn free_port(ip: Ipv4Addr) -> std::io::Result<u16> {
+    let mut last = None;
+    for _ in 0..50 {
+        let tcp = TcpListener::bind((ip, 0))?;
+        let port = tcp.local_addr()?.port();
+        match UdpSocket::bind((ip, port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
+}
+
+fn read_stdout(stdout: impl Read, tx: mpsc::UnboundedSender<Value>) {
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A line that is not JSON is a protocol bug in the script; surface it as an event
+        // rather than dying, so the failure message shows it.
+        let v = serde_json::from_str(&line)
+            .unwrap_or_else(|_| serde_json::json!({"event": "unparsed", "line": line}));
+        if tx.send(v).is_err() {
+            break;
+        }
+    }
+}
+
+fn read_stderr(stderr: impl Read, tail: Arc<Mutex<String>>, mirror: bool) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if mirror {
+            eprintln!("{line}");
+        }
+        let Ok(mut t) = tail.lock() else { break };
+        t.push_str(&line);
+        t.push('\n');
+        if t.len() > 2 * STDERR_TAIL {
+            let mut cut = t.len() - STDERR_TAIL;
+            while !t.is_char_boundary(cut) {
+                cut += 1;
+            }
+            t.drain(..cut);
+        }
+    }
+}

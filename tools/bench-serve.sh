@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Queries served per second by one dht-node on one core, side by side with a plain UDP echo
+# server under the same loopback load (benchmark (b) of BENCHMARKS.md).
+#
+# Each round starts the echo server pinned to core 0, loads it from core 1 (dht-loadgen
+# --busy-poll: the generator owns core 1 and never sleeps), stops it, then does the same with
+# a fresh dht-node (and NODE2, if set); rounds interleave so background load hits all alike.
+# Prints every round, then the median and spread of each column and the node/echo ratios:
+#   replies/s          what the generator measured (closed loop: rate = throughput);
+#   cpu                share of core 0 the server used while measured (< ~95 % means the
+#                      server was not the bottleneck: the generator or other processes were);
+#   per cpu-s          replies/s divided by that share: the server's cost per query, which
+#                      stays comparable when the machine is busy.
+#
+# Settings (environment): ROUNDS (3), DURATION seconds (10), WARMUP seconds (1),
+# SOURCES (8), CONCURRENCY (16, per source), MIX (ping,find_node,get_peers), PORT (7000),
+# SERVER_CPU (0), LOADGEN_CPU (1), NODE2 (path of a second dht-node build to measure in
+# the same rounds, e.g. a prototype), NICE (-15: server and generator each run in their own
+# session, whose scheduler autogroup gets this nice value when allowed, so that compilers
+# running on the same two cores disturb the measurement less; plain `nice` is not enough
+# where sched_autogroup is on), NO_BUILD (set to skip cargo build).
+# Everything binds to 127.90.0.0/16 and 127.91.0.0/16 (sources); nothing leaves loopback.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-1}
+SOURCES=${SOURCES:-8}
+CONCURRENCY=${CONCURRENCY:-16}
+MIX=${MIX:-ping,find_node,get_peers}
+PORT=${PORT:-7000}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+NICE=${NICE:--15}
+SERVER_IP=127.90.0.1
+
+cd "$(dirname "$0")/.."
+if [[ -z "${NO_BUILD:-}" ]]; then
+    cargo build --release --bin dht-node --bin dht-loadgen >&2
+fi
+BIN=target/release
+for b in dht-node dht-loadgen; do
+    [[ -x $BIN/$b ]] || { echo "error: $BIN/$b is missing (build it first)" >&2; exit 1; }
+done
+
+# Runs a command pinned to a core in a new session, replacing the calling (sub)shell so that
+# `pinned ... &` leaves the command's own pid in $!.
+pinned() {
+    local cpu=$1
+    shift
+    exec setsid nice -n "$NICE" taskset -c "$cpu" "$@"
+}
+
+# Gives process $1's autogroup (its own session) the chosen priority, where possible. Waits
+# until $1 runs binary $2: before that, setsid may not have run yet and the write would land
+# on this script's own autogroup.
+boost() {
+    for _ in $(seq 200); do
+        [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] && break
+        sleep 0.01
+    done
+    if [[ -w /proc/$1/autogroup ]]; then
+        echo "$NICE" > "/proc/$1/autogroup" 2>/dev/null || true
+    fi
+}
+if ! nice -n "$NICE" true 2>/dev/null; then
+    echo "note: cannot run at nice $NICE; using the default priority" >&2
+    NICE=0
+fi
+
+TMP=$(mktemp -d)
+SERVER_PID=
+LOAD_PID=
+cleanup() {
+    for pid in $LOAD_PID $SERVER_PID; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Fails if something already listens on UDP $1 (a leftover server would be measured instead).
+check_free() {
+    if ss -Hlun "src $1" | grep -q .; then
+        echo "error: udp $1 is already in use" >&2
+        exit 1
+    fi
+}
+
+# Waits until the server we started listens on UDP $1 (up to 10 s).
+wait_bound() {
+    for _ in $(seq 100); do
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "error: the server for $1 exited" >&2; exit 1; }
+        if ss -Hlun "src $1" | grep -q .; then return 0; fi
+        sleep 0.1
+    done
+    echo "error: nothing is listening on udp $1" >&2
+    exit 1
+}
+
+stop_server() {
+    kill "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+# Runs the load against $1, writing the loadgen's output to $2.
+run_load() {
+    local addr=$1 log=$2
+    pinned "$LOADGEN_CPU" $BIN/dht-loadgen load --target "$addr" --duration "$DURATION" \
+        --warmup "$WARMUP" --sources "$SOURCES" --concurrency "$CONCURRENCY" --mix "$MIX" \
+        --answer-pings --busy-poll --server-pid "$SERVER_PID" > "$log" &
+    LOAD_PID=$!
+    boost "$LOAD_PID" dht-loadgen
+    wait "$LOAD_PID" || { echo "error: dht-loadgen failed" >&2; cat "$log" >&2; exit 1; }
+    LOAD_PID=
+}
+
+# Prints "replies_per_s server_cpu timeouts loadgen_cpu" from a loadgen log.
+result_of() {
+    awk '/^RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                     print v["replies_per_s"], v["server_cpu"], v["timeouts"], v["loadgen_cpu"] }' "$1"
+}
+
+# Starts server $1 (echo, node or node2) on port $2 and leaves its pid in SERVER_PID.
+start_server() {
+    local kind=$1 port=$2 addr=$SERVER_IP:$2 bin=$BIN/dht-loadgen
+    check_free "$addr"
+    case $kind in
+        echo)
+            pinned "$SERVER_CPU" "$bin" echo --bind "$addr" 2> "$TMP/$kind.err" &
+            ;;
+        node | node2)
+            bin=$BIN/dht-node
+            [[ $kind == node2 ]] && bin=$NODE2
+            rm -rf "$TMP/data-$kind"
+            mkdir -p "$TMP/data-$kind"
+            pinned "$SERVER_CPU" "$bin" --bind "$addr" --bootstrap 127.90.0.2:1 \
+                --allow-net 127.0.0.0/8 --no-subnet-limit --rate-limit 0 --reply-quota 0 \
+                --data-dir "$TMP/data-$kind" \
+                --stats-interval 0 2> "$TMP/$kind.err" &
+            ;;
+    esac
+    SERVER_PID=$!
+    wait_bound "$addr"
+    # /proc/PID/comm holds the first 15 bytes of the binary's name.
+    boost "$SERVER_PID" "$(basename "$bin" | cut -c1-15)"
+}
+
+SERVERS="echo node"
+if [[ -n ${NODE2:-} ]]; then
+    [[ -x $NODE2 ]] || { echo "error: NODE2=$NODE2 is not an executable" >&2; exit 1; }
+    SERVERS="echo node node2"
+fi
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "# load: $SOURCES sources x $CONCURRENCY outstanding, mix $MIX, ${DURATION}s after ${WARMUP}s warm-up; server on core $SERVER_CPU, generator on core $LOADGEN_CPU, nice $NICE"
+[[ -n ${NODE2:-} ]] && echo "# node2 = $NODE2"
+printf '%-5s %-6s | %10s %6s %11s %8s %8s | %7s %9s\n' round server \
+    replies/s cpu per-cpu-s timeouts gen-cpu ratio ratio-cpu
+RESULTS=$TMP/results
+: > "$RESULTS"
+port=$PORT
+for round in $(seq "$ROUNDS"); do
+    e_rate=
+    for kind in $SERVERS; do
+        port=$((port + 1))
+        start_server "$kind" "$port"
+        run_load "$SERVER_IP:$port" "$TMP/$kind-$round.log"
+        read -r rate cpu timeouts gen < <(result_of "$TMP/$kind-$round.log")
+        stop_server
+        if [[ $kind == echo ]]; then e_rate=$rate; e_cpu=$cpu; fi
+        awk -v r="$round" -v k="$kind" -v rate="$rate" -v cpu="$cpu" -v to="$timeouts" \
+            -v gen="$gen" -v er="$e_rate" -v ec="$e_cpu" 'BEGIN {
+            if (cpu <= 0 || ec <= 0) { print "error: no server cpu time measured" > "/dev/stderr"; exit 1 }
+            pc = rate / cpu; epc = er / ec
+            printf "%-5s %-6s | %10.0f %5.1f%% %11.0f %8d %7.1f%% | %6.1f%% %8.1f%%\n",
+                r, k, rate, 100 * cpu, pc, to, 100 * gen, 100 * rate / er, 100 * pc / epc
+            print k, rate, 100 * cpu, pc, 100 * rate / er, 100 * pc / epc >> "'"$RESULTS"'"
+        }'
+    done
+done
+
+# Median and min-max of every column, per server.
+echo "median [min-max] over $ROUNDS rounds:"
+for kind in $SERVERS; do
+    awk -v k="$kind" '$1 == k { for (i = 2; i <= NF; i++) col[i, ++n[i]] = $i; nf = NF }
+    END {
+        split("- replies/s cpu% per-cpu-s ratio% ratio-cpu%", name, " ")
+        line = sprintf("  %-6s", k)
+        for (i = 2; i <= nf; i++) {
+            m = n[i]
+            for (j = 1; j <= m; j++) v[j] = col[i, j]
+            for (a = 2; a <= m; a++) { x = v[a]; b = a - 1; while (b >= 1 && v[b] > x) { v[b + 1] = v[b]; b-- } v[b + 1] = x }
+            med = (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+            line = line sprintf("  %s %.1f [%.1f-%.1f]", name[i], med, v[1], v[m])
+        }
+        print line
+    }' "$RESULTS"
+done
+echo "full loadgen output of the last round:"
+for kind in $SERVERS; do
+    sed "s/^/  $kind: /" "$TMP/$kind-$ROUNDS.log"
+done
