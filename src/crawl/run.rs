@@ -69,6 +69,9 @@ impl std::fmt::Display for CrawlStatus {
     }
 }
 
+/// Called with each status (the binary prints it).
+pub type StatusFn = Box<dyn FnMut(&CrawlStatus) + Send>;
+
 /// Crawl settings.
 pub struct CrawlConfig {
     pub walk: WalkConfig,
@@ -85,7 +88,7 @@ pub struct CrawlConfig {
     /// Receives each new infohash once it is durable.
     pub new_infohashes: Option<mpsc::UnboundedSender<InfoHash>>,
     pub metadata: Option<MetadataConfig>,
-    pub on_status: Option<Box<dyn FnMut(&CrawlStatus) + Send>>,
+    pub on_status: Option<StatusFn>,
 }
 
 impl Default for CrawlConfig {

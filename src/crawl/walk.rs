@@ -502,7 +502,7 @@ impl Walker {
         let mut id = [0u8; ID_LEN];
         self.rng.fill(&mut id[4..]);
         let top = match neighbourhood {
-            Some(p) if self.queries_made % 2 == 0 => p,
+            Some(p) if self.queries_made.is_multiple_of(2) => p,
             _ => {
                 // Its own counter: bit-reversing only odd numbers would cover half the space.
                 self.target_seq = self.target_seq.wrapping_add(1);
