@@ -477,3 +477,124 @@ fn bad_arguments_and_stores_fail_with_one_line() {
     assert!(String::from_utf8(o.stderr).unwrap().contains("in use"));
     drop(held);
 }
+
+/// A fetcher standing in for BEP 9 peers: it hands out known info dicts (and one lie), and
+/// records the peers it was given.
+struct CannedFetcher {
+    dicts: HashMap<InfoHash, Vec<u8>>,
+    asked: std::sync::Mutex<Vec<(InfoHash, Vec<SocketAddrV4>)>>,
+}
+
+impl trackerless::crawl::metadata::MetadataFetcher for CannedFetcher {
+    fn fetch(
+        &self,
+        info_hash: InfoHash,
+        peers: Vec<SocketAddrV4>,
+    ) -> trackerless::crawl::metadata::FetchFuture<'_> {
+        self.asked.lock().unwrap().push((info_hash, peers));
+        let r = self
+            .dicts
+            .get(&info_hash)
+            .cloned()
+            .ok_or_else(|| "no peer had it".to_string());
+        Box::pin(async move { r })
+    }
+}
+
+/// The metadata pool: new infohashes are looked up on the DHT, fetched, verified against
+/// their hash, stored and written as .torrent files; a dict that does not hash to its
+/// infohash is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_pool_fetches_verifies_and_writes_torrents() {
+    use sha1::{Digest, Sha1};
+    let net = Testnet::start(
+        20,
+        TestnetConfig {
+            subnet: 117,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    net.wait_for_tables(8, Duration::from_secs(20)).await;
+    let dict = |name: &str| {
+        format!(
+            "d6:lengthi5e4:name{}:{name}12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaae",
+            name.len()
+        )
+        .into_bytes()
+    };
+    let mut dicts = HashMap::new();
+    let mut good = Vec::new();
+    for name in ["alpha", "beta", "gamma"] {
+        let raw = dict(name);
+        let ih = NodeId(Sha1::digest(&raw).into());
+        dicts.insert(ih, raw);
+        good.push(ih);
+    }
+    let liar = NodeId([0x5a; 20]);
+    dicts.insert(liar, dict("lie"));
+    for (i, ih) in good.iter().chain([&liar]).enumerate() {
+        net.nodes[i + 1]
+            .announce(*ih, Some(6000))
+            .unwrap()
+            .collect()
+            .await;
+    }
+    let fetcher = std::sync::Arc::new(CannedFetcher {
+        dicts,
+        asked: Default::default(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let torrents = dir.path().join("torrents");
+    std::fs::create_dir(&torrents).unwrap();
+    let mut cfg = DhtConfig::new("127.117.9.1:0".parse().unwrap());
+    cfg.node = Config::loopback_testnet();
+    cfg.bootstrap = vec![net.addr(0).to_string()];
+    let (dht, driver) = Dht::bind(cfg).await.unwrap();
+    tokio::spawn(driver);
+    let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
+    let report = crawl::run(
+        dht.clone(),
+        None,
+        store,
+        CrawlConfig {
+            walk: WalkConfig {
+                rate: 200.0,
+                allow: trackerless::allow::AllowList::loopback(),
+                ..Default::default()
+            },
+            flush_interval: Duration::from_millis(200),
+            duration: Some(Duration::from_secs(6)),
+            metadata: Some(trackerless::crawl::metadata::MetadataConfig {
+                workers: 2,
+                fetcher: fetcher.clone(),
+                torrent_dir: Some(torrents.clone()),
+                queue: 100,
+                lookup_timeout: Duration::from_secs(5),
+            }),
+            ..Default::default()
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    dht.shutdown().await.unwrap();
+    assert_eq!(report.status.metadata_fetched, 3, "{:?}", report.status);
+    assert_eq!(report.status.metadata_failed, 1, "{:?}", report.status);
+    let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
+    for (ih, name) in good.iter().zip(["alpha", "beta", "gamma"]) {
+        let m = store.metadata(ih).expect("metadata stored");
+        assert_eq!((m.name.as_str(), m.total_size, m.file_count), (name, 5, 1));
+        let file = std::fs::read(torrents.join(format!("{}.torrent", ih.to_hex()))).unwrap();
+        let mi = trackerless::metainfo::Metainfo::from_bytes(&file).unwrap();
+        assert_eq!(mi.info_hash, ih.0);
+    }
+    assert!(store.metadata(&liar).is_none());
+    assert!(!torrents.join(format!("{}.torrent", liar.to_hex())).exists());
+    // The DHT lookup found the announcer (a live peer on port 6000) for each.
+    for (_, peers) in fetcher.asked.lock().unwrap().iter() {
+        assert!(peers.iter().any(|p| p.port() == 6000), "{peers:?}");
+    }
+    net.shutdown().await;
+}
