@@ -9,6 +9,7 @@ pub mod bencode;
 pub mod bep42;
 pub mod bootstrap;
 pub mod cli;
+pub mod crawl;
 pub mod fast_decode;
 pub mod id;
 pub mod krpc;
