@@ -129,7 +129,10 @@ pub struct PeerStream {
 impl PeerStream {
     /// Polls for the next new peer (`Ready(None)` once the lookup has finished), for
     /// callers that merge several sources in one `poll_fn`.
-    pub fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<SocketAddrV4>> {
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<SocketAddrV4>> {
         use std::task::Poll;
         loop {
             if let Some(p) = self.buffered.pop() {

@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
 use trackerless::cli::{self, NetArgs};
 use trackerless::crawl::export::{Format, export};
+use trackerless::crawl::metadata::{Bep9Fetcher, MetadataConfig};
 use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
+use trackerless::metadata::FetchConfig;
 use trackerless::net::Dht;
 
 /// An honest BitTorrent DHT crawler: a normal DHT node that walks the keyspace with BEP 51
@@ -60,6 +63,16 @@ struct CrawlArgs {
     /// Write sightings to disk every SECS seconds (what a crash can lose at most).
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     flush_interval: u64,
+    /// Fetch each new torrent's metadata (BEP 9) from its peers and store name, size, files.
+    #[arg(long)]
+    metadata: bool,
+    /// Metadata fetches running at once.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "metadata",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    metadata_workers: u64,
+    /// Also write each fetched torrent as DIR/<infohash>.torrent.
+    #[arg(long, value_name = "DIR", requires = "metadata")]
+    torrent_dir: Option<PathBuf>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -128,7 +141,25 @@ fn crawl_cmd(a: CrawlArgs) {
         allow: cfg.node.allow.clone(),
         ..WalkConfig::default()
     };
+    let allow = cfg.node.allow.clone();
     let dht = Dht::spawn(cfg).unwrap_or_else(|e| cli::fail(e));
+    if let Some(dir) = &a.torrent_dir {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| cli::fail(format!("cannot create {}: {e}", dir.display())));
+    }
+    let metadata = a.metadata.then(|| MetadataConfig {
+        workers: a.metadata_workers as usize,
+        fetcher: Arc::new(Bep9Fetcher(FetchConfig {
+            allow,
+            dht: Some(dht.clone()),
+            dht_port: Some(dht.local_addr().port()),
+            timeout: Some(Duration::from_secs(30)),
+            ..FetchConfig::default()
+        })),
+        torrent_dir: a.torrent_dir.clone(),
+        queue: 10_000,
+        lookup_timeout: Duration::from_secs(20),
+    });
     tracing::info!(
         "crawler node {} on {} (store {}, {} infohashes)",
         dht.id(),
@@ -143,6 +174,7 @@ fn crawl_cmd(a: CrawlArgs) {
         status_interval: Duration::from_secs(status_interval.max(1)),
         duration: a.duration.map(Duration::from_secs),
         out: a.out,
+        metadata,
         on_status: Some(Box::new(move |s| {
             if status_interval > 0 {
                 println!("{s}");

@@ -179,3 +179,19 @@ async fn verify_and_save(
     }
     Ok(meta)
 }
+
+/// The real fetcher: BEP 9 over the peer wire protocol ([`crate::metadata`]).
+pub struct Bep9Fetcher(pub crate::metadata::FetchConfig);
+
+impl MetadataFetcher for Bep9Fetcher {
+    fn fetch(&self, info_hash: InfoHash, peers: Vec<SocketAddrV4>) -> FetchFuture<'_> {
+        Box::pin(async move {
+            let source =
+                crate::metadata::PeerSource::new(peers.into_iter().map(std::net::SocketAddr::V4));
+            crate::metadata::fetch_metadata(info_hash.0, source, &self.0)
+                .await
+                .map(|f| f.info.to_vec())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
