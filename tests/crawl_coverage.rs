@@ -7,16 +7,16 @@
 //! respects) so that the several visits per node that random 20-of-80 samples need fit in a
 //! test; libtorrent advertises its default 6 h and is therefore visited once.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddrV4;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
+
+use common::lt::LtNode;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 use tokio::net::UdpSocket;
 use trackerless::allow::AllowList;
 use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
@@ -32,83 +32,6 @@ const LT_NODES: usize = 3;
 const LT_HASHES_EACH: usize = 10;
 /// The crawler's budget once the network is ready.
 const BUDGET: Duration = Duration::from_secs(120);
-
-/// One python-libtorrent session driven through tools/lt_node.py.
-struct Lt {
-    child: Child,
-    stdin: ChildStdin,
-    lines: std_mpsc::Receiver<Value>,
-    addr: SocketAddrV4,
-}
-
-impl Lt {
-    fn start(addr: SocketAddrV4) -> Lt {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/lt_node.py");
-        let mut child = Command::new("python3")
-            .args([script, "--bind", &addr.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with libtorrent (tools/test.sh installs it)");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std_mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && tx.send(v).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut lt = Lt {
-            child,
-            stdin,
-            lines,
-            addr,
-        };
-        let ready = lt.wait(|v| v["event"] == "ready");
-        assert_eq!(ready["bind"], addr.to_string());
-        lt
-    }
-
-    fn wait(&mut self, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let v = self.lines.recv_timeout(left).expect("lt_node.py answered");
-            if f(&v) {
-                return v;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> Value {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-        let v = self.wait(|v| v.get("ok").is_some());
-        assert_eq!(v["ok"], true, "{line}: {v}");
-        v
-    }
-}
-
-impl Drop for Lt {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Sends one query from `sock` and waits for its answer (skipping queries sent to us).
 async fn ask(sock: &UdpSocket, to: SocketAddrV4, tid: &[u8], args: QueryArgs<'_>) -> Response {
@@ -153,13 +76,13 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
 
     // Three libtorrent nodes join through a few of ours.
     let mut rng = StdRng::seed_from_u64(110);
-    let mut lts: Vec<Lt> = (0..LT_NODES)
-        .map(|i| Lt::start(SocketAddrV4::new([127, 111, 0, i as u8 + 1].into(), 16881)))
-        .collect();
+    let mut lts = Vec::new();
+    for i in 0..LT_NODES {
+        lts.push(LtNode::start(SocketAddrV4::new([127, 111, 0, i as u8 + 1].into(), 16881)).await);
+    }
     for lt in &mut lts {
         for _ in 0..8 {
-            let a = net.addr(rng.random_range(0..NODES));
-            lt.cmd(&format!("add_node {} {}", a.ip(), a.port()));
+            lt.add_node(net.addr(rng.random_range(0..NODES))).await;
         }
     }
 
@@ -215,14 +138,7 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
     }
     // libtorrent must be in our nodes' tables for the walk to meet it.
     for lt in &mut lts {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = lt.cmd("status");
-            if s["dht_nodes"].as_u64().unwrap_or(0) >= 8 || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        lt.wait_dht_nodes(8, Duration::from_secs(30)).await;
     }
 
     println!("libtorrent ready after {:?}", t0.elapsed());

@@ -9,6 +9,7 @@
 //!
 //! Addresses: 127.83.x.y.
 
+mod common;
 mod meta_support;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use meta_support::lt::LtNode;
+use common::lt::LtNode;
 use meta_support::{FakePeer, Lie, Seeder, info_hash, synthetic_info};
 use trackerless::allow::AllowList;
 use trackerless::id::NodeId;
@@ -49,8 +50,7 @@ async fn lt_in(net: &Testnet, bind: SocketAddrV4) -> LtNode {
     let mut lt = LtNode::start(bind).await;
     for i in 0..3 {
         let a = net.addr(i);
-        lt.cmd_ok(&format!("add_node {} {}", a.ip(), a.port()))
-            .await;
+        lt.add_node(a).await;
     }
     let n = lt.wait_dht_nodes(1, Duration::from_secs(20)).await;
     assert!(n >= 1, "libtorrent's DHT table stayed empty");
@@ -65,7 +65,7 @@ async fn wait_announced(net: &Testnet, lt: &mut LtNode, ih: &str, peer: SocketAd
         if peers.contains(&peer) {
             return;
         }
-        lt.cmd_ok(&format!("dht_announce_torrent {ih}")).await;
+        lt.command(&format!("dht_announce_torrent {ih}")).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     panic!("libtorrent's announce of {ih} never reached our testnet");
@@ -129,15 +129,19 @@ async fn dht_get_fetches_metadata_from_a_libtorrent_seeder() {
     let tree = content.path().join("lt-multi");
     make_tree(&tree, 2000);
     for (i, path) in [single, tree].iter().enumerate() {
-        let r = lt.cmd_ok(&format!("seed \"{}\"", path.display())).await;
-        let ih = r["info_hash"].as_str().unwrap().to_owned();
-        let name = r["name"].as_str().unwrap().to_owned();
-        let lt_torrent = std::fs::read(r["torrent"].as_str().unwrap()).unwrap();
+        let r = lt.seed(path).await;
+        let (ih, name) = (r.info_hash, r.name);
+        let lt_torrent = std::fs::read(&r.torrent).unwrap();
         let lt_meta = Metainfo::from_bytes(&lt_torrent).unwrap();
         wait_announced(&net, &mut lt, &ih, lt_addr).await;
 
-        let magnet = r["magnet"].as_str().unwrap();
-        let (ok, text) = dht_get(&net, magnet, &format!("127.83.60.{}:0", i + 1), out.path()).await;
+        let (ok, text) = dht_get(
+            &net,
+            &r.magnet,
+            &format!("127.83.60.{}:0", i + 1),
+            out.path(),
+        )
+        .await;
         assert!(ok, "{text}");
         let written = std::fs::read(out.path().join(format!("{name}.torrent"))).unwrap();
         let meta = Metainfo::from_bytes(&written).unwrap();
@@ -177,16 +181,12 @@ async fn libtorrent_resolves_magnets_from_our_serving_side() {
 
     // Through the DHT only.
     let ih = hex::encode(info_hash(&via_dht));
-    lt.cmd_ok(&format!(
-        "add_magnet magnet:?xt=urn:btih:{ih} {}",
-        save.path().display()
-    ))
-    .await;
+    lt.add_magnet(&format!("magnet:?xt=urn:btih:{ih}"), save.path())
+        .await;
     let ev = lt
-        .wait_event(
-            |e| e["event"] == "metadata" && e["info_hash"] == ih.as_str(),
-            Duration::from_secs(60),
-        )
+        .wait_event("metadata", Duration::from_secs(60), |e| {
+            e["info_hash"] == ih.as_str()
+        })
         .await
         .unwrap_or_else(|| {
             panic!(
@@ -195,7 +195,7 @@ async fn libtorrent_resolves_magnets_from_our_serving_side() {
             )
         });
     assert_eq!(ev["name"], "served-by-us-dht");
-    let st = lt.cmd_ok(&format!("torrent_status {ih}")).await;
+    let st = lt.torrent_status(&ih).await;
     assert_eq!(st["has_metadata"], true);
     let served = seeder.server.stats();
     assert!(served.data_sent >= 4, "{served:?}");
@@ -203,16 +203,12 @@ async fn libtorrent_resolves_magnets_from_our_serving_side() {
     // Given our address in the magnet.
     let ih = hex::encode(info_hash(&via_xpe));
     let srv = seeder.server.local_addr();
-    lt.cmd_ok(&format!(
-        "add_magnet magnet:?xt=urn:btih:{ih}&x.pe={srv} {}",
-        save.path().display()
-    ))
-    .await;
+    lt.add_magnet(&format!("magnet:?xt=urn:btih:{ih}&x.pe={srv}"), save.path())
+        .await;
     let ev = lt
-        .wait_event(
-            |e| e["event"] == "metadata" && e["info_hash"] == ih.as_str(),
-            Duration::from_secs(60),
-        )
+        .wait_event("metadata", Duration::from_secs(60), |e| {
+            e["info_hash"] == ih.as_str()
+        })
         .await
         .expect("libtorrent never got the x.pe metadata");
     assert_eq!(ev["name"], "served-by-us-xpe");
@@ -229,13 +225,9 @@ async fn liar_next_to_libtorrent_is_dropped() {
     let content = tempfile::tempdir().unwrap();
     let tree = content.path().join("lt-liar");
     make_tree(&tree, 1200);
-    let r = lt.cmd_ok(&format!("seed \"{}\"", tree.display())).await;
-    let ih: [u8; 20] = hex::decode(r["info_hash"].as_str().unwrap())
-        .unwrap()
-        .try_into()
-        .unwrap();
-    let lt_meta =
-        Metainfo::from_bytes(&std::fs::read(r["torrent"].as_str().unwrap()).unwrap()).unwrap();
+    let r = lt.seed(&tree).await;
+    let ih: [u8; 20] = hex::decode(&r.info_hash).unwrap().try_into().unwrap();
+    let lt_meta = Metainfo::from_bytes(&std::fs::read(&r.torrent).unwrap()).unwrap();
     let liar = FakePeer::start(
         SocketAddr::V4(v4(52, 2, 0)),
         lt_meta.info_bytes.clone(),

@@ -11,7 +11,12 @@
 //! the async waits never block the runtime the nodes under test run on.
 //!
 //! Set `TRACKERLESS_LT_VERBOSE=1` to start the child with `--verbose` (libtorrent's DHT log
-//! and every DHT packet on its stderr) and to mirror that stderr to the test's stderr.
+//! and every DHT packet on its stderr) and to mirror that stderr to the test's stderr;
+//! `LT_STDERR=1` mirrors the (non-verbose) stderr only, e.g. to watch peer connections.
+//!
+//! This is the one driver for `lt_node.py`: the DHT interop tests use the DHT commands, the
+//! metadata and download tests the torrent ones ([`LtNode::seed`], [`LtNode::add_magnet`],
+//! [`LtNode::wait_finished`], [`LtNode::torrent_status`]).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +39,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// How much of the child's stderr is kept for failure messages.
 const STDERR_TAIL: usize = 16 * 1024;
+/// Queued events kept at most; the oldest go first. A busy session posts many (peers
+/// batches, incoming get_peers) that a test may never ask for.
+const MAX_QUEUED_EVENTS: usize = 10_000;
 
 /// The command line `python3 tools/lt_node.py` uses.
 pub fn script_path() -> PathBuf {
@@ -52,8 +60,19 @@ pub struct LtNode {
     pub node_id: NodeId,
     /// The address libtorrent listens on (TCP and UDP: DHT, uTP).
     pub addr: SocketAddrV4,
-    /// Owned so it lives as long as the child and is removed after it.
-    _save_dir: tempfile::TempDir,
+    /// The session's save dir (`seed` writes its .torrent files here); owned so it lives as
+    /// long as the child and is removed after it.
+    pub save_dir: tempfile::TempDir,
+}
+
+/// What `seed PATH` answered.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    pub info_hash: String,
+    pub magnet: String,
+    /// The .torrent libtorrent wrote (in its save dir).
+    pub torrent: PathBuf,
+    pub name: String,
 }
 
 impl LtNode {
@@ -79,13 +98,26 @@ impl LtNode {
         );
     }
 
+    /// Starts libtorrent on exactly `bind`; panics with the child's stderr if it cannot, so
+    /// an interop test never passes vacuously.
+    pub async fn start(bind: SocketAddrV4) -> LtNode {
+        match LtNode::try_start(bind).await {
+            Ok(n) => n,
+            Err(e) => panic!(
+                "lt_node.py did not start on {bind} (is python libtorrent 2.x installed? \
+                 `pip install libtorrent`):\n{e}"
+            ),
+        }
+    }
+
     /// Starts libtorrent on exactly `bind`; `Err` carries the reason and the child's stderr.
     pub async fn try_start(bind: SocketAddrV4) -> Result<LtNode, String> {
         let save_dir = tempfile::Builder::new()
             .prefix("lt_node_test_")
             .tempdir()
             .map_err(|e| format!("cannot create a save dir: {e}"))?;
-        let verbose = std::env::var_os("TRACKERLESS_LT_VERBOSE").is_some_and(|v| v != "0");
+        let verbose = env_flag("TRACKERLESS_LT_VERBOSE");
+        let mirror = verbose || env_flag("LT_STDERR");
         let mut cmd = Command::new("python3");
         cmd.arg(script_path())
             .arg("--bind")
@@ -114,7 +146,7 @@ impl LtNode {
         let tail = Arc::clone(&stderr);
         std::thread::Builder::new()
             .name(format!("lt_node stderr {bind}"))
-            .spawn(move || read_stderr(stderr_pipe, tail, verbose))
+            .spawn(move || read_stderr(stderr_pipe, tail, mirror))
             .map_err(|e| format!("cannot start a reader thread: {e}"))?;
 
         let mut node = LtNode {
@@ -125,7 +157,7 @@ impl LtNode {
             stderr,
             node_id: NodeId([0; 20]),
             addr: bind,
-            _save_dir: save_dir,
+            save_dir,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -145,7 +177,7 @@ impl LtNode {
                     return Ok(node);
                 }
                 Some("error") => return Err(node.failure(&format!("failed to start: {line}"))),
-                _ => node.events.push_back(line),
+                _ => node.queue_event(line),
             }
         }
     }
@@ -173,7 +205,7 @@ impl LtNode {
                         .unwrap_or("ok:false without an error message")
                         .to_string());
                 }
-                None => self.events.push_back(v),
+                None => self.queue_event(v),
             }
         }
     }
@@ -209,9 +241,15 @@ impl LtNode {
             if is_event(&v, kind) && accept(&v) {
                 return Some(v);
             }
-            self.events.push_back(v);
+            self.queue_event(v);
         }
         None
+    }
+
+    /// Drops every queued event (e.g. before timing a new operation).
+    pub fn clear_events(&mut self) {
+        while self.lines.try_recv().is_ok() {}
+        self.events.clear();
     }
 
     /// Every event of `kind` that arrives within `window` (plus those already queued),
@@ -219,7 +257,7 @@ impl LtNode {
     pub async fn collect_events(&mut self, kind: &str, window: Duration) -> Vec<Value> {
         let deadline = Instant::now() + window;
         while let Some(v) = self.recv_until(deadline).await {
-            self.events.push_back(v);
+            self.queue_event(v);
         }
         self.take_events(kind)
     }
@@ -227,7 +265,7 @@ impl LtNode {
     /// Removes and returns the queued events of `kind` without waiting.
     pub fn take_events(&mut self, kind: &str) -> Vec<Value> {
         while let Ok(v) = self.lines.try_recv() {
-            self.events.push_back(v);
+            self.queue_event(v);
         }
         let (mine, rest) = self.events.drain(..).partition(|e| is_event(e, kind));
         self.events = rest;
@@ -243,6 +281,19 @@ impl LtNode {
     pub async fn dht_nodes(&mut self) -> u64 {
         let st = self.status().await;
         st.get("dht_nodes").and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// Polls `status` until the live routing table holds at least `n` nodes or `timeout`
+    /// passes; returns the last count.
+    pub async fn wait_dht_nodes(&mut self, n: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.dht_nodes().await;
+            if have >= n || Instant::now() >= deadline {
+                return have;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// libtorrent's live routing table as (id, address) pairs.
@@ -297,6 +348,59 @@ impl LtNode {
         .await;
     }
 
+    /// `seed PATH`: libtorrent makes a v1 torrent of the file or directory, seeds it from
+    /// its parent directory and announces it to the DHT.
+    pub async fn seed(&mut self, path: &Path) -> Seeded {
+        let r = self.command(&format!("seed \"{}\"", path.display())).await;
+        let field = |k: &str| {
+            r.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Seeded {
+            info_hash: field("info_hash"),
+            magnet: field("magnet"),
+            torrent: PathBuf::from(field("torrent")),
+            name: field("name"),
+        }
+    }
+
+    /// `add_magnet MAGNET DIR`: libtorrent resolves and downloads the magnet into `dir`.
+    pub async fn add_magnet(&mut self, magnet: &str, dir: &Path) {
+        self.command(&format!("add_magnet \"{magnet}\" \"{}\"", dir.display()))
+            .await;
+    }
+
+    /// `torrent_status IH` (progress, peers, payload byte counts, ...).
+    pub async fn torrent_status(&mut self, info_hash: &str) -> Value {
+        self.command(&format!("torrent_status {info_hash}")).await
+    }
+
+    /// Waits for the `finished` event of `info_hash`; `false` on timeout.
+    pub async fn wait_finished(&mut self, info_hash: &str, timeout: Duration) -> bool {
+        self.wait_event("finished", timeout, |e| {
+            e.get("info_hash").and_then(Value::as_str) == Some(info_hash)
+        })
+        .await
+        .is_some()
+    }
+
+    /// Asks the child to quit and waits (briefly) for a clean exit; dropping an `LtNode`
+    /// kills it instead.
+    pub async fn quit(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"quit\n").and_then(|_| stdin.flush());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// libtorrent's side of the story for a failure message: status, live table, queued
     /// events and the stderr tail. Never panics (a dead child is reported as such).
     pub async fn diagnostics(&mut self) -> String {
@@ -312,7 +416,7 @@ impl LtNode {
             }
         }
         while let Ok(v) = self.lines.try_recv() {
-            self.events.push_back(v);
+            self.queue_event(v);
         }
         out.push_str(&format!("  {} queued event(s)", self.events.len()));
         for e in self.events.iter().rev().take(20) {
@@ -341,9 +445,16 @@ impl LtNode {
             match self.recv_until(deadline).await {
                 None => return Err("no reply (child dead or stuck)".into()),
                 Some(v) if v.get("ok").is_some() => return Ok(v),
-                Some(v) => self.events.push_back(v),
+                Some(v) => self.queue_event(v),
             }
         }
+    }
+
+    fn queue_event(&mut self, v: Value) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(v);
     }
 
     fn send_line(&mut self, line: &str) {
@@ -398,6 +509,10 @@ impl Drop for LtNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 fn is_event(v: &Value, kind: &str) -> bool {

@@ -1,10 +1,9 @@
 //! Helpers shared by the metadata integration tests: synthetic info dicts, a scriptable
-//! (possibly lying) metadata peer, and a driver for `tools/lt_node.py`.
+//! (possibly lying) metadata peer, and our seeder. (The libtorrent driver is
+//! `tests/common/lt.rs`.)
 //!
 //! Each test crate uses a different subset, hence the dead-code allowance.
 #![allow(dead_code)]
-
-pub mod lt;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
