@@ -14,6 +14,9 @@
 //! Addresses: testnet 127.85.x.y, libtorrent 127.86.0.x, dht-get 127.87.x.y, our
 //! servers 127.88.0.x.
 
+#[path = "../tests/common/lt.rs"]
+#[allow(dead_code)]
+mod lt;
 #[path = "../tests/meta_support/mod.rs"]
 mod meta_support;
 
@@ -23,7 +26,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meta_support::lt::LtNode;
+use lt::LtNode;
 use meta_support::{info_hash, synthetic_info};
 use trackerless::allow::AllowList;
 use trackerless::id::NodeId;
@@ -155,22 +158,20 @@ async fn dht_get_run(magnet: &str, bind: String, router: SocketAddrV4, out: &Pat
 async fn lt_resolve(lt: &mut LtNode, magnet: &str, ih: &str, save: &Path) -> f64 {
     lt.clear_events();
     let t = Instant::now();
-    lt.cmd_ok(&format!("add_magnet {magnet} {}", save.display()))
+    lt.command(&format!("add_magnet {magnet} {}", save.display()))
         .await;
-    lt.wait_event(
-        |e| e["event"] == "metadata" && e["info_hash"] == ih,
-        Duration::from_secs(60),
-    )
+    lt.wait_event("metadata", Duration::from_secs(60), |e| {
+        e["info_hash"] == ih
+    })
     .await
     .expect("libtorrent never resolved the magnet");
     let dt = t.elapsed().as_secs_f64();
     // libtorrent goes on to download the content (up to 2,000 files); let that finish, untimed,
     // so its disk and CPU work does not slow down the next measurement.
     let _ = lt
-        .wait_event(
-            |e| e["event"] == "finished" && e["info_hash"] == ih,
-            Duration::from_secs(30),
-        )
+        .wait_event("finished", Duration::from_secs(30), |e| {
+            e["info_hash"] == ih
+        })
         .await;
     dt
 }
@@ -178,7 +179,7 @@ async fn lt_resolve(lt: &mut LtNode, magnet: &str, ih: &str, save: &Path) -> f64
 /// Polls until libtorrent reports the torrent in state "seeding".
 async fn wait_seeding(lt: &mut LtNode, ih: &str) {
     for _ in 0..2000 {
-        let st = lt.cmd_ok(&format!("torrent_status {ih}")).await;
+        let st = lt.command(&format!("torrent_status {ih}")).await;
         if st["state"] == "seeding" {
             return;
         }
@@ -206,7 +207,9 @@ async fn latency(net: &Testnet, seeder: &mut LtNode, fetcher: &mut LtNode) {
             } else {
                 make_tree(&path, files, r);
             }
-            let v = seeder.cmd_ok(&format!("seed \"{}\"", path.display())).await;
+            let v = seeder
+                .command(&format!("seed \"{}\"", path.display()))
+                .await;
             seeded.push((
                 v["info_hash"].as_str().unwrap().to_owned(),
                 v["magnet"].as_str().unwrap().to_owned(),
@@ -222,7 +225,7 @@ async fn latency(net: &Testnet, seeder: &mut LtNode, fetcher: &mut LtNode) {
                 if !peers.is_empty() {
                     break;
                 }
-                seeder.cmd_ok(&format!("dht_announce_torrent {ih}")).await;
+                seeder.command(&format!("dht_announce_torrent {ih}")).await;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
@@ -349,13 +352,15 @@ async fn throughput(lt_seeder: &mut LtNode, lt_fetcher: &mut LtNode) {
     for i in 0..M {
         let p = content.path().join(format!("s{i}.bin"));
         std::fs::write(&p, format!("seeded {i}\n").repeat(100)).unwrap();
-        let v = lt_seeder.cmd_ok(&format!("seed \"{}\"", p.display())).await;
+        let v = lt_seeder
+            .command(&format!("seed \"{}\"", p.display()))
+            .await;
         lt_torrents.push(v["info_hash"].as_str().unwrap().to_owned());
     }
     for ih in &lt_torrents {
         wait_seeding(lt_seeder, ih).await;
     }
-    let seeder_addr = SocketAddr::V4(lt_seeder.bind);
+    let seeder_addr = SocketAddr::V4(lt_seeder.addr);
     let lt_hashes: Vec<[u8; 20]> = lt_torrents
         .iter()
         .map(|h| hex::decode(h).unwrap().try_into().unwrap())
@@ -369,7 +374,7 @@ async fn throughput(lt_seeder: &mut LtNode, lt_fetcher: &mut LtNode) {
     let t = Instant::now();
     for ih in &lt_torrents {
         lt_fetcher
-            .cmd_ok(&format!(
+            .command(&format!(
                 "add_magnet magnet:?xt=urn:btih:{ih}&x.pe={seeder_addr} {}",
                 save.path().display()
             ))
@@ -379,7 +384,7 @@ async fn throughput(lt_seeder: &mut LtNode, lt_fetcher: &mut LtNode) {
         lt_torrents.iter().map(|s| s.as_str()).collect();
     while !pending.is_empty() {
         let ev = lt_fetcher
-            .wait_event(|e| e["event"] == "metadata", Duration::from_secs(120))
+            .wait_event("metadata", Duration::from_secs(120), |_| true)
             .await
             .expect("libtorrent stalled resolving magnets");
         pending.remove(ev["info_hash"].as_str().unwrap_or_default());
@@ -423,14 +428,14 @@ async fn main() {
     for lt in [&mut seeder, &mut fetcher] {
         for i in 0..5 {
             let a = net.addr(i * 5);
-            lt.cmd_ok(&format!("add_node {} {}", a.ip(), a.port()))
+            lt.command(&format!("add_node {} {}", a.ip(), a.port()))
                 .await;
         }
         lt.wait_dht_nodes(3, Duration::from_secs(30)).await;
     }
     // Let libtorrent's tables settle (its refresh runs every 5 s) so the testnet is warm.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let lt_nodes = fetcher.cmd_ok("status").await["dht_nodes"].clone();
+    let lt_nodes = fetcher.status().await["dht_nodes"].clone();
     println!(
         "testnet: 30 of our nodes (smallest table {smallest}), libtorrent fetcher table {lt_nodes} nodes"
     );

@@ -10,6 +10,7 @@ pub mod bep42;
 pub mod bootstrap;
 pub mod cli;
 pub mod crawl;
+pub mod download;
 pub mod fast_decode;
 pub mod id;
 pub mod krpc;

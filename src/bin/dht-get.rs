@@ -1,42 +1,63 @@
-//! `dht-get`: turns a magnet link (or a bare info hash) into a verified `.torrent`, using
-//! only the DHT and the peers it finds.
+//! `dht-get`: downloads a torrent named by a magnet link, an info hash or a `.torrent` file,
+//! using only the DHT and the peers it finds (no trackers).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
 use trackerless::allow::AllowList;
 use trackerless::cli::{self, NetArgs};
+use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
+use trackerless::download::{Mode, Phase, ResumeStore, Session, SessionConfig};
 use trackerless::magnet::Magnet;
-use trackerless::metadata::{FetchConfig, PeerSource, fetch_metadata};
-use trackerless::metainfo::{Info, torrent_file_from_info};
+use trackerless::metadata::{
+    FetchConfig, Fetched, MetadataRegistry, MetadataServer, PeerSource, ServeConfig, fetch_metadata,
+};
+use trackerless::metainfo::{Info, Metainfo, torrent_file_from_info};
 use trackerless::net::{Dht, DhtConfig, DhtHandle, StartError};
 use trackerless::wire::generate_peer_id;
 
-/// Fetch a torrent by magnet link or info hash through the Mainline DHT (no trackers).
+/// Download a torrent through the Mainline DHT (no trackers).
 ///
-/// With --metadata-only, looks the info hash up in the DHT, fetches the info dict from the
-/// peers found (BEP 9), verifies it against the info hash, and writes `<name>.torrent`.
+/// TARGET is a magnet link, a 40-hex / 32-base32 info hash, or a .torrent file. The info
+/// hash is looked up in the DHT, the metadata fetched from the peers found (BEP 9) unless a
+/// .torrent was given, and the pieces downloaded from many peers at once, each SHA-1
+/// verified. An interrupted download (Ctrl-C, a crash) resumes where it stopped when run
+/// again with the same --out and --data-dir. Exit status 0 means every piece is verified.
+///
+/// With --metadata-only, only the metadata is fetched, and written as `<name>.torrent`.
 #[derive(Parser, Debug)]
 #[command(name = "dht-get", version)]
 struct Cli {
-    /// A magnet link, or a 40-hex / 32-base32 info hash.
-    #[arg(value_name = "MAGNET_OR_INFOHASH")]
+    /// A magnet link, a 40-hex / 32-base32 info hash, or a .torrent file.
+    #[arg(value_name = "MAGNET_OR_INFOHASH_OR_TORRENT_FILE")]
     target: String,
-    /// Fetch only the metadata and write the .torrent (the only mode implemented so far).
+    /// Fetch only the metadata and write `<name>.torrent` into --out.
     #[arg(long)]
     metadata_only: bool,
-    /// Directory to write the .torrent into (created if missing).
+    /// Download directory (created if missing); a multi-file torrent goes into DIR/<name>/.
     #[arg(long, value_name = "DIR", default_value = ".")]
     out: PathBuf,
-    /// Give up after this many seconds.
+    /// Keep seeding after the download completes, until Ctrl-C.
+    #[arg(long)]
+    seed: bool,
+    /// TCP address to accept peer connections on (default: the --bind IP, any port).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Give up if no metadata arrives within this many seconds.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     timeout: Duration,
-    /// Peer connections open at once while fetching.
-    #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Peer connections open at once.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=2000))]
     max_peers: u16,
+    /// Upload at most this many bytes per second (default: unlimited).
+    #[arg(long, value_name = "BYTES")]
+    upload_rate: Option<u64>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -51,6 +72,38 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// What to download.
+enum Target {
+    Magnet(Magnet),
+    /// A .torrent file: the info dict is known.
+    Torrent(Metainfo),
+}
+
+impl Target {
+    fn parse(s: &str) -> Result<Target, String> {
+        let path = Path::new(s);
+        if path.is_file() {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {s}: {e}"))?;
+            let meta = Metainfo::from_bytes(&bytes).map_err(|e| format!("{s}: {e}"))?;
+            return Ok(Target::Torrent(meta));
+        }
+        match Magnet::parse(s) {
+            Ok(m) => Ok(Target::Magnet(m)),
+            Err(e) if s.ends_with(".torrent") => {
+                Err(format!("{s}: no such file (and not a magnet link: {e})"))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn info_hash(&self) -> [u8; 20] {
+        match self {
+            Target::Magnet(m) => m.info_hash,
+            Target::Torrent(t) => t.info_hash,
+        }
+    }
+}
+
 fn main() {
     // A short-lived client should not fight a resident `dht-node` for port 6881: unless
     // --bind is given, take an ephemeral port.
@@ -59,22 +112,26 @@ fn main() {
         .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli::init_logging();
-    let magnet = Magnet::parse(&cli.target).unwrap_or_else(|e| cli::fail(e));
-    if !cli.metadata_only {
-        cli::fail(
-            "full downloads are not implemented yet; pass --metadata-only to fetch the .torrent",
-        );
+    let target = Target::parse(&cli.target).unwrap_or_else(|e| cli::fail(e));
+    if cli.metadata_only && matches!(target, Target::Torrent(_)) {
+        cli::fail("--metadata-only needs a magnet link or an info hash, not a .torrent file");
     }
     if let Err(e) = std::fs::create_dir_all(&cli.out) {
         cli::fail(format!("cannot create {}: {e}", cli.out.display()));
     }
     let cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
     let dht = start_dht(cfg).unwrap_or_else(|e| cli::fail(e));
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
         .enable_all()
         .build()
         .unwrap_or_else(|e| cli::fail(e));
-    let code = rt.block_on(run(&cli, magnet, &dht));
+    let code = rt.block_on(async {
+        match target {
+            Target::Magnet(m) if cli.metadata_only => run_metadata_only(&cli, m, &dht).await,
+            target => run_download(&cli, target, &dht).await,
+        }
+    });
     rt.block_on(async {
         if let Err(e) = dht.shutdown().await {
             tracing::warn!("could not save the DHT state: {e}");
@@ -101,35 +158,51 @@ fn start_dht(cfg: DhtConfig) -> Result<DhtHandle, String> {
     }
 }
 
-async fn run(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
-    let started = Instant::now();
-    let ih = magnet.info_hash;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let lookups = tokio::spawn(lookup_loop(dht.clone(), ih, tx));
-    let fetch_cfg = FetchConfig {
-        peer_id: generate_peer_id(),
+fn fetch_config(cli: &Cli, dht: &DhtHandle, peer_id: [u8; 20], listen: Option<u16>) -> FetchConfig {
+    FetchConfig {
+        peer_id,
         allow: AllowList::only(cli.net.allow_net.clone()),
         max_connections: usize::from(cli.max_peers),
         timeout: Some(cli.timeout),
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
+        listen_port: listen,
         ..FetchConfig::default()
-    };
+    }
+}
+
+/// Looks the info hash up in the DHT and fetches the metadata from the peers found.
+async fn fetch(cfg: &FetchConfig, magnet: &Magnet, dht: &DhtHandle) -> Result<Fetched, String> {
+    let ih = magnet.info_hash;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let lookups = tokio::spawn(lookup_loop(dht.clone(), ih, tx));
     let source = PeerSource::new(magnet.peers.iter().copied()).with_channel(rx);
-    let result = fetch_metadata(ih, source, &fetch_cfg).await;
+    let result = fetch_metadata(ih, source, cfg).await;
     lookups.abort();
-    let fetched = match result {
-        Ok(f) => f,
+    match result {
+        Ok(f) => Ok(f),
         Err(e) => {
             let nodes = dht
                 .stats()
                 .await
                 .map(|s| s.good_nodes + s.questionable_nodes)
                 .unwrap_or(0);
-            eprintln!(
-                "error: {e}; the DHT routing table has {nodes} node{}",
+            Err(format!(
+                "{e}; the DHT routing table has {nodes} node{}",
                 if nodes == 1 { "" } else { "s" }
-            );
+            ))
+        }
+    }
+}
+
+async fn run_metadata_only(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
+    let started = Instant::now();
+    let ih = magnet.info_hash;
+    let fetch_cfg = fetch_config(cli, dht, generate_peer_id(), None);
+    let fetched = match fetch(&fetch_cfg, &magnet, dht).await {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
             return 1;
         }
     };
@@ -150,6 +223,19 @@ async fn run(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
         .suppliers()
         .map(|a: SocketAddr| a.to_string())
         .collect();
+    print_info(&info, &ih);
+    println!("torrent: {}", path.display());
+    println!(
+        "fetched {} bytes of metadata from {} in {:.3} s: {}",
+        fetched.info.len(),
+        from.join(", "),
+        started.elapsed().as_secs_f64(),
+        fetched.stats.summary()
+    );
+    0
+}
+
+fn print_info(info: &Info, ih: &[u8; 20]) {
     println!("name: {}", info.name);
     println!("info hash: {}", hex::encode(ih));
     println!(
@@ -164,15 +250,225 @@ async fn run(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
         human_bytes(info.piece_length)
     );
     println!("pieces: {}", info.num_pieces());
-    println!("torrent: {}", path.display());
-    println!(
-        "fetched {} bytes of metadata from {} in {:.3} s: {}",
-        fetched.info.len(),
-        from.join(", "),
-        started.elapsed().as_secs_f64(),
-        fetched.stats.summary()
+}
+
+/// The resume store under the data directory, or `None` (with a warning) if unavailable,
+/// e.g. held by another dht-get on the same data directory.
+fn open_resume(cli: &Cli) -> Option<ResumeStore> {
+    let dir = match cli.net.data_dir() {
+        Ok(d) => d.join("resume"),
+        Err(e) => {
+            tracing::warn!("no data directory ({e}); the download cannot be resumed");
+            return None;
+        }
+    };
+    match ResumeStore::open(&dir) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("{e}; the download cannot be resumed");
+            None
+        }
+    }
+}
+
+async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
+    let started = Instant::now();
+    let ih = target.info_hash();
+    let peer_id = generate_peer_id();
+    let allow = AllowList::only(cli.net.allow_net.clone());
+    let resume = open_resume(cli);
+
+    // One listener serves metadata and, once the session is attached, pieces.
+    let listen = cli
+        .listen
+        .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0));
+    let registry = Arc::new(MetadataRegistry::new());
+    let server = match MetadataServer::bind(
+        listen,
+        registry.clone(),
+        ServeConfig {
+            peer_id,
+            allow: allow.clone(),
+            dht: Some(dht.clone()),
+            dht_port: Some(dht.local_addr().port()),
+            max_connections: usize::from(cli.max_peers),
+            ..ServeConfig::default()
+        },
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return 1;
+        }
+    };
+    let listen_port = server.local_addr().port();
+
+    // The info dict: from the .torrent, from an earlier run, or from peers.
+    let mut extra_peers: Vec<SocketAddr> = Vec::new();
+    let cached = resume
+        .as_ref()
+        .and_then(|r| r.load_info(&ih))
+        .filter(|i| <[u8; 20]>::from(Sha1::digest(i)) == ih);
+    let info_bytes: Bytes = match (&target, cached) {
+        (Target::Torrent(t), _) => Bytes::from(t.info_bytes.clone()),
+        (Target::Magnet(_), Some(cached)) => Bytes::from(cached),
+        (Target::Magnet(m), None) => {
+            let cfg = fetch_config(cli, dht, peer_id, Some(listen_port));
+            let fetched = tokio::select! {
+                r = fetch(&cfg, m, dht) => r,
+                _ = cli::shutdown_signal() => {
+                    eprintln!("interrupted while fetching the metadata");
+                    return 130;
+                }
+            };
+            match fetched {
+                Ok(f) => {
+                    extra_peers.extend(f.stats.peers.iter().map(|p| p.addr));
+                    f.info
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            }
+        }
+    };
+    if let Target::Magnet(m) = &target {
+        extra_peers.extend(m.peers.iter().copied());
+    }
+    let info = match Info::from_bytes(&info_bytes) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: the metadata matches the info hash but is not usable: {e}");
+            return 1;
+        }
+    };
+    if let Some(r) = &resume
+        && let Err(e) = r.save_info(&ih, &info_bytes)
+    {
+        tracing::warn!("{e}");
+    }
+    if info.private && extra_peers.is_empty() {
+        eprintln!(
+            "error: {} is a private torrent (BEP 27): its peers come only from its trackers, \
+             which a trackerless client does not use",
+            info.name
+        );
+        return 1;
+    }
+    let mut lines = ProgressDisplay::new(info.total_length());
+    lines.println(&format!(
+        "{}: {} in {} file{}, {} pieces of {}; listening on {}",
+        info.name,
+        human_bytes(info.total_length()),
+        info.files.len(),
+        if info.files.len() == 1 { "" } else { "s" },
+        info.num_pieces(),
+        human_bytes(info.piece_length),
+        server.local_addr()
+    ));
+
+    let cfg = SessionConfig {
+        peer_id,
+        allow,
+        max_peers: usize::from(cli.max_peers),
+        listen_port: Some(listen_port),
+        local_ip: Some(server.local_addr().ip()),
+        dht: Some(dht.clone()),
+        dht_port: Some(dht.local_addr().port()),
+        seed: cli.seed,
+        upload_rate: cli.upload_rate,
+        resume,
+        ..SessionConfig::default()
+    };
+    let session = match Session::start(info_bytes.clone(), &cli.out, Mode::ReadWrite, cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    registry.insert(info_bytes);
+    registry.attach(ih, session.handoff());
+    session.add_peers(extra_peers);
+
+    let interrupted = watch_progress(&session, &mut lines, false).await;
+    let progress = session.progress();
+    let complete = progress.verified_pieces == progress.pieces;
+    if complete && !interrupted {
+        let secs = started.elapsed().as_secs_f64();
+        lines.println(&format!(
+            "complete: {} verified in {} ({} downloaded, {} wasted, {} uploaded, {} hash failures, {} banned) into {}",
+            human_bytes(progress.total_bytes),
+            human_duration(Duration::from_secs_f64(secs)),
+            progress.downloaded,
+            progress.wasted,
+            progress.uploaded,
+            progress.hash_failures,
+            progress.banned,
+            cli.out.display(),
+        ));
+        if cli.seed {
+            lines.println("seeding until Ctrl-C");
+            watch_progress(&session, &mut lines, true).await;
+        }
+    }
+    lines.finish();
+    let end = session.stop().await;
+    registry.detach(&ih);
+    let summary = format!(
+        "downloaded {} bytes, wasted {}, uploaded {} in {:.1} s",
+        progress.downloaded,
+        progress.wasted,
+        progress.uploaded,
+        started.elapsed().as_secs_f64()
     );
+    if let Err(e) = end {
+        eprintln!("error: {e}");
+        eprintln!(
+            "{} of {} pieces verified (kept for the next run); {summary}",
+            progress.verified_pieces, progress.pieces
+        );
+        return 1;
+    }
+    if !complete {
+        eprintln!(
+            "interrupted: {} of {} pieces verified (kept for the next run); {summary}",
+            progress.verified_pieces, progress.pieces
+        );
+        return 130;
+    }
+    println!("{summary}");
     0
+}
+
+/// Shows progress until the session completes (or, when `seeding`, until it stops) or the
+/// user interrupts; returns whether it was interrupted.
+async fn watch_progress(session: &Session, lines: &mut ProgressDisplay, seeding: bool) -> bool {
+    let every = if lines.is_bar() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    };
+    let mut tick = tokio::time::interval(every);
+    let signal = cli::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let p = session.progress();
+                lines.update(&p);
+                match p.phase {
+                    Phase::Stopped(_) => return false,
+                    Phase::Seeding if !seeding => return false,
+                    _ => {}
+                }
+            }
+            _ = &mut signal => return true,
+        }
+    }
 }
 
 /// Feeds peers of repeated get_peers lookups to the fetcher: the first as soon as the
@@ -234,21 +530,6 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     })
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,9 +549,21 @@ mod tests {
         let long = "é".repeat(300);
         let n = torrent_file_name(&long, &ih);
         assert!(n.len() <= 210 && n.ends_with(".torrent"), "{n}");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(16384), "16.0 KiB");
         assert!(parse_secs("0").is_err() && parse_secs("x").is_err());
         assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert!(matches!(
+            Target::parse(&hex::encode([3u8; 20])),
+            Ok(Target::Magnet(_))
+        ));
+        let e = Target::parse("/nonexistent/x.torrent").err().unwrap();
+        assert!(e.contains("no such file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.torrent");
+        std::fs::write(&bad, b"not bencode").unwrap();
+        assert!(Target::parse(bad.to_str().unwrap()).is_err());
     }
 }

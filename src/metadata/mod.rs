@@ -16,6 +16,6 @@ pub use fetch::{
     fetch_metadata,
 };
 pub use serve::{
-    MetadataRegistry, MetadataServer, ServeConfig, ServeContext, ServeCounts, ServeStats,
-    serve_connection,
+    MetadataAnswer, MetadataRegistry, MetadataServer, PeerHandoff, ServeConfig, ServeContext,
+    ServeCounts, ServeStats, answer_metadata, serve_connection,
 };

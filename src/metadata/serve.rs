@@ -4,8 +4,12 @@
 //! Connections are bounded (a semaphore; excess connections are closed at once rather than
 //! queued), every phase has a deadline, and nothing a peer sends can make the handler panic:
 //! malformed frames end the connection, malformed extension payloads are ignored. The handler
-//! is a message loop dispatching on message type ([`ServeConn::on_message`]) so piece serving
-//! can be added next to metadata serving later.
+//! is a message loop dispatching on message type ([`ServeConn::on_message`]).
+//!
+//! The listener is the one accept loop of a process: a torrent that is being downloaded or
+//! seeded attaches a [`PeerHandoff`] to the registry, and connections for its info hash are
+//! handed to it right after the handshake, so the same connection carries pieces and (from
+//! the torrent's own peer handler, through [`answer_metadata`]) metadata.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,11 +33,20 @@ use crate::wire::{
     check_peer_allowed, handshake_incoming, metadata_block_len,
 };
 
-/// Info dicts we can serve, by info hash. Shared between the listener and whoever adds
-/// torrents (a seeder, a crawler that just fetched one).
+/// Takes over incoming connections for one torrent (a download or seeding session).
+pub trait PeerHandoff: Send + Sync + std::fmt::Debug {
+    /// Called once the peer's handshake was read and ours sent. The implementation owns the
+    /// connection from here (and may simply drop it, e.g. when it is full).
+    fn hand_off(&self, stream: TcpStream, peer: SocketAddr, theirs: Handshake);
+}
+
+/// Info dicts we can serve, by info hash, and the torrents that take their own connections.
+/// Shared between the listener and whoever adds torrents (a seeder, a crawler that just
+/// fetched one, a download).
 #[derive(Debug, Default)]
 pub struct MetadataRegistry {
     dicts: RwLock<HashMap<[u8; 20], Bytes>>,
+    handoffs: RwLock<HashMap<[u8; 20], Arc<dyn PeerHandoff>>>,
 }
 
 impl MetadataRegistry {
@@ -63,6 +76,32 @@ impl MetadataRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Routes connections for `info_hash` to `handler` (after the handshake) instead of
+    /// serving them metadata only.
+    pub fn attach(&self, info_hash: [u8; 20], handler: Arc<dyn PeerHandoff>) {
+        self.handoffs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info_hash, handler);
+    }
+
+    /// Undoes [`Self::attach`].
+    pub fn detach(&self, info_hash: &[u8; 20]) {
+        self.handoffs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(info_hash);
+    }
+
+    /// The handler attached for `info_hash`.
+    pub fn handoff(&self, info_hash: &[u8; 20]) -> Option<Arc<dyn PeerHandoff>> {
+        self.handoffs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(info_hash)
+            .cloned()
     }
 
     // A poisoned lock only means another thread panicked mid-insert of a HashMap entry;
@@ -262,19 +301,25 @@ pub async fn serve_connection(
 ) -> Result<(), WireError> {
     stream.set_nodelay(true)?;
     let mut info = None;
+    let mut handoff = None;
     let theirs = handshake_incoming(&mut stream, ctx.config.wire.handshake_timeout, |hs| {
+        handoff = ctx.registry.handoff(&hs.info_hash);
         info = ctx.registry.get(&hs.info_hash);
-        if info.is_none() {
+        if info.is_none() && handoff.is_none() {
             bump(&ctx.stats.unknown_info_hash);
+            return None;
         }
-        info.as_ref()
-            .map(|_| Handshake::new(hs.info_hash, ctx.config.peer_id))
+        Some(Handshake::new(hs.info_hash, ctx.config.peer_id))
     })
     .await?;
+    bump(&ctx.stats.handshakes);
+    if let Some(h) = handoff {
+        h.hand_off(stream, peer, theirs);
+        return Ok(());
+    }
     let Some(info) = info else {
         return Err(WireError::UnknownInfoHash(theirs.info_hash));
     };
-    bump(&ctx.stats.handshakes);
     let PeerConn { mut reader, writer } = PeerConn::from_tcp(stream, &ctx.config.wire);
     let mut conn = ServeConn {
         writer,
@@ -338,38 +383,11 @@ impl<W: AsyncWrite + Unpin> ServeConn<'_, W> {
     }
 
     fn on_metadata(&mut self, payload: &[u8]) {
-        let msg = match MetadataMsg::decode(payload) {
-            Ok(m) => m,
-            Err(_) => return bump(&self.ctx.stats.malformed),
-        };
-        let MetadataMsg::Request { piece } = msg else {
-            // Data or reject sent to a seeder: nothing to do.
-            return;
-        };
-        // Without the peer's id for ut_metadata we cannot address an answer.
-        let Some(id) = self.peer_ext.ext_id(UT_METADATA) else {
-            return;
-        };
-        let total_size = self.info.len() as u64;
-        match metadata_block_len(piece, total_size) {
-            Some(len) => {
-                let start = piece as usize * METADATA_BLOCK;
-                let data = &self.info[start..start + len];
-                self.writer.queue_metadata(
-                    id,
-                    &MetadataMsg::Data {
-                        piece,
-                        total_size,
-                        data,
-                    },
-                );
-                bump(&self.ctx.stats.data_sent);
-            }
-            None => {
-                self.writer
-                    .queue_metadata(id, &MetadataMsg::Reject { piece });
-                bump(&self.ctx.stats.rejects_sent);
-            }
+        match answer_metadata(&mut self.writer, &self.peer_ext, &self.info, payload) {
+            MetadataAnswer::Data => bump(&self.ctx.stats.data_sent),
+            MetadataAnswer::Reject => bump(&self.ctx.stats.rejects_sent),
+            MetadataAnswer::Malformed => bump(&self.ctx.stats.malformed),
+            MetadataAnswer::Ignored => {}
         }
     }
 
@@ -378,6 +396,61 @@ impl<W: AsyncWrite + Unpin> ServeConn<'_, W> {
         if let (Some(dht), SocketAddr::V4(v4), true) = (&self.ctx.config.dht, self.peer, port != 0)
         {
             let _ = dht.add_contacts(vec![SocketAddrV4::new(*v4.ip(), port)]);
+        }
+    }
+}
+
+/// What [`answer_metadata`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataAnswer {
+    /// Queued the requested block.
+    Data,
+    /// Queued a reject (no such block).
+    Reject,
+    /// Nothing to answer: data or reject sent to us, or the peer gave no ut_metadata id.
+    Ignored,
+    /// The payload is not a ut_metadata message.
+    Malformed,
+}
+
+/// Answers a ut_metadata message (the payload of an extended message sent to
+/// [`OUR_UT_METADATA_ID`]) from the info dict `info`, queueing the reply on `writer`. Shared
+/// by this listener and the download sessions' peer connections.
+pub fn answer_metadata<W: AsyncWrite + Unpin>(
+    writer: &mut PeerWriter<W>,
+    peer_ext: &ExtHandshake,
+    info: &[u8],
+    payload: &[u8],
+) -> MetadataAnswer {
+    let Ok(msg) = MetadataMsg::decode(payload) else {
+        return MetadataAnswer::Malformed;
+    };
+    let MetadataMsg::Request { piece } = msg else {
+        // Data or reject sent to a seeder: nothing to do.
+        return MetadataAnswer::Ignored;
+    };
+    // Without the peer's id for ut_metadata we cannot address an answer.
+    let Some(id) = peer_ext.ext_id(UT_METADATA) else {
+        return MetadataAnswer::Ignored;
+    };
+    let total_size = info.len() as u64;
+    match metadata_block_len(piece, total_size) {
+        Some(len) => {
+            let start = piece as usize * METADATA_BLOCK;
+            let data = &info[start..start + len];
+            writer.queue_metadata(
+                id,
+                &MetadataMsg::Data {
+                    piece,
+                    total_size,
+                    data,
+                },
+            );
+            MetadataAnswer::Data
+        }
+        None => {
+            writer.queue_metadata(id, &MetadataMsg::Reject { piece });
+            MetadataAnswer::Reject
         }
     }
 }

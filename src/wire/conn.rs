@@ -186,6 +186,32 @@ pub async fn connect(
     Ok(stream)
 }
 
+/// Like [`connect`], but from `local` (port 0 = any) when given: a client that listens on
+/// one address of a multi-homed host (or one loopback address of many, in tests) connects
+/// out from it too, so peers see one identity and can ban or reconnect to it.
+pub async fn connect_from(
+    addr: SocketAddr,
+    local: Option<std::net::IpAddr>,
+    allow: &AllowList,
+    connect_timeout: Duration,
+) -> Result<TcpStream, WireError> {
+    let Some(ip) = local.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) else {
+        return connect(addr, allow, connect_timeout).await;
+    };
+    check_peer_allowed(addr, allow)?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    let stream = tokio::time::timeout(connect_timeout, socket.connect(addr))
+        .await
+        .map_err(|_| WireError::Timeout(Phase::Connect))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Reads a 68-byte handshake, rejecting non-BitTorrent streams after 20 bytes instead of
 /// waiting (until the timeout) for 48 more that may never come.
 async fn read_handshake<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Handshake, WireError> {

@@ -23,7 +23,7 @@ mod conn_tests;
 
 pub use conn::{
     PeerConn, PeerReader, PeerWriter, Phase, WireConfig, WireError, check_peer_allowed, connect,
-    handshake_incoming, handshake_outgoing, refused_connects,
+    connect_from, handshake_incoming, handshake_outgoing, refused_connects,
 };
 pub use ext::{EXT_HANDSHAKE_ID, ExtError, ExtHandshake, OUR_UT_METADATA_ID, UT_METADATA};
 pub use handshake::{HANDSHAKE_LEN, Handshake, HandshakeError, generate_peer_id};

@@ -1,0 +1,252 @@
+//! `dht-seed`: shares a file or directory through the Mainline DHT (no trackers).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use trackerless::allow::AllowList;
+use trackerless::cli::{self, NetArgs};
+use trackerless::download::display::{ProgressDisplay, human_bytes};
+use trackerless::download::{Mode, Phase, Session, SessionConfig};
+use trackerless::magnet::Magnet;
+use trackerless::metadata::{MetadataRegistry, MetadataServer, ServeConfig};
+use trackerless::metainfo::{Info, create_info, torrent_file_from_info};
+use trackerless::net::{Dht, DhtConfig, DhtHandle, StartError};
+use trackerless::wire::generate_peer_id;
+
+/// Share a file or a directory through the Mainline DHT (no trackers).
+///
+/// Hashes PATH into a v1 torrent (a directory becomes a multi-file torrent named after
+/// it), prints its magnet link as the first line of stdout, announces it into the DHT
+/// (and again periodically), and serves the metadata and the pieces to anyone who asks
+/// until Ctrl-C.
+#[derive(Parser, Debug)]
+#[command(name = "dht-seed", version)]
+struct Cli {
+    /// The file or directory to share.
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+    /// Piece length in bytes (default: chosen from the total size, 16 KiB to 16 MiB).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=(256 << 20)))]
+    piece_length: Option<u64>,
+    /// Also write the .torrent file here.
+    #[arg(long, value_name = "FILE")]
+    torrent_out: Option<PathBuf>,
+    /// TCP address to accept peer connections on (default: the --bind IP, any port).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Peer connections at most.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=2000))]
+    max_peers: u16,
+    /// Upload at most this many bytes per second (default: unlimited).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    upload_rate: Option<u64>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+fn main() {
+    let matches = Cli::command()
+        .mut_arg("bind", |a| a.default_value("0.0.0.0:0"))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli::init_logging();
+
+    let (raw, info) = hash(&cli.path, cli.piece_length).unwrap_or_else(|e| cli::fail(e));
+    if let Some(out) = &cli.torrent_out
+        && let Err(e) = std::fs::write(out, torrent_file_from_info(&raw))
+    {
+        cli::fail(format!("cannot write {}: {e}", out.display()));
+    }
+    // The files are served from where they are: PATH's parent holds `name`.
+    let root = std::fs::canonicalize(&cli.path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| cli::fail(format!("cannot resolve {}", cli.path.display())));
+
+    let cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
+    let dht = start_dht(cfg).unwrap_or_else(|e| cli::fail(e));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| cli::fail(e));
+    let code = rt.block_on(run(&cli, Bytes::from(raw), info, root, &dht));
+    rt.block_on(async {
+        if let Err(e) = dht.shutdown().await {
+            tracing::warn!("could not save the DHT state: {e}");
+        }
+    });
+    std::process::exit(code);
+}
+
+/// Hashes PATH, with a progress bar on a terminal (stderr, so stdout stays the magnet).
+fn hash(path: &Path, piece_length: Option<u64>) -> Result<(Vec<u8>, Info), String> {
+    let total = total_size(path);
+    let bar = (std::io::stderr().is_terminal() && total > 0).then(|| {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "hashing [{bar:32}] {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let r = create_info(path, piece_length, |n| {
+        if let Some(b) = &bar {
+            b.set_position(n);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    r.map_err(|e| e.to_string())
+}
+
+/// Bytes under `path` (for the bar; 0 if unknown).
+fn total_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    let mut sum = 0;
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(e.path()),
+                Ok(_) => sum += std::fs::metadata(e.path()).map_or(0, |m| m.len()),
+                Err(_) => {}
+            }
+        }
+    }
+    sum
+}
+
+fn start_dht(cfg: DhtConfig) -> Result<DhtHandle, String> {
+    match Dht::spawn(cfg.clone()) {
+        Ok(h) => Ok(h),
+        Err(StartError::Store(e)) => {
+            tracing::warn!("node store unavailable ({e}); continuing without persistence");
+            Dht::spawn(DhtConfig {
+                data_dir: None,
+                ..cfg
+            })
+            .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn run(cli: &Cli, raw: Bytes, info: Info, root: PathBuf, dht: &DhtHandle) -> i32 {
+    let peer_id = generate_peer_id();
+    let allow = AllowList::only(cli.net.allow_net.clone());
+    let listen = cli
+        .listen
+        .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0));
+    let registry = Arc::new(MetadataRegistry::new());
+    let ih = registry.insert(raw.clone());
+    let server = match MetadataServer::bind(
+        listen,
+        registry.clone(),
+        ServeConfig {
+            peer_id,
+            allow: allow.clone(),
+            dht: Some(dht.clone()),
+            dht_port: Some(dht.local_addr().port()),
+            max_connections: usize::from(cli.max_peers),
+            ..ServeConfig::default()
+        },
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return 1;
+        }
+    };
+    let mut magnet = Magnet::from_info_hash(ih);
+    magnet.display_name = Some(info.name.clone());
+    if !server.local_addr().ip().is_unspecified() {
+        magnet.peers.push(server.local_addr());
+    }
+    {
+        // The magnet first, alone on its line, so scripts can read it.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", magnet.to_uri());
+        let _ = out.flush();
+    }
+    let cfg = SessionConfig {
+        peer_id,
+        allow,
+        max_peers: usize::from(cli.max_peers),
+        listen_port: Some(server.local_addr().port()),
+        local_ip: Some(server.local_addr().ip()),
+        dht: Some(dht.clone()),
+        dht_port: Some(dht.local_addr().port()),
+        seed: true,
+        assume_complete: true,
+        upload_rate: cli.upload_rate,
+        ..SessionConfig::default()
+    };
+    let session = match Session::start(raw, &root, Mode::ReadOnly, cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    registry.attach(ih, session.handoff());
+    let mut lines = ProgressDisplay::new(info.total_length());
+    lines.println(&format!(
+        "seeding {} ({} in {} file{}, {} pieces) on {}, DHT {}",
+        info.name,
+        human_bytes(info.total_length()),
+        info.files.len(),
+        if info.files.len() == 1 { "" } else { "s" },
+        info.num_pieces(),
+        server.local_addr(),
+        dht.local_addr()
+    ));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let signal = cli::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let p = session.progress();
+                lines.update(&p);
+                if let Phase::Stopped(_) = p.phase {
+                    break;
+                }
+            }
+            _ = &mut signal => break,
+        }
+    }
+    lines.finish();
+    let p = session.progress();
+    registry.detach(&ih);
+    match session.stop().await {
+        Ok(()) => {
+            println!("uploaded {} bytes", p.uploaded);
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Progress output for the command-line tools: an `indicatif` bar when stdout is a
+//! terminal, otherwise one plain line per second (for logs, pipes and tests).
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::session::{Phase, Progress};
+
+/// Human-readable bytes (binary units).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// `1h02m`, `3m05s`, `42s`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// One status line: percent, bytes, rates, peers, ETA.
+pub fn status_line(p: &Progress) -> String {
+    let pct = if p.total_bytes == 0 {
+        100.0
+    } else {
+        p.verified_bytes as f64 * 100.0 / p.total_bytes as f64
+    };
+    let head = match &p.phase {
+        Phase::Checking => {
+            return format!("checking {}/{} pieces on disk", p.checked.0, p.checked.1);
+        }
+        Phase::Downloading => "downloading",
+        Phase::Seeding => "seeding",
+        Phase::Stopped(_) => "stopped",
+    };
+    let mut line = format!(
+        "{head} {pct:5.1}% {}/{} down {} up {} peers {} ({} seeds)",
+        human_bytes(p.verified_bytes),
+        human_bytes(p.total_bytes),
+        crate::cli::rate(p.download_rate),
+        crate::cli::rate(p.upload_rate),
+        p.peers,
+        p.seeds,
+    );
+    if p.phase == Phase::Downloading {
+        let left = p.total_bytes.saturating_sub(p.verified_bytes);
+        if p.download_rate > 1.0 {
+            let eta = Duration::from_secs_f64(left as f64 / p.download_rate);
+            line.push_str(&format!(" eta {}", human_duration(eta)));
+        } else {
+            line.push_str(" eta ?");
+        }
+    }
+    if p.hash_failures > 0 {
+        line.push_str(&format!(
+            " | {} hash failures, {} banned",
+            p.hash_failures, p.banned
+        ));
+    }
+    line
+}
+
+/// Shows progress as a bar (terminal) or as a line per second (anything else).
+pub struct ProgressDisplay {
+    bar: Option<ProgressBar>,
+    last_line: Option<Instant>,
+    interval: Duration,
+}
+
+impl ProgressDisplay {
+    /// A display for a torrent of `total` bytes; a bar if stdout is a terminal.
+    pub fn new(total: u64) -> ProgressDisplay {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
+            let style = ProgressStyle::with_template(
+                "{spinner} [{bar:32}] {percent:>3}% {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar
+        });
+        ProgressDisplay {
+            bar,
+            last_line: None,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    pub fn is_bar(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    /// Updates the display (call often; plain lines are rate-limited to one per second).
+    pub fn update(&mut self, p: &Progress) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.total_bytes);
+                bar.set_position(p.verified_bytes);
+                let msg = match &p.phase {
+                    Phase::Checking => format!("checking {}/{}", p.checked.0, p.checked.1),
+                    _ => {
+                        let full = status_line(p);
+                        // The bar shows percent and bytes already.
+                        full.split_once(" down ")
+                            .map(|(_, rest)| format!("down {rest}"))
+                            .unwrap_or(full)
+                    }
+                };
+                bar.set_message(msg);
+                bar.tick();
+            }
+            None => {
+                let now = Instant::now();
+                if self
+                    .last_line
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.interval)
+                {
+                    self.last_line = Some(now);
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", status_line(p));
+                    let _ = out.flush();
+                }
+            }
+        }
+    }
+
+    /// Removes the bar (so the final lines print cleanly).
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Prints a line above the bar (or plainly).
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_read_well() {
+        let p = Progress {
+            phase: Phase::Downloading,
+            total_bytes: 1 << 30,
+            verified_bytes: 1 << 29,
+            pieces: 1024,
+            verified_pieces: 512,
+            checked: (0, 0),
+            downloaded: 1 << 29,
+            uploaded: 0,
+            wasted: 0,
+            download_rate: f64::from(1u32 << 20) * 8.0,
+            upload_rate: 0.0,
+            peers: 3,
+            seeds: 1,
+            hash_failures: 0,
+            banned: 0,
+        };
+        assert_eq!(
+            status_line(&p),
+            "downloading  50.0% 512.0 MiB/1.0 GiB down 8.0 MiB/s up 0.0 B/s peers 3 (1 seeds) eta 1m04s"
+        );
+        assert_eq!(human_duration(Duration::from_secs(3725)), "1h02m");
+        assert_eq!(human_bytes(512), "512 B");
+    }
+}

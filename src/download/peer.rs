@@ -1,0 +1,650 @@
+//! One peer connection of a session, after the BitTorrent handshake: the message loop for
+//! both directions of piece transfer, plus BEP 9 metadata serving and BEP 5 PORT.
+//!
+//! Downloading: our interest follows exactly whether the peer has a piece we lack; while it
+//! unchokes us, a pipeline of block requests is kept full, sized from the rate the peer
+//! delivers at (about two seconds' worth, at least a few blocks, at most its `reqq` and
+//! [`SessionConfig::max_pipeline`](super::session::SessionConfig::max_pipeline)). Arrived
+//! blocks go to the picker and the disk threads under the session lock, which keeps a
+//! piece's writes ordered before its hash check.
+//!
+//! Uploading: requests (up to 128 KiB; larger ones are refused) are honoured only while we
+//! unchoke the peer, queued up to our advertised `reqq`, read by the disk threads a few at
+//! a time, and sent as the socket drains; `cancel` removes a queued request and choking
+//! drops them all. The optional session-wide rate limit paces the reads.
+//!
+//! One task does both directions with `select!` over the socket's read side, its write
+//! side (flushing never stops us from reading, so two peers writing to each other cannot
+//! deadlock), session commands, disk read completions and a one-second tick.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use super::bitfield::Bitfield;
+use super::picker::{BLOCK, BlockRef, BlockResult, PeerKey};
+use super::session::{PeerStats, Shared, release_all, v4};
+use super::storage::ReadDone;
+use crate::metadata::answer_metadata;
+use crate::wire::{
+    EXT_HANDSHAKE_ID, ExtHandshake, Handshake, Message, OUR_UT_METADATA_ID, PeerConn, PeerWriter,
+    WireError,
+};
+
+/// Largest request we serve; BEP 3 clients ask for 16 KiB, some allow up to 128 KiB.
+pub const MAX_REQUEST: u32 = 128 * 1024;
+/// Requests from one peer we queue; advertised as our `reqq`. Further ones are dropped.
+pub const MAX_QUEUED_REQUESTS: usize = 500;
+/// Disk reads in flight for one peer.
+const MAX_READS: usize = 8;
+/// Bytes queued on the socket before we stop reading more blocks for it.
+const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// Initial pipeline, before the peer's rate is known.
+const INITIAL_PIPELINE: usize = 32;
+/// Smallest pipeline.
+const MIN_PIPELINE: usize = 4;
+/// The pipeline holds about this much time's worth of blocks at the peer's rate.
+const PIPELINE_TIME: f64 = 2.0;
+/// Blocks nobody asked for (and not recently cancelled) before the peer is dropped.
+const MAX_UNREQUESTED: u32 = 64;
+/// Cancelled requests remembered, so their late answers are not held against the peer.
+const CANCEL_MEMORY: usize = 1024;
+/// Keep-alive after this much send silence (peers drop connections idle for 2 minutes).
+const KEEPALIVE: Duration = Duration::from_secs(90);
+/// A peer that accepts no bytes for this long while we have data queued is gone.
+const WRITE_STALL: Duration = Duration::from_secs(60);
+
+/// What the session tells a connection.
+#[derive(Debug)]
+pub(super) enum PeerCmd {
+    /// We verified this piece: send `have`, update interest.
+    Have(u32),
+    Choke,
+    Unchoke,
+    /// Another peer delivered this block first (endgame): cancel our request.
+    Cancel(BlockRef),
+    /// The picker took this block back because we were too slow: cancel it.
+    Reclaimed(BlockRef),
+    /// We have every piece now: drop the connection if the peer has too.
+    Complete,
+    /// Disconnect (the peer is banned, or the session ends).
+    Close,
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(super) enum PeerError {
+    Wire(WireError),
+    Protocol(String),
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Wire(e) => write!(f, "{e}"),
+            PeerError::Protocol(e) => write!(f, "protocol violation: {e}"),
+        }
+    }
+}
+
+impl From<WireError> for PeerError {
+    fn from(e: WireError) -> Self {
+        PeerError::Wire(e)
+    }
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    key: PeerKey,
+    addr: SocketAddr,
+    stats: Arc<PeerStats>,
+    writer: PeerWriter<OwnedWriteHalf>,
+    /// The peer's pieces, and whether (and how) the picker counts it: `Some(seed?)`.
+    bits: Bitfield,
+    registered: Option<bool>,
+    /// Pieces the peer has that we lack.
+    wanted: usize,
+    am_choking: bool,
+    am_interested: bool,
+    peer_choking: bool,
+    peer_interested: bool,
+    /// Our requests to the peer, oldest first.
+    outstanding: VecDeque<BlockRef>,
+    /// Recently cancelled requests (their answers may still arrive).
+    cancelled: VecDeque<BlockRef>,
+    unrequested: u32,
+    /// The peer's requests waiting to be read, and reads in flight.
+    uploads: VecDeque<BlockRef>,
+    reads: Vec<BlockRef>,
+    read_tx: mpsc::UnboundedSender<ReadDone>,
+    rate_wait: Option<tokio::time::Instant>,
+    peer_ext: ExtHandshake,
+    /// Bytes of blocks received this second, and the smoothed rate.
+    window_bytes: u64,
+    down_rate: f64,
+    last_send: Instant,
+    stall: (usize, Instant),
+    pick_buf: Vec<BlockRef>,
+}
+
+/// Runs the connection until it ends, then returns its requests and availability to the
+/// session. `stats` and the session's entry for `key` were registered by the caller.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    key: PeerKey,
+    addr: SocketAddr,
+    stream: TcpStream,
+    theirs: Handshake,
+    stats: Arc<PeerStats>,
+    mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
+) -> Result<(), PeerError> {
+    stream.set_nodelay(true).map_err(WireError::from)?;
+    let PeerConn { mut reader, writer } = PeerConn::from_tcp(stream, &shared.cfg.wire);
+    let n = shared.info.num_pieces();
+    let (read_tx, mut read_rx) = mpsc::unbounded_channel();
+    let now = Instant::now();
+    let mut conn = Conn {
+        shared: shared.clone(),
+        key,
+        addr,
+        stats,
+        writer,
+        bits: Bitfield::new(n),
+        registered: None,
+        wanted: 0,
+        am_choking: true,
+        am_interested: false,
+        peer_choking: true,
+        peer_interested: false,
+        outstanding: VecDeque::new(),
+        cancelled: VecDeque::new(),
+        unrequested: 0,
+        uploads: VecDeque::new(),
+        reads: Vec::new(),
+        read_tx,
+        rate_wait: None,
+        peer_ext: ExtHandshake::default(),
+        window_bytes: 0,
+        down_rate: 0.0,
+        last_send: now,
+        stall: (0, now),
+        pick_buf: Vec::new(),
+    };
+    conn.greet(&theirs);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: Result<(), PeerError> = async {
+        loop {
+            let wait = conn.rate_wait;
+            tokio::select! {
+                msg = reader.recv() => conn.on_message(msg?)?,
+                r = conn.writer.flush(), if conn.writer.pending() > 0 => r?,
+                cmd = cmds.recv() => match cmd {
+                    None | Some(PeerCmd::Close) => return Ok(()),
+                    Some(c) => if !conn.on_cmd(c) { return Ok(()) },
+                },
+                Some(done) = read_rx.recv() => conn.on_read(done)?,
+                _ = tick.tick() => conn.on_tick()?,
+                _ = tokio::time::sleep_until(wait.unwrap_or_else(tokio::time::Instant::now)), if wait.is_some() => {
+                    conn.rate_wait = None;
+                }
+            }
+            conn.maybe_request();
+            conn.maybe_read();
+        }
+    }
+    .await;
+    conn.leave();
+    result
+}
+
+impl Conn {
+    /// Our opening messages: bitfield (nothing when we have no piece), extension handshake,
+    /// DHT port.
+    fn greet(&mut self, theirs: &Handshake) {
+        let cfg = &self.shared.cfg;
+        {
+            let st = self.shared.lock();
+            let have = st.picker.have();
+            if have.count() > 0 {
+                self.writer
+                    .queue(&Message::Bitfield(Bytes::copy_from_slice(have.as_bytes())));
+            }
+        }
+        if theirs.supports_extensions() {
+            let mut ours =
+                ExtHandshake::ours(cfg.listen_port, Some(self.shared.info_bytes.len() as u64));
+            ours.yourip = Some(self.addr.ip());
+            ours.reqq = Some(MAX_QUEUED_REQUESTS as u32);
+            self.writer.queue(&ours.to_message());
+        }
+        if theirs.supports_dht()
+            && let Some(port) = cfg.dht_port
+        {
+            self.writer.queue(&Message::Port(port));
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) -> Result<(), PeerError> {
+        match msg {
+            Message::KeepAlive => {}
+            Message::Choke => {
+                self.peer_choking = true;
+                // BEP 3: a choke discards our pending requests.
+                let dropped: Vec<BlockRef> = self.outstanding.drain(..).collect();
+                if !dropped.is_empty() {
+                    self.shared.lock().picker.release(self.key, &dropped);
+                }
+            }
+            Message::Unchoke => self.peer_choking = false,
+            Message::Interested => {
+                self.peer_interested = true;
+                self.stats.interested.store(true, Ordering::Relaxed);
+                let unchoke = self.am_choking && self.shared.lock().choker.on_interested(self.key);
+                if unchoke {
+                    self.am_choking = false;
+                    self.send(&Message::Unchoke);
+                }
+            }
+            Message::NotInterested => {
+                self.peer_interested = false;
+                self.stats.interested.store(false, Ordering::Relaxed);
+            }
+            Message::Have { piece } => {
+                if piece as usize >= self.bits.len() {
+                    return Err(PeerError::Protocol(format!("have for piece {piece}")));
+                }
+                if self.bits.set(piece as usize) {
+                    let mut st = self.shared.lock();
+                    if self.registered.is_none() {
+                        self.registered = Some(false);
+                        let mut only = Bitfield::new(self.bits.len());
+                        only.set(piece as usize);
+                        st.picker.add_peer(&only);
+                    } else if self.registered == Some(false) {
+                        st.picker.peer_has(piece);
+                    }
+                    if !st.picker.have().get(piece as usize) {
+                        self.wanted += 1;
+                    }
+                    drop(st);
+                    self.stats
+                        .seed
+                        .store(self.bits.is_full(), Ordering::Relaxed);
+                    self.update_interest();
+                }
+            }
+            Message::Bitfield(raw) => {
+                if self.registered.is_some() {
+                    return Err(PeerError::Protocol("bitfield after have".into()));
+                }
+                let bits = Bitfield::from_bytes(&raw, self.bits.len())
+                    .map_err(|e| PeerError::Protocol(e.to_string()))?;
+                let mut st = self.shared.lock();
+                self.registered = Some(st.picker.add_peer(&bits));
+                self.wanted = st.picker.count_wanted(&bits);
+                let both_complete = bits.is_full() && st.picker.is_complete();
+                drop(st);
+                self.bits = bits;
+                self.stats
+                    .seed
+                    .store(self.bits.is_full(), Ordering::Relaxed);
+                if both_complete {
+                    // Two seeds have nothing to trade.
+                    return Err(PeerError::Protocol("both sides are seeds".into()));
+                }
+                self.update_interest();
+            }
+            Message::Request {
+                index,
+                begin,
+                length,
+            } => self.on_request(BlockRef {
+                piece: index,
+                begin,
+                length,
+            }),
+            Message::Piece {
+                index,
+                begin,
+                block,
+            } => self.on_piece(index, begin, block)?,
+            Message::Cancel {
+                index,
+                begin,
+                length,
+            } => {
+                let r = BlockRef {
+                    piece: index,
+                    begin,
+                    length,
+                };
+                self.uploads.retain(|x| *x != r);
+            }
+            Message::Port(port) => {
+                if let (Some(dht), Some(a), true) = (&self.shared.cfg.dht, v4(self.addr), port != 0)
+                {
+                    let _ = dht.add_contacts(vec![std::net::SocketAddrV4::new(*a.ip(), port)]);
+                }
+            }
+            Message::Extended {
+                id: EXT_HANDSHAKE_ID,
+                payload,
+            } => {
+                if let Ok(hs) = ExtHandshake::decode(&payload) {
+                    self.peer_ext.update(hs);
+                }
+            }
+            Message::Extended {
+                id: OUR_UT_METADATA_ID,
+                payload,
+            } => {
+                answer_metadata(
+                    &mut self.writer,
+                    &self.peer_ext,
+                    &self.shared.info_bytes,
+                    &payload,
+                );
+            }
+            // Extensions we did not advertise, fast-extension messages (we did not set the
+            // bit): ignored rather than fatal.
+            Message::Extended { .. } | Message::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, r: BlockRef) {
+        // BEP 3: requests while choked are dropped; so are oversized or out-of-range ones
+        // and those for pieces we do not have.
+        if self.am_choking || r.length == 0 || r.length > MAX_REQUEST {
+            return;
+        }
+        if self.uploads.len() >= MAX_QUEUED_REQUESTS {
+            return;
+        }
+        let st = self.shared.lock();
+        let valid = st.picker.have().get(r.piece as usize)
+            && u64::from(r.begin) + u64::from(r.length) <= u64::from(st.picker.piece_size(r.piece));
+        drop(st);
+        if valid && !self.uploads.contains(&r) {
+            self.uploads.push_back(r);
+        }
+    }
+
+    fn on_piece(&mut self, piece: u32, begin: u32, block: Bytes) -> Result<(), PeerError> {
+        let len = block.len() as u32;
+        let r = BlockRef {
+            piece,
+            begin,
+            length: len,
+        };
+        // Answers come in request order, so this is nearly always the front.
+        match self.outstanding.iter().position(|x| *x == r) {
+            Some(i) => {
+                self.outstanding.remove(i);
+            }
+            None => {
+                if let Some(i) = self.cancelled.iter().position(|x| *x == r) {
+                    self.cancelled.remove(i);
+                } else {
+                    self.unrequested += 1;
+                    if self.unrequested > MAX_UNREQUESTED {
+                        return Err(PeerError::Protocol("sends blocks nobody asked for".into()));
+                    }
+                    self.shared
+                        .wasted
+                        .fetch_add(u64::from(len), Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut st = self.shared.lock();
+        match st.picker.on_block(self.key, piece, begin, len, now) {
+            BlockResult::Accepted { complete, cancel } => {
+                // Under the lock, so this piece's writes are queued before its check.
+                self.shared.storage.write(piece, begin, block);
+                if complete {
+                    let crcs = st.suspects.contains_key(&piece);
+                    self.shared.storage.verify(piece, crcs);
+                }
+                for k in cancel {
+                    if let Some(p) = st.peers.get(&k) {
+                        let _ = p.cmd.send(PeerCmd::Cancel(r));
+                    }
+                }
+                drop(st);
+                self.shared
+                    .downloaded
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+                self.stats.down.fetch_add(u64::from(len), Ordering::Relaxed);
+                self.stats
+                    .last_block_ms
+                    .store(self.shared.now_ms().max(1), Ordering::Relaxed);
+                self.window_bytes += u64::from(len);
+            }
+            BlockResult::Duplicate | BlockResult::NotWanted => {
+                drop(st);
+                self.shared
+                    .wasted
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+            }
+            BlockResult::Invalid => {
+                return Err(PeerError::Protocol(format!(
+                    "block {piece}:{begin}+{len} does not fit the torrent"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a session command; `false` ends the connection.
+    fn on_cmd(&mut self, cmd: PeerCmd) -> bool {
+        match cmd {
+            PeerCmd::Have(piece) => {
+                self.send(&Message::Have { piece });
+                if self.bits.get(piece as usize) {
+                    self.wanted = self.wanted.saturating_sub(1);
+                    self.update_interest();
+                }
+            }
+            PeerCmd::Choke => {
+                if !self.am_choking {
+                    self.am_choking = true;
+                    // Choking discards the peer's queued requests (BEP 3).
+                    self.uploads.clear();
+                    self.send(&Message::Choke);
+                }
+            }
+            PeerCmd::Unchoke => {
+                if self.am_choking {
+                    self.am_choking = false;
+                    self.send(&Message::Unchoke);
+                }
+            }
+            PeerCmd::Cancel(r) | PeerCmd::Reclaimed(r) => {
+                if let Some(i) = self.outstanding.iter().position(|x| *x == r) {
+                    self.outstanding.remove(i);
+                    self.send(&Message::Cancel {
+                        index: r.piece,
+                        begin: r.begin,
+                        length: r.length,
+                    });
+                    if self.cancelled.len() >= CANCEL_MEMORY {
+                        self.cancelled.pop_front();
+                    }
+                    self.cancelled.push_back(r);
+                }
+            }
+            PeerCmd::Complete => {
+                if self.bits.is_full() {
+                    return false;
+                }
+            }
+            PeerCmd::Close => return false,
+        }
+        true
+    }
+
+    fn on_read(&mut self, done: ReadDone) -> Result<(), PeerError> {
+        let Some(i) = self
+            .reads
+            .iter()
+            .position(|r| r.piece == done.piece && r.begin == done.begin)
+        else {
+            return Ok(());
+        };
+        self.reads.swap_remove(i);
+        if self.am_choking {
+            return Ok(());
+        }
+        match done.data {
+            Ok(block) => {
+                let len = block.len() as u64;
+                self.send(&Message::Piece {
+                    index: done.piece,
+                    begin: done.begin,
+                    block,
+                });
+                self.shared.uploaded.fetch_add(len, Ordering::Relaxed);
+                self.stats.up.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("cannot read a block to upload: {e}"),
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self) -> Result<(), PeerError> {
+        let now = Instant::now();
+        self.down_rate = 0.6 * self.down_rate + 0.4 * self.window_bytes as f64;
+        self.window_bytes = 0;
+        let pending = self.writer.pending();
+        if pending == 0 || pending < self.stall.0 {
+            self.stall = (pending, now);
+        } else if now.saturating_duration_since(self.stall.1) > WRITE_STALL {
+            return Err(PeerError::Wire(WireError::Timeout(
+                crate::wire::Phase::Write,
+            )));
+        }
+        if now.saturating_duration_since(self.last_send) >= KEEPALIVE && pending == 0 {
+            self.send(&Message::KeepAlive);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &Message) {
+        self.writer.queue(msg);
+        self.last_send = Instant::now();
+    }
+
+    fn update_interest(&mut self) {
+        let want = self.wanted > 0;
+        if want != self.am_interested {
+            self.am_interested = want;
+            self.send(if want {
+                &Message::Interested
+            } else {
+                &Message::NotInterested
+            });
+        }
+    }
+
+    /// The pipeline depth for this peer now.
+    fn pipeline_target(&self) -> usize {
+        let cap = self
+            .shared
+            .cfg
+            .max_pipeline
+            .min(self.peer_ext.reqq.map_or(usize::MAX, |q| q as usize))
+            .max(1);
+        let by_rate = if self.down_rate > 0.0 {
+            (self.down_rate * PIPELINE_TIME / f64::from(BLOCK)) as usize + MIN_PIPELINE
+        } else {
+            INITIAL_PIPELINE
+        };
+        by_rate.max(MIN_PIPELINE).min(cap)
+    }
+
+    fn maybe_request(&mut self) {
+        if self.peer_choking || !self.am_interested || self.registered.is_none() {
+            return;
+        }
+        let target = self.pipeline_target();
+        let have = self.outstanding.len();
+        if have >= target {
+            return;
+        }
+        // Refill in batches rather than one lock per block.
+        let room = target - have;
+        if have > 0 && room < (target / 4).max(1) {
+            return;
+        }
+        if self.shared.storage.backlog() > self.shared.cfg.max_disk_backlog {
+            return;
+        }
+        let now = Instant::now();
+        let seed = self.registered.unwrap_or(false);
+        let mut buf = std::mem::take(&mut self.pick_buf);
+        buf.clear();
+        self.shared
+            .lock()
+            .picker
+            .pick(self.key, &self.bits, seed, room, now, &mut buf);
+        for r in &buf {
+            self.writer.queue(&Message::Request {
+                index: r.piece,
+                begin: r.begin,
+                length: r.length,
+            });
+            self.outstanding.push_back(*r);
+        }
+        if !buf.is_empty() {
+            self.last_send = now;
+        }
+        self.pick_buf = buf;
+    }
+
+    fn maybe_read(&mut self) {
+        if self.am_choking || self.rate_wait.is_some() {
+            return;
+        }
+        while self.reads.len() < MAX_READS
+            && self.writer.pending() + self.reads.len() * (BLOCK as usize) < WRITE_HIGH_WATER
+        {
+            let Some(&r) = self.uploads.front() else {
+                return;
+            };
+            if let Some(limit) = &self.shared.upload_limit {
+                let now = Instant::now();
+                let taken = limit
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(u64::from(r.length), now);
+                if let Err(wait) = taken {
+                    self.rate_wait = Some(tokio::time::Instant::now() + wait);
+                    return;
+                }
+            }
+            self.uploads.pop_front();
+            self.reads.push(r);
+            self.shared
+                .storage
+                .read(r.piece, r.begin, r.length, self.read_tx.clone());
+        }
+    }
+
+    /// Returns our requests and the peer's availability to the picker, frees its slot.
+    fn leave(&mut self) {
+        let outstanding: Vec<BlockRef> = self.outstanding.drain(..).collect();
+        let mut st = self.shared.lock();
+        release_all(&mut st, self.key, &self.bits, self.registered, &outstanding);
+    }
+}

@@ -1,0 +1,1049 @@
+//! Which blocks to ask which peer for: a sans-IO piece picker.
+//!
+//! The strategy is the one the original client introduced and libtorrent refined:
+//!
+//! - **Random first.** Until [`PickerConfig::random_first`] pieces are verified, new pieces
+//!   are picked at random among those the peer has. A fresh downloader has nothing to trade;
+//!   a random piece finishes as fast as a rare one and is as likely to interest others,
+//!   while every newcomer piling onto the same rarest piece would not spread anything.
+//! - **Rarest first** afterwards: among the pieces the peer has and nobody is downloading
+//!   yet, the one the fewest connected peers have (ties broken at random). It keeps rare
+//!   pieces alive in the swarm and gives us what others will want from us.
+//! - **Finish what is started.** Free blocks of pieces already being downloaded are picked
+//!   before any new piece is started, so few pieces are partial at once, they verify
+//!   early, and a `have` can go out sooner.
+//! - **Endgame.** Once every missing block has been requested, a peer with room in its
+//!   pipeline may ask for blocks already requested from others (at most
+//!   [`PickerConfig::max_duplicates`] extra requesters per block, oldest requests first);
+//!   when the block arrives from anyone, [`Picker::on_block`] names the other requesters so
+//!   the caller can send them `cancel`. Without this the last piece waits for the slowest
+//!   peer.
+//! - **Slow peers.** [`Picker::reclaim_slow`] takes back blocks a peer has sat on far longer
+//!   than the swarm's average request latency (a multiple of it, with a floor), so other
+//!   peers can fetch them; the piece then avoids that peer until it completes.
+//!
+//! Seeds (peers whose first bitfield was full) are counted apart from piece availability:
+//! they add one to every piece, so they do not change which piece is rarest, and counting
+//! them individually would cost a pass over every piece per seed.
+//!
+//! Pieces not started yet live in buckets by availability, so rarest-first costs a few
+//! probes rather than a scan of every piece. Everything is deterministic for a given
+//! random seed, which the tests use.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::bitfield::Bitfield;
+
+/// Identifies a peer connection to the picker (the session hands these out).
+pub type PeerKey = u32;
+
+/// Bytes per requested block (BEP 3 convention; peers refuse larger requests).
+pub const BLOCK: u32 = 16 * 1024;
+
+/// A block of a piece: what a `request`, `piece` or `cancel` message names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockRef {
+    pub piece: u32,
+    pub begin: u32,
+    pub length: u32,
+}
+
+/// Tuning of the picker.
+#[derive(Debug, Clone)]
+pub struct PickerConfig {
+    /// Verified pieces before rarest-first replaces random picking.
+    pub random_first: usize,
+    /// In endgame, how many peers besides the first may be asked for the same block.
+    pub max_duplicates: usize,
+    /// A block is reclaimed from its peer after this many times the average latency.
+    pub slow_factor: f64,
+    /// ... but never sooner than this, so bursts on a fast link do not churn requests.
+    pub min_slow_timeout: Duration,
+    /// ... and always after this, whatever the average.
+    pub max_slow_timeout: Duration,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        PickerConfig {
+            random_first: 1,
+            max_duplicates: 2,
+            slow_factor: 6.0,
+            min_slow_timeout: Duration::from_secs(4),
+            max_slow_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What [`Picker::on_block`] made of a received block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockResult {
+    /// New data to write. `complete`: every block of the piece is now in, so it can be
+    /// verified (after this block is written). `cancel`: other peers this block was also
+    /// requested from (endgame), which should be sent a `cancel`.
+    Accepted {
+        complete: bool,
+        cancel: Vec<PeerKey>,
+    },
+    /// We already have this block (an endgame duplicate that crossed its cancel).
+    Duplicate,
+    /// A piece we have or have not started: nobody asked for this.
+    NotWanted,
+    /// Offset or length do not name a block of the piece.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Free,
+    Requested { peer: PeerKey, at: Instant },
+    Received { from: PeerKey },
+}
+
+/// A piece somebody is downloading.
+#[derive(Debug)]
+struct Partial {
+    blocks: Vec<Block>,
+    free: u32,
+    received: u32,
+    /// A peer that had blocks of this piece reclaimed for slowness: it is not given more of
+    /// it (outside endgame).
+    avoid: Option<PeerKey>,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// The sans-IO picker; see the module docs.
+#[derive(Debug)]
+pub struct Picker {
+    cfg: PickerConfig,
+    piece_length: u64,
+    total_length: u64,
+    have: Bitfield,
+    /// Peers (other than seeds) that have each piece.
+    avail: Vec<u32>,
+    seeds: u32,
+    /// Unstarted missing pieces by availability.
+    buckets: Vec<Vec<u32>>,
+    /// Position of each piece in its bucket (`NONE`: not in a bucket).
+    slot: Vec<u32>,
+    unstarted: usize,
+    /// Started pieces by index, and their indices in start order.
+    partial: Vec<Option<Box<Partial>>>,
+    started: Vec<u32>,
+    /// Started pieces with free blocks.
+    open: Vec<u32>,
+    /// Endgame: requesters of a block besides the one in its `Requested` state.
+    dups: HashMap<(u32, u32), Vec<PeerKey>>,
+    rng: StdRng,
+    /// Exponentially weighted average of request-to-arrival time, seconds.
+    latency: Option<f64>,
+}
+
+impl Picker {
+    /// A picker for a torrent of `num_pieces` pieces of `piece_length` bytes (the last one
+    /// holding the rest of `total_length`), of which `have` are already verified.
+    pub fn new(
+        piece_length: u64,
+        total_length: u64,
+        have: Bitfield,
+        cfg: PickerConfig,
+        seed: u64,
+    ) -> Picker {
+        let n = have.len();
+        let mut p = Picker {
+            cfg,
+            piece_length,
+            total_length,
+            avail: vec![0; n],
+            seeds: 0,
+            buckets: vec![Vec::new()],
+            slot: vec![NONE; n],
+            unstarted: 0,
+            partial: (0..n).map(|_| None).collect(),
+            started: Vec::new(),
+            open: Vec::new(),
+            dups: HashMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            latency: None,
+            have,
+        };
+        for i in 0..n {
+            if !p.have.get(i) {
+                p.bucket_insert(i as u32);
+            }
+        }
+        p
+    }
+
+    // ------------------------------------------------------------------ queries
+
+    /// Our verified pieces.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    pub fn num_pieces(&self) -> usize {
+        self.have.len()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    /// Length of piece `index` (0 past the end).
+    pub fn piece_size(&self, index: u32) -> u32 {
+        let start = u64::from(index) * self.piece_length;
+        self.total_length
+            .saturating_sub(start)
+            .min(self.piece_length) as u32
+    }
+
+    /// Blocks in piece `index`.
+    pub fn blocks_in(&self, index: u32) -> u32 {
+        self.piece_size(index).div_ceil(BLOCK)
+    }
+
+    /// The block of `piece` starting at block number `block`.
+    pub fn block_ref(&self, piece: u32, block: u32) -> BlockRef {
+        let size = self.piece_size(piece);
+        let begin = block * BLOCK;
+        BlockRef {
+            piece,
+            begin,
+            length: (size - begin).min(BLOCK),
+        }
+    }
+
+    /// Bytes of verified pieces.
+    pub fn verified_bytes(&self) -> u64 {
+        if self.have.is_full() {
+            return self.total_length;
+        }
+        let full = self.have.count() as u64 * self.piece_length;
+        let last = self.have.len().saturating_sub(1);
+        if self.have.get(last) {
+            full - self.piece_length + u64::from(self.piece_size(last as u32))
+        } else {
+            full
+        }
+    }
+
+    /// Whether every missing block has been requested (the endgame).
+    pub fn in_endgame(&self) -> bool {
+        self.unstarted == 0 && self.open.is_empty() && !self.have.is_full()
+    }
+
+    /// Pieces `bits` has that we lack: how interesting a peer with `bits` is.
+    pub fn count_wanted(&self, bits: &Bitfield) -> usize {
+        bits.as_bytes()
+            .iter()
+            .zip(self.have.as_bytes())
+            .map(|(theirs, ours)| (theirs & !ours).count_ones() as usize)
+            .sum()
+    }
+
+    /// Peers (seeds included) known to have piece `index`.
+    pub fn availability(&self, index: u32) -> u32 {
+        self.avail.get(index as usize).copied().unwrap_or(0) + self.seeds
+    }
+
+    /// Pieces started and not yet verified.
+    pub fn num_partial(&self) -> usize {
+        self.started.len()
+    }
+
+    /// Who sent each block of a fully received piece (for blaming a hash failure), `None`
+    /// if the piece is not fully received.
+    pub fn block_senders(&self, piece: u32) -> Option<Vec<PeerKey>> {
+        let p = self.partial.get(piece as usize)?.as_ref()?;
+        p.blocks
+            .iter()
+            .map(|b| match b {
+                Block::Received { from } => Some(*from),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The current slow-peer timeout.
+    pub fn slow_timeout(&self) -> Duration {
+        let avg = self.latency.unwrap_or(0.0);
+        Duration::from_secs_f64(avg * self.cfg.slow_factor)
+            .clamp(self.cfg.min_slow_timeout, self.cfg.max_slow_timeout)
+    }
+
+    // ------------------------------------------------------------------ availability
+
+    /// A peer's first bitfield; returns whether it was counted as a seed (pass that back to
+    /// [`Self::remove_peer`]).
+    pub fn add_peer(&mut self, bits: &Bitfield) -> bool {
+        if bits.is_full() {
+            self.seeds += 1;
+            return true;
+        }
+        for i in bits.ones() {
+            self.inc_avail(i as u32);
+        }
+        false
+    }
+
+    /// A peer's `have`.
+    pub fn peer_has(&mut self, index: u32) {
+        if (index as usize) < self.avail.len() {
+            self.inc_avail(index);
+        }
+    }
+
+    /// A peer left: its availability goes, and so do its outstanding requests (`requested`,
+    /// as it tracked them), which return to the pool.
+    pub fn remove_peer(
+        &mut self,
+        peer: PeerKey,
+        bits: &Bitfield,
+        seed: bool,
+        requested: &[BlockRef],
+    ) {
+        if seed {
+            self.seeds = self.seeds.saturating_sub(1);
+        } else {
+            for i in bits.ones() {
+                self.dec_avail(i as u32);
+            }
+        }
+        self.release(peer, requested);
+    }
+
+    fn inc_avail(&mut self, i: u32) {
+        let in_bucket = self.slot[i as usize] != NONE;
+        if in_bucket {
+            self.bucket_remove(i);
+        }
+        self.avail[i as usize] += 1;
+        if in_bucket {
+            self.bucket_insert(i);
+        }
+    }
+
+    fn dec_avail(&mut self, i: u32) {
+        let in_bucket = self.slot[i as usize] != NONE;
+        if in_bucket {
+            self.bucket_remove(i);
+        }
+        self.avail[i as usize] = self.avail[i as usize].saturating_sub(1);
+        if in_bucket {
+            self.bucket_insert(i);
+        }
+    }
+
+    fn bucket_insert(&mut self, i: u32) {
+        let a = self.avail[i as usize] as usize;
+        if self.buckets.len() <= a {
+            self.buckets.resize_with(a + 1, Vec::new);
+        }
+        self.slot[i as usize] = self.buckets[a].len() as u32;
+        self.buckets[a].push(i);
+        self.unstarted += 1;
+    }
+
+    fn bucket_remove(&mut self, i: u32) {
+        let a = self.avail[i as usize] as usize;
+        let pos = self.slot[i as usize] as usize;
+        let bucket = &mut self.buckets[a];
+        bucket.swap_remove(pos);
+        if let Some(&moved) = bucket.get(pos) {
+            self.slot[moved as usize] = pos as u32;
+        }
+        self.slot[i as usize] = NONE;
+        self.unstarted -= 1;
+    }
+
+    // ------------------------------------------------------------------ picking
+
+    /// Appends up to `want` blocks for `peer` (whose pieces are `bits`; `seed` as returned
+    /// by [`Self::add_peer`]) to `out`, marking them requested at `now`. Returns how many
+    /// were added.
+    pub fn pick(
+        &mut self,
+        peer: PeerKey,
+        bits: &Bitfield,
+        seed: bool,
+        want: usize,
+        now: Instant,
+        out: &mut Vec<BlockRef>,
+    ) -> usize {
+        let mut got = 0;
+        // 1. Free blocks of started pieces.
+        let mut k = 0;
+        while got < want && k < self.open.len() {
+            let piece = self.open[k];
+            let usable = bits.get(piece as usize)
+                && self.partial[piece as usize]
+                    .as_ref()
+                    .is_some_and(|p| p.avoid != Some(peer));
+            if usable {
+                got += self.take_free(piece, peer, want - got, now, out);
+                // `take_free` drops a piece from `open` once it has no free block left.
+                if self.open.get(k) == Some(&piece) {
+                    k += 1;
+                }
+            } else {
+                k += 1;
+            }
+        }
+        // 2. New pieces.
+        while got < want {
+            let Some(piece) = self.choose_new(bits, seed) else {
+                break;
+            };
+            self.start(piece);
+            got += self.take_free(piece, peer, want - got, now, out);
+        }
+        // 3. Endgame duplicates.
+        if got < want && self.in_endgame() {
+            got += self.pick_duplicates(peer, bits, want - got, out);
+        }
+        got
+    }
+
+    /// A piece to start: random while too few are verified, else rarest first.
+    fn choose_new(&mut self, bits: &Bitfield, seed: bool) -> Option<u32> {
+        if self.unstarted == 0 {
+            return None;
+        }
+        let n = self.have.len();
+        if self.have.count() < self.cfg.random_first {
+            for _ in 0..64 {
+                let i = self.rng.random_range(0..n);
+                if self.slot[i] != NONE && bits.get(i) {
+                    return Some(i as u32);
+                }
+            }
+        }
+        // A peer counted in availability has every one of its pieces at availability >= 1,
+        // so only a seed can supply pieces of bucket 0.
+        let first = if seed { 0 } else { 1 };
+        for a in first..self.buckets.len() {
+            let len = self.buckets[a].len();
+            if len == 0 {
+                continue;
+            }
+            let start = self.rng.random_range(0..len);
+            for k in 0..len {
+                let i = self.buckets[a][(start + k) % len];
+                if bits.get(i as usize) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    fn start(&mut self, piece: u32) {
+        self.bucket_remove(piece);
+        let n = self.blocks_in(piece);
+        self.partial[piece as usize] = Some(Box::new(Partial {
+            blocks: vec![Block::Free; n as usize],
+            free: n,
+            received: 0,
+            avoid: None,
+        }));
+        self.started.push(piece);
+        self.open.push(piece);
+    }
+
+    fn take_free(
+        &mut self,
+        piece: u32,
+        peer: PeerKey,
+        want: usize,
+        now: Instant,
+        out: &mut Vec<BlockRef>,
+    ) -> usize {
+        let Some(p) = self.partial[piece as usize].as_mut() else {
+            return 0;
+        };
+        let mut got = 0;
+        for (b, state) in p.blocks.iter_mut().enumerate() {
+            if got == want {
+                break;
+            }
+            if *state == Block::Free {
+                *state = Block::Requested { peer, at: now };
+                p.free -= 1;
+                got += 1;
+                out.push(BlockRef {
+                    piece,
+                    begin: b as u32 * BLOCK,
+                    length: 0,
+                });
+            }
+        }
+        let now_full = p.free == 0;
+        // Lengths filled in outside the borrow of `p`.
+        let from = out.len() - got;
+        for r in &mut out[from..] {
+            r.length = self.block_ref(piece, r.begin / BLOCK).length;
+        }
+        if now_full {
+            self.open.retain(|&x| x != piece);
+        }
+        got
+    }
+
+    fn pick_duplicates(
+        &mut self,
+        peer: PeerKey,
+        bits: &Bitfield,
+        want: usize,
+        out: &mut Vec<BlockRef>,
+    ) -> usize {
+        // Candidates: (requesters, requested at, piece, block), fewest requesters and
+        // oldest request first.
+        let mut cands: Vec<(usize, Instant, u32, u32)> = Vec::new();
+        for &piece in &self.started {
+            if !bits.get(piece as usize) {
+                continue;
+            }
+            let Some(p) = self.partial[piece as usize].as_ref() else {
+                continue;
+            };
+            for (b, state) in p.blocks.iter().enumerate() {
+                let Block::Requested { peer: first, at } = *state else {
+                    continue;
+                };
+                if first == peer {
+                    continue;
+                }
+                let extra = self.dups.get(&(piece, b as u32));
+                let n_extra = extra.map_or(0, |v| v.len());
+                if n_extra >= self.cfg.max_duplicates || extra.is_some_and(|v| v.contains(&peer)) {
+                    continue;
+                }
+                cands.push((n_extra, at, piece, b as u32));
+            }
+        }
+        cands.sort();
+        let mut got = 0;
+        for (_, _, piece, b) in cands.into_iter().take(want) {
+            self.dups.entry((piece, b)).or_default().push(peer);
+            out.push(self.block_ref(piece, b));
+            got += 1;
+        }
+        got
+    }
+
+    // ------------------------------------------------------------------ arrivals
+
+    /// A block arrived from `peer`.
+    pub fn on_block(
+        &mut self,
+        peer: PeerKey,
+        piece: u32,
+        begin: u32,
+        len: u32,
+        now: Instant,
+    ) -> BlockResult {
+        if piece as usize >= self.have.len() {
+            return BlockResult::Invalid;
+        }
+        if self.have.get(piece as usize) {
+            return BlockResult::NotWanted;
+        }
+        if !begin.is_multiple_of(BLOCK) {
+            return BlockResult::Invalid;
+        }
+        let b = begin / BLOCK;
+        if b >= self.blocks_in(piece) || self.block_ref(piece, b).length != len {
+            return BlockResult::Invalid;
+        }
+        let extra = self.dups.remove(&(piece, b)).unwrap_or_default();
+        let Some(p) = self.partial[piece as usize].as_mut() else {
+            return BlockResult::NotWanted;
+        };
+        let state = p.blocks[b as usize];
+        let mut cancel = Vec::new();
+        match state {
+            Block::Received { .. } => return BlockResult::Duplicate,
+            Block::Free => {
+                p.free -= 1;
+                if p.free == 0 {
+                    self.open.retain(|&x| x != piece);
+                }
+            }
+            Block::Requested { peer: first, at } => {
+                if first == peer {
+                    let secs = now.saturating_duration_since(at).as_secs_f64();
+                    self.latency = Some(match self.latency {
+                        None => secs,
+                        Some(avg) => avg * 0.95 + secs * 0.05,
+                    });
+                } else {
+                    cancel.push(first);
+                }
+            }
+        }
+        cancel.extend(extra.into_iter().filter(|&x| x != peer));
+        let p = self.partial[piece as usize]
+            .as_mut()
+            .expect("checked above");
+        p.blocks[b as usize] = Block::Received { from: peer };
+        p.received += 1;
+        BlockResult::Accepted {
+            complete: p.received == p.blocks.len() as u32,
+            cancel,
+        }
+    }
+
+    /// Returns `peer`'s outstanding requests to the pool: it choked us, rejected them, left,
+    /// or we cancelled them. Blocks also requested from other peers stay with those.
+    pub fn release(&mut self, peer: PeerKey, blocks: &[BlockRef]) {
+        for r in blocks {
+            let b = r.begin / BLOCK;
+            let key = (r.piece, b);
+            let Some(p) = self
+                .partial
+                .get_mut(r.piece as usize)
+                .and_then(|p| p.as_mut())
+            else {
+                continue;
+            };
+            let Some(state) = p.blocks.get_mut(b as usize) else {
+                continue;
+            };
+            match *state {
+                Block::Requested { peer: first, at } if first == peer => {
+                    // Hand the block to the next requester, if any.
+                    match self.dups.get_mut(&key) {
+                        Some(extra) if !extra.is_empty() => {
+                            *state = Block::Requested {
+                                peer: extra.remove(0),
+                                at,
+                            };
+                            if extra.is_empty() {
+                                self.dups.remove(&key);
+                            }
+                        }
+                        _ => {
+                            *state = Block::Free;
+                            p.free += 1;
+                            if p.free == 1 {
+                                self.open.push(r.piece);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(extra) = self.dups.get_mut(&key) {
+                        extra.retain(|&x| x != peer);
+                        if extra.is_empty() {
+                            self.dups.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes back blocks requested longer than [`Self::slow_timeout`] ago from peers that
+    /// have not delivered them, returning `(peer, block)` pairs to cancel. Each affected
+    /// piece avoids that peer from now on.
+    pub fn reclaim_slow(&mut self, now: Instant) -> Vec<(PeerKey, BlockRef)> {
+        let timeout = self.slow_timeout();
+        let mut taken = Vec::new();
+        for &piece in &self.started {
+            let Some(p) = self.partial[piece as usize].as_ref() else {
+                continue;
+            };
+            for (b, state) in p.blocks.iter().enumerate() {
+                if let Block::Requested { peer, at } = *state
+                    && now.saturating_duration_since(at) > timeout
+                {
+                    taken.push((peer, piece, b as u32));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(taken.len());
+        for (peer, piece, b) in taken {
+            let r = self.block_ref(piece, b);
+            self.release(peer, &[r]);
+            if let Some(p) = self.partial[piece as usize].as_mut() {
+                p.avoid = Some(peer);
+            }
+            out.push((peer, r));
+        }
+        out
+    }
+
+    /// The hash check of a fully received piece came back. On success the piece is ours;
+    /// on failure every block is free again (to be fetched anew).
+    pub fn on_verified(&mut self, piece: u32, ok: bool) {
+        let i = piece as usize;
+        if i >= self.have.len() || self.have.get(i) {
+            return;
+        }
+        if ok {
+            self.partial[i] = None;
+            self.started.retain(|&x| x != piece);
+            self.open.retain(|&x| x != piece);
+            self.dups.retain(|&(p, _), _| p != piece);
+            self.have.set(i);
+            return;
+        }
+        let n = self.blocks_in(piece);
+        if let Some(p) = self.partial[i].as_mut() {
+            // A block still requested (an endgame duplicate in flight) would otherwise be
+            // re-requested while its answer is on the way; treat it as free like the rest.
+            p.blocks.fill(Block::Free);
+            p.free = n;
+            p.received = 0;
+            p.avoid = None;
+            self.dups.retain(|&(pc, _), _| pc != piece);
+            if !self.open.contains(&piece) {
+                self.open.push(piece);
+            }
+        }
+    }
+
+    /// Marks a piece verified that was never downloaded here (e.g. found complete on
+    /// disk after start).
+    pub fn mark_have(&mut self, piece: u32) {
+        let i = piece as usize;
+        if i >= self.have.len() || self.have.get(i) {
+            return;
+        }
+        if self.slot[i] != NONE {
+            self.bucket_remove(piece);
+            self.have.set(i);
+        } else {
+            self.on_verified(piece, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn picker(pieces: usize, piece_len: u64, random_first: usize) -> Picker {
+        let total = pieces as u64 * piece_len;
+        Picker::new(
+            piece_len,
+            total,
+            Bitfield::new(pieces),
+            PickerConfig {
+                random_first,
+                ..PickerConfig::default()
+            },
+            7,
+        )
+    }
+
+    fn bits(n: usize, set: &[usize]) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for &i in set {
+            b.set(i);
+        }
+        b
+    }
+
+    fn deliver(p: &mut Picker, peer: PeerKey, blocks: &[BlockRef], now: Instant) -> Vec<u32> {
+        let mut complete = Vec::new();
+        for r in blocks {
+            if let BlockResult::Accepted { complete: true, .. } =
+                p.on_block(peer, r.piece, r.begin, r.length, now)
+            {
+                complete.push(r.piece);
+            }
+        }
+        complete
+    }
+
+    #[test]
+    fn block_geometry_handles_a_short_last_piece() {
+        let p = Picker::new(
+            40_000,
+            100_000,
+            Bitfield::new(3),
+            PickerConfig::default(),
+            1,
+        );
+        assert_eq!(p.piece_size(2), 20_000);
+        assert_eq!(p.blocks_in(0), 3);
+        assert_eq!(p.block_ref(0, 2).length, 40_000 - 2 * BLOCK);
+        assert_eq!(p.blocks_in(2), 2);
+        assert_eq!(p.block_ref(2, 1).length, 20_000 - BLOCK);
+    }
+
+    #[test]
+    fn random_first_then_rarest_first() {
+        let n = 64;
+        let now = Instant::now();
+        let mut p = picker(n, u64::from(BLOCK), 1);
+        // Peer 1 has everything (a seed); peers 2 and 3 have overlapping halves, so pieces
+        // 0..16 have availability 2 and the rest 1 or 0 apart from the seed.
+        let all = Bitfield::full(n);
+        assert!(p.add_peer(&all));
+        let half: Vec<usize> = (0..32).collect();
+        let quarter: Vec<usize> = (0..16).collect();
+        assert!(!p.add_peer(&bits(n, &half)));
+        assert!(!p.add_peer(&bits(n, &quarter)));
+
+        // Random first: with a fresh picker the seed's first picks spread over the torrent
+        // instead of starting at the rarest bucket (pieces 32..64 have availability 0).
+        let mut firsts = std::collections::BTreeSet::new();
+        for seed in 0..20 {
+            let mut q = Picker::new(
+                u64::from(BLOCK),
+                n as u64 * u64::from(BLOCK),
+                Bitfield::new(n),
+                PickerConfig::default(),
+                seed,
+            );
+            q.add_peer(&all);
+            q.add_peer(&bits(n, &half));
+            let mut out = Vec::new();
+            q.pick(1, &all, true, 1, now, &mut out);
+            firsts.insert(out[0].piece);
+        }
+        assert!(
+            firsts.iter().any(|&i| i < 32),
+            "random first must not be rarest first: {firsts:?}"
+        );
+
+        // Complete one piece: rarest first from now on.
+        let mut out = Vec::new();
+        p.pick(1, &all, true, 1, now, &mut out);
+        assert_eq!(deliver(&mut p, 1, &out, now), [out[0].piece]);
+        p.on_verified(out[0].piece, true);
+        let first = out[0].piece;
+        for _ in 0..10 {
+            out.clear();
+            p.pick(1, &all, true, 1, now, &mut out);
+            assert!(
+                out[0].piece >= 32,
+                "a seed is asked for pieces nobody else has first: {out:?}"
+            );
+            deliver(&mut p, 1, &out, now);
+            p.on_verified(out[0].piece, true);
+        }
+        // The half-peer: pieces 16..32 (availability 1) before 0..16 (availability 2).
+        loop {
+            let rarest: Vec<u32> = (16..32).filter(|&i| !p.have().get(i as usize)).collect();
+            out.clear();
+            p.pick(2, &bits(n, &half), false, 1, now, &mut out);
+            let i = out[0].piece;
+            if rarest.is_empty() {
+                assert!(i < 16 && i != first);
+                break;
+            }
+            assert!(
+                rarest.contains(&i),
+                "rarest of the peer's pieces first: got {i}"
+            );
+            deliver(&mut p, 2, &out, now);
+            p.on_verified(i, true);
+        }
+    }
+
+    #[test]
+    fn started_pieces_are_finished_first() {
+        let now = Instant::now();
+        let mut p = picker(8, 4 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(8);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        p.pick(1, &all, true, 2, now, &mut a);
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().all(|r| r.piece == a[0].piece));
+        // Peer 2 first gets the two remaining blocks of that piece.
+        let mut b = Vec::new();
+        p.pick(2, &all, true, 3, now, &mut b);
+        assert_eq!(b[0].piece, a[0].piece);
+        assert_eq!(b[1].piece, a[0].piece);
+        assert_ne!(b[2].piece, a[0].piece);
+        assert_eq!(p.num_partial(), 2);
+    }
+
+    #[test]
+    fn endgame_duplicates_and_cancels() {
+        let now = Instant::now();
+        let mut p = picker(2, 2 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(2);
+        p.add_peer(&all);
+        p.add_peer(&all);
+        // Peer 1 takes every block: that is the endgame.
+        let mut a = Vec::new();
+        assert_eq!(p.pick(1, &all, true, 10, now, &mut a), 4);
+        assert!(p.in_endgame());
+        // Peer 2 may now ask for the same blocks, oldest request first.
+        let mut b = Vec::new();
+        let later = now + Duration::from_millis(10);
+        assert_eq!(p.pick(2, &all, true, 10, later, &mut b), 4);
+        let mut sa = a.clone();
+        let mut sb = b.clone();
+        sa.sort();
+        sb.sort();
+        assert_eq!(sa, sb);
+        // Nothing more for either: each block is requested from both already.
+        let mut c = Vec::new();
+        assert_eq!(p.pick(2, &all, true, 10, later, &mut c), 0);
+        assert_eq!(p.pick(1, &all, true, 10, later, &mut c), 0);
+        // A third peer may still duplicate (max_duplicates = 2 extra requesters).
+        assert_eq!(p.pick(3, &all, true, 1, later, &mut c), 1);
+
+        // The block arrives from peer 2: peer 1 (and 3, for that block) get a cancel.
+        let r = a[0];
+        match p.on_block(2, r.piece, r.begin, r.length, later) {
+            BlockResult::Accepted { cancel, .. } => {
+                let mut cancel = cancel;
+                cancel.sort();
+                let expect: Vec<PeerKey> = if c[0] == r { vec![1, 3] } else { vec![1] };
+                assert_eq!(cancel, expect);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Peer 1's copy arriving later (crossed the cancel) is a duplicate.
+        assert_eq!(
+            p.on_block(1, r.piece, r.begin, r.length, later),
+            BlockResult::Duplicate
+        );
+        // The remaining blocks arrive from peer 1; each names peer 2 for a cancel.
+        for r in &a[1..] {
+            match p.on_block(1, r.piece, r.begin, r.length, later) {
+                BlockResult::Accepted { cancel, .. } => assert!(cancel.contains(&2)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn released_blocks_go_to_other_peers() {
+        let now = Instant::now();
+        let mut p = picker(1, 4 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        p.pick(1, &all, true, 4, now, &mut a);
+        // Peer 1 chokes us: its requests return to the pool, peer 2 gets them (no endgame
+        // duplicates involved).
+        p.release(1, &a);
+        assert!(!p.in_endgame());
+        let mut b = Vec::new();
+        assert_eq!(p.pick(2, &all, true, 4, now, &mut b), 4);
+        assert_eq!(a, b);
+        // Releasing an endgame duplicate leaves the block with its other requester.
+        let mut c = Vec::new();
+        assert_eq!(p.pick(1, &all, true, 1, now, &mut c), 1);
+        p.release(2, &c);
+        let mut d = Vec::new();
+        assert_eq!(p.pick(3, &all, true, 4, now, &mut d), 4);
+        assert!(
+            d.contains(&c[0]),
+            "still requested (from peer 1), so duplicable"
+        );
+    }
+
+    #[test]
+    fn slow_peers_lose_their_blocks() {
+        let t0 = Instant::now();
+        let mut p = picker(4, 2 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(4);
+        p.add_peer(&all);
+        p.add_peer(&all);
+        // The fast peer establishes a 10 ms average latency.
+        let mut fast = Vec::new();
+        p.pick(1, &all, true, 2, t0, &mut fast);
+        deliver(&mut p, 1, &fast, t0 + Duration::from_millis(10));
+        // The slow peer takes a piece and sits on it.
+        let mut slow = Vec::new();
+        p.pick(2, &all, true, 2, t0, &mut slow);
+        assert!(p.reclaim_slow(t0 + Duration::from_secs(1)).is_empty());
+        let taken = p.reclaim_slow(t0 + Duration::from_secs(5));
+        assert_eq!(taken.len(), 2);
+        assert!(taken.iter().all(|(peer, _)| *peer == 2));
+        // The fast peer picks them up; the slow one is not given that piece again.
+        let mut again = Vec::new();
+        p.pick(2, &all, true, 2, t0 + Duration::from_secs(5), &mut again);
+        assert!(again.iter().all(|r| r.piece != slow[0].piece));
+        let mut refetch = Vec::new();
+        p.pick(1, &all, true, 2, t0 + Duration::from_secs(5), &mut refetch);
+        assert_eq!(refetch, slow);
+        // The slow peer's late copy is still accepted (it is valid data) and cancels
+        // nobody's but the fast peer's request.
+        let r = slow[0];
+        assert!(matches!(
+            p.on_block(2, r.piece, r.begin, r.length, t0 + Duration::from_secs(6)),
+            BlockResult::Accepted { ref cancel, .. } if cancel == &vec![1]
+        ));
+    }
+
+    #[test]
+    fn hash_failure_frees_the_piece_and_names_senders() {
+        let now = Instant::now();
+        let mut p = picker(2, 2 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(2);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        p.pick(1, &all, true, 1, now, &mut a);
+        let mut b = Vec::new();
+        p.pick(2, &all, true, 1, now, &mut b);
+        assert_eq!(a[0].piece, b[0].piece);
+        assert!(deliver(&mut p, 1, &a, now).is_empty());
+        assert_eq!(deliver(&mut p, 2, &b, now), [a[0].piece]);
+        assert_eq!(p.block_senders(a[0].piece), Some(vec![1, 2]));
+        p.on_verified(a[0].piece, false);
+        assert!(!p.have().get(a[0].piece as usize));
+        let mut c = Vec::new();
+        assert_eq!(p.pick(3, &all, true, 2, now, &mut c), 2);
+        assert!(c.iter().all(|r| r.piece == a[0].piece));
+    }
+
+    #[test]
+    fn bad_blocks_are_refused() {
+        let now = Instant::now();
+        let mut p = picker(2, 3 * u64::from(BLOCK), 0);
+        assert_eq!(p.on_block(1, 5, 0, BLOCK, now), BlockResult::Invalid);
+        let all = Bitfield::full(2);
+        let mut a = Vec::new();
+        p.pick(1, &all, true, 1, now, &mut a);
+        let r = a[0];
+        assert_eq!(p.on_block(1, r.piece, 1, BLOCK, now), BlockResult::Invalid);
+        assert_eq!(
+            p.on_block(1, r.piece, 0, BLOCK - 1, now),
+            BlockResult::Invalid
+        );
+        assert_eq!(
+            p.on_block(1, r.piece, 3 * BLOCK, BLOCK, now),
+            BlockResult::Invalid
+        );
+        assert_eq!(
+            p.on_block(1, 1 - r.piece, 0, BLOCK, now),
+            BlockResult::NotWanted
+        );
+    }
+
+    #[test]
+    fn availability_tracks_peers() {
+        let mut p = picker(4, u64::from(BLOCK), 0);
+        let b = bits(4, &[1, 2]);
+        assert!(!p.add_peer(&b));
+        p.peer_has(3);
+        assert_eq!(p.availability(1), 1);
+        assert_eq!(p.availability(0), 0);
+        let full = Bitfield::full(4);
+        assert!(p.add_peer(&full));
+        assert_eq!(p.availability(0), 1);
+        p.remove_peer(9, &b, false, &[]);
+        assert_eq!(p.availability(1), 1);
+        assert_eq!(p.count_wanted(&b), 2);
+        p.mark_have(1);
+        assert_eq!(p.count_wanted(&b), 1);
+        assert_eq!(p.verified_bytes(), u64::from(BLOCK));
+    }
+}

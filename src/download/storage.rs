@@ -1,0 +1,766 @@
+//! The torrent's files on disk: layout, sparse pre-allocation, positional block I/O and
+//! piece hashing, all on a few dedicated disk threads so the async reactor never blocks on
+//! the file system or SHA-1.
+//!
+//! The torrent's bytes are the concatenation of its files; a block or piece may span
+//! several files (and skip zero-length ones). Blocks are written to disk as they arrive
+//! (so memory does not grow with the piece length or the number of partial pieces) and
+//! hashed on the way: a disk thread keeps a running SHA-1 per piece and feeds it each block
+//! that continues the hashed prefix, which is the usual case because blocks of a piece are
+//! requested in order. Verifying a fully received piece then only reads back the part that
+//! arrived out of order (from the page cache).
+//!
+//! Jobs are sharded over the threads by piece index, so all jobs of one piece run in
+//! submission order on one thread: a piece's writes are done before its verification.
+//! Results (verifications, errors) come back on a channel the session reads; reads for
+//! uploading reply on the requesting connection's own channel.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use sha1::{Digest, Sha1};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metainfo::Info;
+
+/// Most file handles kept open at once; torrents with more files reopen them as needed,
+/// so a 50,000-file torrent does not run into the descriptor limit.
+const MAX_OPEN_FILES: usize = 128;
+
+/// Read-back chunk when hashing from disk.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// Whether the files are ours to create and write, or someone's data we only serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Create missing files and directories, pre-allocate (sparse), write blocks.
+    ReadWrite,
+    /// Seed existing files: nothing is created or written; every file must exist with
+    /// its full length.
+    ReadOnly,
+}
+
+/// Why the storage could not be used. Every message names the file concerned.
+#[derive(Debug)]
+pub enum StorageError {
+    /// Creating, opening, sizing, reading or writing a file failed.
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    /// A file to seed is missing or shorter than the torrent says.
+    Incomplete { path: PathBuf, have: u64, want: u64 },
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io { path, op, source } => {
+                let hint = match source.raw_os_error() {
+                    Some(libc::ENOSPC) => " (disk full)",
+                    Some(libc::EDQUOT) => " (disk quota exceeded)",
+                    Some(libc::EROFS) => " (read-only file system)",
+                    Some(libc::EACCES) | Some(libc::EPERM) => " (permission denied)",
+                    _ => "",
+                };
+                write!(f, "cannot {op} {}: {source}{hint}", path.display())
+            }
+            StorageError::Incomplete { path, have, want } => write!(
+                f,
+                "{} has {have} bytes, the torrent needs {want}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// What the disk threads report to the session.
+#[derive(Debug)]
+pub enum DiskEvent {
+    /// A fully received piece was hashed. `block_crcs`, when asked for, are CRC-32C
+    /// checksums of each block as stored, for telling which sender lied.
+    Verified {
+        piece: u32,
+        ok: bool,
+        block_crcs: Option<Vec<u32>>,
+    },
+    /// A start-up check of a piece already on disk.
+    Checked { piece: u32, ok: bool },
+    /// A write failed; the session stops (what is verified stays verified).
+    WriteFailed(StorageError),
+}
+
+/// A block read for uploading.
+#[derive(Debug)]
+pub struct ReadDone {
+    pub piece: u32,
+    pub begin: u32,
+    pub data: Result<Bytes, String>,
+}
+
+enum Job {
+    Write {
+        piece: u32,
+        begin: u32,
+        data: Bytes,
+    },
+    Verify {
+        piece: u32,
+        block_crcs: bool,
+    },
+    Check {
+        piece: u32,
+    },
+    Read {
+        piece: u32,
+        begin: u32,
+        length: u32,
+        reply: mpsc::UnboundedSender<ReadDone>,
+    },
+    Barrier(oneshot::Sender<()>),
+}
+
+/// A file's size and modification time, recorded with the resume data so that a restart
+/// can tell whether the file changed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub len: u64,
+    /// Nanoseconds since the Unix epoch (0 if unknown or missing).
+    pub mtime_ns: i64,
+}
+
+/// Layout and open-file cache, shared by the disk threads.
+struct Files {
+    paths: Vec<PathBuf>,
+    /// (offset, length) of each file in the torrent's byte stream.
+    extents: Vec<(u64, u64)>,
+    piece_length: u64,
+    total_length: u64,
+    mode: Mode,
+    cache: Mutex<FileCache>,
+}
+
+#[derive(Default)]
+struct FileCache {
+    open: HashMap<usize, (Arc<File>, u64)>,
+    tick: u64,
+}
+
+impl Files {
+    fn handle(&self, index: usize) -> Result<Arc<File>, StorageError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.tick += 1;
+        let tick = cache.tick;
+        if let Some((f, used)) = cache.open.get_mut(&index) {
+            *used = tick;
+            return Ok(f.clone());
+        }
+        let path = &self.paths[index];
+        let file = match self.mode {
+            Mode::ReadWrite => OpenOptions::new().read(true).write(true).open(path),
+            Mode::ReadOnly => File::open(path),
+        }
+        .map_err(|source| StorageError::Io {
+            path: path.clone(),
+            op: "open",
+            source,
+        })?;
+        let file = Arc::new(file);
+        if cache.open.len() >= MAX_OPEN_FILES
+            && let Some(&oldest) = cache
+                .open
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(k, _)| k)
+        {
+            cache.open.remove(&oldest);
+        }
+        cache.open.insert(index, (file.clone(), tick));
+        Ok(file)
+    }
+
+    /// Calls `f(file, offset in file, range of the buffer)` for each file region the torrent
+    /// bytes `[offset, offset + len)` cover, in order.
+    fn for_each_span(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(usize, u64, std::ops::Range<usize>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let end = offset + len as u64;
+        let first = self.extents.partition_point(|&(o, l)| o + l <= offset);
+        for (i, &(o, l)) in self.extents.iter().enumerate().skip(first) {
+            if o >= end {
+                break;
+            }
+            let from = offset.max(o);
+            let to = end.min(o + l);
+            if to > from {
+                f(
+                    i,
+                    from - o,
+                    (from - offset) as usize..(to - offset) as usize,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.for_each_span(offset, data.len(), |i, at, range| {
+            self.handle(i)?
+                .write_all_at(&data[range], at)
+                .map_err(|source| StorageError::Io {
+                    path: self.paths[i].clone(),
+                    op: "write",
+                    source,
+                })
+        })
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.for_each_span(offset, buf.len(), |i, at, range| {
+            self.handle(i)?
+                .read_exact_at(&mut buf[range], at)
+                .map_err(|source| StorageError::Io {
+                    path: self.paths[i].clone(),
+                    op: "read",
+                    source,
+                })
+        })
+    }
+
+    fn piece_size(&self, piece: u32) -> u64 {
+        let start = u64::from(piece) * self.piece_length;
+        self.total_length
+            .saturating_sub(start)
+            .min(self.piece_length)
+    }
+}
+
+/// The running hash of a piece's prefix, kept by the disk thread that owns the piece.
+struct Running {
+    hasher: Sha1,
+    upto: u32,
+}
+
+struct Worker {
+    files: Arc<Files>,
+    hashes: Arc<Vec<[u8; 20]>>,
+    running: HashMap<u32, Running>,
+    events: mpsc::UnboundedSender<DiskEvent>,
+    backlog: Arc<AtomicU64>,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            match job {
+                Job::Write { piece, begin, data } => {
+                    self.write(piece, begin, &data);
+                    self.backlog.fetch_sub(data.len() as u64, Ordering::Relaxed);
+                }
+                Job::Verify { piece, block_crcs } => {
+                    let (ok, crcs) = self.verify(piece, block_crcs);
+                    let _ = self.events.send(DiskEvent::Verified {
+                        piece,
+                        ok,
+                        block_crcs: crcs,
+                    });
+                }
+                Job::Check { piece } => {
+                    self.running.remove(&piece);
+                    let (ok, _) = self.verify(piece, false);
+                    let _ = self.events.send(DiskEvent::Checked { piece, ok });
+                }
+                Job::Read {
+                    piece,
+                    begin,
+                    length,
+                    reply,
+                } => {
+                    let mut buf = vec![0u8; length as usize];
+                    let offset = u64::from(piece) * self.files.piece_length + u64::from(begin);
+                    let data = self
+                        .files
+                        .read(offset, &mut buf)
+                        .map(|()| Bytes::from(buf))
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(ReadDone { piece, begin, data });
+                }
+                Job::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, piece: u32, begin: u32, data: &[u8]) {
+        let offset = u64::from(piece) * self.files.piece_length + u64::from(begin);
+        if let Err(e) = self.files.write(offset, data) {
+            let _ = self.events.send(DiskEvent::WriteFailed(e));
+            return;
+        }
+        let run = self.running.entry(piece).or_insert_with(|| Running {
+            hasher: Sha1::new(),
+            upto: 0,
+        });
+        if run.upto == begin {
+            run.hasher.update(data);
+            run.upto += data.len() as u32;
+        }
+    }
+
+    /// Hashes the piece: the running prefix plus whatever follows it, read back from disk.
+    fn verify(&mut self, piece: u32, want_crcs: bool) -> (bool, Option<Vec<u32>>) {
+        let size = self.files.piece_size(piece);
+        let (mut hasher, upto) = match self.running.remove(&piece) {
+            Some(r) if !want_crcs => (r.hasher, u64::from(r.upto)),
+            _ => (Sha1::new(), 0),
+        };
+        let base = u64::from(piece) * self.files.piece_length;
+        let mut crcs = want_crcs.then(Vec::new);
+        let mut at = upto;
+        while at < size {
+            let n = (size - at).min(HASH_CHUNK as u64) as usize;
+            if self.buf.len() < n {
+                self.buf.resize(n, 0);
+            }
+            if self.files.read(base + at, &mut self.buf[..n]).is_err() {
+                // Unreadable (e.g. a file deleted under us): the piece is not there.
+                return (false, None);
+            }
+            hasher.update(&self.buf[..n]);
+            if let Some(c) = crcs.as_mut() {
+                for block in self.buf[..n].chunks(super::picker::BLOCK as usize) {
+                    c.push(crc32c::crc32c(block));
+                }
+            }
+            at += n as u64;
+        }
+        let digest: [u8; 20] = hasher.finalize().into();
+        let ok = self.hashes.get(piece as usize) == Some(&digest);
+        (ok, crcs)
+    }
+}
+
+/// The files of one torrent under a directory, with their disk threads.
+pub struct Storage {
+    root: PathBuf,
+    files: Arc<Files>,
+    workers: Vec<std_mpsc::Sender<Job>>,
+    backlog: Arc<AtomicU64>,
+    /// Files that existed with their full length before we opened them (candidates for a
+    /// start-up check when there is no resume record).
+    preexisting: Vec<bool>,
+}
+
+impl Storage {
+    /// Lays the torrent out under `root` (a single-file torrent is `root/<name>`, a
+    /// multi-file one `root/<name>/<path...>`; every component passed the metainfo
+    /// path-safety checks) and starts `threads` disk threads (at least one).
+    ///
+    /// In [`Mode::ReadWrite`] missing directories and files are created and every file is
+    /// sized to its length (sparse: no blocks are allocated until written). In
+    /// [`Mode::ReadOnly`] each file must already have its full length.
+    pub fn open(
+        root: &Path,
+        info: &Info,
+        mode: Mode,
+        threads: usize,
+        events: mpsc::UnboundedSender<DiskEvent>,
+    ) -> Result<Storage, StorageError> {
+        let mut paths = Vec::with_capacity(info.files.len());
+        let mut preexisting = Vec::with_capacity(info.files.len());
+        for (i, f) in info.files.iter().enumerate() {
+            let rel = info.file_path_on_disk(i).unwrap_or_default();
+            let path = root.join(rel);
+            let existing = fs::metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            preexisting.push(existing.is_some_and(|l| l >= f.length && f.length > 0));
+            match mode {
+                Mode::ReadOnly => {
+                    let have = existing.unwrap_or(0);
+                    if existing.is_none() || have < f.length {
+                        return Err(StorageError::Incomplete {
+                            path,
+                            have,
+                            want: f.length,
+                        });
+                    }
+                }
+                Mode::ReadWrite => prepare_file(&path, f.length, existing)?,
+            }
+            paths.push(path);
+        }
+        let files = Arc::new(Files {
+            paths,
+            extents: info.files.iter().map(|f| (f.offset, f.length)).collect(),
+            piece_length: info.piece_length,
+            total_length: info.total_length(),
+            mode,
+            cache: Mutex::new(FileCache::default()),
+        });
+        let hashes = Arc::new(info.pieces.clone());
+        let backlog = Arc::new(AtomicU64::new(0));
+        let mut workers = Vec::new();
+        for n in 0..threads.max(1) {
+            let (tx, rx) = std_mpsc::channel();
+            let worker = Worker {
+                files: files.clone(),
+                hashes: hashes.clone(),
+                running: HashMap::new(),
+                events: events.clone(),
+                backlog: backlog.clone(),
+                buf: Vec::new(),
+            };
+            std::thread::Builder::new()
+                .name(format!("disk-{n}"))
+                .spawn(move || worker.run(rx))
+                .map_err(|source| StorageError::Io {
+                    path: root.to_path_buf(),
+                    op: "start a disk thread for",
+                    source,
+                })?;
+            workers.push(tx);
+        }
+        Ok(Storage {
+            root: root.to_path_buf(),
+            files,
+            workers,
+            backlog,
+            preexisting,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.files.mode
+    }
+
+    /// Paths of the torrent's files, in torrent order.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.files.paths
+    }
+
+    /// Whether file `index` existed with its full length before this storage was opened.
+    pub fn preexisting(&self, index: usize) -> bool {
+        self.preexisting.get(index).copied().unwrap_or(false)
+    }
+
+    fn send(&self, piece: u32, job: Job) {
+        let n = self.workers.len();
+        // A worker only exits when its sender is dropped, so this cannot fail while `self`
+        // lives; if it ever did, the job's reply simply never comes.
+        let _ = self.workers[piece as usize % n].send(job);
+    }
+
+    /// Queues a received block for writing (and hashing on the way).
+    pub fn write(&self, piece: u32, begin: u32, data: Bytes) {
+        self.backlog.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.send(piece, Job::Write { piece, begin, data });
+    }
+
+    /// Queues the hash check of a fully received piece; the result arrives as
+    /// [`DiskEvent::Verified`] after every write queued before it.
+    pub fn verify(&self, piece: u32, block_crcs: bool) {
+        self.send(piece, Job::Verify { piece, block_crcs });
+    }
+
+    /// Queues a start-up check of a piece already on disk ([`DiskEvent::Checked`]).
+    pub fn check(&self, piece: u32) {
+        self.send(piece, Job::Check { piece });
+    }
+
+    /// Queues a read for uploading; the answer goes to `reply`.
+    pub fn read(
+        &self,
+        piece: u32,
+        begin: u32,
+        length: u32,
+        reply: mpsc::UnboundedSender<ReadDone>,
+    ) {
+        self.send(
+            piece,
+            Job::Read {
+                piece,
+                begin,
+                length,
+                reply,
+            },
+        );
+    }
+
+    /// Bytes queued for writing and not yet written: peers stop requesting while this is
+    /// high, which bounds memory when the disk is slower than the network.
+    pub fn backlog(&self) -> u64 {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every job queued so far has run.
+    pub async fn flush(&self) {
+        let mut waits = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = oneshot::channel();
+            if w.send(Job::Barrier(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+
+    /// Size and modification time of every file now.
+    pub fn stamps(&self) -> Vec<FileStamp> {
+        self.files.paths.iter().map(|p| stamp(p)).collect()
+    }
+
+    /// The file indices piece `piece` touches.
+    pub fn piece_files(&self, piece: u32) -> Vec<usize> {
+        let mut out = Vec::new();
+        let offset = u64::from(piece) * self.files.piece_length;
+        let len = self.files.piece_size(piece) as usize;
+        let _ = self.files.for_each_span(offset, len, |i, _, _| {
+            out.push(i);
+            Ok(())
+        });
+        out
+    }
+}
+
+/// The current [`FileStamp`] of `path` (zeros if it cannot be read).
+pub fn stamp(path: &Path) -> FileStamp {
+    match fs::metadata(path) {
+        Ok(m) => FileStamp {
+            len: m.len(),
+            mtime_ns: m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        },
+        Err(_) => FileStamp {
+            len: 0,
+            mtime_ns: 0,
+        },
+    }
+}
+
+/// Creates `path` (and its directories) at exactly `length` bytes. Growing uses
+/// `set_len`, which makes the file sparse: space is allocated as blocks are written.
+fn prepare_file(path: &Path, length: u64, existing: Option<u64>) -> Result<(), StorageError> {
+    let err = |op: &'static str| {
+        move |source| StorageError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|source| StorageError::Io {
+            path: parent.to_path_buf(),
+            op: "create directory",
+            source,
+        })?;
+    }
+    if existing == Some(length) {
+        // Untouched, so its modification time still matches the resume record.
+        return OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(err("open for writing"));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err("create"))?;
+    file.set_len(length).map_err(err("allocate"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::create_info;
+
+    fn layout(dir: &Path, files: &[(&str, usize)]) -> Vec<u8> {
+        let mut all = Vec::new();
+        for (i, (name, len)) in files.iter().enumerate() {
+            let data: Vec<u8> = (0..*len).map(|k| (k * 7 + i * 13) as u8).collect();
+            let p = dir.join(name);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, &data).unwrap();
+            all.extend_from_slice(&data);
+        }
+        all
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<DiskEvent>) -> DiskEvent {
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn multi_file_blocks_round_trip_across_odd_boundaries() {
+        let src = tempfile::tempdir().unwrap();
+        // Piece length 20,000 (not a multiple of 16 KiB); files of odd sizes, one empty.
+        let all = layout(
+            &src.path().join("t"),
+            &[("a", 5), ("b/c", 30_001), ("d", 0), ("e", 17_000), ("f", 1)],
+        );
+        let (_, info) = create_info(&src.path().join("t"), Some(20_000), |_| {}).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let st = Storage::open(out.path(), &info, Mode::ReadWrite, 2, tx).unwrap();
+        // Sparse pre-allocation: every file exists at full length, the empty one too.
+        for (i, f) in info.files.iter().enumerate() {
+            assert_eq!(fs::metadata(&st.paths()[i]).unwrap().len(), f.length);
+        }
+        // Write every piece in 16 KiB blocks, second block first (out of order).
+        for piece in 0..info.num_pieces() as u32 {
+            let size = info.piece_size(piece as usize).unwrap() as u32;
+            let base = piece as usize * 20_000;
+            let mut begins: Vec<u32> = (0..size.div_ceil(16384)).map(|b| b * 16384).collect();
+            begins.reverse();
+            for begin in begins {
+                let end = (begin + 16384).min(size);
+                let data = Bytes::copy_from_slice(&all[base + begin as usize..base + end as usize]);
+                st.write(piece, begin, data);
+            }
+            st.verify(piece, piece == 1);
+        }
+        let mut ok = 0;
+        for _ in 0..info.num_pieces() {
+            match next(&mut rx).await {
+                DiskEvent::Verified {
+                    piece,
+                    ok: true,
+                    block_crcs,
+                } => {
+                    ok += 1;
+                    assert_eq!(block_crcs.is_some(), piece == 1);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ok, info.num_pieces());
+        st.flush().await;
+        assert_eq!(st.backlog(), 0);
+        // The files hold exactly the source bytes.
+        let mut got = Vec::new();
+        for p in st.paths() {
+            got.extend(fs::read(p).unwrap());
+        }
+        assert_eq!(got, all);
+        // Reads across file boundaries (piece 0 spans a, b/c).
+        let (rtx, mut rrx) = mpsc::unbounded_channel();
+        st.read(0, 0, 16384, rtx.clone());
+        st.read(1, 16384, 20_000 - 16384, rtx);
+        let r = rrx.recv().await.unwrap();
+        assert_eq!(&r.data.unwrap()[..], &all[..16384]);
+        let r = rrx.recv().await.unwrap();
+        assert_eq!(&r.data.unwrap()[..], &all[20_000 + 16384..40_000]);
+        assert_eq!(st.piece_files(0), [0, 1]);
+        assert_eq!(st.piece_files(1), [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn corrupt_pieces_fail_and_checks_read_from_disk() {
+        let src = tempfile::tempdir().unwrap();
+        let all = layout(src.path(), &[("one", 70_000)]);
+        let (_, info) = create_info(&src.path().join("one"), Some(32_768), |_| {}).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Seeding the source in place: read-only, every piece checks out.
+        let seed = Storage::open(src.path(), &info, Mode::ReadOnly, 1, tx.clone()).unwrap();
+        for p in 0..3 {
+            seed.check(p);
+        }
+        for _ in 0..3 {
+            assert!(matches!(
+                next(&mut rx).await,
+                DiskEvent::Checked { ok: true, .. }
+            ));
+        }
+        let out = tempfile::tempdir().unwrap();
+        let st = Storage::open(out.path(), &info, Mode::ReadWrite, 1, tx).unwrap();
+        let mut block = all[..16384].to_vec();
+        block[5] ^= 1;
+        st.write(0, 0, Bytes::from(block));
+        st.write(0, 16384, Bytes::copy_from_slice(&all[16384..32768]));
+        st.verify(0, true);
+        match next(&mut rx).await {
+            DiskEvent::Verified {
+                ok: false,
+                block_crcs: Some(c),
+                ..
+            } => {
+                assert_eq!(c.len(), 2);
+                assert_ne!(c[0], crc32c::crc32c(&all[..16384]));
+                assert_eq!(c[1], crc32c::crc32c(&all[16384..32768]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A sparse, never written piece fails its check.
+        st.check(1);
+        assert!(matches!(
+            next(&mut rx).await,
+            DiskEvent::Checked {
+                piece: 1,
+                ok: false
+            }
+        ));
+    }
+
+    #[test]
+    fn read_only_needs_complete_files_and_errors_name_the_file() {
+        let src = tempfile::tempdir().unwrap();
+        layout(src.path(), &[("x", 100)]);
+        let (_, info) = create_info(&src.path().join("x"), None, |_| {}).unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let empty = tempfile::tempdir().unwrap();
+        let e = Storage::open(empty.path(), &info, Mode::ReadOnly, 1, tx.clone())
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("has 0 bytes, the torrent needs 100"),
+            "{e}"
+        );
+        // A directory we cannot write into.
+        let ro = tempfile::tempdir().unwrap();
+        let mut perm = fs::metadata(ro.path()).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o555);
+        fs::set_permissions(ro.path(), perm).unwrap();
+        let r = Storage::open(ro.path(), &info, Mode::ReadWrite, 1, tx);
+        // Root ignores permission bits; only check the message where they apply.
+        if let Err(e) = r {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("cannot create") && msg.contains("permission denied"),
+                "{msg}"
+            );
+        }
+    }
+}
