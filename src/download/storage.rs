@@ -69,7 +69,7 @@ impl fmt::Display for StorageError {
                     Some(libc::ENOSPC) => " (disk full)",
                     Some(libc::EDQUOT) => " (disk quota exceeded)",
                     Some(libc::EROFS) => " (read-only file system)",
-                    Some(libc::EACCES) | Some(libc::EPERM) => " (permission denied)",
+                    Some(libc::EFBIG) => " (file size limit reached)",
                     _ => "",
                 };
                 write!(f, "cannot {op} {}: {source}{hint}", path.display())

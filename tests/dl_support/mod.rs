@@ -1,0 +1,305 @@
+//! Helpers for the download tests: content on disk, a loopback testnet, and our peers (a
+//! DHT node + the listener + a download or seeding session on one loopback IP).
+//!
+//! Each test crate uses a different subset, hence the dead-code allowance.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use trackerless::allow::AllowList;
+use trackerless::download::{Mode, Phase, Session, SessionConfig};
+use trackerless::metadata::{MetadataRegistry, MetadataServer, ServeConfig};
+use trackerless::metainfo::create_info;
+use trackerless::net::{Dht, DhtConfig, DhtHandle};
+use trackerless::node::Config;
+use trackerless::sim::testnet::{Testnet, TestnetConfig};
+
+/// Deterministic pseudo-random bytes (xorshift), so content differs between files and
+/// positions and a misplaced block is caught.
+pub fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a file of `len` pseudo-random bytes.
+pub fn make_file(path: &Path, len: usize, seed: u64) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(path, content(len, seed)).unwrap();
+}
+
+/// Writes files `(relative path, len)` under `dir`.
+pub fn make_tree(dir: &Path, files: &[(&str, usize)]) {
+    for (i, (rel, len)) in files.iter().enumerate() {
+        make_file(&dir.join(rel), *len, 1000 + i as u64);
+    }
+}
+
+/// Asserts that every file under `a` equals the same path under `b`.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let mut stack = vec![PathBuf::new()];
+    let mut files = 0;
+    while let Some(rel) = stack.pop() {
+        let here = a.join(&rel);
+        if here.is_dir() {
+            for e in std::fs::read_dir(&here).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+        } else {
+            let x = std::fs::read(&here).unwrap();
+            let y = std::fs::read(b.join(&rel))
+                .unwrap_or_else(|e| panic!("{} missing: {e}", b.join(&rel).display()));
+            assert!(x == y, "{} differs", rel.display());
+            files += 1;
+        }
+    }
+    assert!(files > 0, "nothing compared under {}", a.display());
+}
+
+pub fn v4(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(a, b, c, d)
+}
+
+/// A loopback testnet of `n` of our nodes on 127.`subnet`.x.y.
+pub async fn testnet(subnet: u8, n: usize) -> Testnet {
+    let net = Testnet::start(
+        n,
+        TestnetConfig {
+            subnet,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        net.wait_for_tables(3.min(n - 1), Duration::from_secs(20))
+            .await
+            >= 3.min(n - 1)
+    );
+    net
+}
+
+/// A DHT node on `ip` (ephemeral port) bootstrapped from `bootstrap`, loopback only.
+pub async fn dht_node(ip: Ipv4Addr, bootstrap: &[SocketAddrV4]) -> DhtHandle {
+    let mut cfg = DhtConfig::new(SocketAddr::new(ip.into(), 0));
+    cfg.node = Config::loopback_testnet();
+    cfg.bootstrap = bootstrap.iter().map(|a| a.to_string()).collect();
+    let (dht, driver) = Dht::bind(cfg).await.unwrap();
+    tokio::spawn(driver);
+    dht.wait_for_nodes(1).await.unwrap();
+    dht
+}
+
+/// One of our peers: a DHT node, the listener, and a session, all on one loopback IP.
+pub struct Peer {
+    pub dht: DhtHandle,
+    pub server: MetadataServer,
+    pub registry: Arc<MetadataRegistry>,
+    pub session: Session,
+}
+
+/// The session settings a loopback peer on `ip` uses.
+pub fn session_config(
+    dht: &DhtHandle,
+    server: &MetadataServer,
+    peer_id: [u8; 20],
+) -> SessionConfig {
+    SessionConfig {
+        peer_id,
+        allow: AllowList::loopback(),
+        listen_port: Some(server.local_addr().port()),
+        local_ip: Some(server.local_addr().ip()),
+        dht: Some(dht.clone()),
+        dht_port: Some(dht.local_addr().port()),
+        ..SessionConfig::default()
+    }
+}
+
+impl Peer {
+    /// Starts a peer for the torrent `info` with its files under `root`; `mode` and
+    /// `tweak` (applied to the default loopback config) decide seeding or downloading.
+    pub async fn start(
+        ip: Ipv4Addr,
+        bootstrap: &[SocketAddrV4],
+        info: &[u8],
+        root: &Path,
+        mode: Mode,
+        tweak: impl FnOnce(&mut SessionConfig),
+    ) -> Peer {
+        let dht = dht_node(ip, bootstrap).await;
+        let peer_id = trackerless::wire::generate_peer_id();
+        let registry = Arc::new(MetadataRegistry::new());
+        let server = MetadataServer::bind(
+            SocketAddr::new(ip.into(), 0),
+            registry.clone(),
+            ServeConfig {
+                peer_id,
+                allow: AllowList::loopback(),
+                dht: Some(dht.clone()),
+                dht_port: Some(dht.local_addr().port()),
+                ..ServeConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut cfg = session_config(&dht, &server, peer_id);
+        tweak(&mut cfg);
+        let session = Session::start(Bytes::copy_from_slice(info), root, mode, cfg).unwrap();
+        let ih = registry.insert(info.to_vec());
+        registry.attach(ih, session.handoff());
+        Peer {
+            dht,
+            server,
+            registry,
+            session,
+        }
+    }
+
+    /// A seeder of the files under `root` (already complete, so no start-up hashing).
+    pub async fn seeder(
+        ip: Ipv4Addr,
+        bootstrap: &[SocketAddrV4],
+        info: &[u8],
+        root: &Path,
+    ) -> Peer {
+        Peer::start(ip, bootstrap, info, root, Mode::ReadOnly, |c| {
+            c.seed = true;
+            c.assume_complete = true;
+        })
+        .await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Waits (up to `timeout`) for the download to complete; panics with its progress if it
+    /// does not.
+    pub async fn wait_complete(&self, timeout: Duration) {
+        match tokio::time::timeout(timeout, self.session.wait_complete()).await {
+            Ok(Phase::Seeding) | Ok(Phase::Stopped(Ok(()))) => {}
+            Ok(other) => panic!("session ended {other:?}: {:?}", self.session.progress()),
+            Err(_) => panic!(
+                "not complete after {timeout:?}: {:?}",
+                self.session.progress()
+            ),
+        }
+        let p = self.session.progress();
+        assert_eq!(p.verified_pieces, p.pieces, "{p:?}");
+    }
+}
+
+/// Hashes `path` into a v1 info dict with `piece_length`.
+pub fn torrent_of(path: &Path, piece_length: Option<u64>) -> Vec<u8> {
+    create_info(path, piece_length, |_| {}).unwrap().0
+}
+
+/// A peer that has every piece and answers requests, but corrupts one byte of every block
+/// of the pieces `lie(piece)` selects. Built from the wire primitives, independent of our
+/// session code.
+pub struct Liar {
+    pub addr: SocketAddr,
+    pub blocks_sent: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Liar {
+    pub async fn start(
+        ip: Ipv4Addr,
+        info_hash: [u8; 20],
+        data: Arc<Vec<u8>>,
+        piece_length: u64,
+        lie: fn(u32) -> bool,
+    ) -> Liar {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use trackerless::wire::{Handshake, Message, PeerConn, WireConfig, handshake_incoming};
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip.into(), 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let blocks_sent = Arc::new(AtomicU64::new(0));
+        let sent = blocks_sent.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (data, sent) = (data.clone(), sent.clone());
+                tokio::spawn(async move {
+                    let id = trackerless::wire::generate_peer_id();
+                    let Ok(_) = handshake_incoming(&mut stream, Duration::from_secs(5), |hs| {
+                        (hs.info_hash == info_hash).then(|| Handshake::new(info_hash, id))
+                    })
+                    .await
+                    else {
+                        return;
+                    };
+                    let pieces = (data.len() as u64).div_ceil(piece_length) as usize;
+                    let mut bits = vec![0xffu8; pieces.div_ceil(8)];
+                    if pieces % 8 != 0 {
+                        *bits.last_mut().unwrap() = 0xffu8 << (8 - pieces % 8);
+                    }
+                    let mut conn = PeerConn::from_tcp(stream, &WireConfig::default());
+                    conn.writer.queue(&Message::Bitfield(Bytes::from(bits)));
+                    if conn.writer.flush().await.is_err() {
+                        return;
+                    }
+                    while let Ok(msg) = conn.reader.recv().await {
+                        match msg {
+                            Message::Interested => conn.writer.queue(&Message::Unchoke),
+                            Message::Request {
+                                index,
+                                begin,
+                                length,
+                            } => {
+                                let start =
+                                    (u64::from(index) * piece_length + u64::from(begin)) as usize;
+                                let Some(slice) = data.get(start..start + length as usize) else {
+                                    return;
+                                };
+                                let mut block = slice.to_vec();
+                                if lie(index) {
+                                    block[0] ^= 0x55;
+                                }
+                                conn.writer.queue(&Message::Piece {
+                                    index,
+                                    begin,
+                                    block: Bytes::from(block),
+                                });
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
+                        }
+                        if conn.writer.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Liar {
+            addr,
+            blocks_sent,
+            task,
+        }
+    }
+}
