@@ -88,6 +88,7 @@ async fn lying_peer_is_banned_and_the_download_completes() {
         Arc::new(data),
         piece_length,
         |_| true,
+        |_| true,
     )
     .await;
     let seeder = Peer::start(

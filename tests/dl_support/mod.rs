@@ -207,9 +207,9 @@ pub fn torrent_of(path: &Path, piece_length: Option<u64>) -> Vec<u8> {
     create_info(path, piece_length, |_| {}).unwrap().0
 }
 
-/// A peer that has every piece and answers requests, but corrupts one byte of every block
-/// of the pieces `lie(piece)` selects. Built from the wire primitives, independent of our
-/// session code.
+/// A peer that has the pieces `has(piece)` selects and answers requests for them, but
+/// corrupts one byte of every block of the pieces `lie(piece)` selects. Built from the wire
+/// primitives, independent of our session code.
 pub struct Liar {
     pub addr: SocketAddr,
     pub blocks_sent: Arc<std::sync::atomic::AtomicU64>,
@@ -228,6 +228,7 @@ impl Liar {
         info_hash: [u8; 20],
         data: Arc<Vec<u8>>,
         piece_length: u64,
+        has: fn(u32) -> bool,
         lie: fn(u32) -> bool,
     ) -> Liar {
         use std::sync::atomic::{AtomicU64, Ordering};
@@ -254,9 +255,11 @@ impl Liar {
                         return;
                     };
                     let pieces = (data.len() as u64).div_ceil(piece_length) as usize;
-                    let mut bits = vec![0xffu8; pieces.div_ceil(8)];
-                    if pieces % 8 != 0 {
-                        *bits.last_mut().unwrap() = 0xffu8 << (8 - pieces % 8);
+                    let mut bits = vec![0u8; pieces.div_ceil(8)];
+                    for p in 0..pieces {
+                        if has(p as u32) {
+                            bits[p / 8] |= 0x80 >> (p % 8);
+                        }
                     }
                     let mut conn = PeerConn::from_tcp(stream, &WireConfig::default());
                     conn.writer.queue(&Message::Bitfield(Bytes::from(bits)));
