@@ -112,6 +112,12 @@ fn main() {
         .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli::init_logging();
+    // A file-size limit (`ulimit -f`) should fail a write with a clear error (and keep what
+    // is verified), not kill the process with SIGXFSZ.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let target = Target::parse(&cli.target).unwrap_or_else(|e| cli::fail(e));
     if cli.metadata_only && matches!(target, Target::Torrent(_)) {
         cli::fail("--metadata-only needs a magnet link or an info hash, not a .torrent file");

@@ -117,7 +117,7 @@ impl Default for SessionConfig {
             ban_after: 2,
             reannounce: Duration::from_secs(300),
             resume: None,
-            save_interval: Duration::from_secs(3),
+            save_interval: Duration::from_secs(1),
             rng_seed: rand::random(),
         }
     }
