@@ -10,10 +10,11 @@ no trackers, and an IP filter that blocks peer connections to anything outside
 
 Usage
 -----
-    python3 tools/lt_node.py --bind 127.x.y.z:PORT [--save-dir DIR] [--verbose]
+    python3 tools/lt_node.py --bind 127.x.y.z:PORT [--save-dir DIR] [--verbose] [--no-utp]
 
 PORT must be non-zero (the ready line echoes it).  --verbose copies
 libtorrent's session/DHT logs and every DHT packet (bdecoded) to stderr.
+--no-utp restricts peer connections to TCP (for benchmarks of TCP transfer).
 
 Protocol
 --------
@@ -289,7 +290,7 @@ def jsonable(v):
     return v
 
 
-def build_settings(ip, port, verbose):
+def build_settings(ip, port, verbose, no_utp=False):
     cat = lt.alert.category_t
     mask = (cat.error_notification | cat.peer_notification | cat.port_mapping_notification
             | cat.storage_notification | cat.tracker_notification | cat.connect_notification
@@ -333,11 +334,15 @@ def build_settings(ip, port, verbose):
         ("announce_to_all_trackers", False),
         ("anonymous_mode", False),
     ]
+    if no_utp:
+        # Peer connections over TCP only (benchmarks compare TCP implementations; uTP's
+        # congestion control runs far below loopback speed).
+        extra += [("enable_outgoing_utp", False), ("enable_incoming_utp", False)]
     return core, extra
 
 
 class Node:
-    def __init__(self, ip, port, save_dir, verbose):
+    def __init__(self, ip, port, save_dir, verbose, no_utp=False):
         self.ip = ip
         self.port = port
         self.bind = "%s:%d" % (ip, port)
@@ -352,7 +357,7 @@ class Node:
         self.listen_ok = set()
         self.listen_ports = set()
 
-        core, extra = build_settings(ip, port, verbose)
+        core, extra = build_settings(ip, port, verbose, no_utp)
         self.ses = lt.session(core)
         for name, value in extra:
             try:
@@ -717,6 +722,8 @@ def main():
     ap.add_argument("--bind", required=True, help="127.x.y.z:PORT")
     ap.add_argument("--save-dir", default=None)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--no-utp", action="store_true",
+                    help="peer connections over TCP only (uTP disabled both ways)")
     ap.add_argument("--ready-timeout", type=float, default=20.0)
     opts = ap.parse_args()
 
@@ -740,7 +747,7 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
 
-    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose)
+    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.no_utp)
 
     deadline = time.time() + opts.ready_timeout
     try:

@@ -80,13 +80,18 @@ impl LtNode {
     /// case another process grabs the port between the probe and libtorrent's bind.
     /// Panics with the child's stderr if it cannot start.
     pub async fn start_on(ip: Ipv4Addr) -> LtNode {
+        LtNode::start_on_with(ip, &[]).await
+    }
+
+    /// [`LtNode::start_on`] with extra `lt_node.py` flags (e.g. `--no-utp`).
+    pub async fn start_on_with(ip: Ipv4Addr, flags: &[&str]) -> LtNode {
         let mut errors = Vec::new();
         for _ in 0..4 {
             let port = match free_port(ip) {
                 Ok(p) => p,
                 Err(e) => panic!("no free TCP+UDP port on {ip}: {e}"),
             };
-            match LtNode::try_start(SocketAddrV4::new(ip, port)).await {
+            match LtNode::try_start_with(SocketAddrV4::new(ip, port), flags).await {
                 Ok(n) => return n,
                 Err(e) => errors.push(e),
             }
@@ -112,6 +117,11 @@ impl LtNode {
 
     /// Starts libtorrent on exactly `bind`; `Err` carries the reason and the child's stderr.
     pub async fn try_start(bind: SocketAddrV4) -> Result<LtNode, String> {
+        LtNode::try_start_with(bind, &[]).await
+    }
+
+    /// [`LtNode::try_start`] with extra `lt_node.py` flags.
+    pub async fn try_start_with(bind: SocketAddrV4, flags: &[&str]) -> Result<LtNode, String> {
         let save_dir = tempfile::Builder::new()
             .prefix("lt_node_test_")
             .tempdir()
@@ -124,6 +134,7 @@ impl LtNode {
             .arg(bind.to_string())
             .arg("--save-dir")
             .arg(save_dir.path())
+            .args(flags)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -270,6 +281,11 @@ impl LtNode {
         let (mine, rest) = self.events.drain(..).partition(|e| is_event(e, kind));
         self.events = rest;
         mine.into()
+    }
+
+    /// The child's process id (for CPU and memory measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `status`: live routing-table size and more (see `tools/lt_node.py`).
