@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use trackerless::allow::AllowList;
 use trackerless::cli::{self, NetArgs};
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
-use trackerless::download::{Mode, Phase, ResumeStore, Session, SessionConfig};
+use trackerless::download::{Mode, ResumeStore, Session, SessionConfig};
 use trackerless::magnet::Magnet;
 use trackerless::metadata::{
     FetchConfig, Fetched, MetadataRegistry, MetadataServer, PeerSource, ServeConfig, fetch_metadata,
@@ -461,16 +461,21 @@ async fn watch_progress(session: &Session, lines: &mut ProgressDisplay, seeding:
     let mut tick = tokio::time::interval(every);
     let signal = cli::shutdown_signal();
     tokio::pin!(signal);
+    // Completion ends the wait at once, not at the next display tick.
+    let done = async {
+        if seeding {
+            let _ = session.wait_stopped().await;
+        } else {
+            session.wait_complete().await;
+        }
+    };
+    tokio::pin!(done);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                let p = session.progress();
-                lines.update(&p);
-                match p.phase {
-                    Phase::Stopped(_) => return false,
-                    Phase::Seeding if !seeding => return false,
-                    _ => {}
-                }
+            _ = tick.tick() => lines.update(&session.progress()),
+            _ = &mut done => {
+                lines.update(&session.progress());
+                return false;
             }
             _ = &mut signal => return true,
         }
