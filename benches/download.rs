@@ -1,0 +1,560 @@
+//! Download benchmarks on loopback (a program, not a timed test; run in release):
+//!
+//!     cargo bench --bench download -- [--size-mib N] [--rounds N] [--no-swarm]
+//!
+//! 1. One libtorrent seeder (tools/lt_node.py) announced in a testnet of our DHT nodes;
+//!    downloaders fetch the same N MiB file via its magnet link, one at a time, fresh
+//!    directories each run: our `dht-get` (a fresh process: DHT bootstrap, lookup, BEP 9
+//!    metadata and the pieces) against a fresh libtorrent session (add_magnet → finished;
+//!    DHT bootstrap not timed), over TCP only and with libtorrent's default uTP. Rounds
+//!    alternate the order. Wall time, rate, CPU seconds and peak RSS of each downloader.
+//!    An untimed warm-up download first, because libtorrent's seed mode hashes each piece
+//!    the first time it is requested.
+//! 2. A swarm: one seeder and four downloaders started together, ours (`dht-seed` + 4
+//!    `dht-get`) and libtorrent's (5 sessions); time until the last one finishes and how
+//!    many copies the seeder uploaded.
+//!
+//! Addresses: testnet 127.145.0.x, libtorrent 127.145.1.x, ours 127.145.2.x.
+
+#[path = "../tests/common/lt.rs"]
+#[allow(dead_code)]
+mod lt;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lt::LtNode;
+use trackerless::id::NodeId;
+use trackerless::sim::testnet::{Testnet, TestnetConfig};
+
+const GET: &str = env!("CARGO_BIN_EXE_dht-get");
+const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
+
+struct Args {
+    size_mib: u64,
+    rounds: usize,
+    swarm: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        size_mib: 1024,
+        rounds: 2,
+        swarm: true,
+    };
+    let v: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < v.len() {
+        match v[i].as_str() {
+            "--size-mib" => {
+                a.size_mib = v[i + 1].parse().expect("--size-mib N");
+                i += 1;
+            }
+            "--rounds" => {
+                a.rounds = v[i + 1].parse().expect("--rounds N");
+                i += 1;
+            }
+            "--no-swarm" => a.swarm = false,
+            _ => {} // cargo's own --bench
+        }
+        i += 1;
+    }
+    a
+}
+
+/// One downloader's cost.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    secs: f64,
+    cpu: f64,
+    rss_mib: f64,
+}
+
+/// Runs a process to completion, returning its wall time, CPU seconds and peak RSS (from
+/// wait4's rusage) and its stdout.
+fn run_measured(bin: &str, args: &[String]) -> (Cost, String, bool) {
+    let t = Instant::now();
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output_rusage();
+    let secs = t.elapsed().as_secs_f64();
+    (
+        Cost {
+            secs,
+            cpu: out.cpu,
+            rss_mib: out.rss_kib as f64 / 1024.0,
+        },
+        format!("{}{}", out.stdout, out.stderr),
+        out.success,
+    )
+}
+
+struct Finished {
+    stdout: String,
+    stderr: String,
+    success: bool,
+    cpu: f64,
+    rss_kib: i64,
+}
+
+trait WaitRusage {
+    fn wait_with_output_rusage(self) -> Finished;
+}
+
+impl WaitRusage for std::process::Child {
+    fn wait_with_output_rusage(mut self) -> Finished {
+        let mut out = self.stdout.take().unwrap();
+        let mut err = self.stderr.take().unwrap();
+        let o = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut s);
+            s
+        });
+        let e = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut s);
+            s
+        });
+        let mut status = 0;
+        // SAFETY: wait4 on our own child's pid with valid pointers to locals.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(self.id() as i32, &mut status, 0, &mut ru) };
+        assert!(r > 0, "wait4 failed");
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Finished {
+            stdout: o.join().unwrap_or_default(),
+            stderr: e.join().unwrap_or_default(),
+            success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+            rss_kib: ru.ru_maxrss,
+        }
+    }
+}
+
+/// CPU seconds used so far by process `pid` (from /proc).
+fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Peak RSS of process `pid` in MiB (VmHWM).
+fn proc_peak_rss(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0)
+}
+
+fn make_file(path: &Path, mib: u64) {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for chunk in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&buf).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs with a valid C string and a zeroed out-struct.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return 0;
+        }
+        s.f_bavail as u64 * s.f_frsize as u64
+    }
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(fa), Ok(fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let (mut ra, mut rb) = (
+        std::io::BufReader::with_capacity(1 << 20, fa),
+        std::io::BufReader::with_capacity(1 << 20, fb),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = ra.read(&mut x).unwrap();
+        let mut got = 0;
+        while got < n {
+            let m = rb.read(&mut y[got..n]).unwrap();
+            if m == 0 {
+                return false;
+            }
+            got += m;
+        }
+        if n == 0 {
+            return rb.read(&mut y).unwrap() == 0;
+        }
+        if x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+fn get_args(net: &Testnet, magnet: &str, ip: &str, out: &Path, data: &Path) -> Vec<String> {
+    [
+        magnet,
+        "--out",
+        out.to_str().unwrap(),
+        "--bind",
+        &format!("{ip}:0"),
+        "--bootstrap",
+        &net.addr(3).to_string(),
+        "--allow-net",
+        "127.0.0.0/8",
+        "--no-subnet-limit",
+        "--rate-limit",
+        "0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn lt_joined(net: &Testnet, ip: Ipv4Addr, flags: &[&str]) -> LtNode {
+    let mut lt = LtNode::start_on_with(ip, flags).await;
+    for i in 0..4 {
+        lt.add_node(net.addr(i)).await;
+    }
+    lt.wait_dht_nodes(2, Duration::from_secs(30)).await;
+    lt
+}
+
+/// A fresh libtorrent session downloads the magnet; returns its cost.
+async fn lt_download(net: &Testnet, ip: Ipv4Addr, flags: &[&str], magnet: &str, ih: &str, dir: &Path) -> Cost {
+    let mut lt = lt_joined(net, ip, flags).await;
+    let pid = lt.pid();
+    let cpu0 = proc_cpu(pid);
+    let t = Instant::now();
+    lt.add_magnet(magnet, dir).await;
+    assert!(
+        lt.wait_finished(ih, Duration::from_secs(600)).await,
+        "libtorrent did not finish: {}",
+        lt.torrent_status(ih).await
+    );
+    let secs = t.elapsed().as_secs_f64();
+    let cost = Cost {
+        secs,
+        cpu: proc_cpu(pid) - cpu0,
+        rss_mib: proc_peak_rss(pid),
+    };
+    // A clean exit, so libtorrent's last writes are out before the bytes are compared.
+    lt.quit().await;
+    cost
+}
+
+fn row(who: &str, size_mib: u64, c: Cost) -> String {
+    format!(
+        "| {who} | {:.2} | {:.0} | {:.2} | {:.0} |",
+        c.secs,
+        size_mib as f64 / c.secs,
+        c.cpu,
+        c.rss_mib
+    )
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(a));
+}
+
+async fn run(a: Args) {
+    let base = std::env::temp_dir();
+    let need = a.size_mib * (1 << 20) * if a.swarm { 6 } else { 3 };
+    let free = free_bytes(&base);
+    assert!(
+        free > need,
+        "{} has {} MiB free, the benchmark needs {} MiB",
+        base.display(),
+        free >> 20,
+        need >> 20
+    );
+    let work = tempfile::Builder::new()
+        .prefix("bench-download-")
+        .tempdir_in(&base)
+        .unwrap();
+    let net = Testnet::start(
+        20,
+        TestnetConfig {
+            subnet: 145,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    net.wait_for_tables(8, Duration::from_secs(30)).await;
+
+    let src_dir = work.path().join("src");
+    std::fs::create_dir_all(&src_dir).unwrap();
+    let file = src_dir.join("bench.bin");
+    let t = Instant::now();
+    make_file(&file, a.size_mib);
+    println!("# {} MiB file written in {:.1} s", a.size_mib, t.elapsed().as_secs_f64());
+
+    let mut seeder = lt_joined(&net, Ipv4Addr::new(127, 145, 1, 1), &[]).await;
+    let seeded = seeder.seed(&file).await;
+    let ih: NodeId = seeded.info_hash.parse().unwrap();
+    for _ in 0..60 {
+        let (peers, _) = net.nodes[7].get_peers(ih).unwrap().collect().await;
+        if peers.contains(&seeder.addr) {
+            break;
+        }
+        seeder
+            .command(&format!("dht_announce_torrent {}", seeded.info_hash))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let torrent = std::fs::read(&seeded.torrent).unwrap();
+    let info = trackerless::metainfo::Metainfo::from_bytes(&torrent).unwrap().info;
+    println!(
+        "# libtorrent seeder {} ({} pieces of {} KiB)",
+        seeder.addr,
+        info.num_pieces(),
+        info.piece_length / 1024
+    );
+
+    let mut k = 0u8;
+    let mut fresh = |tag: &str| {
+        k += 1;
+        let out = work.path().join(format!("{tag}-{k}"));
+        let data = work.path().join(format!("{tag}-{k}-state"));
+        (out, data, format!("127.145.2.{k}"))
+    };
+
+    // Warm-up: makes libtorrent's seed mode hash every piece once.
+    let (out, data, ip) = fresh("warm");
+    let args = get_args(&net, &seeded.magnet, &ip, &out, &data);
+    let (c, text, ok) = tokio::task::spawn_blocking(move || run_measured(GET, &args))
+        .await
+        .unwrap();
+    assert!(ok, "warm-up dht-get failed: {text}");
+    println!("# warm-up (dht-get) {:.2} s", c.secs);
+    let _ = std::fs::remove_dir_all(&out);
+
+    println!();
+    println!("## {} MiB from one libtorrent seeder", a.size_mib);
+    println!();
+    println!("| downloader | seconds | MiB/s | CPU s | peak RSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut ours = Vec::new();
+    let mut theirs_tcp = Vec::new();
+    let mut theirs_utp = Vec::new();
+    for round in 0..a.rounds {
+        let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for who in order {
+            let (out, data, ip) = fresh("run");
+            match who {
+                0 => {
+                    let args = get_args(&net, &seeded.magnet, &ip, &out, &data);
+                    let (c, text, ok) =
+                        tokio::task::spawn_blocking(move || run_measured(GET, &args))
+                            .await
+                            .unwrap();
+                    assert!(ok, "dht-get failed: {text}");
+                    assert!(same(&file, &out.join("bench.bin")), "dht-get: bytes differ");
+                    println!("{}", row("dht-get", a.size_mib, c));
+                    ours.push(c);
+                }
+                w => {
+                    let (flags, tag): (&[&str], &str) = if w == 1 {
+                        (&["--no-utp"], "libtorrent (TCP)")
+                    } else {
+                        (&[], "libtorrent (default: uTP)")
+                    };
+                    let lt_ip: Ipv4Addr = ip.parse().unwrap();
+                    let c = lt_download(&net, lt_ip, flags, &seeded.magnet, &seeded.info_hash, &out)
+                        .await;
+                    let got = out.join("bench.bin");
+                    assert!(
+                        same(&file, &got),
+                        "{tag}: bytes differ ({} has {:?} bytes)",
+                        got.display(),
+                        std::fs::metadata(&got).map(|m| m.len())
+                    );
+                    println!("{}", row(tag, a.size_mib, c));
+                    if w == 1 {
+                        theirs_tcp.push(c);
+                    } else {
+                        theirs_utp.push(c);
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::remove_dir_all(&data);
+        }
+    }
+    let best = |v: &[Cost]| v.iter().map(|c| c.secs).fold(f64::INFINITY, f64::min);
+    let mean = |v: &[Cost]| v.iter().map(|c| c.secs).sum::<f64>() / v.len().max(1) as f64;
+    println!();
+    println!(
+        "speed ratio (libtorrent time / dht-get time, >1 = we are faster): TCP best {:.2}, mean {:.2}; uTP best {:.2}, mean {:.2}",
+        best(&theirs_tcp) / best(&ours),
+        mean(&theirs_tcp) / mean(&ours),
+        best(&theirs_utp) / best(&ours),
+        mean(&theirs_utp) / mean(&ours),
+    );
+
+    if a.swarm {
+        swarm(&net, &a, &file, &work.path().to_path_buf(), &mut seeder, &seeded).await;
+    }
+    drop(seeder);
+    net.shutdown().await;
+}
+
+async fn swarm(
+    net: &Testnet,
+    a: &Args,
+    file: &Path,
+    work: &PathBuf,
+    lt_seeder: &mut LtNode,
+    seeded: &lt::Seeded,
+) {
+    let size = a.size_mib << 20;
+    println!();
+    println!("## swarm: 1 seeder + 4 downloaders started together, {} MiB", a.size_mib);
+    println!();
+    println!("| swarm | last finished, s | aggregate MiB/s | seeder uploaded (copies) | CPU s (all downloaders) | peak RSS MiB (largest downloader) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+
+    // Ours: dht-seed + 4 dht-get.
+    let seed_state = work.join("swarm-seed-state");
+    let mut seed = Command::new(SEED)
+        .arg(file)
+        .args([
+            "--bind",
+            "127.145.3.1:0",
+            "--bootstrap",
+            &net.addr(0).to_string(),
+            "--allow-net",
+            "127.0.0.0/8",
+            "--no-subnet-limit",
+            "--rate-limit",
+            "0",
+            "--data-dir",
+            seed_state.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = seed.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let magnet = rx.recv_timeout(Duration::from_secs(300)).unwrap();
+    let t = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        let out = work.join(format!("swarm-ours-{i}"));
+        let data = work.join(format!("swarm-ours-{i}-state"));
+        let args = get_args(net, &magnet, &format!("127.145.4.{}", i + 1), &out, &data);
+        handles.push(tokio::task::spawn_blocking(move || run_measured(GET, &args)));
+    }
+    let mut cpu = 0.0;
+    let mut rss: f64 = 0.0;
+    for h in handles {
+        let (c, text, ok) = h.await.unwrap();
+        assert!(ok, "swarm dht-get failed: {text}");
+        cpu += c.cpu;
+        rss = rss.max(c.rss_mib);
+    }
+    let last = t.elapsed().as_secs_f64();
+    // SAFETY: SIGINT to our own child.
+    unsafe {
+        libc::kill(seed.id() as i32, libc::SIGINT);
+    }
+    let mut uploaded = 0u64;
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(30)) {
+        if let Some(n) = l.strip_prefix("uploaded ") {
+            uploaded = n.split(' ').next().and_then(|x| x.parse().ok()).unwrap_or(0);
+            break;
+        }
+    }
+    let _ = seed.wait();
+    for i in 0..4 {
+        assert!(same(file, &work.join(format!("swarm-ours-{i}/bench.bin"))));
+        let _ = std::fs::remove_dir_all(work.join(format!("swarm-ours-{i}")));
+    }
+    println!(
+        "| dht-seed + 4 dht-get | {last:.2} | {:.0} | {:.2} | {cpu:.2} | {rss:.0} |",
+        4.0 * a.size_mib as f64 / last,
+        uploaded as f64 / size as f64
+    );
+
+    // libtorrent: the seeder from part 1 + 4 fresh sessions.
+    let before = lt_seeder.torrent_status(&seeded.info_hash).await["total_payload_upload"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut lts = Vec::new();
+    for i in 0..4 {
+        lts.push(lt_joined(net, Ipv4Addr::new(127, 145, 5, i + 1), &["--no-utp"]).await);
+    }
+    let cpu0: Vec<f64> = lts.iter().map(|l| proc_cpu(l.pid())).collect();
+    let t = Instant::now();
+    for (i, lt) in lts.iter_mut().enumerate() {
+        lt.add_magnet(&seeded.magnet, &work.join(format!("swarm-lt-{i}")))
+            .await;
+    }
+    for lt in lts.iter_mut() {
+        assert!(
+            lt.wait_finished(&seeded.info_hash, Duration::from_secs(900))
+                .await
+        );
+    }
+    let last = t.elapsed().as_secs_f64();
+    let cpu: f64 = lts
+        .iter()
+        .zip(&cpu0)
+        .map(|(l, c0)| proc_cpu(l.pid()) - c0)
+        .sum();
+    let rss = lts.iter().map(|l| proc_peak_rss(l.pid())).fold(0.0, f64::max);
+    let after = lt_seeder.torrent_status(&seeded.info_hash).await["total_payload_upload"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "| libtorrent seeder + 4 libtorrent (TCP) | {last:.2} | {:.0} | {:.2} | {cpu:.2} | {rss:.0} |",
+        4.0 * a.size_mib as f64 / last,
+        (after - before) as f64 / size as f64
+    );
+    drop(lts);
+    for i in 0..4 {
+        let _ = std::fs::remove_dir_all(work.join(format!("swarm-lt-{i}")));
+    }
+}
