@@ -16,6 +16,7 @@ pub mod metainfo;
 pub mod net;
 pub mod node;
 pub mod persist;
+pub mod probe;
 pub mod routing;
 pub mod rpc;
 pub mod sim;
