@@ -8,7 +8,7 @@
 //! that keeps every [`Event::LookupDone`], so its numbers are those of a real node. Probes are
 //! for measurement only: they have no persistence and no bootstrap retry by name resolution.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,20 @@ enum ProbeCmd {
         reply: oneshot::Sender<ProbeLookup>,
     },
     Stats(oneshot::Sender<Stats>),
+    Contacts(oneshot::Sender<Vec<Contact>>),
+}
+
+/// How a probe starts.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeOptions {
+    /// Addresses to re-verify at start, as a restarted node does with its persisted contacts
+    /// (set `node::Config::id` to the persisted id as well).
+    pub persisted: Vec<SocketAddrV4>,
+    /// Every received datagram is handed to the node this much later: on loopback, where a
+    /// round trip takes microseconds, this emulates a wide-area round trip for this node's
+    /// own exchanges (its queries' replies arrive `delay` late), which is what decides how
+    /// many sequential rounds a join costs in wall time.
+    pub delay: Duration,
 }
 
 /// A running probe node. Cloneable; the probe stops when every handle is dropped.
@@ -55,8 +69,19 @@ impl Probe {
     /// and bootstraps it from `routers`.
     pub async fn start(
         bind: SocketAddrV4,
+        config: node::Config,
+        routers: &[SocketAddrV4],
+    ) -> Result<Probe, StartError> {
+        Self::start_with(bind, config, routers, ProbeOptions::default()).await
+    }
+
+    /// [`Probe::start`] with persisted contacts and/or an emulated receive delay. Contacts are
+    /// queued before the bootstrap starts, in the order [`crate::net::Dht::bind`] uses.
+    pub async fn start_with(
+        bind: SocketAddrV4,
         mut config: node::Config,
         routers: &[SocketAddrV4],
+        options: ProbeOptions,
     ) -> Result<Probe, StartError> {
         config.allow = crate::allow::AllowList::loopback();
         let socket = UdpSocket::bind(SocketAddr::V4(bind))
@@ -77,10 +102,11 @@ impl Probe {
         };
         let now = Instant::now();
         let mut node = Node::new(config, now);
+        node.add_contacts(now, options.persisted);
         node.bootstrap(now, routers);
         let id = node.id();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(drive(socket, node, rx));
+        tokio::spawn(drive(socket, node, rx, options.delay));
         Ok(Probe { tx, addr, id })
     }
 
@@ -129,6 +155,13 @@ impl Probe {
         self.tx.send(ProbeCmd::Stats(tx)).ok()?;
         rx.await.ok()
     }
+
+    /// What a node would persist: table entries, then replacements.
+    pub async fn contacts(&self) -> Option<Vec<Contact>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(ProbeCmd::Contacts(tx)).ok()?;
+        rx.await.ok()
+    }
 }
 
 struct Running {
@@ -137,9 +170,16 @@ struct Running {
     started: Instant,
 }
 
-async fn drive(socket: UdpSocket, mut node: Node, mut rx: mpsc::UnboundedReceiver<ProbeCmd>) {
+async fn drive(
+    socket: UdpSocket,
+    mut node: Node,
+    mut rx: mpsc::UnboundedReceiver<ProbeCmd>,
+    delay: Duration,
+) {
     let mut buf = vec![0u8; 65_536];
     let mut running: HashMap<LookupId, Running> = HashMap::new();
+    // Received datagrams waiting out the emulated delay, in arrival (= delivery) order.
+    let mut delayed: VecDeque<(tokio::time::Instant, SocketAddr, Vec<u8>)> = VecDeque::new();
     let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
         while let Some(t) = node.poll_transmit() {
@@ -171,14 +211,22 @@ async fn drive(socket: UdpSocket, mut node: Node, mut rx: mpsc::UnboundedReceive
                 Event::Pong { .. } => {}
             }
         }
-        let deadline = node
+        let mut deadline = node
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(far);
+        if let Some((due, _, _)) = delayed.front() {
+            deadline = deadline.min(*due);
+        }
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, from)) = r {
-                    node.handle_datagram(Instant::now(), from, &buf[..n]);
+                    if delay.is_zero() {
+                        node.handle_datagram(Instant::now(), from, &buf[..n]);
+                    } else {
+                        let due = tokio::time::Instant::now() + delay;
+                        delayed.push_back((due, from, buf[..n].to_vec()));
+                    }
                 }
             }
             cmd = rx.recv() => match cmd {
@@ -195,8 +243,19 @@ async fn drive(socket: UdpSocket, mut node: Node, mut rx: mpsc::UnboundedReceive
                 Some(ProbeCmd::Stats(tx)) => {
                     let _ = tx.send(node.stats(Instant::now()));
                 }
+                Some(ProbeCmd::Contacts(tx)) => {
+                    let _ = tx.send(node.contacts());
+                }
             },
-            () = tokio::time::sleep_until(deadline) => node.handle_timeout(Instant::now()),
+            () = tokio::time::sleep_until(deadline) => {
+                let now = tokio::time::Instant::now();
+                while delayed.front().is_some_and(|d| d.0 <= now) {
+                    let (_, from, data) = delayed.pop_front().expect("checked");
+                    node.handle_datagram(Instant::now(), from, &data);
+                }
+                // Harmless when only a delayed datagram was due: timers not yet due are kept.
+                node.handle_timeout(Instant::now());
+            }
         }
     }
 }
@@ -295,6 +354,40 @@ mod tests {
         assert_eq!(r.closest.first().map(|c| c.id), Some(target), "{r:?}");
         let s = probe.stats().await.unwrap();
         assert!(s.queries_out >= u64::from(r.messages));
+
+        // A restarted probe with a 50 ms receive delay: same id, its contacts come back
+        // through verification, and every round trip costs at least the delay.
+        let id = probe.id();
+        let persisted: Vec<SocketAddrV4> = probe
+            .contacts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.addr)
+            .collect();
+        drop(probe);
+        let config = node::Config {
+            id: Some(id),
+            ..node::Config::loopback_testnet()
+        };
+        let started = Instant::now();
+        let slow = Probe::start_with(
+            "127.99.250.2:0".parse().unwrap(),
+            config,
+            &[],
+            ProbeOptions {
+                persisted,
+                delay: Duration::from_millis(50),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(slow.id(), id);
+        assert!(slow.wait_for_table(4, Duration::from_secs(10)).await >= 4);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let r = slow.lookup(target, false).await.unwrap();
+        assert_eq!(r.closest.first().map(|c| c.id), Some(target), "{r:?}");
+        assert!(r.elapsed >= Duration::from_millis(50), "{r:?}");
         net.shutdown().await;
     }
 }

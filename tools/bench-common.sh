@@ -2,16 +2,21 @@
 # Everything binds and sends on 127.0.0.0/8 only: testnet on 127.95.x.y, filler sources on
 # 127.96.x.y, nodes under test on 127.97/127.98.x.y.
 
-BIN=target/release
+# BIN: where the binaries are (e.g. a copy built from a prototype branch); NO_BUILD=1 skips
+# the cargo build.
+BIN=${BIN:-target/release}
 
 build() {
-    cargo build --release "$@" >&2
+    if [ "${NO_BUILD:-0}" != 1 ]; then
+        cargo build --release "$@" >&2
+    fi
 }
 
 # Prints the machine line recorded with every result.
 machine() {
     echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/ {print $2}') GB RAM, $(uname -sr)"
-    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), checkout $(git rev-parse --short HEAD) ($(git rev-parse --abbrev-ref HEAD)), binaries $BIN"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 # start_testnet NODES LOGFILE [extra dht-testnet flags...]: starts a testnet in the background

@@ -5,10 +5,13 @@
 # dht-restart-bench starts each node exactly as dht-node does (Dht::spawn with a data dir),
 # samples its table every 5 ms, stops it (persisting id and contacts) and restarts it on the
 # same data dir and router; a third start without any router shows what the persisted
-# contacts alone give. Then the real dht-node binary is run fresh, stopped with SIGTERM and
-# restarted, to check from its log that it keeps its node id (its status line only has
-# 1-second resolution). Usage: tools/bench-restart.sh
-# Environment: RUNS (7), NODES (1000), OBSERVE seconds per phase (20), TRAFFIC lookups/s (20).
+# contacts alone give. A second series repeats this with the node under test receiving every
+# datagram DELAY ms late (see dht-restart-bench --delay-ms), since loopback round trips of
+# microseconds hide how many sequential rounds a join costs. Then the real dht-node binary
+# is run fresh, stopped with SIGTERM and restarted, to check from its log that it keeps its
+# node id (its status line only has 1-second resolution). Usage: tools/bench-restart.sh
+# Environment: RUNS (7), NODES (1000), OBSERVE seconds per phase (20), TRAFFIC lookups/s (20),
+# DELAY ms of emulated receive delay for the second series (50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/bench-common.sh
@@ -16,6 +19,7 @@ RUNS=${RUNS:-7}
 NODES=${NODES:-1000}
 OBSERVE=${OBSERVE:-20}
 TRAFFIC=${TRAFFIC:-20}
+DELAY=${DELAY:-50}
 build --bin dht-testnet --bin dht-node --bin dht-restart-bench
 machine
 work=$(mktemp -d)
@@ -30,8 +34,13 @@ trap cleanup EXIT
 start_testnet "$NODES" "$work/testnet.log" --traffic "$TRAFFIC" --stats-interval 0
 sleep 10
 
+echo "--- loopback round trips, real Dht::spawn path with the sled store"
 RUST_LOG=error "$BIN/dht-restart-bench" --bootstrap 127.95.0.1:6881 --subnet 98 \
     --data-dir "$work/bench" --runs "$RUNS" --observe "$OBSERVE" --no-router-phase
+echo "--- node under test receives every datagram ${DELAY} ms late (emulated wide-area round trip)"
+RUST_LOG=error "$BIN/dht-restart-bench" --bootstrap 127.95.0.1:6881 --subnet 98 \
+    --data-dir "$work/bench" --runs "$RUNS" --observe "$OBSERVE" --no-router-phase \
+    --delay-ms "$DELAY"
 
 echo "--- dht-node binary: fresh start, SIGTERM, restart (status every 1 s)"
 start_node() {

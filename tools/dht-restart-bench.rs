@@ -8,6 +8,13 @@
 //! the persisted contacts can fill the table. `dht-node` prints its status at most once a
 //! second, too coarse for loopback where a table fills in milliseconds, hence this tool.
 //!
+//! With `--delay-ms D` the node under test instead runs behind a [`Probe`] driver that hands
+//! it every received datagram D ms late, emulating a wide-area round trip for its own
+//! exchanges (loopback round trips take microseconds, which hides how many sequential rounds
+//! a join needs). A restart is then emulated the way [`Dht::bind`] does it: same node id, the
+//! previous instance's contacts queued for verification, same router; the store itself is
+//! not involved (its open time is what the D = 0 runs report as "spawn").
+//!
 //! The table target N is a fraction (default 90%) of the size the fresh node reached at the
 //! end of its observation window; every phase is timed to the first sample with >= N entries.
 
@@ -17,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use trackerless::cli;
+use trackerless::id::NodeId;
 use trackerless::net::{Dht, DhtConfig, DhtHandle, StartError};
 use trackerless::node;
 use trackerless::persist::PersistError;
-use trackerless::probe::Summary;
+use trackerless::probe::{Probe, ProbeOptions, Summary};
 
 /// Times a node's table refill after a restart against a fresh bootstrap (loopback only).
 #[derive(Parser, Debug)]
@@ -52,6 +60,10 @@ struct Cli {
     /// Also restart a second time without any router (persisted contacts only).
     #[arg(long)]
     no_router_phase: bool,
+    /// Emulate this receive delay (ms) for the node under test; 0 runs the real
+    /// `Dht::spawn` path with its sled store.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    delay_ms: u64,
 }
 
 impl Cli {
@@ -85,6 +97,9 @@ impl Cli {
         }
         if self.sample_ms == 0 || self.sample_ms > 10_000 {
             return Err("--sample-ms must be between 1 and 10000".into());
+        }
+        if self.delay_ms > 10_000 {
+            return Err("--delay-ms must be at most 10000".into());
         }
         Ok(())
     }
@@ -128,12 +143,12 @@ fn main() {
     }
 }
 
+fn bind_addr(cli: &Cli, run: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(127, cli.subnet, 0, run as u8 + 1), cli.port)
+}
+
 fn config(cli: &Cli, run: usize, routers: bool) -> DhtConfig {
-    let bind = SocketAddr::V4(SocketAddrV4::new(
-        Ipv4Addr::new(127, cli.subnet, 0, run as u8 + 1),
-        cli.port,
-    ));
-    let mut cfg = DhtConfig::new(bind);
+    let mut cfg = DhtConfig::new(SocketAddr::V4(bind_addr(cli, run)));
     cfg.node = node::Config::loopback_testnet();
     if routers {
         cfg.bootstrap = vec![cli.bootstrap.to_string()];
@@ -147,60 +162,141 @@ fn run_dir(base: &Path, run: usize) -> PathBuf {
     base.join(format!("run-{run}"))
 }
 
-/// Starts a node, retrying while the previous instance's store lock is being released (the
-/// driver thread drops the store just after acknowledging shutdown).
-fn spawn(cfg: &DhtConfig) -> Result<(DhtHandle, Duration), String> {
+/// What a stopped emulated node leaves for its restart (what the store would hold).
+struct Persisted {
+    id: NodeId,
+    contacts: Vec<SocketAddrV4>,
+}
+
+/// The node under test: the real driver, or a probe with an emulated delay.
+enum UnderTest {
+    Dht(DhtHandle),
+    Probe(Probe),
+}
+
+impl UnderTest {
+    fn id(&self) -> NodeId {
+        match self {
+            UnderTest::Dht(h) => h.id(),
+            UnderTest::Probe(p) => p.id(),
+        }
+    }
+
+    async fn table(&self) -> Result<usize, String> {
+        let stats = match self {
+            UnderTest::Dht(h) => h.stats().await.map_err(|e| e.to_string())?,
+            UnderTest::Probe(p) => p.stats().await.ok_or("the probe node stopped")?,
+        };
+        Ok(stats.good_nodes + stats.questionable_nodes)
+    }
+}
+
+/// Whether a start error is the previous instance still releasing its socket or store lock
+/// (the driver drops them just after acknowledging shutdown).
+fn transient(e: &StartError) -> bool {
+    matches!(
+        e,
+        StartError::Store(PersistError::Locked { .. }) | StartError::Bind { .. }
+    )
+}
+
+/// Starts the node under test, retrying transient errors for up to 10 s. Returns it and how
+/// long the successful start took.
+fn start(
+    rt: &tokio::runtime::Runtime,
+    cli: &Cli,
+    run: usize,
+    routers: bool,
+    previous: Option<&Persisted>,
+) -> Result<(UnderTest, Duration), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let t0 = Instant::now();
-        match Dht::spawn(cfg.clone()) {
-            Ok(h) => return Ok((h, t0.elapsed())),
-            Err(StartError::Store(PersistError::Locked { .. })) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(StartError::Bind { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
+        let r = if cli.delay_ms == 0 {
+            Dht::spawn(config(cli, run, routers)).map(UnderTest::Dht)
+        } else {
+            let node = node::Config {
+                id: previous.map(|p| p.id),
+                ..node::Config::loopback_testnet()
+            };
+            let options = ProbeOptions {
+                persisted: previous.map(|p| p.contacts.clone()).unwrap_or_default(),
+                delay: Duration::from_millis(cli.delay_ms),
+            };
+            let routers = if routers { vec![cli.bootstrap] } else { vec![] };
+            rt.block_on(Probe::start_with(
+                bind_addr(cli, run),
+                node,
+                &routers,
+                options,
+            ))
+            .map(UnderTest::Probe)
+        };
+        match r {
+            Ok(n) => return Ok((n, t0.elapsed())),
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                // On the runtime, so a stopped probe's driver task gets to run and let go.
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
             }
             Err(e) => return Err(e.to_string()),
         }
     }
 }
 
+/// Starts the node, samples its table size for `--observe` seconds, stops it.
 fn observe(
     rt: &tokio::runtime::Runtime,
     cli: &Cli,
-    cfg: &DhtConfig,
-) -> Result<(Phase, DhtHandle), String> {
-    let (handle, spawn_time) = spawn(cfg)?;
+    run: usize,
+    routers: bool,
+    previous: Option<&Persisted>,
+) -> Result<(Phase, Persisted), String> {
+    let (node, spawn_time) = start(rt, cli, run, routers, previous)?;
     let started = Instant::now() - spawn_time;
     let window = Duration::from_secs(cli.observe);
     let every = Duration::from_millis(cli.sample_ms);
-    let samples = rt.block_on(async {
+    let (samples, persisted) = rt.block_on(async {
         let mut samples = Vec::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         while started.elapsed() < window {
             tick.tick().await;
-            match handle.stats().await {
-                Ok(s) => samples.push((started.elapsed(), s.good_nodes + s.questionable_nodes)),
-                Err(e) => return Err(e.to_string()),
-            }
+            samples.push((started.elapsed(), node.table().await?));
         }
-        Ok(samples)
+        let persisted = match &node {
+            UnderTest::Dht(h) => {
+                h.shutdown()
+                    .await
+                    .map_err(|e| format!("saving state failed: {e}"))?;
+                Persisted {
+                    id: h.id(),
+                    contacts: Vec::new(),
+                }
+            }
+            UnderTest::Probe(p) => Persisted {
+                id: p.id(),
+                contacts: p
+                    .contacts()
+                    .await
+                    .ok_or("the probe node stopped")?
+                    .iter()
+                    .map(|c| c.addr)
+                    .collect(),
+            },
+        };
+        Ok::<_, String>((samples, persisted))
     })?;
+    let id = node.id().to_hex();
+    // Dropping the last probe handle stops its driver (and frees the address).
+    drop(node);
     Ok((
         Phase {
             spawn: spawn_time,
             samples,
-            id: handle.id().to_hex(),
+            id,
         },
-        handle,
+        persisted,
     ))
-}
-
-fn stop(rt: &tokio::runtime::Runtime, h: DhtHandle) -> Result<(), String> {
-    rt.block_on(h.shutdown())
-        .map_err(|e| format!("saving state failed: {e}"))
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -228,14 +324,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
         }
-        let (fresh, h) = observe(&rt, cli, &config(cli, r, true))?;
-        stop(&rt, h)?;
-        let (restart, h) = observe(&rt, cli, &config(cli, r, true))?;
-        stop(&rt, h)?;
+        let (fresh, saved) = observe(&rt, cli, r, true, None)?;
+        let (restart, saved_again) = observe(&rt, cli, r, true, Some(&saved))?;
         let no_router = if cli.no_router_phase {
-            let (p, h) = observe(&rt, cli, &config(cli, r, false))?;
-            stop(&rt, h)?;
-            Some(p)
+            Some(observe(&rt, cli, r, false, Some(&saved_again))?.0)
         } else {
             None
         };
