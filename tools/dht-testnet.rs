@@ -82,6 +82,10 @@ struct Cli {
     /// like a live DHT (nodes learn about each other from the queries they receive).
     #[arg(long, value_name = "RATE", default_value_t = 0.0)]
     traffic: f64,
+    /// Before the lookups, stop this percentage of the nodes (never node 0) without telling
+    /// anyone, so lookups meet dead contacts as on the live DHT (churn).
+    #[arg(long, value_name = "PCT", default_value_t = 0)]
+    kill: u8,
     /// Exit after the lookups (or once tables are ready) instead of running until Ctrl-C.
     #[arg(long)]
     exit: bool,
@@ -124,6 +128,9 @@ impl Cli {
                 "--traffic must be 0 or between 0.001 and 10000 lookups/s (got {})",
                 self.traffic
             ));
+        }
+        if self.kill >= 100 {
+            return Err(format!("--kill must be below 100 (got {})", self.kill));
         }
         if self.fanout == 0 {
             return Err("--fanout must be at least 1".into());
@@ -307,11 +314,27 @@ async fn phases(cli: &Cli, net: &Testnet) -> Result<(), String> {
             cli.traffic
         );
     }
+    // Nodes still running (all but those --kill stops).
+    let mut alive: Vec<usize> = (0..net.nodes.len()).collect();
     if cli.lookups > 0 {
         tokio::time::sleep(Duration::from_secs(cli.settle)).await;
+        if cli.kill > 0 {
+            let n = net.nodes.len() * usize::from(cli.kill) / 100;
+            let mut killed = 0;
+            while killed < n && alive.len() > 2 {
+                let i = alive.remove(rand::random_range(1..alive.len()));
+                let _ = net.nodes[i].shutdown().await;
+                killed += 1;
+            }
+            println!(
+                "stopped {killed} nodes ({}%); {} still running",
+                cli.kill,
+                alive.len()
+            );
+        }
         prev = (Instant::now(), aggregate(net).await);
         println!("{}", status_line(start, &prev, &prev));
-        measure_lookups(cli, net).await?;
+        measure_lookups(cli, net, &alive).await?;
         let now = (Instant::now(), aggregate(net).await);
         println!("{}", status_line(start, &prev, &now));
         prev = now;
@@ -390,14 +413,19 @@ fn report(label: &str, results: &[Measured], show_recall: bool) {
     println!("{line}");
 }
 
-async fn measure_lookups(cli: &Cli, net: &Testnet) -> Result<(), String> {
+/// A random element of `alive`.
+fn pick(alive: &[usize]) -> usize {
+    alive[rand::random_range(0..alive.len())]
+}
+
+async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<(), String> {
     let k = node::Config::loopback_testnet().routing.k;
     // Probes join now, like fresh nodes, from node 0 and two random routers.
     let mut probes = Vec::new();
     for p in 0..cli.probes {
         let mut routers = vec![net.addr(0)];
         for _ in 0..2 {
-            routers.push(net.addr(rand::random_range(0..net.nodes.len())));
+            routers.push(net.addr(pick(alive)));
         }
         let bind = SocketAddrV4::new(Ipv4Addr::new(127, cli.subnet, 250, p as u8 + 1), cli.port);
         let probe = Probe::start(bind, node::Config::loopback_testnet(), &routers)
@@ -420,7 +448,7 @@ async fn measure_lookups(cli: &Cli, net: &Testnet) -> Result<(), String> {
             );
         }
     }
-    let mut all_ids: Vec<NodeId> = net.nodes.iter().map(|n| n.id()).collect();
+    let mut all_ids: Vec<NodeId> = alive.iter().map(|&i| net.nodes[i].id()).collect();
     all_ids.extend(probes.iter().map(|p| p.id()));
     let all_ids = Arc::new(all_ids);
 
@@ -468,7 +496,7 @@ async fn measure_lookups(cli: &Cli, net: &Testnet) -> Result<(), String> {
             ann_results.push(m);
             announced.push(entry);
         }
-        let from = rand::random_range(0..net.nodes.len());
+        let from = pick(alive);
         let handle = net.nodes[from].clone();
         let ip = *net.addr(from).ip();
         let port = 10_000 + (i % 50_000) as u16;
@@ -505,9 +533,9 @@ async fn measure_lookups(cli: &Cli, net: &Testnet) -> Result<(), String> {
         {
             node_results.push(r.map_err(|e| e.to_string())?);
         }
-        let mut from = rand::random_range(0..net.nodes.len());
-        if from == announcer {
-            from = (from + 1) % net.nodes.len();
+        let mut from = pick(alive);
+        while from == announcer {
+            from = pick(alive);
         }
         let handle = net.nodes[from].clone();
         set.spawn(async move {
@@ -565,7 +593,7 @@ async fn measure_lookups(cli: &Cli, net: &Testnet) -> Result<(), String> {
         {
             fn_results.push(r.map_err(|e| e.to_string())?);
         }
-        let from = rand::random_range(0..net.nodes.len());
+        let from = pick(alive);
         let handle = net.nodes[from].clone();
         let ids = Arc::clone(&all_ids);
         set.spawn(async move {
