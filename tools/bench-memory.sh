@@ -6,7 +6,8 @@
 # A 1,000-node testnet runs with background traffic; a release dht-node joins it, runs for
 # WARM seconds, then dht-fill announces the peers through the protocol (get_peers → token →
 # announce_peer from 1,000 source IPs 127.96.x.y). VmRSS/VmHWM come from /proc/PID/status,
-# table and store sizes from the node's own status line. Usage: tools/bench-memory.sh
+# table and store sizes from the node's own status line. Finally 100 new infohashes are
+# announced to the full store, to see whether they are kept. Usage: tools/bench-memory.sh
 # Environment: RUNS (3), NODES (1000), WARM seconds (60), TRAFFIC lookups/s (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,13 @@ measure() {
     sleep 3
     echo "[$label] after fill: $(tail -1 "$work/node.out")"
     echo "[$label] after fill: $(rss "$NODE_PID")"
+    if [ "${6:-}" = full-store-check ]; then
+        # The store is at --max-infohashes now: do new infohashes still get stored?
+        "$BIN/dht-fill" --target "$ip:6881" --infohashes 100 --peers 50 --seed 9 \
+            --subnet 96 --sources 1000 --verify 20 | sed "s/^/[$label, store full] /" || true
+        sleep 2
+        echo "[$label, store full] $(tail -1 "$work/node.out")"
+    fi
     stop_pid "$NODE_PID"
     NODE_PID=
 }
@@ -56,4 +64,4 @@ measure() {
 for r in $(seq 1 "$RUNS"); do
     measure "100k run $r" "127.97.0.$r" 2000 50 50
 done
-measure "1M default limits" 127.97.0.100 2000 500 500
+measure "1M default limits" 127.97.0.100 2000 500 500 full-store-check
