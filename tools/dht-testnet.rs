@@ -194,26 +194,35 @@ async fn run(cli: Cli) -> Result<(), String> {
         cli.subnet,
         net.addr(0)
     );
-    if let Some(path) = &cli.addr_file {
-        let text: String = (0..net.nodes.len())
-            .map(|i| format!("{}\n", net.addr(i)))
-            .collect();
-        std::fs::write(path, text)
-            .map_err(|e| format!("cannot write --addr-file {}: {e}", path.display()))?;
-        println!("addresses written to {}", path.display());
-    }
-
-    let outcome = tokio::select! {
-        r = phases(&cli, &net) => r,
-        _ = &mut signal => {
-            println!("interrupted");
-            Ok(())
-        }
+    // Errors from here on still stop (and persist) the nodes before exiting.
+    let outcome = match write_addr_file(&cli, &net) {
+        Err(e) => Err(e),
+        Ok(()) => tokio::select! {
+            r = phases(&cli, &net) => r,
+            _ = &mut signal => {
+                println!("interrupted");
+                Ok(())
+            }
+        },
     };
     println!("stopping {} nodes ...", net.nodes.len());
     net.shutdown().await;
     println!("stopped");
     outcome
+}
+
+/// Writes every node address to `--addr-file`, one per line, if asked.
+fn write_addr_file(cli: &Cli, net: &Testnet) -> Result<(), String> {
+    let Some(path) = &cli.addr_file else {
+        return Ok(());
+    };
+    let text: String = (0..net.nodes.len())
+        .map(|i| format!("{}\n", net.addr(i)))
+        .collect();
+    std::fs::write(path, text)
+        .map_err(|e| format!("cannot write --addr-file {}: {e}", path.display()))?;
+    println!("addresses written to {}", path.display());
+    Ok(())
 }
 
 /// Aggregate status of all nodes.
