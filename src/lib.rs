@@ -24,6 +24,7 @@ pub mod node;
 pub mod outbox;
 pub mod persist;
 pub mod router;
+pub mod probe;
 pub mod routing;
 pub mod rpc;
 pub mod sim;
