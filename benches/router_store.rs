@@ -27,7 +27,11 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() { vec![1_000_000] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![1_000_000]
+    } else {
+        sizes
+    };
     let mut rng = rand::rng();
     for n in sizes {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -40,7 +44,10 @@ fn main() {
             // Distinct addresses spread over the whole IPv4 space (i * an odd constant).
             let ip = Ipv4Addr::from(i.wrapping_mul(2_654_435_761));
             i += 1;
-            ring.insert(&Contact::new(NodeId::random(&mut rng), SocketAddrV4::new(ip, 6881)));
+            ring.insert(&Contact::new(
+                NodeId::random(&mut rng),
+                SocketAddrV4::new(ip, 6881),
+            ));
         }
         let filled = started.elapsed();
         let rss = rss_kib().saturating_sub(base);
