@@ -9,7 +9,6 @@ pub mod bencode;
 pub mod bep42;
 pub mod bootstrap;
 pub mod cli;
-pub mod fast_decode;
 pub mod id;
 pub mod krpc;
 pub mod limits;
