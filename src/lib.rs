@@ -10,7 +10,6 @@ pub mod bep42;
 pub mod bootstrap;
 pub mod cli;
 pub mod crawl;
-pub mod fast_decode;
 pub mod id;
 pub mod krpc;
 pub mod limits;
