@@ -84,6 +84,40 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Receive and send buffer size we ask the kernel for. The default (~208 KiB, some 150-250
+/// queued datagrams) overflowed under benchmark load (BENCHMARKS.md (b): a burst of 256
+/// outstanding queries lost 62-126 datagrams, counted by the kernel as `RcvbufErrors`), and a
+/// public node sees bursts too: a lookup's replies arrive together, and a busy node may be
+/// descheduled for a few milliseconds. Linux caps the request at `net.core.rmem_max` /
+/// `wmem_max` without failing, which is fine: we take what we are given.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Creates the node's UDP socket: non-blocking, with enlarged buffers, bound to `addr`.
+/// Built with socket2 because buffer sizes must be set before the socket carries traffic and
+/// neither std nor tokio exposes SO_RCVBUF/SO_SNDBUF.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    // Bigger buffers are an optimisation: run with the defaults rather than not at all.
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!("cannot enlarge the UDP receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!("cannot enlarge the UDP send buffer: {e}");
+    }
+    socket.bind(&addr.into())?;
+    // Linux reports twice the usable size (it counts its bookkeeping overhead).
+    let size =
+        |r: io::Result<usize>| r.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
+    tracing::debug!(
+        "UDP {addr}: asked for {SOCKET_BUFFER}-byte buffers; kernel reports receive {}, send {}",
+        size(socket.recv_buffer_size()),
+        size(socket.send_buffer_size())
+    );
+    UdpSocket::from_std(socket.into())
+}
+
 /// Why a request to the node failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DhtError {
@@ -378,12 +412,10 @@ impl Dht {
         ),
         StartError,
     > {
-        let socket = UdpSocket::bind(config.bind)
-            .await
-            .map_err(|error| StartError::Bind {
-                addr: config.bind,
-                error,
-            })?;
+        let socket = bind_udp(config.bind).map_err(|error| StartError::Bind {
+            addr: config.bind,
+            error,
+        })?;
         let local_addr = socket.local_addr().map_err(|error| StartError::Bind {
             addr: config.bind,
             error,

@@ -253,6 +253,8 @@ pub struct Stats {
     pub external_ip: Option<std::net::Ipv4Addr>,
     /// Tokens not handed out because the peer store is full.
     pub tokens_withheld: u64,
+    /// Valid announces for new infohashes not stored because the store was full.
+    pub announces_refused: u64,
 }
 
 /// A single query to one node, answered by [`Event::Pong`] (ping) or [`Event::Reply`].
@@ -971,8 +973,11 @@ impl Node {
                 }
                 let port = if implied_port { from.port() } else { port };
                 let peer = SocketAddrV4::new(*from.ip(), port);
-                self.store.announce(info_hash, peer, now);
-                self.stats.announces_stored += 1;
+                if self.store.announce(info_hash, peer, now) {
+                    self.stats.announces_stored += 1;
+                } else {
+                    self.stats.announces_refused += 1;
+                }
                 if self.config.report_incoming {
                     self.events.push_back(Event::Incoming {
                         info_hash,

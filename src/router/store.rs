@@ -161,6 +161,13 @@ impl NodeRing {
         if self.has_ip(*c.addr.ip()) {
             return false;
         }
+        self.put(c);
+        true
+    }
+
+    /// Writes a contact into the next slot without the duplicate check (the Bloom filter's
+    /// false positives would otherwise drop a few saved entries on every restart).
+    fn put(&mut self, c: &Contact) {
         let at = self.write * COMPACT_NODE_LEN;
         if at == self.entries.len() {
             c.write_compact(&mut self.entries);
@@ -172,7 +179,6 @@ impl NodeRing {
         self.ips.insert(*c.addr.ip());
         self.write = (self.write + 1) % self.capacity;
         self.len = (self.len + 1).min(self.capacity);
-        true
     }
 
     /// Appends up to `n` compact contacts to `out`, continuing round-robin from where the
@@ -258,7 +264,7 @@ impl NodeRing {
         let skip = count.saturating_sub(capacity);
         for chunk in body.chunks_exact(COMPACT_NODE_LEN).skip(skip) {
             if let Some(c) = Contact::from_compact(chunk) {
-                ring.insert(&c);
+                ring.put(&c);
             }
         }
         Ok(ring)

@@ -1,0 +1,848 @@
+//! `krpc::decode` (the single-pass borrowing decoder) against a reference decoder built on
+//! serde_bencode: the decoder that shipped before it (pre-scan with `bencode::validate`,
+//! lenient serde visitors, typed validation), kept here verbatim except for the fix of its
+//! short-`e`-list bug. Both must give exactly the same result, errors and reasons included,
+//! on the real-world corpus, on mutations of it, on random KRPC-shaped bencode that exercises
+//! every lenient rule (wrong types, repeated keys, unknown keys, unsorted keys), and on
+//! nesting around the depth limit in every position. Any panic fails the test too.
+
+use std::path::PathBuf;
+
+use trackerless::krpc::{self, DecodeError, Message};
+
+/// The reference: the serde_bencode-based decoder `krpc::decode` replaced.
+mod reference {
+    use std::fmt;
+    use std::net::SocketAddrV4;
+
+    use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use trackerless::bencode;
+    use trackerless::id::{COMPACT_PEER_LEN, NodeId, compact_peer};
+    use trackerless::krpc::{
+        Body, DecodeError, ERR_GENERIC, ERR_METHOD_UNKNOWN, ERR_PROTOCOL, ErrorBody, MAX_DATAGRAM,
+        Message, Method, Query, Response, Tid, Token, Version,
+    };
+
+    const KRPC_MAX_DEPTH: usize = 8;
+
+    pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
+        if buf.len() > MAX_DATAGRAM {
+            return Err(DecodeError::NotKrpc("datagram too large"));
+        }
+        bencode::validate(buf, KRPC_MAX_DEPTH).map_err(DecodeError::Malformed)?;
+        if buf.first() != Some(&b'd') {
+            return Err(DecodeError::NotKrpc("top level is not a dictionary"));
+        }
+        let raw: RawMessage =
+            serde_bencode::from_bytes(buf).map_err(|_| DecodeError::NotKrpc("undecodable"))?;
+        raw.into_message()
+    }
+
+    /// Every dictionary key any KRPC message uses; other keys are skipped.
+    #[derive(Clone, Copy)]
+    enum Key {
+        T,
+        Y,
+        Q,
+        A,
+        R,
+        E,
+        Ip,
+        Ro,
+        V,
+        Id,
+        Target,
+        InfoHash,
+        Port,
+        ImpliedPort,
+        Token,
+        Nodes,
+        Values,
+        Samples,
+        Interval,
+        Num,
+        Other,
+    }
+
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct KeyVisitor;
+            impl Visitor<'_> for KeyVisitor {
+                type Value = Key;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a dictionary key")
+                }
+                fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Key, E> {
+                    Ok(match v {
+                        b"t" => Key::T,
+                        b"y" => Key::Y,
+                        b"q" => Key::Q,
+                        b"a" => Key::A,
+                        b"r" => Key::R,
+                        b"e" => Key::E,
+                        b"ip" => Key::Ip,
+                        b"ro" => Key::Ro,
+                        b"v" => Key::V,
+                        b"id" => Key::Id,
+                        b"target" => Key::Target,
+                        b"info_hash" => Key::InfoHash,
+                        b"port" => Key::Port,
+                        b"implied_port" => Key::ImpliedPort,
+                        b"token" => Key::Token,
+                        b"nodes" => Key::Nodes,
+                        b"values" => Key::Values,
+                        b"samples" => Key::Samples,
+                        b"interval" => Key::Interval,
+                        b"num" => Key::Num,
+                        _ => Key::Other,
+                    })
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                    self.visit_bytes(v.as_bytes())
+                }
+            }
+            // `deserialize_bytes` (not `identifier`) so non-UTF-8 keys are skipped, not fatal.
+            d.deserialize_bytes(KeyVisitor)
+        }
+    }
+
+    fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    /// Implements the "wrong type reads as absent" visitor methods for a lenient type whose
+    /// `Default` is the absent value.
+    macro_rules! lenient_fallbacks {
+        ($($skip:ident),*) => {
+            $(lenient_fallbacks!(@one $skip);)*
+        };
+        (@one int) => {
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+        };
+        (@one bytes) => {
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+                Ok(Default::default())
+            }
+        };
+        (@one seq) => {
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq)?;
+                Ok(Default::default())
+            }
+        };
+        (@one map) => {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map)?;
+                Ok(Default::default())
+            }
+        };
+    }
+
+    /// A byte string, or `None` when the value had another type.
+    #[derive(Default)]
+    struct LBytes(Option<Vec<u8>>);
+
+    impl<'de> Deserialize<'de> for LBytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = LBytes;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<LBytes, E> {
+                    Ok(LBytes(Some(v.to_vec())))
+                }
+                lenient_fallbacks!(int, seq, map);
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// An integer, or `None` when the value had another type.
+    #[derive(Default)]
+    struct LInt(Option<i64>);
+
+    impl<'de> Deserialize<'de> for LInt {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = LInt;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an integer")
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<LInt, E> {
+                    Ok(LInt(Some(v)))
+                }
+                lenient_fallbacks!(bytes, seq, map);
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// A list of compact peers (`values`); entries that are not 6-byte strings are skipped
+    /// (18-byte IPv6 peers belong to BEP 32, which this node does not speak).
+    #[derive(Default)]
+    struct LPeers(Vec<SocketAddrV4>);
+
+    impl<'de> Deserialize<'de> for LPeers {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = LPeers;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a list of compact peers")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LPeers, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(LBytes(b)) = seq.next_element::<LBytes>()? {
+                        if let Some(addr) = b.as_deref().and_then(|b| {
+                            (b.len() == COMPACT_PEER_LEN)
+                                .then(|| compact_peer(b))
+                                .flatten()
+                        }) {
+                            out.push(addr);
+                        }
+                    }
+                    Ok(LPeers(out))
+                }
+                lenient_fallbacks!(int, bytes, map);
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// `e = [code, message]`, tolerating a missing or mistyped element.
+    #[derive(Default)]
+    struct LError(Option<(Option<i64>, Option<Vec<u8>>)>);
+
+    impl<'de> Deserialize<'de> for LError {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = LError;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an error list")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LError, A::Error> {
+                    // serde_bencode's SeqAccess is not fused: asking for another element after
+                    // the list has ended reads on into the enclosing dictionary. This is the bug
+                    // the serde path had in src/krpc/decode.rs; fixed here.
+                    let code = seq.next_element::<LInt>()?;
+                    let msg = match code {
+                        Some(_) => seq.next_element::<LBytes>()?,
+                        None => None,
+                    };
+                    if msg.is_some() {
+                        skip_seq(seq)?;
+                    }
+                    Ok(LError(Some((
+                        code.and_then(|c| c.0),
+                        msg.and_then(|m| m.0),
+                    ))))
+                }
+                lenient_fallbacks!(int, bytes, map);
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// The fields of an `a` or `r` dictionary (one bag serves both: their key sets overlap and
+    /// each message type reads only its own).
+    #[derive(Default)]
+    struct Bag {
+        is_dict: bool,
+        id: Option<Vec<u8>>,
+        target: Option<Vec<u8>>,
+        info_hash: Option<Vec<u8>>,
+        port: Option<i64>,
+        implied_port: Option<i64>,
+        token: Option<Vec<u8>>,
+        nodes: Option<Vec<u8>>,
+        values: Vec<SocketAddrV4>,
+        samples: Option<Vec<u8>>,
+        interval: Option<i64>,
+        num: Option<i64>,
+    }
+
+    impl<'de> Deserialize<'de> for Bag {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Bag;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an argument dictionary")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bag, A::Error> {
+                    let mut bag = Bag {
+                        is_dict: true,
+                        ..Default::default()
+                    };
+                    while let Some(key) = map.next_key::<Key>()? {
+                        match key {
+                            Key::Id => bag.id = map.next_value::<LBytes>()?.0,
+                            Key::Target => bag.target = map.next_value::<LBytes>()?.0,
+                            Key::InfoHash => bag.info_hash = map.next_value::<LBytes>()?.0,
+                            Key::Port => bag.port = map.next_value::<LInt>()?.0,
+                            Key::ImpliedPort => bag.implied_port = map.next_value::<LInt>()?.0,
+                            Key::Token => bag.token = map.next_value::<LBytes>()?.0,
+                            Key::Nodes => bag.nodes = map.next_value::<LBytes>()?.0,
+                            Key::Values => bag.values = map.next_value::<LPeers>()?.0,
+                            Key::Samples => bag.samples = map.next_value::<LBytes>()?.0,
+                            Key::Interval => bag.interval = map.next_value::<LInt>()?.0,
+                            Key::Num => bag.num = map.next_value::<LInt>()?.0,
+                            _ => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(bag)
+                }
+                lenient_fallbacks!(int, bytes, seq);
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// The top-level dictionary, every field as sent.
+    #[derive(Default)]
+    struct RawMessage {
+        t: Option<Vec<u8>>,
+        y: Option<Vec<u8>>,
+        q: Option<Vec<u8>>,
+        a: Option<Bag>,
+        r: Option<Bag>,
+        e: Option<(Option<i64>, Option<Vec<u8>>)>,
+        ip: Option<Vec<u8>>,
+        ro: Option<i64>,
+        v: Option<Vec<u8>>,
+    }
+
+    impl<'de> Deserialize<'de> for RawMessage {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = RawMessage;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a KRPC dictionary")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMessage, A::Error> {
+                    let mut m = RawMessage::default();
+                    while let Some(key) = map.next_key::<Key>()? {
+                        match key {
+                            Key::T => m.t = map.next_value::<LBytes>()?.0,
+                            Key::Y => m.y = map.next_value::<LBytes>()?.0,
+                            Key::Q => m.q = map.next_value::<LBytes>()?.0,
+                            Key::A => m.a = Some(map.next_value::<Bag>()?),
+                            Key::R => m.r = Some(map.next_value::<Bag>()?),
+                            Key::E => m.e = map.next_value::<LError>()?.0,
+                            Key::Ip => m.ip = map.next_value::<LBytes>()?.0,
+                            Key::Ro => m.ro = map.next_value::<LInt>()?.0,
+                            Key::V => m.v = map.next_value::<LBytes>()?.0,
+                            _ => {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(m)
+                }
+                lenient_fallbacks!(int, bytes, seq);
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    fn id20(b: &Option<Vec<u8>>) -> Option<NodeId> {
+        b.as_deref().and_then(NodeId::from_slice)
+    }
+
+    impl RawMessage {
+        fn into_message(self) -> Result<Message, DecodeError> {
+            let tid = self
+                .t
+                .as_deref()
+                .ok_or(DecodeError::NotKrpc("missing transaction id"))?;
+            let tid = Tid::new(tid).ok_or(DecodeError::NotKrpc("transaction id too long"))?;
+            let body = match self.y.as_deref() {
+                Some(b"q") => Body::Query(query(tid, self.q.as_deref(), self.a)?),
+                Some(b"r") => Body::Response(response(self.r)?),
+                Some(b"e") => {
+                    let (code, msg) = self.e.ok_or(DecodeError::BadReply("missing error list"))?;
+                    Body::Error(ErrorBody {
+                        code: code.unwrap_or(ERR_GENERIC),
+                        message: String::from_utf8_lossy(msg.as_deref().unwrap_or(&[]))
+                            .into_owned(),
+                    })
+                }
+                _ => return Err(DecodeError::NotKrpc("missing or unknown message type")),
+            };
+            Ok(Message {
+                tid,
+                body,
+                ip: self.ip.as_deref().and_then(compact_peer),
+                read_only: self.ro.is_some_and(|v| v != 0),
+                version: self.v.as_deref().and_then(Version::new),
+            })
+        }
+    }
+
+    fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag>) -> Result<Query, DecodeError> {
+        let bad = |reason| DecodeError::BadQuery {
+            tid,
+            code: ERR_PROTOCOL,
+            reason,
+        };
+        let q = q.ok_or_else(|| bad("missing method name"))?;
+        let a = a
+            .filter(|a| a.is_dict)
+            .ok_or_else(|| bad("missing argument dictionary"))?;
+        let id = id20(&a.id).ok_or_else(|| bad("missing or invalid node id"))?;
+        let method = match q {
+            b"ping" => Method::Ping,
+            b"find_node" => Method::FindNode {
+                target: id20(&a.target).ok_or_else(|| bad("missing or invalid target"))?,
+            },
+            b"get_peers" => Method::GetPeers {
+                info_hash: id20(&a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?,
+            },
+            b"announce_peer" => {
+                let info_hash =
+                    id20(&a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?;
+                let token = a
+                    .token
+                    .as_deref()
+                    .and_then(Token::new)
+                    .ok_or_else(|| bad("missing or invalid token"))?;
+                let implied_port = a.implied_port.is_some_and(|v| v != 0);
+                let port = match a.port {
+                    Some(p @ 1..=65535) => p as u16,
+                    // With implied_port the port argument is ignored; accept a missing or odd one.
+                    _ if implied_port => 0,
+                    _ => return Err(bad("missing or invalid port")),
+                };
+                Method::AnnouncePeer {
+                    info_hash,
+                    port,
+                    implied_port,
+                    token,
+                }
+            }
+            b"sample_infohashes" => Method::SampleInfohashes {
+                target: id20(&a.target).ok_or_else(|| bad("missing or invalid target"))?,
+            },
+            _ => match id20(&a.target).or_else(|| id20(&a.info_hash)) {
+                Some(target) => Method::Unknown { target },
+                None => {
+                    return Err(DecodeError::BadQuery {
+                        tid,
+                        code: ERR_METHOD_UNKNOWN,
+                        reason: "method unknown",
+                    });
+                }
+            },
+        };
+        Ok(Query { id, method })
+    }
+
+    fn response(r: Option<Bag>) -> Result<Response, DecodeError> {
+        let r = r
+            .filter(|r| r.is_dict)
+            .ok_or(DecodeError::BadReply("missing reply dictionary"))?;
+        let id = id20(&r.id).ok_or(DecodeError::BadReply("missing or invalid node id"))?;
+        Ok(Response {
+            id,
+            nodes: r.nodes,
+            values: r.values,
+            token: r.token.as_deref().and_then(Token::new),
+            samples: r.samples,
+            interval: r.interval,
+            num: r.num,
+        })
+    }
+}
+
+fn corpus() -> Vec<Vec<u8>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/krpc-real");
+    let mut out = Vec::new();
+    for source in std::fs::read_dir(&root).expect("corpus directory") {
+        let source = source.unwrap().path();
+        if !source.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&source).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "bin") {
+                out.push(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Decodes `input` with both decoders and fails on any difference.
+fn same(input: &[u8]) -> Result<Message, DecodeError> {
+    let want = reference::decode(input);
+    assert_ne!(
+        want,
+        Err(DecodeError::NotKrpc("undecodable")),
+        "the serde reference failed on {:?}",
+        String::from_utf8_lossy(input)
+    );
+    let got = krpc::decode(input);
+    assert_eq!(
+        got,
+        want,
+        "decoders disagree on {:?}",
+        String::from_utf8_lossy(input)
+    );
+    got
+}
+
+/// `e` lists with fewer than two elements: the case the serde path used to get wrong.
+#[test]
+fn short_error_lists() {
+    for input in [
+        &b"d1:eli201ee1:t2:aa1:y1:ee"[..],
+        b"d1:ele1:t2:aa1:y1:ee",
+        b"d1:eldee1:t2:aa1:y1:ee",
+        b"d1:eli202e3:abci9ee1:t2:aa1:y1:ee",
+        b"d1:t2:aa1:y1:e1:eli201eee",
+    ] {
+        assert!(matches!(
+            same(input),
+            Ok(Message {
+                body: krpc::Body::Error(_),
+                ..
+            })
+        ));
+    }
+}
+
+/// splitmix64, so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const KEYS: &[&str] = &[
+    "t",
+    "y",
+    "q",
+    "a",
+    "r",
+    "e",
+    "ip",
+    "ro",
+    "v",
+    "id",
+    "target",
+    "info_hash",
+    "port",
+    "implied_port",
+    "token",
+    "nodes",
+    "values",
+    "samples",
+    "interval",
+    "num",
+    "zz",
+];
+
+const STRINGS: &[&str] = &[
+    "q",
+    "r",
+    "e",
+    "ping",
+    "find_node",
+    "get_peers",
+    "announce_peer",
+    "sample_infohashes",
+    "vote",
+    "",
+];
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(s.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(s);
+}
+
+/// A random value: biased towards the lengths and words KRPC fields care about.
+fn value(rng: &mut Rng, depth: usize, out: &mut Vec<u8>) {
+    match rng.below(if depth >= 4 { 3 } else { 6 }) {
+        0 => {
+            let v = [0i64, 1, -1, 6881, 65535, 65536, 300, i64::MIN][rng.below(8)];
+            out.extend_from_slice(format!("i{v}e").as_bytes());
+        }
+        1 => {
+            let len = [0usize, 2, 4, 6, 8, 17, 20, 26, 52, 40][rng.below(10)];
+            let s: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            put_str(out, &s);
+        }
+        2 => put_str(out, STRINGS[rng.below(STRINGS.len())].as_bytes()),
+        3 | 4 => dict(rng, depth + 1, out),
+        _ => {
+            out.push(b'l');
+            for _ in 0..rng.below(4) {
+                value(rng, depth + 1, out);
+            }
+            out.push(b'e');
+        }
+    }
+}
+
+fn dict(rng: &mut Rng, depth: usize, out: &mut Vec<u8>) {
+    out.push(b'd');
+    for _ in 0..rng.below(9) {
+        put_str(out, KEYS[rng.below(KEYS.len())].as_bytes());
+        value(rng, depth, out);
+    }
+    out.push(b'e');
+}
+
+/// A top-level dictionary that usually carries a plausible `t`, `y`, `q` and `a`/`r`/`e`,
+/// plus random extra entries, so that most cases reach the typed layer.
+fn message(rng: &mut Rng, out: &mut Vec<u8>) {
+    out.push(b'd');
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    let mut entry = |key: &str, f: &mut dyn FnMut(&mut Rng, &mut Vec<u8>), rng: &mut Rng| {
+        let mut e = Vec::new();
+        put_str(&mut e, key.as_bytes());
+        f(rng, &mut e);
+        entries.push(e);
+    };
+    if rng.below(10) > 0 {
+        entry(
+            "t",
+            &mut |rng, e| {
+                // Up to 16 bytes is a valid tid, 17 is not.
+                let len = [0usize, 1, 2, 4, 8, 16, 17][rng.below(7)];
+                let t: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                put_str(e, &t)
+            },
+            rng,
+        );
+    }
+    if rng.below(10) > 0 {
+        entry(
+            "y",
+            &mut |rng, e| put_str(e, [b"q", b"r", b"e"][rng.below(3)]),
+            rng,
+        );
+    }
+    if rng.below(3) > 0 {
+        entry(
+            "q",
+            &mut |rng, e| put_str(e, STRINGS[rng.below(STRINGS.len())].as_bytes()),
+            rng,
+        );
+    }
+    for key in ["a", "r"] {
+        if rng.below(3) > 0 {
+            entry(
+                key,
+                &mut |rng, e| {
+                    e.push(b'd');
+                    // Each argument present with probability 2/3 (integers and `values` 1/3),
+                    // sometimes twice, in random order: repeated keys must keep the last.
+                    let mut args: Vec<Vec<u8>> = Vec::new();
+                    for _ in 0..1 + usize::from(rng.below(4) == 0) {
+                        for arg in ["id", "target", "info_hash", "token", "nodes", "samples"] {
+                            if rng.below(3) > 0 {
+                                let mut a = Vec::new();
+                                put_str(&mut a, arg.as_bytes());
+                                // Tokens up to 32 bytes are kept, 33 are not.
+                                let len = [20usize, 20, 20, 8, 26, 19, 32, 33][rng.below(8)];
+                                let v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                                put_str(&mut a, &v);
+                                args.push(a);
+                            }
+                        }
+                        for arg in ["port", "implied_port", "interval", "num", "values"] {
+                            if rng.below(3) == 0 {
+                                let mut a = Vec::new();
+                                put_str(&mut a, arg.as_bytes());
+                                value(rng, 3, &mut a);
+                                args.push(a);
+                            }
+                        }
+                        if rng.below(4) == 0 {
+                            let mut a = Vec::new();
+                            put_str(&mut a, KEYS[rng.below(KEYS.len())].as_bytes());
+                            value(rng, 2, &mut a);
+                            args.push(a);
+                        }
+                    }
+                    for i in (1..args.len()).rev() {
+                        args.swap(i, rng.below(i + 1));
+                    }
+                    args.into_iter().for_each(|a| e.extend_from_slice(&a));
+                    e.push(b'e');
+                },
+                rng,
+            );
+        }
+    }
+    if rng.below(4) == 0 {
+        entry("e", &mut |rng, e| value(rng, 2, e), rng);
+    }
+    for _ in 0..rng.below(3) {
+        let key = KEYS[rng.below(KEYS.len())];
+        entry(key, &mut |rng, e| value(rng, 1, e), rng);
+    }
+    // Random order, which also puts repeated keys in either order.
+    for i in (1..entries.len()).rev() {
+        entries.swap(i, rng.below(i + 1));
+    }
+    for e in entries {
+        out.extend_from_slice(&e);
+    }
+    out.push(b'e');
+}
+
+#[test]
+fn corpus_decodes_identically() {
+    let corpus = corpus();
+    assert!(corpus.len() > 2000, "corpus missing");
+    for d in &corpus {
+        // The whole corpus is valid KRPC (tests/krpc_corpus.rs).
+        assert!(same(d).is_ok());
+    }
+}
+
+#[test]
+fn mutated_corpus_decodes_identically() {
+    let corpus = corpus();
+    let mut rng = Rng(7);
+    for d in &corpus {
+        for _ in 0..40 {
+            let mut m = d.clone();
+            match rng.below(4) {
+                0 if !m.is_empty() => {
+                    let i = rng.below(m.len());
+                    m[i] = rng.next() as u8;
+                }
+                1 if !m.is_empty() => m.truncate(rng.below(m.len())),
+                2 if !m.is_empty() => {
+                    // Swap a byte for a structural character: retypes values while often
+                    // keeping the datagram well-formed.
+                    let i = rng.below(m.len());
+                    m[i] = b"ield0123456789:"[rng.below(15)];
+                }
+                _ => {
+                    // Splice a random KRPC-ish value in after the first key.
+                    let mut v = Vec::new();
+                    value(&mut rng, 1, &mut v);
+                    let at = m.iter().position(|&b| b == b':').map_or(0, |p| p + 2);
+                    let at = at.min(m.len());
+                    m.splice(at..at, v);
+                }
+            }
+            let _ = same(&m);
+        }
+    }
+}
+
+#[test]
+fn random_krpc_shaped_messages_decode_identically() {
+    let mut rng = Rng(42);
+    let mut decoded = 0;
+    for _ in 0..200_000 {
+        let mut m = Vec::new();
+        if rng.below(4) == 0 {
+            dict(&mut rng, 0, &mut m);
+        } else {
+            message(&mut rng, &mut m);
+        }
+        if same(&m).is_ok() {
+            decoded += 1;
+        }
+    }
+    // The generator must reach the typed layer often enough to test it.
+    assert!(decoded > 5_000, "only {decoded} random messages decoded");
+}
+
+/// `n` nested containers (lists, or dicts under a KRPC key) around a random scalar.
+fn chain(rng: &mut Rng, n: usize, out: &mut Vec<u8>) {
+    let mut closers = Vec::with_capacity(n);
+    for _ in 0..n {
+        if rng.below(2) == 0 {
+            out.push(b'l');
+        } else {
+            out.push(b'd');
+            put_str(out, KEYS[rng.below(KEYS.len())].as_bytes());
+        }
+        closers.push(b'e');
+    }
+    value(rng, 4, out);
+    out.extend_from_slice(&closers);
+}
+
+/// Nesting from 0 to 11 levels in every position the decoder reads itself or skips: the
+/// depth limit must bite at the same offset as `bencode::validate`'s, and a truncated or
+/// corrupted chain must fail the same way.
+#[test]
+fn nesting_around_the_depth_limit_decodes_identically() {
+    let templates: &[(&[u8], &[u8])] = &[
+        (b"d1:t2:aa1:y1:r1:rd2:id20:abcdefghij0123456789", b"ee"),
+        (
+            b"d1:rd2:id20:abcdefghij01234567896:valuesl",
+            b"ee1:t2:aa1:y1:re",
+        ),
+        (b"d1:eli201e", b"e1:t2:aa1:y1:ee"),
+        (b"d1:el", b"e1:t2:aa1:y1:ee"),
+        (
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:q",
+            b"e",
+        ),
+    ];
+    let mut rng = Rng(99);
+    let mut malformed = 0;
+    for i in 0..100_000 {
+        let (head, tail) = templates[i % templates.len()];
+        let mut m = head.to_vec();
+        // Templates ending in a dict take a key before the chain.
+        if head.ends_with(b"9") || head.ends_with(b"q") {
+            put_str(&mut m, KEYS[rng.below(KEYS.len())].as_bytes());
+        }
+        let depth = rng.below(12);
+        chain(&mut rng, depth, &mut m);
+        m.extend_from_slice(tail);
+        match rng.below(6) {
+            0 => m.truncate(rng.below(m.len())),
+            1 => {
+                let i = rng.below(m.len());
+                m[i] = b"ield0123456789:"[rng.below(15)];
+            }
+            _ => {}
+        }
+        if matches!(same(&m), Err(DecodeError::Malformed(_))) {
+            malformed += 1;
+        }
+    }
+    // Both sides of the limit must be covered.
+    assert!(
+        (20_000..80_000).contains(&malformed),
+        "{malformed} malformed"
+    );
+}
