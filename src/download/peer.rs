@@ -459,8 +459,11 @@ impl Conn {
             PeerCmd::Choke => {
                 if !self.am_choking {
                     self.am_choking = true;
-                    // Choking discards the peer's queued requests (BEP 3).
+                    // Choking discards the peer's queued requests (BEP 3), and the reads
+                    // in flight too: forgetting them makes their answers drop in
+                    // `on_read`, even if we unchoke again before they arrive.
                     self.uploads.clear();
+                    self.reads.clear();
                     self.send(&Message::Choke);
                 }
             }

@@ -272,16 +272,21 @@ impl TokenBucket {
     }
 
     /// Takes `n` tokens, or says how long until they are there.
+    ///
+    /// A request larger than the burst (a 128 KiB block at a low rate) is let through once
+    /// the bucket is full and leaves it in debt, which the following sends wait out;
+    /// asking for more tokens than the bucket can ever hold would stall it forever.
     pub fn take(&mut self, n: u64, now: Instant) -> Result<(), Duration> {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
         let n = n as f64;
-        if self.tokens >= n {
+        let need = n.min(self.burst);
+        if self.tokens >= need {
             self.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((need - self.tokens) / self.rate))
         }
     }
 }
@@ -1222,5 +1227,29 @@ pub(super) fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
     match addr {
         SocketAddr::V4(a) => Some(a),
         SocketAddr::V6(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_paces_and_lets_oversized_sends_through_in_debt() {
+        let t0 = Instant::now();
+        // 64 KiB/s: the burst is four 16 KiB blocks.
+        let mut b = TokenBucket::new(64 * 1024, t0);
+        for _ in 0..4 {
+            assert!(b.take(16384, t0).is_ok());
+        }
+        let wait = b.take(16384, t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.25).abs() < 1e-6, "{wait:?}");
+        assert!(b.take(16384, t0 + Duration::from_millis(250)).is_ok());
+        // A 128 KiB block is larger than the burst: it waits for a full bucket, goes
+        // through, and the debt delays what follows by its excess.
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(b.take(131_072, t1).is_ok());
+        let wait = b.take(16384, t1).unwrap_err();
+        assert!((wait.as_secs_f64() - 1.25).abs() < 1e-6, "{wait:?}");
     }
 }

@@ -1,0 +1,313 @@
+//! The peer-wire rules of our sessions, checked from the other end of the connection by a
+//! scripted peer built on the wire primitives (not on the session code):
+//! - a seeder sends its `bitfield` first; requests while choked are dropped; a request
+//!   larger than 128 KiB is refused and one of exactly 128 KiB served; `cancel` removes a
+//!   queued request; choking discards every queued request;
+//! - a downloader with nothing sends no `bitfield`, becomes interested exactly when the
+//!   peer has a piece it lacks, broadcasts `have` for every piece it verifies, and loses
+//!   interest as soon as it has everything the peer has.
+//!
+//! Requests are answered in order, so "X was not served" is checked without sleeping: a
+//! marker request sent after X arrives, and X did not come before it.
+//!
+//! Addresses: 127.146.x.y.
+
+mod dl_support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dl_support::{Peer, content, testnet, torrent_of, v4};
+use trackerless::allow::AllowList;
+use trackerless::download::{Mode, Phase};
+use trackerless::wire::{
+    EXT_HANDSHAKE_ID, Handshake, Message, PeerConn, WireConfig, connect_from, generate_peer_id,
+    handshake_outgoing,
+};
+
+const PIECE: u32 = 256 * 1024;
+const BLOCK: u32 = 16 * 1024;
+
+type Conn = PeerConn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
+
+/// Connects from `ip` to `to` and handshakes for `info_hash`.
+async fn scripted_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20]) -> Conn {
+    let mut s = connect_from(
+        to,
+        Some(ip.into()),
+        &AllowList::loopback(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let ours = Handshake::new(info_hash, generate_peer_id());
+    handshake_outgoing(&mut s, &ours, Duration::from_secs(5))
+        .await
+        .unwrap();
+    PeerConn::from_tcp(
+        s,
+        &WireConfig {
+            read_timeout: Duration::from_secs(20),
+            ..WireConfig::default()
+        },
+    )
+}
+
+/// The next message that is not a keep-alive.
+async fn next(c: &mut Conn) -> Message {
+    loop {
+        match c.reader.recv().await {
+            Ok(Message::KeepAlive) => {}
+            Ok(m) => return m,
+            Err(e) => panic!("connection failed: {e}"),
+        }
+    }
+}
+
+async fn send(c: &mut Conn, msgs: &[Message]) {
+    for m in msgs {
+        c.writer.queue(m);
+    }
+    c.writer.flush().await.unwrap();
+}
+
+fn request(index: u32, begin: u32, length: u32) -> Message {
+    Message::Request {
+        index,
+        begin,
+        length,
+    }
+}
+
+/// Reads until the next `piece`, returning `(index, begin, length)`, skipping `have`s and
+/// the like; panics on a choke.
+async fn next_piece(c: &mut Conn) -> (u32, u32, u32) {
+    loop {
+        match next(c).await {
+            Message::Piece {
+                index,
+                begin,
+                block,
+            } => return (index, begin, block.len() as u32),
+            Message::Choke => panic!("choked while waiting for a piece"),
+            _ => {}
+        }
+    }
+}
+
+fn info_hash(info: &[u8]) -> [u8; 20] {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(info).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeder_serves_requests_by_the_rules() {
+    let net = testnet(146, 4).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("rules.bin");
+    let data = content(4 * PIECE as usize, 3);
+    std::fs::write(&file, &data).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    let ih = info_hash(&info);
+    // A paced seeder (256 KiB/s: a 64 KiB burst, then a block every 62 ms) with a
+    // one-second choking round: requests queue up long enough to be cancelled or choked.
+    let seeder = Peer::start(
+        v4(127, 146, 1, 1),
+        &[net.addr(0)],
+        &info,
+        src.path(),
+        Mode::ReadOnly,
+        |c| {
+            c.seed = true;
+            c.assume_complete = true;
+            c.upload_rate = Some(256 * 1024);
+            c.choker.interval = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let mut p = scripted_peer(v4(127, 146, 1, 2), seeder.addr(), ih).await;
+
+    // A seeder's first message is its bitfield, with every piece.
+    match next(&mut p).await {
+        Message::Bitfield(b) => assert_eq!(&b[..], &[0xF0]),
+        other => panic!("expected a bitfield first, got {other:?}"),
+    }
+
+    // A request while choked is dropped: after interest and unchoke, the marker is the
+    // first block to arrive.
+    send(&mut p, &[request(0, 0, BLOCK), Message::Interested]).await;
+    loop {
+        match next(&mut p).await {
+            Message::Unchoke => break,
+            Message::Piece { .. } => panic!("a request sent while choked was served"),
+            _ => {}
+        }
+    }
+    send(&mut p, &[request(1, 0, BLOCK)]).await;
+    assert_eq!(next_piece(&mut p).await, (1, 0, BLOCK));
+
+    // More than 128 KiB is refused, exactly 128 KiB is served (the bucket lets it through
+    // into debt), and the bytes are the file's.
+    send(
+        &mut p,
+        &[
+            request(0, 0, 128 * 1024 + BLOCK),
+            request(0, 128 * 1024, 128 * 1024),
+            request(1, BLOCK, BLOCK),
+        ],
+    )
+    .await;
+    loop {
+        match next(&mut p).await {
+            Message::Piece {
+                index,
+                begin,
+                block,
+            } => {
+                assert_eq!((index, begin), (0, 128 * 1024), "oversized request served");
+                let at = 128 * 1024;
+                assert!(block[..] == data[at..at + 128 * 1024], "wrong bytes");
+                break;
+            }
+            Message::Choke => panic!("choked"),
+            _ => {}
+        }
+    }
+    assert_eq!(next_piece(&mut p).await, (1, BLOCK, BLOCK));
+
+    // Cancel: the bucket is empty (in debt, even), so eight requests queue; the last four
+    // are cancelled in the same breath and never come.
+    let mut batch: Vec<Message> = (0..8).map(|b| request(2, b * BLOCK, BLOCK)).collect();
+    for b in 4..8 {
+        batch.push(Message::Cancel {
+            index: 2,
+            begin: b * BLOCK,
+            length: BLOCK,
+        });
+    }
+    batch.push(request(3, 0, BLOCK));
+    send(&mut p, &batch).await;
+    for b in 0..4 {
+        assert_eq!(next_piece(&mut p).await, (2, b * BLOCK, BLOCK));
+    }
+    assert_eq!(
+        next_piece(&mut p).await,
+        (3, 0, BLOCK),
+        "a cancelled request was served"
+    );
+
+    // Choking drops the queue: ask for the whole file (4 s at this rate), lose interest;
+    // the next round chokes us. Nothing arrives after the choke, and after a new unchoke
+    // the first block is a fresh marker, not one of the old requests.
+    let all: Vec<Message> = (0..4)
+        .flat_map(|i| (0..PIECE / BLOCK).map(move |b| request(i, b * BLOCK, BLOCK)))
+        .collect();
+    send(&mut p, &all).await;
+    send(&mut p, &[Message::NotInterested]).await;
+    let mut before_choke = 0;
+    loop {
+        match next(&mut p).await {
+            Message::Piece { .. } => before_choke += 1,
+            Message::Choke => break,
+            _ => {}
+        }
+    }
+    assert!(
+        before_choke < all.len(),
+        "everything was served before the choke; the test proves nothing"
+    );
+    send(&mut p, &[Message::Interested]).await;
+    loop {
+        match next(&mut p).await {
+            Message::Unchoke => break,
+            Message::Piece { .. } => panic!("a block arrived while choked"),
+            _ => {}
+        }
+    }
+    send(&mut p, &[request(0, 100, BLOCK)]).await;
+    assert_eq!(
+        next_piece(&mut p).await,
+        (0, 100, BLOCK),
+        "requests queued before the choke were served after it"
+    );
+    drop(seeder);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloader_keeps_interest_exact_and_announces_pieces() {
+    let net = testnet(146, 4).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("haves.bin");
+    std::fs::write(&file, content(4 * PIECE as usize, 4)).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    let ih = info_hash(&info);
+    // A downloader with no seeder yet, kept running after completion.
+    let out = tempfile::tempdir().unwrap();
+    let dl = Peer::start(
+        v4(127, 146, 2, 1),
+        &[net.addr(1)],
+        &info,
+        out.path(),
+        Mode::ReadWrite,
+        |c| c.seed = true,
+    )
+    .await;
+    // Connections that arrive during the start-up check are refused; wait it out.
+    for _ in 0..200 {
+        if dl.session.phase() == Phase::Downloading {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(dl.session.phase(), Phase::Downloading);
+    let mut p = scripted_peer(v4(127, 146, 2, 2), dl.addr(), ih).await;
+
+    // Nothing to offer: no bitfield, the extension handshake comes first.
+    match next(&mut p).await {
+        Message::Extended {
+            id: EXT_HANDSHAKE_ID,
+            ..
+        } => {}
+        other => panic!("expected the extension handshake first, got {other:?}"),
+    }
+    // We have piece 0 (and never unchoke): the downloader becomes interested.
+    send(&mut p, &[Message::Bitfield(Bytes::from_static(&[0x80]))]).await;
+    loop {
+        match next(&mut p).await {
+            Message::Interested => break,
+            Message::Have { piece } => panic!("have {piece} before any seeder"),
+            _ => {}
+        }
+    }
+
+    // A seeder arrives; every verified piece is announced to us, and interest is dropped
+    // right after the `have` for piece 0, the only one we could give.
+    let seeder = Peer::seeder(v4(127, 146, 2, 3), &[net.addr(2)], &info, src.path()).await;
+    dl.session.add_peers([seeder.addr()]);
+    let mut haves = Vec::new();
+    let mut lost_interest_after = None;
+    while haves.len() < 4 || lost_interest_after.is_none() {
+        match next(&mut p).await {
+            Message::Have { piece } => haves.push(piece),
+            Message::NotInterested => {
+                assert!(lost_interest_after.is_none(), "not-interested twice");
+                lost_interest_after = Some(haves.clone());
+            }
+            Message::Interested => panic!("interested twice"),
+            _ => {}
+        }
+    }
+    haves.sort_unstable();
+    assert_eq!(haves, [0, 1, 2, 3]);
+    let before = lost_interest_after.unwrap();
+    assert_eq!(
+        before.last(),
+        Some(&0),
+        "interest must drop right after the have for piece 0: {before:?}"
+    );
+    dl.wait_complete(Duration::from_secs(30)).await;
+    drop(seeder);
+    net.shutdown().await;
+}
