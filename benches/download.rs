@@ -3,18 +3,24 @@
 //!     cargo bench --bench download -- [--size-mib N] [--rounds N] [--no-swarm]
 //!
 //! 1. One libtorrent seeder (tools/lt_node.py) announced in a testnet of our DHT nodes;
-//!    downloaders fetch the same N MiB file via its magnet link, one at a time, fresh
-//!    directories each run: our `dht-get` (a fresh process: DHT bootstrap, lookup, BEP 9
-//!    metadata and the pieces) against a fresh libtorrent session (add_magnet → finished;
-//!    DHT bootstrap not timed), over TCP only and with libtorrent's default uTP. Rounds
-//!    alternate the order. Wall time, rate, CPU seconds and peak RSS of each downloader.
-//!    An untimed warm-up download first, because libtorrent's seed mode hashes each piece
-//!    the first time it is requested.
+//!    downloaders fetch the same N MiB file (default 1024) via its magnet link, one at a
+//!    time, fresh directories each run: our `dht-get` (a fresh process: start, DHT
+//!    bootstrap, lookup, BEP 9 metadata, the pieces, exit) against a fresh libtorrent
+//!    session (add_magnet → finished: lookup, metadata and pieces; its start and DHT
+//!    bootstrap are not timed), over TCP only and with libtorrent's default uTP. Rounds
+//!    (default 2) alternate the order. Wall time, rate, CPU seconds and peak RSS of each
+//!    downloader (ours from wait4's rusage, libtorrent's python process from /proc: CPU
+//!    during the download, VmHWM). An untimed warm-up download first, because libtorrent's
+//!    seed mode hashes each piece the first time it is requested.
 //! 2. A swarm: one seeder and four downloaders started together, ours (`dht-seed` + 4
-//!    `dht-get`) and libtorrent's (5 sessions); time until the last one finishes and how
-//!    many copies the seeder uploaded.
+//!    `dht-get --seed`) and libtorrent's (the seeder of part 1 + 4 TCP-only sessions);
+//!    times until the first and the last complete, how many copies the seeder uploaded,
+//!    how much the downloaders traded among themselves, CPU and memory.
 //!
-//! Addresses: testnet 127.145.0.x, libtorrent 127.145.1.x, ours 127.145.2.x.
+//! Every file lives in one temporary directory under $TMPDIR, removed at the end. Every
+//! node is on loopback with a 127.0.0.0/8 allow-list, bootstrapped from the testnet only.
+//! Addresses: testnet 127.145.0.x, libtorrent seeder 127.145.1.x, single downloads
+//! 127.145.2.x, our swarm 127.145.3-4.x, libtorrent's swarm 127.145.5.x.
 
 #[path = "../tests/common/lt.rs"]
 #[allow(dead_code)]
@@ -22,7 +28,7 @@ mod lt;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,30 +45,31 @@ struct Args {
     swarm: bool,
 }
 
-fn args() -> Args {
+/// Parses the flags after cargo's own (`--bench`); a bad value is a one-line error.
+fn args() -> Result<Args, String> {
     let mut a = Args {
         size_mib: 1024,
         rounds: 2,
         swarm: true,
     };
-    let v: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < v.len() {
-        match v[i].as_str() {
-            "--size-mib" => {
-                a.size_mib = v[i + 1].parse().expect("--size-mib N");
-                i += 1;
-            }
-            "--rounds" => {
-                a.rounds = v[i + 1].parse().expect("--rounds N");
-                i += 1;
-            }
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or(format!("{name} needs a value"))?;
+            v.parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or(format!("{name}: {v:?} is not a positive integer"))
+        };
+        match flag.as_str() {
+            "--size-mib" => a.size_mib = number("--size-mib")?,
+            "--rounds" => a.rounds = number("--rounds")? as usize,
             "--no-swarm" => a.swarm = false,
-            _ => {} // cargo's own --bench
+            "--bench" => {}
+            other => return Err(format!("unknown flag {other:?}")),
         }
-        i += 1;
     }
-    a
+    Ok(a)
 }
 
 /// One downloader's cost.
@@ -73,68 +80,90 @@ struct Cost {
     rss_mib: f64,
 }
 
-/// Runs a process to completion, returning its wall time, CPU seconds and peak RSS (from
-/// wait4's rusage) and its stdout.
-fn run_measured(bin: &str, args: &[String]) -> (Cost, String, bool) {
-    let t = Instant::now();
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = child.wait_with_output_rusage();
-    let secs = t.elapsed().as_secs_f64();
-    (
-        Cost {
-            secs,
-            cpu: out.cpu,
-            rss_mib: out.rss_kib as f64 / 1024.0,
-        },
-        format!("{}{}", out.stdout, out.stderr),
-        out.success,
-    )
+/// A child process whose stdout lines arrive on a channel as they are printed (so a
+/// completion line can be timed), with its stderr kept for failure messages.
+struct Proc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
 }
 
-struct Finished {
-    stdout: String,
-    stderr: String,
+/// How a [`Proc`] ended: exit status, CPU seconds and peak RSS from `wait4`'s rusage.
+struct Ended {
     success: bool,
     cpu: f64,
-    rss_kib: i64,
+    rss_mib: f64,
+    stderr: String,
 }
 
-trait WaitRusage {
-    fn wait_with_output_rusage(self) -> Finished;
-}
-
-impl WaitRusage for std::process::Child {
-    fn wait_with_output_rusage(mut self) -> Finished {
-        let mut out = self.stdout.take().unwrap();
-        let mut err = self.stderr.take().unwrap();
-        let o = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut out, &mut s);
-            s
+impl Proc {
+    fn spawn(bin: &str, args: &[String]) -> Proc {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
         });
-        let e = std::thread::spawn(move || {
+        let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = std::io::Read::read_to_string(&mut err, &mut s);
             s
         });
+        Proc {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn interrupt(&self) {
+        // SAFETY: kill(2) on our own child's pid (not yet reaped, so not reused).
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+    }
+
+    /// Waits for exit; the stdout lines not yet taken stay readable on `self.lines`.
+    fn wait(self) -> (Ended, std::sync::mpsc::Receiver<String>) {
         let mut status = 0;
         // SAFETY: wait4 on our own child's pid with valid pointers to locals.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(self.id() as i32, &mut status, 0, &mut ru) };
+        let r = unsafe { libc::wait4(self.child.id() as i32, &mut status, 0, &mut ru) };
         assert!(r > 0, "wait4 failed");
         let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        Finished {
-            stdout: o.join().unwrap_or_default(),
-            stderr: e.join().unwrap_or_default(),
+        let ended = Ended {
             success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-            rss_kib: ru.ru_maxrss,
-        }
+            rss_mib: ru.ru_maxrss as f64 / 1024.0,
+            stderr: self.stderr.join().unwrap_or_default(),
+        };
+        (ended, self.lines)
+    }
+}
+
+/// Runs a downloader to completion: wall time, CPU seconds, peak RSS; panics (with its
+/// stderr) if it fails.
+fn run_measured(bin: &str, args: &[String]) -> Cost {
+    let t = Instant::now();
+    let (e, _) = Proc::spawn(bin, args).wait();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(e.success, "{bin} failed: {}", e.stderr);
+    Cost {
+        secs,
+        cpu: e.cpu,
+        rss_mib: e.rss_mib,
     }
 }
 
@@ -158,6 +187,14 @@ fn proc_peak_rss(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |k| k / 1024.0)
+}
+
+/// The 1-minute load average, to record how busy the shared machine was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn make_file(path: &Path, mib: u64) {
@@ -250,7 +287,14 @@ async fn lt_joined(net: &Testnet, ip: Ipv4Addr, flags: &[&str]) -> LtNode {
 }
 
 /// A fresh libtorrent session downloads the magnet; returns its cost.
-async fn lt_download(net: &Testnet, ip: Ipv4Addr, flags: &[&str], magnet: &str, ih: &str, dir: &Path) -> Cost {
+async fn lt_download(
+    net: &Testnet,
+    ip: Ipv4Addr,
+    flags: &[&str],
+    magnet: &str,
+    ih: &str,
+    dir: &Path,
+) -> Cost {
     let mut lt = lt_joined(net, ip, flags).await;
     let pid = lt.pid();
     let cpu0 = proc_cpu(pid);
@@ -283,7 +327,14 @@ fn row(who: &str, size_mib: u64, c: Cost) -> String {
 }
 
 fn main() {
-    let a = args();
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("usage: download [--size-mib N] [--rounds N] [--no-swarm]");
+            std::process::exit(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -294,19 +345,27 @@ fn main() {
 
 async fn run(a: Args) {
     let base = std::env::temp_dir();
+    // At most: the source, and four downloaded copies during a swarm (plus slack).
     let need = a.size_mib * (1 << 20) * if a.swarm { 6 } else { 3 };
     let free = free_bytes(&base);
-    assert!(
-        free > need,
-        "{} has {} MiB free, the benchmark needs {} MiB",
-        base.display(),
-        free >> 20,
-        need >> 20
-    );
+    if free < need {
+        eprintln!(
+            "error: {} has {} MiB free, the benchmark needs {} MiB (try --size-mib)",
+            base.display(),
+            free >> 20,
+            need >> 20
+        );
+        std::process::exit(1);
+    }
     let work = tempfile::Builder::new()
         .prefix("bench-download-")
         .tempdir_in(&base)
         .unwrap();
+    println!(
+        "# {} cores; load average {} at start",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        loadavg()
+    );
     let net = Testnet::start(
         20,
         TestnetConfig {
@@ -323,7 +382,11 @@ async fn run(a: Args) {
     let file = src_dir.join("bench.bin");
     let t = Instant::now();
     make_file(&file, a.size_mib);
-    println!("# {} MiB file written in {:.1} s", a.size_mib, t.elapsed().as_secs_f64());
+    println!(
+        "# {} MiB file written in {:.1} s",
+        a.size_mib,
+        t.elapsed().as_secs_f64()
+    );
 
     let mut seeder = lt_joined(&net, Ipv4Addr::new(127, 145, 1, 1), &[]).await;
     let seeded = seeder.seed(&file).await;
@@ -339,7 +402,9 @@ async fn run(a: Args) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let torrent = std::fs::read(&seeded.torrent).unwrap();
-    let info = trackerless::metainfo::Metainfo::from_bytes(&torrent).unwrap().info;
+    let info = trackerless::metainfo::Metainfo::from_bytes(&torrent)
+        .unwrap()
+        .info;
     println!(
         "# libtorrent seeder {} ({} pieces of {} KiB)",
         seeder.addr,
@@ -358,10 +423,9 @@ async fn run(a: Args) {
     // Warm-up: makes libtorrent's seed mode hash every piece once.
     let (out, data, ip) = fresh("warm");
     let args = get_args(&net, &seeded.magnet, &ip, &out, &data);
-    let (c, text, ok) = tokio::task::spawn_blocking(move || run_measured(GET, &args))
+    let c = tokio::task::spawn_blocking(move || run_measured(GET, &args))
         .await
         .unwrap();
-    assert!(ok, "warm-up dht-get failed: {text}");
     println!("# warm-up (dht-get) {:.2} s", c.secs);
     let _ = std::fs::remove_dir_all(&out);
 
@@ -380,11 +444,9 @@ async fn run(a: Args) {
             match who {
                 0 => {
                     let args = get_args(&net, &seeded.magnet, &ip, &out, &data);
-                    let (c, text, ok) =
-                        tokio::task::spawn_blocking(move || run_measured(GET, &args))
-                            .await
-                            .unwrap();
-                    assert!(ok, "dht-get failed: {text}");
+                    let c = tokio::task::spawn_blocking(move || run_measured(GET, &args))
+                        .await
+                        .unwrap();
                     assert!(same(&file, &out.join("bench.bin")), "dht-get: bytes differ");
                     println!("{}", row("dht-get", a.size_mib, c));
                     ours.push(c);
@@ -396,8 +458,9 @@ async fn run(a: Args) {
                         (&[], "libtorrent (default: uTP)")
                     };
                     let lt_ip: Ipv4Addr = ip.parse().unwrap();
-                    let c = lt_download(&net, lt_ip, flags, &seeded.magnet, &seeded.info_hash, &out)
-                        .await;
+                    let c =
+                        lt_download(&net, lt_ip, flags, &seeded.magnet, &seeded.info_hash, &out)
+                            .await;
                     let got = out.join("bench.bin");
                     assert!(
                         same(&file, &got),
@@ -417,106 +480,164 @@ async fn run(a: Args) {
             let _ = std::fs::remove_dir_all(&data);
         }
     }
-    let best = |v: &[Cost]| v.iter().map(|c| c.secs).fold(f64::INFINITY, f64::min);
-    let mean = |v: &[Cost]| v.iter().map(|c| c.secs).sum::<f64>() / v.len().max(1) as f64;
-    println!();
-    println!(
-        "speed ratio (libtorrent time / dht-get time, >1 = we are faster): TCP best {:.2}, mean {:.2}; uTP best {:.2}, mean {:.2}",
-        best(&theirs_tcp) / best(&ours),
-        mean(&theirs_tcp) / mean(&ours),
-        best(&theirs_utp) / best(&ours),
-        mean(&theirs_utp) / mean(&ours),
-    );
+    summary(a.size_mib, &ours, &theirs_tcp, &theirs_utp);
 
     if a.swarm {
-        swarm(&net, &a, &file, &work.path().to_path_buf(), &mut seeder, &seeded).await;
+        swarm(&net, &a, &file, work.path(), &mut seeder, &seeded).await;
     }
+    println!();
+    println!("# load average {} at the end", loadavg());
     drop(seeder);
     net.shutdown().await;
 }
 
+/// Best and mean of each downloader, and the ratios (libtorrent's time over ours: above
+/// 1 means we are faster).
+fn summary(size_mib: u64, ours: &[Cost], tcp: &[Cost], utp: &[Cost]) {
+    let best = |v: &[Cost]| v.iter().map(|c| c.secs).fold(f64::INFINITY, f64::min);
+    let mean = |v: &[Cost], f: fn(&Cost) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let max_rss = |v: &[Cost]| v.iter().map(|c| c.rss_mib).fold(0.0, f64::max);
+    println!();
+    println!(
+        "| summary ({} runs each) | best s | mean s | mean MiB/s | mean CPU s | max peak RSS MiB | speed ratio vs dht-get (best / mean) |",
+        ours.len()
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (who, v) in [
+        ("dht-get", ours),
+        ("libtorrent (TCP)", tcp),
+        ("libtorrent (default: uTP)", utp),
+    ] {
+        let m = mean(v, |c| c.secs);
+        println!(
+            "| {who} | {:.2} | {m:.2} | {:.0} | {:.2} | {:.0} | {:.2} / {:.2} |",
+            best(v),
+            size_mib as f64 / m,
+            mean(v, |c| c.cpu),
+            max_rss(v),
+            best(v) / best(ours),
+            m / mean(ours, |c| c.secs),
+        );
+    }
+}
+
+/// 1 seeder + 4 downloaders started together, ours and libtorrent's. Downloaders stay in
+/// the swarm after completing (ours with `--seed`, libtorrent's sessions keep seeding), as
+/// real clients do; the time is until the last one completes.
 async fn swarm(
     net: &Testnet,
     a: &Args,
     file: &Path,
-    work: &PathBuf,
+    work: &Path,
     lt_seeder: &mut LtNode,
     seeded: &lt::Seeded,
 ) {
     let size = a.size_mib << 20;
     println!();
-    println!("## swarm: 1 seeder + 4 downloaders started together, {} MiB", a.size_mib);
+    println!(
+        "## swarm: 1 seeder + 4 downloaders started together, {} MiB",
+        a.size_mib
+    );
     println!();
-    println!("| swarm | last finished, s | aggregate MiB/s | seeder uploaded (copies) | CPU s (all downloaders) | peak RSS MiB (largest downloader) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| swarm | first / last completed, s | aggregate MiB/s | seeder uploaded (copies) | seeder CPU s | downloaders CPU s (sum) | peak RSS MiB (largest downloader) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
 
-    // Ours: dht-seed + 4 dht-get.
+    // Ours: dht-seed + 4 dht-get --seed.
     let seed_state = work.join("swarm-seed-state");
-    let mut seed = Command::new(SEED)
-        .arg(file)
-        .args([
-            "--bind",
-            "127.145.3.1:0",
-            "--bootstrap",
-            &net.addr(0).to_string(),
-            "--allow-net",
-            "127.0.0.0/8",
-            "--no-subnet-limit",
-            "--rate-limit",
-            "0",
-            "--data-dir",
-            seed_state.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = seed.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let magnet = rx.recv_timeout(Duration::from_secs(300)).unwrap();
+    let seed_args: Vec<String> = [
+        file.to_str().unwrap(),
+        "--bind",
+        "127.145.3.1:0",
+        "--bootstrap",
+        &net.addr(0).to_string(),
+        "--allow-net",
+        "127.0.0.0/8",
+        "--no-subnet-limit",
+        "--rate-limit",
+        "0",
+        "--data-dir",
+        seed_state.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let seed = Proc::spawn(SEED, &seed_args);
+    let magnet = seed
+        .lines
+        .recv_timeout(Duration::from_secs(300))
+        .expect("dht-seed printed no magnet link");
+    let seed_cpu0 = proc_cpu(seed.pid());
     let t = Instant::now();
-    let mut handles = Vec::new();
+    let mut gets = Vec::new();
     for i in 0..4 {
         let out = work.join(format!("swarm-ours-{i}"));
         let data = work.join(format!("swarm-ours-{i}-state"));
-        let args = get_args(net, &magnet, &format!("127.145.4.{}", i + 1), &out, &data);
-        handles.push(tokio::task::spawn_blocking(move || run_measured(GET, &args)));
+        let mut args = get_args(net, &magnet, &format!("127.145.4.{}", i + 1), &out, &data);
+        args.push("--seed".into());
+        gets.push(Proc::spawn(GET, &args));
     }
-    let mut cpu = 0.0;
-    let mut rss: f64 = 0.0;
-    for h in handles {
-        let (c, text, ok) = h.await.unwrap();
-        assert!(ok, "swarm dht-get failed: {text}");
-        cpu += c.cpu;
-        rss = rss.max(c.rss_mib);
+    let mut done: Vec<Option<f64>> = vec![None; gets.len()];
+    while done.iter().any(Option::is_none) {
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "swarm downloads unfinished after 900 s"
+        );
+        for (i, g) in gets.iter().enumerate() {
+            while let Ok(l) = g.lines.try_recv() {
+                if l.starts_with("complete:") {
+                    done[i] = Some(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let last = t.elapsed().as_secs_f64();
-    // SAFETY: SIGINT to our own child.
-    unsafe {
-        libc::kill(seed.id() as i32, libc::SIGINT);
-    }
-    let mut uploaded = 0u64;
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(30)) {
-        if let Some(n) = l.strip_prefix("uploaded ") {
-            uploaded = n.split(' ').next().and_then(|x| x.parse().ok()).unwrap_or(0);
-            break;
+    let seed_cpu = proc_cpu(seed.pid()) - seed_cpu0;
+    let first = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
+    let last = done.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
+    let (mut cpu, mut rss, mut traded) = (0.0, 0.0f64, 0u64);
+    for g in gets {
+        g.interrupt();
+        let (e, lines) = g.wait();
+        assert!(e.success, "swarm dht-get failed: {}", e.stderr);
+        cpu += e.cpu;
+        rss = rss.max(e.rss_mib);
+        // "downloaded N bytes, wasted W, uploaded U in T s"
+        for l in lines.try_iter() {
+            if let Some(rest) = l.split_once(", uploaded ").map(|x| x.1) {
+                traded += rest
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
         }
     }
-    let _ = seed.wait();
+    seed.interrupt();
+    let (e, lines) = seed.wait();
+    assert!(e.success, "dht-seed failed: {}", e.stderr);
+    let uploaded = lines
+        .try_iter()
+        .find_map(|l| {
+            l.strip_prefix("uploaded ")
+                .and_then(|n| n.split(' ').next()?.parse::<u64>().ok())
+        })
+        .expect("dht-seed printed no upload count");
     for i in 0..4 {
-        assert!(same(file, &work.join(format!("swarm-ours-{i}/bench.bin"))));
+        assert!(
+            same(file, &work.join(format!("swarm-ours-{i}/bench.bin"))),
+            "swarm dht-get {i}: bytes differ"
+        );
         let _ = std::fs::remove_dir_all(work.join(format!("swarm-ours-{i}")));
     }
     println!(
-        "| dht-seed + 4 dht-get | {last:.2} | {:.0} | {:.2} | {cpu:.2} | {rss:.0} |",
+        "| dht-seed + 4 dht-get | {first:.2} / {last:.2} | {:.0} | {:.2} | {seed_cpu:.2} | {cpu:.2} | {rss:.0} |",
         4.0 * a.size_mib as f64 / last,
         uploaded as f64 / size as f64
     );
+    let ours_last = last;
+    let ours_traded = traded;
 
     // libtorrent: the seeder from part 1 + 4 fresh sessions.
     let before = lt_seeder.torrent_status(&seeded.info_hash).await["total_payload_upload"]
@@ -527,33 +648,66 @@ async fn swarm(
         lts.push(lt_joined(net, Ipv4Addr::new(127, 145, 5, i + 1), &["--no-utp"]).await);
     }
     let cpu0: Vec<f64> = lts.iter().map(|l| proc_cpu(l.pid())).collect();
+    let seed_cpu0 = proc_cpu(lt_seeder.pid());
     let t = Instant::now();
     for (i, lt) in lts.iter_mut().enumerate() {
         lt.add_magnet(&seeded.magnet, &work.join(format!("swarm-lt-{i}")))
             .await;
     }
-    for lt in lts.iter_mut() {
+    // Each session's `finished` event is polled in turn with a short wait, so every
+    // completion is timed within a few milliseconds.
+    let mut times: Vec<Option<f64>> = vec![None; lts.len()];
+    while times.iter().any(Option::is_none) {
         assert!(
-            lt.wait_finished(&seeded.info_hash, Duration::from_secs(900))
-                .await
+            t.elapsed() < Duration::from_secs(900),
+            "libtorrent swarm downloads unfinished after 900 s"
         );
+        for (i, lt) in lts.iter_mut().enumerate() {
+            if times[i].is_none()
+                && lt
+                    .wait_finished(&seeded.info_hash, Duration::from_millis(2))
+                    .await
+            {
+                times[i] = Some(t.elapsed().as_secs_f64());
+            }
+        }
     }
-    let last = t.elapsed().as_secs_f64();
+    let first = times.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
+    let last = times.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
+    let seed_cpu = proc_cpu(lt_seeder.pid()) - seed_cpu0;
     let cpu: f64 = lts
         .iter()
         .zip(&cpu0)
         .map(|(l, c0)| proc_cpu(l.pid()) - c0)
         .sum();
-    let rss = lts.iter().map(|l| proc_peak_rss(l.pid())).fold(0.0, f64::max);
+    let rss = lts
+        .iter()
+        .map(|l| proc_peak_rss(l.pid()))
+        .fold(0.0, f64::max);
     let after = lt_seeder.torrent_status(&seeded.info_hash).await["total_payload_upload"]
         .as_u64()
         .unwrap_or(0);
+    let mut traded = 0;
+    for lt in lts.iter_mut() {
+        traded += lt.torrent_status(&seeded.info_hash).await["total_payload_upload"]
+            .as_u64()
+            .unwrap_or(0);
+    }
     println!(
-        "| libtorrent seeder + 4 libtorrent (TCP) | {last:.2} | {:.0} | {:.2} | {cpu:.2} | {rss:.0} |",
+        "| libtorrent seeder + 4 libtorrent (TCP) | {first:.2} / {last:.2} | {:.0} | {:.2} | {seed_cpu:.2} | {cpu:.2} | {rss:.0} |",
         4.0 * a.size_mib as f64 / last,
         (after - before) as f64 / size as f64
     );
-    drop(lts);
+    println!();
+    println!(
+        "swarm time ratio (libtorrent / ours, >1 = we are faster): {:.2}; downloaders uploaded to each other: ours {:.2} copies, libtorrent {:.2} copies",
+        last / ours_last,
+        ours_traded as f64 / size as f64,
+        traded as f64 / size as f64
+    );
+    for lt in lts {
+        lt.quit().await;
+    }
     for i in 0..4 {
         let _ = std::fs::remove_dir_all(work.join(format!("swarm-lt-{i}")));
     }

@@ -401,7 +401,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
     session.add_peers(extra_peers);
 
     let interrupted = watch_progress(&session, &mut lines, false).await;
-    let progress = session.progress();
+    let mut progress = session.progress();
     let complete = progress.verified_pieces == progress.pieces;
     if complete && !interrupted {
         let secs = started.elapsed().as_secs_f64();
@@ -419,6 +419,8 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         if cli.seed {
             lines.println("seeding until Ctrl-C");
             watch_progress(&session, &mut lines, true).await;
+            // The summary counts what was uploaded while seeding too.
+            progress = session.progress();
         }
     }
     lines.finish();
