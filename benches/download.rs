@@ -1,6 +1,6 @@
 //! Download benchmarks on loopback (a program, not a timed test; run in release):
 //!
-//!     cargo bench --bench download -- [--size-mib N] [--rounds N] [--no-swarm]
+//!     cargo bench --bench download -- [--size-mib N] [--rounds N] [--no-swarm] [--no-utp]
 //!
 //! 1. One libtorrent seeder (tools/lt_node.py) announced in a testnet of our DHT nodes;
 //!    downloaders fetch the same N MiB file (default 1024) via its magnet link, one at a
@@ -16,6 +16,9 @@
 //!    `dht-get --seed`) and libtorrent's (the seeder of part 1 + 4 TCP-only sessions);
 //!    times until the first and the last complete, how many copies the seeder uploaded,
 //!    how much the downloaders traded among themselves, CPU and memory.
+//!
+//! `DOWNLOAD_BENCH_VERBOSE=1` copies each single download's output (progress lines) to
+//! stderr.
 //!
 //! Every file lives in one temporary directory under $TMPDIR, removed at the end. Every
 //! node is on loopback with a 127.0.0.0/8 allow-list, bootstrapped from the testnet only.
@@ -43,6 +46,8 @@ struct Args {
     size_mib: u64,
     rounds: usize,
     swarm: bool,
+    /// Also time libtorrent with its default uTP (slow on loopback: about a minute a GiB).
+    utp: bool,
 }
 
 /// Parses the flags after cargo's own (`--bench`); a bad value is a one-line error.
@@ -51,6 +56,7 @@ fn args() -> Result<Args, String> {
         size_mib: 1024,
         rounds: 2,
         swarm: true,
+        utp: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,6 +71,7 @@ fn args() -> Result<Args, String> {
             "--size-mib" => a.size_mib = number("--size-mib")?,
             "--rounds" => a.rounds = number("--rounds")? as usize,
             "--no-swarm" => a.swarm = false,
+            "--no-utp" => a.utp = false,
             "--bench" => {}
             other => return Err(format!("unknown flag {other:?}")),
         }
@@ -84,7 +91,8 @@ struct Cost {
 /// completion line can be timed), with its stderr kept for failure messages.
 struct Proc {
     child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
+    /// Each line with the seconds since the start it was read at.
+    lines: std::sync::mpsc::Receiver<(f64, String)>,
     stderr: std::thread::JoinHandle<String>,
 }
 
@@ -107,9 +115,10 @@ impl Proc {
         let out = child.stdout.take().unwrap();
         let mut err = child.stderr.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
+        let t0 = Instant::now();
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
+                let _ = tx.send((t0.elapsed().as_secs_f64(), l));
             }
         });
         let stderr = std::thread::spawn(move || {
@@ -136,7 +145,7 @@ impl Proc {
     }
 
     /// Waits for exit; the stdout lines not yet taken stay readable on `self.lines`.
-    fn wait(self) -> (Ended, std::sync::mpsc::Receiver<String>) {
+    fn wait(self) -> (Ended, std::sync::mpsc::Receiver<(f64, String)>) {
         let mut status = 0;
         // SAFETY: wait4 on our own child's pid with valid pointers to locals.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -157,8 +166,13 @@ impl Proc {
 /// stderr) if it fails.
 fn run_measured(bin: &str, args: &[String]) -> Cost {
     let t = Instant::now();
-    let (e, _) = Proc::spawn(bin, args).wait();
+    let (e, lines) = Proc::spawn(bin, args).wait();
     let secs = t.elapsed().as_secs_f64();
+    if std::env::var_os("DOWNLOAD_BENCH_VERBOSE").is_some() {
+        for (at, l) in lines.try_iter() {
+            eprintln!("  [{at:.2} s] {l}");
+        }
+    }
     assert!(e.success, "{bin} failed: {}", e.stderr);
     Cost {
         secs,
@@ -331,7 +345,7 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("usage: download [--size-mib N] [--rounds N] [--no-swarm]");
+            eprintln!("usage: download [--size-mib N] [--rounds N] [--no-swarm] [--no-utp]");
             std::process::exit(2);
         }
     };
@@ -439,7 +453,7 @@ async fn run(a: Args) {
     let mut theirs_utp = Vec::new();
     for round in 0..a.rounds {
         let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
-        for who in order {
+        for who in order.into_iter().filter(|&w| w != 2 || a.utp) {
             let (out, data, ip) = fresh("run");
             match who {
                 0 => {
@@ -508,6 +522,9 @@ fn summary(size_mib: u64, ours: &[Cost], tcp: &[Cost], utp: &[Cost]) {
         ("libtorrent (TCP)", tcp),
         ("libtorrent (default: uTP)", utp),
     ] {
+        if v.is_empty() {
+            continue;
+        }
         let m = mean(v, |c| c.secs);
         println!(
             "| {who} | {:.2} | {m:.2} | {:.0} | {:.2} | {:.0} | {:.2} / {:.2} |",
@@ -564,7 +581,7 @@ async fn swarm(
     .map(|s| s.to_string())
     .collect();
     let seed = Proc::spawn(SEED, &seed_args);
-    let magnet = seed
+    let (_, magnet) = seed
         .lines
         .recv_timeout(Duration::from_secs(300))
         .expect("dht-seed printed no magnet link");
@@ -585,7 +602,7 @@ async fn swarm(
             "swarm downloads unfinished after 900 s"
         );
         for (i, g) in gets.iter().enumerate() {
-            while let Ok(l) = g.lines.try_recv() {
+            while let Ok((_, l)) = g.lines.try_recv() {
                 if l.starts_with("complete:") {
                     done[i] = Some(t.elapsed().as_secs_f64());
                 }
@@ -604,7 +621,7 @@ async fn swarm(
         cpu += e.cpu;
         rss = rss.max(e.rss_mib);
         // "downloaded N bytes, wasted W, uploaded U in T s"
-        for l in lines.try_iter() {
+        for (_, l) in lines.try_iter() {
             if let Some(rest) = l.split_once(", uploaded ").map(|x| x.1) {
                 traded += rest
                     .split(' ')
@@ -619,7 +636,7 @@ async fn swarm(
     assert!(e.success, "dht-seed failed: {}", e.stderr);
     let uploaded = lines
         .try_iter()
-        .find_map(|l| {
+        .find_map(|(_, l)| {
             l.strip_prefix("uploaded ")
                 .and_then(|n| n.split(' ').next()?.parse::<u64>().ok())
         })

@@ -105,6 +105,7 @@ impl Target {
 }
 
 fn main() {
+    trackerless::download::tune_allocator();
     // A short-lived client should not fight a resident `dht-node` for port 6881: unless
     // --bind is given, take an ephemeral port.
     let matches = Cli::command()

@@ -51,6 +51,7 @@ struct Cli {
 }
 
 fn main() {
+    trackerless::download::tune_allocator();
     let matches = Cli::command()
         .mut_arg("bind", |a| a.default_value("0.0.0.0:0"))
         .get_matches();

@@ -4,7 +4,10 @@
 //! Downloading: our interest follows exactly whether the peer has a piece we lack; while it
 //! unchokes us, a pipeline of block requests is kept full, sized from the rate the peer
 //! delivers at (about two seconds' worth, at least a few blocks, at most its `reqq` and
-//! [`SessionConfig::max_pipeline`](super::session::SessionConfig::max_pipeline)). Arrived
+//! [`SessionConfig::max_pipeline`](super::session::SessionConfig::max_pipeline)). Until
+//! the first rate measurement (one second), the pipeline grows by one block per block
+//! received, doubling every round trip like TCP's slow start, so a fast peer is not held
+//! to the initial depth for a whole second. Arrived
 //! blocks go to the picker and the disk threads under the session lock, which keeps a
 //! piece's writes ordered before its hash check.
 //!
@@ -47,7 +50,7 @@ pub const MAX_QUEUED_REQUESTS: usize = 500;
 const MAX_READS: usize = 8;
 /// Bytes queued on the socket before we stop reading more blocks for it.
 const WRITE_HIGH_WATER: usize = 512 * 1024;
-/// Initial pipeline, before the peer's rate is known.
+/// Initial pipeline, before the peer's rate is known (it then grows by slow start).
 const INITIAL_PIPELINE: usize = 32;
 /// Smallest pipeline.
 const MIN_PIPELINE: usize = 4;
@@ -130,6 +133,8 @@ struct Conn {
     /// Bytes of blocks received this second, and the smoothed rate.
     window_bytes: u64,
     down_rate: f64,
+    /// The pipeline depth while `down_rate` is still unmeasured (slow start).
+    slow_start: usize,
     last_send: Instant,
     stall: (usize, Instant),
     pick_buf: Vec<BlockRef>,
@@ -174,6 +179,7 @@ pub(super) async fn run(
         peer_ext: ExtHandshake::default(),
         window_bytes: 0,
         down_rate: 0.0,
+        slow_start: INITIAL_PIPELINE,
         last_send: now,
         stall: (0, now),
         pick_buf: Vec::new(),
@@ -430,6 +436,9 @@ impl Conn {
                     .last_block_ms
                     .store(self.shared.now_ms().max(1), Ordering::Relaxed);
                 self.window_bytes += u64::from(len);
+                if self.down_rate == 0.0 {
+                    self.slow_start += 1;
+                }
             }
             BlockResult::Duplicate | BlockResult::NotWanted => {
                 drop(st);
@@ -571,7 +580,7 @@ impl Conn {
         let by_rate = if self.down_rate > 0.0 {
             (self.down_rate * PIPELINE_TIME / f64::from(BLOCK)) as usize + MIN_PIPELINE
         } else {
-            INITIAL_PIPELINE
+            self.slow_start
         };
         by_rate.max(MIN_PIPELINE).min(cap)
     }

@@ -10,6 +10,13 @@
 //! requested in order. Verifying a fully received piece then only reads back the part that
 //! arrived out of order (from the page cache).
 //!
+//! Contiguous blocks are written together: a disk thread holds runs of consecutive blocks
+//! (up to [`MERGE_MAX`]) and writes each with one `pwritev` when the run is full, broken,
+//! needed (its piece is verified or read, a flush), or when no job has come for
+//! [`MERGE_WAIT`]. Buffered writes cost the kernel much less per byte in large chunks (a
+//! 16 KiB `pwrite` costs about twice as much per byte as a 256 KiB one on ext4), and the
+//! short wait means progress never depends on more blocks arriving.
+//!
 //! Jobs are sharded over the threads by piece index, so all jobs of one piece run in
 //! submission order on one thread: a piece's writes are done before its verification.
 //! Results (verifications, errors) come back on a channel the session reads; reads for
@@ -37,6 +44,16 @@ const MAX_OPEN_FILES: usize = 128;
 
 /// Read-back chunk when hashing from disk.
 const HASH_CHUNK: usize = 1 << 20;
+
+/// Longest run of contiguous blocks written with one call.
+pub const MERGE_MAX: usize = 256 * 1024;
+
+/// How long a disk thread waits for more blocks before writing the runs it holds.
+pub const MERGE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Runs held at once per disk thread (pieces arriving interleaved from several peers);
+/// the oldest is written when another starts.
+const MAX_RUNS: usize = 8;
 
 /// Whether the files are ours to create and write, or someone's data we only serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,15 +234,57 @@ impl Files {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        self.for_each_span(offset, data.len(), |i, at, range| {
-            self.handle(i)?
-                .write_all_at(&data[range], at)
-                .map_err(|source| StorageError::Io {
-                    path: self.paths[i].clone(),
-                    op: "write",
-                    source,
-                })
+    /// Writes `blocks`, which are contiguous from torrent offset `offset`, with one
+    /// `pwritev` per file they cover (more if the kernel writes less than asked).
+    fn write_blocks(&self, offset: u64, blocks: &[Bytes]) -> Result<(), StorageError> {
+        use std::io::IoSlice;
+        use std::os::fd::AsRawFd;
+        let total: usize = blocks.iter().map(Bytes::len).sum();
+        self.for_each_span(offset, total, |i, at, range| {
+            let err = |source| StorageError::Io {
+                path: self.paths[i].clone(),
+                op: "write",
+                source,
+            };
+            let file = self.handle(i)?;
+            // The parts of the blocks inside `range` (run coordinates).
+            let mut slices = Vec::with_capacity(blocks.len());
+            let mut pos = 0usize;
+            for b in blocks {
+                let (from, to) = (pos.max(range.start), (pos + b.len()).min(range.end));
+                if from < to {
+                    slices.push(IoSlice::new(&b[from - pos..to - pos]));
+                }
+                pos += b.len();
+            }
+            let mut rest = &mut slices[..];
+            let mut at = at;
+            while !rest.is_empty() {
+                let n = rest.len().min(1024) as libc::c_int;
+                // SAFETY: IoSlice is ABI-compatible with iovec; the slices borrow live
+                // buffers and `n` does not exceed their count.
+                let r = unsafe {
+                    libc::pwritev(
+                        file.as_raw_fd(),
+                        rest.as_ptr().cast::<libc::iovec>(),
+                        n,
+                        at as libc::off_t,
+                    )
+                };
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(err(e));
+                }
+                if r == 0 {
+                    return Err(err(io::ErrorKind::WriteZero.into()));
+                }
+                at += r as u64;
+                IoSlice::advance_slices(&mut rest, r as usize);
+            }
+            Ok(())
         })
     }
 
@@ -249,16 +308,36 @@ impl Files {
     }
 }
 
+/// Blocks that arrived ahead of a piece's hashed prefix, kept (per disk thread, at most
+/// this many bytes) to be hashed once the gap fills: peers that read from disk
+/// asynchronously (libtorrent) sometimes answer a piece's requests out of order, and
+/// without this every such piece would be read back from disk and hashed at the end.
+const OUT_OF_ORDER_MAX: usize = 8 << 20;
+
 /// The running hash of a piece's prefix, kept by the disk thread that owns the piece.
 struct Running {
     hasher: Sha1,
     upto: u32,
+    /// Blocks beyond `upto`, by offset.
+    ahead: std::collections::BTreeMap<u32, Bytes>,
+}
+
+/// Contiguous blocks of one piece received but not yet written.
+struct Run {
+    piece: u32,
+    /// Torrent offset of the first block.
+    offset: u64,
+    len: usize,
+    blocks: Vec<Bytes>,
 }
 
 struct Worker {
     files: Arc<Files>,
     hashes: Arc<Vec<[u8; 20]>>,
     running: HashMap<u32, Running>,
+    runs: Vec<Run>,
+    /// Bytes held in the `ahead` maps of `running`.
+    ahead_bytes: usize,
     events: mpsc::UnboundedSender<DiskEvent>,
     backlog: Arc<AtomicU64>,
     buf: Vec<u8>,
@@ -266,13 +345,29 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
-            match job {
-                Job::Write { piece, begin, data } => {
-                    self.write(piece, begin, &data);
-                    self.backlog.fetch_sub(data.len() as u64, Ordering::Relaxed);
+        loop {
+            let job = if self.runs.is_empty() {
+                match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
                 }
+            } else {
+                match jobs.recv_timeout(MERGE_WAIT) {
+                    Ok(j) => j,
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        self.write_runs(None);
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                        self.write_runs(None);
+                        return;
+                    }
+                }
+            };
+            match job {
+                Job::Write { piece, begin, data } => self.write(piece, begin, data),
                 Job::Verify { piece, block_crcs } => {
+                    self.write_runs(Some(piece));
                     let (ok, crcs) = self.verify(piece, block_crcs);
                     let _ = self.events.send(DiskEvent::Verified {
                         piece,
@@ -281,7 +376,8 @@ impl Worker {
                     });
                 }
                 Job::Check { piece } => {
-                    self.running.remove(&piece);
+                    self.write_runs(Some(piece));
+                    self.forget(piece);
                     let (ok, _) = self.verify(piece, false);
                     let _ = self.events.send(DiskEvent::Checked { piece, ok });
                 }
@@ -291,6 +387,7 @@ impl Worker {
                     length,
                     reply,
                 } => {
+                    self.write_runs(Some(piece));
                     let mut buf = vec![0u8; length as usize];
                     let offset = u64::from(piece) * self.files.piece_length + u64::from(begin);
                     let data = self
@@ -301,32 +398,96 @@ impl Worker {
                     let _ = reply.send(ReadDone { piece, begin, data });
                 }
                 Job::Barrier(done) => {
+                    self.write_runs(None);
                     let _ = done.send(());
                 }
             }
         }
     }
 
-    fn write(&mut self, piece: u32, begin: u32, data: &[u8]) {
-        let offset = u64::from(piece) * self.files.piece_length + u64::from(begin);
-        if let Err(e) = self.files.write(offset, data) {
-            let _ = self.events.send(DiskEvent::WriteFailed(e));
-            return;
-        }
-        let run = self.running.entry(piece).or_insert_with(|| Running {
+    /// Hashes the block if it continues the piece's hashed prefix, and adds it to a run
+    /// (written later, see the module docs).
+    fn write(&mut self, piece: u32, begin: u32, data: Bytes) {
+        let hashed = self.running.entry(piece).or_insert_with(|| Running {
             hasher: Sha1::new(),
             upto: 0,
+            ahead: Default::default(),
         });
-        if run.upto == begin {
-            run.hasher.update(data);
-            run.upto += data.len() as u32;
+        if hashed.upto == begin {
+            hashed.hasher.update(&data);
+            hashed.upto += data.len() as u32;
+            while let Some(next) = hashed.ahead.remove(&hashed.upto) {
+                self.ahead_bytes -= next.len();
+                hashed.hasher.update(&next);
+                hashed.upto += next.len() as u32;
+            }
+        } else if begin > hashed.upto
+            && self.ahead_bytes + data.len() <= OUT_OF_ORDER_MAX
+            && !hashed.ahead.contains_key(&begin)
+        {
+            self.ahead_bytes += data.len();
+            hashed.ahead.insert(begin, data.clone());
         }
+        let offset = u64::from(piece) * self.files.piece_length + u64::from(begin);
+        if let Some(i) = self
+            .runs
+            .iter()
+            .position(|r| r.piece == piece && r.offset + r.len as u64 == offset)
+        {
+            if self.runs[i].len + data.len() <= MERGE_MAX {
+                let r = &mut self.runs[i];
+                r.len += data.len();
+                r.blocks.push(data);
+                return;
+            }
+            let full = self.runs.swap_remove(i);
+            self.write_run(full);
+        } else if self.runs.len() >= MAX_RUNS {
+            let oldest = self.runs.remove(0);
+            self.write_run(oldest);
+        }
+        self.runs.push(Run {
+            piece,
+            offset,
+            len: data.len(),
+            blocks: vec![data],
+        });
+    }
+
+    /// Drops the running hash of `piece` (and the blocks it held), returning it.
+    fn forget(&mut self, piece: u32) -> Option<Running> {
+        let r = self.running.remove(&piece)?;
+        self.ahead_bytes -= r.ahead.values().map(Bytes::len).sum::<usize>();
+        Some(r)
+    }
+
+    /// Writes the runs of `piece` (all runs for `None`).
+    fn write_runs(&mut self, piece: Option<u32>) {
+        let mut i = 0;
+        while i < self.runs.len() {
+            if piece.is_none_or(|p| self.runs[i].piece == p) {
+                let r = self.runs.remove(i);
+                self.write_run(r);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn write_run(&mut self, run: Run) {
+        if let Err(e) = self.files.write_blocks(run.offset, &run.blocks) {
+            // The prefix hash covers bytes that are not on disk: forget it, so a check of
+            // this piece reads the disk and fails.
+            self.forget(run.piece);
+            let _ = self.events.send(DiskEvent::WriteFailed(e));
+        }
+        self.backlog.fetch_sub(run.len as u64, Ordering::Relaxed);
     }
 
     /// Hashes the piece: the running prefix plus whatever follows it, read back from disk.
     fn verify(&mut self, piece: u32, want_crcs: bool) -> (bool, Option<Vec<u32>>) {
         let size = self.files.piece_size(piece);
-        let (mut hasher, upto) = match self.running.remove(&piece) {
+        let (mut hasher, upto) = match self.forget(piece) {
             Some(r) if !want_crcs => (r.hasher, u64::from(r.upto)),
             _ => (Sha1::new(), 0),
         };
@@ -424,6 +585,8 @@ impl Storage {
                 files: files.clone(),
                 hashes: hashes.clone(),
                 running: HashMap::new(),
+                runs: Vec::new(),
+                ahead_bytes: 0,
                 events: events.clone(),
                 backlog: backlog.clone(),
                 buf: Vec::new(),
@@ -639,12 +802,15 @@ mod tests {
         for (i, f) in info.files.iter().enumerate() {
             assert_eq!(fs::metadata(&st.paths()[i]).unwrap().len(), f.length);
         }
-        // Write every piece in 16 KiB blocks, second block first (out of order).
+        // Write every piece in 16 KiB blocks: even pieces in order (merged into one write
+        // that spans files), odd ones last block first (hashed once the gap fills).
         for piece in 0..info.num_pieces() as u32 {
             let size = info.piece_size(piece as usize).unwrap() as u32;
             let base = piece as usize * 20_000;
             let mut begins: Vec<u32> = (0..size.div_ceil(16384)).map(|b| b * 16384).collect();
-            begins.reverse();
+            if piece % 2 == 1 {
+                begins.reverse();
+            }
             for begin in begins {
                 let end = (begin + 16384).min(size);
                 let data = Bytes::copy_from_slice(&all[base + begin as usize..base + end as usize]);
