@@ -69,7 +69,12 @@ fn args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--size-mib" => a.size_mib = number("--size-mib")?,
-            "--rounds" => a.rounds = number("--rounds")? as usize,
+            "--rounds" => {
+                let v = it.next().ok_or("--rounds needs a value")?;
+                a.rounds = v
+                    .parse()
+                    .map_err(|_| format!("--rounds: {v:?} is not a number (0 = swarm only)"))?;
+            }
             "--no-swarm" => a.swarm = false,
             "--no-utp" => a.utp = false,
             "--bench" => {}
@@ -494,7 +499,9 @@ async fn run(a: Args) {
             let _ = std::fs::remove_dir_all(&data);
         }
     }
-    summary(a.size_mib, &ours, &theirs_tcp, &theirs_utp);
+    if a.rounds > 0 {
+        summary(a.size_mib, &ours, &theirs_tcp, &theirs_utp);
+    }
 
     if a.swarm {
         swarm(&net, &a, &file, work.path(), &mut seeder, &seeded).await;

@@ -5,9 +5,11 @@
 //!   `--upload-rate`, which is what makes the download slow enough to interrupt, and the
 //!   test checks that the limit held;
 //! - a download from a `.torrent` file (no metadata fetch), with `--torrent-out`;
-//! - clear one-line errors for a directory that cannot be written and a missing PATH.
+//! - clear one-line errors for a directory that cannot be written and a missing PATH;
+//! - `dht-get --seed` serving another downloader after the original seeder left.
 //!
-//! Addresses: testnet 127.142.0.x, seeders 127.142.1.x, downloaders 127.142.2.x.
+//! Addresses: testnet 127.142.0.x, seeders 127.142.1.x, downloaders 127.142.2.x; the
+//! `--seed` test 127.146.0.x (testnet) and 127.146.3.x.
 
 mod dl_support;
 
@@ -360,5 +362,84 @@ async fn torrent_files_and_clear_errors() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "usage error");
+    net.shutdown().await;
+}
+
+/// `dht-get --seed`: after completing it keeps serving (here as the only source left) until
+/// Ctrl-C, then exits 0 with a summary that counts what it uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_flag_keeps_serving_after_completion() {
+    let net = testnet(146, 6).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("relay.bin");
+    let size = 4u64 << 20;
+    std::fs::write(&file, content(size as usize, 21)).unwrap();
+    let seed_data = tempfile::tempdir().unwrap();
+    let (seeder, magnet) = start_seeder(&net, &file, "127.146.3.1", &[], seed_data.path());
+
+    let (out1, data1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut args = vec![
+        magnet.clone(),
+        "--out".into(),
+        out1.path().to_str().unwrap().into(),
+        "--seed".into(),
+    ];
+    args.extend(net_args(&net, "127.146.3.2:0", 1, data1.path()));
+    let relay = tokio::task::spawn_blocking(move || {
+        let p = Proc::spawn(GET, &args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if p.line(Duration::from_millis(200))
+                .is_some_and(|l| l == "seeding until Ctrl-C")
+            {
+                return p;
+            }
+        }
+        panic!(
+            "dht-get --seed never started seeding: {}",
+            p.stderr.lock().unwrap()
+        );
+    })
+    .await
+    .unwrap();
+    // The original seeder leaves; the relay is the only source.
+    drop(seeder);
+
+    let (out2, data2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut args = vec![
+        magnet.clone(),
+        "--out".into(),
+        out2.path().to_str().unwrap().into(),
+    ];
+    args.extend(net_args(&net, "127.146.3.3:0", 2, data2.path()));
+    let (code, text) = tokio::task::spawn_blocking(move || {
+        let (code, out, err) = Proc::spawn(GET, &args).finish(Duration::from_secs(90));
+        (code, format!("{out}\n{err}"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "second downloader: {text}");
+    let want = std::fs::read(&file).unwrap();
+    assert!(want == std::fs::read(out2.path().join("relay.bin")).unwrap());
+
+    let (code, text) = tokio::task::spawn_blocking(move || {
+        relay.signal(libc::SIGINT);
+        let (code, out, err) = relay.finish(Duration::from_secs(20));
+        (code, format!("{out}\n{err}"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "Ctrl-C while seeding is a success: {text}");
+    let uploaded: u64 = text
+        .split(", uploaded ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no upload count in {text}"));
+    assert!(
+        uploaded >= size,
+        "the relay uploaded {uploaded} bytes of a {size}-byte file: {text}"
+    );
+    assert!(want == std::fs::read(out1.path().join("relay.bin")).unwrap());
     net.shutdown().await;
 }

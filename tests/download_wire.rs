@@ -5,7 +5,8 @@
 //!   queued request; choking discards every queued request;
 //! - a downloader with nothing sends no `bitfield`, becomes interested exactly when the
 //!   peer has a piece it lacks, broadcasts `have` for every piece it verifies, and loses
-//!   interest as soon as it has everything the peer has.
+//!   interest as soon as it has everything the peer has;
+//! - the connection limit (`max_peers`) holds for incoming connections.
 //!
 //! Requests are answered in order, so "X was not served" is checked without sleeping: a
 //! marker request sent after X arrives, and X did not come before it.
@@ -308,6 +309,57 @@ async fn downloader_keeps_interest_exact_and_announces_pieces() {
         "interest must drop right after the have for piece 0: {before:?}"
     );
     dl.wait_complete(Duration::from_secs(30)).await;
+    drop(seeder);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_connections_stop_at_the_limit() {
+    let net = testnet(146, 4).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("limit.bin");
+    std::fs::write(&file, content(PIECE as usize, 5)).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    let ih = info_hash(&info);
+    let seeder = Peer::start(
+        v4(127, 146, 4, 1),
+        &[net.addr(0)],
+        &info,
+        src.path(),
+        Mode::ReadOnly,
+        |c| {
+            c.seed = true;
+            c.assume_complete = true;
+            c.max_peers = 2;
+        },
+    )
+    .await;
+    // Two connections are served (each gets the bitfield)...
+    let mut kept = Vec::new();
+    for i in 0..2u8 {
+        let mut p = scripted_peer(v4(127, 146, 4, 10 + i), seeder.addr(), ih).await;
+        assert!(matches!(next(&mut p).await, Message::Bitfield(_)));
+        kept.push(p);
+    }
+    // ... a third is closed without a message, ...
+    let mut third = scripted_peer(v4(127, 146, 4, 12), seeder.addr(), ih).await;
+    match third.reader.recv().await {
+        Err(_) => {}
+        Ok(m) => panic!("a connection over the limit got {m:?}"),
+    }
+    assert_eq!(seeder.session.progress().peers, 2);
+    // ... and once one leaves, a new one is served again.
+    drop(kept.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        if seeder.session.progress().peers < 2 {
+            again = Some(scripted_peer(v4(127, 146, 4, 13), seeder.addr(), ih).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = again.expect("the session never noticed the peer leaving");
+    assert!(matches!(next(&mut again).await, Message::Bitfield(_)));
     drop(seeder);
     net.shutdown().await;
 }
