@@ -2,6 +2,8 @@
 //!
 //!     cargo bench --bench download -- [--size-mib N] [--rounds N] [--no-swarm] [--no-utp]
 //!
+//! (`--rounds 0` skips part 1 and runs only the swarm.)
+//!
 //! 1. One libtorrent seeder (tools/lt_node.py) announced in a testnet of our DHT nodes;
 //!    downloaders fetch the same N MiB file (default 1024) via its magnet link, one at a
 //!    time, fresh directories each run: our `dht-get` (a fresh process: start, DHT
