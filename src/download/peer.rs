@@ -571,18 +571,12 @@ impl Conn {
 
     /// The pipeline depth for this peer now.
     fn pipeline_target(&self) -> usize {
-        let cap = self
-            .shared
-            .cfg
-            .max_pipeline
-            .min(self.peer_ext.reqq.map_or(usize::MAX, |q| q as usize))
-            .max(1);
-        let by_rate = if self.down_rate > 0.0 {
-            (self.down_rate * PIPELINE_TIME / f64::from(BLOCK)) as usize + MIN_PIPELINE
-        } else {
-            self.slow_start
-        };
-        by_rate.max(MIN_PIPELINE).min(cap)
+        pipeline_depth(
+            self.down_rate,
+            self.slow_start,
+            self.shared.cfg.max_pipeline,
+            self.peer_ext.reqq,
+        )
     }
 
     fn maybe_request(&mut self) {
@@ -658,5 +652,46 @@ impl Conn {
         let outstanding: Vec<BlockRef> = self.outstanding.drain(..).collect();
         let mut st = self.shared.lock();
         release_all(&mut st, self.key, &self.bits, self.registered, &outstanding);
+    }
+}
+
+/// Requests to keep in flight to a peer that delivers `down_rate` bytes per second (0 while
+/// unmeasured: then the slow-start depth), at most our `max_pipeline` and the peer's `reqq`.
+fn pipeline_depth(
+    down_rate: f64,
+    slow_start: usize,
+    max_pipeline: usize,
+    reqq: Option<u32>,
+) -> usize {
+    let cap = max_pipeline
+        .min(reqq.map_or(usize::MAX, |q| q as usize))
+        .max(1);
+    let by_rate = if down_rate > 0.0 {
+        (down_rate * PIPELINE_TIME / f64::from(BLOCK)) as usize + MIN_PIPELINE
+    } else {
+        slow_start
+    };
+    by_rate.max(MIN_PIPELINE).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_follows_rate_and_reqq() {
+        // Unmeasured: the slow-start depth, which grows with every block received.
+        assert_eq!(pipeline_depth(0.0, INITIAL_PIPELINE, 512, None), 32);
+        assert_eq!(pipeline_depth(0.0, 300, 512, None), 300);
+        // About two seconds' worth at the measured rate, plus a few blocks.
+        assert_eq!(pipeline_depth(1024.0 * 1024.0, 32, 512, None), 132);
+        assert_eq!(pipeline_depth(16384.0, 32, 512, None), 6);
+        // A trickle still gets the minimum.
+        assert_eq!(pipeline_depth(1.0, 32, 512, None), MIN_PIPELINE);
+        // Capped by our limit and by the peer's advertised queue.
+        assert_eq!(pipeline_depth(100e6, 32, 512, None), 512);
+        assert_eq!(pipeline_depth(100e6, 32, 512, Some(250)), 250);
+        assert_eq!(pipeline_depth(0.0, 300, 512, Some(50)), 50);
+        assert_eq!(pipeline_depth(100e6, 32, 512, Some(0)), 1);
     }
 }
