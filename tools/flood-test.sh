@@ -23,7 +23,8 @@
 #
 # Settings (environment): DURATION (60), SOURCES (1000), MIX (ping,find_node,get_peers),
 # MAX_P99_MS (50), MAX_LOST_PCT (1), MAX_RSS_SPREAD_PCT (5), PORT (6881), NICE (-15),
-# NO_BUILD (skip cargo build), RATE_LIMIT / REPLY_QUOTA (passed to dht-node when set, e.g. 0
+# NO_BUILD (skip cargo build), NODE_BIN (a dht-node build to test instead of
+# target/release/dht-node), RATE_LIMIT / REPLY_QUOTA (passed to dht-node when set, e.g. 0
 # to see the node without its defenses).
 set -euo pipefail
 
@@ -48,8 +49,9 @@ if [[ -n ${NETNS:-} && -z ${FLOOD_TEST_IN_NETNS:-} ]]; then
     exec unshare -n sh -c 'ip link set lo up && exec "$0"' "$0"
 fi
 BIN=target/release
-for b in dht-node dht-loadgen; do
-    [[ -x $BIN/$b ]] || { echo "error: $BIN/$b is missing (build it first)" >&2; exit 1; }
+NODE_BIN=${NODE_BIN:-$BIN/dht-node}
+for b in "$NODE_BIN" $BIN/dht-loadgen; do
+    [[ -x $b ]] || { echo "error: $b is missing (build it first)" >&2; exit 1; }
 done
 if ss -Hlun "src $NODE_ADDR" | grep -q .; then
     echo "error: udp $NODE_ADDR is already in use" >&2
@@ -95,11 +97,11 @@ trap 'exit 130' INT TERM
 defenses=()
 [[ -n ${RATE_LIMIT:-} ]] && defenses+=(--rate-limit "$RATE_LIMIT")
 [[ -n ${REPLY_QUOTA:-} ]] && defenses+=(--reply-quota "$REPLY_QUOTA")
-pinned "$NODE_CPU" $BIN/dht-node --bind "$NODE_ADDR" --bootstrap 127.120.0.2:9 \
+pinned "$NODE_CPU" "$NODE_BIN" --bind "$NODE_ADDR" --bootstrap 127.120.0.2:9 \
     --allow-net 127.0.0.0/8 --data-dir "$TMP/data" --stats-interval 10 "${defenses[@]}" \
     > "$TMP/node.out" 2> "$TMP/node.err" &
 NODE_PID=$!
-boost "$NODE_PID" dht-node
+boost "$NODE_PID" "$(basename "$NODE_BIN" | cut -c1-15)"
 for _ in $(seq 100); do
     kill -0 "$NODE_PID" 2>/dev/null || { echo "error: dht-node exited:" >&2; cat "$TMP/node.err" >&2; exit 1; }
     ss -Hlun "src $NODE_ADDR" | grep -q . && break
