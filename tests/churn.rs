@@ -329,12 +329,12 @@ fn lookups_survive_thirty_percent_churn_every_ten_minutes() {
     );
 }
 
-/// Churn plus 2 % packet loss, bigger (about 4 minutes of real time, so not in the default
+/// Churn plus 2 % packet loss, bigger (several minutes of real time, so not in the default
 /// run: `cargo test --test churn -- --ignored`). get_peers still meets the bar; an exact
 /// find_node hit does not quite, because a lookup drops a candidate whose one query or reply
 /// was lost (about 4 % of them), and the target is then missing from the answered set.
 #[test]
-#[ignore = "slow: about 4 minutes"]
+#[ignore = "slow: several minutes"]
 fn lookups_survive_churn_with_packet_loss() {
     let (total, _) = run(2000, 0.02);
     assert!(
