@@ -295,7 +295,7 @@ fn attack(config: Config) -> (Vec<NodeId>, Vec<(usize, usize)>, usize) {
         .filter(|id| net.honest.iter().any(|h| h.id == *id))
         .collect();
     assert!(
-        before.len() >= 40,
+        before.len() >= 24,
         "the node should know many honest nodes before the attack: {}",
         before.len()
     );
