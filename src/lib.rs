@@ -10,6 +10,7 @@ pub mod bep42;
 pub mod bootstrap;
 pub mod cli;
 pub mod fast_decode;
+pub mod fuzzing;
 pub mod id;
 pub mod krpc;
 pub mod limits;
