@@ -2,15 +2,20 @@
 //! serde_bencode on equivalent derive structs, for the four messages a busy node handles most.
 //!
 //! Run with `cargo bench --bench codec` (options after `--`: `--reps N`, `--rep-ms MS`,
-//! `--warmup-ms MS`). Every case is warmed up, then timed `--reps` times over a fixed
+//! `--warmup-ms MS`, or `--count OP MSG N`, see below). Every case is warmed up, then timed `--reps` times over a fixed
 //! iteration count; the median rate is reported with the spread (min–max), and the ratios are
 //! taken between medians of the same run, so a noisy machine shifts both sides alike.
 //!
 //! No criterion: a timed loop with warm-up and a median is all these numbers need, and it
 //! keeps the dependency list and the build time (2 shared cores) small.
 //!
-//! The `fast_decode` row is the prototype borrowing decoder of this branch (same results as
-//! `krpc::decode`, see `tests/fast_decode.rs`), measured to size the gain of adopting it.
+//! The `validate` row times `bencode::validate` alone: our decoder does that same structural
+//! walk while it extracts the fields, so the row shows what extraction adds on top of it.
+//!
+//! `--count OP MSG N` (OP `encode` or `decode`, MSG `ping`, `find_node`, `get_peers` or
+//! `announce`) runs just our side of one case N times, untimed, for an instruction counter:
+//! `valgrind --tool=callgrind BENCH --count decode ping 20000`, minus the same with N = 0,
+//! divided by N, is an exact per-message cost that a busy machine cannot disturb.
 //!
 //! Before timing, the serde structs are checked to encode to exactly our bytes and to decode
 //! our bytes, so both sides really do the same work.
@@ -244,6 +249,8 @@ struct Opts {
     reps: usize,
     rep: Duration,
     warmup: Duration,
+    /// `--count`: (decode?, message, iterations).
+    count: Option<(bool, Kind, u64)>,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -251,6 +258,7 @@ fn parse_opts() -> Result<Opts, String> {
         reps: 7,
         rep: Duration::from_millis(200),
         warmup: Duration::from_millis(200),
+        count: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -265,6 +273,23 @@ fn parse_opts() -> Result<Opts, String> {
             "--reps" => o.reps = num("--reps")?.max(1) as usize,
             "--rep-ms" => o.rep = Duration::from_millis(num("--rep-ms")?.max(1)),
             "--warmup-ms" => o.warmup = Duration::from_millis(num("--warmup-ms")?),
+            "--count" => {
+                let usage = "--count needs OP (encode|decode), MSG (ping|find_node|get_peers|announce) and N";
+                let decode = match args.next().as_deref() {
+                    Some("encode") => false,
+                    Some("decode") => true,
+                    _ => return Err(usage.into()),
+                };
+                let kind = match args.next().as_deref() {
+                    Some("ping") => Kind::Ping,
+                    Some("find_node") => Kind::FindNodeReply,
+                    Some("get_peers") => Kind::GetPeersReply,
+                    Some("announce") => Kind::Announce,
+                    _ => return Err(usage.into()),
+                };
+                let n = args.next().and_then(|v| v.parse().ok()).ok_or(usage)?;
+                o.count = Some((decode, kind, n));
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -336,6 +361,20 @@ fn main() -> ExitCode {
         }
     };
     let f = fixture();
+    if let Some((decode, k, n)) = opts.count {
+        let mut buf = Vec::with_capacity(2048);
+        encode_ours(k, &f, &mut buf);
+        for _ in 0..n {
+            if decode {
+                black_box(krpc::decode(black_box(&buf)).expect("decodes"));
+            } else {
+                buf.clear();
+                encode_ours(k, black_box(&f), &mut buf);
+                black_box(&buf);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     println!(
         "KRPC codec, messages/s: median of {} runs of ~{} ms each [min–max]; ratio = ours / serde_bencode",
         opts.reps,
@@ -373,10 +412,6 @@ fn main() -> ExitCode {
         let dec_ours = measure(&opts, || {
             black_box(krpc::decode(black_box(&wire)).expect("decodes"));
         });
-        assert_eq!(trackerless::fast_decode::decode(&wire), Ok(typed.clone()));
-        let dec_fast = measure(&opts, || {
-            black_box(trackerless::fast_decode::decode(black_box(&wire)).expect("decodes"));
-        });
         let scan = measure(&opts, || {
             bencode::validate(black_box(&wire), 8).expect("valid");
         });
@@ -413,13 +448,7 @@ fn main() -> ExitCode {
             ratio(dec_ours, dec_serde)
         );
         println!(
-            "  decode      fast_decode prototype {}   ratio {:>5.2}x vs serde, {:>5.2}x vs ours",
-            dec_fast.show(),
-            ratio(dec_fast, dec_serde),
-            ratio(dec_fast, dec_ours)
-        );
-        println!(
-            "  pre-scan    alone {}  (bencode::validate, part of both of ours)",
+            "  validate    alone {}  (bencode::validate: structure only, no extraction)",
             scan.show()
         );
         println!(

@@ -1,11 +1,13 @@
 //! Structural pre-scan of bencoded input.
 //!
-//! serde_bencode is the decoder we use everywhere, but it trusts its input in three ways that
-//! the network abuses: it recurses once per nesting level (a ~20k-deep list aborts a 2 MiB
-//! stack), it accepts trailing garbage after the first value, and it reads any length prefix
-//! it is given. [`validate`] walks the bytes once, iteratively and without allocating, and only
-//! input that passes it is handed to serde. The same walk finds the raw byte span of a value
-//! (e.g. a torrent's `info` dict, whose SHA-1 must be taken over the bytes as received).
+//! serde_bencode decodes our metainfo, but it trusts its input in three ways that the network
+//! abuses: it recurses once per nesting level (a ~20k-deep list aborts a 2 MiB stack), it
+//! accepts trailing garbage after the first value, and it reads any length prefix it is given.
+//! [`validate`] walks the bytes once, iteratively and without allocating, and only input that
+//! passes it is handed to serde. The same walk finds the raw byte span of a value (e.g. a
+//! torrent's `info` dict, whose SHA-1 must be taken over the bytes as received). The KRPC
+//! decoder, on the hot path, does not pre-scan: it makes these same checks with
+//! [`scan_string`], [`read_int`] and [`scan_value`] while it extracts the fields.
 
 use std::fmt;
 use std::ops::Range;
@@ -118,16 +120,21 @@ pub fn scan_value(buf: &[u8], start: usize, max_depth: usize) -> Result<usize, S
 
 /// Scans `i<digits>e` at `pos`, returning the offset after the `e`.
 fn scan_int(buf: &[u8], pos: usize) -> Result<usize, ScanError> {
-    let body_start = pos + 1;
-    let rel_end = buf
-        .get(body_start..)
-        .ok_or(ScanError::Truncated)?
+    read_int(buf, pos).map(|(_, end)| end)
+}
+
+/// Reads the integer `i<digits>e` starting at `pos` (which must hold the `i`), returning its
+/// value and the offset after the `e`, with exactly the errors [`validate`] reports there.
+/// Public so that single-pass decoders (the KRPC decoder) can validate while they extract.
+pub fn read_int(buf: &[u8], pos: usize) -> Result<(i64, usize), ScanError> {
+    let body_start = pos.checked_add(1).ok_or(ScanError::Truncated)?;
+    let rest = buf.get(body_start..).ok_or(ScanError::Truncated)?;
+    let len = rest
         .iter()
         .position(|&b| b == b'e')
         .ok_or(ScanError::Truncated)?;
-    let body = &buf[body_start..body_start + rel_end];
-    parse_int(body).ok_or(ScanError::BadInteger(pos))?;
-    Ok(body_start + rel_end + 1)
+    let value = parse_int(&rest[..len]).ok_or(ScanError::BadInteger(pos))?;
+    Ok((value, body_start + len + 1))
 }
 
 /// Parses `-?[0-9]+` into an i64 without allocating; `None` when malformed or out of range.
@@ -152,8 +159,34 @@ pub fn parse_int(body: &[u8]) -> Option<i64> {
     Some(value)
 }
 
-/// Scans `<len>:<bytes>` at `pos`, returning the range of the payload bytes.
-fn scan_string(buf: &[u8], pos: usize) -> Result<Range<usize>, ScanError> {
+/// Scans `<len>:<bytes>` at `pos`, returning the range of the payload bytes (always within
+/// `buf`), with exactly the errors [`validate`] reports there. Public for single-pass
+/// decoders, like [`read_int`].
+pub fn scan_string(buf: &[u8], pos: usize) -> Result<Range<usize>, ScanError> {
+    // Fast path for one- and two-digit lengths (every KRPC key, most KRPC values): the same
+    // result as the loop below, whose early `len > buf.len()` exit can only fire when the
+    // final bounds check would fail too, with the same error.
+    if let Some(&[a, b, c]) = buf.get(pos..pos.saturating_add(3)) {
+        let short = match (a, b, c) {
+            (b'0'..=b'9', b':', _) => Some((usize::from(a - b'0'), pos + 2)),
+            (b'0'..=b'9', b'0'..=b'9', b':') => {
+                Some((usize::from(a - b'0') * 10 + usize::from(b - b'0'), pos + 3))
+            }
+            _ => None,
+        };
+        if let Some((len, start)) = short {
+            let end = start + len;
+            if end > buf.len() {
+                return Err(ScanError::BadLength(pos));
+            }
+            return Ok(start..end);
+        }
+    }
+    scan_string_general(buf, pos)
+}
+
+/// [`scan_string`] for any length prefix.
+fn scan_string_general(buf: &[u8], pos: usize) -> Result<Range<usize>, ScanError> {
     let mut len: usize = 0;
     let mut i = pos;
     loop {
@@ -292,6 +325,53 @@ mod tests {
         let span = dict_value_span(buf, b"info").unwrap().unwrap();
         assert_eq!(&buf[span], b"d6:lengthi5e4:name1:xe");
         assert_eq!(dict_value_span(buf, b"nope").unwrap(), None);
+    }
+
+    #[test]
+    fn scan_string_fast_path_agrees_with_the_general_loop() {
+        // Every buffer of up to 6 bytes over digits, ':' and a filler, at every offset.
+        let alphabet = b"0129:x";
+        let mut checked = 0;
+        for len in 0..=6u32 {
+            for n in 0..(alphabet.len() as u32).pow(len) {
+                let mut k = n as usize;
+                let buf: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let c = alphabet[k % alphabet.len()];
+                        k /= alphabet.len();
+                        c
+                    })
+                    .collect();
+                for pos in 0..=buf.len() {
+                    assert_eq!(
+                        scan_string(&buf, pos),
+                        scan_string_general(&buf, pos),
+                        "{:?} at {pos}",
+                        String::from_utf8_lossy(&buf)
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 50_000);
+        // Every one- and two-digit length (with and without a leading zero) against a payload
+        // one short, exact and one over.
+        for len in 0..100usize {
+            for prefix in [len.to_string(), format!("0{len}")] {
+                for payload in len.saturating_sub(1)..=len + 1 {
+                    let mut buf = format!("x{prefix}:").into_bytes();
+                    buf.extend(std::iter::repeat_n(b'y', payload));
+                    assert_eq!(
+                        scan_string(&buf, 1),
+                        scan_string_general(&buf, 1),
+                        "{prefix}"
+                    );
+                    if payload >= len {
+                        assert_eq!(scan_string(&buf, 1).map(|r| r.len()), Ok(len), "{prefix}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

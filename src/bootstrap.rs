@@ -56,7 +56,8 @@ pub fn default_list() -> Vec<String> {
 pub async fn resolve(entries: &[String]) -> (Vec<SocketAddrV4>, Vec<String>) {
     let mut addrs = Vec::new();
     let mut errors = Vec::new();
-    for e in entries {
+    let mut seen = std::collections::HashSet::new();
+    for e in entries.iter().filter(|e| seen.insert(e.as_str())) {
         match tokio::net::lookup_host(e.as_str()).await {
             Ok(it) => {
                 let before = addrs.len();

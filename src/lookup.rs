@@ -192,7 +192,10 @@ impl Lookup {
             if self.in_flight >= self.alpha || live >= self.k {
                 break;
             }
-            if c.state == CandState::Failed {
+            // Slow candidates do not hold a top-K place, exactly as in `search_complete`:
+            // otherwise a slow node keeps the next candidate from being asked while the
+            // search cannot finish without it, and the lookup stalls until the hard timeout.
+            if matches!(c.state, CandState::Failed | CandState::Slow) {
                 continue;
             }
             live += 1;
@@ -416,6 +419,54 @@ mod tests {
         assert_eq!(l.phase(), Phase::Done);
         assert_eq!(l.closest_responders(), vec![c(0x01, 9), c(0x81, 1)]);
         assert_eq!(l.messages, 3);
+    }
+
+    #[test]
+    fn a_slow_candidate_lets_the_next_one_in() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::FindNode,
+            NodeId([0xee; 20]),
+            2,
+            2,
+        );
+        for i in 1..=3 {
+            l.add_candidate(c(i as u8, i));
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        assert_eq!(q.len(), 2);
+        // The closest passes its short timeout; the second answers.
+        l.on_slow(c(1, 1).addr);
+        let mut peers = Vec::new();
+        l.on_reply(
+            &SearchReply {
+                from: c(2, 2).addr,
+                was_slow: false,
+                id: c(2, 2).id,
+                nodes: &[],
+                token: None,
+                values: &[],
+            },
+            &mut peers,
+        );
+        // The third must be asked now, not after the slow one's hard timeout.
+        l.next_queries(&mut q);
+        assert_eq!(q, vec![(c(3, 3).addr, Some(c(3, 3).id))]);
+        l.on_reply(
+            &SearchReply {
+                from: c(3, 3).addr,
+                was_slow: false,
+                id: c(3, 3).id,
+                nodes: &[],
+                token: None,
+                values: &[],
+            },
+            &mut peers,
+        );
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(l.phase(), Phase::Done);
     }
 
     #[test]

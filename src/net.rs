@@ -84,6 +84,40 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Receive and send buffer size we ask the kernel for. The default (~208 KiB, some 150-250
+/// queued datagrams) overflowed under benchmark load (BENCHMARKS.md (b): a burst of 256
+/// outstanding queries lost 62-126 datagrams, counted by the kernel as `RcvbufErrors`), and a
+/// public node sees bursts too: a lookup's replies arrive together, and a busy node may be
+/// descheduled for a few milliseconds. Linux caps the request at `net.core.rmem_max` /
+/// `wmem_max` without failing, which is fine: we take what we are given.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Creates the node's UDP socket: non-blocking, with enlarged buffers, bound to `addr`.
+/// Built with socket2 because buffer sizes must be set before the socket carries traffic and
+/// neither std nor tokio exposes SO_RCVBUF/SO_SNDBUF.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    // Bigger buffers are an optimisation: run with the defaults rather than not at all.
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!("cannot enlarge the UDP receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!("cannot enlarge the UDP send buffer: {e}");
+    }
+    socket.bind(&addr.into())?;
+    // Linux reports twice the usable size (it counts its bookkeeping overhead).
+    let size =
+        |r: io::Result<usize>| r.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
+    tracing::debug!(
+        "UDP {addr}: asked for {SOCKET_BUFFER}-byte buffers; kernel reports receive {}, send {}",
+        size(socket.recv_buffer_size()),
+        size(socket.send_buffer_size())
+    );
+    UdpSocket::from_std(socket.into())
+}
+
 /// Why a request to the node failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DhtError {
@@ -127,26 +161,34 @@ pub struct PeerStream {
 }
 
 impl PeerStream {
-    /// The next new peer, or `None` when the lookup has finished.
-    pub async fn next(&mut self) -> Option<SocketAddrV4> {
+    /// Polls for the next new peer (`Ready(None)` once the lookup has finished), for
+    /// callers that merge several sources in one `poll_fn`.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<SocketAddrV4>> {
+        use std::task::Poll;
         loop {
             if let Some(p) = self.buffered.pop() {
-                return Some(p);
+                return Poll::Ready(Some(p));
             }
             if self.summary.is_some() {
-                return None;
+                return Poll::Ready(None);
             }
-            match self.rx.recv().await {
+            match std::task::ready!(self.rx.poll_recv(cx)) {
                 Some(LookupUpdate::Peers(mut p)) => {
                     p.reverse();
                     self.buffered = p;
                 }
                 Some(LookupUpdate::Done(s)) => self.summary = Some(s),
-                None => {
-                    self.summary = Some(LookupSummary::default());
-                }
+                None => self.summary = Some(LookupSummary::default()),
             }
         }
+    }
+
+    /// The next new peer, or `None` when the lookup has finished.
+    pub async fn next(&mut self) -> Option<SocketAddrV4> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
     /// Drains the stream: every peer, and how the lookup ended.
@@ -176,6 +218,7 @@ enum Command {
     Bootstrap(Vec<SocketAddrV4>),
     Stats(oneshot::Sender<Stats>),
     Contacts(oneshot::Sender<Vec<Contact>>),
+    WaitNodes(usize, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), String>>),
 }
 
@@ -290,6 +333,14 @@ impl DhtHandle {
         rx.await.map_err(|_| DhtError::Stopped)
     }
 
+    /// Resolves once the routing table holds at least `n` nodes (e.g. to start a lookup as
+    /// soon as bootstrap has found someone).
+    pub async fn wait_for_nodes(&self, n: usize) -> Result<(), DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::WaitNodes(n, tx))?;
+        rx.await.map_err(|_| DhtError::Stopped)
+    }
+
     /// The routing table's contacts (main entries, then replacements).
     pub async fn contacts(&self) -> Result<Vec<Contact>, DhtError> {
         let (tx, rx) = oneshot::channel();
@@ -312,18 +363,42 @@ pub struct Dht;
 
 impl Dht {
     /// Binds, opens the store and runs the node on its own thread (current-thread runtime).
-    /// Errors (bind, store) are reported before this returns.
+    /// Errors (bind, store) are reported before this returns. Callable from anywhere,
+    /// including inside another tokio runtime (it blocks only until the node is bound).
     pub fn spawn(config: DhtConfig) -> Result<DhtHandle, StartError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StartError::Runtime)?;
-        let (handle, driver) = rt.block_on(Self::bind(config))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = format!("dht {}", config.bind);
         std::thread::Builder::new()
-            .name(format!("dht {}", handle.local_addr))
-            .spawn(move || rt.block_on(driver))
+            .name(name)
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(StartError::Runtime(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Self::bind(config).await {
+                        Ok((handle, driver)) => {
+                            let _ = tx.send(Ok(handle));
+                            driver.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })
             .map_err(StartError::Runtime)?;
-        Ok(handle)
+        rx.recv().unwrap_or_else(|_| {
+            Err(StartError::Runtime(io::Error::other(
+                "the node thread exited",
+            )))
+        })
     }
 
     /// Binds and opens the store; returns the handle and the driver future, which the caller
@@ -337,12 +412,10 @@ impl Dht {
         ),
         StartError,
     > {
-        let socket = UdpSocket::bind(config.bind)
-            .await
-            .map_err(|error| StartError::Bind {
-                addr: config.bind,
-                error,
-            })?;
+        let socket = bind_udp(config.bind).map_err(|error| StartError::Bind {
+            addr: config.bind,
+            error,
+        })?;
         let local_addr = socket.local_addr().map_err(|error| StartError::Bind {
             addr: config.bind,
             error,
@@ -387,6 +460,7 @@ impl Dht {
             lookups: HashMap::new(),
             send_errors: 0,
             id,
+            waiters: Vec::new(),
         };
         Ok((handle, driver.run()))
     }
@@ -405,6 +479,8 @@ struct Driver {
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
     send_errors: u64,
     id: Arc<Mutex<NodeId>>,
+    /// `wait_for_nodes` callers: (table size wanted, who to tell).
+    waiters: Vec<(usize, oneshot::Sender<()>)>,
 }
 
 /// Datagrams read per wake-up before other work gets a turn.
@@ -436,6 +512,18 @@ impl Driver {
         loop {
             self.flush().await;
             self.dispatch_events();
+            if !self.waiters.is_empty() {
+                let have = self.node.table().len();
+                let mut i = 0;
+                while i < self.waiters.len() {
+                    if self.waiters[i].0 <= have {
+                        let (_, tx) = self.waiters.swap_remove(i);
+                        let _ = tx.send(());
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
             let deadline = self
                 .node
                 .poll_timeout()
@@ -571,6 +659,7 @@ impl Driver {
             Command::Contacts(tx) => {
                 let _ = tx.send(self.node.contacts());
             }
+            Command::WaitNodes(n, tx) => self.waiters.push((n, tx)),
             Command::Shutdown(_) => unreachable!("handled by the loop"),
         }
     }

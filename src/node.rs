@@ -25,6 +25,8 @@ use crate::krpc::{
 };
 use crate::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
 use crate::lookup::{Lookup, LookupKind, Phase, SearchReply};
+pub use crate::outbox::Transmit;
+use crate::outbox::{Emitted, Outbox};
 use crate::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::rpc::{Pending, Transactions, Unmatched};
 use crate::storage::{PeerStore, StoreConfig, TokenSecrets};
@@ -180,9 +182,38 @@ pub enum Event {
     },
 }
 
+/// Queries received, by method.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MethodCounts {
+    pub ping: u64,
+    pub find_node: u64,
+    pub get_peers: u64,
+    pub announce_peer: u64,
+    pub sample_infohashes: u64,
+    /// Unknown methods (answered like find_node when they carry a target).
+    pub other: u64,
+}
+
+impl MethodCounts {
+    /// Counts one query of method `m`.
+    pub fn count(&mut self, m: &Method) {
+        match m {
+            Method::Ping => self.ping += 1,
+            Method::FindNode { .. } => self.find_node += 1,
+            Method::GetPeers { .. } => self.get_peers += 1,
+            Method::AnnouncePeer { .. } => self.announce_peer += 1,
+            Method::SampleInfohashes { .. } => self.sample_infohashes += 1,
+            Method::Unknown { .. } => self.other += 1,
+        }
+    }
+}
+
 /// Counters and gauges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Table entries whose id is valid for their IP under BEP 42.
+    pub valid_id_nodes: usize,
+    pub queries_by_method: MethodCounts,
     pub good_nodes: usize,
     pub questionable_nodes: usize,
     pub bad_nodes: usize,
@@ -222,6 +253,8 @@ pub struct Stats {
     pub external_ip: Option<std::net::Ipv4Addr>,
     /// Tokens not handed out because the peer store is full.
     pub tokens_withheld: u64,
+    /// Valid announces for new infohashes not stored because the store was full.
+    pub announces_refused: u64,
 }
 
 /// A single query to one node, answered by [`Event::Pong`] (ping) or [`Event::Reply`].
@@ -259,18 +292,8 @@ struct LookupSlot {
     owner: Owner,
 }
 
-/// Outgoing datagrams stored back to back in one buffer, so queueing allocates nothing once
-/// the buffer has grown to its working size.
-#[derive(Default)]
-struct Outbox {
-    bytes: Vec<u8>,
-    queue: VecDeque<(SocketAddrV4, usize, usize)>,
-    /// Bytes already handed out by `poll_transmit`.
-    consumed: usize,
-}
-
-/// Encodes one datagram into the outbox, after the allow-list and (for replies) the reply
-/// quota: the single place every datagram leaves the core. Returns whether it was queued.
+/// Queues one datagram through the allow-list and (for replies) the quota, counting what
+/// happened: every datagram the node sends passes here.
 fn emit(
     outbox: &mut Outbox,
     stats: &mut Stats,
@@ -280,35 +303,21 @@ fn emit(
     to: SocketAddrV4,
     encode: impl FnOnce(&mut Vec<u8>),
 ) -> bool {
-    if !allow.allows(SocketAddr::V4(to)) {
-        stats.dropped_not_allowed += 1;
-        return false;
+    match outbox.emit(allow, quota, now, to, encode) {
+        Emitted::Queued(len) => {
+            stats.packets_out += 1;
+            stats.bytes_out += len as u64;
+            true
+        }
+        Emitted::NotAllowed => {
+            stats.dropped_not_allowed += 1;
+            false
+        }
+        Emitted::OverQuota => {
+            stats.dropped_quota += 1;
+            false
+        }
     }
-    if outbox.queue.is_empty() && outbox.consumed > 0 {
-        outbox.bytes.clear();
-        outbox.consumed = 0;
-    }
-    let start = outbox.bytes.len();
-    encode(&mut outbox.bytes);
-    let len = outbox.bytes.len() - start;
-    if let Some(q) = quota
-        && !q.take(len, now)
-    {
-        outbox.bytes.truncate(start);
-        stats.dropped_quota += 1;
-        return false;
-    }
-    outbox.queue.push_back((to, start, len));
-    stats.packets_out += 1;
-    stats.bytes_out += len as u64;
-    true
-}
-
-/// One datagram to send, borrowed from the node until the next call.
-#[derive(Debug)]
-pub struct Transmit<'a> {
-    pub to: SocketAddr,
-    pub payload: &'a [u8],
 }
 
 /// The DHT node core.
@@ -453,6 +462,7 @@ impl Node {
             transactions: self.txns.len(),
             lookups: self.lookups.len(),
             banned_ips: self.limiter.as_ref().map_or(0, |l| l.banned(now)),
+            valid_id_nodes: self.table.entries().filter(|e| e.valid_id).count(),
             external_ip: self.voter.external_ip(),
             ..self.stats.clone()
         }
@@ -462,21 +472,12 @@ impl Node {
 
     /// The next datagram to send. The payload borrows the node until the next call.
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
-        let Some((to, start, len)) = self.outbox.queue.pop_front() else {
-            self.outbox.bytes.clear();
-            self.outbox.consumed = 0;
-            return None;
-        };
-        self.outbox.consumed = start + len;
-        Some(Transmit {
-            to: SocketAddr::V4(to),
-            payload: &self.outbox.bytes[start..start + len],
-        })
+        self.outbox.poll()
     }
 
     /// Whether datagrams are waiting.
     pub fn has_transmit(&self) -> bool {
-        !self.outbox.queue.is_empty()
+        !self.outbox.is_empty()
     }
 
     /// The next event for the application.
@@ -894,6 +895,7 @@ impl Node {
             self.stats.dropped_other += 1;
             return;
         }
+        self.stats.queries_by_method.count(&q.method);
         let contact = Contact::new(q.id, from);
         let known = ro || self.table.heard_query(contact, now);
         if !self.config.read_only {
@@ -971,8 +973,11 @@ impl Node {
                 }
                 let port = if implied_port { from.port() } else { port };
                 let peer = SocketAddrV4::new(*from.ip(), port);
-                self.store.announce(info_hash, peer, now);
-                self.stats.announces_stored += 1;
+                if self.store.announce(info_hash, peer, now) {
+                    self.stats.announces_stored += 1;
+                } else {
+                    self.stats.announces_refused += 1;
+                }
                 if self.config.report_incoming {
                     self.events.push_back(Event::Incoming {
                         info_hash,

@@ -73,7 +73,24 @@ impl NodeStore {
         }
         // sled has paths that panic on garbage files instead of returning an error; a bad
         // store must never take the process down.
-        let opened = catch_unwind(AssertUnwindSafe(|| sled::open(dir)));
+        let mut opened = catch_unwind(AssertUnwindSafe(|| sled::open(dir)));
+        // sled releases its file lock from a background thread shortly after the last handle
+        // is dropped, so a store reopened right after a shutdown can still look locked:
+        // give that a moment before calling it "in use".
+        for _ in 0..20 {
+            match &opened {
+                Ok(Err(e))
+                    if matches!(
+                        classify(path.clone(), e.clone()),
+                        PersistError::Locked { .. }
+                    ) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    opened = catch_unwind(AssertUnwindSafe(|| sled::open(dir)));
+                }
+                _ => break,
+            }
+        }
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => return Err(classify(path, e)),

@@ -160,6 +160,16 @@ pub struct RoutingTable {
     ips: HashSet<Ipv4Addr>,
 }
 
+/// An id as (first 16 bytes, last 4 bytes), big-endian: XOR of two of these pairs compares
+/// like [`NodeId::distance`].
+fn distance_halves(id: &NodeId) -> (u128, u32) {
+    let [hi @ .., l0, l1, l2, l3] = id.0;
+    (
+        u128::from_be_bytes(hi),
+        u32::from_be_bytes([l0, l1, l2, l3]),
+    )
+}
+
 impl RoutingTable {
     pub fn new(own: NodeId, config: RoutingConfig, now: Instant) -> Self {
         RoutingTable {
@@ -474,26 +484,84 @@ impl RoutingTable {
     /// Walks buckets from the one `target` falls into outwards (a bucket's nodes are all
     /// closer to the target than those of the next group), so a reply costs a few buckets'
     /// worth of distance computations rather than the whole table.
+    ///
+    /// This runs for every find_node and get_peers query we answer, so it allocates nothing
+    /// and computes each candidate's distance once: the XOR distance as a (high 128 bits,
+    /// low 32 bits) pair orders exactly like the 20-byte big-endian distance and compares in
+    /// a few instructions (`NodeId::distance` builds an array and compares with memcmp). For
+    /// the usual small `count`, candidates go straight into a sorted stack array of the best
+    /// `count` so far; a larger `count` collects them all, drops the excess with a
+    /// linear-time selection and sorts the rest.
     pub fn closest(&self, target: &NodeId, count: usize, out: &mut Vec<Contact>) {
         out.clear();
-        let usable = |e: &&Entry| e.failures == 0;
-        let start = self.bucket_index(target);
-        let push_bucket = |b: &Bucket, out: &mut Vec<Contact>| {
-            out.extend(b.nodes.iter().filter(usable).map(|e| e.contact));
+        if count == 0 {
+            return;
+        }
+        let (t_hi, t_lo) = distance_halves(target);
+        let key = |c: &Contact| {
+            let (hi, lo) = distance_halves(&c.id);
+            (hi ^ t_hi, lo ^ t_lo)
         };
-        push_bucket(&self.buckets[start], out);
-        if out.len() < count {
+        const KEYED: usize = 16;
+        if count > KEYED {
+            self.closest_candidates(target, count, |c| out.push(c));
+            if out.len() > count {
+                out.select_nth_unstable_by_key(count, key);
+                out.truncate(count);
+            }
+            out.sort_unstable_by_key(key);
+            return;
+        }
+        let blank = Contact::new(NodeId([0; 20]), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        let mut keys = [(0u128, 0u32); KEYED];
+        let mut best = [blank; KEYED];
+        let mut kept = 0;
+        self.closest_candidates(target, count, |c| {
+            let k = key(&c);
+            // Insertion into keys[..kept], sorted; when full, the farthest falls off.
+            let mut j = if kept < count {
+                kept += 1;
+                kept - 1
+            } else if k < keys[count - 1] {
+                count - 1
+            } else {
+                return;
+            };
+            while j > 0 && keys[j - 1] > k {
+                keys[j] = keys[j - 1];
+                best[j] = best[j - 1];
+                j -= 1;
+            }
+            keys[j] = k;
+            best[j] = c;
+        });
+        out.extend_from_slice(&best[..kept]);
+    }
+
+    /// Calls `f` with every candidate for [`RoutingTable::closest`]: the usable contacts of
+    /// the target's bucket, then, while fewer than `count` were seen, of all deeper buckets
+    /// and then of shallower ones, nearest first.
+    fn closest_candidates(&self, target: &NodeId, count: usize, mut f: impl FnMut(Contact)) {
+        let mut seen = 0;
+        let mut visit = |b: &Bucket| {
+            for e in b.nodes.iter().filter(|e| e.failures == 0) {
+                seen += 1;
+                f(e.contact);
+            }
+            seen
+        };
+        let start = self.bucket_index(target);
+        let mut seen_now = visit(&self.buckets[start]);
+        if seen_now < count {
             for b in &self.buckets[start + 1..] {
-                push_bucket(b, out);
+                seen_now = visit(b);
             }
         }
         let mut next = start;
-        while out.len() < count && next > 0 {
+        while seen_now < count && next > 0 {
             next -= 1;
-            push_bucket(&self.buckets[next], out);
+            seen_now = visit(&self.buckets[next]);
         }
-        out.sort_unstable_by_key(|c| c.id.distance(target));
-        out.truncate(count);
     }
 
     /// Every main entry.
@@ -791,11 +859,13 @@ mod tests {
             } else {
                 own.random_at_depth(rng.random_range(0..20), &mut rng)
             };
-            let mut want = in_table.clone();
-            want.sort_by_key(|c| c.id.distance(&target));
-            want.truncate(8);
-            t.closest(&target, 8, &mut out);
-            assert_eq!(out, want);
+            let mut sorted = in_table.clone();
+            sorted.sort_by_key(|c| c.id.distance(&target));
+            // Both paths: the stack array (count <= 16) and the selection (count > 16).
+            for count in [0, 1, 7, 8, 9, 16, 17, 40, 1000] {
+                t.closest(&target, count, &mut out);
+                assert_eq!(out, sorted[..count.min(sorted.len())], "count {count}");
+            }
         }
     }
 

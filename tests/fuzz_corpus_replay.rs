@@ -9,10 +9,6 @@ use std::path::{Path, PathBuf};
 use trackerless::fuzzing::{self, TARGETS};
 use trackerless::krpc::{self, Body, ErrorBody};
 
-/// Targets whose regressions need a fix outside this test's reach, replayed by their own
-/// ignored test below until it is merged (then drop the entry and the `ignore`).
-const AWAITING_FIX: &[&str] = &["krpc"];
-
 fn inputs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -73,17 +69,14 @@ fn every_minimized_corpus_input_replays() {
 #[test]
 fn every_fuzz_regression_replays() {
     for (target, f) in TARGETS {
-        if !AWAITING_FIX.contains(target) {
-            replay("regressions", target, *f);
-        }
+        replay("regressions", target, *f);
     }
 }
 
 /// Crash 1 of FUZZING.md: an error message with a short `e` list (`[201]`, `[]`) must decode
-/// as an error, not be dropped as undecodable. Fails until the `LError` fix to
-/// src/krpc/decode.rs (given in FUZZING.md) is merged.
+/// as an error, not be dropped as undecodable (the serde-based decoder read past the end of
+/// the list; the borrowing decoder that replaced it must not regress).
 #[test]
-#[ignore = "needs the LError fix to src/krpc/decode.rs from FUZZING.md (crash 1)"]
 fn krpc_short_error_lists_decode() {
     for (datagram, code) in [
         (&b"d1:eli202ee1:t2:aa1:y1:ee"[..], 202),

@@ -405,6 +405,37 @@ fn unanswerable_input_is_rejected_not_answered() {
     }
 }
 
+/// An `e` list with fewer than two elements (the serde-based decoder used to read past its
+/// end and drop the datagram, so the transaction it fails timed out instead).
+#[test]
+fn short_error_lists_decode() {
+    let error = |code, message: &str| {
+        Ok(plain(
+            b"aa",
+            Body::Error(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+        ))
+    };
+    for (input, want) in [
+        (&b"d1:eli201ee1:t2:aa1:y1:ee"[..], error(201, "")),
+        (b"d1:eli203ee1:t2:aa1:y1:ee", error(203, "")),
+        (b"d1:ele1:t2:aa1:y1:ee", error(krpc::ERR_GENERIC, "")),
+        (b"d1:eldee1:t2:aa1:y1:ee", error(krpc::ERR_GENERIC, "")),
+        (b"d1:el3:abce1:t2:aa1:y1:ee", error(krpc::ERR_GENERIC, "")),
+        (b"d1:eli202e3:abci9ee1:t2:aa1:y1:ee", error(202, "abc")),
+        (b"d1:eli202ei5e3:abce1:t2:aa1:y1:ee", error(202, "")),
+    ] {
+        assert_eq!(
+            krpc::decode(input),
+            want,
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
 #[test]
 fn depth_bombs_huge_lengths_and_oversize_datagrams_do_not_hurt() {
     let mut bomb = b"d1:a".to_vec();

@@ -19,7 +19,11 @@
 # session, whose scheduler autogroup gets this nice value when allowed, so that compilers
 # running on the same two cores disturb the measurement less; plain `nice` is not enough
 # where sched_autogroup is on), NO_BUILD (set to skip cargo build).
-# Everything binds to 127.90.0.0/16 and 127.91.0.0/16 (sources); nothing leaves loopback.
+# ROUTER=1 adds a `dht-node --router` column: the router seeds its store from a 300-node
+# testnet (dht-testnet on 127.93.0.0/16, pinned to the generator's core and idle during the
+# measurement) before each load, so every find_node/get_peers reply carries 16 contacts.
+# Everything binds to 127.90.0.0/16, 127.91.0.0/16 (sources) and 127.93.0.0/16 (testnet);
+# nothing leaves loopback.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -36,7 +40,7 @@ SERVER_IP=127.90.0.1
 
 cd "$(dirname "$0")/.."
 if [[ -z "${NO_BUILD:-}" ]]; then
-    cargo build --release --bin dht-node --bin dht-loadgen >&2
+    cargo build --release --bin dht-node --bin dht-loadgen --bin dht-testnet >&2
 fi
 BIN=target/release
 for b in dht-node dht-loadgen; do
@@ -71,8 +75,9 @@ fi
 TMP=$(mktemp -d)
 SERVER_PID=
 LOAD_PID=
+TESTNET_PID=
 cleanup() {
-    for pid in $LOAD_PID $SERVER_PID; do
+    for pid in $LOAD_PID $SERVER_PID $TESTNET_PID; do
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
@@ -142,6 +147,15 @@ start_server() {
                 --data-dir "$TMP/data-$kind" \
                 --stats-interval 0 2> "$TMP/$kind.err" &
             ;;
+        router)
+            bin=$BIN/dht-node
+            rm -rf "$TMP/data-$kind"
+            mkdir -p "$TMP/data-$kind"
+            pinned "$SERVER_CPU" "$bin" --router --router-verify-delay 0 --bind "$addr" \
+                --bootstrap "$TESTNET_ADDR" --allow-net 127.0.0.0/8 --rate-limit 0 --reply-quota 0 \
+                --data-dir "$TMP/data-$kind" --stats-interval 1 \
+                > "$TMP/$kind.out" 2> "$TMP/$kind.err" &
+            ;;
     esac
     SERVER_PID=$!
     wait_bound "$addr"
@@ -150,6 +164,20 @@ start_server() {
 }
 
 SERVERS="echo node"
+if [[ -n ${ROUTER:-} ]]; then
+    SERVERS="$SERVERS router"
+    $BIN/dht-testnet --nodes 300 --subnet 93 --stats-interval 0 --print-addrs 1 \
+        > "$TMP/testnet.out" 2> "$TMP/testnet.err" &
+    TESTNET_PID=$!
+    for _ in $(seq 300); do
+        TESTNET_ADDR=$(grep -m1 -oE '127\.93\.[0-9]+\.[0-9]+:[0-9]+' "$TMP/testnet.out" || true)
+        [[ -n $TESTNET_ADDR ]] && grep -q -i ready "$TMP/testnet.out" && break
+        sleep 0.2
+    done
+    [[ -n ${TESTNET_ADDR:-} ]] || { echo "error: the testnet did not start" >&2; cat "$TMP/testnet.err" >&2; exit 1; }
+    taskset -p -c "$LOADGEN_CPU" "$TESTNET_PID" > /dev/null
+    echo "# router seeded from a 300-node testnet at $TESTNET_ADDR"
+fi
 if [[ -n ${NODE2:-} ]]; then
     [[ -x $NODE2 ]] || { echo "error: NODE2=$NODE2 is not an executable" >&2; exit 1; }
     SERVERS="echo node node2"
@@ -168,6 +196,14 @@ for round in $(seq "$ROUNDS"); do
     for kind in $SERVERS; do
         port=$((port + 1))
         start_server "$kind" "$port"
+        if [[ $kind == router ]]; then
+            # Wait until the router has verified most of the testnet.
+            for _ in $(seq 300); do
+                stored=$({ grep -oE 'router stored [0-9]+' "$TMP/router.out" || true; } | tail -1 | awk '{print $3}')
+                [[ ${stored:-0} -ge 250 ]] && break
+                sleep 0.1
+            done
+        fi
         run_load "$SERVER_IP:$port" "$TMP/$kind-$round.log"
         read -r rate cpu timeouts gen < <(result_of "$TMP/$kind-$round.log")
         stop_server

@@ -1,4 +1,4 @@
-//! KRPC datagrams: bencode pre-scan, typed decode, differential check against fast_decode, re-encode round trip.
+//! KRPC datagrams: bencode pre-scan, typed decode, differential check against the serde reference decoder, re-encode round trip.
 //! The body lives in `trackerless::fuzzing::krpc` so the corpus replay test runs the same code.
 #![no_main]
 

@@ -1,14 +1,20 @@
-//! `dht-node`: a long-running Mainline DHT node on the embedded sled store.
+//! `dht-node`: a long-running Mainline DHT node on the embedded sled store, or (`--router`)
+//! a bootstrap router.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use trackerless::cli::{self, NetArgs};
+use trackerless::metrics;
 use trackerless::net::Dht;
 use trackerless::node::Stats;
+use trackerless::router::RouterConfig;
+use trackerless::router::io::{self as router_io, RouterHandle, RouterRunConfig};
 
 /// A BitTorrent Mainline DHT (BEP 5) node. Joins the network, answers queries, stores
-/// announced peers, and keeps its id and routing table across restarts.
+/// announced peers, and keeps its id and routing table across restarts. With --router it is
+/// a bootstrap router instead: no peer storage, a large store of verified contacts.
 #[derive(Parser, Debug)]
 #[command(name = "dht-node", version)]
 struct Cli {
@@ -23,14 +29,56 @@ struct Cli {
     /// Most peers kept per infohash.
     #[arg(long, value_name = "N", default_value_t = 500)]
     max_peers: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Run as a bootstrap router (answers find_node/get_peers/ping from verified contacts;
+    /// seeds an empty store from the bootstrap nodes).
+    #[arg(long)]
+    router: bool,
+    /// Router: verified contacts kept.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1_000_000,
+        requires = "router"
+    )]
+    router_capacity: usize,
+    /// Router: seconds between a node's query and its verification.
+    #[arg(long, value_name = "SECS", default_value_t = 900, requires = "router")]
+    router_verify_delay: u64,
 }
 
 fn main() {
     let cli = Cli::parse();
     cli::init_logging();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| cli::fail(e));
+    if cli.router {
+        rt.block_on(run_router(&cli));
+    } else {
+        rt.block_on(run_node(&cli));
+    }
+}
+
+async fn bind_metrics(cli: &Cli) -> Option<tokio::net::TcpListener> {
+    let addr = cli.metrics?;
+    match metrics::bind(addr).await {
+        Ok(l) => {
+            tracing::info!("metrics at http://{addr}/metrics");
+            Some(l)
+        }
+        Err(e) => cli::fail(format!("cannot bind metrics {addr}: {e}")),
+    }
+}
+
+async fn run_node(cli: &Cli) {
     let mut cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
     cfg.node.store.max_infohashes = cli.max_infohashes;
     cfg.node.store.max_peers_per_infohash = cli.max_peers;
+    let metrics_listener = bind_metrics(cli).await;
     let dht = Dht::spawn(cfg.clone()).unwrap_or_else(|e| cli::fail(e));
     tracing::info!(
         "node {} listening on {} (data in {})",
@@ -41,32 +89,106 @@ fn main() {
             .map(|d| d.display().to_string())
             .unwrap_or_default()
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| cli::fail(e));
-    rt.block_on(async {
-        let mut last = (Instant::now(), dht.stats().await.unwrap_or_default());
-        let period = Duration::from_secs(cli.stats_interval.max(1));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let signal = cli::shutdown_signal();
-        tokio::pin!(signal);
-        loop {
-            tokio::select! {
-                _ = &mut signal => break,
-                _ = tick.tick(), if cli.stats_interval > 0 => {
-                    let Ok(now_stats) = dht.stats().await else { break };
-                    let now = Instant::now();
-                    println!("{}", status_line(&last.1, &now_stats, now - last.0));
-                    last = (now, now_stats);
-                }
+    if let Some(l) = metrics_listener {
+        let h = dht.clone();
+        tokio::spawn(metrics::serve(l, move || {
+            let h = h.clone();
+            async move { h.stats().await.ok().map(|s| metrics::render_node(&s)) }
+        }));
+    }
+    let mut last = (Instant::now(), dht.stats().await.unwrap_or_default());
+    let period = Duration::from_secs(cli.stats_interval.max(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let signal = cli::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tick.tick(), if cli.stats_interval > 0 => {
+                let Ok(now_stats) = dht.stats().await else { break };
+                let now = Instant::now();
+                println!("{}", status_line(&last.1, &now_stats, now - last.0));
+                last = (now, now_stats);
             }
         }
-        tracing::info!("shutting down");
-        if let Err(e) = dht.shutdown().await {
-            cli::fail(format!("could not save state: {e}"));
+    }
+    tracing::info!("shutting down");
+    if let Err(e) = dht.shutdown().await {
+        cli::fail(format!("could not save state: {e}"));
+    }
+}
+
+async fn run_router(cli: &Cli) {
+    let net = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
+    let data_dir = cli
+        .net
+        .data_dir()
+        .unwrap_or_else(|e| cli::fail(e))
+        .join("router");
+    let router = RouterConfig {
+        capacity: cli.router_capacity.max(1),
+        verify_delay: Duration::from_secs(cli.router_verify_delay),
+        allow: net.node.allow.clone(),
+        rate_limit: net.node.rate_limit,
+        reply_quota: net.node.reply_quota,
+        ..RouterConfig::default()
+    };
+    let metrics_listener = bind_metrics(cli).await;
+    let handle = router_io::spawn(RouterRunConfig {
+        bind: net.bind,
+        router,
+        data_dir: Some(data_dir.clone()),
+        save_interval: Duration::from_secs(300),
+        seeds: net.bootstrap.clone(),
+    })
+    .unwrap_or_else(|e| cli::fail(e));
+    tracing::info!(
+        "router listening on {} ({} contacts loaded from {})",
+        handle.local_addr(),
+        handle.loaded(),
+        data_dir.display()
+    );
+    if let Some(l) = metrics_listener {
+        let h = handle.clone();
+        tokio::spawn(metrics::serve(l, move || {
+            let h = h.clone();
+            async move { h.stats().await.map(|s| metrics::render_router(&s)) }
+        }));
+    }
+    router_loop(cli, &handle).await;
+}
+
+async fn router_loop(cli: &Cli, handle: &RouterHandle) {
+    let period = Duration::from_secs(cli.stats_interval.max(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut last = (Instant::now(), handle.stats().await.unwrap_or_default());
+    let signal = cli::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = tick.tick(), if cli.stats_interval > 0 => {
+                let Some(s) = handle.stats().await else { break };
+                let now = Instant::now();
+                let secs = (now - last.0).as_secs_f64().max(1e-3);
+                let q = |m: &trackerless::node::MethodCounts| m.ping + m.find_node + m.get_peers + m.announce_peer + m.sample_infohashes + m.other;
+                println!(
+                    "router stored {} pending {} | queries {:.1}/s admitted {} | in {} out {}",
+                    s.stored,
+                    s.pending,
+                    (q(&s.queries_by_method) - q(&last.1.queries_by_method)) as f64 / secs,
+                    s.admitted,
+                    cli::rate((s.bytes_in - last.1.bytes_in) as f64 / secs),
+                    cli::rate((s.bytes_out - last.1.bytes_out) as f64 / secs),
+                );
+                last = (now, s);
+            }
         }
-    });
+    }
+    tracing::info!("shutting down");
+    if let Err(e) = handle.shutdown().await {
+        cli::fail(format!("could not save the router store: {e}"));
+    }
 }
 
 fn status_line(before: &Stats, now: &Stats, elapsed: Duration) -> String {

@@ -1,13 +1,14 @@
 //! KRPC messages (BEP 5, plus BEP 43 `ro`, BEP 42-style top-level `ip` and BEP 51
 //! `sample_infohashes`): typed values, a tolerant decoder and a hand-written encoder.
 //!
-//! Decoding goes through serde_bencode after [`crate::bencode::validate`] has proven the
-//! input is small, shallow and complete; the serde visitors here are *lenient*: unknown keys
-//! are skipped and a known key with the wrong type reads as absent, so that the typed layer
-//! can decide between answering, answering with error 203, or dropping. Encoding is written
-//! by hand because serde_bencode's encoder buffers and sorts keys at run time (~40x slower
-//! than emitting our few fixed shapes with their keys already in order); the tests check the
-//! bytes against serde_bencode's canonical output.
+//! Decoding is one borrowing pass over the datagram that validates its structure (size,
+//! depth, lengths, nothing trailing) while it extracts the fields, and it is *lenient*:
+//! unknown keys are skipped and a known key with the wrong type reads as absent, so that the
+//! typed layer can decide between answering, answering with error 203, or dropping (see
+//! `decode.rs` for why it is not built on serde_bencode). Encoding is written by hand because
+//! serde_bencode's encoder buffers and sorts keys at run time (~7-10x slower than emitting our
+//! few fixed shapes with their keys already in order); the tests check the bytes against
+//! serde_bencode's canonical output.
 
 mod decode;
 mod encode;

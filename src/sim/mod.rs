@@ -127,10 +127,15 @@ impl Sim {
         }
     }
 
-    /// Adds a node (offline until it is given something to do) and returns its index.
+    /// Adds a node with the template config and returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with(self.config.node.clone())
+    }
+
+    /// Adds a node with its own config (e.g. a crawler that reports incoming queries); its
+    /// RNG seed is still drawn from the simulation's, so runs stay reproducible.
+    pub fn add_node_with(&mut self, mut cfg: node::Config) -> usize {
         let i = self.nodes.len();
-        let mut cfg = self.config.node.clone();
         cfg.seed = Some(self.rng.random());
         self.nodes.push(Node::new(cfg, self.now));
         self.online.push(true);

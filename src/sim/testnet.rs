@@ -66,7 +66,10 @@ impl Testnet {
                 routers.push(nodes[0].local_addr().to_string());
                 for _ in 1..config.fanout.min(i) {
                     let j = rand::random_range(0..i);
-                    routers.push(nodes[j].local_addr().to_string());
+                    let r = nodes[j].local_addr().to_string();
+                    if !routers.contains(&r) {
+                        routers.push(r);
+                    }
                 }
             }
             let bind = SocketAddr::V4(SocketAddrV4::new(testnet_ip(config.subnet, i), config.port));

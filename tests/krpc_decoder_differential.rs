@@ -1,10 +1,16 @@
-//! The prototype borrowing decoder (`fast_decode`) must give exactly what `krpc::decode`
-//! gives: on the real-world corpus, on mutations of it, and on random KRPC-shaped bencode
-//! that exercises every lenient rule (wrong types, repeated keys, unknown keys, nesting).
+//! `krpc::decode` (the single-pass borrowing decoder) against a reference decoder built on
+//! serde_bencode: the decoder that shipped before it (pre-scan with `bencode::validate`,
+//! lenient serde visitors, typed validation), kept verbatim in `trackerless::fuzzing::krpc_reference`
+//! (shared with the `krpc` fuzz target) except for the fix of its short-`e`-list bug. Both must give exactly the same result, errors and reasons included,
+//! on the real-world corpus, on mutations of it, on random KRPC-shaped bencode that exercises
+//! every lenient rule (wrong types, repeated keys, unknown keys, unsorted keys), and on
+//! nesting around the depth limit in every position. Any panic fails the test too.
 
 use std::path::PathBuf;
 
-use trackerless::{bencode, fast_decode, krpc};
+// The reference: the serde_bencode-based decoder `krpc::decode` replaced.
+use trackerless::fuzzing::krpc_reference as reference;
+use trackerless::krpc::{self, DecodeError, Message};
 
 fn corpus() -> Vec<Vec<u8>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/krpc-real");
@@ -25,76 +31,43 @@ fn corpus() -> Vec<Vec<u8>> {
     out
 }
 
-/// Whether the top-level dictionary has an `e` list with fewer than two elements.
-fn has_short_error_list(input: &[u8]) -> bool {
-    let mut pos = 1;
-    while input.get(pos).is_some_and(u8::is_ascii_digit) {
-        let key_end = bencode::scan_value(input, pos, 64).unwrap();
-        let value_end = bencode::scan_value(input, key_end, 64).unwrap();
-        if &input[pos..key_end] == b"1:e" && input[key_end] == b'l' {
-            let mut elements = 0;
-            let mut p = key_end + 1;
-            while input[p] != b'e' {
-                p = bencode::scan_value(input, p, 64).unwrap();
-                elements += 1;
-            }
-            if elements < 2 {
-                return true;
-            }
-        }
-        pos = value_end;
-    }
-    false
-}
-
-fn same(input: &[u8]) -> bool {
-    let slow = krpc::decode(input);
-    let fast = fast_decode::decode(input);
-    if slow == Err(krpc::DecodeError::NotKrpc("undecodable")) {
-        // Known bug of the serde path (reported with this prototype): after an `e` list with
-        // fewer than two elements ends, `LError` calls `skip_seq` on the finished sequence,
-        // serde_bencode reads on into the enclosing dictionary, and the whole datagram fails.
-        // The borrowing decoder reads such a list leniently instead (see `short_error_lists`).
-        assert!(
-            has_short_error_list(input),
-            "serde failed on {:?} for another reason",
-            String::from_utf8_lossy(input)
-        );
-        return false;
-    }
+/// Decodes `input` with both decoders and fails on any difference.
+fn same(input: &[u8]) -> Result<Message, DecodeError> {
+    let want = reference::decode(input);
+    assert_ne!(
+        want,
+        Err(DecodeError::NotKrpc("undecodable")),
+        "the serde reference failed on {:?}",
+        String::from_utf8_lossy(input)
+    );
+    let got = krpc::decode(input);
     assert_eq!(
-        slow,
-        fast,
+        got,
+        want,
         "decoders disagree on {:?}",
         String::from_utf8_lossy(input)
     );
-    true
+    got
 }
 
+/// `e` lists with fewer than two elements: the case the serde path used to get wrong.
 #[test]
 fn short_error_lists() {
-    let error = |code, message: &str| {
-        Ok(krpc::Message {
-            tid: krpc::Tid::new(b"aa").unwrap(),
-            body: krpc::Body::Error(krpc::ErrorBody {
-                code,
-                message: message.into(),
-            }),
-            ip: None,
-            read_only: false,
-            version: None,
-        })
-    };
-    for (input, want) in [
-        (&b"d1:eli203ee1:t2:aa1:y1:ee"[..], error(203, "")),
-        (b"d1:ele1:t2:aa1:y1:ee", error(201, "")),
-        (b"d1:eldee1:t2:aa1:y1:ee", error(201, "")),
-        (b"d1:eli202e3:abci9ee1:t2:aa1:y1:ee", error(202, "abc")),
+    for input in [
+        &b"d1:eli201ee1:t2:aa1:y1:ee"[..],
+        b"d1:ele1:t2:aa1:y1:ee",
+        b"d1:eldee1:t2:aa1:y1:ee",
+        b"d1:eli202e3:abci9ee1:t2:aa1:y1:ee",
+        b"d1:t2:aa1:y1:e1:eli201eee",
     ] {
-        assert_eq!(fast_decode::decode(input), want, "{input:?}");
+        assert!(matches!(
+            same(input),
+            Ok(Message {
+                body: krpc::Body::Error(_),
+                ..
+            })
+        ));
     }
-    // The serde path agrees once the list has two elements.
-    same(b"d1:eli202e3:abci9ee1:t2:aa1:y1:ee");
 }
 
 /// splitmix64, so failures reproduce.
@@ -204,7 +177,12 @@ fn message(rng: &mut Rng, out: &mut Vec<u8>) {
     if rng.below(10) > 0 {
         entry(
             "t",
-            &mut |rng, e| put_str(e, &rng.next().to_be_bytes()[..rng.below(9)]),
+            &mut |rng, e| {
+                // Up to 16 bytes is a valid tid, 17 is not.
+                let len = [0usize, 1, 2, 4, 8, 16, 17][rng.below(7)];
+                let t: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                put_str(e, &t)
+            },
             rng,
         );
     }
@@ -228,24 +206,40 @@ fn message(rng: &mut Rng, out: &mut Vec<u8>) {
                 key,
                 &mut |rng, e| {
                     e.push(b'd');
-                    for arg in ["id", "target", "info_hash", "token", "nodes", "samples"] {
-                        if rng.below(3) > 0 {
-                            put_str(e, arg.as_bytes());
-                            let len = [20usize, 20, 20, 8, 26, 19][rng.below(6)];
-                            let v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-                            put_str(e, &v);
+                    // Each argument present with probability 2/3 (integers and `values` 1/3),
+                    // sometimes twice, in random order: repeated keys must keep the last.
+                    let mut args: Vec<Vec<u8>> = Vec::new();
+                    for _ in 0..1 + usize::from(rng.below(4) == 0) {
+                        for arg in ["id", "target", "info_hash", "token", "nodes", "samples"] {
+                            if rng.below(3) > 0 {
+                                let mut a = Vec::new();
+                                put_str(&mut a, arg.as_bytes());
+                                // Tokens up to 32 bytes are kept, 33 are not.
+                                let len = [20usize, 20, 20, 8, 26, 19, 32, 33][rng.below(8)];
+                                let v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                                put_str(&mut a, &v);
+                                args.push(a);
+                            }
+                        }
+                        for arg in ["port", "implied_port", "interval", "num", "values"] {
+                            if rng.below(3) == 0 {
+                                let mut a = Vec::new();
+                                put_str(&mut a, arg.as_bytes());
+                                value(rng, 3, &mut a);
+                                args.push(a);
+                            }
+                        }
+                        if rng.below(4) == 0 {
+                            let mut a = Vec::new();
+                            put_str(&mut a, KEYS[rng.below(KEYS.len())].as_bytes());
+                            value(rng, 2, &mut a);
+                            args.push(a);
                         }
                     }
-                    for arg in ["port", "implied_port", "interval", "num"] {
-                        if rng.below(3) == 0 {
-                            put_str(e, arg.as_bytes());
-                            value(rng, 3, e);
-                        }
+                    for i in (1..args.len()).rev() {
+                        args.swap(i, rng.below(i + 1));
                     }
-                    if rng.below(3) == 0 {
-                        put_str(e, b"values");
-                        value(rng, 2, e);
-                    }
+                    args.into_iter().for_each(|a| e.extend_from_slice(&a));
                     e.push(b'e');
                 },
                 rng,
@@ -274,7 +268,8 @@ fn corpus_decodes_identically() {
     let corpus = corpus();
     assert!(corpus.len() > 2000, "corpus missing");
     for d in &corpus {
-        same(d);
+        // The whole corpus is valid KRPC (tests/krpc_corpus.rs).
+        assert!(same(d).is_ok());
     }
 }
 
@@ -306,7 +301,7 @@ fn mutated_corpus_decodes_identically() {
                     m.splice(at..at, v);
                 }
             }
-            same(&m);
+            let _ = same(&m);
         }
     }
 }
@@ -314,7 +309,7 @@ fn mutated_corpus_decodes_identically() {
 #[test]
 fn random_krpc_shaped_messages_decode_identically() {
     let mut rng = Rng(42);
-    let (mut decoded, mut skipped) = (0, 0);
+    let mut decoded = 0;
     for _ in 0..200_000 {
         let mut m = Vec::new();
         if rng.below(4) == 0 {
@@ -322,15 +317,75 @@ fn random_krpc_shaped_messages_decode_identically() {
         } else {
             message(&mut rng, &mut m);
         }
-        if krpc::decode(&m).is_ok() {
+        if same(&m).is_ok() {
             decoded += 1;
         }
-        if !same(&m) {
-            skipped += 1;
+    }
+    // The generator must reach the typed layer often enough to test it.
+    assert!(decoded > 5_000, "only {decoded} random messages decoded");
+}
+
+/// `n` nested containers (lists, or dicts under a KRPC key) around a random scalar.
+fn chain(rng: &mut Rng, n: usize, out: &mut Vec<u8>) {
+    let mut closers = Vec::with_capacity(n);
+    for _ in 0..n {
+        if rng.below(2) == 0 {
+            out.push(b'l');
+        } else {
+            out.push(b'd');
+            put_str(out, KEYS[rng.below(KEYS.len())].as_bytes());
+        }
+        closers.push(b'e');
+    }
+    value(rng, 4, out);
+    out.extend_from_slice(&closers);
+}
+
+/// Nesting from 0 to 11 levels in every position the decoder reads itself or skips: the
+/// depth limit must bite at the same offset as `bencode::validate`'s, and a truncated or
+/// corrupted chain must fail the same way.
+#[test]
+fn nesting_around_the_depth_limit_decodes_identically() {
+    let templates: &[(&[u8], &[u8])] = &[
+        (b"d1:t2:aa1:y1:r1:rd2:id20:abcdefghij0123456789", b"ee"),
+        (
+            b"d1:rd2:id20:abcdefghij01234567896:valuesl",
+            b"ee1:t2:aa1:y1:re",
+        ),
+        (b"d1:eli201e", b"e1:t2:aa1:y1:ee"),
+        (b"d1:el", b"e1:t2:aa1:y1:ee"),
+        (
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:q",
+            b"e",
+        ),
+    ];
+    let mut rng = Rng(99);
+    let mut malformed = 0;
+    for i in 0..100_000 {
+        let (head, tail) = templates[i % templates.len()];
+        let mut m = head.to_vec();
+        // Templates ending in a dict take a key before the chain.
+        if head.ends_with(b"9") || head.ends_with(b"q") {
+            put_str(&mut m, KEYS[rng.below(KEYS.len())].as_bytes());
+        }
+        let depth = rng.below(12);
+        chain(&mut rng, depth, &mut m);
+        m.extend_from_slice(tail);
+        match rng.below(6) {
+            0 => m.truncate(rng.below(m.len())),
+            1 => {
+                let i = rng.below(m.len());
+                m[i] = b"ield0123456789:"[rng.below(15)];
+            }
+            _ => {}
+        }
+        if matches!(same(&m), Err(DecodeError::Malformed(_))) {
+            malformed += 1;
         }
     }
-    // The generator must reach the typed layer often enough to test it, and the serde bug
-    // must not hide most cases.
-    assert!(decoded > 5_000, "only {decoded} random messages decoded");
-    assert!(skipped < 20_000, "{skipped} cases skipped");
+    // Both sides of the limit must be covered.
+    assert!(
+        (20_000..80_000).contains(&malformed),
+        "{malformed} malformed"
+    );
 }

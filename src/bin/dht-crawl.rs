@@ -1,0 +1,211 @@
+//! `dht-crawl`: surveys the DHT's infohashes politely (BEP 51), keeps them in a sled store,
+//! and exports them.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+use trackerless::cli::{self, NetArgs};
+use trackerless::crawl::export::{Format, export};
+use trackerless::crawl::metadata::{Bep9Fetcher, MetadataConfig};
+use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
+use trackerless::metadata::FetchConfig;
+use trackerless::net::Dht;
+
+/// An honest BitTorrent DHT crawler: a normal DHT node that walks the keyspace with BEP 51
+/// sample_infohashes at a bounded rate, and records every infohash it learns with when and
+/// how it was seen.
+#[derive(Parser, Debug)]
+#[command(name = "dht-crawl", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    crawl: CrawlArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Dump the store (one JSON object per line, or CSV) to stdout or a file.
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// The crawler's data directory (the store is DIR/crawl).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: Format,
+    /// Write here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct CrawlArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Walk queries per second, at most (metadata lookups are charged to it too).
+    #[arg(long, value_name = "N", default_value_t = 200.0, value_parser = parse_rate)]
+    rate: f64,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Append one JSON object per new infohash to FILE.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Print a status line every SECS seconds (0 = never).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    status_interval: u64,
+    /// Write sightings to disk every SECS seconds (what a crash can lose at most).
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    flush_interval: u64,
+    /// Fetch each new torrent's metadata (BEP 9) from its peers and store name, size, files.
+    #[arg(long)]
+    metadata: bool,
+    /// Metadata fetches running at once.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "metadata",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    metadata_workers: u64,
+    /// Also write each fetched torrent as DIR/<infohash>.torrent.
+    #[arg(long, value_name = "DIR", requires = "metadata")]
+    torrent_dir: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("not a number: {s:?}"))?;
+    if r.is_finite() && (0.1..=100_000.0).contains(&r) {
+        Ok(r)
+    } else {
+        Err("must be between 0.1 and 100000 queries per second".into())
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    cli::init_logging();
+    match cli.cmd {
+        Some(Cmd::Export(a)) => export_cmd(a),
+        None => crawl_cmd(cli.crawl),
+    }
+}
+
+fn store_dir(data_dir: Option<PathBuf>) -> PathBuf {
+    data_dir
+        .map(Ok)
+        .unwrap_or_else(cli::default_data_dir)
+        .unwrap_or_else(|e| cli::fail(e))
+        .join("crawl")
+}
+
+fn export_cmd(a: ExportArgs) {
+    let dir = store_dir(a.data_dir);
+    if !dir.exists() {
+        cli::fail(format!("no crawl store at {}", dir.display()));
+    }
+    let store = CrawlStore::open(&dir, StoreConfig::default()).unwrap_or_else(|e| cli::fail(e));
+    let result = match &a.out {
+        Some(path) => std::fs::File::create(path)
+            .and_then(|f| export(&store, a.format, &mut std::io::BufWriter::new(f)))
+            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            match export(&store, a.format, &mut w) {
+                // A closed pipe (`| head`) is the reader's choice, not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                r => r.map_err(|e| format!("cannot write to stdout: {e}")),
+            }
+        }
+    };
+    match result {
+        Ok(n) => tracing::info!("exported {n} records"),
+        Err(e) => cli::fail(e),
+    }
+}
+
+fn crawl_cmd(a: CrawlArgs) {
+    let mut cfg = a.net.dht_config().unwrap_or_else(|e| cli::fail(e));
+    let data_dir = a.net.data_dir().unwrap_or_else(|e| cli::fail(e));
+    // The store first: a second crawler on the same directory fails before binding.
+    let store = CrawlStore::open(&data_dir.join("crawl"), StoreConfig::default())
+        .unwrap_or_else(|e| cli::fail(e));
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    cfg.incoming = Some(tx);
+    let walk = WalkConfig {
+        rate: a.rate,
+        burst: (a.rate / 10.0).clamp(1.0, 100.0),
+        allow: cfg.node.allow.clone(),
+        ..WalkConfig::default()
+    };
+    let allow = cfg.node.allow.clone();
+    let dht = Dht::spawn(cfg).unwrap_or_else(|e| cli::fail(e));
+    if let Some(dir) = &a.torrent_dir {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| cli::fail(format!("cannot create {}: {e}", dir.display())));
+    }
+    let metadata = a.metadata.then(|| MetadataConfig {
+        workers: a.metadata_workers as usize,
+        fetcher: Arc::new(Bep9Fetcher(FetchConfig {
+            allow,
+            dht: Some(dht.clone()),
+            dht_port: Some(dht.local_addr().port()),
+            timeout: Some(Duration::from_secs(30)),
+            ..FetchConfig::default()
+        })),
+        torrent_dir: a.torrent_dir.clone(),
+        queue: 10_000,
+        lookup_timeout: Duration::from_secs(20),
+    });
+    tracing::info!(
+        "crawler node {} on {} (store {}, {} infohashes)",
+        dht.id(),
+        dht.local_addr(),
+        store.path().display(),
+        store.count()
+    );
+    let status_interval = a.status_interval;
+    let crawl_cfg = CrawlConfig {
+        walk,
+        flush_interval: Duration::from_secs(a.flush_interval),
+        status_interval: Duration::from_secs(status_interval.max(1)),
+        duration: a.duration.map(Duration::from_secs),
+        out: a.out,
+        metadata,
+        on_status: Some(Box::new(move |s| {
+            if status_interval > 0 {
+                println!("{s}");
+                let _ = std::io::stdout().flush();
+            }
+        })),
+        ..CrawlConfig::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| cli::fail(e));
+    rt.block_on(async {
+        let result = crawl::run(
+            dht.clone(),
+            Some(rx),
+            store,
+            crawl_cfg,
+            cli::shutdown_signal(),
+        )
+        .await;
+        let saved = dht.shutdown().await;
+        match result {
+            Ok(report) => {
+                println!("final: {}", report.status);
+                tracing::info!("walk: {:?}", report.walk);
+            }
+            Err(e) => cli::fail(e),
+        }
+        if let Err(e) = saved {
+            cli::fail(format!("could not save the node state: {e}"));
+        }
+    });
+}

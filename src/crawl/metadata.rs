@@ -1,0 +1,197 @@
+//! Metadata enrichment: a bounded pool of workers that, for each new infohash, looks up
+//! peers on the DHT and asks a [`MetadataFetcher`] for the info dict (BEP 9).
+//!
+//! The fetcher is a trait so the crawl does not depend on how metadata is transferred; the
+//! pool verifies what it gets (SHA-1 must equal the infohash, the dict must parse) before
+//! anything is stored or written as a `.torrent` file. The queue is bounded: when new
+//! infohashes arrive faster than metadata can be fetched, the surplus is skipped (and
+//! counted) rather than buffered without limit.
+
+use std::future::Future;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha1::{Digest, Sha1};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+
+use super::store::TorrentMeta;
+use crate::id::InfoHash;
+use crate::net::DhtHandle;
+
+/// Boxed future returned by [`MetadataFetcher::fetch`].
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>>;
+
+/// Something that can fetch a torrent's raw info dict from peers.
+pub trait MetadataFetcher: Send + Sync + 'static {
+    /// Fetches the bencoded info dict of `info_hash` from `peers` (live ones first). The
+    /// pool checks the SHA-1, so an implementation may return unverified bytes.
+    fn fetch(&self, info_hash: InfoHash, peers: Vec<SocketAddrV4>) -> FetchFuture<'_>;
+}
+
+/// Pool settings.
+#[derive(Clone)]
+pub struct MetadataConfig {
+    /// Fetches running at once.
+    pub workers: usize,
+    pub fetcher: Arc<dyn MetadataFetcher>,
+    /// Write `<hex infohash>.torrent` here for each fetched torrent.
+    pub torrent_dir: Option<PathBuf>,
+    /// Infohashes waiting for a worker, at most.
+    pub queue: usize,
+    /// How long the peer lookup may take.
+    pub lookup_timeout: Duration,
+}
+
+impl std::fmt::Debug for MetadataConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataConfig")
+            .field("workers", &self.workers)
+            .field("torrent_dir", &self.torrent_dir)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One job: an infohash and the peers already known for it (from announces).
+#[derive(Debug, Clone)]
+pub struct MetaJob {
+    pub info_hash: InfoHash,
+    pub peers: Vec<SocketAddrV4>,
+}
+
+/// What became of one job.
+#[derive(Debug, Clone)]
+pub struct MetaOutcome {
+    pub info_hash: InfoHash,
+    pub result: Result<TorrentMeta, String>,
+    /// DHT queries the peer lookup sent (charged to the crawl's rate limit).
+    pub dht_messages: u32,
+}
+
+/// The running pool.
+pub struct MetadataPool {
+    jobs: mpsc::Sender<MetaJob>,
+    pub results: mpsc::UnboundedReceiver<MetaOutcome>,
+    _workers: JoinSet<()>,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl MetadataPool {
+    /// Starts `cfg.workers` workers on the current runtime.
+    pub fn start(cfg: MetadataConfig, dht: DhtHandle) -> MetadataPool {
+        let (jobs, rx) = mpsc::channel(cfg.queue.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let (tx, results) = mpsc::unbounded_channel();
+        let mut workers = JoinSet::new();
+        for _ in 0..cfg.workers.max(1) {
+            let rx = rx.clone();
+            let tx = tx.clone();
+            let dht = dht.clone();
+            let cfg = cfg.clone();
+            workers.spawn(async move {
+                loop {
+                    let job = rx.lock().await.recv().await;
+                    let Some(job) = job else { break };
+                    let outcome = run_job(&cfg, &dht, job).await;
+                    if tx.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        MetadataPool {
+            jobs,
+            results,
+            _workers: workers,
+        }
+    }
+
+    /// Queues a job; `false` when the queue is full (the job is skipped).
+    pub fn offer(&self, job: MetaJob) -> bool {
+        self.jobs.try_send(job).is_ok()
+    }
+}
+
+async fn run_job(cfg: &MetadataConfig, dht: &DhtHandle, job: MetaJob) -> MetaOutcome {
+    let ih = job.info_hash;
+    let mut peers = job.peers;
+    let mut dht_messages = 0;
+    if let Ok(stream) = dht.get_peers(ih)
+        && let Ok((found, summary)) =
+            tokio::time::timeout(cfg.lookup_timeout, stream.collect()).await
+    {
+        dht_messages = summary.messages;
+        for p in found {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+    }
+    let result = if peers.is_empty() {
+        Err("no peers found".to_string())
+    } else {
+        match cfg.fetcher.fetch(ih, peers).await {
+            Ok(raw) => verify_and_save(cfg, &ih, &raw).await,
+            Err(e) => Err(e),
+        }
+    };
+    MetaOutcome {
+        info_hash: ih,
+        result,
+        dht_messages,
+    }
+}
+
+/// Checks the dict against the infohash, parses it, and writes the .torrent file.
+async fn verify_and_save(
+    cfg: &MetadataConfig,
+    ih: &InfoHash,
+    raw: &[u8],
+) -> Result<TorrentMeta, String> {
+    let digest: [u8; 20] = Sha1::digest(raw).into();
+    if digest != ih.0 {
+        return Err("info dict does not match the infohash".into());
+    }
+    let meta = TorrentMeta::from_info(raw, now_unix())
+        .ok_or_else(|| "info dict does not parse".to_string())?;
+    if let Some(dir) = &cfg.torrent_dir {
+        let path = dir.join(format!("{}.torrent", ih.to_hex()));
+        let tmp = dir.join(format!(".{}.torrent.tmp", ih.to_hex()));
+        let bytes = crate::metainfo::torrent_file_from_info(raw);
+        let write = async {
+            tokio::fs::write(&tmp, &bytes).await?;
+            tokio::fs::rename(&tmp, &path).await
+        };
+        // The metadata is stored regardless; a failed file write is only logged.
+        if let Err(e) = write.await {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+    Ok(meta)
+}
+
+/// The real fetcher: BEP 9 over the peer wire protocol ([`crate::metadata`]).
+pub struct Bep9Fetcher(pub crate::metadata::FetchConfig);
+
+impl MetadataFetcher for Bep9Fetcher {
+    fn fetch(&self, info_hash: InfoHash, peers: Vec<SocketAddrV4>) -> FetchFuture<'_> {
+        Box::pin(async move {
+            let source =
+                crate::metadata::PeerSource::new(peers.into_iter().map(std::net::SocketAddr::V4));
+            crate::metadata::fetch_metadata(info_hash.0, source, &self.0)
+                .await
+                .map(|f| f.info.to_vec())
+                .map_err(|e| e.to_string())
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! `dht-crawl`: an honest, rate-limited survey of the DHT's infohashes.
+//!
+//! The crawler is a normal DHT node (its own id, answering every query) that walks the
+//! keyspace with BEP 51 `sample_infohashes`, records every infohash it learns (from samples,
+//! and from the get_peers/announce_peer queries other nodes send it), and optionally fetches
+//! each torrent's metadata.
+//!
+//! - [`walk`]: the sans-IO scheduler (which node next, when; politeness rules);
+//! - [`store`]: the sled store and its durability contract;
+//! - [`export`]: JSON lines and CSV;
+//! - [`metadata`]: the bounded metadata worker pool;
+//! - [`run`]: the tokio crawler tying them to a [`crate::net::DhtHandle`];
+//! - [`sim`]: the same walk on the virtual-time simulator.
+
+pub mod export;
+pub mod metadata;
+pub mod run;
+pub mod sim;
+pub mod store;
+pub mod walk;
+
+pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, run};
+pub use store::{CrawlStore, Record, StoreConfig, TorrentMeta};
+pub use walk::{WalkConfig, WalkError, WalkQuery, WalkStats, Walker};

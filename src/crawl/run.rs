@@ -1,0 +1,429 @@
+//! The tokio crawler: a normal DHT node (its own id, answering queries) plus the walk.
+//!
+//! [`run`] owns the [`Walker`] and the [`CrawlStore`]. Walk queries go out through
+//! [`DhtHandle::query`], so they carry the node's real id and transaction ids; nothing is
+//! spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
+//! the node's `incoming` channel and are recorded too (passive harvest).
+
+use std::fs::File;
+use std::future::Future;
+use std::io::{BufWriter, Write};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::export::write_jsonl_line;
+use super::metadata::{MetaJob, MetadataConfig, MetadataPool};
+use super::store::{CrawlStore, HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, StoreError};
+use super::walk::{WalkConfig, WalkError, WalkStats, Walker};
+use crate::id::InfoHash;
+use crate::krpc::Response;
+use crate::net::{DhtError, DhtHandle, IncomingQuery};
+use crate::node::PingError;
+
+/// A status line's numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CrawlStatus {
+    /// Durable infohashes in the store.
+    pub infohashes: u64,
+    /// New durable infohashes per minute since the previous status.
+    pub new_per_min: f64,
+    pub nodes_known: usize,
+    /// Distinct nodes that answered.
+    pub visited: u64,
+    /// Queries our node sent per second since the previous status (walk, metadata lookups
+    /// and the node's own upkeep).
+    pub queries_per_sec: f64,
+    /// Infohashes others' get_peers/announce_peer queries told us about (with repeats).
+    pub passive: u64,
+    pub metadata_fetched: u64,
+    pub metadata_failed: u64,
+    /// New infohashes not queued for metadata because the queue was full.
+    pub metadata_skipped: u64,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for CrawlStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "infohashes {} (+{:.0}/min) | nodes known {} visited {} | queries {:.1}/s | passive {}",
+            self.infohashes,
+            self.new_per_min,
+            self.nodes_known,
+            self.visited,
+            self.queries_per_sec,
+            self.passive
+        )?;
+        if self.metadata_fetched + self.metadata_failed + self.metadata_skipped > 0 {
+            write!(
+                f,
+                " | metadata {} fetched {} failed {} skipped",
+                self.metadata_fetched, self.metadata_failed, self.metadata_skipped
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Called with each status (the binary prints it).
+pub type StatusFn = Box<dyn FnMut(&CrawlStatus) + Send>;
+
+/// Crawl settings.
+pub struct CrawlConfig {
+    pub walk: WalkConfig,
+    /// How often sightings are written to disk (what `kill -9` can lose at most).
+    pub flush_interval: Duration,
+    /// How often [`CrawlConfig::on_status`] is called.
+    pub status_interval: Duration,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Append one JSON line per new infohash to this file.
+    pub out: Option<PathBuf>,
+    /// How often the node's routing table is fed to the walk.
+    pub reseed_interval: Duration,
+    /// Receives each new infohash once it is durable.
+    pub new_infohashes: Option<mpsc::UnboundedSender<InfoHash>>,
+    pub metadata: Option<MetadataConfig>,
+    pub on_status: Option<StatusFn>,
+}
+
+impl Default for CrawlConfig {
+    fn default() -> Self {
+        CrawlConfig {
+            walk: WalkConfig::default(),
+            flush_interval: Duration::from_secs(5),
+            status_interval: Duration::from_secs(5),
+            duration: None,
+            out: None,
+            reseed_interval: Duration::from_secs(30),
+            new_infohashes: None,
+            metadata: None,
+            on_status: None,
+        }
+    }
+}
+
+/// Why the crawl stopped early.
+#[derive(Debug)]
+pub enum CrawlError {
+    Store(StoreError),
+    /// The `--out` file could not be opened or written.
+    Out(PathBuf, std::io::Error),
+    /// The DHT node stopped under us.
+    NodeStopped,
+}
+
+impl std::fmt::Display for CrawlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CrawlError::Store(e) => write!(f, "{e}"),
+            CrawlError::Out(p, e) => write!(f, "cannot write {}: {e}", p.display()),
+            CrawlError::NodeStopped => write!(f, "the DHT node stopped"),
+        }
+    }
+}
+
+impl std::error::Error for CrawlError {}
+
+impl From<StoreError> for CrawlError {
+    fn from(e: StoreError) -> Self {
+        CrawlError::Store(e)
+    }
+}
+
+/// How a crawl ended.
+#[derive(Debug, Clone)]
+pub struct CrawlReport {
+    pub status: CrawlStatus,
+    pub walk: WalkStats,
+}
+
+/// Flush early when this many sightings are buffered.
+const MAX_PENDING: usize = 200_000;
+
+struct OutFile {
+    path: PathBuf,
+    w: BufWriter<File>,
+}
+
+struct Crawl {
+    dht: DhtHandle,
+    store: CrawlStore,
+    walker: Walker,
+    out: Option<OutFile>,
+    new_tx: Option<mpsc::UnboundedSender<InfoHash>>,
+    pool: Option<MetadataPool>,
+    status: CrawlStatus,
+    samples: Vec<InfoHash>,
+}
+
+impl Crawl {
+    fn on_result(&mut self, addr: SocketAddrV4, r: Result<Response, DhtError>) -> bool {
+        let now = Instant::now();
+        match r {
+            Ok(resp) => {
+                let store = &self.store;
+                self.walker.on_reply(
+                    now,
+                    addr,
+                    &resp,
+                    |ih| !store.is_known(ih),
+                    &mut self.samples,
+                );
+                for ih in &self.samples {
+                    self.store.note(*ih, HOW_SAMPLE, None);
+                }
+            }
+            Err(DhtError::Stopped) => return false,
+            Err(DhtError::Ping(e)) => {
+                let e = match e {
+                    PingError::Timeout => WalkError::Timeout,
+                    PingError::Remote(code, _) => WalkError::Remote(code),
+                    PingError::Busy => WalkError::Busy,
+                    PingError::NotAllowed => WalkError::Refused,
+                };
+                self.walker.on_error(now, addr, e);
+            }
+        }
+        true
+    }
+
+    fn on_incoming(&mut self, q: IncomingQuery) {
+        self.status.passive += 1;
+        let how = if q.peer.is_some() {
+            HOW_ANNOUNCE
+        } else {
+            HOW_GET_PEERS
+        };
+        self.store.note(q.info_hash, how, q.peer);
+    }
+
+    /// Makes everything durable, then reports the new records (out file, channel,
+    /// metadata queue).
+    fn flush(&mut self) -> Result<(), CrawlError> {
+        let flushed = self.store.flush()?;
+        if let Some(out) = &mut self.out {
+            write_lines(out, &self.store, &flushed.new)?;
+            self.store.ack_outbox(&flushed.new)?;
+        }
+        for ih in &flushed.new {
+            if let Some(tx) = &self.new_tx {
+                let _ = tx.send(*ih);
+            }
+            if let Some(pool) = &self.pool {
+                let peers = self.store.get(ih).map(|r| r.peers).unwrap_or_default();
+                if !pool.offer(MetaJob {
+                    info_hash: *ih,
+                    peers,
+                }) {
+                    self.status.metadata_skipped += 1;
+                }
+            }
+        }
+        self.status.infohashes = self.store.count();
+        Ok(())
+    }
+}
+
+fn write_lines(out: &mut OutFile, store: &CrawlStore, ihs: &[InfoHash]) -> Result<(), CrawlError> {
+    let err = |e| CrawlError::Out(out.path.clone(), e);
+    for ih in ihs {
+        if let Some(r) = store.get(ih) {
+            write_jsonl_line(&mut out.w, ih, &r, store.metadata(ih).as_ref()).map_err(err)?;
+        }
+    }
+    out.w.flush().map_err(err)?;
+    out.w.get_ref().sync_data().map_err(err)
+}
+
+/// Crawls until `stop` resolves, the duration passes, or an error. The node behind `dht`
+/// should have been started with `incoming` set (its receiver passed here) for the passive
+/// harvest. The store is flushed before this returns.
+pub async fn run(
+    dht: DhtHandle,
+    mut incoming: Option<mpsc::Receiver<IncomingQuery>>,
+    mut store: CrawlStore,
+    mut cfg: CrawlConfig,
+    stop: impl Future<Output = ()>,
+) -> Result<CrawlReport, CrawlError> {
+    let started = Instant::now();
+    store.set_outbox(cfg.out.is_some());
+    let out = match &cfg.out {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| CrawlError::Out(path.clone(), e))?;
+            let mut out = OutFile {
+                path: path.clone(),
+                w: BufWriter::new(f),
+            };
+            // Lines a crash kept us from writing last time.
+            let owed = store.outbox();
+            if !owed.is_empty() {
+                tracing::info!("writing {} lines owed from the last run", owed.len());
+                write_lines(&mut out, &store, &owed)?;
+                store.ack_outbox(&owed)?;
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let mut walker = Walker::new(cfg.walk.clone(), started);
+    if let SocketAddr::V4(a) = dht.local_addr()
+        && !a.ip().is_unspecified()
+    {
+        walker.exclude(a);
+    }
+    let pool = cfg
+        .metadata
+        .take()
+        .map(|m| MetadataPool::start(m, dht.clone()));
+    let mut c = Crawl {
+        status: CrawlStatus {
+            infohashes: store.count(),
+            ..Default::default()
+        },
+        dht: dht.clone(),
+        store,
+        walker,
+        out,
+        new_tx: cfg.new_infohashes.take(),
+        pool,
+        samples: Vec::new(),
+    };
+    let (res_tx, mut res_rx) = mpsc::unbounded_channel();
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut flush_tick = tokio::time::interval(cfg.flush_interval.max(Duration::from_millis(10)));
+    let status_period = cfg.status_interval.max(Duration::from_millis(10));
+    let mut status_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + status_period, status_period);
+    // Reseed quickly until the table has filled, then at the configured pace.
+    let mut next_reseed = tokio::time::Instant::now();
+    let mut reseeds = 0u32;
+    let deadline = cfg
+        .duration
+        .map(|d| tokio::time::Instant::now() + d)
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400));
+    let mut last_status = (Instant::now(), c.status.infohashes, queries_out(&dht).await);
+    tokio::pin!(stop);
+    let mut failure = None;
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let now = Instant::now();
+        while let Some(q) = c.walker.poll_query(now) {
+            let dht = c.dht.clone();
+            let tx = res_tx.clone();
+            tasks.spawn(async move {
+                let r = dht.query(q.addr, q.query).await;
+                let _ = tx.send((q.addr, r));
+            });
+        }
+        let wake = c
+            .walker
+            .poll_timeout(now)
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(deadline);
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            () = tokio::time::sleep_until(deadline) => break,
+            Some((addr, r)) = res_rx.recv() => {
+                if !c.on_result(addr, r) {
+                    failure = Some(CrawlError::NodeStopped);
+                    break;
+                }
+                while let Ok((addr, r)) = res_rx.try_recv() {
+                    if !c.on_result(addr, r) {
+                        failure = Some(CrawlError::NodeStopped);
+                        break;
+                    }
+                }
+                if failure.is_some() {
+                    break;
+                }
+            }
+            Some(q) = async { incoming.as_mut()?.recv().await }, if incoming.is_some() => {
+                c.on_incoming(q);
+            }
+            Some(m) = async { c.pool.as_mut()?.results.recv().await }, if c.pool.is_some() => {
+                c.walker.charge(Instant::now(), m.dht_messages);
+                match m.result {
+                    Ok(meta) => {
+                        c.status.metadata_fetched += 1;
+                        c.store.set_metadata(m.info_hash, meta);
+                    }
+                    Err(e) => {
+                        c.status.metadata_failed += 1;
+                        tracing::debug!("metadata of {}: {e}", m.info_hash);
+                    }
+                }
+            }
+            _ = flush_tick.tick() => {
+                if let Err(e) = c.flush() {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            _ = status_tick.tick() => {
+                let q = queries_out(&dht).await;
+                let now = Instant::now();
+                let secs = (now - last_status.0).as_secs_f64().max(1e-3);
+                c.status.new_per_min =
+                    c.status.infohashes.saturating_sub(last_status.1) as f64 * 60.0 / secs;
+                c.status.queries_per_sec = q.saturating_sub(last_status.2) as f64 / secs;
+                last_status = (now, c.status.infohashes, q);
+                let w = c.walker.stats();
+                c.status.nodes_known = w.nodes_known;
+                c.status.visited = w.visited;
+                c.status.elapsed = now - started;
+                if let Some(f) = &mut cfg.on_status {
+                    f(&c.status);
+                }
+            }
+            () = tokio::time::sleep_until(next_reseed) => {
+                if let Ok(contacts) = dht.contacts().await {
+                    c.walker.add_contacts(Instant::now(), contacts);
+                }
+                reseeds += 1;
+                let pause = if c.walker.stats().nodes_known == 0 && reseeds < 120 {
+                    Duration::from_millis(500)
+                } else {
+                    cfg.reseed_interval
+                };
+                next_reseed = tokio::time::Instant::now() + pause;
+            }
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        if c.store.pending() >= MAX_PENDING
+            && let Err(e) = c.flush()
+        {
+            failure = Some(e);
+            break;
+        }
+    }
+    tasks.abort_all();
+    // Whatever happened, make what we saw durable.
+    let flushed = c.flush();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    flushed?;
+    let w = c.walker.stats();
+    c.status.nodes_known = w.nodes_known;
+    c.status.visited = w.visited;
+    c.status.elapsed = started.elapsed();
+    Ok(CrawlReport {
+        status: c.status,
+        walk: w,
+    })
+}
+
+async fn queries_out(dht: &DhtHandle) -> u64 {
+    dht.stats().await.map(|s| s.queries_out).unwrap_or(0)
+}

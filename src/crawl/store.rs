@@ -1,0 +1,610 @@
+//! The crawl store on sled: infohash → when and how it was seen, a few peers, and metadata.
+//!
+//! Durability contract (what the README promises): sightings are buffered in memory and
+//! written in one atomic sled batch per [`CrawlStore::flush`], followed by an fsync; sled's
+//! own background flushing is turned off, so what is on disk is exactly what the last
+//! successful flush wrote. The crawler flushes on an interval and on shutdown, and only
+//! counts (and reports) records that a flush made durable, so after `kill -9` at most the
+//! sightings of the last interval are lost, and nothing the crawler reported is.
+//!
+//! The `--out` file is kept consistent with the store through an outbox: the batch that
+//! creates a record also writes an outbox key for it, and the key is removed only once the
+//! JSON line has been appended and synced. After a crash, [`CrawlStore::outbox`] lists the
+//! records whose lines may be missing, and the crawler writes them on its next start: the
+//! out file may repeat a line after a crash, but never misses a stored record.
+//!
+//! Layout: one tree `records` with 20-byte infohash keys and, under keys of other lengths
+//! (so they can never collide with an infohash), the record count and the outbox; metadata
+//! in a second tree `meta`, since it is written independently and much larger.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ID_LEN, InfoHash, NodeId};
+
+/// Seen in a BEP 51 sample.
+pub const HOW_SAMPLE: u8 = 1;
+/// Someone sent us a get_peers for it.
+pub const HOW_GET_PEERS: u8 = 2;
+/// Someone announced a peer for it to us (a live peer).
+pub const HOW_ANNOUNCE: u8 = 4;
+
+/// Peer addresses kept per infohash.
+pub const MAX_PEERS: usize = 4;
+/// Files kept per torrent's metadata (the count of all is kept too).
+pub const MAX_META_FILES: usize = 10_000;
+
+const RECORD_VERSION: u8 = 1;
+const COUNT_KEY: &[u8] = b"\x00count";
+const OUTBOX_PREFIX: &[u8] = b"\x00outbox/";
+
+/// What the store knows about one infohash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Unix seconds.
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub times_seen: u32,
+    /// `HOW_*` bits.
+    pub how: u8,
+    /// Announced peers (live when seen), oldest first.
+    pub peers: Vec<SocketAddrV4>,
+}
+
+impl Record {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&self.first_seen.to_be_bytes());
+        out.extend_from_slice(&self.last_seen.to_be_bytes());
+        out.extend_from_slice(&self.times_seen.to_be_bytes());
+        out.push(self.how);
+        let n = self.peers.len().min(MAX_PEERS);
+        out.push(n as u8);
+        for p in &self.peers[..n] {
+            out.extend_from_slice(&p.ip().octets());
+            out.extend_from_slice(&p.port().to_be_bytes());
+        }
+    }
+
+    /// `None` for a value this version cannot read.
+    pub fn decode(b: &[u8]) -> Option<Record> {
+        if b.len() < 23 || b[0] != RECORD_VERSION {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let n = usize::from(b[22]);
+        if n > MAX_PEERS || b.len() != 23 + 6 * n {
+            return None;
+        }
+        let peers = b[23..]
+            .chunks_exact(6)
+            .map(|c| {
+                SocketAddrV4::new(
+                    Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                    u16::from_be_bytes([c[4], c[5]]),
+                )
+            })
+            .collect();
+        Some(Record {
+            first_seen: u64_at(1),
+            last_seen: u64_at(9),
+            times_seen: u32::from_be_bytes(b[17..21].try_into().expect("4 bytes")),
+            how: b[21],
+            peers,
+        })
+    }
+
+    /// The `HOW_*` bits as words.
+    pub fn how_names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for (bit, name) in [
+            (HOW_SAMPLE, "sample"),
+            (HOW_GET_PEERS, "get_peers"),
+            (HOW_ANNOUNCE, "announce"),
+        ] {
+            if self.how & bit != 0 {
+                v.push(name);
+            }
+        }
+        v
+    }
+
+    fn merge(&mut self, s: &Record) {
+        self.first_seen = self.first_seen.min(s.first_seen);
+        self.last_seen = self.last_seen.max(s.last_seen);
+        self.times_seen = self.times_seen.saturating_add(s.times_seen);
+        self.how |= s.how;
+        for p in &s.peers {
+            add_peer(&mut self.peers, *p);
+        }
+    }
+}
+
+/// Keeps the newest `MAX_PEERS` distinct peers.
+fn add_peer(peers: &mut Vec<SocketAddrV4>, p: SocketAddrV4) {
+    if let Some(i) = peers.iter().position(|x| *x == p) {
+        peers.remove(i);
+    } else if peers.len() >= MAX_PEERS {
+        peers.remove(0);
+    }
+    peers.push(p);
+}
+
+/// A torrent's metadata as stored (from its verified info dict).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorrentMeta {
+    pub name: String,
+    pub total_size: u64,
+    /// Number of files (all of them, even when `files` is cut at [`MAX_META_FILES`]).
+    pub file_count: u64,
+    pub files: Vec<MetaFile>,
+    /// Unix seconds.
+    pub fetched_at: u64,
+}
+
+/// One file of a torrent: its path inside the torrent (`/`-joined) and length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaFile {
+    pub path: String,
+    pub length: u64,
+}
+
+impl TorrentMeta {
+    /// From a verified info dict; `None` when it does not parse as one.
+    pub fn from_info(raw: &[u8], fetched_at: u64) -> Option<TorrentMeta> {
+        let info = crate::metainfo::Info::from_bytes(raw).ok()?;
+        Some(TorrentMeta {
+            name: info.name.clone(),
+            total_size: info.total_length(),
+            file_count: info.files.len() as u64,
+            files: info
+                .files
+                .iter()
+                .take(MAX_META_FILES)
+                .map(|f| MetaFile {
+                    path: if info.single_file {
+                        info.name.clone()
+                    } else {
+                        f.path.join("/")
+                    },
+                    length: f.length,
+                })
+                .collect(),
+            fetched_at,
+        })
+    }
+}
+
+/// Why the store could not be used.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Another process holds it.
+    Locked(PathBuf),
+    /// Unreadable files.
+    Corrupt(PathBuf, String),
+    /// Cannot create, read or write.
+    Io(PathBuf, String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Locked(p) => write!(
+                f,
+                "the crawl store at {} is in use (is dht-crawl running with this data \
+                 directory? stop it first, or pass a different --data-dir)",
+                p.display()
+            ),
+            StoreError::Corrupt(p, d) => write!(
+                f,
+                "the crawl store at {} is unreadable ({d}); move it aside or pass a different \
+                 --data-dir",
+                p.display()
+            ),
+            StoreError::Io(p, d) => write!(
+                f,
+                "cannot use the crawl store at {}: {d} (check permissions and free space)",
+                p.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn classify(path: &Path, e: sled::Error) -> StoreError {
+    let path = path.to_path_buf();
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked(path)
+        }
+        sled::Error::Io(io) => StoreError::Io(path, io.to_string()),
+        other => StoreError::Corrupt(path, other.to_string()),
+    }
+}
+
+/// What one flush made durable.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    /// Infohashes the store did not have before.
+    pub new: Vec<InfoHash>,
+    /// Records that existed and were updated.
+    pub updated: usize,
+    pub metadata: usize,
+}
+
+/// Store settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// sled's page cache, bytes. sled's default (1 GiB) would dominate the crawler's memory.
+    pub cache_bytes: u64,
+    /// Write outbox keys for new records (the crawler sets this when it has `--out`).
+    pub outbox: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_bytes: 16 << 20,
+            outbox: false,
+        }
+    }
+}
+
+/// The crawl store. See the module docs.
+pub struct CrawlStore {
+    path: PathBuf,
+    db: sled::Db,
+    records: sled::Tree,
+    meta: sled::Tree,
+    pending: HashMap<InfoHash, Record>,
+    pending_meta: Vec<(InfoHash, TorrentMeta)>,
+    count: u64,
+    outbox: bool,
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl CrawlStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<CrawlStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.into(), e.to_string()))?;
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cfg.cache_bytes)
+            .flush_every_ms(None);
+        // sled has paths that panic on garbage files; a bad store must be an error.
+        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(classify(dir, e)),
+            Err(_) => {
+                return Err(StoreError::Corrupt(
+                    dir.into(),
+                    "sled panicked while opening it".into(),
+                ));
+            }
+        };
+        let records = db.open_tree("records").map_err(|e| classify(dir, e))?;
+        let meta = db.open_tree("meta").map_err(|e| classify(dir, e))?;
+        let count = match records.get(COUNT_KEY).map_err(|e| classify(dir, e))? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().expect("8")),
+            _ => records
+                .iter()
+                .keys()
+                .filter(|k| k.as_ref().is_ok_and(|k| k.len() == ID_LEN))
+                .count() as u64,
+        };
+        Ok(CrawlStore {
+            path: dir.to_path_buf(),
+            db,
+            records,
+            meta,
+            pending: HashMap::new(),
+            pending_meta: Vec::new(),
+            count,
+            outbox: cfg.outbox,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether flushes write outbox keys for new records (see the module docs).
+    pub fn set_outbox(&mut self, on: bool) {
+        self.outbox = on;
+    }
+
+    /// Durable records (what a flush has written).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Sightings waiting for the next flush.
+    pub fn pending(&self) -> usize {
+        self.pending.len() + self.pending_meta.len()
+    }
+
+    /// Records a sighting at `now` (unix seconds), buffered until the next flush.
+    pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+        let r = self.pending.entry(ih).or_insert_with(|| Record {
+            first_seen: now,
+            last_seen: now,
+            times_seen: 0,
+            how: 0,
+            peers: Vec::new(),
+        });
+        r.last_seen = r.last_seen.max(now);
+        r.times_seen = r.times_seen.saturating_add(1);
+        r.how |= how;
+        if let Some(p) = peer {
+            add_peer(&mut r.peers, p);
+        }
+    }
+
+    /// Records a sighting now.
+    pub fn note(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>) {
+        self.note_at(ih, how, peer, now_unix());
+    }
+
+    /// Whether the store has, or is about to write, `ih`.
+    pub fn is_known(&self, ih: &InfoHash) -> bool {
+        self.pending.contains_key(ih) || self.records.contains_key(ih.0).unwrap_or(false)
+    }
+
+    /// The durable record of `ih`.
+    pub fn get(&self, ih: &InfoHash) -> Option<Record> {
+        let v = self.records.get(ih.0).ok()??;
+        Record::decode(&v)
+    }
+
+    /// Buffers metadata for `ih` until the next flush.
+    pub fn set_metadata(&mut self, ih: InfoHash, m: TorrentMeta) {
+        self.pending_meta.push((ih, m));
+    }
+
+    /// The durable metadata of `ih`.
+    pub fn metadata(&self, ih: &InfoHash) -> Option<TorrentMeta> {
+        let v = self.meta.get(ih.0).ok()??;
+        serde_bencode::from_bytes(&v).ok()
+    }
+
+    /// Writes everything buffered in one atomic batch and syncs it to disk.
+    pub fn flush(&mut self) -> Result<Flushed, StoreError> {
+        let mut done = Flushed::default();
+        if self.pending.is_empty() && self.pending_meta.is_empty() {
+            return Ok(done);
+        }
+        let mut batch = sled::Batch::default();
+        let mut buf = Vec::with_capacity(64);
+        for (ih, s) in &self.pending {
+            let existing = self
+                .records
+                .get(ih.0)
+                .map_err(|e| classify(&self.path, e))?;
+            let rec = match &existing {
+                Some(v) => {
+                    done.updated += 1;
+                    // An unreadable old value is replaced, not counted again.
+                    let mut r = Record::decode(v).unwrap_or_else(|| s.clone());
+                    if Record::decode(v).is_some() {
+                        r.merge(s);
+                    }
+                    r
+                }
+                None => {
+                    done.new.push(*ih);
+                    if self.outbox {
+                        batch.insert([OUTBOX_PREFIX, &ih.0].concat(), &[][..]);
+                    }
+                    s.clone()
+                }
+            };
+            rec.encode(&mut buf);
+            batch.insert(&ih.0[..], &buf[..]);
+        }
+        let count = self.count + done.new.len() as u64;
+        batch.insert(COUNT_KEY, &count.to_be_bytes()[..]);
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| classify(&self.path, e))?;
+        for (ih, m) in &self.pending_meta {
+            let v = serde_bencode::to_bytes(m)
+                .map_err(|e| StoreError::Io(self.path.clone(), e.to_string()))?;
+            self.meta
+                .insert(ih.0, v)
+                .map_err(|e| classify(&self.path, e))?;
+        }
+        done.metadata = self.pending_meta.len();
+        self.db.flush().map_err(|e| classify(&self.path, e))?;
+        self.count = count;
+        self.pending.clear();
+        self.pending_meta.clear();
+        done.new.sort_unstable();
+        Ok(done)
+    }
+
+    /// Records whose `--out` line may not have been written yet (see the module docs).
+    pub fn outbox(&self) -> Vec<InfoHash> {
+        self.records
+            .scan_prefix(OUTBOX_PREFIX)
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.len() == OUTBOX_PREFIX.len() + ID_LEN)
+            .filter_map(|k| NodeId::from_slice(&k[OUTBOX_PREFIX.len()..]))
+            .collect()
+    }
+
+    /// Marks these records' lines as written. Made durable by the next flush; a crash
+    /// before it only repeats those lines.
+    pub fn ack_outbox(&self, done: &[InfoHash]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for ih in done {
+            batch.remove([OUTBOX_PREFIX, &ih.0].concat());
+        }
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| classify(&self.path, e))
+    }
+
+    /// Every durable record, in infohash order. Unreadable values are skipped.
+    pub fn iter(&self) -> impl Iterator<Item = (InfoHash, Record)> + '_ {
+        self.records
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter(|(k, _)| k.len() == ID_LEN)
+            .filter_map(|(k, v)| Some((NodeId::from_slice(&k)?, Record::decode(&v)?)))
+    }
+
+    /// Bytes sled uses on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ih(i: u32) -> InfoHash {
+        let mut b = [0u8; 20];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        b[19] = 0xab;
+        NodeId(b)
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_garbage() {
+        let r = Record {
+            first_seen: 1,
+            last_seen: 2,
+            times_seen: 3,
+            how: HOW_SAMPLE | HOW_ANNOUNCE,
+            peers: vec![
+                "127.0.0.1:80".parse().unwrap(),
+                "1.2.3.4:5".parse().unwrap(),
+            ],
+        };
+        let mut b = Vec::new();
+        r.encode(&mut b);
+        assert_eq!(Record::decode(&b), Some(r.clone()));
+        assert_eq!(r.how_names(), ["sample", "announce"]);
+        for cut in 0..b.len() {
+            assert_eq!(Record::decode(&b[..cut]), None);
+        }
+        b[0] = 9;
+        assert_eq!(Record::decode(&b), None);
+    }
+
+    #[test]
+    fn survives_reopen_with_counts_merges_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer: SocketAddrV4 = "127.110.0.9:6000".parse().unwrap();
+        {
+            let mut s = CrawlStore::open(dir.path(), StoreConfig::default()).unwrap();
+            for i in 0..100 {
+                s.note_at(ih(i), HOW_SAMPLE, None, 1000);
+            }
+            s.note_at(ih(5), HOW_ANNOUNCE, Some(peer), 1010);
+            assert!(s.is_known(&ih(5)) && !s.is_known(&ih(500)));
+            assert_eq!(s.count(), 0, "nothing is counted before it is durable");
+            let f = s.flush().unwrap();
+            assert_eq!(f.new.len(), 100);
+            assert_eq!(s.count(), 100);
+            s.note_at(ih(5), HOW_GET_PEERS, None, 2000);
+            s.note_at(ih(100), HOW_SAMPLE, None, 2000);
+            s.set_metadata(
+                ih(5),
+                TorrentMeta {
+                    name: "x".into(),
+                    total_size: 3,
+                    file_count: 1,
+                    files: vec![MetaFile {
+                        path: "x".into(),
+                        length: 3,
+                    }],
+                    fetched_at: 2000,
+                },
+            );
+            let f = s.flush().unwrap();
+            assert_eq!((f.new, f.updated, f.metadata), (vec![ih(100)], 1, 1));
+        }
+        let s = CrawlStore::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(s.count(), 101);
+        let r = s.get(&ih(5)).unwrap();
+        assert_eq!(
+            (r.first_seen, r.last_seen, r.times_seen, r.how),
+            (1000, 2000, 3, HOW_SAMPLE | HOW_ANNOUNCE | HOW_GET_PEERS)
+        );
+        assert_eq!(r.peers, vec![peer]);
+        assert_eq!(s.metadata(&ih(5)).unwrap().name, "x");
+        assert_eq!(s.iter().count(), 101);
+        assert!(s.outbox().is_empty(), "no outbox without --out");
+    }
+
+    #[test]
+    fn unflushed_sightings_are_not_on_disk_and_outbox_lists_unacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            outbox: true,
+            ..Default::default()
+        };
+        {
+            let mut s = CrawlStore::open(dir.path(), cfg.clone()).unwrap();
+            s.note_at(ih(1), HOW_SAMPLE, None, 1);
+            s.note_at(ih(2), HOW_SAMPLE, None, 1);
+            s.flush().unwrap();
+            s.ack_outbox(&[ih(1)]).unwrap();
+            s.note_at(ih(3), HOW_SAMPLE, None, 1);
+            s.note_at(ih(4), HOW_SAMPLE, None, 1);
+            s.flush().unwrap();
+            // Lost: never flushed (what kill -9 costs).
+            s.note_at(ih(5), HOW_SAMPLE, None, 1);
+        }
+        let s = CrawlStore::open(dir.path(), cfg).unwrap();
+        assert_eq!(s.count(), 4);
+        assert!(!s.is_known(&ih(5)));
+        let mut o = s.outbox();
+        o.sort();
+        assert_eq!(o, vec![ih(2), ih(3), ih(4)]);
+    }
+
+    #[test]
+    fn peers_keep_the_newest_few() {
+        let mut peers = Vec::new();
+        for p in 1..=6u16 {
+            add_peer(&mut peers, SocketAddrV4::new(Ipv4Addr::LOCALHOST, p));
+        }
+        add_peer(&mut peers, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4));
+        let ports: Vec<u16> = peers.iter().map(|p| p.port()).collect();
+        assert_eq!(ports, [3, 5, 6, 4]);
+    }
+
+    #[test]
+    fn locked_and_garbage_stores_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let _s = CrawlStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let e = CrawlStore::open(dir.path(), StoreConfig::default())
+            .err()
+            .unwrap();
+        assert!(matches!(e, StoreError::Locked(_)), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("conf"), b"\xde\xad garbage").unwrap();
+        std::fs::write(dir.path().join("db"), vec![0xa5u8; 50_000]).unwrap();
+        let e = CrawlStore::open(dir.path(), StoreConfig::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("--data-dir"), "{e}");
+    }
+}

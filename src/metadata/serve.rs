@@ -1,0 +1,383 @@
+//! The serving side of BEP 9: a TCP listener that answers ut_metadata requests for the
+//! torrents whose info dict we hold, and `reject` for anything else.
+//!
+//! Connections are bounded (a semaphore; excess connections are closed at once rather than
+//! queued), every phase has a deadline, and nothing a peer sends can make the handler panic:
+//! malformed frames end the connection, malformed extension payloads are ignored. The handler
+//! is a message loop dispatching on message type ([`ServeConn::on_message`]) so piece serving
+//! can be added next to metadata serving later.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha1::{Digest, Sha1};
+use tokio::io::AsyncWrite;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::allow::AllowList;
+use crate::net::DhtHandle;
+use crate::wire::{
+    EXT_HANDSHAKE_ID, ExtHandshake, Handshake, METADATA_BLOCK, Message, MetadataMsg,
+    OUR_UT_METADATA_ID, PeerConn, PeerWriter, UT_METADATA, WireConfig, WireError,
+    check_peer_allowed, handshake_incoming, metadata_block_len,
+};
+
+/// Info dicts we can serve, by info hash. Shared between the listener and whoever adds
+/// torrents (a seeder, a crawler that just fetched one).
+#[derive(Debug, Default)]
+pub struct MetadataRegistry {
+    dicts: RwLock<HashMap<[u8; 20], Bytes>>,
+}
+
+impl MetadataRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a raw info dict and returns its info hash (the SHA-1 of exactly these bytes).
+    pub fn insert(&self, info: impl Into<Bytes>) -> [u8; 20] {
+        let info = info.into();
+        let hash: [u8; 20] = Sha1::digest(&info).into();
+        self.write().insert(hash, info);
+        hash
+    }
+
+    pub fn remove(&self, info_hash: &[u8; 20]) -> Option<Bytes> {
+        self.write().remove(info_hash)
+    }
+
+    pub fn get(&self, info_hash: &[u8; 20]) -> Option<Bytes> {
+        self.read().get(info_hash).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // A poisoned lock only means another thread panicked mid-insert of a HashMap entry;
+    // the map itself is still consistent, so keep serving.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 20], Bytes>> {
+        self.dicts.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<[u8; 20], Bytes>> {
+        self.dicts.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Settings of the serving side.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Our peer id in handshakes.
+    pub peer_id: [u8; 20],
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Handshake and write timeouts; `read_timeout` is how long an idle peer is kept.
+    pub wire: WireConfig,
+    /// Peers outside this list are closed on accept, before a byte is sent to them.
+    pub allow: AllowList,
+    /// Our DHT node, pinged with the address of every PORT message received.
+    pub dht: Option<DhtHandle>,
+    /// Our DHT UDP port, sent in a PORT message to peers that set the DHT bit.
+    pub dht_port: Option<u16>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            peer_id: crate::wire::generate_peer_id(),
+            max_connections: 256,
+            wire: WireConfig {
+                handshake_timeout: Duration::from_secs(10),
+                read_timeout: Duration::from_secs(120),
+                write_timeout: Duration::from_secs(30),
+                ..WireConfig::default()
+            },
+            allow: AllowList::any(),
+            dht: None,
+            dht_port: None,
+        }
+    }
+}
+
+/// Counters of the serving side.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    pub accepted: AtomicU64,
+    pub refused_not_allowed: AtomicU64,
+    pub refused_full: AtomicU64,
+    pub unknown_info_hash: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub data_sent: AtomicU64,
+    pub rejects_sent: AtomicU64,
+    pub malformed: AtomicU64,
+    pub ports_received: AtomicU64,
+}
+
+/// A snapshot of [`ServeStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeCounts {
+    pub accepted: u64,
+    pub refused_not_allowed: u64,
+    pub refused_full: u64,
+    pub unknown_info_hash: u64,
+    pub handshakes: u64,
+    pub data_sent: u64,
+    pub rejects_sent: u64,
+    pub malformed: u64,
+    pub ports_received: u64,
+}
+
+impl ServeStats {
+    pub fn snapshot(&self) -> ServeCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ServeCounts {
+            accepted: g(&self.accepted),
+            refused_not_allowed: g(&self.refused_not_allowed),
+            refused_full: g(&self.refused_full),
+            unknown_info_hash: g(&self.unknown_info_hash),
+            handshakes: g(&self.handshakes),
+            data_sent: g(&self.data_sent),
+            rejects_sent: g(&self.rejects_sent),
+            malformed: g(&self.malformed),
+            ports_received: g(&self.ports_received),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What a connection handler needs; shared by all connections of a listener.
+#[derive(Debug)]
+pub struct ServeContext {
+    pub registry: Arc<MetadataRegistry>,
+    pub config: ServeConfig,
+    pub stats: ServeStats,
+    /// The port we listen on, advertised as `p`.
+    pub listen_port: Option<u16>,
+}
+
+/// A running listener. Dropping it stops accepting and closes its connections.
+pub struct MetadataServer {
+    local_addr: SocketAddr,
+    ctx: Arc<ServeContext>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MetadataServer {
+    /// Binds `addr` and serves on the current tokio runtime.
+    pub async fn bind(
+        addr: SocketAddr,
+        registry: Arc<MetadataRegistry>,
+        config: ServeConfig,
+    ) -> io::Result<MetadataServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let ctx = Arc::new(ServeContext {
+            registry,
+            config,
+            stats: ServeStats::default(),
+            listen_port: Some(local_addr.port()),
+        });
+        let task = tokio::spawn(accept_loop(listener, ctx.clone()));
+        Ok(MetadataServer {
+            local_addr,
+            ctx,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> ServeCounts {
+        self.ctx.stats.snapshot()
+    }
+
+    pub fn registry(&self) -> &Arc<MetadataRegistry> {
+        &self.ctx.registry
+    }
+}
+
+impl Drop for MetadataServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>) {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
+    // Owned here so that aborting the accept loop also aborts every connection.
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::debug!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        bump(&ctx.stats.accepted);
+        if check_peer_allowed(peer, &ctx.config.allow).is_err() {
+            bump(&ctx.stats.refused_not_allowed);
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            bump(&ctx.stats.refused_full);
+            continue;
+        };
+        let ctx = ctx.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_connection(stream, peer, &ctx).await {
+                tracing::trace!(%peer, "metadata connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Serves one accepted connection until the peer leaves, idles past the read timeout, or
+/// breaks the protocol. The caller has already applied the allow-list.
+pub async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &ServeContext,
+) -> Result<(), WireError> {
+    stream.set_nodelay(true)?;
+    let mut info = None;
+    let theirs = handshake_incoming(&mut stream, ctx.config.wire.handshake_timeout, |hs| {
+        info = ctx.registry.get(&hs.info_hash);
+        if info.is_none() {
+            bump(&ctx.stats.unknown_info_hash);
+        }
+        info.as_ref()
+            .map(|_| Handshake::new(hs.info_hash, ctx.config.peer_id))
+    })
+    .await?;
+    let Some(info) = info else {
+        return Err(WireError::UnknownInfoHash(theirs.info_hash));
+    };
+    bump(&ctx.stats.handshakes);
+    let PeerConn { mut reader, writer } = PeerConn::from_tcp(stream, &ctx.config.wire);
+    let mut conn = ServeConn {
+        writer,
+        info,
+        peer,
+        peer_ext: ExtHandshake::default(),
+        ctx,
+    };
+    if theirs.supports_extensions() {
+        let mut ours = ExtHandshake::ours(ctx.listen_port, Some(conn.info.len() as u64));
+        ours.yourip = Some(peer.ip());
+        conn.writer.queue(&ours.to_message());
+    }
+    if theirs.supports_dht()
+        && let Some(port) = ctx.config.dht_port
+    {
+        conn.writer.queue(&Message::Port(port));
+    }
+    conn.writer.flush().await?;
+    loop {
+        let msg = reader.recv().await?;
+        conn.on_message(msg);
+        // Answer in batches: keep decoding while whole messages are buffered, but never let
+        // queued answers grow past a few blocks before writing them out.
+        let more_ready = reader.decoder().missing() == 0 && reader.decoder().buffered() > 0;
+        if !more_ready || conn.writer.pending() >= 4 * METADATA_BLOCK {
+            conn.writer.flush().await?;
+        }
+    }
+}
+
+/// One served connection after the handshake.
+pub struct ServeConn<'a, W> {
+    writer: PeerWriter<W>,
+    info: Bytes,
+    peer: SocketAddr,
+    peer_ext: ExtHandshake,
+    ctx: &'a ServeContext,
+}
+
+impl<W: AsyncWrite + Unpin> ServeConn<'_, W> {
+    /// Reacts to one message by queueing answers (the caller flushes).
+    pub fn on_message(&mut self, msg: Message) {
+        match msg {
+            Message::Extended {
+                id: EXT_HANDSHAKE_ID,
+                payload,
+            } => match ExtHandshake::decode(&payload) {
+                Ok(hs) => self.peer_ext.update(hs),
+                Err(_) => bump(&self.ctx.stats.malformed),
+            },
+            Message::Extended {
+                id: OUR_UT_METADATA_ID,
+                payload,
+            } => self.on_metadata(&payload),
+            Message::Port(port) => self.on_port(port),
+            // Piece transfer (interested, request, ...) is not served yet; like every message
+            // we do not act on, it is ignored rather than treated as an error.
+            _ => {}
+        }
+    }
+
+    fn on_metadata(&mut self, payload: &[u8]) {
+        let msg = match MetadataMsg::decode(payload) {
+            Ok(m) => m,
+            Err(_) => return bump(&self.ctx.stats.malformed),
+        };
+        let MetadataMsg::Request { piece } = msg else {
+            // Data or reject sent to a seeder: nothing to do.
+            return;
+        };
+        // Without the peer's id for ut_metadata we cannot address an answer.
+        let Some(id) = self.peer_ext.ext_id(UT_METADATA) else {
+            return;
+        };
+        let total_size = self.info.len() as u64;
+        match metadata_block_len(piece, total_size) {
+            Some(len) => {
+                let start = piece as usize * METADATA_BLOCK;
+                let data = &self.info[start..start + len];
+                self.writer.queue_metadata(
+                    id,
+                    &MetadataMsg::Data {
+                        piece,
+                        total_size,
+                        data,
+                    },
+                );
+                bump(&self.ctx.stats.data_sent);
+            }
+            None => {
+                self.writer
+                    .queue_metadata(id, &MetadataMsg::Reject { piece });
+                bump(&self.ctx.stats.rejects_sent);
+            }
+        }
+    }
+
+    fn on_port(&mut self, port: u16) {
+        bump(&self.ctx.stats.ports_received);
+        if let (Some(dht), SocketAddr::V4(v4), true) = (&self.ctx.config.dht, self.peer, port != 0)
+        {
+            let _ = dht.add_contacts(vec![SocketAddrV4::new(*v4.ip(), port)]);
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Prometheus metrics: text-format rendering and a minimal HTTP endpoint (`--metrics ADDR`).
+//!
+//! Operators scrape `/metrics`; the exposition format is plain text, so a few dozen lines of
+//! HTTP/1.x on tokio serve it without pulling in an HTTP stack. The server only ever answers
+//! `GET /metrics` (and `/`), reads at most 8 KiB per request, times out idle clients and
+//! caps concurrent connections, so exposing it cannot be used to exhaust the node.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::node::Stats;
+use crate::router::RouterStats;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "trackerless";
+
+/// Builds a Prometheus text exposition.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Exposition::default()
+    }
+
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {PREFIX}_{name} {help}");
+        let _ = writeln!(self.out, "# TYPE {PREFIX}_{name} {kind}");
+    }
+
+    /// A counter (monotonic since start).
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.header(name, help, "counter");
+        let _ = writeln!(self.out, "{PREFIX}_{name} {value}");
+    }
+
+    /// A gauge (current value).
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "gauge");
+        let _ = writeln!(self.out, "{PREFIX}_{name} {value}");
+    }
+
+    /// A counter with one label, e.g. queries by `method`.
+    pub fn counter_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        self.header(name, help, "counter");
+        for (l, v) in values {
+            let _ = writeln!(self.out, "{PREFIX}_{name}{{{label}=\"{l}\"}} {v}");
+        }
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// The metrics of a normal DHT node.
+pub fn render_node(s: &Stats) -> String {
+    let mut e = Exposition::new();
+    let m = &s.queries_by_method;
+    e.counter_by(
+        "queries_received_total",
+        "Queries received, by method.",
+        "method",
+        &[
+            ("ping", m.ping),
+            ("find_node", m.find_node),
+            ("get_peers", m.get_peers),
+            ("announce_peer", m.announce_peer),
+            ("sample_infohashes", m.sample_infohashes),
+            ("other", m.other),
+        ],
+    );
+    e.counter("queries_sent_total", "Queries sent.", s.queries_out);
+    e.counter("replies_sent_total", "Replies sent.", s.replies_out);
+    e.counter("replies_received_total", "Replies received.", s.replies_in);
+    e.counter("errors_sent_total", "KRPC errors sent.", s.errors_out);
+    e.counter(
+        "errors_received_total",
+        "KRPC errors received.",
+        s.errors_in,
+    );
+    e.counter_by(
+        "dropped_total",
+        "Datagrams dropped, by reason.",
+        "reason",
+        &[
+            ("malformed", s.dropped_malformed),
+            ("unmatched", s.dropped_unmatched),
+            ("not_allowed", s.dropped_not_allowed),
+            ("rate_limited", s.dropped_rate_limited),
+            ("quota", s.dropped_quota),
+            ("other", s.dropped_other),
+        ],
+    );
+    e.counter("timeouts_total", "Queries that got no answer.", s.timeouts);
+    e.counter(
+        "bad_tokens_total",
+        "announce_peer with a bad token.",
+        s.bad_tokens,
+    );
+    e.counter(
+        "announces_stored_total",
+        "Announces stored.",
+        s.announces_stored,
+    );
+    e.counter(
+        "bytes_received_total",
+        "UDP payload bytes received.",
+        s.bytes_in,
+    );
+    e.counter("bytes_sent_total", "UDP payload bytes sent.", s.bytes_out);
+    e.counter(
+        "packets_received_total",
+        "Datagrams received.",
+        s.packets_in,
+    );
+    e.counter("packets_sent_total", "Datagrams sent.", s.packets_out);
+    let table = s.good_nodes + s.questionable_nodes + s.bad_nodes;
+    e.gauge("table_nodes", "Routing table entries.", table as f64);
+    e.gauge(
+        "table_good_nodes",
+        "Good routing table entries.",
+        s.good_nodes as f64,
+    );
+    e.gauge("table_buckets", "Routing table buckets.", s.buckets as f64);
+    e.gauge(
+        "table_verified_ratio",
+        "Share of routing table entries with a BEP 42-valid id.",
+        if table == 0 {
+            0.0
+        } else {
+            s.valid_id_nodes as f64 / table as f64
+        },
+    );
+    e.gauge(
+        "stored_infohashes",
+        "Infohashes in the peer store.",
+        s.infohashes as f64,
+    );
+    e.gauge("stored_peers", "Peers in the peer store.", s.peers as f64);
+    e.gauge(
+        "banned_ips",
+        "IPs banned by the rate limiter.",
+        s.banned_ips as f64,
+    );
+    e.finish()
+}
+
+/// The metrics of a bootstrap router.
+pub fn render_router(s: &RouterStats) -> String {
+    let mut e = Exposition::new();
+    let m = &s.queries_by_method;
+    e.counter_by(
+        "queries_received_total",
+        "Queries received, by method.",
+        "method",
+        &[
+            ("ping", m.ping),
+            ("find_node", m.find_node),
+            ("get_peers", m.get_peers),
+            ("announce_peer", m.announce_peer),
+            ("sample_infohashes", m.sample_infohashes),
+            ("other", m.other),
+        ],
+    );
+    e.counter("replies_sent_total", "Replies sent.", s.replies_out);
+    e.counter("errors_sent_total", "KRPC errors sent.", s.errors_out);
+    e.counter(
+        "verification_queries_sent_total",
+        "Cookie verification queries sent.",
+        s.pings_out,
+    );
+    e.counter_by(
+        "verification_total",
+        "Answers to verification queries, by outcome.",
+        "outcome",
+        &[
+            ("admitted", s.admitted),
+            ("invalid_id", s.rejected_invalid_id),
+            ("duplicate_ip", s.duplicate_ip),
+            ("bad_cookie", s.bad_cookie),
+        ],
+    );
+    e.counter_by(
+        "dropped_total",
+        "Datagrams dropped, by reason.",
+        "reason",
+        &[
+            ("malformed", s.dropped_malformed),
+            ("not_allowed", s.dropped_not_allowed),
+            ("rate_limited", s.dropped_rate_limited),
+            ("quota", s.dropped_quota),
+            ("queue_full", s.queue_full),
+            ("other", s.dropped_other),
+        ],
+    );
+    e.counter(
+        "bytes_received_total",
+        "UDP payload bytes received.",
+        s.bytes_in,
+    );
+    e.counter("bytes_sent_total", "UDP payload bytes sent.", s.bytes_out);
+    e.counter(
+        "packets_received_total",
+        "Datagrams received.",
+        s.packets_in,
+    );
+    e.counter("packets_sent_total", "Datagrams sent.", s.packets_out);
+    e.gauge(
+        "router_stored_nodes",
+        "Verified contacts in the store.",
+        s.stored as f64,
+    );
+    e.gauge(
+        "router_pending_verifications",
+        "Queriers waiting for verification.",
+        s.pending as f64,
+    );
+    let answered = s.admitted + s.rejected_invalid_id + s.duplicate_ip;
+    e.gauge(
+        "router_verified_ratio",
+        "Share of verification answers whose node was admitted.",
+        if answered == 0 {
+            0.0
+        } else {
+            s.admitted as f64 / answered as f64
+        },
+    );
+    e.gauge(
+        "router_memory_bytes",
+        "Bytes held by the store and filters.",
+        s.memory_bytes as f64,
+    );
+    e.gauge(
+        "banned_ips",
+        "IPs banned by the rate limiter.",
+        s.banned_ips as f64,
+    );
+    e.finish()
+}
+
+/// Most concurrent scrapes; more wait.
+const MAX_CONNECTIONS: usize = 16;
+const REQUEST_LIMIT: usize = 8 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the metrics endpoint (so a bad address fails at start, not later).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` forever; `render` produces the body (`None`: the node stopped,
+/// answered with 503).
+pub async fn serve<F, Fut>(listener: TcpListener, render: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<String>> + Send,
+{
+    let render = Arc::new(render);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(IO_TIMEOUT, handle(stream, &*render)).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle<F, Fut>(mut stream: TcpStream, render: &F) -> std::io::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<String>>,
+{
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > REQUEST_LIMIT {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+        }
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or(&[]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
+    if method != b"GET" {
+        return respond(&mut stream, "405 Method Not Allowed", "").await;
+    }
+    match path {
+        b"/metrics" | b"/" => match render().await {
+            Some(body) => respond(&mut stream, "200 OK", &body).await,
+            None => respond(&mut stream, "503 Service Unavailable", "node stopped\n").await,
+        },
+        _ => respond(&mut stream, "404 Not Found", "try /metrics\n").await,
+    }
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_exposition_is_well_formed() {
+        let mut s = Stats::default();
+        s.queries_by_method.ping = 3;
+        s.good_nodes = 4;
+        s.valid_id_nodes = 2;
+        let text = render_node(&s);
+        assert!(text.contains("trackerless_queries_received_total{method=\"ping\"} 3\n"));
+        assert!(text.contains("trackerless_table_verified_ratio 0.5\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("trackerless_"), "{line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    async fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, || async {
+            Some("x_total 1\n".to_string())
+        }));
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nx_total 1\n"), "{ok}");
+        assert!(
+            get(addr, "GET /nope HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        assert!(
+            get(addr, "POST /metrics HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 405")
+        );
+        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        assert!(get(addr, &huge).await.starts_with("HTTP/1.1 431"));
+    }
+}

@@ -1,0 +1,534 @@
+//! The router's driver: batched UDP I/O on its own thread.
+//!
+//! Serving a small reply costs far less than the two system calls around it, so on Linux the
+//! driver reads up to [`BATCH`] datagrams per `recvmmsg` and sends replies with `sendmmsg`,
+//! which moves most of the per-packet cost out of the kernel entry path. Elsewhere it falls
+//! back to one `recv_from`/`send_to` per datagram. Batching (not more threads) is the lever
+//! here: the target is "tens of thousands of queries per second on one core".
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{NodeRing, store_file};
+use super::{Router, RouterConfig, RouterStats};
+use crate::net::StartError;
+
+/// Datagrams per batched system call.
+pub const BATCH: usize = 32;
+/// Receive buffer per datagram: KRPC queries are far smaller; longer ones are dropped.
+const BUF_LEN: usize = 2048;
+
+/// What [`spawn`] needs.
+#[derive(Debug, Clone)]
+pub struct RouterRunConfig {
+    pub bind: SocketAddr,
+    pub router: RouterConfig,
+    /// Where the verified-node store is kept (`router-nodes.bin`); `None` = not kept.
+    pub data_dir: Option<PathBuf>,
+    pub save_interval: Duration,
+    /// `host:port` of nodes or routers to seed an empty store from (resolved at start).
+    pub seeds: Vec<String>,
+}
+
+enum Command {
+    Stats(oneshot::Sender<RouterStats>),
+    Shutdown(oneshot::Sender<Result<(), String>>),
+}
+
+/// A handle to a running router.
+#[derive(Clone, Debug)]
+pub struct RouterHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    local_addr: SocketAddr,
+    loaded: usize,
+}
+
+impl RouterHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Contacts loaded from the store at start.
+    pub fn loaded(&self) -> usize {
+        self.loaded
+    }
+
+    pub async fn stats(&self) -> Option<RouterStats> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Stats(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops the router after saving its store.
+    pub async fn shutdown(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Loads the store, binds, and runs the router on its own thread.
+pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
+    let SocketAddr::V4(_) = config.bind else {
+        return Err(StartError::Bind {
+            addr: config.bind,
+            error: io::Error::new(io::ErrorKind::Unsupported, "router mode binds IPv4 only"),
+        });
+    };
+    let started = Instant::now();
+    let ring = match &config.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StartError::Runtime(io::Error::new(
+                    e.kind(),
+                    format!("cannot create {}: {e}", dir.display()),
+                ))
+            })?;
+            let path = store_file(dir);
+            match NodeRing::load(&path, config.router.capacity) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Only rebuildable state: keep the bad file for inspection, start empty.
+                    let aside = path.with_extension("corrupt");
+                    let _ = std::fs::rename(&path, &aside);
+                    tracing::warn!("{e}; moved it to {} and starting empty", aside.display());
+                    NodeRing::new(config.router.capacity)
+                }
+            }
+        }
+        None => NodeRing::new(config.router.capacity),
+    };
+    let loaded = ring.len();
+    tracing::info!(
+        "router store: {loaded} contacts loaded in {:?}",
+        started.elapsed()
+    );
+    let std_socket = std::net::UdpSocket::bind(config.bind).map_err(|error| StartError::Bind {
+        addr: config.bind,
+        error,
+    })?;
+    std_socket
+        .set_nonblocking(true)
+        .map_err(|error| StartError::Bind {
+            addr: config.bind,
+            error,
+        })?;
+    set_buffers(&std_socket, 8 << 20);
+    let local_addr = std_socket.local_addr().map_err(|error| StartError::Bind {
+        addr: config.bind,
+        error,
+    })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = Router::new(config.router.clone(), ring, Instant::now());
+    let store = config.data_dir.as_ref().map(|d| store_file(d));
+    let (save_interval, seeds) = (config.save_interval, config.seeds.clone());
+    // The runtime is built on the router's own thread, so this works from inside another
+    // runtime too.
+    std::thread::Builder::new()
+        .name(format!("router {local_addr}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("cannot start the router runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let socket = match UdpSocket::from_std(std_socket) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("cannot register the router socket: {e}");
+                        return;
+                    }
+                };
+                let driver = Driver {
+                    socket,
+                    router,
+                    rx,
+                    store,
+                    save_interval,
+                    recv: RecvBatch::new(),
+                    send: SendQueue::default(),
+                    seeds,
+                };
+                driver.run().await;
+            });
+        })
+        .map_err(StartError::Runtime)?;
+    Ok(RouterHandle {
+        tx,
+        local_addr,
+        loaded,
+    })
+}
+
+/// Asks for large socket buffers (the kernel caps them at its maximum): a router's traffic
+/// comes in bursts, and every datagram dropped by a full buffer is a node not bootstrapped.
+#[cfg(unix)]
+fn set_buffers(socket: &std::net::UdpSocket, bytes: i32) {
+    use std::os::fd::AsRawFd;
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt with a pointer to an i32 of the stated length.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &bytes as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn set_buffers(_: &std::net::UdpSocket, _: i32) {}
+
+struct Driver {
+    socket: UdpSocket,
+    router: Router,
+    rx: mpsc::UnboundedReceiver<Command>,
+    store: Option<PathBuf>,
+    save_interval: Duration,
+    recv: RecvBatch,
+    send: SendQueue,
+    seeds: Vec<String>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let sleep =
+            tokio::time::sleep_until(tokio::time::Instant::from_std(self.router.poll_timeout()));
+        tokio::pin!(sleep);
+        let mut save_tick = tokio::time::interval(self.save_interval);
+        save_tick.tick().await;
+        let mut ack = None;
+        let seeds = std::mem::take(&mut self.seeds);
+        self.seed(&seeds).await;
+        loop {
+            self.flush().await;
+            let deadline = tokio::time::Instant::from_std(self.router.poll_timeout());
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                biased;
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        self.receive();
+                    }
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Stats(tx)) => {
+                        let _ = tx.send(self.router.stats(Instant::now()));
+                    }
+                    Some(Command::Shutdown(tx)) => {
+                        ack = Some(tx);
+                        break;
+                    }
+                    None => break,
+                },
+                () = &mut sleep => self.router.handle_timeout(Instant::now()),
+                _ = save_tick.tick() => {
+                    if let Err(e) = self.save() {
+                        tracing::warn!("saving the router store failed: {e}");
+                    }
+                }
+            }
+        }
+        self.flush().await;
+        let saved = self.save();
+        if let Some(tx) = ack {
+            let _ = tx.send(saved);
+        }
+    }
+
+    /// Queries the seeds when the store is less than half full.
+    async fn seed(&mut self, seeds: &[String]) {
+        if seeds.is_empty() || self.router.ring().len() * 2 >= self.router.ring().capacity() {
+            return;
+        }
+        let (addrs, errors) = crate::bootstrap::resolve(seeds).await;
+        for e in errors {
+            tracing::warn!("router seed {e}");
+        }
+        self.router.seed(Instant::now(), &addrs);
+    }
+
+    /// Reads and handles batches until the socket is drained (bounded, so timers and
+    /// commands still get their turn under a flood).
+    fn receive(&mut self) {
+        for _ in 0..64 {
+            let recv = &mut self.recv;
+            let got = self
+                .socket
+                .try_io(Interest::READABLE, || recv.recv(&self.socket));
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("recv error: {e}");
+                    break;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                match self.recv.datagram(i) {
+                    Some((from, data)) => {
+                        self.router.handle_datagram(now, SocketAddr::V4(from), data)
+                    }
+                    None => self.router.note_unreadable(),
+                }
+            }
+            self.queue_sends();
+            if self.send.len() >= 4 * BATCH {
+                let sock = &self.socket;
+                let send = &mut self.send;
+                let _ = sock.try_io(Interest::WRITABLE, || send.send(sock));
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+    }
+
+    fn queue_sends(&mut self) {
+        let send = &mut self.send;
+        self.router
+            .drain_transmits(|to, payload| send.push(to, payload));
+    }
+
+    async fn flush(&mut self) {
+        self.queue_sends();
+        while !self.send.is_empty() {
+            let sock = &self.socket;
+            let send = &mut self.send;
+            match sock.try_io(Interest::WRITABLE, || send.send(sock)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.socket.writable().await.is_err() {
+                        self.send.clear();
+                    }
+                }
+                Err(e) => {
+                    // An unreachable destination and the like: drop that datagram, go on.
+                    tracing::debug!("send error: {e}");
+                    self.send.skip_one();
+                }
+            }
+        }
+    }
+
+    fn save(&self) -> Result<(), String> {
+        match &self.store {
+            Some(path) => self
+                .router
+                .ring()
+                .save(path)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Outgoing datagrams copied out of the router, sent in batches.
+#[derive(Default)]
+struct SendQueue {
+    bytes: Vec<u8>,
+    items: Vec<(SocketAddrV4, usize, usize)>,
+    /// Items already sent.
+    done: usize,
+}
+
+impl SendQueue {
+    fn push(&mut self, to: SocketAddrV4, payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.items.push((to, start, payload.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.items.len() - self.done
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.items.clear();
+        self.done = 0;
+    }
+
+    fn skip_one(&mut self) {
+        self.done += 1;
+        if self.is_empty() {
+            self.clear();
+        }
+    }
+
+    /// Sends as much as the socket takes; `Ok` once everything is out.
+    #[cfg(target_os = "linux")]
+    fn send(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        while self.done < self.items.len() {
+            let batch = &self.items[self.done..(self.done + BATCH).min(self.items.len())];
+            let mut names: [libc::sockaddr_in; BATCH] = [sockaddr_zero(); BATCH];
+            // SAFETY: plain C structs, all-zero is a valid initial state.
+            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+            for (i, &(to, start, len)) in batch.iter().enumerate() {
+                names[i] = sockaddr_from(to);
+                iovs[i] = libc::iovec {
+                    iov_base: self.bytes[start..start + len].as_ptr() as *mut libc::c_void,
+                    iov_len: len,
+                };
+                hdrs[i].msg_hdr.msg_name =
+                    &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+                hdrs[i].msg_hdr.msg_namelen =
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+                hdrs[i].msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: every header points at live entries of `names`, `iovs` and
+            // `self.bytes`, which outlive the call; `batch.len()` headers are initialised.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    batch.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.done += n as usize;
+        }
+        self.clear();
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn send(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        while self.done < self.items.len() {
+            let (to, start, len) = self.items[self.done];
+            socket.try_send_to(&self.bytes[start..start + len], SocketAddr::V4(to))?;
+            self.done += 1;
+        }
+        self.clear();
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn sockaddr_zero() -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is a plain C struct; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+#[cfg(target_os = "linux")]
+fn sockaddr_from(a: SocketAddrV4) -> libc::sockaddr_in {
+    let mut s = sockaddr_zero();
+    s.sin_family = libc::AF_INET as libc::sa_family_t;
+    s.sin_port = a.port().to_be();
+    s.sin_addr = libc::in_addr {
+        s_addr: u32::from(*a.ip()).to_be(),
+    };
+    s
+}
+
+/// Receive buffers for one batch, with what the last call filled in.
+struct RecvBatch {
+    bufs: Vec<[u8; BUF_LEN]>,
+    lens: [usize; BATCH],
+    froms: [Option<SocketAddrV4>; BATCH],
+}
+
+impl RecvBatch {
+    fn new() -> Self {
+        RecvBatch {
+            bufs: vec![[0u8; BUF_LEN]; BATCH],
+            lens: [0; BATCH],
+            froms: [None; BATCH],
+        }
+    }
+
+    /// The `i`th datagram of the last batch; `None` for one that was truncated (longer than
+    /// any KRPC message we answer) or came from a non-IPv4 source.
+    fn datagram(&self, i: usize) -> Option<(SocketAddrV4, &[u8])> {
+        Some((self.froms[i]?, &self.bufs[i][..self.lens[i]]))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let mut names: [libc::sockaddr_in; BATCH] = [sockaddr_zero(); BATCH];
+        // SAFETY: plain C structs, all-zero is a valid initial state.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: BUF_LEN,
+            };
+            hdrs[i].msg_hdr.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+            hdrs[i].msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: BATCH headers, each pointing at a live buffer of BUF_LEN bytes and a live
+        // sockaddr_in, all outliving the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let h = &hdrs[i];
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let is_v4 = names[i].sin_family == libc::AF_INET as libc::sa_family_t;
+            self.lens[i] = (h.msg_len as usize).min(BUF_LEN);
+            self.froms[i] = (is_v4 && !truncated).then(|| {
+                SocketAddrV4::new(
+                    u32::from_be(names[i].sin_addr.s_addr).into(),
+                    u16::from_be(names[i].sin_port),
+                )
+            });
+        }
+        Ok(n)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let (len, from) = socket.try_recv_from(&mut self.bufs[0])?;
+        self.lens[0] = len.min(BUF_LEN);
+        self.froms[0] = match from {
+            SocketAddr::V4(a) if len <= BUF_LEN => Some(a),
+            _ => None,
+        };
+        Ok(1)
+    }
+}

@@ -1,0 +1,192 @@
+//! Bootstrap-router mode on real sockets: it seeds itself from a testnet, verifies nodes with
+//! cookies, bootstraps a fresh node, keeps its store across restarts, and serves metrics.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use trackerless::allow::AllowList;
+use trackerless::net::{Dht, DhtConfig};
+use trackerless::node::Config;
+use trackerless::router::RouterConfig;
+use trackerless::router::io::{self as router_io, RouterRunConfig};
+use trackerless::sim::testnet::{Testnet, TestnetConfig};
+
+fn router_config(data_dir: &std::path::Path, seed: String) -> RouterRunConfig {
+    RouterRunConfig {
+        bind: "127.130.0.1:0".parse().unwrap(),
+        router: RouterConfig {
+            verify_delay: Duration::from_millis(200),
+            allow: AllowList::loopback(),
+            rate_limit: None,
+            ..RouterConfig::default()
+        },
+        data_dir: Some(data_dir.to_path_buf()),
+        save_interval: Duration::from_secs(300),
+        seeds: vec![seed],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_seeds_itself_bootstraps_a_node_and_survives_restart() {
+    let net = Testnet::start(
+        30,
+        TestnetConfig {
+            subnet: 131,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    net.wait_for_tables(8, Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_io::spawn(router_config(dir.path(), net.addr(0).to_string())).unwrap();
+
+    let mut stored = 0;
+    for _ in 0..200 {
+        stored = router.stats().await.unwrap().stored;
+        if stored >= 25 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored >= 25, "router verified only {stored} of 30 nodes");
+
+    // A fresh node whose only router is ours fills its table.
+    let mut cfg = DhtConfig::new("127.130.1.1:0".parse().unwrap());
+    cfg.node = Config::loopback_testnet();
+    cfg.bootstrap = vec![router.local_addr().to_string()];
+    let (fresh, driver) = Dht::bind(cfg).await.unwrap();
+    tokio::spawn(driver);
+    let mut good = 0;
+    for _ in 0..100 {
+        good = fresh.stats().await.unwrap().good_nodes;
+        if good >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        good >= 10,
+        "a node bootstrapped from the router has {good} nodes"
+    );
+    // The querier itself gets queued and verified too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = router.stats().await.unwrap();
+    assert!(st.admitted as usize >= stored, "{st:?}");
+    assert!(st.queries_by_method.find_node >= 1, "{st:?}");
+
+    router.shutdown().await.unwrap();
+    let started = Instant::now();
+    let again = router_io::spawn(router_config(dir.path(), "127.131.255.254:9".into())).unwrap();
+    assert!(
+        again.loaded() >= stored,
+        "restart loaded {} of {stored}",
+        again.loaded()
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    again.shutdown().await.unwrap();
+    fresh.shutdown().await.unwrap();
+    net.shutdown().await;
+}
+
+/// Scrapes `http://addr/metrics` (loopback).
+fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_in_both_modes() {
+    let net = Testnet::start(
+        10,
+        TestnetConfig {
+            subnet: 132,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    net.wait_for_tables(5, Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, router) in [(1u8, true), (2, false)] {
+        let ip = format!("127.132.100.{i}");
+        let maddr: SocketAddr = format!("{ip}:{}", free_tcp_port(&ip)).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dht-node"));
+        cmd.args([
+            "--bind",
+            &format!("{ip}:0"),
+            "--bootstrap",
+            &net.addr(0).to_string(),
+        ])
+        .args([
+            "--allow-net",
+            "127.0.0.0/8",
+            "--no-subnet-limit",
+            "--stats-interval",
+            "0",
+        ])
+        .args(["--metrics", &maddr.to_string(), "--data-dir"])
+        .arg(dir.path().join(format!("d{i}")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if router {
+            cmd.args(["--router", "--router-verify-delay", "0"]);
+        }
+        let _child = Kill(cmd.spawn().unwrap());
+        let (gauge, want) = if router {
+            ("trackerless_router_stored_nodes", 5.0)
+        } else {
+            ("trackerless_table_nodes", 5.0)
+        };
+        let mut seen = None;
+        for _ in 0..100 {
+            if let Some(text) = scrape(maddr) {
+                assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+                seen = metric(&text, gauge);
+                if seen.is_some_and(|v| v >= want) {
+                    assert!(
+                        text.contains("trackerless_queries_received_total{method=\"find_node\"}")
+                    );
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            seen.is_some_and(|v| v >= want),
+            "router={router}: {gauge} = {seen:?}"
+        );
+    }
+    net.shutdown().await;
+}
