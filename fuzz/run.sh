@@ -20,7 +20,7 @@ cargo fuzz build >&2
 for t in "${TARGETS[@]}"; do
     [[ -d fuzz/seeds/$t ]] || { echo "error: unknown target $t" >&2; exit 1; }
     mkdir -p "fuzz/corpus/$t"
-    echo "== $t: ${SECS}s" >&2
+    echo "== $t: ${SECS}s, corpus at start $(ls "fuzz/corpus/$t" | wc -l) files" >&2
     # libFuzzer exits non-zero on a crash; keep going so the other targets still run, and
     # report it at the end.
     if ! cargo fuzz run "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
@@ -33,7 +33,8 @@ for t in "${TARGETS[@]}"; do
     grep -E '^#[0-9]+[[:space:]]+DONE' "fuzz/logs/$t.log" | tail -1 >&2
     before=$(ls "fuzz/corpus/$t" | wc -l)
     cargo fuzz cmin "$t" "fuzz/corpus/$t" > "fuzz/logs/$t.cmin.log" 2>&1
-    echo "   corpus $before -> $(ls "fuzz/corpus/$t" | wc -l) files, $(du -sk "fuzz/corpus/$t" | cut -f1) KiB" >&2
+    echo "   corpus $before -> $(ls "fuzz/corpus/$t" | wc -l) files, $(cat "fuzz/corpus/$t"/* | wc -c) bytes;" \
+        "$(grep -E '^#[0-9]+[[:space:]]+DONE' "fuzz/logs/$t.cmin.log" | tail -1)" >&2
 done
 if [[ -n ${FAILED:-} ]]; then
     echo "error: crashes in:$FAILED" >&2
