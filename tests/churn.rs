@@ -1,7 +1,8 @@
-//! Churn (issue 6, part 4), in the virtual-time simulator: 2,000 nodes; every 10 virtual
-//! minutes for 2 virtual hours, 30 % of the online nodes leave at once (no goodbye: their
-//! packets are simply lost from then on) and as many new nodes join over the next minute,
-//! each bootstrapping from three random online nodes. Meanwhile clients keep working:
+//! Churn (issue 6, part 4), in the virtual-time simulator: 1,500 nodes (2,000 in the lossy
+//! variant); every 10 virtual minutes for 2 virtual hours, 30 % of the online nodes leave
+//! at once (no goodbye: their packets are simply lost from then on) and as many new nodes
+//! join over the next minute, each bootstrapping from three random online nodes. Meanwhile
+//! clients keep working:
 //!
 //! - 40 torrents each have one announcing peer, which re-announces every 15 minutes (what
 //!   real clients do); when it leaves, another node takes its place and announces at once;
