@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -42,10 +43,26 @@ pub struct NetArgs {
     /// Only admit routing-table nodes whose id is valid for their IP (BEP 42).
     #[arg(long)]
     pub enforce_node_id: bool,
+    /// Save the routing table to the data directory every SECS seconds (fractions allowed).
+    /// The store survives a crash at any moment, so this only bounds how many contacts a
+    /// crashed node forgets; shorter means more disk writes.
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_interval)]
+    pub save_interval: Duration,
 }
 
 fn parse_net(s: &str) -> Result<Ipv4Net, String> {
     s.parse()
+}
+
+/// A positive number of seconds, at most a day (a zero period would save in a busy loop).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.001..=86_400.0).contains(&secs) {
+        return Err(format!("{s} is outside 0.001 to 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 impl NetArgs {
@@ -79,6 +96,7 @@ impl NetArgs {
         let mut cfg = DhtConfig::new(self.bind);
         cfg.bootstrap = self.routers()?;
         cfg.data_dir = Some(self.data_dir()?.join("dht"));
+        cfg.save_interval = self.save_interval;
         cfg.node = node::Config {
             allow: AllowList::only(self.allow_net.clone()),
             ..node::Config::default()
@@ -185,6 +203,8 @@ mod tests {
             "--reply-quota",
             "1000",
             "--enforce-node-id",
+            "--save-interval",
+            "0.25",
         ])
         .unwrap();
         let cfg = t.net.dht_config().unwrap();
@@ -197,7 +217,14 @@ mod tests {
         assert!(cfg.node.routing.enforce_node_id);
         assert_eq!(cfg.node.rate_limit, None);
         assert_eq!(cfg.node.reply_quota, Some(1000));
+        assert_eq!(cfg.save_interval, Duration::from_millis(250));
         assert!(T::try_parse_from(["x", "--allow-net", "10.0.0.0/40"]).is_err());
+        for bad in ["0", "-1", "nan", "inf", "1e9", "soon"] {
+            assert!(
+                T::try_parse_from(["x", "--save-interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
         let t = T::try_parse_from(["x", "--bootstrap", "nope"]).unwrap();
         assert!(t.net.dht_config().is_err());
         let t = T::try_parse_from(["x"]).unwrap();
@@ -205,6 +232,7 @@ mod tests {
         let cfg = t.net.dht_config().unwrap();
         assert_eq!(cfg.node.rate_limit, Some(RateLimit::default()));
         assert_eq!(cfg.node.reply_quota, Some(node::DEFAULT_REPLY_QUOTA));
+        assert_eq!(cfg.save_interval, DhtConfig::new(cfg.bind).save_interval);
     }
 
     #[test]

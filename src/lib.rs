@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod crawl;
 pub mod download;
+pub mod fuzzing;
 pub mod id;
 pub mod krpc;
 pub mod limits;

@@ -22,6 +22,9 @@
 # ROUTER=1 adds a `dht-node --router` column: the router seeds its store from a 300-node
 # testnet (dht-testnet on 127.93.0.0/16, pinned to the generator's core and idle during the
 # measurement) before each load, so every find_node/get_peers reply carries 16 contacts.
+# LT=1 adds a `libtorrent` column: python libtorrent 2.x's DHT (tools/lt_node.py --quiet: no
+# alert per query, libtorrent's per-IP DHT rate limits raised as in the interop tests), pinned
+# to the server core like the others; its network thread answers the queries.
 # Everything binds to 127.90.0.0/16, 127.91.0.0/16 (sources) and 127.93.0.0/16 (testnet);
 # nothing leaves loopback.
 set -euo pipefail
@@ -147,6 +150,13 @@ start_server() {
                 --data-dir "$TMP/data-$kind" \
                 --stats-interval 0 2> "$TMP/$kind.err" &
             ;;
+        libtorrent)
+            bin=python3
+            # lt_node.py quits when its stdin closes; the script holds the fifo open.
+            [[ -p $TMP/lt.in ]] || { mkfifo "$TMP/lt.in"; exec 3<> "$TMP/lt.in"; }
+            pinned "$SERVER_CPU" python3 tools/lt_node.py --bind "$addr" --quiet \
+                < "$TMP/lt.in" > "$TMP/$kind.out" 2> "$TMP/$kind.err" &
+            ;;
         router)
             bin=$BIN/dht-node
             rm -rf "$TMP/data-$kind"
@@ -180,13 +190,18 @@ if [[ -n ${ROUTER:-} ]]; then
 fi
 if [[ -n ${NODE2:-} ]]; then
     [[ -x $NODE2 ]] || { echo "error: NODE2=$NODE2 is not an executable" >&2; exit 1; }
-    SERVERS="echo node node2"
+    SERVERS="$SERVERS node2"
+fi
+if [[ -n ${LT:-} ]]; then
+    python3 -c 'import libtorrent' 2> /dev/null || { echo "error: LT=1 needs python libtorrent (pip install libtorrent)" >&2; exit 1; }
+    SERVERS="$SERVERS libtorrent"
+    echo "# libtorrent $(python3 -c 'import libtorrent; print(libtorrent.__version__)')"
 fi
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "# load: $SOURCES sources x $CONCURRENCY outstanding, mix $MIX, ${DURATION}s after ${WARMUP}s warm-up; server on core $SERVER_CPU, generator on core $LOADGEN_CPU, nice $NICE"
 [[ -n ${NODE2:-} ]] && echo "# node2 = $NODE2"
-printf '%-5s %-6s | %10s %6s %11s %8s %8s | %7s %9s\n' round server \
+printf '%-5s %-10s | %10s %6s %11s %8s %8s | %7s %9s\n' round server \
     replies/s cpu per-cpu-s timeouts gen-cpu ratio ratio-cpu
 RESULTS=$TMP/results
 : > "$RESULTS"
@@ -212,7 +227,7 @@ for round in $(seq "$ROUNDS"); do
             -v gen="$gen" -v er="$e_rate" -v ec="$e_cpu" 'BEGIN {
             if (cpu <= 0 || ec <= 0) { print "error: no server cpu time measured" > "/dev/stderr"; exit 1 }
             pc = rate / cpu; epc = er / ec
-            printf "%-5s %-6s | %10.0f %5.1f%% %11.0f %8d %7.1f%% | %6.1f%% %8.1f%%\n",
+            printf "%-5s %-10s | %10.0f %5.1f%% %11.0f %8d %7.1f%% | %6.1f%% %8.1f%%\n",
                 r, k, rate, 100 * cpu, pc, to, 100 * gen, 100 * rate / er, 100 * pc / epc
             print k, rate, 100 * cpu, pc, 100 * rate / er, 100 * pc / epc >> "'"$RESULTS"'"
         }'
@@ -225,7 +240,7 @@ for kind in $SERVERS; do
     awk -v k="$kind" '$1 == k { for (i = 2; i <= NF; i++) col[i, ++n[i]] = $i; nf = NF }
     END {
         split("- replies/s cpu% per-cpu-s ratio% ratio-cpu%", name, " ")
-        line = sprintf("  %-6s", k)
+        line = sprintf("  %-10s", k)
         for (i = 2; i <= nf; i++) {
             m = n[i]
             for (j = 1; j <= m; j++) v[j] = col[i, j]

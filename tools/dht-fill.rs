@@ -236,13 +236,15 @@ async fn fill_from(
     let id = NodeId(rand::random());
     let mut counts = Counts::default();
     let mut q = Vec::new();
+    // Ask for the token with an infohash we are about to announce: a node whose peer store
+    // is full withholds tokens for infohashes it does not hold, so a random one would leave
+    // the late sources without a token.
+    let probe = work.first().map_or_else(|| NodeId(rand::random()), |w| w.0);
     krpc::encode_query(
         &mut q,
         b"tk",
         &id,
-        &QueryArgs::GetPeers {
-            info_hash: &NodeId(rand::random()),
-        },
+        &QueryArgs::GetPeers { info_hash: &probe },
         false,
         None,
     );

@@ -9,6 +9,8 @@
 //!   queries outstanding (closed loop, so the reply rate *is* the throughput), matched by
 //!   transaction id. Prints replies/s, errors, timeouts, p50/p99 latency and, given the
 //!   server's pid, how busy the server's CPU was (so a generator-bound run is visible).
+//! * `flood`: an open-loop query flood from many source addresses while an honest prober
+//!   pings and the node's memory is sampled (see `flood.rs`; tools/flood-test.sh).
 //! * `fill`: stores N infohashes × M peers in a node the proper way (get_peers for a token,
 //!   then announce_peer) from S source addresses, for benchmarks that need a full store.
 //!
@@ -33,6 +35,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
+
+mod flood;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::net::UdpSocket;
@@ -76,6 +80,9 @@ enum Cmd {
     /// (see --peers-per); the node keeps at most its --max-infohashes and --max-peers, and the
     /// command fails unless every announce is acknowledged.
     Fill(FillArgs),
+    /// Flood a node from many loopback addresses at the generator's maximum rate while an
+    /// honest prober pings it; reports the honest latency and the node's memory.
+    Flood(flood::FloodArgs),
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +179,7 @@ fn main() -> ExitCode {
         Cmd::Echo { bind } => echo(bind),
         Cmd::Load(args) => load(args),
         Cmd::Fill(args) => fill(args),
+        Cmd::Flood(args) => flood::flood(args),
     };
     match result {
         Ok(code) => code,

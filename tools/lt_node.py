@@ -10,10 +10,13 @@ no trackers, and an IP filter that blocks peer connections to anything outside
 
 Usage
 -----
-    python3 tools/lt_node.py --bind 127.x.y.z:PORT [--save-dir DIR] [--verbose] [--no-utp]
+    python3 tools/lt_node.py --bind 127.x.y.z:PORT [--save-dir DIR] [--verbose | --quiet] [--no-utp]
 
 PORT must be non-zero (the ready line echoes it).  --verbose copies
 libtorrent's session/DHT logs and every DHT packet (bdecoded) to stderr.
+--quiet asks libtorrent for error and status alerts only: no alert per DHT
+query, so a serving benchmark measures libtorrent's DHT, not this script
+(commands that wait for DHT or torrent alerts then time out).
 --no-utp restricts peer connections to TCP (for benchmarks of TCP transfer).
 
 Protocol
@@ -290,13 +293,16 @@ def jsonable(v):
     return v
 
 
-def build_settings(ip, port, verbose, no_utp=False):
+def build_settings(ip, port, verbose, quiet=False, no_utp=False):
     cat = lt.alert.category_t
     mask = (cat.error_notification | cat.peer_notification | cat.port_mapping_notification
             | cat.storage_notification | cat.tracker_notification | cat.connect_notification
             | cat.status_notification | cat.ip_block_notification | cat.performance_warning
             | cat.dht_notification | cat.stats_notification | cat.dht_operation_notification)
-    if verbose:
+    if quiet:
+        # status_notification carries listen_succeeded_alert, which "ready" waits for.
+        mask = cat.error_notification | cat.status_notification
+    if verbose and not quiet:
         mask |= cat.session_log_notification | cat.dht_log_notification
     # Safety-critical settings go into the constructor pack (all exist in 2.x).
     core = {
@@ -310,6 +316,12 @@ def build_settings(ip, port, verbose, no_utp=False):
         # never silently fall back to port+1..+10 when the port is taken
         "max_retry_port_bind": 0,
         "listen_system_port_fallback": False,
+        # The DHT's DoS blocker reads these when the DHT starts: applied later (below) they
+        # do not reach it, and it bans an IP after 50 packets in 10 s (measured: a load
+        # source stalled after ~50 queries with them applied late, ran freely with them here).
+        "dht_upload_rate_limit": 100_000_000,
+        "dht_block_ratelimit": 1_000_000,
+        "dht_block_timeout": 5,
     }
     # Everything else is applied one at a time; missing names only warn.
     extra = [
@@ -321,9 +333,6 @@ def build_settings(ip, port, verbose, no_utp=False):
         ("dht_prefer_verified_node_ids", False),
         ("dht_enforce_node_id", False),
         ("allow_multiple_connections_per_ip", True),
-        ("dht_upload_rate_limit", 100_000_000),
-        ("dht_block_ratelimit", 1_000_000),
-        ("dht_block_timeout", 5),
         ("dht_max_fail_count", 5),
         ("dht_search_branching", 5),
         ("dht_announce_interval", 60),
@@ -342,7 +351,7 @@ def build_settings(ip, port, verbose, no_utp=False):
 
 
 class Node:
-    def __init__(self, ip, port, save_dir, verbose, no_utp=False):
+    def __init__(self, ip, port, save_dir, verbose, quiet=False, no_utp=False):
         self.ip = ip
         self.port = port
         self.bind = "%s:%d" % (ip, port)
@@ -357,7 +366,7 @@ class Node:
         self.listen_ok = set()
         self.listen_ports = set()
 
-        core, extra = build_settings(ip, port, verbose, no_utp)
+        core, extra = build_settings(ip, port, verbose, quiet, no_utp)
         self.ses = lt.session(core)
         for name, value in extra:
             try:
@@ -722,6 +731,8 @@ def main():
     ap.add_argument("--bind", required=True, help="127.x.y.z:PORT")
     ap.add_argument("--save-dir", default=None)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--quiet", action="store_true",
+                    help="error alerts only (for serving benchmarks)")
     ap.add_argument("--no-utp", action="store_true",
                     help="peer connections over TCP only (uTP disabled both ways)")
     ap.add_argument("--ready-timeout", type=float, default=20.0)
@@ -747,7 +758,7 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
 
-    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.no_utp)
+    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.quiet, opts.no_utp)
 
     deadline = time.time() + opts.ready_timeout
     try:

@@ -1,0 +1,278 @@
+//! Bodies of the fuzz targets (`fuzz/fuzz_targets/*.rs`), kept in the library so that the
+//! normal test suite (`tests/fuzz_corpus_replay.rs`) replays the checked-in corpora through
+//! exactly the same code on the stable toolchain: CI catches a regression in any parser
+//! without nightly, libFuzzer or sanitizers.
+//!
+//! Every function takes arbitrary bytes and panics only when a property is violated:
+//! besides "never panics", each checks that what decodes re-encodes into something that
+//! decodes to the same value, so an encoder/decoder disagreement (a message we would send
+//! but could not read back, or a `.torrent` we would write with a different info hash) is a
+//! crash the fuzzer can find.
+
+pub mod krpc_reference;
+
+use bytes::BytesMut;
+
+use crate::krpc::{self, Body, Message, Method};
+use crate::metainfo::{self, Metainfo};
+use crate::wire::{self, ExtHandshake, FrameDecoder, FrameError, MetadataMsg};
+
+/// A fuzz target's body: arbitrary bytes in, a panic only on a violated property.
+pub type Target = fn(&[u8]);
+
+/// Every entry point, by the name of its fuzz target and corpus directory.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("krpc", krpc),
+    ("wire", wire),
+    ("bep9", bep9),
+    ("metainfo", metainfo),
+];
+
+/// The parts of a KRPC message that survive `encode_message`: queries carry no top-level
+/// `ip`, replies and errors no `ro`, and an unknown method is answered (and so re-encoded)
+/// as `find_node`.
+fn encodable(mut m: Message) -> Message {
+    match &mut m.body {
+        Body::Query(q) => {
+            m.ip = None;
+            if let Method::Unknown { target } = q.method {
+                q.method = Method::FindNode { target };
+            }
+        }
+        Body::Response(_) | Body::Error(_) => m.read_only = false,
+    }
+    m
+}
+
+/// KRPC: `krpc::decode` on one datagram (which runs the bencode pre-scan first).
+///
+/// Properties: the serde_bencode-based reference decoder ([`krpc_reference`], the decoder
+/// the borrowing one replaced) returns the identical result, errors and reasons included; a decoded message re-encodes into bytes that decode to the same message;
+/// and encoding is a fixed point (encode, decode, encode gives the same bytes).
+pub fn krpc(data: &[u8]) {
+    let decoded = krpc::decode(data);
+    assert_eq!(
+        krpc_reference::decode(data),
+        decoded,
+        "the serde reference disagrees with krpc::decode"
+    );
+    let Ok(message) = decoded else { return };
+    let message = encodable(message);
+    let mut encoded = Vec::new();
+    krpc::encode_message(&mut encoded, &message);
+    let again = krpc::decode(&encoded).unwrap_or_else(|e| {
+        panic!(
+            "re-encoded message does not decode ({e}): {}",
+            String::from_utf8_lossy(&encoded)
+        )
+    });
+    assert_eq!(again, message, "decode(encode(m)) != m");
+    let mut twice = Vec::new();
+    krpc::encode_message(&mut twice, &again);
+    assert_eq!(twice, encoded, "encoding is not stable");
+}
+
+/// Everything the decoder produced from one stream: the messages, and how it ended.
+#[derive(Debug, PartialEq)]
+struct Decoded {
+    messages: Vec<wire::Message>,
+    error: Option<FrameError>,
+    buffered: usize,
+}
+
+/// Decodes until the decoder wants more bytes or fails.
+fn drain(dec: &mut FrameDecoder, out: &mut Decoded) {
+    loop {
+        match dec.decode() {
+            Ok(Some(m)) => out.messages.push(m),
+            Ok(None) => return,
+            Err(e) => {
+                out.error = Some(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Peer wire: the first two bytes pick a maximum frame length and a chunking; the rest is
+/// the byte stream a peer sends after the handshake. Also tries the whole input as a
+/// handshake.
+///
+/// Properties: feeding the stream in arbitrary chunks yields exactly what feeding it whole
+/// does (same messages, same error, same bytes left over); the decoder never buffers a frame
+/// beyond its limit; every decoded message re-encodes into a frame that decodes to itself;
+/// extended payloads go through the BEP 10/BEP 9 decoders without panicking.
+pub fn wire(data: &[u8]) {
+    if let Ok(hs) = wire::Handshake::decode(data) {
+        assert_eq!(
+            wire::Handshake::decode(&hs.encode()),
+            Ok(hs),
+            "handshake round trip"
+        );
+    }
+    let [limit, seed, stream @ ..] = data else {
+        return;
+    };
+    // Small limits reach the too-long path with short inputs; 255 means the default.
+    let max_frame = match limit {
+        255 => wire::DEFAULT_MAX_FRAME,
+        l => u32::from(*l) * 4,
+    };
+
+    let mut whole = Decoded {
+        messages: Vec::new(),
+        error: None,
+        buffered: 0,
+    };
+    let mut dec = FrameDecoder::new(max_frame);
+    dec.feed(stream);
+    drain(&mut dec, &mut whole);
+    whole.buffered = dec.buffered();
+
+    let mut chunked = Decoded {
+        messages: Vec::new(),
+        error: None,
+        buffered: 0,
+    };
+    let mut dec = FrameDecoder::new(max_frame);
+    // A tiny xorshift seeded by the input: chunk sizes 1..=16, or with the top bit of the
+    // seed, 1..=4 (byte-at-a-time-ish splits of headers).
+    let mut state = u32::from(*seed) | 0x100;
+    let span = if seed & 0x80 != 0 { 4 } else { 16 };
+    let mut rest = stream;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let n = (state % span + 1) as usize;
+        let (chunk, tail) = rest.split_at(n.min(rest.len()));
+        rest = tail;
+        dec.feed(chunk);
+        drain(&mut dec, &mut chunked);
+        // A frame is only buffered once its header passed the length check.
+        assert!(
+            dec.buffered() <= 4 + max_frame as usize + chunk.len(),
+            "decoder holds {} bytes with a {max_frame}-byte limit",
+            dec.buffered()
+        );
+        if chunked.error.is_some() {
+            break;
+        }
+    }
+    chunked.buffered = dec.buffered();
+    if chunked.error.is_some() {
+        // After an error the decoder drops its buffer; whole-stream decoding did the same.
+        assert_eq!(dec.buffered(), 0);
+    }
+    assert_eq!(chunked, whole, "chunked decoding differs from whole");
+
+    let mut frames = BytesMut::new();
+    for m in &whole.messages {
+        m.encode(&mut frames);
+        if let wire::Message::Extended { id, payload } = m {
+            if *id == wire::EXT_HANDSHAKE_ID {
+                let _ = ExtHandshake::decode(payload);
+            } else {
+                let _ = MetadataMsg::decode(payload);
+            }
+        }
+    }
+    let mut again = Decoded {
+        messages: Vec::new(),
+        error: None,
+        buffered: 0,
+    };
+    let mut dec = FrameDecoder::new(max_frame);
+    dec.feed(&frames);
+    drain(&mut dec, &mut again);
+    assert_eq!(again.error, None, "re-encoded frames fail to decode");
+    assert_eq!(again.messages, whole.messages, "frame round trip");
+    assert_eq!(dec.buffered(), 0);
+}
+
+/// BEP 9 / BEP 10: the payload of an extended message, as a `ut_metadata` message and as an
+/// extension handshake.
+///
+/// Properties: whatever decodes re-encodes into a payload that decodes to the same value.
+pub fn bep9(data: &[u8]) {
+    if let Ok(msg) = MetadataMsg::decode(data) {
+        let encoded = msg.encode();
+        assert_eq!(
+            MetadataMsg::decode(&encoded),
+            Ok(msg),
+            "ut_metadata round trip"
+        );
+        if let MetadataMsg::Data {
+            piece, total_size, ..
+        } = msg
+        {
+            // The helpers a fetcher sizes its buffers with must not panic on peer values.
+            let _ = wire::metadata_block_len(piece, total_size);
+            let _ = wire::num_metadata_pieces(total_size);
+            let _ = wire::valid_metadata_size(total_size);
+        }
+    }
+    if let Ok(hs) = ExtHandshake::decode(data) {
+        let encoded = hs.encode();
+        assert_eq!(
+            ExtHandshake::decode(&encoded).as_ref(),
+            Ok(&hs),
+            "extension handshake round trip"
+        );
+        if let Some(size) = hs.metadata_size {
+            let _ = wire::num_metadata_pieces(size);
+        }
+    }
+}
+
+/// Metainfo: the input as a `.torrent` file, and as a bare info dict (what BEP 9 delivers).
+///
+/// Properties: a parsed torrent written back with `to_bytes` parses to the same value, info
+/// hash included; a bare info dict wrapped with `torrent_file_from_info` keeps its info hash;
+/// the piece and file geometry helpers stay within bounds.
+pub fn metainfo(data: &[u8]) {
+    if let Ok(meta) = Metainfo::from_bytes(data) {
+        let written = meta.to_bytes();
+        let again = Metainfo::from_bytes(&written)
+            .unwrap_or_else(|e| panic!("written torrent does not parse: {e}"));
+        assert_eq!(again.info_hash, meta.info_hash, "info hash changed");
+        assert_eq!(again, meta, "torrent round trip");
+        geometry(&meta.info);
+    }
+    if let Ok(meta) = Metainfo::from_info_bytes(data) {
+        let file = metainfo::torrent_file_from_info(data);
+        let again = Metainfo::from_bytes(&file)
+            .unwrap_or_else(|e| panic!("wrapped info dict does not parse: {e}"));
+        assert_eq!(again.info_hash, meta.info_hash, "info hash changed");
+        assert_eq!(again.info, meta.info);
+    }
+}
+
+/// Walks the first and last pieces and every file: their spans must tile the piece exactly.
+fn geometry(info: &metainfo::Info) {
+    let pieces = info.num_pieces();
+    assert_eq!(pieces, info.pieces.len());
+    let total = info.total_length();
+    let mut covered = 0u64;
+    for index in (0..pieces.min(4)).chain(pieces.saturating_sub(4)..pieces) {
+        let size = info.piece_size(index).expect("piece in range has a size");
+        assert!(size <= info.piece_length);
+        let spans = info.piece_spans(index).expect("piece in range has spans");
+        let sum: u64 = spans.iter().map(|s| s.length).sum();
+        assert_eq!(sum, size, "spans of piece {index} do not add up");
+        for s in &spans {
+            let f = &info.files[s.file];
+            assert!(s.file_offset + s.length <= f.length);
+        }
+        if index + 1 == pieces {
+            covered = info.piece_length * (pieces as u64 - 1) + size;
+        }
+    }
+    if pieces > 0 {
+        assert_eq!(covered, total, "pieces do not cover the data");
+    }
+    assert!(info.piece_size(pieces).is_none());
+    for i in 0..info.files.len().min(64) {
+        let _ = info.file_path_on_disk(i);
+    }
+}
