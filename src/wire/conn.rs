@@ -300,6 +300,12 @@ where
 /// Read spare capacity kept available so that runs of small messages arrive in one syscall.
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Extra spare capacity while a large frame (a `piece`) is incomplete: a peer streaming
+/// blocks then hands over several per `recv` instead of one, and the buffer is allocated once
+/// per few blocks rather than once per block (blocks are split off and sent to the disk, so
+/// every refill allocates). Only connections mid-transfer pay for it.
+const BULK_CHUNK: usize = 64 * 1024;
+
 /// The receiving half of a peer connection; owns the frame decoder and its buffer.
 #[derive(Debug)]
 pub struct PeerReader<R> {
@@ -335,7 +341,12 @@ impl<R: AsyncRead + Unpin> PeerReader<R> {
             }
             // `missing` is bounded by the frame limit (an oversized prefix already failed in
             // `decode`), so this never reserves what a hostile length asks for.
-            let want = self.decoder.missing().max(READ_CHUNK);
+            let missing = self.decoder.missing();
+            let want = if missing > READ_CHUNK {
+                missing + BULK_CHUNK
+            } else {
+                READ_CHUNK
+            };
             let buf = self.decoder.buf_mut();
             buf.reserve(want);
             if self.io.read_buf(buf).await? == 0 {
