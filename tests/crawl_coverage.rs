@@ -136,9 +136,31 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
             lt_hashes.push(ih);
         }
     }
-    // libtorrent must be in our nodes' tables for the walk to meet it.
+    // libtorrent must be in our nodes' tables for the walk to meet it: wait until it knows
+    // 8 of ours and at least one of ours holds it (the walk learns nodes from their tables).
     for lt in &mut lts {
         lt.wait_dht_nodes(8, Duration::from_secs(30)).await;
+    }
+    for lt in &lts {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        'held: loop {
+            for n in &net.nodes {
+                if n.contacts()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.addr == lt.addr)
+                {
+                    break 'held;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no node of ours holds libtorrent {} in its table",
+                lt.addr
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     println!("libtorrent ready after {:?}", t0.elapsed());
@@ -222,6 +244,26 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
         found_ours * 100 >= INFOHASHES * 99,
         "found {found_ours} of {INFOHASHES} within {BUDGET:?}"
     );
+    if found_theirs < theirs.len() {
+        // Tell a libtorrent node that lost what it was given from one the walk never met.
+        for (i, lt) in lts.iter().enumerate() {
+            let sock = UdpSocket::bind("127.111.9.1:0").await.unwrap();
+            let target = NodeId::random(&mut rng);
+            let r = ask(
+                &sock,
+                lt.addr,
+                b"si",
+                QueryArgs::SampleInfohashes { target: &target },
+            )
+            .await;
+            let mine = &lt_hashes[i * LT_HASHES_EACH..][..LT_HASHES_EACH];
+            let held = r.samples().filter(|h| mine.contains(h)).count();
+            println!(
+                "libtorrent {i} at {}: its sample now holds {held} of its {LT_HASHES_EACH}",
+                lt.addr
+            );
+        }
+    }
     assert_eq!(
         found_theirs,
         theirs.len(),

@@ -2,7 +2,8 @@
 # Runs the whole test suite the way CI does: installs python libtorrent (the third-party
 # peer the interop tests talk to), builds everything with network access, then runs the
 # tests inside a fresh loopback-only network namespace so no test can reach anything but
-# 127.0.0.0/8. Falls back to a plain run only where unprivileged namespaces are unavailable.
+# 127.0.0.0/8 (every test binary runs even after one fails, so one run shows every failure).
+# Falls back to a plain run only where unprivileged namespaces are unavailable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +16,8 @@ cargo test --no-run --quiet "$@"
 
 if command -v unshare >/dev/null 2>&1 && unshare -rn true 2>/dev/null; then
     echo "running tests in a loopback-only network namespace"
-    unshare -rn sh -c 'ip link set lo up && exec cargo test --offline "$@"' sh "$@"
+    unshare -rn sh -c 'ip link set lo up && exec cargo test --offline --no-fail-fast "$@"' sh "$@"
 else
     echo "warning: unshare is unavailable; running tests without a network namespace" >&2
-    cargo test --offline "$@"
+    cargo test --offline --no-fail-fast "$@"
 fi
