@@ -174,6 +174,52 @@ pub fn rate(bytes_per_sec: f64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
+/// Starts a node with its persisted state; if the store is unavailable (typically locked by
+/// a running `dht-node` on the same data directory), runs without persistence instead of
+/// refusing to work: a downloader or seeder beside a node should still work.
+pub fn start_dht_or_without_store(cfg: DhtConfig) -> Result<crate::net::DhtHandle, String> {
+    use crate::net::{Dht, StartError};
+    match Dht::spawn(cfg.clone()) {
+        Ok(h) => Ok(h),
+        Err(StartError::Store(e)) => {
+            tracing::warn!("node store unavailable ({e}); continuing without persistence");
+            Dht::spawn(DhtConfig {
+                data_dir: None,
+                ..cfg
+            })
+            .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Binds the TCP listener `dht-get` and `dht-seed` serve peers on (metadata, and pieces
+/// once a session is attached), with the peer limit, the allow-list and the node for PORT
+/// messages; a bind failure becomes one line for the user.
+pub async fn bind_peer_listener(
+    listen: SocketAddr,
+    registry: std::sync::Arc<crate::metadata::MetadataRegistry>,
+    peer_id: [u8; 20],
+    allow: AllowList,
+    dht: &crate::net::DhtHandle,
+    max_peers: u16,
+) -> Result<crate::metadata::MetadataServer, String> {
+    crate::metadata::MetadataServer::bind(
+        listen,
+        registry,
+        crate::metadata::ServeConfig {
+            peer_id,
+            allow,
+            dht: Some(dht.clone()),
+            dht_port: Some(dht.local_addr().port()),
+            max_connections: usize::from(max_peers),
+            ..crate::metadata::ServeConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot listen on {listen}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

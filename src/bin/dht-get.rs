@@ -15,11 +15,9 @@ use trackerless::cli::{self, NetArgs};
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
 use trackerless::download::{Mode, ResumeStore, Session, SessionConfig};
 use trackerless::magnet::Magnet;
-use trackerless::metadata::{
-    FetchConfig, Fetched, MetadataRegistry, MetadataServer, PeerSource, ServeConfig, fetch_metadata,
-};
+use trackerless::metadata::{FetchConfig, Fetched, MetadataRegistry, PeerSource, fetch_metadata};
 use trackerless::metainfo::{Info, Metainfo, torrent_file_from_info};
-use trackerless::net::{Dht, DhtConfig, DhtHandle, StartError};
+use trackerless::net::DhtHandle;
 use trackerless::wire::generate_peer_id;
 
 /// Download a torrent through the Mainline DHT (no trackers).
@@ -127,7 +125,7 @@ fn main() {
         cli::fail(format!("cannot create {}: {e}", cli.out.display()));
     }
     let cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
-    let dht = start_dht(cfg).unwrap_or_else(|e| cli::fail(e));
+    let dht = cli::start_dht_or_without_store(cfg).unwrap_or_else(|e| cli::fail(e));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
         .enable_all()
@@ -145,24 +143,6 @@ fn main() {
         }
     });
     std::process::exit(code);
-}
-
-/// Starts the node with its persisted state; if the store is unavailable (typically locked
-/// by a running `dht-node` on the same data directory), runs without persistence instead of
-/// refusing to work.
-fn start_dht(cfg: DhtConfig) -> Result<DhtHandle, String> {
-    match Dht::spawn(cfg.clone()) {
-        Ok(h) => Ok(h),
-        Err(StartError::Store(e)) => {
-            tracing::warn!("node store unavailable ({e}); continuing without persistence");
-            Dht::spawn(DhtConfig {
-                data_dir: None,
-                ..cfg
-            })
-            .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 fn fetch_config(cli: &Cli, dht: &DhtHandle, peer_id: [u8; 20], listen: Option<u16>) -> FetchConfig {
@@ -290,23 +270,19 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         .listen
         .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0));
     let registry = Arc::new(MetadataRegistry::new());
-    let server = match MetadataServer::bind(
+    let server = match cli::bind_peer_listener(
         listen,
         registry.clone(),
-        ServeConfig {
-            peer_id,
-            allow: allow.clone(),
-            dht: Some(dht.clone()),
-            dht_port: Some(dht.local_addr().port()),
-            max_connections: usize::from(cli.max_peers),
-            ..ServeConfig::default()
-        },
+        peer_id,
+        allow.clone(),
+        dht,
+        cli.max_peers,
     )
     .await
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
+            eprintln!("error: {e}");
             return 1;
         }
     };

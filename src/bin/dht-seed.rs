@@ -14,9 +14,9 @@ use trackerless::cli::{self, NetArgs};
 use trackerless::download::display::{ProgressDisplay, human_bytes};
 use trackerless::download::{Mode, Phase, Session, SessionConfig};
 use trackerless::magnet::Magnet;
-use trackerless::metadata::{MetadataRegistry, MetadataServer, ServeConfig};
+use trackerless::metadata::MetadataRegistry;
 use trackerless::metainfo::{Info, create_info, torrent_file_from_info};
-use trackerless::net::{Dht, DhtConfig, DhtHandle, StartError};
+use trackerless::net::DhtHandle;
 use trackerless::wire::generate_peer_id;
 
 /// Share a file or a directory through the Mainline DHT (no trackers).
@@ -71,7 +71,7 @@ fn main() {
         .unwrap_or_else(|| cli::fail(format!("cannot resolve {}", cli.path.display())));
 
     let cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
-    let dht = start_dht(cfg).unwrap_or_else(|e| cli::fail(e));
+    let dht = cli::start_dht_or_without_store(cfg).unwrap_or_else(|e| cli::fail(e));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
         .enable_all()
@@ -136,21 +136,6 @@ fn total_size(path: &Path) -> u64 {
     sum
 }
 
-fn start_dht(cfg: DhtConfig) -> Result<DhtHandle, String> {
-    match Dht::spawn(cfg.clone()) {
-        Ok(h) => Ok(h),
-        Err(StartError::Store(e)) => {
-            tracing::warn!("node store unavailable ({e}); continuing without persistence");
-            Dht::spawn(DhtConfig {
-                data_dir: None,
-                ..cfg
-            })
-            .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 async fn run(cli: &Cli, raw: Bytes, info: Info, root: PathBuf, dht: &DhtHandle) -> i32 {
     let peer_id = generate_peer_id();
     let allow = AllowList::only(cli.net.allow_net.clone());
@@ -159,23 +144,19 @@ async fn run(cli: &Cli, raw: Bytes, info: Info, root: PathBuf, dht: &DhtHandle) 
         .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0));
     let registry = Arc::new(MetadataRegistry::new());
     let ih = registry.insert(raw.clone());
-    let server = match MetadataServer::bind(
+    let server = match cli::bind_peer_listener(
         listen,
         registry.clone(),
-        ServeConfig {
-            peer_id,
-            allow: allow.clone(),
-            dht: Some(dht.clone()),
-            dht_port: Some(dht.local_addr().port()),
-            max_connections: usize::from(cli.max_peers),
-            ..ServeConfig::default()
-        },
+        peer_id,
+        allow.clone(),
+        dht,
+        cli.max_peers,
     )
     .await
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
+            eprintln!("error: {e}");
             return 1;
         }
     };
