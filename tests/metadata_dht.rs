@@ -161,9 +161,11 @@ fn bad_invocations_fail_with_one_line_errors() {
         err.starts_with("error: ") && err.lines().count() == 1,
         "{err}"
     );
-    let (code, err) = run(&[&hex::encode([1u8; 20])]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("pass --metadata-only"), "{err}");
+    // Download mode (no --metadata-only) with nobody to ask: the metadata wait times out
+    // with the same one-line explanation and a non-zero exit.
+    let (code, err) = run(&[&hex::encode([1u8; 20]), "--timeout", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no verified metadata after"), "{err}");
     let (code, _) = run(&[
         &hex::encode([1u8; 20]),
         "--metadata-only",
