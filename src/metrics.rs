@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::node::Stats;
+use crate::node::{MethodCounts, Stats};
 use crate::router::RouterStats;
 
 /// Prefix of every metric name.
@@ -57,28 +57,50 @@ impl Exposition {
         }
     }
 
+    /// Queries received by method: the same family in both node modes, so one dashboard
+    /// serves both.
+    fn queries_received(&mut self, m: &MethodCounts) {
+        self.counter_by(
+            "queries_received_total",
+            "Queries received, by method.",
+            "method",
+            &[
+                ("ping", m.ping),
+                ("find_node", m.find_node),
+                ("get_peers", m.get_peers),
+                ("announce_peer", m.announce_peer),
+                ("sample_infohashes", m.sample_infohashes),
+                ("other", m.other),
+            ],
+        );
+    }
+
+    /// UDP traffic counters, shared by both node modes.
+    fn traffic(&mut self, bytes_in: u64, bytes_out: u64, packets_in: u64, packets_out: u64) {
+        self.counter(
+            "bytes_received_total",
+            "UDP payload bytes received.",
+            bytes_in,
+        );
+        self.counter("bytes_sent_total", "UDP payload bytes sent.", bytes_out);
+        self.counter("packets_received_total", "Datagrams received.", packets_in);
+        self.counter("packets_sent_total", "Datagrams sent.", packets_out);
+    }
+
     pub fn finish(self) -> String {
         self.out
     }
 }
 
+/// `part / whole`, 0 when there is nothing yet (a gauge must stay a number).
+fn share(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}
+
 /// The metrics of a normal DHT node.
 pub fn render_node(s: &Stats) -> String {
     let mut e = Exposition::new();
-    let m = &s.queries_by_method;
-    e.counter_by(
-        "queries_received_total",
-        "Queries received, by method.",
-        "method",
-        &[
-            ("ping", m.ping),
-            ("find_node", m.find_node),
-            ("get_peers", m.get_peers),
-            ("announce_peer", m.announce_peer),
-            ("sample_infohashes", m.sample_infohashes),
-            ("other", m.other),
-        ],
-    );
+    e.queries_received(&s.queries_by_method);
     e.counter("queries_sent_total", "Queries sent.", s.queries_out);
     e.counter("replies_sent_total", "Replies sent.", s.replies_out);
     e.counter("replies_received_total", "Replies received.", s.replies_in);
@@ -112,18 +134,7 @@ pub fn render_node(s: &Stats) -> String {
         "Announces stored.",
         s.announces_stored,
     );
-    e.counter(
-        "bytes_received_total",
-        "UDP payload bytes received.",
-        s.bytes_in,
-    );
-    e.counter("bytes_sent_total", "UDP payload bytes sent.", s.bytes_out);
-    e.counter(
-        "packets_received_total",
-        "Datagrams received.",
-        s.packets_in,
-    );
-    e.counter("packets_sent_total", "Datagrams sent.", s.packets_out);
+    e.traffic(s.bytes_in, s.bytes_out, s.packets_in, s.packets_out);
     let table = s.good_nodes + s.questionable_nodes + s.bad_nodes;
     e.gauge("table_nodes", "Routing table entries.", table as f64);
     e.gauge(
@@ -135,11 +146,7 @@ pub fn render_node(s: &Stats) -> String {
     e.gauge(
         "table_verified_ratio",
         "Share of routing table entries with a BEP 42-valid id.",
-        if table == 0 {
-            0.0
-        } else {
-            s.valid_id_nodes as f64 / table as f64
-        },
+        share(s.valid_id_nodes as f64, table as f64),
     );
     e.gauge(
         "stored_infohashes",
@@ -158,20 +165,7 @@ pub fn render_node(s: &Stats) -> String {
 /// The metrics of a bootstrap router.
 pub fn render_router(s: &RouterStats) -> String {
     let mut e = Exposition::new();
-    let m = &s.queries_by_method;
-    e.counter_by(
-        "queries_received_total",
-        "Queries received, by method.",
-        "method",
-        &[
-            ("ping", m.ping),
-            ("find_node", m.find_node),
-            ("get_peers", m.get_peers),
-            ("announce_peer", m.announce_peer),
-            ("sample_infohashes", m.sample_infohashes),
-            ("other", m.other),
-        ],
-    );
+    e.queries_received(&s.queries_by_method);
     e.counter("replies_sent_total", "Replies sent.", s.replies_out);
     e.counter("errors_sent_total", "KRPC errors sent.", s.errors_out);
     e.counter(
@@ -203,18 +197,7 @@ pub fn render_router(s: &RouterStats) -> String {
             ("other", s.dropped_other),
         ],
     );
-    e.counter(
-        "bytes_received_total",
-        "UDP payload bytes received.",
-        s.bytes_in,
-    );
-    e.counter("bytes_sent_total", "UDP payload bytes sent.", s.bytes_out);
-    e.counter(
-        "packets_received_total",
-        "Datagrams received.",
-        s.packets_in,
-    );
-    e.counter("packets_sent_total", "Datagrams sent.", s.packets_out);
+    e.traffic(s.bytes_in, s.bytes_out, s.packets_in, s.packets_out);
     e.gauge(
         "router_stored_nodes",
         "Verified contacts in the store.",
@@ -229,11 +212,7 @@ pub fn render_router(s: &RouterStats) -> String {
     e.gauge(
         "router_verified_ratio",
         "Share of verification answers whose node was admitted.",
-        if answered == 0 {
-            0.0
-        } else {
-            s.admitted as f64 / answered as f64
-        },
+        share(s.admitted as f64, answered as f64),
     );
     e.gauge(
         "router_memory_bytes",

@@ -1,4 +1,5 @@
-# Shared helpers for the tools/bench-*.sh benchmarks (sourced, not run).
+# Shared helpers for the tools/bench-*.sh benchmarks and tools/flood-test.sh (sourced by
+# bash, not run).
 # Everything binds and sends on 127.0.0.0/8 only: testnet on 127.95.x.y, filler sources on
 # 127.96.x.y, nodes under test on 127.97/127.98.x.y.
 
@@ -53,5 +54,37 @@ stop_pid() {
         done
         echo "process $pid did not stop; killing it" >&2
         kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
+
+# Priority for pinned measurements: nice alone does nothing where sched_autogroup is on
+# (each session is one scheduling entity), so `pinned` starts a command in its own session
+# and `boost` gives that session's autogroup the nice value NICE, which `check_nice` first
+# lowers to 0 where the caller may not use it.
+check_nice() {
+    if ! nice -n "$NICE" true 2>/dev/null; then
+        echo "note: cannot run at nice $NICE; using the default priority" >&2
+        NICE=0
+    fi
+}
+
+# pinned CPU CMD...: runs CMD pinned to a core in a new session, replacing the calling
+# (sub)shell so that `pinned ... &` leaves the command's own pid in $!.
+pinned() {
+    local cpu=$1
+    shift
+    exec setsid nice -n "$NICE" taskset -c "$cpu" "$@"
+}
+
+# boost PID COMM: gives process PID's autogroup (its own session) the chosen priority, where
+# possible, once it runs binary COMM (before that, setsid may not have run yet and the write
+# would land on the calling script's own autogroup).
+boost() {
+    for _ in $(seq 200); do
+        [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] && break
+        sleep 0.01
+    done
+    if [[ -w /proc/$1/autogroup ]]; then
+        echo "$NICE" > "/proc/$1/autogroup" 2>/dev/null || true
     fi
 }

@@ -58,29 +58,8 @@ if ss -Hlun "src $NODE_ADDR" | grep -q .; then
     exit 1
 fi
 
-# Runs a command pinned to a core in a new session, replacing the calling (sub)shell so that
-# `pinned ... &` leaves the command's own pid in $!.
-pinned() {
-    local cpu=$1
-    shift
-    exec setsid nice -n "$NICE" taskset -c "$cpu" "$@"
-}
-
-# Gives process $1's autogroup (its own session) the chosen priority, where possible, once
-# it runs binary $2 (before that, the write could land on this script's autogroup).
-boost() {
-    for _ in $(seq 200); do
-        [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2" ]] && break
-        sleep 0.01
-    done
-    if [[ -w /proc/$1/autogroup ]]; then
-        echo "$NICE" > "/proc/$1/autogroup" 2>/dev/null || true
-    fi
-}
-if ! nice -n "$NICE" true 2>/dev/null; then
-    echo "note: cannot run at nice $NICE; using the default priority" >&2
-    NICE=0
-fi
+. tools/bench-common.sh  # pinned, boost, check_nice
+check_nice
 
 TMP=$(mktemp -d)
 NODE_PID=
