@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use trackerless::bencode;
-use trackerless::id::{Contact, NodeId, compact_peer_bytes};
-use trackerless::krpc::{self, QueryArgs, ResponseBody};
+use trackerless::dht::id::{Contact, NodeId, compact_peer_bytes};
+use trackerless::dht::krpc::{self, QueryArgs, ResponseBody};
 
 /// Version tag our node sends (`node::VERSION`).
 const VERSION: &[u8] = b"TL\x00\x01";

@@ -14,8 +14,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use trackerless::crawl::WalkConfig;
 use trackerless::crawl::sim::SimCrawler;
-use trackerless::id::{InfoHash, NodeId};
-use trackerless::node::{Config, Event};
+use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::node::{Config, Event};
 use trackerless::sim::{Sim, SimConfig, sim_addr};
 
 const NODES: usize = 5000;

@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use trackerless::crawl::store::{HOW_ANNOUNCE, HOW_SAMPLE};
 use trackerless::crawl::{CrawlStore, Record, StoreConfig};
-use trackerless::id::NodeId;
+use trackerless::dht::id::NodeId;
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

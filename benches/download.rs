@@ -38,7 +38,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lt::LtNode;
-use trackerless::id::NodeId;
+use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 const GET: &str = env!("CARGO_BIN_EXE_dht-get");
@@ -423,7 +423,7 @@ async fn run(a: Args) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let torrent = std::fs::read(&seeded.torrent).unwrap();
-    let info = trackerless::metainfo::Metainfo::from_bytes(&torrent)
+    let info = trackerless::torrent::metainfo::Metainfo::from_bytes(&torrent)
         .unwrap()
         .info;
     println!(

@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use lt::LtNode;
 use meta_support::{info_hash, synthetic_info};
-use trackerless::allow::AllowList;
-use trackerless::id::NodeId;
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
+use trackerless::dht::id::NodeId;
+use trackerless::dht::node;
 use trackerless::metadata::{
     FetchConfig, MetadataRegistry, MetadataServer, PeerSource, ServeConfig, fetch_metadata,
 };
-use trackerless::net::{Dht, DhtConfig, DhtHandle};
-use trackerless::node;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dht-get");

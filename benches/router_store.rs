@@ -9,8 +9,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
-use trackerless::id::{Contact, NodeId};
-use trackerless::router::store::{NodeRing, store_file};
+use trackerless::dht::id::{Contact, NodeId};
+use trackerless::dht::router::store::{NodeRing, store_file};
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::allow::{AllowList, Ipv4Net};
-use crate::bootstrap;
-use crate::limits::RateLimit;
-use crate::net::DhtConfig;
-use crate::node;
+use crate::dht::allow::{AllowList, Ipv4Net};
+use crate::dht::bootstrap;
+use crate::dht::driver::DhtConfig;
+use crate::dht::limits::RateLimit;
+use crate::dht::node;
 
 /// Flags every DHT-speaking command takes.
 #[derive(Debug, Clone, Args)]
@@ -177,8 +177,8 @@ pub fn rate(bytes_per_sec: f64) -> String {
 /// Starts a node with its persisted state; if the store is unavailable (typically locked by
 /// a running `dht-node` on the same data directory), runs without persistence instead of
 /// refusing to work: a downloader or seeder beside a node should still work.
-pub fn start_dht_or_without_store(cfg: DhtConfig) -> Result<crate::net::DhtHandle, String> {
-    use crate::net::{Dht, StartError};
+pub fn start_dht_or_without_store(cfg: DhtConfig) -> Result<crate::dht::driver::DhtHandle, String> {
+    use crate::dht::driver::{Dht, StartError};
     match Dht::spawn(cfg.clone()) {
         Ok(h) => Ok(h),
         Err(StartError::Store(e)) => {
@@ -201,7 +201,7 @@ pub async fn bind_peer_listener(
     registry: std::sync::Arc<crate::metadata::MetadataRegistry>,
     peer_id: [u8; 20],
     allow: AllowList,
-    dht: &crate::net::DhtHandle,
+    dht: &crate::dht::driver::DhtHandle,
     max_peers: u16,
 ) -> Result<crate::metadata::MetadataServer, String> {
     crate::metadata::MetadataServer::bind(

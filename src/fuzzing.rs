@@ -13,8 +13,8 @@ pub mod krpc_reference;
 
 use bytes::BytesMut;
 
-use crate::krpc::{self, Body, Message, Method};
-use crate::metainfo::{self, Metainfo};
+use crate::dht::krpc::{self, Body, Message, Method};
+use crate::torrent::metainfo::{self, Metainfo};
 use crate::wire::{self, ExtHandshake, FrameDecoder, FrameError, MetadataMsg};
 
 /// A fuzz target's body: arbitrary bytes in, a panic only on a violated property.

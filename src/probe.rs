@@ -1,8 +1,8 @@
 //! Measurement helpers for the testnet tools: a "probe" node whose lookups report exactly how
 //! many queries they sent, and small statistics helpers.
 //!
-//! Why a separate driver: [`crate::net::DhtHandle::find_node`] returns only the contacts, not
-//! the [`crate::net::LookupSummary`] with its message count, so the number of queries a
+//! Why a separate driver: [`crate::dht::driver::DhtHandle::find_node`] returns only the contacts, not
+//! the [`crate::dht::driver::LookupSummary`] with its message count, so the number of queries a
 //! find_node lookup costs cannot be read through the public handle. A probe runs the very
 //! same sans-IO [`Node`] (same lookup code, same routing table) behind a minimal tokio loop
 //! that keeps every [`Event::LookupDone`], so its numbers are those of a real node. Probes are
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::id::{Contact, NodeId};
-use crate::net::StartError;
-use crate::node::{self, Event, LookupId, Node, Stats};
+use crate::dht::driver::StartError;
+use crate::dht::id::{Contact, NodeId};
+use crate::dht::node::{self, Event, LookupId, Node, Stats};
 
 /// What one probe lookup found and cost.
 #[derive(Debug, Clone, Default)]
@@ -76,14 +76,14 @@ impl Probe {
     }
 
     /// [`Probe::start`] with persisted contacts and/or an emulated receive delay. Contacts are
-    /// queued before the bootstrap starts, in the order [`crate::net::Dht::bind`] uses.
+    /// queued before the bootstrap starts, in the order [`crate::dht::driver::Dht::bind`] uses.
     pub async fn start_with(
         bind: SocketAddrV4,
         mut config: node::Config,
         routers: &[SocketAddrV4],
         options: ProbeOptions,
     ) -> Result<Probe, StartError> {
-        config.allow = crate::allow::AllowList::loopback();
+        config.allow = crate::dht::allow::AllowList::loopback();
         let socket = UdpSocket::bind(SocketAddr::V4(bind))
             .await
             .map_err(|error| StartError::Bind {

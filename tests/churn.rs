@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
-use trackerless::id::NodeId;
-use trackerless::node::{Event, LookupId};
+use trackerless::dht::id::NodeId;
+use trackerless::dht::node::{Event, LookupId};
 use trackerless::sim::{Sim, SimConfig, sim_addr};
 
 const TORRENTS: usize = 40;

@@ -20,9 +20,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use trackerless::id::NodeId;
-use trackerless::node::DirectQuery;
-use trackerless::persist::NodeStore;
+use trackerless::dht::id::NodeId;
+use trackerless::dht::node::DirectQuery;
+use trackerless::dht::persist::NodeStore;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 const ROUNDS: usize = 20;

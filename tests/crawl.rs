@@ -12,10 +12,10 @@ use rand::{RngExt, SeedableRng};
 use tokio::net::UdpSocket;
 use trackerless::crawl::sim::SimCrawler;
 use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
-use trackerless::id::{Contact, InfoHash, NodeId};
-use trackerless::krpc::{self, Body, QueryArgs, ResponseBody};
-use trackerless::net::{Dht, DhtConfig};
-use trackerless::node::{Config, DirectQuery, Event};
+use trackerless::dht::driver::{Dht, DhtConfig};
+use trackerless::dht::id::{Contact, InfoHash, NodeId};
+use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody};
+use trackerless::dht::node::{Config, DirectQuery, Event};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 use trackerless::sim::{Sim, SimConfig};
 
@@ -278,7 +278,7 @@ async fn crawl_store_and_out_file_survive_a_restart() {
                 walk: WalkConfig {
                     rate: 500.0,
                     burst: 50.0,
-                    allow: trackerless::allow::AllowList::loopback(),
+                    allow: trackerless::dht::allow::AllowList::loopback(),
                     ..Default::default()
                 },
                 flush_interval: Duration::from_millis(200),
@@ -485,12 +485,12 @@ struct CannedFetcher {
     asked: std::sync::Mutex<Vec<(InfoHash, Vec<SocketAddrV4>)>>,
 }
 
-impl trackerless::crawl::metadata::MetadataFetcher for CannedFetcher {
+impl trackerless::crawl::enrich::MetadataFetcher for CannedFetcher {
     fn fetch(
         &self,
         info_hash: InfoHash,
         peers: Vec<SocketAddrV4>,
-    ) -> trackerless::crawl::metadata::FetchFuture<'_> {
+    ) -> trackerless::crawl::enrich::FetchFuture<'_> {
         self.asked.lock().unwrap().push((info_hash, peers));
         let r = self
             .dicts
@@ -561,12 +561,12 @@ async fn metadata_pool_fetches_verifies_and_writes_torrents() {
         CrawlConfig {
             walk: WalkConfig {
                 rate: 200.0,
-                allow: trackerless::allow::AllowList::loopback(),
+                allow: trackerless::dht::allow::AllowList::loopback(),
                 ..Default::default()
             },
             flush_interval: Duration::from_millis(200),
             duration: Some(Duration::from_secs(6)),
-            metadata: Some(trackerless::crawl::metadata::MetadataConfig {
+            metadata: Some(trackerless::crawl::enrich::MetadataConfig {
                 workers: 2,
                 fetcher: fetcher.clone(),
                 torrent_dir: Some(torrents.clone()),
@@ -587,7 +587,7 @@ async fn metadata_pool_fetches_verifies_and_writes_torrents() {
         let m = store.metadata(ih).expect("metadata stored");
         assert_eq!((m.name.as_str(), m.total_size, m.file_count), (name, 5, 1));
         let file = std::fs::read(torrents.join(format!("{}.torrent", ih.to_hex()))).unwrap();
-        let mi = trackerless::metainfo::Metainfo::from_bytes(&file).unwrap();
+        let mi = trackerless::torrent::metainfo::Metainfo::from_bytes(&file).unwrap();
         assert_eq!(mi.info_hash, ih.0);
     }
     assert!(store.metadata(&liar).is_none());

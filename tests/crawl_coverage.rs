@@ -18,12 +18,12 @@ use common::lt::LtNode;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::net::UdpSocket;
-use trackerless::allow::AllowList;
 use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
-use trackerless::id::{InfoHash, NodeId};
-use trackerless::krpc::{self, Body, QueryArgs, Response};
-use trackerless::net::{Dht, DhtConfig};
-use trackerless::node::Config;
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::{Dht, DhtConfig};
+use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::krpc::{self, Body, QueryArgs, Response};
+use trackerless::dht::node::Config;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 const NODES: usize = 1000;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use meta_support::{Seeder, info_hash, synthetic_info};
 use trackerless::crawl::{CrawlStore, StoreConfig};
-use trackerless::metainfo::Metainfo;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::metainfo::Metainfo;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crawler_fetches_metadata_of_what_it_finds() {
@@ -67,7 +67,7 @@ async fn crawler_fetches_metadata_of_what_it_finds() {
 
     let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
     for (i, info) in infos.iter().enumerate() {
-        let ih = trackerless::id::NodeId(info_hash(info));
+        let ih = trackerless::dht::id::NodeId(info_hash(info));
         let meta = store
             .metadata(&ih)
             .unwrap_or_else(|| panic!("no metadata stored for torrent {i} ({ih})"));

@@ -6,10 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use trackerless::id::{Contact, NodeId};
-use trackerless::krpc::{self, Body, Method, ResponseBody};
-use trackerless::net::{Dht, DhtConfig, DhtError};
-use trackerless::node::{Config, PingError};
+use trackerless::dht::driver::{Dht, DhtConfig, DhtError};
+use trackerless::dht::id::{Contact, NodeId};
+use trackerless::dht::krpc::{self, Body, Method, ResponseBody};
+use trackerless::dht::node::{Config, PingError};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 fn v4(a: SocketAddr) -> SocketAddrV4 {

@@ -5,9 +5,9 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use trackerless::id::{InfoHash, NodeId};
-use trackerless::krpc::{self, Body, QueryArgs};
-use trackerless::node::{Config, Node};
+use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::krpc::{self, Body, QueryArgs};
+use trackerless::dht::node::{Config, Node};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 async fn testnet(subnet: u8) -> Testnet {
@@ -209,8 +209,8 @@ fn token_older_than_ten_minutes_is_refused() {
 /// BEP 51 both ways between our nodes, direct queries, and the passive-harvest channel.
 #[tokio::test]
 async fn sample_infohashes_direct_queries_and_incoming_reports() {
-    use trackerless::net::{Dht, DhtConfig};
-    use trackerless::node::DirectQuery;
+    use trackerless::dht::driver::{Dht, DhtConfig};
+    use trackerless::dht::node::DirectQuery;
 
     let net = testnet(67).await;
     // Two infohashes announced by node 1; sample them from every node's store.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
 use dl_support::{make_file, testnet};
-use trackerless::id::NodeId;
+use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::Testnet;
 
 const GET: &str = env!("CARGO_BIN_EXE_dht-get");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use dl_support::{Liar, Peer, assert_same_tree, content, make_tree, testnet, torrent_of, v4};
 use trackerless::download::Mode;
-use trackerless::metainfo::Info;
+use trackerless::torrent::metainfo::Info;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_file_layout_with_odd_piece_boundaries() {

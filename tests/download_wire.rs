@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dl_support::{Peer, content, testnet, torrent_of, v4};
-use trackerless::allow::AllowList;
+use trackerless::dht::allow::AllowList;
 use trackerless::download::{Mode, Phase};
 use trackerless::wire::{
     EXT_HANDSHAKE_ID, Handshake, Message, PeerConn, WireConfig, connect_from, generate_peer_id,

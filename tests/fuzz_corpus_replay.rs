@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use trackerless::dht::krpc::{self, Body, ErrorBody};
 use trackerless::fuzzing::{self, TARGETS};
-use trackerless::krpc::{self, Body, ErrorBody};
 
 fn inputs(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -8,11 +8,11 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use trackerless::bep42;
-use trackerless::id::NodeId;
-use trackerless::krpc::{self, Body, QueryArgs, ResponseBody};
-use trackerless::limits::RateLimit;
-use trackerless::node::{Config, Event, Node};
+use trackerless::dht::bep42;
+use trackerless::dht::id::NodeId;
+use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody};
+use trackerless::dht::limits::RateLimit;
+use trackerless::dht::node::{Config, Event, Node};
 
 fn query(args: QueryArgs<'_>, tid: &[u8], id: NodeId) -> Vec<u8> {
     let mut out = Vec::new();

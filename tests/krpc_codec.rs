@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
 use serde_bencode::value::Value;
-use trackerless::id::NodeId;
-use trackerless::krpc::{
+use trackerless::dht::id::NodeId;
+use trackerless::dht::krpc::{
     self, Body, DecodeError, ErrorBody, Message, Method, Query, QueryArgs, Response, ResponseBody,
     Tid, Token, Version,
 };
@@ -114,7 +114,7 @@ fn bep5_examples() -> Vec<(&'static [u8], Message)> {
 }
 
 fn peer(b: &[u8; 6]) -> SocketAddrV4 {
-    trackerless::id::compact_peer(b).unwrap()
+    trackerless::dht::id::compact_peer(b).unwrap()
 }
 
 #[test]
@@ -254,13 +254,13 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
             Value::List(
                 values
                     .iter()
-                    .map(|v| b(&trackerless::id::compact_peer_bytes(*v)))
+                    .map(|v| b(&trackerless::dht::id::compact_peer_bytes(*v)))
                     .collect(),
             ),
         ),
     ]);
     let want = dict(vec![
-        (b"ip", b(&trackerless::id::compact_peer_bytes(ip))),
+        (b"ip", b(&trackerless::dht::id::compact_peer_bytes(ip))),
         (b"r", r),
         (b"t", b(b"\x00\xff")),
         (b"y", b(b"r")),
@@ -287,7 +287,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     krpc::encode_error(&mut ours, b"t1", 203, "bad token", Some(ip), Some(version));
     let want = dict(vec![
         (b"e", Value::List(vec![Value::Int(203), b(b"bad token")])),
-        (b"ip", b(&trackerless::id::compact_peer_bytes(ip))),
+        (b"ip", b(&trackerless::dht::id::compact_peer_bytes(ip))),
         (b"t", b(b"t1")),
         (b"v", b(version)),
         (b"y", b(b"e")),

@@ -8,10 +8,10 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use trackerless::id::NodeId;
-use trackerless::krpc::{self, Body, Method, QueryArgs};
-use trackerless::net::{Dht, DhtConfig};
-use trackerless::node::{Config, Node};
+use trackerless::dht::driver::{Dht, DhtConfig};
+use trackerless::dht::id::NodeId;
+use trackerless::dht::krpc::{self, Body, Method, QueryArgs};
+use trackerless::dht::node::{Config, Node};
 
 /// All corpus datagrams with their file names, sorted.
 fn corpus() -> Vec<(String, Vec<u8>)> {

@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 
 // The reference: the serde_bencode-based decoder `krpc::decode` replaced.
+use trackerless::dht::krpc::{self, DecodeError, Message};
 use trackerless::fuzzing::krpc_reference as reference;
-use trackerless::krpc::{self, DecodeError, Message};
 
 fn corpus() -> Vec<Vec<u8>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/krpc-real");

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use common::lt::LtNode;
 use tokio::time::Instant;
-use trackerless::id::{InfoHash, NodeId};
-use trackerless::net::{Dht, DhtConfig, DhtHandle};
-use trackerless::node::Config;
+use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
+use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::node::Config;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 /// Our testnet nodes are 127.70.0.1-3.
@@ -164,8 +164,9 @@ async fn bootstrap_gaps(f: &mut Fixture) -> Vec<String> {
     if !lt_table.iter().any(|(id, _)| *id == joiner) {
         gaps.push("libtorrent's live table lacks our joiner".to_string());
     }
-    let knows_lt =
-        |cs: &[trackerless::id::Contact]| cs.iter().any(|c| c.id == lt_id && c.addr == lt_addr);
+    let knows_lt = |cs: &[trackerless::dht::id::Contact]| {
+        cs.iter().any(|c| c.id == lt_id && c.addr == lt_addr)
+    };
     let joiner_contacts = f.joiner.contacts().await.unwrap_or_default();
     if !knows_lt(&joiner_contacts) {
         gaps.push("our joiner's table lacks libtorrent".to_string());

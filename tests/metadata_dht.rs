@@ -11,8 +11,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use meta_support::{Seeder, info_hash, synthetic_info};
-use trackerless::metainfo::Metainfo;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::metainfo::Metainfo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dht-get");
 

@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use common::lt::LtNode;
 use meta_support::{FakePeer, Lie, Seeder, info_hash, synthetic_info};
-use trackerless::allow::AllowList;
-use trackerless::id::NodeId;
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::id::NodeId;
 use trackerless::metadata::{FetchConfig, Misbehavior, PeerSource, fetch_metadata};
-use trackerless::metainfo::Metainfo;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::metainfo::Metainfo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dht-get");
 

@@ -12,14 +12,14 @@ use std::time::Duration;
 use meta_support::{Lie, synthetic_info};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use trackerless::allow::AllowList;
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::{Dht, DhtConfig};
+use trackerless::dht::node;
 use trackerless::metadata::{
     FetchConfig, FetchError, MetadataRegistry, MetadataServer, PeerOutcome, PeerSource,
     ServeConfig, fetch_metadata,
 };
-use trackerless::metainfo::Info;
-use trackerless::net::{Dht, DhtConfig};
-use trackerless::node;
+use trackerless::torrent::metainfo::Info;
 use trackerless::wire::{
     ExtHandshake, Handshake, Message, MetadataMsg, OUR_UT_METADATA_ID, PeerConn, UT_METADATA,
     WireConfig, handshake_outgoing, num_metadata_pieces,
@@ -340,7 +340,7 @@ async fn connection_limit_closes_excess_connections() {
 }
 
 /// A DHT node on `ip` with nothing in its table, allow-list loopback.
-async fn lonely_node(ip: Ipv4Addr) -> trackerless::net::DhtHandle {
+async fn lonely_node(ip: Ipv4Addr) -> trackerless::dht::driver::DhtHandle {
     let mut cfg = DhtConfig::new(SocketAddr::V4(SocketAddrV4::new(ip, 0)));
     cfg.node = node::Config::loopback_testnet();
     let (h, driver) = Dht::bind(cfg).await.unwrap();

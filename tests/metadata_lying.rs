@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meta_support::{FakePeer, Lie, info_hash, synthetic_info};
-use trackerless::allow::AllowList;
+use trackerless::dht::allow::AllowList;
 use trackerless::metadata::{
     BlockError, FetchConfig, FetchError, Fetched, MetadataRegistry, MetadataServer, Misbehavior,
     PeerOutcome, PeerSource, ServeConfig, fetch_metadata,

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha1::{Digest, Sha1};
-use trackerless::magnet::Magnet;
-use trackerless::metainfo::{
+use trackerless::torrent::magnet::Magnet;
+use trackerless::torrent::metainfo::{
     Info, Metainfo, MetainfoError, create_info, default_piece_length, torrent_file_from_info,
 };
 

@@ -6,11 +6,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trackerless::allow::AllowList;
-use trackerless::net::{Dht, DhtConfig};
-use trackerless::node::Config;
-use trackerless::router::RouterConfig;
-use trackerless::router::io::{self as router_io, RouterRunConfig};
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::{Dht, DhtConfig};
+use trackerless::dht::node::Config;
+use trackerless::dht::router::RouterConfig;
+use trackerless::dht::router::io::{self as router_io, RouterRunConfig};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 fn router_config(data_dir: &std::path::Path, seed: String) -> RouterRunConfig {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use trackerless::id::NodeId;
-use trackerless::node::{Event, LookupId};
+use trackerless::dht::id::NodeId;
+use trackerless::dht::node::{Event, LookupId};
 use trackerless::sim::{Sim, SimConfig};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use trackerless::allow::AllowList;
-use trackerless::id::{Contact, NodeId};
-use trackerless::krpc::{self, Body, Method, QueryArgs, ResponseBody};
-use trackerless::node::{Config, Node};
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::id::{Contact, NodeId};
+use trackerless::dht::krpc::{self, Body, Method, QueryArgs, ResponseBody};
+use trackerless::dht::node::{Config, Node};
 
 const HONEST: usize = 200;
 const SYBILS: usize = 1000;
@@ -357,7 +357,7 @@ fn sybils_from_one_subnet_get_at_most_one_entry_per_bucket() {
 fn without_the_subnet_rule_sybils_flood_the_buckets() {
     let (before, buckets, _) = attack(Config {
         allow: AllowList::loopback(),
-        routing: trackerless::routing::RoutingConfig {
+        routing: trackerless::dht::routing::RoutingConfig {
             restrict_subnets: false,
             ..Default::default()
         },

@@ -20,8 +20,8 @@ use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use trackerless::cli;
-use trackerless::id::{InfoHash, NodeId};
-use trackerless::krpc::{self, Body, QueryArgs};
+use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::krpc::{self, Body, QueryArgs};
 
 /// Fills a DHT node with announced peers from many loopback source addresses.
 #[derive(Parser, Debug)]

@@ -42,8 +42,8 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::UdpSocket;
 use trackerless::bencode;
 use trackerless::cli;
-use trackerless::id::NodeId;
-use trackerless::krpc::{self, Body, QueryArgs, ResponseBody, Token};
+use trackerless::dht::id::NodeId;
+use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody, Token};
 
 /// Version tag of the generator's messages.
 const VERSION: &[u8] = b"LG\x00\x01";

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use trackerless::cli;
-use trackerless::id::NodeId;
-use trackerless::net::{Dht, DhtConfig, DhtHandle, StartError};
-use trackerless::node;
-use trackerless::persist::PersistError;
+use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle, StartError};
+use trackerless::dht::id::NodeId;
+use trackerless::dht::node;
+use trackerless::dht::persist::PersistError;
 use trackerless::probe::{Probe, ProbeOptions, Summary};
 
 /// Times a node's table refill after a restart against a fresh bootstrap (loopback only).

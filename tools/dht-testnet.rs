@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio::task::JoinSet;
 use trackerless::cli;
-use trackerless::id::NodeId;
-use trackerless::net::DhtHandle;
-use trackerless::node;
+use trackerless::dht::driver::DhtHandle;
+use trackerless::dht::id::NodeId;
+use trackerless::dht::node;
 use trackerless::probe::{Probe, Summary, true_closest};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use trackerless::id::NodeId;
-use trackerless::krpc::{self, Body, QueryArgs, ResponseBody};
+use trackerless::dht::id::NodeId;
+use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody};
 
 use super::{FastRng, Kind, VERSION, cpu_time, loopback_v4, parse_mix, random_seed, source_ips};
 
@@ -548,9 +548,9 @@ pub fn flood(args: FloodArgs) -> Result<ExitCode, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trackerless::allow::AllowList;
-    use trackerless::net::{Dht, DhtConfig};
-    use trackerless::node::Config;
+    use trackerless::dht::allow::AllowList;
+    use trackerless::dht::driver::{Dht, DhtConfig};
+    use trackerless::dht::node::Config;
 
     /// A short flood against a real node with its default defenses: every flooding source
     /// gets at most its 50 packets per 10 s answered and is then banned, and the honest

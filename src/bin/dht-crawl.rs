@@ -8,11 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 use trackerless::cli::{self, NetArgs};
+use trackerless::crawl::enrich::{Bep9Fetcher, MetadataConfig};
 use trackerless::crawl::export::{Format, export};
-use trackerless::crawl::metadata::{Bep9Fetcher, MetadataConfig};
 use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
+use trackerless::dht::driver::Dht;
 use trackerless::metadata::FetchConfig;
-use trackerless::net::Dht;
 
 /// An honest BitTorrent DHT crawler: a normal DHT node that walks the keyspace with BEP 51
 /// sample_infohashes at a bounded rate, and records every infohash it learns with when and

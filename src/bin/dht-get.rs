@@ -10,14 +10,14 @@ use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
-use trackerless::allow::AllowList;
 use trackerless::cli::{self, NetArgs};
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
 use trackerless::download::{Mode, ResumeStore, Session, SessionConfig};
-use trackerless::magnet::Magnet;
 use trackerless::metadata::{FetchConfig, Fetched, MetadataRegistry, PeerSource, fetch_metadata};
-use trackerless::metainfo::{Info, Metainfo, torrent_file_from_info};
-use trackerless::net::DhtHandle;
+use trackerless::torrent::magnet::Magnet;
+use trackerless::torrent::metainfo::{Info, Metainfo, torrent_file_from_info};
 use trackerless::wire::generate_peer_id;
 
 /// Download a torrent through the Mainline DHT (no trackers).
@@ -470,7 +470,7 @@ async fn lookup_loop(dht: DhtHandle, ih: [u8; 20], tx: mpsc::UnboundedSender<Soc
     }
     let mut pause = Duration::from_millis(250);
     loop {
-        let Ok(mut peers) = dht.get_peers(trackerless::id::NodeId(ih)) else {
+        let Ok(mut peers) = dht.get_peers(trackerless::dht::id::NodeId(ih)) else {
             return;
         };
         while let Some(p) = peers.next().await {

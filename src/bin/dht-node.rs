@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use trackerless::cli::{self, NetArgs};
-use trackerless::metrics;
-use trackerless::net::Dht;
-use trackerless::node::Stats;
-use trackerless::router::RouterConfig;
-use trackerless::router::io::{self as router_io, RouterHandle, RouterRunConfig};
+use trackerless::dht::driver::Dht;
+use trackerless::dht::metrics;
+use trackerless::dht::node::Stats;
+use trackerless::dht::router::RouterConfig;
+use trackerless::dht::router::io::{self as router_io, RouterHandle, RouterRunConfig};
 
 /// A BitTorrent Mainline DHT (BEP 5) node. Joins the network, answers queries, stores
 /// announced peers, and keeps its id and routing table across restarts. With --router it is
@@ -171,7 +171,7 @@ async fn router_loop(cli: &Cli, handle: &RouterHandle) {
                 let Some(s) = handle.stats().await else { break };
                 let now = Instant::now();
                 let secs = (now - last.0).as_secs_f64().max(1e-3);
-                let q = |m: &trackerless::node::MethodCounts| m.ping + m.find_node + m.get_peers + m.announce_peer + m.sample_infohashes + m.other;
+                let q = |m: &trackerless::dht::node::MethodCounts| m.ping + m.find_node + m.get_peers + m.announce_peer + m.sample_infohashes + m.other;
                 println!(
                     "router stored {} pending {} | queries {:.1}/s admitted {} | in {} out {}",
                     s.stored,

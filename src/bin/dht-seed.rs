@@ -9,14 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use trackerless::allow::AllowList;
 use trackerless::cli::{self, NetArgs};
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
 use trackerless::download::{Mode, Phase, Session, SessionConfig};
-use trackerless::magnet::Magnet;
 use trackerless::metadata::MetadataRegistry;
-use trackerless::metainfo::{Info, create_info, torrent_file_from_info};
-use trackerless::net::DhtHandle;
+use trackerless::torrent::magnet::Magnet;
+use trackerless::torrent::metainfo::{Info, create_info, torrent_file_from_info};
 use trackerless::wire::generate_peer_id;
 
 /// Share a file or a directory through the Mainline DHT (no trackers).

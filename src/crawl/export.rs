@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 use super::store::{CrawlStore, Record, TorrentMeta};
-use crate::id::InfoHash;
+use crate::dht::id::InfoHash;
 
 /// The JSON object for one record.
 pub fn record_json(ih: &InfoHash, r: &Record, meta: Option<&TorrentMeta>) -> Value {
@@ -112,7 +112,7 @@ pub fn export(store: &CrawlStore, format: Format, w: &mut impl Write) -> io::Res
 mod tests {
     use super::*;
     use crate::crawl::store::{HOW_ANNOUNCE, HOW_SAMPLE, MetaFile};
-    use crate::id::NodeId;
+    use crate::dht::id::NodeId;
 
     #[test]
     fn json_and_csv_escape_hostile_names() {

@@ -8,12 +8,12 @@
 //! - [`walk`]: the sans-IO scheduler (which node next, when; politeness rules);
 //! - [`store`]: the sled store and its durability contract;
 //! - [`export`]: JSON lines and CSV;
-//! - [`metadata`]: the bounded metadata worker pool;
-//! - [`run`]: the tokio crawler tying them to a [`crate::net::DhtHandle`];
+//! - [`enrich`]: the bounded metadata worker pool;
+//! - [`run`]: the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
 //! - [`sim`]: the same walk on the virtual-time simulator.
 
+pub mod enrich;
 pub mod export;
-pub mod metadata;
 pub mod run;
 pub mod sim;
 pub mod store;

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::enrich::{MetaJob, MetadataConfig, MetadataPool};
 use super::export::write_jsonl_line;
-use super::metadata::{MetaJob, MetadataConfig, MetadataPool};
 use super::store::{CrawlStore, HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, StoreError};
 use super::walk::{WalkConfig, WalkError, WalkStats, Walker};
-use crate::id::InfoHash;
-use crate::krpc::Response;
-use crate::net::{DhtError, DhtHandle, IncomingQuery};
-use crate::node::PingError;
+use crate::dht::driver::{DhtError, DhtHandle, IncomingQuery};
+use crate::dht::id::InfoHash;
+use crate::dht::krpc::Response;
+use crate::dht::node::PingError;
 
 /// A status line's numbers.
 #[derive(Debug, Clone, Default, PartialEq)]

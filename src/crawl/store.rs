@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ID_LEN, InfoHash, NodeId};
+use crate::dht::id::{ID_LEN, InfoHash, NodeId};
 
 /// Seen in a BEP 51 sample.
 pub const HOW_SAMPLE: u8 = 1;
@@ -158,7 +158,7 @@ pub struct MetaFile {
 impl TorrentMeta {
     /// From a verified info dict; `None` when it does not parse as one.
     pub fn from_info(raw: &[u8], fetched_at: u64) -> Option<TorrentMeta> {
-        let info = crate::metainfo::Info::from_bytes(raw).ok()?;
+        let info = crate::torrent::metainfo::Info::from_bytes(raw).ok()?;
         Some(TorrentMeta {
             name: info.name.clone(),
             total_size: info.total_length(),

@@ -40,10 +40,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::allow::AllowList;
-use crate::id::{Contact, ID_LEN, InfoHash, NodeId};
-use crate::krpc::{ERR_METHOD_UNKNOWN, ERR_PROTOCOL, Response};
-use crate::node::DirectQuery;
+use crate::dht::allow::AllowList;
+use crate::dht::id::{Contact, ID_LEN, InfoHash, NodeId};
+use crate::dht::krpc::{ERR_METHOD_UNKNOWN, ERR_PROTOCOL, Response};
+use crate::dht::node::DirectQuery;
 
 /// Walk settings.
 #[derive(Debug, Clone)]

@@ -34,11 +34,11 @@ use super::peer::{self, PeerCmd};
 use super::picker::{BlockRef, PeerKey, Picker, PickerConfig};
 use super::resume::{ResumeRecord, ResumeStore, plan_start};
 use super::storage::{DiskEvent, Mode, Storage, StorageError};
-use crate::allow::AllowList;
-use crate::id::NodeId;
+use crate::dht::allow::AllowList;
+use crate::dht::driver::DhtHandle;
+use crate::dht::id::NodeId;
 use crate::metadata::PeerHandoff;
-use crate::metainfo::{Info, MetainfoError};
-use crate::net::DhtHandle;
+use crate::torrent::metainfo::{Info, MetainfoError};
 use crate::wire::{Handshake, WireConfig, connect_from, handshake_outgoing};
 
 /// Settings of a session.

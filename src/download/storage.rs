@@ -36,7 +36,7 @@ use bytes::Bytes;
 use sha1::{Digest, Sha1};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metainfo::Info;
+use crate::torrent::metainfo::Info;
 
 /// Most file handles kept open at once; torrents with more files reopen them as needed,
 /// so a 50,000-file torrent does not run into the descriptor limit.
@@ -765,7 +765,7 @@ fn prepare_file(path: &Path, length: u64, existing: Option<u64>) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metainfo::create_info;
+    use crate::torrent::metainfo::create_info;
 
     fn layout(dir: &Path, files: &[(&str, usize)]) -> Vec<u8> {
         let mut all = Vec::new();

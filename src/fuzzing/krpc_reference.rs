@@ -12,8 +12,8 @@ use std::fmt;
 use std::net::SocketAddrV4;
 
 use crate::bencode;
-use crate::id::{COMPACT_PEER_LEN, NodeId, compact_peer};
-use crate::krpc::{
+use crate::dht::id::{COMPACT_PEER_LEN, NodeId, compact_peer};
+use crate::dht::krpc::{
     Body, DecodeError, ERR_GENERIC, ERR_METHOD_UNKNOWN, ERR_PROTOCOL, ErrorBody, MAX_DATAGRAM,
     Message, Method, Query, Response, Tid, Token, Version,
 };

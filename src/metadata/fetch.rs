@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::assemble::{Assembly, BlockError, Verdict};
-use crate::allow::AllowList;
-use crate::net::{DhtHandle, PeerStream};
+use crate::dht::allow::AllowList;
+use crate::dht::driver::{DhtHandle, PeerStream};
 use crate::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, MetadataMsg, OUR_UT_METADATA_ID, PeerConn,
     UT_METADATA, WireConfig, WireError, connect, handshake_outgoing, valid_metadata_size,

@@ -25,8 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::allow::AllowList;
-use crate::net::DhtHandle;
+use crate::dht::allow::AllowList;
+use crate::dht::driver::DhtHandle;
 use crate::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, METADATA_BLOCK, Message, MetadataMsg,
     OUR_UT_METADATA_ID, PeerConn, PeerWriter, UT_METADATA, WireConfig, WireError,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::node::{self, Event, Node};
+use crate::dht::node::{self, Event, Node};
 
 /// Simulator settings.
 #[derive(Debug, Clone)]

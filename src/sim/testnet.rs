@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::net::{Dht, DhtConfig, DhtHandle, StartError};
-use crate::node;
+use crate::dht::driver::{Dht, DhtConfig, DhtHandle, StartError};
+use crate::dht::node;
 
 /// Testnet settings.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Testnet {
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
             let mut node_cfg = config.node.clone();
-            node_cfg.allow = crate::allow::AllowList::loopback();
+            node_cfg.allow = crate::dht::allow::AllowList::loopback();
             let mut routers = Vec::new();
             if i > 0 {
                 routers.push(nodes[0].local_addr().to_string());

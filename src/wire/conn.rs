@@ -13,8 +13,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::handshake::{HANDSHAKE_LEN, Handshake, HandshakeError};
 use super::message::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message, id};
-use super::metadata::MetadataMsg;
-use crate::allow::AllowList;
+use super::ut_metadata::MetadataMsg;
+use crate::dht::allow::AllowList;
 
 /// Timeouts and limits of one peer connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::allow::{AllowList, Ipv4Net};
+use crate::dht::allow::{AllowList, Ipv4Net};
 
 const INFO_HASH: [u8; 20] = [0x42; 20];
 const SHORT: Duration = Duration::from_secs(5);

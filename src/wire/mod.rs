@@ -2,7 +2,7 @@
 //! protocol (BEP 10) and metadata exchange (BEP 9 `ut_metadata`).
 //!
 //! Layered so the parsing can be tested and fuzzed without sockets:
-//! - [`handshake`], [`message`], [`ext`], [`metadata`] are pure codecs; [`FrameDecoder`] is a
+//! - [`handshake`], [`message`], [`ext`], [`ut_metadata`] are pure codecs; [`FrameDecoder`] is a
 //!   sans-IO decoder fed with arbitrary byte chunks.
 //! - [`conn`] puts them on tokio streams: [`connect`] (the allow-list gate every outgoing
 //!   peer connection passes), the two handshake directions, and [`PeerConn`], which splits
@@ -16,7 +16,7 @@ pub mod conn;
 pub mod ext;
 pub mod handshake;
 pub mod message;
-pub mod metadata;
+pub mod ut_metadata;
 
 #[cfg(test)]
 mod conn_tests;
@@ -28,7 +28,7 @@ pub use conn::{
 pub use ext::{EXT_HANDSHAKE_ID, ExtError, ExtHandshake, OUR_UT_METADATA_ID, UT_METADATA};
 pub use handshake::{HANDSHAKE_LEN, Handshake, HandshakeError, generate_peer_id};
 pub use message::{BLOCK_SIZE, DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message};
-pub use metadata::{
+pub use ut_metadata::{
     MAX_METADATA_SIZE, METADATA_BLOCK, MetadataError, MetadataMsg, metadata_block_len,
     num_metadata_pieces, valid_metadata_size,
 };

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use trackerless::id::NodeId;
+use trackerless::dht::id::NodeId;
 
 /// How long `lt_node.py` may take to print its ready line (python + libtorrent import take
 /// ~0.3 s on an idle machine; a loaded CI machine can be much slower).

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use trackerless::allow::AllowList;
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
+use trackerless::dht::node::Config;
 use trackerless::download::{Mode, Phase, Session, SessionConfig};
 use trackerless::metadata::{MetadataRegistry, MetadataServer, ServeConfig};
-use trackerless::metainfo::create_info;
-use trackerless::net::{Dht, DhtConfig, DhtHandle};
-use trackerless::node::Config;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::metainfo::create_info;
 
 /// Deterministic pseudo-random bytes (xorshift), so content differs between files and
 /// positions and a misplaced block is caught.

@@ -265,7 +265,7 @@ async fn serve_fake(
 /// Our seeder: a DHT node and a metadata server on the same loopback IP, announcing every
 /// torrent it holds into the network it bootstrapped from.
 pub struct Seeder {
-    pub dht: trackerless::net::DhtHandle,
+    pub dht: trackerless::dht::driver::DhtHandle,
     pub server: trackerless::metadata::MetadataServer,
 }
 
@@ -273,10 +273,10 @@ impl Seeder {
     /// Starts on `ip`, joins through `routers`, serves and announces `infos`.
     pub async fn start(ip: std::net::Ipv4Addr, routers: Vec<String>, infos: &[Vec<u8>]) -> Seeder {
         use trackerless::metadata::{MetadataRegistry, MetadataServer, ServeConfig};
-        let mut cfg = trackerless::net::DhtConfig::new(SocketAddr::new(ip.into(), 0));
-        cfg.node = trackerless::node::Config::loopback_testnet();
+        let mut cfg = trackerless::dht::driver::DhtConfig::new(SocketAddr::new(ip.into(), 0));
+        cfg.node = trackerless::dht::node::Config::loopback_testnet();
         cfg.bootstrap = routers;
-        let (dht, driver) = trackerless::net::Dht::bind(cfg).await.unwrap();
+        let (dht, driver) = trackerless::dht::driver::Dht::bind(cfg).await.unwrap();
         tokio::spawn(driver);
         let registry = Arc::new(MetadataRegistry::new());
         for info in infos {
@@ -286,7 +286,7 @@ impl Seeder {
             SocketAddr::new(ip.into(), 0),
             registry,
             ServeConfig {
-                allow: trackerless::allow::AllowList::loopback(),
+                allow: trackerless::dht::allow::AllowList::loopback(),
                 dht: Some(dht.clone()),
                 dht_port: Some(dht.local_addr().port()),
                 ..ServeConfig::default()
@@ -318,7 +318,7 @@ impl Seeder {
         let port = self.server.local_addr().port();
         let (_, summary) = self
             .dht
-            .announce(trackerless::id::NodeId(ih), Some(port))
+            .announce(trackerless::dht::id::NodeId(ih), Some(port))
             .unwrap()
             .collect()
             .await;

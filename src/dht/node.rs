@@ -3,7 +3,7 @@
 //! [`Node`] performs no I/O and reads no clock: it is fed `(now, from, datagram)` and
 //! commands, and it yields datagrams to send ([`Node::poll_transmit`]), the next instant it
 //! wants to be woken ([`Node::poll_timeout`]) and events for the application
-//! ([`Node::poll_event`]). The tokio driver in [`crate::net`] and the virtual-time simulator
+//! ([`Node::poll_event`]). The tokio driver in [`crate::dht::driver`] and the virtual-time simulator
 //! in [`crate::sim`] run exactly this code, so what the tests and benchmarks measure is what
 //! runs on the network.
 //!
@@ -17,19 +17,19 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::allow::AllowList;
-use crate::bep42::{self, IpVoter};
-use crate::id::{Contact, InfoHash, NodeId};
-use crate::krpc::{
+use crate::dht::allow::AllowList;
+use crate::dht::bep42::{self, IpVoter};
+use crate::dht::id::{Contact, InfoHash, NodeId};
+use crate::dht::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
-use crate::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
-use crate::lookup::{Lookup, LookupKind, Phase, SearchReply};
-pub use crate::outbox::Transmit;
-use crate::outbox::{Emitted, Outbox};
-use crate::routing::{Insert, RoutingConfig, RoutingTable};
-use crate::rpc::{Pending, Transactions, Unmatched};
-use crate::storage::{PeerStore, StoreConfig, TokenSecrets};
+use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
+use crate::dht::lookup::{Lookup, LookupKind, Phase, SearchReply};
+pub use crate::dht::outbox::Transmit;
+use crate::dht::outbox::{Emitted, Outbox};
+use crate::dht::peer_store::{PeerStore, StoreConfig, TokenSecrets};
+use crate::dht::routing::{Insert, RoutingConfig, RoutingTable};
+use crate::dht::rpc::{Pending, Transactions, Unmatched};
 
 /// Our client version tag: "TL" and a two-byte version.
 pub const VERSION: &[u8; 4] = b"TL\x00\x01";

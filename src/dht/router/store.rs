@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
-use crate::id::{COMPACT_NODE_LEN, Contact};
+use crate::dht::id::{COMPACT_NODE_LEN, Contact};
 
 /// A Bloom filter sized for `n` items at about 1 % false positives.
 #[derive(Debug, Clone)]
@@ -174,7 +174,7 @@ impl NodeRing {
         } else {
             let slot = &mut self.entries[at..at + COMPACT_NODE_LEN];
             slot[..20].copy_from_slice(&c.id.0);
-            slot[20..].copy_from_slice(&crate::id::compact_peer_bytes(c.addr));
+            slot[20..].copy_from_slice(&crate::dht::id::compact_peer_bytes(c.addr));
         }
         self.ips.insert(*c.addr.ip());
         self.write = (self.write + 1) % self.capacity;
@@ -278,13 +278,13 @@ pub fn store_file(dir: &Path) -> std::path::PathBuf {
 
 /// Contacts of a compact buffer (for tests and tools).
 pub fn contacts_of(buf: &[u8]) -> Vec<SocketAddrV4> {
-    crate::id::compact_nodes(buf).map(|c| c.addr).collect()
+    crate::dht::id::compact_nodes(buf).map(|c| c.addr).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::NodeId;
+    use crate::dht::id::NodeId;
 
     fn c(i: u32) -> Contact {
         Contact::new(

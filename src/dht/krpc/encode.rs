@@ -5,7 +5,7 @@
 use std::net::SocketAddrV4;
 
 use super::{Body, Message, Method};
-use crate::id::{InfoHash, NodeId, compact_peer_bytes};
+use crate::dht::id::{InfoHash, NodeId, compact_peer_bytes};
 
 /// Arguments of an outgoing query, borrowed so sending allocates nothing.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,7 @@ use std::net::SocketAddrV4;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use crate::id::{COMPACT_NODE_LEN, Contact, NodeId};
+use crate::dht::id::{COMPACT_NODE_LEN, Contact, NodeId};
 
 /// Why the store could not be used.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use rand::Rng;
 
-use crate::id::NodeId;
+use crate::dht::id::NodeId;
 
 const IPV4_MASK: u32 = 0x030f_3fff;
 

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bootstrap;
-use crate::id::{Contact, InfoHash, NodeId};
-use crate::krpc::Response;
-use crate::node::{self, DirectQuery, Event, LookupId, Node, PingError, RequestId, Stats};
-use crate::persist::{NodeStore, PersistError};
+use crate::dht::bootstrap;
+use crate::dht::id::{Contact, InfoHash, NodeId};
+use crate::dht::krpc::Response;
+use crate::dht::node::{self, DirectQuery, Event, LookupId, Node, PingError, RequestId, Stats};
+use crate::dht::persist::{NodeStore, PersistError};
 
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::bep42;
-use crate::id::{Contact, ID_LEN, NodeId};
+use crate::dht::bep42;
+use crate::dht::id::{Contact, ID_LEN, NodeId};
 
 /// BEP 5 bucket size.
 pub const K: usize = 8;

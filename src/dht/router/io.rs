@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::store::{NodeRing, store_file};
 use super::{Router, RouterConfig, RouterStats};
-use crate::net::StartError;
+use crate::dht::driver::StartError;
 
 /// Datagrams per batched system call.
 pub const BATCH: usize = 32;
@@ -260,7 +260,7 @@ impl Driver {
         if seeds.is_empty() || self.router.ring().len() * 2 >= self.router.ring().capacity() {
             return;
         }
-        let (addrs, errors) = crate::bootstrap::resolve(seeds).await;
+        let (addrs, errors) = crate::dht::bootstrap::resolve(seeds).await;
         for e in errors {
             tracing::warn!("router seed {e}");
         }

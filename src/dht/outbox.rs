@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
-use crate::allow::AllowList;
-use crate::limits::ByteQuota;
+use crate::dht::allow::AllowList;
+use crate::dht::limits::ByteQuota;
 
 /// One datagram to send, borrowed from its core until the next call.
 #[derive(Debug)]

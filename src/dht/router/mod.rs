@@ -7,7 +7,7 @@
 //! the querier's address (a SYN-cookie), so no per-ping state is kept and only a node that
 //! really answers from that address, with a BEP 42-valid id, gets into the ring.
 //!
-//! Like [`crate::node::Node`] this is sans-IO; [`io`] drives it with batched syscalls.
+//! Like [`crate::dht::node::Node`] this is sans-IO; [`io`] drives it with batched syscalls.
 
 pub mod io;
 pub mod store;
@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::allow::AllowList;
-use crate::bep42;
-use crate::id::{Contact, NodeId};
-use crate::krpc::{self, Body, ERR_METHOD_UNKNOWN, Method, QueryArgs, ResponseBody};
-use crate::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
-use crate::node::{MethodCounts, VERSION};
-use crate::outbox::{Emitted, Outbox, Transmit};
+use crate::dht::allow::AllowList;
+use crate::dht::bep42;
+use crate::dht::id::{Contact, NodeId};
+use crate::dht::krpc::{self, Body, ERR_METHOD_UNKNOWN, Method, QueryArgs, ResponseBody};
+use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
+use crate::dht::node::{MethodCounts, VERSION};
+use crate::dht::outbox::{Emitted, Outbox, Transmit};
 use store::{NodeRing, RecentSet};
 
 /// Router settings.

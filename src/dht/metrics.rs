@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::node::{MethodCounts, Stats};
-use crate::router::RouterStats;
+use crate::dht::node::{MethodCounts, Stats};
+use crate::dht::router::RouterStats;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "trackerless";

@@ -19,8 +19,8 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
 use super::store::TorrentMeta;
-use crate::id::InfoHash;
-use crate::net::DhtHandle;
+use crate::dht::driver::DhtHandle;
+use crate::dht::id::InfoHash;
 
 /// Boxed future returned by [`MetadataFetcher::fetch`].
 pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>>;
@@ -167,7 +167,7 @@ async fn verify_and_save(
     if let Some(dir) = &cfg.torrent_dir {
         let path = dir.join(format!("{}.torrent", ih.to_hex()));
         let tmp = dir.join(format!(".{}.torrent.tmp", ih.to_hex()));
-        let bytes = crate::metainfo::torrent_file_from_info(raw);
+        let bytes = crate::torrent::metainfo::torrent_file_from_info(raw);
         let write = async {
             tokio::fs::write(&tmp, &bytes).await?;
             tokio::fs::rename(&tmp, &path).await

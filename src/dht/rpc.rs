@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
 
-use crate::id::NodeId;
+use crate::dht::id::NodeId;
 
 /// Transaction ids we send are 2 random bytes, like libtorrent's.
 pub const TID_LEN: usize = 2;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngExt};
 use sha1::{Digest, Sha1};
 
-use crate::id::InfoHash;
-use crate::krpc::Token;
+use crate::dht::id::InfoHash;
+use crate::dht::krpc::Token;
 
 /// How often the token secret changes (BEP 5).
 pub const TOKEN_ROTATION: Duration = Duration::from_secs(5 * 60);

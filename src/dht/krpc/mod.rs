@@ -21,7 +21,7 @@ pub use encode::{
     QueryArgs, ResponseBody, encode_error, encode_message, encode_query, encode_response,
 };
 
-use crate::id::{COMPACT_NODE_LEN, Contact, ID_LEN, InfoHash, NodeId, compact_nodes};
+use crate::dht::id::{COMPACT_NODE_LEN, Contact, ID_LEN, InfoHash, NodeId, compact_nodes};
 
 /// Largest datagram we accept or produce. Real KRPC messages stay under ~1.5 KB; anything
 /// near the UDP maximum is hostile or broken.

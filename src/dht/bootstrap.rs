@@ -4,7 +4,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::path::Path;
 
 /// The default routers (`bootstrap-nodes.txt`, embedded at build time).
-pub const DEFAULT_LIST: &str = include_str!("../bootstrap-nodes.txt");
+pub const DEFAULT_LIST: &str = include_str!("../../bootstrap-nodes.txt");
 
 /// Parses a router list: one `host:port` per line, `#` comments and blank lines ignored.
 /// Errors name the offending line.

@@ -10,9 +10,9 @@
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 
-use crate::bep42;
-use crate::id::{Contact, InfoHash, NodeId, compact_nodes};
-use crate::krpc::Token;
+use crate::dht::bep42;
+use crate::dht::id::{Contact, InfoHash, NodeId, compact_nodes};
+use crate::dht::krpc::Token;
 
 /// Candidates kept per lookup. Enough to absorb a few rounds of `nodes` (8 each) without
 /// dropping close ones; farther ones are useless to an aggressive lookup anyway.

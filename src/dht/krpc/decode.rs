@@ -32,7 +32,7 @@ use super::{
     Query, Response, Tid, Token, Version,
 };
 use crate::bencode::{self, ScanError};
-use crate::id::{NodeId, compact_peer};
+use crate::dht::id::{NodeId, compact_peer};
 
 /// KRPC never nests deeper than message → dict → list; 8 leaves room for extensions.
 const KRPC_MAX_DEPTH: usize = 8;

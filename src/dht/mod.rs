@@ -1,0 +1,20 @@
+//! The Mainline DHT (BEP 5): the sans-IO core ([`node::Node`] with its routing table, lookups,
+//! transactions and peer store), the KRPC codec, the tokio UDP [`driver`], persistence, and the
+//! bootstrap [`router`] mode.
+
+pub mod allow;
+pub mod bep42;
+pub mod bootstrap;
+pub mod driver;
+pub mod id;
+pub mod krpc;
+pub mod limits;
+pub mod lookup;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod peer_store;
+pub mod persist;
+pub mod router;
+pub mod routing;
+pub mod rpc;

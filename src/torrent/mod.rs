@@ -1,0 +1,4 @@
+//! What a torrent is: metainfo files (`.torrent`, BEP 3 info dicts) and magnet links.
+
+pub mod magnet;
+pub mod metainfo;
