@@ -1,17 +1,24 @@
 //! trackerless: a BitTorrent Mainline DHT (BEP 5) node, crawler and trackerless downloader.
 //!
 //! The DHT node is a sans-IO state machine ([`dht::node::Node`]) driven either by a tokio UDP driver
-//! ([`dht::driver`]) or by the virtual-time simulator ([`sim`]), so the code that runs on the public
+//! ([`dht::driver`]) or by the virtual-time simulator (`sim`), so the code that runs on the public
 //! network is the same code the tests and benchmarks exercise at scale.
+//!
+//! The test harnesses (`sim`, `probe`, `fuzzing`, `crawl::sim`) are compiled only with the
+//! `testing` feature, which the crate's own tests, benches, tools and fuzz targets turn on, so a
+//! library user does not carry them.
 
 pub mod bencode;
 pub mod cli;
 pub mod crawl;
 pub mod dht;
 pub mod download;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod metadata;
+#[cfg(feature = "testing")]
 pub mod probe;
+#[cfg(feature = "testing")]
 pub mod sim;
 pub mod torrent;
 pub mod wire;

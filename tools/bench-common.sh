@@ -9,7 +9,7 @@ BIN=${BIN:-target/release}
 
 build() {
     if [ "${NO_BUILD:-0}" != 1 ]; then
-        cargo build --release "$@" >&2
+        cargo build --release --features testing "$@" >&2
     fi
 }
 

@@ -43,7 +43,7 @@ SERVER_IP=127.90.0.1
 
 cd "$(dirname "$0")/.."
 if [[ -z "${NO_BUILD:-}" ]]; then
-    cargo build --release --bin dht-node --bin dht-loadgen --bin dht-testnet >&2
+    cargo build --release --features testing --bin dht-node --bin dht-loadgen --bin dht-testnet >&2
 fi
 BIN=target/release
 for b in dht-node dht-loadgen; do

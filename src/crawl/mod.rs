@@ -10,11 +10,12 @@
 //! - [`export`]: JSON lines and CSV;
 //! - [`enrich`]: the bounded metadata worker pool;
 //! - [`run`]: the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
-//! - [`sim`]: the same walk on the virtual-time simulator.
+//! - `sim` (feature `testing`): the same walk on the virtual-time simulator.
 
 pub mod enrich;
 pub mod export;
 pub mod run;
+#[cfg(feature = "testing")]
 pub mod sim;
 pub mod store;
 pub mod walk;

@@ -4,7 +4,7 @@
 //! commands, and it yields datagrams to send ([`Node::poll_transmit`]), the next instant it
 //! wants to be woken ([`Node::poll_timeout`]) and events for the application
 //! ([`Node::poll_event`]). The tokio driver in [`crate::dht::driver`] and the virtual-time simulator
-//! in [`crate::sim`] run exactly this code, so what the tests and benchmarks measure is what
+//! in `crate::sim` run exactly this code, so what the tests and benchmarks measure is what
 //! runs on the network.
 //!
 //! Every datagram leaves through one function, `Node::queue`, which enforces the outbound
