@@ -162,17 +162,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Human-readable bytes per second.
-pub fn rate(bytes_per_sec: f64) -> String {
-    const UNITS: [&str; 4] = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
-    let mut v = bytes_per_sec;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
-}
+/// Bytes per second as text (the crate's one rate formatter).
+pub use crate::util::fmt::rate;
 
 /// Starts a node with its persisted state; if the store is unavailable (typically locked by
 /// a running `dht-node` on the same data directory), runs without persistence instead of

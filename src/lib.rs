@@ -21,4 +21,5 @@ pub mod probe;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod torrent;
+pub mod util;
 pub mod wire;

@@ -219,11 +219,9 @@ impl NodeRing {
         self.entries.capacity() + self.ips.memory()
     }
 
-    /// Writes the store to `path` atomically (a temporary file, then rename).
+    /// Writes the store to `path` atomically and durably ([`crate::util::atomic_write_with`]).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        {
-            let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
+        crate::util::atomic_write_with(path, |f| {
             f.write_all(FILE_MAGIC)?;
             f.write_all(&(self.len as u64).to_le_bytes())?;
             let mut buf = Vec::with_capacity(COMPACT_NODE_LEN);
@@ -232,9 +230,8 @@ impl NodeRing {
                 c.write_compact(&mut buf);
                 f.write_all(&buf)?;
             }
-            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)
+            Ok(())
+        })
     }
 
     /// Loads a store written by [`NodeRing::save`] into a ring of `capacity` (the newest
