@@ -32,6 +32,7 @@
 //! fresh node is worth a running average of what first visits yield. Whichever is worth
 //! more goes first, which keeps packets per infohash found low.
 
+use crate::util::TokenBucket;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -184,41 +185,6 @@ struct NodeState {
     flags: u8,
 }
 
-/// Token bucket; tokens may go negative when outside work is charged.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    rate: f64,
-    burst: f64,
-}
-
-impl Bucket {
-    fn refill(&mut self, now: Instant) {
-        if now > self.last {
-            let dt = (now - self.last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-            self.last = now;
-        }
-    }
-
-    fn available(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= 1.0 - 1e-9
-    }
-
-    /// When one token will be available.
-    fn ready_at(&self) -> Instant {
-        if self.tokens >= 1.0 - 1e-9 {
-            self.last
-        } else {
-            self.last
-                + Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
-                + Duration::from_micros(1)
-        }
-    }
-}
-
 fn key(addr: SocketAddrV4) -> u64 {
     (u64::from(u32::from(*addr.ip())) << 16) | u64::from(addr.port())
 }
@@ -240,7 +206,7 @@ pub struct Walker {
     cfg: WalkConfig,
     start: Instant,
     rng: StdRng,
-    bucket: Bucket,
+    bucket: TokenBucket,
     nodes: HashMap<u64, NodeState>,
     per_ip: HashMap<u32, u8>,
     frontier: VecDeque<u64>,
@@ -270,12 +236,7 @@ impl Walker {
         };
         let burst = cfg.burst.max(1.0);
         Walker {
-            bucket: Bucket {
-                tokens: burst,
-                last: now,
-                rate,
-                burst,
-            },
+            bucket: TokenBucket::new(rate, burst, now),
             start: now,
             rng,
             nodes: HashMap::new(),
@@ -420,10 +381,9 @@ impl Walker {
 
     /// Charges `n` queries sent outside the walk (e.g. a metadata lookup) to the rate limit.
     pub fn charge(&mut self, now: Instant, n: u32) {
-        self.bucket.refill(now);
-        self.bucket.tokens -= f64::from(n);
         // Bound the debt to a minute of traffic so one huge charge cannot stall the walk.
-        self.bucket.tokens = self.bucket.tokens.max(-60.0 * self.bucket.rate);
+        let floor = 60.0 * self.bucket.rate();
+        self.bucket.charge(f64::from(n), floor, now);
         self.stats.external_queries += u64::from(n);
     }
 
@@ -517,7 +477,7 @@ impl Walker {
     /// allow one. Call repeatedly until `None`, then wait until [`Walker::poll_timeout`] or
     /// the next answer.
     pub fn poll_query(&mut self, now: Instant) -> Option<WalkQuery> {
-        if self.in_flight >= self.cfg.max_in_flight || !self.bucket.available(now) {
+        if self.in_flight >= self.cfg.max_in_flight || !self.bucket.available(1.0, now) {
             return None;
         }
         self.promote_due(now);
@@ -540,7 +500,7 @@ impl Walker {
         let find_node = is_fallback || st.flags & NO_BEP51 != 0;
         let neighbourhood = (st.flags & HAS_PREFIX != 0).then_some(st.prefix);
         self.in_flight += 1;
-        self.bucket.tokens -= 1.0;
+        self.bucket.charge(1.0, f64::INFINITY, now);
         self.stats.queries += 1;
         let target = self.next_target(neighbourhood);
         let query = if find_node {
@@ -563,8 +523,7 @@ impl Walker {
         }
         self.promote_due(now);
         self.clean_heads();
-        self.bucket.refill(now);
-        let ready = self.bucket.ready_at();
+        let ready = self.bucket.ready_at(1.0, now);
         if self.candidate().is_some() {
             return Some(ready.max(now));
         }

@@ -5,6 +5,7 @@
 //! a single host can make it spend all its CPU and upload on replies. The defaults follow
 //! libtorrent (more than 5 packets/s sustained over 10 s bans an IP for 5 minutes).
 
+use crate::util::TokenBucket;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -119,33 +120,21 @@ impl RateLimiter {
 /// A token bucket on reply bytes: replies beyond the quota are not sent.
 #[derive(Debug, Clone)]
 pub struct ByteQuota {
-    bytes_per_sec: u64,
     /// Up to one second of burst.
-    tokens: f64,
-    last: Instant,
+    bucket: TokenBucket,
 }
 
 impl ByteQuota {
     pub fn new(bytes_per_sec: u64, now: Instant) -> Self {
+        let rate = bytes_per_sec as f64;
         ByteQuota {
-            bytes_per_sec,
-            tokens: bytes_per_sec as f64,
-            last: now,
+            bucket: TokenBucket::new(rate, rate, now),
         }
     }
 
     /// Takes `bytes` from the quota; false when there is not enough left.
     pub fn take(&mut self, bytes: usize, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        let cap = self.bytes_per_sec as f64;
-        self.tokens = (self.tokens + elapsed * cap).min(cap);
-        if self.tokens >= bytes as f64 {
-            self.tokens -= bytes as f64;
-            true
-        } else {
-            false
-        }
+        self.bucket.try_take(bytes as f64, now)
     }
 }
 

@@ -50,6 +50,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether `n` units are there, without taking them.
+    pub fn available(&mut self, n: f64, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= n - 1e-9
+    }
+
     /// Takes `n` units if the balance covers them; otherwise takes nothing and says no.
     pub fn try_take(&mut self, n: f64, now: Instant) -> bool {
         self.refill(now);
