@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
-# Runs the whole test suite the way CI does: installs python libtorrent (the third-party
-# peer the interop tests talk to), builds everything with network access, then runs the
-# tests inside a fresh loopback-only network namespace so no test can reach anything but
+# Runs the whole test suite the way CI does: installs the third-party programs the tests
+# talk to (python libtorrent, aria2, PostgreSQL, Chromium) when missing, builds everything
+# with network access, then runs the tests inside a fresh loopback-only network namespace so no test can reach anything but
 # 127.0.0.0/8 (every test binary runs even after one fails, so one run shows every failure).
 # Falls back to a plain run only where unprivileged namespaces are unavailable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Third-party programs the tests run for real: aria2c (a peer), PostgreSQL (the crawler's
+# shared store), Chromium (the crawler's web page in a real browser). Debian packages.
+missing=()
+command -v aria2c >/dev/null 2>&1 || missing+=(aria2)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+fi
 
 if ! python3 -c 'import libtorrent' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check 'libtorrent>=2,<3'
