@@ -138,7 +138,7 @@ async fn run_router(cli: &Cli) {
         bind: net.bind,
         router,
         data_dir: Some(data_dir.clone()),
-        save_interval: Duration::from_secs(300),
+        save_interval: net.save_interval,
         seeds: net.bootstrap.clone(),
     })
     .unwrap_or_else(|e| cli::fail(e));

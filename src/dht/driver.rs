@@ -461,6 +461,7 @@ impl Dht {
             send_errors: 0,
             id,
             waiters: Vec::new(),
+            saving: None,
         };
         Ok((handle, driver.run()))
     }
@@ -481,6 +482,9 @@ struct Driver {
     id: Arc<Mutex<NodeId>>,
     /// `wait_for_nodes` callers: (table size wanted, who to tell).
     waiters: Vec<(usize, oneshot::Sender<()>)>,
+    /// The periodic save running on the blocking pool, if any: sled's flush is disk I/O
+    /// and must not hold up the event loop (replies, timers, commands).
+    saving: Option<tokio::task::JoinHandle<Result<(), PersistError>>>,
 }
 
 /// Datagrams read per wake-up before other work gets a turn.
@@ -566,15 +570,21 @@ impl Driver {
                     need_resolve = !self.resolve_and_bootstrap().await;
                     resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff);
                 }
-                _ = save_tick.tick() => {
-                    if let Err(e) = self.save() {
-                        tracing::warn!("saving the routing table failed: {e}");
-                    }
-                }
+                _ = save_tick.tick() => self.start_save(),
             }
         }
         self.flush().await;
-        let saved = self.save().map_err(|e| e.to_string());
+        if let Some(h) = self.saving.take() {
+            // Let a periodic save finish before the final one.
+            let _ = h.await;
+        }
+        let saved = match self.save_in_background() {
+            Some(h) => match h.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            None => Ok(()),
+        };
         // Close the store (releasing its lock) before acknowledging, so a caller can reopen
         // the same data directory as soon as shutdown() returns.
         drop(self.store.take());
@@ -597,11 +607,27 @@ impl Driver {
         !addrs.is_empty()
     }
 
-    fn save(&self) -> Result<(), PersistError> {
-        if let Some(store) = &self.store {
-            store.save_contacts(&self.node.contacts())?;
+    /// Starts a periodic save unless the previous one is still running (a finished one
+    /// has logged its own failure).
+    fn start_save(&mut self) {
+        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            tracing::debug!("routing table save still running; skipping this one");
+            return;
         }
-        Ok(())
+        self.saving = self.save_in_background();
+    }
+
+    /// Snapshots the contacts here and writes them on the blocking pool.
+    fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), PersistError>>> {
+        let store = self.store.clone()?;
+        let contacts = self.node.contacts();
+        Some(tokio::task::spawn_blocking(move || {
+            let res = store.save_contacts(&contacts);
+            if let Err(e) = &res {
+                tracing::warn!("saving the routing table failed: {e}");
+            }
+            res
+        }))
     }
 
     /// Sends what the node queued without waiting; returns false if the socket is full.
@@ -674,10 +700,13 @@ impl Driver {
                 }
                 Event::IdChanged(id) => {
                     *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
-                    if let Some(store) = &self.store
-                        && let Err(e) = store.set_node_id(&id)
-                    {
-                        tracing::warn!("could not save the new node id: {e}");
+                    if let Some(store) = self.store.clone() {
+                        // Off the event loop, like every other store write.
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = store.set_node_id(&id).and_then(|()| store.flush()) {
+                                tracing::warn!("could not save the new node id: {e}");
+                            }
+                        });
                     }
                 }
                 Event::Reply { request, result } => {

@@ -54,7 +54,9 @@ impl std::error::Error for PersistError {}
 
 const NODE_ID_KEY: &[u8] = b"node_id";
 
-/// The node's sled store.
+/// The node's sled store. Cloning is cheap (sled handles are shared), so saves can run on
+/// the blocking pool while the event loop keeps serving.
+#[derive(Clone)]
 pub struct NodeStore {
     path: PathBuf,
     db: sled::Db,

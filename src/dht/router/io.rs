@@ -162,6 +162,7 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
                     recv: RecvBatch::new(),
                     send: SendQueue::default(),
                     seeds,
+                    saving: None,
                 };
                 driver.run().await;
             });
@@ -205,6 +206,9 @@ struct Driver {
     recv: RecvBatch,
     send: SendQueue,
     seeds: Vec<String>,
+    /// The save running on the blocking pool, if any: writing and fsyncing up to 26 MB
+    /// must not stop the only thread that answers queries.
+    saving: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 impl Driver {
@@ -241,15 +245,18 @@ impl Driver {
                     None => break,
                 },
                 () = &mut sleep => self.router.handle_timeout(Instant::now()),
-                _ = save_tick.tick() => {
-                    if let Err(e) = self.save() {
-                        tracing::warn!("saving the router store failed: {e}");
-                    }
-                }
+                _ = save_tick.tick() => self.start_save(),
             }
         }
         self.flush().await;
-        let saved = self.save();
+        if let Some(h) = self.saving.take() {
+            // Let a periodic save finish before the final one renames over it.
+            let _ = h.await;
+        }
+        let saved = match self.save_in_background() {
+            Some(h) => h.await.unwrap_or_else(|e| Err(e.to_string())),
+            None => Ok(()),
+        };
         if let Some(tx) = ack {
             let _ = tx.send(saved);
         }
@@ -331,15 +338,29 @@ impl Driver {
         }
     }
 
-    fn save(&self) -> Result<(), String> {
-        match &self.store {
-            Some(path) => self
-                .router
-                .ring()
-                .save(path)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            None => Ok(()),
+    /// Starts a periodic save unless the previous one is still being written (a finished
+    /// one has logged its own failure).
+    fn start_save(&mut self) {
+        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            tracing::debug!("router store save still running; skipping this one");
+            return;
         }
+        self.saving = self.save_in_background();
+    }
+
+    /// Snapshots the ring here (milliseconds) and writes it on the blocking pool.
+    fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), String>>> {
+        let path = self.store.clone()?;
+        let snap = self.router.ring().snapshot();
+        Some(tokio::task::spawn_blocking(move || {
+            let res = snap
+                .save(&path)
+                .map_err(|e| format!("{}: {e}", path.display()));
+            if let Err(e) = &res {
+                tracing::warn!("saving the router store failed: {e}");
+            }
+            res
+        }))
     }
 }
 

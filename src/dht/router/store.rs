@@ -110,6 +110,33 @@ impl RecentSet {
 /// Magic and version at the start of the store file.
 const FILE_MAGIC: &[u8; 8] = b"TLROUTE1";
 
+/// The contacts of a [`NodeRing`] at one moment, in file order (see [`NodeRing::snapshot`]).
+pub struct RingSnapshot {
+    bytes: Vec<u8>,
+}
+
+impl RingSnapshot {
+    /// Contacts in the snapshot.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / COMPACT_NODE_LEN
+    }
+
+    /// True when the snapshot holds no contact.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Writes the snapshot to `path` atomically and durably, in the format
+    /// [`NodeRing::load`] reads.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        crate::util::atomic_write_with(path, |f| {
+            f.write_all(FILE_MAGIC)?;
+            f.write_all(&(self.len() as u64).to_le_bytes())?;
+            f.write_all(&self.bytes)
+        })
+    }
+}
+
 /// Verified contacts in insertion order, overwriting the oldest when full.
 #[derive(Debug)]
 pub struct NodeRing {
@@ -221,17 +248,29 @@ impl NodeRing {
 
     /// Writes the store to `path` atomically and durably ([`crate::util::atomic_write_with`]).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        crate::util::atomic_write_with(path, |f| {
-            f.write_all(FILE_MAGIC)?;
-            f.write_all(&(self.len as u64).to_le_bytes())?;
-            let mut buf = Vec::with_capacity(COMPACT_NODE_LEN);
-            for c in self.iter() {
-                buf.clear();
-                c.write_compact(&mut buf);
-                f.write_all(&buf)?;
-            }
-            Ok(())
-        })
+        self.snapshot().save(path)
+    }
+
+    /// A copy of the contacts, oldest first, to be written elsewhere: copying 26 MB takes
+    /// milliseconds, writing and fsyncing it can take seconds, and the router's one thread
+    /// must not stop answering for that.
+    pub fn snapshot(&self) -> RingSnapshot {
+        let start = if self.len < self.capacity {
+            0
+        } else {
+            self.write
+        };
+        let mut bytes = Vec::with_capacity(self.len * COMPACT_NODE_LEN);
+        if self.len > 0 {
+            let first = (start..start + self.len)
+                .take_while(|&i| i < self.capacity)
+                .count();
+            bytes.extend_from_slice(
+                &self.entries[start * COMPACT_NODE_LEN..(start + first) * COMPACT_NODE_LEN],
+            );
+            bytes.extend_from_slice(&self.entries[..(self.len - first) * COMPACT_NODE_LEN]);
+        }
+        RingSnapshot { bytes }
     }
 
     /// Loads a store written by [`NodeRing::save`] into a ring of `capacity` (the newest
@@ -350,5 +389,26 @@ mod tests {
         assert!(NodeRing::load(&path, 10).unwrap_err().contains("truncated"));
         std::fs::write(&path, b"garbage").unwrap();
         assert!(NodeRing::load(&path, 10).is_err());
+    }
+
+    #[test]
+    fn snapshot_of_a_wrapped_ring_saves_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_file(dir.path());
+        let mut r = NodeRing::new(5);
+        for i in 1..=8 {
+            r.insert(&c(i));
+        }
+        let snap = r.snapshot();
+        assert_eq!(snap.len(), 5);
+        // The ring keeps changing while the snapshot is written elsewhere.
+        r.insert(&c(9));
+        snap.save(&path).unwrap();
+        let back = NodeRing::load(&path, 5).unwrap();
+        assert_eq!(
+            back.iter().map(|x| x.addr).collect::<Vec<_>>(),
+            (4..=8).map(|i| c(i).addr).collect::<Vec<_>>()
+        );
+        assert!(NodeRing::new(3).snapshot().is_empty());
     }
 }
