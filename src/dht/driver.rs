@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,6 +23,7 @@ use crate::dht::id::{Contact, InfoHash, NodeId};
 use crate::dht::krpc::Response;
 use crate::dht::node::{self, DirectQuery, Event, LookupId, Node, PingError, RequestId, Stats};
 use crate::dht::persist::{NodeStore, PersistError};
+use crate::dht::udp;
 
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]
@@ -83,40 +85,6 @@ impl std::fmt::Display for StartError {
 }
 
 impl std::error::Error for StartError {}
-
-/// Receive and send buffer size we ask the kernel for. The default (~208 KiB, some 150-250
-/// queued datagrams) overflowed under benchmark load (BENCHMARKS.md (b): a burst of 256
-/// outstanding queries lost 62-126 datagrams, counted by the kernel as `RcvbufErrors`), and a
-/// public node sees bursts too: a lookup's replies arrive together, and a busy node may be
-/// descheduled for a few milliseconds. Linux caps the request at `net.core.rmem_max` /
-/// `wmem_max` without failing, which is fine: we take what we are given.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Creates the node's UDP socket: non-blocking, with enlarged buffers, bound to `addr`.
-/// Built with socket2 because buffer sizes must be set before the socket carries traffic and
-/// neither std nor tokio exposes SO_RCVBUF/SO_SNDBUF.
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_nonblocking(true)?;
-    // Bigger buffers are an optimisation: run with the defaults rather than not at all.
-    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
-        tracing::debug!("cannot enlarge the UDP receive buffer: {e}");
-    }
-    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
-        tracing::debug!("cannot enlarge the UDP send buffer: {e}");
-    }
-    socket.bind(&addr.into())?;
-    // Linux reports twice the usable size (it counts its bookkeeping overhead).
-    let size =
-        |r: io::Result<usize>| r.map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
-    tracing::debug!(
-        "UDP {addr}: asked for {SOCKET_BUFFER}-byte buffers; kernel reports receive {}, send {}",
-        size(socket.recv_buffer_size()),
-        size(socket.send_buffer_size())
-    );
-    UdpSocket::from_std(socket.into())
-}
 
 /// Why a request to the node failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,7 +380,7 @@ impl Dht {
         ),
         StartError,
     > {
-        let socket = bind_udp(config.bind).map_err(|error| StartError::Bind {
+        let socket = udp::bind(config.bind).map_err(|error| StartError::Bind {
             addr: config.bind,
             error,
         })?;
@@ -459,6 +427,9 @@ impl Dht {
             incoming: config.incoming.clone(),
             lookups: HashMap::new(),
             send_errors: 0,
+            unreadable: 0,
+            recv: udp::RecvBatch::new(RECV_BUF),
+            send: udp::SendQueue::default(),
             id,
             waiters: Vec::new(),
             saving: None,
@@ -479,6 +450,10 @@ struct Driver {
     incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
     send_errors: u64,
+    /// Datagrams too long for the receive buffer or from a non-IPv4 source.
+    unreadable: u64,
+    recv: udp::RecvBatch,
+    send: udp::SendQueue,
     id: Arc<Mutex<NodeId>>,
     /// `wait_for_nodes` callers: (table size wanted, who to tell).
     waiters: Vec<(usize, oneshot::Sender<()>)>,
@@ -487,12 +462,14 @@ struct Driver {
     saving: Option<tokio::task::JoinHandle<Result<(), PersistError>>>,
 }
 
-/// Datagrams read per wake-up before other work gets a turn.
-const RECV_BATCH: usize = 64;
+/// `recvmmsg` batches read per wake-up before commands and timers get a turn.
+const RECV_ROUNDS: usize = 4;
+/// Receive buffer per datagram. KRPC messages are far smaller (the largest we send is a
+/// BEP 51 reply of well under 1 KiB); a longer datagram is dropped and counted.
+const RECV_BUF: usize = 4096;
 
 impl Driver {
     async fn run(mut self) {
-        let mut buf = vec![0u8; 65_536];
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
         let sleep = tokio::time::sleep_until(far());
         tokio::pin!(sleep);
@@ -538,24 +515,6 @@ impl Driver {
             }
             tokio::select! {
                 biased;
-                r = self.socket.recv_from(&mut buf) => {
-                    match r {
-                        Ok((n, from)) => {
-                            let now = Instant::now();
-                            self.node.handle_datagram(now, from, &buf[..n]);
-                            for _ in 1..RECV_BATCH {
-                                if self.node.has_transmit() {
-                                    self.try_flush();
-                                }
-                                match self.socket.try_recv_from(&mut buf) {
-                                    Ok((n, from)) => self.node.handle_datagram(now, from, &buf[..n]),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        Err(e) => tracing::debug!("recv error: {e}"),
-                    }
-                }
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Shutdown(ack)) => {
                         shutdown_ack = Some(ack);
@@ -571,6 +530,13 @@ impl Driver {
                     resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff);
                 }
                 _ = save_tick.tick() => self.start_save(),
+                // Last in the biased order: under a saturating flood the socket is always
+                // readable, and commands and timers (rare, cheap) must still get their turn.
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        self.receive();
+                    }
+                }
             }
         }
         self.flush().await;
@@ -630,19 +596,55 @@ impl Driver {
         }))
     }
 
-    /// Sends what the node queued without waiting; returns false if the socket is full.
-    fn try_flush(&mut self) -> bool {
-        while let Some(t) = self.node.poll_transmit() {
-            match self.socket.try_send_to(t.payload, t.to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Rare on UDP; drop rather than stall the receive path. Timeouts recover.
-                    self.send_errors += 1;
-                    return false;
-                }
+    /// Reads and handles batches until the socket is drained or [`RECV_ROUNDS`] batches
+    /// were read, sending replies in batches as they pile up.
+    fn receive(&mut self) {
+        for _ in 0..RECV_ROUNDS {
+            let recv = &mut self.recv;
+            let got = self
+                .socket
+                .try_io(Interest::READABLE, || recv.recv(&self.socket));
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
+                    tracing::debug!("recv error: {e}");
+                    break;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                match self.recv.datagram(i) {
+                    Some((from, data)) => {
+                        self.node.handle_datagram(now, SocketAddr::V4(from), data)
+                    }
+                    None => self.unreadable += 1,
+                }
+            }
+            self.try_flush();
+            if n < udp::BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Sends what the node queued without waiting; false if the socket is full (the rest
+    /// stays queued for [`Driver::flush`]).
+    fn try_flush(&mut self) -> bool {
+        let send = &mut self.send;
+        self.node
+            .drain_transmits(|to, payload| send.push(to, payload));
+        while !self.send.is_empty() {
+            let sock = &self.socket;
+            let send = &mut self.send;
+            match sock.try_io(Interest::WRITABLE, || send.send(sock)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    // An unreachable destination and the like: drop that datagram, go on.
                     self.send_errors += 1;
-                    tracing::debug!("send to {} failed: {e}", t.to);
+                    tracing::debug!("send error: {e}");
+                    self.send.skip_one();
                 }
             }
         }
@@ -650,9 +652,12 @@ impl Driver {
     }
 
     async fn flush(&mut self) {
-        if !self.try_flush() {
-            let _ = self.socket.writable().await;
-            self.try_flush();
+        while !self.try_flush() {
+            if self.socket.writable().await.is_err() {
+                self.send_errors += self.send.len() as u64;
+                self.send.clear();
+                return;
+            }
         }
     }
 
@@ -679,7 +684,7 @@ impl Driver {
             Command::Bootstrap(routers) => self.node.bootstrap(now, &routers),
             Command::Stats(tx) => {
                 let mut s = self.node.stats(now);
-                s.dropped_other += self.send_errors;
+                s.dropped_other += self.send_errors + self.unreadable;
                 let _ = tx.send(s);
             }
             Command::Contacts(tx) => {

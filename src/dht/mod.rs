@@ -18,3 +18,4 @@ pub mod persist;
 pub mod router;
 pub mod routing;
 pub mod rpc;
+pub mod udp;

@@ -475,6 +475,12 @@ impl Node {
         self.outbox.poll()
     }
 
+    /// Hands every queued datagram to `f`, in order (for batched sends: the driver copies
+    /// them into one `sendmmsg`).
+    pub fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
+        self.outbox.drain_all(f);
+    }
+
     /// Whether datagrams are waiting.
     pub fn has_transmit(&self) -> bool {
         !self.outbox.is_empty()

@@ -1,13 +1,9 @@
-//! The router's driver: batched UDP I/O on its own thread.
-//!
-//! Serving a small reply costs far less than the two system calls around it, so on Linux the
-//! driver reads up to [`BATCH`] datagrams per `recvmmsg` and sends replies with `sendmmsg`,
-//! which moves most of the per-packet cost out of the kernel entry path. Elsewhere it falls
-//! back to one `recv_from`/`send_to` per datagram. Batching (not more threads) is the lever
-//! here: the target is "tens of thousands of queries per second on one core".
+//! The router's driver: batched UDP I/O ([`crate::dht::udp`], shared with the node's
+//! driver) on its own thread. Batching (not more threads) is the lever here: the target is
+//! "tens of thousands of queries per second on one core".
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -18,9 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::store::{NodeRing, store_file};
 use super::{Router, RouterConfig, RouterStats};
 use crate::dht::driver::StartError;
+use crate::dht::udp::{self, BATCH, RecvBatch, SendQueue};
 
-/// Datagrams per batched system call.
-pub const BATCH: usize = 32;
 /// Receive buffer per datagram: KRPC queries are far smaller; longer ones are dropped.
 const BUF_LEN: usize = 2048;
 
@@ -111,17 +106,12 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
         "router store: {loaded} contacts loaded in {:?}",
         started.elapsed()
     );
-    let std_socket = std::net::UdpSocket::bind(config.bind).map_err(|error| StartError::Bind {
+    // A router's traffic comes in bursts, and every datagram dropped by a full buffer is a
+    // node not bootstrapped: ask for twice the node's buffers.
+    let std_socket = udp::bind_std(config.bind, 8 << 20).map_err(|error| StartError::Bind {
         addr: config.bind,
         error,
     })?;
-    std_socket
-        .set_nonblocking(true)
-        .map_err(|error| StartError::Bind {
-            addr: config.bind,
-            error,
-        })?;
-    set_buffers(&std_socket, 8 << 20);
     let local_addr = std_socket.local_addr().map_err(|error| StartError::Bind {
         addr: config.bind,
         error,
@@ -159,7 +149,7 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
                     rx,
                     store,
                     save_interval,
-                    recv: RecvBatch::new(),
+                    recv: RecvBatch::new(BUF_LEN),
                     send: SendQueue::default(),
                     seeds,
                     saving: None,
@@ -174,28 +164,6 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
         loaded,
     })
 }
-
-/// Asks for large socket buffers (the kernel caps them at its maximum): a router's traffic
-/// comes in bursts, and every datagram dropped by a full buffer is a node not bootstrapped.
-#[cfg(unix)]
-fn set_buffers(socket: &std::net::UdpSocket, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: setsockopt with a pointer to an i32 of the stated length.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &bytes as *const i32 as *const libc::c_void,
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            );
-        }
-    }
-}
-
-#[cfg(not(unix))]
-fn set_buffers(_: &std::net::UdpSocket, _: i32) {}
 
 struct Driver {
     socket: UdpSocket,
@@ -229,11 +197,6 @@ impl Driver {
             }
             tokio::select! {
                 biased;
-                r = self.socket.readable() => {
-                    if r.is_ok() {
-                        self.receive();
-                    }
-                }
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Stats(tx)) => {
                         let _ = tx.send(self.router.stats(Instant::now()));
@@ -246,6 +209,13 @@ impl Driver {
                 },
                 () = &mut sleep => self.router.handle_timeout(Instant::now()),
                 _ = save_tick.tick() => self.start_save(),
+                // Last in the biased order: under a saturating flood the socket is always
+                // readable, and commands and timers (rare, cheap) must still get their turn.
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        self.receive();
+                    }
+                }
             }
         }
         self.flush().await;
@@ -361,195 +331,5 @@ impl Driver {
             }
             res
         }))
-    }
-}
-
-/// Outgoing datagrams copied out of the router, sent in batches.
-#[derive(Default)]
-struct SendQueue {
-    bytes: Vec<u8>,
-    items: Vec<(SocketAddrV4, usize, usize)>,
-    /// Items already sent.
-    done: usize,
-}
-
-impl SendQueue {
-    fn push(&mut self, to: SocketAddrV4, payload: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(payload);
-        self.items.push((to, start, payload.len()));
-    }
-
-    fn len(&self) -> usize {
-        self.items.len() - self.done
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn clear(&mut self) {
-        self.bytes.clear();
-        self.items.clear();
-        self.done = 0;
-    }
-
-    fn skip_one(&mut self) {
-        self.done += 1;
-        if self.is_empty() {
-            self.clear();
-        }
-    }
-
-    /// Sends as much as the socket takes; `Ok` once everything is out.
-    #[cfg(target_os = "linux")]
-    fn send(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        while self.done < self.items.len() {
-            let batch = &self.items[self.done..(self.done + BATCH).min(self.items.len())];
-            let mut names: [libc::sockaddr_in; BATCH] = [sockaddr_zero(); BATCH];
-            // SAFETY: plain C structs, all-zero is a valid initial state.
-            let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-            for (i, &(to, start, len)) in batch.iter().enumerate() {
-                names[i] = sockaddr_from(to);
-                iovs[i] = libc::iovec {
-                    iov_base: self.bytes[start..start + len].as_ptr() as *mut libc::c_void,
-                    iov_len: len,
-                };
-                hdrs[i].msg_hdr.msg_name =
-                    &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-                hdrs[i].msg_hdr.msg_namelen =
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-                hdrs[i].msg_hdr.msg_iovlen = 1;
-            }
-            // SAFETY: every header points at live entries of `names`, `iovs` and
-            // `self.bytes`, which outlive the call; `batch.len()` headers are initialised.
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    hdrs.as_mut_ptr(),
-                    batch.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            self.done += n as usize;
-        }
-        self.clear();
-        Ok(())
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn send(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        while self.done < self.items.len() {
-            let (to, start, len) = self.items[self.done];
-            socket.try_send_to(&self.bytes[start..start + len], SocketAddr::V4(to))?;
-            self.done += 1;
-        }
-        self.clear();
-        Ok(())
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn sockaddr_zero() -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is a plain C struct; all-zero is valid.
-    unsafe { std::mem::zeroed() }
-}
-
-#[cfg(target_os = "linux")]
-fn sockaddr_from(a: SocketAddrV4) -> libc::sockaddr_in {
-    let mut s = sockaddr_zero();
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr = libc::in_addr {
-        s_addr: u32::from(*a.ip()).to_be(),
-    };
-    s
-}
-
-/// Receive buffers for one batch, with what the last call filled in.
-struct RecvBatch {
-    bufs: Vec<[u8; BUF_LEN]>,
-    lens: [usize; BATCH],
-    froms: [Option<SocketAddrV4>; BATCH],
-}
-
-impl RecvBatch {
-    fn new() -> Self {
-        RecvBatch {
-            bufs: vec![[0u8; BUF_LEN]; BATCH],
-            lens: [0; BATCH],
-            froms: [None; BATCH],
-        }
-    }
-
-    /// The `i`th datagram of the last batch; `None` for one that was truncated (longer than
-    /// any KRPC message we answer) or came from a non-IPv4 source.
-    fn datagram(&self, i: usize) -> Option<(SocketAddrV4, &[u8])> {
-        Some((self.froms[i]?, &self.bufs[i][..self.lens[i]]))
-    }
-
-    #[cfg(target_os = "linux")]
-    fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        use std::os::fd::AsRawFd;
-        let mut names: [libc::sockaddr_in; BATCH] = [sockaddr_zero(); BATCH];
-        // SAFETY: plain C structs, all-zero is a valid initial state.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for i in 0..BATCH {
-            iovs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: BUF_LEN,
-            };
-            hdrs[i].msg_hdr.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-            hdrs[i].msg_hdr.msg_namelen =
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: BATCH headers, each pointing at a live buffer of BUF_LEN bytes and a live
-        // sockaddr_in, all outliving the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                socket.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        for i in 0..n {
-            let h = &hdrs[i];
-            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let is_v4 = names[i].sin_family == libc::AF_INET as libc::sa_family_t;
-            self.lens[i] = (h.msg_len as usize).min(BUF_LEN);
-            self.froms[i] = (is_v4 && !truncated).then(|| {
-                SocketAddrV4::new(
-                    u32::from_be(names[i].sin_addr.s_addr).into(),
-                    u16::from_be(names[i].sin_port),
-                )
-            });
-        }
-        Ok(n)
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let (len, from) = socket.try_recv_from(&mut self.bufs[0])?;
-        self.lens[0] = len.min(BUF_LEN);
-        self.froms[0] = match from {
-            SocketAddr::V4(a) if len <= BUF_LEN => Some(a),
-            _ => None,
-        };
-        Ok(1)
     }
 }
