@@ -6,29 +6,20 @@
 //! every lenient rule (wrong types, repeated keys, unknown keys, unsorted keys), and on
 //! nesting around the depth limit in every position. Any panic fails the test too.
 
-use std::path::PathBuf;
+mod replay_support;
 
 // The reference: the serde_bencode-based decoder `krpc::decode` replaced.
 use trackerless::dht::krpc::{self, DecodeError, Message};
 use trackerless::fuzzing::krpc_reference as reference;
 
 fn corpus() -> Vec<Vec<u8>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/krpc-real");
-    let mut out = Vec::new();
-    for source in std::fs::read_dir(&root).expect("corpus directory") {
-        let source = source.unwrap().path();
-        if !source.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(&source).unwrap() {
-            let p = f.unwrap().path();
-            if p.extension().is_some_and(|e| e == "bin") {
-                out.push(std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out.sort();
-    out
+    replay_support::load_all(
+        &replay_support::root("tests/data/krpc-real"),
+        &replay_support::bin_file,
+    )
+    .into_iter()
+    .map(|(_, d)| d)
+    .collect()
 }
 
 /// Decodes `input` with both decoders and fails on any difference.
