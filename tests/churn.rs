@@ -331,7 +331,7 @@ fn lookups_survive_thirty_percent_churn_every_ten_minutes() {
 }
 
 /// Churn plus 2 % packet loss, bigger (several minutes of real time, so not in the default
-/// run: `cargo test --test churn -- --ignored`). get_peers still meets the bar; an exact
+/// run: `tools/test.sh --slow`, or `tools/test.sh --slow --test churn` for this file only). get_peers still meets the bar; an exact
 /// find_node hit does not quite, because a lookup drops a candidate whose one query or reply
 /// was lost (about 4 % of them), and the target is then missing from the answered set.
 #[test]

@@ -30,6 +30,8 @@ struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The stderr reader, joined once the child exits so that every line is in.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -52,7 +54,7 @@ impl Proc {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let err = child.stderr.take().unwrap();
         let keep = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for l in BufReader::new(err).lines().map_while(Result::ok) {
                 let mut k = keep.lock().unwrap();
                 k.push_str(&l);
@@ -63,6 +65,7 @@ impl Proc {
             child,
             lines,
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -115,9 +118,25 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        // Let the reader threads drain.
-        std::thread::sleep(Duration::from_millis(100));
-        let out: Vec<String> = self.lines.try_iter().collect();
+        // The readers end at end of file on the child's pipes: drain stdout until its
+        // reader hangs up and join the stderr reader, instead of sleeping and hoping they
+        // are done. A grandchild holding a pipe open would block here; the deadline turns
+        // that into a failure with a message.
+        let mut out = Vec::new();
+        let drained_by = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self
+                .lines
+                .recv_timeout(drained_by.saturating_duration_since(Instant::now()))
+            {
+                Ok(l) => out.push(l),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("stdout never reached end of file"),
+            }
+        }
+        if let Some(r) = self.stderr_reader.take() {
+            r.join().expect("stderr reader");
+        }
         let err = self.stderr.lock().unwrap().clone();
         (status.code(), out.join("\n"), err)
     }

@@ -14,6 +14,7 @@
 //! Addresses: 127.146.x.y.
 
 mod dl_support;
+mod wait_support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -26,6 +27,7 @@ use trackerless::wire::{
     EXT_HANDSHAKE_ID, Handshake, Message, PeerConn, WireConfig, connect_from, generate_peer_id,
     handshake_outgoing,
 };
+use wait_support::{GENEROUS, wait_until};
 
 const PIECE: u32 = 256 * 1024;
 const BLOCK: u32 = 16 * 1024;
@@ -256,13 +258,10 @@ async fn downloader_keeps_interest_exact_and_announces_pieces() {
     )
     .await;
     // Connections that arrive during the start-up check are refused; wait it out.
-    for _ in 0..200 {
-        if dl.session.phase() == Phase::Downloading {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(dl.session.phase(), Phase::Downloading);
+    wait_until("the start-up check to end", GENEROUS, async || {
+        dl.session.phase() == Phase::Downloading
+    })
+    .await;
     let mut p = scripted_peer(v4(127, 146, 2, 2), dl.addr(), ih).await;
 
     // Nothing to offer: no bitfield, the extension handshake comes first.
@@ -350,15 +349,13 @@ async fn incoming_connections_stop_at_the_limit() {
     assert_eq!(seeder.session.progress().peers, 2);
     // ... and once one leaves, a new one is served again.
     drop(kept.pop());
-    let mut again = None;
-    for _ in 0..100 {
-        if seeder.session.progress().peers < 2 {
-            again = Some(scripted_peer(v4(127, 146, 4, 13), seeder.addr(), ih).await);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut again = again.expect("the session never noticed the peer leaving");
+    wait_until(
+        "the session to notice the peer leaving",
+        GENEROUS,
+        async || seeder.session.progress().peers < 2,
+    )
+    .await;
+    let mut again = scripted_peer(v4(127, 146, 4, 13), seeder.addr(), ih).await;
     assert!(matches!(next(&mut again).await, Message::Bitfield(_)));
     drop(seeder);
     net.shutdown().await;

@@ -4,34 +4,21 @@
 //! stable toolchain without libFuzzer. Crashes found by fuzzing are kept in
 //! fuzz/regressions/<target>/ and replayed here as well.
 
-use std::path::{Path, PathBuf};
+mod replay_support;
 
+use std::path::Path;
+
+use replay_support::{ReplayError, any_file, replay_all, replay_dir, root};
 use trackerless::dht::krpc::{self, Body, ErrorBody};
 use trackerless::fuzzing::{self, TARGETS};
 
-fn inputs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("readable directory entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-}
-
-/// Runs `f` on every file under `fuzz/<kind>/<target>/`; returns how many there were.
+/// Runs `f` on every file under `fuzz/<kind>/<target>/` through the shared replay helper
+/// (which fails when the directory is missing or empty); returns how many there were.
 fn replay(kind: &str, target: &str, f: fn(&[u8])) -> usize {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz")
-        .join(kind)
-        .join(target);
-    let files = inputs(&dir);
-    for path in &files {
-        let data = std::fs::read(path).expect("readable corpus file");
+    let dir = root("fuzz").join(kind).join(target);
+    replay_all(&dir, &any_file, |path, data| {
         // A panic names the file, so it can be fed to `cargo fuzz run <target> <file>`.
-        let outcome = std::panic::catch_unwind(|| f(&data));
+        let outcome = std::panic::catch_unwind(|| f(data));
         if let Err(panic) = outcome {
             std::panic::resume_unwind(Box::new(format!(
                 "{} failed on {}: {}",
@@ -44,15 +31,13 @@ fn replay(kind: &str, target: &str, f: fn(&[u8])) -> usize {
                     .unwrap_or_default()
             )));
         }
-    }
-    files.len()
+    })
 }
 
 #[test]
 fn every_seed_replays() {
     for (target, f) in TARGETS {
-        let n = replay("seeds", target, *f);
-        assert!(n > 0, "no seeds for {target}");
+        replay("seeds", target, *f);
     }
 }
 
@@ -66,11 +51,71 @@ fn every_minimized_corpus_input_replays() {
     }
 }
 
+/// Only targets on which fuzzing found a crash have a `fuzz/regressions/<target>/`; every
+/// directory there must belong to a known target (a renamed target would otherwise stop
+/// being replayed) and replay in full, and krpc's (FUZZING.md, crash 1) must be there.
 #[test]
 fn every_fuzz_regression_replays() {
-    for (target, f) in TARGETS {
+    let dirs = std::fs::read_dir(root("fuzz/regressions")).expect("fuzz/regressions exists");
+    let mut replayed = Vec::new();
+    for dir in dirs {
+        let dir = dir.expect("readable directory entry").path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let (target, f) = TARGETS
+            .iter()
+            .find(|(t, _)| *t == name)
+            .unwrap_or_else(|| panic!("fuzz/regressions/{name} belongs to no fuzz target"));
         replay("regressions", target, *f);
+        replayed.push(name);
     }
+    assert!(replayed.iter().any(|t| t == "krpc"), "{replayed:?}");
+}
+
+/// The helper every replay goes through fails on a missing directory: a moved corpus must
+/// not pass as "nothing to replay".
+#[test]
+fn replay_helper_fails_on_a_missing_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("moved-away");
+    let mut calls = 0;
+    let r = replay_dir(&missing, &any_file, |_, _| calls += 1);
+    assert!(matches!(r, Err(ReplayError::Unreadable { .. })), "{r:?}");
+    assert_eq!(calls, 0);
+}
+
+/// ... and on an empty one (an emptied corpus), even when it only holds empty
+/// subdirectories or files the filter rejects.
+#[test]
+fn replay_helper_fails_on_an_empty_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = replay_dir(tmp.path(), &any_file, |_, _| {});
+    assert!(matches!(r, Err(ReplayError::Empty { .. })), "{r:?}");
+
+    std::fs::create_dir(tmp.path().join("source")).unwrap();
+    std::fs::write(tmp.path().join("source/README.md"), b"not an input").unwrap();
+    let r = replay_dir(tmp.path(), &replay_support::bin_file, |_, _| {});
+    assert!(matches!(r, Err(ReplayError::Empty { .. })), "{r:?}");
+}
+
+/// ... and replays every file present, subdirectories included, in a stable order.
+#[test]
+fn replay_helper_replays_every_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("b")).unwrap();
+    std::fs::write(tmp.path().join("a.bin"), b"1").unwrap();
+    std::fs::write(tmp.path().join("b/c.bin"), b"22").unwrap();
+    std::fs::write(tmp.path().join("b/README"), b"skip").unwrap();
+    let mut seen = Vec::new();
+    let n = replay_dir(tmp.path(), &replay_support::bin_file, |p, d| {
+        seen.push((p.file_name().unwrap().to_owned(), d.len()))
+    })
+    .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(seen, [("a.bin".into(), 1), ("c.bin".into(), 2)]);
+    assert_eq!(
+        replay_dir(Path::new(tmp.path()), &any_file, |_, _| {}).unwrap(),
+        3
+    );
 }
 
 /// Crash 1 of FUZZING.md: an error message with a short `e` list (`[201]`, `[]`) must decode
@@ -91,5 +136,5 @@ fn krpc_short_error_lists_decode() {
             })
         );
     }
-    assert!(replay("regressions", "krpc", fuzzing::krpc) > 0);
+    replay("regressions", "krpc", fuzzing::krpc);
 }

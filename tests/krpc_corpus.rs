@@ -5,7 +5,8 @@
 //! as after a battery of malformed input.
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+mod replay_support;
+
 use std::time::{Duration, Instant};
 
 use trackerless::dht::driver::{Dht, DhtConfig};
@@ -15,22 +16,10 @@ use trackerless::dht::node::{Config, Node};
 
 /// All corpus datagrams with their file names, sorted.
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/krpc-real");
-    let mut out = Vec::new();
-    for source in std::fs::read_dir(&root).expect("corpus directory") {
-        let source = source.unwrap().path();
-        if !source.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(&source).unwrap() {
-            let p = f.unwrap().path();
-            if p.extension().is_some_and(|e| e == "bin") {
-                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+    replay_support::load_all(
+        &replay_support::root("tests/data/krpc-real"),
+        &replay_support::bin_file,
+    )
 }
 
 #[test]
@@ -175,12 +164,16 @@ async fn node_survives_hostile_input_on_a_real_socket() {
             sent += 1;
         }
         // Pace so the kernel's receive buffer never overflows (every datagram must arrive):
-        // after big ones and every 50, wait until the node has read what was sent.
+        // after big ones and every 50, wait until the node has read what was sent. The
+        // deadline is generous: giving up early would let datagrams be dropped and fail the
+        // count below for a reason that is only the machine's load.
         if d.len() > 8192 || i % 50 == 49 {
-            for _ in 0..1000 {
-                if dht.stats().await.unwrap().packets_in >= sent {
-                    break;
-                }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while dht.stats().await.unwrap().packets_in < sent {
+                assert!(
+                    Instant::now() < deadline,
+                    "the node stopped reading at {sent}"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }

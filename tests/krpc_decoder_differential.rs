@@ -1,53 +1,79 @@
-//! `krpc::decode` (the single-pass borrowing decoder) against a reference decoder built on
-//! serde_bencode: the decoder that shipped before it (pre-scan with `bencode::validate`,
-//! lenient serde visitors, typed validation), kept verbatim in `trackerless::fuzzing::krpc_reference`
-//! (shared with the `krpc` fuzz target) except for the fix of its short-`e`-list bug. Both must give exactly the same result, errors and reasons included,
-//! on the real-world corpus, on mutations of it, on random KRPC-shaped bencode that exercises
-//! every lenient rule (wrong types, repeated keys, unknown keys, unsorted keys), and on
-//! nesting around the depth limit in every position. Any panic fails the test too.
+//! `krpc::decode` (the single-pass borrowing decoder) against an independent reference
+//! decoder, `trackerless::fuzzing::krpc_reference`, written from the BEP texts (BEP 3
+//! bencoding, BEP 5 messages, BEP 42 `ip`, BEP 43 `ro`, BEP 51 `sample_infohashes`) on
+//! serde_bencode's value tree with its own grammar check and field rules; it shares no code
+//! with the real decoder. Both must reach the same verdict on every input: the same decoded
+//! message field for field, or the same KRPC error code and transaction id to answer with,
+//! or the same kind of drop (malformed, not KRPC, unusable reply). Reason strings and error
+//! offsets are diagnostics and are not compared.
+//!
+//! Inputs: the real-world corpus (tests/data/krpc-real), the krpc fuzz corpus, seeds and
+//! regressions (fuzz/), mutations of the real corpus, random KRPC-shaped bencode that
+//! exercises every lenient rule (wrong types, repeated keys, unknown keys, unsorted keys,
+//! 19/20/21-byte ids, `ro` values), and nesting around the depth limit in every position.
+//!
+//! Documented leniencies both decoders share on purpose (a strict reading of the BEPs would
+//! refuse these; see the reference's module docs for why each is accepted): unsorted and
+//! repeated dictionary keys (the last wins), integers with leading zeros or `-0`, unknown
+//! keys, wrongly typed known keys read as absent, any non-zero `ro`/`implied_port`, short
+//! `e` lists, non-6-byte `values` entries skipped, unknown methods with a 20-byte `target`
+//! or `info_hash` answered as `find_node`, transaction id / token / `v` length limits taken
+//! from the crate's types (policy: BEP 5 sets none).
+//!
+//! The test of the test, `planted_wrong_rules_are_caught`: the reference with a
+//! deliberately wrong rule (19-byte ids accepted; `ro` ignored) must disagree with the real
+//! decoder on these same inputs, or the comparison could not catch such a bug.
 
-use std::path::PathBuf;
+mod replay_support;
 
-// The reference: the serde_bencode-based decoder `krpc::decode` replaced.
-use trackerless::dht::krpc::{self, DecodeError, Message};
-use trackerless::fuzzing::krpc_reference as reference;
+use trackerless::dht::krpc::{self, Message};
+use trackerless::fuzzing::krpc_reference::{self as reference, Drop, Rules, Verdict};
 
 fn corpus() -> Vec<Vec<u8>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/krpc-real");
-    let mut out = Vec::new();
-    for source in std::fs::read_dir(&root).expect("corpus directory") {
-        let source = source.unwrap().path();
-        if !source.is_dir() {
-            continue;
-        }
-        for f in std::fs::read_dir(&source).unwrap() {
-            let p = f.unwrap().path();
-            if p.extension().is_some_and(|e| e == "bin") {
-                out.push(std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out.sort();
-    out
+    replay_support::load_all(
+        &replay_support::root("tests/data/krpc-real"),
+        &replay_support::bin_file,
+    )
+    .into_iter()
+    .map(|(_, d)| d)
+    .collect()
 }
 
-/// Decodes `input` with both decoders and fails on any difference.
-fn same(input: &[u8]) -> Result<Message, DecodeError> {
-    let want = reference::decode(input);
-    assert_ne!(
-        want,
-        Err(DecodeError::NotKrpc("undecodable")),
-        "the serde reference failed on {:?}",
-        String::from_utf8_lossy(input)
-    );
-    let got = krpc::decode(input);
+/// The krpc fuzz inputs: seeds, the minimized corpus and the crash regressions.
+fn fuzz_inputs() -> Vec<Vec<u8>> {
+    [
+        "fuzz/seeds/krpc",
+        "fuzz/corpus/krpc",
+        "fuzz/regressions/krpc",
+    ]
+    .iter()
+    .flat_map(|dir| replay_support::load_all(&replay_support::root(dir), &replay_support::any_file))
+    .map(|(_, d)| d)
+    .collect()
+}
+
+/// The two verdicts on `input` when they differ.
+fn disagreement(input: &[u8], rules: &Rules) -> Option<(Verdict, Verdict)> {
+    let real = Verdict::of(krpc::decode(input));
+    let reference = reference::decode(input, rules);
+    (real != reference).then_some((real, reference))
+}
+
+/// Both decoders' verdict on `input`; fails the test when they differ.
+fn same(input: &[u8]) -> Verdict {
+    let real = Verdict::of(krpc::decode(input));
+    let want = reference::decode(input, &Rules::of_this_build());
     assert_eq!(
-        got,
+        real,
         want,
-        "decoders disagree on {:?}",
+        "decoders disagree (left: krpc::decode, right: reference) on {:?}",
         String::from_utf8_lossy(input)
     );
-    got
+    real
+}
+
+fn is_message(v: &Verdict) -> bool {
+    matches!(v, Verdict::Message(_))
 }
 
 /// `e` lists with fewer than two elements: the case the serde path used to get wrong.
@@ -62,12 +88,40 @@ fn short_error_lists() {
     ] {
         assert!(matches!(
             same(input),
-            Ok(Message {
+            Verdict::Message(Message {
                 body: krpc::Body::Error(_),
                 ..
             })
         ));
     }
+}
+
+/// The tid/token limits the reference runs with are the crate's (policy, not protocol),
+/// and at least BEP 5's typical sizes.
+#[test]
+fn length_policy_is_read_from_the_crate() {
+    let r = Rules::of_this_build();
+    assert!(
+        r.max_tid >= 16 && r.max_token >= 20 && r.max_version >= 4,
+        "{r:?}"
+    );
+    let tid = vec![b'x'; r.max_tid];
+    let mut q = format!(
+        "d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t{}:",
+        tid.len()
+    )
+    .into_bytes();
+    q.extend_from_slice(&tid);
+    q.extend_from_slice(b"1:y1:qe");
+    assert!(is_message(&same(&q)));
+    let mut long = format!(
+        "d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t{}:",
+        tid.len() + 1
+    )
+    .into_bytes();
+    long.extend_from_slice(&tid);
+    long.extend_from_slice(b"x1:y1:qe");
+    assert_eq!(same(&long), Verdict::Drop(Drop::NotKrpc));
 }
 
 /// splitmix64, so failures reproduce.
@@ -178,8 +232,8 @@ fn message(rng: &mut Rng, out: &mut Vec<u8>) {
         entry(
             "t",
             &mut |rng, e| {
-                // Up to 16 bytes is a valid tid, 17 is not.
-                let len = [0usize, 1, 2, 4, 8, 16, 17][rng.below(7)];
+                // Around the current (16) and the planned (64) tid limits.
+                let len = [0usize, 1, 2, 4, 8, 16, 17, 64, 65][rng.below(9)];
                 let t: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                 put_str(e, &t)
             },
@@ -214,8 +268,10 @@ fn message(rng: &mut Rng, out: &mut Vec<u8>) {
                             if rng.below(3) > 0 {
                                 let mut a = Vec::new();
                                 put_str(&mut a, arg.as_bytes());
-                                // Tokens up to 32 bytes are kept, 33 are not.
-                                let len = [20usize, 20, 20, 8, 26, 19, 32, 33][rng.below(8)];
+                                // Ids of 19/20/21 bytes; tokens around the current (32)
+                                // and the planned (64) limits.
+                                let len =
+                                    [20usize, 20, 20, 8, 26, 19, 21, 32, 33, 64, 65][rng.below(11)];
                                 let v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
                                 put_str(&mut a, &v);
                                 args.push(a);
@@ -269,16 +325,23 @@ fn corpus_decodes_identically() {
     assert!(corpus.len() > 2000, "corpus missing");
     for d in &corpus {
         // The whole corpus is valid KRPC (tests/krpc_corpus.rs).
-        assert!(same(d).is_ok());
+        assert!(is_message(&same(d)));
     }
 }
 
 #[test]
-fn mutated_corpus_decodes_identically() {
-    let corpus = corpus();
-    let mut rng = Rng(7);
-    for d in &corpus {
-        for _ in 0..40 {
+fn fuzz_corpus_decodes_identically() {
+    let inputs = fuzz_inputs();
+    let decoded = inputs.iter().filter(|d| is_message(&same(d))).count();
+    // The corpus reaches the typed layer, not only the bencode checks.
+    assert!(decoded > 100, "only {decoded} of {} decoded", inputs.len());
+}
+
+/// Mutations of the real corpus, 40 per datagram.
+fn mutations(corpus: &[Vec<u8>], rng: &mut Rng, per: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for d in corpus {
+        for _ in 0..per {
             let mut m = d.clone();
             match rng.below(4) {
                 0 if !m.is_empty() => {
@@ -295,34 +358,101 @@ fn mutated_corpus_decodes_identically() {
                 _ => {
                     // Splice a random KRPC-ish value in after the first key.
                     let mut v = Vec::new();
-                    value(&mut rng, 1, &mut v);
+                    value(rng, 1, &mut v);
                     let at = m.iter().position(|&b| b == b':').map_or(0, |p| p + 2);
                     let at = at.min(m.len());
                     m.splice(at..at, v);
                 }
             }
-            let _ = same(&m);
+            out.push(m);
         }
     }
+    out
+}
+
+#[test]
+fn mutated_corpus_decodes_identically() {
+    for m in mutations(&corpus(), &mut Rng(7), 40) {
+        same(&m);
+    }
+}
+
+/// Random KRPC-shaped datagrams (and a quarter of plain random dictionaries).
+fn random_messages(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let mut m = Vec::new();
+            if rng.below(4) == 0 {
+                dict(rng, 0, &mut m);
+            } else {
+                message(rng, &mut m);
+            }
+            m
+        })
+        .collect()
 }
 
 #[test]
 fn random_krpc_shaped_messages_decode_identically() {
-    let mut rng = Rng(42);
-    let mut decoded = 0;
-    for _ in 0..200_000 {
-        let mut m = Vec::new();
-        if rng.below(4) == 0 {
-            dict(&mut rng, 0, &mut m);
-        } else {
-            message(&mut rng, &mut m);
-        }
-        if same(&m).is_ok() {
-            decoded += 1;
-        }
-    }
+    let decoded = random_messages(&mut Rng(42), 200_000)
+        .iter()
+        .filter(|m| is_message(&same(m)))
+        .count();
     // The generator must reach the typed layer often enough to test it.
     assert!(decoded > 5_000, "only {decoded} random messages decoded");
+}
+
+/// The test of the test: each deliberately wrong rule makes the comparison fail on the same
+/// kinds of input the tests above use, so a real decoder with that bug would be caught.
+#[test]
+fn planted_wrong_rules_are_caught() {
+    let mut rng = Rng(1234);
+    let mut inputs = corpus();
+    inputs.extend(fuzz_inputs());
+    inputs.extend(random_messages(&mut rng, 20_000));
+    let right = Rules::of_this_build();
+    // The right rules agree on exactly these inputs, so every disagreement below is the
+    // planted rule's.
+    assert_eq!(
+        inputs
+            .iter()
+            .filter_map(|d| disagreement(d, &right))
+            .count(),
+        0
+    );
+    for (name, wrong) in [
+        (
+            "19-byte ids accepted",
+            Rules {
+                planted_accept_19_byte_ids: true,
+                ..right
+            },
+        ),
+        (
+            "ro ignored",
+            Rules {
+                planted_ignore_ro: true,
+                ..right
+            },
+        ),
+        (
+            "tids one byte shorter",
+            Rules {
+                max_tid: right.max_tid - 1,
+                ..right
+            },
+        ),
+    ] {
+        let found: Vec<_> = inputs
+            .iter()
+            .filter_map(|d| disagreement(d, &wrong))
+            .collect();
+        assert!(
+            !found.is_empty(),
+            "the reference with the wrong rule \"{name}\" agreed with the real decoder on all {} inputs",
+            inputs.len()
+        );
+    }
 }
 
 /// `n` nested containers (lists, or dicts under a KRPC key) around a random scalar.
@@ -379,7 +509,7 @@ fn nesting_around_the_depth_limit_decodes_identically() {
             }
             _ => {}
         }
-        if matches!(same(&m), Err(DecodeError::Malformed(_))) {
+        if same(&m) == Verdict::Drop(Drop::Malformed) {
             malformed += 1;
         }
     }

@@ -24,6 +24,7 @@ use trackerless::dht::id::NodeId;
 use trackerless::metadata::{FetchConfig, Misbehavior, PeerSource, fetch_metadata};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 use trackerless::torrent::metainfo::Metainfo;
+use trackerless::wire::num_metadata_pieces;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dht-get");
 
@@ -235,13 +236,22 @@ async fn liar_next_to_libtorrent_is_dropped() {
         None,
     )
     .await;
-    // The liar first; libtorrent only once the liar has had time to answer.
+    // The liar first; libtorrent only once the liar has answered a request for every
+    // piece (its lie included), an event rather than a guessed delay.
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tx.send(liar.addr).unwrap();
+    let pieces = num_metadata_pieces(lt_meta.info_bytes.len() as u64) as u64;
+    let requests = liar.requests.clone();
     let feeder = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while requests.load(std::sync::atomic::Ordering::Relaxed) < pieces
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tx.send(SocketAddr::V4(lt_addr)).unwrap();
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Keep the channel open: a closed one would end the fetch's peer source.
+        std::future::pending::<()>().await;
     });
     let cfg = FetchConfig {
         allow: AllowList::loopback(),

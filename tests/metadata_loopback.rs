@@ -4,6 +4,7 @@
 //! Addresses: 127.80.x.y.
 
 mod meta_support;
+mod wait_support;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use trackerless::wire::{
     ExtHandshake, Handshake, Message, MetadataMsg, OUR_UT_METADATA_ID, PeerConn, UT_METADATA,
     WireConfig, handshake_outgoing, num_metadata_pieces,
 };
+use wait_support::{GENEROUS, wait_until};
 
 fn addr(c: u8, d: u8, port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 80, c, d), port))
@@ -163,19 +165,26 @@ async fn refused_and_unreachable_peers_end_the_fetch_cleanly() {
     assert!(stats.peers[1..].iter().all(|p| p.addr == addr(4, 1, 9)));
 }
 
+/// A peer that is not up yet when first tried is tried again. The peer's start is tied to
+/// the fetcher's first attempt (which it closes unanswered, like a peer still starting up)
+/// rather than to a fixed delay that a slow first attempt could outlast.
 #[tokio::test]
 async fn a_peer_that_is_not_listening_yet_is_retried() {
     let info = synthetic_info("late", 10, 10);
     let ih = meta_support::info_hash(&info);
-    let bind = {
-        let l = std::net::TcpListener::bind(addr(9, 1, 0)).unwrap();
-        l.local_addr().unwrap()
-    };
+    let gate = tokio::net::TcpListener::bind(addr(9, 1, 0)).await.unwrap();
+    let bind = gate.local_addr().unwrap();
     let late = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(gate.accept().await.unwrap());
+        drop(gate);
         server(bind, &[&info]).await
     });
-    let got = fetch_metadata(ih, PeerSource::new([bind]), &loopback_config())
+    let cfg = FetchConfig {
+        // Room for retries while the real server binds, however slowly.
+        max_attempts: 10,
+        ..loopback_config()
+    };
+    let got = fetch_metadata(ih, PeerSource::new([bind]), &cfg)
         .await
         .unwrap();
     let _srv = late.await.unwrap();
@@ -372,29 +381,27 @@ async fn port_messages_flow_both_ways_and_reach_the_dht() {
         .unwrap();
     assert_eq!(&got.info[..], &info[..]);
     assert_eq!(got.stats.ports_received, 1);
-    // Our PORT reached the peer (it set the DHT bit, as our handshake does).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Our PORT reached the peer (it set the DHT bit, as our handshake does); the peer
+    // counts it on its own task, so wait for it rather than for a guessed time.
+    wait_until("the peer to receive our PORT", GENEROUS, async || {
+        peer.ports.load(std::sync::atomic::Ordering::Relaxed) >= 1
+    })
+    .await;
     assert_eq!(peer.ports.load(std::sync::atomic::Ordering::Relaxed), 1);
     // The PORT we received made our node ping the peer's node, which entered our table.
     let want = match peer_dht.local_addr() {
         SocketAddr::V4(a) => a,
         _ => unreachable!(),
     };
-    let mut found = false;
-    for _ in 0..50 {
-        if our_dht
+    wait_until("peer's DHT node to enter our table", GENEROUS, async || {
+        our_dht
             .contacts()
             .await
             .unwrap()
             .iter()
             .any(|c| c.addr == want)
-        {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(found, "peer's DHT node never entered our table");
+    })
+    .await;
 
     // Serving side: a PORT from the fetcher makes the server's node ping the fetcher's.
     let srv_dht = lonely_node(Ipv4Addr::new(127, 80, 8, 3)).await;
@@ -420,21 +427,19 @@ async fn port_messages_flow_both_ways_and_reach_the_dht() {
         SocketAddr::V4(a) => a,
         _ => unreachable!(),
     };
-    let mut found = false;
-    for _ in 0..50 {
-        if srv_dht
-            .contacts()
-            .await
-            .unwrap()
-            .iter()
-            .any(|c| c.addr == want)
-        {
-            found = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(found, "fetcher's DHT node never entered the server's table");
+    wait_until(
+        "fetcher's DHT node to enter the server's table",
+        GENEROUS,
+        async || {
+            srv_dht
+                .contacts()
+                .await
+                .unwrap()
+                .iter()
+                .any(|c| c.addr == want)
+        },
+    )
+    .await;
 }
 
 /// Random traffic after a valid handshake, fed straight to `serve_connection` so that a

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::{Dht, DhtConfig};
@@ -12,6 +12,9 @@ use trackerless::dht::node::Config;
 use trackerless::dht::router::RouterConfig;
 use trackerless::dht::router::io::{self as router_io, RouterRunConfig};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use wait_support::{GENEROUS, wait_for, wait_until};
+
+mod wait_support;
 
 fn router_config(data_dir: &std::path::Path, seed: String) -> RouterRunConfig {
     RouterRunConfig {
@@ -43,15 +46,15 @@ async fn router_seeds_itself_bootstraps_a_node_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let router = router_io::spawn(router_config(dir.path(), net.addr(0).to_string())).unwrap();
 
-    let mut stored = 0;
-    for _ in 0..200 {
-        stored = router.stats().await.unwrap().stored;
-        if stored >= 25 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(stored >= 25, "router verified only {stored} of 30 nodes");
+    let stored = wait_for(
+        "the router to verify 25 of 30 nodes",
+        GENEROUS,
+        async || {
+            let stored = router.stats().await.unwrap().stored;
+            (stored >= 25).then_some(stored)
+        },
+    )
+    .await;
 
     // A fresh node whose only router is ours fills its table.
     let mut cfg = DhtConfig::new("127.130.1.1:0".parse().unwrap());
@@ -59,33 +62,33 @@ async fn router_seeds_itself_bootstraps_a_node_and_survives_restart() {
     cfg.bootstrap = vec![router.local_addr().to_string()];
     let (fresh, driver) = Dht::bind(cfg).await.unwrap();
     tokio::spawn(driver);
-    let mut good = 0;
-    for _ in 0..100 {
-        good = fresh.stats().await.unwrap().good_nodes;
-        if good >= 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        good >= 10,
-        "a node bootstrapped from the router has {good} nodes"
-    );
-    // The querier itself gets queued and verified too.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let st = router.stats().await.unwrap();
-    assert!(st.admitted as usize >= stored, "{st:?}");
-    assert!(st.queries_by_method.find_node >= 1, "{st:?}");
+    wait_until(
+        "a node bootstrapped from the router to know 10 nodes",
+        GENEROUS,
+        async || fresh.stats().await.unwrap().good_nodes >= 10,
+    )
+    .await;
+    // The querier itself gets queued and verified too (after the router's verify delay):
+    // wait for that instead of guessing how long it takes.
+    wait_until(
+        "the router to admit the querier and count its find_node",
+        GENEROUS,
+        async || {
+            let st = router.stats().await.unwrap();
+            st.admitted as usize >= stored && st.queries_by_method.find_node >= 1
+        },
+    )
+    .await;
 
+    // The store survives a restart. How fast it loads is a benchmark's business
+    // (`cargo bench --bench router_store`), not a functional test's.
     router.shutdown().await.unwrap();
-    let started = Instant::now();
     let again = router_io::spawn(router_config(dir.path(), "127.131.255.254:9".into())).unwrap();
     assert!(
         again.loaded() >= stored,
         "restart loaded {} of {stored}",
         again.loaded()
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
     again.shutdown().await.unwrap();
     fresh.shutdown().await.unwrap();
     net.shutdown().await;

@@ -1,427 +1,359 @@
-//! The reference KRPC decoder the fuzzer and `tests/krpc_decoder_differential.rs` compare
-//! `krpc::decode` against: the serde_bencode-based decoder that shipped before the
-//! single-pass borrowing one (pre-scan with `bencode::validate`, lenient serde visitors,
-//! typed validation), verbatim except for the fix of its short-`e`-list bug.
+//! An independent reference KRPC decoder, for differential testing of `krpc::decode`.
 //!
-//! It lives in the library (not in the test) so that the `krpc` fuzz target, which can only
-//! link the library, checks the same differential property as the test: an independent
-//! implementation of the same lenient rules, so a disagreement, errors and reasons included,
-//! is a bug in one of them. It is slow and allocates; nothing but tests and fuzzing call it.
+//! Written from the protocol texts, not from `krpc/decode.rs`: bencoding as BEP 3 defines
+//! it, the message format of BEP 5 (`t`, `y`, `q`/`a`, `r`, `e`, the four queries and their
+//! arguments, error codes 201-204), BEP 42's top-level `ip`, BEP 43's `ro` and BEP 51's
+//! `sample_infohashes` (`samples`, `interval`, `num`). It shares no code with the real
+//! decoder: its own iterative grammar check, then `serde_bencode`'s generic
+//! [`Value`](serde_bencode::value::Value) tree, then field rules read off that tree. Only
+//! the output types (`Message` and friends) are the crate's, so results compare field by
+//! field. So when the two disagree — on acceptance, on how a datagram is refused, or on any
+//! decoded field — one of them misreads the protocol. It is slow and allocates; only tests
+//! and the `krpc` fuzz target call it.
+//!
+//! What is compared is the *verdict*, what a node does with the datagram ([`Verdict`]):
+//! decode it into these fields, answer it with this error code and transaction id, or drop
+//! it (and which of the three drop counters it lands in). Error reason strings and the
+//! offsets inside structural errors are diagnostics, not behaviour, and are not compared.
+//!
+//! Where the BEPs leave a choice, the rules below say which one this project makes; the
+//! real decoder must make the same one (tests/krpc_decoder_differential.rs lists them):
+//! * Bencode leniency: dictionary keys in any order (BEP 3 wants them sorted), a repeated
+//!   key keeps its last value, integers with leading zeros or `-0` (BEP 3 calls them invalid;
+//!   they carry an unambiguous value) are read; nesting deeper than [`MAX_DEPTH`] containers,
+//!   anything after the top-level value, and integers outside i64 are malformed.
+//! * Field leniency: unknown keys are ignored (BEP 5 extensions add keys), a known key with
+//!   the wrong type reads as absent, `ro` and `implied_port` are true for any non-zero
+//!   integer (BEP 43 and BEP 5 send 1), `values` entries that are not 6-byte strings are
+//!   skipped (18-byte IPv6 peers are BEP 32's), an `e` list may be short (code 201 and an
+//!   empty message fill in), an unknown method whose arguments carry a 20-byte `target` (or
+//!   else `info_hash`) is answered as `find_node` (libtorrent does the same).
+//! * Length policy (BEP 5 sets none): transaction ids, tokens and the `v` tag longer than
+//!   the crate stores are refused ([`Rules::of_this_build`] reads the limits off the crate's
+//!   types, so they follow a change of the limits; the project's target is 64 bytes for tids
+//!   and tokens).
 
-use std::fmt;
-use std::net::SocketAddrV4;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::bencode;
-use crate::dht::id::{COMPACT_PEER_LEN, NodeId, compact_peer};
+use serde_bencode::value::Value;
+
+use crate::dht::id::NodeId;
 use crate::dht::krpc::{
-    Body, DecodeError, ERR_GENERIC, ERR_METHOD_UNKNOWN, ERR_PROTOCOL, ErrorBody, MAX_DATAGRAM,
-    Message, Method, Query, Response, Tid, Token, Version,
+    Body, DecodeError, ErrorBody, Message, Method, Query, Response, Tid, Token, Version,
 };
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-const KRPC_MAX_DEPTH: usize = 8;
+/// The largest datagram read at all (a UDP payload cannot be larger; BEP 5 messages are
+/// well under 1.5 KB).
+pub const MAX_DATAGRAM: usize = 65_536;
 
-pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
-    if buf.len() > MAX_DATAGRAM {
-        return Err(DecodeError::NotKrpc("datagram too large"));
-    }
-    bencode::validate(buf, KRPC_MAX_DEPTH).map_err(DecodeError::Malformed)?;
-    if buf.first() != Some(&b'd') {
-        return Err(DecodeError::NotKrpc("top level is not a dictionary"));
-    }
-    let raw: RawMessage =
-        serde_bencode::from_bytes(buf).map_err(|_| DecodeError::NotKrpc("undecodable"))?;
-    raw.into_message()
+/// Containers (dictionaries and lists) nested inside each other, the message's own
+/// dictionary included. KRPC needs three (message, `r`, `values`); eight leaves room for
+/// extensions and keeps hostile nesting cheap.
+pub const MAX_DEPTH: usize = 8;
+
+/// BEP 5: node ids and info hashes are 160-bit values.
+const ID_BYTES: usize = 20;
+/// BEP 5: "Compact IP-address/port info": 4 bytes of IPv4 address, 2 of port, big-endian.
+const COMPACT_PEER_BYTES: usize = 6;
+
+/// BEP 5 error codes.
+const GENERIC_ERROR: i64 = 201;
+const PROTOCOL_ERROR: i64 = 203;
+const METHOD_UNKNOWN: i64 = 204;
+
+/// The policy knobs, and two deliberately wrong rules that only the test of the
+/// differential test turns on (it checks that each makes the comparison fail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Longest transaction id kept.
+    pub max_tid: usize,
+    /// Longest announce token kept.
+    pub max_token: usize,
+    /// Longest `v` tag kept.
+    pub max_version: usize,
+    /// WRONG on purpose when set: 19-byte node ids and info hashes accepted (zero-padded).
+    pub planted_accept_19_byte_ids: bool,
+    /// WRONG on purpose when set: BEP 43's `ro` ignored.
+    pub planted_ignore_ro: bool,
 }
 
-/// Every dictionary key any KRPC message uses; other keys are skipped.
-#[derive(Clone, Copy)]
-enum Key {
-    T,
-    Y,
-    Q,
-    A,
-    R,
-    E,
-    Ip,
-    Ro,
-    V,
-    Id,
-    Target,
-    InfoHash,
-    Port,
-    ImpliedPort,
-    Token,
-    Nodes,
-    Values,
-    Samples,
-    Interval,
-    Num,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a dictionary key")
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Key, E> {
-                Ok(match v {
-                    b"t" => Key::T,
-                    b"y" => Key::Y,
-                    b"q" => Key::Q,
-                    b"a" => Key::A,
-                    b"r" => Key::R,
-                    b"e" => Key::E,
-                    b"ip" => Key::Ip,
-                    b"ro" => Key::Ro,
-                    b"v" => Key::V,
-                    b"id" => Key::Id,
-                    b"target" => Key::Target,
-                    b"info_hash" => Key::InfoHash,
-                    b"port" => Key::Port,
-                    b"implied_port" => Key::ImpliedPort,
-                    b"token" => Key::Token,
-                    b"nodes" => Key::Nodes,
-                    b"values" => Key::Values,
-                    b"samples" => Key::Samples,
-                    b"interval" => Key::Interval,
-                    b"num" => Key::Num,
-                    _ => Key::Other,
-                })
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                self.visit_bytes(v.as_bytes())
-            }
+impl Rules {
+    /// The rules this build's decoder is meant to follow, with the length limits read off
+    /// the crate's inline byte-string types (policy, not protocol).
+    pub fn of_this_build() -> Rules {
+        static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+        fn capacity(fits: impl Fn(&[u8]) -> bool) -> usize {
+            (0..=255)
+                .take_while(|&n| fits(&vec![0; n]))
+                .last()
+                .unwrap_or(0)
         }
-        // `deserialize_bytes` (not `identifier`) so non-UTF-8 keys are skipped, not fatal.
-        d.deserialize_bytes(KeyVisitor)
-    }
-}
-
-fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(())
-}
-
-/// Implements the "wrong type reads as absent" visitor methods for a lenient type whose
-/// `Default` is the absent value.
-macro_rules! lenient_fallbacks {
-    ($($skip:ident),*) => {
-        $(lenient_fallbacks!(@one $skip);)*
-    };
-    (@one int) => {
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Default::default())
-        }
-    };
-    (@one bytes) => {
-        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
-            Ok(Default::default())
-        }
-    };
-    (@one seq) => {
-        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-            skip_seq(seq)?;
-            Ok(Default::default())
-        }
-    };
-    (@one map) => {
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            skip_map(map)?;
-            Ok(Default::default())
-        }
-    };
-}
-
-/// A byte string, or `None` when the value had another type.
-#[derive(Default)]
-struct LBytes(Option<Vec<u8>>);
-
-impl<'de> Deserialize<'de> for LBytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LBytes;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte string")
-            }
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<LBytes, E> {
-                Ok(LBytes(Some(v.to_vec())))
-            }
-            lenient_fallbacks!(int, seq, map);
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// An integer, or `None` when the value had another type.
-#[derive(Default)]
-struct LInt(Option<i64>);
-
-impl<'de> Deserialize<'de> for LInt {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LInt;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an integer")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LInt, E> {
-                Ok(LInt(Some(v)))
-            }
-            lenient_fallbacks!(bytes, seq, map);
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A list of compact peers (`values`); entries that are not 6-byte strings are skipped
-/// (18-byte IPv6 peers belong to BEP 32, which this node does not speak).
-#[derive(Default)]
-struct LPeers(Vec<SocketAddrV4>);
-
-impl<'de> Deserialize<'de> for LPeers {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LPeers;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of compact peers")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LPeers, A::Error> {
-                let mut out = Vec::new();
-                while let Some(LBytes(b)) = seq.next_element::<LBytes>()? {
-                    if let Some(addr) = b.as_deref().and_then(|b| {
-                        (b.len() == COMPACT_PEER_LEN)
-                            .then(|| compact_peer(b))
-                            .flatten()
-                    }) {
-                        out.push(addr);
-                    }
-                }
-                Ok(LPeers(out))
-            }
-            lenient_fallbacks!(int, bytes, map);
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `e = [code, message]`, tolerating a missing or mistyped element.
-#[derive(Default)]
-struct LError(Option<(Option<i64>, Option<Vec<u8>>)>);
-
-impl<'de> Deserialize<'de> for LError {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LError;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an error list")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LError, A::Error> {
-                // serde_bencode's SeqAccess is not fused: asking for another element after
-                // the list has ended reads on into the enclosing dictionary. This is the bug
-                // the serde path had in src/krpc/decode.rs; fixed here.
-                let code = seq.next_element::<LInt>()?;
-                let msg = match code {
-                    Some(_) => seq.next_element::<LBytes>()?,
-                    None => None,
-                };
-                if msg.is_some() {
-                    skip_seq(seq)?;
-                }
-                Ok(LError(Some((
-                    code.and_then(|c| c.0),
-                    msg.and_then(|m| m.0),
-                ))))
-            }
-            lenient_fallbacks!(int, bytes, map);
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The fields of an `a` or `r` dictionary (one bag serves both: their key sets overlap and
-/// each message type reads only its own).
-#[derive(Default)]
-struct Bag {
-    is_dict: bool,
-    id: Option<Vec<u8>>,
-    target: Option<Vec<u8>>,
-    info_hash: Option<Vec<u8>>,
-    port: Option<i64>,
-    implied_port: Option<i64>,
-    token: Option<Vec<u8>>,
-    nodes: Option<Vec<u8>>,
-    values: Vec<SocketAddrV4>,
-    samples: Option<Vec<u8>>,
-    interval: Option<i64>,
-    num: Option<i64>,
-}
-
-impl<'de> Deserialize<'de> for Bag {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Bag;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an argument dictionary")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Bag, A::Error> {
-                let mut bag = Bag {
-                    is_dict: true,
-                    ..Default::default()
-                };
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::Id => bag.id = map.next_value::<LBytes>()?.0,
-                        Key::Target => bag.target = map.next_value::<LBytes>()?.0,
-                        Key::InfoHash => bag.info_hash = map.next_value::<LBytes>()?.0,
-                        Key::Port => bag.port = map.next_value::<LInt>()?.0,
-                        Key::ImpliedPort => bag.implied_port = map.next_value::<LInt>()?.0,
-                        Key::Token => bag.token = map.next_value::<LBytes>()?.0,
-                        Key::Nodes => bag.nodes = map.next_value::<LBytes>()?.0,
-                        Key::Values => bag.values = map.next_value::<LPeers>()?.0,
-                        Key::Samples => bag.samples = map.next_value::<LBytes>()?.0,
-                        Key::Interval => bag.interval = map.next_value::<LInt>()?.0,
-                        Key::Num => bag.num = map.next_value::<LInt>()?.0,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(bag)
-            }
-            lenient_fallbacks!(int, bytes, seq);
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// The top-level dictionary, every field as sent.
-#[derive(Default)]
-struct RawMessage {
-    t: Option<Vec<u8>>,
-    y: Option<Vec<u8>>,
-    q: Option<Vec<u8>>,
-    a: Option<Bag>,
-    r: Option<Bag>,
-    e: Option<(Option<i64>, Option<Vec<u8>>)>,
-    ip: Option<Vec<u8>>,
-    ro: Option<i64>,
-    v: Option<Vec<u8>>,
-}
-
-impl<'de> Deserialize<'de> for RawMessage {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawMessage;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a KRPC dictionary")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMessage, A::Error> {
-                let mut m = RawMessage::default();
-                while let Some(key) = map.next_key::<Key>()? {
-                    match key {
-                        Key::T => m.t = map.next_value::<LBytes>()?.0,
-                        Key::Y => m.y = map.next_value::<LBytes>()?.0,
-                        Key::Q => m.q = map.next_value::<LBytes>()?.0,
-                        Key::A => m.a = Some(map.next_value::<Bag>()?),
-                        Key::R => m.r = Some(map.next_value::<Bag>()?),
-                        Key::E => m.e = map.next_value::<LError>()?.0,
-                        Key::Ip => m.ip = map.next_value::<LBytes>()?.0,
-                        Key::Ro => m.ro = map.next_value::<LInt>()?.0,
-                        Key::V => m.v = map.next_value::<LBytes>()?.0,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(m)
-            }
-            lenient_fallbacks!(int, bytes, seq);
-        }
-        d.deserialize_any(V)
-    }
-}
-
-fn id20(b: &Option<Vec<u8>>) -> Option<NodeId> {
-    b.as_deref().and_then(NodeId::from_slice)
-}
-
-impl RawMessage {
-    fn into_message(self) -> Result<Message, DecodeError> {
-        let tid = self
-            .t
-            .as_deref()
-            .ok_or(DecodeError::NotKrpc("missing transaction id"))?;
-        let tid = Tid::new(tid).ok_or(DecodeError::NotKrpc("transaction id too long"))?;
-        let body = match self.y.as_deref() {
-            Some(b"q") => Body::Query(query(tid, self.q.as_deref(), self.a)?),
-            Some(b"r") => Body::Response(response(self.r)?),
-            Some(b"e") => {
-                let (code, msg) = self.e.ok_or(DecodeError::BadReply("missing error list"))?;
-                Body::Error(ErrorBody {
-                    code: code.unwrap_or(ERR_GENERIC),
-                    message: String::from_utf8_lossy(msg.as_deref().unwrap_or(&[])).into_owned(),
-                })
-            }
-            _ => return Err(DecodeError::NotKrpc("missing or unknown message type")),
-        };
-        Ok(Message {
-            tid,
-            body,
-            ip: self.ip.as_deref().and_then(compact_peer),
-            read_only: self.ro.is_some_and(|v| v != 0),
-            version: self.v.as_deref().and_then(Version::new),
+        *RULES.get_or_init(|| Rules {
+            max_tid: capacity(|b| Tid::new(b).is_some()),
+            max_token: capacity(|b| Token::new(b).is_some()),
+            max_version: capacity(|b| Version::new(b).is_some()),
+            planted_accept_19_byte_ids: false,
+            planted_ignore_ro: false,
         })
     }
 }
 
-fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag>) -> Result<Query, DecodeError> {
-    let bad = |reason| DecodeError::BadQuery {
-        tid,
-        code: ERR_PROTOCOL,
-        reason,
+/// Why a datagram is dropped without an answer; each is counted separately by the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Not well-formed bencode within the limits.
+    Malformed,
+    /// Well-formed, but not a KRPC message (no usable `t` or `y`, not a dictionary, too big).
+    NotKrpc,
+    /// A response or error we cannot use.
+    BadReply,
+}
+
+/// What a node does with one datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Decoded into this message.
+    Message(Message),
+    /// A query answered with a KRPC error: this code, echoing this transaction id.
+    Answer { tid: Vec<u8>, code: i64 },
+    /// Dropped.
+    Drop(Drop),
+}
+
+impl Verdict {
+    /// The verdict of the real decoder's result (reason strings and offsets dropped).
+    pub fn of(result: Result<Message, DecodeError>) -> Verdict {
+        match result {
+            Ok(m) => Verdict::Message(m),
+            Err(DecodeError::Malformed(_)) => Verdict::Drop(Drop::Malformed),
+            Err(DecodeError::NotKrpc(_)) => Verdict::Drop(Drop::NotKrpc),
+            Err(DecodeError::BadReply(_)) => Verdict::Drop(Drop::BadReply),
+            Err(DecodeError::BadQuery { tid, code, .. }) => Verdict::Answer {
+                tid: tid.as_slice().to_vec(),
+                code,
+            },
+        }
+    }
+}
+
+/// Decodes one datagram under `rules`.
+pub fn decode(buf: &[u8], rules: &Rules) -> Verdict {
+    if buf.len() > MAX_DATAGRAM {
+        return Verdict::Drop(Drop::NotKrpc);
+    }
+    if !well_formed(buf) {
+        return Verdict::Drop(Drop::Malformed);
+    }
+    // The grammar check above bounds the nesting, so serde_bencode's recursion is safe.
+    let Ok(Value::Dict(top)) = serde_bencode::from_bytes::<Value>(buf) else {
+        // Well-formed (checked above) but not a dictionary.
+        return Verdict::Drop(Drop::NotKrpc);
     };
-    let q = q.ok_or_else(|| bad("missing method name"))?;
-    let a = a
-        .filter(|a| a.is_dict)
-        .ok_or_else(|| bad("missing argument dictionary"))?;
-    let id = id20(&a.id).ok_or_else(|| bad("missing or invalid node id"))?;
-    let method = match q {
+    message(&top, rules)
+}
+
+/// BEP 3's grammar, iteratively: exactly one value, nothing after it, nesting at most
+/// [`MAX_DEPTH`], dictionary keys are strings and each has a value, integers are `-`?digits
+/// that fit an i64 (see the module docs for the accepted non-canonical forms).
+fn well_formed(buf: &[u8]) -> bool {
+    /// What an open container expects next.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Open {
+        List,
+        DictKey,
+        DictValue,
+    }
+    let mut open: Vec<Open> = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(&c) = buf.get(at) else {
+            return false;
+        };
+        let top = open.last().copied();
+        if c == b'e' && top.is_some() {
+            if top == Some(Open::DictValue) {
+                return false; // a key without a value
+            }
+            open.pop();
+            at += 1;
+        } else if top == Some(Open::DictKey) && !c.is_ascii_digit() {
+            return false;
+        } else {
+            match c {
+                b'i' => {
+                    let Some(len) = buf[at + 1..].iter().position(|&b| b == b'e') else {
+                        return false;
+                    };
+                    let body = &buf[at + 1..at + 1 + len];
+                    let digits = body.strip_prefix(b"-").unwrap_or(body);
+                    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                        return false;
+                    }
+                    // Fits an i64 (the sign included).
+                    if std::str::from_utf8(body)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .is_none()
+                    {
+                        return false;
+                    }
+                    at += len + 2;
+                }
+                b'0'..=b'9' => {
+                    let Some(colon) = buf[at..].iter().position(|&b| b == b':') else {
+                        return false;
+                    };
+                    let prefix = &buf[at..at + colon];
+                    if !prefix.iter().all(u8::is_ascii_digit) {
+                        return false;
+                    }
+                    let Some(len) = std::str::from_utf8(prefix)
+                        .ok()
+                        .and_then(|s| s.parse::<usize>().ok())
+                    else {
+                        return false;
+                    };
+                    let start = at + colon + 1;
+                    match start.checked_add(len) {
+                        Some(end) if end <= buf.len() => at = end,
+                        _ => return false,
+                    }
+                }
+                b'l' | b'd' => {
+                    if open.len() == MAX_DEPTH {
+                        return false;
+                    }
+                    // When it closes, it completes an item of the enclosing container.
+                    open.push(if c == b'l' { Open::List } else { Open::DictKey });
+                    at += 1;
+                    continue;
+                }
+                _ => return false,
+            }
+        }
+        // A scalar or a closed container completed one item of the enclosing container.
+        match open.last_mut() {
+            None => return at == buf.len(),
+            Some(slot @ Open::DictKey) => *slot = Open::DictValue,
+            Some(slot @ Open::DictValue) => *slot = Open::DictKey,
+            Some(Open::List) => {}
+        }
+    }
+}
+
+type Dict = HashMap<Vec<u8>, Value>;
+
+fn bytes<'a>(d: &'a Dict, key: &str) -> Option<&'a [u8]> {
+    match d.get(key.as_bytes()) {
+        Some(Value::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
+fn int(d: &Dict, key: &str) -> Option<i64> {
+    match d.get(key.as_bytes()) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn dict<'a>(d: &'a Dict, key: &str) -> Option<&'a Dict> {
+    match d.get(key.as_bytes()) {
+        Some(Value::Dict(inner)) => Some(inner),
+        _ => None,
+    }
+}
+
+/// A 20-byte id under `key`.
+fn id(d: &Dict, key: &str, rules: &Rules) -> Option<NodeId> {
+    let b = bytes(d, key)?;
+    if rules.planted_accept_19_byte_ids && b.len() == ID_BYTES - 1 {
+        let mut padded = [0u8; ID_BYTES];
+        padded[..b.len()].copy_from_slice(b);
+        return Some(NodeId(padded));
+    }
+    <[u8; ID_BYTES]>::try_from(b).ok().map(NodeId)
+}
+
+fn peer(b: &[u8]) -> Option<SocketAddrV4> {
+    let [a, b, c, d, hi, lo] = <[u8; COMPACT_PEER_BYTES]>::try_from(b).ok()?;
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(a, b, c, d),
+        u16::from_be_bytes([hi, lo]),
+    ))
+}
+
+fn message(top: &Dict, rules: &Rules) -> Verdict {
+    let Some(t) = bytes(top, "t").filter(|t| t.len() <= rules.max_tid) else {
+        return Verdict::Drop(Drop::NotKrpc);
+    };
+    let body = match bytes(top, "y") {
+        Some(b"q") => match query(top, rules) {
+            Ok(q) => Body::Query(q),
+            Err(code) => {
+                return Verdict::Answer {
+                    tid: t.to_vec(),
+                    code,
+                };
+            }
+        },
+        Some(b"r") => match response(top, rules) {
+            Some(r) => Body::Response(r),
+            None => return Verdict::Drop(Drop::BadReply),
+        },
+        Some(b"e") => match top.get(&b"e"[..]) {
+            Some(Value::List(items)) => Body::Error(ErrorBody {
+                code: match items.first() {
+                    Some(Value::Int(code)) => *code,
+                    _ => GENERIC_ERROR,
+                },
+                message: match items.get(1) {
+                    Some(Value::Bytes(text)) => String::from_utf8_lossy(text).into_owned(),
+                    _ => String::new(),
+                },
+            }),
+            _ => return Verdict::Drop(Drop::BadReply),
+        },
+        _ => return Verdict::Drop(Drop::NotKrpc),
+    };
+    Verdict::Message(Message {
+        tid: Tid::new(t).expect("within max_tid"),
+        body,
+        ip: bytes(top, "ip").and_then(peer),
+        read_only: !rules.planted_ignore_ro && int(top, "ro").is_some_and(|ro| ro != 0),
+        version: bytes(top, "v")
+            .filter(|v| v.len() <= rules.max_version)
+            .and_then(Version::new),
+    })
+}
+
+/// A query, or the error code to answer it with.
+fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
+    let method = bytes(top, "q").ok_or(PROTOCOL_ERROR)?;
+    let a = dict(top, "a").ok_or(PROTOCOL_ERROR)?;
+    let sender = id(a, "id", rules).ok_or(PROTOCOL_ERROR)?;
+    let need = |key| id(a, key, rules).ok_or(PROTOCOL_ERROR);
+    let method = match method {
         b"ping" => Method::Ping,
         b"find_node" => Method::FindNode {
-            target: id20(&a.target).ok_or_else(|| bad("missing or invalid target"))?,
+            target: need("target")?,
         },
         b"get_peers" => Method::GetPeers {
-            info_hash: id20(&a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?,
+            info_hash: need("info_hash")?,
         },
         b"announce_peer" => {
-            let info_hash =
-                id20(&a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?;
-            let token = a
-                .token
-                .as_deref()
+            let info_hash = need("info_hash")?;
+            let token = bytes(a, "token")
+                .filter(|t| t.len() <= rules.max_token)
                 .and_then(Token::new)
-                .ok_or_else(|| bad("missing or invalid token"))?;
-            let implied_port = a.implied_port.is_some_and(|v| v != 0);
-            let port = match a.port {
-                Some(p @ 1..=65535) => p as u16,
-                // With implied_port the port argument is ignored; accept a missing or odd one.
+                .ok_or(PROTOCOL_ERROR)?;
+            let implied_port = int(a, "implied_port").is_some_and(|v| v != 0);
+            let port = match int(a, "port").and_then(|p| u16::try_from(p).ok()) {
+                Some(p) if p != 0 => p,
+                // BEP 5: with implied_port the port argument "should be ignored".
                 _ if implied_port => 0,
-                _ => return Err(bad("missing or invalid port")),
+                _ => return Err(PROTOCOL_ERROR),
             };
             Method::AnnouncePeer {
                 info_hash,
@@ -431,34 +363,163 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag>) -> Result<Query, DecodeErro
             }
         }
         b"sample_infohashes" => Method::SampleInfohashes {
-            target: id20(&a.target).ok_or_else(|| bad("missing or invalid target"))?,
+            target: need("target")?,
         },
-        _ => match id20(&a.target).or_else(|| id20(&a.info_hash)) {
-            Some(target) => Method::Unknown { target },
-            None => {
-                return Err(DecodeError::BadQuery {
-                    tid,
-                    code: ERR_METHOD_UNKNOWN,
-                    reason: "method unknown",
-                });
-            }
+        _ => Method::Unknown {
+            target: id(a, "target", rules)
+                .or_else(|| id(a, "info_hash", rules))
+                .ok_or(METHOD_UNKNOWN)?,
         },
     };
-    Ok(Query { id, method })
+    Ok(Query { id: sender, method })
 }
 
-fn response(r: Option<Bag>) -> Result<Response, DecodeError> {
-    let r = r
-        .filter(|r| r.is_dict)
-        .ok_or(DecodeError::BadReply("missing reply dictionary"))?;
-    let id = id20(&r.id).ok_or(DecodeError::BadReply("missing or invalid node id"))?;
-    Ok(Response {
-        id,
-        nodes: r.nodes,
-        values: r.values,
-        token: r.token.as_deref().and_then(Token::new),
-        samples: r.samples,
-        interval: r.interval,
-        num: r.num,
+fn response(top: &Dict, rules: &Rules) -> Option<Response> {
+    let r = dict(top, "r")?;
+    Some(Response {
+        id: id(r, "id", rules)?,
+        nodes: bytes(r, "nodes").map(<[u8]>::to_vec),
+        values: match r.get(&b"values"[..]) {
+            Some(Value::List(items)) => items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Bytes(b) => peer(b),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        token: bytes(r, "token")
+            .filter(|t| t.len() <= rules.max_token)
+            .and_then(Token::new),
+        samples: bytes(r, "samples").map(<[u8]>::to_vec),
+        interval: int(r, "interval"),
+        num: int(r, "num"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules::of_this_build()
+    }
+
+    /// BEP 5's own examples decode to what the BEP says they mean.
+    #[test]
+    fn bep5_examples() {
+        let Verdict::Message(m) = decode(
+            b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe",
+            &rules(),
+        ) else {
+            panic!("ping")
+        };
+        assert_eq!(m.tid.as_slice(), b"aa");
+        assert_eq!(
+            m.body,
+            Body::Query(Query {
+                id: NodeId(*b"abcdefghij0123456789"),
+                method: Method::Ping
+            })
+        );
+        let Verdict::Message(m) = decode(
+            b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee",
+            &rules(),
+        ) else {
+            panic!("error")
+        };
+        assert_eq!(
+            m.body,
+            Body::Error(ErrorBody {
+                code: 201,
+                message: "A Generic Error Ocurred".into()
+            })
+        );
+        let Verdict::Message(m) = decode(b"d1:rd2:id20:mnopqrstuvwxyz1234565:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re", &rules()) else {
+            panic!("get_peers reply")
+        };
+        let Body::Response(r) = m.body else { panic!() };
+        assert_eq!(r.token.unwrap().as_slice(), b"aoeusnth");
+        assert_eq!(r.values.len(), 2);
+        assert_eq!(r.values[0], "97.120.106.101:11893".parse().unwrap());
+    }
+
+    /// The grammar: the cases BEP 3 spells out, and the limits.
+    #[test]
+    fn grammar() {
+        for ok in [
+            &b"i3e"[..],
+            b"i-3e",
+            b"i0e",
+            b"4:spam",
+            b"0:",
+            b"l4:spam4:eggse",
+            b"d3:cow3:moo4:spam4:eggse",
+            b"d4:spaml1:a1:bee",
+            b"le",
+            b"de",
+            b"lllllllleeeeeeee",
+            b"d1:xd1:ai4eee",
+            b"d1:xlde1:ae1:yi0ee",
+            b"i9223372036854775807e",
+            b"i-9223372036854775808e",
+        ] {
+            assert!(well_formed(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b""[..],
+            b"i3",
+            b"ie",
+            b"i-e",
+            b"i+3e",
+            b"i3.0e",
+            b"i9223372036854775808e",
+            b"5:spam",
+            b"4spam",
+            b"-1:a",
+            b"l",
+            b"d3:cowe",
+            b"di1e3:mooe",
+            b"d1:ae",
+            b"i1ei2e",
+            b"llllllllleeeeeeeee",
+            b"d1:xdi3ei4eee",
+            b"d1:xd1:aee",
+            b"e",
+            b"x",
+        ] {
+            assert!(!well_formed(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// Refusals: what is answered with which code, and what is dropped where.
+    #[test]
+    fn refusals() {
+        let r = rules();
+        assert_eq!(
+            decode(b"d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe", &r),
+            Verdict::Answer {
+                tid: b"aa".to_vec(),
+                code: 203
+            }
+        );
+        assert_eq!(
+            decode(
+                b"d1:ad2:id20:abcdefghij0123456789e1:q7:unknown1:t2:aa1:y1:qe",
+                &r
+            ),
+            Verdict::Answer {
+                tid: b"aa".to_vec(),
+                code: 204
+            }
+        );
+        assert_eq!(
+            decode(b"d1:t2:aa1:y1:re", &r),
+            Verdict::Drop(Drop::BadReply)
+        );
+        assert_eq!(decode(b"d1:y1:qe", &r), Verdict::Drop(Drop::NotKrpc));
+        assert_eq!(decode(b"li1ee", &r), Verdict::Drop(Drop::NotKrpc));
+        assert_eq!(decode(b"d1:t2:aa", &r), Verdict::Drop(Drop::Malformed));
+    }
 }
