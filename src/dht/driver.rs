@@ -427,7 +427,6 @@ impl Dht {
             incoming: config.incoming.clone(),
             lookups: HashMap::new(),
             send_errors: 0,
-            unreadable: 0,
             recv: udp::RecvBatch::new(RECV_BUF),
             send: udp::SendQueue::default(),
             id,
@@ -450,8 +449,6 @@ struct Driver {
     incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
     send_errors: u64,
-    /// Datagrams too long for the receive buffer or from a non-IPv4 source.
-    unreadable: u64,
     recv: udp::RecvBatch,
     send: udp::SendQueue,
     id: Arc<Mutex<NodeId>>,
@@ -465,7 +462,8 @@ struct Driver {
 /// `recvmmsg` batches read per wake-up before commands and timers get a turn.
 const RECV_ROUNDS: usize = 4;
 /// Receive buffer per datagram. KRPC messages are far smaller (the largest we send is a
-/// BEP 51 reply of well under 1 KiB); a longer datagram is dropped and counted.
+/// BEP 51 reply of well under 1 KiB); a longer datagram is counted as malformed unread
+/// ([`Node::note_oversized`]).
 const RECV_BUF: usize = 4096;
 
 impl Driver {
@@ -618,7 +616,7 @@ impl Driver {
                     Some((from, data)) => {
                         self.node.handle_datagram(now, SocketAddr::V4(from), data)
                     }
-                    None => self.unreadable += 1,
+                    None => self.node.note_oversized(RECV_BUF),
                 }
             }
             self.try_flush();
@@ -684,7 +682,7 @@ impl Driver {
             Command::Bootstrap(routers) => self.node.bootstrap(now, &routers),
             Command::Stats(tx) => {
                 let mut s = self.node.stats(now);
-                s.dropped_other += self.send_errors + self.unreadable;
+                s.dropped_other += self.send_errors;
                 let _ = tx.send(s);
             }
             Command::Contacts(tx) => {

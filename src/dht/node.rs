@@ -812,6 +812,14 @@ impl Node {
 
     // ---------------------------------------------------------------- input side
 
+    /// Counts a datagram the driver could not hand over whole: longer than its receive
+    /// buffer, which no KRPC message we accept is, so it is malformed without being read.
+    pub fn note_oversized(&mut self, len: usize) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += len as u64;
+        self.stats.dropped_malformed += 1;
+    }
+
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.stats.packets_in += 1;
