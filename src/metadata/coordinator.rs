@@ -58,7 +58,10 @@
 //! * Success yields `Done` exactly once, after a `Close` for every other open peer, and
 //!   nothing afterwards — `success_is_done_once_and_closes_the_rest`.
 //! * Inputs about unknown or closed peers are ignored, never a panic —
-//!   `unknown_peer_inputs_are_ignored`.
+//!   `unknown_peer_inputs_are_ignored`; across random input sequences the connection limit
+//!   holds, no request goes to a closed peer, there is at most one final action, a handled
+//!   timer is never still due (the driver would spin) and the fetch always ends once the
+//!   source does — `random_inputs_keep_invariants`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -1647,5 +1650,161 @@ mod tests {
         f.closed(0, false);
         assert!(f.send(0, 0).is_empty(), "a closed peer is not heard");
         assert_eq!(f.co.stats().tried, 1);
+    }
+
+    /// Checks one input's actions for `random_inputs_keep_invariants`.
+    fn check(
+        seed: u64,
+        max_connections: usize,
+        f: &Fx,
+        a: Vec<Action>,
+        open: &mut std::collections::BTreeSet<PeerKey>,
+        ended: &mut Option<bool>,
+    ) {
+        for act in &a {
+            assert!(
+                ended.is_none(),
+                "seed {seed}: action after the end: {act:?}"
+            );
+            match act {
+                Action::Connect { peer, .. } => {
+                    open.insert(*peer);
+                }
+                Action::Close { peer } => {
+                    open.remove(peer);
+                }
+                Action::Request { peer, .. } => {
+                    assert!(open.contains(peer), "seed {seed}: request to closed {peer}")
+                }
+                Action::Done(d) => {
+                    assert_eq!(d.info.to_vec(), f.info, "seed {seed}");
+                    *ended = Some(true);
+                }
+                Action::Failed(_) => *ended = Some(false),
+            }
+        }
+        assert!(f.co.active <= max_connections, "seed {seed}");
+        assert!(open.len() <= max_connections, "seed {seed}");
+    }
+
+    /// Random inputs from many seeds, checking what every rule above relies on: no panic,
+    /// no more than `max_connections` open, no request to a closed peer, at most one final
+    /// action and nothing after it, a timer that never stays due after `handle_timeout`
+    /// (the driver would spin), and that a source that ends with every peer gone always
+    /// reaches the final action.
+    #[test]
+    fn random_inputs_keep_invariants() {
+        use rand::rngs::StdRng;
+        use rand::{RngExt, SeedableRng};
+        let mut dones = 0;
+        for seed in 0..300u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let max_connections = rng.random_range(1..4usize);
+            let mut f = Fx::new(
+                2 * BLOCK + 100,
+                CoordinatorConfig {
+                    max_connections,
+                    max_window: rng.random_range(1..4usize),
+                    timeout: rng.random_bool(0.3).then_some(Duration::from_secs(30)),
+                    ..cfg()
+                },
+            );
+            let size = f.size();
+            let mut open = std::collections::BTreeSet::new();
+            let mut ended = None;
+            for _ in 0..300 {
+                // Mostly peers that are open, sometimes any key (stale or unknown).
+                let peer = match open.iter().nth(rng.random_range(0..open.len() + 1)) {
+                    Some(&p) if rng.random_bool(0.8) => p,
+                    _ => rng.random_range(0..f.co.slots.len() + 2),
+                };
+                // The honest answer to the peer's oldest request, when it has one.
+                let honest = f.co.slots.get(peer).and_then(|s| s.outstanding.first());
+                let ev = match (rng.random_range(0..20), honest) {
+                    (0..2, _) => PeerEvent::Connected,
+                    (2..5, _) => PeerEvent::Ext {
+                        ut_metadata: rng.random_bool(0.95),
+                        metadata_size: [Some(size), Some(size), Some(size + 1), Some(0), None]
+                            [rng.random_range(0..5)],
+                        reqq: rng.random_bool(0.5).then(|| rng.random_range(0..4)),
+                    },
+                    (5..12, Some(&(piece, _))) => PeerEvent::Data {
+                        piece,
+                        total_size: size,
+                        data: f.block(piece),
+                    },
+                    (5..15, _) => {
+                        let piece = rng.random_range(0..4);
+                        let data = match rng.random_range(0..4) {
+                            0 => Bytes::from(vec![1; BLOCK]),
+                            1 => Bytes::from(vec![2; 7]),
+                            _ if piece < 3 => f.block(piece),
+                            _ => Bytes::new(),
+                        };
+                        let total_size = if rng.random_bool(0.9) { size } else { size + 1 };
+                        PeerEvent::Data {
+                            piece,
+                            total_size,
+                            data,
+                        }
+                    }
+                    (15, _) => PeerEvent::Reject {
+                        piece: rng.random_range(0..4),
+                    },
+                    (16, _) => PeerEvent::Malformed,
+                    (17, _) => PeerEvent::Port,
+                    _ => PeerEvent::Closed {
+                        why: "gone".into(),
+                        retry: rng.random_bool(0.5),
+                    },
+                };
+                match rng.random_range(0..10) {
+                    0..3 => {
+                        let a = f.offer(rng.random_range(1..8));
+                        check(seed, max_connections, &f, a, &mut open, &mut ended);
+                    }
+                    3..8 => {
+                        let is_closed = matches!(ev, PeerEvent::Closed { .. });
+                        let a = f.ev(peer, ev);
+                        if is_closed {
+                            open.remove(&peer);
+                        }
+                        check(seed, max_connections, &f, a, &mut open, &mut ended);
+                    }
+                    _ => {
+                        f.advance(Duration::from_millis(rng.random_range(0..3000)));
+                        if f.co.poll_timeout().is_some_and(|t| t <= f.now) {
+                            let a = f.tick();
+                            check(seed, max_connections, &f, a, &mut open, &mut ended);
+                            if let Some(t) = f.co.poll_timeout() {
+                                assert!(t > f.now, "seed {seed}: timer still due after handling");
+                            }
+                        }
+                    }
+                }
+            }
+            // Wind down: the source ends and every connection fails as soon as it opens.
+            f.co.source_ended(f.now);
+            let a = f.actions();
+            check(seed, max_connections, &f, a, &mut open, &mut ended);
+            for _ in 0..1000 {
+                if ended.is_some() {
+                    break;
+                }
+                for peer in std::mem::take(&mut open) {
+                    let a = f.closed(peer, true);
+                    check(seed, max_connections, &f, a, &mut open, &mut ended);
+                }
+                if let Some(t) = f.co.poll_timeout() {
+                    f.now = f.now.max(t);
+                    let a = f.tick();
+                    check(seed, max_connections, &f, a, &mut open, &mut ended);
+                }
+            }
+            assert!(ended.is_some(), "seed {seed}: never reached a final action");
+            dones += usize::from(ended == Some(true));
+        }
+        // The inputs are not all noise: true blocks do get a dict verified now and then.
+        assert!(dones >= 30, "only {dones} of 300 seeds verified the dict");
     }
 }
