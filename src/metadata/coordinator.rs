@@ -34,7 +34,8 @@
 //! * A request unanswered for `request_timeout` fails the peer (retry allowed) and its pieces
 //!   go to the others — `request_timeout_fails_peer_and_reassigns`.
 //! * A reject makes the piece be asked of another peer, and a peer that rejected everything
-//!   it was asked is let go (retry allowed) — `reject_asks_another_peer`.
+//!   it was asked is let go (retry allowed) — `reject_asks_another_peer`,
+//!   `rejected_piece_goes_to_a_peer_with_room_at_once`.
 //! * A peer that disconnects mid-transfer has its pieces re-requested from the others —
 //!   `disconnect_mid_transfer_rerequests_its_pieces`.
 //! * A data message whose `total_size` differs from the peer's `metadata_size`, or whose
@@ -59,7 +60,8 @@
 //!   nothing afterwards — `success_is_done_once_and_closes_the_rest`.
 //! * Inputs about unknown or closed peers are ignored, never a panic —
 //!   `unknown_peer_inputs_are_ignored`; across random input sequences the connection limit
-//!   holds, no request goes to a closed peer, there is at most one final action, a handled
+//!   holds, no request goes to a closed peer, no ready peer with room is left idle while a
+//!   piece it could ask for is unasked, there is at most one final action, a handled
 //!   timer is never still due (the driver would spin) and the fetch always ends once the
 //!   source does — `random_inputs_keep_invariants`.
 
@@ -688,8 +690,9 @@ impl Coordinator {
                 format!("peer rejected {rejected} metadata request(s)"),
                 true,
             );
-            self.schedule_group(group);
         }
+        // The rejected piece is free again: the group's peers with room ask for it now.
+        self.schedule_group(group);
     }
 
     fn verify(&mut self, group: usize) {
@@ -857,6 +860,32 @@ impl Coordinator {
     /// The outcome recorded for `peer` so far.
     fn outcome(&self, peer: PeerKey) -> Option<&PeerOutcome> {
         self.slots.get(peer)?.outcome.as_ref()
+    }
+
+    /// A ready peer with room in its window and a piece it should have been asked for: one
+    /// nobody holds or is asked for (any it has not sent or rejected, when cross-checking).
+    /// Without a periodic tick, every input that frees such work must schedule it at once.
+    fn missed_request(&self) -> Option<(PeerKey, u32)> {
+        if self.finished {
+            return None;
+        }
+        for (idx, slot) in self.slots.iter().enumerate() {
+            if slot.phase != Phase::Ready || slot.outstanding.len() >= slot.window {
+                continue;
+            }
+            let g = &self.groups[slot.group];
+            for p in 0..g.asm.num_pieces() {
+                let i = p as usize;
+                let askable = !slot.supplied[i]
+                    && !slot.rejected[i]
+                    && !slot.outstanding.iter().any(|&(q, _)| q == p);
+                let wanted = g.cross_check || (!g.asm.has_candidate(p) && g.in_flight[i] == 0);
+                if askable && wanted {
+                    return Some((idx, p));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -1317,6 +1346,27 @@ mod tests {
     }
 
     #[test]
+    fn rejected_piece_goes_to_a_peer_with_room_at_once() {
+        let mut f = Fx::new(
+            2 * BLOCK + 100,
+            CoordinatorConfig {
+                max_window: 2,
+                steal_after: HOUR,
+                ..cfg()
+            },
+        );
+        let size = f.size();
+        f.offer(1);
+        f.offer(2);
+        assert_eq!(requests(&f.ready(0, size)), [(0, vec![0, 1])]);
+        assert_eq!(requests(&f.ready(1, size)), [(1, vec![2])]);
+        // Peer 0 still has piece 1 in flight, so it stays; peer 1 has a free slot.
+        let a = f.ev(0, PeerEvent::Reject { piece: 0 });
+        assert!(closes(&a).is_empty());
+        assert_eq!(requests(&a), [(1, vec![0])]);
+    }
+
+    #[test]
     fn disconnect_mid_transfer_rerequests_its_pieces() {
         let mut f = Fx::new(
             2 * BLOCK + 100,
@@ -1684,6 +1734,8 @@ mod tests {
             }
         }
         assert!(f.co.active <= max_connections, "seed {seed}");
+        let missed = f.co.missed_request();
+        assert_eq!(missed, None, "seed {seed}: (peer, piece) left unasked");
         assert!(open.len() <= max_connections, "seed {seed}");
     }
 

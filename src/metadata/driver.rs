@@ -26,6 +26,7 @@ enum PeerCmd {
     Request(Vec<u32>),
 }
 
+/// What every peer task of one fetch shares (the I/O half of [`FetchConfig`]).
 struct TaskCtx {
     info_hash: [u8; 20],
     peer_id: [u8; 20],
@@ -38,6 +39,8 @@ struct TaskCtx {
 
 type EventTx = mpsc::UnboundedSender<(PeerKey, PeerEvent)>;
 
+/// One peer connection, run for a `Connect` action: reports what happens as [`PeerEvent`]s
+/// and always ends with `Closed`, whose `retry` says whether the reason may pass.
 async fn peer_task(
     idx: PeerKey,
     addr: SocketAddr,
