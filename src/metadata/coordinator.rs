@@ -973,6 +973,24 @@ mod tests {
             };
             self.ev(peer, ev)
         }
+        /// A three-piece dict, windows of two, no steals: peer 0 has been asked for pieces 0
+        /// and 1, peer 1 for piece 2 and has one free slot.
+        fn split3() -> Fx {
+            let mut f = Fx::new(
+                2 * BLOCK + 100,
+                CoordinatorConfig {
+                    max_window: 2,
+                    steal_after: HOUR,
+                    ..cfg()
+                },
+            );
+            let size = f.size();
+            f.offer(1);
+            f.offer(2);
+            assert_eq!(requests(&f.ready(0, size)), [(0, vec![0, 1])]);
+            assert_eq!(requests(&f.ready(1, size)), [(1, vec![2])]);
+            f
+        }
         fn closed(&mut self, peer: PeerKey, retry: bool) -> Vec<Action> {
             let why = "connection reset".to_owned();
             self.ev(peer, PeerEvent::Closed { why, retry })
@@ -1284,29 +1302,23 @@ mod tests {
 
     #[test]
     fn request_timeout_fails_peer_and_reassigns() {
-        let mut f = Fx::new(
-            2 * BLOCK + 100,
-            CoordinatorConfig {
-                max_window: 2,
-                steal_after: HOUR,
-                ..cfg()
-            },
-        );
-        let size = f.size();
-        f.offer(1);
-        f.offer(2);
-        assert_eq!(requests(&f.ready(0, size)), [(0, vec![0, 1])]);
+        let mut f = Fx::split3();
         let asked = f.now;
         f.advance(Duration::from_secs(1));
-        assert_eq!(requests(&f.ready(1, size)), [(1, vec![2])]);
+        assert!(
+            requests(&f.send(1, 2)).is_empty(),
+            "the rest is with peer 0"
+        );
         assert_eq!(f.co.poll_timeout(), Some(asked + cfg().request_timeout));
+        f.now = asked + cfg().request_timeout - Duration::from_millis(1);
+        assert!(f.tick().is_empty());
         f.now = asked + cfg().request_timeout;
         let a = f.tick();
         assert_eq!(closes(&a), [0]);
         assert_eq!(
             requests(&a),
-            [(1, vec![0])],
-            "the slow peer's piece goes to the other"
+            [(1, vec![0, 1])],
+            "the slow peer's pieces go to the other"
         );
         assert_eq!(
             f.co.outcome(0).cloned(),
@@ -1347,19 +1359,7 @@ mod tests {
 
     #[test]
     fn rejected_piece_goes_to_a_peer_with_room_at_once() {
-        let mut f = Fx::new(
-            2 * BLOCK + 100,
-            CoordinatorConfig {
-                max_window: 2,
-                steal_after: HOUR,
-                ..cfg()
-            },
-        );
-        let size = f.size();
-        f.offer(1);
-        f.offer(2);
-        assert_eq!(requests(&f.ready(0, size)), [(0, vec![0, 1])]);
-        assert_eq!(requests(&f.ready(1, size)), [(1, vec![2])]);
+        let mut f = Fx::split3();
         // Peer 0 still has piece 1 in flight, so it stays; peer 1 has a free slot.
         let a = f.ev(0, PeerEvent::Reject { piece: 0 });
         assert!(closes(&a).is_empty());
@@ -1368,19 +1368,7 @@ mod tests {
 
     #[test]
     fn disconnect_mid_transfer_rerequests_its_pieces() {
-        let mut f = Fx::new(
-            2 * BLOCK + 100,
-            CoordinatorConfig {
-                max_window: 2,
-                steal_after: HOUR,
-                ..cfg()
-            },
-        );
-        let size = f.size();
-        f.offer(1);
-        f.offer(2);
-        assert_eq!(requests(&f.ready(0, size)), [(0, vec![0, 1])]);
-        assert_eq!(requests(&f.ready(1, size)), [(1, vec![2])]);
+        let mut f = Fx::split3();
         assert!(
             requests(&f.send(1, 2)).is_empty(),
             "the rest is with peer 0"
