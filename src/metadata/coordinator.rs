@@ -59,7 +59,8 @@
 //! * Success yields `Done` exactly once, after a `Close` for every other open peer, and
 //!   nothing afterwards — `success_is_done_once_and_closes_the_rest`.
 //! * Inputs about unknown or closed peers are ignored, never a panic —
-//!   `unknown_peer_inputs_are_ignored`; across random input sequences the connection limit
+//!   `unknown_peer_inputs_are_ignored`; durations too large for `Instant` mean "never" —
+//!   `huge_durations_do_not_panic`; across random input sequences the connection limit
 //!   holds, no request goes to a closed peer, no ready peer with room is left idle while a
 //!   piece it could ask for is unasked, there is at most one final action, a handled
 //!   timer is never still due (the driver would spin) and the fetch always ends once the
@@ -246,7 +247,7 @@ impl Coordinator {
     pub fn new(info_hash: [u8; 20], cfg: CoordinatorConfig, now: Instant) -> Self {
         Coordinator {
             info_hash,
-            deadline: cfg.timeout.map(|t| now + t),
+            deadline: cfg.timeout.and_then(|t| now.checked_add(t)),
             cfg,
             started: now,
             now,
@@ -278,16 +279,21 @@ impl Coordinator {
             return None;
         }
         let mut next = self.deadline;
-        let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        // An instant past what `Instant` can hold (a huge configured duration) never comes.
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
         for &(t, _) in &self.retries {
-            at(t);
+            at(Some(t));
         }
         for slot in &self.slots {
             match slot.phase {
-                Phase::Handshaken(t) => at(t + self.cfg.ext_handshake_timeout),
+                Phase::Handshaken(t) => at(t.checked_add(self.cfg.ext_handshake_timeout)),
                 Phase::Ready => {
                     if let Some(&(_, t)) = slot.outstanding.iter().min_by_key(|&&(_, t)| t) {
-                        at(t + self.cfg.request_timeout);
+                        at(t.checked_add(self.cfg.request_timeout));
                     }
                 }
                 _ => {}
@@ -300,9 +306,10 @@ impl Coordinator {
             for (i, &n) in g.in_flight.iter().enumerate() {
                 if n == 1
                     && let Some(t) = g.last_request[i]
-                    && t + self.cfg.steal_after > self.now
+                    && let Some(steal) = t.checked_add(self.cfg.steal_after)
+                    && steal > self.now
                 {
-                    at(t + self.cfg.steal_after);
+                    at(Some(steal));
                 }
             }
         }
@@ -530,9 +537,15 @@ impl Coordinator {
         if !retry || k.banned || k.retry_pending || k.attempts >= max_attempts {
             return;
         }
-        let delay = self.cfg.retry_delay * 2u32.saturating_pow(k.attempts.saturating_sub(1));
+        let backoff = 2u32.saturating_pow(k.attempts.saturating_sub(1));
+        // A retry too far off for `Instant` is no retry.
+        let Some(at) =
+            (self.cfg.retry_delay.checked_mul(backoff)).and_then(|d| self.now.checked_add(d))
+        else {
+            return;
+        };
         k.retry_pending = true;
-        self.retries.push((self.now + delay, addr));
+        self.retries.push((at, addr));
     }
 
     fn on_event(&mut self, idx: usize, ev: PeerEvent) {
@@ -1673,6 +1686,35 @@ mod tests {
         f.co.source_ended(f.now);
         assert!(f.actions().is_empty());
         assert_eq!(f.co.poll_timeout(), None);
+    }
+
+    #[test]
+    fn huge_durations_do_not_panic() {
+        let mut f = Fx::new(
+            BLOCK + 100,
+            CoordinatorConfig {
+                max_window: 1,
+                ext_handshake_timeout: Duration::MAX,
+                request_timeout: Duration::MAX,
+                steal_after: Duration::MAX,
+                timeout: Some(Duration::MAX),
+                retry_delay: Duration::MAX,
+                ..cfg()
+            },
+        );
+        let size = f.size();
+        f.offer(1);
+        f.offer(2);
+        f.offer(3);
+        f.ev(0, PeerEvent::Connected);
+        assert_eq!(f.co.poll_timeout(), None, "no timer can come");
+        f.ready(1, size);
+        f.ready(2, size);
+        f.closed(0, true);
+        assert_eq!(f.co.poll_timeout(), None);
+        assert!(f.tick().is_empty());
+        f.send(1, 0);
+        assert!(done(&f.send(2, 1)).is_some());
     }
 
     #[test]
