@@ -7,10 +7,14 @@
 //! whose blocks break that is identified and dropped rather than failing the whole fetch.
 
 pub mod assemble;
+pub mod coordinator;
+mod driver;
 pub mod fetch;
+pub mod peer_source;
 pub mod serve;
 
 pub use assemble::{Assembly, BlockError, Verdict};
+pub use coordinator::{Action, Coordinator, CoordinatorConfig, PeerEvent};
 pub use fetch::{
     FetchConfig, FetchError, FetchStats, Fetched, Misbehavior, PeerOutcome, PeerReport, PeerSource,
     fetch_metadata,
