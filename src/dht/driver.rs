@@ -14,8 +14,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dht::bootstrap;
@@ -416,7 +414,6 @@ impl Dht {
             id: id.clone(),
         };
         let driver = Driver {
-            socket,
             node,
             rx,
             store,
@@ -426,9 +423,7 @@ impl Dht {
             replies: HashMap::new(),
             incoming: config.incoming.clone(),
             lookups: HashMap::new(),
-            send_errors: 0,
-            recv: udp::RecvBatch::new(RECV_BUF),
-            send: udp::SendQueue::default(),
+            io: udp::BatchedSocket::new(socket, RECV_BUF),
             id,
             waiters: Vec::new(),
             saving: None,
@@ -438,7 +433,6 @@ impl Dht {
 }
 
 struct Driver {
-    socket: UdpSocket,
     node: Node,
     rx: mpsc::UnboundedReceiver<Command>,
     store: Option<NodeStore>,
@@ -448,9 +442,7 @@ struct Driver {
     replies: HashMap<RequestId, oneshot::Sender<Result<Box<Response>, PingError>>>,
     incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
-    send_errors: u64,
-    recv: udp::RecvBatch,
-    send: udp::SendQueue,
+    io: udp::BatchedSocket,
     id: Arc<Mutex<NodeId>>,
     /// `wait_for_nodes` callers: (table size wanted, who to tell).
     waiters: Vec<(usize, oneshot::Sender<()>)>,
@@ -463,7 +455,7 @@ struct Driver {
 const RECV_ROUNDS: usize = 4;
 /// Receive buffer per datagram. KRPC messages are far smaller (the largest we send is a
 /// BEP 51 reply of well under 1 KiB); a longer datagram is counted as malformed unread
-/// ([`Node::note_oversized`]).
+/// (`Node::note_oversized`).
 const RECV_BUF: usize = 4096;
 
 impl Driver {
@@ -530,9 +522,9 @@ impl Driver {
                 _ = save_tick.tick() => self.start_save(),
                 // Last in the biased order: under a saturating flood the socket is always
                 // readable, and commands and timers (rare, cheap) must still get their turn.
-                r = self.socket.readable() => {
+                r = self.io.socket().readable() => {
                     if r.is_ok() {
-                        self.receive();
+                        self.io.receive(&mut self.node, RECV_ROUNDS);
                     }
                 }
             }
@@ -594,69 +586,8 @@ impl Driver {
         }))
     }
 
-    /// Reads and handles batches until the socket is drained or [`RECV_ROUNDS`] batches
-    /// were read, sending replies in batches as they pile up.
-    fn receive(&mut self) {
-        for _ in 0..RECV_ROUNDS {
-            let recv = &mut self.recv;
-            let got = self
-                .socket
-                .try_io(Interest::READABLE, || recv.recv(&self.socket));
-            let n = match got {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!("recv error: {e}");
-                    break;
-                }
-            };
-            let now = Instant::now();
-            for i in 0..n {
-                match self.recv.datagram(i) {
-                    Some((from, data)) => {
-                        self.node.handle_datagram(now, SocketAddr::V4(from), data)
-                    }
-                    None => self.node.note_oversized(RECV_BUF),
-                }
-            }
-            self.try_flush();
-            if n < udp::BATCH {
-                break;
-            }
-        }
-    }
-
-    /// Sends what the node queued without waiting; false if the socket is full (the rest
-    /// stays queued for [`Driver::flush`]).
-    fn try_flush(&mut self) -> bool {
-        let send = &mut self.send;
-        self.node
-            .drain_transmits(|to, payload| send.push(to, payload));
-        while !self.send.is_empty() {
-            let sock = &self.socket;
-            let send = &mut self.send;
-            match sock.try_io(Interest::WRITABLE, || send.send(sock)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) => {
-                    // An unreachable destination and the like: drop that datagram, go on.
-                    self.send_errors += 1;
-                    tracing::debug!("send error: {e}");
-                    self.send.skip_one();
-                }
-            }
-        }
-        true
-    }
-
     async fn flush(&mut self) {
-        while !self.try_flush() {
-            if self.socket.writable().await.is_err() {
-                self.send_errors += self.send.len() as u64;
-                self.send.clear();
-                return;
-            }
-        }
+        self.io.flush(&mut self.node).await;
     }
 
     fn command(&mut self, c: Command) {
@@ -682,7 +613,7 @@ impl Driver {
             Command::Bootstrap(routers) => self.node.bootstrap(now, &routers),
             Command::Stats(tx) => {
                 let mut s = self.node.stats(now);
-                s.dropped_other += self.send_errors;
+                s.dropped_other += self.io.send_errors();
                 let _ = tx.send(s);
             }
             Command::Contacts(tx) => {
@@ -751,5 +682,19 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+impl udp::Core for Node {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        Node::handle_datagram(self, now, from, data);
+    }
+
+    fn note_oversized(&mut self, len: usize) {
+        Node::note_oversized(self, len);
+    }
+
+    fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
+        Node::drain_transmits(self, f);
     }
 }

@@ -9,7 +9,9 @@
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Instant;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Datagrams per batched system call.
@@ -260,10 +262,115 @@ impl RecvBatch {
     }
 }
 
+/// A sans-IO core that a [`BatchedSocket`] serves: the DHT node or the bootstrap router.
+pub trait Core {
+    /// One received datagram.
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
+    /// A datagram longer than the receive buffer, dropped unread (counted by the core).
+    fn note_oversized(&mut self, len: usize);
+    /// Hands every queued outgoing datagram to `f`, in order.
+    fn drain_transmits(&mut self, f: impl FnMut(SocketAddrV4, &[u8]));
+}
+
+/// A UDP socket with its batch buffers: the I/O half of the node's and the router's
+/// drivers, written once.
+pub struct BatchedSocket {
+    socket: UdpSocket,
+    recv: RecvBatch,
+    send: SendQueue,
+    /// Datagrams the socket refused for good (unreachable and the like).
+    send_errors: u64,
+}
+
+impl BatchedSocket {
+    /// Wraps `socket`, receiving datagrams of up to `buf_len` bytes.
+    pub fn new(socket: UdpSocket, buf_len: usize) -> Self {
+        BatchedSocket {
+            socket,
+            recv: RecvBatch::new(buf_len),
+            send: SendQueue::default(),
+            send_errors: 0,
+        }
+    }
+
+    /// The socket, for its address and readiness.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Datagrams dropped on sending so far.
+    pub fn send_errors(&self) -> u64 {
+        self.send_errors
+    }
+
+    /// Reads and hands to `core` up to `rounds` batches (fewer once the socket is drained:
+    /// bounded, so the caller's timers and commands get their turn under a flood), sending
+    /// what the core queued after each batch.
+    pub fn receive(&mut self, core: &mut impl Core, rounds: usize) {
+        for _ in 0..rounds {
+            let recv = &mut self.recv;
+            let got = self
+                .socket
+                .try_io(Interest::READABLE, || recv.recv(&self.socket));
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("recv error: {e}");
+                    break;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                match self.recv.datagram(i) {
+                    Some((from, data)) => core.handle_datagram(now, SocketAddr::V4(from), data),
+                    None => core.note_oversized(self.recv.buf_len),
+                }
+            }
+            self.try_flush(core);
+            if n < BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Sends what `core` queued without waiting; false if the socket is full (the rest
+    /// stays queued for [`BatchedSocket::flush`]).
+    pub fn try_flush(&mut self, core: &mut impl Core) -> bool {
+        let send = &mut self.send;
+        core.drain_transmits(|to, payload| send.push(to, payload));
+        while !self.send.is_empty() {
+            let sock = &self.socket;
+            let send = &mut self.send;
+            match sock.try_io(Interest::WRITABLE, || send.send(sock)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    // An unreachable destination and the like: drop that datagram, go on.
+                    self.send_errors += 1;
+                    tracing::debug!("send error: {e}");
+                    self.send.skip_one();
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends everything `core` queued, waiting for the socket when it is full.
+    pub async fn flush(&mut self, core: &mut impl Core) {
+        while !self.try_flush(core) {
+            if self.socket.writable().await.is_err() {
+                self.send_errors += self.send.len() as u64;
+                self.send.clear();
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::Interest;
 
     #[tokio::test]
     async fn batches_round_trip_and_long_datagrams_are_flagged() {

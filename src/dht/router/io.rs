@@ -7,14 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::{NodeRing, store_file};
 use super::{Router, RouterConfig, RouterStats};
 use crate::dht::driver::StartError;
-use crate::dht::udp::{self, BATCH, RecvBatch, SendQueue};
+use crate::dht::udp::{self, BatchedSocket};
 
 /// Receive buffer per datagram: KRPC queries are far smaller; longer ones are dropped.
 const BUF_LEN: usize = 2048;
@@ -144,13 +143,11 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
                     }
                 };
                 let driver = Driver {
-                    socket,
+                    io: BatchedSocket::new(socket, BUF_LEN),
                     router,
                     rx,
                     store,
                     save_interval,
-                    recv: RecvBatch::new(BUF_LEN),
-                    send: SendQueue::default(),
                     seeds,
                     saving: None,
                 };
@@ -166,13 +163,11 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
 }
 
 struct Driver {
-    socket: UdpSocket,
+    io: BatchedSocket,
     router: Router,
     rx: mpsc::UnboundedReceiver<Command>,
     store: Option<PathBuf>,
     save_interval: Duration,
-    recv: RecvBatch,
-    send: SendQueue,
     seeds: Vec<String>,
     /// The save running on the blocking pool, if any: writing and fsyncing up to 26 MB
     /// must not stop the only thread that answers queries.
@@ -211,9 +206,10 @@ impl Driver {
                 _ = save_tick.tick() => self.start_save(),
                 // Last in the biased order: under a saturating flood the socket is always
                 // readable, and commands and timers (rare, cheap) must still get their turn.
-                r = self.socket.readable() => {
+                r = self.io.socket().readable() => {
                     if r.is_ok() {
-                        self.receive();
+                        // Up to 64 batches: the router does nothing else between them.
+                        self.io.receive(&mut self.router, 64);
                     }
                 }
             }
@@ -244,68 +240,8 @@ impl Driver {
         self.router.seed(Instant::now(), &addrs);
     }
 
-    /// Reads and handles batches until the socket is drained (bounded, so timers and
-    /// commands still get their turn under a flood).
-    fn receive(&mut self) {
-        for _ in 0..64 {
-            let recv = &mut self.recv;
-            let got = self
-                .socket
-                .try_io(Interest::READABLE, || recv.recv(&self.socket));
-            let n = match got {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!("recv error: {e}");
-                    break;
-                }
-            };
-            let now = Instant::now();
-            for i in 0..n {
-                match self.recv.datagram(i) {
-                    Some((from, data)) => {
-                        self.router.handle_datagram(now, SocketAddr::V4(from), data)
-                    }
-                    None => self.router.note_unreadable(),
-                }
-            }
-            self.queue_sends();
-            if self.send.len() >= 4 * BATCH {
-                let sock = &self.socket;
-                let send = &mut self.send;
-                let _ = sock.try_io(Interest::WRITABLE, || send.send(sock));
-            }
-            if n < BATCH {
-                break;
-            }
-        }
-    }
-
-    fn queue_sends(&mut self) {
-        let send = &mut self.send;
-        self.router
-            .drain_transmits(|to, payload| send.push(to, payload));
-    }
-
     async fn flush(&mut self) {
-        self.queue_sends();
-        while !self.send.is_empty() {
-            let sock = &self.socket;
-            let send = &mut self.send;
-            match sock.try_io(Interest::WRITABLE, || send.send(sock)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.socket.writable().await.is_err() {
-                        self.send.clear();
-                    }
-                }
-                Err(e) => {
-                    // An unreachable destination and the like: drop that datagram, go on.
-                    tracing::debug!("send error: {e}");
-                    self.send.skip_one();
-                }
-            }
-        }
+        self.io.flush(&mut self.router).await;
     }
 
     /// Starts a periodic save unless the previous one is still being written (a finished
@@ -331,5 +267,19 @@ impl Driver {
             }
             res
         }))
+    }
+}
+
+impl udp::Core for Router {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        Router::handle_datagram(self, now, from, data);
+    }
+
+    fn note_oversized(&mut self, _len: usize) {
+        self.note_unreadable();
+    }
+
+    fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
+        Router::drain_transmits(self, f);
     }
 }
