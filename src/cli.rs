@@ -83,7 +83,7 @@ impl NetArgs {
             routers.push(b.clone());
         }
         if let Some(path) = &self.bootstrap_file {
-            routers.extend(bootstrap::read_list(path)?);
+            routers.extend(bootstrap::read_list(path).map_err(|e| e.to_string())?);
         }
         if routers.is_empty() {
             routers = bootstrap::default_list();

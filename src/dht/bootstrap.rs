@@ -1,48 +1,104 @@
 //! Bootstrap routers: the embedded default list, list files, and name resolution.
 
+use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The default routers (`bootstrap-nodes.txt`, embedded at build time).
 pub const DEFAULT_LIST: &str = include_str!("../../bootstrap-nodes.txt");
 
+/// What is wrong with a router entry or list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapError {
+    /// The entry has no `:port`.
+    NotHostPort(String),
+    /// The entry has an empty host.
+    NoHost(String),
+    /// The port is not a number from 1 to 65535.
+    BadPort(String),
+    /// A line of a list file is bad.
+    Line {
+        line: usize,
+        error: Box<BootstrapError>,
+    },
+    /// A list file cannot be read.
+    Read { path: PathBuf, detail: String },
+    /// A list file holds no entry.
+    Empty { path: PathBuf },
+    /// A list file has a bad line (the file named).
+    InFile {
+        path: PathBuf,
+        error: Box<BootstrapError>,
+    },
+}
+
+impl fmt::Display for BootstrapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BootstrapError::NotHostPort(e) => write!(f, "{e:?} is not host:port"),
+            BootstrapError::NoHost(e) => write!(f, "{e:?} has no host"),
+            BootstrapError::BadPort(e) => write!(f, "{e:?} has an invalid port"),
+            BootstrapError::Line { line, error } => write!(f, "line {line}: {error}"),
+            BootstrapError::Read { path, detail } => {
+                write!(f, "cannot read bootstrap file {}: {detail}", path.display())
+            }
+            BootstrapError::Empty { path } => {
+                write!(f, "{}: no bootstrap nodes in file", path.display())
+            }
+            BootstrapError::InFile { path, error } => write!(f, "{}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for BootstrapError {}
+
 /// Parses a router list: one `host:port` per line, `#` comments and blank lines ignored.
 /// Errors name the offending line.
-pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
+pub fn parse_list(text: &str) -> Result<Vec<String>, BootstrapError> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        validate_entry(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        validate_entry(line).map_err(|e| BootstrapError::Line {
+            line: n + 1,
+            error: Box::new(e),
+        })?;
         out.push(line.to_string());
     }
     Ok(out)
 }
 
 /// Reads and parses a router list file.
-pub fn read_list(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read bootstrap file {}: {e}", path.display()))?;
-    let list = parse_list(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn read_list(path: &Path) -> Result<Vec<String>, BootstrapError> {
+    let text = std::fs::read_to_string(path).map_err(|e| BootstrapError::Read {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let list = parse_list(&text).map_err(|e| BootstrapError::InFile {
+        path: path.to_path_buf(),
+        error: Box::new(e),
+    })?;
     if list.is_empty() {
-        return Err(format!("{}: no bootstrap nodes in file", path.display()));
+        return Err(BootstrapError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(list)
 }
 
 /// Checks that `entry` looks like `host:port` with a non-zero port.
-pub fn validate_entry(entry: &str) -> Result<(), String> {
+pub fn validate_entry(entry: &str) -> Result<(), BootstrapError> {
     let (host, port) = entry
         .rsplit_once(':')
-        .ok_or_else(|| format!("{entry:?} is not host:port"))?;
+        .ok_or_else(|| BootstrapError::NotHostPort(entry.to_string()))?;
     if host.is_empty() {
-        return Err(format!("{entry:?} has no host"));
+        return Err(BootstrapError::NoHost(entry.to_string()));
     }
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok(()),
-        _ => Err(format!("{entry:?} has an invalid port")),
+        _ => Err(BootstrapError::BadPort(entry.to_string())),
     }
 }
 
@@ -97,7 +153,8 @@ mod tests {
             vec!["127.0.0.1:6881", "host:1"]
         );
         let e = parse_list("127.0.0.1:6881\nnoport\n").unwrap_err();
-        assert!(e.starts_with("line 2:"), "{e}");
+        assert!(e.to_string().starts_with("line 2:"), "{e}");
+        assert!(matches!(e, BootstrapError::Line { line: 2, .. }));
         assert!(parse_list("h:0").is_err());
         assert!(parse_list(":5").is_err());
         assert!(parse_list("h:99999").is_err());

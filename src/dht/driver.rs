@@ -185,7 +185,7 @@ enum Command {
     Stats(oneshot::Sender<Stats>),
     Contacts(oneshot::Sender<Vec<Contact>>),
     WaitNodes(usize, oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<Result<(), String>>),
+    Shutdown(oneshot::Sender<Result<(), PersistError>>),
 }
 
 enum LookupRequest {
@@ -315,7 +315,7 @@ impl DhtHandle {
     }
 
     /// Stops the node after saving its state. Returns the save error, if any.
-    pub async fn shutdown(&self) -> Result<(), String> {
+    pub async fn shutdown(&self) -> Result<(), PersistError> {
         let (tx, rx) = oneshot::channel();
         if self.send(Command::Shutdown(tx)).is_err() {
             return Ok(());
@@ -534,12 +534,14 @@ impl Driver {
             // Let a periodic save finish before the final one.
             let _ = h.await;
         }
-        let saved = match self.save_in_background() {
-            Some(h) => match h.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-            None => Ok(()),
+        let saved = match (self.save_in_background(), &self.store) {
+            (Some(h), Some(store)) => h.await.unwrap_or_else(|e| {
+                Err(PersistError::Io {
+                    path: store.path().to_path_buf(),
+                    detail: format!("the save task failed: {e}"),
+                })
+            }),
+            _ => Ok(()),
         };
         // Close the store (releasing its lock) before acknowledging, so a caller can reopen
         // the same data directory as soon as shutdown() returns.

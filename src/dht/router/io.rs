@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::store::{NodeRing, store_file};
+use super::store::{NodeRing, StoreError, store_file};
 use super::{Router, RouterConfig, RouterStats};
 use crate::dht::driver::StartError;
 use crate::dht::udp::{self, BatchedSocket};
@@ -32,7 +32,7 @@ pub struct RouterRunConfig {
 
 enum Command {
     Stats(oneshot::Sender<RouterStats>),
-    Shutdown(oneshot::Sender<Result<(), String>>),
+    Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A handle to a running router.
@@ -60,7 +60,7 @@ impl RouterHandle {
     }
 
     /// Stops the router after saving its store.
-    pub async fn shutdown(&self) -> Result<(), String> {
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Shutdown(tx)).is_err() {
             return Ok(());
@@ -171,7 +171,7 @@ struct Driver {
     seeds: Vec<String>,
     /// The save running on the blocking pool, if any: writing and fsyncing up to 26 MB
     /// must not stop the only thread that answers queries.
-    saving: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    saving: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
 }
 
 impl Driver {
@@ -219,9 +219,14 @@ impl Driver {
             // Let a periodic save finish before the final one renames over it.
             let _ = h.await;
         }
-        let saved = match self.save_in_background() {
-            Some(h) => h.await.unwrap_or_else(|e| Err(e.to_string())),
-            None => Ok(()),
+        let saved = match (self.save_in_background(), &self.store) {
+            (Some(h), Some(path)) => h.await.unwrap_or_else(|e| {
+                Err(StoreError::Task {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })
+            }),
+            _ => Ok(()),
         };
         if let Some(tx) = ack {
             let _ = tx.send(saved);
@@ -255,13 +260,14 @@ impl Driver {
     }
 
     /// Snapshots the ring here (milliseconds) and writes it on the blocking pool.
-    fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), String>>> {
+    fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), StoreError>>> {
         let path = self.store.clone()?;
         let snap = self.router.ring().snapshot();
         Some(tokio::task::spawn_blocking(move || {
-            let res = snap
-                .save(&path)
-                .map_err(|e| format!("{}: {e}", path.display()));
+            let res = snap.save(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            });
             if let Err(e) = &res {
                 tracing::warn!("saving the router store failed: {e}");
             }

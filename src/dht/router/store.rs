@@ -9,7 +9,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::dht::id::{COMPACT_NODE_LEN, Contact};
 
@@ -104,6 +104,55 @@ impl RecentSet {
 
     pub fn memory(&self) -> usize {
         self.current.memory() + self.previous.memory()
+    }
+}
+
+/// Why the router store could not be read or written.
+#[derive(Debug)]
+pub enum StoreError {
+    /// Reading or writing the file failed.
+    Io { path: PathBuf, source: io::Error },
+    /// The file does not start with the store's magic.
+    NotAStore { path: PathBuf },
+    /// The body does not hold the number of entries the header announces.
+    Truncated {
+        path: PathBuf,
+        bytes: usize,
+        entries: usize,
+    },
+    /// The background save task died (a panic in the writer).
+    Task { path: PathBuf, detail: String },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StoreError::NotAStore { path } => {
+                write!(f, "{} is not a router store", path.display())
+            }
+            StoreError::Truncated {
+                path,
+                bytes,
+                entries,
+            } => write!(
+                f,
+                "{} is truncated or corrupt ({bytes} bytes for {entries} entries)",
+                path.display()
+            ),
+            StoreError::Task { path, detail } => {
+                write!(f, "saving {} failed: {detail}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Io { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }
 
@@ -275,27 +324,37 @@ impl NodeRing {
 
     /// Loads a store written by [`NodeRing::save`] into a ring of `capacity` (the newest
     /// entries win when the file holds more). A missing file is an empty store.
-    pub fn load(path: &Path, capacity: usize) -> Result<NodeRing, String> {
-        let mut ring = NodeRing::new(capacity);
+    pub fn load(path: &Path, capacity: usize) -> Result<NodeRing, StoreError> {
+        let ring = NodeRing::new(capacity);
         let mut f = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ring),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
+        let mut ring = ring;
         let mut data = Vec::new();
-        f.read_to_end(&mut data)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        f.read_to_end(&mut data).map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if data.len() < 16 || &data[..8] != FILE_MAGIC {
-            return Err(format!("{} is not a router store", path.display()));
+            return Err(StoreError::NotAStore {
+                path: path.to_path_buf(),
+            });
         }
         let count = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes")) as usize;
         let body = &data[16..];
         if body.len() != count.saturating_mul(COMPACT_NODE_LEN) {
-            return Err(format!(
-                "{} is truncated or corrupt ({} bytes for {count} entries)",
-                path.display(),
-                body.len()
-            ));
+            return Err(StoreError::Truncated {
+                path: path.to_path_buf(),
+                bytes: body.len(),
+                entries: count,
+            });
         }
         let skip = count.saturating_sub(capacity);
         for chunk in body.chunks_exact(COMPACT_NODE_LEN).skip(skip) {
@@ -386,9 +445,15 @@ mod tests {
                 .is_empty()
         );
         std::fs::write(&path, b"TLROUTE1\x05\0\0\0\0\0\0\0short").unwrap();
-        assert!(NodeRing::load(&path, 10).unwrap_err().contains("truncated"));
+        assert!(matches!(
+            NodeRing::load(&path, 10),
+            Err(StoreError::Truncated { entries: 5, .. })
+        ));
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(NodeRing::load(&path, 10).is_err());
+        assert!(matches!(
+            NodeRing::load(&path, 10),
+            Err(StoreError::NotAStore { .. })
+        ));
     }
 
     #[test]
