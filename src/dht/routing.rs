@@ -403,6 +403,28 @@ impl RoutingTable {
         if e.status(now, self.config.max_failures) != NodeStatus::Bad {
             return;
         }
+        self.promote_replacement(b, i, now);
+    }
+
+    /// Records that `contact`'s address answered one of *our* queries with another id: that
+    /// address no longer speaks for the node, so its entry goes (a replacement takes its
+    /// place when one fits). Only this and [`RoutingTable::failed`] remove a confirmed
+    /// entry; a query never does, since anyone can forge one from a published address.
+    pub fn wrong_id(&mut self, contact: &Contact, now: Instant) {
+        let Some((b, i)) = self.find(&contact.id) else {
+            return;
+        };
+        if self.buckets[b].nodes[i].contact.addr != contact.addr {
+            return;
+        }
+        if !self.promote_replacement(b, i, now) {
+            self.remove_at(b, i);
+        }
+    }
+
+    /// Swaps entry `i` of bucket `b` for the freshest replacement that fits; `false` when none
+    /// does (the entry stays).
+    fn promote_replacement(&mut self, b: usize, i: usize, now: Instant) -> bool {
         while let Some(r) = self.buckets[b].replacements.pop() {
             if !self.ips.contains(r.contact.addr.ip())
                 && !self.subnet_taken(b, &r.contact.addr, Some(i))
@@ -412,9 +434,10 @@ impl RoutingTable {
                 let bucket = &mut self.buckets[b];
                 bucket.nodes.push(r);
                 bucket.last_changed = now;
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Marks that we just pinged `contact` for maintenance, so the next pick moves on.
