@@ -208,3 +208,42 @@ fn wrong_id_reply_frees_verification_and_fails_direct_queries() {
     );
     assert_eq!(node.stats(t0).transactions, 0);
 }
+
+/// Puts `c` in the node's table the honest way: it answers a ping of ours.
+fn confirm(node: &mut Node, now: Instant, c: Contact) {
+    node.ping(now, c.addr);
+    let q = queries(&drain(node));
+    let tid = &q.iter().find(|q| q.0 == c.addr).expect("pinged").1;
+    node.handle_datagram(now, c.addr.into(), &reply(tid, &c.id, &[], None));
+    events(node);
+    assert!(node.table().contains(&c.id));
+}
+
+/// Defect 2: a query (forgeable by anyone who read our `find_node` replies) never removes or
+/// replaces a confirmed entry, not even one claiming a new id from the entry's address.
+#[test]
+fn a_query_never_evicts_a_confirmed_entry() {
+    let t0 = Instant::now();
+    let mut node = testnet_node(t0);
+    let e = Contact::new(id(0x40), a("127.1.0.5:6881"));
+    confirm(&mut node, t0, e);
+    for (i, forged) in [id(0x41), id(0x42), id(0x43)].iter().enumerate() {
+        node.handle_datagram(
+            t0,
+            e.addr.into(),
+            &query(QueryArgs::Ping, &[b'f', i as u8], forged),
+        );
+        drain(&mut node);
+        assert!(
+            node.table().contains(&e.id),
+            "still there after forgery {i}"
+        );
+        assert!(!node.table().contains(forged));
+    }
+    // Only our own query answered with another id replaces it.
+    node.ping(t0, e.addr);
+    let q = queries(&drain(&mut node));
+    node.handle_datagram(t0, e.addr.into(), &reply(&q[0].1, &id(0x44), &[], None));
+    assert!(!node.table().contains(&e.id));
+    assert!(node.table().contains(&id(0x44)));
+}

@@ -354,7 +354,10 @@ impl RoutingTable {
     }
 
     /// Records a query from `contact`. Returns `true` when the node is already in the table
-    /// (and refreshes it); a changed id at a known address evicts the old entry.
+    /// (and refreshes it). A query never removes or replaces an entry, even one at the same
+    /// address with another id: anyone can forge a query from an address our `find_node`
+    /// replies publish. A restarted node with a new id gets in once the old entry fails to
+    /// answer our own query (or answers it with the new id, see [`RoutingTable::wrong_id`]).
     pub fn heard_query(&mut self, contact: Contact, now: Instant) -> bool {
         if let Some((b, i)) = self.find(&contact.id) {
             let e = &mut self.buckets[b].nodes[i];
@@ -362,10 +365,6 @@ impl RoutingTable {
                 e.last_query = Some(now);
                 return true;
             }
-            return false;
-        }
-        if let Some((b, i)) = self.find_addr(contact.addr) {
-            self.remove_at(b, i);
         }
         false
     }
@@ -722,13 +721,17 @@ mod tests {
     }
 
     #[test]
-    fn id_change_at_same_address_evicts_and_id_hijack_is_refused() {
+    fn id_change_needs_our_own_query_and_id_hijack_is_refused() {
         let (mut t, now, mut rng) = table();
         let id1 = NodeId::random(&mut rng);
         let id2 = NodeId::random(&mut rng);
         t.heard_response(Contact::new(id1, addr(1)), now);
-        // A query with a new id from the same address evicts the old identity.
+        // A (forgeable) query with a new id from the same address changes nothing.
         assert!(!t.heard_query(Contact::new(id2, addr(1)), now));
+        assert!(t.contains(&id1));
+        assert!(t.heard_query(Contact::new(id1, addr(1)), now));
+        // Our own query answered with another id is what evicts the old identity.
+        t.wrong_id(&Contact::new(id1, addr(1)), now);
         assert!(!t.contains(&id1));
         t.heard_response(Contact::new(id2, addr(1)), now);
         // Someone else claiming id2 from another address changes nothing.
