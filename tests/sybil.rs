@@ -280,10 +280,12 @@ impl Net {
 /// honest ids still there after).
 fn attack(config: Config) -> (Vec<NodeId>, Vec<(usize, usize)>, usize) {
     let mut net = Net::new(config, 9);
-    // Join through three honest nodes and settle for ten minutes.
-    let routers: Vec<SocketAddrV4> = net.honest[..3].iter().map(|c| c.addr).collect();
+    // Join through three honest nodes (as contacts: nodes given as bootstrap routers are
+    // kept out of the table, BEP 5) and settle for ten minutes.
+    let contacts: Vec<SocketAddrV4> = net.honest[..3].iter().map(|c| c.addr).collect();
     let t = net.now;
-    net.node.bootstrap(t, &routers);
+    net.node.add_contacts(t, contacts);
+    net.node.bootstrap(t, &[]);
     net.after();
     let until = net.now + Duration::from_secs(600);
     net.run_until(until, |_| {});

@@ -181,7 +181,7 @@ impl Crawl {
             Err(DhtError::Stopped) => return false,
             Err(DhtError::Ping(e)) => {
                 let e = match e {
-                    PingError::Timeout => WalkError::Timeout,
+                    PingError::Timeout | PingError::WrongId => WalkError::Timeout,
                     PingError::Remote(code, _) => WalkError::Remote(code),
                     PingError::Busy => WalkError::Busy,
                     PingError::NotAllowed => WalkError::Refused,

@@ -136,7 +136,7 @@ impl SimCrawler {
                 }
                 Err(e) => {
                     let e = match e {
-                        PingError::Timeout => WalkError::Timeout,
+                        PingError::Timeout | PingError::WrongId => WalkError::Timeout,
                         PingError::Remote(c, _) => WalkError::Remote(c),
                         PingError::Busy => WalkError::Busy,
                         PingError::NotAllowed => WalkError::Refused,

@@ -235,16 +235,12 @@ impl Lookup {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
         self.replies += 1;
-        let target = self.target;
         if let Some(c) = self.find(reply.from) {
             c.state = CandState::Responded;
+            // A router's id stays unknown: it sorts last, is never reported among the
+            // closest nodes and never receives an announce (BEP 5: routers only help us
+            // join).
             c.token = reply.token;
-            if c.id.is_none() {
-                // A router told us who it is; re-sort it into place.
-                c.id = Some(reply.id);
-                c.distance = reply.id.distance(&target);
-                self.candidates.sort_by_key(|c| c.distance);
-            }
         }
         for n in compact_nodes(reply.nodes) {
             self.add_candidate(n);
@@ -286,18 +282,24 @@ impl Lookup {
             return;
         }
         if let LookupKind::Announce { .. } = self.kind {
-            // BEP 42: only nodes whose id fits their IP are trusted to store our announce
-            // (exempt addresses pass), so a sybil cannot park itself next to an infohash.
-            for c in self
+            // The K closest nodes that answered with a token, whatever their ids: many
+            // clients (Transmission, older libtorrent, crawlers) use ids that are not BEP 42
+            // ids, and other clients search the truly closest nodes, so skipping them would
+            // park our announce where nobody looks. BEP 42 validity only breaks ties in
+            // distance (which, ids being distinct, only equal ids could produce).
+            let mut chosen: Vec<(NodeId, bool, SocketAddrV4, NodeId, Token)> = self
                 .candidates
                 .iter()
                 .filter(|c| c.state == CandState::Responded)
-                .filter(|c| c.id.is_some_and(|id| bep42::is_valid(&id, *c.addr.ip())))
-                .take(self.k)
-            {
-                if let (Some(id), Some(token)) = (c.id, c.token) {
-                    announce_to.push((c.addr, id, token));
-                }
+                .filter_map(|c| {
+                    let (id, token) = (c.id?, c.token?);
+                    let valid = bep42::is_valid(&id, *c.addr.ip());
+                    Some((c.distance, !valid, c.addr, id, token))
+                })
+                .collect();
+            chosen.sort_by_key(|x| (x.0, x.1));
+            for (_, _, addr, id, token) in chosen.into_iter().take(self.k) {
+                announce_to.push((addr, id, token));
             }
             self.announces_pending = announce_to.len();
             self.messages += announce_to.len() as u32;
@@ -539,27 +541,28 @@ mod tests {
     }
 
     #[test]
-    fn announces_go_only_to_bep42_valid_ids() {
+    fn announces_go_to_the_closest_token_holders_whatever_their_ids() {
         let mut l = Lookup::new(
             NodeId([0; 20]),
             LookupKind::Announce { port: None },
             NodeId([0xee; 20]),
             3,
-            8,
+            1,
         );
         // Public addresses in a sans-IO lookup: nothing is sent anywhere.
-        let bad = Contact::new(NodeId([1; 20]), "203.0.113.1:6881".parse().unwrap());
+        let plain = Contact::new(NodeId([1; 20]), "203.0.113.1:6881".parse().unwrap());
         let ip: std::net::Ipv4Addr = "203.0.113.2".parse().unwrap();
-        let good = Contact::new(
-            bep42::id_for_ip(ip, &mut rand::rng()),
-            SocketAddrV4::new(ip, 6881),
-        );
-        l.add_candidate(bad);
-        l.add_candidate(good);
+        let mut bep42_id = bep42::id_for_ip(ip, &mut rand::rng());
+        bep42_id.0[0] |= 0x80; // farther from the target than `plain`
+        let valid = Contact::new(bep42_id, SocketAddrV4::new(ip, 6881));
+        assert!(!bep42::is_valid(&plain.id, *plain.addr.ip()));
+        assert!(bep42::is_valid(&valid.id, *valid.addr.ip()));
+        l.add_candidate(plain);
+        l.add_candidate(valid);
         let mut q = Vec::new();
         l.next_queries(&mut q);
         let mut new = Vec::new();
-        for c in [bad, good] {
+        for c in [plain, valid] {
             l.on_reply(
                 &SearchReply {
                     from: c.addr,
@@ -574,7 +577,8 @@ mod tests {
         }
         let mut ann = Vec::new();
         l.advance(&mut ann);
-        assert_eq!(ann.iter().map(|a| a.1).collect::<Vec<_>>(), vec![good.id]);
+        // K = 1: the closest node gets the announce although its id is not a BEP 42 id.
+        assert_eq!(ann.iter().map(|a| a.1).collect::<Vec<_>>(), vec![plain.id]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use crate::dht::outbox::Transmit;
 use crate::dht::outbox::{Emitted, Outbox};
 use crate::dht::peer_store::{PeerStore, StoreConfig, TokenSecrets};
 use crate::dht::routing::{Insert, RoutingConfig, RoutingTable};
-use crate::dht::rpc::{Pending, Transactions, Unmatched};
+use crate::dht::rpc::{Matched, Pending, Transactions};
 
 /// Our client version tag: "TL" and a two-byte version.
 pub const VERSION: &[u8; 4] = b"TL\x00\x01";
@@ -143,6 +143,9 @@ pub enum PingError {
     NotAllowed,
     /// Too many queries outstanding.
     Busy,
+    /// The answer carried another node id than the one we asked for (or our own id): the
+    /// address does not speak for that node, so the query failed.
+    WrongId,
 }
 
 /// Results for the application.
@@ -222,6 +225,8 @@ pub struct Stats {
     pub peers: usize,
     pub transactions: usize,
     pub lookups: usize,
+    /// Verification pings outstanding (bounded; drains to zero when the network is quiet).
+    pub verifying: usize,
     pub packets_in: u64,
     pub packets_out: u64,
     pub bytes_in: u64,
@@ -255,6 +260,9 @@ pub struct Stats {
     pub tokens_withheld: u64,
     /// Valid announces for new infohashes not stored because the store was full.
     pub announces_refused: u64,
+    /// Replies to our queries that carried another id than the one we asked (or our own):
+    /// each ended its query as a failure.
+    pub wrong_id_replies: u64,
 }
 
 /// A single query to one node, answered by [`Event::Pong`] (ping) or [`Event::Reply`].
@@ -461,6 +469,7 @@ impl Node {
             peers: self.store.num_peers(),
             transactions: self.txns.len(),
             lookups: self.lookups.len(),
+            verifying: self.verifying.len(),
             banned_ips: self.limiter.as_ref().map_or(0, |l| l.banned(now)),
             valid_id_nodes: self.table.entries().filter(|e| e.valid_id).count(),
             external_ip: self.voter.external_ip(),
@@ -578,11 +587,26 @@ impl Node {
     /// table when they answer.
     pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = SocketAddrV4>) {
         self.next_verify = self.next_verify.min(now);
+        let mut added = false;
         for c in contacts {
             if self.to_verify.len() < MAX_TO_VERIFY {
                 self.to_verify.push_back(c);
+                added = true;
             }
         }
+        // A thin table joins through these contacts: look around once they had a moment to
+        // answer (as after a bootstrap that ended while contacts were being verified),
+        // rather than after a backoff meant for an unreachable network.
+        if added && self.table.len() < self.config.routing.k && !self.bootstrap_running {
+            let soon = now + Duration::from_secs(1);
+            self.bootstrap_next = Some(self.bootstrap_next.map_or(soon, |t| t.min(soon)));
+        }
+    }
+
+    /// Whether `addr` is one of the bootstrap routers. Matched on the whole address: on a
+    /// loopback testnet many nodes share one IP.
+    fn is_router(&self, addr: SocketAddrV4) -> bool {
+        self.routers.contains(&addr)
     }
 
     /// Pings `addr`; the answer arrives as [`Event::Pong`].
@@ -1099,11 +1123,17 @@ impl Node {
         seen_as: Option<SocketAddrV4>,
     ) {
         let pending = match self.txns.take(tid, from, Some(&r.id)) {
-            Ok(p) => p,
-            Err(Unmatched::WrongId) => {
-                // The address now speaks for another node: drop the old entry's claim.
-                self.stats.dropped_unmatched += 1;
-                self.table.heard_query(Contact::new(r.id, from), now);
+            Ok(Matched::Expected(p)) if r.id != self.id => p,
+            Ok(m) => {
+                // Another id than the one we asked (a restarted node, a BEP 42 id switch, a
+                // stale `nodes` entry, a sybil), or our own id reflected back: the query
+                // failed. It must still end here, or whatever waits on it waits forever.
+                self.stats.wrong_id_replies += 1;
+                let (Matched::Expected(p) | Matched::WrongId(p)) = m;
+                if let Some(id) = p.expected_id {
+                    self.table.wrong_id(&Contact::new(id, p.addr), now);
+                }
+                self.query_failed(now, p, PingError::WrongId);
                 return;
             }
             Err(_) => {
@@ -1111,22 +1141,23 @@ impl Node {
                 return;
             }
         };
-        if r.id == self.id {
-            self.stats.dropped_other += 1;
-            return;
-        }
         if let Some(seen_as) = seen_as {
             self.vote_external_ip(now, *from.ip(), *seen_as.ip());
         }
-        let contact = Contact::new(r.id, from);
-        let inserted = self.table.heard_response(contact, now);
-        if matches!(inserted, Insert::Added) && self.table.len() >= self.config.routing.k {
-            self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
+        // BEP 5: bootstrap routers are for joining only. They answer everyone and store
+        // nothing, so in our table (and so in our replies) they would take a slot from a
+        // real node and send others to a node that cannot hold their announces.
+        if !self.is_router(pending.addr) && !self.is_router(from) {
+            let contact = Contact::new(r.id, from);
+            let inserted = self.table.heard_response(contact, now);
+            if matches!(inserted, Insert::Added) && self.table.len() >= self.config.routing.k {
+                self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
+            }
         }
         match pending.data {
             Purpose::Direct(request, is_ping) => self.direct_result(request, is_ping, Ok(r)),
             Purpose::Verify => {
-                self.verifying.remove(&from);
+                self.verifying.remove(&pending.addr);
             }
             Purpose::Maintenance => {}
             Purpose::Search(lid) => {
@@ -1135,7 +1166,7 @@ impl Node {
                 };
                 let mut new_peers = std::mem::take(&mut self.scratch_values);
                 let reply = SearchReply {
-                    from,
+                    from: pending.addr,
                     was_slow: pending.slow,
                     id: r.id,
                     nodes: r.nodes.as_deref().unwrap_or(&[]),
@@ -1169,21 +1200,26 @@ impl Node {
         code: i64,
         msg: String,
     ) {
-        let Ok(pending) = self.txns.take(tid, from, None) else {
+        let Ok(m) = self.txns.take(tid, from, None) else {
             self.stats.dropped_unmatched += 1;
             return;
         };
-        match pending.data {
-            Purpose::Direct(request, is_ping) => {
-                self.direct_result(request, is_ping, Err(PingError::Remote(code, msg)))
-            }
+        let (Matched::Expected(p) | Matched::WrongId(p)) = m;
+        self.query_failed(now, p, PingError::Remote(code, msg));
+    }
+
+    /// Ends a query that failed (error reply, wrong-id reply, hard timeout): the one place
+    /// that tells whoever waits on it, so every failure path frees the same state.
+    fn query_failed(&mut self, now: Instant, p: Pending<Purpose>, why: PingError) {
+        match p.data {
+            Purpose::Direct(request, is_ping) => self.direct_result(request, is_ping, Err(why)),
             Purpose::Verify => {
-                self.verifying.remove(&from);
+                self.verifying.remove(&p.addr);
             }
             Purpose::Maintenance => {}
             Purpose::Search(lid) => {
                 if let Some(slot) = self.lookups.get_mut(&lid) {
-                    slot.lookup.on_failure(from, pending.slow);
+                    slot.lookup.on_failure(p.addr, p.slow);
                     self.step_lookup(now, lid);
                 }
             }
@@ -1296,27 +1332,7 @@ impl Node {
             if let Some(id) = p.expected_id {
                 self.table.failed(&Contact::new(id, p.addr), now);
             }
-            match p.data {
-                Purpose::Direct(request, is_ping) => {
-                    self.direct_result(request, is_ping, Err(PingError::Timeout))
-                }
-                Purpose::Verify => {
-                    self.verifying.remove(&p.addr);
-                }
-                Purpose::Maintenance => {}
-                Purpose::Search(lid) => {
-                    if let Some(slot) = self.lookups.get_mut(&lid) {
-                        slot.lookup.on_failure(p.addr, p.slow);
-                        self.step_lookup(now, lid);
-                    }
-                }
-                Purpose::Announce(lid) => {
-                    if let Some(slot) = self.lookups.get_mut(&lid) {
-                        slot.lookup.on_announce_result(false);
-                        self.step_lookup(now, lid);
-                    }
-                }
-            }
+            self.query_failed(now, p, PingError::Timeout);
         }
         self.scratch_slow = slow;
         self.scratch_failed = failed;

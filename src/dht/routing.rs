@@ -354,7 +354,10 @@ impl RoutingTable {
     }
 
     /// Records a query from `contact`. Returns `true` when the node is already in the table
-    /// (and refreshes it); a changed id at a known address evicts the old entry.
+    /// (and refreshes it). A query never removes or replaces an entry, even one at the same
+    /// address with another id: anyone can forge a query from an address our `find_node`
+    /// replies publish. A restarted node with a new id gets in once the old entry fails to
+    /// answer our own query (or answers it with the new id, see [`RoutingTable::wrong_id`]).
     pub fn heard_query(&mut self, contact: Contact, now: Instant) -> bool {
         if let Some((b, i)) = self.find(&contact.id) {
             let e = &mut self.buckets[b].nodes[i];
@@ -362,10 +365,6 @@ impl RoutingTable {
                 e.last_query = Some(now);
                 return true;
             }
-            return false;
-        }
-        if let Some((b, i)) = self.find_addr(contact.addr) {
-            self.remove_at(b, i);
         }
         false
     }
@@ -403,6 +402,28 @@ impl RoutingTable {
         if e.status(now, self.config.max_failures) != NodeStatus::Bad {
             return;
         }
+        self.promote_replacement(b, i, now);
+    }
+
+    /// Records that `contact`'s address answered one of *our* queries with another id: that
+    /// address no longer speaks for the node, so its entry goes (a replacement takes its
+    /// place when one fits). Only this and [`RoutingTable::failed`] remove a confirmed
+    /// entry; a query never does, since anyone can forge one from a published address.
+    pub fn wrong_id(&mut self, contact: &Contact, now: Instant) {
+        let Some((b, i)) = self.find(&contact.id) else {
+            return;
+        };
+        if self.buckets[b].nodes[i].contact.addr != contact.addr {
+            return;
+        }
+        if !self.promote_replacement(b, i, now) {
+            self.remove_at(b, i);
+        }
+    }
+
+    /// Swaps entry `i` of bucket `b` for the freshest replacement that fits; `false` when none
+    /// does (the entry stays).
+    fn promote_replacement(&mut self, b: usize, i: usize, now: Instant) -> bool {
         while let Some(r) = self.buckets[b].replacements.pop() {
             if !self.ips.contains(r.contact.addr.ip())
                 && !self.subnet_taken(b, &r.contact.addr, Some(i))
@@ -412,9 +433,10 @@ impl RoutingTable {
                 let bucket = &mut self.buckets[b];
                 bucket.nodes.push(r);
                 bucket.last_changed = now;
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Marks that we just pinged `contact` for maintenance, so the next pick moves on.
@@ -699,13 +721,17 @@ mod tests {
     }
 
     #[test]
-    fn id_change_at_same_address_evicts_and_id_hijack_is_refused() {
+    fn id_change_needs_our_own_query_and_id_hijack_is_refused() {
         let (mut t, now, mut rng) = table();
         let id1 = NodeId::random(&mut rng);
         let id2 = NodeId::random(&mut rng);
         t.heard_response(Contact::new(id1, addr(1)), now);
-        // A query with a new id from the same address evicts the old identity.
+        // A (forgeable) query with a new id from the same address changes nothing.
         assert!(!t.heard_query(Contact::new(id2, addr(1)), now));
+        assert!(t.contains(&id1));
+        assert!(t.heard_query(Contact::new(id1, addr(1)), now));
+        // Our own query answered with another id is what evicts the old identity.
+        t.wrong_id(&Contact::new(id1, addr(1)), now);
         assert!(!t.contains(&id1));
         t.heard_response(Contact::new(id2, addr(1)), now);
         // Someone else claiming id2 from another address changes nothing.

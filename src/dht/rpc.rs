@@ -1,8 +1,11 @@
 //! Outstanding queries (transactions): matching replies and timing them out.
 //!
-//! A reply counts only if its transaction id *and* source address match a query we sent, and
-//! its node id matches the one we expected when we knew it, so an off-path attacker has to
-//! guess a random id for a specific (address, port) and cannot inject replies into lookups.
+//! A reply counts only if its transaction id *and* source IP match a query we sent, and its
+//! node id matches the one we expected when we knew it, so an off-path attacker has to guess a
+//! random id for a specific IP and cannot inject replies into lookups. The port is not
+//! compared: NATs rewrite source ports, and libtorrent matches on the IP for the same reason.
+//! A reply with the wrong id still *ends* its transaction (as a failure): every query we send
+//! ends exactly once, by a reply, an error, a wrong-id reply or a timeout.
 //! Each query has a short timeout (after which a lookup may use its slot for another query,
 //! while a late reply is still welcome) and a hard one (after which the node failed).
 
@@ -35,11 +38,28 @@ pub struct Pending<T> {
 pub enum Unmatched {
     /// No query with that transaction id is outstanding (or the id is not ours).
     UnknownTid,
-    /// The transaction exists but was sent to another address.
+    /// The transaction exists but was sent to another IP.
     WrongAddress,
-    /// The reply came from the right address but with an unexpected node id. The transaction
-    /// is consumed: that address no longer speaks for the node we asked.
-    WrongId,
+}
+
+/// A reply matched to its query: the transaction is gone from the table either way, so the
+/// caller must resolve it (as a success or as a failure) exactly once.
+#[derive(Debug)]
+pub enum Matched<T> {
+    /// The reply carries the id we expected (or any id, when we expected none).
+    Expected(Pending<T>),
+    /// The reply came from the right IP but with an unexpected node id: that address no
+    /// longer speaks for the node we asked, so the query failed.
+    WrongId(Pending<T>),
+}
+
+impl<T> Matched<T> {
+    /// The query, whichever way it matched.
+    pub fn pending(&self) -> &Pending<T> {
+        match self {
+            Matched::Expected(p) | Matched::WrongId(p) => p,
+        }
+    }
 }
 
 /// The bounded table of outstanding queries.
@@ -117,14 +137,15 @@ impl<T> Transactions<T> {
         Some(tid.to_be_bytes())
     }
 
-    /// Matches a reply. `reply_id` is the id the reply carries (`None` for error replies,
-    /// which carry none).
+    /// Matches a reply by transaction id and source IP. `reply_id` is the id the reply
+    /// carries (`None` for error replies, which carry none). A matched transaction is removed
+    /// whether or not the id is the expected one.
     pub fn take(
         &mut self,
         tid: &[u8],
         from: SocketAddrV4,
         reply_id: Option<&NodeId>,
-    ) -> Result<Pending<T>, Unmatched> {
+    ) -> Result<Matched<T>, Unmatched> {
         let tid: [u8; TID_LEN] = tid.try_into().map_err(|_| Unmatched::UnknownTid)?;
         let key = u16::from_be_bytes(tid);
         let p = self.pending.get(&key).ok_or(Unmatched::UnknownTid)?;
@@ -133,11 +154,11 @@ impl<T> Transactions<T> {
         }
         let wrong_id = matches!((p.expected_id, reply_id), (Some(want), Some(got)) if want != *got);
         let p = self.pending.remove(&key).expect("just found");
-        if wrong_id {
-            Err(Unmatched::WrongId)
+        Ok(if wrong_id {
+            Matched::WrongId(p)
         } else {
-            Ok(p)
-        }
+            Matched::Expected(p)
+        })
     }
 
     /// When the next timeout may fire.
@@ -215,20 +236,24 @@ mod tests {
             t.take(&tid, b, Some(&id)).unwrap_err(),
             Unmatched::WrongAddress
         );
-        assert_eq!(t.take(&tid, a, Some(&id)).unwrap().data, 7);
+        assert!(matches!(t.take(&tid, a, Some(&id)), Ok(Matched::Expected(p)) if p.data == 7));
         assert_eq!(
             t.take(&tid, a, Some(&id)).unwrap_err(),
             Unmatched::UnknownTid
         );
         let tid = t.insert(&mut rng, a, Some(id), now, 8).unwrap();
-        assert_eq!(
-            t.take(&tid, a, Some(&NodeId([2; 20]))).unwrap_err(),
-            Unmatched::WrongId
-        );
+        // A wrong id consumes the transaction and hands it back, so the caller can fail it.
+        assert!(matches!(
+            t.take(&tid, a, Some(&NodeId([2; 20]))),
+            Ok(Matched::WrongId(p)) if p.data == 8
+        ));
         assert!(t.is_empty());
         // Unknown expected id: any id is fine.
         let tid = t.insert(&mut rng, a, None, now, 9).unwrap();
-        assert_eq!(t.take(&tid, a, Some(&NodeId([2; 20]))).unwrap().data, 9);
+        assert!(matches!(
+            t.take(&tid, a, Some(&NodeId([2; 20]))),
+            Ok(Matched::Expected(p)) if p.data == 9
+        ));
     }
 
     #[test]
@@ -247,7 +272,7 @@ mod tests {
         let a: SocketAddrV4 = "127.0.0.1:1000".parse().unwrap();
         let answered = t.insert(&mut rng, a, None, now, 1).unwrap();
         t.insert(&mut rng, a, None, now, 2).unwrap();
-        t.take(&answered, a, None).unwrap();
+        assert!(t.take(&answered, a, None).is_ok());
         assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(1)));
         let mut slow = Vec::new();
         let mut failed = Vec::new();
