@@ -15,8 +15,9 @@ use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
 use trackerless::download::{Mode, Phase, Session, SessionConfig};
 use trackerless::metadata::MetadataRegistry;
+use trackerless::torrent::hybrid::create_hybrid_info;
 use trackerless::torrent::magnet::Magnet;
-use trackerless::torrent::metainfo::{Info, create_info, torrent_file_from_info};
+use trackerless::torrent::metainfo::{Info, Metainfo, create_info};
 use trackerless::wire::generate_peer_id;
 
 /// Share a file or a directory through the Mainline DHT (no trackers).
@@ -37,6 +38,12 @@ struct Cli {
     /// Also write the .torrent file here.
     #[arg(long, value_name = "FILE")]
     torrent_out: Option<PathBuf>,
+    /// Create a BEP 52 hybrid (v1 + v2) torrent, the format libtorrent 2.x and qBittorrent
+    /// make by default: files aligned to pieces by BEP 47 pad files, and a `file tree` and
+    /// `piece layers` for v2 clients. We serve it through its v1 part. The piece length
+    /// must then be a power of two of at least 16 KiB.
+    #[arg(long)]
+    hybrid: bool,
     /// TCP address to accept peer connections on (default: the --bind IP, any port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -58,9 +65,10 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli::init_logging();
 
-    let (raw, info) = hash(&cli.path, cli.piece_length).unwrap_or_else(|e| cli::fail(e));
+    let (raw, info, piece_layers) =
+        hash(&cli.path, cli.piece_length, cli.hybrid).unwrap_or_else(|e| cli::fail(e));
     if let Some(out) = &cli.torrent_out
-        && let Err(e) = std::fs::write(out, torrent_file_from_info(&raw))
+        && let Err(e) = std::fs::write(out, torrent_file(&raw, piece_layers))
     {
         cli::fail(format!("cannot write {}: {e}", out.display()));
     }
@@ -86,8 +94,19 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The `.torrent` for `--torrent-out`: the info dict verbatim, plus `piece layers` for a
+/// hybrid torrent (without them a v2 client would have to ask peers for the hashes, which
+/// we do not serve).
+fn torrent_file(raw: &[u8], piece_layers: Option<Vec<u8>>) -> Vec<u8> {
+    let mut meta = Metainfo::from_info_bytes(raw).unwrap_or_else(|e| cli::fail(e));
+    meta.piece_layers = piece_layers;
+    meta.to_bytes()
+}
+
 /// Hashes PATH, with a progress bar on a terminal (stderr, so stdout stays the magnet).
-fn hash(path: &Path, piece_length: Option<u64>) -> Result<(Vec<u8>, Info), String> {
+/// Returns the info dict, its typed view, and for a hybrid torrent its `piece layers`.
+type Hashed = (Vec<u8>, Info, Option<Vec<u8>>);
+fn hash(path: &Path, piece_length: Option<u64>, hybrid: bool) -> Result<Hashed, String> {
     let total = total_size(path);
     let bar = (std::io::stderr().is_terminal() && total > 0).then(|| {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -100,11 +119,17 @@ fn hash(path: &Path, piece_length: Option<u64>) -> Result<(Vec<u8>, Info), Strin
         );
         bar
     });
-    let r = create_info(path, piece_length, |n| {
+    let progress = |n| {
         if let Some(b) = &bar {
             b.set_position(n);
         }
-    });
+    };
+    let r = if hybrid {
+        create_hybrid_info(path, piece_length, progress)
+            .map(|c| (c.info_bytes, c.info, Some(c.piece_layers)))
+    } else {
+        create_info(path, piece_length, progress).map(|(raw, info)| (raw, info, None))
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
