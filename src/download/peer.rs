@@ -239,6 +239,37 @@ impl Conn {
         }
     }
 
+    /// The peer announced `pieces` (a `have`, or the new bits of a late bitfield): record
+    /// them and keep the picker's availability counts in step, under one lock.
+    fn add_pieces(&mut self, pieces: &[u32]) {
+        let mut changed = false;
+        let mut st = self.shared.lock();
+        for &piece in pieces {
+            if !self.bits.set(piece as usize) {
+                continue;
+            }
+            changed = true;
+            if self.registered.is_none() {
+                self.registered = Some(false);
+                let mut only = Bitfield::new(self.bits.len());
+                only.set(piece as usize);
+                st.picker.add_peer(&only);
+            } else if self.registered == Some(false) {
+                st.picker.peer_has(piece);
+            }
+            if !st.picker.have().get(piece as usize) {
+                self.wanted += 1;
+            }
+        }
+        drop(st);
+        if changed {
+            self.stats
+                .seed
+                .store(self.bits.is_full(), Ordering::Relaxed);
+            self.update_interest();
+        }
+    }
+
     fn on_message(&mut self, msg: Message) -> Result<(), PeerError> {
         match msg {
             Message::KeepAlive => {}
@@ -268,32 +299,25 @@ impl Conn {
                 if piece as usize >= self.bits.len() {
                     return Err(PeerError::Protocol(format!("have for piece {piece}")));
                 }
-                if self.bits.set(piece as usize) {
-                    let mut st = self.shared.lock();
-                    if self.registered.is_none() {
-                        self.registered = Some(false);
-                        let mut only = Bitfield::new(self.bits.len());
-                        only.set(piece as usize);
-                        st.picker.add_peer(&only);
-                    } else if self.registered == Some(false) {
-                        st.picker.peer_has(piece);
-                    }
-                    if !st.picker.have().get(piece as usize) {
-                        self.wanted += 1;
-                    }
-                    drop(st);
-                    self.stats
-                        .seed
-                        .store(self.bits.is_full(), Ordering::Relaxed);
-                    self.update_interest();
-                }
+                self.add_pieces(&[piece]);
             }
             Message::Bitfield(raw) => {
-                if self.registered.is_some() {
-                    return Err(PeerError::Protocol("bitfield after have".into()));
-                }
                 let bits = Bitfield::from_bytes(&raw, self.bits.len())
                     .map_err(|e| PeerError::Protocol(e.to_string()))?;
+                if self.registered.is_some() {
+                    // A bitfield after `have`s, or a second one: aria2 sends a fresh full
+                    // bitfield instead of many `have`s when that is shorter. BEP 3 only
+                    // allows it first, but dropping such peers costs real clients their
+                    // downloads; read it as a batch of `have`s (pieces are never lost, so
+                    // bits it clears are ignored).
+                    let new: Vec<u32> = bits
+                        .ones()
+                        .filter(|&i| !self.bits.get(i))
+                        .map(|i| i as u32)
+                        .collect();
+                    self.add_pieces(&new);
+                    return Ok(());
+                }
                 let mut st = self.shared.lock();
                 self.registered = Some(st.picker.add_peer(&bits));
                 self.wanted = st.picker.count_wanted(&bits);
