@@ -67,11 +67,6 @@ fn main() {
 
     let (raw, info, piece_layers) =
         hash(&cli.path, cli.piece_length, cli.hybrid).unwrap_or_else(|e| cli::fail(e));
-    if let Some(out) = &cli.torrent_out
-        && let Err(e) = std::fs::write(out, torrent_file(&raw, piece_layers))
-    {
-        cli::fail(format!("cannot write {}: {e}", out.display()));
-    }
     // The files are served from where they are: PATH's parent holds `name`.
     let root = std::fs::canonicalize(&cli.path)
         .ok()
@@ -85,7 +80,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| cli::fail(e));
-    let code = rt.block_on(run(&cli, Bytes::from(raw), info, root, &dht));
+    let code = rt.block_on(run(&cli, Bytes::from(raw), info, piece_layers, root, &dht));
     rt.block_on(async {
         if let Err(e) = dht.shutdown().await {
             tracing::warn!("could not save the DHT state: {e}");
@@ -94,12 +89,35 @@ fn main() {
     std::process::exit(code);
 }
 
-/// The `.torrent` for `--torrent-out`: the info dict verbatim, plus `piece layers` for a
-/// hybrid torrent (without them a v2 client would have to ask peers for the hashes, which
-/// we do not serve).
-fn torrent_file(raw: &[u8], piece_layers: Option<Vec<u8>>) -> Vec<u8> {
+/// Contacts from our routing table written into `nodes` besides our own address: enough
+/// for a downloader to join the DHT if its own routers fail, few enough to stay fresh.
+const TORRENT_NODES: usize = 8;
+
+/// How long `--torrent-out` waits for the routing table before writing `nodes` with
+/// whatever it holds (our own address at least, when it is a specific IP).
+const TORRENT_NODES_WAIT: Duration = Duration::from_secs(3);
+
+/// The `.torrent` for `--torrent-out`: the info dict verbatim; `nodes` (BEP 5: our own DHT
+/// address when it is a specific IP, then good contacts from our table, so a downloader
+/// can join the DHT from the file alone); `piece layers` for a hybrid torrent (without
+/// them a v2 client would have to ask peers for the hashes, which we do not serve).
+async fn torrent_file(raw: &[u8], piece_layers: Option<Vec<u8>>, dht: &DhtHandle) -> Vec<u8> {
     let mut meta = Metainfo::from_info_bytes(raw).unwrap_or_else(|e| cli::fail(e));
     meta.piece_layers = piece_layers;
+    let own = dht.local_addr();
+    if !own.ip().is_unspecified() {
+        meta.nodes.push((own.ip().to_string(), own.port()));
+    }
+    let _ = tokio::time::timeout(TORRENT_NODES_WAIT, dht.wait_for_nodes(1)).await;
+    if let Ok(contacts) = dht.contacts().await {
+        meta.nodes.extend(
+            contacts
+                .iter()
+                .filter(|c| SocketAddr::V4(c.addr) != own)
+                .take(TORRENT_NODES)
+                .map(|c| (c.addr.ip().to_string(), c.addr.port())),
+        );
+    }
     meta.to_bytes()
 }
 
@@ -161,7 +179,14 @@ fn total_size(path: &Path) -> u64 {
     sum
 }
 
-async fn run(cli: &Cli, raw: Bytes, info: Info, root: PathBuf, dht: &DhtHandle) -> i32 {
+async fn run(
+    cli: &Cli,
+    raw: Bytes,
+    info: Info,
+    piece_layers: Option<Vec<u8>>,
+    root: PathBuf,
+    dht: &DhtHandle,
+) -> i32 {
     let peer_id = generate_peer_id();
     let allow = AllowList::only(cli.net.allow_net.clone());
     let listen = cli
@@ -189,6 +214,13 @@ async fn run(cli: &Cli, raw: Bytes, info: Info, root: PathBuf, dht: &DhtHandle) 
     magnet.display_name = Some(info.name.clone());
     if !server.local_addr().ip().is_unspecified() {
         magnet.peers.push(server.local_addr());
+    }
+    // Written before the magnet is printed, so a script that read the magnet finds it.
+    if let Some(out) = &cli.torrent_out
+        && let Err(e) = std::fs::write(out, torrent_file(&raw, piece_layers, dht).await)
+    {
+        eprintln!("error: cannot write {}: {e}", out.display());
+        return 1;
     }
     {
         // The magnet first, alone on its line, so scripts can read it.
