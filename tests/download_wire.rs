@@ -360,3 +360,118 @@ async fn incoming_connections_stop_at_the_limit() {
     drop(seeder);
     net.shutdown().await;
 }
+
+/// aria2 sends a fresh full `bitfield` instead of many `have`s once that is shorter, so a
+/// `bitfield` may follow `have`s or another `bitfield`. Our seeder must keep serving such a
+/// peer (it used to drop it as a protocol violation, and aria2 crawled at a burst per
+/// reconnect), and our downloader must count the late bits as `have`s: here the scripted
+/// peer is the only source of pieces 1..3, which it announces only in late bitfields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_repeated_bitfields_are_read_as_haves() {
+    let net = testnet(146, 4).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("late-bitfield.bin");
+    let data = content(4 * PIECE as usize, 5);
+    std::fs::write(&file, &data).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    let ih = info_hash(&info);
+
+    // Seeder side: haves, then a bitfield, then another; still served.
+    let seeder = Peer::seeder(v4(127, 146, 5, 1), &[net.addr(0)], &info, src.path()).await;
+    let mut p = scripted_peer(v4(127, 146, 5, 2), seeder.addr(), ih).await;
+    send(
+        &mut p,
+        &[
+            Message::Have { piece: 0 },
+            Message::Have { piece: 2 },
+            Message::Bitfield(Bytes::from_static(&[0xA0])),
+            Message::Bitfield(Bytes::from_static(&[0xB0])),
+            Message::Interested,
+        ],
+    )
+    .await;
+    loop {
+        match next(&mut p).await {
+            Message::Unchoke => break,
+            Message::Choke => panic!("choked"),
+            _ => {}
+        }
+    }
+    send(&mut p, &[request(1, 0, BLOCK)]).await;
+    assert_eq!(next_piece(&mut p).await, (1, 0, BLOCK));
+    drop(p);
+
+    drop(seeder);
+
+    // Downloader side: the scripted peer announces piece 0 by `have`, pieces 0-1 by a
+    // bitfield, everything by a second one, and serves what it is asked for. Another
+    // torrent, which nobody announced, so the scripted peer is the only source.
+    let file = src.path().join("late-bitfield-2.bin");
+    let data = content(4 * PIECE as usize, 6);
+    std::fs::write(&file, &data).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    let ih = info_hash(&info);
+    let out = tempfile::tempdir().unwrap();
+    let dl = Peer::start(
+        v4(127, 146, 5, 3),
+        &[net.addr(1)],
+        &info,
+        out.path(),
+        Mode::ReadWrite,
+        |_| {},
+    )
+    .await;
+    for _ in 0..500 {
+        if dl.session.phase() == Phase::Downloading {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut p = scripted_peer(v4(127, 146, 5, 4), dl.addr(), ih).await;
+    send(
+        &mut p,
+        &[
+            Message::Have { piece: 0 },
+            Message::Bitfield(Bytes::from_static(&[0xC0])),
+            Message::Bitfield(Bytes::from_static(&[0xF0])),
+            Message::Unchoke,
+        ],
+    )
+    .await;
+    let mut served = [false; 4];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while matches!(dl.session.phase(), Phase::Checking | Phase::Downloading) {
+        let msg = tokio::time::timeout_at(deadline, p.reader.recv())
+            .await
+            .expect("the download did not finish from the late-bitfield peer");
+        match msg {
+            Ok(Message::Request {
+                index,
+                begin,
+                length,
+            }) => {
+                let at = (index * PIECE + begin) as usize;
+                served[index as usize] = true;
+                send(
+                    &mut p,
+                    &[Message::Piece {
+                        index,
+                        begin,
+                        block: Bytes::copy_from_slice(&data[at..at + length as usize]),
+                    }],
+                )
+                .await;
+            }
+            Ok(_) => {}
+            // Once complete, two seeds have nothing to trade and we may hang up.
+            Err(_) => break,
+        }
+    }
+    dl.wait_complete(Duration::from_secs(30)).await;
+    assert_eq!(served, [true; 4], "every piece came from the scripted peer");
+    assert_eq!(
+        std::fs::read(out.path().join("late-bitfield-2.bin")).unwrap(),
+        data
+    );
+    net.shutdown().await;
+}

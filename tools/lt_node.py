@@ -63,6 +63,13 @@ Commands (INFOHASH/TARGET = 40 hex chars; every IP argument must be in
                                  "name":".."}
                                  v1-only torrent of the file/dir, seeded from
                                  its parent dir, force_dht_announce()d.
+  seed_default PATH [PIECE_SIZE]
+                             -> like seed, but with libtorrent's default
+                                 create_torrent flags (2.x: hybrid v1+v2 with
+                                 BEP 47 pad files); info_hash is the v1 hash.
+  add_torrent_file TORRENT SAVE_DIR
+                             -> {"ok":true,"info_hash":".."} downloads the
+                                 .torrent into SAVE_DIR (peers via add_peer).
   add_magnet MAGNET SAVE_DIR -> {"ok":true,"info_hash":".."}; trackers and web
                                  seeds in the URI are dropped. Events later:
                                  {"event":"metadata","info_hash":..,"name":..}
@@ -585,6 +592,26 @@ class Node:
         atp.flags = f
 
     def cmd_seed(self, args):
+        return self.seed_path(args, lt.create_torrent.v1_only)
+
+    def cmd_seed_default(self, args):
+        # libtorrent's own default format: hybrid v1+v2, BEP 47 pad files between files.
+        return self.seed_path(args, 0, piece_size=int(args[1]) if len(args) > 1 else 0)
+
+    def cmd_add_torrent_file(self, args):
+        tpath, save = os.path.abspath(args[0]), os.path.abspath(args[1])
+        ti = lt.torrent_info(tpath)
+        atp = lt.add_torrent_params()
+        atp.ti = ti
+        atp.save_path = save
+        os.makedirs(save, exist_ok=True)
+        self.add_flags(atp)
+        ih = hexhash(ti.info_hashes().v1)
+        h = self.ses.add_torrent(atp)
+        self.torrents[ih] = h
+        return {"info_hash": ih}
+
+    def seed_path(self, args, flags, piece_size=0):
         path = os.path.abspath(args[0])
         if not os.path.exists(path):
             raise ValueError("no such file or directory: %s" % path)
@@ -593,7 +620,7 @@ class Node:
         lt.add_files(fs, path)
         if fs.num_files() == 0:
             raise ValueError("nothing to seed in %s" % path)
-        ct = lt.create_torrent(fs, 0, lt.create_torrent.v1_only)
+        ct = lt.create_torrent(fs, piece_size, flags)
         ct.set_creator("trackerless lt_node.py")
         lt.set_piece_hashes(ct, parent)
         data = lt.bencode(ct.generate())
@@ -676,6 +703,7 @@ class Node:
     ARITY = {
         "add_node": 2, "status": 0, "announce": 2, "get_peers": 1, "node_id": 0,
         "get_node_table": 0, "seed": 1, "add_magnet": 2, "add_peer": 3,
+        "seed_default": 1, "add_torrent_file": 2,
         "torrent_status": 1, "dht_announce_torrent": 1, "sample_infohashes": 3,
         "put_immutable": 1, "get_immutable": 1, "ping": 0,
     }

@@ -60,6 +60,22 @@ struct Cli {
     net: NetArgs,
 }
 
+/// A trackerless `.torrent`'s `nodes` (BEP 5) as extra bootstrap routers: the torrent's
+/// creator named DHT nodes to join through, which matters when the built-in routers are
+/// unreachable or `--bootstrap` names none that work. Like every router they are only
+/// asked to start the join; they enter the routing table only by answering like any other
+/// node. IPv6 literals are skipped (the node speaks IPv4), as are entries that are not
+/// `host:port`.
+fn torrent_routers(nodes: &[(String, u16)]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter(|(host, _)| !host.contains(':'))
+        .map(|(host, port)| format!("{host}:{port}"))
+        .filter(|e| trackerless::dht::bootstrap::validate_entry(e).is_ok())
+        .take(32)
+        .collect()
+}
+
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -124,7 +140,10 @@ fn main() {
     if let Err(e) = std::fs::create_dir_all(&cli.out) {
         cli::fail(format!("cannot create {}: {e}", cli.out.display()));
     }
-    let cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
+    let mut cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
+    if let Target::Torrent(meta) = &target {
+        cfg.bootstrap.extend(torrent_routers(&meta.nodes));
+    }
     let dht = cli::start_dht_or_without_store(cfg).unwrap_or_else(|e| cli::fail(e));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))

@@ -15,8 +15,9 @@ use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
 use trackerless::download::{Mode, Phase, Session, SessionConfig};
 use trackerless::metadata::MetadataRegistry;
+use trackerless::torrent::hybrid::create_hybrid_info;
 use trackerless::torrent::magnet::Magnet;
-use trackerless::torrent::metainfo::{Info, create_info, torrent_file_from_info};
+use trackerless::torrent::metainfo::{Info, Metainfo, create_info};
 use trackerless::wire::generate_peer_id;
 
 /// Share a file or a directory through the Mainline DHT (no trackers).
@@ -37,6 +38,12 @@ struct Cli {
     /// Also write the .torrent file here.
     #[arg(long, value_name = "FILE")]
     torrent_out: Option<PathBuf>,
+    /// Create a BEP 52 hybrid (v1 + v2) torrent, the format libtorrent 2.x and qBittorrent
+    /// make by default: files aligned to pieces by BEP 47 pad files, and a `file tree` and
+    /// `piece layers` for v2 clients. We serve it through its v1 part. The piece length
+    /// must then be a power of two of at least 16 KiB.
+    #[arg(long)]
+    hybrid: bool,
     /// TCP address to accept peer connections on (default: the --bind IP, any port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -58,12 +65,8 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     cli::init_logging();
 
-    let (raw, info) = hash(&cli.path, cli.piece_length).unwrap_or_else(|e| cli::fail(e));
-    if let Some(out) = &cli.torrent_out
-        && let Err(e) = std::fs::write(out, torrent_file_from_info(&raw))
-    {
-        cli::fail(format!("cannot write {}: {e}", out.display()));
-    }
+    let (raw, info, piece_layers) =
+        hash(&cli.path, cli.piece_length, cli.hybrid).unwrap_or_else(|e| cli::fail(e));
     // The files are served from where they are: PATH's parent holds `name`.
     let root = std::fs::canonicalize(&cli.path)
         .ok()
@@ -77,7 +80,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| cli::fail(e));
-    let code = rt.block_on(run(&cli, Bytes::from(raw), info, root, &dht));
+    let code = rt.block_on(run(&cli, Bytes::from(raw), info, piece_layers, root, &dht));
     rt.block_on(async {
         if let Err(e) = dht.shutdown().await {
             tracing::warn!("could not save the DHT state: {e}");
@@ -86,8 +89,42 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Contacts from our routing table written into `nodes` besides our own address: enough
+/// for a downloader to join the DHT if its own routers fail, few enough to stay fresh.
+const TORRENT_NODES: usize = 8;
+
+/// How long `--torrent-out` waits for the routing table before writing `nodes` with
+/// whatever it holds (our own address at least, when it is a specific IP).
+const TORRENT_NODES_WAIT: Duration = Duration::from_secs(3);
+
+/// The `.torrent` for `--torrent-out`: the info dict verbatim; `nodes` (BEP 5: our own DHT
+/// address when it is a specific IP, then good contacts from our table, so a downloader
+/// can join the DHT from the file alone); `piece layers` for a hybrid torrent (without
+/// them a v2 client would have to ask peers for the hashes, which we do not serve).
+async fn torrent_file(raw: &[u8], piece_layers: Option<Vec<u8>>, dht: &DhtHandle) -> Vec<u8> {
+    let mut meta = Metainfo::from_info_bytes(raw).unwrap_or_else(|e| cli::fail(e));
+    meta.piece_layers = piece_layers;
+    let own = dht.local_addr();
+    if !own.ip().is_unspecified() {
+        meta.nodes.push((own.ip().to_string(), own.port()));
+    }
+    let _ = tokio::time::timeout(TORRENT_NODES_WAIT, dht.wait_for_nodes(1)).await;
+    if let Ok(contacts) = dht.contacts().await {
+        meta.nodes.extend(
+            contacts
+                .iter()
+                .filter(|c| SocketAddr::V4(c.addr) != own)
+                .take(TORRENT_NODES)
+                .map(|c| (c.addr.ip().to_string(), c.addr.port())),
+        );
+    }
+    meta.to_bytes()
+}
+
 /// Hashes PATH, with a progress bar on a terminal (stderr, so stdout stays the magnet).
-fn hash(path: &Path, piece_length: Option<u64>) -> Result<(Vec<u8>, Info), String> {
+/// Returns the info dict, its typed view, and for a hybrid torrent its `piece layers`.
+type Hashed = (Vec<u8>, Info, Option<Vec<u8>>);
+fn hash(path: &Path, piece_length: Option<u64>, hybrid: bool) -> Result<Hashed, String> {
     let total = total_size(path);
     let bar = (std::io::stderr().is_terminal() && total > 0).then(|| {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -100,11 +137,17 @@ fn hash(path: &Path, piece_length: Option<u64>) -> Result<(Vec<u8>, Info), Strin
         );
         bar
     });
-    let r = create_info(path, piece_length, |n| {
+    let progress = |n| {
         if let Some(b) = &bar {
             b.set_position(n);
         }
-    });
+    };
+    let r = if hybrid {
+        create_hybrid_info(path, piece_length, progress)
+            .map(|c| (c.info_bytes, c.info, Some(c.piece_layers)))
+    } else {
+        create_info(path, piece_length, progress).map(|(raw, info)| (raw, info, None))
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -136,7 +179,14 @@ fn total_size(path: &Path) -> u64 {
     sum
 }
 
-async fn run(cli: &Cli, raw: Bytes, info: Info, root: PathBuf, dht: &DhtHandle) -> i32 {
+async fn run(
+    cli: &Cli,
+    raw: Bytes,
+    info: Info,
+    piece_layers: Option<Vec<u8>>,
+    root: PathBuf,
+    dht: &DhtHandle,
+) -> i32 {
     let peer_id = generate_peer_id();
     let allow = AllowList::only(cli.net.allow_net.clone());
     let listen = cli
@@ -164,6 +214,13 @@ async fn run(cli: &Cli, raw: Bytes, info: Info, root: PathBuf, dht: &DhtHandle) 
     magnet.display_name = Some(info.name.clone());
     if !server.local_addr().ip().is_unspecified() {
         magnet.peers.push(server.local_addr());
+    }
+    // Written before the magnet is printed, so a script that read the magnet finds it.
+    if let Some(out) = &cli.torrent_out
+        && let Err(e) = std::fs::write(out, torrent_file(&raw, piece_layers, dht).await)
+    {
+        eprintln!("error: cannot write {}: {e}", out.display());
+        return 1;
     }
     {
         // The magnet first, alone on its line, so scripts can read it.

@@ -82,11 +82,64 @@ pub(super) enum PeerCmd {
     Close,
 }
 
-/// Why a connection ended.
+/// Why a connection ended with an error.
 #[derive(Debug)]
 pub(super) enum PeerError {
     Wire(WireError),
     Protocol(String),
+    /// We hang up on purpose, with nothing wrong (e.g. two seeds).
+    Done(&'static str),
+}
+
+/// Who ended a peer connection, for the one debug line logged per connection: the next
+/// interop stall should be diagnosable from our side alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EndedBy {
+    /// We closed it (on purpose, or because the peer broke a rule or went silent).
+    Us,
+    /// The peer closed it (EOF) or reset it.
+    Peer,
+    /// The socket failed some other way.
+    Error,
+}
+
+impl fmt::Display for EndedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EndedBy::Us => "we closed",
+            EndedBy::Peer => "peer closed",
+            EndedBy::Error => "error",
+        })
+    }
+}
+
+/// Sorts a connection's outcome into who ended it and why (`Ok` carries our reason for a
+/// deliberate close).
+pub(super) fn end_reason(r: &Result<&'static str, PeerError>) -> (EndedBy, String) {
+    use std::io::ErrorKind as K;
+    match r {
+        Ok(reason) | Err(PeerError::Done(reason)) => (EndedBy::Us, (*reason).to_owned()),
+        Err(e @ PeerError::Protocol(_)) => (EndedBy::Us, e.to_string()),
+        Err(PeerError::Wire(w)) => match w {
+            WireError::Closed => (EndedBy::Peer, "EOF".into()),
+            WireError::ClosedMidFrame => (EndedBy::Peer, "EOF in the middle of a message".into()),
+            WireError::Io(e)
+                if matches!(
+                    e.kind(),
+                    K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe
+                ) =>
+            {
+                (EndedBy::Peer, format!("reset ({e})"))
+            }
+            WireError::Timeout(crate::wire::Phase::Write) => (
+                EndedBy::Us,
+                format!("the peer stopped reading for {}s", WRITE_STALL.as_secs()),
+            ),
+            WireError::Timeout(phase) => (EndedBy::Us, format!("timeout while {phase:?}")),
+            WireError::Frame(e) => (EndedBy::Us, format!("protocol violation: {e}")),
+            other => (EndedBy::Error, other.to_string()),
+        },
+    }
 }
 
 impl fmt::Display for PeerError {
@@ -94,6 +147,7 @@ impl fmt::Display for PeerError {
         match self {
             PeerError::Wire(e) => write!(f, "{e}"),
             PeerError::Protocol(e) => write!(f, "protocol violation: {e}"),
+            PeerError::Done(why) => f.write_str(why),
         }
     }
 }
@@ -142,6 +196,7 @@ struct Conn {
 
 /// Runs the connection until it ends, then returns its requests and availability to the
 /// session. `stats` and the session's entry for `key` were registered by the caller.
+/// `Ok` carries our reason for closing a healthy connection.
 pub(super) async fn run(
     shared: Arc<Shared>,
     key: PeerKey,
@@ -150,7 +205,7 @@ pub(super) async fn run(
     theirs: Handshake,
     stats: Arc<PeerStats>,
     mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
-) -> Result<(), PeerError> {
+) -> Result<&'static str, PeerError> {
     stream.set_nodelay(true).map_err(WireError::from)?;
     let PeerConn { mut reader, writer } = PeerConn::from_tcp(stream, &shared.cfg.wire);
     let n = shared.info.num_pieces();
@@ -187,15 +242,20 @@ pub(super) async fn run(
     conn.greet(&theirs);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result: Result<(), PeerError> = async {
+    let result: Result<&'static str, PeerError> = async {
         loop {
             let wait = conn.rate_wait;
             tokio::select! {
                 msg = reader.recv() => conn.on_message(msg?)?,
                 r = conn.writer.flush(), if conn.writer.pending() > 0 => r?,
                 cmd = cmds.recv() => match cmd {
-                    None | Some(PeerCmd::Close) => return Ok(()),
-                    Some(c) => if !conn.on_cmd(c) { return Ok(()) },
+                    None => return Ok("the session ended"),
+                    Some(PeerCmd::Close) => {
+                        return Ok("the session closed it (peer banned, or stopping)")
+                    }
+                    Some(c) => if !conn.on_cmd(c) {
+                        return Ok("both sides complete: nothing to trade")
+                    },
                 },
                 Some(done) = read_rx.recv() => conn.on_read(done)?,
                 _ = tick.tick() => conn.on_tick()?,
@@ -239,6 +299,37 @@ impl Conn {
         }
     }
 
+    /// The peer announced `pieces` (a `have`, or the new bits of a late bitfield): record
+    /// them and keep the picker's availability counts in step, under one lock.
+    fn add_pieces(&mut self, pieces: &[u32]) {
+        let mut changed = false;
+        let mut st = self.shared.lock();
+        for &piece in pieces {
+            if !self.bits.set(piece as usize) {
+                continue;
+            }
+            changed = true;
+            if self.registered.is_none() {
+                self.registered = Some(false);
+                let mut only = Bitfield::new(self.bits.len());
+                only.set(piece as usize);
+                st.picker.add_peer(&only);
+            } else if self.registered == Some(false) {
+                st.picker.peer_has(piece);
+            }
+            if !st.picker.have().get(piece as usize) {
+                self.wanted += 1;
+            }
+        }
+        drop(st);
+        if changed {
+            self.stats
+                .seed
+                .store(self.bits.is_full(), Ordering::Relaxed);
+            self.update_interest();
+        }
+    }
+
     fn on_message(&mut self, msg: Message) -> Result<(), PeerError> {
         match msg {
             Message::KeepAlive => {}
@@ -268,32 +359,25 @@ impl Conn {
                 if piece as usize >= self.bits.len() {
                     return Err(PeerError::Protocol(format!("have for piece {piece}")));
                 }
-                if self.bits.set(piece as usize) {
-                    let mut st = self.shared.lock();
-                    if self.registered.is_none() {
-                        self.registered = Some(false);
-                        let mut only = Bitfield::new(self.bits.len());
-                        only.set(piece as usize);
-                        st.picker.add_peer(&only);
-                    } else if self.registered == Some(false) {
-                        st.picker.peer_has(piece);
-                    }
-                    if !st.picker.have().get(piece as usize) {
-                        self.wanted += 1;
-                    }
-                    drop(st);
-                    self.stats
-                        .seed
-                        .store(self.bits.is_full(), Ordering::Relaxed);
-                    self.update_interest();
-                }
+                self.add_pieces(&[piece]);
             }
             Message::Bitfield(raw) => {
-                if self.registered.is_some() {
-                    return Err(PeerError::Protocol("bitfield after have".into()));
-                }
                 let bits = Bitfield::from_bytes(&raw, self.bits.len())
                     .map_err(|e| PeerError::Protocol(e.to_string()))?;
+                if self.registered.is_some() {
+                    // A bitfield after `have`s, or a second one: aria2 sends a fresh full
+                    // bitfield instead of many `have`s when that is shorter. BEP 3 only
+                    // allows it first, but dropping such peers costs real clients their
+                    // downloads; read it as a batch of `have`s (pieces are never lost, so
+                    // bits it clears are ignored).
+                    let new: Vec<u32> = bits
+                        .ones()
+                        .filter(|&i| !self.bits.get(i))
+                        .map(|i| i as u32)
+                        .collect();
+                    self.add_pieces(&new);
+                    return Ok(());
+                }
                 let mut st = self.shared.lock();
                 self.registered = Some(st.picker.add_peer(&bits));
                 self.wanted = st.picker.count_wanted(&bits);
@@ -305,7 +389,7 @@ impl Conn {
                     .store(self.bits.is_full(), Ordering::Relaxed);
                 if both_complete {
                     // Two seeds have nothing to trade.
-                    return Err(PeerError::Protocol("both sides are seeds".into()));
+                    return Err(PeerError::Done("both sides are seeds: nothing to trade"));
                 }
                 self.update_interest();
             }
@@ -677,6 +761,70 @@ fn pipeline_depth(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_end_says_who_closed_and_why() {
+        use std::io::{Error, ErrorKind};
+        let cases: Vec<(Result<&'static str, PeerError>, EndedBy, &str)> = vec![
+            (
+                Ok("both sides complete: nothing to trade"),
+                EndedBy::Us,
+                "both sides complete",
+            ),
+            (
+                Err(PeerError::Done("both sides are seeds")),
+                EndedBy::Us,
+                "seeds",
+            ),
+            (
+                Err(PeerError::Protocol("have for piece 9".into())),
+                EndedBy::Us,
+                "protocol violation: have for piece 9",
+            ),
+            (
+                Err(PeerError::Wire(WireError::Closed)),
+                EndedBy::Peer,
+                "EOF",
+            ),
+            (
+                Err(PeerError::Wire(WireError::ClosedMidFrame)),
+                EndedBy::Peer,
+                "EOF in the middle",
+            ),
+            (
+                Err(PeerError::Wire(WireError::Io(Error::from(
+                    ErrorKind::ConnectionReset,
+                )))),
+                EndedBy::Peer,
+                "reset",
+            ),
+            (
+                Err(PeerError::Wire(WireError::Timeout(
+                    crate::wire::Phase::Write,
+                ))),
+                EndedBy::Us,
+                "stopped reading",
+            ),
+            (
+                Err(PeerError::Wire(WireError::Timeout(
+                    crate::wire::Phase::Read,
+                ))),
+                EndedBy::Us,
+                "timeout while Read",
+            ),
+            (
+                Err(PeerError::Wire(WireError::Io(Error::other("disk on fire")))),
+                EndedBy::Error,
+                "disk on fire",
+            ),
+        ];
+        for (r, by, needle) in cases {
+            let (got_by, reason) = end_reason(&r);
+            assert_eq!(got_by, by, "{r:?}");
+            assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+        }
+        assert_eq!(EndedBy::Peer.to_string(), "peer closed");
+    }
 
     #[test]
     fn pipeline_follows_rate_and_reqq() {

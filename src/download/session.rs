@@ -1005,9 +1005,17 @@ impl Runner {
         }
         let shared = self.shared.clone();
         self.peers.spawn(async move {
-            if let Err(e) = peer::run(shared.clone(), key, addr, stream, theirs, stats, rx).await {
-                tracing::debug!(%addr, "peer connection ended: {e}");
-            }
+            let began = Instant::now();
+            let r = peer::run(shared.clone(), key, addr, stream, theirs, stats.clone(), rx).await;
+            let (by, reason) = peer::end_reason(&r);
+            tracing::debug!(
+                %addr,
+                outgoing,
+                secs = began.elapsed().as_secs(),
+                down = stats.down.load(Ordering::Relaxed),
+                up = stats.up.load(Ordering::Relaxed),
+                "peer connection ended: {by}: {reason}"
+            );
             PeerExit {
                 key,
                 addr,

@@ -162,6 +162,10 @@ struct Files {
     paths: Vec<PathBuf>,
     /// (offset, length) of each file in the torrent's byte stream.
     extents: Vec<(u64, u64)>,
+    /// BEP 47 pad files: never opened; their bytes read as zeros and writes to them are
+    /// dropped (a block that put anything else there fails its piece hash anyway, because
+    /// the hash covers the zeros).
+    pad: Vec<bool>,
     piece_length: u64,
     total_length: u64,
     mode: Mode,
@@ -246,6 +250,9 @@ impl Files {
                 op: "write",
                 source,
             };
+            if self.pad[i] {
+                return Ok(());
+            }
             let file = self.handle(i)?;
             // The parts of the blocks inside `range` (run coordinates).
             let mut slices = Vec::with_capacity(blocks.len());
@@ -290,6 +297,10 @@ impl Files {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), StorageError> {
         self.for_each_span(offset, buf.len(), |i, at, range| {
+            if self.pad[i] {
+                buf[range].fill(0);
+                return Ok(());
+            }
             self.handle(i)?
                 .read_exact_at(&mut buf[range], at)
                 .map_err(|source| StorageError::Io {
@@ -548,6 +559,12 @@ impl Storage {
         for (i, f) in info.files.iter().enumerate() {
             let rel = info.file_path_on_disk(i).unwrap_or_default();
             let path = root.join(rel);
+            if f.pad {
+                // Nothing on disk: pad bytes are zeros by definition (BEP 47).
+                preexisting.push(false);
+                paths.push(path);
+                continue;
+            }
             let existing = fs::metadata(&path)
                 .ok()
                 .filter(|m| m.is_file())
@@ -564,13 +581,19 @@ impl Storage {
                         });
                     }
                 }
-                Mode::ReadWrite => prepare_file(&path, f.length, existing)?,
+                Mode::ReadWrite => {
+                    prepare_file(&path, f.length, existing)?;
+                    if f.executable {
+                        make_executable(&path)?;
+                    }
+                }
             }
             paths.push(path);
         }
         let files = Arc::new(Files {
             paths,
             extents: info.files.iter().map(|f| (f.offset, f.length)).collect(),
+            pad: info.files.iter().map(|f| f.pad).collect(),
             piece_length: info.piece_length,
             total_length: info.total_length(),
             mode,
@@ -693,16 +716,34 @@ impl Storage {
 
     /// Size and modification time of every file now.
     pub fn stamps(&self) -> Vec<FileStamp> {
-        self.files.paths.iter().map(|p| stamp(p)).collect()
+        // A pad file's stamp is fixed: it has no file, and a stray one at its path is not ours.
+        self.files
+            .paths
+            .iter()
+            .zip(&self.files.pad)
+            .map(|(p, &pad)| {
+                if pad {
+                    FileStamp {
+                        len: 0,
+                        mtime_ns: 0,
+                    }
+                } else {
+                    stamp(p)
+                }
+            })
+            .collect()
     }
 
-    /// The file indices piece `piece` touches.
+    /// The file indices piece `piece` touches on disk (pad files, which have no file, are
+    /// left out).
     pub fn piece_files(&self, piece: u32) -> Vec<usize> {
         let mut out = Vec::new();
         let offset = u64::from(piece) * self.files.piece_length;
         let len = self.files.piece_size(piece) as usize;
         let _ = self.files.for_each_span(offset, len, |i, _, _| {
-            out.push(i);
+            if !self.files.pad[i] {
+                out.push(i);
+            }
             Ok(())
         });
         out
@@ -729,6 +770,27 @@ pub fn stamp(path: &Path) -> FileStamp {
 
 /// Creates `path` (and its directories) at exactly `length` bytes. Growing uses
 /// `set_len`, which makes the file sparse: space is allocated as blocks are written.
+/// Gives a file the executable bit wherever it has the read bit (BEP 47 `attr` `x`), the
+/// way `chmod +x` under a umask would, so a downloaded program runs as its publisher meant.
+fn make_executable(path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |op: &'static str| {
+        move |source| StorageError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let mut perms = fs::metadata(path).map_err(err("stat"))?.permissions();
+    let mode = perms.mode();
+    let want = mode | ((mode & 0o444) >> 2);
+    if want != mode {
+        perms.set_mode(want);
+        fs::set_permissions(path, perms).map_err(err("chmod"))?;
+    }
+    Ok(())
+}
+
 fn prepare_file(path: &Path, length: u64, existing: Option<u64>) -> Result<(), StorageError> {
     let err = |op: &'static str| {
         move |source| StorageError::Io {
@@ -857,6 +919,112 @@ mod tests {
         }
         assert_eq!(st.piece_files(0), [0, 1]);
         assert_eq!(st.piece_files(1), [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn pad_files_stay_off_disk_and_read_and_verify_as_zeros() {
+        let src = tempfile::tempdir().unwrap();
+        let t = src.path().join("t");
+        // Two files of one size (so two pads share the path `.pad/25536`), one below a
+        // piece, one empty.
+        layout(
+            &t,
+            &[("a", 40_000), ("b", 40_000), ("c", 100), ("d", 0), ("e", 5)],
+        );
+        let created =
+            crate::torrent::hybrid::create_hybrid_info(&t, Some(32 << 10), |_| {}).unwrap();
+        let info = created.info;
+        assert!(info.files.iter().filter(|f| f.pad).count() >= 3);
+        // The torrent's byte stream, pads as zeros.
+        let mut stream = Vec::new();
+        for f in &info.files {
+            if f.pad {
+                stream.resize(stream.len() + f.length as usize, 0);
+            } else {
+                stream.extend(fs::read(t.join(f.path.join("/"))).unwrap());
+            }
+        }
+        assert_eq!(stream.len() as u64, info.total_length());
+
+        // Seeding in place needs no pad file, and reads hand out zeros for pad bytes.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let seed = Storage::open(src.path(), &info, Mode::ReadOnly, 1, tx.clone()).unwrap();
+        let (rtx, mut rrx) = mpsc::unbounded_channel();
+        // Piece 1 is the end of `a` then its pad.
+        seed.read(1, 0, 16384, rtx.clone());
+        let r = rrx.recv().await.unwrap();
+        assert_eq!(r.data.unwrap()[..], stream[32768..32768 + 16384]);
+        for p in 0..info.num_pieces() as u32 {
+            seed.check(p);
+        }
+        for _ in 0..info.num_pieces() {
+            assert!(matches!(
+                next(&mut rx).await,
+                DiskEvent::Checked { ok: true, .. }
+            ));
+        }
+
+        // Downloading: every piece verifies, and no `.pad` appears on disk.
+        let out = tempfile::tempdir().unwrap();
+        let st = Storage::open(out.path(), &info, Mode::ReadWrite, 2, tx).unwrap();
+        for piece in 0..info.num_pieces() as u32 {
+            let base = piece as usize * (32 << 10);
+            let size = info.piece_size(piece as usize).unwrap() as usize;
+            let mut begin = 0;
+            while begin < size {
+                let end = (begin + 16384).min(size);
+                st.write(
+                    piece,
+                    begin as u32,
+                    Bytes::copy_from_slice(&stream[base + begin..base + end]),
+                );
+                begin = end;
+            }
+            st.verify(piece, false);
+        }
+        for _ in 0..info.num_pieces() {
+            assert!(matches!(
+                next(&mut rx).await,
+                DiskEvent::Verified { ok: true, .. }
+            ));
+        }
+        st.flush().await;
+        assert!(!out.path().join("t/.pad").exists());
+        for name in ["a", "b", "c", "d", "e"] {
+            assert_eq!(
+                fs::read(out.path().join("t").join(name)).unwrap(),
+                fs::read(t.join(name)).unwrap(),
+                "{name}"
+            );
+        }
+        // A piece touching only a file and its pad lists only the file.
+        assert_eq!(st.piece_files(1), [0]);
+    }
+
+    #[test]
+    fn executable_attr_sets_the_x_bit() {
+        use std::os::unix::fs::PermissionsExt;
+        let data = b"#!/bin/sh\n";
+        let mut raw = b"d5:filesld4:attr1:x6:lengthi".to_vec();
+        raw.extend(format!("{}e4:pathl3:runeed6:lengthi1e4:pathl5:plaineee", data.len()).bytes());
+        raw.extend(b"4:name1:t12:piece lengthi16384e6:pieces20:");
+        let mut all = data.to_vec();
+        all.push(b'z');
+        raw.extend_from_slice(&Sha1::digest(&all));
+        raw.push(b'e');
+        let info = Info::from_bytes(&raw).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Storage::open(out.path(), &info, Mode::ReadWrite, 1, tx).unwrap();
+        let mode = |n: &str| {
+            fs::metadata(out.path().join("t").join(n))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode("run") & 0o111, 0o111 & (mode("run") >> 2));
+        assert_ne!(mode("run") & 0o100, 0);
+        assert_eq!(mode("plain") & 0o111, 0);
     }
 
     #[tokio::test]

@@ -53,8 +53,12 @@ pub enum MagnetError {
     NoQuery,
     /// No `xt` parameter at all.
     MissingXt,
-    /// `xt` parameters were present but none is a `urn:btih:` (e.g. only a v2 `urn:btmh:`).
+    /// `xt` parameters were present but none is a `urn:btih:` or `urn:btmh:`.
     UnsupportedUrn(String),
+    /// Only a BEP 52 `urn:btmh:` (v2 info hash) topic: we speak v1 only, and a v2 swarm
+    /// cannot be joined through a v1 hash we do not know. A hybrid torrent's magnet also
+    /// carries its `urn:btih:` and works.
+    V2Only,
     /// Two `urn:btih:` topics naming different torrents: which one was meant is unknowable.
     ConflictingHashes,
     /// The hash text has a length that is neither 40 (hex) nor 32 (base32).
@@ -86,6 +90,7 @@ impl fmt::Display for MagnetError {
                 f,
                 "magnet link's `xt` is `{urn}`, not a BitTorrent v1 info hash (`urn:btih:`)"
             ),
+            MagnetError::V2Only => write!(f, "v2-only torrents are not supported yet"),
             MagnetError::ConflictingHashes => {
                 write!(
                     f,
@@ -222,6 +227,9 @@ impl Magnet {
         }
         magnet.info_hash = match (info_hash, other_urn) {
             (Some(hash), _) => hash,
+            (None, Some(urn)) if strip_prefix_ignore_case(&urn, "urn:btmh:").is_some() => {
+                return Err(MagnetError::V2Only);
+            }
             (None, Some(urn)) => return Err(MagnetError::UnsupportedUrn(urn)),
             (None, None) => return Err(MagnetError::MissingXt),
         };
@@ -401,7 +409,11 @@ mod tests {
         let v2 = "urn:btmh:1220caf1e1c30e81cb361b9ee167c4aa64228a7fa4fa9f6105232b28ad099f3a302e";
         assert_eq!(
             Magnet::parse(&format!("magnet:?xt={v2}")),
-            Err(MagnetError::UnsupportedUrn(v2.into()))
+            Err(MagnetError::V2Only)
+        );
+        assert_eq!(
+            MagnetError::V2Only.to_string(),
+            "v2-only torrents are not supported yet"
         );
         let m = Magnet::parse(&format!("magnet:?xt={v2}&xt=urn:btih:{HEX}")).unwrap();
         assert_eq!(m.info_hash, hash());

@@ -53,6 +53,16 @@ pub struct FileEntry {
     pub length: u64,
     /// Offset of the file's first byte in the torrent's concatenated data.
     pub offset: u64,
+    /// BEP 47 pad file (`attr` contains `p`, or the path is `.pad/...`): alignment filler
+    /// whose bytes are all zero. It is never created on disk; its bytes are served and
+    /// verified as zeros. Pad files may share a path (libtorrent names them `.pad/<size>`).
+    pub pad: bool,
+    /// BEP 47 `attr` `x`: the file gets the executable bit when we create it.
+    pub executable: bool,
+    /// BEP 47 `attr` `h`: a hidden file. On Unix hiding is a matter of the name (a leading
+    /// dot), which the torrent already carries, so nothing more is done; it is kept so a
+    /// caller can tell.
+    pub hidden: bool,
 }
 
 /// The part of a file that a piece covers (see [`Info::piece_spans`]).
@@ -82,6 +92,10 @@ pub struct Info {
     pub private: bool,
     /// Whether the dict used the single-file form (`length`) rather than `files`.
     pub single_file: bool,
+    /// `meta version` 2 next to the v1 keys: a BEP 52 hybrid torrent. We download and seed
+    /// it through its v1 part; the v2 keys (`file tree`, `meta version`) stay untouched in
+    /// the raw info bytes, so what we serve and write keeps them byte for byte.
+    pub hybrid: bool,
 }
 
 /// A parsed `.torrent` file.
@@ -105,6 +119,10 @@ pub struct Metainfo {
     pub created_by: Option<String>,
     /// `creation date`, seconds since the Unix epoch.
     pub creation_date: Option<i64>,
+    /// BEP 52 `piece layers` (hybrid and v2 torrents), the bencoded value exactly as it
+    /// appeared: we do not use v2 hashes, but a `.torrent` we write back must keep them or
+    /// v2-capable clients would have to fetch them from peers.
+    pub piece_layers: Option<Vec<u8>>,
 }
 
 /// Why a `.torrent`, an info dict, or a directory to share cannot be used.
@@ -154,6 +172,12 @@ pub enum MetainfoError {
     },
     /// Two files with the same path: the second would overwrite the first.
     DuplicatePath(Vec<String>),
+    /// A BEP 47 symbolic link entry (`attr` contains `l`). Links are refused outright
+    /// rather than checked: a link target is a path from a stranger that the file system
+    /// would follow on every later write, and no torrent we need to read depends on one.
+    Symlink(Vec<String>),
+    /// A BEP 52 v2-only info dict (`meta version` 2 without v1 `pieces`).
+    V2Only,
     /// A file's path is also used as a directory by another file.
     PathConflict {
         file: Vec<String>,
@@ -225,6 +249,11 @@ impl fmt::Display for MetainfoError {
             E::UnsafeName { name, reason } => write!(f, "unsafe torrent name {name:?}: {reason}"),
             E::UnsafePath { path, reason } => write!(f, "unsafe file path {path:?}: {reason}"),
             E::DuplicatePath(path) => write!(f, "file path {path:?} appears twice"),
+            E::Symlink(path) => write!(
+                f,
+                "file {path:?} is a symbolic link (BEP 47 attr `l`); links are not supported"
+            ),
+            E::V2Only => write!(f, "v2-only torrents are not supported yet"),
             E::PathConflict { file, other } => {
                 write!(f, "file {file:?} is also the directory of file {other:?}")
             }
@@ -326,6 +355,10 @@ struct RawInfo {
     length: Option<i64>,
     files: Option<Vec<RawFile>>,
     private: Option<i64>,
+    /// BEP 47 attributes of a single-file torrent's file.
+    attr: Option<ByteBuf>,
+    #[serde(rename = "meta version")]
+    meta_version: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -334,6 +367,28 @@ struct RawFile {
     path: Option<Vec<ByteBuf>>,
     #[serde(rename = "path.utf-8")]
     path_utf8: Option<Value>,
+    /// BEP 47 attributes: `p` pad, `x` executable, `h` hidden, `l` symlink.
+    attr: Option<ByteBuf>,
+}
+
+/// The BEP 47 flags we act on, from an `attr` string (unknown letters are ignored, as the
+/// BEP asks).
+#[derive(Default, Clone, Copy)]
+struct Attr {
+    pad: bool,
+    executable: bool,
+    hidden: bool,
+    symlink: bool,
+}
+
+fn attr_flags(attr: Option<&ByteBuf>) -> Attr {
+    let bytes = attr.map_or(&[][..], |a| a.as_slice());
+    Attr {
+        pad: bytes.contains(&b'p'),
+        executable: bytes.contains(&b'x'),
+        hidden: bytes.contains(&b'h'),
+        symlink: bytes.contains(&b'l'),
+    }
 }
 
 /// `bytes` as UTF-8, else the `.utf-8` fallback if it is a UTF-8 byte string.
@@ -406,7 +461,12 @@ impl Info {
             .filter(|&p| (1..=MAX_PIECE_LENGTH).contains(&p))
             .ok_or(E::BadPieceLength(piece_length))?;
 
-        let pieces = raw.pieces.ok_or_else(|| E::MissingField("pieces".into()))?;
+        let hybrid = raw.meta_version == Some(2);
+        let pieces = match raw.pieces {
+            Some(p) => p,
+            None if hybrid => return Err(E::V2Only),
+            None => return Err(E::MissingField("pieces".into())),
+        };
         if pieces.len() % 20 != 0 {
             return Err(E::PiecesNotMultipleOf20(pieces.len()));
         }
@@ -424,6 +484,10 @@ impl Info {
             (None, None) => return Err(E::NeitherLengthNorFiles),
             (Some(length), None) => {
                 let path = vec![name.clone()];
+                let attr = attr_flags(raw.attr.as_ref());
+                if attr.symlink {
+                    return Err(E::Symlink(path));
+                }
                 let length = u64::try_from(length).map_err(|_| E::NegativeLength {
                     path: path.clone(),
                     length,
@@ -433,6 +497,11 @@ impl Info {
                         path,
                         length,
                         offset: 0,
+                        // A torrent that is one pad file has nothing to download; keep it
+                        // a real (empty-or-not) file rather than a hole.
+                        pad: false,
+                        executable: attr.executable,
+                        hidden: attr.hidden,
                     }],
                     true,
                 )
@@ -459,6 +528,7 @@ impl Info {
             files,
             private: raw.private.is_some_and(|p| p != 0),
             single_file,
+            hybrid,
         })
     }
 
@@ -484,6 +554,10 @@ impl Info {
             if let Some(reason) = path.iter().find_map(|c| unsafe_component_reason(c)) {
                 return Err(E::UnsafePath { path, reason });
             }
+            let attr = attr_flags(raw.attr.as_ref());
+            if attr.symlink {
+                return Err(E::Symlink(path));
+            }
             let length = raw
                 .length
                 .ok_or_else(|| E::MissingField(format!("files[{i}].length")))?;
@@ -492,9 +566,12 @@ impl Info {
                 length,
             })?;
             files.push(FileEntry {
+                pad: attr.pad || path[0] == ".pad",
                 path,
                 length,
                 offset,
+                executable: attr.executable,
+                hidden: attr.hidden,
             });
             offset = offset.checked_add(length).ok_or(E::TotalLengthOverflow)?;
         }
@@ -584,6 +661,10 @@ fn check_path_collisions(files: &[FileEntry]) -> Result<(), MetainfoError> {
     let mut leaves: HashMap<(usize, &str), usize> = HashMap::with_capacity(files.len());
     let mut leaf_keys = Vec::with_capacity(files.len());
     for (index, f) in files.iter().enumerate() {
+        // Pad files never reach the disk, so their paths cannot collide with anything.
+        if f.pad {
+            continue;
+        }
         let Some((name, parents)) = f.path.split_last() else {
             continue;
         };
@@ -708,6 +789,8 @@ impl Metainfo {
             .map(announce_tiers)
             .unwrap_or_default();
         meta.nodes = top.nodes.as_ref().map(node_list).unwrap_or_default();
+        meta.piece_layers =
+            bencode::dict_value_span(buf, b"piece layers")?.map(|span| buf[span].to_vec());
         let lossy = |v: &Value| match v {
             Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
             _ => None,
@@ -735,17 +818,19 @@ impl Metainfo {
             comment: None,
             created_by: None,
             creation_date: None,
+            piece_layers: None,
         })
     }
 
     /// Writes the `.torrent`: keys in sorted order as bencode requires, the info dict spliced
-    /// in verbatim so the info hash is unchanged. Unknown top-level keys of a parsed file are
-    /// not reproduced (they are outside the info hash and nothing here reads them).
+    /// in verbatim so the info hash is unchanged. `piece layers` is written back verbatim;
+    /// other unknown top-level keys of a parsed file are not reproduced (they are outside the
+    /// info hash and nothing here reads them).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.info_bytes.len() + 256);
         out.push(b'd');
         // Keys in byte order: announce, announce-list, comment, created by, creation date,
-        // info, nodes.
+        // info, nodes, piece layers.
         if let Some(url) = &self.announce {
             put_bytes(&mut out, b"announce");
             put_bytes(&mut out, url.as_bytes());
@@ -786,6 +871,10 @@ impl Metainfo {
                 out.push(b'e');
             }
             out.push(b'e');
+        }
+        if let Some(layers) = &self.piece_layers {
+            put_bytes(&mut out, b"piece layers");
+            out.extend_from_slice(layers);
         }
         out.push(b'e');
         out
@@ -838,13 +927,13 @@ struct WriteFile<'a> {
 }
 
 /// A file found by [`create_info`].
-struct DiskFile {
-    components: Vec<String>,
-    source: PathBuf,
-    length: u64,
+pub(super) struct DiskFile {
+    pub(super) components: Vec<String>,
+    pub(super) source: PathBuf,
+    pub(super) length: u64,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetainfoError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetainfoError + '_ {
     move |source| MetainfoError::Io {
         path: path.to_path_buf(),
         source,
@@ -854,7 +943,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetainfoError + '_ {
 /// Lists the regular files under `root` (following symlinks to files, but not symlinks to
 /// directories, which could loop or reach outside the tree), sorted by path components
 /// byte-wise so the same tree always yields the same torrent.
-fn list_files(root: &Path) -> Result<Vec<DiskFile>, MetainfoError> {
+pub(super) fn list_files(root: &Path) -> Result<Vec<DiskFile>, MetainfoError> {
     let mut found = Vec::new();
     let mut dirs: Vec<(PathBuf, Vec<String>)> = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, prefix)) = dirs.pop() {
@@ -1106,7 +1195,10 @@ mod tests {
             vec![FileEntry {
                 path: vec!["movie.mkv".into()],
                 length: 10,
-                offset: 0
+                offset: 0,
+                pad: false,
+                executable: false,
+                hidden: false,
             }]
         );
         assert_eq!(info.total_length(), 10);
@@ -1413,6 +1505,115 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("\"..\""), "{msg}");
+    }
+
+    fn attr_file(len: i64, path: &[&str], attr: &str) -> Vec<u8> {
+        dict(&[
+            ("attr", s(attr)),
+            ("length", int(len)),
+            ("path", list(&path.iter().map(|c| s(c)).collect::<Vec<_>>())),
+        ])
+    }
+
+    fn multi_raw(files: &[Vec<u8>], total: usize, extra: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut pairs = vec![
+            ("files", list(files)),
+            ("name", s("top")),
+            ("piece length", int(4)),
+            ("pieces", pieces(total.div_ceil(4))),
+        ];
+        pairs.extend(extra.iter().cloned());
+        dict(&pairs)
+    }
+
+    #[test]
+    fn bep47_pad_files_may_share_a_path_and_attrs_are_read() {
+        // libtorrent names every pad file `.pad/<size>`, so equal sizes repeat a path.
+        let raw = multi_raw(
+            &[
+                attr_file(3, &["run.sh"], "x"),
+                attr_file(1, &[".pad", "1"], "p"),
+                attr_file(3, &[".hidden"], "h"),
+                attr_file(1, &[".pad", "1"], "p"),
+                // Old creators mark pads only by the path.
+                file(4, &[".pad", "4"]),
+                file(4, &[".pad", "4"]),
+                attr_file(2, &["z"], "qz"),
+            ],
+            18,
+            &[],
+        );
+        let info = Info::from_bytes(&raw).unwrap();
+        let flags: Vec<(bool, bool, bool)> = info
+            .files
+            .iter()
+            .map(|f| (f.pad, f.executable, f.hidden))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (false, true, false),
+                (true, false, false),
+                (false, false, true),
+                (true, false, false),
+                (true, false, false),
+                (true, false, false),
+                (false, false, false),
+            ]
+        );
+        assert!(!info.hybrid);
+        // Real files still may not repeat a path, nor collide with a pad's.
+        let dup = multi_raw(&[attr_file(1, &["a"], "x"), file(1, &["a"])], 2, &[]);
+        assert!(matches!(
+            Info::from_bytes(&dup),
+            Err(MetainfoError::DuplicatePath(_))
+        ));
+    }
+
+    #[test]
+    fn symlinks_and_v2_only_dicts_are_refused_clearly() {
+        let link = multi_raw(&[attr_file(1, &["l"], "l")], 1, &[]);
+        let err = Info::from_bytes(&link).unwrap_err();
+        assert!(matches!(&err, MetainfoError::Symlink(p) if p == &["l"]));
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let single_link = dict(&[
+            ("attr", s("l")),
+            ("length", int(1)),
+            ("name", s("f")),
+            ("piece length", int(4)),
+            ("pieces", pieces(1)),
+        ]);
+        assert!(matches!(
+            Info::from_bytes(&single_link),
+            Err(MetainfoError::Symlink(_))
+        ));
+        let v2_only = dict(&[
+            ("file tree", dict(&[])),
+            ("meta version", int(2)),
+            ("name", s("f")),
+            ("piece length", int(16384)),
+        ]);
+        let err = Info::from_bytes(&v2_only).unwrap_err();
+        assert_eq!(err.to_string(), "v2-only torrents are not supported yet");
+    }
+
+    #[test]
+    fn hybrid_keys_survive_in_what_we_serve_and_write() {
+        let tree = dict(&[("a", dict(&[("", dict(&[("length", int(3))]))]))]);
+        let raw = multi_raw(
+            &[file(3, &["a"])],
+            3,
+            &[("file tree", tree.clone()), ("meta version", int(2))],
+        );
+        let layers = dict(&[("x", s("y"))]);
+        let torrent = dict(&[("info", raw.clone()), ("piece layers", layers.clone())]);
+        let meta = Metainfo::from_bytes(&torrent).unwrap();
+        assert!(meta.info.hybrid);
+        assert_eq!(meta.info_bytes, raw);
+        assert_eq!(meta.piece_layers.as_deref(), Some(&layers[..]));
+        let written = meta.to_bytes();
+        assert_eq!(written, torrent);
+        assert_eq!(Metainfo::from_bytes(&written).unwrap(), meta);
     }
 
     #[test]

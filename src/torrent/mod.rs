@@ -1,4 +1,5 @@
 //! What a torrent is: metainfo files (`.torrent`, BEP 3 info dicts) and magnet links.
 
+pub mod hybrid;
 pub mod magnet;
 pub mod metainfo;

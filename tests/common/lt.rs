@@ -367,7 +367,45 @@ impl LtNode {
     /// `seed PATH`: libtorrent makes a v1 torrent of the file or directory, seeds it from
     /// its parent directory and announces it to the DHT.
     pub async fn seed(&mut self, path: &Path) -> Seeded {
-        let r = self.command(&format!("seed \"{}\"", path.display())).await;
+        self.seed_with(&format!("seed \"{}\"", path.display()))
+            .await
+    }
+
+    /// `seed_default PATH PIECE_SIZE`: like [`Self::seed`] with libtorrent's default torrent
+    /// format (2.x: hybrid v1+v2 with BEP 47 pad files); `info_hash` is the v1 hash.
+    #[allow(dead_code)]
+    pub async fn seed_default(&mut self, path: &Path, piece_size: u32) -> Seeded {
+        self.seed_with(&format!("seed_default \"{}\" {piece_size}", path.display()))
+            .await
+    }
+
+    /// `add_torrent_file TORRENT DIR`: libtorrent downloads the .torrent into `dir`; its
+    /// peers come from [`Self::add_peer`].
+    #[allow(dead_code)]
+    pub async fn add_torrent_file(&mut self, torrent: &Path, dir: &Path) -> String {
+        let r = self
+            .command(&format!(
+                "add_torrent_file \"{}\" \"{}\"",
+                torrent.display(),
+                dir.display()
+            ))
+            .await;
+        r["info_hash"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// `add_peer IH IP PORT`: libtorrent connects to the peer for that torrent.
+    #[allow(dead_code)]
+    pub async fn add_peer(&mut self, info_hash: &str, peer: std::net::SocketAddr) {
+        self.command(&format!(
+            "add_peer {info_hash} {} {}",
+            peer.ip(),
+            peer.port()
+        ))
+        .await;
+    }
+
+    async fn seed_with(&mut self, line: &str) -> Seeded {
+        let r = self.command(line).await;
         let field = |k: &str| {
             r.get(k)
                 .and_then(Value::as_str)
