@@ -1,6 +1,7 @@
 //! Command-line pieces shared by the binaries: network flags, data directory, logging,
 //! one-line errors.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -124,13 +125,26 @@ pub fn default_data_dir() -> Result<PathBuf, String> {
 }
 
 /// Logs to stderr through tracing, filtered by `RUST_LOG` (default `info`).
+///
+/// Colour codes only go to a terminal: when stderr is a pipe or a file (systemd's journal,
+/// `2> log`, a test reading the output) they would be literal `\x1b[...m` noise in every
+/// line, so the output is plain text there. `NO_COLOR` (<https://no-color.org>, any
+/// non-empty value) turns colour off on a terminal too.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour(std::io::stderr().is_terminal(), no_color))
         .try_init();
+}
+
+/// Whether log lines carry ANSI colour codes: only on a terminal, and not when the user
+/// asked for none with `NO_COLOR`.
+fn log_colour(stderr_is_terminal: bool, no_color: bool) -> bool {
+    stderr_is_terminal && !no_color
 }
 
 /// Prints `error: <message>` and exits with status 1.
@@ -220,6 +234,14 @@ mod tests {
     struct T {
         #[command(flatten)]
         net: NetArgs,
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, false));
+        assert!(!log_colour(false, false), "a pipe or file gets plain text");
+        assert!(!log_colour(true, true), "NO_COLOR wins on a terminal");
+        assert!(!log_colour(false, true));
     }
 
     #[test]

@@ -41,7 +41,7 @@ struct Cli {
     /// UDP port of every node (distinct IPs make one port safe; 0 = ephemeral).
     #[arg(long, value_name = "P", default_value_t = 6881)]
     port: u16,
-    /// Keep node state (id, contacts) in DIR/node-<i>, so a restarted testnet resumes.
+    /// Keep node state (id, contacts) in `DIR/node-<i>`, so a restarted testnet resumes.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Print aggregate status every SECS seconds (0 = never).

@@ -70,7 +70,7 @@ struct CrawlArgs {
     #[arg(long, value_name = "N", default_value_t = 8, requires = "metadata",
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     metadata_workers: u64,
-    /// Also write each fetched torrent as DIR/<infohash>.torrent.
+    /// Also write each fetched torrent as `DIR/<infohash>.torrent`.
     #[arg(long, value_name = "DIR", requires = "metadata")]
     torrent_dir: Option<PathBuf>,
 }

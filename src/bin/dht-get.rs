@@ -38,7 +38,7 @@ struct Cli {
     /// Fetch only the metadata and write `<name>.torrent` into --out.
     #[arg(long)]
     metadata_only: bool,
-    /// Download directory (created if missing); a multi-file torrent goes into DIR/<name>/.
+    /// Download directory (created if missing); a multi-file torrent goes into `DIR/<name>/`.
     #[arg(long, value_name = "DIR", default_value = ".")]
     out: PathBuf,
     /// Keep seeding after the download completes, until Ctrl-C.

@@ -9,7 +9,7 @@
 //! - [`store`]: the sled store and its durability contract;
 //! - [`export`]: JSON lines and CSV;
 //! - [`enrich`]: the bounded metadata worker pool;
-//! - [`run`]: the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
+//! - [`run`](mod@run): the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
 //! - `sim` (feature `testing`): the same walk on the virtual-time simulator.
 
 pub mod enrich;

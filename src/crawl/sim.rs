@@ -1,7 +1,7 @@
 //! The walk on the virtual-time simulator: the crawler's node is an ordinary simulated
-//! [`Node`](crate::dht::node::Node) and the [`Walker`] drives it through [`Node::query`]
-//! (crate::dht::node::Node::query), exactly as the tokio crawler drives its node through
-//! [`DhtHandle::query`](crate::dht::driver::DhtHandle::query). Used by the interval test and the
+//! [`Node`](crate::dht::node::Node) and the [`Walker`] drives it through
+//! [`Node::query`](crate::dht::node::Node::query), exactly as the tokio crawler drives its
+//! node through [`DhtHandle::query`](crate::dht::driver::DhtHandle::query). Used by the interval test and the
 //! 5,000-node benchmark, where it counts every packet and runs hours in seconds.
 //!
 //! A set of infohashes stands in for the sled store. Passive harvest is not simulated (the

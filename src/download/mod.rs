@@ -3,7 +3,7 @@
 //!
 //! The picker ([`picker`]) and the choker ([`choker`]) are sans-IO so their strategies are
 //! tested on a simulated clock; [`storage`] does the file I/O and hashing on dedicated
-//! threads; [`session`] owns a torrent and its peer connections ([`peer`]).
+//! threads; [`session`] owns a torrent and its peer connections (`peer`).
 
 pub mod bitfield;
 pub mod choker;

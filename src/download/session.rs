@@ -1,7 +1,7 @@
 //! One torrent being downloaded or seeded: the picker, the choker, the storage, the peer
 //! connections, and the loop that ties them together.
 //!
-//! Peer connections are tasks ([`super::peer`]) that share the torrent's state behind one
+//! Peer connections are tasks (`super::peer`) that share the torrent's state behind one
 //! mutex: the hot path (a block arrives, the pipeline is refilled) takes it briefly without
 //! a round trip through another task. Everything periodic or torrent-wide runs in the
 //! session task: connecting to candidates as the DHT streams them (bounded number of

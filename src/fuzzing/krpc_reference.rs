@@ -5,7 +5,7 @@
 //! arguments, error codes 201-204), BEP 42's top-level `ip`, BEP 43's `ro` and BEP 51's
 //! `sample_infohashes` (`samples`, `interval`, `num`). It shares no code with the real
 //! decoder: its own iterative grammar check, then `serde_bencode`'s generic
-//! [`Value`](serde_bencode::value::Value) tree, then field rules read off that tree. Only
+//! [`Value`] tree, then field rules read off that tree. Only
 //! the output types (`Message` and friends) are the crate's, so results compare field by
 //! field. So when the two disagree — on acceptance, on how a datagram is refused, or on any
 //! decoded field — one of them misreads the protocol. It is slow and allocates; only tests
