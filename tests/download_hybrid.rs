@@ -206,6 +206,16 @@ async fn libtorrent_downloads_a_hybrid_torrent_from_dht_seed() {
             lt.diagnostics().await
         );
     }
+    // `finished` can precede libtorrent's disk writes becoming visible: poll, then assert.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline
+        && !TREE.iter().all(|(rel, _)| {
+            std::fs::read(tree.join(rel)).ok()
+                == std::fs::read(save.path().join("our-hybrid").join(rel)).ok()
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_same_tree(&tree, &save.path().join("our-hybrid"));
     lt.quit().await;
 }

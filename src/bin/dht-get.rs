@@ -249,7 +249,7 @@ fn print_info(info: &Info, ih: &[u8; 20]) {
         info.total_length(),
         human_bytes(info.total_length())
     );
-    println!("files: {}", info.files.len());
+    println!("files: {}", info.real_files());
     println!(
         "piece length: {} bytes ({})",
         info.piece_length,
@@ -365,8 +365,8 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         "{}: {} in {} file{}, {} pieces of {}; listening on {}",
         info.name,
         human_bytes(info.total_length()),
-        info.files.len(),
-        if info.files.len() == 1 { "" } else { "s" },
+        info.real_files(),
+        if info.real_files() == 1 { "" } else { "s" },
         info.num_pieces(),
         human_bytes(info.piece_length),
         server.local_addr()

@@ -254,8 +254,8 @@ async fn run(
         "seeding {} ({} in {} file{}, {} pieces) on {}, DHT {}",
         info.name,
         human_bytes(info.total_length()),
-        info.files.len(),
-        if info.files.len() == 1 { "" } else { "s" },
+        info.real_files(),
+        if info.real_files() == 1 { "" } else { "s" },
         info.num_pieces(),
         server.local_addr(),
         dht.local_addr()

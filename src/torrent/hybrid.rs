@@ -353,6 +353,7 @@ mod tests {
             ]
         );
         assert!(c.info.hybrid);
+        assert_eq!(c.info.real_files(), 4);
         // Every real file starts on a piece boundary.
         for f in c.info.files.iter().filter(|f| !f.pad && f.length > 0) {
             assert_eq!(f.offset % (32 << 10), 0, "{:?}", f.path);

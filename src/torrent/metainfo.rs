@@ -579,6 +579,11 @@ impl Info {
         Ok(files)
     }
 
+    /// Files that exist on disk: BEP 47 pad files are left out (what a user counts).
+    pub fn real_files(&self) -> usize {
+        self.files.iter().filter(|f| !f.pad).count()
+    }
+
     /// Sum of all file lengths.
     pub fn total_length(&self) -> u64 {
         self.files
