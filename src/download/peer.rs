@@ -717,7 +717,7 @@ impl Conn {
                 let taken = limit
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .take(u64::from(r.length), now);
+                    .take_or_wait(f64::from(r.length), now);
                 if let Err(wait) = taken {
                     self.rate_wait = Some(tokio::time::Instant::now() + wait);
                     return;

@@ -15,6 +15,7 @@
 //! differ are the liars (the others are innocent). An IP with
 //! [`SessionConfig::ban_after`] strikes is disconnected and never contacted again.
 
+use crate::util::TokenBucket;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -248,47 +249,13 @@ impl Shared {
     }
 }
 
-/// A token bucket for the upload rate limit.
-#[derive(Debug)]
-pub(super) struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn new(rate: u64, now: Instant) -> TokenBucket {
-        let rate = rate.max(1) as f64;
-        // A quarter second of tokens, but at least a few blocks, so pacing stays smooth
-        // without refusing single 16 KiB sends at low rates.
-        let burst = (rate / 4.0).max(4.0 * f64::from(super::picker::BLOCK));
-        TokenBucket {
-            rate,
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    /// Takes `n` tokens, or says how long until they are there.
-    ///
-    /// A request larger than the burst (a 128 KiB block at a low rate) is let through once
-    /// the bucket is full and leaves it in debt, which the following sends wait out;
-    /// asking for more tokens than the bucket can ever hold would stall it forever.
-    pub fn take(&mut self, n: u64, now: Instant) -> Result<(), Duration> {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        let n = n as f64;
-        let need = n.min(self.burst);
-        if self.tokens >= need {
-            self.tokens -= n;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((need - self.tokens) / self.rate))
-        }
-    }
+/// The upload limit's bucket: the crate's one token bucket, sized so pacing stays smooth.
+pub(super) fn upload_bucket(rate: u64, now: Instant) -> TokenBucket {
+    let rate = rate.max(1) as f64;
+    // A quarter second of tokens, but at least a few blocks, so pacing stays smooth
+    // without refusing single 16 KiB sends at low rates.
+    let burst = (rate / 4.0).max(4.0 * f64::from(super::picker::BLOCK));
+    TokenBucket::new(rate, burst, now)
 }
 
 enum SessionCmd {
@@ -361,9 +328,7 @@ impl Session {
             cfg.rng_seed,
         );
         let choker = Choker::new(cfg.choker.clone(), cfg.rng_seed ^ 0x5eed);
-        let upload_limit = cfg
-            .upload_rate
-            .map(|r| Mutex::new(TokenBucket::new(r, now)));
+        let upload_limit = cfg.upload_rate.map(|r| Mutex::new(upload_bucket(r, now)));
         let shared = Arc::new(Shared {
             info_hash,
             info: Arc::new(info),
@@ -1246,18 +1211,21 @@ mod tests {
     fn token_bucket_paces_and_lets_oversized_sends_through_in_debt() {
         let t0 = Instant::now();
         // 64 KiB/s: the burst is four 16 KiB blocks.
-        let mut b = TokenBucket::new(64 * 1024, t0);
+        let mut b = upload_bucket(64 * 1024, t0);
         for _ in 0..4 {
-            assert!(b.take(16384, t0).is_ok());
+            assert!(b.take_or_wait(16384.0, t0).is_ok());
         }
-        let wait = b.take(16384, t0).unwrap_err();
+        let wait = b.take_or_wait(16384.0, t0).unwrap_err();
         assert!((wait.as_secs_f64() - 0.25).abs() < 1e-6, "{wait:?}");
-        assert!(b.take(16384, t0 + Duration::from_millis(250)).is_ok());
+        assert!(
+            b.take_or_wait(16384.0, t0 + Duration::from_millis(250))
+                .is_ok()
+        );
         // A 128 KiB block is larger than the burst: it waits for a full bucket, goes
         // through, and the debt delays what follows by its excess.
         let t1 = t0 + Duration::from_secs(10);
-        assert!(b.take(131_072, t1).is_ok());
-        let wait = b.take(16384, t1).unwrap_err();
+        assert!(b.take_or_wait(131_072.0, t1).is_ok());
+        let wait = b.take_or_wait(16384.0, t1).unwrap_err();
         assert!((wait.as_secs_f64() - 1.25).abs() < 1e-6, "{wait:?}");
     }
 }
