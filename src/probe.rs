@@ -1,12 +1,17 @@
 //! Measurement helpers for the testnet tools: a "probe" node whose lookups report exactly how
 //! many queries they sent, and small statistics helpers.
 //!
-//! Why a separate driver: [`crate::dht::driver::DhtHandle::find_node`] returns only the contacts, not
-//! the [`crate::dht::driver::LookupSummary`] with its message count, so the number of queries a
-//! find_node lookup costs cannot be read through the public handle. A probe runs the very
-//! same sans-IO [`Node`] (same lookup code, same routing table) behind a minimal tokio loop
-//! that keeps every [`Event::LookupDone`], so its numbers are those of a real node. Probes are
-//! for measurement only: they have no persistence and no bootstrap retry by name resolution.
+//! Why a separate driver: message counts alone no longer need one
+//! ([`crate::dht::driver::DhtHandle::find_node`] returns its
+//! [`crate::dht::driver::LookupSummary`], whose `messages` dht-testnet reports for its nodes'
+//! lookups), but a probe can also hold every received datagram back for an emulated
+//! wide-area round trip ([`ProbeOptions::delay`], used by `dht-restart-bench --delay-ms`),
+//! which the real driver has no hook for. Folding that hook into the real driver and
+//! deleting this loop is the remaining step of issue 11 ("one of each"). A probe runs the
+//! very same sans-IO [`Node`] (same lookup code, same routing table) behind a minimal tokio
+//! loop that keeps every [`Event::LookupDone`], so its numbers are those of a real node.
+//! Probes are for measurement only: they have no persistence and no bootstrap retry by name
+//! resolution.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};

@@ -70,7 +70,7 @@ async fn allow_list_drops_and_counts_off_loopback_sends() {
 
     dht.bootstrap(vec![fake_addr]).unwrap();
     // A lookup through the fake node tries the 10/8 contacts: all refused and counted.
-    let found = dht.find_node(NodeId([0x42; 20])).await.unwrap();
+    let found = dht.find_node(NodeId([0x42; 20])).await.unwrap().closest;
     assert!(
         found.iter().all(|c| c.addr.ip().octets()[0] == 127),
         "{found:?}"

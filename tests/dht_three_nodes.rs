@@ -32,7 +32,13 @@ async fn ping_find_node_announce_and_get_peers() {
 
     assert_eq!(a.ping(net.addr(1)).await.unwrap(), b.id());
 
-    let found = a.find_node(c.id()).await.unwrap();
+    let summary = a.find_node(c.id()).await.unwrap();
+    assert!(
+        summary.messages >= 1,
+        "a find_node reports the queries it sent: {summary:?}"
+    );
+    assert_eq!(summary.announced, 0, "{summary:?}");
+    let found = summary.closest;
     assert!(
         found
             .iter()

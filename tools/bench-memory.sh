@@ -4,8 +4,8 @@
 # allow (2,000 × 500 = 1M peers).
 #
 # A 1,000-node testnet runs with background traffic; a release dht-node joins it, runs for
-# WARM seconds, then dht-fill announces the peers through the protocol (get_peers → token →
-# announce_peer from 1,000 source IPs 127.96.x.y). VmRSS/VmHWM come from /proc/PID/status,
+# WARM seconds, then `dht-loadgen fill` announces the peers through the protocol (get_peers →
+# token → announce_peer from 1,000 or more source IPs 127.96.x.y, 16 at a time). VmRSS/VmHWM come from /proc/PID/status,
 # table and store sizes from the node's own status line. Finally 100 new infohashes are
 # announced to the full store, to see whether they are kept. Usage: tools/bench-memory.sh
 # Environment: RUNS (3), NODES (1000), WARM seconds (60), TRAFFIC lookups/s (20).
@@ -16,7 +16,7 @@ RUNS=${RUNS:-3}
 NODES=${NODES:-1000}
 WARM=${WARM:-60}
 TRAFFIC=${TRAFFIC:-20}
-build --bin dht-testnet --bin dht-node --bin dht-fill
+build --bin dht-testnet --bin dht-node --bin dht-loadgen
 machine
 work=$(mktemp -d)
 NODE_PID=
@@ -44,16 +44,17 @@ measure() {
     sleep "$WARM"
     echo "[$label] before fill: $(tail -1 "$work/node.out")"
     echo "[$label] before fill: $(rss "$NODE_PID")"
-    "$BIN/dht-fill" --target "$ip:6881" --infohashes "$ih" --peers "$peers" \
-        --sources $(( ih * peers / 50 > 1000 ? ih * peers / 50 : 1000 )) --concurrency 8 \
-        | sed "s/^/[$label] /" || echo "[$label] dht-fill reported missing acks (see above)"
+    "$BIN/dht-loadgen" fill --target "$ip:6881" --infohashes "$ih" --peers "$peers" \
+        --sources $(( ih * peers / 50 > 1000 ? ih * peers / 50 : 1000 )) \
+        --source-base 127.96.0.1 --port-base 1024 \
+        | sed "s/^/[$label] /" || echo "[$label] the fill reported missing acks (see above)"
     sleep 3
     echo "[$label] after fill: $(tail -1 "$work/node.out")"
     echo "[$label] after fill: $(rss "$NODE_PID")"
     if [ "${6:-}" = full-store-check ]; then
         # The store is at --max-infohashes now: do new infohashes still get stored?
-        "$BIN/dht-fill" --target "$ip:6881" --infohashes 100 --peers 50 --seed 9 \
-            --subnet 96 --sources 1000 --verify 20 | sed "s/^/[$label, store full] /" || true
+        "$BIN/dht-loadgen" fill --target "$ip:6881" --infohashes 100 --peers 50 --seed 9 \
+            --source-base 127.96.0.1 --port-base 1024 --sources 1000 --verify 20 | sed "s/^/[$label, store full] /" || true
         sleep 2
         echo "[$label, store full] $(tail -1 "$work/node.out")"
     fi

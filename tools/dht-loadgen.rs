@@ -12,7 +12,9 @@
 //! * `flood`: an open-loop query flood from many source addresses while an honest prober
 //!   pings and the node's memory is sampled (see `flood.rs`; tools/flood-test.sh).
 //! * `fill`: stores N infohashes × M peers in a node the proper way (get_peers for a token,
-//!   then announce_peer) from S source addresses, for benchmarks that need a full store.
+//!   then announce_peer) from S source addresses, run in waves of K, for benchmarks that
+//!   need a full store; `--verify` reads a sample back. The project's only fill tool (a
+//!   separate `dht-fill` with other flag names was folded into it).
 //!
 //! Every socket binds to and sends to 127.0.0.0/8 only; other targets are refused.
 //!
@@ -141,12 +143,16 @@ struct FillArgs {
     #[arg(long, value_name = "N")]
     infohashes: u32,
     /// Peers announced per infohash (spread over the sources: peer k comes from source
-    /// k mod S, on TCP port `port-base + k / S`).
-    #[arg(long, value_name = "M")]
-    peers_per: u32,
-    /// Number of source sockets (distinct loopback addresses, i.e. distinct peer IPs).
+    /// k mod S, on TCP port `port-base + k / S`). `--peers-per` is the old name.
+    #[arg(long, value_name = "M", alias = "peers-per")]
+    peers: u32,
+    /// Number of source addresses (distinct loopback IPs, i.e. distinct peer IPs).
     #[arg(long, value_name = "S", default_value_t = 16)]
     sources: u16,
+    /// Sources working at the same time (each with its own socket): thousands of sources
+    /// run in waves of this many, so the fill never needs more file descriptors than this.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    sources_at_once: u16,
     /// Requests kept outstanding per source. The default keeps S x C around 64 datagrams,
     /// which fits a default-sized (208 KiB) receive buffer at the node; much more overflows
     /// it while the node is busy, and the drops cost retries (measured: 16 x 16 → 62
@@ -171,6 +177,10 @@ struct FillArgs {
     /// Write the announced infohashes (hex, one per line) to this file.
     #[arg(long, value_name = "PATH")]
     write_infohashes: Option<PathBuf>,
+    /// After the fill, look up this many of the infohashes (spread over the list) and report
+    /// how many peers the node returns for each: whether a full store kept what it acked.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    verify: u32,
 }
 
 fn main() -> ExitCode {
@@ -1094,7 +1104,7 @@ struct FillTotals {
 
 impl FillSource {
     fn new(id: NodeId, index: u32, sources: u32, args: &FillArgs) -> Self {
-        let ports = (index..args.peers_per)
+        let ports = (index..args.peers)
             .step_by(sources as usize)
             .map(|k| args.port_base + (k / sources) as u16)
             .collect();
@@ -1271,6 +1281,66 @@ async fn run_fill_source(
     Ok(src)
 }
 
+/// Looks up `n` of `infohashes` (evenly spread) from `ip` and summarises the peers the node
+/// returns for each. A lookup that gets no reply after `attempts` counts as zero peers.
+async fn verify_fill(
+    target: SocketAddrV4,
+    ip: Ipv4Addr,
+    infohashes: &[NodeId],
+    n: u32,
+    timeout: Duration,
+    attempts: u8,
+) -> Result<String, String> {
+    let sock = UdpSocket::bind(SocketAddrV4::new(ip, 0))
+        .await
+        .map_err(|e| format!("cannot bind {ip}: {e}"))?;
+    let id = FastRng(0x5eed).id();
+    let n = (n as usize).min(infohashes.len());
+    let step = (infohashes.len() / n).max(1);
+    let mut got = Vec::with_capacity(n);
+    let (mut q, mut buf) = (Vec::new(), vec![0u8; 65_536]);
+    for (k, ih) in infohashes.iter().step_by(step).take(n).enumerate() {
+        let tid = (k as u32).to_be_bytes();
+        q.clear();
+        krpc::encode_query(
+            &mut q,
+            &tid,
+            &id,
+            &QueryArgs::GetPeers { info_hash: ih },
+            false,
+            None,
+        );
+        let mut peers = 0;
+        'attempts: for _ in 0..attempts {
+            sock.send_to(&q, target)
+                .await
+                .map_err(|e| format!("cannot send to {target}: {e}"))?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            while let Ok(r) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+                let Ok((len, from)) = r else { break };
+                if from != SocketAddr::V4(target) {
+                    continue;
+                }
+                if let Ok(m) = krpc::decode(&buf[..len])
+                    && m.tid.as_slice() == tid
+                {
+                    if let Body::Response(r) = m.body {
+                        peers = r.values.len();
+                    }
+                    break 'attempts;
+                }
+            }
+        }
+        got.push(peers);
+    }
+    let min = got.iter().copied().min().unwrap_or(0);
+    let mean = got.iter().sum::<usize>() as f64 / got.len().max(1) as f64;
+    Ok(format!(
+        "verify: {} infohashes looked up, peers returned per infohash mean {mean:.1} min {min}",
+        got.len()
+    ))
+}
+
 impl fmt::Display for FillTotals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -1284,17 +1354,17 @@ impl fmt::Display for FillTotals {
 fn fill(args: FillArgs) -> Result<ExitCode, String> {
     let target = loopback_v4(args.target, "--target")?;
     let ips = source_ips(args.source_base, args.sources)?;
-    if args.infohashes == 0 || args.peers_per == 0 {
-        return Err("--infohashes and --peers-per must be at least 1".into());
+    if args.infohashes == 0 || args.peers == 0 {
+        return Err("--infohashes and --peers must be at least 1".into());
     }
-    if args.concurrency == 0 || args.attempts == 0 {
-        return Err("--concurrency and --attempts must be at least 1".into());
+    if args.concurrency == 0 || args.attempts == 0 || args.sources_at_once == 0 {
+        return Err("--concurrency, --attempts and --sources-at-once must be at least 1".into());
     }
     let s = u32::from(args.sources);
-    let highest_port = u32::from(args.port_base) + (args.peers_per - 1) / s;
+    let highest_port = u32::from(args.port_base) + (args.peers - 1) / s;
     if args.port_base == 0 || highest_port > u32::from(u16::MAX) {
         return Err(format!(
-            "ports {}..={highest_port} do not fit; lower --peers-per or --port-base, or add --sources",
+            "ports {}..={highest_port} do not fit; lower --peers or --port-base, or add --sources",
             args.port_base
         ));
     }
@@ -1307,49 +1377,68 @@ fn fill(args: FillArgs) -> Result<ExitCode, String> {
             .collect();
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let sockets = bind_sources(&ips)?;
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let rt = runtime()?;
     let start = Instant::now();
     let totals = rt.block_on(async {
-        let tasks: Vec<_> = sockets
-            .into_iter()
-            .enumerate()
-            .map(|(j, sock)| {
-                let src = FillSource::new(rng.id(), j as u32, s, &args);
-                tokio::spawn(run_fill_source(
-                    target,
-                    infohashes.clone(),
-                    timeout,
-                    args.attempts,
-                    sock,
-                    src,
-                ))
-            })
-            .collect();
         let mut t = FillTotals::default();
-        for task in tasks {
-            let src = task
-                .await
-                .map_err(|e| format!("a source task failed: {e}"))??;
-            t.announced += src.announced;
-            t.failed += src.failed;
-            t.timeouts += src.timeouts;
-            t.queries_in += src.queries_in;
-            if t.first_error.is_none() {
-                t.first_error = src.first_error;
+        // Waves of --sources-at-once sources; source j keeps its index, so its ports do not
+        // depend on the wave size.
+        for (w, wave) in ips.chunks(usize::from(args.sources_at_once)).enumerate() {
+            let first = w * usize::from(args.sources_at_once);
+            let sockets = bind_sources(wave)?;
+            let tasks: Vec<_> = sockets
+                .into_iter()
+                .enumerate()
+                .map(|(k, sock)| {
+                    let src = FillSource::new(rng.id(), (first + k) as u32, s, &args);
+                    tokio::spawn(run_fill_source(
+                        target,
+                        infohashes.clone(),
+                        timeout,
+                        args.attempts,
+                        sock,
+                        src,
+                    ))
+                })
+                .collect();
+            for task in tasks {
+                let src = task
+                    .await
+                    .map_err(|e| format!("a source task failed: {e}"))??;
+                t.announced += src.announced;
+                t.failed += src.failed;
+                t.timeouts += src.timeouts;
+                t.queries_in += src.queries_in;
+                if t.first_error.is_none() {
+                    t.first_error = src.first_error;
+                }
             }
         }
         Ok::<_, String>(t)
     })?;
-    let expected = u64::from(args.infohashes) * u64::from(args.peers_per);
+    let expected = u64::from(args.infohashes) * u64::from(args.peers);
     println!(
         "fill {target}: {} infohashes x {} peers from {} sources in {:.2} s: {totals}",
         args.infohashes,
-        args.peers_per,
+        args.peers,
         args.sources,
         start.elapsed().as_secs_f64()
     );
+    if args.verify > 0 {
+        let line = rt.block_on(verify_fill(
+            target,
+            ips[0],
+            &infohashes,
+            args.verify,
+            timeout,
+            args.attempts,
+        ))?;
+        println!(
+            "{line} (announced {}; one reply carries at most 100)",
+            args.peers
+        );
+    }
     if totals.announced != expected {
         return Err(format!(
             "only {} of {expected} announces acknowledged; first problem: {}",
@@ -1565,7 +1654,7 @@ mod tests {
             "127.90.0.1:1",
             "--infohashes",
             "2",
-            "--peers-per",
+            "--peers",
             "5",
             "--sources",
             "2",

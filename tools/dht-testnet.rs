@@ -592,8 +592,8 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
         report("get_peers (probes)", &probe_results, false);
     }
 
-    // find_node from testnet nodes through the public handle: success and recall only (the
-    // handle does not return the message count).
+    // find_node from testnet nodes through the public handle: success, recall and the
+    // messages each lookup sent (from its summary).
     let mut fn_results = Vec::new();
     let mut set = JoinSet::new();
     for _ in 0..cli.lookups {
@@ -609,12 +609,13 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
             let target = NodeId(rand::random());
             let truth = true_closest(&ids, &target, k, &handle.id());
             let started = Instant::now();
-            let closest = handle.find_node(target).await.unwrap_or_default();
+            let summary = handle.find_node(target).await.unwrap_or_default();
+            let closest = summary.closest;
             let found = closest.iter().filter(|c| truth.contains(&c.id)).count();
             Measured {
                 ok: closest.first().map(|c| c.id) == truth.first().copied(),
                 recall: found as f64 / truth.len().max(1) as f64,
-                messages: 0,
+                messages: summary.messages,
                 elapsed: started.elapsed(),
             }
         });
