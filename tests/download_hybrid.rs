@@ -214,6 +214,7 @@ async fn libtorrent_downloads_a_hybrid_torrent_from_dht_seed() {
                 == std::fs::read(save.path().join("our-hybrid").join(rel)).ok()
         })
     {
+        // sleep-ok: the poll interval of the loop above (until the files match or 20 s pass).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_same_tree(&tree, &save.path().join("our-hybrid"));

@@ -1629,6 +1629,7 @@ mod tests {
         let Some(FetchError::Timeout(stats)) = failed(&a) else {
             panic!("expected a timeout: {a:?}");
         };
+        // clock-ok: virtual time; `elapsed` is computed from the instants the test passes in.
         assert_eq!(stats.elapsed, Duration::from_secs(10));
         assert!(
             matches!(a.last(), Some(Action::Failed(_))),
