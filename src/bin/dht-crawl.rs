@@ -1,5 +1,5 @@
-//! `dht-crawl`: surveys the DHT's infohashes politely (BEP 51), keeps them in a sled store,
-//! and exports them.
+//! `dht-crawl`: surveys the DHT's infohashes politely (BEP 51), keeps them in a sled store
+//! or a PostgreSQL database, and exports them.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,9 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 use trackerless::cli::{self, NetArgs};
+use trackerless::crawl::backend::is_postgres_url;
 use trackerless::crawl::enrich::{Bep9Fetcher, MetadataConfig};
-use trackerless::crawl::export::{Format, export};
-use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
+use trackerless::crawl::export::{ExportError, Format, export};
+use trackerless::crawl::{self, CrawlConfig, CrawlStore, PgStore, Store, StoreConfig, WalkConfig};
 use trackerless::dht::driver::Dht;
 use trackerless::metadata::FetchConfig;
 
@@ -37,6 +38,9 @@ struct ExportArgs {
     /// The crawler's data directory (the store is DIR/crawl).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Read this store instead: `sled` (DIR/crawl) or postgres://USER@HOST/DB.
+    #[arg(long, value_name = "STORE", default_value = "sled", value_parser = parse_store)]
+    store: String,
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
     /// Write here instead of stdout.
@@ -48,6 +52,11 @@ struct ExportArgs {
 struct CrawlArgs {
     #[command(flatten)]
     net: NetArgs,
+    /// Where records go: `sled` (the embedded store in DATA_DIR/crawl) or a PostgreSQL
+    /// connection string, postgres://USER@HOST/DB (what it leaves out comes from the PG*
+    /// variables; a host like %2Frun%2Fpostgresql or ?host=/run/postgresql is a Unix socket).
+    #[arg(long, value_name = "STORE", default_value = "sled", value_parser = parse_store)]
+    store: String,
     /// Walk queries per second, at most (metadata lookups are charged to it too).
     #[arg(long, value_name = "N", default_value_t = 200.0, value_parser = parse_rate)]
     rate: f64,
@@ -84,6 +93,27 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_store(s: &str) -> Result<String, String> {
+    if s == "sled" || is_postgres_url(s) {
+        Ok(s.to_string())
+    } else {
+        Err("expected `sled` or postgres://USER@HOST/DB".into())
+    }
+}
+
+/// Opens the store `--store` names (sled in `dir` by default).
+fn open_store(store: &str, dir: PathBuf, must_exist: bool) -> Store {
+    if is_postgres_url(store) {
+        return PgStore::open(store).unwrap_or_else(|e| cli::fail(e)).into();
+    }
+    if must_exist && !dir.exists() {
+        cli::fail(format!("no crawl store at {}", dir.display()));
+    }
+    CrawlStore::open(&dir, StoreConfig::default())
+        .unwrap_or_else(|e| cli::fail(e))
+        .into()
+}
+
 fn main() {
     let cli = Cli::parse();
     cli::init_logging();
@@ -102,22 +132,30 @@ fn store_dir(data_dir: Option<PathBuf>) -> PathBuf {
 }
 
 fn export_cmd(a: ExportArgs) {
-    let dir = store_dir(a.data_dir);
-    if !dir.exists() {
-        cli::fail(format!("no crawl store at {}", dir.display()));
-    }
-    let store = CrawlStore::open(&dir, StoreConfig::default()).unwrap_or_else(|e| cli::fail(e));
+    let dir = if is_postgres_url(&a.store) {
+        PathBuf::new()
+    } else {
+        store_dir(a.data_dir)
+    };
+    let store = open_store(&a.store, dir, true);
     let result = match &a.out {
         Some(path) => std::fs::File::create(path)
+            .map_err(ExportError::Write)
             .and_then(|f| export(&store, a.format, &mut std::io::BufWriter::new(f)))
-            .map_err(|e| format!("cannot write {}: {e}", path.display())),
+            .map_err(|e| match e {
+                ExportError::Write(e) => format!("cannot write {}: {e}", path.display()),
+                e => e.to_string(),
+            }),
         None => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
             match export(&store, a.format, &mut w) {
                 // A closed pipe (`| head`) is the reader's choice, not an error.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
-                r => r.map_err(|e| format!("cannot write to stdout: {e}")),
+                Err(ExportError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                r => r.map_err(|e| match e {
+                    ExportError::Write(e) => format!("cannot write to stdout: {e}"),
+                    e => e.to_string(),
+                }),
             }
         }
     };
@@ -131,8 +169,7 @@ fn crawl_cmd(a: CrawlArgs) {
     let mut cfg = a.net.dht_config().unwrap_or_else(|e| cli::fail(e));
     let data_dir = a.net.data_dir().unwrap_or_else(|e| cli::fail(e));
     // The store first: a second crawler on the same directory fails before binding.
-    let store = CrawlStore::open(&data_dir.join("crawl"), StoreConfig::default())
-        .unwrap_or_else(|e| cli::fail(e));
+    let store = open_store(&a.store, data_dir.join("crawl"), false);
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     cfg.incoming = Some(tx);
     let walk = WalkConfig {
@@ -164,7 +201,7 @@ fn crawl_cmd(a: CrawlArgs) {
         "crawler node {} on {} (store {}, {} infohashes)",
         dht.id(),
         dht.local_addr(),
-        store.path().display(),
+        store.describe(),
         store.count()
     );
     let status_interval = a.status_interval;

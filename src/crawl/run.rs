@@ -1,10 +1,11 @@
 //! The tokio crawler: a normal DHT node (its own id, answering queries) plus the walk.
 //!
-//! [`run`] owns the [`Walker`] and the [`CrawlStore`]. Walk queries go out through
+//! [`run`] owns the [`Walker`] and the [`Store`] (sled or PostgreSQL). Walk queries go out through
 //! [`DhtHandle::query`], so they carry the node's real id and transaction ids; nothing is
 //! spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
 //! the node's `incoming` channel and are recorded too (passive harvest).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufWriter, Write};
@@ -15,9 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::backend::Store;
 use super::enrich::{MetaJob, MetadataConfig, MetadataPool};
 use super::export::write_jsonl_line;
-use super::store::{CrawlStore, HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, StoreError};
+use super::store::{HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, Record, StoreError, TorrentMeta};
 use super::walk::{WalkConfig, WalkError, WalkStats, Walker};
 use crate::dht::driver::{DhtError, DhtHandle, IncomingQuery};
 use crate::dht::id::InfoHash;
@@ -152,7 +154,7 @@ struct OutFile {
 
 struct Crawl {
     dht: DhtHandle,
-    store: CrawlStore,
+    store: Store,
     walker: Walker,
     out: Option<OutFile>,
     new_tx: Option<mpsc::UnboundedSender<InfoHash>>,
@@ -206,8 +208,13 @@ impl Crawl {
     /// metadata queue).
     fn flush(&mut self) -> Result<(), CrawlError> {
         let flushed = self.store.flush()?;
+        let mut records = if flushed.new.is_empty() {
+            Default::default()
+        } else {
+            self.store.get_many(&flushed.new)?
+        };
         if let Some(out) = &mut self.out {
-            write_lines(out, &self.store, &flushed.new)?;
+            write_lines(out, &records, &flushed.new)?;
             self.store.ack_outbox(&flushed.new)?;
         }
         for ih in &flushed.new {
@@ -215,7 +222,7 @@ impl Crawl {
                 let _ = tx.send(*ih);
             }
             if let Some(pool) = &self.pool {
-                let peers = self.store.get(ih).map(|r| r.peers).unwrap_or_default();
+                let peers = records.remove(ih).map(|(r, _)| r.peers).unwrap_or_default();
                 if !pool.offer(MetaJob {
                     info_hash: *ih,
                     peers,
@@ -229,11 +236,16 @@ impl Crawl {
     }
 }
 
-fn write_lines(out: &mut OutFile, store: &CrawlStore, ihs: &[InfoHash]) -> Result<(), CrawlError> {
+/// Appends and syncs the lines of `ihs` (those of them in `records`).
+fn write_lines(
+    out: &mut OutFile,
+    records: &HashMap<InfoHash, (Record, Option<TorrentMeta>)>,
+    ihs: &[InfoHash],
+) -> Result<(), CrawlError> {
     let err = |e| CrawlError::Out(out.path.clone(), e);
     for ih in ihs {
-        if let Some(r) = store.get(ih) {
-            write_jsonl_line(&mut out.w, ih, &r, store.metadata(ih).as_ref()).map_err(err)?;
+        if let Some((r, m)) = records.get(ih) {
+            write_jsonl_line(&mut out.w, ih, r, m.as_ref()).map_err(err)?;
         }
     }
     out.w.flush().map_err(err)?;
@@ -246,12 +258,13 @@ fn write_lines(out: &mut OutFile, store: &CrawlStore, ihs: &[InfoHash]) -> Resul
 pub async fn run(
     dht: DhtHandle,
     mut incoming: Option<mpsc::Receiver<IncomingQuery>>,
-    mut store: CrawlStore,
+    store: impl Into<Store>,
     mut cfg: CrawlConfig,
     stop: impl Future<Output = ()>,
 ) -> Result<CrawlReport, CrawlError> {
     let started = Instant::now();
-    store.set_outbox(cfg.out.is_some());
+    let mut store: Store = store.into();
+    store.set_outbox(cfg.out.as_deref());
     let out = match &cfg.out {
         Some(path) => {
             let f = std::fs::OpenOptions::new()
@@ -264,10 +277,10 @@ pub async fn run(
                 w: BufWriter::new(f),
             };
             // Lines a crash kept us from writing last time.
-            let owed = store.outbox();
+            let owed = store.outbox()?;
             if !owed.is_empty() {
                 tracing::info!("writing {} lines owed from the last run", owed.len());
-                write_lines(&mut out, &store, &owed)?;
+                write_lines(&mut out, &store.get_many(&owed)?, &owed)?;
                 store.ack_outbox(&owed)?;
             }
             Some(out)

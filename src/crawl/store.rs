@@ -115,6 +115,16 @@ impl Record {
         v
     }
 
+    /// One more sighting at `now` (unix seconds).
+    pub(crate) fn note(&mut self, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+        self.last_seen = self.last_seen.max(now);
+        self.times_seen = self.times_seen.saturating_add(1);
+        self.how |= how;
+        if let Some(p) = peer {
+            add_peer(&mut self.peers, p);
+        }
+    }
+
     fn merge(&mut self, s: &Record) {
         self.first_seen = self.first_seen.min(s.first_seen);
         self.last_seen = self.last_seen.max(s.last_seen);
@@ -190,6 +200,8 @@ pub enum StoreError {
     Corrupt(PathBuf, String),
     /// Cannot create, read or write.
     Io(PathBuf, String),
+    /// The PostgreSQL store failed.
+    Postgres(super::pg::PgError),
 }
 
 impl fmt::Display for StoreError {
@@ -212,7 +224,14 @@ impl fmt::Display for StoreError {
                 "cannot use the crawl store at {}: {d} (check permissions and free space)",
                 p.display()
             ),
+            StoreError::Postgres(e) => write!(f, "{e}"),
         }
+    }
+}
+
+impl From<super::pg::PgError> for StoreError {
+    fn from(e: super::pg::PgError) -> Self {
+        StoreError::Postgres(e)
     }
 }
 
@@ -345,12 +364,7 @@ impl CrawlStore {
             how: 0,
             peers: Vec::new(),
         });
-        r.last_seen = r.last_seen.max(now);
-        r.times_seen = r.times_seen.saturating_add(1);
-        r.how |= how;
-        if let Some(p) = peer {
-            add_peer(&mut r.peers, p);
-        }
+        r.note(how, peer, now);
     }
 
     /// Records a sighting now.
@@ -465,6 +479,30 @@ impl CrawlStore {
             .filter_map(|kv| kv.ok())
             .filter(|(k, _)| k.len() == ID_LEN)
             .filter_map(|(k, v)| Some((NodeId::from_slice(&k)?, Record::decode(&v)?)))
+    }
+
+    /// Up to `limit` durable records after `after`, in infohash order, with metadata.
+    pub fn page(
+        &self,
+        after: Option<InfoHash>,
+        limit: usize,
+    ) -> Vec<(InfoHash, Record, Option<TorrentMeta>)> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(ih) => Bound::Excluded(ih.0.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.records
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .filter_map(|kv| kv.ok())
+            .filter(|(k, _)| k.len() == ID_LEN)
+            .filter_map(|(k, v)| Some((NodeId::from_slice(&k)?, Record::decode(&v)?)))
+            .take(limit)
+            .map(|(ih, r)| {
+                let m = self.metadata(&ih);
+                (ih, r, m)
+            })
+            .collect()
     }
 
     /// Bytes sled uses on disk.
