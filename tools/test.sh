@@ -14,6 +14,12 @@ python3 -c 'import libtorrent; print("python libtorrent", libtorrent.__version__
 
 cargo test --no-run --quiet "$@"
 
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q postgresql >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+fi
+
 # A throwaway PostgreSQL (Unix socket only) for the crawl's PostgreSQL tests, started here as
 # the `postgres` user because it cannot start inside the tests' root-only user namespace.
 pg_dir=$(mktemp -d /tmp/trackerless-pg.XXXXXX)

@@ -11,6 +11,7 @@ use trackerless::cli::{self, NetArgs};
 use trackerless::crawl::backend::is_postgres_url;
 use trackerless::crawl::enrich::{Bep9Fetcher, MetadataConfig};
 use trackerless::crawl::export::{ExportError, Format, export};
+use trackerless::crawl::web::{self, WebState};
 use trackerless::crawl::{self, CrawlConfig, CrawlStore, PgStore, Store, StoreConfig, WalkConfig};
 use trackerless::dht::driver::Dht;
 use trackerless::metadata::FetchConfig;
@@ -31,6 +32,21 @@ struct Cli {
 enum Cmd {
     /// Dump the store (one JSON object per line, or CSV) to stdout or a file.
     Export(ExportArgs),
+    /// Serve a read-only web page (status, search, torrents) and JSON API over the store.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Listen here (TCP). Loopback by default: the page has no authentication.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// The crawler's data directory (the sled store is DIR/crawl).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Read this store: `sled` (DIR/crawl) or postgres://USER@HOST/DB.
+    #[arg(long, value_name = "STORE", default_value = "sled", value_parser = parse_store)]
+    store: String,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +135,7 @@ fn main() {
     cli::init_logging();
     match cli.cmd {
         Some(Cmd::Export(a)) => export_cmd(a),
+        Some(Cmd::Serve(a)) => serve_cmd(a),
         None => crawl_cmd(cli.crawl),
     }
 }
@@ -163,6 +180,35 @@ fn export_cmd(a: ExportArgs) {
         Ok(n) => tracing::info!("exported {n} records"),
         Err(e) => cli::fail(e),
     }
+}
+
+fn serve_cmd(a: ServeArgs) {
+    let dir = if is_postgres_url(&a.store) {
+        PathBuf::new()
+    } else {
+        store_dir(a.data_dir)
+    };
+    let store = open_store(&a.store, dir, true);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| cli::fail(e));
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(a.http)
+            .await
+            .unwrap_or_else(|e| cli::fail(format!("cannot listen on {}: {e}", a.http)));
+        let addr = listener.local_addr().unwrap_or(a.http);
+        println!("serving {} on http://{addr}/", store.describe());
+        let _ = std::io::stdout().flush();
+        let state = WebState {
+            store: Arc::new(store),
+            status: None,
+        };
+        if let Err(e) = web::serve(listener, state, cli::shutdown_signal()).await {
+            cli::fail(format!("the web server stopped: {e}"));
+        }
+    });
 }
 
 fn crawl_cmd(a: CrawlArgs) {

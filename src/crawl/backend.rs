@@ -160,4 +160,53 @@ impl Store {
             Store::Postgres(s) => Ok(s.page(after, limit)?),
         }
     }
+
+    /// Torrents whose name (or, on PostgreSQL, file paths) match `q`, most recently seen
+    /// first: full text on PostgreSQL, a case-insensitive substring of the name on sled.
+    pub fn search(
+        &self,
+        q: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(InfoHash, Record, Option<TorrentMeta>)>, StoreError> {
+        match self {
+            Store::Sled(s) => {
+                let needle = q.to_lowercase();
+                let mut hits: Vec<_> = s
+                    .scan()
+                    .filter(|(_, _, m)| {
+                        m.as_ref()
+                            .is_some_and(|m| m.name.to_lowercase().contains(&needle))
+                    })
+                    .collect();
+                hits.sort_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(&b.0)));
+                Ok(hits.into_iter().skip(offset).take(limit).collect())
+            }
+            Store::Postgres(s) => Ok(s.search(q, offset, limit)?),
+        }
+    }
+
+    /// The most recently discovered records, newest first.
+    pub fn newest(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(InfoHash, Record, Option<TorrentMeta>)>, StoreError> {
+        match self {
+            Store::Sled(s) => {
+                let mut all: Vec<_> = s.scan().collect();
+                all.sort_by(|a, b| b.1.first_seen.cmp(&a.1.first_seen).then(a.0.cmp(&b.0)));
+                Ok(all.into_iter().skip(offset).take(limit).collect())
+            }
+            Store::Postgres(s) => Ok(s.newest(offset, limit)?),
+        }
+    }
+
+    /// (records, records with metadata) in the store now.
+    pub fn totals(&self) -> Result<(u64, u64), StoreError> {
+        match self {
+            Store::Sled(s) => Ok((s.count(), s.metadata_count())),
+            Store::Postgres(s) => Ok(s.totals()?),
+        }
+    }
 }

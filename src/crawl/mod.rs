@@ -11,6 +11,7 @@
 //! - [`backend`]: [`Store`], either of them, what the crawl and the export use;
 //! - [`export`]: JSON lines and CSV;
 //! - [`enrich`]: the bounded metadata worker pool;
+//! - [`web`]: `dht-crawl serve`, the read-only search and status page and JSON API;
 //! - [`run`]: the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
 //! - `sim` (feature `testing`): the same walk on the virtual-time simulator.
 
@@ -23,6 +24,7 @@ pub mod run;
 pub mod sim;
 pub mod store;
 pub mod walk;
+pub mod web;
 
 pub use backend::Store;
 pub use pg::PgStore;

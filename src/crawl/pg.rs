@@ -312,6 +312,72 @@ fn row_record(row: &tokio_postgres::Row, base: usize) -> Record {
     }
 }
 
+impl PgStore {
+    /// Torrents whose name or file paths contain all the words of `q` (full text, the
+    /// GIN index), most recently seen first.
+    pub fn search(
+        &self,
+        q: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(InfoHash, Record, Option<TorrentMeta>)>, PgError> {
+        let q = text_safe(q);
+        let (offset, limit) = (to_i64(offset as u64), to_i64(limit as u64));
+        self.call(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT t.info_hash, t.first_seen, t.last_seen, t.times_seen, t.how, t.peers,
+                            m.meta
+                     FROM crawl_metadata m JOIN crawl_torrents t USING (info_hash)
+                     WHERE m.search @@ plainto_tsquery('simple'::regconfig,
+                                                       translate($1, '/._-', '    '))
+                     ORDER BY t.last_seen DESC, t.info_hash OFFSET $2 LIMIT $3",
+                    &[&q, &offset, &limit],
+                )
+                .await?;
+            Ok(rows.iter().filter_map(full_row).collect())
+        })
+    }
+
+    /// The most recently discovered records, newest first.
+    pub fn newest(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<(InfoHash, Record, Option<TorrentMeta>)>, PgError> {
+        let (offset, limit) = (to_i64(offset as u64), to_i64(limit as u64));
+        self.call(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT t.info_hash, t.first_seen, t.last_seen, t.times_seen, t.how, t.peers,
+                            m.meta
+                     FROM crawl_torrents t LEFT JOIN crawl_metadata m USING (info_hash)
+                     ORDER BY t.first_seen DESC, t.info_hash OFFSET $1 LIMIT $2",
+                    &[&offset, &limit],
+                )
+                .await?;
+            Ok(rows.iter().filter_map(full_row).collect())
+        })
+    }
+
+    /// (records, records with metadata) in the database now.
+    pub fn totals(&self) -> Result<(u64, u64), PgError> {
+        self.call(|c| async move {
+            let r = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM crawl_torrents),
+                            (SELECT count(*) FROM crawl_metadata)",
+                    &[],
+                )
+                .await?;
+            Ok((
+                r.get::<_, i64>(0).max(0) as u64,
+                r.get::<_, i64>(1).max(0) as u64,
+            ))
+        })
+    }
+}
+
 /// (info_hash, first_seen, last_seen, times_seen, how, peers, meta) → a record.
 fn full_row(r: &tokio_postgres::Row) -> Option<(InfoHash, Record, Option<TorrentMeta>)> {
     let ih = NodeId::from_slice(r.get::<_, &[u8]>(0))?;

@@ -505,6 +505,21 @@ impl CrawlStore {
             .collect()
     }
 
+    /// Every durable record with its metadata, for the web page's scans (sled has no
+    /// secondary index: search and "newest" read the whole store, fine at the sizes one
+    /// embedded store holds; PostgreSQL is the answer beyond).
+    pub fn scan(&self) -> impl Iterator<Item = (InfoHash, Record, Option<TorrentMeta>)> + '_ {
+        self.iter().map(|(ih, r)| {
+            let m = self.metadata(&ih);
+            (ih, r, m)
+        })
+    }
+
+    /// Records with metadata.
+    pub fn metadata_count(&self) -> u64 {
+        self.meta.len() as u64
+    }
+
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
