@@ -326,3 +326,101 @@ fn chromium_renders_status_and_search_and_escapes_names() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A crawler with `--http`: live status, `/api/stats` and Prometheus `/metrics` while it
+/// runs; on a net with nothing to find, `--stall-after` warns, counts and re-bootstraps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawler_serves_live_metrics_and_detects_a_stall() {
+    use trackerless::sim::testnet::{Testnet, TestnetConfig};
+    let net = Testnet::start(
+        12,
+        TestnetConfig {
+            subnet: 174,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dht-crawl"))
+        .args([
+            "--bind",
+            "127.175.0.1:0",
+            "--bootstrap",
+            &net.addr(0).to_string(),
+            "--allow-net",
+            "127.0.0.0/8",
+            "--no-subnet-limit",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--status-interval",
+            "1",
+            "--stall-after",
+            "0.05",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let warned = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("discovery stalled") && l.contains("re-bootstrapping"))
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("the crawler exited").unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.trim().trim_end_matches('/').parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let metrics = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let (code, body) = get(addr, "/metrics");
+            assert_eq!(code, 200);
+            let value = |name: &str| -> f64 {
+                body.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(-1.0)
+            };
+            if value("dht_crawl_stalls_total") >= 1.0 && value("dht_crawl_nodes_known") > 0.0 {
+                let stats = get_json(addr, "/api/stats");
+                let (page_code, page) = get(addr, "/");
+                let search_code = get(addr, "/search?q=x").0;
+                return (body, stats, page_code, page, search_code);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no stall reported: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
+    .await
+    .unwrap();
+    let (body, stats, page_code, page, search_code) = metrics;
+    assert!(
+        body.contains("# TYPE dht_crawl_stalls_total counter"),
+        "{body}"
+    );
+    assert!(body.contains("dht_crawl_infohashes 0"), "{body}");
+    assert!(stats["crawl"]["stalls"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(page_code, 200);
+    assert!(page.contains("id=\"stat-stalls\""), "{page}");
+    assert_eq!(search_code, 503, "sled is held by the crawl");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        warned.join().unwrap().is_some(),
+        "no stall warning on stderr"
+    );
+    net.shutdown().await;
+}

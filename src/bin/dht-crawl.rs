@@ -95,6 +95,14 @@ struct CrawlArgs {
     #[arg(long, value_name = "N", default_value_t = 8, requires = "metadata",
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     metadata_workers: u64,
+    /// Serve the status page, /api/stats and Prometheus /metrics here while crawling (and,
+    /// with a PostgreSQL store, search and torrent pages too).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// Warn, count a stall and re-bootstrap when no new infohash came for MINUTES
+    /// (fractions allowed; 0 = never).
+    #[arg(long, value_name = "MINUTES", default_value_t = 30.0, value_parser = parse_minutes)]
+    stall_after: f64,
     /// Also write each fetched torrent as DIR/<infohash>.torrent.
     #[arg(long, value_name = "DIR", requires = "metadata")]
     torrent_dir: Option<PathBuf>,
@@ -128,6 +136,15 @@ fn open_store(store: &str, dir: PathBuf, must_exist: bool) -> Store {
     CrawlStore::open(&dir, StoreConfig::default())
         .unwrap_or_else(|e| cli::fail(e))
         .into()
+}
+
+fn parse_minutes(s: &str) -> Result<f64, String> {
+    let m: f64 = s.parse().map_err(|_| format!("not a number: {s:?}"))?;
+    if m.is_finite() && (0.0..=525_600.0).contains(&m) {
+        Ok(m)
+    } else {
+        Err("must be between 0 and 525600 minutes".into())
+    }
 }
 
 fn main() {
@@ -202,7 +219,7 @@ fn serve_cmd(a: ServeArgs) {
         println!("serving {} on http://{addr}/", store.describe());
         let _ = std::io::stdout().flush();
         let state = WebState {
-            store: Arc::new(store),
+            store: Some(Arc::new(store)),
             status: None,
         };
         if let Err(e) = web::serve(listener, state, cli::shutdown_signal()).await {
@@ -216,6 +233,11 @@ fn crawl_cmd(a: CrawlArgs) {
     let data_dir = a.net.data_dir().unwrap_or_else(|e| cli::fail(e));
     // The store first: a second crawler on the same directory fails before binding.
     let store = open_store(&a.store, data_dir.join("crawl"), false);
+    // A PostgreSQL store can be read by the page through its own connection while the
+    // crawl writes; sled allows one process and one opener.
+    let web_store = (a.http.is_some() && is_postgres_url(&a.store))
+        .then(|| open_store(&a.store, PathBuf::new(), false));
+    let routers = cfg.bootstrap.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     cfg.incoming = Some(tx);
     let walk = WalkConfig {
@@ -251,7 +273,20 @@ fn crawl_cmd(a: CrawlArgs) {
         store.count()
     );
     let status_interval = a.status_interval;
+    let live = Arc::new(std::sync::Mutex::new(crawl::CrawlStatus::default()));
+    let live_w = live.clone();
+    let routers: Vec<std::net::SocketAddrV4> = routers
+        .iter()
+        .filter_map(|r| std::net::ToSocketAddrs::to_socket_addrs(r).ok())
+        .flatten()
+        .filter_map(|a| match a {
+            std::net::SocketAddr::V4(a) => Some(a),
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .collect();
     let crawl_cfg = CrawlConfig {
+        stall_after: (a.stall_after > 0.0).then(|| Duration::from_secs_f64(a.stall_after * 60.0)),
+        routers,
         walk,
         flush_interval: Duration::from_secs(a.flush_interval),
         status_interval: Duration::from_secs(status_interval.max(1)),
@@ -259,6 +294,9 @@ fn crawl_cmd(a: CrawlArgs) {
         out: a.out,
         metadata,
         on_status: Some(Box::new(move |s| {
+            if let Ok(mut l) = live_w.lock() {
+                *l = s.clone();
+            }
             if status_interval > 0 {
                 println!("{s}");
                 let _ = std::io::stdout().flush();
@@ -271,6 +309,23 @@ fn crawl_cmd(a: CrawlArgs) {
         .build()
         .unwrap_or_else(|e| cli::fail(e));
     rt.block_on(async {
+        if let Some(addr) = a.http {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| cli::fail(format!("cannot listen on {addr}: {e}")));
+            let bound = listener.local_addr().unwrap_or(addr);
+            println!("serving status on http://{bound}/");
+            let _ = std::io::stdout().flush();
+            let state = WebState {
+                store: web_store.map(Arc::new),
+                status: Some(live.clone()),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = web::serve(listener, state, std::future::pending()).await {
+                    tracing::warn!("the web server stopped: {e}");
+                }
+            });
+        }
         let result = crawl::run(
             dht.clone(),
             Some(rx),

@@ -46,6 +46,10 @@ pub struct CrawlStatus {
     /// New infohashes not queued for metadata because the queue was full.
     pub metadata_skipped: u64,
     pub elapsed: Duration,
+    /// No new infohash for [`CrawlConfig::stall_after`] (cleared by the next new one).
+    pub stalled: bool,
+    /// Stalls detected (each one warned about and answered with a re-bootstrap).
+    pub stalls: u64,
 }
 
 impl std::fmt::Display for CrawlStatus {
@@ -66,6 +70,9 @@ impl std::fmt::Display for CrawlStatus {
                 " | metadata {} fetched {} failed {} skipped",
                 self.metadata_fetched, self.metadata_failed, self.metadata_skipped
             )?;
+        }
+        if self.stalled {
+            write!(f, " | stalled")?;
         }
         Ok(())
     }
@@ -91,6 +98,13 @@ pub struct CrawlConfig {
     pub new_infohashes: Option<mpsc::UnboundedSender<InfoHash>>,
     pub metadata: Option<MetadataConfig>,
     pub on_status: Option<StatusFn>,
+    /// Discovery-stall detection: no new durable infohash for this long → a warning, the
+    /// `stalled`/`stalls` status fields, and a re-bootstrap from [`CrawlConfig::routers`]
+    /// (a crawler whose walk ran dry, e.g. cut off from the network for a while, would
+    /// otherwise idle until its slow reseed; checked at each status tick).
+    pub stall_after: Option<Duration>,
+    /// Bootstrap routers, for the re-bootstrap after a stall.
+    pub routers: Vec<SocketAddrV4>,
 }
 
 impl Default for CrawlConfig {
@@ -105,6 +119,8 @@ impl Default for CrawlConfig {
             new_infohashes: None,
             metadata: None,
             on_status: None,
+            stall_after: None,
+            routers: Vec::new(),
         }
     }
 }
@@ -324,6 +340,8 @@ pub async fn run(
         .map(|d| tokio::time::Instant::now() + d)
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400));
     let mut last_status = (Instant::now(), c.status.infohashes, queries_out(&dht).await);
+    // When the store last grew (or the last stall was handled).
+    let mut last_growth = (Instant::now(), c.status.infohashes);
     tokio::pin!(stop);
     let mut failure = None;
     loop {
@@ -395,6 +413,27 @@ pub async fn run(
                 c.status.nodes_known = w.nodes_known;
                 c.status.visited = w.visited;
                 c.status.elapsed = now - started;
+                if c.status.infohashes > last_growth.1 {
+                    last_growth = (now, c.status.infohashes);
+                    c.status.stalled = false;
+                } else if let Some(after) = cfg.stall_after
+                    && now - last_growth.0 >= after
+                {
+                    c.status.stalled = true;
+                    c.status.stalls += 1;
+                    tracing::warn!(
+                        "discovery stalled: no new infohash for {:.1} minutes \
+                         ({} nodes known, {} visited); re-bootstrapping",
+                        (now - last_growth.0).as_secs_f64() / 60.0,
+                        w.nodes_known,
+                        w.visited
+                    );
+                    if !cfg.routers.is_empty() {
+                        let _ = dht.bootstrap(cfg.routers.clone());
+                    }
+                    next_reseed = tokio::time::Instant::now();
+                    last_growth.0 = now;
+                }
                 if let Some(f) = &mut cfg.on_status {
                     f(&c.status);
                 }

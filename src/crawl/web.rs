@@ -35,7 +35,9 @@ pub const MAX_PAGE: usize = 1000;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct WebState {
-    pub store: Arc<Store>,
+    /// The store the pages read; `None` on a crawler whose sled store it holds itself
+    /// (sled is single-process), where only the status, `/api/stats` and `/metrics` work.
+    pub store: Option<Arc<Store>>,
     /// The running crawl's latest status, when the page is served by a crawler.
     pub status: Option<Arc<Mutex<CrawlStatus>>>,
 }
@@ -119,6 +121,7 @@ pub fn router(state: WebState) -> Router {
         .route("/api/search", get(api_search))
         .route("/api/torrent/{hash}", get(api_torrent))
         .route("/api/stats", get(api_stats))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error_page(StatusCode::NOT_FOUND, "no such page") })
         .with_state(state)
 }
@@ -162,7 +165,13 @@ async fn read<T: Send + 'static>(
     state: &WebState,
     f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let store = state.store.clone();
+    let Some(store) = state.store.clone() else {
+        return Err(error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this crawler's sled store is read by `dht-crawl serve` once the crawl stops \
+             (PostgreSQL stores are readable while crawling)",
+        ));
+    };
     match tokio::task::spawn_blocking(move || f(&store)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
@@ -233,7 +242,7 @@ fn torrent_table(rows: &Rows) -> String {
 
 fn status_json(state: &WebState, totals: (u64, u64)) -> Value {
     let mut v = json!({
-        "store": state.store.describe(),
+        "store": state.store.as_ref().map(|s| s.describe()),
         "records": totals.0,
         "with_metadata": totals.1,
     });
@@ -250,14 +259,28 @@ fn status_json(state: &WebState, totals: (u64, u64)) -> Value {
             "metadata_failed": s.metadata_failed,
             "metadata_skipped": s.metadata_skipped,
             "elapsed_secs": s.elapsed.as_secs(),
+            "stalled": s.stalled,
+            "stalls": s.stalls,
         });
     }
     v
 }
 
+/// Store totals and the newest records; with no store, the crawl's own count.
+async fn overview(state: &WebState, newest: usize) -> Result<((u64, u64), Rows), Response> {
+    if state.store.is_none() {
+        let n = state
+            .status
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| (s.infohashes, s.metadata_fetched)))
+            .unwrap_or_default();
+        return Ok((n, Vec::new()));
+    }
+    read(state, move |s| Ok((s.totals()?, s.newest(0, newest)?))).await
+}
+
 async fn index(State(state): State<WebState>) -> Response {
-    let data = read(&state, |s| Ok((s.totals()?, s.newest(0, 20)?))).await;
-    let (totals, newest) = match data {
+    let (totals, newest) = match overview(&state, 20).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -272,7 +295,14 @@ async fn index(State(state): State<WebState>) -> Response {
             esc(&v)
         );
     };
-    row("store", state.store.describe());
+    row(
+        "store",
+        state
+            .store
+            .as_ref()
+            .map(|s| s.describe())
+            .unwrap_or_else(|| "held by the crawl".into()),
+    );
     row("records", totals.0.to_string());
     row("with metadata", totals.1.to_string());
     if let Some(c) = status.get("crawl") {
@@ -285,6 +315,8 @@ async fn index(State(state): State<WebState>) -> Response {
             ("metadata_fetched", "metadata fetched"),
             ("metadata_failed", "metadata failed"),
             ("elapsed_secs", "running seconds"),
+            ("stalled", "stalled"),
+            ("stalls", "stalls"),
         ] {
             let v = match &c[k] {
                 Value::Number(n) if n.is_f64() => format!("{:.1}", n.as_f64().unwrap_or(0.0)),
@@ -490,13 +522,128 @@ async fn api_torrent(State(state): State<WebState>, Path(hash): Path<String>) ->
 }
 
 async fn api_stats(State(state): State<WebState>) -> Response {
-    match read(&state, |s| s.totals()).await {
-        Ok(t) => json_response(StatusCode::OK, &status_json(&state, t)),
+    match overview(&state, 0).await {
+        Ok((t, _)) => json_response(StatusCode::OK, &status_json(&state, t)),
         Err(_) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"error": "the store cannot be read right now"}),
         ),
     }
+}
+
+/// Prometheus text exposition of the crawl's status (when served by a crawler) and the
+/// store's totals.
+pub fn render_metrics(status: Option<&CrawlStatus>, totals: Option<(u64, u64)>) -> String {
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, v: f64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+    };
+    if let Some(s) = status {
+        metric(
+            "dht_crawl_infohashes",
+            "gauge",
+            "Durable infohashes this crawler counts.",
+            s.infohashes as f64,
+        );
+        metric(
+            "dht_crawl_new_per_minute",
+            "gauge",
+            "New durable infohashes per minute (last status interval).",
+            s.new_per_min,
+        );
+        metric(
+            "dht_crawl_nodes_known",
+            "gauge",
+            "Nodes the walk knows.",
+            s.nodes_known as f64,
+        );
+        metric(
+            "dht_crawl_nodes_visited",
+            "gauge",
+            "Distinct nodes that answered.",
+            s.visited as f64,
+        );
+        metric(
+            "dht_crawl_queries_per_second",
+            "gauge",
+            "Queries the node sent per second.",
+            s.queries_per_sec,
+        );
+        metric(
+            "dht_crawl_passive_total",
+            "counter",
+            "Infohashes others' queries told us about.",
+            s.passive as f64,
+        );
+        metric(
+            "dht_crawl_metadata_fetched_total",
+            "counter",
+            "Metadata fetches that succeeded.",
+            s.metadata_fetched as f64,
+        );
+        metric(
+            "dht_crawl_metadata_failed_total",
+            "counter",
+            "Metadata fetches that failed.",
+            s.metadata_failed as f64,
+        );
+        metric(
+            "dht_crawl_metadata_skipped_total",
+            "counter",
+            "New infohashes not queued for metadata (queue full).",
+            s.metadata_skipped as f64,
+        );
+        metric(
+            "dht_crawl_stalled",
+            "gauge",
+            "1 while no new infohash has come for --stall-after.",
+            f64::from(u8::from(s.stalled)),
+        );
+        metric(
+            "dht_crawl_stalls_total",
+            "counter",
+            "Discovery stalls detected.",
+            s.stalls as f64,
+        );
+        metric(
+            "dht_crawl_uptime_seconds",
+            "gauge",
+            "Seconds since the crawl started.",
+            s.elapsed.as_secs_f64(),
+        );
+    }
+    if let Some((records, meta)) = totals {
+        metric(
+            "dht_crawl_store_records",
+            "gauge",
+            "Records in the store.",
+            records as f64,
+        );
+        metric(
+            "dht_crawl_store_metadata_records",
+            "gauge",
+            "Records with metadata in the store.",
+            meta as f64,
+        );
+    }
+    o
+}
+
+async fn metrics(State(state): State<WebState>) -> Response {
+    let status = state
+        .status
+        .as_ref()
+        .and_then(|s| s.lock().ok().map(|s| s.clone()));
+    let totals = match &state.store {
+        Some(_) => read(&state, |s| s.totals()).await.ok(),
+        None => None,
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(status.as_ref(), totals),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -529,5 +676,26 @@ mod tests {
         assert_eq!(parse_hash(&"AB".repeat(20)), Some(ih));
         assert_eq!(parse_hash("zz"), None);
         assert_eq!(parse_hash(&"g".repeat(40)), None);
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let s = CrawlStatus {
+            infohashes: 7,
+            stalled: true,
+            stalls: 2,
+            ..Default::default()
+        };
+        let text = render_metrics(Some(&s), Some((9, 3)));
+        for want in [
+            "# TYPE dht_crawl_infohashes gauge\ndht_crawl_infohashes 7\n",
+            "# TYPE dht_crawl_stalls_total counter\ndht_crawl_stalls_total 2\n",
+            "dht_crawl_stalled 1\n",
+            "dht_crawl_store_records 9\n",
+            "dht_crawl_store_metadata_records 3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+        assert!(render_metrics(None, None).is_empty());
     }
 }
