@@ -585,3 +585,176 @@ async fn kill_9_loses_nothing_reported_on_postgres() {
     );
     net.shutdown().await;
 }
+
+/// The database going away (connections terminated and refused) and coming back: the
+/// failed flush is transient and keeps every sighting buffered, and the next flush after
+/// the database returns writes them all.
+#[tokio::test]
+async fn database_going_away_keeps_sightings_buffered_until_it_returns() {
+    let url = pgtest::fresh_db("away").await;
+    let db: String = url
+        .split("///")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .unwrap()
+        .to_string();
+    let s = open(&url).await.unwrap();
+    let s = blocking(move || {
+        let mut s = s;
+        for i in 0..10 {
+            s.note_at(ih(i), HOW_SAMPLE, None, 1);
+        }
+        assert_eq!(s.flush().unwrap().new.len(), 10);
+        s
+    })
+    .await;
+    let admin = pgtest::admin().await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    let s = blocking(move || {
+        let mut s = s;
+        for i in 5..20 {
+            s.note_at(ih(i), HOW_ANNOUNCE, None, 2);
+        }
+        for attempt in 0..2 {
+            let e = s.flush().expect_err("a flush with the database gone fails");
+            assert!(e.is_transient(), "attempt {attempt}: {e}");
+            assert_eq!(s.pending(), 15, "nothing is dropped by a failed flush");
+            assert_eq!(s.count(), 10, "nothing unwritten is counted");
+        }
+        s
+    })
+    .await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    let (f, s) = blocking(move || {
+        let mut s = s;
+        (s.flush().unwrap(), s)
+    })
+    .await;
+    assert_eq!((f.new.len(), f.updated), (10, 5));
+    assert_eq!(s.count(), 20);
+    let r = blocking(move || s.get(&ih(7)).unwrap().unwrap()).await;
+    assert_eq!((r.times_seen, r.how), (2, HOW_SAMPLE | HOW_ANNOUNCE));
+    // A store that is not PostgreSQL, or a bad statement, is not transient.
+    assert!(!PgError::Gone.is_transient());
+}
+
+/// The binary through a database outage: it keeps crawling, says so once on stderr, and
+/// writes what it buffered when the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawler_rides_out_a_database_outage() {
+    let (net, _hashes) = populated_testnet(176, 40, 400).await;
+    let url = pgtest::fresh_db("outage").await;
+    let db: String = url
+        .split("///")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dht-crawl"))
+        .args([
+            "--bind",
+            "127.177.0.1:0",
+            "--bootstrap",
+            &net.addr(0).to_string(),
+            "--allow-net",
+            "127.0.0.0/8",
+            "--no-subnet-limit",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--store",
+            &url,
+            "--flush-interval",
+            "1",
+            "--status-interval",
+            "0",
+            // Slow enough that discovery is still going on when the database goes away.
+            "--rate",
+            "4",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_line = move |rx: std::sync::mpsc::Receiver<String>, what: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return (l, rx),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no stderr line containing {what:?}");
+    };
+    let admin = pgtest::admin().await;
+    // Crawling and storing first.
+    let c = pgtest::client(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // (An error until the crawler has created the schema.)
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM crawl_torrents", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(c);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    let (warning, rx) =
+        tokio::task::spawn_blocking(move || wait_line(rx, "cannot write to the store"))
+            .await
+            .unwrap();
+    assert!(
+        warning.contains("retrying every flush interval"),
+        "{warning}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the crawler exited");
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || wait_line(rx, "reachable again"))
+        .await
+        .unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the crawler exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    net.shutdown().await;
+}

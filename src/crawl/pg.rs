@@ -51,6 +51,10 @@ const MIGRATION_LOCK: i64 = 0x7472_6163_6b6c_6573; // "trackles"
 /// Rows per upsert statement.
 const CHUNK: usize = 5_000;
 
+/// Distinct infohashes buffered at most (while the database is unreachable); sightings of
+/// further new infohashes are dropped and counted, so an outage cannot exhaust memory.
+pub const MAX_BUFFERED: usize = 1_000_000;
+
 /// Infohashes remembered for [`PgStore::is_known`] before the set is cleared.
 const MAX_KNOWN: usize = 4_000_000;
 
@@ -120,6 +124,32 @@ impl fmt::Display for PgError {
 }
 
 impl std::error::Error for PgError {}
+
+impl PgError {
+    /// Whether the database may come back (connection lost or refused, server shutting
+    /// down or out of connections): the crawler then keeps its sightings buffered and
+    /// retries, instead of stopping.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgError::Connect { .. } => true,
+            PgError::Query(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_some_and(|db| {
+                        let code = db.code().code();
+                        // 08: connection exception; 57P: operator intervention (admin
+                        // shutdown, crash shutdown, cannot connect now); 53300: too many
+                        // connections; 55000: e.g. the database disallows connections.
+                        code.starts_with("08")
+                            || code.starts_with("57P")
+                            || code == "53300"
+                            || code == "55000"
+                    })
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            _ => false,
+        }
+    }
+}
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -282,6 +312,8 @@ pub struct PgStore {
     known: HashSet<InfoHash>,
     count: u64,
     outbox: Option<String>,
+    /// Sightings of new infohashes dropped because [`MAX_BUFFERED`] were already waiting.
+    dropped: u64,
 }
 
 fn text_safe(s: &str) -> String {
@@ -456,6 +488,7 @@ impl PgStore {
             known: HashSet::new(),
             count,
             outbox: None,
+            dropped: 0,
         })
     }
 
@@ -498,6 +531,16 @@ impl PgStore {
 
     /// Records a sighting at `now` (unix seconds), buffered until the next flush.
     pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+        if self.pending.len() >= MAX_BUFFERED && !self.pending.contains_key(&ih) {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    "{MAX_BUFFERED} sightings are waiting for PostgreSQL; dropping sightings \
+                     of further new infohashes until a flush succeeds"
+                );
+            }
+            self.dropped += 1;
+            return;
+        }
         let r = self.pending.entry(ih).or_insert_with(|| Record {
             first_seen: now,
             last_seen: now,
@@ -521,6 +564,11 @@ impl PgStore {
 
     pub fn set_metadata(&mut self, ih: InfoHash, m: TorrentMeta) {
         self.pending_meta.insert(ih, m);
+    }
+
+    /// Sightings dropped since open because the buffer was full (see [`MAX_BUFFERED`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// The durable record of `ih`.

@@ -177,6 +177,8 @@ struct Crawl {
     pool: Option<MetadataPool>,
     status: CrawlStatus,
     samples: Vec<InfoHash>,
+    /// The last flush failed transiently (the database is away); see [`Crawl::flush`].
+    store_down: bool,
 }
 
 impl Crawl {
@@ -223,7 +225,29 @@ impl Crawl {
     /// Makes everything durable, then reports the new records (out file, channel,
     /// metadata queue).
     fn flush(&mut self) -> Result<(), CrawlError> {
-        let flushed = self.store.flush()?;
+        let flushed = match self.store.flush() {
+            Ok(f) => {
+                if self.store_down {
+                    self.store_down = false;
+                    tracing::warn!("the store is reachable again; buffered sightings written");
+                }
+                f
+            }
+            // A database that went away: keep the sightings (bounded, see pg::MAX_BUFFERED)
+            // and retry at the next flush tick; nothing is counted until it is written.
+            Err(e) if e.is_transient() => {
+                if !self.store_down {
+                    self.store_down = true;
+                    tracing::warn!(
+                        "cannot write to the store ({e}); keeping {} sightings in memory and \
+                         retrying every flush interval",
+                        self.store.pending()
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut records = if flushed.new.is_empty() {
             Default::default()
         } else {
@@ -325,6 +349,7 @@ pub async fn run(
         new_tx: cfg.new_infohashes.take(),
         pool,
         samples: Vec::new(),
+        store_down: false,
     };
     let (res_tx, mut res_rx) = mpsc::unbounded_channel();
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -453,6 +478,7 @@ pub async fn run(
             () = tokio::time::sleep_until(wake) => {}
         }
         if c.store.pending() >= MAX_PENDING
+            && !c.store_down
             && let Err(e) = c.flush()
         {
             failure = Some(e);
@@ -466,6 +492,13 @@ pub async fn run(
         return Err(e);
     }
     flushed?;
+    if c.store_down {
+        tracing::warn!(
+            "exiting with {} sightings unwritten: the store is still unreachable (none of them \
+             was counted or reported)",
+            c.store.pending()
+        );
+    }
     let w = c.walker.stats();
     c.status.nodes_known = w.nodes_known;
     c.status.visited = w.visited;

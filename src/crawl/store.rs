@@ -229,6 +229,14 @@ impl fmt::Display for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether a later flush may succeed (a PostgreSQL server that went away); the crawl
+    /// keeps buffering and retries instead of stopping. sled errors are never transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Postgres(e) if e.is_transient())
+    }
+}
+
 impl From<super::pg::PgError> for StoreError {
     fn from(e: super::pg::PgError) -> Self {
         StoreError::Postgres(e)
