@@ -373,9 +373,10 @@ async fn crawl_into(
     dht.shutdown().await.unwrap();
 }
 
-/// Three crawlers over one loopback testnet write into one database; the union of what
-/// they stored equals what one sled crawl of the same net stores, and every record's
-/// sightings were merged rather than overwritten.
+/// Three crawler processes over one loopback testnet write into one database; the union
+/// of what they stored equals what one sled crawl of the same net stores, every record's
+/// sightings were merged rather than overwritten, and each infohash was reported new (in
+/// exactly one crawler's --out file) once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_crawlers_into_one_database_equal_a_sled_crawl() {
     // Few enough infohashes per node that one crawler alone can sample them all.
@@ -383,21 +384,67 @@ async fn three_crawlers_into_one_database_equal_a_sled_crawl() {
     let want: HashSet<InfoHash> = hashes.iter().copied().collect();
     let url = pgtest::fresh_db("three").await;
 
-    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut crawlers = Vec::new();
-    for i in 1..=3 {
-        let store: Store = open(&url).await.unwrap().into();
-        let seen = seen.clone();
-        let addr = net.addr(0);
-        let n = want.len();
-        crawlers.push(tokio::spawn(async move {
-            crawl_into(addr, &format!("127.173.0.{i}:0"), store, seen, n).await
-        }));
+    for (i, dir) in dirs.iter().enumerate() {
+        crawlers.push(
+            Command::new(env!("CARGO_BIN_EXE_dht-crawl"))
+                .args([
+                    "--bind",
+                    &format!("127.173.0.{}:0", i + 1),
+                    "--bootstrap",
+                    &net.addr(0).to_string(),
+                    "--allow-net",
+                    "127.0.0.0/8",
+                    "--no-subnet-limit",
+                    "--data-dir",
+                    dir.path().to_str().unwrap(),
+                    "--store",
+                    &url,
+                    "--out",
+                    dir.path().join("new.jsonl").to_str().unwrap(),
+                    "--flush-interval",
+                    "1",
+                    "--status-interval",
+                    "0",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
     }
-    for c in crawlers {
-        c.await.unwrap();
+    // Until the database holds every infohash (or a deadline), then a clean stop.
+    let c = pgtest::client(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM crawl_torrents", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n as usize >= want.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let reported = seen.lock().unwrap().clone();
+    for mut child in crawlers {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "a crawler failed: {status}");
+    }
+    let mut reported = HashSet::new();
+    for dir in &dirs {
+        let text = std::fs::read_to_string(dir.path().join("new.jsonl")).unwrap_or_default();
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let ih: NodeId = v["info_hash"].as_str().unwrap().parse().unwrap();
+            assert!(reported.insert(ih), "{ih} reported new by two crawlers");
+        }
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let sled = CrawlStore::open(dir.path(), StoreConfig::default()).unwrap();
