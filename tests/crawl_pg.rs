@@ -805,3 +805,122 @@ async fn crawler_rides_out_a_database_outage() {
     child.wait().unwrap();
     net.shutdown().await;
 }
+
+/// Retention on both stores: records not seen since the cut-off go, then the least-seen
+/// beyond the cap, with their metadata; the count follows and survives a reopen.
+#[tokio::test]
+async fn retention_prunes_old_then_least_seen_records_in_both_stores() {
+    let url = pgtest::fresh_db("retention").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pg: Store = open(&url).await.unwrap().into();
+    let sled: Store = CrawlStore::open(dir.path(), StoreConfig::default())
+        .unwrap()
+        .into();
+    for (kind, store) in [("postgres", pg), ("sled", sled)] {
+        let (kind, left) = blocking(move || {
+            let mut s = store;
+            // 0..40 last seen long ago; 40..100 recently, seen (i % 5) + 1 times.
+            for i in 0..100u32 {
+                let t = if i < 40 { 1_000 } else { 1_000_000 };
+                for _ in 0..(i % 5) + 1 {
+                    s.note_at(ih(i), HOW_SAMPLE, None, t);
+                }
+                s.set_metadata(ih(i), meta(&format!("t{i}")));
+            }
+            s.flush().unwrap();
+            assert_eq!(s.count(), 100, "{kind}");
+            assert_eq!(s.prune(Some(500_000), None).unwrap(), 40, "{kind}: by age");
+            assert_eq!(s.count(), 60, "{kind}");
+            assert_eq!(
+                s.prune(Some(500_000), Some(30)).unwrap(),
+                30,
+                "{kind}: by count"
+            );
+            assert_eq!(s.count(), 30, "{kind}");
+            assert_eq!(
+                s.prune(Some(500_000), Some(30)).unwrap(),
+                0,
+                "{kind}: idempotent"
+            );
+            let left = s.page(None, 1000).unwrap();
+            assert_eq!(s.totals().unwrap(), (30, 30), "{kind}: metadata went too");
+            (kind, left)
+        })
+        .await;
+        assert_eq!(left.len(), 30, "{kind}");
+        // Of 60 recent records seen 1..=5 times, 12 of each: the 30 kept are the 12 seen
+        // 5 times, the 12 seen 4 times, and 6 seen 3 times.
+        let mut by_times = [0; 6];
+        for (ih, r, m) in &left {
+            assert!(r.last_seen == 1_000_000, "{kind}: {ih} is old");
+            assert!(m.is_some(), "{kind}");
+            by_times[r.times_seen as usize] += 1;
+        }
+        assert_eq!(by_times, [0, 0, 0, 6, 12, 12], "{kind}");
+    }
+    // The sled count persists.
+    let s = CrawlStore::open(dir.path(), StoreConfig::default()).unwrap();
+    assert_eq!(s.count(), 30);
+}
+
+/// `--max-records` on the binary: the crawl keeps its store near the cap while it runs
+/// (pruning once it is a tenth over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawler_keeps_the_store_under_max_records() {
+    let (net, _hashes) = populated_testnet(178, 30, 200).await;
+    let url = pgtest::fresh_db("maxrec").await;
+    let dir = tempfile::tempdir().unwrap();
+    let status = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let boot = net.addr(0).to_string();
+        let data = dir.path().to_str().unwrap().to_string();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_dht-crawl"))
+                .args([
+                    "--bind",
+                    "127.179.0.1:0",
+                    "--bootstrap",
+                    &boot,
+                    "--allow-net",
+                    "127.0.0.0/8",
+                    "--no-subnet-limit",
+                    "--data-dir",
+                    &data,
+                    "--store",
+                    &url,
+                    "--flush-interval",
+                    "1",
+                    "--status-interval",
+                    "0",
+                    "--duration",
+                    "5",
+                    "--max-records",
+                    "20",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+    let c = pgtest::client(&url).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM crawl_torrents", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let seen: i64 = c
+        .query_one(
+            "SELECT coalesce(sum(times_seen), 0)::bigint FROM crawl_torrents",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n > 0 && n <= 22, "{n} records with --max-records 20");
+    assert!(seen >= n);
+    net.shutdown().await;
+}

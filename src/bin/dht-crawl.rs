@@ -103,6 +103,12 @@ struct CrawlArgs {
     /// (fractions allowed; 0 = never).
     #[arg(long, value_name = "MINUTES", default_value_t = 30.0, value_parser = parse_minutes)]
     stall_after: f64,
+    /// Retention: keep at most N records; the least-seen (then longest unseen) go first.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_records: Option<u64>,
+    /// Retention: drop records not seen for DAYS days (fractions allowed).
+    #[arg(long, value_name = "DAYS", value_parser = parse_days)]
+    max_age: Option<f64>,
     /// Also write each fetched torrent as DIR/<infohash>.torrent.
     #[arg(long, value_name = "DIR", requires = "metadata")]
     torrent_dir: Option<PathBuf>,
@@ -136,6 +142,15 @@ fn open_store(store: &str, dir: PathBuf, must_exist: bool) -> Store {
     CrawlStore::open(&dir, StoreConfig::default())
         .unwrap_or_else(|e| cli::fail(e))
         .into()
+}
+
+fn parse_days(s: &str) -> Result<f64, String> {
+    let d: f64 = s.parse().map_err(|_| format!("not a number: {s:?}"))?;
+    if d.is_finite() && d > 0.0 && d <= 36_500.0 {
+        Ok(d)
+    } else {
+        Err("must be more than 0 and at most 36500 days".into())
+    }
 }
 
 fn parse_minutes(s: &str) -> Result<f64, String> {
@@ -287,6 +302,8 @@ fn crawl_cmd(a: CrawlArgs) {
     let crawl_cfg = CrawlConfig {
         stall_after: (a.stall_after > 0.0).then(|| Duration::from_secs_f64(a.stall_after * 60.0)),
         routers,
+        max_records: a.max_records,
+        max_age: a.max_age.map(|d| Duration::from_secs_f64(d * 86400.0)),
         walk,
         flush_interval: Duration::from_secs(a.flush_interval),
         status_interval: Duration::from_secs(status_interval.max(1)),

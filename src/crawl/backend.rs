@@ -209,4 +209,17 @@ impl Store {
             Store::Postgres(s) => Ok(s.totals()?),
         }
     }
+
+    /// Retention (see each store's `prune`): drops records last seen before `older_than`
+    /// (unix seconds), then the least-seen beyond `max_records`. Returns how many went.
+    pub fn prune(
+        &mut self,
+        older_than: Option<u64>,
+        max_records: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sled(s) => s.prune(older_than, max_records),
+            Store::Postgres(s) => Ok(s.prune(older_than, max_records)?),
+        }
+    }
 }

@@ -392,6 +392,78 @@ impl PgStore {
         })
     }
 
+    /// Retention, as [`super::store::CrawlStore::prune`]: records last seen before
+    /// `older_than`, then the least-seen beyond `max_records`, with their metadata and
+    /// outbox rows, in one transaction. Returns how many records went; [`PgStore::count`]
+    /// is then the database's count.
+    pub fn prune(
+        &mut self,
+        older_than: Option<u64>,
+        max_records: Option<u64>,
+    ) -> Result<u64, PgError> {
+        let older = older_than.map(to_i64);
+        let max = max_records.map(to_i64);
+        let (removed, count) = self.call(move |c| async move {
+            c.batch_execute("BEGIN").await?;
+            let r = async {
+                let mut removed = 0u64;
+                if let Some(t) = older {
+                    removed += c
+                        .execute(
+                            "WITH gone AS (DELETE FROM crawl_torrents WHERE last_seen < $1
+                                           RETURNING info_hash),
+                                  m AS (DELETE FROM crawl_metadata
+                                        WHERE info_hash IN (SELECT info_hash FROM gone)),
+                                  o AS (DELETE FROM crawl_outbox
+                                        WHERE info_hash IN (SELECT info_hash FROM gone))
+                             SELECT 1 FROM gone",
+                            &[&t],
+                        )
+                        .await?;
+                }
+                let n: i64 = c
+                    .query_one("SELECT count(*) FROM crawl_torrents", &[])
+                    .await?
+                    .get(0);
+                let mut count = n;
+                if let Some(max) = max
+                    && n > max
+                {
+                    let excess = n - max;
+                    removed += c
+                        .execute(
+                            "WITH gone AS (DELETE FROM crawl_torrents WHERE info_hash IN
+                                   (SELECT info_hash FROM crawl_torrents
+                                    ORDER BY times_seen, last_seen, info_hash LIMIT $1)
+                                   RETURNING info_hash),
+                                  m AS (DELETE FROM crawl_metadata
+                                        WHERE info_hash IN (SELECT info_hash FROM gone)),
+                                  o AS (DELETE FROM crawl_outbox
+                                        WHERE info_hash IN (SELECT info_hash FROM gone))
+                             SELECT 1 FROM gone",
+                            &[&excess],
+                        )
+                        .await?;
+                    count = max;
+                }
+                Ok::<_, PgError>((removed, count.max(0) as u64))
+            }
+            .await;
+            match r {
+                Ok(v) => {
+                    c.batch_execute("COMMIT").await?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        })?;
+        self.count = count;
+        Ok(removed)
+    }
+
     /// (records, records with metadata) in the database now.
     pub fn totals(&self) -> Result<(u64, u64), PgError> {
         self.call(|c| async move {

@@ -105,6 +105,12 @@ pub struct CrawlConfig {
     pub stall_after: Option<Duration>,
     /// Bootstrap routers, for the re-bootstrap after a stall.
     pub routers: Vec<SocketAddrV4>,
+    /// Retention: keep at most this many records (the least-seen go first).
+    pub max_records: Option<u64>,
+    /// Retention: drop records not seen for this long.
+    pub max_age: Option<Duration>,
+    /// How often retention runs (it scans the sled store), and once at start.
+    pub prune_interval: Duration,
 }
 
 impl Default for CrawlConfig {
@@ -121,6 +127,9 @@ impl Default for CrawlConfig {
             on_status: None,
             stall_after: None,
             routers: Vec::new(),
+            max_records: None,
+            max_age: None,
+            prune_interval: Duration::from_secs(300),
         }
     }
 }
@@ -365,6 +374,7 @@ pub async fn run(
         .map(|d| tokio::time::Instant::now() + d)
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400));
     let mut last_status = (Instant::now(), c.status.infohashes, queries_out(&dht).await);
+    let mut next_prune = Instant::now();
     // When the store last grew (or the last stall was handled).
     let mut last_growth = (Instant::now(), c.status.infohashes);
     tokio::pin!(stop);
@@ -424,6 +434,29 @@ pub async fn run(
                 if let Err(e) = c.flush() {
                     failure = Some(e);
                     break;
+                }
+                if (cfg.max_records.is_some() || cfg.max_age.is_some())
+                    && !c.store_down
+                    && (Instant::now() >= next_prune
+                        // Over the cap by a tenth: do not wait for the interval.
+                        || cfg
+                            .max_records
+                            .is_some_and(|m| c.store.count() > m.saturating_add(m / 10)))
+                {
+                    next_prune = Instant::now() + cfg.prune_interval;
+                    let older_than = cfg
+                        .max_age
+                        .map(|a| unix_now().saturating_sub(a.as_secs()));
+                    match c.store.prune(older_than, cfg.max_records) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!("retention: pruned {n} records"),
+                        Err(e) if e.is_transient() => {}
+                        Err(e) => {
+                            failure = Some(e.into());
+                            break;
+                        }
+                    }
+                    c.status.infohashes = c.store.count();
                 }
             }
             _ = status_tick.tick() => {
@@ -507,6 +540,13 @@ pub async fn run(
         status: c.status,
         walk: w,
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn queries_out(dht: &DhtHandle) -> u64 {

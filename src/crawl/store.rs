@@ -513,6 +513,55 @@ impl CrawlStore {
             .collect()
     }
 
+    /// Retention: removes records last seen before `older_than` (unix seconds), then, while
+    /// more than `max_records` remain, the least-seen (fewest sightings, then oldest last
+    /// seen) ones, with their metadata and outbox keys, in one batch made durable before
+    /// this returns. A full scan: called every few minutes, not per flush. Returns how
+    /// many records went.
+    pub fn prune(
+        &mut self,
+        older_than: Option<u64>,
+        max_records: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut keep: Vec<(u32, u64, InfoHash)> = Vec::new();
+        let mut victims: Vec<InfoHash> = Vec::new();
+        for (ih, r) in self.iter() {
+            if older_than.is_some_and(|t| r.last_seen < t) {
+                victims.push(ih);
+            } else {
+                keep.push((r.times_seen, r.last_seen, ih));
+            }
+        }
+        if let Some(max) = max_records
+            && keep.len() as u64 > max
+        {
+            let excess = keep.len() - max as usize;
+            keep.sort_unstable();
+            victims.extend(keep.drain(..excess).map(|(_, _, ih)| ih));
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let mut meta = sled::Batch::default();
+        for ih in &victims {
+            batch.remove(&ih.0[..]);
+            batch.remove([OUTBOX_PREFIX, &ih.0].concat());
+            meta.remove(&ih.0[..]);
+        }
+        let count = keep.len() as u64;
+        batch.insert(COUNT_KEY, &count.to_be_bytes()[..]);
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| classify(&self.path, e))?;
+        self.meta
+            .apply_batch(meta)
+            .map_err(|e| classify(&self.path, e))?;
+        self.db.flush().map_err(|e| classify(&self.path, e))?;
+        self.count = count;
+        Ok(victims.len() as u64)
+    }
+
     /// Every durable record with its metadata, for the web page's scans (sled has no
     /// secondary index: search and "newest" read the whole store, fine at the sizes one
     /// embedded store holds; PostgreSQL is the answer beyond).
