@@ -47,6 +47,13 @@ python3 -c 'import libtorrent; print("python libtorrent", libtorrent.__version__
 
 cargo test --no-run --quiet "$@"
 
+# A throwaway PostgreSQL (Unix socket only) for the crawl's PostgreSQL tests, started here as
+# the `postgres` user because it cannot start inside the tests' root-only user namespace.
+pg_dir=$(mktemp -d /tmp/trackerless-pg.XXXXXX)
+chmod 0755 "$pg_dir"
+trap 'tools/pg-test.sh stop "$pg_dir/pg"; rm -rf "$pg_dir"' EXIT
+eval "$(tools/pg-test.sh start "$pg_dir/pg")"
+
 if command -v unshare >/dev/null 2>&1 && unshare -rn true 2>/dev/null; then
     echo "running tests in a loopback-only network namespace"
     unshare -rn sh -c 'ip link set lo up && exec cargo test --offline --no-fail-fast "$@"' \

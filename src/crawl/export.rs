@@ -8,7 +8,8 @@ use std::io::{self, Write};
 
 use serde_json::{Value, json};
 
-use super::store::{CrawlStore, Record, TorrentMeta};
+use super::backend::Store;
+use super::store::{Record, StoreError, TorrentMeta};
 use crate::dht::id::InfoHash;
 
 /// The JSON object for one record.
@@ -90,19 +91,58 @@ pub fn csv_row(ih: &InfoHash, r: &Record, meta: Option<&TorrentMeta>) -> String 
     )
 }
 
-/// Writes every record of `store` to `w`; returns how many.
-pub fn export(store: &CrawlStore, format: Format, w: &mut impl Write) -> io::Result<u64> {
+/// Why an export stopped.
+#[derive(Debug)]
+pub enum ExportError {
+    Store(StoreError),
+    Write(io::Error),
+}
+
+impl std::fmt::Display for ExportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExportError::Store(e) => write!(f, "{e}"),
+            ExportError::Write(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ExportError {}
+
+impl From<io::Error> for ExportError {
+    fn from(e: io::Error) -> Self {
+        ExportError::Write(e)
+    }
+}
+
+impl From<StoreError> for ExportError {
+    fn from(e: StoreError) -> Self {
+        ExportError::Store(e)
+    }
+}
+
+/// Records read per page: bounded memory on a store of any size.
+const PAGE: usize = 10_000;
+
+/// Writes every record of `store` (sled or PostgreSQL) to `w`, in infohash order; returns
+/// how many.
+pub fn export(store: &Store, format: Format, w: &mut impl Write) -> Result<u64, ExportError> {
     let mut n = 0;
     if format == Format::Csv {
         writeln!(w, "{CSV_HEADER}")?;
     }
-    for (ih, r) in store.iter() {
-        let meta = store.metadata(&ih);
-        match format {
-            Format::Jsonl => write_jsonl_line(w, &ih, &r, meta.as_ref())?,
-            Format::Csv => writeln!(w, "{}", csv_row(&ih, &r, meta.as_ref()))?,
+    let mut after = None;
+    loop {
+        let page = store.page(after, PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.0);
+        for (ih, r, meta) in &page {
+            match format {
+                Format::Jsonl => write_jsonl_line(w, ih, r, meta.as_ref())?,
+                Format::Csv => writeln!(w, "{}", csv_row(ih, r, meta.as_ref()))?,
+            }
+            n += 1;
         }
-        n += 1;
     }
     w.flush()?;
     Ok(n)

@@ -7,19 +7,27 @@
 //!
 //! - [`walk`]: the sans-IO scheduler (which node next, when; politeness rules);
 //! - [`store`]: the sled store and its durability contract;
+//! - [`pg`]: the PostgreSQL store (many crawlers, one database), same contract;
+//! - [`backend`]: [`Store`], either of them, what the crawl and the export use;
 //! - [`export`]: JSON lines and CSV;
 //! - [`enrich`]: the bounded metadata worker pool;
+//! - [`web`]: `dht-crawl serve`, the read-only search and status page and JSON API;
 //! - [`run`](mod@run): the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
 //! - `sim` (feature `testing`): the same walk on the virtual-time simulator.
 
+pub mod backend;
 pub mod enrich;
 pub mod export;
+pub mod pg;
 pub mod run;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod store;
 pub mod walk;
+pub mod web;
 
+pub use backend::Store;
+pub use pg::PgStore;
 pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, run};
 pub use store::{CrawlStore, Record, StoreConfig, TorrentMeta};
 pub use walk::{WalkConfig, WalkError, WalkQuery, WalkStats, Walker};

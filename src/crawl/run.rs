@@ -1,10 +1,11 @@
 //! The tokio crawler: a normal DHT node (its own id, answering queries) plus the walk.
 //!
-//! [`run`] owns the [`Walker`] and the [`CrawlStore`]. Walk queries go out through
+//! [`run`] owns the [`Walker`] and the [`Store`] (sled or PostgreSQL). Walk queries go out through
 //! [`DhtHandle::query`], so they carry the node's real id and transaction ids; nothing is
 //! spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
 //! the node's `incoming` channel and are recorded too (passive harvest).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufWriter, Write};
@@ -15,9 +16,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::backend::Store;
 use super::enrich::{MetaJob, MetadataConfig, MetadataPool};
 use super::export::write_jsonl_line;
-use super::store::{CrawlStore, HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, StoreError};
+use super::store::{HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, Record, StoreError, TorrentMeta};
 use super::walk::{WalkConfig, WalkError, WalkStats, Walker};
 use crate::dht::driver::{DhtError, DhtHandle, IncomingQuery};
 use crate::dht::id::InfoHash;
@@ -44,6 +46,10 @@ pub struct CrawlStatus {
     /// New infohashes not queued for metadata because the queue was full.
     pub metadata_skipped: u64,
     pub elapsed: Duration,
+    /// No new infohash for [`CrawlConfig::stall_after`] (cleared by the next new one).
+    pub stalled: bool,
+    /// Stalls detected (each one warned about and answered with a re-bootstrap).
+    pub stalls: u64,
 }
 
 impl std::fmt::Display for CrawlStatus {
@@ -64,6 +70,9 @@ impl std::fmt::Display for CrawlStatus {
                 " | metadata {} fetched {} failed {} skipped",
                 self.metadata_fetched, self.metadata_failed, self.metadata_skipped
             )?;
+        }
+        if self.stalled {
+            write!(f, " | stalled")?;
         }
         Ok(())
     }
@@ -89,6 +98,19 @@ pub struct CrawlConfig {
     pub new_infohashes: Option<mpsc::UnboundedSender<InfoHash>>,
     pub metadata: Option<MetadataConfig>,
     pub on_status: Option<StatusFn>,
+    /// Discovery-stall detection: no new durable infohash for this long → a warning, the
+    /// `stalled`/`stalls` status fields, and a re-bootstrap from [`CrawlConfig::routers`]
+    /// (a crawler whose walk ran dry, e.g. cut off from the network for a while, would
+    /// otherwise idle until its slow reseed; checked at each status tick).
+    pub stall_after: Option<Duration>,
+    /// Bootstrap routers, for the re-bootstrap after a stall.
+    pub routers: Vec<SocketAddrV4>,
+    /// Retention: keep at most this many records (the least-seen go first).
+    pub max_records: Option<u64>,
+    /// Retention: drop records not seen for this long.
+    pub max_age: Option<Duration>,
+    /// How often retention runs (it scans the sled store), and once at start.
+    pub prune_interval: Duration,
 }
 
 impl Default for CrawlConfig {
@@ -103,6 +125,11 @@ impl Default for CrawlConfig {
             new_infohashes: None,
             metadata: None,
             on_status: None,
+            stall_after: None,
+            routers: Vec::new(),
+            max_records: None,
+            max_age: None,
+            prune_interval: Duration::from_secs(300),
         }
     }
 }
@@ -152,13 +179,15 @@ struct OutFile {
 
 struct Crawl {
     dht: DhtHandle,
-    store: CrawlStore,
+    store: Store,
     walker: Walker,
     out: Option<OutFile>,
     new_tx: Option<mpsc::UnboundedSender<InfoHash>>,
     pool: Option<MetadataPool>,
     status: CrawlStatus,
     samples: Vec<InfoHash>,
+    /// The last flush failed transiently (the database is away); see [`Crawl::flush`].
+    store_down: bool,
 }
 
 impl Crawl {
@@ -205,9 +234,36 @@ impl Crawl {
     /// Makes everything durable, then reports the new records (out file, channel,
     /// metadata queue).
     fn flush(&mut self) -> Result<(), CrawlError> {
-        let flushed = self.store.flush()?;
+        let flushed = match self.store.flush() {
+            Ok(f) => {
+                if self.store_down {
+                    self.store_down = false;
+                    tracing::warn!("the store is reachable again; buffered sightings written");
+                }
+                f
+            }
+            // A database that went away: keep the sightings (bounded, see pg::MAX_BUFFERED)
+            // and retry at the next flush tick; nothing is counted until it is written.
+            Err(e) if e.is_transient() => {
+                if !self.store_down {
+                    self.store_down = true;
+                    tracing::warn!(
+                        "cannot write to the store ({e}); keeping {} sightings in memory and \
+                         retrying every flush interval",
+                        self.store.pending()
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut records = if flushed.new.is_empty() {
+            Default::default()
+        } else {
+            self.store.get_many(&flushed.new)?
+        };
         if let Some(out) = &mut self.out {
-            write_lines(out, &self.store, &flushed.new)?;
+            write_lines(out, &records, &flushed.new)?;
             self.store.ack_outbox(&flushed.new)?;
         }
         for ih in &flushed.new {
@@ -215,7 +271,7 @@ impl Crawl {
                 let _ = tx.send(*ih);
             }
             if let Some(pool) = &self.pool {
-                let peers = self.store.get(ih).map(|r| r.peers).unwrap_or_default();
+                let peers = records.remove(ih).map(|(r, _)| r.peers).unwrap_or_default();
                 if !pool.offer(MetaJob {
                     info_hash: *ih,
                     peers,
@@ -229,11 +285,16 @@ impl Crawl {
     }
 }
 
-fn write_lines(out: &mut OutFile, store: &CrawlStore, ihs: &[InfoHash]) -> Result<(), CrawlError> {
+/// Appends and syncs the lines of `ihs` (those of them in `records`).
+fn write_lines(
+    out: &mut OutFile,
+    records: &HashMap<InfoHash, (Record, Option<TorrentMeta>)>,
+    ihs: &[InfoHash],
+) -> Result<(), CrawlError> {
     let err = |e| CrawlError::Out(out.path.clone(), e);
     for ih in ihs {
-        if let Some(r) = store.get(ih) {
-            write_jsonl_line(&mut out.w, ih, &r, store.metadata(ih).as_ref()).map_err(err)?;
+        if let Some((r, m)) = records.get(ih) {
+            write_jsonl_line(&mut out.w, ih, r, m.as_ref()).map_err(err)?;
         }
     }
     out.w.flush().map_err(err)?;
@@ -246,12 +307,13 @@ fn write_lines(out: &mut OutFile, store: &CrawlStore, ihs: &[InfoHash]) -> Resul
 pub async fn run(
     dht: DhtHandle,
     mut incoming: Option<mpsc::Receiver<IncomingQuery>>,
-    mut store: CrawlStore,
+    store: impl Into<Store>,
     mut cfg: CrawlConfig,
     stop: impl Future<Output = ()>,
 ) -> Result<CrawlReport, CrawlError> {
     let started = Instant::now();
-    store.set_outbox(cfg.out.is_some());
+    let mut store: Store = store.into();
+    store.set_outbox(cfg.out.as_deref());
     let out = match &cfg.out {
         Some(path) => {
             let f = std::fs::OpenOptions::new()
@@ -264,10 +326,10 @@ pub async fn run(
                 w: BufWriter::new(f),
             };
             // Lines a crash kept us from writing last time.
-            let owed = store.outbox();
+            let owed = store.outbox()?;
             if !owed.is_empty() {
                 tracing::info!("writing {} lines owed from the last run", owed.len());
-                write_lines(&mut out, &store, &owed)?;
+                write_lines(&mut out, &store.get_many(&owed)?, &owed)?;
                 store.ack_outbox(&owed)?;
             }
             Some(out)
@@ -296,6 +358,7 @@ pub async fn run(
         new_tx: cfg.new_infohashes.take(),
         pool,
         samples: Vec::new(),
+        store_down: false,
     };
     let (res_tx, mut res_rx) = mpsc::unbounded_channel();
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -311,6 +374,9 @@ pub async fn run(
         .map(|d| tokio::time::Instant::now() + d)
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400));
     let mut last_status = (Instant::now(), c.status.infohashes, queries_out(&dht).await);
+    let mut next_prune = Instant::now();
+    // When the store last grew (or the last stall was handled).
+    let mut last_growth = (Instant::now(), c.status.infohashes);
     tokio::pin!(stop);
     let mut failure = None;
     loop {
@@ -369,6 +435,29 @@ pub async fn run(
                     failure = Some(e);
                     break;
                 }
+                if (cfg.max_records.is_some() || cfg.max_age.is_some())
+                    && !c.store_down
+                    && (Instant::now() >= next_prune
+                        // Over the cap by a tenth: do not wait for the interval.
+                        || cfg
+                            .max_records
+                            .is_some_and(|m| c.store.count() > m.saturating_add(m / 10)))
+                {
+                    next_prune = Instant::now() + cfg.prune_interval;
+                    let older_than = cfg
+                        .max_age
+                        .map(|a| unix_now().saturating_sub(a.as_secs()));
+                    match c.store.prune(older_than, cfg.max_records) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!("retention: pruned {n} records"),
+                        Err(e) if e.is_transient() => {}
+                        Err(e) => {
+                            failure = Some(e.into());
+                            break;
+                        }
+                    }
+                    c.status.infohashes = c.store.count();
+                }
             }
             _ = status_tick.tick() => {
                 let q = queries_out(&dht).await;
@@ -382,6 +471,27 @@ pub async fn run(
                 c.status.nodes_known = w.nodes_known;
                 c.status.visited = w.visited;
                 c.status.elapsed = now - started;
+                if c.status.infohashes > last_growth.1 {
+                    last_growth = (now, c.status.infohashes);
+                    c.status.stalled = false;
+                } else if let Some(after) = cfg.stall_after
+                    && now - last_growth.0 >= after
+                {
+                    c.status.stalled = true;
+                    c.status.stalls += 1;
+                    tracing::warn!(
+                        "discovery stalled: no new infohash for {:.1} minutes \
+                         ({} nodes known, {} visited); re-bootstrapping",
+                        (now - last_growth.0).as_secs_f64() / 60.0,
+                        w.nodes_known,
+                        w.visited
+                    );
+                    if !cfg.routers.is_empty() {
+                        let _ = dht.bootstrap(cfg.routers.clone());
+                    }
+                    next_reseed = tokio::time::Instant::now();
+                    last_growth.0 = now;
+                }
                 if let Some(f) = &mut cfg.on_status {
                     f(&c.status);
                 }
@@ -401,6 +511,7 @@ pub async fn run(
             () = tokio::time::sleep_until(wake) => {}
         }
         if c.store.pending() >= MAX_PENDING
+            && !c.store_down
             && let Err(e) = c.flush()
         {
             failure = Some(e);
@@ -414,6 +525,13 @@ pub async fn run(
         return Err(e);
     }
     flushed?;
+    if c.store_down {
+        tracing::warn!(
+            "exiting with {} sightings unwritten: the store is still unreachable (none of them \
+             was counted or reported)",
+            c.store.pending()
+        );
+    }
     let w = c.walker.stats();
     c.status.nodes_known = w.nodes_known;
     c.status.visited = w.visited;
@@ -422,6 +540,13 @@ pub async fn run(
         status: c.status,
         walk: w,
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 async fn queries_out(dht: &DhtHandle) -> u64 {

@@ -115,6 +115,16 @@ impl Record {
         v
     }
 
+    /// One more sighting at `now` (unix seconds).
+    pub(crate) fn note(&mut self, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+        self.last_seen = self.last_seen.max(now);
+        self.times_seen = self.times_seen.saturating_add(1);
+        self.how |= how;
+        if let Some(p) = peer {
+            add_peer(&mut self.peers, p);
+        }
+    }
+
     fn merge(&mut self, s: &Record) {
         self.first_seen = self.first_seen.min(s.first_seen);
         self.last_seen = self.last_seen.max(s.last_seen);
@@ -190,6 +200,8 @@ pub enum StoreError {
     Corrupt(PathBuf, String),
     /// Cannot create, read or write.
     Io(PathBuf, String),
+    /// The PostgreSQL store failed.
+    Postgres(super::pg::PgError),
 }
 
 impl fmt::Display for StoreError {
@@ -212,7 +224,22 @@ impl fmt::Display for StoreError {
                 "cannot use the crawl store at {}: {d} (check permissions and free space)",
                 p.display()
             ),
+            StoreError::Postgres(e) => write!(f, "{e}"),
         }
+    }
+}
+
+impl StoreError {
+    /// Whether a later flush may succeed (a PostgreSQL server that went away); the crawl
+    /// keeps buffering and retries instead of stopping. sled errors are never transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Postgres(e) if e.is_transient())
+    }
+}
+
+impl From<super::pg::PgError> for StoreError {
+    fn from(e: super::pg::PgError) -> Self {
+        StoreError::Postgres(e)
     }
 }
 
@@ -345,12 +372,7 @@ impl CrawlStore {
             how: 0,
             peers: Vec::new(),
         });
-        r.last_seen = r.last_seen.max(now);
-        r.times_seen = r.times_seen.saturating_add(1);
-        r.how |= how;
-        if let Some(p) = peer {
-            add_peer(&mut r.peers, p);
-        }
+        r.note(how, peer, now);
     }
 
     /// Records a sighting now.
@@ -465,6 +487,94 @@ impl CrawlStore {
             .filter_map(|kv| kv.ok())
             .filter(|(k, _)| k.len() == ID_LEN)
             .filter_map(|(k, v)| Some((NodeId::from_slice(&k)?, Record::decode(&v)?)))
+    }
+
+    /// Up to `limit` durable records after `after`, in infohash order, with metadata.
+    pub fn page(
+        &self,
+        after: Option<InfoHash>,
+        limit: usize,
+    ) -> Vec<(InfoHash, Record, Option<TorrentMeta>)> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(ih) => Bound::Excluded(ih.0.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.records
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .filter_map(|kv| kv.ok())
+            .filter(|(k, _)| k.len() == ID_LEN)
+            .filter_map(|(k, v)| Some((NodeId::from_slice(&k)?, Record::decode(&v)?)))
+            .take(limit)
+            .map(|(ih, r)| {
+                let m = self.metadata(&ih);
+                (ih, r, m)
+            })
+            .collect()
+    }
+
+    /// Retention: removes records last seen before `older_than` (unix seconds), then, while
+    /// more than `max_records` remain, the least-seen (fewest sightings, then oldest last
+    /// seen) ones, with their metadata and outbox keys, in one batch made durable before
+    /// this returns. A full scan: called every few minutes, not per flush. Returns how
+    /// many records went.
+    pub fn prune(
+        &mut self,
+        older_than: Option<u64>,
+        max_records: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut keep: Vec<(u32, u64, InfoHash)> = Vec::new();
+        let mut victims: Vec<InfoHash> = Vec::new();
+        for (ih, r) in self.iter() {
+            if older_than.is_some_and(|t| r.last_seen < t) {
+                victims.push(ih);
+            } else {
+                keep.push((r.times_seen, r.last_seen, ih));
+            }
+        }
+        if let Some(max) = max_records
+            && keep.len() as u64 > max
+        {
+            let excess = keep.len() - max as usize;
+            keep.sort_unstable();
+            victims.extend(keep.drain(..excess).map(|(_, _, ih)| ih));
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        let mut meta = sled::Batch::default();
+        for ih in &victims {
+            batch.remove(&ih.0[..]);
+            batch.remove([OUTBOX_PREFIX, &ih.0].concat());
+            meta.remove(&ih.0[..]);
+        }
+        let count = keep.len() as u64;
+        batch.insert(COUNT_KEY, &count.to_be_bytes()[..]);
+        self.records
+            .apply_batch(batch)
+            .map_err(|e| classify(&self.path, e))?;
+        self.meta
+            .apply_batch(meta)
+            .map_err(|e| classify(&self.path, e))?;
+        self.db.flush().map_err(|e| classify(&self.path, e))?;
+        self.count = count;
+        Ok(victims.len() as u64)
+    }
+
+    /// Every durable record with its metadata, for the web page's scans (sled has no
+    /// secondary index: search and "newest" read the whole store, fine at the sizes one
+    /// embedded store holds; PostgreSQL is the answer beyond).
+    pub fn scan(&self) -> impl Iterator<Item = (InfoHash, Record, Option<TorrentMeta>)> + '_ {
+        self.iter().map(|(ih, r)| {
+            let m = self.metadata(&ih);
+            (ih, r, m)
+        })
+    }
+
+    /// Records with metadata.
+    pub fn metadata_count(&self) -> u64 {
+        self.meta.len() as u64
     }
 
     /// Bytes sled uses on disk.
