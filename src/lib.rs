@@ -9,7 +9,6 @@
 //! library user does not carry them.
 
 pub mod bencode;
-pub mod cli;
 pub mod crawl;
 pub mod dht;
 pub mod download;

@@ -27,6 +27,10 @@
 //! busy polling, same server CPU share), so `taskset -c 1 dht-loadgen load --busy-poll ...`
 //! against a server pinned to core 0 is what measures the server.
 
+#[path = "../src/bin/common/cli.rs"]
+#[allow(dead_code)] // each binary uses a different part of it
+mod cli;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -43,7 +47,6 @@ mod flood;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::UdpSocket;
 use trackerless::bencode;
-use trackerless::cli;
 use trackerless::dht::id::NodeId;
 use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody, Token};
 

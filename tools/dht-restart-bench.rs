@@ -18,12 +18,15 @@
 //! The table target N is a fraction (default 90%) of the size the fresh node reached at the
 //! end of its observation window; every phase is timed to the first sample with >= N entries.
 
+#[path = "../src/bin/common/cli.rs"]
+#[allow(dead_code)] // each binary uses a different part of it
+mod cli;
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use trackerless::cli;
 use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle, StartError};
 use trackerless::dht::id::NodeId;
 use trackerless::dht::node;

@@ -11,6 +11,10 @@
 //! code. get_peers is measured both from probes and from random testnet nodes through the
 //! public handle, which also shows whether the probes' fresher, sparser tables matter.
 
+#[path = "../src/bin/common/cli.rs"]
+#[allow(dead_code)] // each binary uses a different part of it
+mod cli;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio::task::JoinSet;
-use trackerless::cli;
 use trackerless::dht::driver::DhtHandle;
 use trackerless::dht::id::NodeId;
 use trackerless::dht::node;

@@ -1,13 +1,17 @@
 //! `dht-crawl`: surveys the DHT's infohashes politely (BEP 51), keeps them in a sled store
 //! or a PostgreSQL database, and exports them.
 
+#[path = "common/cli.rs"]
+#[allow(dead_code)] // each binary uses a different part of it
+mod cli;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use cli::NetArgs;
 use std::sync::Arc;
-use trackerless::cli::{self, NetArgs};
 use trackerless::crawl::backend::is_postgres_url;
 use trackerless::crawl::enrich::{Bep9Fetcher, MetadataConfig};
 use trackerless::crawl::export::{ExportError, Format, export};

@@ -1,6 +1,10 @@
 //! `dht-get`: downloads a torrent named by a magnet link, an info hash or a `.torrent` file,
 //! using only the DHT and the peers it finds (no trackers).
 
+#[path = "common/cli.rs"]
+#[allow(dead_code)] // each binary uses a different part of it
+mod cli;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use cli::NetArgs;
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc;
-use trackerless::cli::{self, NetArgs};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
@@ -220,7 +224,7 @@ async fn run_metadata_only(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
         }
     };
     let path = cli.out.join(torrent_file_name(&info.name, &ih));
-    if let Err(e) = write_atomically(&path, &torrent_file_from_info(&fetched.info)) {
+    if let Err(e) = trackerless::util::atomic_write(&path, &torrent_file_from_info(&fetched.info)) {
         eprintln!("error: cannot write {}: {e}", path.display());
         return 1;
     }
@@ -527,16 +531,6 @@ fn torrent_file_name(name: &str, ih: &[u8; 20]) -> String {
         clean = hex::encode(ih);
     }
     format!("{clean}.torrent")
-}
-
-/// Writes through a temporary file and a rename, so a crash never leaves a truncated
-/// `.torrent` behind.
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("torrent.part{}", std::process::id()));
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
 //! `dht-node`: a long-running Mainline DHT node on the embedded sled store, or (`--router`)
 //! a bootstrap router.
 
+#[path = "common/cli.rs"]
+#[allow(dead_code)] // each binary uses a different part of it
+mod cli;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use trackerless::cli::{self, NetArgs};
+use cli::NetArgs;
 use trackerless::dht::driver::Dht;
 use trackerless::dht::metrics;
 use trackerless::dht::node::Stats;
@@ -178,8 +182,8 @@ async fn router_loop(cli: &Cli, handle: &RouterHandle) {
                     s.pending,
                     (q(&s.queries_by_method) - q(&last.1.queries_by_method)) as f64 / secs,
                     s.admitted,
-                    cli::rate((s.bytes_in - last.1.bytes_in) as f64 / secs),
-                    cli::rate((s.bytes_out - last.1.bytes_out) as f64 / secs),
+                    trackerless::util::fmt::rate((s.bytes_in - last.1.bytes_in) as f64 / secs),
+                    trackerless::util::fmt::rate((s.bytes_out - last.1.bytes_out) as f64 / secs),
                 );
                 last = (now, s);
             }
@@ -203,7 +207,7 @@ fn status_line(before: &Stats, now: &Stats, elapsed: Duration) -> String {
         now.peers,
         per_s(before.queries_in, now.queries_in),
         per_s(before.queries_out, now.queries_out),
-        cli::rate(per_s(before.bytes_in, now.bytes_in)),
-        cli::rate(per_s(before.bytes_out, now.bytes_out)),
+        trackerless::util::fmt::rate(per_s(before.bytes_in, now.bytes_in)),
+        trackerless::util::fmt::rate(per_s(before.bytes_out, now.bytes_out)),
     )
 }

@@ -1,5 +1,9 @@
 //! `dht-seed`: shares a file or directory through the Mainline DHT (no trackers).
 
+#[path = "common/cli.rs"]
+#[allow(dead_code)] // each binary uses a different part of it
+mod cli;
+
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
+use cli::NetArgs;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use trackerless::cli::{self, NetArgs};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
@@ -217,7 +221,8 @@ async fn run(
     }
     // Written before the magnet is printed, so a script that read the magnet finds it.
     if let Some(out) = &cli.torrent_out
-        && let Err(e) = std::fs::write(out, torrent_file(&raw, piece_layers, dht).await)
+        && let Err(e) =
+            trackerless::util::atomic_write(out, &torrent_file(&raw, piece_layers, dht).await)
     {
         eprintln!("error: cannot write {}: {e}", out.display());
         return 1;

@@ -166,14 +166,9 @@ async fn verify_and_save(
         .ok_or_else(|| "info dict does not parse".to_string())?;
     if let Some(dir) = &cfg.torrent_dir {
         let path = dir.join(format!("{}.torrent", ih.to_hex()));
-        let tmp = dir.join(format!(".{}.torrent.tmp", ih.to_hex()));
         let bytes = crate::torrent::metainfo::torrent_file_from_info(raw);
-        let write = async {
-            tokio::fs::write(&tmp, &bytes).await?;
-            tokio::fs::rename(&tmp, &path).await
-        };
         // The metadata is stored regardless; a failed file write is only logged.
-        if let Err(e) = write.await {
+        if let Err(e) = crate::util::atomic_write_async(path.clone(), bytes).await {
             tracing::warn!("cannot write {}: {e}", path.display());
         }
     }

@@ -29,8 +29,8 @@ pub fn status_line(p: &Progress) -> String {
         "{head} {pct:5.1}% {}/{} down {} up {} peers {} ({} seeds)",
         human_bytes(p.verified_bytes),
         human_bytes(p.total_bytes),
-        crate::cli::rate(p.download_rate),
-        crate::cli::rate(p.upload_rate),
+        crate::util::fmt::rate(p.download_rate),
+        crate::util::fmt::rate(p.upload_rate),
         p.peers,
         p.seeds,
     );

@@ -1,4 +1,5 @@
-//! Command-line pieces shared by the binaries: network flags, data directory, logging,
+//! Command-line pieces shared by the binaries (compiled into each of them with `#[path]`, so
+//! clap stays out of the library's API): network flags, data directory, logging,
 //! one-line errors.
 
 use std::io::IsTerminal;
@@ -8,11 +9,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::dht::allow::{AllowList, Ipv4Net};
-use crate::dht::bootstrap;
-use crate::dht::driver::DhtConfig;
-use crate::dht::limits::RateLimit;
-use crate::dht::node;
+use trackerless::dht::allow::{AllowList, Ipv4Net};
+use trackerless::dht::bootstrap;
+use trackerless::dht::driver::DhtConfig;
+use trackerless::dht::limits::RateLimit;
+use trackerless::dht::node;
 
 /// Flags every DHT-speaking command takes.
 #[derive(Debug, Clone, Args)]
@@ -176,14 +177,13 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Bytes per second as text (the crate's one rate formatter).
-pub use crate::util::fmt::rate;
-
 /// Starts a node with its persisted state; if the store is unavailable (typically locked by
 /// a running `dht-node` on the same data directory), runs without persistence instead of
 /// refusing to work: a downloader or seeder beside a node should still work.
-pub fn start_dht_or_without_store(cfg: DhtConfig) -> Result<crate::dht::driver::DhtHandle, String> {
-    use crate::dht::driver::{Dht, StartError};
+pub fn start_dht_or_without_store(
+    cfg: DhtConfig,
+) -> Result<trackerless::dht::driver::DhtHandle, String> {
+    use trackerless::dht::driver::{Dht, StartError};
     match Dht::spawn(cfg.clone()) {
         Ok(h) => Ok(h),
         Err(StartError::Store(e)) => {
@@ -203,22 +203,22 @@ pub fn start_dht_or_without_store(cfg: DhtConfig) -> Result<crate::dht::driver::
 /// messages; a bind failure becomes one line for the user.
 pub async fn bind_peer_listener(
     listen: SocketAddr,
-    registry: std::sync::Arc<crate::metadata::MetadataRegistry>,
+    registry: std::sync::Arc<trackerless::metadata::MetadataRegistry>,
     peer_id: [u8; 20],
     allow: AllowList,
-    dht: &crate::dht::driver::DhtHandle,
+    dht: &trackerless::dht::driver::DhtHandle,
     max_peers: u16,
-) -> Result<crate::metadata::MetadataServer, String> {
-    crate::metadata::MetadataServer::bind(
+) -> Result<trackerless::metadata::MetadataServer, String> {
+    trackerless::metadata::MetadataServer::bind(
         listen,
         registry,
-        crate::metadata::ServeConfig {
+        trackerless::metadata::ServeConfig {
             peer_id,
             allow,
             dht: Some(dht.clone()),
             dht_port: Some(dht.local_addr().port()),
             max_connections: usize::from(max_peers),
-            ..crate::metadata::ServeConfig::default()
+            ..trackerless::metadata::ServeConfig::default()
         },
     )
     .await
@@ -292,11 +292,5 @@ mod tests {
         assert_eq!(cfg.node.rate_limit, Some(RateLimit::default()));
         assert_eq!(cfg.node.reply_quota, Some(node::DEFAULT_REPLY_QUOTA));
         assert_eq!(cfg.save_interval, DhtConfig::new(cfg.bind).save_interval);
-    }
-
-    #[test]
-    fn rates_read_well() {
-        assert_eq!(rate(10.0), "10.0 B/s");
-        assert_eq!(rate(2048.0), "2.0 KiB/s");
     }
 }
