@@ -151,11 +151,8 @@ async fn five_hundred_node_testnet_lookups_all_find_the_peer() {
 /// bootstrap router is dead on the second start).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_id_and_refills_from_persisted_contacts() {
-    // 60 nodes: the node keeps its bootstrap router out of its table (BEP 5), and with 40 a
-    // table of 20 sat right at the edge of one more bucket split, so it passed or failed by
-    // the random ids.
     let net = Testnet::start(
-        60,
+        40,
         TestnetConfig {
             subnet: 52,
             ..Default::default()
