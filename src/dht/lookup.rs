@@ -554,10 +554,18 @@ mod tests {
             1,
         );
         // Public addresses in a sans-IO lookup: nothing is sent anywhere.
+        // The target is all zeros: `plain` (id 0x0101…) is the closest possible non-zero
+        // prefix; a BEP 42 id farther away is drawn (its first 21 bits are fixed by the IP
+        // and a random r, so setting bits would make it invalid).
         let plain = Contact::new(NodeId([1; 20]), "203.0.113.1:6881".parse().unwrap());
-        let ip: std::net::Ipv4Addr = "203.0.113.2".parse().unwrap();
-        let mut bep42_id = bep42::id_for_ip(ip, &mut rand::rng());
-        bep42_id.0[0] |= 0x80; // farther from the target than `plain`
+        let (ip, bep42_id) = (2u8..=250)
+            .flat_map(|last| {
+                let ip = std::net::Ipv4Addr::new(203, 0, 113, last);
+                std::iter::repeat_with(move || (ip, bep42::id_for_ip(ip, &mut rand::rng())))
+                    .take(32)
+            })
+            .find(|(_, id)| id.0[0] >= 2)
+            .expect("most BEP 42 prefixes start above 0x01");
         let valid = Contact::new(bep42_id, SocketAddrV4::new(ip, 6881));
         assert!(!bep42::is_valid(&plain.id, *plain.addr.ip()));
         assert!(bep42::is_valid(&valid.id, *valid.addr.ip()));
