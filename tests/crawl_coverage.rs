@@ -244,30 +244,42 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
         found_ours * 100 >= INFOHASHES * 99,
         "found {found_ours} of {INFOHASHES} within {BUDGET:?}"
     );
-    if found_theirs < theirs.len() {
-        // Tell a libtorrent node that lost what it was given from one the walk never met.
-        for (i, lt) in lts.iter().enumerate() {
-            let sock = UdpSocket::bind("127.111.9.1:0").await.unwrap();
-            let target = NodeId::random(&mut rng);
-            let r = ask(
-                &sock,
-                lt.addr,
-                b"si",
-                QueryArgs::SampleInfohashes { target: &target },
-            )
-            .await;
-            let mine = &lt_hashes[i * LT_HASHES_EACH..][..LT_HASHES_EACH];
-            let held = r.samples().filter(|h| mine.contains(h)).count();
-            println!(
-                "libtorrent {i} at {}: its sample now holds {held} of its {LT_HASHES_EACH}",
-                lt.addr
-            );
-        }
+    // What each libtorrent node still holds at the end, from a socket the walk never met.
+    // libtorrent can lose what it was given (in one CI run one node's sample held none of
+    // its ten after the crawl while the other two held all of theirs); the crawler cannot
+    // find what the node no longer serves, so the check is per node against what it holds.
+    let mut still_held = [0usize; LT_NODES];
+    for (i, lt) in lts.iter().enumerate() {
+        let sock = UdpSocket::bind("127.111.9.1:0").await.unwrap();
+        let target = NodeId::random(&mut rng);
+        let r = ask(
+            &sock,
+            lt.addr,
+            b"si",
+            QueryArgs::SampleInfohashes { target: &target },
+        )
+        .await;
+        let mine = &lt_hashes[i * LT_HASHES_EACH..][..LT_HASHES_EACH];
+        still_held[i] = r.samples().filter(|h| mine.contains(h)).count();
+        println!(
+            "libtorrent {i} at {}: its sample now holds {} of its {LT_HASHES_EACH}; the crawl \
+             found {}",
+            lt.addr, still_held[i], per_lt[i]
+        );
     }
-    assert_eq!(
-        found_theirs,
-        theirs.len(),
-        "every infohash held only by libtorrent was found (per libtorrent node: {per_lt:?})"
+    for i in 0..LT_NODES {
+        assert!(
+            per_lt[i] >= still_held[i],
+            "libtorrent {i} holds {} of its infohashes but the crawl found only {} \
+             (per libtorrent node: {per_lt:?})",
+            still_held[i],
+            per_lt[i]
+        );
+    }
+    assert!(
+        still_held.iter().filter(|&&h| h == LT_HASHES_EACH).count() >= 2,
+        "at least two libtorrent nodes must still hold all they were given for the check \
+         to mean anything: {still_held:?}"
     );
     dht.shutdown().await.unwrap();
     drop(lts);
