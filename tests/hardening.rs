@@ -1,6 +1,6 @@
 //! Abuse defenses and BEP 42 on the sans-IO node (virtual clock, no sockets): per-IP rate
-//! limit and bans, reply quota, bogon sources, our own id, token withheld when the store is
-//! full, and adopting a BEP 42 id once repliers agree on our external IP.
+//! limit and bans, reply quota, bogon sources, our own id, a full store evicting rather than
+//! withholding tokens, and adopting a BEP 42 id once repliers agree on our external IP.
 //!
 //! Some addresses here are public (203.0.113.0/24, TEST-NET-3): they only ever appear inside
 //! datagrams handed to a sans-IO node whose allow-list is 127.0.0.0/8, so nothing is sent.
@@ -118,8 +118,10 @@ fn bogon_sources_and_our_own_id_are_ignored() {
     assert_eq!(node.stats(t0).packets_out, 0);
 }
 
+/// Defect 5 of issue 12: BEP 5 has every get_peers reply carry a token; a full store takes
+/// the announce by evicting its least-announced infohash instead of refusing it.
 #[test]
-fn token_is_withheld_when_the_store_is_full() {
+fn a_full_store_still_hands_out_tokens_and_takes_announces() {
     let t0 = Instant::now();
     let mut cfg = Config::loopback_testnet();
     cfg.store.max_infohashes = 1;
@@ -138,28 +140,31 @@ fn token_is_withheld_when_the_store_is_full() {
             other => panic!("{other:?}"),
         }
     };
-    let token = token_for(&mut node, &a).expect("empty store hands out tokens");
-    let ann = QueryArgs::AnnouncePeer {
-        info_hash: &a,
-        port: 1,
-        implied_port: false,
-        token: token.as_slice(),
+    let announce = |node: &mut Node, ih: &NodeId, token: &[u8]| {
+        let ann = QueryArgs::AnnouncePeer {
+            info_hash: ih,
+            port: 1,
+            implied_port: false,
+            token,
+        };
+        matches!(
+            exchange(node, t0, from, &query(ann, b"a", NodeId([1; 20])))
+                .unwrap()
+                .body,
+            Body::Response(_)
+        )
     };
-    assert!(matches!(
-        exchange(&mut node, t0, from, &query(ann, b"a", NodeId([1; 20])))
-            .unwrap()
-            .body,
-        Body::Response(_)
-    ));
+    let token = token_for(&mut node, &a).expect("empty store hands out tokens");
+    assert!(announce(&mut node, &a, token.as_slice()));
+    let token = token_for(&mut node, &b).expect("a full store still hands out tokens");
+    assert!(announce(&mut node, &b, token.as_slice()));
+    assert!(node.store().contains(&b), "the new announce was stored");
     assert!(
-        token_for(&mut node, &b).is_none(),
-        "full store: no token for a new infohash"
+        !node.store().contains(&a),
+        "by evicting the least-announced"
     );
-    assert!(
-        token_for(&mut node, &a).is_some(),
-        "a stored infohash still gets one"
-    );
-    assert_eq!(node.stats(t0).tokens_withheld, 1);
+    let st = node.stats(t0);
+    assert_eq!((st.announces_stored, st.infohashes_evicted), (2, 1));
 }
 
 #[test]

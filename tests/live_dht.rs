@@ -247,3 +247,73 @@ fn a_query_never_evicts_a_confirmed_entry() {
     assert!(!node.table().contains(&e.id));
     assert!(node.table().contains(&id(0x44)));
 }
+
+/// Defect 6: a NAT rewrote the source port of the reply. It still answers our query (tid +
+/// IP match, as libtorrent does); the table keeps the address we queried; a reply carrying
+/// the tid from another IP is dropped and the query stays pending.
+#[test]
+fn a_reply_from_a_rewritten_port_matches_by_ip() {
+    let t0 = Instant::now();
+    let mut node = testnet_node(t0);
+    let target = a("127.1.0.6:6881");
+    let req = node.ping(t0, target);
+    let q = queries(&drain(&mut node));
+    assert_eq!(q[0].0, target);
+    let other_ip = a("127.1.0.7:6881");
+    node.handle_datagram(t0, other_ip.into(), &reply(&q[0].1, &id(0x50), &[], None));
+    assert!(events(&mut node).is_empty(), "another IP answers nothing");
+    assert_eq!(node.stats(t0).transactions, 1);
+    assert_eq!(node.stats(t0).dropped_unmatched, 1);
+    let natted = a("127.1.0.6:40123");
+    node.handle_datagram(t0, natted.into(), &reply(&q[0].1, &id(0x50), &[], None));
+    let evs = events(&mut node);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::Pong { request, result: Ok(_) } if *request == req)),
+        "{evs:?}"
+    );
+    assert_eq!(node.stats(t0).transactions, 0);
+    let entry = node
+        .table()
+        .entries()
+        .find(|e| e.contact.id == id(0x50))
+        .expect("the node is in the table");
+    assert_eq!(
+        entry.contact.addr, target,
+        "recorded at the address we queried"
+    );
+}
+
+/// Defect 7: `nodes` entries with port 0, our own address or a bogon address never cost a
+/// query; the good one next to them is queried.
+#[test]
+fn junk_nodes_entries_are_never_queried() {
+    let t0 = Instant::now();
+    let me = a("127.1.0.9:6881");
+    let mut node = Node::new(
+        Config {
+            id: Some(id(0x10)),
+            seed: Some(7),
+            local_addr: Some(me),
+            ..Config::loopback_testnet()
+        },
+        t0,
+    );
+    let router = a("127.1.0.1:6881");
+    node.bootstrap(t0, &[router]);
+    let q = queries(&drain(&mut node));
+    let junk = [
+        Contact::new(id(0x11), a("127.1.0.2:0")),
+        Contact::new(id(0x12), me),
+        Contact::new(id(0x13), a("0.0.0.5:6881")),
+        Contact::new(id(0x14), a("239.1.1.1:6881")),
+    ];
+    let good = Contact::new(id(0x15), a("127.1.0.3:6881"));
+    let mut listed = junk.to_vec();
+    listed.push(good);
+    node.handle_datagram(t0, router.into(), &reply(&q[0].1, &id(0x20), &listed, None));
+    let q = queries(&drain(&mut node));
+    let to: Vec<_> = q.iter().map(|q| q.0).collect();
+    assert_eq!(to, vec![good.addr], "only the good entry is queried");
+    assert_eq!(node.stats(t0).junk_candidates, 4);
+}

@@ -397,6 +397,9 @@ impl Dht {
         };
         let mut node_config = config.node.clone();
         node_config.report_incoming |= config.incoming.is_some();
+        if let (None, SocketAddr::V4(a)) = (node_config.local_addr, local_addr) {
+            node_config.local_addr = Some(a);
+        }
         let mut persisted = Vec::new();
         if let Some(store) = &store {
             if node_config.id.is_none() {

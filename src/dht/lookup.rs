@@ -8,7 +8,7 @@
 //! closest live candidates have all answered.
 
 use std::collections::HashSet;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::dht::bep42;
 use crate::dht::id::{Contact, InfoHash, NodeId, compact_nodes};
@@ -19,6 +19,42 @@ use crate::dht::krpc::Token;
 pub const MAX_CANDIDATES: usize = 64;
 /// Distinct peers remembered per lookup for de-duplication.
 pub const MAX_PEERS_TRACKED: usize = 4096;
+
+/// Which `nodes` entries are junk that must not cost a query slot (issue 12, defect 7):
+/// port 0 (nothing listens there), our own address (we would query ourselves), and, on a node
+/// that is on the public internet, addresses no internet node can have (bogons, private,
+/// loopback, link-local, shared CGNAT space). On a LAN or a loopback test network the private
+/// ranges are where the other nodes live, so they are kept there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CandidateFilter {
+    /// Addresses that are us: the bound one (when specific) and the voted external one.
+    pub own: [Option<SocketAddrV4>; 2],
+    /// Whether we are on the public internet (bound to, or voted, a global address).
+    pub public: bool,
+}
+
+impl CandidateFilter {
+    /// Whether `addr` is worth a query.
+    pub fn accepts(&self, addr: SocketAddrV4) -> bool {
+        let ip = *addr.ip();
+        if addr.port() == 0 || self.own.contains(&Some(addr)) {
+            return false;
+        }
+        !(crate::dht::limits::is_bogon_source(ip) || self.public && !is_global(ip))
+    }
+}
+
+/// Whether `ip` can be a node on the public internet (std's `is_global` is unstable).
+pub fn is_global(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    !(crate::dht::limits::is_bogon_source(ip)
+        || ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_documentation()
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        || (o[0] == 198 && (o[1] & 0xfe) == 18))
+}
 
 /// What a lookup is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +135,9 @@ pub struct Lookup {
     pub messages: u32,
     /// Replies received.
     pub replies: u32,
+    filter: CandidateFilter,
+    /// `nodes` entries dropped as junk by the filter.
+    pub junk_dropped: u32,
 }
 
 impl Lookup {
@@ -117,7 +156,14 @@ impl Lookup {
             announced: 0,
             messages: 0,
             replies: 0,
+            filter: CandidateFilter::default(),
+            junk_dropped: 0,
         }
+    }
+
+    /// Sets which `nodes` entries of replies are junk (by default only port 0).
+    pub fn set_filter(&mut self, filter: CandidateFilter) {
+        self.filter = filter;
     }
 
     pub fn phase(&self) -> Phase {
@@ -247,7 +293,11 @@ impl Lookup {
             }
         }
         for n in compact_nodes(reply.nodes) {
-            self.add_candidate(n);
+            if self.filter.accepts(n.addr) {
+                self.add_candidate(n);
+            } else {
+                self.junk_dropped += 1;
+            }
         }
         new_peers.clear();
         if self.kind.wants_peers() {
@@ -620,5 +670,84 @@ mod tests {
                 .iter()
                 .all(|c| c.id != Some(NodeId([0xee; 20])))
         );
+    }
+
+    /// Defect 7 of issue 12: junk `nodes` entries never become candidates.
+    #[test]
+    fn junk_candidates_are_filtered() {
+        let me: SocketAddrV4 = "127.0.0.9:6881".parse().unwrap();
+        let lan = CandidateFilter {
+            own: [Some(me), None],
+            public: false,
+        };
+        let ok = |f: &CandidateFilter, s: &str| f.accepts(s.parse().unwrap());
+        assert!(ok(&lan, "127.0.0.10:6881"));
+        assert!(
+            ok(&lan, "192.168.1.2:6881"),
+            "a LAN node keeps private peers"
+        );
+        assert!(!ok(&lan, "127.0.0.10:0"), "port 0");
+        assert!(!ok(&lan, "127.0.0.9:6881"), "ourselves");
+        assert!(
+            ok(&lan, "127.0.0.9:6882"),
+            "another port of our IP is another node"
+        );
+        for bogon in [
+            "0.1.2.3:1",
+            "224.0.0.1:1",
+            "255.255.255.255:1",
+            "240.0.0.1:1",
+        ] {
+            assert!(!ok(&lan, bogon), "{bogon}");
+        }
+        let public = CandidateFilter {
+            own: [None, Some("8.8.4.4:6881".parse().unwrap())],
+            public: true,
+        };
+        assert!(ok(&public, "9.9.9.9:6881"));
+        assert!(!ok(&public, "8.8.4.4:6881"), "our voted external address");
+        for private in [
+            "10.0.0.1:1",
+            "172.16.0.1:1",
+            "192.168.0.1:1",
+            "127.0.0.1:1",
+            "169.254.0.1:1",
+            "100.64.0.1:1",
+            "198.18.0.1:1",
+            "192.0.2.1:1",
+        ] {
+            assert!(!ok(&public, private), "{private}");
+        }
+
+        let target = NodeId([0; 20]);
+        let mut l = Lookup::new(target, LookupKind::FindNode, NodeId([0xee; 20]), 3, 8);
+        l.set_filter(lan);
+        l.add_router("127.0.0.2:6881".parse().unwrap());
+        let mut compact = Vec::new();
+        for (i, a) in [
+            "127.0.0.10:6881",
+            "127.0.0.11:0",
+            "127.0.0.9:6881",
+            "240.1.1.1:6881",
+        ]
+        .iter()
+        .enumerate()
+        {
+            Contact::new(NodeId([i as u8 + 1; 20]), a.parse().unwrap()).write_compact(&mut compact);
+        }
+        let mut peers = Vec::new();
+        l.on_reply(
+            &SearchReply {
+                from: "127.0.0.2:6881".parse().unwrap(),
+                was_slow: false,
+                id: NodeId([0x77; 20]),
+                nodes: &compact,
+                token: None,
+                values: &[],
+            },
+            &mut peers,
+        );
+        assert_eq!(l.junk_dropped, 3);
+        assert_eq!(l.candidates.len(), 2, "the router and the one good node");
     }
 }

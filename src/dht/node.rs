@@ -24,7 +24,7 @@ use crate::dht::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
 use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
-use crate::dht::lookup::{Lookup, LookupKind, Phase, SearchReply};
+use crate::dht::lookup::{CandidateFilter, Lookup, LookupKind, Phase, SearchReply, is_global};
 pub use crate::dht::outbox::Transmit;
 use crate::dht::outbox::{Emitted, Outbox};
 use crate::dht::peer_store::{PeerStore, StoreConfig, TokenSecrets};
@@ -40,6 +40,10 @@ pub const VERSION: &[u8; 4] = b"TL\x00\x01";
 pub struct Config {
     /// Our node id; random when `None` (a restarted node passes its persisted id).
     pub id: Option<NodeId>,
+    /// The address our socket is bound to (the driver sets it): `nodes` entries at our own
+    /// address are never queried, and a node bound to a global address drops candidates
+    /// that no internet node can have (private, loopback, bogons).
+    pub local_addr: Option<SocketAddrV4>,
     pub routing: RoutingConfig,
     pub store: StoreConfig,
     /// Outbound allow-list, enforced on every datagram.
@@ -82,6 +86,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             id: None,
+            local_addr: None,
             routing: RoutingConfig::default(),
             store: StoreConfig::default(),
             allow: AllowList::any(),
@@ -256,10 +261,13 @@ pub struct Stats {
     pub banned_ips: usize,
     /// Our external IP as voted by repliers (BEP 42).
     pub external_ip: Option<std::net::Ipv4Addr>,
-    /// Tokens not handed out because the peer store is full.
-    pub tokens_withheld: u64,
-    /// Valid announces for new infohashes not stored because the store was full.
+    /// Valid announces not stored (only a store configured to hold nothing refuses).
     pub announces_refused: u64,
+    /// Infohashes the full peer store evicted to take a new announce.
+    pub infohashes_evicted: u64,
+    /// `nodes` entries of replies not queried because they were junk (port 0, our own
+    /// address, or not a possible internet address while we are on the internet).
+    pub junk_candidates: u64,
     /// Replies to our queries that carried another id than the one we asked (or our own):
     /// each ended its query as a failure.
     pub wrong_id_replies: u64,
@@ -472,6 +480,7 @@ impl Node {
             verifying: self.verifying.len(),
             banned_ips: self.limiter.as_ref().map_or(0, |l| l.banned(now)),
             valid_id_nodes: self.table.entries().filter(|e| e.valid_id).count(),
+            infohashes_evicted: self.store.evicted(),
             external_ip: self.voter.external_ip(),
             ..self.stats.clone()
         }
@@ -656,13 +665,27 @@ impl Node {
     }
 
     fn new_lookup(&self, target: NodeId, kind: LookupKind) -> Lookup {
-        Lookup::new(
+        let mut lookup = Lookup::new(
             target,
             kind,
             self.id,
             self.config.alpha,
             self.config.routing.k,
-        )
+        );
+        lookup.set_filter(self.candidate_filter());
+        lookup
+    }
+
+    /// What counts as junk in `nodes` replies now: our bound and voted addresses are us, and
+    /// once we know we are on the internet, non-global addresses cannot be nodes for us.
+    fn candidate_filter(&self) -> CandidateFilter {
+        let local = self.config.local_addr.filter(|a| !a.ip().is_unspecified());
+        let external = self.voter.external_ip();
+        let port = self.config.local_addr.map_or(0, |a| a.port());
+        CandidateFilter {
+            own: [local, external.map(|ip| SocketAddrV4::new(ip, port))],
+            public: local.is_some_and(|a| is_global(*a.ip())) || external.is_some_and(is_global),
+        }
     }
 
     fn user_lookup(&mut self, now: Instant, target: NodeId, kind: LookupKind) -> LookupId {
@@ -959,13 +982,9 @@ impl Node {
                 body.nodes = Some(&nodes);
                 self.tokens.maybe_rotate(now, &mut self.rng);
                 token = self.tokens.make(*from.ip());
-                // A full store could not take the announce anyway: no token, so the
-                // requester announces elsewhere instead of wasting a round trip here.
-                if !self.store.is_full() || self.store.contains(&info_hash) {
-                    body.token = Some(token.as_slice());
-                } else {
-                    self.stats.tokens_withheld += 1;
-                }
+                // BEP 5: a get_peers reply always carries a token. A full store makes room
+                // for the announce by evicting its least-announced infohash.
+                body.token = Some(token.as_slice());
                 let max = self.store.config().max_values_per_reply;
                 self.store
                     .sample_peers(&info_hash, max, now, &mut self.rng, &mut values);
@@ -996,7 +1015,7 @@ impl Node {
                 }
                 let port = if implied_port { from.port() } else { port };
                 let peer = SocketAddrV4::new(*from.ip(), port);
-                if self.store.announce(info_hash, peer, now) {
+                if self.store.announce(info_hash, peer, now, &mut self.rng) {
                     self.stats.announces_stored += 1;
                 } else {
                     self.stats.announces_refused += 1;
@@ -1129,7 +1148,10 @@ impl Node {
         if let Some(seen_as) = seen_as {
             self.vote_external_ip(now, *from.ip(), *seen_as.ip());
         }
-        let contact = Contact::new(r.id, from);
+        // The address we queried, not the reply's source: behind a NAT that rewrote the port
+        // the queried one is the address we know reaches the node, and recording the other
+        // would list the same node twice.
+        let contact = Contact::new(r.id, pending.addr);
         let inserted = self.table.heard_response(contact, now);
         if matches!(inserted, Insert::Added) && self.table.len() >= self.config.routing.k {
             self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
@@ -1153,7 +1175,9 @@ impl Node {
                     token: r.token,
                     values: &r.values,
                 };
+                let junk_before = slot.lookup.junk_dropped;
                 slot.lookup.on_reply(&reply, &mut new_peers);
+                self.stats.junk_candidates += u64::from(slot.lookup.junk_dropped - junk_before);
                 if !new_peers.is_empty() && slot.owner == Owner::User {
                     self.events.push_back(Event::Peers {
                         lookup: lid,

@@ -127,8 +127,10 @@ pub struct PeerStore {
     total_peers: usize,
     /// Expiry times count seconds from here (set by the first announce).
     epoch: Option<Instant>,
-    /// Announces for new infohashes refused because the store was full.
+    /// Announces refused (only when the limits are zero).
     refused: u64,
+    /// Infohashes evicted to make room for a new one.
+    evicted: u64,
 }
 
 impl PeerStore {
@@ -140,6 +142,7 @@ impl PeerStore {
             total_peers: 0,
             epoch: None,
             refused: 0,
+            evicted: 0,
         }
     }
 
@@ -171,16 +174,31 @@ impl PeerStore {
         u32::try_from(t.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
     }
 
-    /// Announces for new infohashes refused because the store was full.
+    /// Announces refused (a store configured to hold nothing).
     pub fn refused(&self) -> u64 {
         self.refused
     }
 
+    /// Infohashes evicted to make room for new ones.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Records (or refreshes) `peer` for `info_hash`; returns whether it is stored. A full
-    /// store refuses new infohashes (like libtorrent): evicting a small swarm for each new one
-    /// would let a stream of one-off announces churn the store while keeping nothing. When a
-    /// swarm is full, the peer closest to expiry makes room.
-    pub fn announce(&mut self, info_hash: InfoHash, peer: SocketAddrV4, now: Instant) -> bool {
+    /// store makes room for a new infohash by evicting the least-announced one (fewest
+    /// peers, then the one whose freshest peer expires first), as libtorrent does: BEP 5
+    /// has every get_peers reply carry a token, and a store that refused new infohashes
+    /// would make the node unannounceable for everything new while it holds stale swarms.
+    /// The swarms that matter (many peers) survive a stream of one-off announces, which
+    /// only replace each other. When a swarm is full, the peer closest to expiry makes
+    /// room.
+    pub fn announce<R: Rng + ?Sized>(
+        &mut self,
+        info_hash: InfoHash,
+        peer: SocketAddrV4,
+        now: Instant,
+        rng: &mut R,
+    ) -> bool {
         let ttl = u32::try_from(self.config.peer_ttl.as_secs()).unwrap_or(u32::MAX);
         let expires = self.secs(now).saturating_add(ttl);
         if let Some(swarm) = self.swarms.get_mut(&info_hash) {
@@ -198,11 +216,12 @@ impl PeerStore {
             self.total_peers += 1;
             return true;
         }
-        if self.config.max_peers_per_infohash == 0
-            || self.swarms.len() >= self.config.max_infohashes
-        {
+        if self.config.max_peers_per_infohash == 0 || self.config.max_infohashes == 0 {
             self.refused += 1;
             return false;
+        }
+        if self.swarms.len() >= self.config.max_infohashes {
+            self.evict_one(rng);
         }
         self.keys.push(info_hash);
         self.swarms.insert(
@@ -214,6 +233,39 @@ impl PeerStore {
         );
         self.total_peers += 1;
         true
+    }
+
+    /// Evicts the least-announced of a few random infohashes (fewest peers, then the one
+    /// whose freshest peer expires first). Sampling keeps a full store's announce O(1): a
+    /// scan of every swarm on each new announce would let a token holder make each of its
+    /// packets cost millions of steps. With 8 samples of a bigger store the victim is in the least-announced
+    /// eighth of the store with probability 1 − (7/8)^8 ≈ 66 %, and the big swarms (the
+    /// ones worth keeping) are almost never picked.
+    fn evict_one<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        const SAMPLES: usize = 8;
+        let n = self.keys.len();
+        if n == 0 {
+            return;
+        }
+        let mut victim: Option<(InfoHash, (usize, u32))> = None;
+        // A small store is scanned whole: the choice is then exact.
+        for i in 0..SAMPLES.min(n) {
+            let key = self.keys[if n <= SAMPLES {
+                i
+            } else {
+                rng.random_range(0..n)
+            }];
+            let sw = &self.swarms[&key];
+            let freshest = sw.peers.iter().map(|(_, e)| *e).max().unwrap_or(0);
+            let rank = (sw.peers.len(), freshest);
+            if victim.is_none_or(|(_, r)| rank < r) {
+                victim = Some((key, rank));
+            }
+        }
+        if let Some((key, _)) = victim {
+            self.remove(&key);
+            self.evicted += 1;
+        }
     }
 
     fn remove(&mut self, info_hash: &InfoHash) {
@@ -349,19 +401,24 @@ mod tests {
         });
         let ih = |i: u8| InfoHash::from([i; 20]);
         for i in 0..10 {
-            st.announce(ih(1), peer(i), now);
+            st.announce(ih(1), peer(i), now, &mut rng);
         }
         assert_eq!(st.num_peers(), 4);
-        st.announce(ih(2), peer(1), now);
-        st.announce(ih(2), peer(2), now);
-        assert!(st.announce(ih(3), peer(1), now));
-        // Full: a new infohash is refused, the stored swarms are kept.
-        assert!(!st.announce(ih(4), peer(1), now));
+        st.announce(ih(2), peer(1), now, &mut rng);
+        st.announce(ih(2), peer(2), now, &mut rng);
+        assert!(st.announce(ih(3), peer(1), now, &mut rng));
+        // Full: a new infohash is taken, evicting the least-announced one (ih 3, one peer).
+        assert!(st.announce(ih(4), peer(1), now, &mut rng));
         assert_eq!(st.num_infohashes(), 3);
-        assert!(!st.swarms.contains_key(&ih(4)));
-        assert_eq!(st.refused(), 1);
+        assert!(st.swarms.contains_key(&ih(4)));
+        assert!(!st.swarms.contains_key(&ih(3)));
+        assert!(st.swarms.contains_key(&ih(1)) && st.swarms.contains_key(&ih(2)));
+        assert_eq!((st.refused(), st.evicted()), (0, 1));
+        assert_eq!(st.num_peers(), 4 + 2 + 1);
+        st.remove(&ih(4));
+        st.announce(ih(3), peer(1), now, &mut rng);
         // Re-announcing refreshes rather than duplicating.
-        st.announce(ih(1), peer(9), now + Duration::from_secs(40));
+        st.announce(ih(1), peer(9), now + Duration::from_secs(40), &mut rng);
         let mut out = Vec::new();
         st.sample_peers(&ih(1), 100, now, &mut rng, &mut out);
         assert_eq!(out.len(), 4);
@@ -385,7 +442,7 @@ mod tests {
         let now = Instant::now();
         let mut st = PeerStore::new(StoreConfig::default());
         for i in 0..300 {
-            st.announce(InfoHash::from([7; 20]), peer(i), now);
+            st.announce(InfoHash::from([7; 20]), peer(i), now, &mut rng);
         }
         let mut a = Vec::new();
         let mut b = Vec::new();
@@ -396,10 +453,44 @@ mod tests {
         assert_eq!(distinct.len(), 100);
         assert_ne!(a, b);
         for i in 0..50u8 {
-            st.announce(InfoHash::from([i; 20]), peer(1), now);
+            st.announce(InfoHash::from([i; 20]), peer(1), now, &mut rng);
         }
         let mut s = Vec::new();
         st.sample_infohashes(20, &mut rng, &mut s);
         assert_eq!(s.len(), 20 * 20);
+    }
+
+    /// A flood of one-off announces into a full store replaces other one-offs: the big
+    /// swarms survive, and every new announce is taken (issue 12, defect 5).
+    #[test]
+    fn a_flood_of_one_offs_keeps_the_big_swarms() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let now = Instant::now();
+        let mut st = PeerStore::new(StoreConfig {
+            max_infohashes: 1000,
+            ..StoreConfig::default()
+        });
+        let big = |i: u32| {
+            InfoHash::from({
+                let mut b = [0xAA; 20];
+                b[..4].copy_from_slice(&i.to_be_bytes());
+                b
+            })
+        };
+        for i in 0..10 {
+            for p in 0..50 {
+                st.announce(big(i), peer(p), now, &mut rng);
+            }
+        }
+        for i in 0..20_000u32 {
+            let mut b = [0x55; 20];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            assert!(st.announce(InfoHash::from(b), peer(1), now, &mut rng));
+        }
+        assert_eq!(st.num_infohashes(), 1000);
+        assert_eq!(st.evicted(), 20_000 + 10 - 1000);
+        for i in 0..10 {
+            assert!(st.contains(&big(i)), "big swarm {i} was evicted");
+        }
     }
 }

@@ -149,7 +149,8 @@ impl<T> Transactions<T> {
         let tid: [u8; TID_LEN] = tid.try_into().map_err(|_| Unmatched::UnknownTid)?;
         let key = u16::from_be_bytes(tid);
         let p = self.pending.get(&key).ok_or(Unmatched::UnknownTid)?;
-        if p.addr != from {
+        // The IP, not the port: NATs rewrite source ports (issue 12, defect 6).
+        if p.addr.ip() != from.ip() {
             return Err(Unmatched::WrongAddress);
         }
         let wrong_id = matches!((p.expected_id, reply_id), (Some(want), Some(got)) if want != *got);
@@ -226,7 +227,13 @@ mod tests {
         let (mut t, mut rng, now) = setup();
         let a: SocketAddrV4 = "127.0.0.1:1000".parse().unwrap();
         let b: SocketAddrV4 = "127.0.0.2:1000".parse().unwrap();
+        let a_natted: SocketAddrV4 = "127.0.0.1:40000".parse().unwrap();
         let id = NodeId([1; 20]);
+        // Same IP, another port (a NAT rewrote it): the reply matches.
+        let tid = t.insert(&mut rng, a, Some(id), now, 6).unwrap();
+        assert!(
+            matches!(t.take(&tid, a_natted, Some(&id)), Ok(Matched::Expected(p)) if p.data == 6 && p.addr == a)
+        );
         let tid = t.insert(&mut rng, a, Some(id), now, 7).unwrap();
         assert_eq!(
             t.take(&[0, 0, 0], a, Some(&id)).unwrap_err(),
