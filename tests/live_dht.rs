@@ -317,3 +317,49 @@ fn junk_nodes_entries_are_never_queried() {
     assert_eq!(to, vec![good.addr], "only the good entry is queried");
     assert_eq!(node.stats(t0).junk_candidates, 4);
 }
+
+/// Defect 8: an unknown method without `a.id` gets 204 (not 203); a 40-byte tid is answered
+/// and echoed (BEP 5 sets no limit; 64 bytes bounds it), a 65-byte one is dropped and
+/// counted; an announce with a 40-byte token is judged on the token's validity, not its length.
+#[test]
+fn error_codes_and_lengths_follow_bep5() {
+    let t0 = Instant::now();
+    let mut node = testnet_node(t0);
+    let from = a("127.1.0.8:6881");
+    let answer = |node: &mut Node, datagram: &[u8]| {
+        node.handle_datagram(t0, from.into(), datagram);
+        drain(node)
+            .into_iter()
+            .find(|s| s.to == from && !matches!(s.msg.body, Body::Query(_)))
+    };
+    let r = answer(&mut node, b"d1:ad2:xxi1ee1:q3:foo1:t2:aa1:y1:qe").expect("answered");
+    assert!(matches!(&r.msg.body, Body::Error(e) if e.code == 204), "{:?}", r.msg);
+
+    let long_tid = [b'T'; 40];
+    let r = answer(&mut node, &query(QueryArgs::Ping, &long_tid, &id(0x60))).expect("answered");
+    assert_eq!(r.msg.tid.as_slice(), &long_tid[..]);
+    assert!(matches!(r.msg.body, Body::Response(_)));
+
+    let before = node.stats(t0);
+    assert!(answer(&mut node, &query(QueryArgs::Ping, &[b'T'; 65], &id(0x60))).is_none());
+    let after = node.stats(t0);
+    assert!(
+        after.packets_in > before.packets_in && after.packets_out == before.packets_out,
+        "a 65-byte tid is dropped"
+    );
+
+    let ih = id(0x61);
+    let long_token = [b'k'; 40];
+    let ann = QueryArgs::AnnouncePeer {
+        info_hash: &ih,
+        port: 1,
+        implied_port: false,
+        token: &long_token,
+    };
+    let r = answer(&mut node, &query(ann, b"an", &id(0x60))).expect("answered");
+    assert!(
+        matches!(&r.msg.body, Body::Error(e) if e.code == 203 && e.message.contains("token")),
+        "{:?}",
+        r.msg
+    );
+}

@@ -331,8 +331,25 @@ fn message(top: &Dict, rules: &Rules) -> Verdict {
 /// A query, or the error code to answer it with.
 fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
     let method = bytes(top, "q").ok_or(PROTOCOL_ERROR)?;
-    let a = dict(top, "a").ok_or(PROTOCOL_ERROR)?;
-    let sender = id(a, "id", rules).ok_or(PROTOCOL_ERROR)?;
+    const KNOWN: [&[u8]; 5] = [
+        b"ping",
+        b"find_node",
+        b"get_peers",
+        b"announce_peer",
+        b"sample_infohashes",
+    ];
+    // BEP 5: a method we do not know is "204 Method Unknown", whatever its arguments lack.
+    let unknown = !KNOWN.contains(&method);
+    let a = dict(top, "a").ok_or(if unknown {
+        METHOD_UNKNOWN
+    } else {
+        PROTOCOL_ERROR
+    })?;
+    let sender = id(a, "id", rules).ok_or(if unknown {
+        METHOD_UNKNOWN
+    } else {
+        PROTOCOL_ERROR
+    })?;
     let need = |key| id(a, key, rules).ok_or(PROTOCOL_ERROR);
     let method = match method {
         b"ping" => Method::Ping,
@@ -513,6 +530,14 @@ mod tests {
                 tid: b"aa".to_vec(),
                 code: 204
             }
+        );
+        assert_eq!(
+            decode(b"d1:ad2:xxi1ee1:q7:unknown1:t2:aa1:y1:qe", &r),
+            Verdict::Answer {
+                tid: b"aa".to_vec(),
+                code: 204
+            },
+            "unknown method without an id"
         );
         assert_eq!(
             decode(b"d1:t2:aa1:y1:re", &r),

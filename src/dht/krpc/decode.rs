@@ -336,10 +336,31 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag<'_>>) -> Result<Query, Decode
         reason,
     };
     let q = q.ok_or_else(|| bad("missing method name"))?;
-    let a = a
-        .filter(|a| a.is_dict)
-        .ok_or_else(|| bad("missing argument dictionary"))?;
-    let id = id20(a.id).ok_or_else(|| bad("missing or invalid node id"))?;
+    // BEP 5's "204 Method Unknown" answers any method we do not know, even one whose
+    // arguments lack an id: the sender learns what is wrong, not that its packet is.
+    let unknown = DecodeError::BadQuery {
+        tid,
+        code: ERR_METHOD_UNKNOWN,
+        reason: "method unknown",
+    };
+    let known = matches!(
+        q,
+        b"ping" | b"find_node" | b"get_peers" | b"announce_peer" | b"sample_infohashes"
+    );
+    let Some(a) = a.filter(|a| a.is_dict) else {
+        return Err(if known {
+            bad("missing argument dictionary")
+        } else {
+            unknown
+        });
+    };
+    let Some(id) = id20(a.id) else {
+        return Err(if known {
+            bad("missing or invalid node id")
+        } else {
+            unknown
+        });
+    };
     let method = match q {
         b"ping" => Method::Ping,
         b"find_node" => Method::FindNode {
@@ -373,13 +394,7 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag<'_>>) -> Result<Query, Decode
         },
         _ => match id20(a.target).or_else(|| id20(a.info_hash)) {
             Some(target) => Method::Unknown { target },
-            None => {
-                return Err(DecodeError::BadQuery {
-                    tid,
-                    code: ERR_METHOD_UNKNOWN,
-                    reason: "method unknown",
-                });
-            }
+            None => return Err(unknown),
         },
     };
     Ok(Query { id, method })

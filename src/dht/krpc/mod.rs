@@ -78,10 +78,11 @@ impl<const N: usize> fmt::Debug for ShortBytes<N> {
     }
 }
 
-/// Transaction id. Seen on the live DHT: 2, 4 and 8 bytes; we allow up to 16.
-pub type Tid = ShortBytes<16>;
-/// Announce token. Seen on the live DHT: 2 to 20 bytes; we allow up to 32.
-pub type Token = ShortBytes<32>;
+/// Transaction id. Seen on the live DHT: 2, 4 and 8 bytes. BEP 5 sets no limit, so any
+/// sane length is answered; 64 bytes bounds what one query can make us store and echo.
+pub type Tid = ShortBytes<64>;
+/// Announce token. Seen on the live DHT: 2 to 20 bytes; BEP 5 sets no limit, 64 bounds it.
+pub type Token = ShortBytes<64>;
 /// Client version tag (`v`), conventionally 4 bytes.
 pub type Version = ShortBytes<8>;
 

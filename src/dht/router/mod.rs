@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use crate::dht::allow::AllowList;
 use crate::dht::bep42;
 use crate::dht::id::{Contact, NodeId};
-use crate::dht::krpc::{self, Body, ERR_METHOD_UNKNOWN, Method, QueryArgs, ResponseBody};
+use crate::dht::krpc::{self, Body, ERR_GENERIC, Method, QueryArgs, ResponseBody};
 use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
 use crate::dht::node::{MethodCounts, VERSION};
 use crate::dht::outbox::{Emitted, Outbox, Transmit};
@@ -286,8 +286,8 @@ impl Router {
                 krpc::encode_error(
                     out,
                     tid,
-                    ERR_METHOD_UNKNOWN,
-                    "router: no peer storage",
+                    ERR_GENERIC,
+                    "this is a bootstrap router: it stores no peers, announce to DHT nodes",
                     Some(from),
                     Some(VERSION),
                 )
@@ -671,7 +671,7 @@ mod tests {
         );
         r.handle_datagram(now, SocketAddr::V4(a), &ann);
         let m = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
-        assert!(matches!(m.body, Body::Error(e) if e.code == 204));
+        assert!(matches!(m.body, Body::Error(e) if e.code == 201 && e.message.contains("stores no peers")));
         for _ in 0..10 {
             r.handle_datagram(
                 now,
