@@ -32,7 +32,7 @@ use trackerless::dht::id::{Contact, NodeId, compact_peer_bytes};
 use trackerless::dht::krpc::{self, QueryArgs, ResponseBody};
 
 /// Version tag our node sends (`node::VERSION`).
-const VERSION: &[u8] = b"TL\x00\x01";
+const VERSION: &[u8] = b"TK\x00\x01";
 
 // ------------------------------------------------------------------ serde reference shapes
 

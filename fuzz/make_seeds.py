@@ -149,7 +149,7 @@ def wire_seeds():
     write("wire", "bad_have_len", b"\xff\x04" + frame(4, b"\x00\x01"))
     write("wire", "partial_piece", b"\xff\x05" + frame(7, struct.pack(">II", 0, 0) + b"x" * 40)[:30])
     hs = bytes([19]) + b"BitTorrent protocol" + bytes([0, 0, 0, 0, 0, 0x10, 0, 0x05]) \
-        + hashlib.sha1(b"ih").digest() + b"-TL0001-abcdefghijkl"
+        + hashlib.sha1(b"ih").digest() + b"-TK0001-abcdefghijkl"
     write("wire", "handshake", hs)
     write("wire", "handshake_then_frames", hs + every)
 

@@ -9,6 +9,11 @@
 //! library user does not carry them.
 
 pub mod bencode;
+
+/// Our two-letter client code, in the DHT `v` tag and in the peer id (`-TK0001-`). Peers and
+/// crawlers identify clients by it (libtorrent's `identify_client`, the tables on the
+/// BitTorrent wiki), so it must be one no known client uses: "TL", used before, is Tribler's.
+pub const CLIENT_CODE: [u8; 2] = *b"TK";
 pub mod crawl;
 pub mod dht;
 pub mod download;

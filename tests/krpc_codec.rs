@@ -154,7 +154,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     let target = id(&[0x22; 20]);
     let token = b"tok123";
     let ip: SocketAddrV4 = "127.1.2.3:6881".parse().unwrap();
-    let version = b"TL\x00\x01";
+    let version = b"TK\x00\x01";
 
     let shapes: Vec<(QueryArgs, Entries)> = vec![
         (QueryArgs::Ping, vec![]),

@@ -333,7 +333,11 @@ fn error_codes_and_lengths_follow_bep5() {
             .find(|s| s.to == from && !matches!(s.msg.body, Body::Query(_)))
     };
     let r = answer(&mut node, b"d1:ad2:xxi1ee1:q3:foo1:t2:aa1:y1:qe").expect("answered");
-    assert!(matches!(&r.msg.body, Body::Error(e) if e.code == 204), "{:?}", r.msg);
+    assert!(
+        matches!(&r.msg.body, Body::Error(e) if e.code == 204),
+        "{:?}",
+        r.msg
+    );
 
     let long_tid = [b'T'; 40];
     let r = answer(&mut node, &query(QueryArgs::Ping, &long_tid, &id(0x60))).expect("answered");
@@ -361,5 +365,39 @@ fn error_codes_and_lengths_follow_bep5() {
         matches!(&r.msg.body, Body::Error(e) if e.code == 203 && e.message.contains("token")),
         "{:?}",
         r.msg
+    );
+}
+
+/// Defect 9: our client code is in no client table we know of (libtorrent's
+/// `identify_client` list and the BitTorrent wiki's Azureus-style list), and the DHT `v` tag
+/// and the peer id carry the same one.
+#[test]
+fn client_code_is_unused_and_consistent() {
+    const KNOWN: &[&str] = &[
+        "7T", "AB", "AG", "AR", "AT", "AV", "AX", "AZ", "A~", "BB", "BC", "BE", "BF", "BG", "BI",
+        "BL", "BN", "BP", "BR", "BS", "BT", "BU", "BW", "BX", "CD", "CT", "DE", "DP", "EB", "ES",
+        "FC", "FD", "FG", "FL", "FT", "FW", "FX", "GR", "GS", "HK", "HL", "HM", "HN", "IL", "JS",
+        "JT", "KC", "KG", "KT", "LC", "LH", "LK", "LP", "LT", "LW", "MG", "MK", "ML", "MO", "MP",
+        "MR", "MT", "NB", "NX", "OS", "OT", "PB", "PC", "PD", "PI", "QD", "QT", "RT", "RZ", "SB",
+        "SD", "SK", "SM", "SN", "SP", "SS", "ST", "SZ", "S~", "TB", "TE", "TL", "TN", "TR", "TS",
+        "TT", "TU", "UE", "UL", "UM", "UT", "UW", "VG", "WD", "WT", "WW", "WY", "XC", "XF", "XL",
+        "XS", "XT", "XX", "ZO", "ZT", "lt", "pX", "qB", "st", "rQ",
+    ];
+    let code = std::str::from_utf8(&trackerless::CLIENT_CODE).unwrap();
+    assert!(!KNOWN.contains(&code), "{code} belongs to another client");
+    assert_eq!(
+        &trackerless::dht::node::VERSION[..2],
+        &trackerless::CLIENT_CODE
+    );
+    let pid = trackerless::wire::handshake::PEER_ID_PREFIX;
+    assert_eq!(&pid[1..3], &trackerless::CLIENT_CODE);
+    // What a node puts on the wire.
+    let t0 = Instant::now();
+    let mut node = testnet_node(t0);
+    node.ping(t0, a("127.1.0.9:6881"));
+    let sent = drain(&mut node);
+    assert_eq!(
+        sent[0].msg.version.as_ref().map(|v| v.as_slice().to_vec()),
+        Some(trackerless::dht::node::VERSION.to_vec())
     );
 }

@@ -31,8 +31,8 @@ use crate::dht::peer_store::{PeerStore, StoreConfig, TokenSecrets};
 use crate::dht::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::dht::rpc::{Matched, Pending, Transactions};
 
-/// Our client version tag: "TL" and a two-byte version.
-pub const VERSION: &[u8; 4] = b"TL\x00\x01";
+/// Our client version tag: [`crate::CLIENT_CODE`] and a two-byte version.
+pub const VERSION: &[u8; 4] = &[crate::CLIENT_CODE[0], crate::CLIENT_CODE[1], 0, 1];
 
 /// Node settings. The defaults suit a node on the public internet; tests and testnets turn
 /// off the subnet rule and set the allow-list to 127.0.0.0/8.

@@ -101,7 +101,7 @@ async fn loopback_session_end_to_end() {
     let ours = Handshake::new(INFO_HASH, our_id);
     let theirs = handshake_outgoing(&mut stream, &ours, SHORT).await.unwrap();
     assert!(theirs.supports_dht() && theirs.supports_extensions() && !theirs.supports_fast());
-    assert_eq!(&theirs.peer_id[..8], b"-TL0001-");
+    assert_eq!(&theirs.peer_id[..8], b"-TK0001-");
 
     let mut conn = PeerConn::from_tcp(stream, &config());
     let ext = ExtHandshake::ours(None, None);

@@ -20,7 +20,16 @@ pub const RESERVED_EXTENSIONS: (usize, u8) = (5, 0x10);
 
 /// Client prefix of our peer ids, Azureus style (`-XXnnnn-`), so peers and crawlers can tell
 /// which software they are talking to.
-pub const PEER_ID_PREFIX: &[u8; 8] = b"-TL0001-";
+pub const PEER_ID_PREFIX: &[u8; 8] = &[
+    b'-',
+    crate::CLIENT_CODE[0],
+    crate::CLIENT_CODE[1],
+    b'0',
+    b'0',
+    b'0',
+    b'1',
+    b'-',
+];
 
 /// A peer's (or our own) handshake.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,7 +154,7 @@ impl fmt::Debug for Handshake {
     }
 }
 
-/// A fresh peer id: `-TL0001-` followed by 12 random bytes.
+/// A fresh peer id: `-TK0001-` followed by 12 random bytes.
 ///
 /// Random per process (or per torrent, at the caller's choice) so two of our instances never
 /// collide and a peer cannot link our sessions by id.
@@ -218,8 +227,8 @@ mod tests {
     fn peer_ids_are_prefixed_and_random() {
         let a = generate_peer_id();
         let b = generate_peer_id();
-        assert_eq!(&a[..8], b"-TL0001-");
-        assert_eq!(&b[..8], b"-TL0001-");
+        assert_eq!(&a[..8], b"-TK0001-");
+        assert_eq!(&b[..8], b"-TK0001-");
         // 96 random bits: equal ids mean the generator is broken.
         assert_ne!(a, b);
     }

@@ -671,7 +671,9 @@ mod tests {
         );
         r.handle_datagram(now, SocketAddr::V4(a), &ann);
         let m = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
-        assert!(matches!(m.body, Body::Error(e) if e.code == 201 && e.message.contains("stores no peers")));
+        assert!(
+            matches!(m.body, Body::Error(e) if e.code == 201 && e.message.contains("stores no peers"))
+        );
         for _ in 0..10 {
             r.handle_datagram(
                 now,
