@@ -151,8 +151,11 @@ async fn five_hundred_node_testnet_lookups_all_find_the_peer() {
 /// bootstrap router is dead on the second start).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_id_and_refills_from_persisted_contacts() {
+    // The node keeps its bootstrap router out of its table (BEP 5), so its table holds
+    // the nodes its join lookups reached: 16 in a 60-node net (two full buckets) is what
+    // a join finds here, and what the restart must get back.
     let net = Testnet::start(
-        40,
+        60,
         TestnetConfig {
             subnet: 52,
             ..Default::default()
@@ -173,12 +176,12 @@ async fn restart_keeps_id_and_refills_from_persisted_contacts() {
     for _ in 0..300 {
         let s = first.stats().await.unwrap();
         table = s.good_nodes;
-        if table >= 20 {
+        if table >= 16 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(table >= 20, "first run only reached {table} nodes");
+    assert!(table >= 16, "first run only reached {table} nodes");
     let id = first.id();
     first.shutdown().await.unwrap();
 

@@ -76,12 +76,17 @@ impl Fixture {
 
         let lt = LtNode::start_on(LT_IP).await;
 
-        // The joiner knows libtorrent only; everything else it must learn through it.
+        // The joiner knows libtorrent only; everything else it must learn through it. It is
+        // given as a contact, not a bootstrap router: BEP 5 keeps routers out of the table,
+        // and this test wants libtorrent in it (libtorrent's `add_dht_node` vs
+        // `dht_bootstrap_nodes` make the same distinction).
         let mut cfg = DhtConfig::new(SocketAddr::V4(JOINER));
         cfg.node = Config::loopback_testnet();
-        cfg.bootstrap = vec![lt.addr.to_string()];
         let (joiner, driver) = Dht::bind(cfg).await.expect("joiner binds");
         let joiner_task = tokio::spawn(driver);
+        joiner
+            .add_contacts(vec![lt.addr])
+            .expect("the joiner takes contacts");
 
         Fixture {
             net,

@@ -401,3 +401,54 @@ fn client_code_is_unused_and_consistent() {
         Some(trackerless::dht::node::VERSION.to_vec())
     );
 }
+
+/// Defect 3: a bootstrap router that answers (with its id, as routers do) never enters the
+/// routing table, so it is never handed out in our replies either.
+#[test]
+fn routers_stay_out_of_the_table_and_our_replies() {
+    let t0 = Instant::now();
+    let mut node = testnet_node(t0);
+    let router = a("127.1.0.1:6881");
+    let router_id = id(0x11); // as close to us as it gets: it would surely be kept
+    node.bootstrap(t0, &[router]);
+    let peer = Contact::new(id(0x12), a("127.1.0.2:6881"));
+    let mut now = t0;
+    // Answer every find_node for a while: the router lists `peer`, `peer` lists nobody.
+    for _ in 0..50 {
+        for (to, tid, _) in queries(&drain(&mut node)) {
+            let (rid, nodes) = if to == router {
+                (router_id, vec![peer])
+            } else if to == peer.addr {
+                (peer.id, vec![])
+            } else {
+                continue;
+            };
+            node.handle_datagram(now, to.into(), &reply(&tid, &rid, &nodes, None));
+        }
+        now += Duration::from_millis(100);
+        node.handle_timeout(now);
+    }
+    assert!(node.table().contains(&peer.id));
+    assert!(
+        !node.table().contains(&router_id),
+        "the router is in the table"
+    );
+    assert!(node.contacts().iter().all(|c| c.addr != router));
+    // A find_node for the router's own id gets `peer`, not the router.
+    let asker = a("127.1.0.9:6881");
+    node.handle_datagram(
+        now,
+        asker.into(),
+        &query(QueryArgs::FindNode { target: &router_id }, b"fn", &id(0x77)),
+    );
+    let sent = drain(&mut node);
+    let r = sent
+        .iter()
+        .find_map(|s| match &s.msg.body {
+            Body::Response(r) if s.to == asker => Some(r.clone()),
+            _ => None,
+        })
+        .expect("answered");
+    let listed: Vec<Contact> = r.nodes().collect();
+    assert_eq!(listed, vec![peer]);
+}

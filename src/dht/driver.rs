@@ -31,7 +31,11 @@ pub struct DhtConfig {
     /// The sans-IO node's settings (including the outbound allow-list).
     pub node: node::Config,
     /// Bootstrap routers as `host:port`. Resolution failures are retried with backoff.
+    /// BEP 5: routers only help us join; they never enter the routing table.
     pub bootstrap: Vec<String>,
+    /// Known DHT nodes (not routers) to ping at start: each one that answers enters the
+    /// table like any node (libtorrent's `add_dht_node`).
+    pub contacts: Vec<SocketAddrV4>,
     /// Directory of the node store (id and contacts); `None` keeps nothing across restarts.
     pub data_dir: Option<PathBuf>,
     /// How often contacts are saved while running (they are also saved on shutdown).
@@ -57,6 +61,7 @@ impl DhtConfig {
             bind,
             node: node::Config::default(),
             bootstrap: Vec::new(),
+            contacts: Vec::new(),
             data_dir: None,
             save_interval: Duration::from_secs(5 * 60),
             incoming: None,
@@ -413,6 +418,7 @@ impl Dht {
             store.set_node_id(&node.id()).map_err(StartError::Store)?;
             store.flush().map_err(StartError::Store)?;
         }
+        persisted.extend(config.contacts.iter().copied());
         node.add_contacts(now, persisted);
         let (tx, rx) = mpsc::unbounded_channel();
         let id = Arc::new(Mutex::new(node.id()));

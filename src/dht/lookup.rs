@@ -281,16 +281,12 @@ impl Lookup {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
         self.replies += 1;
-        let target = self.target;
         if let Some(c) = self.find(reply.from) {
             c.state = CandState::Responded;
+            // A router's id stays unknown: it sorts last, is never reported among the
+            // closest nodes and never receives an announce (BEP 5: routers only help us
+            // join).
             c.token = reply.token;
-            if c.id.is_none() {
-                // A router told us who it is; re-sort it into place.
-                c.id = Some(reply.id);
-                c.distance = reply.id.distance(&target);
-                self.candidates.sort_by_key(|c| c.distance);
-            }
         }
         for n in compact_nodes(reply.nodes) {
             if self.filter.accepts(n.addr) {

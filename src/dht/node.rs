@@ -596,11 +596,26 @@ impl Node {
     /// table when they answer.
     pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = SocketAddrV4>) {
         self.next_verify = self.next_verify.min(now);
+        let mut added = false;
         for c in contacts {
             if self.to_verify.len() < MAX_TO_VERIFY {
                 self.to_verify.push_back(c);
+                added = true;
             }
         }
+        // A thin table joins through these contacts: look around once they had a moment to
+        // answer (as after a bootstrap that ended while contacts were being verified),
+        // rather than after a backoff meant for an unreachable network.
+        if added && self.table.len() < self.config.routing.k && !self.bootstrap_running {
+            let soon = now + Duration::from_secs(1);
+            self.bootstrap_next = Some(self.bootstrap_next.map_or(soon, |t| t.min(soon)));
+        }
+    }
+
+    /// Whether `addr` is one of the bootstrap routers. Matched on the whole address: on a
+    /// loopback testnet many nodes share one IP.
+    fn is_router(&self, addr: SocketAddrV4) -> bool {
+        self.routers.contains(&addr)
     }
 
     /// Pings `addr`; the answer arrives as [`Event::Pong`].
@@ -1148,13 +1163,18 @@ impl Node {
         if let Some(seen_as) = seen_as {
             self.vote_external_ip(now, *from.ip(), *seen_as.ip());
         }
-        // The address we queried, not the reply's source: behind a NAT that rewrote the port
-        // the queried one is the address we know reaches the node, and recording the other
-        // would list the same node twice.
-        let contact = Contact::new(r.id, pending.addr);
-        let inserted = self.table.heard_response(contact, now);
-        if matches!(inserted, Insert::Added) && self.table.len() >= self.config.routing.k {
-            self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
+        // BEP 5: bootstrap routers are for joining only. They answer everyone and store
+        // nothing, so in our table (and so in our replies) they would take a slot from a
+        // real node and send others to a node that cannot hold their announces.
+        if !self.is_router(pending.addr) {
+            // The address we queried, not the reply's source: behind a NAT that rewrote the
+            // port the queried one is the address we know reaches the node, and recording
+            // the other would list the same node twice.
+            let contact = Contact::new(r.id, pending.addr);
+            let inserted = self.table.heard_response(contact, now);
+            if matches!(inserted, Insert::Added) && self.table.len() >= self.config.routing.k {
+                self.bootstrap_backoff = BOOTSTRAP_MIN_BACKOFF;
+            }
         }
         match pending.data {
             Purpose::Direct(request, is_ping) => self.direct_result(request, is_ping, Ok(r)),

@@ -145,20 +145,32 @@ impl Sim {
         i
     }
 
-    /// Adds `n` nodes that join one after another (`spacing` apart), each bootstrapping
-    /// from up to three random nodes that joined before it.
+    /// Adds `n` nodes that join one after another (`spacing` apart), each through node 0
+    /// as its bootstrap router (retried with backoff, so a join survives packet loss) and up
+    /// to two random nodes that joined before it as plain contacts. BEP 5 keeps routers out
+    /// of routing tables, so only node 0 plays router: nodes given as routers would be in no
+    /// joiner's table.
     pub fn grow(&mut self, n: usize, spacing: Duration) {
         for _ in 0..n {
             let i = self.add_node();
-            let mut routers = Vec::new();
             let joined = self.nodes.len() - 1;
-            for _ in 0..joined.min(3) {
-                let j = self.rng.random_range(0..joined);
-                if self.online[j] {
-                    routers.push(sim_addr(j));
+            let mut routers = Vec::new();
+            let mut contacts = Vec::new();
+            if joined > 0 {
+                if self.online[0] {
+                    routers.push(sim_addr(0));
+                }
+                for _ in 0..2 {
+                    let j = self.rng.random_range(0..joined);
+                    if j != 0 && self.online[j] && !contacts.contains(&sim_addr(j)) {
+                        contacts.push(sim_addr(j));
+                    }
                 }
             }
-            self.with_node(i, |node, now| node.bootstrap(now, &routers));
+            self.with_node(i, |node, now| {
+                node.add_contacts(now, contacts);
+                node.bootstrap(now, &routers);
+            });
             let until = self.now + spacing;
             self.run_until(until);
         }

@@ -50,7 +50,7 @@ pub struct Testnet {
 
 impl Testnet {
     /// Starts `n` nodes on the current runtime. Node 0 starts alone; each later node
-    /// bootstraps from up to `fanout` earlier nodes (node 0 and random others).
+    /// joins through node 0 and up to `fanout - 1` random earlier nodes, given as contacts.
     pub async fn start(n: usize, config: TestnetConfig) -> Result<Testnet, StartError> {
         assert!(
             n <= 250 * 250,
@@ -61,22 +61,26 @@ impl Testnet {
         for i in 0..n {
             let mut node_cfg = config.node.clone();
             node_cfg.allow = crate::dht::allow::AllowList::loopback();
-            let mut routers = Vec::new();
-            if i > 0 {
-                routers.push(nodes[0].local_addr().to_string());
-                for _ in 1..config.fanout.min(i) {
-                    let j = rand::random_range(0..i);
-                    let r = nodes[j].local_addr().to_string();
-                    if !routers.contains(&r) {
-                        routers.push(r);
-                    }
+            // A joiner is given node 0 and random earlier nodes as plain contacts, not as
+            // routers: BEP 5 keeps routers out of routing tables, so nodes given as routers
+            // would be in no joiner's table (in a 3-node testnet, tables could not fill).
+            let mut contacts = Vec::new();
+            for j in std::iter::once(0)
+                .chain((1..config.fanout).map(|_| rand::random_range(0..i.max(1))))
+            {
+                if j < i
+                    && let SocketAddr::V4(c) = nodes[j].local_addr()
+                    && !contacts.contains(&c)
+                {
+                    contacts.push(c);
                 }
             }
             let bind = SocketAddr::V4(SocketAddrV4::new(testnet_ip(config.subnet, i), config.port));
             let dht = DhtConfig {
                 bind,
                 node: node_cfg,
-                bootstrap: routers,
+                bootstrap: Vec::new(),
+                contacts,
                 data_dir: config
                     .data_dir
                     .as_ref()

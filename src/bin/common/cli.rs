@@ -3,7 +3,7 @@
 //! one-line errors.
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +27,10 @@ pub struct NetArgs {
     /// File with one bootstrap router host:port per line; replaces the built-in list.
     #[arg(long, value_name = "PATH")]
     pub bootstrap_file: Option<PathBuf>,
+    /// A known DHT node ip:port (repeatable): pinged at start and, unlike a bootstrap
+    /// router, kept in the routing table once it answers.
+    #[arg(long, value_name = "ADDR")]
+    pub contact: Vec<SocketAddrV4>,
     /// Directory for persistent state (default: the per-user data directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -97,6 +101,7 @@ impl NetArgs {
     pub fn dht_config(&self) -> Result<DhtConfig, String> {
         let mut cfg = DhtConfig::new(self.bind);
         cfg.bootstrap = self.routers()?;
+        cfg.contacts = self.contact.clone();
         cfg.data_dir = Some(self.data_dir()?.join("dht"));
         cfg.save_interval = self.save_interval;
         cfg.node = node::Config {
@@ -252,6 +257,10 @@ mod tests {
             "127.0.0.5:7000",
             "--bootstrap",
             "127.0.0.6:6881",
+            "--contact",
+            "127.0.0.7:6881",
+            "--contact",
+            "127.0.0.8:6881",
             "--allow-net",
             "127.0.0.0/8",
             "--data-dir",
@@ -269,6 +278,13 @@ mod tests {
         let cfg = t.net.dht_config().unwrap();
         assert_eq!(cfg.bind, "127.0.0.5:7000".parse().unwrap());
         assert_eq!(cfg.bootstrap, vec!["127.0.0.6:6881".to_string()]);
+        assert_eq!(
+            cfg.contacts,
+            vec![
+                "127.0.0.7:6881".parse().unwrap(),
+                "127.0.0.8:6881".parse().unwrap()
+            ]
+        );
         assert_eq!(cfg.data_dir, Some(PathBuf::from("/tmp/x/dht")));
         assert!(cfg.node.allow.allows("127.1.1.1:1".parse().unwrap()));
         assert!(!cfg.node.allow.allows("10.0.0.1:1".parse().unwrap()));
