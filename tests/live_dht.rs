@@ -452,3 +452,54 @@ fn routers_stay_out_of_the_table_and_our_replies() {
     let listed: Vec<Contact> = r.nodes().collect();
     assert_eq!(listed, vec![peer]);
 }
+
+/// Invariant "every lookup ends": a chain of liars, each answering after a second with one
+/// node closer to the target than itself, would keep a lookup going for 160 s (one step per
+/// bit); the lookup deadline ends it at 60 s with `LookupDone`.
+#[test]
+fn a_chain_of_ever_closer_liars_meets_the_lookup_deadline() {
+    use trackerless::dht::node::LOOKUP_DEADLINE;
+    let t0 = Instant::now();
+    let mut node = testnet_node(t0);
+    let target = NodeId([0x80; 20]);
+    let at_step = |k: usize| {
+        let mut id = target;
+        id.0[k / 8] ^= 0x80 >> (k % 8);
+        Contact::new(id, a(&format!("127.2.{}.{}:6881", k / 200, k % 200 + 1)))
+    };
+    node.add_contacts(t0, [at_step(0).addr]);
+    node.handle_timeout(t0);
+    let mut now = t0;
+    // Let the contact be verified (it answers as step 0).
+    for (to, tid, _) in queries(&drain(&mut node)) {
+        node.handle_datagram(now, to.into(), &reply(&tid, &at_step(0).id, &[], None));
+    }
+    let lid = node.find_node(now, target);
+    let mut done_at = None;
+    let mut step = 0;
+    while now < t0 + Duration::from_secs(200) && done_at.is_none() {
+        now += Duration::from_secs(1);
+        for (to, tid, _) in queries(&drain(&mut node)) {
+            if let Some(k) = (0..160).find(|&k| at_step(k).addr == to) {
+                step = step.max(k);
+                let next: Vec<Contact> =
+                    (k + 1 < 160).then(|| at_step(k + 1)).into_iter().collect();
+                node.handle_datagram(now, to.into(), &reply(&tid, &at_step(k).id, &next, None));
+            }
+        }
+        node.handle_timeout(now);
+        for e in events(&mut node) {
+            if matches!(e, Event::LookupDone { lookup, .. } if lookup == lid) {
+                done_at = Some(now);
+            }
+        }
+    }
+    let done_at = done_at.expect("the lookup ended");
+    assert!(step < 159, "the chain was cut short, at step {step}");
+    assert!(
+        done_at - t0 <= LOOKUP_DEADLINE + Duration::from_secs(2),
+        "ended after {:?}",
+        done_at - t0
+    );
+    assert_eq!(node.stats(now).lookups_overdue, 1);
+}

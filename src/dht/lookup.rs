@@ -31,6 +31,10 @@ pub struct CandidateFilter {
     pub own: [Option<SocketAddrV4>; 2],
     /// Whether we are on the public internet (bound to, or voted, a global address).
     pub public: bool,
+    /// At most one candidate per IP (libtorrent's `dht_restrict_search_ips`): a sybil that
+    /// places many ids next to a target from one address then takes one of the K slots
+    /// that receive our announce, not all of them.
+    pub one_per_ip: bool,
 }
 
 impl CandidateFilter {
@@ -175,11 +179,12 @@ impl Lookup {
         if contact.id == self.own_id {
             return;
         }
-        if self
-            .candidates
-            .iter()
-            .any(|c| c.id == Some(contact.id) || c.addr == contact.addr)
-        {
+        let one_per_ip = self.filter.one_per_ip;
+        if self.candidates.iter().any(|c| {
+            c.id == Some(contact.id)
+                || c.addr == contact.addr
+                || (one_per_ip && c.addr.ip() == contact.addr.ip())
+        }) {
             return;
         }
         let distance = contact.id.distance(&self.target);
@@ -675,6 +680,7 @@ mod tests {
         let lan = CandidateFilter {
             own: [Some(me), None],
             public: false,
+            one_per_ip: false,
         };
         let ok = |f: &CandidateFilter, s: &str| f.accepts(s.parse().unwrap());
         assert!(ok(&lan, "127.0.0.10:6881"));
@@ -699,6 +705,7 @@ mod tests {
         let public = CandidateFilter {
             own: [None, Some("8.8.4.4:6881".parse().unwrap())],
             public: true,
+            one_per_ip: false,
         };
         assert!(ok(&public, "9.9.9.9:6881"));
         assert!(!ok(&public, "8.8.4.4:6881"), "our voted external address");

@@ -40,6 +40,9 @@ pub const VERSION: &[u8; 4] = &[crate::CLIENT_CODE[0], crate::CLIENT_CODE[1], 0,
 pub struct Config {
     /// Our node id; random when `None` (a restarted node passes its persisted id).
     pub id: Option<NodeId>,
+    /// At most one lookup candidate per IP (libtorrent's `dht_restrict_search_ips`, on by
+    /// default there too): a sybil with many ids on one address gets one announce slot.
+    pub restrict_search_ips: bool,
     /// The address our socket is bound to (the driver sets it): `nodes` entries at our own
     /// address are never queried, and a node bound to a global address drops candidates
     /// that no internet node can have (private, loopback, bogons).
@@ -86,6 +89,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             id: None,
+            restrict_search_ips: true,
             local_addr: None,
             routing: RoutingConfig::default(),
             store: StoreConfig::default(),
@@ -265,6 +269,11 @@ pub struct Stats {
     pub announces_refused: u64,
     /// Infohashes the full peer store evicted to take a new announce.
     pub infohashes_evicted: u64,
+    /// Queries of ours that ended: by a reply, an error, a wrong-id reply or a timeout. Each
+    /// query ends exactly once, so `queries_out == queries_ended + transactions` always.
+    pub queries_ended: u64,
+    /// Lookups ended by [`LOOKUP_DEADLINE`] rather than by converging.
+    pub lookups_overdue: u64,
     /// `nodes` entries of replies not queried because they were junk (port 0, our own
     /// address, or not a possible internet address while we are on the internet).
     pub junk_candidates: u64,
@@ -306,6 +315,16 @@ enum Owner {
 struct LookupSlot {
     lookup: Lookup,
     owner: Owner,
+    /// When the lookup ends at the latest ([`LOOKUP_DEADLINE`] after it started).
+    deadline: Instant,
+}
+
+/// See [`Node::overdue`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overdue {
+    pub transactions: usize,
+    pub lookups: usize,
+    pub verifications: usize,
 }
 
 /// Queues one datagram through the allow-list and (for replies) the quota, counting what
@@ -384,6 +403,11 @@ const VERIFY_BURST: usize = 64;
 const VERIFY_PACE: Duration = Duration::from_millis(20);
 /// How often idle buckets are checked.
 const REFRESH_CHECK: Duration = Duration::from_secs(60);
+/// Every lookup ends by this long after it started, whatever its candidates do: a chain of
+/// liars that keep listing ever closer (fake) ids, each answering just before its timeout,
+/// would otherwise keep a lookup (and whoever awaits it) going for good. Honest lookups on
+/// the live DHT end in a few seconds.
+pub const LOOKUP_DEADLINE: Duration = Duration::from_secs(60);
 /// How often expired peers are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Bootstrap retry backoff bounds, used while the table stays empty or shallow.
@@ -466,6 +490,20 @@ impl Node {
     }
 
     /// Counters plus current gauges.
+    /// The state that must always drain, checked by the simulator's property tests: queries
+    /// still pending past their hard timeout, lookups running past [`LOOKUP_DEADLINE`], and
+    /// verifications without a query in flight. All three are zero in a correct node at
+    /// any moment its timers have run.
+    pub fn overdue(&self, now: Instant) -> Overdue {
+        let hard = now.checked_sub(self.config.hard_timeout);
+        let verify_queries = self.verifying.len();
+        Overdue {
+            transactions: hard.map_or(0, |t| self.txns.count_sent_before(t)),
+            lookups: self.lookups.values().filter(|s| s.deadline < now).count(),
+            verifications: verify_queries.saturating_sub(self.txns.len()),
+        }
+    }
+
     pub fn stats(&self, now: Instant) -> Stats {
         let (good, questionable, bad) = self.table.counts(now);
         Stats {
@@ -521,6 +559,10 @@ impl Node {
             .flatten()
         {
             t = t.min(x);
+        }
+        // At most max_lookups (256) slots: a scan is cheap next to the packet it follows.
+        for slot in self.lookups.values() {
+            t = t.min(slot.deadline);
         }
         if !self.to_verify.is_empty() {
             t = t.min(self.next_verify);
@@ -700,6 +742,7 @@ impl Node {
         CandidateFilter {
             own: [local, external.map(|ip| SocketAddrV4::new(ip, port))],
             public: local.is_some_and(|a| is_global(*a.ip())) || external.is_some_and(is_global),
+            one_per_ip: self.config.restrict_search_ips,
         }
     }
 
@@ -726,12 +769,27 @@ impl Node {
         }
         self.scratch_contacts = seeds;
         if lookup.has_candidates() && self.lookups.len() < self.config.max_lookups {
-            self.lookups.insert(id, LookupSlot { lookup, owner });
+            let deadline = now + LOOKUP_DEADLINE;
+            self.lookups.insert(
+                id,
+                LookupSlot {
+                    lookup,
+                    owner,
+                    deadline,
+                },
+            );
             self.step_lookup(now, id);
         } else {
             // Nothing to ask (or too busy): finish at once so callers are never left waiting.
             lookup.finish();
-            self.lookups.insert(id, LookupSlot { lookup, owner });
+            self.lookups.insert(
+                id,
+                LookupSlot {
+                    lookup,
+                    owner,
+                    deadline: now,
+                },
+            );
             self.finish_lookup(now, id);
         }
         id
@@ -1160,6 +1218,7 @@ impl Node {
                 return;
             }
         };
+        self.stats.queries_ended += 1;
         if let Some(seen_as) = seen_as {
             self.vote_external_ip(now, *from.ip(), *seen_as.ip());
         }
@@ -1235,6 +1294,7 @@ impl Node {
     /// Ends a query that failed (error reply, wrong-id reply, hard timeout): the one place
     /// that tells whoever waits on it, so every failure path frees the same state.
     fn query_failed(&mut self, now: Instant, p: Pending<Purpose>, why: PingError) {
+        self.stats.queries_ended += 1;
         match p.data {
             Purpose::Direct(request, is_ping) => self.direct_result(request, is_ping, Err(why)),
             Purpose::Verify => {
@@ -1262,6 +1322,7 @@ impl Node {
     /// retries, token rotation, peer expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire_transactions(now);
+        self.end_overdue_lookups(now);
         self.tokens.maybe_rotate(now, &mut self.rng);
 
         if now >= self.next_ping {
@@ -1326,6 +1387,26 @@ impl Node {
             if self.send_query(now, addr, None, QueryArgs::Ping, Purpose::Verify) {
                 self.verifying.insert(addr);
             }
+        }
+    }
+
+    fn end_overdue_lookups(&mut self, now: Instant) {
+        if !self.lookups.values().any(|s| s.deadline <= now) {
+            return;
+        }
+        let overdue: Vec<LookupId> = self
+            .lookups
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            if let Some(slot) = self.lookups.get_mut(&id) {
+                slot.lookup.finish();
+            }
+            self.stats.lookups_overdue += 1;
+            // Queries still in flight end later on their own; their answers find no lookup.
+            self.finish_lookup(now, id);
         }
     }
 

@@ -162,6 +162,12 @@ impl<T> Transactions<T> {
         })
     }
 
+    /// Queries sent before `t` that are still pending (an invariant check: none may outlive
+    /// its hard timeout).
+    pub fn count_sent_before(&self, t: Instant) -> usize {
+        self.pending.values().filter(|p| p.sent < t).count()
+    }
+
     /// When the next timeout may fire.
     pub fn next_deadline(&self) -> Option<Instant> {
         let s = self

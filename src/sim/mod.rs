@@ -6,6 +6,7 @@
 //! bucket refresh, churn) is tested in seconds, deterministically for a given seed. No
 //! socket is opened: datagrams move between nodes through an in-memory priority queue.
 
+pub mod mix;
 pub mod testnet;
 
 use std::cmp::{Ordering, Reverse};
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::dht::id::NodeId;
 use crate::dht::node::{self, Event, Node};
+use mix::Behavior;
 
 /// Simulator settings.
 #[derive(Debug, Clone)]
@@ -103,6 +106,8 @@ pub struct Sim {
     rng: StdRng,
     events: Vec<(usize, Instant, Event)>,
     free_buffers: Vec<Vec<u8>>,
+    /// How each node deviates from an honest one (see [`mix`]).
+    behaviors: Vec<Behavior>,
     pub net: NetStats,
 }
 
@@ -123,6 +128,7 @@ impl Sim {
             seq: 0,
             events: Vec::new(),
             free_buffers: Vec::new(),
+            behaviors: Vec::new(),
             net: NetStats::default(),
         }
     }
@@ -140,6 +146,7 @@ impl Sim {
         self.nodes.push(Node::new(cfg, self.now));
         self.online.push(true);
         self.deadlines.push(None);
+        self.behaviors.push(Behavior::Honest);
         self.index.insert(sim_addr(i), i);
         self.after(i);
         i
@@ -201,6 +208,44 @@ impl Sim {
         self.online[i]
     }
 
+    /// Makes node `i` misbehave from now on. A NAT'ed node's other port is reachable too
+    /// (a full-cone mapping).
+    pub fn set_behavior(&mut self, i: usize, b: Behavior) {
+        match b {
+            Behavior::Nat(port) => {
+                self.index
+                    .insert(SocketAddrV4::new(*sim_addr(i).ip(), port), i);
+            }
+            Behavior::Sybil(at) => {
+                self.index.insert(at, i);
+            }
+            _ => {}
+        }
+        self.behaviors[i] = b;
+    }
+
+    pub fn behavior(&self, i: usize) -> Behavior {
+        self.behaviors[i]
+    }
+
+    /// Sets the probability that a datagram is lost (1.0 silences the network).
+    pub fn set_loss(&mut self, loss: f64) {
+        self.config.loss = loss;
+    }
+
+    /// Node `i` restarts with a new random id and an empty table, rejoining through
+    /// `contacts`; everyone who listed it now holds a stale id for its address.
+    pub fn restart_with_new_id(&mut self, i: usize, contacts: Vec<SocketAddrV4>) {
+        let mut cfg = self.config.node.clone();
+        cfg.id = Some(NodeId::random(&mut self.rng));
+        cfg.seed = Some(self.rng.random());
+        self.nodes[i] = Node::new(cfg, self.now);
+        self.deadlines[i] = None;
+        let now = self.now;
+        self.nodes[i].add_contacts(now, contacts);
+        self.after(i);
+    }
+
     /// Takes node `i` off the network: packets to it are lost and its timers stop.
     pub fn set_offline(&mut self, i: usize) {
         self.online[i] = false;
@@ -260,7 +305,7 @@ impl Sim {
             self.now = self.now.max(next);
             if next_packet == Some(next) {
                 let Reverse(p) = self.packets.pop().expect("peeked");
-                if self.online[p.to] {
+                if self.online[p.to] && !mix::eaten(self.behaviors[p.to], &p.data) {
                     self.net.delivered += 1;
                     let now = self.now;
                     self.nodes[p.to].handle_datagram(now, SocketAddr::V4(p.from), &p.data);
@@ -282,15 +327,25 @@ impl Sim {
 
     /// Moves node `i`'s output into the network and re-arms its timer.
     fn after(&mut self, i: usize) {
-        let from = sim_addr(i);
+        let behavior = self.behaviors[i];
+        let from = match behavior {
+            Behavior::Nat(port) => SocketAddrV4::new(*sim_addr(i).ip(), port),
+            Behavior::Sybil(at) => at,
+            _ => sim_addr(i),
+        };
         let (lo, hi) = self.config.latency;
         while let Some(t) = self.nodes[i].poll_transmit() {
             self.net.sent += 1;
             let SocketAddr::V4(to) = t.to else { continue };
+            if behavior == Behavior::Silent {
+                self.net.lost += 1;
+                continue;
+            }
             if self.config.loss > 0.0 && self.rng.random::<f64>() < self.config.loss {
                 self.net.lost += 1;
                 continue;
             }
+            let to_addr = to;
             let Some(&to) = self.index.get(&to) else {
                 self.net.undeliverable += 1;
                 continue;
@@ -303,6 +358,7 @@ impl Sim {
             let mut data = self.free_buffers.pop().unwrap_or_default();
             data.clear();
             data.extend_from_slice(t.payload);
+            mix::rewrite(behavior, to_addr, &mut data);
             self.seq += 1;
             self.packets.push(Reverse(Packet {
                 at: self.now + latency,
