@@ -27,6 +27,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use trackerless::dht::id::NodeId;
 use trackerless::dht::node::{Event, LookupId};
+use trackerless::sim::mix::{Behavior, Profile};
 use trackerless::sim::{Sim, SimConfig, sim_addr};
 
 const TORRENTS: usize = 40;
@@ -67,6 +68,11 @@ struct World {
     /// Per churn period: (get_peers ok, get_peers total, find_node ok, find_node total).
     results: Vec<[u32; 4]>,
     dropped: u32,
+    /// The live-DHT mix joiners draw their behavior from (`None`: all honest).
+    mix: Option<Profile>,
+    /// Nodes that misbehave: they start no lookups, announce nothing and are no targets
+    /// (a lying node's own lookups say nothing about ours).
+    liars: HashSet<usize>,
 }
 
 impl World {
@@ -79,7 +85,7 @@ impl World {
         self.online
             .iter()
             .copied()
-            .filter(|&i| now.duration_since(self.joined[i]) >= WARM)
+            .filter(|&i| now.duration_since(self.joined[i]) >= WARM && !self.liars.contains(&i))
             .collect()
     }
 
@@ -100,6 +106,17 @@ impl World {
         self.sim.with_node(i, |n, now| n.bootstrap(now, &routers));
         self.joined.push(self.sim.now());
         self.online.push(i);
+        if let Some(mix) = self.mix {
+            self.misbehave(i, mix);
+        }
+    }
+
+    fn misbehave(&mut self, i: usize, mix: Profile) {
+        let b = mix.draw(&mut self.rng);
+        if b != Behavior::Honest {
+            self.sim.set_behavior(i, b);
+            self.liars.insert(i);
+        }
     }
 
     fn churn(&mut self) {
@@ -201,7 +218,7 @@ impl World {
 
 /// Lookup successes over the run: totals and the last hour, each as
 /// `[get_peers ok, get_peers total, find_node ok, find_node total]`.
-fn run(nodes: usize, loss: f64) -> ([u32; 4], [u32; 4]) {
+fn run(nodes: usize, loss: f64, mix: Option<Profile>) -> ([u32; 4], [u32; 4]) {
     let started = Instant::now();
     let mut sim = Sim::new(SimConfig {
         latency: (Duration::from_millis(20), Duration::from_millis(150)),
@@ -228,7 +245,28 @@ fn run(nodes: usize, loss: f64) -> ([u32; 4], [u32; 4]) {
         pending: HashMap::new(),
         results: vec![[0; 4]; (RUN.as_secs() / CHURN_EVERY.as_secs()) as usize + 2],
         dropped: 0,
+        mix,
+        liars: HashSet::new(),
     };
+    if let Some(mix) = mix {
+        for i in 0..nodes {
+            world.misbehave(i, mix);
+        }
+        let liars = world.liars.clone();
+        world.announcer = world
+            .announcer
+            .iter()
+            .map(|&a| {
+                if liars.contains(&a) {
+                    (0..nodes)
+                        .find(|i| !liars.contains(i))
+                        .expect("an honest node")
+                } else {
+                    a
+                }
+            })
+            .collect();
+    }
     for t in 0..TORRENTS {
         world.announce(t);
     }
@@ -311,7 +349,7 @@ fn share(ok: u32, n: u32) -> f64 {
 /// The acceptance run: churn alone (no packet loss), so every failure is churn's doing.
 #[test]
 fn lookups_survive_thirty_percent_churn_every_ten_minutes() {
-    let (total, late) = run(1500, 0.0);
+    let (total, late) = run(1500, 0.0, None);
     assert!(total[1] >= 2000 && total[3] >= 1000, "enough lookups ran");
     assert!(
         share(total[0], total[1]) >= 0.99,
@@ -337,7 +375,7 @@ fn lookups_survive_thirty_percent_churn_every_ten_minutes() {
 #[test]
 #[ignore = "slow: several minutes"]
 fn lookups_survive_churn_with_packet_loss() {
-    let (total, _) = run(2000, 0.02);
+    let (total, _) = run(2000, 0.02, None);
     assert!(
         share(total[0], total[1]) >= 0.99,
         "get_peers success {:.4}",
@@ -347,5 +385,28 @@ fn lookups_survive_churn_with_packet_loss() {
         share(total[2], total[3]) >= 0.94,
         "find_node success {:.4}",
         share(total[2], total[3])
+    );
+}
+
+/// The same churn with the live-DHT mix (issue 12): 5 % of nodes (and of joiners) answer
+/// with another id, 10 % sit behind NATs that rewrite their port, 15 % never answer, 5 %
+/// list junk in their `nodes`. Honest nodes' lookups keep the same bar.
+#[test]
+fn lookups_survive_churn_in_the_live_dht_mix() {
+    let (total, late) = run(1500, 0.0, Some(Profile::live()));
+    assert!(total[1] >= 2000 && total[3] >= 1000, "enough lookups ran");
+    assert!(
+        share(total[0], total[1]) >= 0.99,
+        "get_peers success {:.4}",
+        share(total[0], total[1])
+    );
+    assert!(
+        share(total[2], total[3]) >= 0.98,
+        "find_node success {:.4}",
+        share(total[2], total[3])
+    );
+    assert!(
+        share(late[0] + late[2], late[1] + late[3]) >= 0.98,
+        "late success {late:?}"
     );
 }

@@ -148,6 +148,31 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// A behavior drawn by the per-node shares (wrong id, NAT, silent, junk; the rest of
+    /// the profile is about placement and joining, which a caller arranges itself).
+    pub fn draw<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Behavior {
+        let x: f64 = rng.random();
+        let mut edge = self.wrong_id;
+        if x < edge {
+            return Behavior::WrongId(NodeId::random(rng));
+        }
+        edge += self.nat;
+        if x < edge {
+            return Behavior::Nat(40_000 + rng.random_range(0..20_000));
+        }
+        edge += self.silent;
+        if x < edge {
+            return Behavior::Silent;
+        }
+        edge += self.junk;
+        if x < edge {
+            return Behavior::Junk;
+        }
+        Behavior::Honest
+    }
+}
+
 /// What one run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {

@@ -1,0 +1,62 @@
+//! The live-DHT mix at scale (issue 12): 10,000 simulated nodes, a clean network and the
+//! live mix side by side in the same run, same seed, same targets and lookups. Prints the
+//! table for BENCHMARKS.md. A program, not a timed test: `cargo bench --bench sim_mix`
+//! (`-- NODES` to change the size).
+
+use trackerless::sim::mix::{self, Profile, Report};
+
+fn row(name: &str, r: &Report) {
+    println!(
+        "| {name} | {} | {}/{} ({:.1} %) | {:.1} | {:.2} s | {:.2} s | {:.1} % | {}/{} | {} | {} | {} |",
+        r.nodes,
+        r.completed,
+        r.lookups,
+        100.0 * r.completed as f64 / r.lookups.max(1) as f64,
+        r.messages_per_lookup,
+        r.time_p50.as_secs_f64(),
+        r.time_p99.as_secs_f64(),
+        100.0 * r.placement,
+        r.found,
+        r.lookups,
+        r.lookups_overdue,
+        r.wrong_id_replies,
+        r.junk_candidates,
+    );
+}
+
+fn main() {
+    let nodes: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
+    let (targets, lookups, seed) = (20, 400, 2026);
+    let started = std::time::Instant::now();
+    let clean = mix::run(nodes, Profile::clean(), targets, lookups, seed);
+    let live = mix::run(nodes, Profile::live(), targets, lookups, seed);
+    println!(
+        "| network | nodes | lookups completed | messages/lookup | time p50 | time p99 | announce placement | found by a plain client | ended by deadline | wrong-id replies | junk entries dropped |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    row("clean", &clean);
+    row("live-DHT mix", &live);
+    println!(
+        "\nratios (mix / clean): placement {:.3}, messages/lookup {:.2}, p50 {:.2}, p99 {:.2}",
+        live.placement / clean.placement,
+        live.messages_per_lookup / clean.messages_per_lookup,
+        live.time_p50.as_secs_f64() / clean.time_p50.as_secs_f64(),
+        live.time_p99.as_secs_f64() / clean.time_p99.as_secs_f64(),
+    );
+    for (name, r) in [("clean", &clean), ("live", &live)] {
+        assert_eq!(
+            r.worst_overdue,
+            Default::default(),
+            "{name}: invariant broken"
+        );
+        assert_eq!(
+            r.accounting_errors, 0,
+            "{name}: a query did not end exactly once"
+        );
+    }
+    eprintln!("({:.0} s of real time)", started.elapsed().as_secs_f64());
+}
