@@ -325,7 +325,10 @@ fn crawl_cmd(a: CrawlArgs) {
         })),
         ..CrawlConfig::default()
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers: while the crawl loop waits on a store flush (fsync, or the database),
+    // the queries in flight, the metadata pool and the web server run on the other.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap_or_else(|e| cli::fail(e));

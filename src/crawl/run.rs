@@ -234,7 +234,7 @@ impl Crawl {
     /// Makes everything durable, then reports the new records (out file, channel,
     /// metadata queue).
     fn flush(&mut self) -> Result<(), CrawlError> {
-        let flushed = match self.store.flush() {
+        let flushed = match off_the_loop(|| self.store.flush()) {
             Ok(f) => {
                 if self.store_down {
                     self.store_down = false;
@@ -551,4 +551,71 @@ fn unix_now() -> u64 {
 
 async fn queries_out(dht: &DhtHandle) -> u64 {
     dht.stats().await.map(|s| s.queries_out).unwrap_or(0)
+}
+
+/// Runs blocking store work (a sled flush fsyncs; a PostgreSQL flush waits on the server)
+/// so that, on a multi-threaded runtime, the runtime's other tasks (the queries in flight,
+/// the metadata pool, the web server) move to another worker meanwhile instead of stalling
+/// behind it. On a current-thread runtime there is no other worker, and it just runs.
+fn off_the_loop<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod off_the_loop_tests {
+    use super::off_the_loop;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// While the crawl loop's task blocks in a store flush, the runtime's other tasks keep
+    /// running (on a multi-threaded runtime), and on a current-thread runtime the work
+    /// still runs (`block_in_place` would panic there).
+    #[test]
+    fn other_tasks_run_while_a_flush_blocks() {
+        // One worker, both tasks spawned on it: without `block_in_place` the ticker could
+        // not run until the "flush" returned.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ticks = Arc::new(AtomicU32::new(0));
+        let during = rt.block_on(async {
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    t.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            });
+            let t = ticks.clone();
+            // A stand-in for an fsync: blocks its thread until the ticker has run 1,000
+            // more times (or 5 s passed).
+            let flush = tokio::spawn(async move {
+                off_the_loop(|| {
+                    let start = t.load(Ordering::Relaxed);
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    while t.load(Ordering::Relaxed) < start + 1000
+                        && std::time::Instant::now() < deadline
+                    {
+                        std::thread::yield_now();
+                    }
+                    t.load(Ordering::Relaxed) - start
+                })
+            });
+            let during = flush.await.unwrap();
+            ticker.abort();
+            during
+        });
+        assert!(during >= 1000, "the other task stalled: {during} ticks");
+
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { off_the_loop(|| 7) }), 7);
+    }
 }
