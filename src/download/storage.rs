@@ -242,7 +242,6 @@ impl Files {
     /// `pwritev` per file they cover (more if the kernel writes less than asked).
     fn write_blocks(&self, offset: u64, blocks: &[Bytes]) -> Result<(), StorageError> {
         use std::io::IoSlice;
-        use std::os::fd::AsRawFd;
         let total: usize = blocks.iter().map(Bytes::len).sum();
         self.for_each_span(offset, total, |i, at, range| {
             let err = |source| StorageError::Io {
@@ -264,34 +263,7 @@ impl Files {
                 }
                 pos += b.len();
             }
-            let mut rest = &mut slices[..];
-            let mut at = at;
-            while !rest.is_empty() {
-                let n = rest.len().min(1024) as libc::c_int;
-                // SAFETY: IoSlice is ABI-compatible with iovec; the slices borrow live
-                // buffers and `n` does not exceed their count.
-                let r = unsafe {
-                    libc::pwritev(
-                        file.as_raw_fd(),
-                        rest.as_ptr().cast::<libc::iovec>(),
-                        n,
-                        at as libc::off_t,
-                    )
-                };
-                if r < 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(err(e));
-                }
-                if r == 0 {
-                    return Err(err(io::ErrorKind::WriteZero.into()));
-                }
-                at += r as u64;
-                IoSlice::advance_slices(&mut rest, r as usize);
-            }
-            Ok(())
+            write_at(&file, &mut slices, at).map_err(err)
         })
     }
 
@@ -824,10 +796,95 @@ fn prepare_file(path: &Path, length: u64, existing: Option<u64>) -> Result<(), S
     file.set_len(length).map_err(err("allocate"))
 }
 
+/// Writes all of `slices` at offset `at` of `file`: one `pwritev` per up to 1,024 slices on
+/// unix (more if the kernel writes less than asked).
+#[cfg(unix)]
+fn write_at(file: &File, slices: &mut [std::io::IoSlice<'_>], at: u64) -> io::Result<()> {
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let mut rest = slices;
+    let mut at = at;
+    while !rest.is_empty() {
+        let n = rest.len().min(1024) as libc::c_int;
+        // SAFETY: IoSlice is ABI-compatible with iovec; the slices borrow live buffers and
+        // `n` does not exceed their count.
+        let r = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                rest.as_ptr().cast::<libc::iovec>(),
+                n,
+                at as libc::off_t,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += r as u64;
+        IoSlice::advance_slices(&mut rest, r as usize);
+    }
+    Ok(())
+}
+
+/// Elsewhere: a seek and a write per slice. The storage is driven from one disk thread, so
+/// nothing else moves the shared file position in between.
+#[cfg(not(unix))]
+fn write_at(file: &File, slices: &mut [std::io::IoSlice<'_>], at: u64) -> io::Result<()> {
+    write_at_portable(file, slices, at)
+}
+
+/// The portable positional write (compiled everywhere so the unix test suite checks it).
+#[cfg_attr(unix, allow(dead_code))]
+fn write_at_portable(file: &File, slices: &[std::io::IoSlice<'_>], at: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = file;
+    f.seek(SeekFrom::Start(at))?;
+    for s in slices {
+        f.write_all(s)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::torrent::metainfo::create_info;
+
+    /// Both positional writers (the unix `pwritev` one and the portable fallback) write the
+    /// same bytes at the same place, past more slices than one `pwritev` takes.
+    #[test]
+    fn positional_writers_agree() {
+        use std::io::IoSlice;
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<Vec<u8>> = (0..1500u32).map(|i| vec![(i % 251) as u8; 3]).collect();
+        let mut want = vec![0u8; 100];
+        for p in &parts {
+            want.extend_from_slice(p);
+        }
+        for portable in [false, true] {
+            let path = dir.path().join(format!("f{portable}"));
+            let file = File::options()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+            if portable {
+                write_at_portable(&file, &slices, 100).unwrap();
+            } else {
+                write_at(&file, &mut slices, 100).unwrap();
+            }
+            assert_eq!(fs::read(&path).unwrap(), want, "portable: {portable}");
+        }
+    }
 
     fn layout(dir: &Path, files: &[(&str, usize)]) -> Vec<u8> {
         let mut all = Vec::new();
