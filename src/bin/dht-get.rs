@@ -289,20 +289,16 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
     let resume = open_resume(cli);
 
     // One listener serves metadata and, once the session is attached, pieces.
-    let listen = cli
-        .listen
-        .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0));
     let registry = Arc::new(MetadataRegistry::new());
-    let server = match cli::bind_peer_listener(
-        listen,
+    let listener = cli::bind_peer_listener(
+        cli.listen,
+        &cli.net,
         registry.clone(),
         peer_id,
-        allow.clone(),
         dht,
         cli.max_peers,
-    )
-    .await
-    {
+    );
+    let server = match listener.await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

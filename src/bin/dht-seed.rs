@@ -193,21 +193,17 @@ async fn run(
 ) -> i32 {
     let peer_id = generate_peer_id();
     let allow = AllowList::only(cli.net.allow_net.clone());
-    let listen = cli
-        .listen
-        .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0));
     let registry = Arc::new(MetadataRegistry::new());
     let ih = registry.insert(raw.clone());
-    let server = match cli::bind_peer_listener(
-        listen,
+    let listener = cli::bind_peer_listener(
+        cli.listen,
+        &cli.net,
         registry.clone(),
         peer_id,
-        allow.clone(),
         dht,
         cli.max_peers,
-    )
-    .await
-    {
+    );
+    let server = match listener.await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -20,7 +20,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::metainfo::{
-    DiskFile, Info, MAX_PIECE_LENGTH, MetainfoError, default_piece_length, io_err, list_files,
+    Info, MAX_PIECE_LENGTH, MetainfoError, default_piece_length, files_to_share, io_err,
 };
 
 /// BEP 52's merkle leaf size.
@@ -133,24 +133,7 @@ pub fn create_hybrid_info(
         .ok_or_else(|| MetainfoError::UnsupportedFileName(path.to_path_buf()))?
         .to_owned();
     let is_dir = meta.is_dir();
-    let files = if is_dir {
-        list_files(path)?
-    } else if meta.is_file() {
-        vec![DiskFile {
-            components: vec![name.clone()],
-            source: path.to_path_buf(),
-            length: meta.len(),
-        }]
-    } else {
-        return Err(MetainfoError::NothingToShare(path.to_path_buf()));
-    };
-    let total = files
-        .iter()
-        .try_fold(0u64, |sum, f| sum.checked_add(f.length))
-        .ok_or(MetainfoError::TotalLengthOverflow)?;
-    if total == 0 {
-        return Err(MetainfoError::NothingToShare(path.to_path_buf()));
-    }
+    let (files, total) = files_to_share(path, &meta, vec![name.clone()])?;
     let piece_length = piece_length.unwrap_or_else(|| default_piece_length(total));
     if !piece_length.is_power_of_two() || !(BLOCK..=MAX_PIECE_LENGTH).contains(&piece_length) {
         return Err(MetainfoError::BadPieceLength(

@@ -948,6 +948,35 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetainfoError + '
 /// Lists the regular files under `root` (following symlinks to files, but not symlinks to
 /// directories, which could loop or reach outside the tree), sorted by path components
 /// byte-wise so the same tree always yields the same torrent.
+/// The files a torrent of `path` shares and their total length: a directory's regular files
+/// (see [`list_files`]), or the file itself as one entry with `single` as its path. Nothing
+/// to share (no bytes, or neither a file nor a directory) is an error.
+pub(super) fn files_to_share(
+    path: &Path,
+    meta: &fs::Metadata,
+    single: Vec<String>,
+) -> Result<(Vec<DiskFile>, u64), MetainfoError> {
+    let files = if meta.is_dir() {
+        list_files(path)?
+    } else if meta.is_file() {
+        vec![DiskFile {
+            components: single,
+            source: path.to_path_buf(),
+            length: meta.len(),
+        }]
+    } else {
+        return Err(MetainfoError::NothingToShare(path.to_path_buf()));
+    };
+    let total = files
+        .iter()
+        .try_fold(0u64, |sum, f| sum.checked_add(f.length))
+        .ok_or(MetainfoError::TotalLengthOverflow)?;
+    if total == 0 {
+        return Err(MetainfoError::NothingToShare(path.to_path_buf()));
+    }
+    Ok((files, total))
+}
+
 pub(super) fn list_files(root: &Path) -> Result<Vec<DiskFile>, MetainfoError> {
     let mut found = Vec::new();
     let mut dirs: Vec<(PathBuf, Vec<String>)> = vec![(root.to_path_buf(), Vec::new())];
@@ -1063,24 +1092,7 @@ pub fn create_info(
         .ok_or_else(|| MetainfoError::UnsupportedFileName(path.to_path_buf()))?
         .to_owned();
 
-    let files = if meta.is_dir() {
-        list_files(path)?
-    } else if meta.is_file() {
-        vec![DiskFile {
-            components: Vec::new(),
-            source: path.to_path_buf(),
-            length: meta.len(),
-        }]
-    } else {
-        return Err(MetainfoError::NothingToShare(path.to_path_buf()));
-    };
-    let total = files
-        .iter()
-        .try_fold(0u64, |sum, f| sum.checked_add(f.length))
-        .ok_or(MetainfoError::TotalLengthOverflow)?;
-    if total == 0 {
-        return Err(MetainfoError::NothingToShare(path.to_path_buf()));
-    }
+    let (files, total) = files_to_share(path, &meta, Vec::new())?;
 
     let piece_length = match piece_length {
         Some(p) if (1..=MAX_PIECE_LENGTH).contains(&p) => p,

@@ -207,13 +207,16 @@ pub fn start_dht_or_without_store(
 /// once a session is attached), with the peer limit, the allow-list and the node for PORT
 /// messages; a bind failure becomes one line for the user.
 pub async fn bind_peer_listener(
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
+    net: &NetArgs,
     registry: std::sync::Arc<trackerless::metadata::MetadataRegistry>,
     peer_id: [u8; 20],
-    allow: AllowList,
     dht: &trackerless::dht::driver::DhtHandle,
     max_peers: u16,
 ) -> Result<trackerless::metadata::MetadataServer, String> {
+    // Default: the DHT's IP, any port (peers learn it from our announces).
+    let listen = listen.unwrap_or_else(|| SocketAddr::new(net.bind.ip(), 0));
+    let allow = AllowList::only(net.allow_net.clone());
     trackerless::metadata::MetadataServer::bind(
         listen,
         registry,
