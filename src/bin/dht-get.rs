@@ -48,15 +48,11 @@ struct Cli {
     /// Keep seeding after the download completes, until Ctrl-C.
     #[arg(long)]
     seed: bool,
-    /// TCP address to accept peer connections on (default: the --bind IP, any port).
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    peer: cli::PeerArgs,
     /// Give up if no metadata arrives within this many seconds.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
     timeout: Duration,
-    /// Peer connections open at once.
-    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=2000))]
-    max_peers: u16,
     /// Upload at most this many bytes per second (default: unlimited).
     #[arg(long, value_name = "BYTES")]
     upload_rate: Option<u64>,
@@ -172,7 +168,7 @@ fn fetch_config(cli: &Cli, dht: &DhtHandle, peer_id: [u8; 20], listen: Option<u1
     FetchConfig {
         peer_id,
         allow: AllowList::only(cli.net.allow_net.clone()),
-        max_connections: usize::from(cli.max_peers),
+        max_connections: usize::from(cli.peer.max_peers),
         timeout: Some(cli.timeout),
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
@@ -290,14 +286,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
 
     // One listener serves metadata and, once the session is attached, pieces.
     let registry = Arc::new(MetadataRegistry::new());
-    let listener = cli::bind_peer_listener(
-        cli.listen,
-        &cli.net,
-        registry.clone(),
-        peer_id,
-        dht,
-        cli.max_peers,
-    );
+    let listener = cli::bind_peer_listener(&cli.peer, &cli.net, registry.clone(), peer_id, dht);
     let server = match listener.await {
         Ok(s) => s,
         Err(e) => {
@@ -375,7 +364,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
     let cfg = SessionConfig {
         peer_id,
         allow,
-        max_peers: usize::from(cli.max_peers),
+        max_peers: usize::from(cli.peer.max_peers),
         listen_port: Some(listen_port),
         local_ip: Some(server.local_addr().ip()),
         dht: Some(dht.clone()),

@@ -48,12 +48,8 @@ struct Cli {
     /// must then be a power of two of at least 16 KiB.
     #[arg(long)]
     hybrid: bool,
-    /// TCP address to accept peer connections on (default: the --bind IP, any port).
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    /// Peer connections at most.
-    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=2000))]
-    max_peers: u16,
+    #[command(flatten)]
+    peer: cli::PeerArgs,
     /// Upload at most this many bytes per second (default: unlimited).
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     upload_rate: Option<u64>,
@@ -195,14 +191,7 @@ async fn run(
     let allow = AllowList::only(cli.net.allow_net.clone());
     let registry = Arc::new(MetadataRegistry::new());
     let ih = registry.insert(raw.clone());
-    let listener = cli::bind_peer_listener(
-        cli.listen,
-        &cli.net,
-        registry.clone(),
-        peer_id,
-        dht,
-        cli.max_peers,
-    );
+    let listener = cli::bind_peer_listener(&cli.peer, &cli.net, registry.clone(), peer_id, dht);
     let server = match listener.await {
         Ok(s) => s,
         Err(e) => {
@@ -232,7 +221,7 @@ async fn run(
     let cfg = SessionConfig {
         peer_id,
         allow,
-        max_peers: usize::from(cli.max_peers),
+        max_peers: usize::from(cli.peer.max_peers),
         listen_port: Some(server.local_addr().port()),
         local_ip: Some(server.local_addr().ip()),
         dht: Some(dht.clone()),

@@ -15,6 +15,17 @@ use trackerless::dht::driver::DhtConfig;
 use trackerless::dht::limits::RateLimit;
 use trackerless::dht::node;
 
+/// Peer-connection flags of the commands that talk to peers (dht-get, dht-seed).
+#[derive(Debug, Clone, Args)]
+pub struct PeerArgs {
+    /// TCP address to accept peer connections on (default: the --bind IP, any port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Peer connections open at once, both directions.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=2000))]
+    pub max_peers: u16,
+}
+
 /// Flags every DHT-speaking command takes.
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
@@ -207,15 +218,17 @@ pub fn start_dht_or_without_store(
 /// once a session is attached), with the peer limit, the allow-list and the node for PORT
 /// messages; a bind failure becomes one line for the user.
 pub async fn bind_peer_listener(
-    listen: Option<SocketAddr>,
+    peer: &PeerArgs,
     net: &NetArgs,
     registry: std::sync::Arc<trackerless::metadata::MetadataRegistry>,
     peer_id: [u8; 20],
     dht: &trackerless::dht::driver::DhtHandle,
-    max_peers: u16,
 ) -> Result<trackerless::metadata::MetadataServer, String> {
+    let max_peers = peer.max_peers;
     // Default: the DHT's IP, any port (peers learn it from our announces).
-    let listen = listen.unwrap_or_else(|| SocketAddr::new(net.bind.ip(), 0));
+    let listen = peer
+        .listen
+        .unwrap_or_else(|| SocketAddr::new(net.bind.ip(), 0));
     let allow = AllowList::only(net.allow_net.clone());
     trackerless::metadata::MetadataServer::bind(
         listen,
