@@ -55,8 +55,48 @@ pub fn status_line(p: &Progress) -> String {
 /// Shows progress as a bar (terminal) or as a line per second (anything else).
 pub struct ProgressDisplay {
     bar: Option<ProgressBar>,
-    last_line: Option<Instant>,
+    lines: LinePacer,
+}
+
+/// When the next plain status line is due: one per `interval` on average, whatever the
+/// caller's tick. Comparing "time since the last line" with the interval skipped every other
+/// line when the caller ticked at that same interval and a tick came a millisecond early
+/// (dht-seed printed ~0.67 lines a second); a schedule with a little slack does not.
+#[derive(Debug, Clone)]
+struct LinePacer {
+    next: Option<Instant>,
     interval: Duration,
+}
+
+impl LinePacer {
+    fn new(interval: Duration) -> Self {
+        LinePacer {
+            next: None,
+            interval,
+        }
+    }
+
+    /// Whether a line is due at `now` (and if so, schedules the next one).
+    fn due(&mut self, now: Instant) -> bool {
+        let slack = self.interval / 10;
+        match self.next {
+            Some(next) if now + slack < next => false,
+            Some(next) => {
+                // Behind by more than a period (the caller stalled): restart from now.
+                let after = next + self.interval;
+                self.next = Some(if after + slack < now {
+                    now + self.interval
+                } else {
+                    after
+                });
+                true
+            }
+            None => {
+                self.next = Some(now + self.interval);
+                true
+            }
+        }
+    }
 }
 
 impl ProgressDisplay {
@@ -74,8 +114,7 @@ impl ProgressDisplay {
         });
         ProgressDisplay {
             bar,
-            last_line: None,
-            interval: Duration::from_secs(1),
+            lines: LinePacer::new(Duration::from_secs(1)),
         }
     }
 
@@ -103,12 +142,7 @@ impl ProgressDisplay {
                 bar.tick();
             }
             None => {
-                let now = Instant::now();
-                if self
-                    .last_line
-                    .is_none_or(|t| now.saturating_duration_since(t) >= self.interval)
-                {
-                    self.last_line = Some(now);
+                if self.lines.due(Instant::now()) {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{}", status_line(p));
                     let _ = out.flush();
@@ -139,6 +173,39 @@ impl ProgressDisplay {
 
 #[cfg(test)]
 mod tests {
+
+    /// Status lines keep their stated period: one a second whether the caller ticks every
+    /// second (a millisecond early or late) or ten times a second, and one per tick again
+    /// after a stall.
+    #[test]
+    fn lines_keep_their_period() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let count = |ticks: &[i64]| {
+            let mut p = LinePacer::new(Duration::from_secs(1));
+            ticks
+                .iter()
+                .filter(|&&ms| {
+                    let at = if ms >= 0 {
+                        t0 + Duration::from_millis(ms as u64)
+                    } else {
+                        t0 - Duration::from_millis(ms.unsigned_abs())
+                    };
+                    p.due(at)
+                })
+                .count()
+        };
+        // Every second, alternately a millisecond early and late.
+        let jittered: Vec<i64> = (0..60)
+            .map(|k| k * 1000 + if k % 2 == 1 { -1 } else { 1 })
+            .collect();
+        assert_eq!(count(&jittered), 60);
+        // Ten ticks a second, 0 to 59.9 s: a line at once, then one each second (the
+        // tick within a tenth of a second of its due time takes it).
+        let fast: Vec<i64> = (0..600).map(|k| k * 100).collect();
+        assert_eq!(count(&fast), 61);
+        assert_eq!(count(&[0, 1000, 9000, 10000, 11000]), 5);
+    }
+
     use super::*;
 
     #[test]
