@@ -4,6 +4,9 @@
 //!
 //! `cargo bench --bench router_store -- 1000000 10000000`
 //!
+//! `-- 1000000 --out DIR` also leaves the saved store as `DIR/router/router-nodes.bin`, a
+//! ready data directory for `dht-node --router --data-dir DIR` (tools/bench-save.sh uses it).
+//!
 //! Contacts are synthetic (random ids, distinct public-looking addresses); nothing is sent.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -22,8 +25,14 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from);
+    let sizes: Vec<usize> = args
+        .iter()
         .filter(|a| !a.starts_with('-'))
         .filter_map(|a| a.parse().ok())
         .collect();
@@ -60,6 +69,11 @@ fn main() {
         let back = NodeRing::load(&path, n).expect("load");
         let loaded = t.elapsed();
         assert_eq!(back.len(), n);
+        if let Some(out) = &out {
+            let dir = out.join("router");
+            std::fs::create_dir_all(&dir).expect("--out directory");
+            std::fs::copy(&path, store_file(&dir)).expect("copy the store");
+        }
         println!(
             "{n} contacts: RSS +{:.1} MiB (store reports {:.1} MiB), filled in {:.2?}, \
              saved {file_mb:.0} MB in {saved:.2?}, loaded in {loaded:.2?}",
