@@ -133,6 +133,13 @@ pub struct Lookup {
     phase: Phase,
     peers_seen: HashSet<SocketAddrV4>,
     announces_pending: usize,
+    /// Token holders next in line after the K chosen, closest first: a failed announce
+    /// (timeout, error, unsendable) passes its slot to the next of them, so a node that
+    /// takes a token and swallows the announce (a sybil, a node that just left) does not
+    /// cost the peer one of its K storing nodes.
+    spare: std::collections::VecDeque<(SocketAddrV4, NodeId, Token)>,
+    /// Announces to send in place of failed ones (see `spare`).
+    retry: Vec<(SocketAddrV4, NodeId, Token)>,
     /// Announces acknowledged by the storing nodes.
     pub announced: usize,
     /// Queries sent (find_node/get_peers and announce_peer).
@@ -157,6 +164,8 @@ impl Lookup {
             phase: Phase::Searching,
             peers_seen: HashSet::new(),
             announces_pending: 0,
+            spare: std::collections::VecDeque::new(),
+            retry: Vec::new(),
             announced: 0,
             messages: 0,
             replies: 0,
@@ -333,6 +342,12 @@ impl Lookup {
     /// answer with [`Lookup::on_announce_result`]).
     pub fn advance(&mut self, announce_to: &mut Vec<(SocketAddrV4, NodeId, Token)>) {
         announce_to.clear();
+        if self.phase == Phase::Announcing {
+            // Replacements for failed announces.
+            self.messages += self.retry.len() as u32;
+            announce_to.append(&mut self.retry);
+            return;
+        }
         if self.phase != Phase::Searching || !self.search_complete() {
             return;
         }
@@ -353,8 +368,12 @@ impl Lookup {
                 })
                 .collect();
             chosen.sort_by_key(|x| (x.0, x.1));
-            for (_, _, addr, id, token) in chosen.into_iter().take(self.k) {
-                announce_to.push((addr, id, token));
+            for (k, (_, _, addr, id, token)) in chosen.into_iter().take(2 * self.k).enumerate() {
+                if k < self.k {
+                    announce_to.push((addr, id, token));
+                } else {
+                    self.spare.push_back((addr, id, token));
+                }
             }
             self.announces_pending = announce_to.len();
             self.messages += announce_to.len() as u32;
@@ -372,6 +391,12 @@ impl Lookup {
     pub fn on_announce_result(&mut self, ok: bool) {
         if ok {
             self.announced += 1;
+        } else if self.phase == Phase::Announcing
+            && let Some(next) = self.spare.pop_front()
+        {
+            // The slot passes to the next token holder; still pending.
+            self.retry.push(next);
+            return;
         }
         self.announces_pending = self.announces_pending.saturating_sub(1);
         if self.phase == Phase::Announcing && self.announces_pending == 0 {
@@ -642,6 +667,67 @@ mod tests {
         l.advance(&mut ann);
         // K = 1: the closest node gets the announce although its id is not a BEP 42 id.
         assert_eq!(ann.iter().map(|a| a.1).collect::<Vec<_>>(), vec![plain.id]);
+    }
+
+    /// A failed announce (a node that gave a token and swallowed the announce) passes its
+    /// slot to the next closest token holder; the lookup ends when every slot has an
+    /// answer or no spare is left.
+    #[test]
+    fn a_failed_announce_passes_its_slot_to_the_next_token_holder() {
+        let k = 3;
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::Announce { port: Some(1) },
+            NodeId([0xee; 20]),
+            8,
+            k,
+        );
+        let holders: Vec<Contact> = (1..=5u8)
+            .map(|i| {
+                Contact::new(
+                    NodeId([i; 20]),
+                    SocketAddrV4::new([127, 0, 3, i].into(), 6881),
+                )
+            })
+            .collect();
+        for c in &holders {
+            l.add_candidate(*c);
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        let mut new = Vec::new();
+        for c in &holders {
+            l.on_reply(
+                &SearchReply {
+                    from: c.addr,
+                    was_slow: false,
+                    id: c.id,
+                    nodes: &[],
+                    token: Token::new(b"t"),
+                    values: &[],
+                },
+                &mut new,
+            );
+        }
+        let ids =
+            |v: &Vec<(SocketAddrV4, NodeId, Token)>| v.iter().map(|a| a.1.0[0]).collect::<Vec<_>>();
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(ids(&ann), vec![1, 2, 3], "the K closest first");
+        l.on_announce_result(true);
+        l.on_announce_result(false); // node 2 swallowed it
+        l.advance(&mut ann);
+        assert_eq!(ids(&ann), vec![4], "its slot goes to the next holder");
+        l.on_announce_result(false); // node 3 too
+        l.advance(&mut ann);
+        assert_eq!(ids(&ann), vec![5]);
+        assert_eq!(l.phase(), Phase::Announcing);
+        l.on_announce_result(true); // node 4
+        l.on_announce_result(false); // node 5: no spare left, the slot is lost
+        l.advance(&mut ann);
+        assert!(ann.is_empty());
+        assert_eq!(l.phase(), Phase::Done);
+        assert_eq!(l.announced, 2);
     }
 
     #[test]

@@ -804,7 +804,15 @@ impl Node {
             slot.lookup.next_queries(&mut queries);
             if queries.is_empty() {
                 slot.lookup.advance(&mut announce);
-                self.send_announces(now, id, target, kind, &mut announce);
+                // An unsendable announce passes its slot to a spare token holder, which
+                // the next `advance` hands out: go round until nothing new is to be sent.
+                while !announce.is_empty() {
+                    self.send_announces(now, id, target, kind, &mut announce);
+                    match self.lookups.get_mut(&id) {
+                        Some(slot) => slot.lookup.advance(&mut announce),
+                        None => break,
+                    }
+                }
                 break;
             }
             // A refused send frees its slot at once: go round again for replacements.
