@@ -412,6 +412,20 @@ async fn crawler_serves_live_metrics_and_detects_a_stall() {
         "{body}"
     );
     assert!(body.contains("dht_crawl_infohashes 0"), "{body}");
+    // Health beyond the counts: answers, queue depths, store write latency, memory.
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(value("dht_crawl_responses_total") > 0.0, "{body}");
+    assert!(value("dht_crawl_query_failures_total") >= 0.0, "{body}");
+    assert!(value("dht_crawl_queries_in_flight") >= 0.0, "{body}");
+    assert!(value("dht_crawl_store_pending") >= 0.0, "{body}");
+    assert!(value("dht_crawl_store_flushes_total") >= 1.0, "{body}");
+    assert!(value("dht_crawl_store_flush_seconds_max") >= 0.0, "{body}");
+    assert!(value("dht_crawl_resident_memory_bytes") > 1e6, "{body}");
     assert!(stats["crawl"]["stalls"].as_u64().unwrap() >= 1, "{stats}");
     assert_eq!(page_code, 200);
     assert!(page.contains("id=\"stat-stalls\""), "{page}");

@@ -50,6 +50,23 @@ pub struct CrawlStatus {
     pub stalled: bool,
     /// Stalls detected (each one warned about and answered with a re-bootstrap).
     pub stalls: u64,
+    /// Answers to the walk's queries, and its queries that failed (timeout, error, refused).
+    pub responses: u64,
+    pub query_failures: u64,
+    /// Infohashes in BEP 51 samples (with repeats), and those of them new to the store: the
+    /// rediscovery ratio is `1 - samples_new / samples`.
+    pub samples: u64,
+    pub samples_new: u64,
+    /// Queue depths at the last status: walk queries in flight, sightings waiting for the
+    /// next store flush.
+    pub queries_in_flight: usize,
+    pub store_pending: usize,
+    /// Store flushes, and how long the last and the slowest one took (write latency).
+    pub flushes: u64,
+    pub flush_last: Duration,
+    pub flush_max: Duration,
+    /// Resident memory of the process in bytes (0 where `/proc` is missing).
+    pub rss_bytes: u64,
 }
 
 impl std::fmt::Display for CrawlStatus {
@@ -195,6 +212,8 @@ impl Crawl {
         let now = Instant::now();
         match r {
             Ok(resp) => {
+                self.status.responses += 1;
+                self.status.samples += resp.samples().count() as u64;
                 let store = &self.store;
                 self.walker.on_reply(
                     now,
@@ -203,12 +222,14 @@ impl Crawl {
                     |ih| !store.is_known(ih),
                     &mut self.samples,
                 );
+                self.status.samples_new += self.samples.len() as u64;
                 for ih in &self.samples {
                     self.store.note(*ih, HOW_SAMPLE, None);
                 }
             }
             Err(DhtError::Stopped) => return false,
             Err(DhtError::Ping(e)) => {
+                self.status.query_failures += 1;
                 let e = match e {
                     PingError::Timeout | PingError::WrongId => WalkError::Timeout,
                     PingError::Remote(code, _) => WalkError::Remote(code),
@@ -234,7 +255,13 @@ impl Crawl {
     /// Makes everything durable, then reports the new records (out file, channel,
     /// metadata queue).
     fn flush(&mut self) -> Result<(), CrawlError> {
-        let flushed = match off_the_loop(|| self.store.flush()) {
+        let started = Instant::now();
+        let flushed = off_the_loop(|| self.store.flush());
+        let took = started.elapsed();
+        self.status.flushes += 1;
+        self.status.flush_last = took;
+        self.status.flush_max = self.status.flush_max.max(took);
+        let flushed = match flushed {
             Ok(f) => {
                 if self.store_down {
                     self.store_down = false;
@@ -468,6 +495,9 @@ pub async fn run(
                 c.status.queries_per_sec = q.saturating_sub(last_status.2) as f64 / secs;
                 last_status = (now, c.status.infohashes, q);
                 let w = c.walker.stats();
+                c.status.queries_in_flight = tasks.len();
+                c.status.store_pending = c.store.pending();
+                c.status.rss_bytes = crate::util::rss_bytes();
                 c.status.nodes_known = w.nodes_known;
                 c.status.visited = w.visited;
                 c.status.elapsed = now - started;

@@ -606,6 +606,76 @@ pub fn render_metrics(status: Option<&CrawlStatus>, totals: Option<(u64, u64)>) 
             s.stalls as f64,
         );
         metric(
+            "dht_crawl_responses_total",
+            "counter",
+            "Answers to the walk's queries.",
+            s.responses as f64,
+        );
+        metric(
+            "dht_crawl_query_failures_total",
+            "counter",
+            "Walk queries that failed (timeouts, errors, refusals).",
+            s.query_failures as f64,
+        );
+        metric(
+            "dht_crawl_samples_total",
+            "counter",
+            "Infohashes received in BEP 51 samples, with repeats.",
+            s.samples as f64,
+        );
+        metric(
+            "dht_crawl_samples_new_total",
+            "counter",
+            "Sampled infohashes that were new to the store.",
+            s.samples_new as f64,
+        );
+        metric(
+            "dht_crawl_rediscovery_ratio",
+            "gauge",
+            "Share of sampled infohashes already known (1 - new / all).",
+            if s.samples == 0 {
+                0.0
+            } else {
+                1.0 - s.samples_new as f64 / s.samples as f64
+            },
+        );
+        metric(
+            "dht_crawl_queries_in_flight",
+            "gauge",
+            "Walk queries waiting for an answer.",
+            s.queries_in_flight as f64,
+        );
+        metric(
+            "dht_crawl_store_pending",
+            "gauge",
+            "Sightings buffered for the next store flush.",
+            s.store_pending as f64,
+        );
+        metric(
+            "dht_crawl_store_flushes_total",
+            "counter",
+            "Store flushes.",
+            s.flushes as f64,
+        );
+        metric(
+            "dht_crawl_store_flush_seconds",
+            "gauge",
+            "How long the last store flush took (write latency).",
+            s.flush_last.as_secs_f64(),
+        );
+        metric(
+            "dht_crawl_store_flush_seconds_max",
+            "gauge",
+            "The slowest store flush so far.",
+            s.flush_max.as_secs_f64(),
+        );
+        metric(
+            "dht_crawl_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the crawler process.",
+            s.rss_bytes as f64,
+        );
+        metric(
             "dht_crawl_uptime_seconds",
             "gauge",
             "Seconds since the crawl started.",
@@ -684,6 +754,9 @@ mod tests {
             infohashes: 7,
             stalled: true,
             stalls: 2,
+            samples: 40,
+            samples_new: 10,
+            flush_last: std::time::Duration::from_millis(250),
             ..Default::default()
         };
         let text = render_metrics(Some(&s), Some((9, 3)));
@@ -693,6 +766,9 @@ mod tests {
             "dht_crawl_stalled 1\n",
             "dht_crawl_store_records 9\n",
             "dht_crawl_store_metadata_records 3\n",
+            "dht_crawl_rediscovery_ratio 0.75\n",
+            "dht_crawl_store_flush_seconds 0.25\n",
+            "# TYPE dht_crawl_resident_memory_bytes gauge\n",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }

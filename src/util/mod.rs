@@ -12,3 +12,12 @@ mod token_bucket;
 
 pub use atomic::{atomic_write, atomic_write_async, atomic_write_with};
 pub use token_bucket::TokenBucket;
+
+/// Resident memory of this process in bytes, from `/proc/self/statm` (0 where it is
+/// missing): what operators graph to see a store or a queue grow.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
