@@ -280,8 +280,9 @@ impl Router {
     fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], method: &Method) {
         self.stats.queries_by_method.count(method);
         let id = self.id;
-        if let Method::AnnouncePeer { .. } = method {
-            // No peer storage here: say so rather than pretend.
+        if let Method::AnnouncePeer { .. } | Method::Put(_) = method {
+            // No peer or item storage here: say so rather than pretend. (A BEP 44 `get` is
+            // answered below like `find_node`: nodes, no value and no token.)
             if self.emit(now, from, true, |out| {
                 krpc::encode_error(
                     out,
