@@ -17,7 +17,8 @@ use sha1::{Digest, Sha1};
 
 use crate::dht::id::NodeId;
 use crate::dht::krpc::{
-    ERR_BAD_SIGNATURE, ERR_CAS_MISMATCH, ERR_SEQ_TOO_OLD, ItemReply, MutablePut, PutArgs,
+    ERR_BAD_SIGNATURE, ERR_CAS_MISMATCH, ERR_SEQ_TOO_OLD, ItemReply, MAX_ITEM_VALUE, MutablePut,
+    PutArgs,
 };
 
 /// Bounds and lifetime of the item store.
@@ -34,14 +35,21 @@ pub struct ItemStoreConfig {
 /// Default `max_items`, as libtorrent.
 pub const DEFAULT_MAX_ITEMS: usize = 700;
 
-impl Default for ItemStoreConfig {
-    fn default() -> Self {
+impl ItemStoreConfig {
+    /// At most `n` items, and the bytes of `n` maximum-size items (so the byte cap only bites
+    /// when the count is raised without thought to memory, never before the count does).
+    pub fn with_max_items(n: usize) -> Self {
         ItemStoreConfig {
-            max_items: DEFAULT_MAX_ITEMS,
-            // Room for the default count of maximum-size mutable items.
-            max_bytes: DEFAULT_MAX_ITEMS * (1000 + ITEM_OVERHEAD),
+            max_items: n,
+            max_bytes: n.saturating_mul(MAX_ITEM_VALUE + ITEM_OVERHEAD),
             ttl: Duration::from_secs(2 * 3600),
         }
+    }
+}
+
+impl Default for ItemStoreConfig {
+    fn default() -> Self {
+        ItemStoreConfig::with_max_items(DEFAULT_MAX_ITEMS)
     }
 }
 
