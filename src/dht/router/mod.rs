@@ -684,4 +684,40 @@ mod tests {
         assert_eq!(st.dropped_rate_limited, 6);
         assert_eq!(st.banned_ips, 1);
     }
+
+    /// BEP 44: a router stores nothing, so `put` is refused like `announce_peer`, and `get`
+    /// is answered like `find_node` (nodes only: no value, no token).
+    #[test]
+    fn bep44_put_is_refused_and_get_gets_nodes() {
+        let (mut r, now) = router(RouterConfig::default());
+        let a: SocketAddrV4 = "127.83.0.2:6881".parse().unwrap();
+        let target = NodeId([6; 20]);
+        let put = query(
+            QueryArgs::Put {
+                token: b"x",
+                v: b"1:x",
+                mutable: None,
+            },
+            NodeId([2; 20]),
+            false,
+        );
+        r.handle_datagram(now, SocketAddr::V4(a), &put);
+        let m = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
+        assert!(matches!(m.body, Body::Error(e) if e.code == 204));
+        let get = query(
+            QueryArgs::Get {
+                target: &target,
+                seq: None,
+            },
+            NodeId([2; 20]),
+            false,
+        );
+        r.handle_datagram(now, SocketAddr::V4(a), &get);
+        let m = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
+        let Body::Response(resp) = m.body else {
+            panic!("get not answered: {m:?}");
+        };
+        assert!(resp.nodes.is_some());
+        assert!(resp.token.is_none());
+    }
 }
