@@ -7,8 +7,8 @@ use std::net::SocketAddrV4;
 use serde_bencode::value::Value;
 use trackerless::dht::id::NodeId;
 use trackerless::dht::krpc::{
-    self, Body, DecodeError, ErrorBody, Message, Method, Query, QueryArgs, Response, ResponseBody,
-    Tid, Token, Version,
+    self, Body, DecodeError, ErrorBody, ItemReply, Message, Method, MutablePut, Query, QueryArgs,
+    Response, ResponseBody, Tid, Token, Version,
 };
 
 fn id(s: &[u8; 20]) -> NodeId {
@@ -155,6 +155,23 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     let token = b"tok123";
     let ip: SocketAddrV4 = "127.1.2.3:6881".parse().unwrap();
     let version = b"TK\x00\x01";
+    let item_v = b"d1:ai1e1:bl1:xee";
+    let item_v_tree = dict(vec![
+        (b"a", Value::Int(1)),
+        (b"b", Value::List(vec![b(b"x")])),
+    ]);
+    let salted = MutablePut {
+        k: [0x33; 32],
+        salt: b"salt".to_vec(),
+        seq: 7,
+        sig: [0x44; 64],
+        cas: Some(6),
+    };
+    let unsalted = MutablePut {
+        salt: Vec::new(),
+        cas: None,
+        ..salted.clone()
+    };
 
     let shapes: Vec<(QueryArgs, Entries)> = vec![
         (QueryArgs::Ping, vec![]),
@@ -197,6 +214,58 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
             QueryArgs::SampleInfohashes { target: &target },
             vec![(b"target", b(&target.0))],
         ),
+        (
+            QueryArgs::Get {
+                target: &target,
+                seq: None,
+            },
+            vec![(b"target", b(&target.0))],
+        ),
+        (
+            QueryArgs::Get {
+                target: &target,
+                seq: Some(-1),
+            },
+            vec![(b"seq", Value::Int(-1)), (b"target", b(&target.0))],
+        ),
+        (
+            QueryArgs::Put {
+                token,
+                v: item_v,
+                mutable: None,
+            },
+            vec![(b"token", b(token)), (b"v", item_v_tree.clone())],
+        ),
+        (
+            QueryArgs::Put {
+                token,
+                v: item_v,
+                mutable: Some(&salted),
+            },
+            vec![
+                (b"cas", Value::Int(6)),
+                (b"k", b(&[0x33; 32])),
+                (b"salt", b(b"salt")),
+                (b"seq", Value::Int(7)),
+                (b"sig", b(&[0x44; 64])),
+                (b"token", b(token)),
+                (b"v", item_v_tree.clone()),
+            ],
+        ),
+        (
+            QueryArgs::Put {
+                token,
+                v: item_v,
+                mutable: Some(&unsalted),
+            },
+            vec![
+                (b"k", b(&[0x33; 32])),
+                (b"seq", Value::Int(7)),
+                (b"sig", b(&[0x44; 64])),
+                (b"token", b(token)),
+                (b"v", item_v_tree.clone()),
+            ],
+        ),
     ];
     for (args, extra) in shapes {
         for read_only in [false, true] {
@@ -208,6 +277,8 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
                 QueryArgs::GetPeers { .. } => b"get_peers",
                 QueryArgs::AnnouncePeer { .. } => b"announce_peer",
                 QueryArgs::SampleInfohashes { .. } => b"sample_infohashes",
+                QueryArgs::Get { .. } => b"get",
+                QueryArgs::Put { .. } => b"put",
             };
             let mut top = vec![
                 (&b"a"[..], dict(a)),
@@ -222,7 +293,44 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
             let mut ours = Vec::new();
             krpc::encode_query(&mut ours, b"xy", &me, &args, read_only, Some(version));
             assert_eq!(ours, canonical(&dict(top)), "{args:?} ro={read_only}");
+            // And the decoder reads back what was encoded (the value's bytes as sent).
+            let m = krpc::decode(&ours).unwrap();
+            let mut again = Vec::new();
+            krpc::encode_message(&mut again, &m);
+            assert_eq!(again, ours, "{args:?}");
         }
+    }
+
+    // BEP 44 get replies, with and without a (mutable) item.
+    let nodes = [5u8; 26];
+    for item in [
+        None,
+        Some(ItemReply {
+            v: item_v,
+            mutable: None,
+        }),
+        Some(ItemReply {
+            v: item_v,
+            mutable: Some((&[0x33; 32], 7, &[0x44; 64])),
+        }),
+    ] {
+        let mut ours = Vec::new();
+        krpc::encode_get_response(&mut ours, b"g1", &me, &nodes, Some(token), item, None, None);
+        let mut r = vec![
+            (&b"id"[..], b(&me.0)),
+            (b"nodes", b(&nodes)),
+            (b"token", b(token)),
+        ];
+        if let Some(i) = item {
+            r.push((b"v", item_v_tree.clone()));
+            if i.mutable.is_some() {
+                r.push((b"k", b(&[0x33; 32])));
+                r.push((b"seq", Value::Int(7)));
+                r.push((b"sig", b(&[0x44; 64])));
+            }
+        }
+        let want = dict(vec![(b"r", dict(r)), (b"t", b(b"g1")), (b"y", b(b"r"))]);
+        assert_eq!(ours, canonical(&want), "{item:?}");
     }
 
     let nodes = [7u8; 52];

@@ -169,9 +169,10 @@ impl Net {
         let target = match q.method {
             Method::FindNode { target }
             | Method::SampleInfohashes { target }
-            | Method::Unknown { target } => Some(target),
+            | Method::Unknown { target }
+            | Method::Get { target, .. } => Some(target),
             Method::GetPeers { info_hash } => Some(info_hash),
-            Method::Ping | Method::AnnouncePeer { .. } => None,
+            Method::Ping | Method::AnnouncePeer { .. } | Method::Put(_) => None,
         };
         let pool = match kind {
             Kind::Honest => &self.honest,

@@ -93,6 +93,16 @@ Commands (INFOHASH/TARGET = 40 hex chars; every IP argument must be in
   get_immutable TARGET       -> {"ok":true}; later {"event":"item","target":..,
                                  "found":bool,"value":<item, bytes as str or
                                  {"hex":..}>} (not found: value "")
+  put_mutable SEEDHEX VALUE [SALT]
+                             -> {"ok":true,"public_key":"hex","target":"hex"}
+                                 (ed25519 key from the 32-byte seed; the item is
+                                 the bencoded string VALUE, seq as libtorrent picks:
+                                 one above what its get found); later a "put"
+                                 event (target, public_key, seq, num_success)
+  get_mutable PUBKEYHEX [SALT]
+                             -> {"ok":true}; later {"event":"mutable_item",
+                                 "public_key":..,"salt":..,"seq":n,"value":..,
+                                 "authoritative":bool}
   ping                       -> {"ok":true,"pong":true}
   quit                       -> {"ok":true} then clean shutdown, exit 0.
                                  EOF on stdin (or SIGTERM) also exits 0.
@@ -285,6 +295,26 @@ def node_entry(n):
     if isinstance(n, dict):
         return {"id": hexhash(n["nid"]), "addr": ep_str(n["endpoint"])}
     return {"id": hexhash(n[0]), "addr": ep_str(n[1])}
+
+
+def ed25519_keypair(seed):
+    """(public key, libtorrent's 64-byte secret key) for a 32-byte seed.
+
+    The bindings take the secret key in ref10's expanded form (clamped SHA-512 of the seed)
+    but expose no keypair function; the public key comes from the `cryptography` package.
+    """
+    import hashlib
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    if len(seed) != 32:
+        raise ValueError("seed must be 32 bytes")
+    pk = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    h = bytearray(hashlib.sha512(seed).digest())
+    h[0] &= 248
+    h[31] &= 63
+    h[31] |= 64
+    return pk, bytes(h)
 
 
 def jsonable(v):
@@ -486,7 +516,12 @@ class Node:
                   "samples": [hexhash(s) for s in a.samples],
                   "nodes": [node_entry(n) for n in a.nodes]})
         elif name == "dht_put_alert":
-            emit({"event": "put", "target": hexhash(a.target), "num_success": a.num_success})
+            emit({"event": "put", "target": hexhash(a.target), "num_success": a.num_success,
+                  "public_key": bytes(a.public_key).hex(), "seq": a.seq})
+        elif name == "dht_mutable_item_alert":
+            emit({"event": "mutable_item", "public_key": bytes(a.key).hex(),
+                  "salt": jsonable(a.salt), "seq": a.seq, "value": jsonable(a.item),
+                  "authoritative": bool(a.authoritative)})
         elif name == "dht_immutable_item_alert":
             v = jsonable(a.item)
             emit({"event": "item", "target": hexhash(a.target), "found": v not in (None, ""), "value": v})
@@ -697,6 +732,18 @@ class Node:
         self.ses.dht_get_immutable_item(parse_ih(args[0]))
         return {}
 
+    def cmd_put_mutable(self, args):
+        pk, sk = ed25519_keypair(bytes.fromhex(args[0]))
+        salt = args[2].encode() if len(args) > 2 else b""
+        self.ses.dht_put_mutable_item(sk, pk, args[1].encode(), salt)
+        import hashlib
+        return {"public_key": pk.hex(), "target": hashlib.sha1(pk + salt).hexdigest()}
+
+    def cmd_get_mutable(self, args):
+        salt = args[1].encode() if len(args) > 1 else b""
+        self.ses.dht_get_mutable_item(bytes.fromhex(args[0]), salt)
+        return {}
+
     def cmd_ping(self, args):
         return {"pong": True}
 
@@ -706,6 +753,7 @@ class Node:
         "seed_default": 1, "add_torrent_file": 2,
         "torrent_status": 1, "dht_announce_torrent": 1, "sample_infohashes": 3,
         "put_immutable": 1, "get_immutable": 1, "ping": 0,
+        "put_mutable": 2, "get_mutable": 1,
     }
 
     def dispatch(self, line):

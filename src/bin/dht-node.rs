@@ -33,6 +33,9 @@ struct Cli {
     /// Most peers kept per infohash.
     #[arg(long, value_name = "N", default_value_t = 500)]
     max_peers: usize,
+    /// Most BEP 44 items (immutable and mutable) kept; bytes are capped at N full-size items.
+    #[arg(long, value_name = "N", default_value_t = 700)]
+    max_items: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -82,6 +85,7 @@ async fn run_node(cli: &Cli) {
     let mut cfg = cli.net.dht_config().unwrap_or_else(|e| cli::fail(e));
     cfg.node.store.max_infohashes = cli.max_infohashes;
     cfg.node.store.max_peers_per_infohash = cli.max_peers;
+    cfg.node.items = trackerless::dht::items::ItemStoreConfig::with_max_items(cli.max_items);
     let metrics_listener = bind_metrics(cli).await;
     let dht = Dht::spawn(cfg.clone()).unwrap_or_else(|e| cli::fail(e));
     tracing::info!(

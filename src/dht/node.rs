@@ -20,6 +20,9 @@ use rand::rngs::StdRng;
 use crate::dht::allow::AllowList;
 use crate::dht::bep42::{self, IpVoter};
 use crate::dht::id::{Contact, InfoHash, NodeId};
+use crate::dht::items::{ItemStore, ItemStoreConfig};
+
+mod bep44;
 use crate::dht::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
@@ -49,6 +52,8 @@ pub struct Config {
     pub local_addr: Option<SocketAddrV4>,
     pub routing: RoutingConfig,
     pub store: StoreConfig,
+    /// BEP 44 item store bounds.
+    pub items: ItemStoreConfig,
     /// Outbound allow-list, enforced on every datagram.
     pub allow: AllowList,
     /// Queries in flight per lookup.
@@ -93,6 +98,7 @@ impl Default for Config {
             local_addr: None,
             routing: RoutingConfig::default(),
             store: StoreConfig::default(),
+            items: ItemStoreConfig::default(),
             allow: AllowList::any(),
             alpha: 3,
             short_timeout: Duration::from_millis(1000),
@@ -215,7 +221,8 @@ impl MethodCounts {
             Method::GetPeers { .. } => self.get_peers += 1,
             Method::AnnouncePeer { .. } => self.announce_peer += 1,
             Method::SampleInfohashes { .. } => self.sample_infohashes += 1,
-            Method::Unknown { .. } => self.other += 1,
+            // BEP 44 queries are counted with the unknown methods (no metrics schema change).
+            Method::Unknown { .. } | Method::Get { .. } | Method::Put(_) => self.other += 1,
         }
     }
 }
@@ -364,6 +371,8 @@ pub struct Node {
     txns: Transactions<Purpose>,
     tokens: TokenSecrets,
     store: PeerStore,
+    /// BEP 44 items (served by `bep44.rs`).
+    items: ItemStore,
     lookups: HashMap<LookupId, LookupSlot>,
     next_lookup: u64,
     next_request: u64,
@@ -441,6 +450,7 @@ impl Node {
             ),
             tokens,
             store: PeerStore::new(config.store.clone()),
+            items: ItemStore::new(config.items.clone()),
             lookups: HashMap::new(),
             next_lookup: 1,
             next_request: 1,
@@ -1035,6 +1045,12 @@ impl Node {
     }
 
     fn answer_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query) {
+        let method = match q.method {
+            // BEP 44 replies have their own shape; see bep44.rs.
+            Method::Get { target, seq } => return self.answer_get(now, from, tid, target, seq),
+            Method::Put(p) => return self.answer_put(now, from, tid, &p),
+            m => m,
+        };
         let k = self.config.routing.k;
         let mut body = ResponseBody::id_only(&self.id);
         let mut contacts = std::mem::take(&mut self.scratch_contacts);
@@ -1052,7 +1068,8 @@ impl Node {
                 c.write_compact(nodes);
             }
         };
-        match q.method {
+        match method {
+            Method::Get { .. } | Method::Put(_) => {}
             Method::Ping => {}
             Method::FindNode { target } | Method::Unknown { target } => {
                 closest(&self.table, &target, &mut contacts, &mut nodes);
@@ -1374,6 +1391,7 @@ impl Node {
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_INTERVAL;
             self.store.sweep(now);
+            self.items.sweep(now);
             if let Some(l) = &mut self.limiter {
                 l.sweep(now);
             }

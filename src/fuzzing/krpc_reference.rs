@@ -40,7 +40,8 @@ use serde_bencode::value::Value;
 
 use crate::dht::id::NodeId;
 use crate::dht::krpc::{
-    Body, DecodeError, ErrorBody, Message, Method, Query, Response, Tid, Token, Version,
+    Body, DecodeError, ErrorBody, Message, Method, MutablePut, PutArgs, Query, Response, Tid,
+    Token, Version,
 };
 
 /// The largest datagram read at all (a UDP payload cannot be larger; BEP 5 messages are
@@ -61,6 +62,11 @@ const COMPACT_PEER_BYTES: usize = 6;
 const GENERIC_ERROR: i64 = 201;
 const PROTOCOL_ERROR: i64 = 203;
 const METHOD_UNKNOWN: i64 = 204;
+/// BEP 44 error codes and limits.
+const VALUE_TOO_BIG: i64 = 205;
+const SALT_TOO_BIG: i64 = 207;
+const MAX_VALUE: usize = 1000;
+const MAX_SALT: usize = 64;
 
 /// The policy knobs, and two deliberately wrong rules that only the test of the
 /// differential test turns on (it checks that each makes the comparison fail).
@@ -384,6 +390,11 @@ fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
         b"sample_infohashes" => Method::SampleInfohashes {
             target: need("target")?,
         },
+        b"get" => Method::Get {
+            target: need("target")?,
+            seq: int(a, "seq"),
+        },
+        b"put" => Method::Put(Box::new(put(a, rules)?)),
         _ => Method::Unknown {
             target: id(a, "target", rules)
                 .or_else(|| id(a, "info_hash", rules))
@@ -391,6 +402,43 @@ fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
         },
     };
     Ok(Query { id: sender, method })
+}
+
+/// BEP 44 `put`. The value is re-encoded from the parsed tree, so this agrees with the real
+/// decoder (which keeps `v`'s bytes as sent) only for canonically encoded values: sorted
+/// keys, no leading zeros. Token first, then `v` (205 when over 1000 bytes), then, for a
+/// mutable put (`k` or `sig` present), `salt` (207 over 64 bytes), a 32-byte `k`, a 64-byte
+/// `sig` and an integer `seq`.
+fn put(a: &Dict, rules: &Rules) -> Result<PutArgs, i64> {
+    let token = bytes(a, "token")
+        .filter(|t| t.len() <= rules.max_token)
+        .and_then(Token::new)
+        .ok_or(PROTOCOL_ERROR)?;
+    let v = a.get(&b"v"[..]).ok_or(PROTOCOL_ERROR)?;
+    let v = serde_bencode::to_bytes(v).map_err(|_| PROTOCOL_ERROR)?;
+    if v.len() > MAX_VALUE {
+        return Err(VALUE_TOO_BIG);
+    }
+    let mutable = if bytes(a, "k").is_some() || bytes(a, "sig").is_some() {
+        let salt = bytes(a, "salt").unwrap_or(&[]);
+        if salt.len() > MAX_SALT {
+            return Err(SALT_TOO_BIG);
+        }
+        Some(MutablePut {
+            k: bytes(a, "k")
+                .and_then(|k| k.try_into().ok())
+                .ok_or(PROTOCOL_ERROR)?,
+            salt: salt.to_vec(),
+            sig: bytes(a, "sig")
+                .and_then(|k| k.try_into().ok())
+                .ok_or(PROTOCOL_ERROR)?,
+            seq: int(a, "seq").ok_or(PROTOCOL_ERROR)?,
+            cas: int(a, "cas"),
+        })
+    } else {
+        None
+    };
+    Ok(PutArgs { token, v, mutable })
 }
 
 fn response(top: &Dict, rules: &Rules) -> Option<Response> {

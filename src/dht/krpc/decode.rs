@@ -28,7 +28,8 @@ use std::fmt;
 use std::net::SocketAddrV4;
 
 use super::{
-    Body, ERR_GENERIC, ERR_METHOD_UNKNOWN, ERR_PROTOCOL, ErrorBody, MAX_DATAGRAM, Message, Method,
+    Body, ERR_GENERIC, ERR_METHOD_UNKNOWN, ERR_PROTOCOL, ERR_SALT_TOO_BIG, ERR_VALUE_TOO_BIG,
+    ErrorBody, MAX_DATAGRAM, MAX_ITEM_SALT, MAX_ITEM_VALUE, Message, Method, MutablePut, PutArgs,
     Query, Response, Tid, Token, Version,
 };
 use crate::bencode::{self, ScanError};
@@ -226,6 +227,18 @@ impl<'a> Cursor<'a> {
                 b"samples" => bag.samples = self.bytes_or_absent(2)?,
                 b"interval" => bag.interval = self.int_or_absent(2)?,
                 b"num" => bag.num = self.int_or_absent(2)?,
+                // BEP 44. `v` is any bencoded value: kept as its raw bytes, because the
+                // immutable target and the signature are computed over exactly those.
+                b"v" => {
+                    let start = self.pos;
+                    self.skip(2)?;
+                    bag.v = self.buf.get(start..self.pos);
+                }
+                b"k" => bag.k = self.bytes_or_absent(2)?,
+                b"salt" => bag.salt = self.bytes_or_absent(2)?,
+                b"sig" => bag.sig = self.bytes_or_absent(2)?,
+                b"seq" => bag.seq = self.int_or_absent(2)?,
+                b"cas" => bag.cas = self.int_or_absent(2)?,
                 _ => self.skip(2)?,
             }
         }
@@ -249,6 +262,12 @@ struct Bag<'a> {
     samples: Option<&'a [u8]>,
     interval: Option<i64>,
     num: Option<i64>,
+    v: Option<&'a [u8]>,
+    k: Option<&'a [u8]>,
+    salt: Option<&'a [u8]>,
+    sig: Option<&'a [u8]>,
+    seq: Option<i64>,
+    cas: Option<i64>,
 }
 
 /// The elements of an `e` list, each absent when missing or mistyped.
@@ -392,12 +411,60 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag<'_>>) -> Result<Query, Decode
         b"sample_infohashes" => Method::SampleInfohashes {
             target: id20(a.target).ok_or_else(|| bad("missing or invalid target"))?,
         },
+        b"get" => Method::Get {
+            target: id20(a.target).ok_or_else(|| bad("missing or invalid target"))?,
+            seq: a.seq,
+        },
+        b"put" => Method::Put(Box::new(put_args(tid, &a)?)),
         _ => match id20(a.target).or_else(|| id20(a.info_hash)) {
             Some(target) => Method::Unknown { target },
             None => return Err(unknown),
         },
     };
     Ok(Query { id, method })
+}
+
+/// BEP 44 `put` arguments. Size limits get their own error codes (205, 207); anything else
+/// missing or mistyped is a protocol error. A query with `k` or `sig` is a mutable put.
+fn put_args(tid: Tid, a: &Bag<'_>) -> Result<PutArgs, DecodeError> {
+    let err = |code, reason| DecodeError::BadQuery { tid, code, reason };
+    let bad = |reason| err(ERR_PROTOCOL, reason);
+    let token = a
+        .token
+        .and_then(Token::new)
+        .ok_or_else(|| bad("missing or invalid token"))?;
+    let v = a.v.ok_or_else(|| bad("missing v"))?;
+    if v.len() > MAX_ITEM_VALUE {
+        return Err(err(ERR_VALUE_TOO_BIG, "v too big"));
+    }
+    let mutable = if a.k.is_some() || a.sig.is_some() {
+        let salt = a.salt.unwrap_or(&[]);
+        if salt.len() > MAX_ITEM_SALT {
+            return Err(err(ERR_SALT_TOO_BIG, "salt too big"));
+        }
+        let k =
+            a.k.and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .ok_or_else(|| bad("missing or invalid k"))?;
+        let sig = a
+            .sig
+            .and_then(|s| <[u8; 64]>::try_from(s).ok())
+            .ok_or_else(|| bad("missing or invalid sig"))?;
+        let seq = a.seq.ok_or_else(|| bad("missing or invalid seq"))?;
+        Some(MutablePut {
+            k,
+            salt: salt.to_vec(),
+            seq,
+            sig,
+            cas: a.cas,
+        })
+    } else {
+        None
+    };
+    Ok(PutArgs {
+        token,
+        v: v.to_vec(),
+        mutable,
+    })
 }
 
 fn response(r: Option<Bag<'_>>) -> Result<Response, DecodeError> {

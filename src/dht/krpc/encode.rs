@@ -4,7 +4,7 @@
 
 use std::net::SocketAddrV4;
 
-use super::{Body, Message, Method};
+use super::{Body, Message, Method, MutablePut};
 use crate::dht::id::{InfoHash, NodeId, compact_peer_bytes};
 
 /// Arguments of an outgoing query, borrowed so sending allocates nothing.
@@ -26,6 +26,17 @@ pub enum QueryArgs<'a> {
     SampleInfohashes {
         target: &'a NodeId,
     },
+    /// BEP 44.
+    Get {
+        target: &'a NodeId,
+        seq: Option<i64>,
+    },
+    /// BEP 44; `v` is already bencoded.
+    Put {
+        token: &'a [u8],
+        v: &'a [u8],
+        mutable: Option<&'a MutablePut>,
+    },
 }
 
 impl QueryArgs<'_> {
@@ -37,6 +48,8 @@ impl QueryArgs<'_> {
             QueryArgs::GetPeers { .. } => b"9:get_peers",
             QueryArgs::AnnouncePeer { .. } => b"13:announce_peer",
             QueryArgs::SampleInfohashes { .. } => b"17:sample_infohashes",
+            QueryArgs::Get { .. } => b"3:get",
+            QueryArgs::Put { .. } => b"3:put",
         }
     }
 }
@@ -152,7 +165,17 @@ pub fn encode_query(
     read_only: bool,
     version: Option<&[u8]>,
 ) {
-    put_id(out, b"d1:ad2:id20:", id);
+    out.extend_from_slice(b"d1:ad");
+    // `cas` sorts before `id`.
+    if let QueryArgs::Put {
+        mutable: Some(MutablePut { cas: Some(cas), .. }),
+        ..
+    } = args
+    {
+        out.extend_from_slice(b"3:casi");
+        put_int_body(out, *cas);
+    }
+    put_id(out, b"2:id20:", id);
     match args {
         QueryArgs::Ping => {}
         QueryArgs::FindNode { target } | QueryArgs::SampleInfohashes { target } => {
@@ -173,6 +196,31 @@ pub fn encode_query(
             put_int_body(out, i64::from(*port));
             out.extend_from_slice(b"5:token");
             put_bytes(out, token);
+        }
+        QueryArgs::Get { target, seq } => {
+            if let Some(seq) = seq {
+                out.extend_from_slice(b"3:seqi");
+                put_int_body(out, *seq);
+            }
+            put_id(out, b"6:target20:", target);
+        }
+        QueryArgs::Put { token, v, mutable } => {
+            if let Some(m) = mutable {
+                out.extend_from_slice(b"1:k32:");
+                out.extend_from_slice(&m.k);
+                if !m.salt.is_empty() {
+                    out.extend_from_slice(b"4:salt");
+                    put_bytes(out, &m.salt);
+                }
+                out.extend_from_slice(b"3:seqi");
+                put_int_body(out, m.seq);
+                out.extend_from_slice(b"3:sig64:");
+                out.extend_from_slice(&m.sig);
+            }
+            out.extend_from_slice(b"5:token");
+            put_bytes(out, token);
+            out.extend_from_slice(b"1:v");
+            out.extend_from_slice(v);
         }
     }
     out.extend_from_slice(b"e1:q");
@@ -226,6 +274,58 @@ pub fn encode_response(
     trailer(out, false, tid, version, b"1:y1:r");
 }
 
+/// The value part of a BEP 44 `get` reply; `k`, `seq` and `sig` only for a mutable item.
+#[derive(Debug, Clone, Copy)]
+pub struct ItemReply<'a> {
+    /// Already bencoded.
+    pub v: &'a [u8],
+    pub mutable: Option<(&'a [u8; 32], i64, &'a [u8; 64])>,
+}
+
+/// Appends a BEP 44 `get` reply to `out` (a separate shape from [`encode_response`] so the
+/// hot `find_node`/`get_peers` replies keep their small fixed body). Keys in sorted order:
+/// `id k nodes seq sig token v`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_get_response(
+    out: &mut Vec<u8>,
+    tid: &[u8],
+    id: &NodeId,
+    nodes: &[u8],
+    token: Option<&[u8]>,
+    item: Option<ItemReply<'_>>,
+    ip: Option<SocketAddrV4>,
+    version: Option<&[u8]>,
+) {
+    out.push(b'd');
+    if let Some(ip) = ip {
+        put_ip(out, ip);
+    }
+    put_id(out, b"1:rd2:id20:", id);
+    let mutable = item.and_then(|i| i.mutable);
+    if let Some((k, _, _)) = mutable {
+        out.extend_from_slice(b"1:k32:");
+        out.extend_from_slice(k);
+    }
+    out.extend_from_slice(b"5:nodes");
+    put_bytes(out, nodes);
+    if let Some((_, seq, sig)) = mutable {
+        out.extend_from_slice(b"3:seqi");
+        put_int_body(out, seq);
+        out.extend_from_slice(b"3:sig64:");
+        out.extend_from_slice(sig);
+    }
+    if let Some(token) = token {
+        out.extend_from_slice(b"5:token");
+        put_bytes(out, token);
+    }
+    if let Some(item) = item {
+        out.extend_from_slice(b"1:v");
+        out.extend_from_slice(item.v);
+    }
+    out.push(b'e');
+    trailer(out, false, tid, version, b"1:y1:r");
+}
+
 /// Appends an error message to `out`.
 pub fn encode_error(
     out: &mut Vec<u8>,
@@ -268,6 +368,12 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
                     token: token.as_slice(),
                 },
                 Method::SampleInfohashes { target } => QueryArgs::SampleInfohashes { target },
+                Method::Get { target, seq } => QueryArgs::Get { target, seq: *seq },
+                Method::Put(p) => QueryArgs::Put {
+                    token: p.token.as_slice(),
+                    v: &p.v,
+                    mutable: p.mutable.as_ref(),
+                },
             };
             encode_query(out, m.tid.as_slice(), &q.id, &args, m.read_only, version);
         }

@@ -18,7 +18,8 @@ use std::net::SocketAddrV4;
 
 pub use decode::{DecodeError, decode};
 pub use encode::{
-    QueryArgs, ResponseBody, encode_error, encode_message, encode_query, encode_response,
+    ItemReply, QueryArgs, ResponseBody, encode_error, encode_get_response, encode_message,
+    encode_query, encode_response,
 };
 
 use crate::dht::id::{COMPACT_NODE_LEN, Contact, ID_LEN, InfoHash, NodeId, compact_nodes};
@@ -35,6 +36,21 @@ pub const ERR_SERVER: i64 = 202;
 pub const ERR_PROTOCOL: i64 = 203;
 /// Method unknown (BEP 5).
 pub const ERR_METHOD_UNKNOWN: i64 = 204;
+/// BEP 44: `v` larger than [`MAX_ITEM_VALUE`] bytes bencoded.
+pub const ERR_VALUE_TOO_BIG: i64 = 205;
+/// BEP 44: the mutable item's signature does not verify.
+pub const ERR_BAD_SIGNATURE: i64 = 206;
+/// BEP 44: `salt` longer than [`MAX_ITEM_SALT`] bytes.
+pub const ERR_SALT_TOO_BIG: i64 = 207;
+/// BEP 44: `cas` does not match the stored sequence number.
+pub const ERR_CAS_MISMATCH: i64 = 301;
+/// BEP 44: the put's sequence number is less than the stored one.
+pub const ERR_SEQ_TOO_OLD: i64 = 302;
+
+/// BEP 44: largest bencoded `v` a node must accept (and the most we store).
+pub const MAX_ITEM_VALUE: usize = 1000;
+/// BEP 44: longest `salt`.
+pub const MAX_ITEM_SALT: usize = 64;
 
 /// A short byte string stored inline, for transaction ids, tokens and version tags: they are
 /// copied into long-lived tables (transactions, lookup candidates), so avoiding a heap
@@ -134,6 +150,13 @@ pub enum Method {
     SampleInfohashes {
         target: NodeId,
     },
+    /// BEP 44 `get`: `seq` asks for the value only when ours is newer.
+    Get {
+        target: NodeId,
+        seq: Option<i64>,
+    },
+    /// BEP 44 `put` (boxed: it carries the value, and the other queries should stay small).
+    Put(Box<PutArgs>),
     /// A method we do not know but whose arguments carry a `target` or `info_hash`: answered
     /// like `find_node` for forward compatibility (libtorrent does the same), e.g. uTorrent's
     /// `vote`.
@@ -151,8 +174,34 @@ impl Method {
             Method::GetPeers { .. } => "get_peers",
             Method::AnnouncePeer { .. } => "announce_peer",
             Method::SampleInfohashes { .. } => "sample_infohashes",
+            Method::Get { .. } => "get",
+            Method::Put(_) => "put",
         }
     }
+}
+
+/// The arguments of a BEP 44 `put`, as sent (the signature is checked by the item store, after
+/// the token, so a forged put costs us a hash rather than an ed25519 verification).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutArgs {
+    pub token: Token,
+    /// The bencoded value exactly as it appeared in the query (at most [`MAX_ITEM_VALUE`]
+    /// bytes): the immutable target and the signature are computed over these bytes.
+    pub v: Vec<u8>,
+    /// Present for a mutable item (the query carried `k` or `sig`).
+    pub mutable: Option<MutablePut>,
+}
+
+/// The mutable-item fields of a `put`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MutablePut {
+    /// ed25519 public key.
+    pub k: [u8; 32],
+    /// Empty when absent (BEP 44 treats an empty salt as none).
+    pub salt: Vec<u8>,
+    pub seq: i64,
+    pub sig: [u8; 64],
+    pub cas: Option<i64>,
 }
 
 /// A response. Its meaning depends on the query it answers (matched by transaction id), so

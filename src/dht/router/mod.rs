@@ -280,14 +280,15 @@ impl Router {
     fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], method: &Method) {
         self.stats.queries_by_method.count(method);
         let id = self.id;
-        if let Method::AnnouncePeer { .. } = method {
-            // No peer storage here: say so rather than pretend.
+        if let Method::AnnouncePeer { .. } | Method::Put(_) = method {
+            // No peer or item storage here: say so rather than pretend. (A BEP 44 `get` is
+            // answered below like `find_node`: nodes, no value and no token.)
             if self.emit(now, from, true, |out| {
                 krpc::encode_error(
                     out,
                     tid,
                     ERR_GENERIC,
-                    "this is a bootstrap router: it stores no peers, announce to DHT nodes",
+                    "this is a bootstrap router: it stores no peers or items, use DHT nodes",
                     Some(from),
                     Some(VERSION),
                 )
@@ -684,5 +685,41 @@ mod tests {
         let st = r.stats(now);
         assert_eq!(st.dropped_rate_limited, 6);
         assert_eq!(st.banned_ips, 1);
+    }
+
+    /// BEP 44: a router stores nothing, so `put` is refused like `announce_peer`, and `get`
+    /// is answered like `find_node` (nodes only: no value, no token).
+    #[test]
+    fn bep44_put_is_refused_and_get_gets_nodes() {
+        let (mut r, now) = router(RouterConfig::default());
+        let a: SocketAddrV4 = "127.83.0.2:6881".parse().unwrap();
+        let target = NodeId([6; 20]);
+        let put = query(
+            QueryArgs::Put {
+                token: b"x",
+                v: b"1:x",
+                mutable: None,
+            },
+            NodeId([2; 20]),
+            false,
+        );
+        r.handle_datagram(now, SocketAddr::V4(a), &put);
+        let m = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
+        assert!(matches!(m.body, Body::Error(e) if e.code == 201));
+        let get = query(
+            QueryArgs::Get {
+                target: &target,
+                seq: None,
+            },
+            NodeId([2; 20]),
+            false,
+        );
+        r.handle_datagram(now, SocketAddr::V4(a), &get);
+        let m = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
+        let Body::Response(resp) = m.body else {
+            panic!("get not answered: {m:?}");
+        };
+        assert!(resp.nodes.is_some());
+        assert!(resp.token.is_none());
     }
 }
