@@ -7,8 +7,8 @@ use std::net::SocketAddrV4;
 use serde_bencode::value::Value;
 use trackerless::dht::id::NodeId;
 use trackerless::dht::krpc::{
-    self, Body, DecodeError, ErrorBody, ItemReply, Message, Method, MutablePut, Query, QueryArgs,
-    Response, ResponseBody, Tid, Token, Version,
+    self, Bep44Fields, Body, DecodeError, ErrorBody, ItemReply, Message, Method, MutablePut, Query,
+    QueryArgs, Response, ResponseBody, Tid, Token, Version,
 };
 
 fn id(s: &[u8; 20]) -> NodeId {
@@ -347,16 +347,35 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         samples: Some(&samples),
         interval: Some(21600),
         num: Some(-3),
+        // Every field at once: no real reply has them all, but each has its sorted place.
+        bep44: Bep44Fields {
+            v: Some(item_v),
+            k: Some(&[0x33; 32]),
+            seq: Some(7),
+            sig: Some(&[0x44; 64]),
+        },
     };
     let mut ours = Vec::new();
     krpc::encode_response(&mut ours, b"\x00\xff", &body, Some(ip), None);
+    // And it decodes to the same fields (the value's bytes as sent).
+    let Body::Response(back) = krpc::decode(&ours).unwrap().body else {
+        panic!("not a response");
+    };
+    assert_eq!(back.v.as_deref(), Some(&item_v[..]));
+    assert_eq!(back.k.as_deref(), Some(&[0x33; 32]));
+    assert_eq!(back.seq, Some(7));
+    assert_eq!(back.sig.as_deref(), Some(&[0x44; 64]));
     let r = dict(vec![
         (b"id", b(&me.0)),
         (b"interval", Value::Int(21600)),
+        (b"k", b(&[0x33; 32])),
         (b"nodes", b(&nodes)),
         (b"num", Value::Int(-3)),
         (b"samples", b(&samples)),
+        (b"seq", Value::Int(7)),
+        (b"sig", b(&[0x44; 64])),
         (b"token", b(token)),
+        (b"v", item_v_tree.clone()),
         (
             b"values",
             Value::List(

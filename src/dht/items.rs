@@ -489,6 +489,26 @@ mod tests {
         assert!(s.bytes() <= s.config().max_bytes);
     }
 
+    /// A put flood (distinct maximum-size values) never takes the store past its caps, and the
+    /// newest items are the ones kept.
+    #[test]
+    fn flood_stays_within_default_caps() {
+        let now = Instant::now();
+        let mut s = ItemStore::new(ItemStoreConfig::default());
+        let mut last = None;
+        for i in 0..5000u32 {
+            let body = format!("{i:0>996}");
+            let v = format!("{}:{body}", body.len());
+            assert_eq!(v.len(), MAX_ITEM_VALUE);
+            last = Some(s.put(&immutable(v.as_bytes()), now).unwrap());
+            assert!(s.len() <= DEFAULT_MAX_ITEMS);
+            assert!(s.bytes() <= s.config().max_bytes);
+        }
+        assert_eq!(s.len(), DEFAULT_MAX_ITEMS);
+        assert!(s.get(&last.unwrap(), now).is_some());
+        assert_eq!(s.stats().evicted, 5000 - DEFAULT_MAX_ITEMS as u64);
+    }
+
     #[test]
     fn items_expire_without_reput() {
         let t0 = Instant::now();

@@ -131,9 +131,36 @@ pub enum Verdict {
 
 impl Verdict {
     /// The verdict of the real decoder's result (reason strings and offsets dropped).
+    ///
+    /// A BEP 44 `v` is compared by value: the real decoder keeps its bytes as sent, this
+    /// reference re-encodes the parsed tree, so the real one's is canonicalized here the same
+    /// way (they differ only for non-canonical input: unsorted or repeated keys, leading
+    /// zeros). Not compared: a put whose non-canonical `v` is over 1000 bytes as sent but
+    /// not re-encoded, or the reverse (205 from one side only).
     pub fn of(result: Result<Message, DecodeError>) -> Verdict {
+        let canonical = |v: &mut Vec<u8>| {
+            if let Ok(tree) = serde_bencode::from_bytes::<Value>(v)
+                && let Ok(c) = serde_bencode::to_bytes(&tree)
+            {
+                *v = c;
+            }
+        };
         match result {
-            Ok(m) => Verdict::Message(m),
+            Ok(mut m) => {
+                match &mut m.body {
+                    Body::Response(r) => {
+                        if let Some(v) = &mut r.v {
+                            canonical(v);
+                        }
+                    }
+                    Body::Query(Query {
+                        method: Method::Put(p),
+                        ..
+                    }) => canonical(&mut p.v),
+                    _ => {}
+                }
+                Verdict::Message(m)
+            }
             Err(DecodeError::Malformed(_)) => Verdict::Drop(Drop::Malformed),
             Err(DecodeError::NotKrpc(_)) => Verdict::Drop(Drop::NotKrpc),
             Err(DecodeError::BadReply(_)) => Verdict::Drop(Drop::BadReply),
@@ -462,6 +489,14 @@ fn response(top: &Dict, rules: &Rules) -> Option<Response> {
         samples: bytes(r, "samples").map(<[u8]>::to_vec),
         interval: int(r, "interval"),
         num: int(r, "num"),
+        // BEP 44; `v` re-encoded from the tree (see `put` for when that matches).
+        v: r.get(&b"v"[..])
+            .and_then(|v| serde_bencode::to_bytes(v).ok()),
+        k: bytes(r, "k").and_then(|k| k.try_into().ok()).map(Box::new),
+        seq: int(r, "seq"),
+        sig: bytes(r, "sig")
+            .and_then(|s| s.try_into().ok())
+            .map(Box::new),
     })
 }
 

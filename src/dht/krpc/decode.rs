@@ -480,6 +480,10 @@ fn response(r: Option<Bag<'_>>) -> Result<Response, DecodeError> {
         samples: r.samples.map(<[u8]>::to_vec),
         interval: r.interval,
         num: r.num,
+        v: r.v.map(<[u8]>::to_vec),
+        k: r.k.and_then(|k| k.try_into().ok()).map(Box::new),
+        seq: r.seq,
+        sig: r.sig.and_then(|s| s.try_into().ok()).map(Box::new),
     })
 }
 

@@ -67,6 +67,18 @@ pub struct ResponseBody<'a> {
     pub samples: Option<&'a [u8]>,
     pub interval: Option<i64>,
     pub num: Option<i64>,
+    /// BEP 44 `get` reply fields.
+    pub bep44: Bep44Fields<'a>,
+}
+
+/// The BEP 44 fields of a reply, each omitted when `None`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bep44Fields<'a> {
+    /// Already bencoded.
+    pub v: Option<&'a [u8]>,
+    pub k: Option<&'a [u8; 32]>,
+    pub seq: Option<i64>,
+    pub sig: Option<&'a [u8; 64]>,
 }
 
 impl<'a> ResponseBody<'a> {
@@ -80,6 +92,7 @@ impl<'a> ResponseBody<'a> {
             samples: None,
             interval: None,
             num: None,
+            bep44: Bep44Fields::default(),
         }
     }
 }
@@ -245,6 +258,10 @@ pub fn encode_response(
         out.extend_from_slice(b"8:intervali");
         put_int_body(out, interval);
     }
+    if let Some(k) = body.bep44.k {
+        out.extend_from_slice(b"1:k32:");
+        out.extend_from_slice(k);
+    }
     if let Some(nodes) = body.nodes {
         out.extend_from_slice(b"5:nodes");
         put_bytes(out, nodes);
@@ -257,9 +274,21 @@ pub fn encode_response(
         out.extend_from_slice(b"7:samples");
         put_bytes(out, samples);
     }
+    if let Some(seq) = body.bep44.seq {
+        out.extend_from_slice(b"3:seqi");
+        put_int_body(out, seq);
+    }
+    if let Some(sig) = body.bep44.sig {
+        out.extend_from_slice(b"3:sig64:");
+        out.extend_from_slice(sig);
+    }
     if let Some(token) = body.token {
         out.extend_from_slice(b"5:token");
         put_bytes(out, token);
+    }
+    if let Some(v) = body.bep44.v {
+        out.extend_from_slice(b"1:v");
+        out.extend_from_slice(v);
     }
     if !body.values.is_empty() {
         out.extend_from_slice(b"6:valuesl");
@@ -282,9 +311,7 @@ pub struct ItemReply<'a> {
     pub mutable: Option<(&'a [u8; 32], i64, &'a [u8; 64])>,
 }
 
-/// Appends a BEP 44 `get` reply to `out` (a separate shape from [`encode_response`] so the
-/// hot `find_node`/`get_peers` replies keep their small fixed body). Keys in sorted order:
-/// `id k nodes seq sig token v`.
+/// Appends a BEP 44 `get` reply to `out`: nodes, token and, when held, the item.
 #[allow(clippy::too_many_arguments)]
 pub fn encode_get_response(
     out: &mut Vec<u8>,
@@ -296,34 +323,19 @@ pub fn encode_get_response(
     ip: Option<SocketAddrV4>,
     version: Option<&[u8]>,
 ) {
-    out.push(b'd');
-    if let Some(ip) = ip {
-        put_ip(out, ip);
-    }
-    put_id(out, b"1:rd2:id20:", id);
     let mutable = item.and_then(|i| i.mutable);
-    if let Some((k, _, _)) = mutable {
-        out.extend_from_slice(b"1:k32:");
-        out.extend_from_slice(k);
-    }
-    out.extend_from_slice(b"5:nodes");
-    put_bytes(out, nodes);
-    if let Some((_, seq, sig)) = mutable {
-        out.extend_from_slice(b"3:seqi");
-        put_int_body(out, seq);
-        out.extend_from_slice(b"3:sig64:");
-        out.extend_from_slice(sig);
-    }
-    if let Some(token) = token {
-        out.extend_from_slice(b"5:token");
-        put_bytes(out, token);
-    }
-    if let Some(item) = item {
-        out.extend_from_slice(b"1:v");
-        out.extend_from_slice(item.v);
-    }
-    out.push(b'e');
-    trailer(out, false, tid, version, b"1:y1:r");
+    let body = ResponseBody {
+        nodes: Some(nodes),
+        token,
+        bep44: Bep44Fields {
+            v: item.map(|i| i.v),
+            k: mutable.map(|m| m.0),
+            seq: mutable.map(|m| m.1),
+            sig: mutable.map(|m| m.2),
+        },
+        ..ResponseBody::id_only(id)
+    };
+    encode_response(out, tid, &body, ip, version);
 }
 
 /// Appends an error message to `out`.
@@ -386,6 +398,12 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
                 samples: r.samples.as_deref(),
                 interval: r.interval,
                 num: r.num,
+                bep44: Bep44Fields {
+                    v: r.v.as_deref(),
+                    k: r.k.as_deref(),
+                    seq: r.seq,
+                    sig: r.sig.as_deref(),
+                },
             };
             encode_response(out, m.tid.as_slice(), &body, m.ip, version);
         }

@@ -18,8 +18,8 @@ use std::net::SocketAddrV4;
 
 pub use decode::{DecodeError, decode};
 pub use encode::{
-    ItemReply, QueryArgs, ResponseBody, encode_error, encode_get_response, encode_message,
-    encode_query, encode_response,
+    Bep44Fields, ItemReply, QueryArgs, ResponseBody, encode_error, encode_get_response,
+    encode_message, encode_query, encode_response,
 };
 
 use crate::dht::id::{COMPACT_NODE_LEN, Contact, ID_LEN, InfoHash, NodeId, compact_nodes};
@@ -219,6 +219,15 @@ pub struct Response {
     pub interval: Option<i64>,
     /// BEP 51: number of infohashes the node stores.
     pub num: Option<i64>,
+    /// BEP 44 `get` reply: the value, bencoded, exactly as sent.
+    pub v: Option<Vec<u8>>,
+    /// BEP 44: the mutable item's public key (a wrong length reads as absent).
+    /// Boxed, like `sig`: most replies have neither, and every message would carry the bytes.
+    pub k: Option<Box<[u8; 32]>>,
+    /// BEP 44: the mutable item's sequence number.
+    pub seq: Option<i64>,
+    /// BEP 44: the mutable item's signature (a wrong length reads as absent).
+    pub sig: Option<Box<[u8; 64]>>,
 }
 
 impl Response {
