@@ -15,6 +15,18 @@ use trackerless::dht::driver::DhtConfig;
 use trackerless::dht::limits::RateLimit;
 use trackerless::dht::node;
 
+/// Which transports peer connections use (dht-get and dht-seed).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TransportArgs {
+    /// Do not use uTP (BEP 29): no UDP socket on the listen port, TCP only.
+    #[arg(long, conflicts_with = "no_tcp")]
+    pub no_utp: bool,
+    /// Do not use TCP for peer connections: uTP only (the TCP listener still holds the
+    /// port number, but refuses connections).
+    #[arg(long)]
+    pub no_tcp: bool,
+}
+
 /// Flags every DHT-speaking command takes.
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
@@ -208,6 +220,7 @@ pub async fn bind_peer_listener(
     allow: AllowList,
     dht: &trackerless::dht::driver::DhtHandle,
     max_peers: u16,
+    transport: TransportArgs,
 ) -> Result<trackerless::metadata::MetadataServer, String> {
     trackerless::metadata::MetadataServer::bind(
         listen,
@@ -218,6 +231,8 @@ pub async fn bind_peer_listener(
             dht: Some(dht.clone()),
             dht_port: Some(dht.local_addr().port()),
             max_connections: usize::from(max_peers),
+            utp: !transport.no_utp,
+            tcp: !transport.no_tcp,
             ..trackerless::metadata::ServeConfig::default()
         },
     )
