@@ -318,3 +318,92 @@ pub async fn connect_peer(
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn utp_only(sock: Arc<UtpSocketUdp>) -> Transports {
+        Transports {
+            utp: Some(sock),
+            tcp: false,
+            utp_head_start: DEFAULT_UTP_HEAD_START,
+        }
+    }
+
+    /// Bytes cross a uTP connection made by `connect_peer` both ways, through split halves,
+    /// and the connection is counted as outgoing uTP.
+    #[tokio::test]
+    async fn utp_connect_carries_bytes_both_ways() {
+        let a = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b_addr = b.bind_addr();
+        let accept = tokio::spawn(async move { b.accept().await.map(PeerStream::from) });
+        let before = transport_counts().utp_out;
+        let s = connect_peer(
+            b_addr,
+            None,
+            &AllowList::any(),
+            Duration::from_secs(10),
+            &utp_only(a),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.kind(), TransportKind::Utp);
+        assert!(transport_counts().utp_out > before);
+        let mut theirs = accept.await.unwrap().unwrap();
+        let (mut r, mut w) = s.into_split();
+        w.write_all(b"hello over utp").await.unwrap();
+        w.flush().await.unwrap();
+        let mut buf = [0u8; 14];
+        theirs.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello over utp");
+        theirs.write_all(b"back").await.unwrap();
+        theirs.flush().await.unwrap();
+        let mut buf = [0u8; 4];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
+    }
+
+    /// With neither transport usable the attempt fails at once instead of hanging.
+    #[tokio::test]
+    async fn no_transport_is_an_error() {
+        let t = Transports {
+            utp: None,
+            tcp: false,
+            utp_head_start: DEFAULT_UTP_HEAD_START,
+        };
+        let r = connect_peer(
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+            &AllowList::any(),
+            Duration::from_secs(1),
+            &t,
+        )
+        .await;
+        assert!(r.is_err());
+    }
+
+    /// The allow-list is checked before any uTP packet is sent.
+    #[tokio::test]
+    async fn refused_address_never_connects() {
+        let a = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let allow = AllowList::only(vec!["127.1.0.0/16".parse().unwrap()]);
+        let r = connect_peer(
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+            &allow,
+            Duration::from_secs(1),
+            &utp_only(a),
+        )
+        .await;
+        assert!(matches!(r, Err(WireError::Refused(_))), "{r:?}");
+    }
+}
