@@ -233,8 +233,26 @@ impl MetadataServer {
         registry: Arc<MetadataRegistry>,
         config: ServeConfig,
     ) -> io::Result<MetadataServer> {
-        let listener = TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
+        // uTP needs the same port number over UDP. With a kernel-chosen port (0) that UDP
+        // port may be taken (e.g. by our own DHT socket), so pick another TCP port then.
+        let mut tries = if addr.port() == 0 { 8 } else { 1 };
+        let (listener, local_addr, utp_sock) = loop {
+            tries -= 1;
+            let listener = TcpListener::bind(addr).await?;
+            let local_addr = listener.local_addr()?;
+            if !config.utp {
+                break (listener, local_addr, None);
+            }
+            match librqbit_utp::UtpSocketUdp::new_udp(local_addr).await {
+                Ok(sock) => break (listener, local_addr, Some(sock)),
+                Err(e) if tries == 0 => {
+                    return Err(io::Error::other(format!(
+                        "cannot bind uTP on udp {local_addr}: {e}"
+                    )));
+                }
+                Err(e) => tracing::debug!("uTP cannot bind udp {local_addr} ({e}); new port"),
+            }
+        };
         let ctx = Arc::new(ServeContext {
             registry,
             config,
@@ -247,12 +265,7 @@ impl MetadataServer {
             ..Transports::default()
         };
         let mut utp_task = None;
-        if ctx.config.utp {
-            let sock = librqbit_utp::UtpSocketUdp::new_udp(local_addr)
-                .await
-                .map_err(|e| {
-                    io::Error::other(format!("cannot bind uTP on udp {local_addr}: {e}"))
-                })?;
+        if let Some(sock) = utp_sock {
             utp_task = Some(tokio::spawn(utp_accept_loop(
                 sock.clone(),
                 ctx.clone(),
