@@ -541,7 +541,8 @@ async fn serve_connection_survives_random_traffic() {
         });
         let (stream, peer) = listener.accept().await.unwrap();
         let ctx2 = ctx.clone();
-        let served = tokio::spawn(async move { serve_connection(stream, peer, &ctx2).await });
+        let served =
+            tokio::spawn(async move { serve_connection(stream.into(), peer, &ctx2).await });
         let result = served.await;
         assert!(result.is_ok(), "handler panicked in round {round}");
         client.await.unwrap();

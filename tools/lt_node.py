@@ -10,7 +10,7 @@ no trackers, and an IP filter that blocks peer connections to anything outside
 
 Usage
 -----
-    python3 tools/lt_node.py --bind 127.x.y.z:PORT [--save-dir DIR] [--verbose | --quiet] [--no-utp]
+    python3 tools/lt_node.py --bind 127.x.y.z:PORT [--save-dir DIR] [--verbose | --quiet] [--no-utp | --no-tcp]
 
 PORT must be non-zero (the ready line echoes it).  --verbose copies
 libtorrent's session/DHT logs and every DHT packet (bdecoded) to stderr.
@@ -18,6 +18,7 @@ libtorrent's session/DHT logs and every DHT packet (bdecoded) to stderr.
 query, so a serving benchmark measures libtorrent's DHT, not this script
 (commands that wait for DHT or torrent alerts then time out).
 --no-utp restricts peer connections to TCP (for benchmarks of TCP transfer).
+--no-tcp restricts peer connections to uTP (BEP 29 interop tests).
 
 Protocol
 --------
@@ -330,7 +331,7 @@ def jsonable(v):
     return v
 
 
-def build_settings(ip, port, verbose, quiet=False, no_utp=False):
+def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False):
     cat = lt.alert.category_t
     mask = (cat.error_notification | cat.peer_notification | cat.port_mapping_notification
             | cat.storage_notification | cat.tracker_notification | cat.connect_notification
@@ -384,11 +385,15 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False):
         # Peer connections over TCP only (benchmarks compare TCP implementations; uTP's
         # congestion control runs far below loopback speed).
         extra += [("enable_outgoing_utp", False), ("enable_incoming_utp", False)]
+    if no_tcp:
+        # uTP only both ways, like Transmission 3 connecting out (tests our uTP side).
+        extra += [("enable_outgoing_tcp", False), ("enable_incoming_tcp", False),
+                  ("enable_outgoing_utp", True), ("enable_incoming_utp", True)]
     return core, extra
 
 
 class Node:
-    def __init__(self, ip, port, save_dir, verbose, quiet=False, no_utp=False):
+    def __init__(self, ip, port, save_dir, verbose, quiet=False, no_utp=False, no_tcp=False):
         self.ip = ip
         self.port = port
         self.bind = "%s:%d" % (ip, port)
@@ -403,7 +408,7 @@ class Node:
         self.listen_ok = set()
         self.listen_ports = set()
 
-        core, extra = build_settings(ip, port, verbose, quiet, no_utp)
+        core, extra = build_settings(ip, port, verbose, quiet, no_utp, no_tcp)
         self.ses = lt.session(core)
         for name, value in extra:
             try:
@@ -811,6 +816,8 @@ def main():
                     help="error alerts only (for serving benchmarks)")
     ap.add_argument("--no-utp", action="store_true",
                     help="peer connections over TCP only (uTP disabled both ways)")
+    ap.add_argument("--no-tcp", action="store_true",
+                    help="peer connections over uTP only (TCP disabled both ways)")
     ap.add_argument("--ready-timeout", type=float, default=20.0)
     opts = ap.parse_args()
 
@@ -834,7 +841,7 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
 
-    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.quiet, opts.no_utp)
+    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.quiet, opts.no_utp, opts.no_tcp)
 
     deadline = time.time() + opts.ready_timeout
     try:

@@ -57,6 +57,8 @@ struct Cli {
     #[arg(long, value_name = "BYTES")]
     upload_rate: Option<u64>,
     #[command(flatten)]
+    transport: cli::TransportArgs,
+    #[command(flatten)]
     net: NetArgs,
 }
 
@@ -164,7 +166,13 @@ fn main() {
     std::process::exit(code);
 }
 
-fn fetch_config(cli: &Cli, dht: &DhtHandle, peer_id: [u8; 20], listen: Option<u16>) -> FetchConfig {
+fn fetch_config(
+    cli: &Cli,
+    dht: &DhtHandle,
+    peer_id: [u8; 20],
+    listen: Option<u16>,
+    transports: trackerless::wire::Transports,
+) -> FetchConfig {
     FetchConfig {
         peer_id,
         allow: AllowList::only(cli.net.allow_net.clone()),
@@ -173,6 +181,7 @@ fn fetch_config(cli: &Cli, dht: &DhtHandle, peer_id: [u8; 20], listen: Option<u1
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
         listen_port: listen,
+        transports,
         ..FetchConfig::default()
     }
 }
@@ -204,7 +213,14 @@ async fn fetch(cfg: &FetchConfig, magnet: &Magnet, dht: &DhtHandle) -> Result<Fe
 async fn run_metadata_only(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
     let started = Instant::now();
     let ih = magnet.info_hash;
-    let fetch_cfg = fetch_config(cli, dht, generate_peer_id(), None);
+    let fetch_cfg = fetch_config(
+        cli,
+        dht,
+        generate_peer_id(),
+        None,
+        // No listener here, so no uTP socket: TCP only.
+        trackerless::wire::Transports::default(),
+    );
     let fetched = match fetch(&fetch_cfg, &magnet, dht).await {
         Ok(f) => f,
         Err(e) => {
@@ -286,7 +302,14 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
 
     // One listener serves metadata and, once the session is attached, pieces.
     let registry = Arc::new(MetadataRegistry::new());
-    let listener = cli::bind_peer_listener(&cli.peer, &cli.net, registry.clone(), peer_id, dht);
+    let listener = cli::bind_peer_listener(
+        &cli.peer,
+        &cli.net,
+        registry.clone(),
+        peer_id,
+        dht,
+        cli.transport,
+    );
     let server = match listener.await {
         Ok(s) => s,
         Err(e) => {
@@ -306,7 +329,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         (Target::Torrent(t), _) => Bytes::from(t.info_bytes.clone()),
         (Target::Magnet(_), Some(cached)) => Bytes::from(cached),
         (Target::Magnet(m), None) => {
-            let cfg = fetch_config(cli, dht, peer_id, Some(listen_port));
+            let cfg = fetch_config(cli, dht, peer_id, Some(listen_port), server.transports());
             let fetched = tokio::select! {
                 r = fetch(&cfg, m, dht) => r,
                 _ = cli::shutdown_signal() => {
@@ -367,6 +390,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         max_peers: usize::from(cli.peer.max_peers),
         listen_port: Some(listen_port),
         local_ip: Some(server.local_addr().ip()),
+        transports: server.transports(),
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
         seed: cli.seed,

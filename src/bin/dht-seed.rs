@@ -54,6 +54,8 @@ struct Cli {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     upload_rate: Option<u64>,
     #[command(flatten)]
+    transport: cli::TransportArgs,
+    #[command(flatten)]
     net: NetArgs,
 }
 
@@ -191,7 +193,14 @@ async fn run(
     let allow = AllowList::only(cli.net.allow_net.clone());
     let registry = Arc::new(MetadataRegistry::new());
     let ih = registry.insert(raw.clone());
-    let listener = cli::bind_peer_listener(&cli.peer, &cli.net, registry.clone(), peer_id, dht);
+    let listener = cli::bind_peer_listener(
+        &cli.peer,
+        &cli.net,
+        registry.clone(),
+        peer_id,
+        dht,
+        cli.transport,
+    );
     let server = match listener.await {
         Ok(s) => s,
         Err(e) => {
@@ -224,6 +233,7 @@ async fn run(
         max_peers: usize::from(cli.peer.max_peers),
         listen_port: Some(server.local_addr().port()),
         local_ip: Some(server.local_addr().ip()),
+        transports: server.transports(),
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
         seed: true,
@@ -253,9 +263,20 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let signal = cli::shutdown_signal();
     tokio::pin!(signal);
+    let mut counts = trackerless::wire::TransportCounts::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                // Per-transport connection counts, printed when they change: shows which
+                // transport peers actually reach us over (and scripts can wait for it).
+                let now = trackerless::wire::transport_counts();
+                if now != counts {
+                    counts = now;
+                    lines.println(&format!(
+                        "peer connections: tcp in {} out {}, utp in {} out {}",
+                        now.tcp_in, now.tcp_out, now.utp_in, now.utp_out
+                    ));
+                }
                 let p = session.progress();
                 lines.update(&p);
                 if let Phase::Stopped(_) = p.phase {

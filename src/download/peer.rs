@@ -27,9 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::wire::{PeerStream, PeerWriteHalf};
 use bytes::Bytes;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::bitfield::Bitfield;
@@ -163,7 +162,7 @@ struct Conn {
     key: PeerKey,
     addr: SocketAddr,
     stats: Arc<PeerStats>,
-    writer: PeerWriter<OwnedWriteHalf>,
+    writer: PeerWriter<PeerWriteHalf>,
     /// The peer's pieces, and whether (and how) the picker counts it: `Some(seed?)`.
     bits: Bitfield,
     registered: Option<bool>,
@@ -201,13 +200,12 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     key: PeerKey,
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: PeerStream,
     theirs: Handshake,
     stats: Arc<PeerStats>,
     mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
 ) -> Result<&'static str, PeerError> {
-    stream.set_nodelay(true).map_err(WireError::from)?;
-    let PeerConn { mut reader, writer } = PeerConn::from_tcp(stream, &shared.cfg.wire);
+    let PeerConn { mut reader, writer } = PeerConn::from_peer_stream(stream, &shared.cfg.wire);
     let n = shared.info.num_pieces();
     let (read_tx, mut read_rx) = mpsc::unbounded_channel();
     let now = Instant::now();

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
@@ -40,7 +39,9 @@ use crate::dht::driver::DhtHandle;
 use crate::dht::id::NodeId;
 use crate::metadata::PeerHandoff;
 use crate::torrent::metainfo::{Info, MetainfoError};
-use crate::wire::{Handshake, WireConfig, connect_from, handshake_outgoing};
+use crate::wire::{
+    Handshake, PeerStream, Transports, WireConfig, connect_peer, handshake_outgoing,
+};
 
 /// Settings of a session.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ pub struct SessionConfig {
     pub listen_port: Option<u16>,
     /// Address outgoing peer connections are made from (usually the listen IP).
     pub local_ip: Option<IpAddr>,
+    /// Transports for outgoing connections (the listener's, so uTP leaves from its port).
+    pub transports: Transports,
     /// Our DHT node: announce and find peers, ping the senders of PORT messages.
     pub dht: Option<DhtHandle>,
     /// Our DHT UDP port, sent in a PORT message to peers that set the DHT bit.
@@ -105,6 +108,7 @@ impl Default for SessionConfig {
             max_connecting: 8,
             listen_port: None,
             local_ip: None,
+            transports: Transports::default(),
             dht: None,
             dht_port: None,
             seed: false,
@@ -260,7 +264,7 @@ pub(super) fn upload_bucket(rate: u64, now: Instant) -> TokenBucket {
 
 enum SessionCmd {
     AddPeers(Vec<SocketAddr>),
-    Incoming(TcpStream, SocketAddr, Handshake),
+    Incoming(PeerStream, SocketAddr, Handshake),
     Stop(oneshot::Sender<()>),
 }
 
@@ -282,7 +286,7 @@ impl fmt::Debug for SessionCmd {
 }
 
 impl PeerHandoff for SessionHandoff {
-    fn hand_off(&self, stream: TcpStream, peer: SocketAddr, theirs: Handshake) {
+    fn hand_off(&self, stream: PeerStream, peer: SocketAddr, theirs: Handshake) {
         let _ = self.tx.send(SessionCmd::Incoming(stream, peer, theirs));
     }
 }
@@ -582,7 +586,7 @@ struct PeerExit {
 }
 
 /// The outcome of a connection attempt: the stream and the peer's handshake, or why not.
-type Attempt = (SocketAddr, Result<(TcpStream, Handshake), String>);
+type Attempt = (SocketAddr, Result<(PeerStream, Handshake), String>);
 
 /// The session task.
 struct Runner {
@@ -886,11 +890,13 @@ impl Runner {
             let allow = cfg.allow.clone();
             let wire = cfg.wire;
             let local = cfg.local_ip;
+            let transports = cfg.transports.clone();
             self.connecting.spawn(async move {
                 let res = async {
-                    let mut s = connect_from(addr, local, &allow, wire.connect_timeout)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let mut s =
+                        connect_peer(addr, local, &allow, wire.connect_timeout, &transports)
+                            .await
+                            .map_err(|e| e.to_string())?;
                     let theirs = handshake_outgoing(&mut s, &ours, wire.handshake_timeout)
                         .await
                         .map_err(|e| e.to_string())?;
@@ -902,7 +908,7 @@ impl Runner {
         }
     }
 
-    fn connected(&mut self, addr: SocketAddr, res: Result<(TcpStream, Handshake), String>) {
+    fn connected(&mut self, addr: SocketAddr, res: Result<(PeerStream, Handshake), String>) {
         let now = Instant::now();
         match res {
             Ok((stream, theirs)) => {
@@ -917,7 +923,7 @@ impl Runner {
         }
     }
 
-    fn accept_incoming(&mut self, stream: TcpStream, addr: SocketAddr, theirs: Handshake) {
+    fn accept_incoming(&mut self, stream: PeerStream, addr: SocketAddr, theirs: Handshake) {
         if self.is_banned(addr.ip()) {
             return;
         }
@@ -935,7 +941,7 @@ impl Runner {
     /// already connected, and (when complete) nothing else: a seed serves everyone.
     fn add_peer(
         &mut self,
-        stream: TcpStream,
+        stream: PeerStream,
         addr: SocketAddr,
         theirs: Handshake,
         outgoing: bool,

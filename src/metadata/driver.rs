@@ -18,7 +18,7 @@ use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
 use crate::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, MetadataMsg, OUR_UT_METADATA_ID, PeerConn,
-    UT_METADATA, WireConfig, WireError, connect, handshake_outgoing,
+    UT_METADATA, WireConfig, WireError, handshake_outgoing,
 };
 
 /// What the driver tells a peer task: the coordinator's `Request` actions.
@@ -31,6 +31,7 @@ struct TaskCtx {
     info_hash: [u8; 20],
     peer_id: [u8; 20],
     allow: AllowList,
+    transports: crate::wire::Transports,
     wire: WireConfig,
     dht: Option<DhtHandle>,
     dht_port: Option<u16>,
@@ -93,7 +94,14 @@ async fn run_peer(
     events: &EventTx,
     mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
 ) -> Result<(), PeerEnd> {
-    let mut stream = connect(addr, &ctx.allow, ctx.wire.connect_timeout).await?;
+    let mut stream = crate::wire::connect_peer(
+        addr,
+        None,
+        &ctx.allow,
+        ctx.wire.connect_timeout,
+        &ctx.transports,
+    )
+    .await?;
     let ours = Handshake::new(ctx.info_hash, ctx.peer_id);
     let theirs = handshake_outgoing(&mut stream, &ours, ctx.wire.handshake_timeout).await?;
     if !theirs.supports_extensions() {
@@ -103,7 +111,7 @@ async fn run_peer(
     let PeerConn {
         mut reader,
         mut writer,
-    } = PeerConn::from_tcp(stream, &ctx.wire);
+    } = PeerConn::from_peer_stream(stream, &ctx.wire);
     writer.queue(&ExtHandshake::ours(ctx.listen_port, None).to_message());
     if theirs.supports_dht()
         && let Some(port) = ctx.dht_port
@@ -220,6 +228,7 @@ pub async fn fetch_metadata(
         info_hash,
         peer_id: cfg.peer_id,
         allow: cfg.allow.clone(),
+        transports: cfg.transports.clone(),
         wire: cfg.wire,
         dht: cfg.dht.clone(),
         dht_port: cfg.dht_port,

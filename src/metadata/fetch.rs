@@ -83,6 +83,8 @@ pub struct FetchConfig {
     pub dht_port: Option<u16>,
     /// Our TCP listen port, advertised as `p` in the extension handshake.
     pub listen_port: Option<u16>,
+    /// Transports for outgoing connections (the listener's, so uTP leaves from its port).
+    pub transports: crate::wire::Transports,
 }
 
 impl Default for FetchConfig {
@@ -108,6 +110,7 @@ impl Default for FetchConfig {
             retry_delay: Duration::from_secs(1),
             dht: None,
             dht_port: None,
+            transports: crate::wire::Transports::default(),
             listen_port: None,
         }
     }

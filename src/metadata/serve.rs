@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncWrite;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -29,15 +29,16 @@ use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
 use crate::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, METADATA_BLOCK, Message, MetadataMsg,
-    OUR_UT_METADATA_ID, PeerConn, PeerWriter, UT_METADATA, WireConfig, WireError,
-    check_peer_allowed, handshake_incoming, metadata_block_len,
+    OUR_UT_METADATA_ID, PeerConn, PeerStream, PeerWriter, TransportKind, Transports, UT_METADATA,
+    WireConfig, WireError, check_peer_allowed, handshake_incoming, metadata_block_len,
+    note_accepted,
 };
 
 /// Takes over incoming connections for one torrent (a download or seeding session).
 pub trait PeerHandoff: Send + Sync + std::fmt::Debug {
     /// Called once the peer's handshake was read and ours sent. The implementation owns the
     /// connection from here (and may simply drop it, e.g. when it is full).
-    fn hand_off(&self, stream: TcpStream, peer: SocketAddr, theirs: Handshake);
+    fn hand_off(&self, stream: PeerStream, peer: SocketAddr, theirs: Handshake);
 }
 
 /// Info dicts we can serve, by info hash, and the torrents that take their own connections.
@@ -130,6 +131,11 @@ pub struct ServeConfig {
     pub dht: Option<DhtHandle>,
     /// Our DHT UDP port, sent in a PORT message to peers that set the DHT bit.
     pub dht_port: Option<u16>,
+    /// Accept (and allow connecting out over) uTP on a UDP socket bound to the listener's
+    /// ip:port, as peers expect both transports on one port number.
+    pub utp: bool,
+    /// Accept TCP connections (the listener is bound either way, to hold the port number).
+    pub tcp: bool,
 }
 
 impl Default for ServeConfig {
@@ -146,6 +152,8 @@ impl Default for ServeConfig {
             allow: AllowList::any(),
             dht: None,
             dht_port: None,
+            utp: false,
+            tcp: true,
         }
     }
 }
@@ -214,6 +222,8 @@ pub struct MetadataServer {
     local_addr: SocketAddr,
     ctx: Arc<ServeContext>,
     task: tokio::task::JoinHandle<()>,
+    utp_task: Option<tokio::task::JoinHandle<()>>,
+    transports: Transports,
 }
 
 impl MetadataServer {
@@ -223,20 +233,60 @@ impl MetadataServer {
         registry: Arc<MetadataRegistry>,
         config: ServeConfig,
     ) -> io::Result<MetadataServer> {
-        let listener = TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
+        // uTP needs the same port number over UDP. With a kernel-chosen port (0) that UDP
+        // port may be taken (e.g. by our own DHT socket), so pick another TCP port then.
+        let mut tries = if addr.port() == 0 { 8 } else { 1 };
+        let (listener, local_addr, utp_sock) = loop {
+            tries -= 1;
+            let listener = TcpListener::bind(addr).await?;
+            let local_addr = listener.local_addr()?;
+            if !config.utp {
+                break (listener, local_addr, None);
+            }
+            match librqbit_utp::UtpSocketUdp::new_udp(local_addr).await {
+                Ok(sock) => break (listener, local_addr, Some(sock)),
+                Err(e) if tries == 0 => {
+                    return Err(io::Error::other(format!(
+                        "cannot bind uTP on udp {local_addr}: {e}"
+                    )));
+                }
+                Err(e) => tracing::debug!("uTP cannot bind udp {local_addr} ({e}); new port"),
+            }
+        };
         let ctx = Arc::new(ServeContext {
             registry,
             config,
             stats: ServeStats::default(),
             listen_port: Some(local_addr.port()),
         });
-        let task = tokio::spawn(accept_loop(listener, ctx.clone()));
+        let slots = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
+        let mut transports = Transports {
+            tcp: ctx.config.tcp,
+            ..Transports::default()
+        };
+        let mut utp_task = None;
+        if let Some(sock) = utp_sock {
+            utp_task = Some(tokio::spawn(utp_accept_loop(
+                sock.clone(),
+                ctx.clone(),
+                slots.clone(),
+            )));
+            transports.utp = Some(sock);
+        }
+        let task = tokio::spawn(accept_loop(listener, ctx.clone(), slots));
         Ok(MetadataServer {
             local_addr,
             ctx,
             task,
+            utp_task,
+            transports,
         })
+    }
+
+    /// The transports outgoing connections of this client should use: the uTP socket
+    /// shares the listener's port, so peers see one identity whichever way we connect.
+    pub fn transports(&self) -> Transports {
+        self.transports.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -255,11 +305,13 @@ impl MetadataServer {
 impl Drop for MetadataServer {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(t) = &self.utp_task {
+            t.abort();
+        }
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
+async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>, slots: Arc<Semaphore>) {
     // Owned here so that aborting the accept loop also aborts every connection.
     let mut conns = JoinSet::new();
     loop {
@@ -274,6 +326,11 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>) {
         };
         while conns.try_join_next().is_some() {}
         bump(&ctx.stats.accepted);
+        if !ctx.config.tcp {
+            tracing::debug!(%peer, "tcp connection refused: tcp is disabled");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
         if check_peer_allowed(peer, &ctx.config.allow).is_err() {
             bump(&ctx.stats.refused_not_allowed);
             continue;
@@ -285,8 +342,47 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>) {
         let ctx = ctx.clone();
         conns.spawn(async move {
             let _permit = permit;
-            if let Err(e) = serve_connection(stream, peer, &ctx).await {
+            note_accepted(TransportKind::Tcp, peer);
+            if let Err(e) = serve_connection(stream.into(), peer, &ctx).await {
                 tracing::trace!(%peer, "metadata connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Accepts uTP connections on the listener's port; same limits as TCP (shared slots).
+async fn utp_accept_loop(
+    sock: Arc<librqbit_utp::UtpSocketUdp>,
+    ctx: Arc<ServeContext>,
+    slots: Arc<Semaphore>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let stream = match sock.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("utp accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let peer = stream.remote_addr();
+        while conns.try_join_next().is_some() {}
+        bump(&ctx.stats.accepted);
+        if check_peer_allowed(peer, &ctx.config.allow).is_err() {
+            bump(&ctx.stats.refused_not_allowed);
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            bump(&ctx.stats.refused_full);
+            continue;
+        };
+        let ctx = ctx.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            note_accepted(TransportKind::Utp, peer);
+            if let Err(e) = serve_connection(stream.into(), peer, &ctx).await {
+                tracing::trace!(%peer, "metadata connection over utp ended: {e}");
             }
         });
     }
@@ -295,11 +391,10 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>) {
 /// Serves one accepted connection until the peer leaves, idles past the read timeout, or
 /// breaks the protocol. The caller has already applied the allow-list.
 pub async fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     peer: SocketAddr,
     ctx: &ServeContext,
 ) -> Result<(), WireError> {
-    stream.set_nodelay(true)?;
     let mut info = None;
     let mut handoff = None;
     let theirs = handshake_incoming(&mut stream, ctx.config.wire.handshake_timeout, |hs| {
@@ -320,7 +415,7 @@ pub async fn serve_connection(
     let Some(info) = info else {
         return Err(WireError::UnknownInfoHash(theirs.info_hash));
     };
-    let PeerConn { mut reader, writer } = PeerConn::from_tcp(stream, &ctx.config.wire);
+    let PeerConn { mut reader, writer } = PeerConn::from_peer_stream(stream, &ctx.config.wire);
     let mut conn = ServeConn {
         writer,
         info,

@@ -493,6 +493,17 @@ impl PeerConn<OwnedReadHalf, OwnedWriteHalf> {
     }
 }
 
+impl PeerConn<super::PeerReadHalf, super::PeerWriteHalf> {
+    /// Wraps a TCP or uTP stream (after the handshake), split without a lock.
+    pub fn from_peer_stream(stream: super::PeerStream, config: &WireConfig) -> Self {
+        let (r, w) = stream.into_split();
+        PeerConn {
+            reader: PeerReader::new(r, config),
+            writer: PeerWriter::new(w, config),
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite> PeerConn<ReadHalf<S>, WriteHalf<S>> {
     /// Wraps any stream (in-memory duplex pipes in tests, TLS, ...) after the handshake.
     pub fn from_stream(stream: S, config: &WireConfig) -> Self {

@@ -16,6 +16,7 @@ pub mod conn;
 pub mod ext;
 pub mod handshake;
 pub mod message;
+pub mod transport;
 pub mod ut_metadata;
 
 #[cfg(test)]
@@ -28,6 +29,10 @@ pub use conn::{
 pub use ext::{EXT_HANDSHAKE_ID, ExtError, ExtHandshake, OUR_UT_METADATA_ID, UT_METADATA};
 pub use handshake::{HANDSHAKE_LEN, Handshake, HandshakeError, generate_peer_id};
 pub use message::{BLOCK_SIZE, DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message};
+pub use transport::{
+    PeerReadHalf, PeerStream, PeerWriteHalf, TransportCounts, TransportKind, Transports,
+    connect_peer, note_accepted, transport_counts,
+};
 pub use ut_metadata::{
     MAX_METADATA_SIZE, METADATA_BLOCK, MetadataError, MetadataMsg, metadata_block_len,
     num_metadata_pieces, valid_metadata_size,

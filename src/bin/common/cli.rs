@@ -26,6 +26,18 @@ pub struct PeerArgs {
     pub max_peers: u16,
 }
 
+/// Which transports peer connections use (dht-get and dht-seed).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TransportArgs {
+    /// Do not use uTP (BEP 29): no UDP socket on the listen port, TCP only.
+    #[arg(long, conflicts_with = "no_tcp")]
+    pub no_utp: bool,
+    /// Do not use TCP for peer connections: uTP only (the TCP listener still holds the
+    /// port number, but refuses connections).
+    #[arg(long)]
+    pub no_tcp: bool,
+}
+
 /// Flags every DHT-speaking command takes.
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
@@ -223,6 +235,7 @@ pub async fn bind_peer_listener(
     registry: std::sync::Arc<trackerless::metadata::MetadataRegistry>,
     peer_id: [u8; 20],
     dht: &trackerless::dht::driver::DhtHandle,
+    transport: TransportArgs,
 ) -> Result<trackerless::metadata::MetadataServer, String> {
     let max_peers = peer.max_peers;
     // Default: the DHT's IP, any port (peers learn it from our announces).
@@ -239,6 +252,8 @@ pub async fn bind_peer_listener(
             dht: Some(dht.clone()),
             dht_port: Some(dht.local_addr().port()),
             max_connections: usize::from(max_peers),
+            utp: !transport.no_utp,
+            tcp: !transport.no_tcp,
             ..trackerless::metadata::ServeConfig::default()
         },
     )

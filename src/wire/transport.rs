@@ -1,0 +1,409 @@
+//! Peer streams over either transport: TCP or uTP (BEP 29).
+//!
+//! libtorrent, Transmission and most clients behind NATs prefer uTP, and some speak only
+//! uTP; so everything above the byte stream (handshake, messages, metadata, pieces) works on
+//! a [`PeerStream`] and does not care which transport carries it. uTP's congestion control
+//! (LEDBAT) comes from the `librqbit-utp` crate; we only choose the transport and count.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use librqbit_utp::{UtpSocketUdp, UtpStream, UtpStreamReadHalf, UtpStreamWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::conn::{Phase, WireError, check_peer_allowed, connect_from};
+use crate::dht::allow::AllowList;
+
+/// Which transport carries a connection (for logs and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Tcp,
+    Utp,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Utp => "utp",
+        })
+    }
+}
+
+/// A byte stream to a peer over TCP or uTP.
+pub enum PeerStream {
+    Tcp(TcpStream),
+    Utp(UtpStream),
+}
+
+impl fmt::Debug for PeerStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerStream({})", self.kind())
+    }
+}
+
+impl From<TcpStream> for PeerStream {
+    fn from(s: TcpStream) -> Self {
+        PeerStream::Tcp(s)
+    }
+}
+
+impl From<UtpStream> for PeerStream {
+    fn from(s: UtpStream) -> Self {
+        PeerStream::Utp(s)
+    }
+}
+
+impl PeerStream {
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            PeerStream::Tcp(_) => TransportKind::Tcp,
+            PeerStream::Utp(_) => TransportKind::Utp,
+        }
+    }
+
+    /// Splits into halves owned by separate tasks; neither transport needs a lock for it.
+    pub fn into_split(self) -> (PeerReadHalf, PeerWriteHalf) {
+        match self {
+            PeerStream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (PeerReadHalf::Tcp(r), PeerWriteHalf::Tcp(w))
+            }
+            PeerStream::Utp(s) => {
+                let (r, w) = s.split();
+                (PeerReadHalf::Utp(r), PeerWriteHalf::Utp(w))
+            }
+        }
+    }
+}
+
+/// The read half of a [`PeerStream`].
+pub enum PeerReadHalf {
+    Tcp(OwnedReadHalf),
+    Utp(UtpStreamReadHalf),
+}
+
+/// The write half of a [`PeerStream`].
+pub enum PeerWriteHalf {
+    Tcp(OwnedWriteHalf),
+    Utp(UtpStreamWriteHalf),
+}
+
+impl fmt::Debug for PeerReadHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeerReadHalf")
+    }
+}
+
+impl fmt::Debug for PeerWriteHalf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PeerWriteHalf")
+    }
+}
+
+macro_rules! delegate_read {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Utp(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+    };
+}
+
+macro_rules! delegate_write {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::Utp(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+                    Self::Utp(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Utp(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+delegate_read!(PeerStream);
+delegate_read!(PeerReadHalf);
+delegate_write!(PeerStream);
+delegate_write!(PeerWriteHalf);
+
+static TCP_CONNECTS: AtomicU64 = AtomicU64::new(0);
+static UTP_CONNECTS: AtomicU64 = AtomicU64::new(0);
+static TCP_ACCEPTS: AtomicU64 = AtomicU64::new(0);
+static UTP_ACCEPTS: AtomicU64 = AtomicU64::new(0);
+
+/// Connections established per transport and direction since start (process-wide).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounts {
+    pub tcp_out: u64,
+    pub utp_out: u64,
+    pub tcp_in: u64,
+    pub utp_in: u64,
+}
+
+/// Snapshot of the per-transport connection counters.
+pub fn transport_counts() -> TransportCounts {
+    TransportCounts {
+        tcp_out: TCP_CONNECTS.load(Ordering::Relaxed),
+        utp_out: UTP_CONNECTS.load(Ordering::Relaxed),
+        tcp_in: TCP_ACCEPTS.load(Ordering::Relaxed),
+        utp_in: UTP_ACCEPTS.load(Ordering::Relaxed),
+    }
+}
+
+/// Counts and logs an accepted connection.
+pub fn note_accepted(kind: TransportKind, peer: SocketAddr) {
+    match kind {
+        TransportKind::Tcp => &TCP_ACCEPTS,
+        TransportKind::Utp => &UTP_ACCEPTS,
+    }
+    .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, transport = %kind, "incoming peer connection");
+}
+
+fn note_connected(kind: TransportKind, peer: SocketAddr) {
+    match kind {
+        TransportKind::Tcp => &TCP_CONNECTS,
+        TransportKind::Utp => &UTP_CONNECTS,
+    }
+    .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, transport = %kind, "outgoing peer connection");
+}
+
+/// How long an outgoing uTP attempt runs alone before TCP is tried too. libtorrent waits
+/// ~3.6 s; a peer that answers uTP at all answers its SYN within a round trip, so a short
+/// head start keeps uTP preferred without making TCP-only peers wait.
+pub const DEFAULT_UTP_HEAD_START: Duration = Duration::from_millis(800);
+
+/// The transports outgoing connections may use. Cheap to clone.
+#[derive(Clone)]
+pub struct Transports {
+    /// The uTP socket (bound to the listener's ip:port), if uTP is enabled.
+    pub utp: Option<Arc<UtpSocketUdp>>,
+    /// Whether outgoing TCP is allowed.
+    pub tcp: bool,
+    /// See [`DEFAULT_UTP_HEAD_START`].
+    pub utp_head_start: Duration,
+}
+
+impl Default for Transports {
+    /// TCP only: what every caller had before uTP, and what needs no socket.
+    fn default() -> Self {
+        Transports {
+            utp: None,
+            tcp: true,
+            utp_head_start: DEFAULT_UTP_HEAD_START,
+        }
+    }
+}
+
+impl fmt::Debug for Transports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transports")
+            .field("utp", &self.utp.as_ref().map(|s| s.bind_addr()))
+            .field("tcp", &self.tcp)
+            .field("utp_head_start", &self.utp_head_start)
+            .finish()
+    }
+}
+
+async fn connect_utp(
+    sock: &Arc<UtpSocketUdp>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<PeerStream, WireError> {
+    match tokio::time::timeout(connect_timeout, sock.connect(addr)).await {
+        Err(_) => Err(WireError::Timeout(Phase::Connect)),
+        Ok(Err(e)) => Err(WireError::Io(io::Error::other(format!("utp: {e}")))),
+        Ok(Ok(s)) => Ok(PeerStream::Utp(s)),
+    }
+}
+
+/// Connects to a peer over the allowed transports: uTP first when enabled, TCP once uTP has
+/// failed or had its head start (the first to connect wins, the other is dropped).
+/// The allow-list is checked before either sends anything.
+pub async fn connect_peer(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    allow: &AllowList,
+    connect_timeout: Duration,
+    transports: &Transports,
+) -> Result<PeerStream, WireError> {
+    check_peer_allowed(addr, allow)?;
+    let utp = transports
+        .utp
+        .as_ref()
+        .filter(|s| s.bind_addr().is_ipv4() == addr.is_ipv4());
+    let tcp = async {
+        connect_from(addr, local, allow, connect_timeout)
+            .await
+            .map(PeerStream::Tcp)
+    };
+    let res = match (utp, transports.tcp) {
+        (None, false) => Err(WireError::Io(io::Error::other(
+            "no transport enabled for this peer",
+        ))),
+        (None, true) => tcp.await,
+        (Some(sock), false) => connect_utp(sock, addr, connect_timeout).await,
+        (Some(sock), true) => {
+            let utp = connect_utp(sock, addr, connect_timeout);
+            tokio::pin!(utp);
+            let head = tokio::time::sleep(transports.utp_head_start);
+            tokio::pin!(head);
+            // uTP alone until it fails or its head start is over...
+            let first = tokio::select! {
+                r = &mut utp => Some(r),
+                _ = &mut head => None,
+            };
+            match first {
+                Some(Ok(s)) => Ok(s),
+                Some(Err(e)) => {
+                    tracing::debug!(%addr, "utp connect failed ({e}), trying tcp");
+                    tcp.await
+                }
+                None => {
+                    // ...then both; the first success wins.
+                    tokio::pin!(tcp);
+                    tokio::select! {
+                        r = &mut utp => match r {
+                            Ok(s) => Ok(s),
+                            Err(_) => tcp.await,
+                        },
+                        r = &mut tcp => match r {
+                            Ok(s) => Ok(s),
+                            Err(_) => utp.await,
+                        },
+                    }
+                }
+            }
+        }
+    };
+    if let Ok(s) = &res {
+        note_connected(s.kind(), addr);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn utp_only(sock: Arc<UtpSocketUdp>) -> Transports {
+        Transports {
+            utp: Some(sock),
+            tcp: false,
+            utp_head_start: DEFAULT_UTP_HEAD_START,
+        }
+    }
+
+    /// Bytes cross a uTP connection made by `connect_peer` both ways, through split halves,
+    /// and the connection is counted as outgoing uTP.
+    #[tokio::test]
+    async fn utp_connect_carries_bytes_both_ways() {
+        let a = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b_addr = b.bind_addr();
+        let accept = tokio::spawn(async move { b.accept().await.map(PeerStream::from) });
+        let before = transport_counts().utp_out;
+        let s = connect_peer(
+            b_addr,
+            None,
+            &AllowList::any(),
+            Duration::from_secs(10),
+            &utp_only(a),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.kind(), TransportKind::Utp);
+        assert!(transport_counts().utp_out > before);
+        let mut theirs = accept.await.unwrap().unwrap();
+        let (mut r, mut w) = s.into_split();
+        w.write_all(b"hello over utp").await.unwrap();
+        w.flush().await.unwrap();
+        let mut buf = [0u8; 14];
+        theirs.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello over utp");
+        theirs.write_all(b"back").await.unwrap();
+        theirs.flush().await.unwrap();
+        let mut buf = [0u8; 4];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"back");
+    }
+
+    /// With neither transport usable the attempt fails at once instead of hanging.
+    #[tokio::test]
+    async fn no_transport_is_an_error() {
+        let t = Transports {
+            utp: None,
+            tcp: false,
+            utp_head_start: DEFAULT_UTP_HEAD_START,
+        };
+        let r = connect_peer(
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+            &AllowList::any(),
+            Duration::from_secs(1),
+            &t,
+        )
+        .await;
+        assert!(r.is_err());
+    }
+
+    /// The allow-list is checked before any uTP packet is sent.
+    #[tokio::test]
+    async fn refused_address_never_connects() {
+        let a = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let allow = AllowList::only(vec!["127.1.0.0/16".parse().unwrap()]);
+        let r = connect_peer(
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+            &allow,
+            Duration::from_secs(1),
+            &utp_only(a),
+        )
+        .await;
+        assert!(matches!(r, Err(WireError::Refused(_))), "{r:?}");
+    }
+}
