@@ -221,12 +221,6 @@ async fn run(
         eprintln!("error: cannot write {}: {e}", out.display());
         return 1;
     }
-    {
-        // The magnet first, alone on its line, so scripts can read it.
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", magnet.to_uri());
-        let _ = out.flush();
-    }
     let cfg = SessionConfig {
         peer_id,
         allow,
@@ -249,6 +243,14 @@ async fn run(
         }
     };
     registry.attach(ih, session.handoff());
+    {
+        // The magnet first, alone on its line, so scripts can read it; printed once the
+        // session is attached, so a peer that connects the moment it reads the magnet is
+        // served pieces, not only the metadata.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", magnet.to_uri());
+        let _ = out.flush();
+    }
     let mut lines = ProgressDisplay::new(info.total_length());
     lines.println(&format!(
         "seeding {} ({} in {} file{}, {} pieces) on {}, DHT {}",
