@@ -44,6 +44,10 @@ if ! python3 -c 'import libtorrent' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check 'libtorrent>=2,<3'
 fi
 python3 -c 'import libtorrent; print("python libtorrent", libtorrent.__version__)'
+# tools/lt_node.py derives BEP 44 public keys with it (the bindings have no keypair call).
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check cryptography
+fi
 
 cargo test --no-run --quiet "$@"
 

@@ -140,6 +140,8 @@ pub struct Lookup {
     spare: std::collections::VecDeque<(SocketAddrV4, NodeId, Token)>,
     /// Announces to send in place of failed ones (see `spare`).
     retry: Vec<(SocketAddrV4, NodeId, Token)>,
+    /// Nodes whose announce timed out once and was sent again.
+    resent: Vec<SocketAddrV4>,
     /// Announces acknowledged by the storing nodes.
     pub announced: usize,
     /// Queries sent (find_node/get_peers and announce_peer).
@@ -166,6 +168,7 @@ impl Lookup {
             announces_pending: 0,
             spare: std::collections::VecDeque::new(),
             retry: Vec::new(),
+            resent: Vec::new(),
             announced: 0,
             messages: 0,
             replies: 0,
@@ -402,6 +405,25 @@ impl Lookup {
         if self.phase == Phase::Announcing && self.announces_pending == 0 {
             self.phase = Phase::Done;
         }
+    }
+
+    /// An announce to `addr` timed out. The first time, it is sent again to the same node: a
+    /// lost datagram must not move the peer off one of the K closest nodes (the spares are
+    /// farther). A second timeout passes the slot on like any failure.
+    pub fn on_announce_timeout(&mut self, addr: SocketAddrV4) {
+        if self.phase == Phase::Announcing
+            && !self.resent.contains(&addr)
+            && let Some((id, token)) = self
+                .candidates
+                .iter()
+                .find(|c| c.addr == addr)
+                .and_then(|c| Some((c.id?, c.token?)))
+        {
+            self.resent.push(addr);
+            self.retry.push((addr, id, token));
+            return;
+        }
+        self.on_announce_result(false);
     }
 
     /// An announce could not be sent at all.
@@ -728,6 +750,65 @@ mod tests {
         assert!(ann.is_empty());
         assert_eq!(l.phase(), Phase::Done);
         assert_eq!(l.announced, 2);
+    }
+
+    /// A timed-out announce is sent once more to the same node (a lost datagram must not
+    /// move the peer off the K closest); a second timeout passes the slot to a spare.
+    #[test]
+    fn a_timed_out_announce_is_resent_once() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::Announce { port: Some(1) },
+            NodeId([0xee; 20]),
+            8,
+            1,
+        );
+        let holders: Vec<Contact> = (1..=2u8)
+            .map(|i| {
+                Contact::new(
+                    NodeId([i; 20]),
+                    SocketAddrV4::new([127, 0, 4, i].into(), 6881),
+                )
+            })
+            .collect();
+        for c in &holders {
+            l.add_candidate(*c);
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        let mut new = Vec::new();
+        for c in &holders {
+            let reply = SearchReply {
+                from: c.addr,
+                was_slow: false,
+                id: c.id,
+                nodes: &[],
+                token: Token::new(b"t"),
+                values: &[],
+            };
+            l.on_reply(&reply, &mut new);
+        }
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(ann.len(), 1);
+        let first = ann[0].0;
+        l.on_announce_timeout(first);
+        l.advance(&mut ann);
+        assert_eq!(
+            ann.iter().map(|a| a.0).collect::<Vec<_>>(),
+            vec![first],
+            "resent"
+        );
+        l.on_announce_timeout(first);
+        l.advance(&mut ann);
+        assert_eq!(
+            ann.iter().map(|a| a.0).collect::<Vec<_>>(),
+            vec![holders[1].addr],
+            "then a spare"
+        );
+        l.on_announce_result(true);
+        assert_eq!(l.phase(), Phase::Done);
+        assert_eq!(l.announced, 1);
     }
 
     #[test]

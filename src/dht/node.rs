@@ -1334,7 +1334,11 @@ impl Node {
             }
             Purpose::Announce(lid) => {
                 if let Some(slot) = self.lookups.get_mut(&lid) {
-                    slot.lookup.on_announce_result(false);
+                    if matches!(why, PingError::Timeout) {
+                        slot.lookup.on_announce_timeout(p.addr);
+                    } else {
+                        slot.lookup.on_announce_result(false);
+                    }
                     self.step_lookup(now, lid);
                 }
             }
