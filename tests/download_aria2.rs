@@ -16,11 +16,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dl_support::make_file;
+use dl_support::{make_file, run_dht_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trackerless::torrent::metainfo::{create_info, torrent_file_from_info};
 
-const GET: &str = env!("CARGO_BIN_EXE_dht-get");
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
 const ARIA2: &str = "/usr/bin/aria2c";
 const SIZE: usize = 32 << 20;
@@ -197,40 +196,14 @@ async fn dht_get_downloads_from_aria2_seeding() {
         assert!(Instant::now() < deadline, "aria2c never listened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
     // aria2 is handed over by the magnet's x.pe (its DHT is off).
     let magnet = format!("magnet:?xt=urn:btih:{ih}&x.pe={aria_addr}");
-    let args: Vec<String> = [
-        magnet.as_str(),
-        "--out",
-        out.path().to_str().unwrap(),
-        "--bind",
-        "127.152.2.2:0",
-        "--bootstrap",
-        "127.152.0.250:6881",
-        "--allow-net",
-        "127.0.0.0/8",
-        "--no-subnet-limit",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let t = Instant::now();
-    let o = tokio::task::spawn_blocking(move || Command::new(GET).args(&args).output().unwrap())
-        .await
-        .unwrap();
+    let run = run_dht_get(&magnet, "127.152.2.2:0", "127.152.0.250:6881").await;
     let _ = aria.kill();
     let _ = aria.wait();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "dht-get failed: {text}");
-    println!("dht-get took {:?} from aria2c", t.elapsed());
+    let (out, text) = (&run.out, &run.text);
+    assert!(run.status.success(), "dht-get failed: {text}");
+    println!("dht-get took {:?} from aria2c", run.took);
     assert!(
         same_file(&file, &out.path().join("from-aria2.bin")),
         "bytes differ"

@@ -17,11 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
-use dl_support::{make_file, testnet};
+use dl_support::{make_file, run_dht_get, testnet};
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::Testnet;
 
-const GET: &str = env!("CARGO_BIN_EXE_dht-get");
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
 const SIZE: usize = 64 << 20;
 
@@ -208,41 +207,12 @@ async fn dht_get_downloads_from_a_utp_only_libtorrent() {
     }
     assert!(found, "libtorrent's announce never reached our testnet");
 
-    let out = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let args: Vec<String> = [
-        seeded.magnet.as_str(),
-        "--out",
-        out.path().to_str().unwrap(),
-        "--bind",
-        "127.173.2.1:0",
-        "--bootstrap",
-        &net.addr(6).to_string(),
-        "--allow-net",
-        "127.0.0.0/8",
-        "--no-subnet-limit",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let t = Instant::now();
-    let o = tokio::task::spawn_blocking(move || Command::new(GET).args(&args).output().unwrap())
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    if !o.status.success() {
+    let run = run_dht_get(&seeded.magnet, "127.173.2.1:0", &net.addr(6).to_string()).await;
+    let (out, text) = (&run.out, &run.text);
+    if !run.status.success() {
         panic!("dht-get failed: {text}\n{}", lt.diagnostics().await);
     }
-    println!(
-        "dht-get (from a uTP-only libtorrent) took {:?}",
-        t.elapsed()
-    );
+    println!("dht-get (from a uTP-only libtorrent) took {:?}", run.took);
     assert!(text.contains("complete: 64.0 MiB verified"), "{text}");
     assert!(
         same_file(&file, &out.path().join("from-libtorrent.bin")),

@@ -691,6 +691,27 @@ mod tests {
         assert_eq!(ann.iter().map(|a| a.1).collect::<Vec<_>>(), vec![plain.id]);
     }
 
+    /// Makes `holders` the lookup's candidates and has each answer with a token.
+    fn all_answer_with_tokens(l: &mut Lookup, holders: &[Contact]) {
+        for c in holders {
+            l.add_candidate(*c);
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        let mut new = Vec::new();
+        for c in holders {
+            let reply = SearchReply {
+                from: c.addr,
+                was_slow: false,
+                id: c.id,
+                nodes: &[],
+                token: Token::new(b"t"),
+                values: &[],
+            };
+            l.on_reply(&reply, &mut new);
+        }
+    }
+
     /// A failed announce (a node that gave a token and swallowed the announce) passes its
     /// slot to the next closest token holder; the lookup ends when every slot has an
     /// answer or no spare is left.
@@ -712,25 +733,7 @@ mod tests {
                 )
             })
             .collect();
-        for c in &holders {
-            l.add_candidate(*c);
-        }
-        let mut q = Vec::new();
-        l.next_queries(&mut q);
-        let mut new = Vec::new();
-        for c in &holders {
-            l.on_reply(
-                &SearchReply {
-                    from: c.addr,
-                    was_slow: false,
-                    id: c.id,
-                    nodes: &[],
-                    token: Token::new(b"t"),
-                    values: &[],
-                },
-                &mut new,
-            );
-        }
+        all_answer_with_tokens(&mut l, &holders);
         let ids =
             |v: &Vec<(SocketAddrV4, NodeId, Token)>| v.iter().map(|a| a.1.0[0]).collect::<Vec<_>>();
         let mut ann = Vec::new();
@@ -771,23 +774,7 @@ mod tests {
                 )
             })
             .collect();
-        for c in &holders {
-            l.add_candidate(*c);
-        }
-        let mut q = Vec::new();
-        l.next_queries(&mut q);
-        let mut new = Vec::new();
-        for c in &holders {
-            let reply = SearchReply {
-                from: c.addr,
-                was_slow: false,
-                id: c.id,
-                nodes: &[],
-                token: Token::new(b"t"),
-                values: &[],
-            };
-            l.on_reply(&reply, &mut new);
-        }
+        all_answer_with_tokens(&mut l, &holders);
         let mut ann = Vec::new();
         l.advance(&mut ann);
         assert_eq!(ann.len(), 1);

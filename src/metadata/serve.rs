@@ -324,30 +324,52 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>, slots: Arc<S
                 continue;
             }
         };
-        while conns.try_join_next().is_some() {}
-        bump(&ctx.stats.accepted);
         if !ctx.config.tcp {
+            while conns.try_join_next().is_some() {}
+            bump(&ctx.stats.accepted);
             tracing::debug!(%peer, "tcp connection refused: tcp is disabled");
             continue;
         }
         let _ = stream.set_nodelay(true);
-        if check_peer_allowed(peer, &ctx.config.allow).is_err() {
-            bump(&ctx.stats.refused_not_allowed);
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            bump(&ctx.stats.refused_full);
-            continue;
-        };
-        let ctx = ctx.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            note_accepted(TransportKind::Tcp, peer);
-            if let Err(e) = serve_connection(stream.into(), peer, &ctx).await {
-                tracing::trace!(%peer, "metadata connection ended: {e}");
-            }
-        });
+        admit(
+            &mut conns,
+            &ctx,
+            &slots,
+            stream.into(),
+            peer,
+            TransportKind::Tcp,
+        );
     }
+}
+
+/// One accepted connection, whichever transport: counts it, applies the allow-list and the
+/// shared connection slots, and serves it on a task of `conns`.
+fn admit(
+    conns: &mut JoinSet<()>,
+    ctx: &Arc<ServeContext>,
+    slots: &Arc<Semaphore>,
+    stream: PeerStream,
+    peer: SocketAddr,
+    kind: TransportKind,
+) {
+    while conns.try_join_next().is_some() {}
+    bump(&ctx.stats.accepted);
+    if check_peer_allowed(peer, &ctx.config.allow).is_err() {
+        bump(&ctx.stats.refused_not_allowed);
+        return;
+    }
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        bump(&ctx.stats.refused_full);
+        return;
+    };
+    let ctx = ctx.clone();
+    conns.spawn(async move {
+        let _permit = permit;
+        note_accepted(kind, peer);
+        if let Err(e) = serve_connection(stream, peer, &ctx).await {
+            tracing::trace!(%peer, ?kind, "metadata connection ended: {e}");
+        }
+    });
 }
 
 /// Accepts uTP connections on the listener's port; same limits as TCP (shared slots).
@@ -367,24 +389,14 @@ async fn utp_accept_loop(
             }
         };
         let peer = stream.remote_addr();
-        while conns.try_join_next().is_some() {}
-        bump(&ctx.stats.accepted);
-        if check_peer_allowed(peer, &ctx.config.allow).is_err() {
-            bump(&ctx.stats.refused_not_allowed);
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            bump(&ctx.stats.refused_full);
-            continue;
-        };
-        let ctx = ctx.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            note_accepted(TransportKind::Utp, peer);
-            if let Err(e) = serve_connection(stream.into(), peer, &ctx).await {
-                tracing::trace!(%peer, "metadata connection over utp ended: {e}");
-            }
-        });
+        admit(
+            &mut conns,
+            &ctx,
+            &slots,
+            stream.into(),
+            peer,
+            TransportKind::Utp,
+        );
     }
 }
 

@@ -306,3 +306,58 @@ impl Liar {
         }
     }
 }
+
+/// What one `dht-get` run printed and where it wrote the download.
+pub struct GetRun {
+    pub status: std::process::ExitStatus,
+    /// stdout then stderr.
+    pub text: String,
+    pub out: tempfile::TempDir,
+    pub took: Duration,
+    /// The data directory (kept alive with the run).
+    pub data: tempfile::TempDir,
+}
+
+/// Runs `dht-get MAGNET` bound to `bind` (an `ip:port` on 127/8), bootstrapping from
+/// `bootstrap`, sending only to 127.0.0.0/8, into a fresh output directory.
+pub async fn run_dht_get(magnet: &str, bind: &str, bootstrap: &str) -> GetRun {
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        magnet,
+        "--out",
+        out.path().to_str().unwrap(),
+        "--bind",
+        bind,
+        "--bootstrap",
+        bootstrap,
+        "--allow-net",
+        "127.0.0.0/8",
+        "--no-subnet-limit",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let t = std::time::Instant::now();
+    let o = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dht-get"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    GetRun {
+        status: o.status,
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        out,
+        took: t.elapsed(),
+        data,
+    }
+}
