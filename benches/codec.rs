@@ -167,6 +167,7 @@ fn encode_ours(k: Kind, f: &Fixture, out: &mut Vec<u8>) {
                 port: 6881,
                 implied_port: false,
                 token: &f.token,
+                seed: false,
             },
             false,
             Some(VERSION),

@@ -120,7 +120,11 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
                 &sock,
                 lt.addr,
                 b"gp",
-                QueryArgs::GetPeers { info_hash: &ih },
+                QueryArgs::GetPeers {
+                    info_hash: &ih,
+                    scrape: false,
+                    noseed: false,
+                },
             )
             .await;
             let token = r.token.expect("a get_peers reply carries a token");
@@ -133,6 +137,7 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
                     port: 7000 + j as u16,
                     implied_port: false,
                     token: token.as_slice(),
+                    seed: false,
                 },
             )
             .await;

@@ -114,7 +114,16 @@ async fn bad_and_foreign_tokens_are_refused() {
     let a = UdpSocket::bind("127.62.9.1:0").await.unwrap();
     let b = UdpSocket::bind("127.62.9.2:0").await.unwrap();
 
-    let reply = ask(&a, target, QueryArgs::GetPeers { info_hash: &ih }).await;
+    let reply = ask(
+        &a,
+        target,
+        QueryArgs::GetPeers {
+            info_hash: &ih,
+            scrape: false,
+            noseed: false,
+        },
+    )
+    .await;
     let token = token_of(&reply);
 
     // A made-up token.
@@ -126,6 +135,7 @@ async fn bad_and_foreign_tokens_are_refused() {
             port: 1,
             implied_port: false,
             token: b"nope",
+            seed: false,
         },
     )
     .await;
@@ -140,6 +150,7 @@ async fn bad_and_foreign_tokens_are_refused() {
             port: 1,
             implied_port: false,
             token: &token,
+            seed: false,
         },
     )
     .await;
@@ -154,6 +165,7 @@ async fn bad_and_foreign_tokens_are_refused() {
             port: 4242,
             implied_port: false,
             token: &token,
+            seed: false,
         },
     )
     .await;
@@ -191,13 +203,18 @@ fn token_older_than_ten_minutes_is_refused() {
     let token = token_of(&exchange(
         &mut node,
         t0,
-        QueryArgs::GetPeers { info_hash: &ih },
+        QueryArgs::GetPeers {
+            info_hash: &ih,
+            scrape: false,
+            noseed: false,
+        },
     ));
     let announce = |port| QueryArgs::AnnouncePeer {
         info_hash: &ih,
         port,
         implied_port: false,
         token: &token,
+        seed: false,
     };
 
     // 9 minutes later: still valid (current or previous secret).

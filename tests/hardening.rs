@@ -133,7 +133,15 @@ fn a_full_store_still_hands_out_tokens_and_takes_announces() {
             node,
             t0,
             from,
-            &query(QueryArgs::GetPeers { info_hash: ih }, b"g", NodeId([1; 20])),
+            &query(
+                QueryArgs::GetPeers {
+                    info_hash: ih,
+                    scrape: false,
+                    noseed: false,
+                },
+                b"g",
+                NodeId([1; 20]),
+            ),
         );
         match r.unwrap().body {
             Body::Response(r) => r.token,
@@ -146,6 +154,7 @@ fn a_full_store_still_hands_out_tokens_and_takes_announces() {
             port: 1,
             implied_port: false,
             token,
+            seed: false,
         };
         matches!(
             exchange(node, t0, from, &query(ann, b"a", NodeId([1; 20])))

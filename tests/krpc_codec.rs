@@ -10,6 +10,7 @@ use trackerless::dht::krpc::{
     self, Bep44Fields, Body, DecodeError, ErrorBody, ItemReply, Message, Method, MutablePut, Query,
     QueryArgs, Response, ResponseBody, Tid, Token, Version,
 };
+use trackerless::dht::scrape::ScrapeFilter;
 
 fn id(s: &[u8; 20]) -> NodeId {
     NodeId(*s)
@@ -77,7 +78,7 @@ fn bep5_examples() -> Vec<(&'static [u8], Message)> {
         ),
         (
             b"d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q9:get_peers1:t2:aa1:y1:qe",
-            query(Method::GetPeers { info_hash }),
+            query(Method::GetPeers { info_hash, scrape: false, noseed: false }),
         ),
         (
             b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re",
@@ -108,6 +109,7 @@ fn bep5_examples() -> Vec<(&'static [u8], Message)> {
                 port: 6881,
                 implied_port: false,
                 token: Token::new(b"aoeusnth").unwrap(),
+                seed: false,
             }),
         ),
     ]
@@ -180,7 +182,11 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
             vec![(b"target", b(&target.0))],
         ),
         (
-            QueryArgs::GetPeers { info_hash: &target },
+            QueryArgs::GetPeers {
+                info_hash: &target,
+                scrape: false,
+                noseed: false,
+            },
             vec![(b"info_hash", b(&target.0))],
         ),
         (
@@ -189,6 +195,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
                 port: 51413,
                 implied_port: true,
                 token,
+                seed: false,
             },
             vec![
                 (b"implied_port", Value::Int(1)),
@@ -198,11 +205,39 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
             ],
         ),
         (
+            QueryArgs::GetPeers {
+                info_hash: &target,
+                scrape: true,
+                noseed: true,
+            },
+            vec![
+                (b"info_hash", b(&target.0)),
+                (b"noseed", Value::Int(1)),
+                (b"scrape", Value::Int(1)),
+            ],
+        ),
+        (
+            QueryArgs::AnnouncePeer {
+                info_hash: &target,
+                port: 2,
+                implied_port: false,
+                token,
+                seed: true,
+            },
+            vec![
+                (b"info_hash", b(&target.0)),
+                (b"port", Value::Int(2)),
+                (b"seed", Value::Int(1)),
+                (b"token", b(token)),
+            ],
+        ),
+        (
             QueryArgs::AnnouncePeer {
                 info_hash: &target,
                 port: 1,
                 implied_port: false,
                 token,
+                seed: false,
             },
             vec![
                 (b"info_hash", b(&target.0)),
@@ -339,6 +374,8 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         "127.0.0.2:65535".parse().unwrap(),
     ];
     let samples = [9u8; 60];
+    let bf_sd = ScrapeFilter([0x5d; 256]);
+    let bf_pe = ScrapeFilter([0x9e; 256]);
     let body = ResponseBody {
         id: &me,
         nodes: Some(&nodes),
@@ -354,6 +391,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
             seq: Some(7),
             sig: Some(&[0x44; 64]),
         },
+        scrape: Some((&bf_sd, &bf_pe)),
     };
     let mut ours = Vec::new();
     krpc::encode_response(&mut ours, b"\x00\xff", &body, Some(ip), None);
@@ -365,7 +403,11 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     assert_eq!(back.k.as_deref(), Some(&[0x33; 32]));
     assert_eq!(back.seq, Some(7));
     assert_eq!(back.sig.as_deref(), Some(&[0x44; 64]));
+    assert_eq!(back.bf_seeds.as_deref(), Some(&bf_sd));
+    assert_eq!(back.bf_peers.as_deref(), Some(&bf_pe));
     let r = dict(vec![
+        (b"BFpe", b(&bf_pe.0)),
+        (b"BFsd", b(&bf_sd.0)),
         (b"id", b(&me.0)),
         (b"interval", Value::Int(21600)),
         (b"k", b(&[0x33; 32])),

@@ -162,6 +162,11 @@ const KEYS: &[&str] = &[
     "samples",
     "interval",
     "num",
+    "scrape",
+    "noseed",
+    "seed",
+    "BFsd",
+    "BFpe",
     "zz",
 ];
 
@@ -277,7 +282,27 @@ fn message(rng: &mut Rng, out: &mut Vec<u8>) {
                                 args.push(a);
                             }
                         }
-                        for arg in ["port", "implied_port", "interval", "num", "values"] {
+                        // BEP 33: filters of exactly 256 bytes, or one byte off.
+                        for arg in ["BFsd", "BFpe"] {
+                            if rng.below(4) == 0 {
+                                let mut a = Vec::new();
+                                put_str(&mut a, arg.as_bytes());
+                                let len = [256usize, 256, 255, 257][rng.below(4)];
+                                let v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                                put_str(&mut a, &v);
+                                args.push(a);
+                            }
+                        }
+                        for arg in [
+                            "port",
+                            "implied_port",
+                            "interval",
+                            "num",
+                            "values",
+                            "scrape",
+                            "noseed",
+                            "seed",
+                        ] {
                             if rng.below(3) == 0 {
                                 let mut a = Vec::new();
                                 put_str(&mut a, arg.as_bytes());

@@ -359,6 +359,7 @@ fn error_codes_and_lengths_follow_bep5() {
         port: 1,
         implied_port: false,
         token: &long_token,
+        seed: false,
     };
     let r = answer(&mut node, &query(ann, b"an", &id(0x60))).expect("answered");
     assert!(

@@ -171,7 +171,7 @@ impl Net {
             | Method::SampleInfohashes { target }
             | Method::Unknown { target }
             | Method::Get { target, .. } => Some(target),
-            Method::GetPeers { info_hash } => Some(info_hash),
+            Method::GetPeers { info_hash, .. } => Some(info_hash),
             Method::Ping | Method::AnnouncePeer { .. } | Method::Put(_) => None,
         };
         let pool = match kind {

@@ -660,12 +660,17 @@ impl LoadSource {
         let args = match kind {
             Kind::Ping => QueryArgs::Ping,
             Kind::FindNode => QueryArgs::FindNode { target: &target },
-            Kind::GetPeers => QueryArgs::GetPeers { info_hash: &ih },
+            Kind::GetPeers => QueryArgs::GetPeers {
+                info_hash: &ih,
+                scrape: false,
+                noseed: false,
+            },
             Kind::Announce => QueryArgs::AnnouncePeer {
                 info_hash: &ih,
                 port: 6881,
                 implied_port: false,
                 token: token.as_ref().map(|t| t.as_slice()).unwrap_or(&[]),
+                seed: false,
             },
             Kind::Sample => QueryArgs::SampleInfohashes { target: &target },
         };
@@ -1150,12 +1155,15 @@ impl FillSource {
         let args = match &job {
             Job::GetPeers { ih } => QueryArgs::GetPeers {
                 info_hash: &infohashes[*ih as usize],
+                scrape: false,
+                noseed: false,
             },
             Job::Announce { ih, port, token } => QueryArgs::AnnouncePeer {
                 info_hash: &infohashes[*ih as usize],
                 port: *port,
                 implied_port: false,
                 token: token.as_slice(),
+                seed: false,
             },
         };
         krpc::encode_query(out, &tid, &self.id, &args, false, Some(VERSION));
@@ -1309,7 +1317,11 @@ async fn verify_fill(
             &mut q,
             &tid,
             &id,
-            &QueryArgs::GetPeers { info_hash: ih },
+            &QueryArgs::GetPeers {
+                info_hash: ih,
+                scrape: false,
+                noseed: false,
+            },
             false,
             None,
         );

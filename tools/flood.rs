@@ -320,9 +320,11 @@ pub fn flood(args: FloodArgs) -> Result<ExitCode, String> {
                     let args = match kind {
                         Kind::Ping => QueryArgs::Ping,
                         Kind::FindNode => QueryArgs::FindNode { target: &target },
-                        Kind::GetPeers | Kind::Announce => {
-                            QueryArgs::GetPeers { info_hash: &target }
-                        }
+                        Kind::GetPeers | Kind::Announce => QueryArgs::GetPeers {
+                            info_hash: &target,
+                            scrape: false,
+                            noseed: false,
+                        },
                         Kind::Sample => QueryArgs::SampleInfohashes { target: &target },
                     };
                     let mut q = Vec::new();

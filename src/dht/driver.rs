@@ -21,6 +21,7 @@ use crate::dht::id::{Contact, InfoHash, NodeId};
 use crate::dht::krpc::Response;
 use crate::dht::node::{self, DirectQuery, Event, LookupId, Node, PingError, RequestId, Stats};
 use crate::dht::persist::{NodeStore, PersistError};
+use crate::dht::scrape::ScrapeEstimate;
 use crate::dht::udp;
 
 /// Everything needed to start a node.
@@ -117,6 +118,8 @@ pub struct LookupSummary {
     pub announced: usize,
     /// Queries the lookup sent.
     pub messages: u32,
+    /// A scrape's united BEP 33 filters ([`DhtHandle::scrape`] only).
+    pub scrape: Option<Box<ScrapeEstimate>>,
 }
 
 enum LookupUpdate {
@@ -196,7 +199,8 @@ enum Command {
 enum LookupRequest {
     FindNode(NodeId),
     GetPeers(InfoHash),
-    Announce(InfoHash, Option<u16>),
+    Announce(InfoHash, Option<u16>, bool),
+    Scrape(InfoHash),
 }
 
 /// A handle to a running node. Cheap to clone; the node stops when [`DhtHandle::shutdown`]
@@ -289,7 +293,29 @@ impl DhtHandle {
     /// Announces that we have `info_hash` on TCP `port` (`None`: our UDP port, i.e.
     /// `implied_port`). Peers already in the swarm stream in as a by-product.
     pub fn announce(&self, info_hash: InfoHash, port: Option<u16>) -> Result<PeerStream, DhtError> {
-        self.lookup(LookupRequest::Announce(info_hash, port))
+        self.announce_as(info_hash, port, false)
+    }
+
+    /// [`DhtHandle::announce`] saying whether we have the whole torrent (BEP 33: a seed's
+    /// announces carry `seed=1` so scrapes count it as one, and its searches `noseed=1`).
+    pub fn announce_as(
+        &self,
+        info_hash: InfoHash,
+        port: Option<u16>,
+        seed: bool,
+    ) -> Result<PeerStream, DhtError> {
+        self.lookup(LookupRequest::Announce(info_hash, port, seed))
+    }
+
+    /// BEP 33: estimates the swarm of `info_hash` (seeds and downloaders) from the bloom
+    /// filters of the nodes around it. `replies` is 0 when no node answered with filters
+    /// (none holds the infohash's swarm, or none speaks BEP 33).
+    pub async fn scrape(&self, info_hash: InfoHash) -> Result<ScrapeEstimate, DhtError> {
+        let (_, summary) = self
+            .lookup(LookupRequest::Scrape(info_hash))?
+            .collect()
+            .await;
+        Ok(summary.scrape.map(|s| *s).unwrap_or_default())
     }
 
     /// Pings these addresses; those that answer may enter the routing table (e.g. a peer's
@@ -621,7 +647,10 @@ impl Driver {
                 let id = match req {
                     LookupRequest::FindNode(t) => self.node.find_node(now, t),
                     LookupRequest::GetPeers(ih) => self.node.get_peers(now, ih),
-                    LookupRequest::Announce(ih, port) => self.node.announce(now, ih, port),
+                    LookupRequest::Announce(ih, port, seed) => {
+                        self.node.announce_as(now, ih, port, seed)
+                    }
+                    LookupRequest::Scrape(ih) => self.node.scrape(now, ih),
                 };
                 self.lookups.insert(id, tx);
             }
@@ -687,12 +716,14 @@ impl Driver {
                     closest,
                     announced,
                     messages,
+                    scrape,
                 } => {
                     if let Some(tx) = self.lookups.remove(&lookup) {
                         let _ = tx.send(LookupUpdate::Done(LookupSummary {
                             closest,
                             announced,
                             messages,
+                            scrape,
                         }));
                     }
                 }

@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use crate::dht::bep42;
 use crate::dht::id::{Contact, InfoHash, NodeId, compact_nodes};
 use crate::dht::krpc::Token;
+use crate::dht::scrape::{ScrapeEstimate, ScrapeFilter};
 
 /// Candidates kept per lookup. Enough to absorb a few rounds of `nodes` (8 each) without
 /// dropping close ones; farther ones are useless to an aggressive lookup anyway.
@@ -66,10 +67,16 @@ pub enum LookupKind {
     FindNode,
     GetPeers,
     /// get_peers, then announce_peer to the K closest with their tokens. `port: None` means
-    /// `implied_port` (use our UDP source port).
+    /// `implied_port` (use our UDP source port). `seed` (BEP 33) says we have the whole
+    /// torrent: the announces carry `seed=1` and the searches `noseed=1` (a seed has no use
+    /// for other seeds).
     Announce {
         port: Option<u16>,
+        seed: bool,
     },
+    /// BEP 33: get_peers with `scrape=1`; the replies' bloom filters are united in
+    /// [`Lookup::scrape`].
+    Scrape,
 }
 
 impl LookupKind {
@@ -109,6 +116,8 @@ pub struct SearchReply<'a> {
     pub nodes: &'a [u8],
     pub token: Option<Token>,
     pub values: &'a [SocketAddrV4],
+    /// BEP 33 `BFsd` and `BFpe`, when the reply carried both.
+    pub scrape: Option<(&'a ScrapeFilter, &'a ScrapeFilter)>,
 }
 
 /// Where a lookup stands.
@@ -151,6 +160,8 @@ pub struct Lookup {
     filter: CandidateFilter,
     /// `nodes` entries dropped as junk by the filter.
     pub junk_dropped: u32,
+    /// A scrape lookup's union of the filters replies carried.
+    pub scrape: Option<ScrapeEstimate>,
 }
 
 impl Lookup {
@@ -174,6 +185,7 @@ impl Lookup {
             replies: 0,
             filter: CandidateFilter::default(),
             junk_dropped: 0,
+            scrape: (kind == LookupKind::Scrape).then(ScrapeEstimate::default),
         }
     }
 
@@ -311,6 +323,9 @@ impl Lookup {
             } else {
                 self.junk_dropped += 1;
             }
+        }
+        if let (Some(est), Some((seeds, downloaders))) = (&mut self.scrape, reply.scrape) {
+            est.add(seeds, downloaders);
         }
         new_peers.clear();
         if self.kind.wants_peers() {
@@ -495,6 +510,7 @@ mod tests {
                 nodes: &compact(&[c(0x01, 9)]),
                 token: None,
                 values: &[],
+                scrape: None,
             },
             &mut peers,
         );
@@ -513,6 +529,7 @@ mod tests {
                 nodes: &[],
                 token: None,
                 values: &[],
+                scrape: None,
             },
             &mut peers,
         );
@@ -551,6 +568,7 @@ mod tests {
                 nodes: &[],
                 token: None,
                 values: &[],
+                scrape: None,
             },
             &mut peers,
         );
@@ -565,6 +583,7 @@ mod tests {
                 nodes: &[],
                 token: None,
                 values: &[],
+                scrape: None,
             },
             &mut peers,
         );
@@ -596,7 +615,10 @@ mod tests {
     fn get_peers_dedups_peers_and_announces_to_token_holders() {
         let mut l = Lookup::new(
             NodeId([0; 20]),
-            LookupKind::Announce { port: Some(7) },
+            LookupKind::Announce {
+                port: Some(7),
+                seed: false,
+            },
             NodeId([0xee; 20]),
             3,
             8,
@@ -616,6 +638,7 @@ mod tests {
                 nodes: &[],
                 token: Token::new(b"tk"),
                 values: &[peer, peer],
+                scrape: None,
             },
             &mut new,
         );
@@ -628,6 +651,7 @@ mod tests {
                 nodes: &[],
                 token: None,
                 values: &[peer],
+                scrape: None,
             },
             &mut new,
         );
@@ -646,7 +670,10 @@ mod tests {
     fn announces_go_to_the_closest_token_holders_whatever_their_ids() {
         let mut l = Lookup::new(
             NodeId([0; 20]),
-            LookupKind::Announce { port: None },
+            LookupKind::Announce {
+                port: None,
+                seed: false,
+            },
             NodeId([0xee; 20]),
             3,
             1,
@@ -681,6 +708,7 @@ mod tests {
                     nodes: &[],
                     token: Token::new(b"t"),
                     values: &[],
+                    scrape: None,
                 },
                 &mut new,
             );
@@ -707,6 +735,7 @@ mod tests {
                 nodes: &[],
                 token: Token::new(b"t"),
                 values: &[],
+                scrape: None,
             };
             l.on_reply(&reply, &mut new);
         }
@@ -720,7 +749,10 @@ mod tests {
         let k = 3;
         let mut l = Lookup::new(
             NodeId([0; 20]),
-            LookupKind::Announce { port: Some(1) },
+            LookupKind::Announce {
+                port: Some(1),
+                seed: false,
+            },
             NodeId([0xee; 20]),
             8,
             k,
@@ -761,7 +793,10 @@ mod tests {
     fn a_timed_out_announce_is_resent_once() {
         let mut l = Lookup::new(
             NodeId([0; 20]),
-            LookupKind::Announce { port: Some(1) },
+            LookupKind::Announce {
+                port: Some(1),
+                seed: false,
+            },
             NodeId([0xee; 20]),
             8,
             1,
@@ -901,6 +936,7 @@ mod tests {
                 nodes: &compact,
                 token: None,
                 values: &[],
+                scrape: None,
             },
             &mut peers,
         );

@@ -17,7 +17,7 @@ pub mod outbox;
 pub mod peer_store;
 pub mod persist;
 pub mod router;
-pub mod scrape;
 pub mod routing;
 pub mod rpc;
+pub mod scrape;
 pub mod udp;

@@ -33,6 +33,7 @@ use crate::dht::outbox::{Emitted, Outbox};
 use crate::dht::peer_store::{PeerStore, StoreConfig, TokenSecrets};
 use crate::dht::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::dht::rpc::{Matched, Pending, Transactions};
+use crate::dht::scrape::{ScrapeEstimate, ScrapeFilter};
 
 /// Our client version tag: [`crate::CLIENT_CODE`] and a two-byte version.
 pub const VERSION: &[u8; 4] = &[crate::CLIENT_CODE[0], crate::CLIENT_CODE[1], 0, 1];
@@ -197,6 +198,8 @@ pub enum Event {
         announced: usize,
         /// Queries this lookup sent.
         messages: u32,
+        /// A scrape lookup's united filters (BEP 33).
+        scrape: Option<Box<ScrapeEstimate>>,
     },
 }
 
@@ -400,6 +403,8 @@ pub struct Node {
     scratch_nodes: Vec<u8>,
     scratch_values: Vec<SocketAddrV4>,
     scratch_samples: Vec<u8>,
+    /// BEP 33 filters (seeds, downloaders) of the scrape being answered; boxed, 512 bytes.
+    scratch_scrape: Box<(ScrapeFilter, ScrapeFilter)>,
     scratch_queries: Vec<(SocketAddrV4, Option<NodeId>)>,
     scratch_announce: Vec<(SocketAddrV4, NodeId, Token)>,
     scratch_failed: Vec<Pending<Purpose>>,
@@ -474,6 +479,7 @@ impl Node {
             scratch_nodes: Vec::new(),
             scratch_values: Vec::new(),
             scratch_samples: Vec::new(),
+            scratch_scrape: Box::default(),
             scratch_queries: Vec::new(),
             scratch_announce: Vec::new(),
             scratch_failed: Vec::new(),
@@ -684,7 +690,11 @@ impl Node {
         let args = match &q {
             DirectQuery::Ping => QueryArgs::Ping,
             DirectQuery::FindNode(t) => QueryArgs::FindNode { target: t },
-            DirectQuery::GetPeers(ih) => QueryArgs::GetPeers { info_hash: ih },
+            DirectQuery::GetPeers(ih) => QueryArgs::GetPeers {
+                info_hash: ih,
+                scrape: false,
+                noseed: false,
+            },
             DirectQuery::SampleInfohashes(t) => QueryArgs::SampleInfohashes { target: t },
         };
         let error = if !self.config.allow.allows(SocketAddr::V4(addr)) {
@@ -728,7 +738,25 @@ impl Node {
     /// Finds peers for `info_hash` and announces us to the K closest nodes, on `port` or,
     /// with `None`, on our UDP port (`implied_port`).
     pub fn announce(&mut self, now: Instant, info_hash: InfoHash, port: Option<u16>) -> LookupId {
-        self.user_lookup(now, info_hash, LookupKind::Announce { port })
+        self.announce_as(now, info_hash, port, false)
+    }
+
+    /// [`Node::announce`] saying whether we are a seed (BEP 33: announces carry `seed=1`,
+    /// so scrapes count us among the seeds, and searches carry `noseed=1`).
+    pub fn announce_as(
+        &mut self,
+        now: Instant,
+        info_hash: InfoHash,
+        port: Option<u16>,
+        seed: bool,
+    ) -> LookupId {
+        self.user_lookup(now, info_hash, LookupKind::Announce { port, seed })
+    }
+
+    /// BEP 33: estimates the swarm of `info_hash` from the bloom filters of the nodes a
+    /// get_peers lookup meets; the estimate arrives with [`Event::LookupDone`].
+    pub fn scrape(&mut self, now: Instant, info_hash: InfoHash) -> LookupId {
+        self.user_lookup(now, info_hash, LookupKind::Scrape)
     }
 
     fn new_lookup(&self, target: NodeId, kind: LookupKind) -> Lookup {
@@ -853,7 +881,11 @@ impl Node {
         let mut unsent = false;
         for &(addr, expected) in queries {
             let args = if kind.wants_peers() {
-                QueryArgs::GetPeers { info_hash: &target }
+                QueryArgs::GetPeers {
+                    info_hash: &target,
+                    scrape: kind == LookupKind::Scrape,
+                    noseed: matches!(kind, LookupKind::Announce { seed: true, .. }),
+                }
             } else {
                 QueryArgs::FindNode { target: &target }
             };
@@ -876,9 +908,13 @@ impl Node {
         kind: LookupKind,
         announce: &mut Vec<(SocketAddrV4, NodeId, Token)>,
     ) {
-        let (port, implied_port) = match kind {
-            LookupKind::Announce { port: Some(p) } => (p, false),
-            _ => (0, true),
+        let (port, implied_port, seed) = match kind {
+            LookupKind::Announce {
+                port: Some(p),
+                seed,
+            } => (p, false, seed),
+            LookupKind::Announce { port: None, seed } => (0, true, seed),
+            _ => (0, true, false),
         };
         for (addr, node, token) in announce.drain(..) {
             let args = QueryArgs::AnnouncePeer {
@@ -886,6 +922,7 @@ impl Node {
                 port,
                 implied_port,
                 token: token.as_slice(),
+                seed,
             };
             if !self.send_query(now, addr, Some(node), args, Purpose::Announce(id))
                 && let Some(slot) = self.lookups.get_mut(&id)
@@ -905,6 +942,7 @@ impl Node {
                 closest: slot.lookup.closest_responders(),
                 announced: slot.lookup.announced,
                 messages: slot.lookup.messages,
+                scrape: slot.lookup.scrape.map(Box::new),
             }),
             Owner::Bootstrap => {
                 self.bootstrap_running = false;
@@ -1075,7 +1113,11 @@ impl Node {
                 closest(&self.table, &target, &mut contacts, &mut nodes);
                 body.nodes = Some(&nodes);
             }
-            Method::GetPeers { info_hash } => {
+            Method::GetPeers {
+                info_hash,
+                scrape,
+                noseed,
+            } => {
                 closest(&self.table, &info_hash, &mut contacts, &mut nodes);
                 body.nodes = Some(&nodes);
                 self.tokens.maybe_rotate(now, &mut self.rng);
@@ -1083,10 +1125,26 @@ impl Node {
                 // BEP 5: a get_peers reply always carries a token. A full store makes room
                 // for the announce by evicting its least-announced infohash.
                 body.token = Some(token.as_slice());
-                let max = self.store.config().max_values_per_reply;
-                self.store
-                    .sample_peers(&info_hash, max, now, &mut self.rng, &mut values);
-                body.values = &values;
+                if scrape {
+                    // BEP 33: the filters instead of `values` (as libtorrent does: the asker
+                    // wants a count, and 512 bytes of filters plus peers would pass the MTU),
+                    // and none when we hold nothing for it (512 bytes of zeros say nothing).
+                    let (sd, pe) = &mut *self.scratch_scrape;
+                    if self.store.scrape(&info_hash, now, sd, pe) {
+                        body.scrape = Some((&self.scratch_scrape.0, &self.scratch_scrape.1));
+                    }
+                } else {
+                    let max = self.store.config().max_values_per_reply;
+                    self.store.sample_peers(
+                        &info_hash,
+                        max,
+                        noseed,
+                        now,
+                        &mut self.rng,
+                        &mut values,
+                    );
+                    body.values = &values;
+                }
                 if self.config.report_incoming {
                     self.events.push_back(Event::Incoming {
                         info_hash,
@@ -1100,6 +1158,7 @@ impl Node {
                 port,
                 implied_port,
                 token,
+                seed,
             } => {
                 self.tokens.maybe_rotate(now, &mut self.rng);
                 if !self.tokens.verify(*from.ip(), token.as_slice()) {
@@ -1113,7 +1172,10 @@ impl Node {
                 }
                 let port = if implied_port { from.port() } else { port };
                 let peer = SocketAddrV4::new(*from.ip(), port);
-                if self.store.announce(info_hash, peer, now, &mut self.rng) {
+                if self
+                    .store
+                    .announce(info_hash, peer, seed, now, &mut self.rng)
+                {
                     self.stats.announces_stored += 1;
                 } else {
                     self.stats.announces_refused += 1;
@@ -1278,6 +1340,7 @@ impl Node {
                     nodes: r.nodes.as_deref().unwrap_or(&[]),
                     token: r.token,
                     values: &r.values,
+                    scrape: r.bf_seeds.as_deref().zip(r.bf_peers.as_deref()),
                 };
                 let junk_before = slot.lookup.junk_dropped;
                 slot.lookup.on_reply(&reply, &mut new_peers);

@@ -10,7 +10,7 @@
 //! entry is created by remote parties; peers expire unless re-announced.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
@@ -18,6 +18,7 @@ use sha1::{Digest, Sha1};
 
 use crate::dht::id::InfoHash;
 use crate::dht::krpc::Token;
+use crate::dht::scrape::ScrapeFilter;
 
 /// How often the token secret changes (BEP 5).
 pub const TOKEN_ROTATION: Duration = Duration::from_secs(5 * 60);
@@ -108,10 +109,19 @@ impl Default for StoreConfig {
     }
 }
 
+/// The top bit of a peer's stamp: it announced `seed=1` (BEP 33). The other 31 bits are its
+/// expiry in seconds since the store's epoch (68 years), so the flag costs no memory.
+const SEED: u32 = 1 << 31;
+
+fn expiry(stamp: u32) -> u32 {
+    stamp & !SEED
+}
+
 #[derive(Debug)]
 struct Swarm {
-    /// Peers with their expiry in whole seconds since the store's epoch: 12 bytes a peer
-    /// instead of 24 with an `Instant`, which halves the memory of a full store.
+    /// Peers with their stamp: the expiry in whole seconds since the store's epoch and the
+    /// [`SEED`] bit; 12 bytes a peer instead of 24 with an `Instant`, which halves the
+    /// memory of a full store.
     peers: Vec<(SocketAddrV4, u32)>,
     /// Position of this infohash in `PeerStore::keys` (for O(1) random sampling).
     key_index: usize,
@@ -168,10 +178,13 @@ impl PeerStore {
         self.swarms.len() >= self.config.max_infohashes
     }
 
-    /// Seconds since the epoch (saturating; the epoch is the first time seen).
+    /// Seconds since the epoch (saturating at 31 bits, the stamp's room; the epoch is the
+    /// first time seen).
     fn secs(&mut self, t: Instant) -> u32 {
         let epoch = *self.epoch.get_or_insert(t);
-        u32::try_from(t.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+        u32::try_from(t.saturating_duration_since(epoch).as_secs())
+            .unwrap_or(u32::MAX)
+            .min(!SEED)
     }
 
     /// Announces refused (a store configured to hold nothing).
@@ -191,23 +204,25 @@ impl PeerStore {
     /// would make the node unannounceable for everything new while it holds stale swarms.
     /// The swarms that matter (many peers) survive a stream of one-off announces, which
     /// only replace each other. When a swarm is full, the peer closest to expiry makes
-    /// room.
+    /// room. `seed` is BEP 33's flag (the peer has the whole torrent); a re-announce
+    /// replaces it, so a downloader that completes becomes a seed.
     pub fn announce<R: Rng + ?Sized>(
         &mut self,
         info_hash: InfoHash,
         peer: SocketAddrV4,
+        seed: bool,
         now: Instant,
         rng: &mut R,
     ) -> bool {
         let ttl = u32::try_from(self.config.peer_ttl.as_secs()).unwrap_or(u32::MAX);
-        let expires = self.secs(now).saturating_add(ttl);
+        let expires = self.secs(now).saturating_add(ttl).min(!SEED) | if seed { SEED } else { 0 };
         if let Some(swarm) = self.swarms.get_mut(&info_hash) {
             if let Some(p) = swarm.peers.iter_mut().find(|(a, _)| *a == peer) {
                 p.1 = expires;
                 return true;
             }
             if swarm.peers.len() >= self.config.max_peers_per_infohash {
-                if let Some(oldest) = swarm.peers.iter_mut().min_by_key(|(_, e)| *e) {
+                if let Some(oldest) = swarm.peers.iter_mut().min_by_key(|(_, e)| expiry(*e)) {
                     *oldest = (peer, expires);
                 }
                 return true;
@@ -256,7 +271,7 @@ impl PeerStore {
                 rng.random_range(0..n)
             }];
             let sw = &self.swarms[&key];
-            let freshest = sw.peers.iter().map(|(_, e)| *e).max().unwrap_or(0);
+            let freshest = sw.peers.iter().map(|(_, e)| expiry(*e)).max().unwrap_or(0);
             let rank = (sw.peers.len(), freshest);
             if victim.is_none_or(|(_, r)| rank < r) {
                 victim = Some((key, rank));
@@ -282,11 +297,13 @@ impl PeerStore {
     }
 
     /// Fills `out` with up to `max` random unexpired peers of `info_hash` (a partial
-    /// Fisher-Yates shuffle in place: the order of a swarm carries no meaning).
+    /// Fisher-Yates shuffle in place: the order of a swarm carries no meaning); with
+    /// `noseed` (BEP 33: the asker is a seed) seeds are left out.
     pub fn sample_peers<R: Rng + ?Sized>(
         &mut self,
         info_hash: &InfoHash,
         max: usize,
+        noseed: bool,
         now: Instant,
         rng: &mut R,
         out: &mut Vec<SocketAddrV4>,
@@ -301,12 +318,40 @@ impl PeerStore {
         while i < n && out.len() < max {
             let j = rng.random_range(i..n);
             swarm.peers.swap(i, j);
-            let (addr, expires) = swarm.peers[i];
-            if expires > now {
+            let (addr, stamp) = swarm.peers[i];
+            if expiry(stamp) > now && !(noseed && stamp & SEED != 0) {
                 out.push(addr);
             }
             i += 1;
         }
+    }
+
+    /// BEP 33: the bloom filters of the unexpired seeds' and downloaders' IPs of
+    /// `info_hash`; returns false (and empty filters) when we hold no swarm for it.
+    pub fn scrape(
+        &mut self,
+        info_hash: &InfoHash,
+        now: Instant,
+        seeds: &mut ScrapeFilter,
+        downloaders: &mut ScrapeFilter,
+    ) -> bool {
+        *seeds = ScrapeFilter::default();
+        *downloaders = ScrapeFilter::default();
+        let now = self.secs(now);
+        let Some(swarm) = self.swarms.get(info_hash) else {
+            return false;
+        };
+        for &(addr, stamp) in &swarm.peers {
+            if expiry(stamp) > now {
+                let f = if stamp & SEED != 0 {
+                    &mut *seeds
+                } else {
+                    &mut *downloaders
+                };
+                f.insert(IpAddr::V4(*addr.ip()));
+            }
+        }
+        true
     }
 
     /// Up to `max` random infohashes (BEP 51 samples), appended to `out` as raw bytes.
@@ -330,7 +375,7 @@ impl PeerStore {
         let mut empty = Vec::new();
         for (k, swarm) in &mut self.swarms {
             let before = swarm.peers.len();
-            swarm.peers.retain(|(_, e)| *e > now);
+            swarm.peers.retain(|(_, e)| expiry(*e) > now);
             self.total_peers -= before - swarm.peers.len();
             if swarm.peers.is_empty() {
                 empty.push(*k);
@@ -401,14 +446,14 @@ mod tests {
         });
         let ih = |i: u8| InfoHash::from([i; 20]);
         for i in 0..10 {
-            st.announce(ih(1), peer(i), now, &mut rng);
+            st.announce(ih(1), peer(i), false, now, &mut rng);
         }
         assert_eq!(st.num_peers(), 4);
-        st.announce(ih(2), peer(1), now, &mut rng);
-        st.announce(ih(2), peer(2), now, &mut rng);
-        assert!(st.announce(ih(3), peer(1), now, &mut rng));
+        st.announce(ih(2), peer(1), false, now, &mut rng);
+        st.announce(ih(2), peer(2), false, now, &mut rng);
+        assert!(st.announce(ih(3), peer(1), false, now, &mut rng));
         // Full: a new infohash is taken, evicting the least-announced one (ih 3, one peer).
-        assert!(st.announce(ih(4), peer(1), now, &mut rng));
+        assert!(st.announce(ih(4), peer(1), false, now, &mut rng));
         assert_eq!(st.num_infohashes(), 3);
         assert!(st.swarms.contains_key(&ih(4)));
         assert!(!st.swarms.contains_key(&ih(3)));
@@ -416,11 +461,17 @@ mod tests {
         assert_eq!((st.refused(), st.evicted()), (0, 1));
         assert_eq!(st.num_peers(), 4 + 2 + 1);
         st.remove(&ih(4));
-        st.announce(ih(3), peer(1), now, &mut rng);
+        st.announce(ih(3), peer(1), false, now, &mut rng);
         // Re-announcing refreshes rather than duplicating.
-        st.announce(ih(1), peer(9), now + Duration::from_secs(40), &mut rng);
+        st.announce(
+            ih(1),
+            peer(9),
+            false,
+            now + Duration::from_secs(40),
+            &mut rng,
+        );
         let mut out = Vec::new();
-        st.sample_peers(&ih(1), 100, now, &mut rng, &mut out);
+        st.sample_peers(&ih(1), 100, false, now, &mut rng, &mut out);
         assert_eq!(out.len(), 4);
         st.sweep(now + Duration::from_secs(61));
         assert_eq!(st.num_infohashes(), 1);
@@ -428,6 +479,7 @@ mod tests {
         st.sample_peers(
             &ih(1),
             100,
+            false,
             now + Duration::from_secs(61),
             &mut rng,
             &mut out,
@@ -442,18 +494,18 @@ mod tests {
         let now = Instant::now();
         let mut st = PeerStore::new(StoreConfig::default());
         for i in 0..300 {
-            st.announce(InfoHash::from([7; 20]), peer(i), now, &mut rng);
+            st.announce(InfoHash::from([7; 20]), peer(i), false, now, &mut rng);
         }
         let mut a = Vec::new();
         let mut b = Vec::new();
-        st.sample_peers(&InfoHash::from([7; 20]), 100, now, &mut rng, &mut a);
-        st.sample_peers(&InfoHash::from([7; 20]), 100, now, &mut rng, &mut b);
+        st.sample_peers(&InfoHash::from([7; 20]), 100, false, now, &mut rng, &mut a);
+        st.sample_peers(&InfoHash::from([7; 20]), 100, false, now, &mut rng, &mut b);
         assert_eq!(a.len(), 100);
         let distinct: std::collections::HashSet<_> = a.iter().collect();
         assert_eq!(distinct.len(), 100);
         assert_ne!(a, b);
         for i in 0..50u8 {
-            st.announce(InfoHash::from([i; 20]), peer(1), now, &mut rng);
+            st.announce(InfoHash::from([i; 20]), peer(1), false, now, &mut rng);
         }
         let mut s = Vec::new();
         st.sample_infohashes(20, &mut rng, &mut s);
@@ -479,18 +531,55 @@ mod tests {
         };
         for i in 0..10 {
             for p in 0..50 {
-                st.announce(big(i), peer(p), now, &mut rng);
+                st.announce(big(i), peer(p), false, now, &mut rng);
             }
         }
         for i in 0..20_000u32 {
             let mut b = [0x55; 20];
             b[..4].copy_from_slice(&i.to_be_bytes());
-            assert!(st.announce(InfoHash::from(b), peer(1), now, &mut rng));
+            assert!(st.announce(InfoHash::from(b), peer(1), false, now, &mut rng));
         }
         assert_eq!(st.num_infohashes(), 1000);
         assert_eq!(st.evicted(), 20_000 + 10 - 1000);
         for i in 0..10 {
             assert!(st.contains(&big(i)), "big swarm {i} was evicted");
         }
+    }
+
+    /// BEP 33 on the store: seeds and downloaders go to their own filters, `noseed` leaves
+    /// seeds out of `values`, a re-announce updates the flag, and expired peers leave both.
+    #[test]
+    fn seeds_are_kept_apart_for_scrapes_and_noseed() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let now = Instant::now();
+        let mut st = PeerStore::new(StoreConfig {
+            peer_ttl: Duration::from_secs(60),
+            ..StoreConfig::default()
+        });
+        let ih = InfoHash::from([3; 20]);
+        for i in 0..30 {
+            st.announce(ih, peer(i), true, now, &mut rng);
+        }
+        for i in 30..100 {
+            st.announce(ih, peer(i), false, now, &mut rng);
+        }
+        let (mut sd, mut pe) = (ScrapeFilter::default(), ScrapeFilter::default());
+        assert!(st.scrape(&ih, now, &mut sd, &mut pe));
+        let (s, p) = (sd.estimate(), pe.estimate());
+        assert!((s - 30.0).abs() < 3.0 && (p - 70.0).abs() < 7.0, "{s} {p}");
+        let mut out = Vec::new();
+        st.sample_peers(&ih, 200, true, now, &mut rng, &mut out);
+        assert_eq!(out.len(), 70);
+        assert!(out.iter().all(|a| u32::from(*a.ip()) & 0xff >= 30));
+        st.sample_peers(&ih, 200, false, now, &mut rng, &mut out);
+        assert_eq!(out.len(), 100);
+        // A downloader that completes re-announces as a seed.
+        st.announce(ih, peer(99), true, now, &mut rng);
+        st.sample_peers(&ih, 200, true, now, &mut rng, &mut out);
+        assert_eq!(out.len(), 69);
+        st.scrape(&ih, now + Duration::from_secs(61), &mut sd, &mut pe);
+        assert!(sd.is_empty() && pe.is_empty());
+        assert!(!st.scrape(&InfoHash::from([4; 20]), now, &mut sd, &mut pe));
+        assert!(sd.is_empty() && pe.is_empty());
     }
 }

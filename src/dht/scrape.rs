@@ -91,7 +91,7 @@ impl ScrapeFilter {
 }
 
 /// A scrape's result: the union of every reply's filters and how many nodes sent them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrapeEstimate {
     pub seeds: ScrapeFilter,
     pub downloaders: ScrapeFilter,

@@ -820,9 +820,10 @@ impl Runner {
             let mut pause = Duration::from_secs(1);
             loop {
                 // Announcing also looks the peers up; without a listen port nobody could
-                // connect to us, so only look.
+                // connect to us, so only look. Once complete we announce as a seed (BEP 33:
+                // scrapes count us among the seeds, and seeds are left out of our results).
                 let stream = match port {
-                    Some(p) => dht.announce(ih, Some(p)),
+                    Some(p) => dht.announce_as(ih, Some(p), shared.is_complete()),
                     None => dht.get_peers(ih),
                 };
                 let Ok(mut stream) = stream else { return };

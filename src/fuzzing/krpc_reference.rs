@@ -3,7 +3,8 @@
 //! Written from the protocol texts, not from `krpc/decode.rs`: bencoding as BEP 3 defines
 //! it, the message format of BEP 5 (`t`, `y`, `q`/`a`, `r`, `e`, the four queries and their
 //! arguments, error codes 201-204), BEP 42's top-level `ip`, BEP 43's `ro` and BEP 51's
-//! `sample_infohashes` (`samples`, `interval`, `num`). It shares no code with the real
+//! `sample_infohashes` (`samples`, `interval`, `num`), BEP 33's scrape fields (`scrape`,
+//! `noseed`, `seed`, `BFsd`, `BFpe`). It shares no code with the real
 //! decoder: its own iterative grammar check, then `serde_bencode`'s generic
 //! [`Value`] tree, then field rules read off that tree. Only
 //! the output types (`Message` and friends) are the crate's, so results compare field by
@@ -43,6 +44,7 @@ use crate::dht::krpc::{
     Body, DecodeError, ErrorBody, Message, Method, MutablePut, PutArgs, Query, Response, Tid,
     Token, Version,
 };
+use crate::dht::scrape::ScrapeFilter;
 
 /// The largest datagram read at all (a UDP payload cannot be larger; BEP 5 messages are
 /// well under 1.5 KB).
@@ -391,8 +393,12 @@ fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
         b"find_node" => Method::FindNode {
             target: need("target")?,
         },
+        // BEP 33 flags: "scrape" and "noseed" are integers, set when 1 (any non-zero
+        // counts, as for `implied_port`).
         b"get_peers" => Method::GetPeers {
             info_hash: need("info_hash")?,
+            scrape: int(a, "scrape").is_some_and(|v| v != 0),
+            noseed: int(a, "noseed").is_some_and(|v| v != 0),
         },
         b"announce_peer" => {
             let info_hash = need("info_hash")?;
@@ -412,6 +418,7 @@ fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
                 port,
                 implied_port,
                 token,
+                seed: int(a, "seed").is_some_and(|v| v != 0),
             }
         }
         b"sample_infohashes" => Method::SampleInfohashes {
@@ -496,6 +503,13 @@ fn response(top: &Dict, rules: &Rules) -> Option<Response> {
         seq: int(r, "seq"),
         sig: bytes(r, "sig")
             .and_then(|s| s.try_into().ok())
+            .map(Box::new),
+        // BEP 33: two 256-byte bloom filters; any other length is not a filter.
+        bf_seeds: bytes(r, "BFsd")
+            .and_then(ScrapeFilter::from_slice)
+            .map(Box::new),
+        bf_peers: bytes(r, "BFpe")
+            .and_then(ScrapeFilter::from_slice)
             .map(Box::new),
     })
 }

@@ -432,6 +432,7 @@ mod tests {
                 port: 1,
                 implied_port: false,
                 token: b"tok",
+                seed: false,
             },
             false,
             None,

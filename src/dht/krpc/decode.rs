@@ -34,6 +34,7 @@ use super::{
 };
 use crate::bencode::{self, ScanError};
 use crate::dht::id::{NodeId, compact_peer};
+use crate::dht::scrape::ScrapeFilter;
 
 /// KRPC never nests deeper than message → dict → list; 8 leaves room for extensions.
 const KRPC_MAX_DEPTH: usize = 8;
@@ -221,6 +222,11 @@ impl<'a> Cursor<'a> {
                 b"info_hash" => bag.info_hash = self.bytes_or_absent(2)?,
                 b"port" => bag.port = self.int_or_absent(2)?,
                 b"implied_port" => bag.implied_port = self.int_or_absent(2)?,
+                b"scrape" => bag.scrape = self.int_or_absent(2)?,
+                b"noseed" => bag.noseed = self.int_or_absent(2)?,
+                b"seed" => bag.seed = self.int_or_absent(2)?,
+                b"BFsd" => bag.bf_seeds = self.bytes_or_absent(2)?,
+                b"BFpe" => bag.bf_peers = self.bytes_or_absent(2)?,
                 b"token" => bag.token = self.bytes_or_absent(2)?,
                 b"nodes" => bag.nodes = self.bytes_or_absent(2)?,
                 b"values" => bag.values = self.peers()?,
@@ -256,6 +262,11 @@ struct Bag<'a> {
     info_hash: Option<&'a [u8]>,
     port: Option<i64>,
     implied_port: Option<i64>,
+    scrape: Option<i64>,
+    noseed: Option<i64>,
+    seed: Option<i64>,
+    bf_seeds: Option<&'a [u8]>,
+    bf_peers: Option<&'a [u8]>,
     token: Option<&'a [u8]>,
     nodes: Option<&'a [u8]>,
     values: Vec<SocketAddrV4>,
@@ -387,6 +398,8 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag<'_>>) -> Result<Query, Decode
         },
         b"get_peers" => Method::GetPeers {
             info_hash: id20(a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?,
+            scrape: a.scrape.is_some_and(|v| v != 0),
+            noseed: a.noseed.is_some_and(|v| v != 0),
         },
         b"announce_peer" => {
             let info_hash = id20(a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?;
@@ -406,6 +419,7 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag<'_>>) -> Result<Query, Decode
                 port,
                 implied_port,
                 token,
+                seed: a.seed.is_some_and(|v| v != 0),
             }
         }
         b"sample_infohashes" => Method::SampleInfohashes {
@@ -484,6 +498,8 @@ fn response(r: Option<Bag<'_>>) -> Result<Response, DecodeError> {
         k: r.k.and_then(|k| k.try_into().ok()).map(Box::new),
         seq: r.seq,
         sig: r.sig.and_then(|s| s.try_into().ok()).map(Box::new),
+        bf_seeds: r.bf_seeds.and_then(ScrapeFilter::from_slice).map(Box::new),
+        bf_peers: r.bf_peers.and_then(ScrapeFilter::from_slice).map(Box::new),
     })
 }
 

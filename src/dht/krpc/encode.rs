@@ -1,11 +1,14 @@
 //! Hand-written KRPC encoding. Keys are emitted in bencode's sorted order by construction:
-//! top level `a e ip q r ro t v y`; arguments `id implied_port info_hash port target token`;
-//! replies `id interval nodes num samples token values`.
+//! top level `a e ip q r ro t v y`; arguments
+//! `cas id implied_port info_hash k noseed port salt scrape seed seq sig target token v`;
+//! replies `BFpe BFsd id interval k nodes num samples seq sig token v values` (uppercase
+//! sorts first).
 
 use std::net::SocketAddrV4;
 
 use super::{Body, Message, Method, MutablePut};
 use crate::dht::id::{InfoHash, NodeId, compact_peer_bytes};
+use crate::dht::scrape::ScrapeFilter;
 
 /// Arguments of an outgoing query, borrowed so sending allocates nothing.
 #[derive(Debug, Clone, Copy)]
@@ -16,12 +19,18 @@ pub enum QueryArgs<'a> {
     },
     GetPeers {
         info_hash: &'a InfoHash,
+        /// BEP 33.
+        scrape: bool,
+        /// BEP 33.
+        noseed: bool,
     },
     AnnouncePeer {
         info_hash: &'a InfoHash,
         port: u16,
         implied_port: bool,
         token: &'a [u8],
+        /// BEP 33.
+        seed: bool,
     },
     SampleInfohashes {
         target: &'a NodeId,
@@ -69,6 +78,8 @@ pub struct ResponseBody<'a> {
     pub num: Option<i64>,
     /// BEP 44 `get` reply fields.
     pub bep44: Bep44Fields<'a>,
+    /// BEP 33 `BFsd` and `BFpe` (seeds, downloaders).
+    pub scrape: Option<(&'a ScrapeFilter, &'a ScrapeFilter)>,
 }
 
 /// The BEP 44 fields of a reply, each omitted when `None`.
@@ -93,6 +104,7 @@ impl<'a> ResponseBody<'a> {
             interval: None,
             num: None,
             bep44: Bep44Fields::default(),
+            scrape: None,
         }
     }
 }
@@ -194,12 +206,25 @@ pub fn encode_query(
         QueryArgs::FindNode { target } | QueryArgs::SampleInfohashes { target } => {
             put_id(out, b"6:target20:", target);
         }
-        QueryArgs::GetPeers { info_hash } => put_id(out, b"9:info_hash20:", info_hash),
+        QueryArgs::GetPeers {
+            info_hash,
+            scrape,
+            noseed,
+        } => {
+            put_id(out, b"9:info_hash20:", info_hash);
+            if *noseed {
+                out.extend_from_slice(b"6:noseedi1e");
+            }
+            if *scrape {
+                out.extend_from_slice(b"6:scrapei1e");
+            }
+        }
         QueryArgs::AnnouncePeer {
             info_hash,
             port,
             implied_port,
             token,
+            seed,
         } => {
             if *implied_port {
                 out.extend_from_slice(b"12:implied_porti1e");
@@ -207,6 +232,9 @@ pub fn encode_query(
             put_id(out, b"9:info_hash20:", info_hash);
             out.extend_from_slice(b"4:porti");
             put_int_body(out, i64::from(*port));
+            if *seed {
+                out.extend_from_slice(b"4:seedi1e");
+            }
             out.extend_from_slice(b"5:token");
             put_bytes(out, token);
         }
@@ -253,7 +281,14 @@ pub fn encode_response(
     if let Some(ip) = ip {
         put_ip(out, ip);
     }
-    put_id(out, b"1:rd2:id20:", body.id);
+    out.extend_from_slice(b"1:rd");
+    if let Some((seeds, downloaders)) = body.scrape {
+        out.extend_from_slice(b"4:BFpe256:");
+        out.extend_from_slice(&downloaders.0);
+        out.extend_from_slice(b"4:BFsd256:");
+        out.extend_from_slice(&seeds.0);
+    }
+    put_id(out, b"2:id20:", body.id);
     if let Some(interval) = body.interval {
         out.extend_from_slice(b"8:intervali");
         put_int_body(out, interval);
@@ -367,17 +402,27 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
                 Method::FindNode { target } | Method::Unknown { target } => {
                     QueryArgs::FindNode { target }
                 }
-                Method::GetPeers { info_hash } => QueryArgs::GetPeers { info_hash },
+                Method::GetPeers {
+                    info_hash,
+                    scrape,
+                    noseed,
+                } => QueryArgs::GetPeers {
+                    info_hash,
+                    scrape: *scrape,
+                    noseed: *noseed,
+                },
                 Method::AnnouncePeer {
                     info_hash,
                     port,
                     implied_port,
                     token,
+                    seed,
                 } => QueryArgs::AnnouncePeer {
                     info_hash,
                     port: *port,
                     implied_port: *implied_port,
                     token: token.as_slice(),
+                    seed: *seed,
                 },
                 Method::SampleInfohashes { target } => QueryArgs::SampleInfohashes { target },
                 Method::Get { target, seq } => QueryArgs::Get { target, seq: *seq },
@@ -404,6 +449,7 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
                     seq: r.seq,
                     sig: r.sig.as_deref(),
                 },
+                scrape: r.bf_seeds.as_deref().zip(r.bf_peers.as_deref()),
             };
             encode_response(out, m.tid.as_slice(), &body, m.ip, version);
         }

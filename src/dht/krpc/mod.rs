@@ -23,6 +23,7 @@ pub use encode::{
 };
 
 use crate::dht::id::{COMPACT_NODE_LEN, Contact, ID_LEN, InfoHash, NodeId, compact_nodes};
+use crate::dht::scrape::ScrapeFilter;
 
 /// Largest datagram we accept or produce. Real KRPC messages stay under ~1.5 KB; anything
 /// near the UDP maximum is hostile or broken.
@@ -138,6 +139,10 @@ pub enum Method {
     },
     GetPeers {
         info_hash: InfoHash,
+        /// BEP 33: reply with the `BFsd`/`BFpe` bloom filters instead of `values`.
+        scrape: bool,
+        /// BEP 33: the asker is a seed; leave seeds out of `values`.
+        noseed: bool,
     },
     AnnouncePeer {
         info_hash: InfoHash,
@@ -145,6 +150,8 @@ pub enum Method {
         /// BEP 5: when set, use the UDP source port instead of `port`.
         implied_port: bool,
         token: Token,
+        /// BEP 33: the announcer has the whole torrent.
+        seed: bool,
     },
     /// BEP 51.
     SampleInfohashes {
@@ -228,6 +235,11 @@ pub struct Response {
     pub seq: Option<i64>,
     /// BEP 44: the mutable item's signature (a wrong length reads as absent).
     pub sig: Option<Box<[u8; 64]>>,
+    /// BEP 33 `BFsd`: seeds' bloom filter (a wrong length reads as absent). Boxed: 256 bytes
+    /// that almost no reply carries.
+    pub bf_seeds: Option<Box<ScrapeFilter>>,
+    /// BEP 33 `BFpe`: downloaders' bloom filter.
+    pub bf_peers: Option<Box<ScrapeFilter>>,
 }
 
 impl Response {

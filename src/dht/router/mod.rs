@@ -593,6 +593,8 @@ mod tests {
                 &query(
                     QueryArgs::GetPeers {
                         info_hash: &NodeId([0; 20]),
+                        scrape: false,
+                        noseed: false,
                     },
                     NodeId([0xaa; 20]),
                     false,
@@ -666,6 +668,7 @@ mod tests {
                 port: 1,
                 implied_port: false,
                 token: b"x",
+                seed: false,
             },
             NodeId([1; 20]),
             false,
