@@ -106,6 +106,7 @@ fn main() {
                 last_seen: 1_700_000_000,
                 times_seen: 1,
                 how: HOW_SAMPLE,
+                scrape: None,
                 peers: if i % 4 == 0 {
                     vec![
                         format!("10.0.{}.{}:6881", i % 250, i % 200)

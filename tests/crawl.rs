@@ -598,3 +598,67 @@ async fn metadata_pool_fetches_verifies_and_writes_torrents() {
     }
     net.shutdown().await;
 }
+
+/// `--scrape`: every new infohash gets a BEP 33 estimate of its swarm (here one downloader
+/// each, announced by one testnet node), stored with the record and exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_records_each_new_swarms_estimate() {
+    let (net, hashes) = populated_testnet(119, 40, 60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let mut cfg = DhtConfig::new("127.120.0.1:0".parse().unwrap());
+    cfg.node = Config::loopback_testnet();
+    cfg.bootstrap = vec![net.addr(0).to_string()];
+    cfg.incoming = Some(tx);
+    let (dht, driver) = Dht::bind(cfg).await.unwrap();
+    tokio::spawn(driver);
+    let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
+    let report = crawl::run(
+        dht.clone(),
+        Some(rx),
+        store,
+        CrawlConfig {
+            walk: WalkConfig {
+                rate: 500.0,
+                burst: 50.0,
+                allow: trackerless::dht::allow::AllowList::loopback(),
+                ..Default::default()
+            },
+            flush_interval: Duration::from_millis(200),
+            duration: Some(Duration::from_secs(8)),
+            scrape: Some(crawl::ScrapeConfig::default()),
+            ..Default::default()
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    dht.shutdown().await.unwrap();
+    let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
+    let mut scraped = 0;
+    for (ih, r) in store.iter() {
+        assert!(hashes.contains(&ih));
+        if let Some(e) = r.scrape {
+            scraped += 1;
+            assert_eq!(
+                (e.seeds, e.peers),
+                (0, 1),
+                "{ih}: one downloader announced it"
+            );
+            let v = trackerless::crawl::export::record_json(&ih, &r, None);
+            assert_eq!(v["peers_est"], 1);
+        }
+    }
+    println!(
+        "{:?}; scraped {scraped} of {}",
+        report.status,
+        store.count()
+    );
+    assert!(report.status.scrapes >= scraped);
+    assert!(
+        scraped * 10 >= store.count() * 9 && scraped > 0,
+        "only {scraped} of {} records were scraped",
+        store.count()
+    );
+    net.shutdown().await;
+}

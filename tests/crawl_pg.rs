@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use trackerless::crawl::pg::{self, PgError, PgStore};
-use trackerless::crawl::store::{HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, MetaFile};
+use trackerless::crawl::store::{HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, MetaFile, SwarmEstimate};
 use trackerless::crawl::{
     self, CrawlConfig, CrawlStore, Store, StoreConfig, TorrentMeta, WalkConfig,
 };
@@ -58,7 +58,7 @@ async fn migrates_from_empty_and_from_the_previous_version() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     // Again: a no-op.
     drop(open(&url).await.unwrap());
     let n: i64 = c
@@ -66,7 +66,7 @@ async fn migrates_from_empty_and_from_the_previous_version() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 
     // From v1, with data.
     let url = pgtest::fresh_db("mig_v1").await;
@@ -97,6 +97,19 @@ async fn migrates_from_empty_and_from_the_previous_version() {
         s.set_metadata(ih(1), meta("after migration"));
         let f = s.flush().unwrap();
         assert_eq!((f.new.len(), f.updated, f.metadata), (0, 1, 1));
+        // v3: a BEP 33 estimate attaches to the row (the newest wins) and never creates one.
+        let est = |seeds, at| SwarmEstimate {
+            seeds,
+            peers: 70,
+            at,
+        };
+        s.set_scrape(ih(1), est(30, 400));
+        s.set_scrape(ih(2), est(1, 400));
+        assert!(s.flush().unwrap().new.is_empty());
+        s.set_scrape(ih(1), est(5, 350));
+        s.flush().unwrap();
+        assert_eq!(s.get(&ih(1)).unwrap().unwrap().scrape, Some(est(30, 400)));
+        assert!(s.get(&ih(2)).unwrap().is_none());
         (r, s)
     })
     .await;
@@ -108,6 +121,7 @@ async fn migrates_from_empty_and_from_the_previous_version() {
     let page = blocking(move || s.page(None, 10).unwrap()).await;
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].1.times_seen, 4);
+    assert_eq!(page[0].1.scrape.map(|e| (e.seeds, e.peers)), Some((30, 70)));
     assert_eq!(page[0].1.how, HOW_SAMPLE | HOW_ANNOUNCE);
     assert_eq!(page[0].2.as_ref().unwrap().name, "after migration");
 

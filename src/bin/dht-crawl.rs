@@ -113,6 +113,10 @@ struct CrawlArgs {
     /// Retention: drop records not seen for DAYS days (fractions allowed).
     #[arg(long, value_name = "DAYS", value_parser = parse_days)]
     max_age: Option<f64>,
+    /// Estimate each new infohash's swarm (seeds, downloaders) with a BEP 33 DHT scrape,
+    /// stored and exported as seeds_est/peers_est; its queries count against --rate.
+    #[arg(long)]
+    scrape: bool,
     /// Also write each fetched torrent as `DIR/<infohash>.torrent`.
     #[arg(long, value_name = "DIR", requires = "metadata")]
     torrent_dir: Option<PathBuf>,
@@ -314,6 +318,7 @@ fn crawl_cmd(a: CrawlArgs) {
         duration: a.duration.map(Duration::from_secs),
         out: a.out,
         metadata,
+        scrape: a.scrape.then(trackerless::crawl::ScrapeConfig::default),
         on_status: Some(Box::new(move |s| {
             if let Ok(mut l) = live_w.lock() {
                 *l = s.clone();

@@ -8,7 +8,7 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 
 use super::pg::PgStore;
-use super::store::{CrawlStore, Flushed, Record, StoreError, TorrentMeta};
+use super::store::{CrawlStore, Flushed, Record, StoreError, SwarmEstimate, TorrentMeta};
 use crate::dht::id::InfoHash;
 
 /// Either crawl store. See the module docs.
@@ -110,6 +110,14 @@ impl Store {
                 .filter_map(|ih| Some((*ih, (s.get(ih)?, s.metadata(ih)))))
                 .collect()),
             Store::Postgres(s) => Ok(s.get_many(ihs)?),
+        }
+    }
+
+    /// Buffers a BEP 33 estimate of a known record's swarm until the next flush.
+    pub fn set_scrape(&mut self, ih: InfoHash, e: SwarmEstimate) {
+        match self {
+            Store::Sled(s) => s.set_scrape(ih, e),
+            Store::Postgres(s) => s.set_scrape(ih, e),
         }
     }
 

@@ -22,6 +22,12 @@ pub fn record_json(ih: &InfoHash, r: &Record, meta: Option<&TorrentMeta>) -> Val
         "how": r.how_names(),
         "peers": r.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
     });
+    // BEP 33 estimates, when the crawl scraped the swarm (`--scrape`).
+    if let Some(e) = &r.scrape {
+        v["seeds_est"] = json!(e.seeds);
+        v["peers_est"] = json!(e.peers);
+        v["scraped_at"] = json!(e.at);
+    }
     if let Some(m) = meta {
         v["name"] = json!(m.name);
         v["total_size"] = json!(m.total_size);
@@ -63,8 +69,8 @@ fn csv_field(s: &str) -> String {
 }
 
 /// The CSV header line.
-pub const CSV_HEADER: &str =
-    "info_hash,first_seen,last_seen,times_seen,how,peers,name,total_size,file_count";
+pub const CSV_HEADER: &str = "info_hash,first_seen,last_seen,times_seen,how,peers,name,total_size,\
+                              file_count,seeds_est,peers_est,scraped_at";
 
 /// One CSV row (no newline).
 pub fn csv_row(ih: &InfoHash, r: &Record, meta: Option<&TorrentMeta>) -> String {
@@ -77,8 +83,12 @@ pub fn csv_row(ih: &InfoHash, r: &Record, meta: Option<&TorrentMeta>) -> String 
         ),
         None => (String::new(), String::new(), String::new()),
     };
+    let (seeds, peers_est, at) = match &r.scrape {
+        Some(e) => (e.seeds.to_string(), e.peers.to_string(), e.at.to_string()),
+        None => (String::new(), String::new(), String::new()),
+    };
     format!(
-        "{},{},{},{},{},{},{},{},{}",
+        "{},{},{},{},{},{},{},{},{},{},{},{}",
         ih.to_hex(),
         r.first_seen,
         r.last_seen,
@@ -87,7 +97,10 @@ pub fn csv_row(ih: &InfoHash, r: &Record, meta: Option<&TorrentMeta>) -> String 
         peers.join(" "),
         name,
         size,
-        files
+        files,
+        seeds,
+        peers_est,
+        at
     )
 }
 
@@ -163,6 +176,7 @@ mod tests {
             times_seen: 2,
             how: HOW_SAMPLE | HOW_ANNOUNCE,
             peers: vec!["127.0.0.1:6881".parse().unwrap()],
+            scrape: None,
         };
         let m = TorrentMeta {
             name: "a,\"b\"\n\u{1}ü".into(),
@@ -188,5 +202,25 @@ mod tests {
             "{},10,20,2,sample|announce,127.0.0.1:6881,",
             "ab".repeat(20)
         )));
+        assert!(row.ends_with(",5,1,,,"), "{row}");
+        assert!(v.get("seeds_est").is_none());
+        let scraped = Record {
+            scrape: Some(crate::crawl::store::SwarmEstimate {
+                seeds: 30,
+                peers: 70,
+                at: 40,
+            }),
+            ..r
+        };
+        let v = record_json(&ih, &scraped, None);
+        assert_eq!(
+            (v["seeds_est"].clone(), v["peers_est"].clone()),
+            (json!(30), json!(70))
+        );
+        assert!(csv_row(&ih, &scraped, None).ends_with(",30,70,40"));
+        assert_eq!(
+            CSV_HEADER.split(',').count(),
+            csv_row(&ih, &scraped, None).split(',').count()
+        );
     }
 }

@@ -28,6 +28,6 @@ pub mod web;
 
 pub use backend::Store;
 pub use pg::PgStore;
-pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, run};
-pub use store::{CrawlStore, Record, StoreConfig, TorrentMeta};
+pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, ScrapeConfig, run};
+pub use store::{CrawlStore, Record, StoreConfig, SwarmEstimate, TorrentMeta};
 pub use walk::{WalkConfig, WalkError, WalkQuery, WalkStats, Walker};

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::store::{Flushed, MAX_PEERS, Record, TorrentMeta};
+use super::store::{Flushed, MAX_PEERS, Record, SwarmEstimate, TorrentMeta};
 use crate::dht::id::{InfoHash, NodeId};
 
 /// The schema migrations, in order: (version, SQL). A database at version N gets every
@@ -40,10 +40,11 @@ use crate::dht::id::{InfoHash, NodeId};
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_sightings.sql")),
     (2, include_str!("../../migrations/0002_metadata.sql")),
+    (3, include_str!("../../migrations/0003_scrape.sql")),
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Serialises migrations between crawlers starting at once (`pg_advisory_xact_lock` key).
 const MIGRATION_LOCK: i64 = 0x7472_6163_6b6c_6573; // "trackles"
@@ -329,9 +330,23 @@ fn peers_text(peers: &[SocketAddrV4]) -> String {
         .join(",")
 }
 
-fn row_record(row: &tokio_postgres::Row, base: usize) -> Record {
+/// A record from the columns `first_seen, last_seen, times_seen, how, peers` at `base`
+/// and `seeds_est, peers_est, scraped_at` at `scrape`.
+fn row_record(row: &tokio_postgres::Row, base: usize, scrape: usize) -> Record {
     let peers: Vec<String> = row.get(base + 4);
+    let est = |i: usize| {
+        row.get::<_, Option<i32>>(scrape + i)
+            .map(|v| v.max(0) as u32)
+    };
     Record {
+        scrape: match (est(0), est(1), row.get::<_, Option<i64>>(scrape + 2)) {
+            (Some(seeds), Some(peers), Some(at)) => Some(SwarmEstimate {
+                seeds,
+                peers,
+                at: at.max(0) as u64,
+            }),
+            _ => None,
+        },
         first_seen: row.get::<_, i64>(base).max(0) as u64,
         last_seen: row.get::<_, i64>(base + 1).max(0) as u64,
         times_seen: row.get::<_, i64>(base + 2).clamp(0, i64::from(u32::MAX)) as u32,
@@ -359,7 +374,7 @@ impl PgStore {
             let rows = c
                 .query(
                     "SELECT t.info_hash, t.first_seen, t.last_seen, t.times_seen, t.how, t.peers,
-                            m.meta
+                            m.meta, t.seeds_est, t.peers_est, t.scraped_at
                      FROM crawl_metadata m JOIN crawl_torrents t USING (info_hash)
                      WHERE m.search @@ plainto_tsquery('simple'::regconfig,
                                                        translate($1, '/._-', '    '))
@@ -382,7 +397,7 @@ impl PgStore {
             let rows = c
                 .query(
                     "SELECT t.info_hash, t.first_seen, t.last_seen, t.times_seen, t.how, t.peers,
-                            m.meta
+                            m.meta, t.seeds_est, t.peers_est, t.scraped_at
                      FROM crawl_torrents t LEFT JOIN crawl_metadata m USING (info_hash)
                      ORDER BY t.first_seen DESC, t.info_hash OFFSET $1 LIMIT $2",
                     &[&offset, &limit],
@@ -482,13 +497,14 @@ impl PgStore {
     }
 }
 
-/// (info_hash, first_seen, last_seen, times_seen, how, peers, meta) → a record.
+/// (info_hash, first_seen, last_seen, times_seen, how, peers, meta, seeds_est, peers_est,
+/// scraped_at) → a record.
 fn full_row(r: &tokio_postgres::Row) -> Option<(InfoHash, Record, Option<TorrentMeta>)> {
     let ih = NodeId::from_slice(r.get::<_, &[u8]>(0))?;
     let meta = r
         .get::<_, Option<&[u8]>>(6)
         .and_then(|b| serde_bencode::from_bytes(b).ok());
-    Some((ih, row_record(r, 1), meta))
+    Some((ih, row_record(r, 1, 7), meta))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -619,7 +635,9 @@ impl PgStore {
             times_seen: 0,
             how: 0,
             peers: Vec::new(),
+            scrape: None,
         });
+        r.first_seen = r.first_seen.min(now);
         r.note(how, peer, now);
         if self.known.len() >= MAX_KNOWN {
             self.known.clear();
@@ -638,6 +656,15 @@ impl PgStore {
         self.pending_meta.insert(ih, m);
     }
 
+    /// Records a BEP 33 estimate of a known infohash's swarm until the next flush (the
+    /// upsert keeps the newest estimate; it never creates a row: see `write_batch`).
+    pub fn set_scrape(&mut self, ih: InfoHash, e: SwarmEstimate) {
+        self.pending
+            .entry(ih)
+            .and_modify(|r| r.merge(&Record::scrape_only(e)))
+            .or_insert_with(|| Record::scrape_only(e));
+    }
+
     /// Sightings dropped since open because the buffer was full (see [`MAX_BUFFERED`]).
     pub fn dropped(&self) -> u64 {
         self.dropped
@@ -649,12 +676,13 @@ impl PgStore {
         self.call(move |c| async move {
             let row = c
                 .query_opt(
-                    "SELECT first_seen, last_seen, times_seen, how, peers
+                    "SELECT first_seen, last_seen, times_seen, how, peers,
+                            seeds_est, peers_est, scraped_at
                      FROM crawl_torrents WHERE info_hash = $1",
                     &[&key],
                 )
                 .await?;
-            Ok(row.map(|r| row_record(&r, 0)))
+            Ok(row.map(|r| row_record(&r, 0, 5)))
         })
     }
 
@@ -672,7 +700,7 @@ impl PgStore {
             let rows = c
                 .query(
                     "SELECT t.info_hash, t.first_seen, t.last_seen, t.times_seen, t.how, t.peers,
-                            m.meta
+                            m.meta, t.seeds_est, t.peers_est, t.scraped_at
                      FROM crawl_torrents t LEFT JOIN crawl_metadata m USING (info_hash)
                      WHERE t.info_hash = ANY($1)",
                     &[&keys],
@@ -797,7 +825,7 @@ impl PgStore {
             let rows = c
                 .query(
                     "SELECT t.info_hash, t.first_seen, t.last_seen, t.times_seen, t.how, t.peers,
-                            m.meta
+                            m.meta, t.seeds_est, t.peers_est, t.scraped_at
                      FROM crawl_torrents t LEFT JOIN crawl_metadata m USING (info_hash)
                      WHERE t.info_hash > $1 ORDER BY t.info_hash LIMIT $2",
                     &[&after, &limit],
@@ -815,7 +843,37 @@ async fn write_batch(
     owner: Option<&str>,
 ) -> Result<Vec<Upserted>, PgError> {
     let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(CHUNK) {
+    // Estimates without a sighting update existing rows only (an infohash pruned since
+    // stays gone); the rows are locked in infohash order first, as the upsert does, so
+    // concurrent flushes cannot deadlock.
+    let (sightings, estimates): (Vec<_>, Vec<_>) = rows.iter().partition(|(_, r)| r.times_seen > 0);
+    for chunk in estimates.chunks(CHUNK) {
+        let ihs: Vec<&[u8]> = chunk.iter().map(|(ih, _)| &ih.0[..]).collect();
+        let est = |f: fn(&SwarmEstimate) -> i64| -> Vec<i64> {
+            chunk
+                .iter()
+                .map(|(_, r)| r.scrape.as_ref().map_or(0, f))
+                .collect()
+        };
+        let seeds = est(|e| i64::from(e.seeds));
+        let peers = est(|e| i64::from(e.peers));
+        let at = est(|e| to_i64(e.at));
+        c.execute(
+            "SELECT 1 FROM crawl_torrents WHERE info_hash = ANY($1)
+             ORDER BY info_hash FOR UPDATE",
+            &[&ihs],
+        )
+        .await?;
+        c.execute(
+            "UPDATE crawl_torrents AS t
+             SET seeds_est = u.s::int4, peers_est = u.p::int4, scraped_at = u.a
+             FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[]) AS u(ih, s, p, a)
+             WHERE t.info_hash = u.ih AND (t.scraped_at IS NULL OR t.scraped_at <= u.a)",
+            &[&ihs, &seeds, &peers, &at],
+        )
+        .await?;
+    }
+    for chunk in sightings.chunks(CHUNK) {
         let ihs: Vec<&[u8]> = chunk.iter().map(|(ih, _)| &ih.0[..]).collect();
         let first: Vec<i64> = chunk.iter().map(|(_, r)| to_i64(r.first_seen)).collect();
         let last: Vec<i64> = chunk.iter().map(|(_, r)| to_i64(r.last_seen)).collect();
@@ -823,23 +881,52 @@ async fn write_batch(
         let how: Vec<i16> = chunk.iter().map(|(_, r)| i16::from(r.how)).collect();
         let peers: Vec<String> = chunk.iter().map(|(_, r)| peers_text(&r.peers)).collect();
         let keep = MAX_PEERS as i32;
+        let est = |f: fn(&SwarmEstimate) -> i64| -> Vec<Option<i64>> {
+            chunk
+                .iter()
+                .map(|(_, r)| r.scrape.as_ref().map(f))
+                .collect()
+        };
+        let seeds_est = est(|e| i64::from(e.seeds));
+        let peers_est = est(|e| i64::from(e.peers));
+        let scraped_at = est(|e| to_i64(e.at));
+        // The newest estimate wins (`greatest` skips NULLs).
         let returned = c
             .query(
                 "INSERT INTO crawl_torrents AS t
-                     (info_hash, first_seen, last_seen, times_seen, how, peers)
+                     (info_hash, first_seen, last_seen, times_seen, how, peers,
+                      seeds_est, peers_est, scraped_at)
                  SELECT ih, fs, ls, ts, hw,
-                        CASE WHEN p = '' THEN '{}'::text[] ELSE string_to_array(p, ',') END
+                        CASE WHEN p = '' THEN '{}'::text[] ELSE string_to_array(p, ',') END,
+                        se::int4, pe::int4, sa
                  FROM unnest($1::bytea[], $2::int8[], $3::int8[], $4::int8[], $5::int2[],
-                             $6::text[]) AS u(ih, fs, ls, ts, hw, p)
+                             $6::text[], $8::int8[], $9::int8[], $10::int8[])
+                      AS u(ih, fs, ls, ts, hw, p, se, pe, sa)
                  ORDER BY ih
                  ON CONFLICT (info_hash) DO UPDATE SET
                      first_seen = least(t.first_seen, excluded.first_seen),
                      last_seen = greatest(t.last_seen, excluded.last_seen),
                      times_seen = t.times_seen + excluded.times_seen,
                      how = t.how | excluded.how,
-                     peers = crawl_merge_peers(t.peers, excluded.peers, $7)
+                     peers = crawl_merge_peers(t.peers, excluded.peers, $7),
+                     seeds_est = CASE WHEN excluded.scraped_at >= coalesce(t.scraped_at, 0)
+                                 THEN excluded.seeds_est ELSE t.seeds_est END,
+                     peers_est = CASE WHEN excluded.scraped_at >= coalesce(t.scraped_at, 0)
+                                 THEN excluded.peers_est ELSE t.peers_est END,
+                     scraped_at = greatest(t.scraped_at, excluded.scraped_at)
                  RETURNING info_hash, (xmax::text = '0')",
-                &[&ihs, &first, &last, &times, &how, &peers, &keep],
+                &[
+                    &ihs,
+                    &first,
+                    &last,
+                    &times,
+                    &how,
+                    &peers,
+                    &keep,
+                    &seeds_est,
+                    &peers_est,
+                    &scraped_at,
+                ],
             )
             .await?;
         for r in &returned {

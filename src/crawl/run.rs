@@ -5,7 +5,7 @@
 //! spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
 //! the node's `incoming` channel and are recorded too (passive harvest).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufWriter, Write};
@@ -19,7 +19,9 @@ use tokio::task::JoinSet;
 use super::backend::Store;
 use super::enrich::{MetaJob, MetadataConfig, MetadataPool};
 use super::export::write_jsonl_line;
-use super::store::{HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, Record, StoreError, TorrentMeta};
+use super::store::{
+    HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, Record, StoreError, SwarmEstimate, TorrentMeta,
+};
 use super::walk::{WalkConfig, WalkError, WalkStats, Walker};
 use crate::dht::driver::{DhtError, DhtHandle, IncomingQuery};
 use crate::dht::id::InfoHash;
@@ -45,6 +47,10 @@ pub struct CrawlStatus {
     pub metadata_failed: u64,
     /// New infohashes not queued for metadata because the queue was full.
     pub metadata_skipped: u64,
+    /// BEP 33 scrapes done (`--scrape`), and new infohashes not scraped because the queue
+    /// was full.
+    pub scrapes: u64,
+    pub scrapes_skipped: u64,
     pub elapsed: Duration,
     /// No new infohash for [`CrawlConfig::stall_after`] (cleared by the next new one).
     pub stalled: bool,
@@ -88,6 +94,13 @@ impl std::fmt::Display for CrawlStatus {
                 self.metadata_fetched, self.metadata_failed, self.metadata_skipped
             )?;
         }
+        if self.scrapes + self.scrapes_skipped > 0 {
+            write!(
+                f,
+                " | scrapes {} skipped {}",
+                self.scrapes, self.scrapes_skipped
+            )?;
+        }
         if self.stalled {
             write!(f, " | stalled")?;
         }
@@ -128,6 +141,27 @@ pub struct CrawlConfig {
     pub max_age: Option<Duration>,
     /// How often retention runs (it scans the sled store), and once at start.
     pub prune_interval: Duration,
+    /// BEP 33: estimate each new infohash's swarm (seeds, downloaders) with a DHT scrape.
+    pub scrape: Option<ScrapeConfig>,
+}
+
+/// `--scrape` settings.
+#[derive(Debug, Clone)]
+pub struct ScrapeConfig {
+    /// Scrape lookups running at once.
+    pub max_in_flight: usize,
+    /// New infohashes waiting for a scrape at most; beyond it they are skipped (counted),
+    /// so a discovery burst cannot grow memory or make the scrapes lag for hours.
+    pub queue: usize,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        ScrapeConfig {
+            max_in_flight: 4,
+            queue: 10_000,
+        }
+    }
 }
 
 impl Default for CrawlConfig {
@@ -147,6 +181,7 @@ impl Default for CrawlConfig {
             max_records: None,
             max_age: None,
             prune_interval: Duration::from_secs(300),
+            scrape: None,
         }
     }
 }
@@ -205,6 +240,8 @@ struct Crawl {
     samples: Vec<InfoHash>,
     /// The last flush failed transiently (the database is away); see [`Crawl::flush`].
     store_down: bool,
+    /// New infohashes waiting for a BEP 33 scrape (with `--scrape`).
+    scrape_queue: Option<(VecDeque<InfoHash>, usize)>,
 }
 
 impl Crawl {
@@ -297,6 +334,13 @@ impl Crawl {
             if let Some(tx) = &self.new_tx {
                 let _ = tx.send(*ih);
             }
+            if let Some((queue, max)) = &mut self.scrape_queue {
+                if queue.len() < *max {
+                    queue.push_back(*ih);
+                } else {
+                    self.status.scrapes_skipped += 1;
+                }
+            }
             if let Some(pool) = &self.pool {
                 let peers = records.remove(ih).map(|(r, _)| r.peers).unwrap_or_default();
                 if !pool.offer(MetaJob {
@@ -386,7 +430,14 @@ pub async fn run(
         pool,
         samples: Vec::new(),
         store_down: false,
+        scrape_queue: cfg
+            .scrape
+            .as_ref()
+            .map(|s| (VecDeque::new(), s.queue.max(1))),
     };
+    let max_scrapes = cfg.scrape.as_ref().map_or(0, |s| s.max_in_flight.max(1));
+    let (scrape_tx, mut scrape_rx) = mpsc::unbounded_channel();
+    let mut scrapes: JoinSet<()> = JoinSet::new();
     let (res_tx, mut res_rx) = mpsc::unbounded_channel();
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut flush_tick = tokio::time::interval(cfg.flush_interval.max(Duration::from_millis(10)));
@@ -417,6 +468,19 @@ pub async fn run(
                 let _ = tx.send((q.addr, r));
             });
         }
+        // Scrapes share the walk's query budget: one starts only while the budget has
+        // room, and its queries are charged when it ends.
+        while scrapes.try_join_next().is_some() {}
+        while scrapes.len() < max_scrapes && c.walker.has_budget(now) {
+            let Some(ih) = c.scrape_queue.as_mut().and_then(|(q, _)| q.pop_front()) else {
+                break;
+            };
+            let dht = c.dht.clone();
+            let tx = scrape_tx.clone();
+            scrapes.spawn(async move {
+                let _ = tx.send((ih, dht.scrape(ih).await));
+            });
+        }
         let wake = c
             .walker
             .poll_timeout(now)
@@ -443,6 +507,24 @@ pub async fn run(
             }
             Some(q) = async { incoming.as_mut()?.recv().await }, if incoming.is_some() => {
                 c.on_incoming(q);
+            }
+            Some((ih, r)) = scrape_rx.recv() => {
+                match r {
+                    Ok(est) => {
+                        c.walker.charge(Instant::now(), est.queries);
+                        c.status.scrapes += 1;
+                        c.store.set_scrape(ih, SwarmEstimate {
+                            seeds: u32::try_from(est.seeds_est()).unwrap_or(u32::MAX),
+                            peers: u32::try_from(est.peers_est()).unwrap_or(u32::MAX),
+                            at: unix_now(),
+                        });
+                    }
+                    Err(DhtError::Stopped) => {
+                        failure = Some(CrawlError::NodeStopped);
+                        break;
+                    }
+                    Err(e) => tracing::debug!("scrape of {ih}: {e}"),
+                }
             }
             Some(m) = async { c.pool.as_mut()?.results.recv().await }, if c.pool.is_some() => {
                 c.walker.charge(Instant::now(), m.dht_messages);
@@ -549,6 +631,7 @@ pub async fn run(
         }
     }
     tasks.abort_all();
+    scrapes.abort_all();
     // Whatever happened, make what we saw durable.
     let flushed = c.flush();
     if let Some(e) = failure {

@@ -39,7 +39,9 @@ pub const MAX_PEERS: usize = 4;
 /// Files kept per torrent's metadata (the count of all is kept too).
 pub const MAX_META_FILES: usize = 10_000;
 
-const RECORD_VERSION: u8 = 1;
+/// Version 2 adds the optional BEP 33 estimate after the peers; version 1 values (no
+/// estimate) still read.
+const RECORD_VERSION: u8 = 2;
 const COUNT_KEY: &[u8] = b"\x00count";
 const OUTBOX_PREFIX: &[u8] = b"\x00outbox/";
 
@@ -54,6 +56,17 @@ pub struct Record {
     pub how: u8,
     /// Announced peers (live when seen), oldest first.
     pub peers: Vec<SocketAddrV4>,
+    /// The newest BEP 33 scrape of the swarm (`dht-crawl --scrape`).
+    pub scrape: Option<SwarmEstimate>,
+}
+
+/// A BEP 33 estimate of a swarm's size, and when it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwarmEstimate {
+    pub seeds: u32,
+    pub peers: u32,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 impl Record {
@@ -70,19 +83,33 @@ impl Record {
             out.extend_from_slice(&p.ip().octets());
             out.extend_from_slice(&p.port().to_be_bytes());
         }
+        if let Some(e) = &self.scrape {
+            out.extend_from_slice(&e.seeds.to_be_bytes());
+            out.extend_from_slice(&e.peers.to_be_bytes());
+            out.extend_from_slice(&e.at.to_be_bytes());
+        }
     }
 
     /// `None` for a value this version cannot read.
     pub fn decode(b: &[u8]) -> Option<Record> {
-        if b.len() < 23 || b[0] != RECORD_VERSION {
+        if b.len() < 23 || !(1..=RECORD_VERSION).contains(&b[0]) {
             return None;
         }
         let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let n = usize::from(b[22]);
-        if n > MAX_PEERS || b.len() != 23 + 6 * n {
-            return None;
-        }
-        let peers = b[23..]
+        let end = 23 + 6 * n;
+        let scrape = match b.len().checked_sub(end) {
+            _ if n > MAX_PEERS => return None,
+            Some(0) => None,
+            Some(16) if b[0] >= 2 => Some(SwarmEstimate {
+                seeds: u32_at(end),
+                peers: u32_at(end + 4),
+                at: u64_at(end + 8),
+            }),
+            _ => return None,
+        };
+        let peers = b[23..end]
             .chunks_exact(6)
             .map(|c| {
                 SocketAddrV4::new(
@@ -97,6 +124,7 @@ impl Record {
             times_seen: u32::from_be_bytes(b[17..21].try_into().expect("4 bytes")),
             how: b[21],
             peers,
+            scrape,
         })
     }
 
@@ -125,13 +153,31 @@ impl Record {
         }
     }
 
-    fn merge(&mut self, s: &Record) {
+    pub(crate) fn merge(&mut self, s: &Record) {
         self.first_seen = self.first_seen.min(s.first_seen);
         self.last_seen = self.last_seen.max(s.last_seen);
         self.times_seen = self.times_seen.saturating_add(s.times_seen);
         self.how |= s.how;
         for p in &s.peers {
             add_peer(&mut self.peers, *p);
+        }
+        if let Some(e) = s.scrape
+            && self.scrape.is_none_or(|o| o.at <= e.at)
+        {
+            self.scrape = Some(e);
+        }
+    }
+
+    /// A pending entry that carries only an estimate: no sighting (times_seen 0), and
+    /// last_seen 0 so that merging it into the stored record moves nothing but the estimate.
+    pub(crate) fn scrape_only(e: SwarmEstimate) -> Record {
+        Record {
+            first_seen: e.at,
+            last_seen: 0,
+            times_seen: 0,
+            how: 0,
+            peers: Vec::new(),
+            scrape: Some(e),
         }
     }
 }
@@ -371,8 +417,19 @@ impl CrawlStore {
             times_seen: 0,
             how: 0,
             peers: Vec::new(),
+            scrape: None,
         });
+        r.first_seen = r.first_seen.min(now);
         r.note(how, peer, now);
+    }
+
+    /// Records a BEP 33 estimate of a known infohash's swarm, buffered until the next
+    /// flush (it never creates a record: an infohash pruned meanwhile stays gone).
+    pub fn set_scrape(&mut self, ih: InfoHash, e: SwarmEstimate) {
+        self.pending
+            .entry(ih)
+            .and_modify(|r| r.merge(&Record::scrape_only(e)))
+            .or_insert_with(|| Record::scrape_only(e));
     }
 
     /// Records a sighting now.
@@ -425,6 +482,8 @@ impl CrawlStore {
                     }
                     r
                 }
+                // An estimate for a record pruned since: nothing to attach it to.
+                None if s.times_seen == 0 => continue,
                 None => {
                     done.new.push(*ih);
                     if self.outbox {
@@ -605,6 +664,7 @@ mod tests {
                 "127.0.0.1:80".parse().unwrap(),
                 "1.2.3.4:5".parse().unwrap(),
             ],
+            scrape: None,
         };
         let mut b = Vec::new();
         r.encode(&mut b);
@@ -613,8 +673,63 @@ mod tests {
         for cut in 0..b.len() {
             assert_eq!(Record::decode(&b[..cut]), None);
         }
+        // A version-1 value (written before estimates existed) still reads.
+        let mut v1 = b.clone();
+        v1[0] = 1;
+        assert_eq!(Record::decode(&v1), Some(r.clone()));
+        let with = Record {
+            scrape: Some(SwarmEstimate {
+                seeds: 30,
+                peers: 70,
+                at: 99,
+            }),
+            ..r.clone()
+        };
+        let mut w = Vec::new();
+        with.encode(&mut w);
+        assert_eq!(Record::decode(&w), Some(with));
+        for cut in (b.len() + 1)..w.len() {
+            assert_eq!(Record::decode(&w[..cut]), None, "cut at {cut}");
+        }
+        w[0] = 1;
+        assert_eq!(Record::decode(&w), None, "version 1 has no estimate");
         b[0] = 9;
         assert_eq!(Record::decode(&b), None);
+    }
+
+    /// `--scrape` estimates: the newest wins, a sighting's counters are untouched, and an
+    /// estimate never creates a record.
+    #[test]
+    fn estimates_attach_to_records_and_never_create_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = CrawlStore::open(dir.path(), StoreConfig::default()).unwrap();
+        s.note_at(ih(1), HOW_SAMPLE, None, 1000);
+        s.flush().unwrap();
+        let est = |seeds, at| SwarmEstimate {
+            seeds,
+            peers: 7,
+            at,
+        };
+        s.set_scrape(ih(1), est(3, 2000));
+        s.set_scrape(ih(2), est(4, 2000));
+        let f = s.flush().unwrap();
+        assert!(f.new.is_empty(), "{f:?}");
+        assert!(s.get(&ih(2)).is_none());
+        let r = s.get(&ih(1)).unwrap();
+        assert_eq!((r.times_seen, r.first_seen, r.last_seen), (1, 1000, 1000));
+        assert_eq!(r.scrape, Some(est(3, 2000)));
+        // An older estimate (from another crawler's slower flush) does not win; a
+        // sighting with a newer one in the same flush keeps both.
+        s.set_scrape(ih(1), est(1, 1500));
+        s.flush().unwrap();
+        assert_eq!(s.get(&ih(1)).unwrap().scrape, Some(est(3, 2000)));
+        s.note_at(ih(1), HOW_SAMPLE, None, 3000);
+        s.set_scrape(ih(1), est(9, 3000));
+        s.flush().unwrap();
+        let r = s.get(&ih(1)).unwrap();
+        assert_eq!((r.times_seen, r.last_seen), (2, 3000));
+        assert_eq!(r.scrape, Some(est(9, 3000)));
+        assert_eq!(s.count(), 1);
     }
 
     #[test]

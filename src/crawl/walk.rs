@@ -379,6 +379,12 @@ impl Walker {
         self.frontier.push_back(k);
     }
 
+    /// Whether the query budget has room for one more query now (work outside the walk,
+    /// such as a BEP 33 scrape, starts only then and is [`Walker::charge`]d afterwards).
+    pub fn has_budget(&mut self, now: Instant) -> bool {
+        self.bucket.available(1.0, now)
+    }
+
     /// Charges `n` queries sent outside the walk (e.g. a metadata lookup) to the rate limit.
     pub fn charge(&mut self, now: Instant, n: u32) {
         // Bound the debt to a minute of traffic so one huge charge cannot stall the walk.

@@ -258,6 +258,8 @@ fn status_json(state: &WebState, totals: (u64, u64)) -> Value {
             "metadata_fetched": s.metadata_fetched,
             "metadata_failed": s.metadata_failed,
             "metadata_skipped": s.metadata_skipped,
+            "scrapes": s.scrapes,
+            "scrapes_skipped": s.scrapes_skipped,
             "elapsed_secs": s.elapsed.as_secs(),
             "stalled": s.stalled,
             "stalls": s.stalls,
@@ -592,6 +594,18 @@ pub fn render_metrics(status: Option<&CrawlStatus>, totals: Option<(u64, u64)>) 
             "counter",
             "New infohashes not queued for metadata (queue full).",
             s.metadata_skipped as f64,
+        );
+        metric(
+            "dht_crawl_scrapes_total",
+            "counter",
+            "BEP 33 scrapes done (--scrape).",
+            s.scrapes as f64,
+        );
+        metric(
+            "dht_crawl_scrapes_skipped_total",
+            "counter",
+            "New infohashes not scraped (scrape queue full).",
+            s.scrapes_skipped as f64,
         );
         metric(
             "dht_crawl_stalled",

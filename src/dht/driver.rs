@@ -315,7 +315,9 @@ impl DhtHandle {
             .lookup(LookupRequest::Scrape(info_hash))?
             .collect()
             .await;
-        Ok(summary.scrape.map(|s| *s).unwrap_or_default())
+        let mut est = summary.scrape.map(|s| *s).unwrap_or_default();
+        est.queries = summary.messages;
+        Ok(est)
     }
 
     /// Pings these addresses; those that answer may enter the routing table (e.g. a peer's

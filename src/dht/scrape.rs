@@ -97,6 +97,8 @@ pub struct ScrapeEstimate {
     pub downloaders: ScrapeFilter,
     /// Nodes whose reply carried both filters.
     pub replies: usize,
+    /// Queries the scrape lookup sent (what it cost; a crawler charges them to its budget).
+    pub queries: u32,
 }
 
 impl ScrapeEstimate {
