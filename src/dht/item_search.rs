@@ -351,7 +351,10 @@ impl PutRequest {
 pub enum PutOutcome {
     Stored,
     /// A KRPC error: 301 CAS mismatch, 302 stale seq, 206 bad signature, 203 bad token...
-    Refused { code: i64, message: String },
+    Refused {
+        code: i64,
+        message: String,
+    },
     /// No answer (after one resend), or an answer from another node id.
     NoAnswer,
 }
@@ -405,12 +408,7 @@ mod tests {
         SocketAddrV4::new([127, 0, 0, i].into(), 6881)
     }
 
-    fn fields<'a>(
-        v: &'a [u8],
-        k: &'a [u8; 32],
-        seq: i64,
-        sig: &'a [u8; 64],
-    ) -> ItemFields<'a> {
+    fn fields<'a>(v: &'a [u8], k: &'a [u8; 32], seq: i64, sig: &'a [u8; 64]) -> ItemFields<'a> {
         ItemFields {
             v: Some(v),
             k: Some(k),
@@ -439,7 +437,10 @@ mod tests {
         assert!(s.best().is_none() && !s.satisfied());
         let ok = ItemFields { v: Some(v), ..none };
         assert_eq!(s.on_reply(a(2), ok), ItemVerdict::Accepted);
-        assert!(s.satisfied(), "a hash-checked value needs no second opinion");
+        assert!(
+            s.satisfied(),
+            "a hash-checked value needs no second opinion"
+        );
         assert_eq!(s.best().unwrap().v, v);
         assert_eq!(s.forged, 1);
     }
@@ -459,20 +460,41 @@ mod tests {
         let (sig1, sig2) = (sign(&key, &salt, 1, v1), sign(&key, &salt, 2, v2));
         // A forger reuses a valid signature with another value or seq, or signs with
         // another key, or omits the salt from what was signed.
-        assert_eq!(s.on_reply(a(1), fields(v2, &k, 1, &sig1)), ItemVerdict::Forged);
-        assert_eq!(s.on_reply(a(1), fields(v1, &k, 5, &sig1)), ItemVerdict::Forged);
+        assert_eq!(
+            s.on_reply(a(1), fields(v2, &k, 1, &sig1)),
+            ItemVerdict::Forged
+        );
+        assert_eq!(
+            s.on_reply(a(1), fields(v1, &k, 5, &sig1)),
+            ItemVerdict::Forged
+        );
         let other = SigningKey::from_bytes(&[8; 32]);
         let ok = other.verifying_key().to_bytes();
         let osig = sign(&other, &salt, 9, v1);
-        assert_eq!(s.on_reply(a(1), fields(v1, &ok, 9, &osig)), ItemVerdict::Forged);
+        assert_eq!(
+            s.on_reply(a(1), fields(v1, &ok, 9, &osig)),
+            ItemVerdict::Forged
+        );
         let nosalt = sign(&key, b"", 9, v1);
-        assert_eq!(s.on_reply(a(1), fields(v1, &k, 9, &nosalt)), ItemVerdict::Forged);
+        assert_eq!(
+            s.on_reply(a(1), fields(v1, &k, 9, &nosalt)),
+            ItemVerdict::Forged
+        );
         assert!(s.best().is_none());
         assert_eq!(s.forged, 4);
 
-        assert_eq!(s.on_reply(a(2), fields(v1, &k, 1, &sig1)), ItemVerdict::Accepted);
-        assert_eq!(s.on_reply(a(3), fields(v2, &k, 2, &sig2)), ItemVerdict::Accepted);
-        assert_eq!(s.on_reply(a(4), fields(v1, &k, 1, &sig1)), ItemVerdict::Stale);
+        assert_eq!(
+            s.on_reply(a(2), fields(v1, &k, 1, &sig1)),
+            ItemVerdict::Accepted
+        );
+        assert_eq!(
+            s.on_reply(a(3), fields(v2, &k, 2, &sig2)),
+            ItemVerdict::Accepted
+        );
+        assert_eq!(
+            s.on_reply(a(4), fields(v1, &k, 1, &sig1)),
+            ItemVerdict::Stale
+        );
         assert_eq!(s.best().unwrap().mutable.as_ref().unwrap().seq, 2);
         assert!(!s.satisfied());
         // The same node twice is one confirmation.

@@ -24,7 +24,6 @@ use crate::dht::items::{ItemStore, ItemStoreConfig};
 
 mod bep44;
 mod items_client;
-pub use items_client::ItemSlot;
 use crate::dht::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
@@ -35,6 +34,7 @@ use crate::dht::outbox::{Emitted, Outbox};
 use crate::dht::peer_store::{PeerStore, StoreConfig, TokenSecrets};
 use crate::dht::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::dht::rpc::{Matched, Pending, Transactions};
+pub use items_client::ItemSlot;
 
 /// Our client version tag: [`crate::CLIENT_CODE`] and a two-byte version.
 pub const VERSION: &[u8; 4] = &[crate::CLIENT_CODE[0], crate::CLIENT_CODE[1], 0, 1];
