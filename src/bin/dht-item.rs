@@ -55,7 +55,11 @@ enum Cmd {
 #[derive(Args, Debug)]
 struct PutCmd {
     /// The value: stored as a bencoded string unless --bencoded.
-    #[arg(value_name = "VALUE", required_unless_present = "file", conflicts_with = "file")]
+    #[arg(
+        value_name = "VALUE",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
     value: Option<String>,
     /// Read the value from this file instead.
     #[arg(long, value_name = "F")]
@@ -86,7 +90,11 @@ struct PutCmd {
 #[derive(Args, Debug)]
 struct GetCmd {
     /// Immutable item target: 40 hex digits.
-    #[arg(value_name = "TARGET", required_unless_present = "pubkey", conflicts_with = "pubkey")]
+    #[arg(
+        value_name = "TARGET",
+        required_unless_present = "pubkey",
+        conflicts_with = "pubkey"
+    )]
     target: Option<String>,
     /// Mutable item: the signer's ed25519 public key, 64 hex digits.
     #[arg(long, value_name = "HEX")]
@@ -167,8 +175,9 @@ impl Job {
             Cmd::Put(p) => {
                 let raw = match (&p.value, &p.file) {
                     (Some(v), _) => v.as_bytes().to_vec(),
-                    (None, Some(f)) => std::fs::read(f)
-                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?,
+                    (None, Some(f)) => {
+                        std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?
+                    }
                     (None, None) => return Err("give VALUE or --file".into()),
                 };
                 let v = if p.bencoded {
@@ -183,8 +192,8 @@ impl Job {
                     return Ok(Job::PutImmutable { v, keep: p.keep });
                 }
                 let path = p.key_file.as_ref().ok_or("--mutable needs --key-file")?;
-                let (key, created) = trackerless::dht::item_keys::load_or_create(path)
-                    .map_err(|e| e.to_string())?;
+                let (key, created) =
+                    trackerless::dht::item_keys::load_or_create(path).map_err(|e| e.to_string())?;
                 if created {
                     tracing::info!("created a new signing key in {}", path.display());
                 }
@@ -236,15 +245,13 @@ impl Job {
                 print_got(&got, format);
                 Ok(())
             }
-            Job::PutImmutable { v, keep } => {
-                loop {
-                    let r = dht.put_immutable(v.clone()).await;
-                    report_put(r, format, keep)?;
-                    if !keep || !wait_republish().await {
-                        return Ok(());
-                    }
+            Job::PutImmutable { v, keep } => loop {
+                let r = dht.put_immutable(v.clone()).await;
+                report_put(r, format, keep)?;
+                if !keep || !wait_republish().await {
+                    return Ok(());
                 }
-            }
+            },
             Job::PutMutable {
                 key,
                 salt,

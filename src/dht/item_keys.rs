@@ -10,10 +10,18 @@ use ed25519_dalek::SigningKey;
 /// Why a key file could not be used.
 #[derive(Debug)]
 pub enum KeyFileError {
-    Read { path: PathBuf, error: io::Error },
-    Write { path: PathBuf, error: io::Error },
+    Read {
+        path: PathBuf,
+        error: io::Error,
+    },
+    Write {
+        path: PathBuf,
+        error: io::Error,
+    },
     /// The file is not 64 hex digits (an optional trailing newline aside).
-    Malformed { path: PathBuf },
+    Malformed {
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for KeyFileError {
