@@ -5,13 +5,12 @@
 //!
 //! Run inside a network namespace (see TESTING.md). Each test has its own 127.x range.
 
+mod common;
 mod wait_support;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
+use std::net::Ipv4Addr;
 
+use common::item_cli::{self, json_line};
 use ed25519_dalek::SigningKey;
 use trackerless::dht::driver::{DhtHandle, ItemsError};
 use trackerless::dht::id::NodeId;
@@ -140,44 +139,6 @@ async fn put_and_get_items_through_a_testnet() {
     net.shutdown().await;
 }
 
-/// Runs `dht-item` against the testnet; `args` come after the network flags.
-async fn dht_item(net: &Testnet, subnet: u8, data: &Path, args: &[&str]) -> Output {
-    let bind = SocketAddrV4::new(Ipv4Addr::new(127, subnet, 9, 1), 0).to_string();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dht-item"));
-    cmd.args([
-        "--bind",
-        &bind,
-        "--allow-net",
-        "127.0.0.0/8",
-        "--no-subnet-limit",
-        "--rate-limit",
-        "0",
-        "--data-dir",
-    ])
-    .arg(data)
-    .args(["--bootstrap", &net.addr(0).to_string()]);
-    for i in 1..8 {
-        cmd.args(["--contact", &net.addr(i).to_string()]);
-    }
-    cmd.args(args);
-    cmd.env("RUST_LOG", "warn");
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("dht-item ends")
-        .expect("dht-item runs")
-}
-
-fn json_line(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {text:?}; stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dht_item_command_puts_and_gets() {
     let subnet = 212;
@@ -185,19 +146,19 @@ async fn dht_item_command_puts_and_gets() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
 
-    let out = dht_item(&net, subnet, &data, &["put", "hello item"]).await;
+    let out = item_cli::run(&net, subnet, &data, &["put", "hello item"]).await;
     assert!(out.status.success(), "{out:?}");
     let put = json_line(&out);
     let target = put["target"].as_str().unwrap().to_string();
     assert_eq!(target, hex::encode(immutable_target(b"10:hello item").0));
     assert!(put["stored"].as_u64().unwrap() >= 1, "{put}");
 
-    let out = dht_item(&net, subnet, &data, &["get", &target]).await;
+    let out = item_cli::run(&net, subnet, &data, &["get", &target]).await;
     assert!(out.status.success(), "{out:?}");
     let got = json_line(&out);
     assert_eq!(got["value"], "hello item", "{got}");
     // --format bencode writes the raw value.
-    let out = dht_item(
+    let out = item_cli::run(
         &net,
         subnet,
         &data,
@@ -209,7 +170,7 @@ async fn dht_item_command_puts_and_gets() {
     // Mutable with a key file the command creates (0600), then with salt.
     let key_file = dir.path().join("item.key");
     let key_arg = key_file.to_str().unwrap();
-    let out = dht_item(
+    let out = item_cli::run(
         &net,
         subnet,
         &data,
@@ -226,7 +187,7 @@ async fn dht_item_command_puts_and_gets() {
     }
     let key = trackerless::dht::item_keys::parse_key(&std::fs::read(&key_file).unwrap()).unwrap();
     let pk = hex::encode(key.verifying_key().to_bytes());
-    let out = dht_item(
+    let out = item_cli::run(
         &net,
         subnet,
         &data,
@@ -247,7 +208,7 @@ async fn dht_item_command_puts_and_gets() {
         if let Some(s) = salt {
             args.extend(["--salt", s]);
         }
-        let out = dht_item(&net, subnet, &data, &args).await;
+        let out = item_cli::run(&net, subnet, &data, &args).await;
         assert!(out.status.success(), "{out:?}");
         let got = json_line(&out);
         assert_eq!(got["value"], want, "{got}");
@@ -255,7 +216,7 @@ async fn dht_item_command_puts_and_gets() {
         assert_eq!(got["pubkey"], pk.as_str());
     }
     // A stale --seq is refused: non-zero exit, the 302s in the output.
-    let out = dht_item(
+    let out = item_cli::run(
         &net,
         subnet,
         &data,
@@ -287,7 +248,7 @@ async fn dht_item_command_puts_and_gets() {
             "x",
         ],
     ] {
-        let out = dht_item(&net, subnet, &data, &args).await;
+        let out = item_cli::run(&net, subnet, &data, &args).await;
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
