@@ -440,7 +440,7 @@ impl DhtHandle {
         cas: Option<i64>,
     ) -> Result<PutSummary, ItemsError> {
         self.put_item(PutRequest::Mutable {
-            key: key.clone(),
+            key: Box::new(key.clone()),
             salt: salt.to_vec(),
             v: value,
             seq,

@@ -247,7 +247,8 @@ pub enum PutRequest {
     /// by the search plus one (the found one itself when it already holds this value, so a
     /// republish does not bump it); `cas` is sent as given.
     Mutable {
-        key: SigningKey,
+        /// Boxed: the key is several times the size of everything else here.
+        key: Box<SigningKey>,
         salt: Vec<u8>,
         v: Vec<u8>,
         seq: Option<i64>,
@@ -529,7 +530,7 @@ mod tests {
     fn a_mutable_put_continues_the_found_seq() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let put = PutRequest::Mutable {
-            key: key.clone(),
+            key: Box::new(key.clone()),
             salt: Vec::new(),
             v: b"1:b".to_vec(),
             seq: None,
@@ -567,7 +568,7 @@ mod tests {
             Err(ItemError::ValueTooBig(1006))
         );
         let put = PutRequest::Mutable {
-            key: SigningKey::from_bytes(&[1; 32]),
+            key: Box::new(SigningKey::from_bytes(&[1; 32])),
             salt: vec![0; 65],
             v: b"1:a".to_vec(),
             seq: None,

@@ -123,7 +123,7 @@ impl ItemSlot {
             found,
             confirmations,
             forged,
-            put: is_put.then(|| PutReport {
+            put: is_put.then_some(PutReport {
                 seq,
                 nodes: self.report.nodes,
             }),
@@ -208,12 +208,15 @@ mod tests {
     use crate::dht::krpc::{self, Body, ItemReply, Method};
     use crate::dht::node::{Config, Event};
 
+    /// Key, seq and signature of a mutable item.
+    type Signed = ([u8; 32], i64, [u8; 64]);
+
     /// What a scripted remote node holds and how it answers.
     struct Fake {
         addr: SocketAddrV4,
         id: NodeId,
         /// `(v, Some((k, seq, sig)))` returned to `get`.
-        item: Option<(Vec<u8>, Option<([u8; 32], i64, [u8; 64])>)>,
+        item: Option<(Vec<u8>, Option<Signed>)>,
         /// Error code to answer `put` with (`None`: stored).
         put_error: Option<i64>,
         /// Puts received.
@@ -317,7 +320,7 @@ mod tests {
         got.expect("an Item event")
     }
 
-    fn signed(key: &SigningKey, salt: &[u8], seq: i64, v: &[u8]) -> ([u8; 32], i64, [u8; 64]) {
+    fn signed(key: &SigningKey, salt: &[u8], seq: i64, v: &[u8]) -> Signed {
         let mut msg = Vec::new();
         signable(salt, seq, v, &mut msg);
         (
@@ -395,7 +398,7 @@ mod tests {
         let mut node = node_knowing(&mut fakes, now);
         let target = mutable_target(&k, b"");
         let request = PutRequest::Mutable {
-            key: key.clone(),
+            key: Box::new(key.clone()),
             salt: Vec::new(),
             v: b"1:b".to_vec(),
             seq: None,
