@@ -86,7 +86,9 @@ async fn put_and_get_items_through_a_testnet() {
         .await;
         let m = got.item.mutable.expect("mutable");
         assert_eq!((m.k, m.seq), (pk.to_bytes(), 2));
-        // min_seq above what exists: nothing.
+        // min_seq: the current seq itself qualifies, one above it does not.
+        let same = reader.get_mutable(&pk, salt, Some(2)).await.expect("seq 2 >= 2");
+        assert_eq!(same.item.mutable.map(|m| m.seq), Some(2));
         let newer = reader.get_mutable(&pk, salt, Some(3)).await;
         assert!(
             matches!(newer, Err(ItemsError::NotFound { .. })),

@@ -28,7 +28,7 @@ pub enum ItemQuery {
     /// The item whose bencoded value hashes to the target.
     Immutable,
     /// The item signed by `k` under `salt`; values with `seq < min_seq` are ignored (and
-    /// `min_seq` goes into the queries, so nodes holding nothing newer send no value).
+    /// the queries carry `seq = min_seq - 1`, so nodes holding nothing that new send no value).
     Mutable {
         k: [u8; 32],
         salt: Vec<u8>,
@@ -99,10 +99,11 @@ impl ItemSearch {
         }
     }
 
-    /// The `seq` to put into `get` queries.
+    /// The `seq` to put into `get` queries: BEP 44 nodes return a value only when theirs is
+    /// *greater* than it, so one less than `min_seq` (which `min_seq` itself satisfies).
     pub fn query_seq(&self) -> Option<i64> {
         match &self.query {
-            ItemQuery::Mutable { min_seq, .. } => *min_seq,
+            ItemQuery::Mutable { min_seq, .. } => min_seq.map(|m| m.saturating_sub(1)),
             ItemQuery::Immutable => None,
         }
     }
@@ -517,7 +518,7 @@ mod tests {
             min_seq: Some(5),
         };
         let mut s = ItemSearch::new(mutable_target(&k, b""), q);
-        assert_eq!(s.query_seq(), Some(5));
+        assert_eq!(s.query_seq(), Some(4), "nodes send values with seq > 4");
         let sig = sign(&key, b"", 4, b"1:a");
         assert_eq!(
             s.on_reply(a(1), fields(b"1:a", &k, 4, &sig)),
