@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use common::item_cli::{self, json_line};
 use ed25519_dalek::SigningKey;
+use tokio::io::AsyncBufReadExt;
 use trackerless::dht::driver::{DhtHandle, ItemsError};
 use trackerless::dht::id::NodeId;
 use trackerless::dht::items::{immutable_target, mutable_target};
@@ -87,7 +88,10 @@ async fn put_and_get_items_through_a_testnet() {
         let m = got.item.mutable.expect("mutable");
         assert_eq!((m.k, m.seq), (pk.to_bytes(), 2));
         // min_seq: the current seq itself qualifies, one above it does not.
-        let same = reader.get_mutable(&pk, salt, Some(2)).await.expect("seq 2 >= 2");
+        let same = reader
+            .get_mutable(&pk, salt, Some(2))
+            .await
+            .expect("seq 2 >= 2");
         assert_eq!(same.item.mutable.map(|m| m.seq), Some(2));
         let newer = reader.get_mutable(&pk, salt, Some(3)).await;
         assert!(
@@ -235,6 +239,30 @@ async fn dht_item_command_puts_and_gets() {
     .await;
     assert!(!out.status.success());
     assert!(json_line(&out).to_string().contains("302"), "{out:?}");
+
+    // --keep: the first round is reported at once, SIGINT ends the wait for the next one
+    // with status 0.
+    let mut child = item_cli::command(&net, subnet, &data, &["put", "--keep", "kept"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dht-item starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(GENEROUS, lines.next_line())
+        .await
+        .expect("the first round is reported")
+        .unwrap()
+        .expect("a line");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert!(first["stored"].as_u64().unwrap() >= 1, "{first}");
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = tokio::time::timeout(GENEROUS, child.wait())
+        .await
+        .expect("dht-item --keep stops on SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 
     // Bad arguments: one line on stderr, non-zero exit, before any network traffic.
     let bad_key = dir.path().join("bad.key");

@@ -245,13 +245,16 @@ impl Job {
                 print_got(&got, format);
                 Ok(())
             }
-            Job::PutImmutable { v, keep } => loop {
-                let r = dht.put_immutable(v.clone()).await;
-                report_put(r, format, keep)?;
-                if !keep || !wait_republish().await {
-                    return Ok(());
+            Job::PutImmutable { v, keep } => {
+                let mut stop = keep.then(Stop::listen).transpose()?;
+                loop {
+                    let r = dht.put_immutable(v.clone()).await;
+                    report_put(r, format, keep)?;
+                    if !Stop::again(&mut stop).await {
+                        return Ok(());
+                    }
                 }
-            },
+            }
             Job::PutMutable {
                 key,
                 salt,
@@ -259,13 +262,16 @@ impl Job {
                 seq,
                 cas,
                 keep,
-            } => loop {
-                let r = dht.put_mutable(&key, &salt, v.clone(), seq, cas).await;
-                report_put(r, format, keep)?;
-                if !keep || !wait_republish().await {
-                    return Ok(());
+            } => {
+                let mut stop = keep.then(Stop::listen).transpose()?;
+                loop {
+                    let r = dht.put_mutable(&key, &salt, v.clone(), seq, cas).await;
+                    report_put(r, format, keep)?;
+                    if !Stop::again(&mut stop).await {
+                        return Ok(());
+                    }
                 }
-            },
+            }
         }
     }
 }
@@ -282,11 +288,39 @@ fn fmt_err(e: ItemsError) -> String {
     e.to_string()
 }
 
-/// Sleeps until the next republish; false when interrupted.
-async fn wait_republish() -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(REPUBLISH) => true,
-        () = cli::shutdown_signal() => false,
+/// SIGINT and SIGTERM for `--keep`, caught from before the first put: a signal that arrives
+/// while a put runs then ends the program at the next wait, cleanly, instead of killing it.
+struct Stop {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn listen() -> Result<Stop, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| format!("cannot catch signals: {e}");
+        Ok(Stop {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
+    }
+
+    /// Whether to put again: after the republish period with --keep (`Some`), unless
+    /// interrupted; never without.
+    async fn again(stop: &mut Option<Stop>) -> bool {
+        match stop {
+            Some(stop) => stop.wait_republish().await,
+            None => false,
+        }
+    }
+
+    /// Sleeps until the next republish; false when interrupted.
+    async fn wait_republish(&mut self) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(REPUBLISH) => true,
+            _ = self.int.recv() => false,
+            _ = self.term.recv() => false,
+        }
     }
 }
 

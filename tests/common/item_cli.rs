@@ -11,6 +11,17 @@ use trackerless::sim::testnet::Testnet;
 /// (node 0 as router, the next up to seven as contacts), sending only to 127.0.0.0/8;
 /// `args` come after the network flags.
 pub async fn run(net: &Testnet, subnet: u8, data: &Path, args: &[&str]) -> Output {
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        command(net, subnet, data, args).output(),
+    )
+    .await
+    .expect("dht-item ends")
+    .expect("dht-item runs")
+}
+
+/// The command [`run`] runs, for callers that drive the process themselves.
+pub fn command(net: &Testnet, subnet: u8, data: &Path, args: &[&str]) -> tokio::process::Command {
     let bind = SocketAddrV4::new(Ipv4Addr::new(127, subnet, 9, 1), 0).to_string();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_dht-item"));
     cmd.args([
@@ -30,10 +41,7 @@ pub async fn run(net: &Testnet, subnet: u8, data: &Path, args: &[&str]) -> Outpu
     }
     cmd.args(args);
     cmd.env("RUST_LOG", "warn");
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("dht-item ends")
-        .expect("dht-item runs")
+    cmd
 }
 
 /// The last stdout line of a run, as JSON.
