@@ -428,3 +428,48 @@ fn bencode_to_json(v: &[u8]) -> serde_json::Value {
         Err(_) => serde_json::json!({ "hex": hex::encode(v) }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_render_as_json() {
+        assert_eq!(bencode_to_json(b"5:hello"), serde_json::json!("hello"));
+        assert_eq!(
+            bencode_to_json(b"d1:ai1e1:bl2:\xff\xfeee"),
+            serde_json::json!({"a": 1, "b": [{"hex": "fffe"}]})
+        );
+        // Not bencode (cannot come from a checked item, but must not panic).
+        assert_eq!(bencode_to_json(b"x"), serde_json::json!({"hex": "78"}));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_starting() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("dht-item").chain(args.iter().copied()))
+                .expect("flags parse");
+            Job::parse(&cli.command).err()
+        };
+        assert!(parse(&["get", "abcd"]).unwrap().contains("40 hex digits"));
+        assert!(
+            parse(&["get", "--pubkey", "00"])
+                .unwrap()
+                .contains("64 hex")
+        );
+        assert!(
+            parse(&["put", "--bencoded", "i1"])
+                .unwrap()
+                .contains("bencoded")
+        );
+        let big = "x".repeat(1000);
+        assert!(parse(&["put", &big]).unwrap().contains("1000"));
+        let salt = "s".repeat(65);
+        assert!(parse(&["get", "--pubkey", &"ab".repeat(32), "--salt", &salt]).is_some());
+        assert!(parse(&["put", "ok"]).is_none());
+        assert!(
+            Cli::try_parse_from(["dht-item", "put", "--seq", "3", "x"]).is_err(),
+            "--seq needs --mutable"
+        );
+    }
+}

@@ -1,4 +1,5 @@
-//! Iterative lookups (find_node, get_peers, announce): the search state, free of I/O.
+//! Iterative lookups (find_node, get_peers, announce, BEP 44 get/put): the search state, free
+//! of I/O.
 //!
 //! The search keeps a bounded candidate list sorted by distance to the target and keeps α
 //! queries in flight among the K closest candidates that have not failed (libtorrent's
@@ -130,7 +131,7 @@ pub struct SearchReply<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Searching,
-    /// announce_peer queries are outstanding.
+    /// announce_peer (or BEP 44 `put`) queries are outstanding.
     Announcing,
     Done,
 }
