@@ -201,7 +201,8 @@ pub enum Event {
         lookup: LookupId,
         /// The K closest nodes that answered.
         closest: Vec<Contact>,
-        /// announce_peer acknowledgements (announce lookups).
+        /// announce_peer acknowledgements (announce lookups), or nodes that stored the item
+        /// (put lookups).
         announced: usize,
         /// Queries this lookup sent.
         messages: u32,
