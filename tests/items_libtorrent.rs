@@ -5,6 +5,9 @@
 //! sequence number (302) and a forged signature (206), and serve the items back to
 //! libtorrent's own `get` lookups.
 //!
+//! Client side: what libtorrent puts, `dht-item get` reads, and libtorrent's own lookups
+//! read what `dht-item put` stored.
+//!
 //! Each test has its own 127.x range (they run in parallel); waits poll against deadlines.
 
 mod common;
@@ -13,6 +16,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
+use common::item_cli;
 use common::lt::LtNode;
 use ed25519_dalek::{Signer, SigningKey};
 use serde_bencode::value::Value as Bencode;
@@ -244,6 +248,113 @@ async fn libtorrent_mutable_items_through_our_nodes() {
             .await
             .expect("libtorrent's mutable get finds the item");
         assert_eq!(item["seq"], seq, "{item}");
+    }
+    lt.quit().await;
+}
+
+/// Client interop, libtorrent → `dht-item`: items libtorrent put through our nodes
+/// (immutable, mutable with and without salt) are read by `dht-item get`, hash or signature
+/// checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_item_reads_what_libtorrent_put() {
+    let subnet = 76;
+    let (net, mut lt, _sock) = setup(subnet).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    let value = "lt-immutable";
+    let r = lt.command(&format!("put_immutable {value}")).await;
+    let target = r["target"].as_str().expect("target").to_string();
+    let put = lt
+        .wait_event("put", TIMEOUT, |e| e["target"] == target.as_str())
+        .await
+        .expect("libtorrent's put completes");
+    assert!(put["num_success"].as_u64().unwrap_or(0) >= 1, "{put}");
+    let out = item_cli::run(&net, subnet, &data, &["get", &target]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(item_cli::json_line(&out)["value"], value);
+
+    let seed = [0x43u8; 32];
+    let pk = hex::encode(SigningKey::from_bytes(&seed).verifying_key().to_bytes());
+    for salt in ["", "pepper"] {
+        let value = format!("lt-mutable-{salt}");
+        lt.command(&format!("put_mutable {} {value} {salt}", hex::encode(seed)))
+            .await;
+        let want_target = hex::encode(
+            mutable_target(
+                &SigningKey::from_bytes(&seed).verifying_key().to_bytes(),
+                salt.as_bytes(),
+            )
+            .0,
+        );
+        let put = lt
+            // libtorrent's put alert names a mutable item by its key (the target is zero).
+            .wait_event("put", TIMEOUT, |e| e["public_key"] == pk.as_str())
+            .await
+            .expect("libtorrent's mutable put completes");
+        assert!(put["num_success"].as_u64().unwrap_or(0) >= 1, "{put}");
+        let mut args = vec!["get", "--pubkey", &pk];
+        if !salt.is_empty() {
+            args.extend(["--salt", salt]);
+        }
+        let out = item_cli::run(&net, subnet, &data, &args).await;
+        assert!(out.status.success(), "{out:?}");
+        let got = item_cli::json_line(&out);
+        assert_eq!(got["value"], value.as_str(), "{got}");
+        assert_eq!(got["seq"], put["seq"], "{got} vs {put}");
+        assert_eq!(got["target"], want_target.as_str());
+    }
+    lt.quit().await;
+}
+
+/// Client interop, `dht-item` → libtorrent: what `dht-item put` stored in our nodes
+/// (immutable, mutable with and without salt) is found by libtorrent's own
+/// `dht_get_immutable_item` / `dht_get_mutable_item` lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libtorrent_reads_what_dht_item_put() {
+    let subnet = 77;
+    let (net, mut lt, _sock) = setup(subnet).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    let out = item_cli::run(&net, subnet, &data, &["put", "from dht-item"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let target = item_cli::json_line(&out)["target"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lt.command(&format!("get_immutable {target}")).await;
+    let item = lt
+        .wait_event("item", TIMEOUT, |e| e["target"] == target.as_str())
+        .await
+        .expect("libtorrent's get completes");
+    assert_eq!(item["found"], true, "{item}");
+    assert_eq!(item["value"], "from dht-item", "{item}");
+
+    let key_file = dir.path().join("k");
+    let key_arg = key_file.to_str().unwrap();
+    for salt in ["", "pepper"] {
+        let value = format!("ours-mutable-{salt}");
+        let mut args = vec!["put", "--mutable", "--key-file", key_arg];
+        if !salt.is_empty() {
+            args.extend(["--salt", salt]);
+        }
+        args.push(&value);
+        let out = item_cli::run(&net, subnet, &data, &args).await;
+        assert!(out.status.success(), "{out:?}");
+        let seq = item_cli::json_line(&out)["seq"].clone();
+        let key = trackerless::dht::item_keys::parse_key(&std::fs::read(&key_file).unwrap())
+            .expect("the key file dht-item wrote");
+        let pk = hex::encode(key.verifying_key().to_bytes());
+        lt.command(&format!("get_mutable {pk} {salt}")).await;
+        let item = lt
+            .wait_event("mutable_item", TIMEOUT, |e| {
+                e["value"] == value.as_str() && e["authoritative"] == true
+            })
+            .await
+            .expect("libtorrent's mutable get finds our item");
+        assert_eq!(item["seq"], seq, "{item}");
+        assert_eq!(item["public_key"], pk.as_str());
     }
     lt.quit().await;
 }

@@ -14,10 +14,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dht::bootstrap;
 use crate::dht::id::{Contact, InfoHash, NodeId};
+use crate::dht::item_search::{
+    FoundItem, ItemError, ItemQuery, ItemResult, PutOutcome, PutRequest,
+};
 use crate::dht::krpc::Response;
 use crate::dht::node::{self, DirectQuery, Event, LookupId, Node, PingError, RequestId, Stats};
 use crate::dht::persist::{NodeStore, PersistError};
@@ -110,6 +114,78 @@ impl std::fmt::Display for DhtError {
 impl std::error::Error for DhtError {}
 
 /// How a lookup ended.
+/// What a BEP 44 put achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutSummary {
+    /// Where the item is stored (immutable: SHA-1 of the value; mutable: SHA-1 of key and salt).
+    pub target: NodeId,
+    /// The sequence number put (mutable items).
+    pub seq: Option<i64>,
+    /// Nodes that stored it.
+    pub stored: usize,
+    /// Every node asked and its answer (refusals carry their BEP 44 error code).
+    pub nodes: Vec<(SocketAddrV4, PutOutcome)>,
+}
+
+/// A BEP 44 item read from the DHT, already checked against its hash or signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GotItem {
+    pub target: NodeId,
+    pub item: FoundItem,
+    /// Distinct nodes that returned this exact value.
+    pub confirmations: usize,
+    /// Replies whose value failed its check (ignored).
+    pub forged: u32,
+}
+
+/// Why an item call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemsError {
+    /// The node has stopped.
+    Stopped,
+    /// The value or salt breaks a BEP 44 limit; nothing was sent.
+    Invalid(ItemError),
+    /// No node returned a valid value.
+    NotFound { target: NodeId, forged: u32 },
+    /// No node stored the item; each node's answer is in the summary.
+    NotStored(Box<PutSummary>),
+}
+
+impl std::fmt::Display for ItemsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ItemsError::Stopped => write!(f, "the DHT node has stopped"),
+            ItemsError::Invalid(e) => write!(f, "{e}"),
+            ItemsError::NotFound { target, forged } => {
+                write!(f, "no valid item found under {}", hex::encode(target.0))?;
+                if *forged > 0 {
+                    write!(f, " ({forged} forged values ignored)")?;
+                }
+                Ok(())
+            }
+            ItemsError::NotStored(s) => {
+                write!(f, "no node stored the item ({} asked", s.nodes.len())?;
+                let mut codes: Vec<i64> = s
+                    .nodes
+                    .iter()
+                    .filter_map(|(_, o)| match o {
+                        PutOutcome::Refused { code, .. } => Some(*code),
+                        _ => None,
+                    })
+                    .collect();
+                codes.sort_unstable();
+                codes.dedup();
+                if !codes.is_empty() {
+                    write!(f, ", errors {codes:?}")?;
+                }
+                write!(f, ")")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ItemsError {}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LookupSummary {
     /// The K closest nodes that answered.
@@ -188,12 +264,18 @@ enum Command {
         oneshot::Sender<Result<Box<Response>, PingError>>,
     ),
     Lookup(LookupRequest, mpsc::UnboundedSender<LookupUpdate>),
+    Item(ItemRequest, oneshot::Sender<ItemResult>),
     AddContacts(Vec<SocketAddrV4>),
     Bootstrap(Vec<SocketAddrV4>),
     Stats(oneshot::Sender<Stats>),
     Contacts(oneshot::Sender<Vec<Contact>>),
     WaitNodes(usize, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), PersistError>>),
+}
+
+enum ItemRequest {
+    Get(NodeId, ItemQuery),
+    Put(PutRequest),
 }
 
 enum LookupRequest {
@@ -322,6 +404,98 @@ impl DhtHandle {
 
     /// Pings these addresses; those that answer may enter the routing table (e.g. a peer's
     /// BEP 5 PORT message). The allow-list applies.
+    async fn item(&self, req: ItemRequest) -> Result<ItemResult, ItemsError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Item(req, tx))
+            .map_err(|_| ItemsError::Stopped)?;
+        rx.await.map_err(|_| ItemsError::Stopped)
+    }
+
+    async fn put_item(&self, req: PutRequest) -> Result<PutSummary, ItemsError> {
+        req.validate().map_err(ItemsError::Invalid)?;
+        let r = self.item(ItemRequest::Put(req)).await?;
+        let report = r.put.unwrap_or_default();
+        let summary = PutSummary {
+            target: r.target,
+            seq: report.seq,
+            stored: report.stored(),
+            nodes: report.nodes,
+        };
+        if summary.stored == 0 {
+            return Err(ItemsError::NotStored(Box::new(summary)));
+        }
+        Ok(summary)
+    }
+
+    async fn get_item(&self, target: NodeId, q: ItemQuery) -> Result<GotItem, ItemsError> {
+        let r = self.item(ItemRequest::Get(target, q)).await?;
+        match r.found {
+            Some(item) => Ok(GotItem {
+                target: r.target,
+                item,
+                confirmations: r.confirmations,
+                forged: r.forged,
+            }),
+            None => Err(ItemsError::NotFound {
+                target: r.target,
+                forged: r.forged,
+            }),
+        }
+    }
+
+    /// Stores a BEP 44 immutable item: `value` is one bencoded value of at most 1000 bytes;
+    /// its target (SHA-1 of `value`) is in the summary. `Err(NotStored)` when no node took
+    /// it (with each node's answer).
+    pub async fn put_immutable(&self, value: Vec<u8>) -> Result<PutSummary, ItemsError> {
+        self.put_item(PutRequest::Immutable { v: value }).await
+    }
+
+    /// Reads a BEP 44 immutable item; only a value whose SHA-1 is `target` is returned.
+    pub async fn get_immutable(&self, target: NodeId) -> Result<GotItem, ItemsError> {
+        self.get_item(target, ItemQuery::Immutable).await
+    }
+
+    /// Signs and stores a BEP 44 mutable item under `key` and `salt` (empty = none). With
+    /// `seq: None` the current sequence number is read first and the next one used (the
+    /// current one when the network already holds this value, so republishing does not
+    /// bump it); `cas` asks nodes to refuse unless their `seq` is exactly that (error 301).
+    pub async fn put_mutable(
+        &self,
+        key: &SigningKey,
+        salt: &[u8],
+        value: Vec<u8>,
+        seq: Option<i64>,
+        cas: Option<i64>,
+    ) -> Result<PutSummary, ItemsError> {
+        self.put_item(PutRequest::Mutable {
+            key: Box::new(key.clone()),
+            salt: salt.to_vec(),
+            v: value,
+            seq,
+            cas,
+        })
+        .await
+    }
+
+    /// Reads a BEP 44 mutable item: the highest `seq` with a valid signature by `key` among
+    /// the closest nodes (stopping once several agree), none older than `min_seq`.
+    pub async fn get_mutable(
+        &self,
+        key: &VerifyingKey,
+        salt: &[u8],
+        min_seq: Option<i64>,
+    ) -> Result<GotItem, ItemsError> {
+        if salt.len() > crate::dht::krpc::MAX_ITEM_SALT {
+            return Err(ItemsError::Invalid(ItemError::SaltTooBig(salt.len())));
+        }
+        let q = ItemQuery::Mutable {
+            k: key.to_bytes(),
+            salt: salt.to_vec(),
+            min_seq,
+        };
+        self.get_item(NodeId([0; 20]), q).await
+    }
+
     pub fn add_contacts(&self, addrs: Vec<SocketAddrV4>) -> Result<(), DhtError> {
         self.send(Command::AddContacts(addrs))
     }
@@ -465,6 +639,7 @@ impl Dht {
             replies: HashMap::new(),
             incoming: config.incoming.clone(),
             lookups: HashMap::new(),
+            items: HashMap::new(),
             io: udp::BatchedSocket::new(socket, RECV_BUF),
             id,
             waiters: Vec::new(),
@@ -484,6 +659,7 @@ struct Driver {
     replies: HashMap<RequestId, oneshot::Sender<Result<Box<Response>, PingError>>>,
     incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
+    items: HashMap<LookupId, oneshot::Sender<ItemResult>>,
     io: udp::BatchedSocket,
     id: Arc<Mutex<NodeId>>,
     /// `wait_for_nodes` callers: (table size wanted, who to tell).
@@ -656,6 +832,13 @@ impl Driver {
                 };
                 self.lookups.insert(id, tx);
             }
+            Command::Item(req, tx) => {
+                let id = match req {
+                    ItemRequest::Get(target, q) => self.node.get_item(now, target, q),
+                    ItemRequest::Put(p) => self.node.put_item(now, p),
+                };
+                self.items.insert(id, tx);
+            }
             Command::AddContacts(addrs) => self.node.add_contacts(now, addrs),
             Command::Bootstrap(routers) => self.node.bootstrap(now, &routers),
             Command::Stats(tx) => {
@@ -706,6 +889,11 @@ impl Driver {
                             from,
                             peer,
                         });
+                    }
+                }
+                Event::Item { lookup, result } => {
+                    if let Some(tx) = self.items.remove(&lookup) {
+                        let _ = tx.send(*result);
                     }
                 }
                 Event::Peers { lookup, peers } => {

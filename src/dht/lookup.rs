@@ -1,4 +1,5 @@
-//! Iterative lookups (find_node, get_peers, announce): the search state, free of I/O.
+//! Iterative lookups (find_node, get_peers, announce, BEP 44 get/put): the search state, free
+//! of I/O.
 //!
 //! The search keeps a bounded candidate list sorted by distance to the target and keeps α
 //! queries in flight among the K closest candidates that have not failed (libtorrent's
@@ -77,11 +78,29 @@ pub enum LookupKind {
     /// BEP 33: get_peers with `scrape=1`; the replies' bloom filters are united in
     /// [`Lookup::scrape`].
     Scrape,
+    /// BEP 44 `get` queries; the node checks the values (see `crate::dht::item_search`).
+    GetItem,
+    /// BEP 44 `get` queries, then `put` to the K closest token holders, chosen and replaced
+    /// exactly as announce_peer targets are.
+    PutItem,
 }
 
 impl LookupKind {
     pub fn wants_peers(&self) -> bool {
-        !matches!(self, LookupKind::FindNode)
+        matches!(
+            self,
+            LookupKind::GetPeers | LookupKind::Announce { .. } | LookupKind::Scrape
+        )
+    }
+
+    /// Whether the search sends BEP 44 `get` rather than find_node/get_peers.
+    pub fn is_item(&self) -> bool {
+        matches!(self, LookupKind::GetItem | LookupKind::PutItem)
+    }
+
+    /// Whether the search is followed by a store phase (announce_peer or put).
+    fn stores(&self) -> bool {
+        matches!(self, LookupKind::Announce { .. } | LookupKind::PutItem)
     }
 }
 
@@ -124,7 +143,7 @@ pub struct SearchReply<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Searching,
-    /// announce_peer queries are outstanding.
+    /// announce_peer (or BEP 44 `put`) queries are outstanding.
     Announcing,
     Done,
 }
@@ -369,7 +388,7 @@ impl Lookup {
         if self.phase != Phase::Searching || !self.search_complete() {
             return;
         }
-        if let LookupKind::Announce { .. } = self.kind {
+        if self.kind.stores() {
             // The K closest nodes that answered with a token, whatever their ids: many
             // clients (Transmission, older libtorrent, crawlers) use ids that are not BEP 42
             // ids, and other clients search the truly closest nodes, so skipping them would
@@ -439,6 +458,16 @@ impl Lookup {
             return;
         }
         self.on_announce_result(false);
+    }
+
+    /// A put was refused for a reason another node would share (a stale `seq`, a CAS
+    /// mismatch, a bad signature): the slot is answered, not passed to a spare, since
+    /// spreading a refused item further would only collect more refusals.
+    pub fn on_store_refused(&mut self) {
+        self.announces_pending = self.announces_pending.saturating_sub(1);
+        if self.phase == Phase::Announcing && self.announces_pending == 0 {
+            self.phase = Phase::Done;
+        }
     }
 
     /// An announce could not be sent at all.

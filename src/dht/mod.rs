@@ -7,6 +7,8 @@ pub mod bep42;
 pub mod bootstrap;
 pub mod driver;
 pub mod id;
+pub mod item_keys;
+pub mod item_search;
 pub mod items;
 pub mod krpc;
 pub mod limits;

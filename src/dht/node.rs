@@ -23,6 +23,7 @@ use crate::dht::id::{Contact, InfoHash, NodeId};
 use crate::dht::items::{ItemStore, ItemStoreConfig};
 
 mod bep44;
+mod items_client;
 use crate::dht::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
@@ -34,6 +35,7 @@ use crate::dht::peer_store::{PeerStore, StoreConfig, TokenSecrets};
 use crate::dht::routing::{Insert, RoutingConfig, RoutingTable};
 use crate::dht::rpc::{Matched, Pending, Transactions};
 use crate::dht::scrape::{ScrapeEstimate, ScrapeFilter};
+pub use items_client::ItemSlot;
 
 /// Our client version tag: [`crate::CLIENT_CODE`] and a two-byte version.
 pub const VERSION: &[u8; 4] = &[crate::CLIENT_CODE[0], crate::CLIENT_CODE[1], 0, 1];
@@ -190,11 +192,18 @@ pub enum Event {
         lookup: LookupId,
         peers: Vec<SocketAddrV4>,
     },
+    /// The result of an item lookup ([`Node::get_item`], [`Node::put_item`]), emitted just
+    /// before its [`Event::LookupDone`].
+    Item {
+        lookup: LookupId,
+        result: Box<crate::dht::item_search::ItemResult>,
+    },
     LookupDone {
         lookup: LookupId,
         /// The K closest nodes that answered.
         closest: Vec<Contact>,
-        /// announce_peer acknowledgements (announce lookups).
+        /// announce_peer acknowledgements (announce lookups), or nodes that stored the item
+        /// (put lookups).
         announced: usize,
         /// Queries this lookup sent.
         messages: u32,
@@ -325,6 +334,8 @@ enum Owner {
 struct LookupSlot {
     lookup: Lookup,
     owner: Owner,
+    /// The BEP 44 side of a get/put item lookup.
+    item: Option<Box<ItemSlot>>,
     /// When the lookup ends at the latest ([`LOOKUP_DEADLINE`] after it started).
     deadline: Instant,
 }
@@ -647,7 +658,7 @@ impl Node {
         }
         self.bootstrap_running = true;
         self.bootstrap_next = None;
-        self.start_lookup(now, lookup, Owner::Bootstrap);
+        self.start_lookup(now, lookup, Owner::Bootstrap, None);
     }
 
     /// Adds known contacts (e.g. persisted ones). They are pinged, paced, and enter the
@@ -786,10 +797,16 @@ impl Node {
 
     fn user_lookup(&mut self, now: Instant, target: NodeId, kind: LookupKind) -> LookupId {
         let lookup = self.new_lookup(target, kind);
-        self.start_lookup(now, lookup, Owner::User)
+        self.start_lookup(now, lookup, Owner::User, None)
     }
 
-    fn start_lookup(&mut self, now: Instant, mut lookup: Lookup, owner: Owner) -> LookupId {
+    fn start_lookup(
+        &mut self,
+        now: Instant,
+        mut lookup: Lookup,
+        owner: Owner,
+        item: Option<Box<ItemSlot>>,
+    ) -> LookupId {
         let id = LookupId(self.next_lookup);
         self.next_lookup += 1;
         let mut seeds = std::mem::take(&mut self.scratch_contacts);
@@ -813,6 +830,7 @@ impl Node {
                 LookupSlot {
                     lookup,
                     owner,
+                    item,
                     deadline,
                 },
             );
@@ -825,6 +843,7 @@ impl Node {
                 LookupSlot {
                     lookup,
                     owner,
+                    item,
                     deadline: now,
                 },
             );
@@ -879,8 +898,18 @@ impl Node {
         queries: &[(SocketAddrV4, Option<NodeId>)],
     ) -> bool {
         let mut unsent = false;
+        let item_seq = self
+            .lookups
+            .get(&id)
+            .and_then(|s| s.item.as_ref())
+            .and_then(|i| i.search.query_seq());
         for &(addr, expected) in queries {
-            let args = if kind.wants_peers() {
+            let args = if kind.is_item() {
+                QueryArgs::Get {
+                    target: &target,
+                    seq: item_seq,
+                }
+            } else if kind.wants_peers() {
                 QueryArgs::GetPeers {
                     info_hash: &target,
                     scrape: kind == LookupKind::Scrape,
@@ -908,6 +937,10 @@ impl Node {
         kind: LookupKind,
         announce: &mut Vec<(SocketAddrV4, NodeId, Token)>,
     ) {
+        if kind == LookupKind::PutItem {
+            self.send_puts(now, id, announce);
+            return;
+        }
         let (port, implied_port, seed) = match kind {
             LookupKind::Announce {
                 port: Some(p),
@@ -936,6 +969,12 @@ impl Node {
         let Some(slot) = self.lookups.remove(&id) else {
             return;
         };
+        if let (Owner::User, Some(item)) = (slot.owner, slot.item) {
+            self.events.push_back(Event::Item {
+                lookup: id,
+                result: Box::new(item.into_result()),
+            });
+        }
         match slot.owner {
             Owner::User => self.events.push_back(Event::LookupDone {
                 lookup: id,
@@ -963,7 +1002,7 @@ impl Node {
                     let targets = self.table.all_bucket_targets(now, &mut self.rng);
                     for t in targets {
                         let lookup = self.new_lookup(t, LookupKind::FindNode);
-                        self.start_lookup(now, lookup, Owner::Refresh);
+                        self.start_lookup(now, lookup, Owner::Refresh, None);
                     }
                 }
             }
@@ -1344,6 +1383,9 @@ impl Node {
                 };
                 let junk_before = slot.lookup.junk_dropped;
                 slot.lookup.on_reply(&reply, &mut new_peers);
+                if let Some(item) = &mut slot.item {
+                    item.on_search_reply(&mut slot.lookup, pending.addr, &r);
+                }
                 self.stats.junk_candidates += u64::from(slot.lookup.junk_dropped - junk_before);
                 if !new_peers.is_empty() && slot.owner == Owner::User {
                     self.events.push_back(Event::Peers {
@@ -1356,6 +1398,9 @@ impl Node {
             }
             Purpose::Announce(lid) => {
                 if let Some(slot) = self.lookups.get_mut(&lid) {
+                    if let Some(item) = &mut slot.item {
+                        item.on_put_stored(pending.addr);
+                    }
                     slot.lookup.on_announce_result(true);
                     self.step_lookup(now, lid);
                 }
@@ -1397,7 +1442,9 @@ impl Node {
             }
             Purpose::Announce(lid) => {
                 if let Some(slot) = self.lookups.get_mut(&lid) {
-                    if matches!(why, PingError::Timeout) {
+                    if let Some(item) = &mut slot.item {
+                        item.on_put_failure(&mut slot.lookup, p.addr, &why);
+                    } else if matches!(why, PingError::Timeout) {
                         slot.lookup.on_announce_timeout(p.addr);
                     } else {
                         slot.lookup.on_announce_result(false);
@@ -1443,7 +1490,7 @@ impl Node {
             let targets = self.table.stale_buckets(now, &mut self.rng);
             for t in targets {
                 let lookup = self.new_lookup(t, LookupKind::FindNode);
-                self.start_lookup(now, lookup, Owner::Refresh);
+                self.start_lookup(now, lookup, Owner::Refresh, None);
             }
             if self.table.len() < self.config.routing.k && self.bootstrap_next.is_none() {
                 self.bootstrap_next = Some(now);

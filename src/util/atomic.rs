@@ -19,13 +19,35 @@ pub fn atomic_write_with(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> io::Result<()> {
+    write_via_tmp(path, None, fill)
+}
+
+/// Like [`atomic_write`] for a secret (a signing key): the file is created readable by its
+/// owner only (0600 on Unix) from the start, so the secret is never briefly world-readable
+/// under the temporary name.
+pub fn atomic_write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_via_tmp(path, Some(0o600), |w| w.write_all(data))
+}
+
+fn write_via_tmp(
+    path: &Path,
+    mode: Option<u32>,
+    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = tmp_name(path);
     let result = (|| {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if let Some(mode) = mode {
+            use std::os::unix::fs::OpenOptionsExt;
+            // A stale temporary file would keep its old mode: remove it first.
+            let _ = fs::remove_file(&tmp);
+            opts.mode(mode);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let f = opts.open(&tmp)?;
         let mut w = BufWriter::new(f);
         fill(&mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;

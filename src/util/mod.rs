@@ -10,7 +10,7 @@ mod atomic;
 pub mod fmt;
 mod token_bucket;
 
-pub use atomic::{atomic_write, atomic_write_async, atomic_write_with};
+pub use atomic::{atomic_write, atomic_write_async, atomic_write_private, atomic_write_with};
 pub use token_bucket::TokenBucket;
 
 /// Resident memory of this process in bytes, from `/proc/self/statm` (0 where it is

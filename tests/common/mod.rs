@@ -2,4 +2,5 @@
 //! `mod common;`). Not every test uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod item_cli;
 pub mod lt;
