@@ -207,6 +207,71 @@ def metainfo_seeds():
     write("metainfo", "bad_count", benc({"info": dict(single, **{"piece length": 1 << 20})}))
 
 
+# ---------------------------------------------------------------- MSE/PE
+
+MSE_P = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74"
+    "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC"
+    "6F44C42E9A63A36210000000000090563", 16)
+
+
+def rc4(key, discard=1024):
+    S = list(range(256))
+    j = 0
+    for i in range(256):
+        j = (j + S[i] + key[i % len(key)]) % 256
+        S[i], S[j] = S[j], S[i]
+    st = [S, 0, 0]
+
+    def apply(data):
+        S, i, j = st
+        out = bytearray()
+        for b in data:
+            i = (i + 1) % 256
+            j = (j + S[i]) % 256
+            S[i], S[j] = S[j], S[i]
+            out.append(b ^ S[(S[i] + S[j]) % 256])
+        st[1], st[2] = i, j
+        return bytes(out)
+    apply(bytes(discard))
+    return apply
+
+
+def sha(*parts):
+    return hashlib.sha1(b"".join(parts)).digest()
+
+
+def mse_seeds():
+    """The peer's side of real handshakes against fuzzing::mse's fixed keys: the first byte
+    picks our role (even = we initiate), allowed methods and key (private = [ctl|1; 20])."""
+    skey = bytes([0xAB]) * 20
+    peer_priv = 0x1234567890ABCDEF
+    peer_pub = pow(2, peer_priv, MSE_P).to_bytes(96, "big")
+    for ctl in [0x00, 0x01, 0x06, 0x07, 0x02, 0x03, 0x04, 0x05, 0x0E, 0x0F, 0x20, 0x21]:
+        ours = int.from_bytes(bytes([ctl | 1]) * 20, "big")
+        our_pub = pow(2, ours, MSE_P)
+        secret = pow(our_pub, peer_priv, MSE_P).to_bytes(96, "big")
+        if ctl & 1:  # we respond: the peer sends Ya, PadA, req1, req2^req3, ENCRYPT(...)
+            enc = rc4(sha(b"keyA", secret, skey))
+            ia = b"\x13BitTorrent protocol" + bytes(8) + skey + b"-XX0000-012345678901"
+            pad_c = bytes(ctl % 7)
+            x = bytes(a ^ b for a, b in zip(sha(b"req2", skey), sha(b"req3", secret)))
+            body = enc(bytes(8) + struct.pack(">IH", 3, len(pad_c)) + pad_c
+                       + struct.pack(">H", len(ia)) + ia)
+            data = peer_pub + bytes(ctl * 3) + sha(b"req1", secret) + x + body
+        else:  # we initiate: the peer sends Yb, PadB, ENCRYPT(VC, crypto_select, PadD)
+            enc = rc4(sha(b"keyB", secret, skey))
+            select = 2 if ctl & 4 else 1
+            data = peer_pub + bytes(ctl) + enc(bytes(8) + struct.pack(">IH", select, 3) + bytes(3))
+            # After crypto_select the stream is in the selected method.
+            data += enc(b"trail") if select == 2 else b"trail"
+        write("mse", "handshake_%02x" % ctl, bytes([ctl]) + data)
+    write("mse", "junk_responder", b"\x01" + bytes(range(256)) * 4)
+    write("mse", "junk_initiator", b"\x00" + peer_pub + bytes(range(256)) * 3)
+    write("mse", "bad_public", b"\x01" + bytes(96))
+    write("mse", "plain_bt", b"\x01\x13BitTorrent protocol" + bytes(48))
+
+
 def main():
     if len(sys.argv) > 1:
         sys.exit("usage: python3 fuzz/make_seeds.py (no arguments)")
@@ -214,6 +279,7 @@ def main():
     wire_seeds()
     bep9_seeds()
     metainfo_seeds()
+    mse_seeds()
     for t in sorted(os.listdir(OUT)):
         print(t, len(os.listdir(os.path.join(OUT, t))))
 

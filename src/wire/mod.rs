@@ -16,6 +16,8 @@ pub mod conn;
 pub mod ext;
 pub mod handshake;
 pub mod message;
+pub mod mse;
+pub mod mse_io;
 pub mod transport;
 pub mod ut_metadata;
 
