@@ -179,7 +179,7 @@ async fn router_loop(cli: &Cli, handle: &RouterHandle) {
                 let Some(s) = handle.stats().await else { break };
                 let now = Instant::now();
                 let secs = (now - last.0).as_secs_f64().max(1e-3);
-                let q = |m: &trackerless::dht::node::MethodCounts| m.ping + m.find_node + m.get_peers + m.announce_peer + m.sample_infohashes + m.other;
+                let q = |m: &trackerless::dht::node::MethodCounts| m.ping + m.find_node + m.get_peers + m.announce_peer + m.sample_infohashes + m.get + m.put + m.other;
                 println!(
                     "router stored {} pending {} | queries {:.1}/s admitted {} | in {} out {}",
                     s.stored,

@@ -70,6 +70,8 @@ impl Exposition {
                 ("get_peers", m.get_peers),
                 ("announce_peer", m.announce_peer),
                 ("sample_infohashes", m.sample_infohashes),
+                ("get", m.get),
+                ("put", m.put),
                 ("other", m.other),
             ],
         );
@@ -154,6 +156,29 @@ pub fn render_node(s: &Stats) -> String {
         s.infohashes as f64,
     );
     e.gauge("stored_peers", "Peers in the peer store.", s.peers as f64);
+    e.gauge("stored_items", "BEP 44 items held.", s.items as f64);
+    e.gauge(
+        "stored_item_bytes",
+        "Bytes the BEP 44 item store accounts for (what --max-items caps).",
+        s.item_bytes as f64,
+    );
+    let i = &s.item_counts;
+    e.counter_by(
+        "item_puts_total",
+        "BEP 44 puts, by outcome.",
+        "outcome",
+        &[
+            ("stored", i.stored),
+            ("refreshed", i.refreshed),
+            ("refused", i.refused),
+        ],
+    );
+    e.counter_by(
+        "items_dropped_total",
+        "BEP 44 items dropped, by reason.",
+        "reason",
+        &[("evicted", i.evicted), ("expired", i.expired)],
+    );
     e.gauge(
         "banned_ips",
         "IPs banned by the rate limiter.",
@@ -315,7 +340,13 @@ mod tests {
         s.queries_by_method.ping = 3;
         s.good_nodes = 4;
         s.valid_id_nodes = 2;
+        s.queries_by_method.put = 5;
+        s.items = 7;
+        s.item_counts.refused = 2;
         let text = render_node(&s);
+        assert!(text.contains("trackerless_queries_received_total{method=\"put\"} 5\n"));
+        assert!(text.contains("trackerless_stored_items 7\n"));
+        assert!(text.contains("trackerless_item_puts_total{outcome=\"refused\"} 2\n"));
         assert!(text.contains("trackerless_queries_received_total{method=\"ping\"} 3\n"));
         assert!(text.contains("trackerless_table_verified_ratio 0.5\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use crate::dht::allow::AllowList;
 use crate::dht::bep42::{self, IpVoter};
 use crate::dht::id::{Contact, InfoHash, NodeId};
-use crate::dht::items::{ItemStore, ItemStoreConfig};
+use crate::dht::items::{ItemStats, ItemStore, ItemStoreConfig};
 
 mod bep44;
 mod items_client;
@@ -220,6 +220,9 @@ pub struct MethodCounts {
     pub get_peers: u64,
     pub announce_peer: u64,
     pub sample_infohashes: u64,
+    /// BEP 44 `get` and `put`.
+    pub get: u64,
+    pub put: u64,
     /// Unknown methods (answered like find_node when they carry a target).
     pub other: u64,
 }
@@ -233,8 +236,9 @@ impl MethodCounts {
             Method::GetPeers { .. } => self.get_peers += 1,
             Method::AnnouncePeer { .. } => self.announce_peer += 1,
             Method::SampleInfohashes { .. } => self.sample_infohashes += 1,
-            // BEP 44 queries are counted with the unknown methods (no metrics schema change).
-            Method::Unknown { .. } | Method::Get { .. } | Method::Put(_) => self.other += 1,
+            Method::Get { .. } => self.get += 1,
+            Method::Put(_) => self.put += 1,
+            Method::Unknown { .. } => self.other += 1,
         }
     }
 }
@@ -251,6 +255,11 @@ pub struct Stats {
     pub buckets: usize,
     pub infohashes: usize,
     pub peers: usize,
+    /// BEP 44 items held, and the bytes the item store accounts for them (what its cap bounds).
+    pub items: usize,
+    pub item_bytes: usize,
+    /// The item store's counters (puts stored, refreshed, refused; items evicted, expired).
+    pub item_counts: ItemStats,
     pub transactions: usize,
     pub lookups: usize,
     /// Verification pings outstanding (bounded; drains to zero when the network is quiet).
@@ -540,6 +549,9 @@ impl Node {
             buckets: self.table.num_buckets(),
             infohashes: self.store.num_infohashes(),
             peers: self.store.num_peers(),
+            items: self.items.len(),
+            item_bytes: self.items.bytes(),
+            item_counts: self.items.stats(),
             transactions: self.txns.len(),
             lookups: self.lookups.len(),
             verifying: self.verifying.len(),

@@ -289,6 +289,13 @@ mod tests {
         );
         assert!(error_code(&r).is_none(), "{r:?}");
         assert_eq!(node.items().len(), 2);
+        // What the metrics show: queries by method and the store's counters.
+        let st = node.stats(now);
+        assert_eq!((st.queries_by_method.get, st.queries_by_method.put), (5, 7));
+        assert_eq!(st.queries_by_method.other, 0);
+        assert_eq!((st.items, st.item_bytes), (2, node.items().bytes()));
+        assert_eq!(st.item_counts.refused, 3, "{:?}", st.item_counts);
+        assert_eq!(st.item_counts.stored + st.item_counts.refreshed, 3);
     }
 
     /// Size limits come from the decoder, with their own codes.
