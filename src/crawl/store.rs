@@ -20,12 +20,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::dht::id::{ID_LEN, InfoHash, NodeId};
+use crate::util::sled_open::{self, SledError};
 
 /// Seen in a BEP 51 sample.
 pub const HOW_SAMPLE: u8 = 1;
@@ -292,13 +292,16 @@ impl From<super::pg::PgError> for StoreError {
 impl std::error::Error for StoreError {}
 
 fn classify(path: &Path, e: sled::Error) -> StoreError {
-    let path = path.to_path_buf();
-    match e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            StoreError::Locked(path)
+    sled_open::classify(path, e).into()
+}
+
+impl From<SledError> for StoreError {
+    fn from(e: SledError) -> Self {
+        match e {
+            SledError::Locked { path } => StoreError::Locked(path),
+            SledError::Corrupt { path, detail } => StoreError::Corrupt(path, detail),
+            SledError::Io { path, detail } => StoreError::Io(path, detail),
         }
-        sled::Error::Io(io) => StoreError::Io(path, io.to_string()),
-        other => StoreError::Corrupt(path, other.to_string()),
     }
 }
 
@@ -352,22 +355,10 @@ fn now_unix() -> u64 {
 impl CrawlStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, cfg: StoreConfig) -> Result<CrawlStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(dir.into(), e.to_string()))?;
         let config = sled::Config::new()
-            .path(dir)
             .cache_capacity(cfg.cache_bytes)
             .flush_every_ms(None);
-        // sled has paths that panic on garbage files; a bad store must be an error.
-        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(classify(dir, e)),
-            Err(_) => {
-                return Err(StoreError::Corrupt(
-                    dir.into(),
-                    "sled panicked while opening it".into(),
-                ));
-            }
-        };
+        let db = sled_open::open(dir, config)?;
         let records = db.open_tree("records").map_err(|e| classify(dir, e))?;
         let meta = db.open_tree("meta").map_err(|e| classify(dir, e))?;
         let count = match records.get(COUNT_KEY).map_err(|e| classify(dir, e))? {

@@ -8,10 +8,10 @@
 
 use std::fmt;
 use std::net::SocketAddrV4;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use crate::dht::id::{COMPACT_NODE_LEN, Contact, NodeId};
+use crate::util::sled_open::{self, SledError};
 
 /// Why the store could not be used.
 #[derive(Debug)]
@@ -67,44 +67,7 @@ impl NodeStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<NodeStore, PersistError> {
         let path = dir.to_path_buf();
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            return Err(PersistError::Io {
-                path,
-                detail: e.to_string(),
-            });
-        }
-        // sled has paths that panic on garbage files instead of returning an error; a bad
-        // store must never take the process down.
-        let mut opened = catch_unwind(AssertUnwindSafe(|| sled::open(dir)));
-        // sled releases its file lock from a background thread shortly after the last handle
-        // is dropped, so a store reopened right after a shutdown can still look locked:
-        // give that a moment before calling it "in use".
-        for _ in 0..20 {
-            match &opened {
-                Ok(Err(e))
-                    if matches!(
-                        classify(path.clone(), e.clone()),
-                        PersistError::Locked { .. }
-                    ) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    opened = catch_unwind(AssertUnwindSafe(|| sled::open(dir)));
-                }
-                _ => break,
-            }
-        }
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(classify(path, e)),
-            Err(panic) => {
-                let detail = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "sled panicked while opening it".into());
-                return Err(PersistError::Corrupt { path, detail });
-            }
-        };
+        let db = sled_open::open(dir, sled::Config::new())?;
         let contacts = db
             .open_tree("contacts")
             .map_err(|e| classify(path.clone(), e))?;
@@ -174,25 +137,16 @@ impl NodeStore {
 }
 
 fn classify(path: PathBuf, e: sled::Error) -> PersistError {
-    match e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            PersistError::Locked { path }
+    sled_open::classify(&path, e).into()
+}
+
+impl From<SledError> for PersistError {
+    fn from(e: SledError) -> Self {
+        match e {
+            SledError::Locked { path } => PersistError::Locked { path },
+            SledError::Corrupt { path, detail } => PersistError::Corrupt { path, detail },
+            SledError::Io { path, detail } => PersistError::Io { path, detail },
         }
-        sled::Error::Io(io) => PersistError::Io {
-            path,
-            detail: io.to_string(),
-        },
-        sled::Error::Corruption { at, .. } => PersistError::Corrupt {
-            path,
-            detail: match at {
-                Some(at) => format!("corruption detected at {at:?}"),
-                None => "corruption detected".into(),
-            },
-        },
-        other => PersistError::Corrupt {
-            path,
-            detail: other.to_string(),
-        },
     }
 }
 

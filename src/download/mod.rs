@@ -18,7 +18,7 @@ pub use bitfield::{Bitfield, BitfieldError};
 pub use choker::{Choker, ChokerConfig, PeerView};
 pub use peer::{MAX_QUEUED_REQUESTS, MAX_REQUEST};
 pub use picker::{BLOCK, BlockRef, BlockResult, PeerKey, Picker, PickerConfig};
-pub use resume::{ResumeRecord, ResumeStore, StartPlan, plan_start};
+pub use resume::{ResumeError, ResumeRecord, ResumeStore, StartPlan, plan_start};
 pub use session::{Phase, Progress, Session, SessionConfig, SessionError, SessionHandoff};
 pub use storage::{DiskEvent, FileStamp, Mode, Storage, StorageError};
 

@@ -19,14 +19,62 @@ use serde_bytes::ByteBuf;
 
 use super::bitfield::Bitfield;
 use super::storage::FileStamp;
+use crate::util::sled_open::{self, SledError};
 
 const RECORD_VERSION: u32 = 1;
 
 /// A sled database of resume records.
 #[derive(Clone)]
 pub struct ResumeStore {
+    path: PathBuf,
     db: sled::Db,
 }
+
+/// Why the resume store failed. A download without it still works; it just cannot resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The store could not be opened (held by another process, unreadable, no access).
+    Open(SledError),
+    /// A record could not be written or flushed.
+    Write {
+        /// The store's directory.
+        path: PathBuf,
+        /// What sled or the operating system said.
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for ResumeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResumeError::Open(SledError::Locked { path }) => write!(
+                f,
+                "the resume store at {} is in use (is another dht-get or dht-seed running with \
+                 this data directory? stop it or pass a different --data-dir)",
+                path.display()
+            ),
+            ResumeError::Open(SledError::Corrupt { path, detail }) => write!(
+                f,
+                "the resume store at {} is unreadable ({detail}); it only records which pieces \
+                 were verified, so move it aside to re-check downloads from scratch, or pass a \
+                 different --data-dir",
+                path.display()
+            ),
+            ResumeError::Open(SledError::Io { path, detail }) => write!(
+                f,
+                "cannot use the resume store at {}: {detail} (check permissions and free space)",
+                path.display()
+            ),
+            ResumeError::Write { path, detail } => write!(
+                f,
+                "cannot save to the resume store at {}: {detail}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ResumeError {}
 
 impl std::fmt::Debug for ResumeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,13 +115,20 @@ fn info_key(ih: &[u8; 20]) -> Vec<u8> {
 
 impl ResumeStore {
     /// Opens (or creates) the store in `dir`. Fails if another process holds it.
-    pub fn open(dir: &Path) -> Result<ResumeStore, String> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(4 << 20)
-            .open()
-            .map_err(|e| format!("cannot open the resume store {}: {e}", dir.display()))?;
-        Ok(ResumeStore { db })
+    pub fn open(dir: &Path) -> Result<ResumeStore, ResumeError> {
+        let db = sled_open::open(dir, sled::Config::new().cache_capacity(4 << 20))
+            .map_err(ResumeError::Open)?;
+        Ok(ResumeStore {
+            path: dir.to_path_buf(),
+            db,
+        })
+    }
+
+    fn write_error(&self, e: impl std::fmt::Display) -> ResumeError {
+        ResumeError::Write {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
     }
 
     /// The record for `ih`, if one is stored and readable for a torrent of `pieces` pieces
@@ -96,7 +151,7 @@ impl ResumeStore {
     }
 
     /// Stores the record for `ih` and flushes it to disk.
-    pub fn save(&self, ih: &[u8; 20], rec: &ResumeRecord) -> Result<(), String> {
+    pub fn save(&self, ih: &[u8; 20], rec: &ResumeRecord) -> Result<(), ResumeError> {
         let raw = Raw {
             v: RECORD_VERSION,
             dir: ByteBuf::from(path_bytes(&rec.dir)),
@@ -104,23 +159,21 @@ impl ResumeStore {
             have: ByteBuf::from(rec.verified.as_bytes().to_vec()),
             files: rec.stamps.iter().map(|s| (s.len, s.mtime_ns)).collect(),
         };
-        let bytes = serde_bencode::to_bytes(&raw).map_err(|e| e.to_string())?;
+        let bytes = serde_bencode::to_bytes(&raw).map_err(|e| self.write_error(e))?;
         self.db
             .insert(record_key(ih), bytes)
-            .map_err(|e| format!("cannot save the resume record: {e}"))?;
-        self.db
-            .flush()
-            .map_err(|e| format!("cannot save the resume record: {e}"))?;
+            .map_err(|e| self.write_error(e))?;
+        self.db.flush().map_err(|e| self.write_error(e))?;
         Ok(())
     }
 
     /// Forgets `ih` (record and info dict).
-    pub fn remove(&self, ih: &[u8; 20]) -> Result<(), String> {
+    pub fn remove(&self, ih: &[u8; 20]) -> Result<(), ResumeError> {
         let r = self
             .db
             .remove(record_key(ih))
             .and(self.db.remove(info_key(ih)));
-        r.map(drop).map_err(|e| e.to_string())
+        r.map(drop).map_err(|e| self.write_error(e))
     }
 
     /// The info dict stored for `ih` (the caller checks its hash).
@@ -128,11 +181,12 @@ impl ResumeStore {
         self.db.get(info_key(ih)).ok()?.map(|v| v.to_vec())
     }
 
-    pub fn save_info(&self, ih: &[u8; 20], info: &[u8]) -> Result<(), String> {
+    /// Keeps the info dict of `ih`, so a restart needs no metadata fetch.
+    pub fn save_info(&self, ih: &[u8; 20], info: &[u8]) -> Result<(), ResumeError> {
         self.db
             .insert(info_key(ih), info)
             .and_then(|_| self.db.flush().map(drop))
-            .map_err(|e| format!("cannot save the info dict: {e}"))
+            .map_err(|e| self.write_error(e))
     }
 }
 
@@ -206,6 +260,25 @@ mod tests {
 
     fn st(len: u64, mtime_ns: i64) -> FileStamp {
         FileStamp { len, mtime_ns }
+    }
+
+    /// A store held by another handle is a typed error whose message says what to do.
+    #[test]
+    fn a_held_store_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ResumeStore::open(dir.path()).unwrap();
+        let e = ResumeStore::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, ResumeError::Open(SledError::Locked { .. })),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("in use") && msg.contains("--data-dir"),
+            "{msg}"
+        );
+        drop(first);
+        assert!(ResumeStore::open(dir.path()).is_ok());
     }
 
     #[test]

@@ -801,7 +801,9 @@ impl Runner {
             stamps: self.shared.storage.stamps(),
         };
         self.dirty = false;
-        store.save(&self.shared.info_hash, &rec)
+        store
+            .save(&self.shared.info_hash, &rec)
+            .map_err(|e| e.to_string())
     }
 
     fn start_lookups(&mut self) {

@@ -1,6 +1,6 @@
 //! Primitives the rest of the crate shares, each written once: a token bucket
-//! ([`TokenBucket`]), a crash-safe file write ([`atomic_write`]) and the human-readable
-//! size and rate formatters ([`fmt`]).
+//! ([`TokenBucket`]), a crash-safe file write ([`atomic_write`]), the human-readable
+//! size and rate formatters ([`fmt`]) and opening a sled store ([`sled_open`]).
 
 // Every public item here is documented, and stays so: the rest of the crate gets the same
 // lint module by module as each owner finishes its rustdoc (issue 11, part 5).
@@ -8,6 +8,7 @@
 
 mod atomic;
 pub mod fmt;
+pub mod sled_open;
 mod token_bucket;
 
 pub use atomic::{atomic_write, atomic_write_async, atomic_write_private, atomic_write_with};
