@@ -233,18 +233,18 @@ fn info_dict(name: &[u8], utf8: Option<&str>) -> Vec<u8> {
     d
 }
 
-/// Names with NUL characters (which PostgreSQL text cannot hold) and invalid UTF-8 are
-/// stored, read back exactly, exported, and found by the full-text index.
+/// Names with NUL characters (which PostgreSQL text cannot hold) and invalid UTF-8 (with
+/// and without a `name.utf-8`) are stored, read back exactly, and found by the full-text
+/// index.
 #[tokio::test]
 async fn hostile_names_are_stored_safely() {
     let url = pgtest::fresh_db("names").await;
     let s = open(&url).await.unwrap();
     let nul = meta("nul\0inside zebra");
-    // Not UTF-8, with no fallback: not a torrent we can name, refused without a panic.
-    assert_eq!(
-        TorrentMeta::from_info(&info_dict(b"bad \xff\xfe", None), 5),
-        None
-    );
+    // Not UTF-8, with no fallback: kept for the index, each bad sequence as U+FFFD.
+    let lossy = TorrentMeta::from_info(&info_dict(b"okapi \xff\xfe", None), 5)
+        .expect("a name that is not UTF-8 is still indexed");
+    assert_eq!(lossy.name, "okapi \u{FFFD}\u{FFFD}");
     // Not UTF-8, with a name.utf-8 fallback.
     let from_bytes = TorrentMeta::from_info(
         &info_dict(b"bad \xff\xfe", Some("fallback giraffe \u{1F992}")),
@@ -253,7 +253,12 @@ async fn hostile_names_are_stored_safely() {
     .expect("a name that is not UTF-8 but has a name.utf-8 parses");
     assert_eq!(from_bytes.name, "fallback giraffe \u{1F992}");
     let quote = meta("it's \"quoted\" <b>tag</b>; DROP TABLE crawl_torrents; --");
-    let metas = [nul.clone(), from_bytes.clone(), quote.clone()];
+    let metas = [
+        nul.clone(),
+        from_bytes.clone(),
+        quote.clone(),
+        lossy.clone(),
+    ];
     let s = blocking(move || {
         let mut s = s;
         for (i, m) in metas.into_iter().enumerate() {
@@ -268,6 +273,7 @@ async fn hostile_names_are_stored_safely() {
         assert_eq!(s.metadata(&ih(0)).unwrap().unwrap(), nul);
         assert_eq!(s.metadata(&ih(1)).unwrap().unwrap(), from_bytes);
         assert_eq!(s.metadata(&ih(2)).unwrap().unwrap(), quote);
+        assert_eq!(s.metadata(&ih(3)).unwrap().unwrap(), lossy);
         s
     })
     .await;
@@ -277,7 +283,7 @@ async fn hostile_names_are_stored_safely() {
     let page = blocking(move || s.page(None, 10).unwrap()).await;
     assert_eq!(page[0].2.as_ref().unwrap().name, "nul\0inside zebra");
     let c = pgtest::client(&url).await;
-    for word in ["zebra", "giraffe", "ubuntu"] {
+    for word in ["zebra", "giraffe", "ubuntu", "okapi"] {
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM crawl_metadata
@@ -294,7 +300,7 @@ async fn hostile_names_are_stored_safely() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(tables, 3);
+    assert_eq!(tables, 4);
 }
 
 /// A small loopback testnet whose nodes hold `infohashes` announced infohashes.

@@ -212,9 +212,14 @@ pub struct MetaFile {
 }
 
 impl TorrentMeta {
-    /// From a verified info dict; `None` when it does not parse as one.
+    /// From a verified info dict; `None` when it does not parse as one. Names and paths
+    /// that are not UTF-8 (common in older torrents, e.g. GBK or Latin-1 names without a
+    /// `name.utf-8`) are a reason to refuse a torrent for download, not to lose it from an
+    /// index: they are kept with each invalid byte sequence as U+FFFD.
     pub fn from_info(raw: &[u8], fetched_at: u64) -> Option<TorrentMeta> {
-        let info = crate::torrent::metainfo::Info::from_bytes(raw).ok()?;
+        let Ok(info) = crate::torrent::metainfo::Info::from_bytes(raw) else {
+            return Self::from_info_lossy(raw, fetched_at);
+        };
         Some(TorrentMeta {
             name: info.name.clone(),
             total_size: info.total_length(),
@@ -232,6 +237,80 @@ impl TorrentMeta {
                     length: f.length,
                 })
                 .collect(),
+            fetched_at,
+        })
+    }
+}
+
+impl TorrentMeta {
+    /// The lenient reading behind [`TorrentMeta::from_info`]: only the fields an index
+    /// shows (name, file paths and lengths), names decoded lossily, `.utf-8` keys preferred,
+    /// BEP 47 pad files left out; still `None` for anything that is not an info dict with a
+    /// name and valid lengths.
+    fn from_info_lossy(raw: &[u8], fetched_at: u64) -> Option<TorrentMeta> {
+        use serde_bencode::value::Value;
+        let Ok(Value::Dict(d)) = serde_bencode::from_bytes::<Value>(raw) else {
+            return None;
+        };
+        let text = |d: &std::collections::HashMap<Vec<u8>, Value>, key: &str| match d
+            .get(format!("{key}.utf-8").as_bytes())
+            .or_else(|| d.get(key.as_bytes()))
+        {
+            Some(Value::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        };
+        let name = text(&d, "name").filter(|n| !n.is_empty())?;
+        let length = |d: &std::collections::HashMap<Vec<u8>, Value>| match d.get(&b"length"[..]) {
+            Some(Value::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        let mut files = Vec::new();
+        let (mut total, mut count) = (0u64, 0u64);
+        match d.get(&b"files"[..]) {
+            Some(Value::List(list)) => {
+                for f in list {
+                    let Value::Dict(f) = f else { return None };
+                    let len = length(f)?;
+                    let pad =
+                        matches!(f.get(&b"attr"[..]), Some(Value::Bytes(a)) if a.contains(&b'p'));
+                    if pad {
+                        continue;
+                    }
+                    let parts = match f.get(&b"path.utf-8"[..]).or_else(|| f.get(&b"path"[..])) {
+                        Some(Value::List(p)) => p,
+                        _ => return None,
+                    };
+                    let mut path = Vec::with_capacity(parts.len());
+                    for part in parts {
+                        let Value::Bytes(b) = part else { return None };
+                        path.push(String::from_utf8_lossy(b).into_owned());
+                    }
+                    total = total.checked_add(len)?;
+                    count += 1;
+                    if files.len() < MAX_META_FILES {
+                        files.push(MetaFile {
+                            path: path.join("/"),
+                            length: len,
+                        });
+                    }
+                }
+            }
+            None => {
+                let len = length(&d)?;
+                total = len;
+                count = 1;
+                files.push(MetaFile {
+                    path: name.clone(),
+                    length: len,
+                });
+            }
+            Some(_) => return None,
+        }
+        Some(TorrentMeta {
+            name,
+            total_size: total,
+            file_count: count,
+            files,
             fetched_at,
         })
     }
@@ -642,6 +721,28 @@ mod tests {
         b[..4].copy_from_slice(&i.to_be_bytes());
         b[19] = 0xab;
         NodeId(b)
+    }
+
+    /// Non-UTF-8 names and paths are indexed lossily; pad files are left out; junk is not.
+    #[test]
+    fn names_that_are_not_utf8_are_kept_lossily() {
+        let raw = b"d5:filesl\
+            d6:lengthi3e4:pathl3:dir3:a\xffbeed6:lengthi9e4:attr1:p4:pathl4:.pad1:9ee\
+            d6:lengthi4e10:path.utf-8l5:b.txtee\
+            e4:name5:gb\xc4\xe3\xba12:piece lengthi16384e6:pieces20:01234567890123456789e";
+        let m = TorrentMeta::from_info(raw, 7).expect("indexed");
+        assert_eq!(m.name, "gb\u{FFFD}\u{FFFD}");
+        assert_eq!((m.total_size, m.file_count), (7, 2));
+        assert_eq!(m.files[0].path, "dir/a\u{FFFD}b");
+        assert_eq!(m.files[1].path, "b.txt");
+        assert_eq!(m.fetched_at, 7);
+        // Not an info dict, a negative length, no name: still refused.
+        assert_eq!(TorrentMeta::from_info(b"le", 1), None);
+        assert_eq!(
+            TorrentMeta::from_info(b"d6:lengthi-1e4:name2:\xff\xffe", 1),
+            None
+        );
+        assert_eq!(TorrentMeta::from_info(b"d6:lengthi1ee", 1), None);
     }
 
     #[test]
