@@ -27,6 +27,8 @@
 #[allow(dead_code)]
 mod lt;
 mod support;
+#[path = "../tests/common/tracker.rs"]
+mod tracker;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -37,7 +39,7 @@ use lt::{LtNode, Seeded};
 use support::{
     Cost, free_bytes, get_args, loadavg, lt_download, lt_joined, make_file, run_measured, same,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracker::tracker;
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
@@ -221,40 +223,6 @@ async fn lt_seeder(net: &Testnet, ip: Ipv4Addr, flags: &[&str], file: &Path) -> 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     (lt, seeded)
-}
-
-/// A minimal HTTP tracker answering every announce with `peer` (compact form).
-async fn tracker(bind: SocketAddr, peer: SocketAddrV4) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .expect("tracker binds");
-    let addr = listener.local_addr().expect("bound");
-    let mut body = b"d8:intervali30e5:peers6:".to_vec();
-    body.extend_from_slice(&peer.ip().octets());
-    body.extend_from_slice(&peer.port().to_be_bytes());
-    body.push(b'e');
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = 0;
-                while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") && got < buf.len() {
-                    match s.read(&mut buf[got..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got += n,
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-            });
-        }
-    });
-    addr
 }
 
 /// aria2c downloads `torrent` into `dir` from the peer its tracker names; wall time.

@@ -9,6 +9,8 @@
 //! the tracker 127.152.3.1; aria2 listens on its port on every address.
 
 mod dl_support;
+#[path = "common/tracker.rs"]
+mod tracker;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -17,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dl_support::{make_file, run_dht_get};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracker::tracker;
 use trackerless::torrent::metainfo::{create_info, torrent_file_from_info};
 
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
@@ -49,38 +51,6 @@ fn aria2(dir: &Path, port: u16) -> Command {
         &format!("--dir={}", dir.display()),
     ]);
     c
-}
-
-/// A minimal HTTP tracker that answers every announce with `peer` (compact form).
-async fn tracker(bind: SocketAddr, peer: SocketAddrV4) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut body = b"d8:intervali30e5:peers6:".to_vec();
-    body.extend_from_slice(&peer.ip().octets());
-    body.extend_from_slice(&peer.port().to_be_bytes());
-    body.push(b'e');
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = 0;
-                while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") && got < buf.len() {
-                    match s.read(&mut buf[got..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got += n,
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-            });
-        }
-    });
-    addr
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
