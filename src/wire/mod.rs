@@ -13,6 +13,7 @@
 
 mod benc;
 pub mod conn;
+pub mod enc_policy;
 pub mod ext;
 pub mod handshake;
 pub mod message;
