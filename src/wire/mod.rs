@@ -1,4 +1,4 @@
-//! The BitTorrent peer wire: handshake (BEP 3), messages (BEP 3, BEP 5 `port`), the extension
+//! The BitTorrent peer wire: handshake (BEP 3), messages (BEP 3, BEP 5 `port`, BEP 6 fast), the extension
 //! protocol (BEP 10) and metadata exchange (BEP 9 `ut_metadata`).
 //!
 //! Layered so the parsing can be tested and fuzzed without sockets:
@@ -14,6 +14,7 @@
 mod benc;
 pub mod conn;
 pub mod ext;
+pub mod fast;
 pub mod handshake;
 pub mod message;
 pub mod mse;
