@@ -19,6 +19,7 @@ pub mod handshake;
 pub mod message;
 pub mod mse;
 pub mod mse_io;
+pub mod pex;
 pub mod transport;
 pub mod ut_metadata;
 
