@@ -69,7 +69,7 @@ impl std::fmt::Display for PexError {
 impl std::error::Error for PexError {}
 
 fn compact(raw: &[u8]) -> Result<impl Iterator<Item = SocketAddrV4> + '_, PexError> {
-    if raw.len() % 6 != 0 {
+    if !raw.len().is_multiple_of(6) {
         return Err(PexError::BadCompactLength(raw.len()));
     }
     Ok(raw.chunks_exact(6).map(|c| {
