@@ -475,3 +475,32 @@ async fn late_and_repeated_bitfields_are_read_as_haves() {
     );
     net.shutdown().await;
 }
+
+/// BEP 6 messages are only valid when both handshakes set the fast bit: a peer that sends
+/// `have_all` without negotiating it is dropped (the scripted peer's handshake leaves the
+/// bit clear), while the same connection without it is served (see the tests above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_messages_without_negotiation_end_the_connection() {
+    let net = testnet(146, 4).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("fast-unnegotiated.bin");
+    let data = content(2 * PIECE as usize, 7);
+    std::fs::write(&file, &data).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    let ih = info_hash(&info);
+    let seeder = Peer::seeder(v4(127, 146, 6, 1), &[net.addr(0)], &info, src.path()).await;
+    let mut p = scripted_peer(v4(127, 146, 6, 2), seeder.addr(), ih).await;
+    send(&mut p, &[Message::HaveAll, Message::Interested]).await;
+    let deadline = tokio::time::Instant::now() + GENEROUS;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, p.reader.recv())
+            .await
+            .expect("the seeder kept a peer that sent have_all without the fast bit");
+        match msg {
+            Ok(Message::Unchoke) => panic!("unchoked a peer that broke BEP 6 negotiation"),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    drop(seeder);
+}

@@ -147,10 +147,10 @@ fn random_message(rng: &mut StdRng) -> Message {
             payload: Bytes::from(random_metadata_msg(rng)),
         },
         _ => {
-            // Ids 10..=19 and 21..=255 are unknown to us.
+            // Ids 10..=12, 18, 19 and 21..=255 are unknown to us (13..=17 are BEP 6).
             let id = loop {
                 let id: u8 = rng.random_range(10..=255);
-                if id != 20 {
+                if id != 20 && !(13..=17).contains(&id) {
                     break id;
                 }
             };

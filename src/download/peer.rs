@@ -191,6 +191,13 @@ struct Conn {
     last_send: Instant,
     stall: (usize, Instant),
     pick_buf: Vec<BlockRef>,
+    /// Both handshakes set the BEP 6 bit: every request gets a piece or a reject, and the
+    /// Fast messages are valid. Without it a Fast message is a protocol violation.
+    fast: bool,
+    /// The pieces we let this peer fetch while we choke it (BEP 6 allowed-fast set).
+    allowed_out: Vec<u32>,
+    /// The pieces the peer lets us fetch while it chokes us (bounded by the torrent size).
+    allowed_in: Vec<u32>,
 }
 
 /// Runs the connection until it ends, then returns its requests and availability to the
@@ -236,6 +243,9 @@ pub(super) async fn run(
         last_send: now,
         stall: (0, now),
         pick_buf: Vec::new(),
+        fast: crate::wire::handshake::WE_SPEAK_FAST && theirs.supports_fast(),
+        allowed_out: Vec::new(),
+        allowed_in: Vec::new(),
     };
     conn.greet(&theirs);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -271,16 +281,35 @@ pub(super) async fn run(
 }
 
 impl Conn {
-    /// Our opening messages: bitfield (nothing when we have no piece), extension handshake,
-    /// DHT port.
+    /// Our opening messages: bitfield (nothing when we have no piece; with BEP 6, have_all
+    /// or have_none where they fit, then our allowed-fast set), extension handshake, DHT
+    /// port.
     fn greet(&mut self, theirs: &Handshake) {
         let cfg = &self.shared.cfg;
         {
             let st = self.shared.lock();
             let have = st.picker.have();
-            if have.count() > 0 {
+            if self.fast && have.is_full() {
+                self.writer.queue(&Message::HaveAll);
+            } else if self.fast && have.count() == 0 {
+                self.writer.queue(&Message::HaveNone);
+            } else if have.count() > 0 {
                 self.writer
                     .queue(&Message::Bitfield(Bytes::copy_from_slice(have.as_bytes())));
+            }
+        }
+        if self.fast
+            && let Some(a) = v4(self.addr)
+        {
+            self.allowed_out = crate::wire::fast::allowed_fast_set(
+                *a.ip(),
+                &self.shared.info_hash,
+                self.bits.len() as u32,
+                crate::wire::fast::ALLOWED_FAST_COUNT,
+            );
+            for i in 0..self.allowed_out.len() {
+                let piece = self.allowed_out[i];
+                self.writer.queue(&Message::AllowedFast { piece });
             }
         }
         if theirs.supports_extensions() {
@@ -359,37 +388,68 @@ impl Conn {
                 }
                 self.add_pieces(&[piece]);
             }
+            Message::SuggestPiece { .. }
+            | Message::HaveAll
+            | Message::HaveNone
+            | Message::RejectRequest { .. }
+            | Message::AllowedFast { .. }
+                if !self.fast =>
+            {
+                return Err(PeerError::Protocol(format!(
+                    "fast-extension message {:?} without both handshakes setting the fast bit",
+                    msg.id()
+                )));
+            }
+            Message::SuggestPiece { piece } => {
+                // A hint only; our picker keeps its own order. Still checked, like `have`.
+                if piece as usize >= self.bits.len() {
+                    return Err(PeerError::Protocol(format!("suggest for piece {piece}")));
+                }
+            }
+            Message::HaveAll => {
+                let mut all = Bitfield::new(self.bits.len());
+                for i in 0..self.bits.len() {
+                    all.set(i);
+                }
+                return self.on_bitfield(all);
+            }
+            Message::HaveNone => {
+                if self.registered.is_none() {
+                    let none = Bitfield::new(self.bits.len());
+                    return self.on_bitfield(none);
+                }
+            }
+            Message::RejectRequest {
+                index,
+                begin,
+                length,
+            } => {
+                // The block goes straight back to the picker for another peer (or a later
+                // request), with no timeout to wait out. A reject for something we did not
+                // ask for (or already cancelled) is harmless and ignored.
+                let r = BlockRef {
+                    piece: index,
+                    begin,
+                    length,
+                };
+                if let Some(i) = self.outstanding.iter().position(|x| *x == r) {
+                    self.outstanding.remove(i);
+                    self.shared.lock().picker.release(self.key, &[r]);
+                }
+            }
+            Message::AllowedFast { piece } => {
+                if (piece as usize) < self.bits.len()
+                    && !self.allowed_in.contains(&piece)
+                    && self.allowed_in.len()
+                        < self.bits.len().min(crate::wire::fast::MAX_ALLOWED_IN)
+                {
+                    self.allowed_in.push(piece);
+                }
+            }
             Message::Bitfield(raw) => {
                 let bits = Bitfield::from_bytes(&raw, self.bits.len())
                     .map_err(|e| PeerError::Protocol(e.to_string()))?;
-                if self.registered.is_some() {
-                    // A bitfield after `have`s, or a second one: aria2 sends a fresh full
-                    // bitfield instead of many `have`s when that is shorter. BEP 3 only
-                    // allows it first, but dropping such peers costs real clients their
-                    // downloads; read it as a batch of `have`s (pieces are never lost, so
-                    // bits it clears are ignored).
-                    let new: Vec<u32> = bits
-                        .ones()
-                        .filter(|&i| !self.bits.get(i))
-                        .map(|i| i as u32)
-                        .collect();
-                    self.add_pieces(&new);
-                    return Ok(());
-                }
-                let mut st = self.shared.lock();
-                self.registered = Some(st.picker.add_peer(&bits));
-                self.wanted = st.picker.count_wanted(&bits);
-                let both_complete = bits.is_full() && st.picker.is_complete();
-                drop(st);
-                self.bits = bits;
-                self.stats
-                    .seed
-                    .store(self.bits.is_full(), Ordering::Relaxed);
-                if both_complete {
-                    // Two seeds have nothing to trade.
-                    return Err(PeerError::Done("both sides are seeds: nothing to trade"));
-                }
-                self.update_interest();
+                return self.on_bitfield(bits);
             }
             Message::Request {
                 index,
@@ -442,28 +502,78 @@ impl Conn {
                     &payload,
                 );
             }
-            // Extensions we did not advertise, fast-extension messages (we did not set the
-            // bit): ignored rather than fatal.
+            // Extensions we did not advertise, unknown ids: ignored rather than fatal.
             Message::Extended { .. } | Message::Unknown { .. } => {}
         }
         Ok(())
     }
 
+    /// A full picture of the peer's pieces (bitfield, or BEP 6 have_all / have_none).
+    fn on_bitfield(&mut self, bits: Bitfield) -> Result<(), PeerError> {
+        if self.registered.is_some() {
+            // A bitfield after `have`s, or a second one: aria2 sends a fresh full
+            // bitfield instead of many `have`s when that is shorter. BEP 3 only
+            // allows it first, but dropping such peers costs real clients their
+            // downloads; read it as a batch of `have`s (pieces are never lost, so
+            // bits it clears are ignored).
+            let new: Vec<u32> = bits
+                .ones()
+                .filter(|&i| !self.bits.get(i))
+                .map(|i| i as u32)
+                .collect();
+            self.add_pieces(&new);
+            return Ok(());
+        }
+        let mut st = self.shared.lock();
+        self.registered = Some(st.picker.add_peer(&bits));
+        self.wanted = st.picker.count_wanted(&bits);
+        let both_complete = bits.is_full() && st.picker.is_complete();
+        drop(st);
+        self.bits = bits;
+        self.stats
+            .seed
+            .store(self.bits.is_full(), Ordering::Relaxed);
+        if both_complete {
+            // Two seeds have nothing to trade.
+            return Err(PeerError::Done("both sides are seeds: nothing to trade"));
+        }
+        self.update_interest();
+        Ok(())
+    }
+
     fn on_request(&mut self, r: BlockRef) {
         // BEP 3: requests while choked are dropped; so are oversized or out-of-range ones
-        // and those for pieces we do not have.
-        if self.am_choking || r.length == 0 || r.length > MAX_REQUEST {
-            return;
+        // and those for pieces we do not have. With BEP 6 each of them is answered with a
+        // reject instead, and pieces of the peer's allowed-fast set are served while choked.
+        let served_while_choked = self.fast && self.allowed_out.contains(&r.piece);
+        let acceptable = (!self.am_choking || served_while_choked)
+            && r.length != 0
+            && r.length <= MAX_REQUEST
+            && self.uploads.len() < MAX_QUEUED_REQUESTS
+            && {
+                let st = self.shared.lock();
+                st.picker.have().get(r.piece as usize)
+                    && u64::from(r.begin) + u64::from(r.length)
+                        <= u64::from(st.picker.piece_size(r.piece))
+            };
+        if acceptable {
+            if !self.uploads.contains(&r) {
+                self.uploads.push_back(r);
+            }
+        } else {
+            self.reject(r);
         }
-        if self.uploads.len() >= MAX_QUEUED_REQUESTS {
-            return;
-        }
-        let st = self.shared.lock();
-        let valid = st.picker.have().get(r.piece as usize)
-            && u64::from(r.begin) + u64::from(r.length) <= u64::from(st.picker.piece_size(r.piece));
-        drop(st);
-        if valid && !self.uploads.contains(&r) {
-            self.uploads.push_back(r);
+    }
+
+    /// BEP 6: tells the peer we will not serve `r` (nothing without the extension, where
+    /// dropping silently is the rule).
+    fn reject(&mut self, r: BlockRef) {
+        if self.fast {
+            self.send(&Message::RejectRequest {
+                index: r.piece,
+                begin: r.begin,
+                length: r.length,
+            });
         }
     }
 
@@ -553,9 +663,31 @@ impl Conn {
                     // Choking discards the peer's queued requests (BEP 3), and the reads
                     // in flight too: forgetting them makes their answers drop in
                     // `on_read`, even if we unchoke again before they arrive.
-                    self.uploads.clear();
-                    self.reads.clear();
                     self.send(&Message::Choke);
+                    if self.fast {
+                        // BEP 6: choking no longer discards requests silently; each one
+                        // not in the allowed-fast set gets a reject.
+                        let keep = std::mem::take(&mut self.allowed_out);
+                        let (mut dropped, mut kept) = (Vec::new(), VecDeque::new());
+                        for r in self.uploads.drain(..).chain(self.reads.drain(..)) {
+                            if keep.contains(&r.piece) {
+                                kept.push_back(r);
+                            } else {
+                                dropped.push(r);
+                            }
+                        }
+                        self.allowed_out = keep;
+                        // Kept reads re-enter the upload queue; their completions in
+                        // flight are dropped in `on_read` (forgotten), then re-read.
+                        self.uploads = kept;
+                        for r in dropped {
+                            self.reject(r);
+                        }
+                    }
+                    if !self.fast {
+                        self.uploads.clear();
+                        self.reads.clear();
+                    }
                 }
             }
             PeerCmd::Unchoke => {
@@ -597,7 +729,7 @@ impl Conn {
             return Ok(());
         };
         self.reads.swap_remove(i);
-        if self.am_choking {
+        if self.am_choking && !(self.fast && self.allowed_out.contains(&done.piece)) {
             return Ok(());
         }
         match done.data {
@@ -701,7 +833,7 @@ impl Conn {
     }
 
     fn maybe_read(&mut self) {
-        if self.am_choking || self.rate_wait.is_some() {
+        if (self.am_choking && !self.fast) || self.rate_wait.is_some() {
             return;
         }
         while self.reads.len() < MAX_READS

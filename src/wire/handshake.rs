@@ -70,12 +70,20 @@ impl fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
+/// Whether our handshake claims BEP 6. Off until every Fast rule is implemented on every
+/// connection path (requesting allowed-fast pieces from a peer that chokes us is still
+/// missing): advertising it half-done would make peers expect rejects we never send.
+pub const WE_SPEAK_FAST: bool = false;
+
 impl Handshake {
-    /// Our handshake: DHT and extension-protocol bits set, fast extension not set.
+    /// Our handshake: DHT and extension-protocol bits set, the fast bit per [`WE_SPEAK_FAST`].
     pub fn new(info_hash: [u8; 20], peer_id: [u8; 20]) -> Self {
         let mut reserved = [0u8; 8];
         reserved[RESERVED_DHT.0] |= RESERVED_DHT.1;
         reserved[RESERVED_EXTENSIONS.0] |= RESERVED_EXTENSIONS.1;
+        if WE_SPEAK_FAST {
+            reserved[RESERVED_FAST.0] |= RESERVED_FAST.1;
+        }
         Handshake {
             reserved,
             info_hash,
@@ -93,7 +101,8 @@ impl Handshake {
         self.reserved[RESERVED_EXTENSIONS.0] & RESERVED_EXTENSIONS.1 != 0
     }
 
-    /// Whether the sender claims the fast extension (informational; we do not speak it).
+    /// Whether the sender claims the fast extension (BEP 6). Fast messages are only valid
+    /// when both handshakes set it.
     pub fn supports_fast(&self) -> bool {
         self.reserved[RESERVED_FAST.0] & RESERVED_FAST.1 != 0
     }

@@ -1,4 +1,5 @@
-//! Peer-wire messages (BEP 3 + BEP 5 `port` + BEP 10 `extended`) and a sans-IO frame codec.
+//! Peer-wire messages (BEP 3 + BEP 5 `port` + BEP 6 fast + BEP 10 `extended`) and a sans-IO
+//! frame codec.
 //!
 //! The decoder owns one growable buffer; fixed-size messages are parsed out of it without
 //! allocating, and payload-carrying messages (bitfield, piece, extended) hand out a
@@ -21,6 +22,11 @@ pub mod id {
     pub const PIECE: u8 = 7;
     pub const CANCEL: u8 = 8;
     pub const PORT: u8 = 9;
+    pub const SUGGEST_PIECE: u8 = 0x0D;
+    pub const HAVE_ALL: u8 = 0x0E;
+    pub const HAVE_NONE: u8 = 0x0F;
+    pub const REJECT_REQUEST: u8 = 0x10;
+    pub const ALLOWED_FAST: u8 = 0x11;
     pub const EXTENDED: u8 = 20;
 }
 
@@ -66,14 +72,31 @@ pub enum Message {
     },
     /// The sender's DHT port (BEP 5).
     Port(u16),
+    /// BEP 6: a hint that the sender would like us to download this piece.
+    SuggestPiece {
+        piece: u32,
+    },
+    /// BEP 6: replaces a bitfield when the sender has every piece.
+    HaveAll,
+    /// BEP 6: replaces a bitfield when the sender has no piece.
+    HaveNone,
+    /// BEP 6: the sender will not serve this request (it answers every request it drops).
+    RejectRequest {
+        index: u32,
+        begin: u32,
+        length: u32,
+    },
+    /// BEP 6: the sender serves this piece to us even while it chokes us.
+    AllowedFast {
+        piece: u32,
+    },
     /// BEP 10: `id` 0 is the extension handshake; other ids are the ones *we* advertised in
     /// our `m` dict when received, and the ones the *peer* advertised when sent.
     Extended {
         id: u8,
         payload: Bytes,
     },
-    /// A message id we do not know (e.g. fast-extension messages from a peer that ignored
-    /// our reserved bits). Its payload was skipped; the connection stays up.
+    /// A message id we do not know. Its payload was skipped; the connection stays up.
     Unknown {
         id: u8,
         len: u32,
@@ -95,6 +118,11 @@ impl Message {
             Message::Piece { .. } => id::PIECE,
             Message::Cancel { .. } => id::CANCEL,
             Message::Port(_) => id::PORT,
+            Message::SuggestPiece { .. } => id::SUGGEST_PIECE,
+            Message::HaveAll => id::HAVE_ALL,
+            Message::HaveNone => id::HAVE_NONE,
+            Message::RejectRequest { .. } => id::REJECT_REQUEST,
+            Message::AllowedFast { .. } => id::ALLOWED_FAST,
             Message::Extended { .. } => id::EXTENDED,
             Message::Unknown { id, .. } => *id,
         })
@@ -104,10 +132,15 @@ impl Message {
     pub fn frame_len(&self) -> u32 {
         match self {
             Message::KeepAlive => 0,
-            Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => 1,
-            Message::Have { .. } => 5,
+            Message::Choke
+            | Message::Unchoke
+            | Message::Interested
+            | Message::NotInterested
+            | Message::HaveAll
+            | Message::HaveNone => 1,
+            Message::Have { .. } | Message::SuggestPiece { .. } | Message::AllowedFast { .. } => 5,
             Message::Bitfield(b) => 1 + len_u32(b.len()),
-            Message::Request { .. } | Message::Cancel { .. } => 13,
+            Message::Request { .. } | Message::Cancel { .. } | Message::RejectRequest { .. } => 13,
             Message::Piece { block, .. } => 9 + len_u32(block.len()),
             Message::Port(_) => 3,
             Message::Extended { payload, .. } => 2 + len_u32(payload.len()),
@@ -130,8 +163,12 @@ impl Message {
             | Message::Choke
             | Message::Unchoke
             | Message::Interested
-            | Message::NotInterested => {}
-            Message::Have { piece } => out.put_u32(*piece),
+            | Message::NotInterested
+            | Message::HaveAll
+            | Message::HaveNone => {}
+            Message::Have { piece }
+            | Message::SuggestPiece { piece }
+            | Message::AllowedFast { piece } => out.put_u32(*piece),
             Message::Bitfield(bits) => out.put_slice(bits),
             Message::Request {
                 index,
@@ -139,6 +176,11 @@ impl Message {
                 length,
             }
             | Message::Cancel {
+                index,
+                begin,
+                length,
+            }
+            | Message::RejectRequest {
                 index,
                 begin,
                 length,
@@ -199,10 +241,15 @@ impl std::error::Error for FrameError {}
 /// Validates the length of a known message id; unknown ids accept any length.
 fn check_len(msg_id: u8, len: u32) -> Result<(), FrameError> {
     let ok = match msg_id {
-        id::CHOKE | id::UNCHOKE | id::INTERESTED | id::NOT_INTERESTED => len == 1,
-        id::HAVE => len == 5,
+        id::CHOKE
+        | id::UNCHOKE
+        | id::INTERESTED
+        | id::NOT_INTERESTED
+        | id::HAVE_ALL
+        | id::HAVE_NONE => len == 1,
+        id::HAVE | id::SUGGEST_PIECE | id::ALLOWED_FAST => len == 5,
         id::BITFIELD => len >= 1,
-        id::REQUEST | id::CANCEL => len == 13,
+        id::REQUEST | id::CANCEL | id::REJECT_REQUEST => len == 13,
         id::PIECE => len >= 9,
         id::PORT => len == 3,
         // An extended message needs at least its extension id byte.
@@ -349,7 +396,15 @@ impl FrameDecoder {
             id::HAVE => Message::Have {
                 piece: fixed(&self.buf, 0),
             },
-            id::REQUEST | id::CANCEL => {
+            id::SUGGEST_PIECE => Message::SuggestPiece {
+                piece: fixed(&self.buf, 0),
+            },
+            id::ALLOWED_FAST => Message::AllowedFast {
+                piece: fixed(&self.buf, 0),
+            },
+            id::HAVE_ALL => Message::HaveAll,
+            id::HAVE_NONE => Message::HaveNone,
+            id::REQUEST | id::CANCEL | id::REJECT_REQUEST => {
                 let (index, begin, length) = (
                     fixed(&self.buf, 0),
                     fixed(&self.buf, 4),
@@ -357,6 +412,12 @@ impl FrameDecoder {
                 );
                 if msg_id == id::REQUEST {
                     Message::Request {
+                        index,
+                        begin,
+                        length,
+                    }
+                } else if msg_id == id::REJECT_REQUEST {
+                    Message::RejectRequest {
                         index,
                         begin,
                         length,
@@ -453,8 +514,17 @@ mod tests {
                 id: 3,
                 payload: Bytes::new(),
             },
-            Message::Unknown { id: 0x0e, len: 1 },
-            Message::Unknown { id: 0x11, len: 5 },
+            Message::SuggestPiece { piece: 9 },
+            Message::HaveAll,
+            Message::HaveNone,
+            Message::RejectRequest {
+                index: 4,
+                begin: 16384,
+                length: 16384,
+            },
+            Message::AllowedFast { piece: 0x0102_0304 },
+            Message::Unknown { id: 0x0c, len: 1 },
+            Message::Unknown { id: 0x15, len: 5 },
         ]
     }
 
@@ -562,10 +632,10 @@ mod tests {
     #[test]
     fn unknown_ids_are_skipped_not_fatal() {
         let mut dec = FrameDecoder::default();
-        dec.feed(b"\x00\x00\x00\x03\x0d\x00\x01\x00\x00\x00\x01\x02");
+        dec.feed(b"\x00\x00\x00\x03\x0c\x00\x01\x00\x00\x00\x01\x02");
         assert_eq!(
             dec.decode(),
-            Ok(Some(Message::Unknown { id: 0x0d, len: 3 }))
+            Ok(Some(Message::Unknown { id: 0x0c, len: 3 }))
         );
         assert_eq!(dec.decode(), Ok(Some(Message::Interested)));
     }

@@ -1,4 +1,4 @@
-//! The BitTorrent peer wire: handshake (BEP 3), messages (BEP 3, BEP 5 `port`), the extension
+//! The BitTorrent peer wire: handshake (BEP 3), messages (BEP 3, BEP 5 `port`, BEP 6 fast), the extension
 //! protocol (BEP 10) and metadata exchange (BEP 9 `ut_metadata`).
 //!
 //! Layered so the parsing can be tested and fuzzed without sockets:
@@ -15,10 +15,12 @@ mod benc;
 pub mod conn;
 pub mod enc_policy;
 pub mod ext;
+pub mod fast;
 pub mod handshake;
 pub mod message;
 pub mod mse;
 pub mod mse_io;
+pub mod pex;
 pub mod transport;
 pub mod ut_metadata;
 

@@ -1,0 +1,269 @@
+//! BEP 11 peer exchange (`ut_pex` over BEP 10): the message codec and the per-peer rate
+//! rules, free of sockets. Not yet wired into the download session (see the module users).
+//!
+//! Only the IPv4 lists (`added`, `added.f`, `dropped`) are read and written; IPv6 keys are
+//! ignored. Every count is bounded so a hostile peer cannot make us buffer or dial an
+//! unbounded list, and malformed input is an error, never a panic.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::benc::{self, DictEntries};
+use crate::bencode::{self, MAX_DEPTH};
+
+/// The extension name in the BEP 10 `m` dict.
+pub const UT_PEX: &str = "ut_pex";
+
+/// Entries per list in one message, sent or accepted (libtorrent sends at most 50 too).
+pub const MAX_PEX_ENTRIES: usize = 50;
+
+/// Minimum spacing of messages in one direction (BEP 11: at most one a minute).
+pub const PEX_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Received messages closer together than this are ignored (a little slack under a minute,
+/// for timer jitter on the sender's side).
+pub const PEX_MIN_RECEIVE_GAP: Duration = Duration::from_secs(45);
+
+/// `added.f` flag bits (BEP 11).
+pub mod flags {
+    pub const PREFERS_ENCRYPTION: u8 = 0x01;
+    pub const SEED: u8 = 0x02;
+    pub const UTP: u8 = 0x04;
+    pub const HOLEPUNCH: u8 = 0x08;
+    pub const REACHABLE: u8 = 0x10;
+}
+
+/// One `ut_pex` message (IPv4 part).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PexMsg {
+    /// Peers the sender connected to since its last message, with their flags.
+    pub added: Vec<(SocketAddrV4, u8)>,
+    /// Peers the sender disconnected from.
+    pub dropped: Vec<SocketAddrV4>,
+}
+
+/// Why a `ut_pex` payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PexError {
+    Bencode(String),
+    NotADict,
+    /// A compact list whose length is not a multiple of 6.
+    BadCompactLength(usize),
+}
+
+impl std::fmt::Display for PexError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PexError::Bencode(e) => write!(f, "ut_pex is not valid bencode: {e}"),
+            PexError::NotADict => f.write_str("ut_pex is not a dict"),
+            PexError::BadCompactLength(n) => {
+                write!(
+                    f,
+                    "ut_pex compact peer list of {n} bytes (not a multiple of 6)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for PexError {}
+
+fn compact(raw: &[u8]) -> Result<impl Iterator<Item = SocketAddrV4> + '_, PexError> {
+    if !raw.len().is_multiple_of(6) {
+        return Err(PexError::BadCompactLength(raw.len()));
+    }
+    Ok(raw.chunks_exact(6).map(|c| {
+        SocketAddrV4::new(
+            Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+            u16::from_be_bytes([c[4], c[5]]),
+        )
+    }))
+}
+
+impl PexMsg {
+    /// Parses a payload, keeping at most [`MAX_PEX_ENTRIES`] of each list. Missing flags
+    /// read as 0; port-0 entries are skipped.
+    pub fn decode(payload: &[u8]) -> Result<Self, PexError> {
+        bencode::validate(payload, MAX_DEPTH).map_err(|e| PexError::Bencode(format!("{e:?}")))?;
+        let entries = DictEntries::new(payload).ok_or(PexError::NotADict)?;
+        let (mut added, mut added_f, mut dropped): (&[u8], &[u8], &[u8]) = (b"", b"", b"");
+        for (key, raw) in entries {
+            let Some(bytes) = benc::as_bytes(raw) else {
+                continue;
+            };
+            match key {
+                b"added" => added = bytes,
+                b"added.f" => added_f = bytes,
+                b"dropped" => dropped = bytes,
+                _ => {}
+            }
+        }
+        let mut msg = PexMsg::default();
+        for (i, a) in compact(added)?.enumerate() {
+            if msg.added.len() == MAX_PEX_ENTRIES {
+                break;
+            }
+            if a.port() != 0 {
+                msg.added.push((a, added_f.get(i).copied().unwrap_or(0)));
+            }
+        }
+        msg.dropped = compact(dropped)?
+            .filter(|a| a.port() != 0)
+            .take(MAX_PEX_ENTRIES)
+            .collect();
+        Ok(msg)
+    }
+
+    /// Appends the bencoded message (keys sorted), truncating each list to
+    /// [`MAX_PEX_ENTRIES`].
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let added = &self.added[..self.added.len().min(MAX_PEX_ENTRIES)];
+        let dropped = &self.dropped[..self.dropped.len().min(MAX_PEX_ENTRIES)];
+        out.push(b'd');
+        benc::put_bytes(out, b"added");
+        let _ = std::io::Write::write_fmt(out, format_args!("{}:", added.len() * 6));
+        for (a, _) in added {
+            put_compact(out, a);
+        }
+        benc::put_bytes(out, b"added.f");
+        let _ = std::io::Write::write_fmt(out, format_args!("{}:", added.len()));
+        out.extend(added.iter().map(|(_, f)| f));
+        benc::put_bytes(out, b"dropped");
+        let _ = std::io::Write::write_fmt(out, format_args!("{}:", dropped.len() * 6));
+        for a in dropped {
+            put_compact(out, a);
+        }
+        out.push(b'e');
+    }
+}
+
+fn put_compact(out: &mut Vec<u8>, a: &SocketAddrV4) {
+    out.extend_from_slice(&a.ip().octets());
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+/// Per-connection PEX timing: when we may send next, and whether a received message is
+/// accepted or ignored as too frequent.
+#[derive(Debug, Default, Clone)]
+pub struct PexRate {
+    last_sent: Option<Instant>,
+    last_received: Option<Instant>,
+}
+
+impl PexRate {
+    /// Whether a message may go out at `now`; if so, records it as sent.
+    pub fn try_send(&mut self, now: Instant) -> bool {
+        if self
+            .last_sent
+            .is_some_and(|t| now.saturating_duration_since(t) < PEX_INTERVAL)
+        {
+            return false;
+        }
+        self.last_sent = Some(now);
+        true
+    }
+
+    /// Whether a message received at `now` is acted on (the first always is); a flood is
+    /// ignored without resetting the clock, so a steady once-a-minute sender is never cut.
+    pub fn accept(&mut self, now: Instant) -> bool {
+        if self
+            .last_received
+            .is_some_and(|t| now.saturating_duration_since(t) < PEX_MIN_RECEIVE_GAP)
+        {
+            return false;
+        }
+        self.last_received = Some(now);
+        true
+    }
+}
+
+/// The `added` list for a message to the peer at `to`: never that peer itself (a peer
+/// learns nothing from its own address, and echoing it back leaks nothing useful either).
+pub fn added_for(to: SocketAddrV4, candidates: &[(SocketAddrV4, u8)]) -> Vec<(SocketAddrV4, u8)> {
+    candidates
+        .iter()
+        .filter(|(a, _)| *a != to)
+        .take(MAX_PEX_ENTRIES)
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(last: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), port)
+    }
+
+    #[test]
+    fn round_trip_with_flags() {
+        let msg = PexMsg {
+            added: vec![(a(1, 6881), flags::SEED | flags::REACHABLE), (a(2, 1), 0)],
+            dropped: vec![a(3, 51413)],
+        };
+        let mut out = Vec::new();
+        msg.encode_into(&mut out);
+        assert!(out.starts_with(b"d5:added12:"));
+        assert_eq!(PexMsg::decode(&out), Ok(msg));
+    }
+
+    #[test]
+    fn bounds_on_both_sides() {
+        let many: Vec<_> = (0..200u16).map(|i| (a(1, 1000 + i), 0)).collect();
+        let msg = PexMsg {
+            added: many.clone(),
+            dropped: many.iter().map(|(x, _)| *x).collect(),
+        };
+        let mut out = Vec::new();
+        msg.encode_into(&mut out);
+        let back = PexMsg::decode(&out).unwrap();
+        assert_eq!(back.added.len(), MAX_PEX_ENTRIES);
+        assert_eq!(back.dropped.len(), MAX_PEX_ENTRIES);
+        // A hostile list of 200 entries is cut on receipt too.
+        let mut raw = b"d5:added1200:".to_vec();
+        for (x, _) in &many {
+            put_compact(&mut raw, x);
+        }
+        raw.push(b'e');
+        assert_eq!(PexMsg::decode(&raw).unwrap().added.len(), MAX_PEX_ENTRIES);
+    }
+
+    #[test]
+    fn malformed_is_an_error_not_a_panic() {
+        assert!(PexMsg::decode(b"").is_err());
+        assert!(PexMsg::decode(b"le").is_err());
+        assert_eq!(
+            PexMsg::decode(b"d5:added5:abcdee"),
+            Err(PexError::BadCompactLength(5))
+        );
+        // Wrong types are ignored, missing flags read as 0, port 0 skipped.
+        let m =
+            PexMsg::decode(b"d5:addedi3e7:dropped12:\x7f\0\0\x01\0\0\x7f\0\0\x02\0\x05e").unwrap();
+        assert!(m.added.is_empty());
+        assert_eq!(m.dropped, [a(2, 5)]);
+        for n in 0..40 {
+            let junk: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
+            let _ = PexMsg::decode(&junk);
+        }
+    }
+
+    #[test]
+    fn at_most_one_message_a_minute() {
+        let t0 = Instant::now();
+        let mut r = PexRate::default();
+        assert!(r.try_send(t0));
+        assert!(!r.try_send(t0 + Duration::from_secs(59)));
+        assert!(r.try_send(t0 + Duration::from_secs(60)));
+        assert!(r.accept(t0));
+        assert!(!r.accept(t0 + Duration::from_secs(10)));
+        assert!(!r.accept(t0 + Duration::from_secs(30)));
+        assert!(r.accept(t0 + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn never_echoes_a_peer_to_itself() {
+        let c = [(a(1, 1), 0), (a(2, 2), 0)];
+        assert_eq!(added_for(a(1, 1), &c), [(a(2, 2), 0)]);
+    }
+}
