@@ -39,7 +39,7 @@ use lt::{LtNode, Seeded};
 use support::{
     Cost, free_bytes, get_args, loadavg, lt_download, lt_joined, make_file, run_measured, same,
 };
-use tracker::tracker;
+use tracker::{aria2_args, tracker};
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
@@ -227,24 +227,12 @@ async fn lt_seeder(net: &Testnet, ip: Ipv4Addr, flags: &[&str], file: &Path) -> 
 
 /// aria2c downloads `torrent` into `dir` from the peer its tracker names; wall time.
 fn aria2_download(torrent: &Path, tracker: SocketAddr, dir: &Path, port: u16) -> Cost {
-    let args: Vec<String> = [
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--file-allocation=none",
-        "--summary-interval=0",
-        "--console-log-level=warn",
-        "--disable-ipv6=true",
-        "--seed-time=0",
-        &format!("--listen-port={port}"),
-        &format!("--dir={}", dir.display()),
-        &format!("--bt-tracker=http://{tracker}/announce"),
-        torrent.to_str().expect("utf-8 path"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = aria2_args(dir, port);
+    args.extend([
+        "--seed-time=0".to_string(),
+        format!("--bt-tracker=http://{tracker}/announce"),
+        torrent.to_str().expect("utf-8 path").to_string(),
+    ]);
     run_measured(ARIA2, &args)
 }
 

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dl_support::{make_file, run_dht_get};
-use tracker::tracker;
+use tracker::{aria2_args, tracker};
 use trackerless::torrent::metainfo::{create_info, torrent_file_from_info};
 
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
@@ -37,19 +37,7 @@ fn have_aria2() -> bool {
 /// aria2c with everything that could reach beyond the test switched off.
 fn aria2(dir: &Path, port: u16) -> Command {
     let mut c = Command::new(ARIA2);
-    c.args([
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--file-allocation=none",
-        "--summary-interval=0",
-        "--console-log-level=warn",
-        "--disable-ipv6=true",
-        "--check-certificate=false",
-        &format!("--listen-port={port}"),
-        &format!("--dir={}", dir.display()),
-    ]);
+    c.args(aria2_args(dir, port));
     c
 }
 

@@ -1,10 +1,34 @@
-//! A minimal HTTP tracker that answers every announce with one peer (compact form): how
-//! aria2c, whose DHT cannot be pointed at loopback addresses, is told where a seeder is.
+//! How the aria2c tests and benchmarks run aria2: with everything that could reach beyond
+//! the test switched off ([`aria2_args`]), and told where a seeder is by a minimal HTTP
+//! tracker ([`tracker`]), since aria2's DHT cannot be pointed at loopback addresses.
 //! Used by tests/download_aria2.rs and benches/interop.rs.
 
 use std::net::{SocketAddr, SocketAddrV4};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// aria2c's arguments with its DHT, LPD, PEX and IPv6 off (so it talks to nothing the test
+/// does not name), listening on `port` and saving into `dir`.
+pub fn aria2_args(dir: &std::path::Path, port: u16) -> Vec<String> {
+    [
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+        "--disable-ipv6=true",
+        "--check-certificate=false",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([
+        format!("--listen-port={port}"),
+        format!("--dir={}", dir.display()),
+    ])
+    .collect()
+}
 
 /// Binds `bind` and answers every request with `peer`; returns the bound address.
 pub async fn tracker(bind: SocketAddr, peer: SocketAddrV4) -> SocketAddr {
