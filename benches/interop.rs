@@ -10,8 +10,10 @@
 //!    finished (DHT lookup, BEP 9 metadata and the pieces; the session's start and DHT
 //!    bootstrap are not timed), a fresh session each time.
 //! 2. **aria2c** downloads the same N MiB from `dht-seed` and from the libtorrent seeder:
-//!    the process's wall time. aria2's DHT cannot be pointed at loopback addresses, so it
-//!    gets the `.torrent` and a tiny HTTP tracker (here) naming the one seeder.
+//!    the process's wall time, twice over: (a) a magnet found through the DHT only (aria2's
+//!    DHT bootstraps from one testnet node; a fresh routing-table file each run), which
+//!    includes aria2's own lookup and metadata fetch; (b) the `.torrent` and a tiny HTTP
+//!    tracker (here) naming the one seeder, which isolates the transfer.
 //! 3. **1 GiB over uTP** (`--big-mib`, default 1024): `dht-get --no-tcp` from `dht-seed`
 //!    (ours, uTP both ends), `dht-get --no-utp` from the same seeder (ours, TCP), and
 //!    libtorrent with TCP disabled downloading from a libtorrent seeder with TCP disabled
@@ -39,7 +41,7 @@ use lt::{LtNode, Seeded};
 use support::{
     Cost, free_bytes, get_args, loadavg, lt_download, lt_joined, make_file, run_measured, same,
 };
-use tracker::{aria2_args, tracker};
+use tracker::{Aria2Dht, aria2_args, tracker};
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
@@ -225,15 +227,48 @@ async fn lt_seeder(net: &Testnet, ip: Ipv4Addr, flags: &[&str], file: &Path) -> 
     (lt, seeded)
 }
 
-/// aria2c downloads `torrent` into `dir` from the peer its tracker names; wall time.
-fn aria2_download(torrent: &Path, tracker: SocketAddr, dir: &Path, port: u16) -> Cost {
-    let mut args = aria2_args(dir, port);
-    args.extend([
-        "--seed-time=0".to_string(),
-        format!("--bt-tracker=http://{tracker}/announce"),
-        torrent.to_str().expect("utf-8 path").to_string(),
-    ]);
+/// How aria2c finds the seeder: a `.torrent` and a tracker naming it, or a magnet
+/// through its DHT.
+enum Aria2Way<'a> {
+    Tracker(&'a Path, SocketAddr),
+    Dht(&'a str, SocketAddrV4),
+}
+
+/// aria2c downloads into `dir`, listening on `port` (and `port + 1` for its DHT); wall time.
+fn aria2_download(way: Aria2Way<'_>, dir: &Path, port: u16) -> Cost {
+    let table = dir.join("aria2-dht.dat");
+    let mut args = match way {
+        Aria2Way::Tracker(torrent, tracker) => {
+            let mut args = aria2_args(dir, port, None);
+            args.extend([
+                format!("--bt-tracker=http://{tracker}/announce"),
+                torrent.to_str().expect("utf-8 path").to_string(),
+            ]);
+            args
+        }
+        Aria2Way::Dht(magnet, entry) => {
+            let dht = Aria2Dht {
+                entry,
+                port: port + 1,
+                table: &table,
+            };
+            let mut args = aria2_args(dir, port, Some(dht));
+            args.push(dht_only(magnet));
+            args
+        }
+    };
+    args.push("--seed-time=0".to_string());
     run_measured(ARIA2, &args)
+}
+
+/// The magnet without `x.pe` and `tr` (aria2 ignores `x.pe`; strip it anyway so the DHT is
+/// provably its only way in).
+fn dht_only(magnet: &str) -> String {
+    magnet
+        .split('&')
+        .filter(|p| !p.starts_with("x.pe=") && !p.starts_with("tr="))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -368,54 +403,69 @@ async fn run(a: Args) {
         stats(&t_theirs).1 / stats(&t_ours).1
     );
 
-    // Part 2: aria2c.
+    // Part 2: aria2c, through the DHT and through a tracker.
     if a.aria2 {
         let tr_ours = tracker("127.146.4.1:0".parse().expect("addr"), ours.addr).await;
         let tr_theirs = tracker("127.146.4.1:0".parse().expect("addr"), theirs_lt.addr).await;
-        let (mut a_ours, mut a_theirs) = (Vec::new(), Vec::new());
         let mut port = 7000u16;
-        for round in 0..=a.rounds {
-            for first in [round % 2 == 0, round % 2 != 0] {
-                let (out, _) = fresh("aria2");
-                port += 1;
-                let (torrent, tr) = if first {
-                    (ours.torrent.clone(), tr_ours)
-                } else {
-                    (theirs.torrent.clone(), tr_theirs)
-                };
-                let dir = out.clone();
-                let c =
-                    tokio::task::spawn_blocking(move || aria2_download(&torrent, tr, &dir, port))
-                        .await
-                        .expect("aria2 thread");
-                assert!(
-                    same(&small, &out.join("interop.bin")),
-                    "aria2: bytes differ"
-                );
-                let _ = std::fs::remove_dir_all(&out);
-                if round == 0 {
-                    continue;
-                }
-                if first {
-                    a_ours.push(c.secs);
-                } else {
-                    a_theirs.push(c.secs);
+        for via_dht in [true, false] {
+            let (mut a_ours, mut a_theirs) = (Vec::new(), Vec::new());
+            for round in 0..=a.rounds {
+                for first in [round % 2 == 0, round % 2 != 0] {
+                    let (out, _) = fresh("aria2");
+                    port += 2;
+                    std::fs::create_dir_all(&out).expect("mkdir");
+                    let (torrent, tr, magnet) = if first {
+                        (ours.torrent.clone(), tr_ours, ours.magnet.clone())
+                    } else {
+                        (theirs.torrent.clone(), tr_theirs, theirs.magnet.clone())
+                    };
+                    let entry = net.addr(2 + (port as usize / 2) % 10);
+                    let dir = out.clone();
+                    let c = tokio::task::spawn_blocking(move || {
+                        let way = if via_dht {
+                            Aria2Way::Dht(&magnet, entry)
+                        } else {
+                            Aria2Way::Tracker(&torrent, tr)
+                        };
+                        aria2_download(way, &dir, port)
+                    })
+                    .await
+                    .expect("aria2 thread");
+                    assert!(
+                        same(&small, &out.join("interop.bin")),
+                        "aria2: bytes differ"
+                    );
+                    let _ = std::fs::remove_dir_all(&out);
+                    if round == 0 {
+                        continue;
+                    }
+                    if first {
+                        a_ours.push(c.secs);
+                    } else {
+                        a_theirs.push(c.secs);
+                    }
                 }
             }
+            println!();
+            println!(
+                "## {} MiB, aria2c as the downloader ({})",
+                a.size_mib,
+                if via_dht {
+                    "magnet through the DHT only"
+                } else {
+                    ".torrent + tracker"
+                }
+            );
+            println!();
+            header();
+            row("aria2c ← dht-seed", a.size_mib, &a_ours);
+            row("aria2c ← libtorrent", a.size_mib, &a_theirs);
+            println!(
+                "ratio (median, dht-seed / libtorrent seeder): {:.2} (goal ≤ 2)",
+                stats(&a_ours).1 / stats(&a_theirs).1
+            );
         }
-        println!();
-        println!(
-            "## {} MiB, aria2c as the downloader (.torrent + tracker)",
-            a.size_mib
-        );
-        println!();
-        header();
-        row("aria2c ← dht-seed", a.size_mib, &a_ours);
-        row("aria2c ← libtorrent", a.size_mib, &a_theirs);
-        println!(
-            "ratio (median, dht-seed / libtorrent seeder): {:.2} (goal ≤ 2)",
-            stats(&a_ours).1 / stats(&a_theirs).1
-        );
     }
     drop(ours);
     drop(theirs_lt);

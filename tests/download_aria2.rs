@@ -1,12 +1,17 @@
 //! Interop with the real aria2c (Debian's /usr/bin/aria2c), 32 MiB each way, on loopback:
-//! - aria2c downloads from `dht-seed`. aria2's DHT cannot be pointed at loopback, so it is
-//!   given the `.torrent` and a tiny HTTP tracker (in this test) that names our seeder.
+//! - aria2c downloads a magnet from `dht-seed` finding it through the DHT only: aria2's DHT
+//!   bootstraps from one node of a loopback testnet, looks the info hash up, fetches the
+//!   metadata from our seeder (BEP 9) and then the data (aria2 ignores `x.pe`, so the
+//!   magnet carries none);
+//! - aria2c downloads from `dht-seed` given the `.torrent` and a tiny HTTP tracker (in
+//!   this test) that names our seeder.
 //!   aria2 sends a full `bitfield` after `have`s; we used to drop it for that and it took
 //!   200-280 s to reconnect its way through, so the deadline here also guards the fix;
 //! - `dht-get` downloads from aria2c seeding, through the magnet's `x.pe`.
 //!
-//! Skipped (with a message) when aria2c is not installed. Addresses: ours 127.152.2.x,
-//! the tracker 127.152.3.1; aria2 listens on its port on every address.
+//! Skipped (with a message) when aria2c is not installed. Addresses: ours 127.152.2.x and
+//! 127.152.4.x, the tracker 127.152.3.1, the testnet 127.153.0.x; aria2 listens on its
+//! ports on every address and sends from 127.0.0.1.
 
 mod dl_support;
 #[path = "common/tracker.rs"]
@@ -19,7 +24,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dl_support::{make_file, run_dht_get};
-use tracker::{aria2_args, tracker};
+use tracker::{Aria2Dht, aria2_args, tracker};
+use trackerless::dht::id::NodeId;
+use trackerless::sim::testnet::{Testnet, TestnetConfig};
 use trackerless::torrent::metainfo::{create_info, torrent_file_from_info};
 
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
@@ -34,11 +41,145 @@ fn have_aria2() -> bool {
     false
 }
 
-/// aria2c with everything that could reach beyond the test switched off.
-fn aria2(dir: &Path, port: u16) -> Command {
+/// aria2c with everything that could reach beyond the test switched off (its DHT too,
+/// unless `dht` points it at the testnet).
+fn aria2(dir: &Path, port: u16, dht: Option<Aria2Dht<'_>>) -> Command {
     let mut c = Command::new(ARIA2);
-    c.args(aria2_args(dir, port));
+    c.args(aria2_args(dir, port, dht));
     c
+}
+
+/// Starts `dht-seed` on `ip` sharing `file` (bootstrapping from `bootstrap`); returns the
+/// child and the magnet it printed.
+async fn start_seeder(
+    file: &Path,
+    torrent: &Path,
+    ip: &str,
+    bootstrap: SocketAddrV4,
+    data: &Path,
+) -> (std::process::Child, String) {
+    let mut seeder = Command::new(SEED)
+        .arg(file)
+        .args([
+            "--torrent-out",
+            torrent.to_str().unwrap(),
+            "--listen",
+            &format!("{ip}:0"),
+            "--bind",
+            &format!("{ip}:0"),
+            "--bootstrap",
+            &bootstrap.to_string(),
+            "--allow-net",
+            "127.0.0.0/8",
+            "--no-subnet-limit",
+            "--rate-limit",
+            "0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = seeder.stdout.take().unwrap();
+    let magnet = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || for _ in lines {});
+        first
+    })
+    .await
+    .unwrap();
+    (seeder, magnet)
+}
+
+/// The seeder's address, from the magnet's `x.pe`.
+fn x_pe(magnet: &str) -> SocketAddrV4 {
+    magnet
+        .split("x.pe=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .map(|s| s.replace("%3A", ":").replace("%3a", ":"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no x.pe in {magnet}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aria2_downloads_a_magnet_from_dht_seed_through_the_dht_only() {
+    if !have_aria2() {
+        return;
+    }
+    let net = Testnet::start(
+        8,
+        TestnetConfig {
+            subnet: 153,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("testnet (inside unshare -rn with lo up?)");
+    net.wait_for_tables(4, Duration::from_secs(30)).await;
+
+    let content = tempfile::tempdir().unwrap();
+    let file = content.path().join("dht-aria2.bin");
+    make_file(&file, SIZE, 54);
+    let torrent = content.path().join("dht-aria2.torrent");
+    let data = tempfile::tempdir().unwrap();
+    let (mut seeder, magnet) =
+        start_seeder(&file, &torrent, "127.152.4.1", net.addr(0), data.path()).await;
+    let peer = x_pe(&magnet);
+    let ih: NodeId = magnet["magnet:?xt=urn:btih:".len()..][..40]
+        .parse()
+        .expect("hex info hash");
+    // The seeder's announce has reached the testnet before aria2 starts looking.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
+        if peers.contains(&peer) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{peer} never became findable");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // DHT only: no x.pe (aria2 would ignore it anyway), no tracker.
+    let dht_only: String = magnet
+        .split('&')
+        .filter(|p| !p.starts_with("x.pe=") && !p.starts_with("tr="))
+        .collect::<Vec<_>>()
+        .join("&");
+    assert!(!dht_only.contains("x.pe") && dht_only.contains("btih"));
+
+    let save = tempfile::tempdir().unwrap();
+    let table = save.path().join("aria2-dht.dat");
+    let mut cmd = aria2(
+        save.path(),
+        6995,
+        Some(Aria2Dht {
+            entry: net.addr(2),
+            port: 6996,
+            table: &table,
+        }),
+    );
+    cmd.args(["--seed-time=0", &dht_only]);
+    let t = Instant::now();
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    let _ = seeder.kill();
+    let _ = seeder.wait();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "aria2c failed: {text}");
+    println!("aria2c took {took:?} from dht-seed through the DHT");
+    assert!(
+        same_file(&file, &save.path().join("dht-aria2.bin")),
+        "bytes differ: {text}"
+    );
+    net.shutdown().await;
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -55,47 +196,19 @@ async fn aria2_downloads_from_dht_seed() {
     make_file(&file, SIZE, 52);
     let torrent = content.path().join("to-aria2.torrent");
     let data = tempfile::tempdir().unwrap();
-    let mut seeder = Command::new(SEED)
-        .arg(&file)
-        .args([
-            "--torrent-out",
-            torrent.to_str().unwrap(),
-            "--listen",
-            "127.152.2.1:0",
-            "--bind",
-            "127.152.2.1:0",
-            "--bootstrap",
-            "127.152.0.250:6881",
-            "--allow-net",
-            "127.0.0.0/8",
-            "--no-subnet-limit",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = seeder.stdout.take().unwrap();
-    let magnet = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        std::thread::spawn(move || for _ in lines {});
-        first
-    })
-    .await
-    .unwrap();
-    let peer: SocketAddrV4 = magnet
-        .split("x.pe=")
-        .nth(1)
-        .and_then(|s| s.split('&').next())
-        .map(|s| s.replace("%3A", ":").replace("%3a", ":"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no x.pe in {magnet}"));
+    let (mut seeder, magnet) = start_seeder(
+        &file,
+        &torrent,
+        "127.152.2.1",
+        "127.152.0.250:6881".parse().unwrap(),
+        data.path(),
+    )
+    .await;
+    let peer = x_pe(&magnet);
     let tr = tracker("127.152.3.1:0".parse().unwrap(), peer).await;
 
     let save = tempfile::tempdir().unwrap();
-    let mut cmd = aria2(save.path(), 6991);
+    let mut cmd = aria2(save.path(), 6991, None);
     cmd.args([
         &format!("--bt-tracker=http://{tr}/announce"),
         "--seed-time=0",
@@ -139,7 +252,7 @@ async fn dht_get_downloads_from_aria2_seeding() {
         hex::encode(Sha1::digest(&raw))
     };
     let port = 6992;
-    let mut cmd = aria2(content.path(), port);
+    let mut cmd = aria2(content.path(), port, None);
     cmd.args(["--check-integrity=true", "--seed-ratio=0.0"])
         .arg(&torrent)
         .stdout(Stdio::null())

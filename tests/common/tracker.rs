@@ -1,17 +1,35 @@
 //! How the aria2c tests and benchmarks run aria2: with everything that could reach beyond
-//! the test switched off ([`aria2_args`]), and told where a seeder is by a minimal HTTP
-//! tracker ([`tracker`]), since aria2's DHT cannot be pointed at loopback addresses.
+//! the test switched off ([`aria2_args`]), and told where a seeder is either through its
+//! DHT, bootstrapped from one loopback testnet node ([`Aria2Dht`]), or by a minimal HTTP
+//! tracker ([`tracker`]). aria2 ignores a magnet's `x.pe`, so these are its only two ways in.
 //! Used by tests/download_aria2.rs and benches/interop.rs.
 
 use std::net::{SocketAddr, SocketAddrV4};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// aria2c's arguments with its DHT, LPD, PEX and IPv6 off (so it talks to nothing the test
-/// does not name), listening on `port` and saving into `dir`.
-pub fn aria2_args(dir: &std::path::Path, port: u16) -> Vec<String> {
+/// aria2's DHT for a test: the one node it bootstraps from, its UDP port, and where it keeps
+/// its routing table (a fresh file per run, so no earlier run's contacts leak in).
+pub struct Aria2Dht<'a> {
+    pub entry: SocketAddrV4,
+    pub port: u16,
+    pub table: &'a std::path::Path,
+}
+
+/// aria2c's arguments with LPD, PEX and IPv6 off, and its DHT off unless `dht` names a
+/// loopback entry point (so it talks to nothing the test does not name), listening on
+/// `port` and saving into `dir`.
+pub fn aria2_args(dir: &std::path::Path, port: u16, dht: Option<Aria2Dht<'_>>) -> Vec<String> {
+    let dht = match dht {
+        Some(d) => vec![
+            "--enable-dht=true".to_string(),
+            format!("--dht-entry-point={}", d.entry),
+            format!("--dht-listen-port={}", d.port),
+            format!("--dht-file-path={}", d.table.display()),
+        ],
+        None => vec!["--enable-dht=false".to_string()],
+    };
     [
-        "--enable-dht=false",
         "--enable-dht6=false",
         "--bt-enable-lpd=false",
         "--enable-peer-exchange=false",
@@ -23,6 +41,7 @@ pub fn aria2_args(dir: &std::path::Path, port: u16) -> Vec<String> {
     ]
     .into_iter()
     .map(String::from)
+    .chain(dht)
     .chain([
         format!("--listen-port={port}"),
         format!("--dir={}", dir.display()),
