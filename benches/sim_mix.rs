@@ -1,7 +1,13 @@
 //! The live-DHT mix at scale (issue 12): 10,000 simulated nodes, a clean network and the
 //! live mix side by side in the same run, same seed, same targets and lookups. Prints the
-//! table for BENCHMARKS.md. A program, not a timed test: `cargo bench --bench sim_mix`
-//! (`-- NODES` to change the size).
+//! table for BENCHMARKS.md. A program, not a timed test:
+//!
+//!     cargo bench --bench sim_mix -- [NODES] [--targets N] [--seed N]
+//!         [--restart-spread SECS] [--sybils N]
+//!
+//! Defaults: 10,000 nodes, 20 targets, seed 2026, the live profile's restart spread
+//! (120 s) and sybils (8 per target). The placement misses are broken down (restarted
+//! nodes, then the rest by behavior) to show where the announces that did not land went.
 
 use trackerless::sim::mix::{self, Profile, Report};
 
@@ -25,15 +31,51 @@ fn row(name: &str, r: &Report) {
 }
 
 fn main() {
-    let nodes: usize = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let nodes: usize = args
+        .iter()
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
-    let (targets, lookups, seed) = (20, 400, 2026);
+    let spread = args
+        .iter()
+        .position(|a| a == "--restart-spread")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(Profile::live().restart_spread);
+    let targets = args
+        .iter()
+        .position(|a| a == "--targets")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let sybils = args
+        .iter()
+        .position(|a| a == "--sybils")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(Profile::live().sybils_per_target);
+    let seed = args
+        .iter()
+        .position(|a| a == "--seed")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2026);
+    let lookups = 400;
     let started = std::time::Instant::now();
     let clean = mix::run(nodes, Profile::clean(), targets, lookups, seed);
-    let live = mix::run(nodes, Profile::live(), targets, lookups, seed);
+    let live = mix::run(
+        nodes,
+        Profile {
+            restart_spread: spread,
+            sybils_per_target: sybils,
+            ..Profile::live()
+        },
+        targets,
+        lookups,
+        seed,
+    );
     println!(
         "| network | nodes | lookups completed | messages/lookup | time p50 | time p99 | announce placement | found by a plain client | ended by deadline | wrong-id replies | junk entries dropped |"
     );
@@ -46,6 +88,19 @@ fn main() {
         live.messages_per_lookup / clean.messages_per_lookup,
         live.time_p50.as_secs_f64() / clean.time_p50.as_secs_f64(),
         live.time_p99.as_secs_f64() / clean.time_p99.as_secs_f64(),
+    );
+    println!(
+        "placement misses (of {} slots): clean {} restarted + {} other; mix {} restarted + {} other (restarts spread over {} s before the announces)",
+        8 * targets,
+        clean.missed_restarted,
+        clean.missed_other,
+        live.missed_restarted,
+        live.missed_other,
+        spread.as_secs()
+    );
+    println!(
+        "other misses by behavior (honest, NAT, junk): clean {:?}, mix {:?}",
+        clean.missed_by_behavior, live.missed_by_behavior
     );
     for (name, r) in [("clean", &clean), ("live", &live)] {
         assert_eq!(

@@ -50,6 +50,8 @@ fn lookups_end_when_almost_everyone_misbehaves() {
         read_only: 0.1,
         junk: 0.15,
         restarted: 0.1,
+        // All at the instant of the lookups: the worst case for stale ids.
+        restart_spread: Duration::ZERO,
         sybils_per_target: 16,
     };
     let r = mix::run(800, hostile, 3, 30, 5);

@@ -121,8 +121,11 @@ pub struct Profile {
     pub silent: f64,
     pub read_only: f64,
     pub junk: f64,
-    /// Nodes that restart with a new id just before the measurement.
+    /// Nodes that restart with a new id before the measurement.
     pub restarted: f64,
+    /// Over how long before the announces the restarts happen, evenly spread (zero: all at
+    /// the instant of the announces, when no node can know the new ids yet).
+    pub restart_spread: Duration,
     /// Sybils placed next to each announced infohash.
     pub sybils_per_target: usize,
 }
@@ -143,6 +146,11 @@ impl Profile {
             read_only: 0.05,
             junk: 0.05,
             restarted: 0.05,
+            // Continuous churn: the restarted nodes came back at times spread over the
+            // two minutes before the announces, so some are re-learned and the last are
+            // not (with zero, all restart at the instant of the announces, and the "true
+            // closest" include ids no node can know yet).
+            restart_spread: Duration::from_secs(120),
             sybils_per_target: 8,
         }
     }
@@ -185,6 +193,12 @@ pub struct Report {
     pub time_p99: Duration,
     /// Of the 8 closest storing nodes to each announced infohash, the share that stored it.
     pub placement: f64,
+    /// Of those 8 per target, the ones that did not store it and had restarted with a new
+    /// id, and the others that did not store it.
+    pub missed_restarted: usize,
+    pub missed_other: usize,
+    /// The other misses by behavior: honest, NAT'ed, junk-listing.
+    pub missed_by_behavior: [usize; 3],
     /// Lookups by plain BEP 5 clients that found the announced peer.
     pub found: usize,
     /// Worst [`Overdue`] seen on any node at any checkpoint (all zero when correct).
@@ -253,12 +267,8 @@ pub fn run(nodes: usize, profile: Profile, targets: usize, lookups: usize, seed:
     for i in take(profile.junk) {
         sim.set_behavior(i, Behavior::Junk);
     }
-    for i in take(profile.restarted) {
-        let contacts = vec![sim_addr(rng.random_range(0..nodes - read_only))];
-        sim.restart_with_new_id(i, contacts);
-    }
+    let restarted = take(profile.restarted);
     let honest = ordinary; // what is left: honest nodes
-    sim.take_events();
 
     let mut report = Report {
         nodes: sim.len(),
@@ -291,6 +301,24 @@ pub fn run(nodes: usize, profile: Profile, targets: usize, lookups: usize, seed:
         }
     };
 
+    // Restarts, spread evenly over `restart_spread` before the announces (continuous
+    // churn), the last ones at the instant of the announces.
+    let groups = (profile.restart_spread.as_secs() as usize).clamp(1, restarted.len().max(1));
+    let gap = profile.restart_spread / groups as u32;
+    for (g, chunk) in restarted
+        .chunks(restarted.len().div_ceil(groups).max(1))
+        .enumerate()
+    {
+        if g > 0 {
+            step(&mut sim, gap, &mut report);
+        }
+        for &i in chunk {
+            let contacts = vec![sim_addr(rng.random_range(0..nodes - read_only))];
+            sim.restart_with_new_id(i, contacts);
+        }
+    }
+    sim.take_events();
+
     // Announce each target from a random honest node.
     let mut announcers = HashMap::new();
     for t in &targets {
@@ -315,11 +343,21 @@ pub fn run(nodes: usize, profile: Profile, targets: usize, lookups: usize, seed:
     for t in &targets {
         let mut by_distance: Vec<usize> = storing.clone();
         by_distance.sort_by_key(|&i| sim.node(i).id().distance(t));
-        held += by_distance
-            .iter()
-            .take(8)
-            .filter(|&&i| sim.node(i).store().contains(t))
-            .count();
+        for &i in by_distance.iter().take(8) {
+            if sim.node(i).store().contains(t) {
+                held += 1;
+            } else if restarted.contains(&i) {
+                report.missed_restarted += 1;
+            } else {
+                report.missed_other += 1;
+                let k = match sim.behavior(i) {
+                    Behavior::Nat(_) => 1,
+                    Behavior::Junk => 2,
+                    _ => 0,
+                };
+                report.missed_by_behavior[k] += 1;
+            }
+        }
     }
     report.placement = held as f64 / (8 * targets.len()).max(1) as f64;
 
