@@ -6,7 +6,13 @@
 //! - a downloader with nothing sends no `bitfield`, becomes interested exactly when the
 //!   peer has a piece it lacks, broadcasts `have` for every piece it verifies, and loses
 //!   interest as soon as it has everything the peer has;
-//! - the connection limit (`max_peers`) holds for incoming connections.
+//! - the connection limit (`max_peers`) holds for incoming connections;
+//! - those BEP 3 rules hold against a peer that leaves the BEP 6 bit clear; against one
+//!   that sets it (BEP 6, Fast): the seeder opens with `have_all` and the peer's canonical
+//!   allowed-fast set, serves allowed-fast pieces while choking and rejects other requests;
+//!   the downloader opens with `have_none`, requests only allowed-fast pieces while choked,
+//!   asks again for a rejected block, and a peer that sends Fast messages without the bit
+//!   is dropped.
 //!
 //! Requests are answered in order, so "X was not served" is checked without sleeping: a
 //! marker request sent after X arrives, and X did not come before it.
@@ -34,8 +40,18 @@ const BLOCK: u32 = 16 * 1024;
 
 type Conn = PeerConn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>;
 
-/// Connects from `ip` to `to` and handshakes for `info_hash`.
+/// Connects from `ip` to `to` and handshakes for `info_hash` as a plain BEP 3 peer (fast
+/// bit clear).
 async fn scripted_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20]) -> Conn {
+    scripted(ip, to, info_hash, false).await
+}
+
+/// The same, claiming BEP 6 (fast bit set).
+async fn scripted_fast_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20]) -> Conn {
+    scripted(ip, to, info_hash, true).await
+}
+
+async fn scripted(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20], fast: bool) -> Conn {
     let mut s = connect_from(
         to,
         Some(ip.into()),
@@ -45,9 +61,11 @@ async fn scripted_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20]) -> Con
     .await
     .unwrap();
     let ours = Handshake::new(info_hash, generate_peer_id());
-    handshake_outgoing(&mut s, &ours, Duration::from_secs(5))
+    let ours = if fast { ours } else { ours.without_fast() };
+    let theirs = handshake_outgoing(&mut s, &ours, Duration::from_secs(5))
         .await
         .unwrap();
+    assert!(theirs.supports_fast(), "our sessions claim BEP 6");
     PeerConn::from_tcp(
         s,
         &WireConfig {
@@ -503,4 +521,203 @@ async fn fast_messages_without_negotiation_end_the_connection() {
         }
     }
     drop(seeder);
+}
+
+/// BEP 6 from the seeder's side, against a peer that negotiated it: `have_all` is the first
+/// message; the peer's allowed-fast set (BEP 6's canonical one for its IP) follows; while
+/// choked, a request for an allowed-fast piece is served and any other gets a reject
+/// instead of silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_seeder_opens_with_have_all_serves_allowed_fast_and_rejects_the_rest() {
+    let net = testnet(146, 4).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("fast-seeder.bin");
+    const SMALL: u32 = 16 * 1024;
+    let pieces = 32u32;
+    let data = content((pieces * SMALL) as usize, 8);
+    std::fs::write(&file, &data).unwrap();
+    let info = torrent_of(&file, Some(u64::from(SMALL)));
+    let ih = info_hash(&info);
+    let seeder = Peer::seeder(v4(127, 146, 7, 1), &[net.addr(0)], &info, src.path()).await;
+    let ip = v4(127, 146, 7, 2);
+    let mut p = scripted_fast_peer(ip, seeder.addr(), ih).await;
+    assert_eq!(next(&mut p).await, Message::HaveAll, "have_all comes first");
+    let expected = trackerless::wire::fast::allowed_fast_set(
+        ip,
+        &ih,
+        pieces,
+        trackerless::wire::fast::ALLOWED_FAST_COUNT,
+    );
+    let mut allowed = Vec::new();
+    while allowed.len() < expected.len() {
+        match next(&mut p).await {
+            Message::AllowedFast { piece } => allowed.push(piece),
+            Message::Unchoke => panic!("unchoked a peer that never said it was interested"),
+            _ => {}
+        }
+    }
+    assert_eq!(allowed, expected, "BEP 6's canonical allowed-fast set");
+    let fast_piece = allowed[0];
+    let other = (0..pieces).find(|p| !allowed.contains(p)).unwrap();
+    // Still choked (never interested): one request outside the set, one inside.
+    send(
+        &mut p,
+        &[request(other, 0, BLOCK), request(fast_piece, 0, BLOCK)],
+    )
+    .await;
+    let (mut rejected, mut served) = (false, false);
+    while !(rejected && served) {
+        match next(&mut p).await {
+            Message::RejectRequest {
+                index,
+                begin,
+                length,
+            } => {
+                assert_eq!(
+                    (index, begin, length),
+                    (other, 0, BLOCK),
+                    "the wrong reject"
+                );
+                rejected = true;
+            }
+            Message::Piece {
+                index,
+                begin,
+                block,
+            } => {
+                assert_eq!(
+                    (index, begin),
+                    (fast_piece, 0),
+                    "only the allowed-fast piece"
+                );
+                let at = (index * SMALL) as usize;
+                assert_eq!(&block[..], &data[at..at + BLOCK as usize]);
+                served = true;
+            }
+            Message::Unchoke => panic!("unchoked a peer that never said it was interested"),
+            _ => {}
+        }
+    }
+    drop(p);
+    drop(seeder);
+    net.shutdown().await;
+}
+
+/// BEP 6 from the downloader's side: a peer that has everything (`have_all`), never
+/// unchokes us, and allows two pieces fast. We ask for exactly those pieces while choked; a
+/// rejected block is asked for again (the reject hands it back at once); once the peer
+/// unchokes, the rest follows and the download completes from it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_downloader_fetches_allowed_fast_pieces_while_choked_and_retries_rejects() {
+    let net = testnet(146, 4).await;
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("fast-downloader.bin");
+    let pieces = 6u32;
+    let data = content((pieces * PIECE) as usize, 9);
+    std::fs::write(&file, &data).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    let ih = info_hash(&info);
+    let out = tempfile::tempdir().unwrap();
+    let dl = Peer::start(
+        v4(127, 146, 7, 3),
+        &[net.addr(1)],
+        &info,
+        out.path(),
+        Mode::ReadWrite,
+        |_| {},
+    )
+    .await;
+    wait_until("the session downloads", GENEROUS, async || {
+        dl.session.phase() == Phase::Downloading
+    })
+    .await;
+    let mut p = scripted_fast_peer(v4(127, 146, 7, 4), dl.addr(), ih).await;
+    assert_eq!(
+        next(&mut p).await,
+        Message::HaveNone,
+        "have_none comes first"
+    );
+    let allowed = [4u32, 1];
+    send(
+        &mut p,
+        &[
+            Message::HaveAll,
+            Message::AllowedFast { piece: allowed[0] },
+            Message::AllowedFast { piece: allowed[1] },
+        ],
+    )
+    .await;
+    let serve = |index: u32, begin: u32, length: u32| {
+        let at = (index * PIECE + begin) as usize;
+        Message::Piece {
+            index,
+            begin,
+            block: Bytes::copy_from_slice(&data[at..at + length as usize]),
+        }
+    };
+    // Choked: only blocks of the allowed pieces are requested. The first request is
+    // rejected and must come again.
+    let mut rejected = None;
+    let mut choked_blocks = 0;
+    let blocks_per_piece = PIECE / BLOCK;
+    while choked_blocks < 2 * blocks_per_piece {
+        // Anything else is interest, our own allowed-fast set, the extension handshake or
+        // the DHT port.
+        let Message::Request {
+            index,
+            begin,
+            length,
+        } = next(&mut p).await
+        else {
+            continue;
+        };
+        assert!(
+            allowed.contains(&index),
+            "requested piece {index} while choked; allowed fast: {allowed:?}"
+        );
+        if rejected.is_none() {
+            rejected = Some((index, begin, length));
+            let reject = Message::RejectRequest {
+                index,
+                begin,
+                length,
+            };
+            send(&mut p, &[reject]).await;
+            continue;
+        }
+        send(&mut p, &[serve(index, begin, length)]).await;
+        choked_blocks += 1;
+    }
+    // Both allowed pieces are complete, the rejected block included (asked again).
+    wait_until("both allowed-fast pieces verified", GENEROUS, async || {
+        dl.session.progress().verified_pieces >= 2
+    })
+    .await;
+    // Unchoked: the rest.
+    send(&mut p, &[Message::Unchoke]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while matches!(dl.session.phase(), Phase::Checking | Phase::Downloading) {
+        let msg = tokio::time::timeout_at(deadline, p.reader.recv())
+            .await
+            .expect("the download did not finish from the fast peer");
+        match msg {
+            Ok(Message::Request {
+                index,
+                begin,
+                length,
+            }) => {
+                assert!(!allowed.contains(&index), "allowed pieces were complete");
+                send(&mut p, &[serve(index, begin, length)]).await;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    dl.wait_complete(Duration::from_secs(30)).await;
+    assert!(rejected.is_some());
+    assert_eq!(
+        std::fs::read(out.path().join("fast-downloader.bin")).unwrap(),
+        data
+    );
+    net.shutdown().await;
 }

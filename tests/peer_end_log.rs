@@ -29,7 +29,7 @@ async fn handshaken(to: SocketAddr, ih: [u8; 20]) -> tokio::net::TcpStream {
     .unwrap();
     handshake_outgoing(
         &mut s,
-        &Handshake::new(ih, generate_peer_id()),
+        &Handshake::new(ih, generate_peer_id()).without_fast(),
         Duration::from_secs(10),
     )
     .await

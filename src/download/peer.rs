@@ -243,7 +243,9 @@ pub(super) async fn run(
         last_send: now,
         stall: (0, now),
         pick_buf: Vec::new(),
-        fast: crate::wire::handshake::WE_SPEAK_FAST && theirs.supports_fast(),
+        // Every piece-trading connection sends `Handshake::new`, which claims BEP 6 (the
+        // session's dials, and the listener's reply when it hands a connection over).
+        fast: theirs.supports_fast(),
         allowed_out: Vec::new(),
         allowed_in: Vec::new(),
     };
@@ -362,10 +364,14 @@ impl Conn {
             Message::KeepAlive => {}
             Message::Choke => {
                 self.peer_choking = true;
-                // BEP 3: a choke discards our pending requests.
-                let dropped: Vec<BlockRef> = self.outstanding.drain(..).collect();
-                if !dropped.is_empty() {
-                    self.shared.lock().picker.release(self.key, &dropped);
+                // BEP 3: a choke discards our pending requests. BEP 6: not with Fast; the
+                // peer answers each one with the piece (allowed-fast pieces) or a reject,
+                // and a request it never answers is caught by the stall check like any.
+                if !self.fast {
+                    let dropped: Vec<BlockRef> = self.outstanding.drain(..).collect();
+                    if !dropped.is_empty() {
+                        self.shared.lock().picker.release(self.key, &dropped);
+                    }
                 }
             }
             Message::Unchoke => self.peer_choking = false,
@@ -794,9 +800,28 @@ impl Conn {
     }
 
     fn maybe_request(&mut self) {
-        if self.peer_choking || !self.am_interested || self.registered.is_none() {
+        if !self.am_interested || self.registered.is_none() {
             return;
         }
+        // BEP 6: while the peer chokes us, only the pieces of its allowed-fast set that it
+        // has may be requested; without Fast, nothing.
+        let allowed_only = if self.peer_choking {
+            if !self.fast || self.allowed_in.is_empty() {
+                return;
+            }
+            let mut only = Bitfield::new(self.bits.len());
+            for &p in &self.allowed_in {
+                if self.bits.get(p as usize) {
+                    only.set(p as usize);
+                }
+            }
+            if only.count() == 0 {
+                return;
+            }
+            Some(only)
+        } else {
+            None
+        };
         let target = self.pipeline_target();
         let have = self.outstanding.len();
         if have >= target {
@@ -811,13 +836,17 @@ impl Conn {
             return;
         }
         let now = Instant::now();
-        let seed = self.registered.unwrap_or(false);
+        // A restricted set is not a seed's, whatever the peer has.
+        let (bits, seed) = match &allowed_only {
+            Some(only) => (only, false),
+            None => (&self.bits, self.registered.unwrap_or(false)),
+        };
         let mut buf = std::mem::take(&mut self.pick_buf);
         buf.clear();
         self.shared
             .lock()
             .picker
-            .pick(self.key, &self.bits, seed, room, now, &mut buf);
+            .pick(self.key, bits, seed, room, now, &mut buf);
         for r in &buf {
             self.writer.queue(&Message::Request {
                 index: r.piece,

@@ -102,7 +102,8 @@ async fn run_peer(
         &ctx.transports,
     )
     .await?;
-    let ours = Handshake::new(ctx.info_hash, ctx.peer_id);
+    // Metadata only: no pieces are traded, so no BEP 6 promises.
+    let ours = Handshake::new(ctx.info_hash, ctx.peer_id).without_fast();
     let theirs = handshake_outgoing(&mut stream, &ours, ctx.wire.handshake_timeout).await?;
     if !theirs.supports_extensions() {
         return Err(PeerEnd::NoExtensions);

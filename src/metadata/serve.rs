@@ -416,7 +416,13 @@ pub async fn serve_connection(
             bump(&ctx.stats.unknown_info_hash);
             return None;
         }
-        Some(Handshake::new(hs.info_hash, ctx.config.peer_id))
+        // BEP 6 only where pieces are traded: a session takes the connection over.
+        let ours = Handshake::new(hs.info_hash, ctx.config.peer_id);
+        Some(if handoff.is_some() {
+            ours
+        } else {
+            ours.without_fast()
+        })
     })
     .await?;
     bump(&ctx.stats.handshakes);

@@ -70,25 +70,28 @@ impl fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
-/// Whether our handshake claims BEP 6. Off until every Fast rule is implemented on every
-/// connection path (requesting allowed-fast pieces from a peer that chokes us is still
-/// missing): advertising it half-done would make peers expect rejects we never send.
-pub const WE_SPEAK_FAST: bool = false;
-
 impl Handshake {
-    /// Our handshake: DHT and extension-protocol bits set, the fast bit per [`WE_SPEAK_FAST`].
+    /// Our handshake: DHT, extension-protocol and fast (BEP 6) bits set. Connections that
+    /// never trade pieces (metadata-only ones) clear the fast bit with
+    /// [`Handshake::without_fast`], so they are not bound by its rules.
     pub fn new(info_hash: [u8; 20], peer_id: [u8; 20]) -> Self {
         let mut reserved = [0u8; 8];
         reserved[RESERVED_DHT.0] |= RESERVED_DHT.1;
         reserved[RESERVED_EXTENSIONS.0] |= RESERVED_EXTENSIONS.1;
-        if WE_SPEAK_FAST {
-            reserved[RESERVED_FAST.0] |= RESERVED_FAST.1;
-        }
+        reserved[RESERVED_FAST.0] |= RESERVED_FAST.1;
         Handshake {
             reserved,
             info_hash,
             peer_id,
         }
+    }
+
+    /// The same handshake without the fast bit: for a connection that only moves metadata,
+    /// where BEP 6's "every request gets a piece or a reject" and its opening
+    /// have-all/have-none would be promises about pieces we never trade.
+    pub fn without_fast(mut self) -> Self {
+        self.reserved[RESERVED_FAST.0] &= !RESERVED_FAST.1;
+        self
     }
 
     /// Whether the sender runs a DHT node (and may send a `port` message).

@@ -248,7 +248,8 @@ impl Liar {
                 tokio::spawn(async move {
                     let id = trackerless::wire::generate_peer_id();
                     let Ok(_) = handshake_incoming(&mut stream, Duration::from_secs(5), |hs| {
-                        (hs.info_hash == info_hash).then(|| Handshake::new(info_hash, id))
+                        (hs.info_hash == info_hash)
+                            .then(|| Handshake::new(info_hash, id).without_fast())
                     })
                     .await
                     else {

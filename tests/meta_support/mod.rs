@@ -164,7 +164,7 @@ async fn serve_fake(
     let wire = WireConfig::default();
     let peer_id = trackerless::wire::generate_peer_id();
     handshake_incoming(&mut stream, Duration::from_secs(5), |hs| {
-        (hs.info_hash == ih).then(|| Handshake::new(ih, peer_id))
+        (hs.info_hash == ih).then(|| Handshake::new(ih, peer_id).without_fast())
     })
     .await?;
     let advertised = match lie {
