@@ -100,7 +100,7 @@ async fn loopback_session_end_to_end() {
     let our_id = generate_peer_id();
     let ours = Handshake::new(INFO_HASH, our_id);
     let theirs = handshake_outgoing(&mut stream, &ours, SHORT).await.unwrap();
-    assert!(theirs.supports_dht() && theirs.supports_extensions() && !theirs.supports_fast());
+    assert!(theirs.supports_dht() && theirs.supports_extensions() && theirs.supports_fast());
     assert_eq!(&theirs.peer_id[..8], b"-TK0001-");
 
     let mut conn = PeerConn::from_tcp(stream, &config());

@@ -209,13 +209,16 @@ mod tests {
     }
 
     #[test]
-    fn our_handshake_sets_dht_and_extension_bits_only() {
+    fn our_handshake_sets_dht_extension_and_fast_bits_only() {
         let hs = Handshake::new([1; 20], generate_peer_id());
-        assert_eq!(hs.reserved, [0, 0, 0, 0, 0, 0x10, 0, 0x01]);
-        assert!(hs.supports_dht() && hs.supports_extensions() && !hs.supports_fast());
+        assert_eq!(hs.reserved, [0, 0, 0, 0, 0, 0x10, 0, 0x05]);
+        assert!(hs.supports_dht() && hs.supports_extensions() && hs.supports_fast());
         let wire = hs.encode();
         assert_eq!(&wire[..20], b"\x13BitTorrent protocol");
         assert_eq!(Handshake::decode(&wire), Ok(hs));
+        let plain = hs.without_fast();
+        assert_eq!(plain.reserved, [0, 0, 0, 0, 0, 0x10, 0, 0x01]);
+        assert!(plain.supports_dht() && plain.supports_extensions() && !plain.supports_fast());
     }
 
     #[test]
