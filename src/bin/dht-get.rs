@@ -187,6 +187,10 @@ fn fetch_config(
         dht_port: Some(dht.local_addr().port()),
         listen_port: listen,
         transports,
+        wire: trackerless::wire::WireConfig {
+            encryption: cli.transport.encryption,
+            ..FetchConfig::default().wire
+        },
         ..FetchConfig::default()
     }
 }
@@ -396,6 +400,10 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         listen_port: Some(listen_port),
         local_ip: Some(server.local_addr().ip()),
         transports: server.transports(),
+        wire: trackerless::wire::WireConfig {
+            encryption: cli.transport.encryption,
+            ..SessionConfig::default().wire
+        },
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
         seed: cli.seed,

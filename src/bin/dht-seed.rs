@@ -228,6 +228,10 @@ async fn run(
         listen_port: Some(server.local_addr().port()),
         local_ip: Some(server.local_addr().ip()),
         transports: server.transports(),
+        wire: trackerless::wire::WireConfig {
+            encryption: cli.transport.encryption,
+            ..SessionConfig::default().wire
+        },
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
         seed: true,
@@ -265,19 +269,28 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let signal = cli::shutdown_signal();
     tokio::pin!(signal);
-    let mut counts = trackerless::wire::TransportCounts::default();
+    let mut counts = (
+        trackerless::wire::TransportCounts::default(),
+        trackerless::wire::CryptoCounts::default(),
+    );
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 // Per-transport connection counts, printed when they change: shows which
                 // transport peers actually reach us over (and scripts can wait for it).
                 let now = trackerless::wire::transport_counts();
-                if now != counts {
-                    counts = now;
+                if now != counts.0 {
+                    counts.0 = now;
                     lines.println(&format!(
                         "peer connections: tcp in {} out {}, utp in {} out {}",
                         now.tcp_in, now.tcp_out, now.utp_in, now.utp_out
                     ));
+                }
+                // The same for how their bytes travel (plain, MSE then plaintext, RC4).
+                let now = trackerless::wire::crypto_counts();
+                if now != counts.1 {
+                    counts.1 = now;
+                    lines.println(&format!("peer encryption: {now}"));
                 }
                 let p = session.progress();
                 lines.update(&p);

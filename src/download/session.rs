@@ -39,9 +39,7 @@ use crate::dht::driver::DhtHandle;
 use crate::dht::id::NodeId;
 use crate::metadata::PeerHandoff;
 use crate::torrent::metainfo::{Info, MetainfoError};
-use crate::wire::{
-    Handshake, PeerStream, Transports, WireConfig, connect_peer, handshake_outgoing,
-};
+use crate::wire::{Handshake, PeerStream, Transports, WireConfig, open_outgoing};
 
 /// Settings of a session.
 #[derive(Debug, Clone)]
@@ -895,17 +893,9 @@ impl Runner {
             let local = cfg.local_ip;
             let transports = cfg.transports.clone();
             self.connecting.spawn(async move {
-                let res = async {
-                    let mut s =
-                        connect_peer(addr, local, &allow, wire.connect_timeout, &transports)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    let theirs = handshake_outgoing(&mut s, &ours, wire.handshake_timeout)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok((s, theirs))
-                }
-                .await;
+                let res = open_outgoing(addr, local, &allow, &wire, &transports, &ours)
+                    .await
+                    .map_err(|e| e.to_string());
                 (addr, res)
             });
         }

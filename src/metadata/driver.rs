@@ -18,7 +18,7 @@ use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
 use crate::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, MetadataMsg, OUR_UT_METADATA_ID, PeerConn,
-    UT_METADATA, WireConfig, WireError, handshake_outgoing,
+    UT_METADATA, WireConfig, WireError,
 };
 
 /// What the driver tells a peer task: the coordinator's `Request` actions.
@@ -94,17 +94,11 @@ async fn run_peer(
     events: &EventTx,
     mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
 ) -> Result<(), PeerEnd> {
-    let mut stream = crate::wire::connect_peer(
-        addr,
-        None,
-        &ctx.allow,
-        ctx.wire.connect_timeout,
-        &ctx.transports,
-    )
-    .await?;
     // Metadata only: no pieces are traded, so no BEP 6 promises.
     let ours = Handshake::new(ctx.info_hash, ctx.peer_id).without_fast();
-    let theirs = handshake_outgoing(&mut stream, &ours, ctx.wire.handshake_timeout).await?;
+    let (stream, theirs) =
+        crate::wire::open_outgoing(addr, None, &ctx.allow, &ctx.wire, &ctx.transports, &ours)
+            .await?;
     if !theirs.supports_extensions() {
         return Err(PeerEnd::NoExtensions);
     }

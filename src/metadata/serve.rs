@@ -96,6 +96,23 @@ impl MetadataRegistry {
             .remove(info_hash);
     }
 
+    /// Every info hash a connection may ask for (served dicts and attached torrents): the
+    /// SKEYs an incoming MSE/PE handshake is matched against.
+    pub fn info_hashes(&self) -> Vec<[u8; 20]> {
+        let mut all: Vec<[u8; 20]> = self.read().keys().copied().collect();
+        for h in self
+            .handoffs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
+            if !all.contains(h) {
+                all.push(*h);
+            }
+        }
+        all
+    }
+
     /// The handler attached for `info_hash`.
     pub fn handoff(&self, info_hash: &[u8; 20]) -> Option<Arc<dyn PeerHandoff>> {
         self.handoffs
@@ -409,6 +426,8 @@ pub async fn serve_connection(
 ) -> Result<(), WireError> {
     let mut info = None;
     let mut handoff = None;
+    crate::wire::accept_incoming(&mut stream, &ctx.config.wire, || ctx.registry.info_hashes())
+        .await?;
     let theirs = handshake_incoming(&mut stream, ctx.config.wire.handshake_timeout, |hs| {
         handoff = ctx.registry.handoff(&hs.info_hash);
         info = ctx.registry.get(&hs.info_hash);

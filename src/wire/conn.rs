@@ -11,8 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::enc_policy::{ENCRYPTION_REQUIRED_MSG, EncryptionPolicy};
 use super::handshake::{HANDSHAKE_LEN, Handshake, HandshakeError};
 use super::message::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message, id};
+use super::mse_io::MseIoError;
 use super::ut_metadata::MetadataMsg;
 use crate::dht::allow::AllowList;
 
@@ -31,6 +33,8 @@ pub struct WireConfig {
     pub read_timeout: Duration,
     /// Time a flush may take. A peer that stops reading must not stall our writer forever.
     pub write_timeout: Duration,
+    /// Plain or MSE/PE handshakes, both directions (`--encryption`).
+    pub encryption: EncryptionPolicy,
 }
 
 impl Default for WireConfig {
@@ -41,6 +45,7 @@ impl Default for WireConfig {
             handshake_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(150),
             write_timeout: Duration::from_secs(60),
+            encryption: EncryptionPolicy::Default,
         }
     }
 }
@@ -76,6 +81,13 @@ pub enum WireError {
     Closed,
     /// The peer closed the connection in the middle of a message or handshake.
     ClosedMidFrame,
+    /// The MSE/PE handshake failed.
+    Encryption(MseIoError),
+    /// `--encryption require`, and the peer did not speak MSE/PE.
+    EncryptionRequired,
+    /// An incoming handshake of a kind the policy refuses (plain under `require`, MSE
+    /// under `disable`).
+    RefusedByPolicy(EncryptionPolicy),
 }
 
 impl fmt::Display for WireError {
@@ -106,6 +118,20 @@ impl fmt::Display for WireError {
             WireError::Frame(e) => write!(f, "peer protocol error: {e}"),
             WireError::Closed => write!(f, "peer closed the connection"),
             WireError::ClosedMidFrame => write!(f, "peer closed the connection mid-message"),
+            WireError::Encryption(e) => write!(f, "MSE/PE handshake failed: {e}"),
+            WireError::EncryptionRequired => f.write_str(ENCRYPTION_REQUIRED_MSG),
+            WireError::RefusedByPolicy(p) => write!(
+                f,
+                "refused an incoming {} handshake (--encryption {})",
+                if *p == EncryptionPolicy::Require {
+                    "plain"
+                } else {
+                    "encrypted"
+                },
+                clap::ValueEnum::to_possible_value(p)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            ),
         }
     }
 }
@@ -116,6 +142,7 @@ impl std::error::Error for WireError {
             WireError::Io(e) => Some(e),
             WireError::Handshake(e) => Some(e),
             WireError::Frame(e) => Some(e),
+            WireError::Encryption(e) => Some(e),
             _ => None,
         }
     }

@@ -20,6 +20,7 @@ pub mod handshake;
 pub mod message;
 pub mod mse;
 pub mod mse_io;
+pub mod negotiate;
 pub mod pex;
 pub mod transport;
 pub mod ut_metadata;
@@ -31,12 +32,14 @@ pub use conn::{
     PeerConn, PeerReader, PeerWriter, Phase, WireConfig, WireError, check_peer_allowed, connect,
     connect_from, handshake_incoming, handshake_outgoing, refused_connects,
 };
+pub use enc_policy::EncryptionPolicy;
 pub use ext::{EXT_HANDSHAKE_ID, ExtError, ExtHandshake, OUR_UT_METADATA_ID, UT_METADATA};
 pub use handshake::{HANDSHAKE_LEN, Handshake, HandshakeError, generate_peer_id};
 pub use message::{BLOCK_SIZE, DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message};
+pub use negotiate::{CryptoCounts, accept_incoming, crypto_counts, open_outgoing};
 pub use transport::{
-    PeerReadHalf, PeerStream, PeerWriteHalf, TransportCounts, TransportKind, Transports,
-    connect_peer, note_accepted, transport_counts,
+    PeerReadHalf, PeerStream, PeerWriteHalf, StreamCrypto, TransportCounts, TransportKind,
+    Transports, connect_peer, note_accepted, transport_counts,
 };
 pub use ut_metadata::{
     MAX_METADATA_SIZE, METADATA_BLOCK, MetadataError, MetadataMsg, metadata_block_len,

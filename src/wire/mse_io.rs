@@ -87,6 +87,23 @@ impl<R> Rc4Reader<R> {
     }
 }
 
+impl<R> Rc4Reader<R> {
+    /// Installs (or removes) the cipher for everything read from the socket from now on.
+    pub fn set_cipher(&mut self, cipher: Option<Rc4>) {
+        self.cipher = cipher;
+    }
+
+    /// Puts already-decrypted bytes back in front of what is still unread.
+    pub fn unread(&mut self, mut bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        bytes.extend_from_slice(&self.prefix[self.pos..]);
+        self.prefix = bytes;
+        self.pos = 0;
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncRead for Rc4Reader<R> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -135,6 +152,15 @@ impl<W> Rc4Writer<W> {
             staged: Vec::new(),
             sent: 0,
         }
+    }
+}
+
+impl<W> Rc4Writer<W> {
+    /// Installs (or removes) the cipher for everything written from now on. Only between
+    /// writes: nothing may be staged under the old one.
+    pub fn set_cipher(&mut self, cipher: Option<Rc4>) {
+        debug_assert!(self.staged.is_empty(), "cipher changed with bytes staged");
+        self.cipher = cipher;
     }
 }
 

@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::conn::{Phase, WireError, check_peer_allowed, connect_from};
+use super::mse::{Method, MseOutcome};
+use super::mse_io::{Rc4Reader, Rc4Writer};
 use crate::dht::allow::AllowList;
 
 /// Which transport carries a connection (for logs and metrics).
@@ -38,64 +40,141 @@ impl fmt::Display for TransportKind {
     }
 }
 
-/// A byte stream to a peer over TCP or uTP.
-pub enum PeerStream {
+/// The raw transport under a [`PeerStream`].
+enum Raw {
     Tcp(TcpStream),
     Utp(UtpStream),
 }
 
+/// A byte stream to a peer over TCP or uTP, plaintext or (after an MSE/PE handshake) RC4.
+///
+/// Held as two halves from the start, each behind an RC4 adapter that is a plain
+/// pass-through until [`PeerStream::set_encryption`] installs a cipher: so the handshake
+/// code, the message codec and the split reader/writer tasks all see plaintext whatever
+/// the method, and a plaintext connection pays one branch per read or write.
+pub struct PeerStream {
+    kind: TransportKind,
+    crypto: StreamCrypto,
+    read: Rc4Reader<RawRead>,
+    write: Rc4Writer<RawWrite>,
+}
+
+/// What the bytes of a connection look like on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamCrypto {
+    /// No MSE handshake: a plain BitTorrent connection.
+    Plain,
+    /// MSE handshake, then plaintext (crypto_select = 0x01): obfuscated header only.
+    MsePlaintext,
+    /// MSE handshake, then RC4 both ways.
+    Rc4,
+}
+
+impl fmt::Display for StreamCrypto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StreamCrypto::Plain => "plain",
+            StreamCrypto::MsePlaintext => "mse-plaintext",
+            StreamCrypto::Rc4 => "rc4",
+        })
+    }
+}
+
 impl fmt::Debug for PeerStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerStream({})", self.kind())
+        write!(f, "PeerStream({}, {})", self.kind, self.crypto)
+    }
+}
+
+impl From<Raw> for PeerStream {
+    fn from(raw: Raw) -> Self {
+        let (kind, r, w) = match raw {
+            Raw::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (TransportKind::Tcp, RawRead::Tcp(r), RawWrite::Tcp(w))
+            }
+            Raw::Utp(s) => {
+                let (r, w) = s.split();
+                (TransportKind::Utp, RawRead::Utp(r), RawWrite::Utp(w))
+            }
+        };
+        PeerStream {
+            kind,
+            crypto: StreamCrypto::Plain,
+            read: Rc4Reader::new(r, None, Vec::new()),
+            write: Rc4Writer::new(w, None),
+        }
     }
 }
 
 impl From<TcpStream> for PeerStream {
     fn from(s: TcpStream) -> Self {
-        PeerStream::Tcp(s)
+        Raw::Tcp(s).into()
     }
 }
 
 impl From<UtpStream> for PeerStream {
     fn from(s: UtpStream) -> Self {
-        PeerStream::Utp(s)
+        Raw::Utp(s).into()
     }
 }
 
 impl PeerStream {
     pub fn kind(&self) -> TransportKind {
-        match self {
-            PeerStream::Tcp(_) => TransportKind::Tcp,
-            PeerStream::Utp(_) => TransportKind::Utp,
-        }
+        self.kind
+    }
+
+    /// Plain, or which method an MSE handshake chose.
+    pub fn crypto(&self) -> StreamCrypto {
+        self.crypto
+    }
+
+    /// Bytes already read off the socket (while sniffing the first bytes, or past the end
+    /// of an MSE handshake) to be read again before the socket: they were consumed by the
+    /// caller but belong to what follows.
+    pub fn unread(&mut self, bytes: Vec<u8>) {
+        self.read.unread(bytes);
+    }
+
+    /// Switches to what a completed MSE handshake chose: RC4 both ways (positioned after
+    /// the handshake's own bytes) or plaintext, with `outcome.initial_payload` read first.
+    pub fn set_encryption(&mut self, outcome: MseOutcome) {
+        self.crypto = match outcome.method {
+            Method::Rc4 => StreamCrypto::Rc4,
+            Method::Plain => StreamCrypto::MsePlaintext,
+        };
+        let (enc, dec) = match outcome.ciphers {
+            Some(c) if outcome.method == Method::Rc4 => (Some(c.enc), Some(c.dec)),
+            _ => (None, None),
+        };
+        self.read.set_cipher(dec);
+        self.read.unread(outcome.initial_payload);
+        self.write.set_cipher(enc);
     }
 
     /// Splits into halves owned by separate tasks; neither transport needs a lock for it.
     pub fn into_split(self) -> (PeerReadHalf, PeerWriteHalf) {
-        match self {
-            PeerStream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (PeerReadHalf::Tcp(r), PeerWriteHalf::Tcp(w))
-            }
-            PeerStream::Utp(s) => {
-                let (r, w) = s.split();
-                (PeerReadHalf::Utp(r), PeerWriteHalf::Utp(w))
-            }
-        }
+        (PeerReadHalf(self.read), PeerWriteHalf(self.write))
     }
 }
 
-/// The read half of a [`PeerStream`].
-pub enum PeerReadHalf {
+/// The raw read half of a transport.
+enum RawRead {
     Tcp(OwnedReadHalf),
     Utp(UtpStreamReadHalf),
 }
 
-/// The write half of a [`PeerStream`].
-pub enum PeerWriteHalf {
+/// The raw write half of a transport.
+enum RawWrite {
     Tcp(OwnedWriteHalf),
     Utp(UtpStreamWriteHalf),
 }
+
+/// The read half of a [`PeerStream`] (decrypting, if the stream is RC4).
+pub struct PeerReadHalf(Rc4Reader<RawRead>);
+
+/// The write half of a [`PeerStream`] (encrypting, if the stream is RC4).
+pub struct PeerWriteHalf(Rc4Writer<RawWrite>);
 
 impl fmt::Debug for PeerReadHalf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,58 +188,90 @@ impl fmt::Debug for PeerWriteHalf {
     }
 }
 
-macro_rules! delegate_read {
-    ($t:ty) => {
-        impl AsyncRead for $t {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-                    Self::Utp(s) => Pin::new(s).poll_read(cx, buf),
-                }
-            }
+impl AsyncRead for RawRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            RawRead::Utp(s) => Pin::new(s).poll_read(cx, buf),
         }
-    };
+    }
+}
+
+impl AsyncWrite for RawWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            RawWrite::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            RawWrite::Utp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawWrite::Tcp(s) => Pin::new(s).poll_flush(cx),
+            RawWrite::Utp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawWrite::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            RawWrite::Utp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncRead for PeerReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
 }
 
 macro_rules! delegate_write {
-    ($t:ty) => {
+    ($t:ty, $($field:tt)+) => {
         impl AsyncWrite for $t {
             fn poll_write(
                 self: Pin<&mut Self>,
                 cx: &mut Context<'_>,
                 buf: &[u8],
             ) -> Poll<io::Result<usize>> {
-                match self.get_mut() {
-                    Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-                    Self::Utp(s) => Pin::new(s).poll_write(cx, buf),
-                }
+                Pin::new(&mut self.get_mut().$($field)+).poll_write(cx, buf)
             }
 
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    Self::Tcp(s) => Pin::new(s).poll_flush(cx),
-                    Self::Utp(s) => Pin::new(s).poll_flush(cx),
-                }
+                Pin::new(&mut self.get_mut().$($field)+).poll_flush(cx)
             }
 
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-                    Self::Utp(s) => Pin::new(s).poll_shutdown(cx),
-                }
+                Pin::new(&mut self.get_mut().$($field)+).poll_shutdown(cx)
             }
         }
     };
 }
 
-delegate_read!(PeerStream);
-delegate_read!(PeerReadHalf);
-delegate_write!(PeerStream);
-delegate_write!(PeerWriteHalf);
+delegate_write!(PeerStream, write);
+delegate_write!(PeerWriteHalf, 0);
 
 static TCP_CONNECTS: AtomicU64 = AtomicU64::new(0);
 static UTP_CONNECTS: AtomicU64 = AtomicU64::new(0);
@@ -250,7 +361,7 @@ async fn connect_utp(
     match tokio::time::timeout(connect_timeout, sock.connect(addr)).await {
         Err(_) => Err(WireError::Timeout(Phase::Connect)),
         Ok(Err(e)) => Err(WireError::Io(io::Error::other(format!("utp: {e}")))),
-        Ok(Ok(s)) => Ok(PeerStream::Utp(s)),
+        Ok(Ok(s)) => Ok(PeerStream::from(s)),
     }
 }
 
@@ -272,7 +383,7 @@ pub async fn connect_peer(
     let tcp = async {
         connect_from(addr, local, allow, connect_timeout)
             .await
-            .map(PeerStream::Tcp)
+            .map(PeerStream::from)
     };
     let res = match (utp, transports.tcp) {
         (None, false) => Err(WireError::Io(io::Error::other(

@@ -14,6 +14,7 @@ use trackerless::dht::bootstrap;
 use trackerless::dht::driver::DhtConfig;
 use trackerless::dht::limits::RateLimit;
 use trackerless::dht::node;
+use trackerless::wire::EncryptionPolicy;
 
 /// Peer-connection flags of the commands that talk to peers (dht-get, dht-seed).
 #[derive(Debug, Clone, Args)]
@@ -36,6 +37,14 @@ pub struct TransportArgs {
     /// port number, but refuses connections).
     #[arg(long)]
     pub no_tcp: bool,
+    /// MSE/PE (BitTorrent protocol encryption), both directions. `default`: accept plain
+    /// and encrypted; connect plain first and, if the peer hangs up during the handshake,
+    /// once more encrypted (libtorrent's default). `prefer`: connect encrypted first
+    /// (offering RC4 or plaintext after the handshake), plain once more if refused.
+    /// `require`: RC4 only, both directions; plain peers are refused. `disable`: plain
+    /// only; incoming encrypted handshakes are refused.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = EncryptionPolicy::Default)]
+    pub encryption: EncryptionPolicy,
 }
 
 /// Flags every DHT-speaking command takes.
@@ -254,6 +263,10 @@ pub async fn bind_peer_listener(
             max_connections: usize::from(max_peers),
             utp: !transport.no_utp,
             tcp: !transport.no_tcp,
+            wire: trackerless::wire::WireConfig {
+                encryption: transport.encryption,
+                ..trackerless::metadata::ServeConfig::default().wire
+            },
             ..trackerless::metadata::ServeConfig::default()
         },
     )
