@@ -400,6 +400,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         dht_port: Some(dht.local_addr().port()),
         seed: cli.seed,
         upload_rate: cli.upload_rate,
+        pex: !cli.peer.no_pex,
         resume,
         ..SessionConfig::default()
     };
@@ -486,9 +487,18 @@ async fn watch_progress(session: &Session, lines: &mut ProgressDisplay, seeding:
         }
     };
     tokio::pin!(done);
+    let mut pex_counts = trackerless::wire::pex::PexCounts::default();
     loop {
         tokio::select! {
-            _ = tick.tick() => lines.update(&session.progress()),
+            _ = tick.tick() => {
+                // PEX activity (messages in and out, peers learnt), printed when it changes.
+                let pex_now = trackerless::wire::pex::pex_counts();
+                if pex_now != pex_counts {
+                    pex_counts = pex_now;
+                    lines.println(&pex_now.to_string());
+                }
+                lines.update(&session.progress());
+            }
             _ = &mut done => {
                 lines.update(&session.progress());
                 return false;

@@ -233,6 +233,7 @@ async fn run(
         seed: true,
         assume_complete: true,
         upload_rate: cli.upload_rate,
+        pex: !cli.peer.no_pex,
         ..SessionConfig::default()
     };
     let session = match Session::start(raw, &root, Mode::ReadOnly, cfg) {
@@ -266,6 +267,7 @@ async fn run(
     let signal = cli::shutdown_signal();
     tokio::pin!(signal);
     let mut counts = trackerless::wire::TransportCounts::default();
+    let mut pex_counts = trackerless::wire::pex::PexCounts::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -278,6 +280,12 @@ async fn run(
                         "peer connections: tcp in {} out {}, utp in {} out {}",
                         now.tcp_in, now.tcp_out, now.utp_in, now.utp_out
                     ));
+                }
+                // PEX activity likewise (messages in and out, peers learnt).
+                let pex_now = trackerless::wire::pex::pex_counts();
+                if pex_now != pex_counts {
+                    pex_counts = pex_now;
+                    lines.println(&pex_now.to_string());
                 }
                 let p = session.progress();
                 lines.update(&p);

@@ -31,7 +31,9 @@ pub use conn::{
     PeerConn, PeerReader, PeerWriter, Phase, WireConfig, WireError, check_peer_allowed, connect,
     connect_from, handshake_incoming, handshake_outgoing, refused_connects,
 };
-pub use ext::{EXT_HANDSHAKE_ID, ExtError, ExtHandshake, OUR_UT_METADATA_ID, UT_METADATA};
+pub use ext::{
+    EXT_HANDSHAKE_ID, ExtError, ExtHandshake, OUR_UT_METADATA_ID, OUR_UT_PEX_ID, UT_METADATA,
+};
 pub use handshake::{HANDSHAKE_LEN, Handshake, HandshakeError, generate_peer_id};
 pub use message::{BLOCK_SIZE, DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message};
 pub use transport::{
