@@ -491,20 +491,26 @@ async fn watch_progress(session: &Session, lines: &mut ProgressDisplay, seeding:
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                // PEX activity (messages in and out, peers learnt), printed when it changes.
-                let pex_now = trackerless::wire::pex::pex_counts();
-                if pex_now != pex_counts {
-                    pex_counts = pex_now;
-                    lines.println(&pex_now.to_string());
-                }
+                show_pex(&mut pex_counts, lines);
                 lines.update(&session.progress());
             }
             _ = &mut done => {
+                show_pex(&mut pex_counts, lines);
                 lines.update(&session.progress());
                 return false;
             }
             _ = &mut signal => return true,
         }
+    }
+}
+
+/// Prints the PEX counters (messages in and out, peers learnt) when they changed since
+/// `last`.
+fn show_pex(last: &mut trackerless::wire::pex::PexCounts, lines: &ProgressDisplay) {
+    let now = trackerless::wire::pex::pex_counts();
+    if now != *last {
+        *last = now;
+        lines.println(&now.to_string());
     }
 }
 
