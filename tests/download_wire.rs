@@ -736,3 +736,35 @@ async fn no_pex_advertises_and_sends_nothing() {
     drop((p, dl, seeder));
     net.shutdown().await;
 }
+
+/// A private torrent (BEP 27 `private=1`) never speaks PEX, even with PEX on: no `ut_pex`
+/// in the extension handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_torrents_do_not_advertise_pex() {
+    let net = testnet(146, 4).await;
+    let (src, mut info, _) = pex_torrent("private.bin", 1, 10);
+    // Single-file info dict keys: length, name, piece length, pieces; `private` sorts last.
+    assert_eq!(info.pop(), Some(b'e'));
+    info.extend_from_slice(b"7:privatei1ee");
+    let ih = info_hash(&info);
+    let seeder = Peer::start(
+        v4(127, 146, 10, 1),
+        &[net.addr(0)],
+        &info,
+        src.path(),
+        Mode::ReadOnly,
+        |c| {
+            c.seed = true;
+            c.assume_complete = true;
+            assert!(c.pex, "PEX is on by default");
+        },
+    )
+    .await;
+    assert!(seeder.session.info().private);
+    let mut p = scripted_peer(v4(127, 146, 10, 2), seeder.addr(), ih).await;
+    let theirs = ext_handshake_of(&mut p).await;
+    assert_eq!(theirs.m.get(UT_PEX), None, "{theirs:?}");
+    assert!(theirs.ext_id(trackerless::wire::UT_METADATA).is_some());
+    drop((p, seeder));
+    net.shutdown().await;
+}
