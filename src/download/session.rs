@@ -4,8 +4,9 @@
 //! Peer connections are tasks (`super::peer`) that share the torrent's state behind one
 //! mutex: the hot path (a block arrives, the pipeline is refilled) takes it briefly without
 //! a round trip through another task. Everything periodic or torrent-wide runs in the
-//! session task: connecting to candidates as the DHT streams them (bounded number of
-//! connections and of connection attempts), accepting handed-off incoming connections,
+//! session task: connecting to candidates as the DHT (and peers' BEP 11 PEX messages)
+//! stream them (bounded number of connections and of connection attempts), accepting
+//! handed-off incoming connections,
 //! hash-check results from the disk threads (`have` broadcasts, bans), the 10 s choking
 //! round, the slow-peer sweep, and batched resume-record saves.
 //!
