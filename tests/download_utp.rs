@@ -9,19 +9,15 @@
 mod common;
 mod dl_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
-use dl_support::{make_file, run_dht_get, testnet};
+use dl_support::{Seeder, make_file, run_dht_get, start_seeder, testnet};
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::Testnet;
 
-const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
 const SIZE: usize = 64 << 20;
 
 /// A libtorrent session on `ip` (with lt_node.py `flags`) that knows a few testnet nodes.
@@ -40,82 +36,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
         return false;
     };
     x == y
-}
-
-/// A running `dht-seed` and every stdout line it printed so far.
-struct Seeder {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    magnet: String,
-}
-
-impl Drop for Seeder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_seeder(net: &Testnet, file: &Path, data: &Path, ip: &str) -> Seeder {
-    let mut child = Command::new(SEED)
-        .arg(file)
-        .args([
-            "--bind",
-            &format!("{ip}:0"),
-            "--bootstrap",
-            &net.addr(0).to_string(),
-            "--allow-net",
-            "127.0.0.0/8",
-            "--no-subnet-limit",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    let magnet = tokio::task::spawn_blocking(move || {
-        let mut it = BufReader::new(stdout).lines();
-        let first = it.next().and_then(Result::ok).unwrap_or_default();
-        // Keep draining (and recording) so the seeder never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for l in it.map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
-        first
-    })
-    .await
-    .unwrap();
-    assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
-    Seeder {
-        child,
-        lines,
-        magnet,
-    }
-}
-
-impl Seeder {
-    fn info_hash(&self) -> String {
-        self.magnet["magnet:?xt=urn:btih:".len()..][..40].to_string()
-    }
-
-    /// The last "peer connections: tcp in A out B, utp in C out D" line, as [A, B, C, D].
-    fn transport_counts(&self) -> Option<[u64; 4]> {
-        let lines = self.lines.lock().unwrap();
-        let l = lines
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("peer connections: "))?;
-        let nums: Vec<u64> = l
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        nums.try_into().ok()
-    }
 }
 
 /// libtorrent (`flags`) downloads 64 MiB from `dht-seed`; returns the seeder and the time.

@@ -12,7 +12,10 @@
 //!   allowed-fast set, serves allowed-fast pieces while choking and rejects other requests;
 //!   the downloader opens with `have_none`, requests only allowed-fast pieces while choked,
 //!   asks again for a rejected block, and a peer that sends Fast messages without the bit
-//!   is dropped.
+//!   is dropped;
+//! - BEP 11: a peer named only in a `ut_pex` message is dialed; each `ut_pex` peer is told
+//!   the others (listen addresses, flags), never itself; with PEX off nothing is advertised
+//!   or sent.
 //!
 //! Requests are answered in order, so "X was not served" is checked without sleeping: a
 //! marker request sent after X arrives, and X did not come before it.
@@ -29,6 +32,8 @@ use bytes::Bytes;
 use dl_support::{Peer, content, testnet, torrent_of, v4};
 use trackerless::dht::allow::AllowList;
 use trackerless::download::{Mode, Phase};
+use trackerless::wire::ExtHandshake;
+use trackerless::wire::pex::{PEX_FIRST_DELAY, PexMsg, UT_PEX, flags, pex_counts};
 use trackerless::wire::{
     EXT_HANDSHAKE_ID, Handshake, Message, PeerConn, WireConfig, connect_from, generate_peer_id,
     handshake_outgoing,
@@ -538,8 +543,8 @@ async fn fast_seeder_opens_with_have_all_serves_allowed_fast_and_rejects_the_res
     std::fs::write(&file, &data).unwrap();
     let info = torrent_of(&file, Some(u64::from(SMALL)));
     let ih = info_hash(&info);
-    let seeder = Peer::seeder(v4(127, 146, 7, 1), &[net.addr(0)], &info, src.path()).await;
-    let ip = v4(127, 146, 7, 2);
+    let seeder = Peer::seeder(v4(127, 146, 11, 1), &[net.addr(0)], &info, src.path()).await;
+    let ip = v4(127, 146, 11, 2);
     let mut p = scripted_fast_peer(ip, seeder.addr(), ih).await;
     assert_eq!(next(&mut p).await, Message::HaveAll, "have_all comes first");
     let expected = trackerless::wire::fast::allowed_fast_set(
@@ -619,7 +624,7 @@ async fn fast_downloader_fetches_allowed_fast_pieces_while_choked_and_retries_re
     let ih = info_hash(&info);
     let out = tempfile::tempdir().unwrap();
     let dl = Peer::start(
-        v4(127, 146, 7, 3),
+        v4(127, 146, 11, 3),
         &[net.addr(1)],
         &info,
         out.path(),
@@ -631,7 +636,7 @@ async fn fast_downloader_fetches_allowed_fast_pieces_while_choked_and_retries_re
         dl.session.phase() == Phase::Downloading
     })
     .await;
-    let mut p = scripted_fast_peer(v4(127, 146, 7, 4), dl.addr(), ih).await;
+    let mut p = scripted_fast_peer(v4(127, 146, 11, 4), dl.addr(), ih).await;
     assert_eq!(
         next(&mut p).await,
         Message::HaveNone,
@@ -719,5 +724,264 @@ async fn fast_downloader_fetches_allowed_fast_pieces_while_choked_and_retries_re
         std::fs::read(out.path().join("fast-downloader.bin")).unwrap(),
         data
     );
+    net.shutdown().await;
+}
+
+/// The extension handshake a session opens with (after its bitfield, if any).
+async fn ext_handshake_of(c: &mut Conn) -> ExtHandshake {
+    loop {
+        if let Message::Extended {
+            id: EXT_HANDSHAKE_ID,
+            payload,
+        } = next(c).await
+        {
+            return ExtHandshake::decode(&payload).unwrap();
+        }
+    }
+}
+
+/// Our extension handshake advertising `ut_pex` on `pex_id`, with listen port `p`.
+fn pex_handshake(p: u16, pex_id: u8) -> Message {
+    let mut hs = ExtHandshake::ours(Some(p), None);
+    hs.m.insert(UT_PEX.to_owned(), pex_id);
+    hs.to_message()
+}
+
+/// The next `ut_pex` message (sent to `pex_id`), within `GENEROUS`.
+async fn next_pex(c: &mut Conn, pex_id: u8) -> PexMsg {
+    let deadline = tokio::time::Instant::now() + GENEROUS;
+    loop {
+        let m = tokio::time::timeout_at(deadline, next(c))
+            .await
+            .expect("no ut_pex message in time");
+        if let Message::Extended { id, payload } = m
+            && id == pex_id
+        {
+            return PexMsg::decode(&payload).unwrap();
+        }
+    }
+}
+
+/// A single-file torrent of `pieces` pieces in a fresh directory.
+fn pex_torrent(name: &str, pieces: usize, seed: u64) -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join(name);
+    let data = content(pieces * PIECE as usize, seed);
+    std::fs::write(&file, &data).unwrap();
+    let info = torrent_of(&file, Some(u64::from(PIECE)));
+    (src, info, data)
+}
+
+/// BEP 11 receive side: a downloader whose only way to the seeder is a scripted peer's
+/// `ut_pex` message dials the seeder named there and completes. The seeder's session has no
+/// DHT (it never announces), so neither the DHT nor anything else names it. A second
+/// message right after the first is ignored as a flood and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pex_names_a_seeder_the_dht_never_saw() {
+    let net = testnet(146, 4).await;
+    let (src, info, data) = pex_torrent("pex.bin", 2, 8);
+    let ih = info_hash(&info);
+    let seeder = Peer::start(
+        v4(127, 146, 7, 1),
+        &[net.addr(0)],
+        &info,
+        src.path(),
+        Mode::ReadOnly,
+        |c| {
+            c.seed = true;
+            c.assume_complete = true;
+            c.dht = None;
+        },
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let dl = Peer::start(
+        v4(127, 146, 7, 2),
+        &[net.addr(1)],
+        &info,
+        out.path(),
+        Mode::ReadWrite,
+        |_| {},
+    )
+    .await;
+    // Connections that arrive during the start-up check are refused; wait it out.
+    wait_until("the start-up check to end", GENEROUS, async || {
+        dl.session.phase() == Phase::Downloading
+    })
+    .await;
+    let mut p = scripted_peer(v4(127, 146, 7, 3), dl.addr(), ih).await;
+    let theirs = ext_handshake_of(&mut p).await;
+    let pex_id = theirs
+        .ext_id(UT_PEX)
+        .expect("the downloader advertises ut_pex");
+    let SocketAddr::V4(s) = seeder.addr() else {
+        panic!("v4 seeder")
+    };
+    let mut one = Vec::new();
+    PexMsg {
+        added: vec![(s, flags::SEED)],
+        dropped: vec![],
+    }
+    .encode_into(&mut one);
+    let before = pex_counts();
+    send(
+        &mut p,
+        &[
+            pex_handshake(7003, 1),
+            Message::Extended {
+                id: pex_id,
+                payload: Bytes::from(one.clone()),
+            },
+            Message::Extended {
+                id: pex_id,
+                payload: Bytes::from(one),
+            },
+        ],
+    )
+    .await;
+    dl.wait_complete(GENEROUS).await;
+    assert_eq!(std::fs::read(out.path().join("pex.bin")).unwrap(), data);
+    let after = pex_counts();
+    assert!(after.msgs_in > before.msgs_in, "{before:?} {after:?}");
+    assert!(after.ignored_flood > before.ignored_flood, "{after:?}");
+    assert!(after.peers_learned > before.peers_learned, "{after:?}");
+    drop(p);
+    drop(seeder);
+    net.shutdown().await;
+}
+
+/// A seeder limited to 64 KiB/s (so downloaders stay connected for a while) that announces
+/// to `net`, and a downloader (`pex` on or off) connected to it through the DHT.
+async fn slow_swarm(
+    net: &trackerless::sim::testnet::Testnet,
+    third: u8,
+    pex: bool,
+) -> (Peer, Peer, [u8; 20], Vec<tempfile::TempDir>) {
+    let (src, info, _) = pex_torrent("slow.bin", 4, 9);
+    let ih = info_hash(&info);
+    let seeder = Peer::start(
+        v4(127, 146, third, 1),
+        &[net.addr(0)],
+        &info,
+        src.path(),
+        Mode::ReadOnly,
+        |c| {
+            c.seed = true;
+            c.assume_complete = true;
+            c.upload_rate = Some(64 * 1024);
+        },
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let dl = Peer::start(
+        v4(127, 146, third, 2),
+        &[net.addr(1)],
+        &info,
+        out.path(),
+        Mode::ReadWrite,
+        |c| c.pex = pex,
+    )
+    .await;
+    wait_until("the downloader to reach the seeder", GENEROUS, async || {
+        dl.session.progress().peers >= 1
+    })
+    .await;
+    (seeder, dl, ih, vec![src, out])
+}
+
+/// BEP 11 send side: a downloader tells each `ut_pex` peer the others it is connected to,
+/// with their listen addresses (the seeder it dialed: flagged seed and reachable; an
+/// incoming scripted peer: its IP and the `p` of its extension handshake), never the
+/// recipient itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pex_tells_each_peer_the_others_but_not_itself() {
+    let net = testnet(146, 4).await;
+    let (seeder, dl, ih, _dirs) = slow_swarm(&net, 8, true).await;
+    let SocketAddr::V4(s) = seeder.addr() else {
+        panic!("v4 seeder")
+    };
+    let mut p1 = scripted_peer(v4(127, 146, 8, 3), dl.addr(), ih).await;
+    send(&mut p1, &[pex_handshake(7001, 5)]).await;
+    // p1's handshake is on its way before p2 even connects, and p2's first message goes out
+    // two seconds after p2's handshake, so it names p1.
+    wait_until("p1 to be registered", GENEROUS, async || {
+        dl.session.progress().peers >= 2
+    })
+    .await;
+    let mut p2 = scripted_peer(v4(127, 146, 8, 4), dl.addr(), ih).await;
+    send(&mut p2, &[pex_handshake(7002, 6)]).await;
+    let me1: std::net::SocketAddrV4 = "127.146.8.3:7001".parse().unwrap();
+    let me2: std::net::SocketAddrV4 = "127.146.8.4:7002".parse().unwrap();
+    let m2 = next_pex(&mut p2, 6).await;
+    assert!(
+        m2.added.iter().all(|(a, _)| *a != me2),
+        "echoed p2 to itself: {m2:?}"
+    );
+    let seed_entry = m2.added.iter().find(|(a, _)| *a == s).copied();
+    assert_eq!(
+        seed_entry,
+        Some((s, flags::SEED | flags::REACHABLE)),
+        "{m2:?}"
+    );
+    // p1 is known by its listen address (it connected in, so it is not flagged reachable).
+    assert!(m2.added.contains(&(me1, 0)), "{m2:?}");
+    let m1 = next_pex(&mut p1, 5).await;
+    assert!(m1.added.iter().all(|(a, _)| *a != me1), "{m1:?}");
+    assert!(m1.added.iter().any(|(a, _)| *a == s), "{m1:?}");
+    drop((p1, p2, dl, seeder));
+    net.shutdown().await;
+}
+
+/// With PEX off (`--no-pex`), the extension handshake has no `ut_pex` and no message goes
+/// to a peer that advertises it. Absence is observed over a window longer than the first
+/// PEX delay (plus the one-second tick that sends it) by reading every message; the test
+/// above shows the same set-up with PEX on sends within that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pex_advertises_and_sends_nothing() {
+    let net = testnet(146, 4).await;
+    let (seeder, dl, ih, _dirs) = slow_swarm(&net, 9, false).await;
+    let mut p = scripted_peer(v4(127, 146, 9, 3), dl.addr(), ih).await;
+    let theirs = ext_handshake_of(&mut p).await;
+    assert_eq!(theirs.m.get(UT_PEX), None, "{theirs:?}");
+    send(&mut p, &[pex_handshake(7009, 7)]).await;
+    let until = tokio::time::Instant::now() + PEX_FIRST_DELAY + Duration::from_secs(4);
+    while let Ok(m) = tokio::time::timeout_at(until, next(&mut p)).await {
+        if let Message::Extended { id: 7, payload } = m {
+            panic!("ut_pex sent with PEX off: {payload:?}");
+        }
+    }
+    drop((p, dl, seeder));
+    net.shutdown().await;
+}
+
+/// A private torrent (BEP 27 `private=1`) never speaks PEX, even with PEX on: no `ut_pex`
+/// in the extension handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_torrents_do_not_advertise_pex() {
+    let net = testnet(146, 4).await;
+    let (src, mut info, _) = pex_torrent("private.bin", 1, 10);
+    // Single-file info dict keys: length, name, piece length, pieces; `private` sorts last.
+    assert_eq!(info.pop(), Some(b'e'));
+    info.extend_from_slice(b"7:privatei1ee");
+    let ih = info_hash(&info);
+    let seeder = Peer::start(
+        v4(127, 146, 10, 1),
+        &[net.addr(0)],
+        &info,
+        src.path(),
+        Mode::ReadOnly,
+        |c| {
+            c.seed = true;
+            c.assume_complete = true;
+            assert!(c.pex, "PEX is on by default");
+        },
+    )
+    .await;
+    assert!(seeder.session.info().private);
+    let mut p = scripted_peer(v4(127, 146, 10, 2), seeder.addr(), ih).await;
+    let theirs = ext_handshake_of(&mut p).await;
+    assert_eq!(theirs.m.get(UT_PEX), None, "{theirs:?}");
+    assert!(theirs.ext_id(trackerless::wire::UT_METADATA).is_some());
+    drop((p, seeder));
     net.shutdown().await;
 }

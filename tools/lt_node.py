@@ -11,6 +11,7 @@ no trackers, and an IP filter that blocks peer connections to anything outside
 Usage
 -----
     python3 tools/lt_node.py --bind 127.x.y.z:PORT [--save-dir DIR] [--verbose | --quiet] [--no-utp | --no-tcp]
+                             [--no-dht] [--keep-redundant] [--no-pex]
 
 PORT must be non-zero (the ready line echoes it).  --verbose copies
 libtorrent's session/DHT logs and every DHT packet (bdecoded) to stderr.
@@ -19,6 +20,11 @@ query, so a serving benchmark measures libtorrent's DHT, not this script
 (commands that wait for DHT or torrent alerts then time out).
 --no-utp restricts peer connections to TCP (for benchmarks of TCP transfer).
 --no-tcp restricts peer connections to uTP (BEP 29 interop tests).
+--no-dht runs without a DHT at all (a peer reachable only by direct connection or PEX;
+the ready line then carries an all-zero node_id).
+--keep-redundant keeps connections libtorrent would close as redundant (both sides
+upload-only, e.g. a seed and a torrent in upload mode), for PEX tests.
+--no-pex adds every torrent with PEX disabled (it neither learns nor tells peers by PEX).
 
 Protocol
 --------
@@ -68,9 +74,15 @@ Commands (INFOHASH/TARGET = 40 hex chars; every IP argument must be in
                              -> like seed, but with libtorrent's default
                                  create_torrent flags (2.x: hybrid v1+v2 with
                                  BEP 47 pad files); info_hash is the v1 hash.
-  add_torrent_file TORRENT SAVE_DIR
+  add_torrent_file TORRENT SAVE_DIR [upload_mode]
                              -> {"ok":true,"info_hash":".."} downloads the
-                                 .torrent into SAVE_DIR (peers via add_peer).
+                                 .torrent into SAVE_DIR (peers via add_peer);
+                                 with upload_mode it never downloads (serves
+                                 metadata and what it has, i.e. nothing).
+  peer_info INFOHASH         -> {"ok":true,"peers":[{"ip":"ip:port","source":n,
+                                 "pex":bool,"outgoing":bool,"seed":bool,
+                                 "client":".."},...]} (connected peers;
+                                 source is libtorrent's peer_source bitmask)
   add_magnet MAGNET SAVE_DIR -> {"ok":true,"info_hash":".."}; trackers and web
                                  seeds in the URI are dropped. Events later:
                                  {"event":"metadata","info_hash":..,"name":..}
@@ -331,7 +343,8 @@ def jsonable(v):
     return v
 
 
-def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False):
+def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, no_dht=False,
+                   keep_redundant=False):
     cat = lt.alert.category_t
     mask = (cat.error_notification | cat.peer_notification | cat.port_mapping_notification
             | cat.storage_notification | cat.tracker_notification | cat.connect_notification
@@ -345,7 +358,7 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False):
     # Safety-critical settings go into the constructor pack (all exist in 2.x).
     core = {
         "listen_interfaces": "%s:%d" % (ip, port),
-        "enable_dht": True,
+        "enable_dht": not no_dht,
         "dht_bootstrap_nodes": "",
         "enable_lsd": False,
         "enable_upnp": False,
@@ -385,6 +398,8 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False):
         # Peer connections over TCP only (benchmarks compare TCP implementations; uTP's
         # congestion control runs far below loopback speed).
         extra += [("enable_outgoing_utp", False), ("enable_incoming_utp", False)]
+    if keep_redundant:
+        extra += [("close_redundant_connections", False)]
     if no_tcp:
         # uTP only both ways, like Transmission 3 connecting out (tests our uTP side).
         extra += [("enable_outgoing_tcp", False), ("enable_incoming_tcp", False),
@@ -393,7 +408,10 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False):
 
 
 class Node:
-    def __init__(self, ip, port, save_dir, verbose, quiet=False, no_utp=False, no_tcp=False):
+    def __init__(self, ip, port, save_dir, verbose, quiet=False, no_utp=False, no_tcp=False,
+                 no_dht=False, keep_redundant=False, no_pex=False):
+        self.no_dht = no_dht
+        self.no_pex = no_pex
         self.ip = ip
         self.port = port
         self.bind = "%s:%d" % (ip, port)
@@ -408,7 +426,8 @@ class Node:
         self.listen_ok = set()
         self.listen_ports = set()
 
-        core, extra = build_settings(ip, port, verbose, quiet, no_utp, no_tcp)
+        core, extra = build_settings(ip, port, verbose, quiet, no_utp, no_tcp, no_dht,
+                                     keep_redundant)
         self.ses = lt.session(core)
         for name, value in extra:
             try:
@@ -629,6 +648,8 @@ class Node:
         f = atp.flags
         f &= ~lt.torrent_flags.auto_managed
         f &= ~lt.torrent_flags.paused
+        if self.no_pex:
+            f |= lt.torrent_flags.disable_pex
         atp.flags = f
 
     def cmd_seed(self, args):
@@ -646,6 +667,8 @@ class Node:
         atp.save_path = save
         os.makedirs(save, exist_ok=True)
         self.add_flags(atp)
+        if len(args) > 2 and args[2] == "upload_mode":
+            atp.flags |= lt.torrent_flags.upload_mode
         ih = hexhash(ti.info_hashes().v1)
         h = self.ses.add_torrent(atp)
         self.torrents[ih] = h
@@ -703,6 +726,16 @@ class Node:
         h.connect_peer((ip, port))
         return {}
 
+    def cmd_peer_info(self, args):
+        peers = []
+        for p in self.find(args[0]).get_peer_info():
+            peers.append({"ip": ep_str(p.ip), "source": int(p.source),
+                          "pex": bool(int(p.source) & int(lt.peer_info.pex)),
+                          "outgoing": bool(int(p.flags) & int(lt.peer_info.outgoing_connection)),
+                          "seed": bool(int(p.flags) & int(lt.peer_info.seed)),
+                          "client": jsonable(p.client)})
+        return {"peers": peers}
+
     def cmd_dht_announce_torrent(self, args):
         self.find(args[0]).force_dht_announce()
         return {}
@@ -756,7 +789,7 @@ class Node:
         "add_node": 2, "status": 0, "announce": 2, "get_peers": 1, "node_id": 0,
         "get_node_table": 0, "seed": 1, "add_magnet": 2, "add_peer": 3,
         "seed_default": 1, "add_torrent_file": 2,
-        "torrent_status": 1, "dht_announce_torrent": 1, "sample_infohashes": 3,
+        "torrent_status": 1, "dht_announce_torrent": 1, "peer_info": 1, "sample_infohashes": 3,
         "put_immutable": 1, "get_immutable": 1, "ping": 0,
         "put_mutable": 2, "get_mutable": 1,
     }
@@ -818,6 +851,12 @@ def main():
                     help="peer connections over TCP only (uTP disabled both ways)")
     ap.add_argument("--no-tcp", action="store_true",
                     help="peer connections over uTP only (TCP disabled both ways)")
+    ap.add_argument("--no-dht", action="store_true",
+                    help="no DHT at all (peers only by direct connection or PEX)")
+    ap.add_argument("--keep-redundant", action="store_true",
+                    help="keep connections between two upload-only peers")
+    ap.add_argument("--no-pex", action="store_true",
+                    help="torrents ignore and send no ut_pex (torrent_flags.disable_pex)")
     ap.add_argument("--ready-timeout", type=float, default=20.0)
     opts = ap.parse_args()
 
@@ -841,7 +880,8 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
 
-    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.quiet, opts.no_utp, opts.no_tcp)
+    node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.quiet, opts.no_utp, opts.no_tcp,
+                opts.no_dht, opts.keep_redundant, opts.no_pex)
 
     deadline = time.time() + opts.ready_timeout
     try:
@@ -862,8 +902,8 @@ def run(node, port, deadline):
             return 2
         node.ready.wait(0.05)
     # The DHT starts with the session; wait until it reports running and has an id.
-    nid = None
-    while time.time() < deadline:
+    nid = "0" * 40 if node.no_dht else None
+    while nid is None and time.time() < deadline:
         if node.ses.is_dht_running():
             nid = node.node_id()
             if nid:

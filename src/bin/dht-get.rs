@@ -408,6 +408,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         dht_port: Some(dht.local_addr().port()),
         seed: cli.seed,
         upload_rate: cli.upload_rate,
+        pex: !cli.peer.no_pex,
         resume,
         ..SessionConfig::default()
     };
@@ -494,15 +495,30 @@ async fn watch_progress(session: &Session, lines: &mut ProgressDisplay, seeding:
         }
     };
     tokio::pin!(done);
+    let mut pex_counts = trackerless::wire::pex::PexCounts::default();
     loop {
         tokio::select! {
-            _ = tick.tick() => lines.update(&session.progress()),
+            _ = tick.tick() => {
+                show_pex(&mut pex_counts, lines);
+                lines.update(&session.progress());
+            }
             _ = &mut done => {
+                show_pex(&mut pex_counts, lines);
                 lines.update(&session.progress());
                 return false;
             }
             _ = &mut signal => return true,
         }
+    }
+}
+
+/// Prints the PEX counters (messages in and out, peers learnt) when they changed since
+/// `last`.
+fn show_pex(last: &mut trackerless::wire::pex::PexCounts, lines: &ProgressDisplay) {
+    let now = trackerless::wire::pex::pex_counts();
+    if now != *last {
+        *last = now;
+        lines.println(&now.to_string());
     }
 }
 

@@ -237,6 +237,7 @@ async fn run(
         seed: true,
         assume_complete: true,
         upload_rate: cli.upload_rate,
+        pex: !cli.peer.no_pex,
         ..SessionConfig::default()
     };
     let session = match Session::start(raw, &root, Mode::ReadOnly, cfg) {
@@ -273,6 +274,7 @@ async fn run(
         trackerless::wire::TransportCounts::default(),
         trackerless::wire::CryptoCounts::default(),
     );
+    let mut pex_counts = trackerless::wire::pex::PexCounts::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -291,6 +293,12 @@ async fn run(
                 if now != counts.1 {
                     counts.1 = now;
                     lines.println(&format!("peer encryption: {now}"));
+                }
+                // PEX activity likewise (messages in and out, peers learnt).
+                let pex_now = trackerless::wire::pex::pex_counts();
+                if pex_now != pex_counts {
+                    pex_counts = pex_now;
+                    lines.println(&pex_now.to_string());
                 }
                 let p = session.progress();
                 lines.update(&p);

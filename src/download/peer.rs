@@ -1,5 +1,7 @@
 //! One peer connection of a session, after the BitTorrent handshake: the message loop for
-//! both directions of piece transfer, plus BEP 9 metadata serving and BEP 5 PORT.
+//! both directions of piece transfer, plus BEP 9 metadata serving, BEP 5 PORT and BEP 11
+//! peer exchange (received addresses go to the session's candidates; ours go out at most
+//! once a minute, see [`crate::wire::pex::PexSender`]).
 //!
 //! Downloading: our interest follows exactly whether the peer has a piece we lack; while it
 //! unchokes us, a pipeline of block requests is kept full, sized from the rate the peer
@@ -36,9 +38,10 @@ use super::picker::{BLOCK, BlockRef, BlockResult, PeerKey};
 use super::session::{PeerStats, Shared, release_all, v4};
 use super::storage::ReadDone;
 use crate::metadata::answer_metadata;
+use crate::wire::pex::{self, PexEvent, PexMsg, PexRate, PexSender, UT_PEX};
 use crate::wire::{
-    EXT_HANDSHAKE_ID, ExtHandshake, Handshake, Message, OUR_UT_METADATA_ID, PeerConn, PeerWriter,
-    WireError,
+    EXT_HANDSHAKE_ID, ExtHandshake, Handshake, Message, OUR_UT_METADATA_ID, OUR_UT_PEX_ID,
+    PeerConn, PeerWriter, WireError,
 };
 
 /// Largest request we serve; BEP 3 clients ask for 16 KiB, some allow up to 128 KiB.
@@ -198,6 +201,12 @@ struct Conn {
     allowed_out: Vec<u32>,
     /// The pieces the peer lets us fetch while it chokes us (bounded by the torrent size).
     allowed_in: Vec<u32>,
+    /// BEP 11 is on for this torrent (config, and never for a private one).
+    pex_on: bool,
+    /// Spacing of the peer's PEX messages to us.
+    pex_in: PexRate,
+    /// What we tell the peer, once its extension handshake advertised `ut_pex`.
+    pex_out: Option<PexSender>,
 }
 
 /// Runs the connection until it ends, then returns its requests and availability to the
@@ -248,6 +257,9 @@ pub(super) async fn run(
         fast: theirs.supports_fast(),
         allowed_out: Vec::new(),
         allowed_in: Vec::new(),
+        pex_on: shared.cfg.pex && !shared.info.private,
+        pex_in: PexRate::default(),
+        pex_out: None,
     };
     conn.greet(&theirs);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -319,6 +331,9 @@ impl Conn {
                 ExtHandshake::ours(cfg.listen_port, Some(self.shared.info_bytes.len() as u64));
             ours.yourip = Some(self.addr.ip());
             ours.reqq = Some(MAX_QUEUED_REQUESTS as u32);
+            if self.pex_on {
+                ours.m.insert(UT_PEX.to_owned(), OUR_UT_PEX_ID);
+            }
             self.writer.queue(&ours.to_message());
         }
         if theirs.supports_dht()
@@ -495,6 +510,7 @@ impl Conn {
             } => {
                 if let Ok(hs) = ExtHandshake::decode(&payload) {
                     self.peer_ext.update(hs);
+                    self.on_ext_handshake();
                 }
             }
             Message::Extended {
@@ -508,10 +524,119 @@ impl Conn {
                     &payload,
                 );
             }
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload,
+            } if self.pex_on => self.on_pex(&payload),
             // Extensions we did not advertise, unknown ids: ignored rather than fatal.
             Message::Extended { .. } | Message::Unknown { .. } => {}
         }
         Ok(())
+    }
+
+    /// After the peer's extension handshake: an incoming peer's listen address becomes
+    /// known (its IP and `p`), so others may hear of it by PEX; and if the peer speaks
+    /// `ut_pex` (and we do), our messages to it start.
+    fn on_ext_handshake(&mut self) {
+        let mut listen = None;
+        {
+            let mut st = self.shared.lock();
+            if let Some(e) = st.peers.get_mut(&self.key) {
+                if e.listen.is_none()
+                    && let (Some(a), Some(p)) = (v4(self.addr), self.peer_ext.p)
+                {
+                    e.listen = Some(std::net::SocketAddrV4::new(*a.ip(), p));
+                }
+                listen = e.listen;
+            }
+        }
+        if self.pex_on && self.pex_out.is_none() && self.peer_ext.ext_id(UT_PEX).is_some() {
+            // Never echoing the peer to itself: its listen address is how others know it.
+            if let Some(to) = listen.or_else(|| v4(self.addr)) {
+                self.pex_out = Some(PexSender::new(to, Instant::now()));
+            }
+        }
+    }
+
+    /// BEP 11 message from the peer: its `added` peers go to the session's candidates.
+    /// One more than about a minute after the last is ignored (counted), so is a malformed
+    /// one; neither ends the connection.
+    fn on_pex(&mut self, payload: &[u8]) {
+        if !self.pex_in.accept(Instant::now()) {
+            pex::note(PexEvent::IgnoredFlood);
+            tracing::debug!(peer = %self.addr, "ignoring ut_pex: too soon after the last");
+            return;
+        }
+        let msg = match PexMsg::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                pex::note(PexEvent::Malformed);
+                tracing::debug!(peer = %self.addr, "ignoring ut_pex: {e}");
+                return;
+            }
+        };
+        pex::note(PexEvent::In);
+        tracing::debug!(
+            peer = %self.addr,
+            added = msg.added.len(),
+            dropped = msg.dropped.len(),
+            "ut_pex received"
+        );
+        let mut st = self.shared.lock();
+        let room = super::session::MAX_PEX_INBOX.saturating_sub(st.pex_inbox.len());
+        let addr = self.addr;
+        st.pex_inbox.extend(
+            msg.added
+                .iter()
+                .map(|(a, _)| SocketAddr::V4(*a))
+                .filter(|a| *a != addr)
+                .take(room),
+        );
+    }
+
+    /// Our PEX message to the peer when one is due: the connected peers whose listen
+    /// address we know, with their flags, as a change since the last message.
+    fn maybe_send_pex(&mut self, now: Instant) {
+        let Some(sender) = &mut self.pex_out else {
+            return;
+        };
+        // The peer may have switched ut_pex off with a later handshake (id 0).
+        let Some(id) = self.peer_ext.ext_id(UT_PEX) else {
+            return;
+        };
+        if !sender.due(now) {
+            return;
+        }
+        let connected: Vec<(std::net::SocketAddrV4, u8)> = {
+            let st = self.shared.lock();
+            st.peers
+                .iter()
+                .filter(|(k, _)| **k != self.key)
+                .filter_map(|(_, e)| {
+                    let seed = if e.stats.seed.load(Ordering::Relaxed) {
+                        pex::flags::SEED
+                    } else {
+                        0
+                    };
+                    e.listen.map(|a| (a, e.pex_flags | seed))
+                })
+                .collect()
+        };
+        if let Some(msg) = sender.poll(now, &connected) {
+            let mut payload = Vec::with_capacity(32 + 7 * msg.added.len());
+            msg.encode_into(&mut payload);
+            tracing::debug!(
+                peer = %self.addr,
+                added = msg.added.len(),
+                dropped = msg.dropped.len(),
+                "ut_pex sent"
+            );
+            self.send(&Message::Extended {
+                id,
+                payload: Bytes::from(payload),
+            });
+            pex::note(PexEvent::Out);
+        }
     }
 
     /// A full picture of the peer's pieces (bitfield, or BEP 6 have_all / have_none).
@@ -769,6 +894,7 @@ impl Conn {
         if now.saturating_duration_since(self.last_send) >= KEEPALIVE && pending == 0 {
             self.send(&Message::KeepAlive);
         }
+        self.maybe_send_pex(now);
         Ok(())
     }
 

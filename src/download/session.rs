@@ -4,8 +4,9 @@
 //! Peer connections are tasks (`super::peer`) that share the torrent's state behind one
 //! mutex: the hot path (a block arrives, the pipeline is refilled) takes it briefly without
 //! a round trip through another task. Everything periodic or torrent-wide runs in the
-//! session task: connecting to candidates as the DHT streams them (bounded number of
-//! connections and of connection attempts), accepting handed-off incoming connections,
+//! session task: connecting to candidates as the DHT (and peers' BEP 11 PEX messages)
+//! stream them (bounded number of connections and of connection attempts), accepting
+//! handed-off incoming connections,
 //! hash-check results from the disk threads (`have` broadcasts, bans), the 10 s choking
 //! round, the slow-peer sweep, and batched resume-record saves.
 //!
@@ -88,6 +89,9 @@ pub struct SessionConfig {
     pub save_interval: Duration,
     /// Seed for the picker's and choker's randomness.
     pub rng_seed: u64,
+    /// BEP 11 peer exchange: advertise `ut_pex`, take candidate peers from peers' messages
+    /// and tell them ours. Never used for private torrents (BEP 27) whatever this says.
+    pub pex: bool,
 }
 
 impl Default for SessionConfig {
@@ -122,6 +126,7 @@ impl Default for SessionConfig {
             resume: None,
             save_interval: Duration::from_secs(1),
             rng_seed: rand::random(),
+            pex: true,
         }
     }
 }
@@ -201,6 +206,13 @@ pub(super) struct PeerEntry {
     pub cmd: mpsc::UnboundedSender<PeerCmd>,
     pub stats: Arc<PeerStats>,
     pub connected_at: Instant,
+    /// Where the peer accepts connections, for PEX: the address we dialed, or for an
+    /// incoming peer its IP and the `p` port of its extension handshake (unknown until
+    /// then, and then never advertised).
+    pub listen: Option<SocketAddrV4>,
+    /// BEP 11 `added.f` bits known from the connection itself (uTP, outgoing); the seed
+    /// bit is added from `stats` when a message is built.
+    pub pex_flags: u8,
     last_down: u64,
     last_up: u64,
     down_rate: f64,
@@ -217,7 +229,14 @@ pub(super) struct State {
     pub suspects: HashMap<u32, (Vec<PeerKey>, Vec<u32>)>,
     /// Which connection each key was (for blame after it left).
     pub key_ip: HashMap<PeerKey, IpAddr>,
+    /// Addresses from peers' BEP 11 messages, waiting for the session loop to offer them
+    /// as candidates (with the ban, self and allow-list checks, dedup and connection
+    /// limits of DHT peers). Bounded by [`MAX_PEX_INBOX`].
+    pub pex_inbox: Vec<SocketAddr>,
 }
+
+/// PEX-learnt addresses held between two rounds of the session loop; more are dropped.
+pub(super) const MAX_PEX_INBOX: usize = 200;
 
 /// What the session and its peer tasks share.
 pub(super) struct Shared {
@@ -262,7 +281,9 @@ pub(super) fn upload_bucket(rate: u64, now: Instant) -> TokenBucket {
 
 enum SessionCmd {
     AddPeers(Vec<SocketAddr>),
-    Incoming(PeerStream, SocketAddr, Handshake),
+    /// Boxed: a stream is a few hundred bytes and this channel mostly carries small
+    /// commands.
+    Incoming(Box<PeerStream>, SocketAddr, Handshake),
     Stop(oneshot::Sender<()>),
 }
 
@@ -285,7 +306,9 @@ impl fmt::Debug for SessionCmd {
 
 impl PeerHandoff for SessionHandoff {
     fn hand_off(&self, stream: PeerStream, peer: SocketAddr, theirs: Handshake) {
-        let _ = self.tx.send(SessionCmd::Incoming(stream, peer, theirs));
+        let _ = self
+            .tx
+            .send(SessionCmd::Incoming(Box::new(stream), peer, theirs));
     }
 }
 
@@ -344,6 +367,7 @@ impl Session {
                 peers: HashMap::new(),
                 suspects: HashMap::new(),
                 key_ip: HashMap::new(),
+                pex_inbox: Vec::new(),
             }),
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
@@ -663,7 +687,7 @@ impl Runner {
                         }
                     }
                     Some(SessionCmd::Incoming(stream, addr, theirs)) => {
-                        self.accept_incoming(stream, addr, theirs);
+                        self.accept_incoming(*stream, addr, theirs);
                     }
                 },
                 Some(ev) = self.disk.recv() => {
@@ -863,6 +887,7 @@ impl Runner {
     }
 
     fn connect_more(&mut self) {
+        self.offer_pex_peers(Instant::now());
         let cfg = &self.shared.cfg;
         if self.shared.is_complete() && !cfg.seed {
             return;
@@ -899,6 +924,27 @@ impl Runner {
                 (addr, res)
             });
         }
+    }
+
+    /// Moves the addresses peer tasks learnt by PEX into the candidates, through the same
+    /// checks as DHT peers (and the allow-list here already, so none is even queued).
+    fn offer_pex_peers(&mut self, now: Instant) {
+        let learnt = std::mem::take(&mut self.shared.lock().pex_inbox);
+        if learnt.is_empty() {
+            return;
+        }
+        let mut new = 0;
+        for a in learnt {
+            if self.is_banned(a.ip()) || self.is_self(a) || !self.shared.cfg.allow.allows(a) {
+                continue;
+            }
+            if !self.candidates.known.contains_key(&a) {
+                new += 1;
+                tracing::debug!(peer = %a, "new candidate peer from PEX");
+            }
+            self.candidates.offer(a, now);
+        }
+        crate::wire::pex::note(crate::wire::pex::PexEvent::Learned(new));
     }
 
     fn connected(&mut self, addr: SocketAddr, res: Result<(PeerStream, Handshake), String>) {
@@ -946,6 +992,13 @@ impl Runner {
         self.next_key = self.next_key.wrapping_add(1);
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(PeerStats::default());
+        let utp = stream.kind() == crate::wire::TransportKind::Utp;
+        let pex_flags = if utp { crate::wire::pex::flags::UTP } else { 0 }
+            | if outgoing {
+                crate::wire::pex::flags::REACHABLE
+            } else {
+                0
+            };
         {
             let mut st = self.shared.lock();
             if st.peers.values().any(|p| p.peer_id == theirs.peer_id) {
@@ -959,6 +1012,8 @@ impl Runner {
                     cmd: tx,
                     stats: stats.clone(),
                     connected_at: Instant::now(),
+                    listen: if outgoing { v4(addr) } else { None },
+                    pex_flags,
                     last_down: 0,
                     last_up: 0,
                     down_rate: 0.0,

@@ -20,6 +20,9 @@ pub const UT_METADATA: &str = "ut_metadata";
 /// this id; it is only meaningful on our side of the connection.
 pub const OUR_UT_METADATA_ID: u8 = 1;
 
+/// The id we advertise for `ut_pex` (BEP 11), when peer exchange is on.
+pub const OUR_UT_PEX_ID: u8 = 2;
+
 /// Our client name as sent in `v`.
 pub const CLIENT_NAME: &str = concat!("trackerless ", env!("CARGO_PKG_VERSION"));
 

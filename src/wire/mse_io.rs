@@ -70,7 +70,8 @@ pub async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 /// already-decrypted initial payload). With no cipher it only serves the prefix.
 pub struct Rc4Reader<R> {
     inner: R,
-    cipher: Option<Rc4>,
+    /// Boxed: a plaintext stream (most of them) then carries a pointer, not 258 bytes.
+    cipher: Option<Box<Rc4>>,
     prefix: Vec<u8>,
     pos: usize,
 }
@@ -80,7 +81,7 @@ impl<R> Rc4Reader<R> {
     pub fn new(inner: R, cipher: Option<Rc4>, prefix: Vec<u8>) -> Self {
         Rc4Reader {
             inner,
-            cipher,
+            cipher: cipher.map(Box::new),
             prefix,
             pos: 0,
         }
@@ -90,7 +91,7 @@ impl<R> Rc4Reader<R> {
 impl<R> Rc4Reader<R> {
     /// Installs (or removes) the cipher for everything read from the socket from now on.
     pub fn set_cipher(&mut self, cipher: Option<Rc4>) {
-        self.cipher = cipher;
+        self.cipher = cipher.map(Box::new);
     }
 
     /// Puts already-decrypted bytes back in front of what is still unread.
@@ -138,7 +139,7 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// flush and shutdown drain.
 pub struct Rc4Writer<W> {
     inner: W,
-    cipher: Option<Rc4>,
+    cipher: Option<Box<Rc4>>,
     staged: Vec<u8>,
     sent: usize,
 }
@@ -148,7 +149,7 @@ impl<W> Rc4Writer<W> {
     pub fn new(inner: W, cipher: Option<Rc4>) -> Self {
         Rc4Writer {
             inner,
-            cipher,
+            cipher: cipher.map(Box::new),
             staged: Vec::new(),
             sent: 0,
         }
@@ -160,7 +161,7 @@ impl<W> Rc4Writer<W> {
     /// writes: nothing may be staged under the old one.
     pub fn set_cipher(&mut self, cipher: Option<Rc4>) {
         debug_assert!(self.staged.is_empty(), "cipher changed with bytes staged");
-        self.cipher = cipher;
+        self.cipher = cipher.map(Box::new);
     }
 }
 

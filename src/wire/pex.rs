@@ -1,11 +1,14 @@
-//! BEP 11 peer exchange (`ut_pex` over BEP 10): the message codec and the per-peer rate
-//! rules, free of sockets. Not yet wired into the download session (see the module users).
+//! BEP 11 peer exchange (`ut_pex` over BEP 10): the message codec, the per-peer rate
+//! rules and the per-peer send state ([`PexSender`]), free of sockets. The download
+//! session's peer connections (`download::peer`) drive them.
 //!
-//! Only the IPv4 lists (`added`, `added.f`, `dropped`) are read and written; IPv6 keys are
-//! ignored. Every count is bounded so a hostile peer cannot make us buffer or dial an
+//! Only the IPv4 lists (`added`, `added.f`, `dropped`) are read and written; IPv6 keys
+//! (`added6`, `dropped6`) are ignored, since our peer connections are IPv4 only. Every count is bounded so a hostile peer cannot make us buffer or dial an
 //! unbounded list, and malformed input is an error, never a panic.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::benc::{self, DictEntries};
@@ -177,15 +180,154 @@ impl PexRate {
     }
 }
 
-/// The `added` list for a message to the peer at `to`: never that peer itself (a peer
-/// learns nothing from its own address, and echoing it back leaks nothing useful either).
-pub fn added_for(to: SocketAddrV4, candidates: &[(SocketAddrV4, u8)]) -> Vec<(SocketAddrV4, u8)> {
-    candidates
-        .iter()
-        .filter(|(a, _)| *a != to)
-        .take(MAX_PEX_ENTRIES)
-        .copied()
-        .collect()
+/// How long after the extension handshake our first message to a peer waits: long enough
+/// for the connections a session opens at start to settle (so the first message is not
+/// nearly empty), short enough that a new peer learns the swarm at once (BEP 11 allows the
+/// first message right away; libtorrent sends its first within seconds too).
+pub const PEX_FIRST_DELAY: Duration = Duration::from_secs(2);
+
+/// What we send one peer: the connected peers it has been told about, so each message
+/// carries only the change (BEP 11 `added` / `dropped`), at most one message per
+/// [`PEX_INTERVAL`], never the recipient's own address, at most [`MAX_PEX_ENTRIES`] per
+/// list (the rest goes in later messages). Sans-IO: the caller passes the time and the
+/// current set of connected peers.
+#[derive(Debug, Clone)]
+pub struct PexSender {
+    to: SocketAddrV4,
+    first_at: Instant,
+    rate: PexRate,
+    /// Addresses the recipient was told are connected (added and not yet dropped).
+    told: HashSet<SocketAddrV4>,
+}
+
+impl PexSender {
+    /// Send state for the peer listening at (or connected from) `to`, whose extension
+    /// handshake (advertising `ut_pex`) arrived at `now`.
+    pub fn new(to: SocketAddrV4, now: Instant) -> Self {
+        PexSender {
+            to,
+            first_at: now + PEX_FIRST_DELAY,
+            rate: PexRate::default(),
+            told: HashSet::new(),
+        }
+    }
+
+    /// Whether a message may go out at `now` (so the caller gathers the connected peers
+    /// only then).
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.first_at
+            && self
+                .rate
+                .last_sent
+                .is_none_or(|t| now.saturating_duration_since(t) >= PEX_INTERVAL)
+    }
+
+    /// The message to send at `now`, given the peers connected now (listen address and
+    /// `added.f` flags), or `None` when it is not yet time or nothing changed. A returned
+    /// message counts as sent.
+    pub fn poll(&mut self, now: Instant, connected: &[(SocketAddrV4, u8)]) -> Option<PexMsg> {
+        if !self.due(now) {
+            return None;
+        }
+        let mut added = Vec::new();
+        let mut seen = HashSet::with_capacity(connected.len());
+        for &(a, f) in connected {
+            if a == self.to || a.port() == 0 || !seen.insert(a) {
+                continue;
+            }
+            if !self.told.contains(&a) && added.len() < MAX_PEX_ENTRIES {
+                added.push((a, f));
+            }
+        }
+        let mut dropped: Vec<SocketAddrV4> = self
+            .told
+            .iter()
+            .filter(|a| !seen.contains(a))
+            .copied()
+            .collect();
+        dropped.sort_unstable();
+        dropped.truncate(MAX_PEX_ENTRIES);
+        if added.is_empty() && dropped.is_empty() {
+            return None;
+        }
+        if !self.rate.try_send(now) {
+            return None;
+        }
+        for (a, _) in &added {
+            self.told.insert(*a);
+        }
+        for a in &dropped {
+            self.told.remove(a);
+        }
+        Some(PexMsg { added, dropped })
+    }
+}
+
+static MSGS_IN: AtomicU64 = AtomicU64::new(0);
+static MSGS_OUT: AtomicU64 = AtomicU64::new(0);
+static IGNORED_FLOOD: AtomicU64 = AtomicU64::new(0);
+static MALFORMED: AtomicU64 = AtomicU64::new(0);
+static PEERS_LEARNED: AtomicU64 = AtomicU64::new(0);
+
+/// PEX activity since start (process-wide, like
+/// [`transport_counts`](super::transport_counts)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PexCounts {
+    /// Messages received and acted on.
+    pub msgs_in: u64,
+    /// Messages sent.
+    pub msgs_out: u64,
+    /// Messages ignored for arriving too soon after the previous one from that peer.
+    pub ignored_flood: u64,
+    /// Messages that did not decode (dropped).
+    pub malformed: u64,
+    /// Addresses from received messages that were new to the session's candidates.
+    pub peers_learned: u64,
+}
+
+impl std::fmt::Display for PexCounts {
+    /// The one-line form the binaries print (and scripts and tests parse).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pex: messages in {} out {}, ignored {} too frequent {} malformed, peers learned {}",
+            self.msgs_in, self.msgs_out, self.ignored_flood, self.malformed, self.peers_learned
+        )
+    }
+}
+
+/// Snapshot of the PEX counters.
+pub fn pex_counts() -> PexCounts {
+    PexCounts {
+        msgs_in: MSGS_IN.load(Ordering::Relaxed),
+        msgs_out: MSGS_OUT.load(Ordering::Relaxed),
+        ignored_flood: IGNORED_FLOOD.load(Ordering::Relaxed),
+        malformed: MALFORMED.load(Ordering::Relaxed),
+        peers_learned: PEERS_LEARNED.load(Ordering::Relaxed),
+    }
+}
+
+/// Which counter an event bumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PexEvent {
+    In,
+    Out,
+    IgnoredFlood,
+    Malformed,
+    /// `n` new candidate addresses.
+    Learned(u64),
+}
+
+/// Counts one PEX event.
+pub fn note(ev: PexEvent) {
+    let (c, n) = match ev {
+        PexEvent::In => (&MSGS_IN, 1),
+        PexEvent::Out => (&MSGS_OUT, 1),
+        PexEvent::IgnoredFlood => (&IGNORED_FLOOD, 1),
+        PexEvent::Malformed => (&MALFORMED, 1),
+        PexEvent::Learned(n) => (&PEERS_LEARNED, n),
+    };
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -262,8 +404,64 @@ mod tests {
     }
 
     #[test]
+    fn sender_sends_the_diff_once_a_minute_never_echoing() {
+        let t0 = Instant::now();
+        let to = a(9, 9);
+        let mut s = PexSender::new(to, t0);
+        let conn = [(a(1, 1), flags::SEED), (to, 0), (a(2, 2), flags::UTP)];
+        // Not before the first delay.
+        assert!(!s.due(t0));
+        assert_eq!(s.poll(t0, &conn), None);
+        let t1 = t0 + PEX_FIRST_DELAY;
+        let m = s.poll(t1, &conn).unwrap();
+        assert_eq!(m.added, [(a(1, 1), flags::SEED), (a(2, 2), flags::UTP)]);
+        assert!(m.dropped.is_empty());
+        // A change within the minute waits for the minute.
+        let later = [(a(2, 2), flags::UTP), (a(3, 3), 0)];
+        assert_eq!(s.poll(t1 + Duration::from_secs(59), &later), None);
+        let m = s.poll(t1 + PEX_INTERVAL, &later).unwrap();
+        assert_eq!(m.added, [(a(3, 3), 0)]);
+        assert_eq!(m.dropped, [a(1, 1)]);
+        // Nothing changed: nothing sent, and the slot is not used up.
+        let t2 = t1 + 3 * PEX_INTERVAL;
+        assert_eq!(s.poll(t2, &later), None);
+        let m = s
+            .poll(t2 + Duration::from_secs(1), &[(a(3, 3), 0)])
+            .unwrap();
+        assert_eq!((m.added.len(), m.dropped.as_slice()), (0, &[a(2, 2)][..]));
+    }
+
+    #[test]
+    fn sender_caps_each_list_and_sends_the_rest_later() {
+        let t0 = Instant::now();
+        let mut s = PexSender::new(a(200, 1), t0);
+        let many: Vec<_> = (0..120u16).map(|i| (a(1, 1000 + i), 0)).collect();
+        let t1 = t0 + PEX_FIRST_DELAY;
+        let m1 = s.poll(t1, &many).unwrap();
+        assert_eq!(m1.added.len(), MAX_PEX_ENTRIES);
+        let m2 = s.poll(t1 + PEX_INTERVAL, &many).unwrap();
+        assert_eq!(m2.added.len(), MAX_PEX_ENTRIES);
+        let m3 = s.poll(t1 + 2 * PEX_INTERVAL, &many).unwrap();
+        assert_eq!(m3.added.len(), 20);
+        let mut all: Vec<_> = m1.added.iter().chain(&m2.added).chain(&m3.added).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 120);
+        // Everyone leaves: dropped is capped too.
+        let m4 = s.poll(t1 + 3 * PEX_INTERVAL, &[]).unwrap();
+        assert_eq!(m4.dropped.len(), MAX_PEX_ENTRIES);
+        assert!(m4.added.is_empty());
+    }
+
+    #[test]
     fn never_echoes_a_peer_to_itself() {
         let c = [(a(1, 1), 0), (a(2, 2), 0)];
-        assert_eq!(added_for(a(1, 1), &c), [(a(2, 2), 0)]);
+        let t0 = Instant::now();
+        let mut s = PexSender::new(a(1, 1), t0);
+        let m = s.poll(t0 + PEX_FIRST_DELAY, &c).unwrap();
+        assert_eq!(m.added, [(a(2, 2), 0)]);
+        // Only the recipient connected: nothing to say at all.
+        let mut alone = PexSender::new(a(1, 1), t0);
+        assert_eq!(alone.poll(t0 + PEX_FIRST_DELAY, &c[..1]), None);
     }
 }

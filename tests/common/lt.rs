@@ -393,6 +393,35 @@ impl LtNode {
         r["info_hash"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// `add_torrent_file TORRENT DIR upload_mode`: like [`Self::add_torrent_file`], but the
+    /// torrent never downloads (it serves the metadata, and no data since it has none).
+    #[allow(dead_code)]
+    pub async fn add_torrent_file_upload_mode(&mut self, torrent: &Path, dir: &Path) -> String {
+        let r = self
+            .command(&format!(
+                "add_torrent_file \"{}\" \"{}\" upload_mode",
+                torrent.display(),
+                dir.display()
+            ))
+            .await;
+        r["info_hash"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// `peer_info IH`: the torrent's connected peers (`ip`, `source`, `pex`, `outgoing`,
+    /// `seed`, `client`).
+    #[allow(dead_code)]
+    pub async fn peer_info(&mut self, info_hash: &str) -> Vec<Value> {
+        let r = self.command(&format!("peer_info {info_hash}")).await;
+        r["peers"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `dht_announce_torrent IH`: announces the torrent to the DHT now.
+    #[allow(dead_code)]
+    pub async fn announce_torrent(&mut self, info_hash: &str) {
+        self.command(&format!("dht_announce_torrent {info_hash}"))
+            .await;
+    }
+
     /// `add_peer IH IP PORT`: libtorrent connects to the peer for that torrent.
     #[allow(dead_code)]
     pub async fn add_peer(&mut self, info_hash: &str, peer: std::net::SocketAddr) {

@@ -320,7 +320,8 @@ pub struct GetRun {
 }
 
 /// Runs `dht-get MAGNET` bound to `bind` (an `ip:port` on 127/8), bootstrapping from
-/// `bootstrap`, sending only to 127.0.0.0/8, into a fresh output directory.
+/// `bootstrap`, sending only to 127.0.0.0/8, into a fresh output directory. The process
+/// is killed if the returned future is dropped unfinished.
 pub async fn run_dht_get(magnet: &str, bind: &str, bootstrap: &str) -> GetRun {
     let out = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -342,14 +343,13 @@ pub async fn run_dht_get(magnet: &str, bind: &str, bootstrap: &str) -> GetRun {
     .map(|s| s.to_string())
     .collect();
     let t = std::time::Instant::now();
-    let o = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dht-get"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    // Killed if this future is dropped (a test's timeout), so no run outlives its test.
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_dht-get"))
+        .args(&args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
     GetRun {
         status: o.status,
         text: format!(
@@ -360,5 +360,108 @@ pub async fn run_dht_get(magnet: &str, bind: &str, bootstrap: &str) -> GetRun {
         out,
         took: t.elapsed(),
         data,
+    }
+}
+
+/// A running `dht-seed` and every stdout line it printed so far (killed when dropped).
+pub struct Seeder {
+    child: std::process::Child,
+    pub lines: Arc<std::sync::Mutex<Vec<String>>>,
+    pub magnet: String,
+}
+
+impl Drop for Seeder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `dht-seed FILE` on `ip` (any port), bootstrapping from the testnet's first node,
+/// sending only to 127.0.0.0/8; returns once it printed its magnet.
+pub async fn start_seeder(net: &Testnet, file: &Path, data: &Path, ip: &str) -> Seeder {
+    start_seeder_with(net, file, data, ip, &[]).await
+}
+
+/// [`start_seeder`] with extra `dht-seed` flags.
+pub async fn start_seeder_with(
+    net: &Testnet,
+    file: &Path,
+    data: &Path,
+    ip: &str,
+    extra: &[&str],
+) -> Seeder {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dht-seed"))
+        .arg(file)
+        .args([
+            "--bind",
+            &format!("{ip}:0"),
+            "--bootstrap",
+            &net.addr(0).to_string(),
+            "--allow-net",
+            "127.0.0.0/8",
+            "--no-subnet-limit",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let magnet = tokio::task::spawn_blocking(move || {
+        let mut it = BufReader::new(stdout).lines();
+        let first = it.next().and_then(Result::ok).unwrap_or_default();
+        // Keep draining (and recording) so the seeder never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for l in it.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        first
+    })
+    .await
+    .unwrap();
+    assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
+    Seeder {
+        child,
+        lines,
+        magnet,
+    }
+}
+
+impl Seeder {
+    pub fn info_hash(&self) -> String {
+        self.magnet["magnet:?xt=urn:btih:".len()..][..40].to_string()
+    }
+
+    /// The last "peer connections: tcp in A out B, utp in C out D" line, as [A, B, C, D].
+    pub fn transport_counts(&self) -> Option<[u64; 4]> {
+        let lines = self.lines.lock().unwrap();
+        let l = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("peer connections: "))?;
+        let nums: Vec<u64> = l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        nums.try_into().ok()
+    }
+
+    /// The last "pex: messages in A out B, ignored C too frequent D malformed, peers
+    /// learned E" line, as [A, B, C, D, E].
+    pub fn pex_counts(&self) -> Option<[u64; 5]> {
+        let lines = self.lines.lock().unwrap();
+        let l = lines.iter().rev().find(|l| l.starts_with("pex: "))?;
+        let nums: Vec<u64> = l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        nums.try_into().ok()
     }
 }

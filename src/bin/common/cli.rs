@@ -25,6 +25,10 @@ pub struct PeerArgs {
     /// Peer connections open at once, both directions.
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=2000))]
     pub max_peers: u16,
+    /// Turn off peer exchange (BEP 11 `ut_pex`): do not advertise it, ignore peers' PEX
+    /// messages and send none. Without this flag PEX is on, except for private torrents.
+    #[arg(long)]
+    pub no_pex: bool,
 }
 
 /// Which transports peer connections use (dht-get and dht-seed).
@@ -267,7 +271,6 @@ pub async fn bind_peer_listener(
                 encryption: transport.encryption,
                 ..trackerless::metadata::ServeConfig::default().wire
             },
-            ..trackerless::metadata::ServeConfig::default()
         },
     )
     .await
