@@ -344,7 +344,7 @@ def jsonable(v):
 
 
 def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, no_dht=False,
-                   keep_redundant=False):
+                   keep_redundant=False, encryption=None):
     cat = lt.alert.category_t
     mask = (cat.error_notification | cat.peer_notification | cat.port_mapping_notification
             | cat.storage_notification | cat.tracker_notification | cat.connect_notification
@@ -400,6 +400,16 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, n
         extra += [("enable_outgoing_utp", False), ("enable_incoming_utp", False)]
     if keep_redundant:
         extra += [("close_redundant_connections", False)]
+    if encryption == "forced":
+        # MSE/PE both ways, RC4 only after the handshake: plain peers are refused, as in
+        # clients set to "encryption required".
+        extra += [("out_enc_policy", int(lt.enc_policy.pe_forced)),
+                  ("in_enc_policy", int(lt.enc_policy.pe_forced)),
+                  ("allowed_enc_level", int(lt.enc_level.pe_rc4))]
+    elif encryption == "disabled":
+        # Plain only both ways: an MSE handshake is read as garbage.
+        extra += [("out_enc_policy", int(lt.enc_policy.pe_disabled)),
+                  ("in_enc_policy", int(lt.enc_policy.pe_disabled))]
     if no_tcp:
         # uTP only both ways, like Transmission 3 connecting out (tests our uTP side).
         extra += [("enable_outgoing_tcp", False), ("enable_incoming_tcp", False),
@@ -409,7 +419,7 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, n
 
 class Node:
     def __init__(self, ip, port, save_dir, verbose, quiet=False, no_utp=False, no_tcp=False,
-                 no_dht=False, keep_redundant=False, no_pex=False):
+                 no_dht=False, keep_redundant=False, no_pex=False, encryption=None):
         self.no_dht = no_dht
         self.no_pex = no_pex
         self.ip = ip
@@ -427,7 +437,7 @@ class Node:
         self.listen_ports = set()
 
         core, extra = build_settings(ip, port, verbose, quiet, no_utp, no_tcp, no_dht,
-                                     keep_redundant)
+                                     keep_redundant, encryption)
         self.ses = lt.session(core)
         for name, value in extra:
             try:
@@ -857,6 +867,9 @@ def main():
                     help="keep connections between two upload-only peers")
     ap.add_argument("--no-pex", action="store_true",
                     help="torrents ignore and send no ut_pex (torrent_flags.disable_pex)")
+    ap.add_argument("--encryption", choices=["forced", "disabled"], default=None,
+                    help="MSE/PE: forced (RC4 only, both ways) or disabled (plain only); "
+                         "default: libtorrent's (plain first, either accepted)")
     ap.add_argument("--ready-timeout", type=float, default=20.0)
     opts = ap.parse_args()
 
@@ -881,7 +894,7 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
 
     node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.quiet, opts.no_utp, opts.no_tcp,
-                opts.no_dht, opts.keep_redundant, opts.no_pex)
+                opts.no_dht, opts.keep_redundant, opts.no_pex, opts.encryption)
 
     deadline = time.time() + opts.ready_timeout
     try:

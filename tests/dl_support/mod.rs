@@ -323,6 +323,11 @@ pub struct GetRun {
 /// `bootstrap`, sending only to 127.0.0.0/8, into a fresh output directory. The process
 /// is killed if the returned future is dropped unfinished.
 pub async fn run_dht_get(magnet: &str, bind: &str, bootstrap: &str) -> GetRun {
+    run_dht_get_with(magnet, bind, bootstrap, &[]).await
+}
+
+/// [`run_dht_get`] with extra `dht-get` flags.
+pub async fn run_dht_get_with(magnet: &str, bind: &str, bootstrap: &str, extra: &[&str]) -> GetRun {
     let out = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let args: Vec<String> = [
@@ -340,6 +345,7 @@ pub async fn run_dht_get(magnet: &str, bind: &str, bootstrap: &str) -> GetRun {
         data.path().to_str().unwrap(),
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     let t = std::time::Instant::now();
@@ -447,6 +453,23 @@ impl Seeder {
             .rev()
             .find(|l| l.starts_with("peer connections: "))?;
         let nums: Vec<u64> = l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        nums.try_into().ok()
+    }
+
+    /// The last "peer encryption: out plain A mse-plaintext B rc4 C; in plain D
+    /// mse-plaintext E rc4 F; mse failed G; refused by policy H; fallbacks I" line, as
+    /// [A, ..., I].
+    pub fn crypto_counts(&self) -> Option<[u64; 9]> {
+        let lines = self.lines.lock().unwrap();
+        let l = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("peer encryption: "))?;
+        let nums: Vec<u64> = l
+            .replace("rc4", "rc")
             .split(|c: char| !c.is_ascii_digit())
             .filter_map(|t| t.parse().ok())
             .collect();
