@@ -15,7 +15,8 @@
 //!    includes aria2's own lookup and metadata fetch; (b) the `.torrent` and a tiny HTTP
 //!    tracker (here) naming the one seeder, which isolates the transfer.
 //! 3. **1 GiB over uTP** (`--big-mib`, default 1024): `dht-get --no-tcp` from `dht-seed`
-//!    (ours, uTP both ends), `dht-get --no-utp` from the same seeder (ours, TCP), and
+//!    (ours, uTP both ends), `dht-get --no-utp` from the same seeder (ours, TCP, plain),
+//!    `dht-get --no-utp --encryption require` (ours, TCP, RC4 both ways: MSE/PE's cost), and
 //!    libtorrent with TCP disabled downloading from a libtorrent seeder with TCP disabled
 //!    (theirs, uTP both ends). `dht-get` is timed as a whole process (start, bootstrap,
 //!    lookup, metadata, pieces, exit), libtorrent from `add_magnet` as above, so the
@@ -479,16 +480,24 @@ async fn run(a: Args) {
             lt_seeder(&net, Ipv4Addr::new(127, 146, 1, 4), &["--no-tcp"], &big).await;
         let (mut u_ours, mut t_ours, mut u_theirs) = (Vec::new(), Vec::new(), Vec::new());
         let (mut cpu_u, mut cpu_t) = (Vec::new(), Vec::new());
+        let (mut t_rc4, mut cpu_rc4) = (Vec::new(), Vec::new());
         let rounds = a.rounds.min(2);
         for round in 0..=rounds {
-            let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+            let order: [u8; 4] = if round % 2 == 0 {
+                [0, 1, 3, 2]
+            } else {
+                [2, 3, 1, 0]
+            };
             for who in order {
                 let (out, ip) = fresh("big");
                 let c = match who {
-                    0 | 1 => {
+                    0 | 1 | 3 => {
                         let data = w.join(format!("big-state-{round}-{who}"));
                         let mut args = get_args(&net, &ours.magnet, &ip.to_string(), &out, &data);
                         args.push(if who == 0 { "--no-tcp" } else { "--no-utp" }.into());
+                        // 1: plain TCP; 3: the same with RC4 both ways (MSE/PE).
+                        args.push("--encryption".into());
+                        args.push(if who == 3 { "require" } else { "disable" }.into());
                         let c = tokio::task::spawn_blocking(move || run_measured(GET, &args))
                             .await
                             .expect("dht-get thread");
@@ -524,6 +533,10 @@ async fn run(a: Args) {
                         t_ours.push(c.secs);
                         cpu_t.push(c.cpu);
                     }
+                    3 => {
+                        t_rc4.push(c.secs);
+                        cpu_rc4.push(c.cpu);
+                    }
                     _ => u_theirs.push(c.secs),
                 }
             }
@@ -535,6 +548,11 @@ async fn run(a: Args) {
         row("dht-get --no-tcp ← dht-seed (uTP)", a.big_mib, &u_ours);
         row("dht-get --no-utp ← dht-seed (TCP)", a.big_mib, &t_ours);
         row(
+            "dht-get --no-utp --encryption require ← dht-seed (TCP, RC4)",
+            a.big_mib,
+            &t_rc4,
+        );
+        row(
             "libtorrent uTP only ← libtorrent uTP only",
             a.big_mib,
             &u_theirs,
@@ -545,6 +563,13 @@ async fn run(a: Args) {
             stats(&u_ours).1 / stats(&t_ours).1,
             stats(&cpu_u).1,
             stats(&cpu_t).1
+        );
+        println!(
+            "MSE/PE (median): RC4 / plain TCP time {:.2}; dht-get CPU s RC4 {:.2} vs plain {:.2}, {:.2} s more per GiB",
+            stats(&t_rc4).1 / stats(&t_ours).1,
+            stats(&cpu_rc4).1,
+            stats(&cpu_t).1,
+            (stats(&cpu_rc4).1 - stats(&cpu_t).1) * 1024.0 / a.big_mib as f64
         );
         drop(ours);
         drop(theirs_lt);
