@@ -43,6 +43,21 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
 }
 
+/// The last "peer encryption: ..." line dht-get printed, as its nine numbers (see
+/// `Seeder::crypto_counts`).
+fn crypto_line(text: &str) -> Option<[u64; 9]> {
+    let l = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("peer encryption: "))?;
+    let nums: Vec<u64> = l
+        .replace("rc4", "rc")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    nums.try_into().ok()
+}
+
 /// libtorrent seeds `file`; returns once its announce is findable in the testnet.
 async fn lt_seeding(net: &Testnet, lt: &mut LtNode, file: &Path) -> common::lt::Seeded {
     let seeded = lt.seed(file).await;
@@ -149,6 +164,15 @@ async fn dht_get_downloads_from_a_libtorrent_seeder_with_encryption_forced() {
             same_file(&file, &run.out.path().join("from-forced.bin")),
             "dht-get {extra:?}: bytes differ"
         );
+        let c = crypto_line(&run.text).unwrap_or_else(|| panic!("no counts: {}", run.text));
+        assert!(c[2] >= 1, "no outgoing RC4 connection: {c:?}");
+        assert_eq!(c[0] + c[1], 0, "a plain connection to a forced peer: {c:?}");
+        if extra.is_empty() {
+            // Plain first, refused, then encrypted: the default policy's one fallback.
+            assert!(c[8] >= 1, "no fallback counted: {c:?}");
+        } else {
+            assert_eq!(c[8], 0, "require starts encrypted: {c:?}");
+        }
     }
     lt.quit().await;
     net.shutdown().await;

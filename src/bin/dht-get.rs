@@ -495,15 +495,15 @@ async fn watch_progress(session: &Session, lines: &mut ProgressDisplay, seeding:
         }
     };
     tokio::pin!(done);
-    let mut pex_counts = trackerless::wire::pex::PexCounts::default();
+    let mut counts = Counts::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                show_pex(&mut pex_counts, lines);
+                counts.show(lines);
                 lines.update(&session.progress());
             }
             _ = &mut done => {
-                show_pex(&mut pex_counts, lines);
+                counts.show(lines);
                 lines.update(&session.progress());
                 return false;
             }
@@ -512,13 +512,27 @@ async fn watch_progress(session: &Session, lines: &mut ProgressDisplay, seeding:
     }
 }
 
-/// Prints the PEX counters (messages in and out, peers learnt) when they changed since
-/// `last`.
-fn show_pex(last: &mut trackerless::wire::pex::PexCounts, lines: &ProgressDisplay) {
-    let now = trackerless::wire::pex::pex_counts();
-    if now != *last {
-        *last = now;
-        lines.println(&now.to_string());
+/// The process-wide peer counters last printed.
+#[derive(Default)]
+struct Counts {
+    pex: trackerless::wire::pex::PexCounts,
+    crypto: trackerless::wire::CryptoCounts,
+}
+
+impl Counts {
+    /// Prints the PEX counters (messages in and out, peers learnt) and the encryption
+    /// counters (connections by method, failures, fallbacks) when they changed.
+    fn show(&mut self, lines: &ProgressDisplay) {
+        let pex = trackerless::wire::pex::pex_counts();
+        if pex != self.pex {
+            self.pex = pex;
+            lines.println(&pex.to_string());
+        }
+        let crypto = trackerless::wire::crypto_counts();
+        if crypto != self.crypto {
+            self.crypto = crypto;
+            lines.println(&format!("peer encryption: {crypto}"));
+        }
     }
 }
 

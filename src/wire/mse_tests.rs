@@ -198,7 +198,8 @@ fn run(
 fn rc4_handshake_in_memory_all_chunkings_and_pads() {
     for pads in [(0, 0), (1, 7), (512, 512), (300, 0)] {
         for chunk in [1, 3, 97, 4096] {
-            let (a, b) = run(CryptoSet::BOTH, CryptoSet::BOTH, pads, chunk, b"after");
+            // The responder accepts RC4 only (a `require` policy).
+            let (a, b) = run(CryptoSet::BOTH, CryptoSet::RC4, pads, chunk, b"after");
             let (mut a, mut b) = (a.unwrap(), b.unwrap());
             assert_eq!(a.method, Method::Rc4);
             assert_eq!(b.method, Method::Rc4);
@@ -218,6 +219,16 @@ fn rc4_handshake_in_memory_all_chunkings_and_pads() {
             assert_eq!(m, b"reply");
         }
     }
+}
+
+/// Both sides allow both: the responder selects plaintext, as libtorrent does by default
+/// (the handshake is obfuscated either way; RC4 would cost CPU for the whole transfer).
+#[test]
+fn plaintext_selected_when_both_allow_both() {
+    let (a, b) = run(CryptoSet::BOTH, CryptoSet::BOTH, (3, 4), 7, b"x");
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.method, b.method), (Method::Plain, Method::Plain));
+    assert!(a.ciphers.is_none() && b.ciphers.is_none());
 }
 
 #[test]
