@@ -553,8 +553,20 @@ struct Candidate {
 /// again after a pause).
 const MAX_CONNECT_FAILURES: u32 = 3;
 
+/// Addresses remembered per torrent (libtorrent's peer list holds 3,000 by default): a
+/// popular swarm's DHT replies, or peers' PEX messages, cannot make a session hold more.
+/// When full, an idle address with the most failed attempts makes room; if every one is
+/// queued, being tried or connected, the new address is dropped.
+const MAX_KNOWN_CANDIDATES: usize = 4000;
+
 impl Candidates {
     fn offer(&mut self, addr: SocketAddr, now: Instant) {
+        if !self.known.contains_key(&addr)
+            && self.known.len() >= MAX_KNOWN_CANDIDATES
+            && !self.evict_one()
+        {
+            return;
+        }
         let c = self.known.entry(addr).or_insert(Candidate {
             failures: 0,
             next_try: now,
@@ -585,6 +597,23 @@ impl Candidates {
             c.busy = false;
             c.failures = 0;
             c.next_try = now + Duration::from_secs(10);
+        }
+    }
+
+    /// Forgets the idle address with the most failed attempts; false if none is idle.
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .known
+            .iter()
+            .filter(|(_, c)| !c.busy)
+            .max_by_key(|(_, c)| c.failures)
+            .map(|(a, _)| *a);
+        match victim {
+            Some(a) => {
+                self.known.remove(&a);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1260,6 +1289,44 @@ pub(super) fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The candidate table stays bounded: once full, a new address replaces an idle one
+    /// that failed (the most failures first), and is dropped while every known address
+    /// is queued or connected.
+    #[test]
+    fn candidates_stay_bounded_and_evict_failed_idle_addresses() {
+        let now = Instant::now();
+        let addr =
+            |i: usize| SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 6881));
+        let mut c = Candidates::default();
+        for i in 0..MAX_KNOWN_CANDIDATES + 50 {
+            c.offer(addr(i), now);
+        }
+        assert_eq!(
+            c.known.len(),
+            MAX_KNOWN_CANDIDATES,
+            "all busy: the excess is dropped"
+        );
+        assert_eq!(c.queue.len(), MAX_KNOWN_CANDIDATES);
+        assert!(!c.known.contains_key(&addr(MAX_KNOWN_CANDIDATES)));
+        // Two attempts fail, one of them twice: the newcomer replaces the twice-failed one.
+        c.failed(addr(7), now);
+        c.failed(addr(9), now);
+        c.offer(addr(9), now + Duration::from_secs(3600));
+        c.failed(addr(9), now + Duration::from_secs(3600));
+        let new = addr(MAX_KNOWN_CANDIDATES + 100);
+        c.offer(new, now);
+        assert_eq!(c.known.len(), MAX_KNOWN_CANDIDATES);
+        assert!(c.known.contains_key(&new) && c.known[&new].busy);
+        assert!(
+            !c.known.contains_key(&addr(9)),
+            "the most failures goes first"
+        );
+        assert!(c.known.contains_key(&addr(7)));
+        // A known address is never refused for lack of room.
+        c.offer(addr(7), now + Duration::from_secs(3600));
+        assert!(c.known[&addr(7)].busy);
+    }
 
     #[test]
     fn token_bucket_paces_and_lets_oversized_sends_through_in_debt() {
