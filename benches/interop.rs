@@ -42,7 +42,7 @@ use lt::{LtNode, Seeded};
 use support::{
     Cost, free_bytes, get_args, loadavg, lt_download, lt_joined, make_file, run_measured, same,
 };
-use tracker::{Aria2Dht, aria2_args, tracker};
+use tracker::{Aria2Dht, aria2_args, dht_only_magnet, tracker};
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
@@ -254,22 +254,12 @@ fn aria2_download(way: Aria2Way<'_>, dir: &Path, port: u16) -> Cost {
                 table: &table,
             };
             let mut args = aria2_args(dir, port, Some(dht));
-            args.push(dht_only(magnet));
+            args.push(dht_only_magnet(magnet));
             args
         }
     };
     args.push("--seed-time=0".to_string());
     run_measured(ARIA2, &args)
-}
-
-/// The magnet without `x.pe` and `tr` (aria2 ignores `x.pe`; strip it anyway so the DHT is
-/// provably its only way in).
-fn dht_only(magnet: &str) -> String {
-    magnet
-        .split('&')
-        .filter(|p| !p.starts_with("x.pe=") && !p.starts_with("tr="))
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {

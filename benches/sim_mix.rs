@@ -30,38 +30,68 @@ fn row(name: &str, r: &Report) {
     );
 }
 
+/// What to run: see the module doc for the flags and defaults.
+struct Args {
+    nodes: usize,
+    targets: usize,
+    seed: u64,
+    spread: std::time::Duration,
+    sybils: usize,
+}
+
+/// Parses the arguments after cargo's own (`--bench`); a bad one is a one-line error.
+fn args() -> Result<Args, String> {
+    let live = Profile::live();
+    let mut a = Args {
+        nodes: 10_000,
+        targets: 20,
+        seed: 2026,
+        spread: live.restart_spread,
+        sybils: live.sybils_per_target,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or(format!("{name} needs a value"))?;
+            v.parse()
+                .map_err(|_| format!("{name}: {v:?} is not a non-negative integer"))
+        };
+        match arg.as_str() {
+            "--targets" => a.targets = number("--targets")? as usize,
+            "--seed" => a.seed = number("--seed")?,
+            "--restart-spread" => {
+                a.spread = std::time::Duration::from_secs(number("--restart-spread")?)
+            }
+            "--sybils" => a.sybils = number("--sybils")? as usize,
+            "--bench" => {}
+            n if !n.starts_with('-') => {
+                a.nodes = n
+                    .parse()
+                    .map_err(|_| format!("NODES: {n:?} is not a number"))?
+            }
+            other => return Err(format!("unknown flag {other:?}")),
+        }
+    }
+    Ok(a)
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let nodes: usize = args
-        .iter()
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10_000);
-    let spread = args
-        .iter()
-        .position(|a| a == "--restart-spread")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .map(std::time::Duration::from_secs)
-        .unwrap_or(Profile::live().restart_spread);
-    let targets = args
-        .iter()
-        .position(|a| a == "--targets")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let sybils = args
-        .iter()
-        .position(|a| a == "--sybils")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(Profile::live().sybils_per_target);
-    let seed = args
-        .iter()
-        .position(|a| a == "--seed")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2026);
+    let Args {
+        nodes,
+        targets,
+        seed,
+        spread,
+        sybils,
+    } = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!(
+                "usage: sim_mix [NODES] [--targets N] [--seed N] [--restart-spread SECS] [--sybils N]"
+            );
+            std::process::exit(2);
+        }
+    };
     let lookups = 400;
     let started = std::time::Instant::now();
     let clean = mix::run(nodes, Profile::clean(), targets, lookups, seed);

@@ -17,19 +17,17 @@ mod dl_support;
 #[path = "common/tracker.rs"]
 mod tracker;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dl_support::{make_file, run_dht_get};
-use tracker::{Aria2Dht, aria2_args, tracker};
+use dl_support::{make_file, run_dht_get, same_file, start_seeder_at};
+use tracker::{Aria2Dht, aria2_args, dht_only_magnet, tracker};
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 use trackerless::torrent::metainfo::{create_info, torrent_file_from_info};
 
-const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
 const ARIA2: &str = "/usr/bin/aria2c";
 const SIZE: usize = 32 << 20;
 
@@ -49,59 +47,20 @@ fn aria2(dir: &Path, port: u16, dht: Option<Aria2Dht<'_>>) -> Command {
     c
 }
 
-/// Starts `dht-seed` on `ip` sharing `file` (bootstrapping from `bootstrap`); returns the
-/// child and the magnet it printed.
-async fn start_seeder(
-    file: &Path,
-    torrent: &Path,
-    ip: &str,
-    bootstrap: SocketAddrV4,
-    data: &Path,
-) -> (std::process::Child, String) {
-    let mut seeder = Command::new(SEED)
-        .arg(file)
-        .args([
-            "--torrent-out",
-            torrent.to_str().unwrap(),
-            "--listen",
-            &format!("{ip}:0"),
-            "--bind",
-            &format!("{ip}:0"),
-            "--bootstrap",
-            &bootstrap.to_string(),
-            "--allow-net",
-            "127.0.0.0/8",
-            "--no-subnet-limit",
-            "--rate-limit",
-            "0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+/// Runs aria2c to the end; returns its wall time and output, failing the test if it did.
+async fn run_aria2(mut cmd: Command) -> (Duration, String) {
+    let t = Instant::now();
+    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
         .unwrap();
-    let stdout = seeder.stdout.take().unwrap();
-    let magnet = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        std::thread::spawn(move || for _ in lines {});
-        first
-    })
-    .await
-    .unwrap();
-    (seeder, magnet)
-}
-
-/// The seeder's address, from the magnet's `x.pe`.
-fn x_pe(magnet: &str) -> SocketAddrV4 {
-    magnet
-        .split("x.pe=")
-        .nth(1)
-        .and_then(|s| s.split('&').next())
-        .map(|s| s.replace("%3A", ":").replace("%3a", ":"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no x.pe in {magnet}"))
+    let took = t.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "aria2c failed: {text}");
+    (took, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,12 +84,21 @@ async fn aria2_downloads_a_magnet_from_dht_seed_through_the_dht_only() {
     make_file(&file, SIZE, 54);
     let torrent = content.path().join("dht-aria2.torrent");
     let data = tempfile::tempdir().unwrap();
-    let (mut seeder, magnet) =
-        start_seeder(&file, &torrent, "127.152.4.1", net.addr(0), data.path()).await;
-    let peer = x_pe(&magnet);
-    let ih: NodeId = magnet["magnet:?xt=urn:btih:".len()..][..40]
-        .parse()
-        .expect("hex info hash");
+    let seeder = start_seeder_at(
+        net.addr(0),
+        &file,
+        data.path(),
+        "127.152.4.1",
+        &[
+            "--torrent-out",
+            torrent.to_str().unwrap(),
+            "--rate-limit",
+            "0",
+        ],
+    )
+    .await;
+    let peer = seeder.addr();
+    let ih: NodeId = seeder.info_hash().parse().expect("hex info hash");
     // The seeder's announce has reached the testnet before aria2 starts looking.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -142,11 +110,7 @@ async fn aria2_downloads_a_magnet_from_dht_seed_through_the_dht_only() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // DHT only: no x.pe (aria2 would ignore it anyway), no tracker.
-    let dht_only: String = magnet
-        .split('&')
-        .filter(|p| !p.starts_with("x.pe=") && !p.starts_with("tr="))
-        .collect::<Vec<_>>()
-        .join("&");
+    let dht_only = dht_only_magnet(&seeder.magnet);
     assert!(!dht_only.contains("x.pe") && dht_only.contains("btih"));
 
     let save = tempfile::tempdir().unwrap();
@@ -161,29 +125,14 @@ async fn aria2_downloads_a_magnet_from_dht_seed_through_the_dht_only() {
         }),
     );
     cmd.args(["--seed-time=0", &dht_only]);
-    let t = Instant::now();
-    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let took = t.elapsed();
-    let _ = seeder.kill();
-    let _ = seeder.wait();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "aria2c failed: {text}");
+    let (took, text) = run_aria2(cmd).await;
+    drop(seeder);
     println!("aria2c took {took:?} from dht-seed through the DHT");
     assert!(
         same_file(&file, &save.path().join("dht-aria2.bin")),
         "bytes differ: {text}"
     );
     net.shutdown().await;
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,15 +145,16 @@ async fn aria2_downloads_from_dht_seed() {
     make_file(&file, SIZE, 52);
     let torrent = content.path().join("to-aria2.torrent");
     let data = tempfile::tempdir().unwrap();
-    let (mut seeder, magnet) = start_seeder(
-        &file,
-        &torrent,
-        "127.152.2.1",
+    // Its DHT bootstraps from an address nobody answers: the tracker is the only way in.
+    let seeder = start_seeder_at(
         "127.152.0.250:6881".parse().unwrap(),
+        &file,
         data.path(),
+        "127.152.2.1",
+        &["--torrent-out", torrent.to_str().unwrap()],
     )
     .await;
-    let peer = x_pe(&magnet);
+    let peer = seeder.addr();
     let tr = tracker("127.152.3.1:0".parse().unwrap(), peer).await;
 
     let save = tempfile::tempdir().unwrap();
@@ -214,19 +164,8 @@ async fn aria2_downloads_from_dht_seed() {
         "--seed-time=0",
         torrent.to_str().unwrap(),
     ]);
-    let t = Instant::now();
-    let o = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    let took = t.elapsed();
-    let _ = seeder.kill();
-    let _ = seeder.wait();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "aria2c failed: {text}");
+    let (took, text) = run_aria2(cmd).await;
+    drop(seeder);
     println!("aria2c took {took:?} from dht-seed");
     assert!(
         same_file(&file, &save.path().join("to-aria2.bin")),

@@ -12,40 +12,20 @@ mod dl_support;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
-use dl_support::{make_file, run_dht_get, testnet};
+use dl_support::{make_file, run_dht_get, same_file, testnet};
 use trackerless::dht::id::NodeId;
-use trackerless::sim::testnet::Testnet;
 
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
 const SIZE: usize = 64 << 20;
 
-/// A libtorrent session on `ip` that knows a few testnet nodes.
-async fn lt_in(net: &Testnet, ip: Ipv4Addr) -> LtNode {
-    let mut lt = LtNode::start_on(ip).await;
-    for i in 0..3 {
-        lt.add_node(net.addr(i)).await;
-    }
-    let n = lt.wait_dht_nodes(1, Duration::from_secs(20)).await;
-    assert!(n >= 1, "libtorrent's DHT table stayed empty");
-    lt
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    let (Ok(x), Ok(y)) = (std::fs::read(a), std::fs::read(b)) else {
-        return false;
-    };
-    x == y
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dht_get_downloads_from_a_libtorrent_seeder() {
     let net = testnet(144, 8).await;
-    let mut lt = lt_in(&net, Ipv4Addr::new(127, 144, 1, 1)).await;
+    let mut lt = LtNode::joined(&net, Ipv4Addr::new(127, 144, 1, 1), &[]).await;
     let content = tempfile::tempdir().unwrap();
     let file = content.path().join("from-libtorrent.bin");
     make_file(&file, SIZE, 41);
@@ -122,7 +102,7 @@ async fn libtorrent_downloads_from_dht_seed() {
     assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
     let ih = magnet["magnet:?xt=urn:btih:".len()..][..40].to_string();
 
-    let mut lt = lt_in(&net, Ipv4Addr::new(127, 144, 1, 2)).await;
+    let mut lt = LtNode::joined(&net, Ipv4Addr::new(127, 144, 1, 2), &[]).await;
     let save = tempfile::tempdir().unwrap();
     let t = Instant::now();
     lt.add_magnet(&magnet, save.path()).await;

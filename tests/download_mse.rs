@@ -21,42 +21,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::lt::LtNode;
-use dl_support::{make_file, run_dht_get_with, start_seeder_with, testnet};
+use dl_support::{last_counts, make_file, run_dht_get_with, same_file, start_seeder_with, testnet};
 use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::Testnet;
 use trackerless::wire::enc_policy::ENCRYPTION_REQUIRED_MSG;
 
 const SIZE: usize = 16 << 20;
-
-/// A libtorrent session on `ip` with `flags` that knows a few testnet nodes.
-async fn lt_in(net: &Testnet, ip: Ipv4Addr, flags: &[&str]) -> LtNode {
-    let mut lt = LtNode::start_on_with(ip, flags).await;
-    for i in 0..3 {
-        lt.add_node(net.addr(i)).await;
-    }
-    let n = lt.wait_dht_nodes(1, Duration::from_secs(20)).await;
-    assert!(n >= 1, "libtorrent's DHT table stayed empty");
-    lt
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
-}
-
-/// The last "peer encryption: ..." line dht-get printed, as its nine numbers (see
-/// `Seeder::crypto_counts`).
-fn crypto_line(text: &str) -> Option<[u64; 9]> {
-    let l = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("peer encryption: "))?;
-    let nums: Vec<u64> = l
-        .replace("rc4", "rc")
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    nums.try_into().ok()
-}
 
 /// libtorrent seeds `file`; returns once its announce is findable in the testnet.
 async fn lt_seeding(net: &Testnet, lt: &mut LtNode, file: &Path) -> common::lt::Seeded {
@@ -83,7 +53,7 @@ async fn libtorrent_with_encryption_forced_downloads_from_dht_seed() {
     let data = tempfile::tempdir().unwrap();
     let seeder = start_seeder_with(&net, &file, data.path(), "127.187.2.1", &[]).await;
     let ih = seeder.info_hash();
-    let mut lt = lt_in(
+    let mut lt = LtNode::joined(
         &net,
         Ipv4Addr::new(127, 187, 1, 1),
         &["--encryption", "forced"],
@@ -131,7 +101,7 @@ async fn libtorrent_with_encryption_forced_downloads_from_dht_seed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dht_get_downloads_from_a_libtorrent_seeder_with_encryption_forced() {
     let net = testnet(187, 8).await;
-    let mut lt = lt_in(
+    let mut lt = LtNode::joined(
         &net,
         Ipv4Addr::new(127, 187, 1, 2),
         &["--encryption", "forced"],
@@ -164,7 +134,9 @@ async fn dht_get_downloads_from_a_libtorrent_seeder_with_encryption_forced() {
             same_file(&file, &run.out.path().join("from-forced.bin")),
             "dht-get {extra:?}: bytes differ"
         );
-        let c = crypto_line(&run.text).unwrap_or_else(|| panic!("no counts: {}", run.text));
+        let lines: Vec<&str> = run.text.lines().collect();
+        let c: [u64; 9] = last_counts(&lines, "peer encryption: ")
+            .unwrap_or_else(|| panic!("no counts: {}", run.text));
         assert!(c[2] >= 1, "no outgoing RC4 connection: {c:?}");
         assert_eq!(c[0] + c[1], 0, "a plain connection to a forced peer: {c:?}");
         if extra.is_empty() {
@@ -181,7 +153,7 @@ async fn dht_get_downloads_from_a_libtorrent_seeder_with_encryption_forced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_against_a_plain_only_peer_fails_with_a_clear_message() {
     let net = testnet(187, 8).await;
-    let mut lt = lt_in(
+    let mut lt = LtNode::joined(
         &net,
         Ipv4Addr::new(127, 187, 1, 3),
         &["--encryption", "disabled"],

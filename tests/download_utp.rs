@@ -10,33 +10,13 @@ mod common;
 mod dl_support;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
-use dl_support::{Seeder, make_file, run_dht_get, start_seeder, testnet};
+use dl_support::{Seeder, make_file, run_dht_get, same_file, start_seeder, testnet};
 use trackerless::dht::id::NodeId;
-use trackerless::sim::testnet::Testnet;
 
 const SIZE: usize = 64 << 20;
-
-/// A libtorrent session on `ip` (with lt_node.py `flags`) that knows a few testnet nodes.
-async fn lt_in(net: &Testnet, ip: Ipv4Addr, flags: &[&str]) -> LtNode {
-    let mut lt = LtNode::start_on_with(ip, flags).await;
-    for i in 0..3 {
-        lt.add_node(net.addr(i)).await;
-    }
-    let n = lt.wait_dht_nodes(1, Duration::from_secs(20)).await;
-    assert!(n >= 1, "libtorrent's DHT table stayed empty");
-    lt
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    let (Ok(x), Ok(y)) = (std::fs::read(a), std::fs::read(b)) else {
-        return false;
-    };
-    x == y
-}
 
 /// libtorrent (`flags`) downloads 64 MiB from `dht-seed`; returns the seeder and the time.
 async fn lt_downloads_from_seed(base: u8, flags: &[&str]) -> (Seeder, Duration) {
@@ -47,7 +27,7 @@ async fn lt_downloads_from_seed(base: u8, flags: &[&str]) -> (Seeder, Duration) 
     let data = tempfile::tempdir().unwrap();
     let seeder = start_seeder(&net, &file, data.path(), &format!("127.{base}.2.2")).await;
     let ih = seeder.info_hash();
-    let mut lt = lt_in(&net, Ipv4Addr::new(127, base, 1, 2), flags).await;
+    let mut lt = LtNode::joined(&net, Ipv4Addr::new(127, base, 1, 2), flags).await;
     let save = tempfile::tempdir().unwrap();
     let t = Instant::now();
     lt.add_magnet(&seeder.magnet, save.path()).await;
@@ -107,7 +87,7 @@ async fn default_libtorrent_reaches_dht_seed_over_utp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dht_get_downloads_from_a_utp_only_libtorrent() {
     let net = testnet(173, 8).await;
-    let mut lt = lt_in(&net, Ipv4Addr::new(127, 173, 1, 1), &["--no-tcp"]).await;
+    let mut lt = LtNode::joined(&net, Ipv4Addr::new(127, 173, 1, 1), &["--no-tcp"]).await;
     let content = tempfile::tempdir().unwrap();
     let file = content.path().join("from-libtorrent.bin");
     make_file(&file, SIZE, 51);

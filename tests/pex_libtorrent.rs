@@ -227,11 +227,17 @@ async fn libtorrent_learns_our_downloader_from_our_seeders_pex() {
             l.diagnostics().await
         );
     }
-    assert!(
-        a.pex_counts().is_some_and(|c| c[1] >= 1),
-        "A counted no PEX message sent: {:?}",
-        a.lines.lock().unwrap()
-    );
+    // A prints its counters on its next one-second tick, which may come after L acted on
+    // the message: wait for the line rather than read it once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.pex_counts().is_none_or(|c| c[1] < 1) {
+        assert!(
+            Instant::now() < deadline,
+            "A counted no PEX message sent: {:?}",
+            a.lines.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // B finishes (from A, and maybe from L), so no dht-get outlives the test.
     let run = tokio::time::timeout(Duration::from_secs(300), b)
         .await

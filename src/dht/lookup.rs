@@ -777,16 +777,20 @@ mod tests {
         l.next_queries(&mut q);
         let mut new = Vec::new();
         for c in holders {
-            let reply = SearchReply {
-                from: c.addr,
-                was_slow: false,
-                id: c.id,
-                nodes: &[],
-                token: Token::new(b"t"),
-                values: &[],
-                scrape: None,
-            };
-            l.on_reply(&reply, &mut new);
+            l.on_reply(&token_reply(c), &mut new);
+        }
+    }
+
+    /// `c`'s reply with a token and nothing else.
+    fn token_reply(c: &Contact) -> SearchReply<'static> {
+        SearchReply {
+            from: c.addr,
+            was_slow: false,
+            id: c.id,
+            nodes: &[],
+            token: Token::new(b"t"),
+            values: &[],
+            scrape: None,
         }
     }
 
@@ -802,16 +806,7 @@ mod tests {
             for (addr, _) in q.clone() {
                 let c = all.iter().find(|c| c.addr == addr).expect("a candidate");
                 asked.push(c.id.0[0]);
-                let reply = SearchReply {
-                    from: addr,
-                    was_slow: false,
-                    id: c.id,
-                    nodes: &[],
-                    token: Token::new(b"t"),
-                    values: &[],
-                    scrape: None,
-                };
-                l.on_reply(&reply, &mut new);
+                l.on_reply(&token_reply(c), &mut new);
             }
         }
     }

@@ -929,25 +929,10 @@ impl Conn {
         if !self.am_interested || self.registered.is_none() {
             return;
         }
-        // BEP 6: while the peer chokes us, only the pieces of its allowed-fast set that it
-        // has may be requested; without Fast, nothing.
-        let allowed_only = if self.peer_choking {
-            if !self.fast || self.allowed_in.is_empty() {
-                return;
-            }
-            let mut only = Bitfield::new(self.bits.len());
-            for &p in &self.allowed_in {
-                if self.bits.get(p as usize) {
-                    only.set(p as usize);
-                }
-            }
-            if only.count() == 0 {
-                return;
-            }
-            Some(only)
-        } else {
-            None
-        };
+        // Choked: only with Fast and an allowed-fast set (checked again below).
+        if self.peer_choking && (!self.fast || self.allowed_in.is_empty()) {
+            return;
+        }
         let target = self.pipeline_target();
         let have = self.outstanding.len();
         if have >= target {
@@ -961,6 +946,23 @@ impl Conn {
         if self.shared.storage.backlog() > self.shared.cfg.max_disk_backlog {
             return;
         }
+        // BEP 6: while the peer chokes us, only the pieces of its allowed-fast set that it
+        // has may be requested. Built only when there is room to fill, so a full pipeline
+        // costs no allocation per message.
+        let allowed_only = if self.peer_choking {
+            let mut only = Bitfield::new(self.bits.len());
+            for &p in &self.allowed_in {
+                if self.bits.get(p as usize) {
+                    only.set(p as usize);
+                }
+            }
+            if only.count() == 0 {
+                return;
+            }
+            Some(only)
+        } else {
+            None
+        };
         let now = Instant::now();
         // A restricted set is not a seed's, whatever the peer has.
         let (bits, seed) = match &allowed_only {

@@ -83,6 +83,22 @@ impl LtNode {
         LtNode::start_on_with(ip, &[]).await
     }
 
+    /// A libtorrent session on `ip` (with `lt_node.py` `flags`) that knows the first three
+    /// nodes of `net` and has at least one in its DHT table.
+    pub async fn joined(
+        net: &trackerless::sim::testnet::Testnet,
+        ip: Ipv4Addr,
+        flags: &[&str],
+    ) -> LtNode {
+        let mut lt = LtNode::start_on_with(ip, flags).await;
+        for i in 0..3 {
+            lt.add_node(net.addr(i)).await;
+        }
+        let n = lt.wait_dht_nodes(1, Duration::from_secs(20)).await;
+        assert!(n >= 1, "libtorrent's DHT table stayed empty");
+        lt
+    }
+
     /// [`LtNode::start_on`] with extra `lt_node.py` flags (e.g. `--no-utp`).
     pub async fn start_on_with(ip: Ipv4Addr, flags: &[&str]) -> LtNode {
         let mut errors = Vec::new();

@@ -49,6 +49,16 @@ pub fn aria2_args(dir: &std::path::Path, port: u16, dht: Option<Aria2Dht<'_>>) -
     .collect()
 }
 
+/// The magnet without `x.pe` and `tr`, so aria2's DHT is provably its only way in (it
+/// ignores `x.pe` anyway).
+pub fn dht_only_magnet(magnet: &str) -> String {
+    magnet
+        .split('&')
+        .filter(|p| !p.starts_with("x.pe=") && !p.starts_with("tr="))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Binds `bind` and answers every request with `peer`; returns the bound address.
 pub async fn tracker(bind: SocketAddr, peer: SocketAddrV4) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind(bind)

@@ -18,6 +18,27 @@ use trackerless::metadata::{MetadataRegistry, MetadataServer, ServeConfig};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 use trackerless::torrent::metainfo::create_info;
 
+/// Whether two files have the same bytes (false if either cannot be read).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// The numbers of the last line in `lines` that starts with `prefix` (a counters line such
+/// as `peer connections: tcp in 1 out 0, ...`), or `None` if there is no such line or it
+/// does not hold exactly `N` numbers. Digits inside words (`rc4`) are not numbers.
+pub fn last_counts<const N: usize, S: AsRef<str>>(lines: &[S], prefix: &str) -> Option<[u64; N]> {
+    let l = lines
+        .iter()
+        .rev()
+        .map(AsRef::as_ref)
+        .find(|l| l.starts_with(prefix))?;
+    let nums: Vec<u64> = l
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    nums.try_into().ok()
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so content differs between files and
 /// positions and a misplaced block is caught.
 pub fn content(len: usize, seed: u64) -> Vec<u8> {
@@ -397,6 +418,17 @@ pub async fn start_seeder_with(
     ip: &str,
     extra: &[&str],
 ) -> Seeder {
+    start_seeder_at(net.addr(0), file, data, ip, extra).await
+}
+
+/// [`start_seeder_with`] bootstrapping from `bootstrap` (which need not answer).
+pub async fn start_seeder_at(
+    bootstrap: SocketAddrV4,
+    file: &Path,
+    data: &Path,
+    ip: &str,
+    extra: &[&str],
+) -> Seeder {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dht-seed"))
         .arg(file)
@@ -404,7 +436,7 @@ pub async fn start_seeder_with(
             "--bind",
             &format!("{ip}:0"),
             "--bootstrap",
-            &net.addr(0).to_string(),
+            &bootstrap.to_string(),
             "--allow-net",
             "127.0.0.0/8",
             "--no-subnet-limit",
@@ -445,46 +477,32 @@ impl Seeder {
         self.magnet["magnet:?xt=urn:btih:".len()..][..40].to_string()
     }
 
+    /// The seeder's peer address, from its magnet's `x.pe`.
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.magnet
+            .split("x.pe=")
+            .nth(1)
+            .and_then(|s| s.split('&').next())
+            .map(|s| s.replace("%3A", ":").replace("%3a", ":"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no x.pe in {}", self.magnet))
+    }
+
     /// The last "peer connections: tcp in A out B, utp in C out D" line, as [A, B, C, D].
     pub fn transport_counts(&self) -> Option<[u64; 4]> {
-        let lines = self.lines.lock().unwrap();
-        let l = lines
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("peer connections: "))?;
-        let nums: Vec<u64> = l
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        nums.try_into().ok()
+        last_counts(&self.lines.lock().unwrap(), "peer connections: ")
     }
 
     /// The last "peer encryption: out plain A mse-plaintext B rc4 C; in plain D
     /// mse-plaintext E rc4 F; mse failed G; refused by policy H; fallbacks I" line, as
     /// [A, ..., I].
     pub fn crypto_counts(&self) -> Option<[u64; 9]> {
-        let lines = self.lines.lock().unwrap();
-        let l = lines
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("peer encryption: "))?;
-        let nums: Vec<u64> = l
-            .replace("rc4", "rc")
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        nums.try_into().ok()
+        last_counts(&self.lines.lock().unwrap(), "peer encryption: ")
     }
 
     /// The last "pex: messages in A out B, ignored C too frequent D malformed, peers
     /// learned E" line, as [A, B, C, D, E].
     pub fn pex_counts(&self) -> Option<[u64; 5]> {
-        let lines = self.lines.lock().unwrap();
-        let l = lines.iter().rev().find(|l| l.starts_with("pex: "))?;
-        let nums: Vec<u64> = l
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        nums.try_into().ok()
+        last_counts(&self.lines.lock().unwrap(), "pex: ")
     }
 }
