@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Mutation testing (cargo-mutants) of the modules whose rules the unit tests must pin down:
+# the DHT core, the piece picker and choker, the metainfo parser. Not part of CI: a full run
+# is hours on two cores. Results go to mutants.out/<group>/ (outcomes.json, caught.txt,
+# missed.txt, timeout.txt, unviable.txt); TESTING.md records the scores and every survivor.
+#
+#   tools/mutants.sh                 # every group
+#   tools/mutants.sh dht             # one group: dht | download | torrent
+#   JOBS=2 tools/mutants.sh picker   # or a single file stem of any group
+#   SHARD=1/4 tools/mutants.sh dht   # a round-robin quarter of the mutants (a sample)
+#
+# Settings (profile, features, `--lib`) are in .cargo/mutants.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-mutants >/dev/null || { echo "error: cargo-mutants is missing (cargo install cargo-mutants --locked)" >&2; exit 1; }
+declare -A GROUPS=(
+    [dht]="src/dht/routing.rs src/dht/rpc.rs src/dht/lookup.rs src/dht/peer_store.rs src/dht/node.rs"
+    [download]="src/download/picker.rs src/download/choker.rs"
+    [torrent]="src/torrent/metainfo.rs"
+)
+ARGS=("$@")
+[[ ${#ARGS[@]} -gt 0 ]] || ARGS=(dht download torrent)
+for name in "${ARGS[@]}"; do
+    files=${GROUPS[$name]:-}
+    if [[ -z $files ]]; then
+        files=$(printf '%s\n' ${GROUPS[@]} | grep "/$name\.rs$" || true)
+        [[ -n $files ]] || { echo "error: unknown group or file: $name" >&2; exit 1; }
+    fi
+    fargs=()
+    for f in $files; do fargs+=(-f "$f"); done
+    extra=()
+    [[ -z ${SHARD:-} ]] || extra+=(--shard "$SHARD" --sharding round-robin)
+    mkdir -p "mutants.out/$name"
+    echo "== $name: $files" >&2
+    # cargo-mutants exits 2 when mutants were missed, 3 on timeouts; both are results here.
+    cargo mutants --jobs "${JOBS:-1}" --no-shuffle "${fargs[@]}" "${extra[@]}" \
+        --output "mutants.out/$name" || { rc=$?; [[ $rc == 2 || $rc == 3 ]] || exit $rc; }
+    for k in caught missed timeout unviable; do
+        printf '   %-8s %s\n' "$k" "$(wc -l < "mutants.out/$name/mutants.out/$k.txt")" >&2
+    done
+done
