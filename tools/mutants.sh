@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || { echo "error: cargo-mutants is missing (cargo install cargo-mutants --locked)" >&2; exit 1; }
-declare -A GROUPS=(
+declare -A MODS=(
     [dht]="src/dht/routing.rs src/dht/rpc.rs src/dht/lookup.rs src/dht/peer_store.rs src/dht/node.rs"
     [download]="src/download/picker.rs src/download/choker.rs"
     [torrent]="src/torrent/metainfo.rs"
@@ -21,9 +21,9 @@ declare -A GROUPS=(
 ARGS=("$@")
 [[ ${#ARGS[@]} -gt 0 ]] || ARGS=(dht download torrent)
 for name in "${ARGS[@]}"; do
-    files=${GROUPS[$name]:-}
+    files=${MODS[$name]:-}
     if [[ -z $files ]]; then
-        files=$(printf '%s\n' ${GROUPS[@]} | grep "/$name\.rs$" || true)
+        files=$(printf '%s\n' ${MODS[@]} | grep "/$name\.rs$" || true)
         [[ -n $files ]] || { echo "error: unknown group or file: $name" >&2; exit 1; }
     fi
     fargs=()
