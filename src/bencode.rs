@@ -143,7 +143,10 @@ pub fn parse_int(body: &[u8]) -> Option<i64> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, body),
     };
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    // No cap on the digit count: leading zeros are read (see the crate's leniency rules),
+    // so `i-02036203620365475477e` is a valid i64 with 20 digits; the checked arithmetic
+    // below is what refuses values outside i64.
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let mut value: i64 = 0;
@@ -381,5 +384,13 @@ mod tests {
         assert_eq!(parse_int(b"9223372036854775808"), None);
         assert_eq!(parse_int(b"-"), None);
         assert_eq!(parse_int(b"+1"), None);
+        // Leading zeros do not count towards the range (found by the `krpc` fuzz target:
+        // the reference decoder read this value, we dropped the datagram as malformed).
+        assert_eq!(
+            parse_int(b"-02036203620365475477"),
+            Some(-2_036_203_620_365_475_477)
+        );
+        assert_eq!(parse_int(b"00000000000000000000001"), Some(1));
+        assert_eq!(parse_int(b"09223372036854775808"), None);
     }
 }
