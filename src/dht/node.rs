@@ -24,6 +24,8 @@ use crate::dht::items::{ItemStats, ItemStore, ItemStoreConfig};
 
 mod bep44;
 mod items_client;
+#[cfg(test)]
+mod tests;
 use crate::dht::krpc::{
     self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
@@ -525,7 +527,6 @@ impl Node {
         &self.store
     }
 
-    /// Counters plus current gauges.
     /// The state that must always drain, checked by the simulator's property tests: queries
     /// still pending past their hard timeout, lookups running past [`LOOKUP_DEADLINE`], and
     /// verifications without a query in flight. All three are zero in a correct node at
@@ -540,6 +541,7 @@ impl Node {
         }
     }
 
+    /// Counters plus current gauges.
     pub fn stats(&self, now: Instant) -> Stats {
         let (good, questionable, bad) = self.table.counts(now);
         Stats {

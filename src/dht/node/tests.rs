@@ -1,0 +1,847 @@
+//! Unit tests of the sans-IO node: one datagram or timer in, the datagrams and events out,
+//! on a virtual clock. The rules covered, one or more tests each:
+//! - answering: ping / find_node / get_peers / announce_peer / sample_infohashes replies
+//!   carry our id, the querier's tid and address (BEP 42 `ip`) and the right fields;
+//! - tokens: a get_peers token lets the same IP announce (any port, `implied_port`), not
+//!   another IP; a bad token gets error 203;
+//! - the input gate: port 0, bogon, IPv6 and our-own-id sources are dropped, IPv4-mapped
+//!   ones answered as IPv4, malformed datagrams counted, bad queries answered with their code;
+//! - never trusting a query: an unknown querier enters the table only after answering our
+//!   verification ping with the id it claimed (one ping per querier);
+//! - every query ends exactly once: by a reply, an error, a wrong-id reply or a timeout;
+//!   a late or misaddressed reply ends nothing; `queries_out == queries_ended + transactions`;
+//! - lookups: one with nothing to ask ends at once; routers are asked but never enter the
+//!   table; peers are reported; announces go to the token holders; the deadline ends a
+//!   lookup whose queries never end;
+//! - timers: bootstrap retries with doubling backoff, maintenance pings only for entries
+//!   older than `ping_min_age`, paced verification of added contacts;
+//! - BEP 42: a majority of repliers agreeing on a public IP gives us a valid id for it;
+//! - BEP 43: a read-only node answers nothing and marks its queries `ro`.
+
+use super::*;
+use crate::dht::krpc::{Message, ResponseBody};
+
+const ME: NodeId = NodeId([0x80; 20]);
+const ID5: NodeId = NodeId([5; 20]);
+const ROUTER_ID: NodeId = NodeId([0x50; 20]);
+
+fn sa(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn config() -> Config {
+    Config {
+        id: Some(ME),
+        seed: Some(7),
+        ..Config::loopback_testnet()
+    }
+}
+
+fn id(b: u8) -> NodeId {
+    NodeId([b; 20])
+}
+
+fn query(args: QueryArgs<'_>, tid: &[u8], from_id: NodeId) -> Vec<u8> {
+    let mut out = Vec::new();
+    krpc::encode_query(&mut out, tid, &from_id, &args, false, None);
+    out
+}
+
+fn response(tid: &[u8], body: &ResponseBody<'_>, ip: Option<SocketAddrV4>) -> Vec<u8> {
+    let mut out = Vec::new();
+    krpc::encode_response(&mut out, tid, body, ip, None);
+    out
+}
+
+fn error(tid: &[u8], code: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    krpc::encode_error(&mut out, tid, code, "no", None, None);
+    out
+}
+
+/// Everything the node queued, decoded.
+fn sent(node: &mut Node) -> Vec<(SocketAddr, Message)> {
+    let mut out = Vec::new();
+    while let Some(t) = node.poll_transmit() {
+        out.push((
+            t.to,
+            krpc::decode(t.payload).expect("the node sends valid KRPC"),
+        ));
+    }
+    out
+}
+
+fn events(node: &mut Node) -> Vec<Event> {
+    std::iter::from_fn(|| node.poll_event()).collect()
+}
+
+/// The one reply (response or error) the node sent to `to`.
+fn reply_to(node: &mut Node, to: SocketAddrV4) -> Message {
+    let mut replies: Vec<Message> = sent(node)
+        .into_iter()
+        .filter(|(a, m)| *a == SocketAddr::V4(to) && !matches!(m.body, Body::Query(_)))
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(replies.len(), 1, "one reply to {to}");
+    replies.remove(0)
+}
+
+fn response_of(m: &Message) -> &Response {
+    match &m.body {
+        Body::Response(r) => r,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn queries_in(out: &[(SocketAddr, Message)]) -> Vec<(SocketAddrV4, Vec<u8>, Query)> {
+    out.iter()
+        .filter_map(|(a, m)| match (a, &m.body) {
+            (SocketAddr::V4(a), Body::Query(q)) => Some((*a, m.tid.as_slice().to_vec(), q.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_ended_once(node: &Node, now: Instant) {
+    let s = node.stats(now);
+    assert_eq!(
+        s.queries_out,
+        s.queries_ended + s.transactions as u64,
+        "every query ends exactly once: {s:?}"
+    );
+}
+
+/// A node whose table holds `n` verified contacts at 127.0.1.1.. with ids i+1 (first byte).
+fn node_with_table(n: u8, now: Instant) -> Node {
+    let mut node = Node::new(config(), now);
+    for i in 0..n {
+        let c = Contact::new(
+            NodeId([i.wrapping_mul(37).wrapping_add(1); 20]),
+            SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 1, i + 1), 7000),
+        );
+        node.table.heard_response(c, now);
+    }
+    node
+}
+
+#[test]
+fn ping_is_answered_with_our_id_the_tid_and_the_querier_address() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let from = sa("127.0.0.2:1000");
+    let data = query(QueryArgs::Ping, b"aa", id(1));
+    node.handle_datagram(now, SocketAddr::V4(from), &data);
+    let m = reply_to(&mut node, from);
+    assert_eq!(m.tid.as_slice(), b"aa");
+    assert_eq!(m.ip, Some(from));
+    assert_eq!(m.version.as_ref().map(|v| v.as_slice()), Some(&VERSION[..]));
+    assert_eq!(response_of(&m).id, ME);
+    let s = node.stats(now);
+    assert_eq!((s.packets_in, s.bytes_in), (1, data.len() as u64));
+    assert_eq!(
+        (s.queries_in, s.replies_out, s.queries_by_method.ping),
+        (1, 1, 1)
+    );
+    assert_eq!(s.packets_out, 2, "the reply and a verification ping");
+}
+
+#[test]
+fn an_unknown_querier_enters_the_table_only_after_answering_our_ping_with_its_id() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let honest = sa("127.0.0.2:1000");
+    let liar = sa("127.0.0.3:1000");
+    for (from, claimed) in [(honest, id(1)), (liar, id(2))] {
+        node.handle_datagram(
+            now,
+            SocketAddr::V4(from),
+            &query(QueryArgs::Ping, b"q1", claimed),
+        );
+        // A second query while the first verification is outstanding: no second ping.
+        node.handle_datagram(
+            now,
+            SocketAddr::V4(from),
+            &query(QueryArgs::Ping, b"q2", claimed),
+        );
+    }
+    assert_eq!(node.table.len(), 0, "a query alone never enters the table");
+    let pings = queries_in(&sent(&mut node));
+    assert_eq!(
+        pings.len(),
+        2,
+        "one verification ping per querier: {pings:?}"
+    );
+    assert_eq!(node.stats(now).verifying, 2);
+    for (to, tid, q) in pings {
+        assert_eq!(q.method, Method::Ping);
+        let answer_id = if to == honest { id(1) } else { id(9) };
+        node.handle_datagram(
+            now,
+            SocketAddr::V4(to),
+            &response(&tid, &ResponseBody::id_only(&answer_id), None),
+        );
+    }
+    let ids: Vec<NodeId> = node.table.entries().map(|e| e.contact.id).collect();
+    assert_eq!(
+        ids,
+        vec![id(1)],
+        "only the querier that answered with its claimed id"
+    );
+    let s = node.stats(now);
+    assert_eq!((s.verifying, s.wrong_id_replies), (0, 1));
+    assert_ended_once(&node, now);
+}
+
+#[test]
+fn find_node_returns_the_k_closest_contacts_of_the_table() {
+    let now = Instant::now();
+    let mut node = node_with_table(30, now);
+    assert!(node.table.len() >= 8);
+    let from = sa("127.0.0.2:1000");
+    let target = id(0x11);
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(from),
+        &query(QueryArgs::FindNode { target: &target }, b"fn", id(1)),
+    );
+    let m = reply_to(&mut node, from);
+    let mut expected = Vec::new();
+    node.table.closest(&target, 8, &mut expected);
+    let got: Vec<Contact> =
+        crate::dht::id::compact_nodes(response_of(&m).nodes.as_deref().unwrap()).collect();
+    assert_eq!(got.len(), 8);
+    assert_eq!(got, expected);
+    assert_eq!(node.stats(now).queries_by_method.find_node, 1);
+}
+
+#[test]
+fn a_get_peers_token_lets_the_same_ip_announce_and_no_other() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let ih = id(0x42);
+    let asker = sa("127.0.0.2:1000");
+    let gp = QueryArgs::GetPeers {
+        info_hash: &ih,
+        scrape: false,
+        noseed: false,
+    };
+    node.handle_datagram(now, SocketAddr::V4(asker), &query(gp, b"g1", id(1)));
+    let r = reply_to(&mut node, asker);
+    let token = response_of(&r)
+        .token
+        .expect("get_peers replies carry a token");
+    assert!(response_of(&r).values.is_empty());
+
+    // Another port of the same IP, explicit port.
+    let same_ip = sa("127.0.0.2:2000");
+    let announce = |port, implied_port| QueryArgs::AnnouncePeer {
+        info_hash: &ih,
+        port,
+        implied_port,
+        token: token.as_slice(),
+        seed: false,
+    };
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(same_ip),
+        &query(announce(6881, false), b"a1", id(1)),
+    );
+    assert!(matches!(
+        reply_to(&mut node, same_ip).body,
+        Body::Response(_)
+    ));
+    // implied_port: the UDP source port is the peer's port.
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(same_ip),
+        &query(announce(6881, true), b"a2", id(1)),
+    );
+    assert!(matches!(
+        reply_to(&mut node, same_ip).body,
+        Body::Response(_)
+    ));
+    // Another IP with the same token: refused with 203.
+    let other = sa("127.0.0.3:1000");
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(other),
+        &query(announce(6881, false), b"a3", id(3)),
+    );
+    match reply_to(&mut node, other).body {
+        Body::Error(e) => assert_eq!(e.code, ERR_PROTOCOL),
+        b => panic!("expected error 203, got {b:?}"),
+    }
+    let s = node.stats(now);
+    assert_eq!(
+        (s.announces_stored, s.bad_tokens, s.peers, s.infohashes),
+        (2, 1, 2, 1)
+    );
+    assert_eq!(
+        (
+            s.queries_by_method.get_peers,
+            s.queries_by_method.announce_peer
+        ),
+        (1, 3)
+    );
+
+    // A later get_peers gets both peers as values.
+    let third = sa("127.0.0.4:1000");
+    node.handle_datagram(now, SocketAddr::V4(third), &query(gp, b"g2", id(4)));
+    let mut values = response_of(&reply_to(&mut node, third)).values.clone();
+    values.sort();
+    assert_eq!(values, vec![sa("127.0.0.2:2000"), sa("127.0.0.2:6881")]);
+}
+
+#[test]
+fn report_incoming_tells_the_application_about_get_peers_and_announces() {
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            report_incoming: true,
+            ..config()
+        },
+        now,
+    );
+    let ih = id(0x42);
+    let from = sa("127.0.0.2:1000");
+    let gp = QueryArgs::GetPeers {
+        info_hash: &ih,
+        scrape: false,
+        noseed: false,
+    };
+    node.handle_datagram(now, SocketAddr::V4(from), &query(gp, b"g1", id(1)));
+    let token = response_of(&reply_to(&mut node, from)).token.unwrap();
+    let ap = QueryArgs::AnnouncePeer {
+        info_hash: &ih,
+        port: 5,
+        implied_port: false,
+        token: token.as_slice(),
+        seed: true,
+    };
+    node.handle_datagram(now, SocketAddr::V4(from), &query(ap, b"a1", id(1)));
+    assert_eq!(
+        events(&mut node),
+        vec![
+            Event::Incoming {
+                info_hash: ih,
+                from,
+                peer: None
+            },
+            Event::Incoming {
+                info_hash: ih,
+                from,
+                peer: Some(sa("127.0.0.2:5"))
+            },
+        ]
+    );
+}
+
+#[test]
+fn sample_infohashes_replies_carry_samples_interval_and_count() {
+    let now = Instant::now();
+    let mut node = node_with_table(3, now);
+    let mut rng = StdRng::seed_from_u64(1);
+    for b in 1..=3u8 {
+        node.store
+            .announce(id(b), sa("127.0.0.9:1"), false, now, &mut rng);
+    }
+    let from = sa("127.0.0.2:1000");
+    let target = id(0x11);
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(from),
+        &query(QueryArgs::SampleInfohashes { target: &target }, b"s", id(1)),
+    );
+    let m = reply_to(&mut node, from);
+    let r = response_of(&m);
+    assert_eq!(r.samples.as_ref().map(Vec::len), Some(60));
+    assert_eq!(r.num, Some(3));
+    assert_eq!(r.interval, Some(i64::from(node.config.sample_interval)));
+    assert_eq!(r.nodes.as_ref().map(|n| n.len() / 26), Some(3));
+    assert_eq!(node.stats(now).queries_by_method.sample_infohashes, 1);
+}
+
+#[test]
+fn the_input_gate_drops_what_no_node_should_answer() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let ping = query(QueryArgs::Ping, b"aa", id(1));
+    for from in ["127.0.0.2:0", "0.0.0.0:1000", "[fd77::1]:1000", "[::1]:0"] {
+        node.handle_datagram(now, from.parse().unwrap(), &ping);
+    }
+    // Our own id from elsewhere.
+    node.handle_datagram(
+        now,
+        "127.0.0.2:1000".parse().unwrap(),
+        &query(QueryArgs::Ping, b"aa", ME),
+    );
+    assert!(sent(&mut node).is_empty());
+    let s = node.stats(now);
+    assert_eq!((s.packets_in, s.dropped_other, s.queries_in), (5, 5, 1));
+
+    // An IPv4-mapped source is answered as IPv4.
+    node.handle_datagram(now, "[::ffff:127.0.0.2]:1000".parse().unwrap(), &ping);
+    let m = reply_to(&mut node, sa("127.0.0.2:1000"));
+    assert_eq!(m.ip, Some(sa("127.0.0.2:1000")));
+}
+
+#[test]
+fn malformed_datagrams_are_counted_and_bad_queries_get_their_error_code() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let from = sa("127.0.0.2:1000");
+    node.handle_datagram(now, SocketAddr::V4(from), b"d1:ad2:id");
+    assert!(sent(&mut node).is_empty());
+    assert_eq!(node.stats(now).dropped_malformed, 1);
+    // A ping without an id: 203 with the query's tid.
+    node.handle_datagram(now, SocketAddr::V4(from), b"d1:ade1:q4:ping1:t2:xy1:y1:qe");
+    let m = reply_to(&mut node, from);
+    assert_eq!(m.tid.as_slice(), b"xy");
+    match m.body {
+        Body::Error(e) => assert_eq!(e.code, ERR_PROTOCOL),
+        b => panic!("expected an error, got {b:?}"),
+    }
+    let s = node.stats(now);
+    assert_eq!((s.queries_in, s.errors_out), (1, 1));
+    node.note_oversized(5000);
+    let s = node.stats(now);
+    assert_eq!((s.dropped_malformed, s.packets_in), (2, 3));
+}
+
+#[test]
+fn a_read_only_node_answers_nothing_and_marks_its_queries() {
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            read_only: true,
+            ..config()
+        },
+        now,
+    );
+    let from = sa("127.0.0.2:1000");
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(from),
+        &query(QueryArgs::Ping, b"aa", id(1)),
+    );
+    node.handle_datagram(now, SocketAddr::V4(from), b"d1:ade1:q4:ping1:t2:xy1:y1:qe");
+    let out = sent(&mut node);
+    assert!(
+        out.iter().all(|(_, m)| matches!(m.body, Body::Query(_))),
+        "no replies: {out:?}"
+    );
+    node.ping(now, sa("127.0.0.3:1000"));
+    let out = sent(&mut node);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].1.read_only, "BEP 43: our queries say ro=1");
+}
+
+#[test]
+fn a_ping_ends_exactly_once_by_its_timeout() {
+    let t0 = Instant::now();
+    let mut node = Node::new(config(), t0);
+    let to = sa("127.0.0.2:1000");
+    let request = node.ping(t0, to);
+    let (_, tid, _) = queries_in(&sent(&mut node)).remove(0);
+    node.handle_timeout(t0 + node.config.short_timeout);
+    assert!(
+        events(&mut node).is_empty(),
+        "the short timeout only frees a lookup slot"
+    );
+    let t1 = t0 + node.config.hard_timeout;
+    node.handle_timeout(t1);
+    assert_eq!(
+        events(&mut node),
+        vec![Event::Pong {
+            request,
+            result: Err(PingError::Timeout)
+        }]
+    );
+    // A late answer ends nothing.
+    node.handle_datagram(
+        t1,
+        SocketAddr::V4(to),
+        &response(&tid, &ResponseBody::id_only(&id(1)), None),
+    );
+    assert!(events(&mut node).is_empty());
+    let s = node.stats(t1);
+    assert_eq!(
+        (
+            s.timeouts,
+            s.queries_ended,
+            s.dropped_unmatched,
+            s.transactions
+        ),
+        (1, 1, 1, 0)
+    );
+    assert_ended_once(&node, t1);
+    assert_eq!(node.overdue(t1), Overdue::default());
+}
+
+#[test]
+fn a_ping_ends_by_its_reply_an_error_or_a_wrong_id() {
+    let now = Instant::now();
+    let mut node = node_with_table(1, now);
+    let known = node.table.entries().next().unwrap().contact;
+    // Reply with the right id.
+    let r1 = node.ping(now, sa("127.0.0.2:1000"));
+    let (to, tid, _) = queries_in(&sent(&mut node)).remove(0);
+    // From another address: not ours to match.
+    node.handle_datagram(
+        now,
+        "127.0.0.9:1000".parse().unwrap(),
+        &response(&tid, &ResponseBody::id_only(&id(5)), None),
+    );
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(to),
+        &response(&tid, &ResponseBody::id_only(&id(5)), None),
+    );
+    // An error.
+    let r2 = node.ping(now, sa("127.0.0.3:1000"));
+    let (to, tid, _) = queries_in(&sent(&mut node)).remove(0);
+    node.handle_datagram(now, SocketAddr::V4(to), &error(&tid, 202));
+    // Our own id reflected back: the query failed.
+    let r3 = node.query(now, known.addr, DirectQuery::Ping);
+    let out = sent(&mut node);
+    let (to, tid, _) = queries_in(&out).remove(0);
+    assert_eq!(to, known.addr);
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(to),
+        &response(&tid, &ResponseBody::id_only(&ME), None),
+    );
+    assert_eq!(
+        events(&mut node),
+        vec![
+            Event::Pong {
+                request: r1,
+                result: Ok(id(5))
+            },
+            Event::Pong {
+                request: r2,
+                result: Err(PingError::Remote(202, "no".into()))
+            },
+            Event::Pong {
+                request: r3,
+                result: Err(PingError::WrongId)
+            },
+        ]
+    );
+    let s = node.stats(now);
+    assert_eq!(
+        (
+            s.dropped_unmatched,
+            s.errors_in,
+            s.wrong_id_replies,
+            s.queries_ended
+        ),
+        (1, 1, 1, 3)
+    );
+    assert_ended_once(&node, now);
+}
+
+#[test]
+fn a_direct_query_returns_the_whole_reply() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let ih = id(3);
+    let request = node.query(now, sa("127.0.0.2:1000"), DirectQuery::GetPeers(ih));
+    let (to, tid, q) = queries_in(&sent(&mut node)).remove(0);
+    assert_eq!(
+        q.method,
+        Method::GetPeers {
+            info_hash: ih,
+            scrape: false,
+            noseed: false
+        }
+    );
+    let peers = [sa("127.0.0.7:7")];
+    let body = ResponseBody {
+        values: &peers,
+        ..ResponseBody::id_only(&ID5)
+    };
+    node.handle_datagram(now, SocketAddr::V4(to), &response(&tid, &body, None));
+    match events(&mut node).as_slice() {
+        [
+            Event::Reply {
+                request: r,
+                result: Ok(resp),
+            },
+        ] => {
+            assert_eq!(*r, request);
+            assert_eq!(resp.values, peers);
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn a_query_outside_the_allow_list_fails_at_once_and_sends_nothing() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let request = node.ping(now, sa("10.0.0.1:1000"));
+    assert!(sent(&mut node).is_empty());
+    assert_eq!(
+        events(&mut node),
+        vec![Event::Pong {
+            request,
+            result: Err(PingError::NotAllowed)
+        }]
+    );
+    assert_eq!(node.stats(now).dropped_not_allowed, 1);
+}
+
+#[test]
+fn a_lookup_with_nothing_to_ask_ends_at_once() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let lookup = node.find_node(now, id(3));
+    assert!(sent(&mut node).is_empty());
+    assert_eq!(
+        events(&mut node),
+        vec![Event::LookupDone {
+            lookup,
+            closest: vec![],
+            announced: 0,
+            messages: 0,
+            scrape: None
+        }]
+    );
+    assert_eq!(node.stats(now).lookups, 0);
+}
+
+#[test]
+fn a_lookup_through_a_router_reports_peers_and_keeps_the_router_out_of_the_table() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let router = sa("127.0.0.50:6881");
+    node.bootstrap(now, &[router]);
+    let (to, tid, q) = queries_in(&sent(&mut node)).remove(0);
+    assert_eq!((to, &q.method), (router, &Method::FindNode { target: ME }));
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(to),
+        &response(&tid, &ResponseBody::id_only(&id(0x50)), None),
+    );
+    assert!(!node.is_bootstrapping());
+    assert_eq!(node.table.len(), 0, "a router never enters the table");
+    sent(&mut node);
+
+    let ih = id(0x42);
+    let lookup = node.get_peers(now, ih);
+    let (to, tid, q) = queries_in(&sent(&mut node)).remove(0);
+    assert_eq!(to, router, "a thin table falls back on the routers");
+    assert!(matches!(q.method, Method::GetPeers { info_hash, .. } if info_hash == ih));
+    let peers = [sa("127.0.0.7:7"), sa("127.0.0.8:8")];
+    let token = [1u8, 2];
+    let body = ResponseBody {
+        values: &peers,
+        token: Some(&token),
+        ..ResponseBody::id_only(&ROUTER_ID)
+    };
+    node.handle_datagram(now, SocketAddr::V4(to), &response(&tid, &body, None));
+    let ev = events(&mut node);
+    assert_eq!(
+        ev[0],
+        Event::Peers {
+            lookup,
+            peers: peers.to_vec()
+        }
+    );
+    assert!(matches!(ev[1], Event::LookupDone { lookup: l, messages: 1, .. } if l == lookup));
+    assert_eq!(node.table.len(), 0);
+    assert_ended_once(&node, now);
+}
+
+#[test]
+fn an_announce_lookup_announces_to_the_token_holders() {
+    let now = Instant::now();
+    let mut node = node_with_table(4, now);
+    let ih = id(0x42);
+    let lookup = node.announce(now, ih, Some(6881));
+    let mut announced = 0;
+    for _round in 0..10 {
+        let out = sent(&mut node);
+        if out.is_empty() {
+            break;
+        }
+        for (to, tid, q) in queries_in(&out) {
+            let who = node
+                .table
+                .entries()
+                .find(|e| e.contact.addr == to)
+                .unwrap()
+                .contact
+                .id;
+            match q.method {
+                Method::GetPeers { .. } => {
+                    let token = [to.ip().octets()[3]];
+                    let body = ResponseBody {
+                        token: Some(&token),
+                        ..ResponseBody::id_only(&who)
+                    };
+                    node.handle_datagram(now, SocketAddr::V4(to), &response(&tid, &body, None));
+                }
+                Method::AnnouncePeer {
+                    info_hash,
+                    port,
+                    implied_port,
+                    token,
+                    ..
+                } => {
+                    assert_eq!((info_hash, port, implied_port), (ih, 6881, false));
+                    assert_eq!(
+                        token.as_slice(),
+                        [to.ip().octets()[3]],
+                        "the token that node gave"
+                    );
+                    announced += 1;
+                    node.handle_datagram(
+                        now,
+                        SocketAddr::V4(to),
+                        &response(&tid, &ResponseBody::id_only(&who), None),
+                    );
+                }
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+    }
+    assert_eq!(announced, 4);
+    match events(&mut node).as_slice() {
+        [
+            Event::LookupDone {
+                lookup: l,
+                announced: 4,
+                closest,
+                ..
+            },
+        ] => {
+            assert_eq!(*l, lookup);
+            assert_eq!(closest.len(), 4);
+        }
+        e => panic!("{e:?}"),
+    }
+    assert_ended_once(&node, now);
+}
+
+#[test]
+fn a_lookup_whose_queries_never_end_is_ended_by_its_deadline() {
+    let t0 = Instant::now();
+    let config = Config {
+        short_timeout: LOOKUP_DEADLINE * 2,
+        hard_timeout: LOOKUP_DEADLINE * 3,
+        ..config()
+    };
+    let mut node = Node::new(config, t0);
+    node.table
+        .heard_response(Contact::new(id(1), sa("127.0.0.2:1000")), t0);
+    let lookup = node.find_node(t0, id(3));
+    assert_eq!(queries_in(&sent(&mut node)).len(), 1);
+    assert!(node.poll_timeout().unwrap() <= t0 + LOOKUP_DEADLINE);
+    node.handle_timeout(t0 + LOOKUP_DEADLINE - Duration::from_millis(1));
+    assert!(events(&mut node).is_empty());
+    node.handle_timeout(t0 + LOOKUP_DEADLINE);
+    assert!(
+        matches!(events(&mut node).as_slice(), [Event::LookupDone { lookup: l, .. }] if *l == lookup)
+    );
+    // (The bucket refresh due at the same moment starts lookups of its own.)
+    assert_eq!(node.stats(t0 + LOOKUP_DEADLINE).lookups_overdue, 1);
+    assert_eq!(node.overdue(t0 + LOOKUP_DEADLINE).lookups, 0);
+}
+
+#[test]
+fn bootstrap_retries_with_doubling_backoff_while_the_table_stays_empty() {
+    let t0 = Instant::now();
+    let mut node = Node::new(config(), t0);
+    let router = sa("127.0.0.50:6881");
+    node.bootstrap(t0, &[router]);
+    let mut now = t0;
+    let mut starts = vec![];
+    while starts.len() < 4 {
+        if queries_in(&sent(&mut node))
+            .iter()
+            .any(|(to, _, _)| *to == router)
+        {
+            starts.push(now.duration_since(t0).as_secs());
+        }
+        now = node.poll_timeout().unwrap();
+        node.handle_timeout(now);
+    }
+    // A silent router leaves the attempt nothing to ask once its query is slow (the 1 s
+    // short timeout); the next attempt follows after 2, 4, 8 s.
+    assert_eq!(starts, vec![0, 3, 8, 17]);
+}
+
+#[test]
+fn maintenance_pings_only_entries_older_than_ping_min_age() {
+    let t0 = Instant::now();
+    let mut node = node_with_table(1, t0);
+    let c = node.table.entries().next().unwrap().contact;
+    node.handle_timeout(t0 + node.config.ping_interval);
+    assert!(sent(&mut node).is_empty(), "heard from recently");
+    let later = t0 + node.config.ping_min_age + node.config.ping_interval;
+    node.handle_timeout(later);
+    let qs = queries_in(&sent(&mut node));
+    assert!(
+        qs.iter()
+            .any(|(to, _, q)| *to == c.addr && q.method == Method::Ping),
+        "{qs:?}"
+    );
+}
+
+#[test]
+fn added_contacts_are_pinged_in_paced_bursts_and_enter_the_table_when_they_answer() {
+    let t0 = Instant::now();
+    let mut node = Node::new(config(), t0);
+    let contacts: Vec<SocketAddrV4> = (0..100u8)
+        .map(|i| SocketAddrV4::new([127, 0, 2, i].into(), 1))
+        .collect();
+    node.add_contacts(t0, contacts.iter().copied());
+    assert_eq!(node.poll_timeout(), Some(t0));
+    node.handle_timeout(t0);
+    let first = queries_in(&sent(&mut node));
+    assert_eq!(first.len(), VERIFY_BURST);
+    node.handle_timeout(t0 + VERIFY_PACE / 2);
+    assert!(queries_in(&sent(&mut node)).is_empty(), "paced");
+    node.handle_timeout(t0 + VERIFY_PACE);
+    assert_eq!(queries_in(&sent(&mut node)).len(), 100 - VERIFY_BURST);
+    let (to, tid, _) = &first[0];
+    node.handle_datagram(
+        t0,
+        SocketAddr::V4(*to),
+        &response(tid, &ResponseBody::id_only(&id(0x33)), None),
+    );
+    assert_eq!(node.table.len(), 1);
+    assert_eq!(node.stats(t0).verifying, 99);
+}
+
+#[test]
+fn a_majority_of_repliers_seeing_a_public_ip_gives_us_a_bep42_id_for_it() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let public = sa("203.0.113.7:6881");
+    for i in 0..IP_VOTE_MIN as u8 {
+        let to = SocketAddrV4::new([127, 0, 3, i + 1].into(), 1000);
+        node.ping(now, to);
+        let (to, tid, _) = queries_in(&sent(&mut node)).remove(0);
+        node.handle_datagram(
+            now,
+            SocketAddr::V4(to),
+            &response(&tid, &ResponseBody::id_only(&id(i + 1)), Some(public)),
+        );
+    }
+    let changed: Vec<NodeId> = events(&mut node)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::IdChanged(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(node.id(), changed[0]);
+    assert!(bep42::is_valid(&node.id(), *public.ip()));
+    assert_eq!(node.stats(now).external_ip, Some(*public.ip()));
+    // The table moved to the new id with its entries.
+    assert_eq!(node.table.len(), IP_VOTE_MIN);
+}
