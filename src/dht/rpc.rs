@@ -273,10 +273,59 @@ mod tests {
     fn table_is_bounded() {
         let (mut t, mut rng, now) = setup();
         let a: SocketAddrV4 = "127.0.0.1:1000".parse().unwrap();
+        assert!(t.is_empty() && !t.is_full());
         for i in 0..4 {
+            assert!(!t.is_full());
             assert!(t.insert(&mut rng, a, None, now, i).is_some());
+            assert_eq!(t.len(), i as usize + 1);
+            assert!(!t.is_empty());
         }
+        assert!(t.is_full());
         assert!(t.insert(&mut rng, a, None, now, 5).is_none());
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn count_sent_before_counts_strictly_earlier_pending_queries() {
+        let (mut t, mut rng, now) = setup();
+        let a: SocketAddrV4 = "127.0.0.1:1000".parse().unwrap();
+        let later = now + Duration::from_secs(2);
+        t.insert(&mut rng, a, None, now, 1).unwrap();
+        let answered = t.insert(&mut rng, a, None, now, 2).unwrap();
+        t.insert(&mut rng, a, None, later, 3).unwrap();
+        t.take(&answered, a, None).unwrap();
+        assert_eq!(t.count_sent_before(now), 0);
+        assert_eq!(t.count_sent_before(later), 1);
+        assert_eq!(t.count_sent_before(later + Duration::from_nanos(1)), 2);
+    }
+
+    /// A transaction id can be drawn again once its query ended; the old query's queue
+    /// entries must not time out the new one (the sequence number tells them apart).
+    #[test]
+    fn a_reused_tid_is_not_timed_out_by_its_previous_query() {
+        let (mut t, mut rng, now) = setup();
+        let mut same_draws = StdRng::seed_from_u64(1); // the seed setup() uses
+        let a: SocketAddrV4 = "127.0.0.1:1000".parse().unwrap();
+        let first = t.insert(&mut rng, a, None, now, 1).unwrap();
+        t.take(&first, a, None).unwrap();
+        let later = now + Duration::from_millis(4500);
+        let second = t.insert(&mut same_draws, a, None, later, 2).unwrap();
+        assert_eq!(first, second, "the same id, drawn again");
+        let mut slow = Vec::new();
+        let mut failed = Vec::new();
+        t.expire(
+            now + Duration::from_secs(5),
+            |p| slow.push(p.data),
+            &mut failed,
+        );
+        assert!(slow.is_empty() && failed.is_empty(), "{slow:?}");
+        assert_eq!(t.len(), 1);
+        t.expire(
+            later + Duration::from_secs(5),
+            |p| slow.push(p.data),
+            &mut failed,
+        );
+        assert_eq!((slow, failed.len()), (vec![2], 1));
     }
 
     #[test]
