@@ -8,6 +8,8 @@
 #   tools/mutants.sh dht             # one group: dht | download | torrent
 #   JOBS=2 tools/mutants.sh picker   # or a single file stem of any group
 #   SHARD=1/4 tools/mutants.sh dht   # a round-robin quarter of the mutants (a sample)
+#   TIMEOUT=12 tools/mutants.sh      # seconds before a mutant's test run counts as hung
+#                                    # (default: cargo-mutants' own, 5x the baseline, >= 20 s)
 #
 # Settings (profile, features, `--lib`) are in .cargo/mutants.toml.
 set -euo pipefail
@@ -30,6 +32,7 @@ for name in "${ARGS[@]}"; do
     for f in $files; do fargs+=(-f "$f"); done
     extra=()
     [[ -z ${SHARD:-} ]] || extra+=(--shard "$SHARD" --sharding round-robin)
+    [[ -z ${TIMEOUT:-} ]] || extra+=(--timeout "$TIMEOUT")
     mkdir -p "mutants.out/$name"
     echo "== $name: $files" >&2
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts; both are results here.
