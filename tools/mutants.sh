@@ -8,6 +8,8 @@
 #   tools/mutants.sh dht             # one group: dht | download | torrent
 #   JOBS=2 tools/mutants.sh picker   # or a single file stem of any group
 #   SHARD=1/4 tools/mutants.sh dht   # a round-robin quarter of the mutants (a sample)
+#   IN_PLACE=1 tools/mutants.sh      # mutate this checkout (a scratch worktree!) instead of a
+#                                    # copy per group: no fresh baseline build per group
 #   TIMEOUT=12 tools/mutants.sh      # seconds before a mutant's test run counts as hung
 #                                    # (default: cargo-mutants' own, 5x the baseline, >= 20 s)
 #
@@ -33,6 +35,7 @@ for name in "${ARGS[@]}"; do
     extra=()
     [[ -z ${SHARD:-} ]] || extra+=(--shard "$SHARD" --sharding round-robin)
     [[ -z ${TIMEOUT:-} ]] || extra+=(--timeout "$TIMEOUT")
+    [[ -z ${IN_PLACE:-} ]] || extra+=(--in-place)
     mkdir -p "mutants.out/$name"
     echo "== $name: $files" >&2
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts; both are results here.
