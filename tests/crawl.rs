@@ -492,11 +492,11 @@ impl trackerless::crawl::enrich::MetadataFetcher for CannedFetcher {
         peers: Vec<SocketAddrV4>,
     ) -> trackerless::crawl::enrich::FetchFuture<'_> {
         self.asked.lock().unwrap().push((info_hash, peers));
-        let r = self
-            .dicts
-            .get(&info_hash)
-            .cloned()
-            .ok_or_else(|| "no peer had it".to_string());
+        let r = self.dicts.get(&info_hash).cloned().ok_or_else(|| {
+            trackerless::metadata::FetchError::Exhausted(
+                trackerless::metadata::FetchStats::default(),
+            )
+        });
         Box::pin(async move { r })
     }
 }

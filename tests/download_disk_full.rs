@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dl_support::{Liar, Peer, content, testnet, torrent_of, v4};
-use trackerless::download::{Mode, ResumeStore};
+use trackerless::download::{Mode, ResumeStore, SessionError, StorageError};
 
 const PIECE: u64 = 256 * 1024;
 const SIZE: usize = 16 << 20;
@@ -103,6 +103,11 @@ async fn write_failure_stops_cleanly_and_keeps_verified_pieces() {
         .expect("the session stops on the write error");
     restore(old);
     let err = end.expect_err("a failed write is an error");
+    assert!(
+        matches!(&err, SessionError::Storage(e) if matches!(**e, StorageError::Io { op: "write", .. })),
+        "a typed storage error: {err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.starts_with("cannot write ")
             && err.contains("data.bin")

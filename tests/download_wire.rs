@@ -282,7 +282,7 @@ async fn downloader_keeps_interest_exact_and_announces_pieces() {
     .await;
     // Connections that arrive during the start-up check are refused; wait it out.
     wait_until("the start-up check to end", GENEROUS, async || {
-        dl.session.phase() == Phase::Downloading
+        matches!(dl.session.phase(), Phase::Downloading)
     })
     .await;
     let mut p = scripted_peer(v4(127, 146, 2, 2), dl.addr(), ih).await;
@@ -445,7 +445,7 @@ async fn late_and_repeated_bitfields_are_read_as_haves() {
     )
     .await;
     for _ in 0..500 {
-        if dl.session.phase() == Phase::Downloading {
+        if matches!(dl.session.phase(), Phase::Downloading) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -633,7 +633,7 @@ async fn fast_downloader_fetches_allowed_fast_pieces_while_choked_and_retries_re
     )
     .await;
     wait_until("the session downloads", GENEROUS, async || {
-        dl.session.phase() == Phase::Downloading
+        matches!(dl.session.phase(), Phase::Downloading)
     })
     .await;
     let mut p = scripted_fast_peer(v4(127, 146, 11, 4), dl.addr(), ih).await;
@@ -806,7 +806,7 @@ async fn pex_names_a_seeder_the_dht_never_saw() {
     .await;
     // Connections that arrive during the start-up check are refused; wait it out.
     wait_until("the start-up check to end", GENEROUS, async || {
-        dl.session.phase() == Phase::Downloading
+        matches!(dl.session.phase(), Phase::Downloading)
     })
     .await;
     let mut p = scripted_peer(v4(127, 146, 7, 3), dl.addr(), ih).await;

@@ -21,9 +21,10 @@ use tokio::task::JoinSet;
 use super::store::TorrentMeta;
 use crate::dht::driver::DhtHandle;
 use crate::dht::id::InfoHash;
+use crate::metadata::FetchError;
 
 /// Boxed future returned by [`MetadataFetcher::fetch`].
-pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>>;
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, FetchError>> + Send + 'a>>;
 
 /// Something that can fetch a torrent's raw info dict from peers.
 pub trait MetadataFetcher: Send + Sync + 'static {
@@ -63,11 +64,37 @@ pub struct MetaJob {
     pub peers: Vec<SocketAddrV4>,
 }
 
+/// Why a job got no metadata.
+#[derive(Debug, Clone)]
+pub enum EnrichError {
+    /// Neither the announces nor a DHT lookup gave a peer to ask.
+    NoPeers,
+    /// No peer handed over the info dict (BEP 9).
+    Fetch(FetchError),
+    /// The dict a peer sent does not hash to the infohash (a liar, or a corrupt peer).
+    Mismatch,
+    /// The dict hashes right but is not a usable info dict.
+    Unparsable,
+}
+
+impl std::fmt::Display for EnrichError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnrichError::NoPeers => f.write_str("no peers found"),
+            EnrichError::Fetch(e) => write!(f, "{e}"),
+            EnrichError::Mismatch => f.write_str("info dict does not match the infohash"),
+            EnrichError::Unparsable => f.write_str("info dict does not parse"),
+        }
+    }
+}
+
+impl std::error::Error for EnrichError {}
+
 /// What became of one job.
 #[derive(Debug, Clone)]
 pub struct MetaOutcome {
     pub info_hash: InfoHash,
-    pub result: Result<TorrentMeta, String>,
+    pub result: Result<TorrentMeta, EnrichError>,
     /// DHT queries the peer lookup sent (charged to the crawl's rate limit).
     pub dht_messages: u32,
 }
@@ -138,11 +165,11 @@ async fn run_job(cfg: &MetadataConfig, dht: &DhtHandle, job: MetaJob) -> MetaOut
         }
     }
     let result = if peers.is_empty() {
-        Err("no peers found".to_string())
+        Err(EnrichError::NoPeers)
     } else {
         match cfg.fetcher.fetch(ih, peers).await {
             Ok(raw) => verify_and_save(cfg, &ih, &raw).await,
-            Err(e) => Err(e),
+            Err(e) => Err(EnrichError::Fetch(e)),
         }
     };
     MetaOutcome {
@@ -157,13 +184,12 @@ async fn verify_and_save(
     cfg: &MetadataConfig,
     ih: &InfoHash,
     raw: &[u8],
-) -> Result<TorrentMeta, String> {
+) -> Result<TorrentMeta, EnrichError> {
     let digest: [u8; 20] = Sha1::digest(raw).into();
     if digest != ih.0 {
-        return Err("info dict does not match the infohash".into());
+        return Err(EnrichError::Mismatch);
     }
-    let meta = TorrentMeta::from_info(raw, now_unix())
-        .ok_or_else(|| "info dict does not parse".to_string())?;
+    let meta = TorrentMeta::from_info(raw, now_unix()).ok_or(EnrichError::Unparsable)?;
     if let Some(dir) = &cfg.torrent_dir {
         let path = dir.join(format!("{}.torrent", ih.to_hex()));
         let bytes = crate::torrent::metainfo::torrent_file_from_info(raw);
@@ -186,7 +212,6 @@ impl MetadataFetcher for Bep9Fetcher {
             crate::metadata::fetch_metadata(info_hash.0, source, &self.0)
                 .await
                 .map(|f| f.info.to_vec())
-                .map_err(|e| e.to_string())
         })
     }
 }

@@ -34,7 +34,7 @@ pub fn status_line(p: &Progress) -> String {
         p.peers,
         p.seeds,
     );
-    if p.phase == Phase::Downloading {
+    if matches!(p.phase, Phase::Downloading) {
         let left = p.total_bytes.saturating_sub(p.verified_bytes);
         if p.download_rate > 1.0 {
             let eta = Duration::from_secs_f64(left as f64 / p.download_rate);

@@ -33,14 +33,14 @@ use super::bitfield::Bitfield;
 use super::choker::{Choker, ChokerConfig, PeerView};
 use super::peer::{self, PeerCmd};
 use super::picker::{BlockRef, PeerKey, Picker, PickerConfig};
-use super::resume::{ResumeRecord, ResumeStore, plan_start};
+use super::resume::{ResumeError, ResumeRecord, ResumeStore, plan_start};
 use super::storage::{DiskEvent, Mode, Storage, StorageError};
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
 use crate::dht::id::NodeId;
 use crate::metadata::PeerHandoff;
 use crate::torrent::metainfo::{Info, MetainfoError};
-use crate::wire::{Handshake, PeerStream, Transports, WireConfig, open_outgoing};
+use crate::wire::{Handshake, PeerStream, Transports, WireConfig, WireError, open_outgoing};
 
 /// Settings of a session.
 #[derive(Debug, Clone)]
@@ -132,12 +132,21 @@ impl Default for SessionConfig {
 }
 
 /// Why a session could not start or had to stop.
-#[derive(Debug)]
+/// Why a session could not start or why it stopped. Cloneable (its sources are shared) so
+/// that [`Phase::Stopped`] can carry it to every watcher.
+#[derive(Debug, Clone)]
 pub enum SessionError {
     /// The info dict does not parse or validate.
-    Metainfo(MetainfoError),
+    Metainfo(Arc<MetainfoError>),
     /// The files could not be created, opened, read or written.
-    Storage(StorageError),
+    Storage(Arc<StorageError>),
+    /// The resume record could not be written.
+    Resume(ResumeError),
+    /// The disk threads ended before the session did (they only end when it drops them, so
+    /// this is a crash of one of them).
+    DiskStopped,
+    /// The session task ended without saying how (it panicked or was aborted).
+    TaskEnded,
 }
 
 impl fmt::Display for SessionError {
@@ -145,6 +154,9 @@ impl fmt::Display for SessionError {
         match self {
             SessionError::Metainfo(e) => write!(f, "unusable metadata: {e}"),
             SessionError::Storage(e) => write!(f, "{e}"),
+            SessionError::Resume(e) => write!(f, "{e}"),
+            SessionError::DiskStopped => f.write_str("the disk threads stopped"),
+            SessionError::TaskEnded => f.write_str("the session task ended"),
         }
     }
 }
@@ -152,7 +164,7 @@ impl fmt::Display for SessionError {
 impl std::error::Error for SessionError {}
 
 /// Where a session is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Phase {
     /// Hashing pieces found on disk.
     Checking,
@@ -160,11 +172,11 @@ pub enum Phase {
     /// Complete and still serving.
     Seeding,
     /// Ended: complete (and not seeding) or stopped; `Err` says why it failed.
-    Stopped(Result<(), String>),
+    Stopped(Result<(), SessionError>),
 }
 
 /// A progress snapshot.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Progress {
     pub phase: Phase,
     pub total_bytes: u64,
@@ -334,7 +346,8 @@ impl Session {
         mode: Mode,
         cfg: SessionConfig,
     ) -> Result<Session, SessionError> {
-        let info = Info::from_bytes(&info_bytes).map_err(SessionError::Metainfo)?;
+        let info =
+            Info::from_bytes(&info_bytes).map_err(|e| SessionError::Metainfo(Arc::new(e)))?;
         let info_hash: [u8; 20] = {
             use sha1::{Digest, Sha1};
             Sha1::digest(&info_bytes).into()
@@ -342,7 +355,7 @@ impl Session {
         let (disk_tx, disk_rx) = mpsc::unbounded_channel();
         let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         let storage = Storage::open(&root, &info, mode, cfg.disk_threads, disk_tx)
-            .map_err(SessionError::Storage)?;
+            .map_err(|e| SessionError::Storage(Arc::new(e)))?;
         let n = info.num_pieces();
         let now = Instant::now();
         let picker = Picker::new(
@@ -456,21 +469,21 @@ impl Session {
     }
 
     /// Waits until the session has stopped.
-    pub async fn wait_stopped(&self) -> Result<(), String> {
+    pub async fn wait_stopped(&self) -> Result<(), SessionError> {
         let mut rx = self.phase.clone();
         loop {
             if let Phase::Stopped(r) = rx.borrow_and_update().clone() {
                 return r;
             }
             if rx.changed().await.is_err() {
-                return Err("the session task ended".into());
+                return Err(SessionError::TaskEnded);
             }
         }
     }
 
     /// Stops the session: closes every connection, waits for queued writes, saves the
     /// resume record. Returns how it ended.
-    pub async fn stop(self) -> Result<(), String> {
+    pub async fn stop(self) -> Result<(), SessionError> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(SessionCmd::Stop(tx)).is_ok() {
             let _ = rx.await;
@@ -637,7 +650,7 @@ struct PeerExit {
 }
 
 /// The outcome of a connection attempt: the stream and the peer's handshake, or why not.
-type Attempt = (SocketAddr, Result<(PeerStream, Handshake), String>);
+type Attempt = (SocketAddr, Result<(PeerStream, Handshake), WireError>);
 
 /// The session task.
 struct Runner {
@@ -677,7 +690,7 @@ impl Runner {
         let _ = self.phase.send(Phase::Stopped(result));
     }
 
-    async fn run_inner(&mut self) -> Result<(), String> {
+    async fn run_inner(&mut self) -> Result<(), SessionError> {
         if let Some(stop) = self.check_start().await? {
             let _ = stop.send(());
             return Ok(());
@@ -760,7 +773,7 @@ impl Runner {
     }
 
     /// The start-up check. Returns a stop request that arrived meanwhile, if any.
-    async fn check_start(&mut self) -> Result<Option<oneshot::Sender<()>>, String> {
+    async fn check_start(&mut self) -> Result<Option<oneshot::Sender<()>>, SessionError> {
         let n = self.shared.info.num_pieces();
         if self.shared.cfg.assume_complete {
             let mut st = self.shared.lock();
@@ -816,7 +829,7 @@ impl Runner {
                         }
                     }
                     Some(_) => {}
-                    None => return Err("the disk threads stopped".into()),
+                    None => return Err(SessionError::DiskStopped),
                 },
                 cmd = self.cmds.recv() => match cmd {
                     Some(SessionCmd::Stop(done)) => return Ok(Some(done)),
@@ -837,7 +850,7 @@ impl Runner {
         Ok(None)
     }
 
-    fn save_resume(&mut self) -> Result<(), String> {
+    fn save_resume(&mut self) -> Result<(), SessionError> {
         self.last_save = Instant::now();
         let Some(store) = &self.shared.cfg.resume else {
             self.dirty = false;
@@ -854,7 +867,7 @@ impl Runner {
         self.dirty = false;
         store
             .save(&self.shared.info_hash, &rec)
-            .map_err(|e| e.to_string())
+            .map_err(SessionError::Resume)
     }
 
     fn start_lookups(&mut self) {
@@ -947,9 +960,7 @@ impl Runner {
             let local = cfg.local_ip;
             let transports = cfg.transports.clone();
             self.connecting.spawn(async move {
-                let res = open_outgoing(addr, local, &allow, &wire, &transports, &ours)
-                    .await
-                    .map_err(|e| e.to_string());
+                let res = open_outgoing(addr, local, &allow, &wire, &transports, &ours).await;
                 (addr, res)
             });
         }
@@ -976,7 +987,7 @@ impl Runner {
         crate::wire::pex::note(crate::wire::pex::PexEvent::Learned(new));
     }
 
-    fn connected(&mut self, addr: SocketAddr, res: Result<(PeerStream, Handshake), String>) {
+    fn connected(&mut self, addr: SocketAddr, res: Result<(PeerStream, Handshake), WireError>) {
         let now = Instant::now();
         match res {
             Ok((stream, theirs)) => {
@@ -1088,7 +1099,7 @@ impl Runner {
         }
     }
 
-    fn on_disk(&mut self, ev: DiskEvent) -> Result<Option<Result<(), String>>, String> {
+    fn on_disk(&mut self, ev: DiskEvent) -> Result<Option<Result<(), SessionError>>, SessionError> {
         match ev {
             DiskEvent::Verified {
                 piece,
@@ -1106,7 +1117,7 @@ impl Runner {
                 Ok(None)
             }
             DiskEvent::Checked { .. } => Ok(None),
-            DiskEvent::WriteFailed(e) => Err(e.to_string()),
+            DiskEvent::WriteFailed(e) => Err(SessionError::Storage(Arc::new(e))),
         }
     }
 
@@ -1194,7 +1205,7 @@ impl Runner {
         }
     }
 
-    fn on_complete(&mut self) -> Option<Result<(), String>> {
+    fn on_complete(&mut self) -> Option<Result<(), SessionError>> {
         self.shared.complete.store(true, Ordering::Relaxed);
         self.dirty = true;
         if let Err(e) = self.save_resume() {

@@ -123,7 +123,7 @@ pub enum DiskEvent {
 pub struct ReadDone {
     pub piece: u32,
     pub begin: u32,
-    pub data: Result<Bytes, String>,
+    pub data: Result<Bytes, StorageError>,
 }
 
 enum Job {
@@ -373,11 +373,7 @@ impl Worker {
                     self.write_runs(Some(piece));
                     let mut buf = vec![0u8; length as usize];
                     let offset = u64::from(piece) * self.files.piece_length + u64::from(begin);
-                    let data = self
-                        .files
-                        .read(offset, &mut buf)
-                        .map(|()| Bytes::from(buf))
-                        .map_err(|e| e.to_string());
+                    let data = self.files.read(offset, &mut buf).map(|()| Bytes::from(buf));
                     let _ = reply.send(ReadDone { piece, begin, data });
                 }
                 Job::Barrier(done) => {
