@@ -35,12 +35,17 @@ for name in "${ARGS[@]}"; do
     extra=()
     [[ -z ${SHARD:-} ]] || extra+=(--shard "$SHARD" --sharding round-robin)
     [[ -z ${TIMEOUT:-} ]] || extra+=(--timeout "$TIMEOUT")
-    [[ -z ${IN_PLACE:-} ]] || extra+=(--in-place)
+    if [[ -n ${IN_PLACE:-} ]]; then extra+=(--in-place); else extra+=(--jobs "${JOBS:-1}"); fi
     mkdir -p "mutants.out/$name"
     echo "== $name: $files" >&2
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts; both are results here.
-    cargo mutants --jobs "${JOBS:-1}" --no-shuffle "${fargs[@]}" "${extra[@]}" \
-        --output "mutants.out/$name" || { rc=$?; [[ $rc == 2 || $rc == 3 ]] || exit $rc; }
+    rc=0
+    cargo mutants --no-shuffle "${fargs[@]}" "${extra[@]}" --output "mutants.out/$name" || rc=$?
+    # (clap's usage errors exit 2 as well: a run happened only if it left its outcomes.)
+    if [[ ! ( $rc == 0 || $rc == 2 || $rc == 3 ) || ! -f mutants.out/$name/mutants.out/outcomes.json ]]; then
+        echo "error: cargo mutants failed ($rc)" >&2
+        exit 1
+    fi
     for k in caught missed timeout unviable; do
         printf '   %-8s %s\n' "$k" "$(wc -l < "mutants.out/$name/mutants.out/$k.txt")" >&2
     done
