@@ -35,7 +35,7 @@ async fn start_peer(
     root: &Path,
     seed: bool,
 ) -> Result<Peer, Box<dyn std::error::Error>> {
-    let peer_id = trackerless::wire::generate_peer_id();
+    let peer_id = trackerless::torrent::PeerId::generate();
     let registry = Arc::new(MetadataRegistry::new());
     let server = MetadataServer::bind(
         SocketAddr::new(dht.local_addr().ip(), 0),

@@ -32,11 +32,11 @@ use bytes::Bytes;
 use dl_support::{Peer, content, testnet, torrent_of, v4};
 use trackerless::dht::allow::AllowList;
 use trackerless::download::{Mode, Phase};
+use trackerless::torrent::PeerId;
 use trackerless::wire::ExtHandshake;
 use trackerless::wire::pex::{PEX_FIRST_DELAY, PexMsg, UT_PEX, flags, pex_counts};
 use trackerless::wire::{
-    EXT_HANDSHAKE_ID, Handshake, Message, PeerConn, WireConfig, connect_from, generate_peer_id,
-    handshake_outgoing,
+    EXT_HANDSHAKE_ID, Handshake, Message, PeerConn, WireConfig, connect_from, handshake_outgoing,
 };
 use wait_support::{GENEROUS, wait_until};
 
@@ -65,7 +65,7 @@ async fn scripted(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20], fast: bool)
     )
     .await
     .unwrap();
-    let ours = Handshake::new(info_hash, generate_peer_id());
+    let ours = Handshake::new(info_hash, PeerId::generate());
     let ours = if fast { ours } else { ours.without_fast() };
     let theirs = handshake_outgoing(&mut s, &ours, Duration::from_secs(5))
         .await

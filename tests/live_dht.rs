@@ -390,7 +390,7 @@ fn client_code_is_unused_and_consistent() {
         &trackerless::dht::node::VERSION[..2],
         &trackerless::CLIENT_CODE
     );
-    let pid = trackerless::wire::handshake::PEER_ID_PREFIX;
+    let pid = trackerless::torrent::peer_id::PEER_ID_PREFIX;
     assert_eq!(&pid[1..3], &trackerless::CLIENT_CODE);
     // What a node puts on the wire.
     let t0 = Instant::now();

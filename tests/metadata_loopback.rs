@@ -229,7 +229,7 @@ async fn raw_client(
     let mut stream = TcpStream::connect(srv).await.unwrap();
     handshake_outgoing(
         &mut stream,
-        &Handshake::new(ih, [7; 20]),
+        &Handshake::new(ih, trackerless::torrent::PeerId([7; 20])),
         Duration::from_secs(5),
     )
     .await
@@ -259,7 +259,7 @@ async fn server_survives_hostile_input() {
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0);
     let mut s = TcpStream::connect(srv.local_addr()).await.unwrap();
-    s.write_all(&Handshake::new(ih, [1; 20]).encode()[..30])
+    s.write_all(&Handshake::new(ih, trackerless::torrent::PeerId([1; 20])).encode()[..30])
         .await
         .unwrap();
     drop(s);
@@ -316,7 +316,9 @@ async fn server_survives_hostile_input() {
     let (_, mut w) = conn.into_split();
     let _ = w.shutdown().await;
     let mut s = TcpStream::connect(srv.local_addr()).await.unwrap();
-    let mut hs = Handshake::new(ih, [2; 20]).encode().to_vec();
+    let mut hs = Handshake::new(ih, trackerless::torrent::PeerId([2; 20]))
+        .encode()
+        .to_vec();
     hs.extend_from_slice(&u32::MAX.to_be_bytes());
     s.write_all(&hs).await.unwrap();
 
@@ -346,7 +348,9 @@ async fn connection_limit_closes_excess_connections() {
     let (_a, _) = raw_client(srv.local_addr(), ih).await;
     let (_b, _) = raw_client(srv.local_addr(), ih).await;
     let mut c = TcpStream::connect(srv.local_addr()).await.unwrap();
-    let _ = c.write_all(&Handshake::new(ih, [3; 20]).encode()).await;
+    let _ = c
+        .write_all(&Handshake::new(ih, trackerless::torrent::PeerId([3; 20])).encode())
+        .await;
     let mut buf = [0u8; 68];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
         .await
@@ -475,7 +479,9 @@ async fn serve_connection_survives_random_traffic() {
     let srv = listener.local_addr().unwrap();
     let mut rng = rand::rng();
     for round in 0..200u32 {
-        let mut wire = Handshake::new(ih, [9; 20]).encode().to_vec();
+        let mut wire = Handshake::new(ih, trackerless::torrent::PeerId([9; 20]))
+            .encode()
+            .to_vec();
         if round % 2 == 0 {
             ExtHandshake::ours(None, None)
                 .to_message()

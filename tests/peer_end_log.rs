@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use trackerless::dht::allow::AllowList;
+use trackerless::torrent::PeerId;
 use trackerless::wire::{
-    Handshake, Message, PeerConn, WireConfig, connect_from, generate_peer_id, handshake_outgoing,
+    Handshake, Message, PeerConn, WireConfig, connect_from, handshake_outgoing,
 };
 
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
@@ -29,7 +30,7 @@ async fn handshaken(to: SocketAddr, ih: [u8; 20]) -> tokio::net::TcpStream {
     .unwrap();
     handshake_outgoing(
         &mut s,
-        &Handshake::new(ih, generate_peer_id()).without_fast(),
+        &Handshake::new(ih, PeerId::generate()).without_fast(),
         Duration::from_secs(10),
     )
     .await

@@ -20,9 +20,9 @@ use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
 use trackerless::download::{Mode, ResumeStore, Session, SessionConfig};
 use trackerless::metadata::{FetchConfig, Fetched, MetadataRegistry, PeerSource, fetch_metadata};
+use trackerless::torrent::PeerId;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::{Info, Metainfo, torrent_file_from_info};
-use trackerless::wire::generate_peer_id;
 
 /// Download a torrent through the Mainline DHT (no trackers).
 ///
@@ -174,7 +174,7 @@ fn main() {
 fn fetch_config(
     cli: &Cli,
     dht: &DhtHandle,
-    peer_id: [u8; 20],
+    peer_id: trackerless::torrent::PeerId,
     listen: Option<u16>,
     transports: trackerless::wire::Transports,
 ) -> FetchConfig {
@@ -225,7 +225,7 @@ async fn run_metadata_only(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
     let fetch_cfg = fetch_config(
         cli,
         dht,
-        generate_peer_id(),
+        PeerId::generate(),
         None,
         // No listener here, so no uTP socket: TCP only.
         trackerless::wire::Transports::default(),
@@ -305,7 +305,7 @@ fn open_resume(cli: &Cli) -> Option<ResumeStore> {
 async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
     let started = Instant::now();
     let ih = target.info_hash();
-    let peer_id = generate_peer_id();
+    let peer_id = PeerId::generate();
     let allow = AllowList::only(cli.net.allow_net.clone());
     let resume = open_resume(cli);
 

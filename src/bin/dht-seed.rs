@@ -19,10 +19,10 @@ use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
 use trackerless::download::{Mode, Phase, Session, SessionConfig};
 use trackerless::metadata::MetadataRegistry;
+use trackerless::torrent::PeerId;
 use trackerless::torrent::hybrid::create_hybrid_info;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::{Info, Metainfo, create_info};
-use trackerless::wire::generate_peer_id;
 
 /// Share a file or a directory through the Mainline DHT (no trackers).
 ///
@@ -189,7 +189,7 @@ async fn run(
     root: PathBuf,
     dht: &DhtHandle,
 ) -> i32 {
-    let peer_id = generate_peer_id();
+    let peer_id = PeerId::generate();
     let allow = AllowList::only(cli.net.allow_net.clone());
     let registry = Arc::new(MetadataRegistry::new());
     let ih = registry.insert(raw.clone());

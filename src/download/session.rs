@@ -46,7 +46,7 @@ use crate::wire::{Handshake, PeerStream, Transports, WireConfig, WireError, open
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Our peer id (use the listener's, so both directions present the same one).
-    pub peer_id: [u8; 20],
+    pub peer_id: crate::torrent::PeerId,
     /// Outbound allow-list: peers outside it are never connected to.
     pub allow: AllowList,
     pub wire: WireConfig,
@@ -97,7 +97,7 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            peer_id: crate::wire::generate_peer_id(),
+            peer_id: crate::torrent::PeerId::generate(),
             allow: AllowList::any(),
             wire: WireConfig {
                 connect_timeout: Duration::from_secs(5),
@@ -214,7 +214,7 @@ pub(super) struct PeerStats {
 
 pub(super) struct PeerEntry {
     pub addr: SocketAddr,
-    pub peer_id: [u8; 20],
+    pub peer_id: crate::torrent::PeerId,
     pub cmd: mpsc::UnboundedSender<PeerCmd>,
     pub stats: Arc<PeerStats>,
     pub connected_at: Instant,

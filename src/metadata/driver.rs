@@ -29,7 +29,7 @@ enum PeerCmd {
 /// What every peer task of one fetch shares (the I/O half of [`FetchConfig`]).
 struct TaskCtx {
     info_hash: [u8; 20],
-    peer_id: [u8; 20],
+    peer_id: crate::torrent::PeerId,
     allow: AllowList,
     transports: crate::wire::Transports,
     wire: WireConfig,

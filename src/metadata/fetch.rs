@@ -52,7 +52,7 @@ pub const MAX_SIZE_GROUPS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
     /// Our peer id in handshakes.
-    pub peer_id: [u8; 20],
+    pub peer_id: crate::torrent::PeerId,
     /// Outbound allow-list: peers outside it are never connected to.
     pub allow: AllowList,
     /// Connect, handshake, read and write timeouts of each connection.
@@ -90,7 +90,7 @@ pub struct FetchConfig {
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
-            peer_id: crate::wire::generate_peer_id(),
+            peer_id: crate::torrent::PeerId::generate(),
             allow: AllowList::any(),
             wire: WireConfig {
                 connect_timeout: Duration::from_secs(3),

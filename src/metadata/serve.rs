@@ -137,7 +137,7 @@ impl MetadataRegistry {
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Our peer id in handshakes.
-    pub peer_id: [u8; 20],
+    pub peer_id: crate::torrent::PeerId,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
     /// Handshake and write timeouts; `read_timeout` is how long an idle peer is kept.
@@ -158,7 +158,7 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
-            peer_id: crate::wire::generate_peer_id(),
+            peer_id: crate::torrent::PeerId::generate(),
             max_connections: 256,
             wire: WireConfig {
                 handshake_timeout: Duration::from_secs(10),

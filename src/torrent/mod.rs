@@ -3,3 +3,6 @@
 pub mod hybrid;
 pub mod magnet;
 pub mod metainfo;
+pub mod peer_id;
+
+pub use peer_id::PeerId;

@@ -1,5 +1,6 @@
 //! Tests of the tokio layer over real loopback TCP (127.0.0.1 only) and in-memory pipes.
 
+use crate::torrent::PeerId;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ async fn loopback_session_end_to_end() {
     let server = tokio::spawn(async move {
         let (mut stream, _) = l.accept().await.unwrap();
         let served: HashSet<[u8; 20]> = HashSet::from([INFO_HASH]);
-        let server_id = generate_peer_id();
+        let server_id = PeerId::generate();
         let theirs = handshake_incoming(&mut stream, SHORT, |hs| {
             served
                 .contains(&hs.info_hash)
@@ -97,11 +98,11 @@ async fn loopback_session_end_to_end() {
     });
 
     let mut stream = connect(addr, &AllowList::loopback(), SHORT).await.unwrap();
-    let our_id = generate_peer_id();
+    let our_id = PeerId::generate();
     let ours = Handshake::new(INFO_HASH, our_id);
     let theirs = handshake_outgoing(&mut stream, &ours, SHORT).await.unwrap();
     assert!(theirs.supports_dht() && theirs.supports_extensions() && theirs.supports_fast());
-    assert_eq!(&theirs.peer_id[..8], b"-TK0001-");
+    assert_eq!(&theirs.peer_id.0[..8], b"-TK0001-");
 
     let mut conn = PeerConn::from_tcp(stream, &config());
     let ext = ExtHandshake::ours(None, None);
@@ -241,12 +242,12 @@ async fn info_hash_mismatch_is_rejected_on_both_sides() {
     let server = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         handshake_incoming(&mut s, SHORT, |hs| {
-            (hs.info_hash == INFO_HASH).then(|| Handshake::new(INFO_HASH, generate_peer_id()))
+            (hs.info_hash == INFO_HASH).then(|| Handshake::new(INFO_HASH, PeerId::generate()))
         })
         .await
     });
     let mut s = connect(addr, &AllowList::loopback(), SHORT).await.unwrap();
-    let ours = Handshake::new([9; 20], generate_peer_id());
+    let ours = Handshake::new([9; 20], PeerId::generate());
     let client = handshake_outgoing(&mut s, &ours, SHORT).await;
     assert!(matches!(server.await.unwrap(), Err(WireError::UnknownInfoHash(h)) if h == [9; 20]));
     assert!(matches!(client, Err(WireError::Closed)), "{client:?}");
@@ -257,13 +258,13 @@ async fn info_hash_mismatch_is_rejected_on_both_sides() {
         let (mut s, _) = l.accept().await.unwrap();
         let mut theirs = [0u8; HANDSHAKE_LEN];
         s.read_exact(&mut theirs).await.unwrap();
-        s.write_all(&Handshake::new([8; 20], generate_peer_id()).encode())
+        s.write_all(&Handshake::new([8; 20], PeerId::generate()).encode())
             .await
             .unwrap();
         s
     });
     let mut s = connect(addr, &AllowList::loopback(), SHORT).await.unwrap();
-    let ours = Handshake::new(INFO_HASH, generate_peer_id());
+    let ours = Handshake::new(INFO_HASH, PeerId::generate());
     let client = handshake_outgoing(&mut s, &ours, SHORT).await;
     assert!(
         matches!(client, Err(WireError::InfoHashMismatch { expected, got })
@@ -274,11 +275,11 @@ async fn info_hash_mismatch_is_rejected_on_both_sides() {
 
     // Our own responder answering with a different hash is a bug caught before sending.
     let (mut a, mut b) = tokio::io::duplex(256);
-    b.write_all(&Handshake::new(INFO_HASH, generate_peer_id()).encode())
+    b.write_all(&Handshake::new(INFO_HASH, PeerId::generate()).encode())
         .await
         .unwrap();
     let res = handshake_incoming(&mut a, SHORT, |_| {
-        Some(Handshake::new([8; 20], generate_peer_id()))
+        Some(Handshake::new([8; 20], PeerId::generate()))
     })
     .await;
     assert!(
@@ -328,7 +329,7 @@ async fn handshake_timeout_and_garbage() {
     let (l, addr) = listener().await;
     let mut s = connect(addr, &AllowList::loopback(), SHORT).await.unwrap();
     let _silent = l.accept().await.unwrap();
-    let ours = Handshake::new(INFO_HASH, generate_peer_id());
+    let ours = Handshake::new(INFO_HASH, PeerId::generate());
     let res = handshake_outgoing(&mut s, &ours, Duration::from_millis(100)).await;
     assert!(
         matches!(res, Err(WireError::Timeout(Phase::Handshake))),

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use rand::Rng;
+use crate::torrent::PeerId;
 
 /// The protocol string every handshake starts with, after its one-byte length.
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
@@ -18,19 +18,6 @@ pub const RESERVED_FAST: (usize, u8) = (7, 0x04);
 /// Reserved-byte index and mask of the extension protocol (BEP 10), needed for ut_metadata.
 pub const RESERVED_EXTENSIONS: (usize, u8) = (5, 0x10);
 
-/// Client prefix of our peer ids, Azureus style (`-XXnnnn-`), so peers and crawlers can tell
-/// which software they are talking to.
-pub const PEER_ID_PREFIX: &[u8; 8] = &[
-    b'-',
-    crate::CLIENT_CODE[0],
-    crate::CLIENT_CODE[1],
-    b'0',
-    b'0',
-    b'0',
-    b'1',
-    b'-',
-];
-
 /// A peer's (or our own) handshake.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Handshake {
@@ -39,7 +26,7 @@ pub struct Handshake {
     /// The torrent the connection is about.
     pub info_hash: [u8; 20],
     /// The sender's peer id.
-    pub peer_id: [u8; 20],
+    pub peer_id: PeerId,
 }
 
 /// Why 68 bytes are not a handshake.
@@ -74,7 +61,7 @@ impl Handshake {
     /// Our handshake: DHT, extension-protocol and fast (BEP 6) bits set. Connections that
     /// never trade pieces (metadata-only ones) clear the fast bit with
     /// [`Handshake::without_fast`], so they are not bound by its rules.
-    pub fn new(info_hash: [u8; 20], peer_id: [u8; 20]) -> Self {
+    pub fn new(info_hash: [u8; 20], peer_id: PeerId) -> Self {
         let mut reserved = [0u8; 8];
         reserved[RESERVED_DHT.0] |= RESERVED_DHT.1;
         reserved[RESERVED_EXTENSIONS.0] |= RESERVED_EXTENSIONS.1;
@@ -117,7 +104,7 @@ impl Handshake {
         out[1..20].copy_from_slice(PROTOCOL);
         out[20..28].copy_from_slice(&self.reserved);
         out[28..48].copy_from_slice(&self.info_hash);
-        out[48..68].copy_from_slice(&self.peer_id);
+        out[48..68].copy_from_slice(self.peer_id.as_bytes());
         out
     }
 
@@ -138,11 +125,11 @@ impl Handshake {
         let mut hs = Handshake {
             reserved: [0; 8],
             info_hash: [0; 20],
-            peer_id: [0; 20],
+            peer_id: PeerId([0; 20]),
         };
         hs.reserved.copy_from_slice(&buf[20..28]);
         hs.info_hash.copy_from_slice(&buf[28..48]);
-        hs.peer_id.copy_from_slice(&buf[48..68]);
+        hs.peer_id.0.copy_from_slice(&buf[48..68]);
         Ok(hs)
     }
 }
@@ -161,20 +148,9 @@ impl fmt::Debug for Handshake {
         f.debug_struct("Handshake")
             .field("reserved", &hex::encode(self.reserved))
             .field("info_hash", &hex::encode(self.info_hash))
-            .field("peer_id", &String::from_utf8_lossy(&self.peer_id))
+            .field("peer_id", &self.peer_id)
             .finish()
     }
-}
-
-/// A fresh peer id: `-TK0001-` followed by 12 random bytes.
-///
-/// Random per process (or per torrent, at the caller's choice) so two of our instances never
-/// collide and a peer cannot link our sessions by id.
-pub fn generate_peer_id() -> [u8; 20] {
-    let mut id = [0u8; 20];
-    id[..8].copy_from_slice(PEER_ID_PREFIX);
-    rand::rng().fill_bytes(&mut id[8..]);
-    id
 }
 
 #[cfg(test)]
@@ -202,7 +178,7 @@ mod tests {
             "2d044fc0db1a617539be4d72c2a545a0fd4803e2"
         );
         assert_eq!(
-            hex::encode(hs.peer_id),
+            hex::encode(hs.peer_id.0),
             "0000000000000000000000007c2ee11def27a366"
         );
         assert_eq!(hs.encode()[..], captured[..]);
@@ -210,7 +186,7 @@ mod tests {
 
     #[test]
     fn our_handshake_sets_dht_extension_and_fast_bits_only() {
-        let hs = Handshake::new([1; 20], generate_peer_id());
+        let hs = Handshake::new([1; 20], PeerId::generate());
         assert_eq!(hs.reserved, [0, 0, 0, 0, 0, 0x10, 0, 0x05]);
         assert!(hs.supports_dht() && hs.supports_extensions() && hs.supports_fast());
         let wire = hs.encode();
@@ -240,10 +216,10 @@ mod tests {
 
     #[test]
     fn peer_ids_are_prefixed_and_random() {
-        let a = generate_peer_id();
-        let b = generate_peer_id();
-        assert_eq!(&a[..8], b"-TK0001-");
-        assert_eq!(&b[..8], b"-TK0001-");
+        let a = PeerId::generate();
+        let b = PeerId::generate();
+        assert_eq!(&a.0[..8], b"-TK0001-");
+        assert_eq!(&b.0[..8], b"-TK0001-");
         // 96 random bits: equal ids mean the generator is broken.
         assert_ne!(a, b);
     }

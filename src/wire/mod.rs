@@ -36,7 +36,7 @@ pub use enc_policy::EncryptionPolicy;
 pub use ext::{
     EXT_HANDSHAKE_ID, ExtError, ExtHandshake, OUR_UT_METADATA_ID, OUR_UT_PEX_ID, UT_METADATA,
 };
-pub use handshake::{HANDSHAKE_LEN, Handshake, HandshakeError, generate_peer_id};
+pub use handshake::{HANDSHAKE_LEN, Handshake, HandshakeError};
 pub use message::{BLOCK_SIZE, DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message};
 pub use negotiate::{CryptoCounts, accept_incoming, crypto_counts, open_outgoing};
 pub use transport::{

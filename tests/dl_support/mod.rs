@@ -136,7 +136,7 @@ pub struct Peer {
 pub fn session_config(
     dht: &DhtHandle,
     server: &MetadataServer,
-    peer_id: [u8; 20],
+    peer_id: trackerless::torrent::PeerId,
 ) -> SessionConfig {
     SessionConfig {
         peer_id,
@@ -161,7 +161,7 @@ impl Peer {
         tweak: impl FnOnce(&mut SessionConfig),
     ) -> Peer {
         let dht = dht_node(ip, bootstrap).await;
-        let peer_id = trackerless::wire::generate_peer_id();
+        let peer_id = trackerless::torrent::PeerId::generate();
         let registry = Arc::new(MetadataRegistry::new());
         let server = MetadataServer::bind(
             SocketAddr::new(ip.into(), 0),
@@ -267,7 +267,7 @@ impl Liar {
                 };
                 let (data, sent) = (data.clone(), sent.clone());
                 tokio::spawn(async move {
-                    let id = trackerless::wire::generate_peer_id();
+                    let id = trackerless::torrent::PeerId::generate();
                     let Ok(_) = handshake_incoming(&mut stream, Duration::from_secs(5), |hs| {
                         (hs.info_hash == info_hash)
                             .then(|| Handshake::new(info_hash, id).without_fast())

@@ -162,7 +162,7 @@ async fn serve_fake(
 ) -> Result<(), trackerless::wire::WireError> {
     let ih = info_hash(&info);
     let wire = WireConfig::default();
-    let peer_id = trackerless::wire::generate_peer_id();
+    let peer_id = trackerless::torrent::PeerId::generate();
     handshake_incoming(&mut stream, Duration::from_secs(5), |hs| {
         (hs.info_hash == ih).then(|| Handshake::new(ih, peer_id).without_fast())
     })

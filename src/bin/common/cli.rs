@@ -246,7 +246,7 @@ pub async fn bind_peer_listener(
     peer: &PeerArgs,
     net: &NetArgs,
     registry: std::sync::Arc<trackerless::metadata::MetadataRegistry>,
-    peer_id: [u8; 20],
+    peer_id: trackerless::torrent::PeerId,
     dht: &trackerless::dht::driver::DhtHandle,
     transport: TransportArgs,
 ) -> Result<trackerless::metadata::MetadataServer, String> {
