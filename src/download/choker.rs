@@ -354,6 +354,41 @@ mod tests {
         assert!(s.is_unchoked(3));
     }
 
+    /// BEP 3 / libtorrent: "no block for a minute" snubs; a block exactly a minute ago
+    /// does not (the boundary of `snub_after`).
+    #[test]
+    fn snubbing_starts_strictly_after_snub_after() {
+        let t0 = Instant::now();
+        let cfg = ChokerConfig {
+            regular_slots: 1,
+            snub_after: Duration::from_secs(60),
+            ..ChokerConfig::default()
+        };
+        let mut c = Choker::new(cfg, 5);
+        assert_eq!(c.config().regular_slots, 1);
+        assert_eq!(c.config().snub_after, Duration::from_secs(60));
+        let now = t0 + Duration::from_secs(100);
+        let mut fast = view(1, t0, 1000.0, 0.0);
+        let slow = PeerView {
+            last_block: Some(now),
+            ..view(2, t0, 1.0, 0.0)
+        };
+        fast.last_block = Some(now - Duration::from_secs(60));
+        c.rechoke(now, &[fast, slow], false);
+        assert!(
+            c.is_unchoked(1) && c.optimistic() != Some(1),
+            "60 s: not snubbed"
+        );
+        fast.last_block = Some(now - Duration::from_secs(60) - Duration::from_millis(1));
+        let mut c = Choker::new(c.config().clone(), 5);
+        c.rechoke(now, &[fast, slow], false);
+        assert!(
+            !c.is_unchoked(1) || c.optimistic() == Some(1),
+            "past 60 s: snubbed"
+        );
+        assert!(c.is_unchoked(2));
+    }
+
     #[test]
     fn interest_between_rounds_uses_free_slots() {
         let t0 = Instant::now();
