@@ -245,6 +245,61 @@ pub fn dict_value_span(buf: &[u8], key: &[u8]) -> Result<Option<Range<usize>>, S
     }
 }
 
+// ---------------------------------------------------------------- writing
+
+// The one bencode writer of the crate (KRPC messages, BEP 9/10 dicts, .torrent files). It
+// appends to a caller's buffer and allocates nothing of its own: the KRPC encoder runs once
+// per reply on the node's hot path.
+
+/// Appends `<len>:<bytes>`.
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_uint(out, b.len() as u64);
+    out.push(b':');
+    out.extend_from_slice(b);
+}
+
+/// Appends `i<n>e`.
+pub fn put_int(out: &mut Vec<u8>, n: i64) {
+    out.push(b'i');
+    put_int_body(out, n);
+}
+
+/// Appends an integer without its leading `i` (for callers that write a constant prefix
+/// ending in `i`), and the closing `e`.
+pub fn put_int_body(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    put_uint(out, v.unsigned_abs());
+    out.push(b'e');
+}
+
+/// Appends the decimal digits of `v`. Nearly every number we write (string lengths, ports,
+/// error codes) has at most three digits, so those skip the general division loop.
+pub fn put_uint(out: &mut Vec<u8>, v: u64) {
+    if v < 10 {
+        out.push(b'0' + v as u8);
+    } else if v < 100 {
+        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
+    } else if v < 1000 {
+        out.extend_from_slice(&[
+            b'0' + (v / 100) as u8,
+            b'0' + (v / 10 % 10) as u8,
+            b'0' + (v % 10) as u8,
+        ]);
+    } else {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = v;
+        while v > 0 {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&digits[i..]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +429,61 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn numbers_match_std_formatting_across_digit_counts() {
+        let mut out = Vec::new();
+        let mut check = |v: i64| {
+            out.clear();
+            put_int_body(&mut out, v);
+            assert_eq!(out, format!("{v}e").into_bytes());
+            if v >= 0 {
+                out.clear();
+                put_uint(&mut out, v as u64);
+                assert_eq!(out, v.to_string().into_bytes());
+            }
+        };
+        for base in [1i64, 10, 100, 1000, 10_000, 1_000_000_000_000_000_000] {
+            for v in [base - 1, base, base + 1, 2 * base - 1] {
+                check(v);
+                check(-v);
+            }
+        }
+        for v in [i64::MAX, i64::MIN, i64::MIN + 1, 65535, 99, 999] {
+            check(v);
+        }
+        out.clear();
+        put_uint(&mut out, u64::MAX);
+        assert_eq!(out, u64::MAX.to_string().into_bytes());
+    }
+
+    #[test]
+    fn the_writer_round_trips_through_the_reader() {
+        for n in [
+            0,
+            7,
+            -7,
+            42,
+            999,
+            1000,
+            -1000,
+            123_456_789,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut out = Vec::new();
+            put_int(&mut out, n);
+            assert_eq!(out, format!("i{n}e").into_bytes());
+            assert_eq!(read_int(&out, 0), Ok((n, out.len())));
+        }
+        for len in [0usize, 1, 9, 10, 99, 100, 999, 1000, 12_345] {
+            let b = vec![b'x'; len];
+            let mut out = Vec::new();
+            put_bytes(&mut out, &b);
+            assert_eq!(out[..out.len() - len], *format!("{len}:").as_bytes());
+            assert_eq!(scan_string(&out, 0), Ok(out.len() - len..out.len()));
         }
     }
 

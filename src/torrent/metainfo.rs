@@ -25,7 +25,7 @@ use serde_bencode::value::Value;
 use serde_bytes::ByteBuf;
 use sha1::{Digest, Sha1};
 
-use crate::bencode::{self, MAX_DEPTH, ScanError};
+use crate::bencode::{self, MAX_DEPTH, ScanError, put_bytes, put_int};
 
 /// Largest piece length accepted. Real torrents stay at or below 16 MiB; 256 MiB leaves room
 /// for odd creators while keeping a single piece buffer within what a downloader can hold.
@@ -760,20 +760,6 @@ fn node_list(v: &Value) -> Vec<(String, u16)> {
             _ => None,
         })
         .collect()
-}
-
-/// Appends a bencoded byte string.
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(bytes.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(bytes);
-}
-
-/// Appends a bencoded integer.
-fn put_int(out: &mut Vec<u8>, n: i64) {
-    out.push(b'i');
-    out.extend_from_slice(n.to_string().as_bytes());
-    out.push(b'e');
 }
 
 impl Metainfo {

@@ -6,8 +6,6 @@
 //! with [`crate::bencode`] first, so the walkers here only slice already-checked bytes (and
 //! still use checked indexing, returning `None` rather than panicking).
 
-use std::io::Write;
-
 use crate::bencode::{self, MAX_DEPTH};
 
 /// Iterator over the `(key, raw value)` pairs of a dict whose bytes `buf[start..]` have been
@@ -55,17 +53,7 @@ pub(super) fn as_bytes(raw: &[u8]) -> Option<&[u8]> {
     raw.get(colon + 1..)
 }
 
-/// Appends `<len>:<bytes>`.
-pub(super) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    // Writing into a Vec cannot fail; formatting straight into it avoids a temporary String.
-    let _ = write!(out, "{}:", bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-/// Appends `i<n>e`.
-pub(super) fn put_int(out: &mut Vec<u8>, n: i64) {
-    let _ = write!(out, "i{n}e");
-}
+pub(super) use crate::bencode::{put_bytes, put_int};
 
 #[cfg(test)]
 mod tests {

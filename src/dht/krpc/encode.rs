@@ -7,6 +7,7 @@
 use std::net::SocketAddrV4;
 
 use super::{Body, Message, Method, MutablePut};
+use crate::bencode::{put_bytes, put_int_body};
 use crate::dht::id::{InfoHash, NodeId, compact_peer_bytes};
 use crate::dht::scrape::ScrapeFilter;
 
@@ -107,47 +108,6 @@ impl<'a> ResponseBody<'a> {
             scrape: None,
         }
     }
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    put_uint(out, b.len() as u64);
-    out.push(b':');
-    out.extend_from_slice(b);
-}
-
-/// Decimal digits of `v`. Nearly every number we write (string lengths, ports, error codes)
-/// has at most three digits, so those skip the general division loop.
-fn put_uint(out: &mut Vec<u8>, v: u64) {
-    if v < 10 {
-        out.push(b'0' + v as u8);
-    } else if v < 100 {
-        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
-    } else if v < 1000 {
-        out.extend_from_slice(&[
-            b'0' + (v / 100) as u8,
-            b'0' + (v / 10 % 10) as u8,
-            b'0' + (v % 10) as u8,
-        ]);
-    } else {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut v = v;
-        while v > 0 {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-        out.extend_from_slice(&digits[i..]);
-    }
-}
-
-/// An integer without its leading `i` (used after a constant prefix that ends in `i`).
-fn put_int_body(out: &mut Vec<u8>, v: i64) {
-    if v < 0 {
-        out.push(b'-');
-    }
-    put_uint(out, v.unsigned_abs());
-    out.push(b'e');
 }
 
 // Every key, and every value of fixed size, is written as one constant: `kv_bytes`-style
@@ -454,37 +414,5 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
             encode_response(out, m.tid.as_slice(), &body, m.ip, version);
         }
         Body::Error(e) => encode_error(out, m.tid.as_slice(), e.code, &e.message, m.ip, version),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_match_std_formatting_across_digit_counts() {
-        let mut out = Vec::new();
-        let mut check = |v: i64| {
-            out.clear();
-            put_int_body(&mut out, v);
-            assert_eq!(out, format!("{v}e").into_bytes());
-            if v >= 0 {
-                out.clear();
-                put_uint(&mut out, v as u64);
-                assert_eq!(out, v.to_string().into_bytes());
-            }
-        };
-        for base in [1i64, 10, 100, 1000, 10_000, 1_000_000_000_000_000_000] {
-            for v in [base - 1, base, base + 1, 2 * base - 1] {
-                check(v);
-                check(-v);
-            }
-        }
-        for v in [i64::MAX, i64::MIN, i64::MIN + 1, 65535, 99, 999] {
-            check(v);
-        }
-        out.clear();
-        put_uint(&mut out, u64::MAX);
-        assert_eq!(out, u64::MAX.to_string().into_bytes());
     }
 }
