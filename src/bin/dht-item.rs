@@ -183,8 +183,8 @@ impl Job {
                 let v = if p.bencoded {
                     raw
                 } else {
-                    let mut v = format!("{}:", raw.len()).into_bytes();
-                    v.extend_from_slice(&raw);
+                    let mut v = Vec::with_capacity(raw.len() + 6);
+                    trackerless::bencode::put_bytes(&mut v, &raw);
                     v
                 };
                 trackerless::dht::item_search::check_value(&v).map_err(|e| e.to_string())?;

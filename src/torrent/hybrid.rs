@@ -50,11 +50,8 @@ enum B {
 impl B {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            B::Int(n) => out.extend_from_slice(format!("i{n}e").as_bytes()),
-            B::Bytes(b) => {
-                out.extend_from_slice(format!("{}:", b.len()).as_bytes());
-                out.extend_from_slice(b);
-            }
+            B::Int(n) => crate::bencode::put_int(out, *n),
+            B::Bytes(b) => crate::bencode::put_bytes(out, b),
             B::List(items) => {
                 out.push(b'l');
                 items.iter().for_each(|i| i.encode(out));

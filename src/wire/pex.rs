@@ -124,15 +124,18 @@ impl PexMsg {
         let dropped = &self.dropped[..self.dropped.len().min(MAX_PEX_ENTRIES)];
         out.push(b'd');
         benc::put_bytes(out, b"added");
-        let _ = std::io::Write::write_fmt(out, format_args!("{}:", added.len() * 6));
+        crate::bencode::put_uint(out, (added.len() * 6) as u64);
+        out.push(b':');
         for (a, _) in added {
             put_compact(out, a);
         }
         benc::put_bytes(out, b"added.f");
-        let _ = std::io::Write::write_fmt(out, format_args!("{}:", added.len()));
+        crate::bencode::put_uint(out, added.len() as u64);
+        out.push(b':');
         out.extend(added.iter().map(|(_, f)| f));
         benc::put_bytes(out, b"dropped");
-        let _ = std::io::Write::write_fmt(out, format_args!("{}:", dropped.len() * 6));
+        crate::bencode::put_uint(out, (dropped.len() * 6) as u64);
+        out.push(b':');
         for a in dropped {
             put_compact(out, a);
         }
