@@ -389,6 +389,75 @@ mod tests {
         assert!(c.is_unchoked(2));
     }
 
+    /// Between rotations the optimistic holder keeps its slot only while it is still
+    /// connected, interested and not a regular: otherwise the slot is drawn again at once.
+    #[test]
+    fn the_optimistic_slot_is_redrawn_when_its_holder_stops_qualifying() {
+        let t0 = Instant::now();
+        let cfg = ChokerConfig {
+            regular_slots: 1,
+            ..ChokerConfig::default()
+        };
+        for seed in 0..20 {
+            // Peer 0 is the regular; 1 and 2 compete for the optimistic slot.
+            let peers: Vec<PeerView> = (0..3)
+                .map(|k| view(k, t0, if k == 0 { 1000.0 } else { 0.0 }, 0.0))
+                .collect();
+            let mut c = Choker::new(cfg.clone(), seed);
+            c.rechoke(t0, &peers, false);
+            let holder = c.optimistic().unwrap();
+            let other = 3 - holder;
+            // Not a rotation round: the holder lost interest.
+            let mut lost = peers.clone();
+            lost[holder as usize].interested = false;
+            let mut c1 = Choker::new(cfg.clone(), seed);
+            c1.rechoke(t0, &peers, false);
+            c1.rechoke(t0 + Duration::from_secs(10), &lost, false);
+            assert_eq!(c1.optimistic(), Some(other), "seed {seed}");
+            assert!(!c1.is_unchoked(holder));
+            // The holder disconnected.
+            let gone: Vec<PeerView> = peers.iter().copied().filter(|p| p.key != holder).collect();
+            let mut c2 = Choker::new(cfg.clone(), seed);
+            c2.rechoke(t0, &peers, false);
+            c2.rechoke(t0 + Duration::from_secs(10), &gone, false);
+            assert_eq!(c2.optimistic(), Some(other), "seed {seed}");
+            // The holder became the fastest: a regular now, so the optimistic slot moves on.
+            let mut faster = peers.clone();
+            faster[holder as usize].down_rate = 1e6;
+            let mut c3 = Choker::new(cfg.clone(), seed);
+            c3.rechoke(t0, &peers, false);
+            c3.rechoke(t0 + Duration::from_secs(10), &faster, false);
+            assert!(c3.is_unchoked(holder));
+            assert!(c3.optimistic().is_some_and(|k| k != holder), "seed {seed}");
+            // Still qualifying: kept.
+            let mut c4 = Choker::new(cfg.clone(), seed);
+            c4.rechoke(t0, &peers, false);
+            c4.rechoke(t0 + Duration::from_secs(10), &peers, false);
+            assert_eq!(c4.optimistic(), Some(holder), "seed {seed}");
+        }
+    }
+
+    /// A peer connected exactly `new_peer_window` ago is no longer new: equal odds.
+    #[test]
+    fn the_new_peer_bonus_ends_at_new_peer_window() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(600);
+        let cfg = ChokerConfig {
+            regular_slots: 0,
+            ..ChokerConfig::default()
+        };
+        let mut wins = 0;
+        for seed in 0..400 {
+            let old = view(1, t0, 0.0, 0.0);
+            let edge = view(2, now - cfg.new_peer_window, 0.0, 0.0);
+            let mut c = Choker::new(cfg.clone(), seed);
+            c.rechoke(now, &[old, edge], false);
+            wins += u32::from(c.optimistic() == Some(2));
+        }
+        // Even odds give ~200 of 400; the 3x bonus would give ~300.
+        assert!((160..240).contains(&wins), "{wins}");
+    }
+
     #[test]
     fn interest_between_rounds_uses_free_slots() {
         let t0 = Instant::now();
