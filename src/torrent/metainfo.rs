@@ -1125,6 +1125,22 @@ pub fn create_info(
 mod tests {
     use super::*;
 
+    /// A decode error at the top level names no path; deeper ones say where.
+    #[test]
+    fn decode_errors_name_their_path_only_below_the_top() {
+        let e = |path: &str| MetainfoError::Decode {
+            what: "torrent",
+            path: path.into(),
+            message: "bad".into(),
+        };
+        assert_eq!(e("").to_string(), "invalid torrent: bad");
+        assert_eq!(e(".").to_string(), "invalid torrent: bad");
+        assert_eq!(
+            e("info.files").to_string(),
+            "invalid torrent: at `info.files`: bad"
+        );
+    }
+
     // A tiny bencode writer that keeps keys in the order given, so tests can build the
     // non-canonical dicts found in the wild.
     fn bs(bytes: &[u8]) -> Vec<u8> {

@@ -143,6 +143,89 @@ fn ping_is_answered_with_our_id_the_tid_and_the_querier_address() {
         (1, 1, 1)
     );
     assert_eq!(s.packets_out, 2, "the reply and a verification ping");
+    let mut node2 = Node::new(config(), now);
+    node2.handle_datagram(now, SocketAddr::V4(from), &data);
+    let mut bytes = 0;
+    let mut packets = 0;
+    while let Some(t) = node2.poll_transmit() {
+        bytes += t.payload.len() as u64;
+        packets += 1;
+    }
+    let s = node2.stats(now);
+    assert_eq!((s.packets_out, s.bytes_out), (packets, bytes));
+}
+
+#[test]
+fn a_loopback_testnet_node_has_no_rate_limit_or_reply_quota() {
+    let c = Config::loopback_testnet();
+    assert!(c.rate_limit.is_none() && c.reply_quota.is_none());
+    assert!(!c.routing.restrict_subnets);
+    assert!(c.allow.allows("127.9.9.9:1".parse().unwrap()));
+    assert!(!c.allow.allows("10.0.0.1:1".parse().unwrap()));
+}
+
+/// The default reply quota is 2 MiB a second: 20,000 ping replies (about 1.4 MB) in one
+/// instant all go out, 40,000 (2.8 MB) do not.
+#[test]
+fn the_default_reply_quota_is_two_mib_a_second() {
+    assert_eq!(DEFAULT_REPLY_QUOTA, 2 * 1024 * 1024);
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            id: Some(ME),
+            seed: Some(7),
+            rate_limit: None,
+            ..Config::default()
+        },
+        now,
+    );
+    assert_eq!(node.config.reply_quota, Some(DEFAULT_REPLY_QUOTA));
+    let ping = query(QueryArgs::Ping, b"aa", id(1));
+    let mut bytes = 0;
+    for i in 0..40_000u32 {
+        let [_, b, c, d] = i.to_be_bytes();
+        let from = SocketAddrV4::new([127, b + 1, c, d.max(1)].into(), 1000);
+        node.handle_datagram(now, SocketAddr::V4(from), &ping);
+        while let Some(t) = node.poll_transmit() {
+            bytes += t.payload.len() as u64;
+        }
+        if i == 19_999 {
+            assert_eq!(
+                node.stats(now).dropped_quota,
+                0,
+                "{bytes} bytes by 20,000 replies"
+            );
+        }
+    }
+    let s = node.stats(now);
+    assert!(s.dropped_quota > 0, "{s:?}");
+    assert!(bytes > 1024 * 1024, "{bytes}");
+}
+
+#[test]
+fn overdue_reports_what_the_timers_have_not_ended_yet() {
+    let t0 = Instant::now();
+    let config = Config {
+        short_timeout: LOOKUP_DEADLINE * 2,
+        hard_timeout: LOOKUP_DEADLINE * 3,
+        ..config()
+    };
+    let mut node = Node::new(config, t0);
+    node.table
+        .heard_response(Contact::new(id(1), sa("127.0.0.2:1000")), t0);
+    node.find_node(t0, id(3));
+    assert_eq!(
+        node.overdue(t0 + LOOKUP_DEADLINE),
+        Overdue::default(),
+        "due, not overdue"
+    );
+    let late = t0 + LOOKUP_DEADLINE + Duration::from_secs(1);
+    assert_eq!(node.overdue(late).lookups, 1);
+    assert_eq!(node.overdue(late).transactions, 0);
+    let later = t0 + LOOKUP_DEADLINE * 3 + Duration::from_secs(1);
+    assert_eq!(node.overdue(later).transactions, 1);
+    node.handle_timeout(later);
+    assert_eq!(node.overdue(later), Overdue::default());
 }
 
 #[test]
