@@ -928,3 +928,125 @@ fn a_majority_of_repliers_seeing_a_public_ip_gives_us_a_bep42_id_for_it() {
     // The table moved to the new id with its entries.
     assert_eq!(node.table.len(), IP_VOTE_MIN);
 }
+
+#[test]
+fn stats_report_bad_entries_evictions_and_refused_sends() {
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            max_transactions: 1,
+            store: StoreConfig {
+                max_infohashes: 2,
+                ..StoreConfig::default()
+            },
+            ..config()
+        },
+        now,
+    );
+    let c = Contact::new(id(1), sa("127.0.0.2:1000"));
+    node.table.heard_response(c, now);
+    for _ in 0..node.config.routing.max_failures + 1 {
+        node.table.failed(&c, now);
+    }
+    assert_eq!(node.stats(now).bad_nodes, 1);
+    let mut rng = StdRng::seed_from_u64(1);
+    for b in 1..=3 {
+        node.store
+            .announce(id(b), sa("127.0.0.9:1"), false, now, &mut rng);
+    }
+    assert_eq!(node.stats(now).infohashes_evicted, 1);
+    // A full transaction table refuses the second query.
+    assert!(!node.has_transmit());
+    node.ping(now, sa("127.0.0.3:1000"));
+    assert!(node.has_transmit());
+    let busy = node.ping(now, sa("127.0.0.4:1000"));
+    assert!(events(&mut node).contains(&Event::Pong {
+        request: busy,
+        result: Err(PingError::Busy)
+    }));
+    assert_eq!(node.stats(now).dropped_other, 1);
+    sent(&mut node);
+    assert!(!node.has_transmit());
+    // Contacts outside the allow-list are never pinged.
+    node.add_contacts(now, [sa("10.0.0.1:1000")]);
+    node.handle_timeout(now);
+    assert!(sent(&mut node).is_empty());
+    assert_eq!(node.stats(now).dropped_not_allowed, 1);
+}
+
+#[test]
+fn added_contacts_are_bounded_and_make_a_thin_table_look_around_soon() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let many = (0..MAX_TO_VERIFY as u32 + 10).map(|i| {
+        let [_, b, c, d] = i.to_be_bytes();
+        SocketAddrV4::new([127, b + 1, c, d].into(), 1)
+    });
+    node.add_contacts(now, many);
+    assert_eq!(node.to_verify.len(), MAX_TO_VERIFY);
+    assert_eq!(node.bootstrap_next, Some(now + Duration::from_secs(1)));
+
+    // A full table does not need to look around; nor does a node already bootstrapping.
+    let mut full = node_with_table(8, now);
+    assert!(full.table.len() >= full.config.routing.k);
+    full.add_contacts(now, [sa("127.0.0.2:1")]);
+    assert_eq!(full.bootstrap_next, None);
+    let mut joining = Node::new(config(), now);
+    joining.bootstrap(now, &[sa("127.0.0.50:1")]);
+    joining.add_contacts(now, [sa("127.0.0.2:1")]);
+    assert_eq!(joining.bootstrap_next, None);
+}
+
+#[test]
+fn nodes_listed_at_our_own_address_are_never_queried() {
+    let now = Instant::now();
+    let me = sa("127.0.0.1:6881");
+    let mut node = Node::new(
+        Config {
+            local_addr: Some(me),
+            ..config()
+        },
+        now,
+    );
+    let router = sa("127.0.0.50:6881");
+    node.bootstrap(now, &[router]);
+    let (to, tid, _) = queries_in(&sent(&mut node)).remove(0);
+    let mut nodes = Vec::new();
+    Contact::new(id(0x81), me).write_compact(&mut nodes);
+    Contact::new(id(0x82), sa("127.0.0.3:1")).write_compact(&mut nodes);
+    let body = ResponseBody {
+        nodes: Some(&nodes),
+        ..ResponseBody::id_only(&ROUTER_ID)
+    };
+    node.handle_datagram(now, SocketAddr::V4(to), &response(&tid, &body, None));
+    let asked: Vec<SocketAddrV4> = queries_in(&sent(&mut node))
+        .into_iter()
+        .map(|q| q.0)
+        .collect();
+    assert_eq!(asked, vec![sa("127.0.0.3:1")]);
+    assert_eq!(node.stats(now).junk_candidates, 1);
+}
+
+#[test]
+fn lookups_beyond_max_lookups_end_at_once() {
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            max_lookups: 1,
+            ..config()
+        },
+        now,
+    );
+    node.table
+        .heard_response(Contact::new(id(1), sa("127.0.0.2:1000")), now);
+    let first = node.find_node(now, id(3));
+    assert_eq!(queries_in(&sent(&mut node)).len(), 1);
+    let second = node.find_node(now, id(4));
+    assert!(sent(&mut node).is_empty());
+    let ev = events(&mut node);
+    assert!(
+        matches!(ev.as_slice(), [Event::LookupDone { lookup, messages: 0, .. }] if *lookup == second)
+    );
+    assert_eq!(node.stats(now).lookups, 1);
+    assert_ne!(first, second);
+}
