@@ -10,6 +10,8 @@
 #   SHARD=1/4 tools/mutants.sh dht   # a round-robin quarter of the mutants (a sample)
 #   IN_PLACE=1 tools/mutants.sh      # mutate this checkout (a scratch worktree!) instead of a
 #                                    # copy per group: no fresh baseline build per group
+#   RE='regex' tools/mutants.sh dht  # only the mutants whose full name matches (e.g. to
+#                                    # re-run the survivors of a previous run)
 #   TIMEOUT=12 tools/mutants.sh      # seconds before a mutant's test run counts as hung
 #                                    # (default: cargo-mutants' own, 5x the baseline, >= 20 s)
 #
@@ -35,6 +37,7 @@ for name in "${ARGS[@]}"; do
     extra=()
     [[ -z ${SHARD:-} ]] || extra+=(--shard "$SHARD" --sharding round-robin)
     [[ -z ${TIMEOUT:-} ]] || extra+=(--timeout "$TIMEOUT")
+    [[ -z ${RE:-} ]] || extra+=(--re "$RE")
     if [[ -n ${IN_PLACE:-} ]]; then extra+=(--in-place); else extra+=(--jobs "${JOBS:-1}"); fi
     mkdir -p "mutants.out/$name"
     echo "== $name: $files" >&2
