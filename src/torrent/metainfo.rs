@@ -1125,6 +1125,62 @@ pub fn create_info(
 mod tests {
     use super::*;
 
+    /// A fresh directory under the system's temp dir, removed by the caller.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tl-metainfo-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Sharing a directory takes regular files and links to regular files; links to
+    /// directories and dangling links are left out rather than failing the whole share.
+    #[cfg(unix)]
+    #[test]
+    fn listing_a_directory_skips_links_to_directories_and_dangling_links() {
+        let dir = scratch("links");
+        fs::write(dir.join("a.bin"), b"aaaa").unwrap();
+        fs::create_dir(dir.join("sub")).unwrap();
+        fs::write(dir.join("sub/b.bin"), b"bb").unwrap();
+        std::os::unix::fs::symlink(dir.join("a.bin"), dir.join("link-to-file")).unwrap();
+        std::os::unix::fs::symlink(dir.join("sub"), dir.join("link-to-dir")).unwrap();
+        std::os::unix::fs::symlink(dir.join("missing"), dir.join("dangling")).unwrap();
+        let files = list_files(&dir).unwrap();
+        let names: Vec<String> = files.iter().map(|f| f.components.join("/")).collect();
+        assert_eq!(names, ["a.bin", "link-to-file", "sub/b.bin"]);
+        assert_eq!(
+            files.iter().map(|f| f.length).collect::<Vec<_>>(),
+            [4, 4, 2]
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Hashing reports cumulative progress, and a file that grew since it was listed
+    /// fails rather than publishing a torrent that cannot verify.
+    #[test]
+    fn hashing_reports_progress_and_refuses_a_grown_file() {
+        let dir = scratch("hash");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(dir.join("f"), &data).unwrap();
+        let file = |length| DiskFile {
+            components: vec!["f".into()],
+            source: dir.join("f"),
+            length,
+        };
+        let mut seen = Vec::new();
+        let pieces = hash_pieces(&[file(100_000)], 32_768, &mut |n| seen.push(n)).unwrap();
+        assert_eq!(pieces.len(), 4 * 20);
+        assert_eq!(&pieces[..20], &Sha1::digest(&data[..32_768])[..]);
+        assert_eq!(seen.last(), Some(&100_000));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert!(seen.len() > 1);
+        match hash_pieces(&[file(99_999)], 32_768, &mut |_| {}) {
+            Err(MetainfoError::FileChanged(p)) => assert_eq!(p, dir.join("f")),
+            other => panic!("a grown file must fail: {other:?}"),
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A decode error at the top level names no path; deeper ones say where.
     #[test]
     fn decode_errors_name_their_path_only_below_the_top() {

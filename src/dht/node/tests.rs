@@ -486,9 +486,11 @@ fn malformed_datagrams_are_counted_and_bad_queries_get_their_error_code() {
     }
     let s = node.stats(now);
     assert_eq!((s.queries_in, s.errors_out), (1, 1));
+    let bytes_before = node.stats(now).bytes_in;
     node.note_oversized(5000);
     let s = node.stats(now);
     assert_eq!((s.dropped_malformed, s.packets_in), (2, 3));
+    assert_eq!(s.bytes_in, bytes_before + 5000);
 }
 
 #[test]
@@ -1049,4 +1051,48 @@ fn lookups_beyond_max_lookups_end_at_once() {
     );
     assert_eq!(node.stats(now).lookups, 1);
     assert_ne!(first, second);
+}
+
+#[test]
+fn scrape_and_seed_lookups_set_their_bep33_flags() {
+    let now = Instant::now();
+    let mut node = node_with_table(1, now);
+    let ih = id(9);
+    node.scrape(now, ih);
+    node.get_peers(now, ih);
+    node.announce_as(now, ih, Some(1), true);
+    let flags: Vec<(bool, bool)> = queries_in(&sent(&mut node))
+        .into_iter()
+        .map(|(_, _, q)| match q.method {
+            Method::GetPeers { scrape, noseed, .. } => (scrape, noseed),
+            m => panic!("{m:?}"),
+        })
+        .collect();
+    assert_eq!(flags, vec![(true, false), (false, false), (false, true)]);
+}
+
+#[test]
+fn a_bootstrap_that_fills_the_table_to_k_does_not_retry() {
+    let now = Instant::now();
+    let mut node = node_with_table(8, now);
+    assert_eq!(node.table.len(), node.config.routing.k);
+    node.bootstrap(now, &[sa("127.0.0.50:1")]);
+    // Everyone answers with nothing new.
+    for _ in 0..5 {
+        for (to, tid, _) in queries_in(&sent(&mut node)) {
+            let who = node
+                .table
+                .entries()
+                .find(|e| e.contact.addr == to)
+                .map_or(ROUTER_ID, |e| e.contact.id);
+            node.handle_datagram(
+                now,
+                SocketAddr::V4(to),
+                &response(&tid, &ResponseBody::id_only(&who), None),
+            );
+        }
+    }
+    assert!(!node.is_bootstrapping());
+    assert_eq!(node.bootstrap_next, None);
+    assert_eq!(node.bootstrap_backoff, BOOTSTRAP_MIN_BACKOFF);
 }
