@@ -857,6 +857,25 @@ mod tests {
         assert_eq!(e.status(later, 3), NodeStatus::Good);
         e.failures = 3;
         assert_eq!(e.status(later, 3), NodeStatus::Bad);
+        // BEP 5's 15 minutes, to the second.
+        assert_eq!(QUESTIONABLE_AFTER, Duration::from_secs(15 * 60));
+        let e = Entry::new(c, now);
+        let edge = now + Duration::from_secs(15 * 60);
+        assert_eq!(e.status(edge - Duration::from_secs(1), 3), NodeStatus::Good);
+        assert_eq!(e.status(edge, 3), NodeStatus::Questionable);
+    }
+
+    #[test]
+    fn the_table_keeps_the_config_it_was_given() {
+        let now = Instant::now();
+        let cfg = RoutingConfig {
+            k: 5,
+            max_failures: 7,
+            ..RoutingConfig::default()
+        };
+        let t = RoutingTable::new(NodeId([3; 20]), cfg, now);
+        assert_eq!((t.config().k, t.config().max_failures), (5, 7));
+        assert_eq!(t.own_id(), NodeId([3; 20]));
     }
 
     #[test]
