@@ -786,6 +786,32 @@ mod tests {
         assert!(t.contains(&spare.id));
     }
 
+    /// A full bucket that is not the last one takes newcomers as replacements (no split),
+    /// and keeps one replacement per id and per address (the latest).
+    #[test]
+    fn a_full_inner_bucket_keeps_one_replacement_per_id_and_per_address() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        for i in 0..9 {
+            let c = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i));
+            t.heard_response(c, now);
+        }
+        assert_eq!(t.num_buckets(), 2, "the ninth far node split the only bucket");
+        let spare = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(20));
+        assert_eq!(t.heard_response(spare, now), Insert::Replacement);
+        assert_eq!(t.num_buckets(), 2, "an inner bucket never splits");
+        // The same id at a new address, then a new id at that address.
+        let moved = Contact::new(spare.id, addr(21));
+        assert_eq!(t.heard_response(moved, now), Insert::Replacement);
+        let reused = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(21));
+        assert_eq!(t.heard_response(reused, now), Insert::Replacement);
+        let all = t.all_contacts();
+        let with_id = |id| all.iter().filter(|c| c.id == id).count();
+        let at = |a| all.iter().filter(|c| c.addr == a).count();
+        assert_eq!((with_id(spare.id), at(addr(20)), at(addr(21))), (0, 0, 1), "{all:?}");
+        assert_eq!(with_id(reused.id), 1);
+    }
+
     #[test]
     fn valid_ids_are_preferred_and_can_be_required() {
         let now = Instant::now();
