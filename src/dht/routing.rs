@@ -796,7 +796,11 @@ mod tests {
             let c = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i));
             t.heard_response(c, now);
         }
-        assert_eq!(t.num_buckets(), 2, "the ninth far node split the only bucket");
+        assert_eq!(
+            t.num_buckets(),
+            2,
+            "the ninth far node split the only bucket"
+        );
         let spare = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(20));
         assert_eq!(t.heard_response(spare, now), Insert::Replacement);
         assert_eq!(t.num_buckets(), 2, "an inner bucket never splits");
@@ -808,7 +812,11 @@ mod tests {
         let all = t.all_contacts();
         let with_id = |id| all.iter().filter(|c| c.id == id).count();
         let at = |a| all.iter().filter(|c| c.addr == a).count();
-        assert_eq!((with_id(spare.id), at(addr(20)), at(addr(21))), (0, 0, 1), "{all:?}");
+        assert_eq!(
+            (with_id(spare.id), at(addr(20)), at(addr(21))),
+            (0, 0, 1),
+            "{all:?}"
+        );
         assert_eq!(with_id(reused.id), 1);
     }
 

@@ -613,16 +613,17 @@ fn a_ping_ends_by_its_reply_an_error_or_a_wrong_id() {
             },
         ]
     );
+    // An error answering nothing of ours.
+    node.handle_datagram(now, SocketAddr::V4(to), &error(b"zz", 201));
     let s = node.stats(now);
-    assert_eq!(
-        (
-            s.dropped_unmatched,
-            s.errors_in,
-            s.wrong_id_replies,
-            s.queries_ended
-        ),
-        (1, 1, 1, 3)
+    let ended = (
+        s.dropped_unmatched,
+        s.errors_in,
+        s.wrong_id_replies,
+        s.queries_ended,
     );
+    assert_eq!(ended, (2, 2, 1, 3));
+    assert_eq!(s.replies_in, 3);
     assert_ended_once(&node, now);
 }
 
@@ -1095,4 +1096,45 @@ fn a_bootstrap_that_fills_the_table_to_k_does_not_retry() {
     assert!(!node.is_bootstrapping());
     assert_eq!(node.bootstrap_next, None);
     assert_eq!(node.bootstrap_backoff, BOOTSTRAP_MIN_BACKOFF);
+}
+
+#[test]
+fn a_store_that_holds_nothing_refuses_announces_and_counts_them() {
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            store: StoreConfig {
+                max_infohashes: 0,
+                ..StoreConfig::default()
+            },
+            ..config()
+        },
+        now,
+    );
+    let ih = id(0x42);
+    let from = sa("127.0.0.2:1000");
+    let gp = QueryArgs::GetPeers {
+        info_hash: &ih,
+        scrape: false,
+        noseed: false,
+    };
+    node.handle_datagram(now, SocketAddr::V4(from), &query(gp, b"g1", id(1)));
+    let token = response_of(&reply_to(&mut node, from)).token.unwrap();
+    let ap = QueryArgs::AnnouncePeer {
+        info_hash: &ih,
+        port: 5,
+        implied_port: false,
+        token: token.as_slice(),
+        seed: false,
+    };
+    node.handle_datagram(now, SocketAddr::V4(from), &query(ap, b"a1", id(1)));
+    assert!(
+        matches!(reply_to(&mut node, from).body, Body::Response(_)),
+        "still acknowledged"
+    );
+    let s = node.stats(now);
+    assert_eq!(
+        (s.announces_stored, s.announces_refused, s.peers),
+        (0, 1, 0)
+    );
 }
