@@ -820,6 +820,46 @@ mod tests {
         assert_eq!(with_id(reused.id), 1);
     }
 
+    /// `would_accept` (is a verification ping worth it?) says what an insertion would do.
+    #[test]
+    fn would_accept_matches_what_an_insertion_would_do() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        for i in 0..8 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i)),
+                now,
+            );
+        }
+        assert_eq!(t.num_buckets(), 1);
+        let newcomer = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(30));
+        assert!(t.would_accept(&newcomer, now), "a full last bucket splits");
+        t.heard_response(
+            Contact::new(id_with_prefix(&own, 1, &mut rng), addr(40)),
+            now,
+        );
+        assert_eq!(t.num_buckets(), 2);
+        assert!(
+            !t.would_accept(&newcomer, now),
+            "a full inner bucket of good nodes"
+        );
+        assert!(
+            t.would_accept(&newcomer, now + QUESTIONABLE_AFTER),
+            "a questionable entry can make room"
+        );
+        let near = Contact::new(id_with_prefix(&own, 1, &mut rng), addr(41));
+        assert!(t.would_accept(&near, now), "room in the last bucket");
+        let same_subnet = Contact::new(
+            id_with_prefix(&own, 1, &mut rng),
+            SocketAddrV4::new(Ipv4Addr::new(127, 0, 40, 2), 6881),
+        );
+        assert!(
+            !t.would_accept(&same_subnet, now),
+            "its /24 already has an entry there"
+        );
+        assert!(!t.would_accept(&Contact::new(own, addr(50)), now));
+    }
+
     #[test]
     fn valid_ids_are_preferred_and_can_be_required() {
         let now = Instant::now();
