@@ -988,6 +988,58 @@ mod tests {
         }
     }
 
+    /// Contacts that agree with the target on the first 128 bits: only the low 32 bits of
+    /// the distance order them, on both of `closest`'s paths.
+    #[test]
+    fn closest_orders_by_the_low_bits_when_the_high_ones_tie() {
+        let (mut t, now, _) = table();
+        let own = t.own_id();
+        let mut all = Vec::new();
+        for j in 0..24u32 {
+            let mut id = own;
+            let low = u32::from_be_bytes(id.0[16..].try_into().unwrap()) ^ (1 << j) ^ (j * 7919);
+            id.0[16..].copy_from_slice(&low.to_be_bytes());
+            let c = Contact::new(id, addr(j));
+            if t.heard_response(c, now) == Insert::Added {
+                all.push(c);
+            }
+        }
+        assert!(all.len() > 17, "{}", all.len());
+        all.sort_by_key(|c| c.id.distance(&own));
+        let mut out = Vec::new();
+        for count in [5, 16, 17, all.len()] {
+            t.closest(&own, count, &mut out);
+            assert_eq!(out, all[..count], "count {count}");
+        }
+    }
+
+    /// Joining looks up one target per bucket (the last one in its far half); a refresh of
+    /// the last bucket looks one level deeper, where the nodes nearest to us are.
+    #[test]
+    fn refresh_targets_cover_every_bucket_at_its_depth() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        for depth in 0..6 {
+            for i in 0..9 {
+                let c = Contact::new(
+                    id_with_prefix(&own, depth, &mut rng),
+                    addr(depth as u32 * 20 + i),
+                );
+                t.heard_response(c, now);
+            }
+        }
+        let n = t.num_buckets();
+        assert!(n >= 4, "{n}");
+        let targets = t.all_bucket_targets(now, &mut rng);
+        let depths: Vec<usize> = targets.iter().map(|x| own.common_prefix_len(x)).collect();
+        assert_eq!(depths, (0..n).collect::<Vec<_>>());
+        let stale = t.stale_buckets(now + BUCKET_REFRESH_AFTER, &mut rng);
+        let depths: Vec<usize> = stale.iter().map(|x| own.common_prefix_len(x)).collect();
+        let mut want: Vec<usize> = (0..n - 1).collect();
+        want.push(n);
+        assert_eq!(depths, want);
+    }
+
     #[test]
     fn stale_buckets_get_targets_inside_them() {
         let (mut t, now, mut rng) = table();
