@@ -20,6 +20,7 @@
 
 use super::*;
 use crate::dht::krpc::{Message, ResponseBody};
+use crate::dht::limits::RateLimit;
 
 const ME: NodeId = NodeId([0x80; 20]);
 const ID5: NodeId = NodeId([5; 20]);
@@ -1136,5 +1137,66 @@ fn a_store_that_holds_nothing_refuses_announces_and_counts_them() {
     assert_eq!(
         (s.announces_stored, s.announces_refused, s.peers),
         (0, 1, 0)
+    );
+}
+
+#[test]
+fn an_ip_over_the_rate_limit_is_banned_and_counted() {
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            rate_limit: Some(RateLimit {
+                packets: 5,
+                ..RateLimit::default()
+            }),
+            ..config()
+        },
+        now,
+    );
+    let from = SocketAddr::V4(sa("127.0.0.2:1000"));
+    let ping = query(QueryArgs::Ping, b"aa", id(1));
+    for _ in 0..8 {
+        node.handle_datagram(now, from, &ping);
+    }
+    let replies = sent(&mut node)
+        .into_iter()
+        .filter(|(_, m)| matches!(m.body, Body::Response(_)))
+        .count();
+    assert_eq!(replies, 5);
+    let s = node.stats(now);
+    assert_eq!((s.dropped_rate_limited, s.banned_ips), (3, 1));
+}
+
+#[test]
+fn a_thin_table_rejoins_at_the_refresh_check_and_checks_again_a_minute_later() {
+    let t0 = Instant::now();
+    let mut node = node_with_table(1, t0);
+    let router = sa("127.0.0.50:1");
+    node.bootstrap(t0, &[router]);
+    assert!(node.is_bootstrapping());
+    for (to, tid, _) in queries_in(&sent(&mut node)) {
+        let who = if to == router {
+            ROUTER_ID
+        } else {
+            NodeId([1; 20])
+        };
+        node.handle_datagram(
+            t0,
+            SocketAddr::V4(to),
+            &response(&tid, &ResponseBody::id_only(&who), None),
+        );
+    }
+    let _ = sent(&mut node);
+    assert!(!node.is_bootstrapping());
+    // Push the backoff retry past the refresh check, so only the check can start a join.
+    node.bootstrap_next = None;
+    let check = t0 + REFRESH_CHECK;
+    node.handle_timeout(check);
+    assert_eq!(node.next_refresh_check, check + REFRESH_CHECK);
+    assert!(node.is_bootstrapping(), "fewer than K entries: join again");
+    assert!(
+        queries_in(&sent(&mut node))
+            .iter()
+            .any(|(to, _, _)| *to == router)
     );
 }
