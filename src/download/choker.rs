@@ -437,6 +437,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_departing_peer_frees_its_slot_and_only_its_own() {
+        let t0 = Instant::now();
+        let cfg = ChokerConfig {
+            regular_slots: 1,
+            ..ChokerConfig::default()
+        };
+        let peers: Vec<PeerView> = (0..3)
+            .map(|k| view(k, t0, if k == 0 { 1000.0 } else { 0.0 }, 0.0))
+            .collect();
+        let mut c = Choker::new(cfg, 9);
+        c.rechoke(t0, &peers, false);
+        let holder = c.optimistic().unwrap();
+        let bystander = 3 - holder;
+        c.peer_gone(bystander);
+        assert_eq!(c.optimistic(), Some(holder));
+        c.peer_gone(0);
+        assert_eq!(
+            c.optimistic(),
+            Some(holder),
+            "the regular leaving keeps the optimistic"
+        );
+        assert!(!c.is_unchoked(0));
+        c.peer_gone(holder);
+        assert_eq!(c.optimistic(), None);
+        assert_eq!(c.unchoked().count(), 0);
+    }
+
     /// A peer connected exactly `new_peer_window` ago is no longer new: equal odds.
     #[test]
     fn the_new_peer_bonus_ends_at_new_peer_window() {
