@@ -399,6 +399,7 @@ impl PeerStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dht::id::NodeId;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -432,6 +433,56 @@ mod tests {
 
     fn peer(i: u32) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(0x7f00_0000 + i), 6881)
+    }
+
+    /// A peer lives exactly `peer_ttl`: served, scraped and kept a second before, gone at it.
+    #[test]
+    fn a_peer_expires_exactly_at_its_ttl() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let t0 = Instant::now();
+        let cfg = StoreConfig::default();
+        let ttl = cfg.peer_ttl;
+        let mut st = PeerStore::new(cfg);
+        let ih = NodeId([1; 20]);
+        st.announce(ih, peer(1), true, t0, &mut rng);
+        let mut out = Vec::new();
+        let (mut sd, mut pe) = (ScrapeFilter::default(), ScrapeFilter::default());
+        let before = t0 + ttl - Duration::from_secs(1);
+        st.sample_peers(&ih, 10, false, before, &mut rng, &mut out);
+        assert_eq!(out, [peer(1)]);
+        assert!(st.scrape(&ih, before, &mut sd, &mut pe));
+        assert!(sd.estimate() > 0.5, "the seed is counted");
+        st.sweep(before);
+        assert_eq!(st.num_peers(), 1);
+        out.clear();
+        let (mut sd, mut pe) = (ScrapeFilter::default(), ScrapeFilter::default());
+        st.sample_peers(&ih, 10, false, t0 + ttl, &mut rng, &mut out);
+        assert!(out.is_empty());
+        st.scrape(&ih, t0 + ttl, &mut sd, &mut pe);
+        assert!(sd.estimate() < 0.5 && pe.estimate() < 0.5);
+        st.sweep(t0 + ttl);
+        assert_eq!((st.num_peers(), st.num_infohashes()), (0, 0));
+    }
+
+    #[test]
+    fn fullness_and_refusals_are_reported() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = Instant::now();
+        let one = StoreConfig {
+            max_infohashes: 1,
+            ..StoreConfig::default()
+        };
+        let mut st = PeerStore::new(one);
+        assert!(!st.is_full());
+        st.announce(NodeId([1; 20]), peer(1), false, now, &mut rng);
+        assert!(st.is_full());
+        let mut none = PeerStore::new(StoreConfig {
+            max_infohashes: 0,
+            ..StoreConfig::default()
+        });
+        assert!(none.is_full());
+        assert!(!none.announce(NodeId([1; 20]), peer(1), false, now, &mut rng));
+        assert_eq!(none.refused(), 1);
     }
 
     #[test]
