@@ -940,6 +940,24 @@ mod tests {
     }
 
     #[test]
+    fn counts_split_entries_by_status() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        let mut cs = Vec::new();
+        for i in 0..3 {
+            let c = Contact::new(id_with_prefix(&own, i, &mut rng), addr(i as u32));
+            t.heard_response(c, now);
+            cs.push(c);
+        }
+        let later = now + QUESTIONABLE_AFTER;
+        t.heard_response(cs[0], later);
+        for _ in 0..t.config().max_failures {
+            t.failed(&cs[2], later);
+        }
+        assert_eq!(t.counts(later), (1, 1, 1));
+    }
+
+    #[test]
     fn the_table_keeps_the_config_it_was_given() {
         let now = Instant::now();
         let cfg = RoutingConfig {
