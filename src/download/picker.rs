@@ -779,6 +779,31 @@ mod tests {
         assert_eq!(p.block_ref(2, 1).length, 20_000 - BLOCK);
     }
 
+    /// Verified bytes count a short last piece at its real size, however the pieces are
+    /// gathered; completeness is every piece.
+    #[test]
+    fn verified_bytes_count_the_short_last_piece_at_its_size() {
+        let mut p = Picker::new(
+            40_000,
+            100_000,
+            Bitfield::new(3),
+            PickerConfig::default(),
+            1,
+        );
+        assert_eq!(
+            (p.num_pieces(), p.verified_bytes(), p.is_complete()),
+            (3, 0, false)
+        );
+        p.mark_have(2);
+        assert_eq!(p.verified_bytes(), 20_000);
+        p.mark_have(0);
+        assert_eq!(p.verified_bytes(), 60_000);
+        assert!(!p.is_complete());
+        p.mark_have(1);
+        assert_eq!(p.verified_bytes(), 100_000);
+        assert!(p.is_complete());
+    }
+
     #[test]
     fn random_first_then_rarest_first() {
         let n = 64;
