@@ -1200,3 +1200,18 @@ fn a_thin_table_rejoins_at_the_refresh_check_and_checks_again_a_minute_later() {
             .any(|(to, _, _)| *to == router)
     );
 }
+
+#[test]
+fn an_item_lookup_asks_with_bep44_get() {
+    let now = Instant::now();
+    let mut node = node_with_table(2, now);
+    node.get_item(now, id(7), crate::dht::item_search::ItemQuery::Immutable);
+    let qs = queries_in(&sent(&mut node));
+    assert_eq!(qs.len(), 2);
+    for (_, _, q) in qs {
+        assert!(
+            matches!(q.method, Method::Get { target, seq: None } if target == id(7)),
+            "{q:?}"
+        );
+    }
+}
