@@ -588,7 +588,102 @@ mod tests {
         l.advance(&mut ann);
         assert_eq!(l.phase(), Phase::Done);
         assert_eq!(l.closest_responders(), vec![c(0x01, 9), c(0x81, 1)]);
-        assert_eq!(l.messages, 3);
+        assert_eq!((l.messages, l.replies), (3, 2));
+    }
+
+    fn reply<'a>(
+        from: Contact,
+        token: Option<Token>,
+        values: &'a [SocketAddrV4],
+    ) -> SearchReply<'a> {
+        SearchReply {
+            from: from.addr,
+            was_slow: false,
+            id: from.id,
+            nodes: &[],
+            token,
+            values,
+            scrape: None,
+        }
+    }
+
+    /// Nothing in flight is not the end while a fresh candidate is among the K closest.
+    #[test]
+    fn a_fresh_candidate_in_the_top_k_keeps_the_search_going() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::FindNode,
+            NodeId([0xee; 20]),
+            1,
+            2,
+        );
+        for i in 1..=3 {
+            l.add_candidate(c(0x80 + i as u8, i));
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        assert_eq!(q.len(), 1);
+        l.on_reply(&reply(c(0x81, 1), None, &[]), &mut Vec::new());
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(l.phase(), Phase::Searching, "candidate 2 was never asked");
+        l.next_queries(&mut q);
+        assert_eq!(q, vec![(c(0x82, 2).addr, Some(c(0x82, 2).id))]);
+    }
+
+    /// At most `MAX_PEERS_TRACKED` distinct peers are reported per lookup.
+    #[test]
+    fn reported_peers_are_bounded() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::GetPeers,
+            NodeId([0xee; 20]),
+            3,
+            8,
+        );
+        for i in 1..=2 {
+            l.add_candidate(c(0x80 + i as u8, i));
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        let many: Vec<SocketAddrV4> = (0..MAX_PEERS_TRACKED as u32 + 1)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 1))
+            .collect();
+        let mut new = Vec::new();
+        l.on_reply(&reply(c(0x81, 1), None, &many), &mut new);
+        assert_eq!(new.len(), MAX_PEERS_TRACKED);
+        let more = [SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 1)];
+        l.on_reply(&reply(c(0x82, 2), None, &more), &mut new);
+        assert!(new.is_empty());
+    }
+
+    /// An announce that could not be sent counts as a failed one, so the lookup still ends.
+    #[test]
+    fn unsendable_announces_end_the_lookup() {
+        let kind = LookupKind::Announce {
+            port: Some(1),
+            seed: false,
+        };
+        let mut l = Lookup::new(NodeId([0; 20]), kind, NodeId([0xee; 20]), 3, 2);
+        for i in 1..=2 {
+            l.add_candidate(c(0x80 + i as u8, i));
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        for i in 1..=2 {
+            let token = Token::new(&[i as u8]);
+            l.on_reply(&reply(c(0x80 + i as u8, i), token, &[]), &mut Vec::new());
+        }
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(l.phase(), Phase::Announcing);
+        assert_eq!(ann.len(), 2);
+        for _ in &ann {
+            l.announce_unsent();
+        }
+        l.advance(&mut Vec::new());
+        assert_eq!(l.phase(), Phase::Done);
+        assert_eq!(l.announced, 0);
     }
 
     #[test]
