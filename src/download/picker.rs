@@ -1053,12 +1053,39 @@ mod tests {
         );
     }
 
+    /// A pick asks for exactly `want` blocks, across new pieces and across started ones.
+    #[test]
+    fn a_pick_takes_exactly_what_was_wanted() {
+        let now = Instant::now();
+        let piece = 3 * u64::from(BLOCK);
+        let mut p = picker(8, piece, 0);
+        let all = Bitfield::full(8);
+        p.add_peer(&all);
+        p.add_peer(&all);
+        let mut out = Vec::new();
+        p.pick(1, &all, true, 4, now, &mut out);
+        assert_eq!(out.len(), 4, "a whole new piece and one block of the next");
+        // Peer 1 leaves: its blocks go back, leaving two started pieces with free blocks.
+        let taken = out.clone();
+        p.release(1, &taken);
+        let mut again = Vec::new();
+        p.pick(2, &all, true, 4, now, &mut again);
+        assert_eq!(again.len(), 4, "{again:?}");
+        assert!(
+            again
+                .iter()
+                .all(|r| r.piece == taken[0].piece || r.piece == taken[3].piece)
+        );
+    }
+
     #[test]
     fn availability_tracks_peers() {
         let mut p = picker(4, u64::from(BLOCK), 0);
         let b = bits(4, &[1, 2]);
         assert!(!p.add_peer(&b));
         p.peer_has(3);
+        assert_eq!(p.availability(3), 1);
+        p.peer_has(4); // past the end: ignored
         assert_eq!(p.availability(1), 1);
         assert_eq!(p.availability(0), 0);
         let full = Bitfield::full(4);
