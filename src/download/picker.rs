@@ -1078,6 +1078,122 @@ mod tests {
         );
     }
 
+    /// The latency estimate is a moving average (5 % weight to each new sample) of the
+    /// time the first requester took to deliver.
+    #[test]
+    fn latency_is_a_moving_average_of_first_requester_deliveries() {
+        let now = Instant::now();
+        let mut p = picker(4, u64::from(BLOCK), 0);
+        let all = Bitfield::full(4);
+        p.add_peer(&all);
+        let mut out = Vec::new();
+        p.pick(1, &all, true, 2, now, &mut out);
+        deliver(&mut p, 1, &out[..1], now + Duration::from_secs(1));
+        assert_eq!(p.latency, Some(1.0));
+        deliver(&mut p, 1, &out[1..], now + Duration::from_secs(3));
+        assert!((p.latency.unwrap() - 1.1).abs() < 1e-9, "{:?}", p.latency);
+    }
+
+    /// Releasing touches only the releasing peer's own requests: a block first requested
+    /// by another peer stays theirs, and a released endgame duplicate no longer gets a
+    /// cancel.
+    #[test]
+    fn releasing_touches_only_the_releasing_peers_requests() {
+        let now = Instant::now();
+        let mut p = picker(1, 2 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(1);
+        for _ in 0..3 {
+            p.add_peer(&all);
+        }
+        let mut a = Vec::new();
+        p.pick(1, &all, true, 2, now, &mut a);
+        // Peer 2 releases blocks it never asked for: nothing changes for peer 3.
+        p.release(2, &a);
+        let mut c = Vec::new();
+        assert!(p.in_endgame());
+        // Peer 2 duplicates both (endgame), then releases them again.
+        let mut b = Vec::new();
+        assert_eq!(p.pick(2, &all, true, 2, now, &mut b), 2);
+        p.release(2, &b);
+        match p.on_block(1, a[0].piece, a[0].begin, a[0].length, now) {
+            BlockResult::Accepted { cancel, .. } => assert!(cancel.is_empty(), "{cancel:?}"),
+            other => panic!("{other:?}"),
+        }
+        // Peer 3 can duplicate the other block, which is still peer 1's.
+        assert_eq!(p.pick(3, &all, true, 2, now, &mut c), 1);
+        assert_eq!(c[0], a[1]);
+    }
+
+    /// Verifying one piece drops only that piece's endgame duplicates.
+    #[test]
+    fn verifying_a_piece_keeps_other_pieces_duplicates() {
+        let now = Instant::now();
+        let mut p = picker(2, u64::from(BLOCK), 0);
+        let all = Bitfield::full(2);
+        p.add_peer(&all);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        p.pick(1, &all, true, 2, now, &mut a);
+        let mut b = Vec::new();
+        assert_eq!(p.pick(2, &all, true, 2, now, &mut b), 2);
+        deliver(&mut p, 1, &a[..1], now);
+        p.on_verified(a[0].piece, true);
+        match p.on_block(1, a[1].piece, a[1].begin, a[1].length, now) {
+            BlockResult::Accepted { cancel, .. } => assert_eq!(cancel, [2]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A block nobody requested (of a started piece) is taken, and the piece leaves the
+    /// open list only when it has no free block: other started pieces are still finished
+    /// before new ones.
+    #[test]
+    fn an_unrequested_block_of_a_started_piece_is_taken() {
+        let now = Instant::now();
+        let mut p = picker(4, 2 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(4);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        p.pick(1, &all, true, 3, now, &mut a);
+        // Pieces x (both blocks) and y (one block, one free) are started.
+        let (x, y) = (a[0].piece, a[2].piece);
+        assert_ne!(x, y);
+        let free_x = p.block_ref(y, 1);
+        assert!(matches!(
+            p.on_block(1, free_x.piece, free_x.begin, free_x.length, now),
+            BlockResult::Accepted { .. }
+        ));
+        // y's only free block came in unasked: nothing of y is left to pick.
+        let mut b = Vec::new();
+        p.pick(2, &all, true, 1, now, &mut b);
+        assert!(b.iter().all(|r| r.piece != y && r.piece != x), "{b:?}");
+        // Release x's second block: the next pick finishes the started pieces (x, and the
+        // one peer 2 started) before starting anything new.
+        p.release(1, &a[1..2]);
+        let z = b[0].piece;
+        let mut c = Vec::new();
+        p.pick(3, &all, true, 2, now, &mut c);
+        c.sort();
+        let mut want = vec![a[1], p.block_ref(z, 1 - b[0].begin / BLOCK)];
+        want.sort();
+        assert_eq!(c, want);
+    }
+
+    /// A piece found complete on disk before it was started is never picked.
+    #[test]
+    fn a_piece_marked_have_before_it_started_is_never_picked() {
+        let now = Instant::now();
+        let mut p = picker(3, u64::from(BLOCK), 0);
+        let all = Bitfield::full(3);
+        p.add_peer(&all);
+        p.mark_have(1);
+        let mut out = Vec::new();
+        p.pick(1, &all, true, 10, now, &mut out);
+        let mut pieces: Vec<u32> = out.iter().map(|r| r.piece).collect();
+        pieces.sort();
+        assert_eq!(pieces, [0, 2]);
+    }
+
     #[test]
     fn availability_tracks_peers() {
         let mut p = picker(4, u64::from(BLOCK), 0);
