@@ -1215,3 +1215,24 @@ fn an_item_lookup_asks_with_bep44_get() {
         );
     }
 }
+
+/// A query from outside the allow-list is read but never answered: the allow-list binds
+/// replies as well as queries. (203.0.113.0/24 is TEST-NET-3; the datagram only exists
+/// inside this sans-IO node.)
+#[test]
+fn queries_from_outside_the_allow_list_get_no_reply() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let from = sa("203.0.113.5:1000");
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(from),
+        &query(QueryArgs::Ping, b"aa", id(1)),
+    );
+    assert!(sent(&mut node).is_empty());
+    let s = node.stats(now);
+    assert_eq!(
+        (s.queries_in, s.replies_out, s.dropped_not_allowed),
+        (1, 0, 1)
+    );
+}
