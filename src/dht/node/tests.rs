@@ -1236,3 +1236,69 @@ fn queries_from_outside_the_allow_list_get_no_reply() {
         (1, 0, 1)
     );
 }
+
+/// `stats` reports the live gauges of the table, store, item store, transactions, lookups,
+/// verifications, bans and the voted external IP.
+#[test]
+fn stats_report_every_gauge() {
+    let t0 = Instant::now();
+    let mut node = Node::new(
+        Config {
+            rate_limit: Some(RateLimit {
+                packets: 1,
+                ..RateLimit::default()
+            }),
+            ..config()
+        },
+        t0,
+    );
+    node.table
+        .heard_response(Contact::new(id(1), sa("127.0.0.2:1000")), t0);
+    let later = t0 + Duration::from_secs(20 * 60);
+    node.table
+        .heard_response(Contact::new(id(2), sa("127.0.0.3:1000")), later);
+    let mut rng = StdRng::seed_from_u64(1);
+    node.store
+        .announce(id(9), sa("127.0.0.9:1"), false, later, &mut rng);
+    let put = crate::dht::krpc::PutArgs {
+        token: Token::new(b"t").unwrap(),
+        v: b"5:hello".to_vec(),
+        mutable: None,
+    };
+    node.items.put(&put, later).unwrap();
+    node.ping(later, sa("127.0.0.4:1000"));
+    node.find_node(later, id(3));
+    let querier = sa("127.0.0.5:1000");
+    let ping = query(QueryArgs::Ping, b"aa", id(5));
+    node.handle_datagram(later, SocketAddr::V4(querier), &ping);
+    node.handle_datagram(later, SocketAddr::V4(querier), &ping);
+    for i in 0..IP_VOTE_MIN as u8 {
+        node.voter
+            .vote([127, 0, 4, i + 1].into(), [203, 0, 113, 7].into());
+    }
+    let s = node.stats(later);
+    let (good, questionable, bad) = node.table.counts(later);
+    assert_eq!(
+        (s.good_nodes, s.questionable_nodes, s.bad_nodes),
+        (good, questionable, bad)
+    );
+    assert_eq!((good, questionable), (1, 1));
+    assert_eq!(s.buckets, node.table.num_buckets());
+    assert_eq!((s.infohashes, s.peers), (1, 1));
+    assert_eq!(s.items, 1);
+    assert!(s.item_bytes > 0);
+    assert_eq!(s.item_counts, node.items.stats());
+    assert_ne!(s.item_counts, Default::default());
+    assert_eq!(
+        (s.transactions, s.lookups, s.verifying),
+        (node.txns.len(), 1, 1)
+    );
+    assert!(
+        s.transactions >= 3,
+        "a ping, a lookup query, a verification"
+    );
+    assert_eq!(s.banned_ips, 1);
+    let valid = node.table.entries().filter(|e| e.valid_id).count();
+    assert_eq!(s.valid_id_nodes, valid);
+    assert_eq!(s.external_ip, Some([203, 0, 113, 7].into()));
+}
