@@ -1258,6 +1258,15 @@ fn stats_report_every_gauge() {
     node.table
         .heard_response(Contact::new(id(2), sa("127.0.0.3:1000")), later);
     let mut rng = StdRng::seed_from_u64(1);
+    // A table entry whose id is valid for its (public) address under BEP 42.
+    let public = std::net::Ipv4Addr::new(203, 0, 113, 9);
+    node.table.heard_response(
+        Contact::new(
+            bep42::id_for_ip(public, &mut rng),
+            SocketAddrV4::new(public, 1),
+        ),
+        later,
+    );
     node.store
         .announce(id(9), sa("127.0.0.9:1"), false, later, &mut rng);
     let put = crate::dht::krpc::PutArgs {
@@ -1282,7 +1291,7 @@ fn stats_report_every_gauge() {
         (s.good_nodes, s.questionable_nodes, s.bad_nodes),
         (good, questionable, bad)
     );
-    assert_eq!((good, questionable), (1, 1));
+    assert_eq!((good, questionable), (2, 1));
     assert_eq!(s.buckets, node.table.num_buckets());
     assert_eq!((s.infohashes, s.peers), (1, 1));
     assert_eq!(s.items, 1);
@@ -1300,5 +1309,6 @@ fn stats_report_every_gauge() {
     assert_eq!(s.banned_ips, 1);
     let valid = node.table.entries().filter(|e| e.valid_id).count();
     assert_eq!(s.valid_id_nodes, valid);
+    assert!(valid >= 1);
     assert_eq!(s.external_ip, Some([203, 0, 113, 7].into()));
 }
