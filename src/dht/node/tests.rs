@@ -1078,6 +1078,10 @@ fn a_bootstrap_that_fills_the_table_to_k_does_not_retry() {
     let now = Instant::now();
     let mut node = node_with_table(8, now);
     assert_eq!(node.table.len(), node.config.routing.k);
+    // A contact still waiting for its verification ping does not make a full table look
+    // again (only a thin one waits for its contacts).
+    node.add_contacts(now, [sa("127.0.0.77:1")]);
+    assert_eq!(node.bootstrap_next, None);
     node.bootstrap(now, &[sa("127.0.0.50:1")]);
     // Everyone answers with nothing new.
     for _ in 0..5 {
@@ -1095,6 +1099,7 @@ fn a_bootstrap_that_fills_the_table_to_k_does_not_retry() {
         }
     }
     assert!(!node.is_bootstrapping());
+    assert!(!node.to_verify.is_empty());
     assert_eq!(node.bootstrap_next, None);
     assert_eq!(node.bootstrap_backoff, BOOTSTRAP_MIN_BACKOFF);
 }
