@@ -858,6 +858,19 @@ mod tests {
             "its /24 already has an entry there"
         );
         assert!(!t.would_accept(&Contact::new(own, addr(50)), now));
+        // Deeper: the last of several buckets, full, still splits.
+        for i in 0..7 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 1, &mut rng), addr(60 + i)),
+                now,
+            );
+        }
+        assert_eq!(t.num_buckets(), 2);
+        let deeper = Contact::new(id_with_prefix(&own, 1, &mut rng), addr(70));
+        assert!(
+            t.would_accept(&deeper, now),
+            "a full last bucket splits at any depth"
+        );
     }
 
     #[test]
