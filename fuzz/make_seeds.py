@@ -272,6 +272,89 @@ def mse_seeds():
     write("mse", "plain_bt", b"\x01\x13BitTorrent protocol" + bytes(48))
 
 
+# ---------------------------------------------------------------- BEP 44 scripts
+# The script format is read by src/fuzzing/bep44.rs: a header (store size, byte cap, the
+# search's salt and min_seq), then operations: 0 immutable put, 1 mutable put, 2 a `get`
+# reply, 3 time passes. Mutable items are signed by the target itself.
+
+def b44_item(salt, seq, v, extra=b""):
+    assert len(v) % 5 == 0
+    return bytes([len(salt)]) + salt + bytes([seq & 0xff]) + bytes([len(v) // 5]) + v + extra
+
+
+def b44_put(key=0, tamper=0, cas=None, salt=b"", seq=1, v=b"3:abc", extra=b""):
+    ctl = 1 | key << 2 | tamper << 3 | (0x40 if cas is not None else 0)
+    return bytes([ctl]) + b44_item(salt, seq, v, extra) + (bytes([cas & 0xff]) if cas is not None else b"")
+
+
+def b44_reply(frm=1, key=0, tamper=0, no_k=False, no_sig=False, salt=b"", seq=1, v=b"3:abc", extra=b""):
+    ctl = 2 | key << 2 | tamper << 3 | (0x40 if no_k else 0) | (0x80 if no_sig else 0)
+    return bytes([ctl, frm]) + b44_item(salt, seq, v, extra)
+
+
+def b44_immutable(v):
+    return bytes([0, len(v) // 5]) + v
+
+
+def b44_time(units):
+    return bytes([3, units])
+
+
+def bep44_seeds():
+    head = bytes([3, 0, 0, 0])          # 4 items, no byte cap, no salt, no min_seq
+    salted = bytes([1, 1, 2]) + b"s1" + bytes([2])   # 2 items, byte cap, salt "s1", min_seq 2
+    write("bep44", "immutable", head + b44_immutable(b"3:abc") + b44_immutable(b"i100e")
+          + b44_reply(v=b"3:abc"))
+    write("bep44", "mutable_order", head + b44_put(seq=1) + b44_put(seq=2, v=b"i200e")
+          + b44_put(seq=1) + b44_put(seq=2, v=b"3:xyz") + b44_put(seq=3, cas=1)
+          + b44_put(seq=3, cas=2, v=b"i300e"))
+    write("bep44", "tampered", head + b44_put(tamper=4, extra=b"\x05\x03") + b44_put(tamper=5)
+          + b44_put(tamper=6, extra=b"x") + b44_put(tamper=7, extra=b"e"))
+    write("bep44", "two_keys", head + b44_put(key=0, salt=b"a") + b44_put(key=1, salt=b"a")
+          + b44_put(key=1, salt=b"b" * 70))
+    write("bep44", "expiry", head + b44_put(seq=5) + b44_time(100) + b44_time(100)
+          + b44_put(seq=1))
+    write("bep44", "eviction", bytes([0, 1, 0, 0]) + b"".join(
+        b44_immutable(b"i%03de" % i) for i in range(5)) + b44_immutable(b"l" + b"i0e" * 333 + b"e"))
+    write("bep44", "get_replies", salted
+          + b44_reply(frm=1, salt=b"s1", seq=2) + b44_reply(frm=2, salt=b"s1", seq=2)
+          + b44_reply(frm=3, salt=b"s1", seq=1) + b44_reply(frm=4, salt=b"s1", seq=3, v=b"i300e")
+          + b44_reply(frm=5, key=1, salt=b"s1", seq=4) + b44_reply(frm=6, salt=b"s2", seq=4)
+          + b44_reply(frm=7, salt=b"s1", seq=9, no_k=True) + b44_reply(frm=7, salt=b"s1", seq=9, no_sig=True)
+          + b44_reply(frm=7, salt=b"s1", seq=9, tamper=4, extra=b"\x00\x00"))
+    write("bep44", "extremes", head + b44_put(seq=0x7f) + b44_put(seq=0x80) + b44_put(seq=0x7f, tamper=5))
+
+
+# ---------------------------------------------------------------- crawler rows
+
+def record(version, peers, scrape=None, first=1700000000, last=1700000500, seen=3, how=5):
+    b = bytes([version]) + struct.pack(">QQIB", first, last, seen, how) + bytes([len(peers)])
+    for ip, port in peers:
+        b += bytes(ip) + struct.pack(">H", port)
+    if scrape:
+        b += struct.pack(">IIQ", *scrape)
+    return b
+
+
+def crawl_row_seeds():
+    peers = [((127, 0, 0, 1), 6881), ((10, 1, 2, 3), 51413)]
+    write("crawl_row", "record_v2", record(2, peers, (3, 7, 1700000600)))
+    write("crawl_row", "record_v2_plain", record(2, peers[:1]))
+    write("crawl_row", "record_v1", record(1, peers))
+    write("crawl_row", "record_v1_scrape", record(1, peers, (1, 1, 1)))
+    write("crawl_row", "record_dup_peers", record(2, [peers[0]] * 4, seen=0xffffffff))
+    write("crawl_row", "record_too_many", record(2, peers * 3))
+    meta = {"name": "dir", "total_size": 70005, "file_count": 2, "fetched_at": 1700000000,
+            "files": [{"path": "dir/a", "length": 5}, {"path": "dir/sub/b", "length": 70000}]}
+    write("crawl_row", "meta", benc(meta))
+    write("crawl_row", "meta_empty", benc(dict(meta, files=[], file_count=0)))
+    write("crawl_row", "info_single", benc(info_dict("file.bin", [(["file.bin"], 100000)], 32768, single=True)))
+    write("crawl_row", "info_multi", benc(info_dict("dir", [(["a"], 5), (["sub", "b"], 70000)], 16384)))
+    write("crawl_row", "info_latin1", benc(info_dict(b"caf\xe9", [([b"\xe9t\xe9"], 5)], 16384)))
+    write("crawl_row", "info_pad", benc(info_dict("p", [(["a"], 5), ([".pad", "16379"], 16379), (["b"], 9)], 16384,
+                                                   extra={"name.utf-8": "p"})))
+
+
 def main():
     if len(sys.argv) > 1:
         sys.exit("usage: python3 fuzz/make_seeds.py (no arguments)")
@@ -280,6 +363,8 @@ def main():
     bep9_seeds()
     metainfo_seeds()
     mse_seeds()
+    bep44_seeds()
+    crawl_row_seeds()
     for t in sorted(os.listdir(OUT)):
         print(t, len(os.listdir(os.path.join(OUT, t))))
 

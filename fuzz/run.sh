@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the named targets (default: all four) for SECS seconds each, one job, growing
+# Fuzzes the named targets (default: all of them) for SECS seconds each, one job, growing
 # fuzz/corpus/<target> from it and fuzz/seeds/<target> with the target's dictionary, then
 # minimizes the corpus (cargo fuzz cmin). Logs go to fuzz/logs/<target>.log; the last
 # stats line of each run is what FUZZING.md records.
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-900}
 TARGETS=("$@")
-[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(krpc wire bep9 metainfo)
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(krpc wire bep9 metainfo mse bep44 crawl_row)
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "error: cargo-fuzz is missing (cargo install cargo-fuzz)" >&2; exit 1; }
 mkdir -p fuzz/logs

@@ -9,6 +9,8 @@
 //! but could not read back, or a `.torrent` we would write with a different info hash) is a
 //! crash the fuzzer can find.
 
+pub mod bep44;
+pub mod crawl_row;
 pub mod krpc_reference;
 
 use bytes::BytesMut;
@@ -27,6 +29,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bep9", bep9),
     ("metainfo", metainfo),
     ("mse", mse),
+    ("bep44", bep44::bep44),
+    ("crawl_row", crawl_row::crawl_row),
 ];
 
 /// The parts of a KRPC message that survive `encode_message`: queries carry no top-level

@@ -70,7 +70,7 @@ pub struct SwarmEstimate {
 }
 
 impl Record {
-    fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
         out.push(RECORD_VERSION);
         out.extend_from_slice(&self.first_seen.to_be_bytes());
