@@ -5,11 +5,14 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::process::Command;
 use std::time::Duration;
 
+mod wait_support;
+
 use tokio::net::UdpSocket;
 use trackerless::dht::driver::{Dht, DhtConfig, DhtError};
 use trackerless::dht::id::{Contact, NodeId};
 use trackerless::dht::krpc::{self, Body, Method, ResponseBody};
 use trackerless::dht::node::{Config, PingError};
+use trackerless::dht::peer_feed::PeersConfig;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 fn v4(a: SocketAddr) -> SocketAddrV4 {
@@ -144,6 +147,80 @@ async fn five_hundred_node_testnet_lookups_all_find_the_peer() {
     }
     messages.sort_unstable();
     println!("messages per lookup (last 10): {messages:?}");
+    net.shutdown().await;
+}
+
+/// `DhtHandle::peers` repeats its lookups: a peer announced only after the feed's first
+/// lookup came back empty is found by a later round (the reason to repeat at all), the
+/// feed counts its lookups and their messages, and a one-round feed ends on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_feed_finds_a_peer_that_announced_after_it_started() {
+    let net = Testnet::start(
+        40,
+        TestnetConfig {
+            subnet: 54,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let smallest = net.wait_for_tables(8, Duration::from_secs(60)).await;
+    assert!(smallest >= 8, "some node has only {smallest} contacts");
+    let ih = NodeId([0x5d; 20]);
+    let quick = PeersConfig {
+        first_pause: Duration::from_millis(50),
+        max_pause: Duration::from_millis(400),
+        max_pause_leeching: Duration::from_millis(200),
+        ..PeersConfig::lookup()
+    };
+    let mut feed = net.nodes[0].peers(ih, quick);
+    wait_support::wait_until("the first lookup", wait_support::GENEROUS, async || {
+        feed.lookups() >= 1
+    })
+    .await;
+    // Nothing announced yet, so nothing found (a ready peer would be returned at once).
+    assert!(
+        tokio::time::timeout(Duration::ZERO, feed.next())
+            .await
+            .is_err()
+    );
+    let (_, summary) = net.nodes[17]
+        .announce(ih, Some(4100))
+        .unwrap()
+        .collect()
+        .await;
+    assert!(summary.announced >= 1, "{summary:?}");
+    let expected = SocketAddrV4::new(*net.addr(17).ip(), 4100);
+    let found = tokio::time::timeout(wait_support::GENEROUS, async {
+        while let Some(p) = feed.next().await {
+            if p == expected {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "the feed never found the late announce");
+    // The peer came from a later round, whose end is counted just after its peers.
+    wait_support::wait_until(
+        "the second lookup's end",
+        wait_support::GENEROUS,
+        async || feed.lookups() >= 2,
+    )
+    .await;
+    assert!(feed.messages() > 0);
+
+    let mut once = net.nodes[3].peers(ih, PeersConfig::once());
+    let mut peers = Vec::new();
+    tokio::time::timeout(wait_support::GENEROUS, async {
+        while let Some(p) = once.next().await {
+            peers.push(p);
+        }
+    })
+    .await
+    .expect("a one-round feed ends");
+    assert!(peers.contains(&expected), "{peers:?}");
+    assert_eq!(once.lookups(), 1);
     net.shutdown().await;
 }
 

@@ -14,9 +14,10 @@ use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use cli::NetArgs;
 use sha1::{Digest, Sha1};
-use tokio::sync::mpsc;
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
+use trackerless::dht::id::NodeId;
+use trackerless::dht::peer_feed::PeersConfig;
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
 use trackerless::download::{Mode, ResumeStore, Session, SessionConfig};
 use trackerless::metadata::{FetchConfig, Fetched, MetadataRegistry, PeerSource, fetch_metadata};
@@ -198,11 +199,17 @@ fn fetch_config(
 /// Looks the info hash up in the DHT and fetches the metadata from the peers found.
 async fn fetch(cfg: &FetchConfig, magnet: &Magnet, dht: &DhtHandle) -> Result<Fetched, String> {
     let ih = magnet.info_hash;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let lookups = tokio::spawn(lookup_loop(dht.clone(), ih, tx));
-    let source = PeerSource::new(magnet.peers.iter().copied()).with_channel(rx);
+    // Looks again and again, quickly: a seeder may announce (or a lookup may miss it)
+    // after we start, and nothing else happens until the metadata is here.
+    let lookups = PeersConfig {
+        first_pause: Duration::from_millis(250),
+        max_pause: Duration::from_secs(5),
+        max_pause_leeching: Duration::from_secs(5),
+        ..PeersConfig::lookup()
+    };
+    let source =
+        PeerSource::new(magnet.peers.iter().copied()).with_feed(dht.peers(NodeId(ih), lookups));
     let result = fetch_metadata(ih, source, cfg).await;
-    lookups.abort();
     match result {
         Ok(f) => Ok(f),
         Err(e) => {
@@ -544,9 +551,7 @@ impl Counts {
 async fn run_scrape(cli: &Cli, ih: [u8; 20], dht: &DhtHandle) -> i32 {
     let scrape = async {
         dht.wait_for_nodes(1).await.map_err(|e| e.to_string())?;
-        dht.scrape(trackerless::dht::id::NodeId(ih))
-            .await
-            .map_err(|e| e.to_string())
+        dht.scrape(NodeId(ih)).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(cli.timeout, scrape).await {
         Ok(Ok(est)) => {
@@ -569,31 +574,6 @@ async fn run_scrape(cli: &Cli, ih: [u8; 20], dht: &DhtHandle) -> i32 {
             );
             1
         }
-    }
-}
-
-/// Feeds peers of repeated get_peers lookups to the fetcher: the first as soon as the
-/// routing table has a node, then again with growing pauses, since a seeder may announce
-/// (or a lookup may miss it) after we start. Ends when the fetcher drops the receiver.
-async fn lookup_loop(dht: DhtHandle, ih: [u8; 20], tx: mpsc::UnboundedSender<SocketAddr>) {
-    if dht.wait_for_nodes(1).await.is_err() {
-        return;
-    }
-    let mut pause = Duration::from_millis(250);
-    loop {
-        let Ok(mut peers) = dht.get_peers(trackerless::dht::id::NodeId(ih)) else {
-            return;
-        };
-        while let Some(p) = peers.next().await {
-            if tx.send(SocketAddr::V4(p)).is_err() {
-                return;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = tx.closed() => return,
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

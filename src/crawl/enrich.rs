@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use super::store::TorrentMeta;
 use crate::dht::driver::DhtHandle;
 use crate::dht::id::InfoHash;
+use crate::dht::peer_feed::PeersConfig;
 use crate::metadata::FetchError;
 
 /// Boxed future returned by [`MetadataFetcher::fetch`].
@@ -152,18 +153,16 @@ impl MetadataPool {
 async fn run_job(cfg: &MetadataConfig, dht: &DhtHandle, job: MetaJob) -> MetaOutcome {
     let ih = job.info_hash;
     let mut peers = job.peers;
-    let mut dht_messages = 0;
-    if let Ok(stream) = dht.get_peers(ih)
-        && let Ok((found, summary)) =
-            tokio::time::timeout(cfg.lookup_timeout, stream.collect()).await
-    {
-        dht_messages = summary.messages;
-        for p in found {
+    let mut feed = dht.peers(ih, PeersConfig::once());
+    let _ = tokio::time::timeout(cfg.lookup_timeout, async {
+        while let Some(p) = feed.next().await {
             if !peers.contains(&p) {
                 peers.push(p);
             }
         }
-    }
+    })
+    .await;
+    let dht_messages = u32::try_from(feed.messages()).unwrap_or(u32::MAX);
     let result = if peers.is_empty() {
         Err(EnrichError::NoPeers)
     } else {

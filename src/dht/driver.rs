@@ -27,6 +27,7 @@ use crate::dht::node::{self, DirectQuery, Event, LookupId, Node, PingError, Requ
 use crate::dht::persist::{NodeStore, PersistError};
 use crate::dht::scrape::ScrapeEstimate;
 use crate::dht::udp;
+use crate::util::Backoff;
 
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]
@@ -683,7 +684,7 @@ impl Driver {
         tokio::pin!(sleep);
         let mut save_tick = tokio::time::interval(self.save_interval);
         save_tick.tick().await;
-        let mut resolve_backoff = Duration::from_secs(5);
+        let mut resolve_backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
         let resolve_at = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(resolve_at);
         // Resolve before serving commands so the first lookups can use the routers.
@@ -695,7 +696,7 @@ impl Driver {
             need_resolve = !self.resolve_and_bootstrap().await;
             resolve_at
                 .as_mut()
-                .reset(tokio::time::Instant::now() + resolve_backoff);
+                .reset(tokio::time::Instant::now() + resolve_backoff.next_pause());
         }
         let mut shutdown_ack = None;
         loop {
@@ -733,9 +734,8 @@ impl Driver {
                 },
                 () = &mut sleep => self.node.handle_timeout(Instant::now()),
                 () = &mut resolve_at, if need_resolve => {
-                    resolve_backoff = (resolve_backoff * 2).min(Duration::from_secs(300));
                     need_resolve = !self.resolve_and_bootstrap().await;
-                    resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff);
+                    resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff.next_pause());
                 }
                 _ = save_tick.tick() => self.start_save(),
                 // Last in the biased order: under a saturating flood the socket is always

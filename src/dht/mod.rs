@@ -16,6 +16,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod peer_feed;
 pub mod peer_store;
 pub mod persist;
 pub mod router;

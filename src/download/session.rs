@@ -38,6 +38,7 @@ use super::storage::{DiskEvent, Mode, Storage, StorageError};
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
 use crate::dht::id::NodeId;
+use crate::dht::peer_feed::{Announce, PeersConfig};
 use crate::metadata::PeerHandoff;
 use crate::torrent::metainfo::{Info, MetainfoError};
 use crate::wire::{Handshake, PeerStream, Transports, WireConfig, WireError, open_outgoing};
@@ -879,36 +880,36 @@ impl Runner {
         let max = self.shared.cfg.reannounce;
         let tx = self.self_tx.clone();
         let shared = self.shared.clone();
+        // Announcing also looks the peers up; without a listen port nobody could connect
+        // to us, so only look. Once complete we announce as a seed (BEP 33: scrapes count
+        // us among the seeds, and seeds are left out of our results) and look less often;
+        // while downloading, peers that join later are found within half a minute.
+        let cfg = PeersConfig {
+            announce: port.map_or(Announce::No, Announce::Port),
+            first_pause: Duration::from_secs(1),
+            max_pause: max,
+            max_pause_leeching: max.min(Duration::from_secs(30)),
+            seeding: shared.is_complete(),
+            rounds: None,
+        };
+        let mut phase = self.phase.subscribe();
         self.lookups = Some(tokio::spawn(async move {
-            if dht.wait_for_nodes(1).await.is_err() {
-                return;
-            }
-            let mut pause = Duration::from_secs(1);
+            let mut feed = dht.peers(ih, cfg);
             loop {
-                // Announcing also looks the peers up; without a listen port nobody could
-                // connect to us, so only look. Once complete we announce as a seed (BEP 33:
-                // scrapes count us among the seeds, and seeds are left out of our results).
-                let stream = match port {
-                    Some(p) => dht.announce_as(ih, Some(p), shared.is_complete()),
-                    None => dht.get_peers(ih),
-                };
-                let Ok(mut stream) = stream else { return };
-                while let Some(p) = stream.next().await {
-                    if tx
-                        .send(SessionCmd::AddPeers(vec![SocketAddr::V4(p)]))
-                        .is_err()
-                    {
-                        return;
+                tokio::select! {
+                    p = feed.next() => {
+                        let Some(p) = p else { return };
+                        if tx.send(SessionCmd::AddPeers(vec![SocketAddr::V4(p)])).is_err() {
+                            return;
+                        }
+                    }
+                    changed = phase.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        feed.set_seeding(shared.is_complete());
                     }
                 }
-                tokio::time::sleep(pause).await;
-                // While downloading, peers that join later are found within half a minute.
-                let cap = if shared.is_complete() {
-                    max
-                } else {
-                    max.min(Duration::from_secs(30))
-                };
-                pause = (pause * 2).min(cap);
             }
         }));
     }

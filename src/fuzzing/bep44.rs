@@ -26,9 +26,7 @@ use sha1::{Digest, Sha1};
 use crate::bencode::{put_bytes, put_int};
 use crate::dht::id::NodeId;
 use crate::dht::item_search::{ItemFields, ItemQuery, ItemSearch, ItemVerdict, check_value};
-use crate::dht::items::{
-    ItemStore, ItemStoreConfig, PutError, mutable_target, signable, verify,
-};
+use crate::dht::items::{ItemStore, ItemStoreConfig, PutError, mutable_target, signable, verify};
 use crate::dht::krpc::{self, Body, Message, Method, MutablePut, PutArgs, Query, Tid, Token};
 
 /// Reads the script; running out of input reads as zeros, so every prefix is a script.
@@ -219,7 +217,9 @@ pub fn bep44(data: &[u8]) {
                     }),
                 };
                 round_trip_put(&item.v, args.mutable.as_ref());
-                let old = before.as_ref().and_then(|b| b.mutable.as_ref().map(|m| (m.seq, &b.v)));
+                let old = before
+                    .as_ref()
+                    .and_then(|b| b.mutable.as_ref().map(|m| (m.seq, &b.v)));
                 let expected = if !item.genuine {
                     Err(PutError::BadSignature)
                 } else {
@@ -240,7 +240,11 @@ pub fn bep44(data: &[u8]) {
                 }
                 let after = store.get(&target, now);
                 if expected.is_err() {
-                    assert_eq!((store.len(), store.bytes()), (len, bytes), "a refused put changed the store");
+                    assert_eq!(
+                        (store.len(), store.bytes()),
+                        (len, bytes),
+                        "a refused put changed the store"
+                    );
                     assert_eq!(after.map(|a| &a.v), before.as_ref().map(|b| &b.v));
                 } else if item.v.len() + 192 <= config.max_bytes {
                     let held = after.expect("a fitting put is held");
@@ -276,10 +280,16 @@ pub fn bep44(data: &[u8]) {
                     ItemVerdict::NoValue => panic!("a reply with a value read as none"),
                 }
                 if let Some(best) = mutable_search.best() {
-                    let m = best.mutable.as_ref().expect("a mutable search keeps a mutable best");
+                    let m = best
+                        .mutable
+                        .as_ref()
+                        .expect("a mutable search keeps a mutable best");
                     assert!(verify(&m.k, &search_salt, m.seq, &best.v, &m.sig));
                     assert!(min_seq.is_none_or(|min| m.seq >= min));
-                    assert!(best_seq.is_none_or(|b| m.seq >= b), "the best seq went down");
+                    assert!(
+                        best_seq.is_none_or(|b| m.seq >= b),
+                        "the best seq went down"
+                    );
                     best_seq = Some(m.seq);
                     assert!((1..=8).contains(&mutable_search.confirmations()));
                 }
@@ -294,7 +304,10 @@ pub fn bep44(data: &[u8]) {
                 now += Duration::from_secs(u64::from(s.byte()) * 45);
                 for (target, at) in &last_put {
                     if now.duration_since(*at) >= ttl {
-                        assert!(store.get(target, now).is_none(), "an expired item is served");
+                        assert!(
+                            store.get(target, now).is_none(),
+                            "an expired item is served"
+                        );
                     }
                 }
             }
@@ -328,7 +341,11 @@ fn round_trip_put(v: &[u8], mutable: Option<&MutablePut>) {
     let decoded = krpc::decode(&out);
     let salt_ok = mutable.is_none_or(|m| m.salt.len() <= krpc::MAX_ITEM_SALT);
     if check_value(v).is_ok() && salt_ok {
-        assert_eq!(decoded.as_ref(), Ok(&message), "a valid put does not round-trip");
+        assert_eq!(
+            decoded.as_ref(),
+            Ok(&message),
+            "a valid put does not round-trip"
+        );
     } else if let Ok(Message {
         body: Body::Query(Query {
             method: Method::Put(got),
@@ -337,6 +354,10 @@ fn round_trip_put(v: &[u8], mutable: Option<&MutablePut>) {
         ..
     }) = &decoded
     {
-        assert_eq!(check_value(&got.v), Ok(()), "the decoder took an invalid value");
+        assert_eq!(
+            check_value(&got.v),
+            Ok(()),
+            "the decoder took an invalid value"
+        );
     }
 }

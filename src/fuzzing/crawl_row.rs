@@ -39,8 +39,18 @@ pub fn crawl_row(data: &[u8]) {
             record.times_seen.saturating_add(record.times_seen)
         );
         assert_eq!(
-            (merged.first_seen, merged.last_seen, merged.how, merged.scrape),
-            (record.first_seen, record.last_seen, record.how, record.scrape)
+            (
+                merged.first_seen,
+                merged.last_seen,
+                merged.how,
+                merged.scrape
+            ),
+            (
+                record.first_seen,
+                record.last_seen,
+                record.how,
+                record.scrape
+            )
         );
         for p in &merged.peers {
             assert!(record.peers.contains(p), "a merge invented a peer");

@@ -8,13 +8,16 @@ use std::net::SocketAddr;
 use tokio::sync::mpsc;
 
 use crate::dht::driver::PeerStream;
+use crate::dht::peer_feed::PeerFeed;
 
 /// Where candidate peers come from, in priority order: an initial list (a magnet's `x.pe`
-/// peers), then any number of DHT lookups and/or a channel, interleaved as they produce.
+/// peers), then any number of DHT lookups, repeated-lookup feeds and/or a channel,
+/// interleaved as they produce.
 #[derive(Default)]
 pub struct PeerSource {
     initial: VecDeque<SocketAddr>,
     streams: Vec<PeerStream>,
+    feeds: Vec<PeerFeed>,
     channel: Option<mpsc::UnboundedReceiver<SocketAddr>>,
 }
 
@@ -33,6 +36,13 @@ impl PeerSource {
         self
     }
 
+    /// Adds the peers of repeated DHT lookups ([`crate::dht::driver::DhtHandle::peers`]);
+    /// the lookups stop when the source is dropped.
+    pub fn with_feed(mut self, feed: PeerFeed) -> Self {
+        self.feeds.push(feed);
+        self
+    }
+
     /// Adds peers sent on a channel (e.g. by a task repeating lookups); the source ends
     /// only when every sender is dropped.
     pub fn with_channel(mut self, rx: mpsc::UnboundedReceiver<SocketAddr>) -> Self {
@@ -46,7 +56,7 @@ impl PeerSource {
             return Some(a);
         }
         loop {
-            if self.streams.is_empty() && self.channel.is_none() {
+            if self.streams.is_empty() && self.feeds.is_empty() && self.channel.is_none() {
                 return None;
             }
             // Polls every input fairly; an input that ends is removed.
@@ -55,25 +65,43 @@ impl PeerSource {
                     if let std::task::Poll::Ready(r) = s.poll_next(cx) {
                         return std::task::Poll::Ready(match r {
                             Some(a) => Ok(SocketAddr::V4(a)),
-                            None => Err(Some(i)),
+                            None => Err(Source::Stream(i)),
+                        });
+                    }
+                }
+                for (i, f) in self.feeds.iter_mut().enumerate() {
+                    if let std::task::Poll::Ready(r) = f.poll_next(cx) {
+                        return std::task::Poll::Ready(match r {
+                            Some(a) => Ok(SocketAddr::V4(a)),
+                            None => Err(Source::Feed(i)),
                         });
                     }
                 }
                 if let Some(rx) = &mut self.channel
                     && let std::task::Poll::Ready(r) = rx.poll_recv(cx)
                 {
-                    return std::task::Poll::Ready(r.ok_or(None));
+                    return std::task::Poll::Ready(r.ok_or(Source::Channel));
                 }
                 std::task::Poll::Pending
             })
             .await;
             match ended {
                 Ok(addr) => return Some(addr),
-                Err(Some(i)) => {
+                Err(Source::Stream(i)) => {
                     self.streams.swap_remove(i);
                 }
-                Err(None) => self.channel = None,
+                Err(Source::Feed(i)) => {
+                    self.feeds.swap_remove(i);
+                }
+                Err(Source::Channel) => self.channel = None,
             }
         }
     }
+}
+
+/// Which input ended.
+enum Source {
+    Stream(usize),
+    Feed(usize),
+    Channel,
 }

@@ -1,5 +1,5 @@
 //! Primitives the rest of the crate shares, each written once: a token bucket
-//! ([`TokenBucket`]), a crash-safe file write ([`atomic_write`]), the human-readable
+//! ([`TokenBucket`]), retry pauses ([`Backoff`]), a crash-safe file write ([`atomic_write`]), the human-readable
 //! size and rate formatters ([`fmt`]) and opening a sled store ([`sled_open`]).
 
 // Every public item here is documented, and stays so: the rest of the crate gets the same
@@ -7,11 +7,13 @@
 #![deny(missing_docs)]
 
 mod atomic;
+mod backoff;
 pub mod fmt;
 pub mod sled_open;
 mod token_bucket;
 
 pub use atomic::{atomic_write, atomic_write_async, atomic_write_private, atomic_write_with};
+pub use backoff::Backoff;
 pub use token_bucket::TokenBucket;
 
 /// Resident memory of this process in bytes, from `/proc/self/statm` (0 where it is
