@@ -6,6 +6,7 @@ pub mod allow;
 pub mod bep42;
 pub mod bootstrap;
 pub mod driver;
+pub mod gate;
 pub mod id;
 pub mod item_keys;
 pub mod item_search;

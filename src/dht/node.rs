@@ -19,6 +19,7 @@ use rand::rngs::StdRng;
 
 use crate::dht::allow::AllowList;
 use crate::dht::bep42::{self, IpVoter};
+use crate::dht::gate::{self, Dropped, Gated};
 use crate::dht::id::{Contact, InfoHash, NodeId};
 use crate::dht::items::{ItemStats, ItemStore, ItemStoreConfig};
 
@@ -27,9 +28,9 @@ mod items_client;
 #[cfg(test)]
 mod tests;
 use crate::dht::krpc::{
-    self, Body, DecodeError, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
+    self, Body, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
 };
-use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
+use crate::dht::limits::{ByteQuota, RateLimit, RateLimiter};
 use crate::dht::lookup::{CandidateFilter, Lookup, LookupKind, Phase, SearchReply, is_global};
 pub use crate::dht::outbox::Transmit;
 use crate::dht::outbox::{Emitted, Outbox};
@@ -1038,40 +1039,8 @@ impl Node {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.stats.packets_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        let from = match from {
-            SocketAddr::V4(a) if a.port() != 0 => a,
-            SocketAddr::V6(a) if a.port() != 0 => match a.ip().to_ipv4_mapped() {
-                Some(ip) => SocketAddrV4::new(ip, a.port()),
-                None => {
-                    self.stats.dropped_other += 1;
-                    return;
-                }
-            },
-            _ => {
-                self.stats.dropped_other += 1;
-                return;
-            }
-        };
-        if limits::is_bogon_source(*from.ip()) {
-            self.stats.dropped_other += 1;
-            return;
-        }
-        if let Some(limiter) = &mut self.limiter {
-            match limiter.check(*from.ip(), now) {
-                Verdict::Allow => {}
-                Verdict::NewBan => {
-                    tracing::debug!("rate limit: banning {} for a while", from.ip());
-                    self.stats.dropped_rate_limited += 1;
-                    return;
-                }
-                Verdict::Banned => {
-                    self.stats.dropped_rate_limited += 1;
-                    return;
-                }
-            }
-        }
-        match krpc::decode(data) {
-            Ok(msg) => match msg.body {
+        match gate::admit(now, from, data, self.limiter.as_mut()) {
+            Gated::Message(from, msg) => match msg.body {
                 Body::Query(q) => {
                     self.stats.queries_in += 1;
                     self.handle_query(now, from, msg.tid.as_slice(), q, msg.read_only);
@@ -1085,11 +1054,18 @@ impl Node {
                     self.handle_error(now, from, msg.tid.as_slice(), e.code, e.message);
                 }
             },
-            Err(DecodeError::BadQuery { tid, code, reason }) => {
+            Gated::BadQuery {
+                from,
+                tid,
+                code,
+                reason,
+            } => {
                 self.stats.queries_in += 1;
                 self.send_error(now, from, tid.as_slice(), code, reason);
             }
-            Err(_) => self.stats.dropped_malformed += 1,
+            Gated::Dropped(Dropped::Source) => self.stats.dropped_other += 1,
+            Gated::Dropped(Dropped::RateLimited) => self.stats.dropped_rate_limited += 1,
+            Gated::Dropped(Dropped::Malformed) => self.stats.dropped_malformed += 1,
         }
     }
 

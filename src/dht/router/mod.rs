@@ -22,9 +22,10 @@ use rand::rngs::StdRng;
 
 use crate::dht::allow::AllowList;
 use crate::dht::bep42;
+use crate::dht::gate::{self, Dropped, Gated};
 use crate::dht::id::{Contact, NodeId};
 use crate::dht::krpc::{self, Body, ERR_GENERIC, Method, QueryArgs, ResponseBody};
-use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter, Verdict};
+use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter};
 use crate::dht::node::{MethodCounts, VERSION};
 use crate::dht::outbox::{Emitted, Outbox, Transmit};
 use store::{NodeRing, RecentSet};
@@ -233,22 +234,14 @@ impl Router {
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.stats.packets_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        let from = match from {
-            SocketAddr::V4(a) if a.port() != 0 && !limits::is_bogon_source(*a.ip()) => a,
-            _ => {
-                self.stats.dropped_other += 1;
-                return;
-            }
-        };
-        if let Some(l) = &mut self.limiter
-            && l.check(*from.ip(), now) != Verdict::Allow
-        {
-            self.stats.dropped_rate_limited += 1;
-            return;
-        }
-        let msg = match krpc::decode(data) {
-            Ok(m) => m,
-            Err(krpc::DecodeError::BadQuery { tid, code, reason }) => {
+        let (from, msg) = match gate::admit(now, from, data, self.limiter.as_mut()) {
+            Gated::Message(from, msg) => (from, msg),
+            Gated::BadQuery {
+                from,
+                tid,
+                code,
+                reason,
+            } => {
                 if self.emit(now, from, true, |out| {
                     krpc::encode_error(out, tid.as_slice(), code, reason, Some(from), Some(VERSION))
                 }) {
@@ -256,7 +249,15 @@ impl Router {
                 }
                 return;
             }
-            Err(_) => {
+            Gated::Dropped(Dropped::Source) => {
+                self.stats.dropped_other += 1;
+                return;
+            }
+            Gated::Dropped(Dropped::RateLimited) => {
+                self.stats.dropped_rate_limited += 1;
+                return;
+            }
+            Gated::Dropped(Dropped::Malformed) => {
                 self.stats.dropped_malformed += 1;
                 return;
             }
@@ -544,6 +545,32 @@ mod tests {
             Body::Response(_)
         ));
         assert_eq!(r.stats(now).pending, 0);
+    }
+
+    /// The router's input gate is the node's ([`crate::dht::gate`]): a query from an
+    /// IPv4-mapped IPv6 source (what a dual-stack socket reports) is answered at its IPv4
+    /// address, as the node does; the router's own copy of the gate used to drop it.
+    #[test]
+    fn an_ipv4_mapped_querier_is_answered_like_the_node_answers_it() {
+        let (mut r, now) = router(RouterConfig::default());
+        let a: SocketAddrV4 = "127.80.2.1:6881".parse().unwrap();
+        let mapped = SocketAddr::V6(std::net::SocketAddrV6::new(
+            a.ip().to_ipv6_mapped(),
+            a.port(),
+            0,
+            0,
+        ));
+        let q = query(
+            QueryArgs::FindNode {
+                target: &NodeId([0; 20]),
+            },
+            NodeId([1; 20]),
+            false,
+        );
+        r.handle_datagram(now, mapped, &q);
+        let reply = r.poll_transmit().expect("answered");
+        assert_eq!(reply.to, SocketAddr::V4(a));
+        assert_eq!(r.stats(now).dropped_other, 0);
     }
 
     #[test]
