@@ -83,6 +83,11 @@ struct Signed {
     seq: i64,
     v: Vec<u8>,
     sig: [u8; 64],
+    /// The salt the signature was made over (a `get` reply carries no salt: the searcher
+    /// verifies with its own, so a reply is genuine for a search with this salt).
+    signed_salt: Vec<u8>,
+    /// Whether the signature still covers `seq` and `v` (nothing but the salt tampered).
+    covers: bool,
     /// Whether the signature still covers (k, salt, seq, v).
     genuine: bool,
 }
@@ -91,6 +96,7 @@ fn signed(s: &mut Script<'_>, keys: &[SigningKey; 2], control: u8) -> Signed {
     let key = &keys[usize::from(control >> 2 & 1)];
     let salt_len = usize::from(s.byte() % 72);
     let mut salt = s.bytes(salt_len).to_vec();
+    let signed_salt = salt.clone();
     let mut seq = s.seq();
     let v_len = usize::from(s.byte()) * 5;
     let mut v = s.bytes(v_len).to_vec();
@@ -104,7 +110,8 @@ fn signed(s: &mut Script<'_>, keys: &[SigningKey; 2], control: u8) -> Signed {
     );
     let mut sig = key.sign(&msg).to_bytes();
     let k = key.verifying_key().to_bytes();
-    let genuine = match control >> 3 & 7 {
+    let tamper = control >> 3 & 7;
+    let genuine = match tamper {
         4 => {
             let i = usize::from(s.byte()) % 64;
             sig[i] ^= 1 << (s.byte() % 8);
@@ -130,6 +137,8 @@ fn signed(s: &mut Script<'_>, keys: &[SigningKey; 2], control: u8) -> Signed {
         seq,
         v,
         sig,
+        signed_salt,
+        covers: genuine || tamper == 6,
         genuine,
     }
 }
@@ -264,11 +273,11 @@ pub fn bep44(data: &[u8]) {
                 };
                 let forged = mutable_search.forged;
                 let verdict = mutable_search.on_reply(from, fields);
-                let believable = item.genuine
+                let believable = item.covers
                     && fields.k.is_some()
                     && fields.sig.is_some()
                     && item.k == k0
-                    && item.salt == search_salt;
+                    && item.signed_salt == search_salt;
                 match verdict {
                     ItemVerdict::Forged => {
                         assert!(!believable, "a genuine value was called forged");
