@@ -14,6 +14,7 @@ pub mod bencode;
 /// crawlers identify clients by it (libtorrent's `identify_client`, the tables on the
 /// BitTorrent wiki), so it must be one no known client uses: "TL", used before, is Tribler's.
 pub const CLIENT_CODE: [u8; 2] = *b"TK";
+pub mod client;
 pub mod crawl;
 pub mod dht;
 pub mod download;

@@ -6,24 +6,20 @@
 mod cli;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use cli::NetArgs;
-use sha1::{Digest, Sha1};
+use trackerless::client::{AddOptions, Client, ClientConfig, Target};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
 use trackerless::dht::id::NodeId;
-use trackerless::dht::peer_feed::PeersConfig;
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
-use trackerless::download::{Mode, ResumeStore, Session, SessionConfig};
-use trackerless::metadata::{FetchConfig, Fetched, MetadataRegistry, PeerSource, fetch_metadata};
+use trackerless::download::{ResumeStore, Session};
 use trackerless::torrent::PeerId;
 use trackerless::torrent::magnet::Magnet;
-use trackerless::torrent::metainfo::{Info, Metainfo, torrent_file_from_info};
+use trackerless::torrent::metainfo::{Info, torrent_file_from_info};
 
 /// Download a torrent through the Mainline DHT (no trackers).
 ///
@@ -93,38 +89,6 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// What to download.
-enum Target {
-    Magnet(Magnet),
-    /// A .torrent file: the info dict is known.
-    Torrent(Metainfo),
-}
-
-impl Target {
-    fn parse(s: &str) -> Result<Target, String> {
-        let path = Path::new(s);
-        if path.is_file() {
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read {s}: {e}"))?;
-            let meta = Metainfo::from_bytes(&bytes).map_err(|e| format!("{s}: {e}"))?;
-            return Ok(Target::Torrent(meta));
-        }
-        match Magnet::parse(s) {
-            Ok(m) => Ok(Target::Magnet(m)),
-            Err(e) if s.ends_with(".torrent") => {
-                Err(format!("{s}: no such file (and not a magnet link: {e})"))
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    fn info_hash(&self) -> [u8; 20] {
-        match self {
-            Target::Magnet(m) => m.info_hash,
-            Target::Torrent(t) => t.info_hash,
-        }
-    }
-}
-
 fn main() {
     trackerless::download::tune_allocator();
     // A short-lived client should not fight a resident `dht-node` for port 6881: unless
@@ -172,56 +136,35 @@ fn main() {
     std::process::exit(code);
 }
 
-fn fetch_config(
-    cli: &Cli,
-    dht: &DhtHandle,
-    peer_id: trackerless::torrent::PeerId,
-    listen: Option<u16>,
-    transports: trackerless::wire::Transports,
-) -> FetchConfig {
-    FetchConfig {
-        peer_id,
+/// The client settings the flags give.
+fn client_config(cli: &Cli, resume: Option<ResumeStore>) -> ClientConfig {
+    ClientConfig {
+        peer_id: PeerId::generate(),
         allow: AllowList::only(cli.net.allow_net.clone()),
-        max_connections: usize::from(cli.peer.max_peers),
-        timeout: Some(cli.timeout),
-        dht: Some(dht.clone()),
-        dht_port: Some(dht.local_addr().port()),
-        listen_port: listen,
-        transports,
-        wire: trackerless::wire::WireConfig {
-            encryption: cli.transport.encryption,
-            ..FetchConfig::default().wire
-        },
-        ..FetchConfig::default()
+        // Default: the DHT's IP, any port (peers learn it from our announces).
+        listen: Some(
+            cli.peer
+                .listen
+                .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0)),
+        ),
+        max_peers: usize::from(cli.peer.max_peers),
+        utp: !cli.transport.no_utp,
+        tcp: !cli.transport.no_tcp,
+        encryption: cli.transport.encryption,
+        metadata_timeout: Some(cli.timeout),
+        upload_rate: cli.upload_rate,
+        pex: !cli.peer.no_pex,
+        resume,
     }
 }
 
-/// Looks the info hash up in the DHT and fetches the metadata from the peers found.
-async fn fetch(cfg: &FetchConfig, magnet: &Magnet, dht: &DhtHandle) -> Result<Fetched, String> {
-    let ih = magnet.info_hash;
-    // Looks again and again, quickly: a seeder may announce (or a lookup may miss it)
-    // after we start, and nothing else happens until the metadata is here.
-    let lookups = PeersConfig {
-        first_pause: Duration::from_millis(250),
-        max_pause: Duration::from_secs(5),
-        max_pause_leeching: Duration::from_secs(5),
-        ..PeersConfig::lookup()
-    };
-    let source =
-        PeerSource::new(magnet.peers.iter().copied()).with_feed(dht.peers(NodeId(ih), lookups));
-    let result = fetch_metadata(ih, source, cfg).await;
-    match result {
-        Ok(f) => Ok(f),
+/// Starts the client (its peer listener), or says why not.
+async fn start_client(cli: &Cli, dht: &DhtHandle, resume: Option<ResumeStore>) -> Option<Client> {
+    match Client::start(dht.clone(), client_config(cli, resume)).await {
+        Ok(c) => Some(c),
         Err(e) => {
-            let nodes = dht
-                .stats()
-                .await
-                .map(|s| s.good_nodes + s.questionable_nodes)
-                .unwrap_or(0);
-            Err(format!(
-                "{e}; the DHT routing table has {nodes} node{}",
-                if nodes == 1 { "" } else { "s" }
-            ))
+            eprintln!("error: {e}");
+            None
         }
     }
 }
@@ -229,15 +172,10 @@ async fn fetch(cfg: &FetchConfig, magnet: &Magnet, dht: &DhtHandle) -> Result<Fe
 async fn run_metadata_only(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
     let started = Instant::now();
     let ih = magnet.info_hash;
-    let fetch_cfg = fetch_config(
-        cli,
-        dht,
-        PeerId::generate(),
-        None,
-        // No listener here, so no uTP socket: TCP only.
-        trackerless::wire::Transports::default(),
-    );
-    let fetched = match fetch(&fetch_cfg, &magnet, dht).await {
+    let Some(client) = start_client(cli, dht, None).await else {
+        return 1;
+    };
+    let fetched = match client.fetch_metadata(&magnet).await {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: {e}");
@@ -311,83 +249,25 @@ fn open_resume(cli: &Cli) -> Option<ResumeStore> {
 
 async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
     let started = Instant::now();
-    let ih = target.info_hash();
-    let peer_id = PeerId::generate();
-    let allow = AllowList::only(cli.net.allow_net.clone());
-    let resume = open_resume(cli);
-
-    // One listener serves metadata and, once the session is attached, pieces.
-    let registry = Arc::new(MetadataRegistry::new());
-    let listener = cli::bind_peer_listener(
-        &cli.peer,
-        &cli.net,
-        registry.clone(),
-        peer_id,
-        dht,
-        cli.transport,
-    );
-    let server = match listener.await {
-        Ok(s) => s,
+    let Some(client) = start_client(cli, dht, open_resume(cli)).await else {
+        return 1;
+    };
+    let opts = AddOptions { seed: cli.seed };
+    let added = tokio::select! {
+        r = client.add(target, &cli.out, opts) => r,
+        _ = cli::shutdown_signal() => {
+            eprintln!("interrupted while fetching the metadata");
+            return 130;
+        }
+    };
+    let torrent = match added {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    let listen_port = server.local_addr().port();
-
-    // The info dict: from the .torrent, from an earlier run, or from peers.
-    let mut extra_peers: Vec<SocketAddr> = Vec::new();
-    let cached = resume
-        .as_ref()
-        .and_then(|r| r.load_info(&ih))
-        .filter(|i| <[u8; 20]>::from(Sha1::digest(i)) == ih);
-    let info_bytes: Bytes = match (&target, cached) {
-        (Target::Torrent(t), _) => Bytes::from(t.info_bytes.clone()),
-        (Target::Magnet(_), Some(cached)) => Bytes::from(cached),
-        (Target::Magnet(m), None) => {
-            let cfg = fetch_config(cli, dht, peer_id, Some(listen_port), server.transports());
-            let fetched = tokio::select! {
-                r = fetch(&cfg, m, dht) => r,
-                _ = cli::shutdown_signal() => {
-                    eprintln!("interrupted while fetching the metadata");
-                    return 130;
-                }
-            };
-            match fetched {
-                Ok(f) => {
-                    extra_peers.extend(f.stats.peers.iter().map(|p| p.addr));
-                    f.info
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return 1;
-                }
-            }
-        }
-    };
-    if let Target::Magnet(m) = &target {
-        extra_peers.extend(m.peers.iter().copied());
-    }
-    let info = match Info::from_bytes(&info_bytes) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("error: the metadata matches the info hash but is not usable: {e}");
-            return 1;
-        }
-    };
-    if let Some(r) = &resume
-        && let Err(e) = r.save_info(&ih, &info_bytes)
-    {
-        tracing::warn!("{e}");
-    }
-    if info.private && extra_peers.is_empty() {
-        eprintln!(
-            "error: {} is a private torrent (BEP 27): its peers come only from its trackers, \
-             which a trackerless client does not use",
-            info.name
-        );
-        return 1;
-    }
+    let info = torrent.info();
     let mut lines = ProgressDisplay::new(info.total_length());
     lines.println(&format!(
         "{}: {} in {} file{}, {} pieces of {}; listening on {}",
@@ -397,41 +277,11 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         if info.real_files() == 1 { "" } else { "s" },
         info.num_pieces(),
         human_bytes(info.piece_length),
-        server.local_addr()
+        client.local_addr()
     ));
 
-    let cfg = SessionConfig {
-        peer_id,
-        allow,
-        max_peers: usize::from(cli.peer.max_peers),
-        listen_port: Some(listen_port),
-        local_ip: Some(server.local_addr().ip()),
-        transports: server.transports(),
-        wire: trackerless::wire::WireConfig {
-            encryption: cli.transport.encryption,
-            ..SessionConfig::default().wire
-        },
-        dht: Some(dht.clone()),
-        dht_port: Some(dht.local_addr().port()),
-        seed: cli.seed,
-        upload_rate: cli.upload_rate,
-        pex: !cli.peer.no_pex,
-        resume,
-        ..SessionConfig::default()
-    };
-    let session = match Session::start(info_bytes.clone(), &cli.out, Mode::ReadWrite, cfg) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
-    };
-    registry.insert(info_bytes);
-    registry.attach(ih, session.handoff());
-    session.add_peers(extra_peers);
-
-    let interrupted = watch_progress(&session, &mut lines, false).await;
-    let mut progress = session.progress();
+    let interrupted = watch_progress(torrent.session(), &mut lines, false).await;
+    let mut progress = torrent.progress();
     let complete = progress.verified_pieces == progress.pieces;
     if complete && !interrupted {
         let secs = started.elapsed().as_secs_f64();
@@ -448,14 +298,13 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         ));
         if cli.seed {
             lines.println("seeding until Ctrl-C");
-            watch_progress(&session, &mut lines, true).await;
+            watch_progress(torrent.session(), &mut lines, true).await;
             // The summary counts what was uploaded while seeding too.
-            progress = session.progress();
+            progress = torrent.progress();
         }
     }
     lines.finish();
-    let end = session.stop().await;
-    registry.detach(&ih);
+    let end = torrent.stop().await;
     let summary = format!(
         "downloaded {} bytes, wasted {}, uploaded {} in {:.1} s",
         progress.downloaded,
@@ -622,19 +471,5 @@ mod tests {
         assert!(n.len() <= 210 && n.ends_with(".torrent"), "{n}");
         assert!(parse_secs("0").is_err() && parse_secs("x").is_err());
         assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
-    }
-
-    #[test]
-    fn targets_parse() {
-        assert!(matches!(
-            Target::parse(&hex::encode([3u8; 20])),
-            Ok(Target::Magnet(_))
-        ));
-        let e = Target::parse("/nonexistent/x.torrent").err().unwrap();
-        assert!(e.contains("no such file"), "{e}");
-        let dir = tempfile::tempdir().unwrap();
-        let bad = dir.path().join("bad.torrent");
-        std::fs::write(&bad, b"not bencode").unwrap();
-        assert!(Target::parse(bad.to_str().unwrap()).is_err());
     }
 }

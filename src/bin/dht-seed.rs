@@ -7,18 +7,18 @@ mod cli;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use cli::NetArgs;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha1::{Digest, Sha1};
+use trackerless::client::{Client, ClientConfig};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
+use trackerless::download::Phase;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
-use trackerless::download::{Mode, Phase, Session, SessionConfig};
-use trackerless::metadata::MetadataRegistry;
 use trackerless::torrent::PeerId;
 use trackerless::torrent::hybrid::create_hybrid_info;
 use trackerless::torrent::magnet::Magnet;
@@ -189,29 +189,35 @@ async fn run(
     root: PathBuf,
     dht: &DhtHandle,
 ) -> i32 {
-    let peer_id = PeerId::generate();
-    let allow = AllowList::only(cli.net.allow_net.clone());
-    let registry = Arc::new(MetadataRegistry::new());
-    let ih = registry.insert(raw.clone());
-    let listener = cli::bind_peer_listener(
-        &cli.peer,
-        &cli.net,
-        registry.clone(),
-        peer_id,
-        dht,
-        cli.transport,
-    );
-    let server = match listener.await {
-        Ok(s) => s,
+    let cfg = ClientConfig {
+        peer_id: PeerId::generate(),
+        allow: AllowList::only(cli.net.allow_net.clone()),
+        // Default: the DHT's IP, any port (peers learn it from our announces).
+        listen: Some(
+            cli.peer
+                .listen
+                .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0)),
+        ),
+        max_peers: usize::from(cli.peer.max_peers),
+        utp: !cli.transport.no_utp,
+        tcp: !cli.transport.no_tcp,
+        encryption: cli.transport.encryption,
+        upload_rate: cli.upload_rate,
+        pex: !cli.peer.no_pex,
+        ..ClientConfig::default()
+    };
+    let client = match Client::start(dht.clone(), cfg).await {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
+    let ih: [u8; 20] = Sha1::digest(&raw).into();
     let mut magnet = Magnet::from_info_hash(ih);
     magnet.display_name = Some(info.name.clone());
-    if !server.local_addr().ip().is_unspecified() {
-        magnet.peers.push(server.local_addr());
+    if !client.local_addr().ip().is_unspecified() {
+        magnet.peers.push(client.local_addr());
     }
     // Written before the magnet is printed, so a script that read the magnet finds it.
     if let Some(out) = &cli.torrent_out
@@ -221,33 +227,13 @@ async fn run(
         eprintln!("error: cannot write {}: {e}", out.display());
         return 1;
     }
-    let cfg = SessionConfig {
-        peer_id,
-        allow,
-        max_peers: usize::from(cli.peer.max_peers),
-        listen_port: Some(server.local_addr().port()),
-        local_ip: Some(server.local_addr().ip()),
-        transports: server.transports(),
-        wire: trackerless::wire::WireConfig {
-            encryption: cli.transport.encryption,
-            ..SessionConfig::default().wire
-        },
-        dht: Some(dht.clone()),
-        dht_port: Some(dht.local_addr().port()),
-        seed: true,
-        assume_complete: true,
-        upload_rate: cli.upload_rate,
-        pex: !cli.peer.no_pex,
-        ..SessionConfig::default()
-    };
-    let session = match Session::start(raw, &root, Mode::ReadOnly, cfg) {
-        Ok(s) => s,
+    let torrent = match client.seed(raw, &root).await {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    registry.attach(ih, session.handoff());
     {
         // The magnet first, alone on its line, so scripts can read it; printed once the
         // session is attached, so a peer that connects the moment it reads the magnet is
@@ -264,7 +250,7 @@ async fn run(
         info.real_files(),
         if info.real_files() == 1 { "" } else { "s" },
         info.num_pieces(),
-        server.local_addr(),
+        client.local_addr(),
         dht.local_addr()
     ));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -300,7 +286,7 @@ async fn run(
                     pex_counts = pex_now;
                     lines.println(&pex_now.to_string());
                 }
-                let p = session.progress();
+                let p = torrent.progress();
                 lines.update(&p);
                 if let Phase::Stopped(_) = p.phase {
                     break;
@@ -310,9 +296,8 @@ async fn run(
         }
     }
     lines.finish();
-    let p = session.progress();
-    registry.detach(&ih);
-    match session.stop().await {
+    let p = torrent.progress();
+    match torrent.stop().await {
         Ok(()) => {
             println!("uploaded {} bytes", p.uploaded);
             0

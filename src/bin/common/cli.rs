@@ -239,44 +239,6 @@ pub fn start_dht_or_without_store(
     }
 }
 
-/// Binds the TCP listener `dht-get` and `dht-seed` serve peers on (metadata, and pieces
-/// once a session is attached), with the peer limit, the allow-list and the node for PORT
-/// messages; a bind failure becomes one line for the user.
-pub async fn bind_peer_listener(
-    peer: &PeerArgs,
-    net: &NetArgs,
-    registry: std::sync::Arc<trackerless::metadata::MetadataRegistry>,
-    peer_id: trackerless::torrent::PeerId,
-    dht: &trackerless::dht::driver::DhtHandle,
-    transport: TransportArgs,
-) -> Result<trackerless::metadata::MetadataServer, String> {
-    let max_peers = peer.max_peers;
-    // Default: the DHT's IP, any port (peers learn it from our announces).
-    let listen = peer
-        .listen
-        .unwrap_or_else(|| SocketAddr::new(net.bind.ip(), 0));
-    let allow = AllowList::only(net.allow_net.clone());
-    trackerless::metadata::MetadataServer::bind(
-        listen,
-        registry,
-        trackerless::metadata::ServeConfig {
-            peer_id,
-            allow,
-            dht: Some(dht.clone()),
-            dht_port: Some(dht.local_addr().port()),
-            max_connections: usize::from(max_peers),
-            utp: !transport.no_utp,
-            tcp: !transport.no_tcp,
-            wire: trackerless::wire::WireConfig {
-                encryption: transport.encryption,
-                ..trackerless::metadata::ServeConfig::default().wire
-            },
-        },
-    )
-    .await
-    .map_err(|e| format!("cannot listen on {listen}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
