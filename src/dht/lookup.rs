@@ -538,6 +538,20 @@ mod tests {
         )
     }
 
+    /// Only the shared-address block 100.64.0.0/10 is non-global among 100.x and x.64.x
+    /// addresses; its neighbours are public.
+    #[test]
+    fn only_100_64_slash_10_is_carrier_grade_nat() {
+        use std::net::Ipv4Addr;
+        assert!(!is_global(Ipv4Addr::new(100, 64, 0, 1)));
+        assert!(!is_global(Ipv4Addr::new(100, 127, 255, 254)));
+        assert!(is_global(Ipv4Addr::new(100, 128, 0, 1)));
+        assert!(is_global(Ipv4Addr::new(100, 0, 0, 1)));
+        assert!(is_global(Ipv4Addr::new(8, 64, 0, 1)));
+        assert!(is_global(Ipv4Addr::new(198, 20, 0, 1)));
+        assert!(!is_global(Ipv4Addr::new(198, 19, 0, 1)));
+    }
+
     #[test]
     fn keeps_alpha_in_flight_among_the_top_k_and_finishes() {
         let target = NodeId([0; 20]);

@@ -431,6 +431,67 @@ mod tests {
         assert!(s.next_rotation() > t0 + Duration::from_secs(3600));
     }
 
+    /// After a stall of several rotation periods both secrets are replaced at once (two
+    /// rotations, not as many as were missed) and the clock restarts from now, so a token
+    /// handed out right after the stall lives its full 5 to 10 minutes.
+    #[test]
+    fn after_a_stall_the_rotation_clock_restarts_from_now() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let t0 = Instant::now();
+        let mut s = TokenSecrets::new(&mut rng, t0);
+        let a = Ipv4Addr::new(127, 0, 0, 1);
+        let stall = t0 + TOKEN_ROTATION * 7 / 2;
+        s.maybe_rotate(stall, &mut rng);
+        assert_eq!(s.next_rotation(), stall + TOKEN_ROTATION);
+        let tok = s.make(a);
+        // 1.7 periods later: one rotation since the token, so it is still accepted (the
+        // clock kept at the last whole period would have rotated twice by now).
+        s.maybe_rotate(stall + TOKEN_ROTATION * 17 / 10, &mut rng);
+        assert!(
+            s.verify(a, tok.as_slice()),
+            "a fresh token lives 5 to 10 minutes"
+        );
+    }
+
+    #[test]
+    fn the_store_reports_its_config_and_what_it_holds() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = Instant::now();
+        let cfg = StoreConfig {
+            max_infohashes: 3,
+            max_peers_per_infohash: 2,
+            peer_ttl: Duration::from_secs(60),
+            max_values_per_reply: 9,
+        };
+        let mut st = PeerStore::new(cfg.clone());
+        assert_eq!(st.config().max_infohashes, 3);
+        assert_eq!(st.config().max_peers_per_infohash, 2);
+        assert_eq!(st.config().peer_ttl, Duration::from_secs(60));
+        assert_eq!(st.config().max_values_per_reply, 9);
+        let (a, b) = (NodeId([1; 20]), NodeId([2; 20]));
+        assert!(!st.contains(&a));
+        st.announce(a, peer(1), false, now, &mut rng);
+        assert!(st.contains(&a) && !st.contains(&b));
+    }
+
+    /// Of two swarms of equal size and freshness, the one scanned first is evicted: the
+    /// choice is deterministic, so a run replays the same way.
+    #[test]
+    fn of_equal_swarms_the_first_scanned_is_evicted() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = Instant::now();
+        let mut st = PeerStore::new(StoreConfig {
+            max_infohashes: 2,
+            ..StoreConfig::default()
+        });
+        let (a, b, c) = (NodeId([1; 20]), NodeId([2; 20]), NodeId([3; 20]));
+        st.announce(a, peer(1), false, now, &mut rng);
+        st.announce(b, peer(2), false, now, &mut rng);
+        st.announce(c, peer(3), false, now, &mut rng);
+        assert!(!st.contains(&a) && st.contains(&b) && st.contains(&c));
+        assert_eq!(st.evicted(), 1);
+    }
+
     fn peer(i: u32) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(0x7f00_0000 + i), 6881)
     }

@@ -1317,3 +1317,195 @@ fn stats_report_every_gauge() {
     assert!(valid >= 1);
     assert_eq!(s.external_ip, Some([203, 0, 113, 7].into()));
 }
+
+/// The pinged-then-answered steps of [`a_majority_of_repliers_seeing_a_public_ip_gives_us_a_bep42_id_for_it`]:
+/// `IP_VOTE_MIN` repliers say they see us at `public`.
+fn vote_for(node: &mut Node, now: Instant, public: SocketAddrV4) {
+    for i in 0..IP_VOTE_MIN as u8 {
+        let to = SocketAddrV4::new([127, 0, 3, i + 1].into(), 1000);
+        node.ping(now, to);
+        let (to, tid, _) = queries_in(&sent(node)).remove(0);
+        node.handle_datagram(
+            now,
+            SocketAddr::V4(to),
+            &response(&tid, &ResponseBody::id_only(&id(i + 1)), Some(public)),
+        );
+    }
+}
+
+/// The id changes only when adopting is on and the id is not already valid for the voted
+/// address: an operator's fixed id, or one that already matches, stays.
+#[test]
+fn a_voted_public_ip_keeps_an_id_that_is_valid_or_fixed() {
+    let now = Instant::now();
+    let public = sa("203.0.113.7:6881");
+    let mut rng = StdRng::seed_from_u64(5);
+    let valid = bep42::id_for_ip(*public.ip(), &mut rng);
+    let mut node = Node::new(
+        Config {
+            id: Some(valid),
+            ..config()
+        },
+        now,
+    );
+    vote_for(&mut node, now, public);
+    assert_eq!(node.id(), valid, "already valid for the address");
+    assert_eq!(node.stats(now).external_ip, Some(*public.ip()));
+
+    let mut node = Node::new(
+        Config {
+            adopt_bep42_id: false,
+            ..config()
+        },
+        now,
+    );
+    vote_for(&mut node, now, public);
+    assert_eq!(node.id(), ME, "adopting is off");
+    assert_eq!(node.stats(now).external_ip, Some(*public.ip()));
+}
+
+/// A query for a method we do not know but that carries a target is answered like
+/// find_node and counted under `other`.
+#[test]
+fn an_unknown_method_with_a_target_is_answered_and_counted_as_other() {
+    let now = Instant::now();
+    let mut node = node_with_table(3, now);
+    let from = sa("127.0.0.9:7000");
+    let mut q = b"d1:ad2:id20:".to_vec();
+    q.extend_from_slice(&[9; 20]);
+    q.extend_from_slice(b"6:target20:");
+    q.extend_from_slice(&[1; 20]);
+    q.extend_from_slice(b"e1:q4:vote1:t2:vv1:y1:qe");
+    node.handle_datagram(now, SocketAddr::V4(from), &q);
+    let reply = reply_to(&mut node, from);
+    assert_eq!(reply.tid.as_slice(), b"vv");
+    assert!(
+        response_of(&reply)
+            .nodes
+            .as_ref()
+            .is_some_and(|n| !n.is_empty())
+    );
+    let counts = node.stats(now).queries_by_method;
+    assert_eq!((counts.other, counts.find_node), (1, 0));
+}
+
+/// A lookup starts from the 2K closest entries, so K dead ones in front do not leave it
+/// without anyone to ask.
+#[test]
+fn a_lookup_is_seeded_with_twice_k_candidates() {
+    let t0 = Instant::now();
+    let k = config().routing.k;
+    let mut node = node_with_table(2 * k as u8 + 4, t0);
+    let target = NodeId([0x33; 20]);
+    node.find_node(t0, target);
+    let mut asked = std::collections::HashSet::new();
+    for _ in 0..10_000 {
+        for (to, _, q) in queries_in(&sent(&mut node)) {
+            if matches!(q.method, Method::FindNode { target: t } if t == target) {
+                asked.insert(to);
+            }
+        }
+        if node.lookups.is_empty() {
+            break;
+        }
+        // Nobody answers: every query times out, and the lookup asks the next candidate.
+        let now = node.poll_timeout().unwrap();
+        node.handle_timeout(now);
+    }
+    assert!(node.lookups.is_empty(), "the lookup ended");
+    assert_eq!(asked.len(), 2 * k, "every seed is asked, and only they");
+}
+
+/// A bootstrap that ends while known contacts are still being verified looks again one
+/// second later (they may fill the table), not after the backoff for an empty network.
+#[test]
+fn a_bootstrap_ending_during_verification_looks_again_a_second_later() {
+    let t0 = Instant::now();
+    let mut node = Node::new(config(), t0);
+    let router = sa("127.0.0.50:6881");
+    node.add_contacts(t0, [sa("127.0.2.1:7000"), sa("127.0.2.2:7000")]);
+    node.bootstrap(t0, &[router]);
+    let mut now = t0;
+    let mut starts = vec![];
+    while starts.len() < 2 && now < t0 + Duration::from_secs(60) {
+        if queries_in(&sent(&mut node))
+            .iter()
+            .any(|(to, _, _)| *to == router)
+        {
+            starts.push(now.duration_since(t0).as_millis());
+        }
+        if starts.len() == 1 && node.bootstrap_next.is_some() {
+            // The first attempt has ended; the contacts are still being verified.
+            assert!(!node.verifying.is_empty() && node.to_verify.is_empty());
+            assert_eq!(node.bootstrap_next, Some(now + Duration::from_secs(1)));
+        }
+        now = node.poll_timeout().unwrap();
+        node.handle_timeout(now);
+    }
+    assert_eq!(starts, vec![0, 2000]);
+}
+
+/// The bootstrap backoff resets only once the table is full enough (K entries): one node
+/// answering does not make an empty network look healthy.
+#[test]
+fn the_bootstrap_backoff_resets_only_at_k_entries() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let k = config().routing.k;
+    node.bootstrap_backoff = Duration::from_secs(16);
+    for i in 0..k as u8 {
+        let to = SocketAddrV4::new([127, 0, 4, i + 1].into(), 1000);
+        node.ping(now, to);
+        let (to, tid, _) = queries_in(&sent(&mut node)).remove(0);
+        node.handle_datagram(
+            now,
+            SocketAddr::V4(to),
+            &response(&tid, &ResponseBody::id_only(&id(i + 1)), None),
+        );
+        if node.table.len() < k {
+            assert_eq!(node.bootstrap_backoff, Duration::from_secs(16), "{i}");
+        }
+    }
+    assert_eq!(node.table.len(), k);
+    assert_eq!(node.bootstrap_backoff, BOOTSTRAP_MIN_BACKOFF);
+}
+
+/// Expired peers are swept at the sweep interval even when nothing else happens.
+#[test]
+fn expired_peers_are_swept_when_the_sweep_is_due() {
+    let t0 = Instant::now();
+    let mut node = Node::new(config(), t0);
+    let mut rng = StdRng::seed_from_u64(1);
+    node.store
+        .announce(NodeId([7; 20]), sa("127.0.0.7:6881"), false, t0, &mut rng);
+    assert_eq!(node.stats(t0).peers, 1);
+    let ttl = node.store.config().peer_ttl;
+    let later = t0 + ttl + SWEEP_INTERVAL + Duration::from_secs(1);
+    node.handle_timeout(later);
+    assert_eq!(node.stats(later).peers, 0);
+}
+
+/// A contact already being verified is skipped, not a reason to stop the burst: the
+/// contacts after it are still pinged.
+#[test]
+fn a_contact_already_being_verified_does_not_stall_the_others() {
+    let t0 = Instant::now();
+    let mut node = Node::new(config(), t0);
+    let (a, b) = (sa("127.0.2.1:7000"), sa("127.0.2.2:7000"));
+    node.add_contacts(t0, [a]);
+    node.handle_timeout(t0);
+    let first: Vec<_> = queries_in(&sent(&mut node))
+        .into_iter()
+        .map(|q| q.0)
+        .collect();
+    assert_eq!(first, [a]);
+    node.to_verify.push_back(a);
+    node.to_verify.push_back(b);
+    node.verify_burst(t0);
+    let second: Vec<_> = queries_in(&sent(&mut node))
+        .into_iter()
+        .map(|q| q.0)
+        .collect();
+    assert_eq!(second, [b]);
+    assert!(node.to_verify.is_empty());
+}
