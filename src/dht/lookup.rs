@@ -552,6 +552,26 @@ mod tests {
         assert!(!is_global(Ipv4Addr::new(198, 19, 0, 1)));
     }
 
+    /// A candidate is one node: a second contact with a known id (at another address) or
+    /// a known address (with another id) is not added, even without the one-per-IP rule.
+    #[test]
+    fn a_known_id_or_a_known_address_is_not_a_second_candidate() {
+        let target = NodeId([0; 20]);
+        let mut l = Lookup::new(target, LookupKind::FindNode, NodeId([0xee; 20]), 3, 8);
+        assert!(!l.filter.one_per_ip);
+        l.add_candidate(c(0x81, 1));
+        // Same id, another address.
+        l.add_candidate(Contact::new(c(0x81, 1).id, c(0x82, 2).addr));
+        // Same address, another id.
+        l.add_candidate(Contact::new(c(0x83, 3).id, c(0x81, 1).addr));
+        assert_eq!(l.candidates.len(), 1);
+        // Another id at another port of the same IP is a second node.
+        let mut other_port = c(0x84, 1).addr;
+        other_port.set_port(other_port.port() + 1);
+        l.add_candidate(Contact::new(c(0x84, 4).id, other_port));
+        assert_eq!(l.candidates.len(), 2);
+    }
+
     #[test]
     fn keeps_alpha_in_flight_among_the_top_k_and_finishes() {
         let target = NodeId([0; 20]);
