@@ -18,16 +18,28 @@ pub enum BootstrapError {
     BadPort(String),
     /// A line of a list file is bad.
     Line {
+        /// The 1-based line number in the list.
         line: usize,
+        /// What is wrong with the entry on that line.
         error: Box<BootstrapError>,
     },
     /// A list file cannot be read.
-    Read { path: PathBuf, detail: String },
+    Read {
+        /// The list file.
+        path: PathBuf,
+        /// The I/O error, as text.
+        detail: String,
+    },
     /// A list file holds no entry.
-    Empty { path: PathBuf },
+    Empty {
+        /// The list file.
+        path: PathBuf,
+    },
     /// A list file has a bad line (the file named).
     InFile {
+        /// The list file.
         path: PathBuf,
+        /// The [`BootstrapError::Line`] error for the bad line.
         error: Box<BootstrapError>,
     },
 }

@@ -54,7 +54,9 @@ pub struct DhtConfig {
 /// A get_peers or announce_peer query we received (see [`DhtConfig::incoming`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IncomingQuery {
+    /// The infohash queried or announced.
     pub info_hash: InfoHash,
+    /// The querying node's address (the UDP source).
     pub from: SocketAddrV4,
     /// The announced peer, for a valid announce_peer.
     pub peer: Option<SocketAddrV4>,
@@ -78,8 +80,17 @@ impl DhtConfig {
 /// Why a node did not start.
 #[derive(Debug)]
 pub enum StartError {
-    Bind { addr: SocketAddr, error: io::Error },
+    /// The UDP socket could not be bound (or its local address read).
+    Bind {
+        /// The address in [`DhtConfig::bind`].
+        addr: SocketAddr,
+        /// The socket error.
+        error: io::Error,
+    },
+    /// The node store in [`DhtConfig::data_dir`] could not be opened or read.
     Store(PersistError),
+    /// [`Dht::spawn`] could not start its thread or runtime, or the thread exited before
+    /// the node was bound.
     Runtime(io::Error),
 }
 
@@ -100,6 +111,7 @@ impl std::error::Error for StartError {}
 pub enum DhtError {
     /// The node has shut down.
     Stopped,
+    /// The queried node did not answer properly (a ping or a direct query).
     Ping(PingError),
 }
 
@@ -114,7 +126,6 @@ impl std::fmt::Display for DhtError {
 
 impl std::error::Error for DhtError {}
 
-/// How a lookup ended.
 /// What a BEP 44 put achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutSummary {
@@ -131,7 +142,10 @@ pub struct PutSummary {
 /// A BEP 44 item read from the DHT, already checked against its hash or signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GotItem {
+    /// Where the item is stored (immutable: SHA-1 of the value; mutable: SHA-1 of key and
+    /// salt).
     pub target: NodeId,
+    /// The value, with its key, `seq` and signature for a mutable item.
     pub item: FoundItem,
     /// Distinct nodes that returned this exact value.
     pub confirmations: usize,
@@ -147,7 +161,12 @@ pub enum ItemsError {
     /// The value or salt breaks a BEP 44 limit; nothing was sent.
     Invalid(ItemError),
     /// No node returned a valid value.
-    NotFound { target: NodeId, forged: u32 },
+    NotFound {
+        /// Where the item was looked for.
+        target: NodeId,
+        /// Replies whose value failed its hash or signature check.
+        forged: u32,
+    },
     /// No node stored the item; each node's answer is in the summary.
     NotStored(Box<PutSummary>),
 }
@@ -187,6 +206,7 @@ impl std::fmt::Display for ItemsError {
 
 impl std::error::Error for ItemsError {}
 
+/// How a lookup ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LookupSummary {
     /// The K closest nodes that answered.
@@ -297,6 +317,7 @@ pub struct DhtHandle {
 }
 
 impl DhtHandle {
+    /// The UDP address the node is bound to (with the actual port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -403,8 +424,6 @@ impl DhtHandle {
         Ok(est)
     }
 
-    /// Pings these addresses; those that answer may enter the routing table (e.g. a peer's
-    /// BEP 5 PORT message). The allow-list applies.
     async fn item(&self, req: ItemRequest) -> Result<ItemResult, ItemsError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Item(req, tx))
@@ -497,6 +516,8 @@ impl DhtHandle {
         self.get_item(NodeId([0; 20]), q).await
     }
 
+    /// Pings these addresses; those that answer may enter the routing table (e.g. a peer's
+    /// BEP 5 PORT message). The allow-list applies.
     pub fn add_contacts(&self, addrs: Vec<SocketAddrV4>) -> Result<(), DhtError> {
         self.send(Command::AddContacts(addrs))
     }
@@ -506,6 +527,8 @@ impl DhtHandle {
         self.send(Command::Bootstrap(routers))
     }
 
+    /// A snapshot of the node's counters and table, plus the driver's UDP send errors
+    /// (counted in [`Stats::dropped_other`]).
     pub async fn stats(&self) -> Result<Stats, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Stats(tx))?;

@@ -33,11 +33,16 @@ pub enum Dropped {
 pub enum Gated {
     /// A message from this (IPv4) source.
     Message(SocketAddrV4, Message),
-    /// A query readable far enough to be answered with this error (BEP 5: 203 or 204).
+    /// A query readable far enough to be answered with this error (BEP 5: 203 or 204; a
+    /// BEP 44 put: 205 or 207).
     BadQuery {
+        /// The (IPv4) source to send the error to.
         from: SocketAddrV4,
+        /// The query's transaction id, echoed in the error.
         tid: Tid,
+        /// The KRPC error code.
         code: i64,
+        /// The error message text.
         reason: &'static str,
     },
     /// Dropped; the caller counts it.

@@ -132,11 +132,14 @@ impl From<[u8; ID_LEN]> for NodeId {
 /// A DHT node's id and UDP address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Contact {
+    /// The node's id.
     pub id: NodeId,
+    /// The node's UDP address.
     pub addr: SocketAddrV4,
 }
 
 impl Contact {
+    /// A contact for node `id` at `addr`.
     pub fn new(id: NodeId, addr: SocketAddrV4) -> Self {
         Contact { id, addr }
     }

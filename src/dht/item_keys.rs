@@ -10,16 +10,23 @@ use ed25519_dalek::SigningKey;
 /// Why a key file could not be used.
 #[derive(Debug)]
 pub enum KeyFileError {
+    /// The key file exists but could not be read.
     Read {
+        /// The key file.
         path: PathBuf,
+        /// The read error.
         error: io::Error,
     },
+    /// The key file did not exist and a new one could not be written.
     Write {
+        /// The key file.
         path: PathBuf,
+        /// The write error.
         error: io::Error,
     },
     /// The file is not 64 hex digits (an optional trailing newline aside).
     Malformed {
+        /// The key file.
         path: PathBuf,
     },
 }

@@ -30,8 +30,11 @@ pub enum ItemQuery {
     /// The item signed by `k` under `salt`; values with `seq < min_seq` are ignored (and
     /// the queries carry `seq = min_seq - 1`, so nodes holding nothing that new send no value).
     Mutable {
+        /// The ed25519 public key the value must be signed with.
         k: [u8; 32],
+        /// The salt (empty: none); the target is SHA-1 of `k` followed by it.
         salt: Vec<u8>,
+        /// The oldest `seq` wanted (e.g. the last one seen); `None` takes any.
         min_seq: Option<i64>,
     },
 }
@@ -67,16 +70,22 @@ pub enum ItemVerdict {
 /// The item fields of one `get` reply.
 #[derive(Debug, Clone, Copy)]
 pub struct ItemFields<'a> {
+    /// The bencoded value `v`, as received.
     pub v: Option<&'a [u8]>,
+    /// The ed25519 public key `k` (mutable items).
     pub k: Option<&'a [u8; 32]>,
+    /// The sequence number `seq` (mutable items).
     pub seq: Option<i64>,
+    /// The ed25519 signature `sig` over salt, `seq` and value (mutable items).
     pub sig: Option<&'a [u8; 64]>,
 }
 
 /// The value side of a `get` lookup.
 #[derive(Debug, Clone)]
 pub struct ItemSearch {
+    /// The DHT target: SHA-1 of the value (immutable) or of key and salt (mutable).
     pub target: NodeId,
+    /// What a value must satisfy to be believed.
     pub query: ItemQuery,
     best: Option<FoundItem>,
     /// Nodes that returned exactly `best`.
@@ -88,6 +97,7 @@ pub struct ItemSearch {
 }
 
 impl ItemSearch {
+    /// A search that has seen no reply yet; `target` must be the one `query` implies.
     pub fn new(target: NodeId, query: ItemQuery) -> Self {
         ItemSearch {
             target,
@@ -243,16 +253,23 @@ pub fn check_value(v: &[u8]) -> Result<(), ItemError> {
 #[derive(Clone)]
 pub enum PutRequest {
     /// Stored under SHA-1(`v`).
-    Immutable { v: Vec<u8> },
+    Immutable {
+        /// The bencoded value (at most 1000 bytes).
+        v: Vec<u8>,
+    },
     /// Signed here when the search ends, with `seq` or, when `None`, the current `seq` found
     /// by the search plus one (the found one itself when it already holds this value, so a
     /// republish does not bump it); `cas` is sent as given.
     Mutable {
         /// Boxed: the key is several times the size of everything else here.
         key: Box<SigningKey>,
+        /// The salt (empty: none; at most 64 bytes).
         salt: Vec<u8>,
+        /// The bencoded value (at most 1000 bytes).
         v: Vec<u8>,
+        /// The sequence number to sign; `None` derives it from the search.
         seq: Option<i64>,
+        /// BEP 44 compare-and-swap: nodes store only if their current `seq` is this.
         cas: Option<i64>,
     },
 }
@@ -351,10 +368,13 @@ impl PutRequest {
 /// How one storing node answered a `put`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {
+    /// The node answered the `put` with a reply: it stored the item.
     Stored,
     /// A KRPC error: 301 CAS mismatch, 302 stale seq, 206 bad signature, 203 bad token...
     Refused {
+        /// The KRPC error code.
         code: i64,
+        /// The error message the node sent.
         message: String,
     },
     /// No answer (after one resend), or an answer from another node id.
@@ -391,6 +411,7 @@ impl PutReport {
 /// What an item lookup ended with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemResult {
+    /// The DHT target searched (for a mutable `get`, derived from key and salt).
     pub target: NodeId,
     /// The best value that passed its check (for a put: the value found before putting).
     pub found: Option<FoundItem>,

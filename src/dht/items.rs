@@ -68,6 +68,7 @@ pub enum PutError {
 }
 
 impl PutError {
+    /// The BEP 44 error code to answer the `put` with.
     pub fn code(self) -> i64 {
         match self {
             PutError::BadSignature => ERR_BAD_SIGNATURE,
@@ -76,6 +77,7 @@ impl PutError {
         }
     }
 
+    /// The error message sent with [`PutError::code`].
     pub fn message(self) -> &'static str {
         match self {
             PutError::BadSignature => "invalid signature",
@@ -88,8 +90,11 @@ impl PutError {
 /// The signed part of a mutable item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MutableMeta {
+    /// The ed25519 public key the item is signed with.
     pub k: [u8; 32],
+    /// The sequence number; a put replaces the item only with a higher one.
     pub seq: i64,
+    /// The ed25519 signature over salt, `seq` and value ([`signable`]).
     pub sig: [u8; 64],
 }
 
@@ -98,6 +103,7 @@ pub struct MutableMeta {
 pub struct StoredItem {
     /// The bencoded value.
     pub v: Vec<u8>,
+    /// Key, sequence number and signature of a mutable item; `None` for an immutable one.
     pub mutable: Option<MutableMeta>,
     put_at: Instant,
     /// Position in the put order (smaller = put longer ago).
@@ -157,10 +163,15 @@ pub fn verify(k: &[u8; 32], salt: &[u8], seq: i64, v: &[u8], sig: &[u8; 64]) -> 
 /// Counters for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ItemStats {
+    /// Puts accepted for a target the store did not hold.
     pub stored: u64,
+    /// Puts accepted for a target already held (a re-put or a newer `seq`).
     pub refreshed: u64,
+    /// Puts refused with a [`PutError`].
     pub refused: u64,
+    /// Items dropped to make room under `max_items` or `max_bytes`.
     pub evicted: u64,
+    /// Items dropped by [`ItemStore::sweep`] for not being re-put within the TTL.
     pub expired: u64,
 }
 
@@ -177,6 +188,7 @@ pub struct ItemStore {
 }
 
 impl ItemStore {
+    /// An empty store with these bounds.
     pub fn new(config: ItemStoreConfig) -> Self {
         ItemStore {
             config,
@@ -188,14 +200,17 @@ impl ItemStore {
         }
     }
 
+    /// The bounds the store was made with.
     pub fn config(&self) -> &ItemStoreConfig {
         &self.config
     }
 
+    /// Items held (expired ones count until the next [`ItemStore::sweep`]).
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// Whether no item is held.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -205,6 +220,7 @@ impl ItemStore {
         self.bytes
     }
 
+    /// The store's counters since it was made.
     pub fn stats(&self) -> ItemStats {
         self.stats
     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct RateLimit {
     /// Packets one IP may send per window.
     pub packets: u32,
+    /// The counting window: an IP's count restarts with its first packet after the window
+    /// that began with its previous count.
     pub window: Duration,
     /// How long an IP that went over stays ignored.
     pub ban: Duration,
@@ -44,6 +46,7 @@ struct Slot {
 /// What the rate limiter says about a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Within the limit (or not counted: the IP is new and the tracker is full).
     Allow,
     /// This packet pushed the IP over its limit: it is banned from now on.
     NewBan,
@@ -59,6 +62,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter that has seen no packet yet.
     pub fn new(config: RateLimit) -> Self {
         RateLimiter {
             config,
@@ -125,6 +129,7 @@ pub struct ByteQuota {
 }
 
 impl ByteQuota {
+    /// A quota of `bytes_per_sec`, starting full (one second's worth of burst).
     pub fn new(bytes_per_sec: u64, now: Instant) -> Self {
         let rate = bytes_per_sec as f64;
         ByteQuota {

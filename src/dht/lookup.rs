@@ -65,14 +65,18 @@ pub fn is_global(ip: Ipv4Addr) -> bool {
 /// What a lookup is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupKind {
+    /// find_node queries: the K closest nodes to the target (bootstrap, refresh).
     FindNode,
+    /// get_peers queries: the peers of the target infohash, streamed as they arrive.
     GetPeers,
     /// get_peers, then announce_peer to the K closest with their tokens. `port: None` means
     /// `implied_port` (use our UDP source port). `seed` (BEP 33) says we have the whole
     /// torrent: the announces carry `seed=1` and the searches `noseed=1` (a seed has no use
     /// for other seeds).
     Announce {
+        /// Our TCP port; `None` for `implied_port`.
         port: Option<u16>,
+        /// BEP 33: we have the whole torrent.
         seed: bool,
     },
     /// BEP 33: get_peers with `scrape=1`; the replies' bloom filters are united in
@@ -86,6 +90,7 @@ pub enum LookupKind {
 }
 
 impl LookupKind {
+    /// Whether the search sends get_peers, and so collects the peers in `values`.
     pub fn wants_peers(&self) -> bool {
         matches!(
             self,
@@ -127,13 +132,17 @@ struct Candidate {
 /// The parts of a get_peers/find_node reply a lookup uses.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchReply<'a> {
+    /// The replier's address (the candidate it answers for).
     pub from: SocketAddrV4,
     /// Whether the query had already passed its short timeout.
     pub was_slow: bool,
+    /// The replier's node id.
     pub id: NodeId,
     /// Raw compact node info.
     pub nodes: &'a [u8],
+    /// The replier's token, kept for an announce_peer or put to it.
     pub token: Option<Token>,
+    /// Peers in a get_peers reply.
     pub values: &'a [SocketAddrV4],
     /// BEP 33 `BFsd` and `BFpe`, when the reply carried both.
     pub scrape: Option<(&'a ScrapeFilter, &'a ScrapeFilter)>,
@@ -150,16 +159,20 @@ pub const ANNOUNCE_SPARES: usize = 2;
 /// Where a lookup stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Querying candidates until the K closest live ones have answered.
     Searching,
     /// announce_peer (or BEP 44 `put`) queries are outstanding.
     Announcing,
+    /// Finished: nothing more will be sent.
     Done,
 }
 
 /// One iterative search.
 #[derive(Debug)]
 pub struct Lookup {
+    /// The id (node id, infohash or item target) whose closest nodes are searched.
     pub target: NodeId,
+    /// What the lookup is for.
     pub kind: LookupKind,
     own_id: NodeId,
     alpha: usize,
@@ -192,6 +205,8 @@ pub struct Lookup {
 }
 
 impl Lookup {
+    /// A lookup with no candidates yet, keeping `alpha` queries in flight and finishing on
+    /// the `k` closest that answer (both at least 1).
     pub fn new(target: NodeId, kind: LookupKind, own_id: NodeId, alpha: usize, k: usize) -> Self {
         Lookup {
             target,
@@ -221,6 +236,7 @@ impl Lookup {
         self.filter = filter;
     }
 
+    /// Where the lookup stands.
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -275,6 +291,7 @@ impl Lookup {
         });
     }
 
+    /// Whether any node or router was added to query.
     pub fn has_candidates(&self) -> bool {
         !self.candidates.is_empty()
     }
@@ -283,7 +300,6 @@ impl Lookup {
         self.candidates.iter_mut().find(|c| c.addr == addr)
     }
 
-    /// The next queries to send, as (address, expected id); each is marked in flight.
     /// How many of the closest live candidates the search must hear from: K, plus
     /// [`ANNOUNCE_SPARES`] when the lookup stores something.
     fn width(&self) -> usize {
@@ -294,6 +310,8 @@ impl Lookup {
         }
     }
 
+    /// The next queries to send, as (address, expected id; `None` for a router); each is
+    /// marked in flight. At most α are in flight, all among the closest live candidates.
     pub fn next_queries(&mut self, out: &mut Vec<(SocketAddrV4, Option<NodeId>)>) {
         out.clear();
         if self.phase != Phase::Searching {
@@ -510,6 +528,7 @@ impl Lookup {
         self.phase = Phase::Done;
     }
 
+    /// The target as the infohash of a get_peers, announce or scrape lookup.
     pub fn target_info_hash(&self) -> InfoHash {
         self.target
     }

@@ -28,6 +28,7 @@ pub struct Exposition {
 }
 
 impl Exposition {
+    /// An empty exposition.
     pub fn new() -> Self {
         Exposition::default()
     }
@@ -89,6 +90,7 @@ impl Exposition {
         self.counter("packets_sent_total", "Datagrams sent.", packets_out);
     }
 
+    /// The exposition text, ready to serve as `text/plain; version=0.0.4`.
     pub fn finish(self) -> String {
         self.out
     }

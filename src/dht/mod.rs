@@ -2,6 +2,8 @@
 //! transactions and peer store), the KRPC codec, the tokio UDP [`driver`], persistence, and the
 //! bootstrap [`router`] mode.
 
+#![deny(missing_docs)]
+
 pub mod allow;
 pub mod bep42;
 pub mod bootstrap;

@@ -56,7 +56,9 @@ pub struct Config {
     /// address are never queried, and a node bound to a global address drops candidates
     /// that no internet node can have (private, loopback, bogons).
     pub local_addr: Option<SocketAddrV4>,
+    /// Routing table settings (bucket size, replacements, subnet and BEP 42 rules).
     pub routing: RoutingConfig,
+    /// Peer store bounds for the announces we receive.
     pub store: StoreConfig,
     /// BEP 44 item store bounds.
     pub items: ItemStoreConfig,
@@ -157,6 +159,7 @@ pub struct RequestId(pub u64);
 /// Why a direct query (ping, or [`Node::query`]) failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PingError {
+    /// No answer within [`Config::hard_timeout`].
     Timeout,
     /// The node answered with a KRPC error.
     Remote(i64, String),
@@ -172,13 +175,18 @@ pub enum PingError {
 /// Results for the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// The answer to a [`Node::ping`] (or a [`Node::query`] with [`DirectQuery::Ping`]).
     Pong {
+        /// The id the ping was started with.
         request: RequestId,
+        /// The responder's node id, or why the ping failed.
         result: Result<NodeId, PingError>,
     },
     /// The answer to a [`Node::query`] other than a ping.
     Reply {
+        /// The id [`Node::query`] returned.
         request: RequestId,
+        /// The node's whole reply, or why the query failed.
         result: Result<Box<Response>, PingError>,
     },
     /// Our node id changed (BEP 42, after learning our external IP): persist it.
@@ -186,22 +194,32 @@ pub enum Event {
     /// Someone asked us about an infohash (only with [`Config::report_incoming`]): what a
     /// crawler harvests passively. `peer` is set for a valid announce.
     Incoming {
+        /// The infohash asked about or announced.
         info_hash: InfoHash,
+        /// The querier's address.
         from: SocketAddrV4,
+        /// The announced peer: the querier's IP with the announced (or implied) port.
         peer: Option<SocketAddrV4>,
     },
     /// Peers found by a get_peers/announce lookup, each reported once per lookup.
     Peers {
+        /// The lookup that found them.
         lookup: LookupId,
+        /// Peers from one reply's `values` that this lookup had not reported yet.
         peers: Vec<SocketAddrV4>,
     },
     /// The result of an item lookup ([`Node::get_item`], [`Node::put_item`]), emitted just
     /// before its [`Event::LookupDone`].
     Item {
+        /// The item lookup.
         lookup: LookupId,
+        /// The value found and, for a put, each storing node's answer.
         result: Box<crate::dht::item_search::ItemResult>,
     },
+    /// A lookup the application started has ended; nothing more is reported for it.
+    /// Maintenance lookups (bootstrap, bucket refresh) end silently.
     LookupDone {
+        /// The lookup that ended.
         lookup: LookupId,
         /// The K closest nodes that answered.
         closest: Vec<Contact>,
@@ -218,13 +236,19 @@ pub enum Event {
 /// Queries received, by method.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MethodCounts {
+    /// BEP 5 `ping` queries.
     pub ping: u64,
+    /// BEP 5 `find_node` queries.
     pub find_node: u64,
+    /// BEP 5 `get_peers` queries (scrapes included).
     pub get_peers: u64,
+    /// BEP 5 `announce_peer` queries, whether or not their token was good.
     pub announce_peer: u64,
+    /// BEP 51 `sample_infohashes` queries.
     pub sample_infohashes: u64,
-    /// BEP 44 `get` and `put`.
+    /// BEP 44 `get` queries.
     pub get: u64,
+    /// BEP 44 `put` queries, whether or not the item was stored.
     pub put: u64,
     /// Unknown methods (answered like find_node when they carry a target).
     pub other: u64,
@@ -251,31 +275,53 @@ impl MethodCounts {
 pub struct Stats {
     /// Table entries whose id is valid for their IP under BEP 42.
     pub valid_id_nodes: usize,
+    /// Queries received and decoded, by method (those claiming our own id excepted).
     pub queries_by_method: MethodCounts,
+    /// Table entries that are good (BEP 5): no failed query, and answered or queried us in
+    /// the last 15 minutes.
     pub good_nodes: usize,
+    /// Table entries neither good nor bad: silent for 15 minutes, or with failed queries
+    /// (fewer than [`RoutingConfig::max_failures`] in a row).
     pub questionable_nodes: usize,
+    /// Table entries that failed [`RoutingConfig::max_failures`] queries in a row.
     pub bad_nodes: usize,
+    /// Buckets in the routing table.
     pub buckets: usize,
+    /// Infohashes with at least one announced peer in the peer store.
     pub infohashes: usize,
+    /// Announced peers held, over all infohashes.
     pub peers: usize,
-    /// BEP 44 items held, and the bytes the item store accounts for them (what its cap bounds).
+    /// BEP 44 items held.
     pub items: usize,
+    /// Bytes the item store accounts for its items (what its `max_bytes` cap bounds).
     pub item_bytes: usize,
     /// The item store's counters (puts stored, refreshed, refused; items evicted, expired).
     pub item_counts: ItemStats,
+    /// Our queries awaiting an answer.
     pub transactions: usize,
+    /// Lookups running, the application's and maintenance ones (bootstrap, refresh).
     pub lookups: usize,
     /// Verification pings outstanding (bounded; drains to zero when the network is quiet).
     pub verifying: usize,
+    /// Datagrams received, every one (those dropped and oversized included).
     pub packets_in: u64,
+    /// Datagrams queued for sending (past the allow-list and, for replies, the quota).
     pub packets_out: u64,
+    /// UDP payload bytes of [`Stats::packets_in`].
     pub bytes_in: u64,
+    /// UDP payload bytes of [`Stats::packets_out`].
     pub bytes_out: u64,
+    /// Queries that passed the input gate, including those answered with error 203 or 204.
     pub queries_in: u64,
+    /// Queries we sent: lookups, pings, verifications and maintenance.
     pub queries_out: u64,
+    /// Replies that passed the input gate, whether or not they matched a query of ours.
     pub replies_in: u64,
+    /// Replies we sent.
     pub replies_out: u64,
+    /// KRPC error messages that passed the input gate.
     pub errors_in: u64,
+    /// KRPC error messages we sent (bad query, bad token, BEP 44 refusals).
     pub errors_out: u64,
     /// Undecodable or unattributable datagrams.
     pub dropped_malformed: u64,
@@ -285,8 +331,12 @@ pub struct Stats {
     pub dropped_not_allowed: u64,
     /// Other datagrams dropped (non-IPv4 or port 0 sources, our own id, full tables).
     pub dropped_other: u64,
+    /// Queries of ours that got no answer within [`Config::hard_timeout`].
     pub timeouts: u64,
+    /// announce_peer queries with a good token whose peer was stored (or refreshed).
     pub announces_stored: u64,
+    /// announce_peer and BEP 44 `put` queries refused with 203 because their token was not
+    /// one we issued to the sender's IP in the last 5 to 10 minutes.
     pub bad_tokens: u64,
     /// Packets from IPs over the rate limit.
     pub dropped_rate_limited: u64,
@@ -316,9 +366,13 @@ pub struct Stats {
 /// A single query to one node, answered by [`Event::Pong`] (ping) or [`Event::Reply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DirectQuery {
+    /// BEP 5 `ping`: learns the node's id.
     Ping,
+    /// BEP 5 `find_node` for this target.
     FindNode(NodeId),
+    /// BEP 5 `get_peers` for this infohash (without the BEP 33 flags).
     GetPeers(InfoHash),
+    /// BEP 51 `sample_infohashes` with this target.
     SampleInfohashes(NodeId),
 }
 
@@ -355,8 +409,11 @@ struct LookupSlot {
 /// See [`Node::overdue`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Overdue {
+    /// Queries still pending past [`Config::hard_timeout`].
     pub transactions: usize,
+    /// Lookups still running past [`LOOKUP_DEADLINE`].
     pub lookups: usize,
+    /// Verifications in progress beyond the queries in flight (each needs one).
     pub verifications: usize,
 }
 
@@ -512,18 +569,22 @@ impl Node {
         }
     }
 
+    /// Our current node id (BEP 42 adoption may change it: [`Event::IdChanged`]).
     pub fn id(&self) -> NodeId {
         self.id
     }
 
+    /// The settings the node was made with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The routing table.
     pub fn table(&self) -> &RoutingTable {
         &self.table
     }
 
+    /// The peers announced to us, by infohash.
     pub fn store(&self) -> &PeerStore {
         &self.store
     }

@@ -14,7 +14,9 @@ use crate::dht::limits::ByteQuota;
 /// One datagram to send, borrowed from its core until the next call.
 #[derive(Debug)]
 pub struct Transmit<'a> {
+    /// The destination (always an IPv4 address).
     pub to: SocketAddr,
+    /// The encoded KRPC message.
     pub payload: &'a [u8],
 }
 
@@ -86,10 +88,12 @@ impl Outbox {
         self.bytes.clear();
     }
 
+    /// Datagrams waiting.
     pub fn len(&self) -> usize {
         self.queue.len()
     }
 
+    /// Whether no datagram is waiting.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }

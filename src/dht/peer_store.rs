@@ -34,6 +34,7 @@ pub struct TokenSecrets {
 }
 
 impl TokenSecrets {
+    /// Two fresh random secrets, the next rotation due [`TOKEN_ROTATION`] after `now`.
     pub fn new<R: Rng + ?Sized>(rng: &mut R, now: Instant) -> Self {
         let mut current = [0u8; 16];
         let mut previous = [0u8; 16];
@@ -89,7 +90,10 @@ impl TokenSecrets {
 /// Peer store limits.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// Infohashes held at most; a new one beyond it evicts a least-announced one.
     pub max_infohashes: usize,
+    /// Peers held per infohash at most; a new one beyond it replaces the peer closest to
+    /// expiry.
     pub max_peers_per_infohash: usize,
     /// How long an announce is remembered without being refreshed.
     pub peer_ttl: Duration,
@@ -144,6 +148,7 @@ pub struct PeerStore {
 }
 
 impl PeerStore {
+    /// An empty store with these limits.
     pub fn new(config: StoreConfig) -> Self {
         PeerStore {
             config,
@@ -156,6 +161,7 @@ impl PeerStore {
         }
     }
 
+    /// The limits the store was made with.
     pub fn config(&self) -> &StoreConfig {
         &self.config
     }
@@ -165,6 +171,7 @@ impl PeerStore {
         self.swarms.len()
     }
 
+    /// Number of peers held, over all infohashes (expired ones count until swept).
     pub fn num_peers(&self) -> usize {
         self.total_peers
     }
@@ -174,6 +181,8 @@ impl PeerStore {
         self.swarms.contains_key(info_hash)
     }
 
+    /// Whether the store holds [`StoreConfig::max_infohashes`] infohashes, so a new one
+    /// needs room.
     pub fn is_full(&self) -> bool {
         self.swarms.len() >= self.config.max_infohashes
     }

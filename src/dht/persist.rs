@@ -17,11 +17,24 @@ use crate::util::sled_open::{self, SledError};
 #[derive(Debug)]
 pub enum PersistError {
     /// Another process holds the store.
-    Locked { path: PathBuf },
+    Locked {
+        /// The store's directory.
+        path: PathBuf,
+    },
     /// The files are not a readable store.
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The store's directory.
+        path: PathBuf,
+        /// What sled reported.
+        detail: String,
+    },
     /// The directory cannot be created, read or written.
-    Io { path: PathBuf, detail: String },
+    Io {
+        /// The store's directory.
+        path: PathBuf,
+        /// The I/O error, as text.
+        detail: String,
+    },
 }
 
 impl fmt::Display for PersistError {
@@ -74,6 +87,7 @@ impl NodeStore {
         Ok(NodeStore { path, db, contacts })
     }
 
+    /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -87,6 +101,7 @@ impl NodeStore {
         Ok(v.and_then(|v| NodeId::from_slice(&v)))
     }
 
+    /// Records our node id (durable after the next [`NodeStore::flush`]).
     pub fn set_node_id(&self, id: &NodeId) -> Result<(), PersistError> {
         self.db
             .insert(NODE_ID_KEY, &id.0[..])

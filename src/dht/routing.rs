@@ -60,14 +60,18 @@ impl Default for RoutingConfig {
 /// BEP 5 node states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeStatus {
+    /// No failed query, and it answered or queried us within the last 15 minutes.
     Good,
+    /// Neither good nor bad: silent for 15 minutes, or some failed queries; worth a ping.
     Questionable,
+    /// Failed [`RoutingConfig::max_failures`] queries in a row.
     Bad,
 }
 
 /// One routing table entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The node's id and address.
     pub contact: Contact,
     /// When it last answered one of our queries.
     pub last_response: Instant,
@@ -171,6 +175,7 @@ fn distance_halves(id: &NodeId) -> (u128, u32) {
 }
 
 impl RoutingTable {
+    /// An empty table around our id `own`: one bucket covering the whole keyspace.
     pub fn new(own: NodeId, config: RoutingConfig, now: Instant) -> Self {
         RoutingTable {
             own,
@@ -180,10 +185,12 @@ impl RoutingTable {
         }
     }
 
+    /// The id the buckets are arranged around.
     pub fn own_id(&self) -> NodeId {
         self.own
     }
 
+    /// The settings the table was made with.
     pub fn config(&self) -> &RoutingConfig {
         &self.config
     }
@@ -602,6 +609,7 @@ impl RoutingTable {
         v
     }
 
+    /// Whether a main entry has this id (replacements do not count).
     pub fn contains(&self, id: &NodeId) -> bool {
         self.find(id).is_some()
     }
@@ -611,10 +619,12 @@ impl RoutingTable {
         self.buckets.iter().map(|b| b.nodes.len()).sum()
     }
 
+    /// Whether there is no main entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Number of buckets (BEP 5: only the one covering our own id splits, when full).
     pub fn num_buckets(&self) -> usize {
         self.buckets.len()
     }

@@ -23,13 +23,16 @@ pub const TID_LEN: usize = 2;
 /// A query waiting for its reply.
 #[derive(Debug, Clone)]
 pub struct Pending<T> {
+    /// Where the query went; only a reply from this IP matches.
     pub addr: SocketAddrV4,
     /// The id we expect the reply to carry, when we know it.
     pub expected_id: Option<NodeId>,
+    /// When the query was sent (both timeouts count from here).
     pub sent: Instant,
     /// Whether the short timeout already fired.
     pub slow: bool,
     seq: u64,
+    /// What the caller needs to resolve the query (e.g. which lookup it belongs to).
     pub data: T,
 }
 
@@ -89,14 +92,17 @@ impl<T> Transactions<T> {
         }
     }
 
+    /// Queries outstanding.
     pub fn len(&self) -> usize {
         self.pending.len()
     }
 
+    /// Whether no query is outstanding.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
+    /// Whether the table is at capacity: [`Transactions::insert`] would return `None`.
     pub fn is_full(&self) -> bool {
         self.pending.len() >= self.capacity
     }

@@ -93,7 +93,9 @@ impl ScrapeFilter {
 /// A scrape's result: the union of every reply's filters and how many nodes sent them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScrapeEstimate {
+    /// The union of the replies' `BFsd` filters (seeds).
     pub seeds: ScrapeFilter,
+    /// The union of the replies' `BFpe` filters (downloaders, i.e. peers that are not seeds).
     pub downloaders: ScrapeFilter,
     /// Nodes whose reply carried both filters.
     pub replies: usize,

@@ -50,10 +50,14 @@ pub enum DecodeError {
     Malformed(ScanError),
     /// Well-formed, but without a usable `t`/`y`: nothing to answer, drop and count.
     NotKrpc(&'static str),
-    /// A query we parsed far enough to answer with an error (203 or 204).
+    /// A query we parsed far enough to answer with an error (203 or 204; a BEP 44 put also
+    /// 205 or 207).
     BadQuery {
+        /// The query's transaction id, to echo in the error.
         tid: Tid,
+        /// The KRPC error code to answer with.
         code: i64,
+        /// The error message text to answer with.
         reason: &'static str,
     },
     /// A response or error with unusable fields: replies are never answered, drop and count.

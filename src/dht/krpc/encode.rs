@@ -14,37 +14,54 @@ use crate::dht::scrape::ScrapeFilter;
 /// Arguments of an outgoing query, borrowed so sending allocates nothing.
 #[derive(Debug, Clone, Copy)]
 pub enum QueryArgs<'a> {
+    /// BEP 5 `ping`: only our id.
     Ping,
+    /// BEP 5 `find_node`.
     FindNode {
+        /// The id whose closest nodes we want.
         target: &'a NodeId,
     },
+    /// BEP 5 `get_peers`.
     GetPeers {
+        /// The torrent whose peers we want.
         info_hash: &'a InfoHash,
         /// BEP 33.
         scrape: bool,
         /// BEP 33.
         noseed: bool,
     },
+    /// BEP 5 `announce_peer`.
     AnnouncePeer {
+        /// The torrent we announce.
         info_hash: &'a InfoHash,
+        /// Our TCP port (sent even with `implied_port`).
         port: u16,
+        /// BEP 5: tells the receiver to use our UDP source port instead of `port`.
         implied_port: bool,
+        /// The token the receiver gave us in its `get_peers` reply.
         token: &'a [u8],
         /// BEP 33.
         seed: bool,
     },
+    /// BEP 51 `sample_infohashes`.
     SampleInfohashes {
+        /// The id whose closest nodes come with the samples.
         target: &'a NodeId,
     },
     /// BEP 44.
     Get {
+        /// The item's target.
         target: &'a NodeId,
+        /// Our current `seq`: the receiver sends a mutable value only if its own is greater.
         seq: Option<i64>,
     },
     /// BEP 44; `v` is already bencoded.
     Put {
+        /// The token the receiver gave us in its `get` reply.
         token: &'a [u8],
+        /// The bencoded value, written as is.
         v: &'a [u8],
+        /// Key, salt, `seq`, signature and `cas` of a mutable item.
         mutable: Option<&'a MutablePut>,
     },
 }
@@ -67,15 +84,19 @@ impl QueryArgs<'_> {
 /// The `r` dictionary of an outgoing reply, borrowed from the node's scratch buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseBody<'a> {
+    /// Our node id.
     pub id: &'a NodeId,
     /// Compact node info, already concatenated.
     pub nodes: Option<&'a [u8]>,
+    /// The token for a later `announce_peer` or `put` (`get_peers` and `get` replies).
     pub token: Option<&'a [u8]>,
     /// Omitted when empty.
     pub values: &'a [SocketAddrV4],
     /// BEP 51 fields.
     pub samples: Option<&'a [u8]>,
+    /// BEP 51: seconds before the asker should sample us again.
     pub interval: Option<i64>,
+    /// BEP 51: number of infohashes we store.
     pub num: Option<i64>,
     /// BEP 44 `get` reply fields.
     pub bep44: Bep44Fields<'a>,
@@ -88,8 +109,11 @@ pub struct ResponseBody<'a> {
 pub struct Bep44Fields<'a> {
     /// Already bencoded.
     pub v: Option<&'a [u8]>,
+    /// The mutable item's ed25519 public key.
     pub k: Option<&'a [u8; 32]>,
+    /// The mutable item's sequence number.
     pub seq: Option<i64>,
+    /// The mutable item's signature.
     pub sig: Option<&'a [u8; 64]>,
 }
 
@@ -303,6 +327,7 @@ pub fn encode_response(
 pub struct ItemReply<'a> {
     /// Already bencoded.
     pub v: &'a [u8],
+    /// A mutable item's public key, sequence number and signature.
     pub mutable: Option<(&'a [u8; 32], i64, &'a [u8; 64])>,
 }
 

@@ -76,14 +76,17 @@ impl<const N: usize> ShortBytes<N> {
         })
     }
 
+    /// The bytes held.
     pub fn as_slice(&self) -> &[u8] {
         &self.buf[..self.len as usize]
     }
 
+    /// Number of bytes held (at most `N`).
     pub fn len(&self) -> usize {
         self.len as usize
     }
 
+    /// Whether no byte is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -106,60 +109,82 @@ pub type Version = ShortBytes<8>;
 /// One KRPC message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Transaction id `t`: set by the querier, echoed in the reply or error.
     pub tid: Tid,
+    /// The `y`-selected part: query, response or error.
     pub body: Body,
     /// Top-level `ip`: in a reply, the replier's view of our address (BEP 42).
     pub ip: Option<SocketAddrV4>,
     /// BEP 43: the sender is read-only and must not be added to routing tables.
     pub read_only: bool,
+    /// Top-level `v`: the sender's client version tag, if it sent one (too long: absent).
     pub version: Option<Version>,
 }
 
 /// The three KRPC message kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
+    /// `y` = `q`: a query with its `q` method and `a` arguments.
     Query(Query),
+    /// `y` = `r`: a reply, with its `r` dictionary.
     Response(Response),
+    /// `y` = `e`: an error reply, with its `e` list.
     Error(ErrorBody),
 }
 
 /// A query: the sender's id and the method with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
+    /// The querier's node id (`a.id`).
     pub id: NodeId,
+    /// The method (`q`) and its arguments.
     pub method: Method,
 }
 
 /// The queries we understand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Method {
+    /// BEP 5 `ping`: answered with our id.
     Ping,
+    /// BEP 5 `find_node`: answered with the closest nodes to `target` we know.
     FindNode {
+        /// The id whose closest nodes are wanted.
         target: NodeId,
     },
+    /// BEP 5 `get_peers`: answered with peers for the infohash if we have any, closer nodes
+    /// otherwise, and a token for a later `announce_peer`.
     GetPeers {
+        /// The torrent whose peers are wanted.
         info_hash: InfoHash,
         /// BEP 33: reply with the `BFsd`/`BFpe` bloom filters instead of `values`.
         scrape: bool,
         /// BEP 33: the asker is a seed; leave seeds out of `values`.
         noseed: bool,
     },
+    /// BEP 5 `announce_peer`: the querier has the torrent and can be reached on `port`.
     AnnouncePeer {
+        /// The torrent announced.
         info_hash: InfoHash,
+        /// The announced TCP port; 0 when `implied_port` is set and `port` was missing or
+        /// out of range.
         port: u16,
         /// BEP 5: when set, use the UDP source port instead of `port`.
         implied_port: bool,
+        /// The token a `get_peers` reply gave the querier (BEP 5: proves it owns its IP).
         token: Token,
         /// BEP 33: the announcer has the whole torrent.
         seed: bool,
     },
     /// BEP 51.
     SampleInfohashes {
+        /// The id whose closest nodes come with the samples.
         target: NodeId,
     },
     /// BEP 44 `get`: `seq` asks for the value only when ours is newer.
     Get {
+        /// The item's target: SHA-1 of the value (immutable) or of key and salt (mutable).
         target: NodeId,
+        /// The querier's current `seq`: a mutable value is sent only if ours is greater.
         seq: Option<i64>,
     },
     /// BEP 44 `put` (boxed: it carries the value, and the other queries should stay small).
@@ -168,6 +193,7 @@ pub enum Method {
     /// like `find_node` for forward compatibility (libtorrent does the same), e.g. uTorrent's
     /// `vote`.
     Unknown {
+        /// The query's `target`, or its `info_hash` when it has no `target`.
         target: NodeId,
     },
 }
@@ -191,6 +217,7 @@ impl Method {
 /// the token, so a forged put costs us a hash rather than an ed25519 verification).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutArgs {
+    /// The token the receiving node gave the putter in a `get` reply (BEP 44).
     pub token: Token,
     /// The bencoded value exactly as it appeared in the query (at most [`MAX_ITEM_VALUE`]
     /// bytes): the immutable target and the signature are computed over these bytes.
@@ -206,8 +233,11 @@ pub struct MutablePut {
     pub k: [u8; 32],
     /// Empty when absent (BEP 44 treats an empty salt as none).
     pub salt: Vec<u8>,
+    /// Sequence number: a stored item is replaced only by a higher one.
     pub seq: i64,
+    /// ed25519 signature over salt, `seq` and `v` (see [`crate::dht::items::signable`]).
     pub sig: [u8; 64],
+    /// Compare-and-swap: store only if the stored item's `seq` is exactly this (else 301).
     pub cas: Option<i64>,
 }
 
@@ -215,10 +245,14 @@ pub struct MutablePut {
 /// every optional field is kept as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Response {
+    /// The responder's node id.
     pub id: NodeId,
     /// Raw compact node info; see [`Response::nodes`].
     pub nodes: Option<Vec<u8>>,
+    /// `get_peers` reply: the compact IPv4 peers in `values` (other entries skipped).
     pub values: Vec<SocketAddrV4>,
+    /// `get_peers` or BEP 44 `get` reply: the token for a later announce or put (too long:
+    /// absent).
     pub token: Option<Token>,
     /// BEP 51: concatenated 20-byte infohashes; see [`Response::samples`].
     pub samples: Option<Vec<u8>>,
@@ -276,6 +310,8 @@ impl Response {
 /// An error message: `e = [code, message]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorBody {
+    /// The error code (BEP 5: 201 to 204; BEP 44: 205 to 207, 301, 302).
     pub code: i64,
+    /// The human-readable message.
     pub message: String,
 }

@@ -21,10 +21,13 @@ const BUF_LEN: usize = 2048;
 /// What [`spawn`] needs.
 #[derive(Debug, Clone)]
 pub struct RouterRunConfig {
+    /// UDP address to bind (IPv4 only).
     pub bind: SocketAddr,
+    /// The sans-IO router's settings.
     pub router: RouterConfig,
     /// Where the verified-node store is kept (`router-nodes.bin`); `None` = not kept.
     pub data_dir: Option<PathBuf>,
+    /// How often the store is saved while running (it is also saved on shutdown).
     pub save_interval: Duration,
     /// `host:port` of nodes or routers to seed an empty store from (resolved at start).
     pub seeds: Vec<String>,
@@ -44,6 +47,7 @@ pub struct RouterHandle {
 }
 
 impl RouterHandle {
+    /// The UDP address the router is bound to (with the actual port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -53,6 +57,7 @@ impl RouterHandle {
         self.loaded
     }
 
+    /// The router's counters and gauges; `None` once it has stopped.
     pub async fn stats(&self) -> Option<RouterStats> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Stats(tx)).ok()?;

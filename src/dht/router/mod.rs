@@ -42,16 +42,24 @@ pub struct RouterConfig {
     pub max_pending: usize,
     /// Verification pings sent per timer tick, at most (no bursts).
     pub verify_burst: usize,
-    /// Contacts per reply to a first-time requester, and to a repeat requester.
+    /// Contacts per reply to a first-time requester.
     pub contacts_new: usize,
+    /// Contacts per reply to a recent requester (it already had a first batch): fewer, so a
+    /// node that keeps asking does not drain the ring.
     pub contacts_repeat: usize,
     /// Admit only ids valid for their IP under BEP 42 (exempt addresses pass).
     pub require_valid_id: bool,
+    /// Outbound allow-list, enforced on every datagram (replies and verification queries).
     pub allow: AllowList,
+    /// Per-IP packet rate limit with temporary bans; `None` = unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// Bytes per second of replies and errors at most (an amplification cap); `None` =
+    /// unlimited.
     pub reply_quota: Option<u64>,
     /// Our id; random when `None`.
     pub id: Option<NodeId>,
+    /// Seed for the random number generator (our id, verification targets); `None` = OS
+    /// entropy. The cookie key is random either way.
     pub seed: Option<u64>,
 }
 
@@ -77,8 +85,12 @@ impl Default for RouterConfig {
 /// Router counters and gauges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouterStats {
+    /// Queries received and decoded, by method (those claiming our own id excepted).
     pub queries_by_method: MethodCounts,
+    /// Replies sent to queries.
     pub replies_out: u64,
+    /// KRPC errors sent: to queries the decoder refused (203 or 204; 205 or 207 for a BEP 44
+    /// `put`) and to announce_peer and `put`, which a router does not store (201).
     pub errors_out: u64,
     /// Verification pings sent.
     pub pings_out: u64,
@@ -90,21 +102,34 @@ pub struct RouterStats {
     pub duplicate_ip: u64,
     /// Replies that matched no cookie.
     pub bad_cookie: u64,
+    /// Undecodable datagrams.
     pub dropped_malformed: u64,
+    /// Datagrams from IPs over the rate limit (or banned for having been).
     pub dropped_rate_limited: u64,
+    /// Replies and errors not sent because of the reply quota.
     pub dropped_quota: u64,
+    /// Datagrams not sent because the allow-list refused the destination.
     pub dropped_not_allowed: u64,
+    /// Other datagrams dropped: unusable sources (non-IPv4, port 0, bogon), messages
+    /// carrying our own id, KRPC errors received, and datagrams the driver could not read.
     pub dropped_other: u64,
     /// Queriers not queued because the queue was full.
     pub queue_full: u64,
+    /// Datagrams received, every one (dropped and unreadable ones included).
     pub packets_in: u64,
+    /// Datagrams queued for sending (past the allow-list and, for replies, the quota).
     pub packets_out: u64,
+    /// UDP payload bytes of the datagrams received (unreadable ones not counted).
     pub bytes_in: u64,
+    /// UDP payload bytes of [`RouterStats::packets_out`].
     pub bytes_out: u64,
-    /// Gauges.
+    /// Gauge: verified contacts in the ring.
     pub stored: usize,
+    /// Gauge: queriers waiting for their verification query.
     pub pending: usize,
+    /// Gauge: IPs currently banned by the rate limiter.
     pub banned_ips: usize,
+    /// Gauge: bytes held by the ring and the recent-IP filters.
     pub memory_bytes: usize,
 }
 
@@ -132,6 +157,7 @@ pub struct Router {
 const COOKIE_LEN: usize = 4;
 
 impl Router {
+    /// A router serving the contacts of `ring` (empty, or loaded from a saved store).
     pub fn new(config: RouterConfig, ring: NodeRing, now: Instant) -> Self {
         let mut rng = match config.seed {
             Some(s) => StdRng::seed_from_u64(s),
@@ -156,14 +182,17 @@ impl Router {
         }
     }
 
+    /// Our node id.
     pub fn id(&self) -> NodeId {
         self.id
     }
 
+    /// The verified contacts handed out.
     pub fn ring(&self) -> &NodeRing {
         &self.ring
     }
 
+    /// Counters plus current gauges.
     pub fn stats(&self, now: Instant) -> RouterStats {
         RouterStats {
             stored: self.ring.len(),
@@ -182,6 +211,7 @@ impl Router {
         (h as u32).to_be_bytes()
     }
 
+    /// The next datagram to send. The payload borrows the router until the next call.
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
         self.outbox.poll()
     }
@@ -191,6 +221,7 @@ impl Router {
         self.outbox.drain_all(f);
     }
 
+    /// Whether datagrams are waiting.
     pub fn has_transmit(&self) -> bool {
         !self.outbox.is_empty()
     }

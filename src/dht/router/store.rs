@@ -25,6 +25,7 @@ pub struct Bloom {
 const BLOOM_K: u64 = 7;
 
 impl Bloom {
+    /// An empty filter for `n` items (at least 64), hashed with `hasher`.
     pub fn new(n: usize, hasher: RandomState) -> Self {
         let nbits = ((n.max(64) as u64) * 96 / 10).next_multiple_of(64);
         Bloom {
@@ -41,12 +42,15 @@ impl Bloom {
         std::array::from_fn(|i| h1.wrapping_add((i as u64).wrapping_mul(h2)) % self.nbits)
     }
 
+    /// Adds `key`.
     pub fn insert(&mut self, key: u32) {
         for p in self.positions(key) {
             self.bits[(p / 64) as usize] |= 1 << (p % 64);
         }
     }
 
+    /// Whether `key` was probably inserted: never a false negative, about 1 % false
+    /// positives once `n` items are in.
     pub fn contains(&self, key: u32) -> bool {
         self.positions(key)
             .iter()
@@ -71,6 +75,8 @@ pub struct RecentSet {
 }
 
 impl RecentSet {
+    /// An empty set whose generations take `generation` inserts each (at least 1), so an
+    /// inserted IP is remembered for one to two generations' worth of inserts.
     pub fn new(generation: usize) -> Self {
         let hasher = RandomState::new();
         RecentSet {
@@ -82,11 +88,13 @@ impl RecentSet {
         }
     }
 
+    /// Whether `ip` was probably inserted in the current or the previous generation.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let k = u32::from(ip);
         self.current.contains(k) || self.previous.contains(k)
     }
 
+    /// Records `ip`; the insert that fills the current generation starts a new one.
     pub fn insert(&mut self, ip: Ipv4Addr) {
         self.current.insert(u32::from(ip));
         self.inserted += 1;
@@ -102,6 +110,7 @@ impl RecentSet {
         self.inserted = 0;
     }
 
+    /// Bytes of memory both generations' bit arrays take.
     pub fn memory(&self) -> usize {
         self.current.memory() + self.previous.memory()
     }
@@ -111,17 +120,33 @@ impl RecentSet {
 #[derive(Debug)]
 pub enum StoreError {
     /// Reading or writing the file failed.
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The store file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
     /// The file does not start with the store's magic.
-    NotAStore { path: PathBuf },
+    NotAStore {
+        /// The file read.
+        path: PathBuf,
+    },
     /// The body does not hold the number of entries the header announces.
     Truncated {
+        /// The file read.
         path: PathBuf,
+        /// Bytes after the header.
         bytes: usize,
+        /// Entries the header announces.
         entries: usize,
     },
     /// The background save task died (a panic in the writer).
-    Task { path: PathBuf, detail: String },
+    Task {
+        /// The store file being saved.
+        path: PathBuf,
+        /// The task's join error, as text.
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -200,6 +225,8 @@ pub struct NodeRing {
 }
 
 impl NodeRing {
+    /// An empty ring of `capacity` contacts (at least 1). The IP filters are sized for the
+    /// capacity at once; the entries grow as the ring fills.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         NodeRing {
@@ -214,14 +241,17 @@ impl NodeRing {
         }
     }
 
+    /// Contacts held.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no contact is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Contacts held at most; beyond it each insert overwrites the oldest.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
