@@ -92,7 +92,8 @@ pub struct RouterStats {
     /// KRPC errors sent: to queries the decoder refused (203 or 204; 205 or 207 for a BEP 44
     /// `put`) and to announce_peer and `put`, which a router does not store (201).
     pub errors_out: u64,
-    /// Verification pings sent.
+    /// Verification queries sent: a `find_node` for a random target, whose reply must echo
+    /// the SYN cookie in its transaction id (the counter keeps its historical name).
     pub pings_out: u64,
     /// Replies whose cookie matched and whose node was admitted.
     pub admitted: u64,
