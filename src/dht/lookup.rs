@@ -1050,6 +1050,50 @@ mod tests {
         assert_eq!(l.announced, 2);
     }
 
+    /// Up to K spares wait behind the K announces (all K announces may be swallowed), and
+    /// every announce sent, first or replacement, counts as a message of the lookup.
+    #[test]
+    fn k_spares_stand_behind_the_announces_and_every_announce_is_counted() {
+        let k = 3;
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::Announce {
+                port: Some(1),
+                seed: false,
+            },
+            NodeId([0xee; 20]),
+            8,
+            k,
+        );
+        let holders: Vec<Contact> = (1..=8u8)
+            .map(|i| {
+                Contact::new(
+                    NodeId([i; 20]),
+                    SocketAddrV4::new([127, 0, 3, i].into(), 6881),
+                )
+            })
+            .collect();
+        all_answer_with_tokens(&mut l, &holders);
+        let searched = l.messages;
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(ann.len(), k);
+        assert_eq!(l.messages, searched + 3);
+        for _ in 0..k {
+            l.on_announce_result(false);
+        }
+        l.advance(&mut ann);
+        let ids: Vec<u8> = ann.iter().map(|a| a.1.0[0]).collect();
+        assert_eq!(ids, vec![4, 5, 6], "K spares, the next closest");
+        assert_eq!(l.messages, searched + 6);
+        for _ in 0..k {
+            l.on_announce_result(false);
+        }
+        l.advance(&mut ann);
+        assert!(ann.is_empty(), "no more than K spares: {ann:?}");
+        assert_eq!(l.phase(), Phase::Done);
+    }
+
     /// A timed-out announce is sent once more to the same node (a lost datagram must not
     /// move the peer off the K closest); a second timeout passes the slot to a spare.
     #[test]
