@@ -9,6 +9,8 @@
 //! decoder, on the hot path, does not pre-scan: it makes these same checks with
 //! [`scan_string`], [`read_int`] and [`scan_value`] while it extracts the fields.
 
+#![deny(missing_docs)]
+
 use std::fmt;
 use std::ops::Range;
 

@@ -9,6 +9,8 @@
 //! but could not read back, or a `.torrent` we would write with a different info hash) is a
 //! crash the fuzzer can find.
 
+#![deny(missing_docs)]
+
 pub mod bep44;
 pub mod crawl_row;
 pub mod krpc_reference;

@@ -13,6 +13,8 @@
 //! Probes are for measurement only: they have no persistence and no bootstrap retry by name
 //! resolution.
 
+#![deny(missing_docs)]
+
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -115,10 +117,12 @@ impl Probe {
         Ok(Probe { tx, addr, id })
     }
 
+    /// The address the probe's socket is bound to (the kernel's port if `bind` had 0).
     pub fn addr(&self) -> SocketAddrV4 {
         self.addr
     }
 
+    /// The probe node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
@@ -270,11 +274,17 @@ async fn drive(
 /// that was actually observed).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
+    /// Number of values.
     pub count: usize,
+    /// Smallest value.
     pub min: f64,
+    /// 50th percentile (nearest rank).
     pub median: f64,
+    /// 90th percentile (nearest rank).
     pub p90: f64,
+    /// Largest value.
     pub max: f64,
+    /// Arithmetic mean.
     pub mean: f64,
 }
 

@@ -13,7 +13,9 @@ use crate::dht::id::InfoHash;
 
 /// Either crawl store. See the module docs.
 pub enum Store {
+    /// The embedded sled store (a directory, one process).
     Sled(CrawlStore),
+    /// A PostgreSQL database (a `postgres://` URL, shared by many crawlers).
     Postgres(PgStore),
 }
 
@@ -56,6 +58,8 @@ impl Store {
         }
     }
 
+    /// Durable records: what flushes made durable (on PostgreSQL, those in the database at
+    /// open plus ours since).
     pub fn count(&self) -> u64 {
         match self {
             Store::Sled(s) => s.count(),
@@ -63,6 +67,7 @@ impl Store {
         }
     }
 
+    /// Sightings and metadata waiting for the next flush.
     pub fn pending(&self) -> usize {
         match self {
             Store::Sled(s) => s.pending(),
@@ -70,6 +75,8 @@ impl Store {
         }
     }
 
+    /// Records a sighting of `ih` at `now` (unix seconds) by way of `how` (`HOW_*` bits),
+    /// with the announced `peer` if any; buffered until the next flush.
     pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>, now: u64) {
         match self {
             Store::Sled(s) => s.note_at(ih, how, peer, now),
@@ -77,6 +84,7 @@ impl Store {
         }
     }
 
+    /// [`Self::note_at`] with the current time.
     pub fn note(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -85,6 +93,8 @@ impl Store {
         self.note_at(ih, how, peer, now);
     }
 
+    /// Whether `ih` was seen before: stored or pending on sled, seen by this process on
+    /// PostgreSQL (a hint for steering the walk, not an answer to "is it new").
     pub fn is_known(&self, ih: &InfoHash) -> bool {
         match self {
             Store::Sled(s) => s.is_known(ih),
@@ -92,6 +102,7 @@ impl Store {
         }
     }
 
+    /// The durable record of `ih`.
     pub fn get(&self, ih: &InfoHash) -> Result<Option<Record>, StoreError> {
         match self {
             Store::Sled(s) => Ok(s.get(ih)),
@@ -121,6 +132,7 @@ impl Store {
         }
     }
 
+    /// Buffers the metadata of `ih` until the next flush.
     pub fn set_metadata(&mut self, ih: InfoHash, m: TorrentMeta) {
         match self {
             Store::Sled(s) => s.set_metadata(ih, m),
@@ -128,6 +140,7 @@ impl Store {
         }
     }
 
+    /// The durable metadata of `ih`.
     pub fn metadata(&self, ih: &InfoHash) -> Result<Option<TorrentMeta>, StoreError> {
         match self {
             Store::Sled(s) => Ok(s.metadata(ih)),
@@ -143,6 +156,7 @@ impl Store {
         }
     }
 
+    /// Records whose `--out` line may not have been written yet (after a crash).
     pub fn outbox(&self) -> Result<Vec<InfoHash>, StoreError> {
         match self {
             Store::Sled(s) => Ok(s.outbox()),
@@ -150,6 +164,7 @@ impl Store {
         }
     }
 
+    /// Marks these records' `--out` lines as written.
     pub fn ack_outbox(&self, done: &[InfoHash]) -> Result<(), StoreError> {
         match self {
             Store::Sled(s) => s.ack_outbox(done),

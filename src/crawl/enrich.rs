@@ -39,6 +39,7 @@ pub trait MetadataFetcher: Send + Sync + 'static {
 pub struct MetadataConfig {
     /// Fetches running at once.
     pub workers: usize,
+    /// Transfers the info dict from the peers found.
     pub fetcher: Arc<dyn MetadataFetcher>,
     /// Write `<hex infohash>.torrent` here for each fetched torrent.
     pub torrent_dir: Option<PathBuf>,
@@ -61,7 +62,9 @@ impl std::fmt::Debug for MetadataConfig {
 /// One job: an infohash and the peers already known for it (from announces).
 #[derive(Debug, Clone)]
 pub struct MetaJob {
+    /// The torrent whose metadata is wanted.
     pub info_hash: InfoHash,
+    /// Peers announced to us for it; a DHT lookup adds more.
     pub peers: Vec<SocketAddrV4>,
 }
 
@@ -94,7 +97,9 @@ impl std::error::Error for EnrichError {}
 /// What became of one job.
 #[derive(Debug, Clone)]
 pub struct MetaOutcome {
+    /// The job's infohash.
     pub info_hash: InfoHash,
+    /// The verified metadata, or why there is none.
     pub result: Result<TorrentMeta, EnrichError>,
     /// DHT queries the peer lookup sent (charged to the crawl's rate limit).
     pub dht_messages: u32,
@@ -103,6 +108,7 @@ pub struct MetaOutcome {
 /// The running pool.
 pub struct MetadataPool {
     jobs: mpsc::Sender<MetaJob>,
+    /// One outcome per job taken, in order of completion.
     pub results: mpsc::UnboundedReceiver<MetaOutcome>,
     _workers: JoinSet<()>,
 }

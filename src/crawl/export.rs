@@ -55,7 +55,9 @@ pub fn write_jsonl_line(
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// One JSON object per line ([`write_jsonl_line`]).
     Jsonl,
+    /// [`CSV_HEADER`], then one row per record ([`csv_row`]).
     Csv,
 }
 
@@ -107,7 +109,9 @@ pub fn csv_row(ih: &InfoHash, r: &Record, meta: Option<&TorrentMeta>) -> String 
 /// Why an export stopped.
 #[derive(Debug)]
 pub enum ExportError {
+    /// Reading the store failed.
     Store(StoreError),
+    /// Writing the output failed.
     Write(io::Error),
 }
 

@@ -15,6 +15,8 @@
 //! - [`run`](mod@run): the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
 //! - `sim` (feature `testing`): the same walk on the virtual-time simulator.
 
+#![deny(missing_docs)]
+
 pub mod backend;
 pub mod enrich;
 pub mod export;

@@ -66,18 +66,27 @@ pub enum PgError {
     BadUrl(tokio_postgres::Error),
     /// The server could not be reached or refused us.
     Connect {
+        /// `user@host/db`, for the message (never the password).
         target: String,
+        /// The driver's error.
         source: tokio_postgres::Error,
     },
     /// A statement failed.
     Query(tokio_postgres::Error),
     /// Migrating the schema to `version` failed.
     Migration {
+        /// The schema version whose migration failed.
         version: i32,
+        /// The driver's error.
         source: tokio_postgres::Error,
     },
     /// The database's schema is newer than this build knows.
-    TooNew { found: i32, known: i32 },
+    TooNew {
+        /// The schema version in the database.
+        found: i32,
+        /// The newest schema version this build knows.
+        known: i32,
+    },
     /// The store's connection thread is gone.
     Gone,
 }
@@ -613,6 +622,7 @@ impl PgStore {
         self.count
     }
 
+    /// Sightings and metadata waiting for the next flush.
     pub fn pending(&self) -> usize {
         self.pending.len() + self.pending_meta.len()
     }
@@ -652,6 +662,7 @@ impl PgStore {
         self.known.contains(ih)
     }
 
+    /// Buffers the metadata of `ih` until the next flush.
     pub fn set_metadata(&mut self, ih: InfoHash, m: TorrentMeta) {
         self.pending_meta.insert(ih, m);
     }

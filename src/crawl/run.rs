@@ -35,6 +35,7 @@ pub struct CrawlStatus {
     pub infohashes: u64,
     /// New durable infohashes per minute since the previous status.
     pub new_per_min: f64,
+    /// Nodes the walk tracks now ([`WalkStats::nodes_known`]).
     pub nodes_known: usize,
     /// Distinct nodes that answered.
     pub visited: u64,
@@ -43,33 +44,41 @@ pub struct CrawlStatus {
     pub queries_per_sec: f64,
     /// Infohashes others' get_peers/announce_peer queries told us about (with repeats).
     pub passive: u64,
+    /// Torrents whose metadata was fetched and verified (`--metadata`).
     pub metadata_fetched: u64,
+    /// Metadata jobs that ended without a verified info dict (no peers, fetch failed,
+    /// wrong hash, unparsable).
     pub metadata_failed: u64,
     /// New infohashes not queued for metadata because the queue was full.
     pub metadata_skipped: u64,
-    /// BEP 33 scrapes done (`--scrape`), and new infohashes not scraped because the queue
-    /// was full.
+    /// BEP 33 scrapes done (`--scrape`).
     pub scrapes: u64,
+    /// New infohashes not scraped because the scrape queue was full.
     pub scrapes_skipped: u64,
+    /// Time since the crawl started.
     pub elapsed: Duration,
     /// No new infohash for [`CrawlConfig::stall_after`] (cleared by the next new one).
     pub stalled: bool,
     /// Stalls detected (each one warned about and answered with a re-bootstrap).
     pub stalls: u64,
-    /// Answers to the walk's queries, and its queries that failed (timeout, error, refused).
+    /// Answers to the walk's queries.
     pub responses: u64,
+    /// The walk's queries that failed (timeout, error, busy, refused).
     pub query_failures: u64,
-    /// Infohashes in BEP 51 samples (with repeats), and those of them new to the store: the
-    /// rediscovery ratio is `1 - samples_new / samples`.
+    /// Infohashes in BEP 51 samples (with repeats).
     pub samples: u64,
+    /// Sampled infohashes new to the store: the rediscovery ratio is
+    /// `1 - samples_new / samples`.
     pub samples_new: u64,
-    /// Queue depths at the last status: walk queries in flight, sightings waiting for the
-    /// next store flush.
+    /// Walk queries in flight at the last status.
     pub queries_in_flight: usize,
+    /// Sightings waiting for the next store flush at the last status.
     pub store_pending: usize,
-    /// Store flushes, and how long the last and the slowest one took (write latency).
+    /// Store flushes done.
     pub flushes: u64,
+    /// How long the last flush took (write latency).
     pub flush_last: Duration,
+    /// How long the slowest flush took.
     pub flush_max: Duration,
     /// Resident memory of the process in bytes (0 where `/proc` is missing).
     pub rss_bytes: u64,
@@ -113,6 +122,7 @@ pub type StatusFn = Box<dyn FnMut(&CrawlStatus) + Send>;
 
 /// Crawl settings.
 pub struct CrawlConfig {
+    /// The walk's rate, schedule and politeness settings.
     pub walk: WalkConfig,
     /// How often sightings are written to disk (what `kill -9` can lose at most).
     pub flush_interval: Duration,
@@ -126,7 +136,9 @@ pub struct CrawlConfig {
     pub reseed_interval: Duration,
     /// Receives each new infohash once it is durable.
     pub new_infohashes: Option<mpsc::UnboundedSender<InfoHash>>,
+    /// Fetch each new infohash's metadata with this pool (`--metadata`); `None` skips it.
     pub metadata: Option<MetadataConfig>,
+    /// Called every [`CrawlConfig::status_interval`] with the current numbers.
     pub on_status: Option<StatusFn>,
     /// Discovery-stall detection: no new durable infohash for this long → a warning, the
     /// `stalled`/`stalls` status fields, and a re-bootstrap from [`CrawlConfig::routers`]
@@ -189,6 +201,7 @@ impl Default for CrawlConfig {
 /// Why the crawl stopped early.
 #[derive(Debug)]
 pub enum CrawlError {
+    /// The store could not be read, written or flushed.
     Store(StoreError),
     /// The `--out` file could not be opened or written.
     Out(PathBuf, std::io::Error),
@@ -217,7 +230,9 @@ impl From<StoreError> for CrawlError {
 /// How a crawl ended.
 #[derive(Debug, Clone)]
 pub struct CrawlReport {
+    /// The last status numbers.
     pub status: CrawlStatus,
+    /// The walk's counters at the end.
     pub walk: WalkStats,
 }
 

@@ -1,8 +1,9 @@
 //! The walk on the virtual-time simulator: the crawler's node is an ordinary simulated
 //! [`Node`](crate::dht::node::Node) and the [`Walker`] drives it through
 //! [`Node::query`](crate::dht::node::Node::query), exactly as the tokio crawler drives its
-//! node through [`DhtHandle::query`](crate::dht::driver::DhtHandle::query). Used by the interval test and the
-//! 5,000-node benchmark, where it counts every packet and runs hours in seconds.
+//! node through [`DhtHandle::query`](crate::dht::driver::DhtHandle::query). Used by the
+//! interval test and the 5,000-node benchmark, where it counts every packet and runs hours in
+//! seconds.
 //!
 //! A set of infohashes stands in for the sled store. Passive harvest is not simulated (the
 //! simulator gives every node one configuration, and reporting every node's incoming
@@ -25,11 +26,13 @@ const STEP: Duration = Duration::from_millis(10);
 pub struct SimCrawler {
     /// The crawler's node index in the simulator.
     pub node: usize,
+    /// The walk it drives: the same scheduler as the tokio crawler's.
     pub walker: Walker,
     /// Every infohash found so far.
     pub known: HashSet<InfoHash>,
     /// Every query sent, with its virtual send time (kept when `log_queries`).
     pub log: Vec<(Instant, WalkQuery)>,
+    /// Whether to fill `log` (off by default: it grows with every query).
     pub log_queries: bool,
     requests: HashMap<RequestId, SocketAddrV4>,
     samples: Vec<InfoHash>,

@@ -50,7 +50,9 @@ const OUTBOX_PREFIX: &[u8] = b"\x00outbox/";
 pub struct Record {
     /// Unix seconds.
     pub first_seen: u64,
+    /// Unix seconds of the latest sighting.
     pub last_seen: u64,
+    /// Sightings counted (samples, get_peers and announce_peer queries).
     pub times_seen: u32,
     /// `HOW_*` bits.
     pub how: u8,
@@ -63,7 +65,9 @@ pub struct Record {
 /// A BEP 33 estimate of a swarm's size, and when it was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SwarmEstimate {
+    /// Estimated seeds (from the `BFsd` bloom filter).
     pub seeds: u32,
+    /// Estimated downloaders (from the `BFpe` bloom filter).
     pub peers: u32,
     /// Unix seconds.
     pub at: u64,
@@ -195,10 +199,13 @@ fn add_peer(peers: &mut Vec<SocketAddrV4>, p: SocketAddrV4) {
 /// A torrent's metadata as stored (from its verified info dict).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TorrentMeta {
+    /// The info dict's `name` (lossily decoded if not UTF-8).
     pub name: String,
+    /// Sum of the file lengths in bytes.
     pub total_size: u64,
     /// Number of files (all of them, even when `files` is cut at [`MAX_META_FILES`]).
     pub file_count: u64,
+    /// The files in torrent order, at most [`MAX_META_FILES`].
     pub files: Vec<MetaFile>,
     /// Unix seconds.
     pub fetched_at: u64,
@@ -207,7 +214,9 @@ pub struct TorrentMeta {
 /// One file of a torrent: its path inside the torrent (`/`-joined) and length.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaFile {
+    /// Path inside the torrent, `/`-joined (the name, for a single-file torrent).
     pub path: String,
+    /// Length in bytes.
     pub length: u64,
 }
 
@@ -391,6 +400,7 @@ pub struct Flushed {
     pub new: Vec<InfoHash>,
     /// Records that existed and were updated.
     pub updated: usize,
+    /// Metadata entries written.
     pub metadata: usize,
 }
 
@@ -460,6 +470,7 @@ impl CrawlStore {
         })
     }
 
+    /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -103,13 +103,16 @@ impl Default for WalkConfig {
 /// One query the walk wants sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalkQuery {
+    /// The node to ask.
     pub addr: SocketAddrV4,
+    /// `sample_infohashes` (BEP 51), or `find_node` for a node without BEP 51.
     pub query: DirectQuery,
 }
 
 /// How a query failed, as far as the walk cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalkError {
+    /// No answer in time (or an answer from a different node id).
     Timeout,
     /// A KRPC error reply with this code.
     Remote(i64),
@@ -124,7 +127,9 @@ pub enum WalkError {
 pub struct WalkStats {
     /// Queries handed out (sample_infohashes + find_node).
     pub queries: u64,
+    /// Of those, `find_node` fallbacks to nodes without BEP 51.
     pub find_node_queries: u64,
+    /// Replies received.
     pub replies: u64,
     /// Replies carrying BEP 51 fields.
     pub bep51_replies: u64,
@@ -132,8 +137,11 @@ pub struct WalkStats {
     pub samples: u64,
     /// Samples that were new to the caller when they arrived.
     pub new_samples: u64,
+    /// Queries that timed out.
     pub timeouts: u64,
+    /// KRPC error replies (including the 203/204 that mark a node as without BEP 51).
     pub errors: u64,
+    /// Queries our node could not send for want of a transaction slot (requeued).
     pub busy: u64,
     /// Nodes found not to support BEP 51.
     pub no_bep51: u64,
@@ -144,8 +152,11 @@ pub struct WalkStats {
     pub external_queries: u64,
     /// Contacts dropped because a bound (nodes, frontier, ports per IP) was reached.
     pub dropped_contacts: u64,
+    /// Nodes tracked now (bounded by [`WalkConfig::max_nodes`]).
     pub nodes_known: usize,
+    /// Fresh nodes queued for a first visit now.
     pub frontier: usize,
+    /// Queries handed out and not yet answered or failed.
     pub in_flight: usize,
     /// Estimated new infohashes per fresh node, recently.
     pub fresh_yield: f64,
@@ -258,6 +269,7 @@ impl Walker {
         }
     }
 
+    /// The settings it was made with.
     pub fn config(&self) -> &WalkConfig {
         &self.cfg
     }

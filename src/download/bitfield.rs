@@ -15,7 +15,12 @@ pub struct Bitfield {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BitfieldError {
     /// The byte length is not `ceil(pieces / 8)`.
-    WrongLength { expected: usize, got: usize },
+    WrongLength {
+        /// `ceil(pieces / 8)` for the torrent.
+        expected: usize,
+        /// The message's byte length.
+        got: usize,
+    },
     /// A bit past the last piece is set (BEP 3 says they must be zero).
     SpareBitsSet,
 }
@@ -102,6 +107,7 @@ impl Bitfield {
         self.len
     }
 
+    /// Whether the set ranges over no piece at all (length 0, not "no piece set").
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -57,6 +57,7 @@ impl Default for ChokerConfig {
 /// What the choker needs to know about one connected peer.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerView {
+    /// The session's key for the connection.
     pub key: PeerKey,
     /// The peer is interested in our pieces.
     pub interested: bool,
@@ -64,6 +65,8 @@ pub struct PeerView {
     pub down_rate: f64,
     /// Bytes per second of blocks we sent the peer recently.
     pub up_rate: f64,
+    /// When the connection was made: decides whether the peer is still new for the
+    /// optimistic draw, and keeps a fresh peer from counting as snubbed.
     pub connected_at: Instant,
     /// When the peer last sent us a block we wanted.
     pub last_block: Option<Instant>,
@@ -80,6 +83,8 @@ pub struct Choker {
 }
 
 impl Choker {
+    /// A choker with nobody unchoked; `seed` seeds the optimistic draw and the random
+    /// tie-breaking, so a run can be replayed.
     pub fn new(cfg: ChokerConfig, seed: u64) -> Choker {
         Choker {
             cfg,
@@ -90,10 +95,12 @@ impl Choker {
         }
     }
 
+    /// The tuning it was made with.
     pub fn config(&self) -> &ChokerConfig {
         &self.cfg
     }
 
+    /// Whether `key` holds a slot (regular or optimistic).
     pub fn is_unchoked(&self, key: PeerKey) -> bool {
         self.unchoked.contains(&key)
     }
@@ -103,6 +110,7 @@ impl Choker {
         self.optimistic
     }
 
+    /// Every peer holding a slot, in key order.
     pub fn unchoked(&self) -> impl Iterator<Item = PeerKey> + '_ {
         self.unchoked.iter().copied()
     }

@@ -118,6 +118,8 @@ impl ProgressDisplay {
         }
     }
 
+    /// Whether progress is drawn as a bar (stdout is a terminal) rather than printed as
+    /// lines.
     pub fn is_bar(&self) -> bool {
         self.bar.is_some()
     }

@@ -5,6 +5,8 @@
 //! tested on a simulated clock; [`storage`] does the file I/O and hashing on dedicated
 //! threads; [`session`] owns a torrent and its peer connections (`peer`).
 
+#![deny(missing_docs)]
+
 pub mod bitfield;
 pub mod choker;
 pub mod display;

@@ -47,8 +47,11 @@ pub const BLOCK: u32 = 16 * 1024;
 /// A block of a piece: what a `request`, `piece` or `cancel` message names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockRef {
+    /// Piece index.
     pub piece: u32,
+    /// Byte offset of the block within the piece.
     pub begin: u32,
+    /// Block length: [`BLOCK`], or less for the last block of a piece.
     pub length: u32,
 }
 
@@ -86,7 +89,9 @@ pub enum BlockResult {
     /// verified (after this block is written). `cancel`: other peers this block was also
     /// requested from (endgame), which should be sent a `cancel`.
     Accepted {
+        /// Every block of the piece is now in.
         complete: bool,
+        /// Other peers the block is still requested from.
         cancel: Vec<PeerKey>,
     },
     /// We already have this block (an endgame duplicate that crossed its cancel).
@@ -187,10 +192,12 @@ impl Picker {
         &self.have
     }
 
+    /// Number of pieces in the torrent.
     pub fn num_pieces(&self) -> usize {
         self.have.len()
     }
 
+    /// Whether every piece is verified.
     pub fn is_complete(&self) -> bool {
         self.have.is_full()
     }

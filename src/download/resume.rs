@@ -87,7 +87,10 @@ impl std::fmt::Debug for ResumeStore {
 pub struct ResumeRecord {
     /// The download directory the record is about.
     pub dir: PathBuf,
+    /// The pieces verified when the record was written.
     pub verified: Bitfield,
+    /// Size and modification time of each file (torrent order) when the record was
+    /// written; a piece is trusted without hashing only if its files still match.
     pub stamps: Vec<FileStamp>,
 }
 

@@ -50,6 +50,7 @@ pub struct SessionConfig {
     pub peer_id: crate::torrent::PeerId,
     /// Outbound allow-list: peers outside it are never connected to.
     pub allow: AllowList,
+    /// Connect, handshake, read and write timeouts and the frame limit of each connection.
     pub wire: WireConfig,
     /// Peer connections at most (both directions).
     pub max_peers: usize,
@@ -70,7 +71,9 @@ pub struct SessionConfig {
     /// Every piece is known to be on disk and valid (a seeder that just hashed its files);
     /// skips the start-up check.
     pub assume_complete: bool,
+    /// Which blocks to request from whom.
     pub picker: PickerConfig,
+    /// Who may download from us.
     pub choker: ChokerConfig,
     /// Disk threads (writes, hashing, reads).
     pub disk_threads: usize,
@@ -132,7 +135,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// Why a session could not start or had to stop.
 /// Why a session could not start or why it stopped. Cloneable (its sources are shared) so
 /// that [`Phase::Stopped`] can carry it to every watcher.
 #[derive(Debug, Clone)]
@@ -169,6 +171,7 @@ impl std::error::Error for SessionError {}
 pub enum Phase {
     /// Hashing pieces found on disk.
     Checking,
+    /// Fetching the missing pieces from peers.
     Downloading,
     /// Complete and still serving.
     Seeding,
@@ -179,25 +182,36 @@ pub enum Phase {
 /// A progress snapshot.
 #[derive(Debug, Clone)]
 pub struct Progress {
+    /// Where the session is.
     pub phase: Phase,
+    /// Size of the torrent's content in bytes.
     pub total_bytes: u64,
+    /// Bytes of the pieces we have verified.
     pub verified_bytes: u64,
+    /// Number of pieces in the torrent.
     pub pieces: usize,
+    /// Pieces we have: downloaded and hash-checked, or found valid at start-up.
     pub verified_pieces: usize,
     /// Pieces checked so far / to check at start.
     pub checked: (u64, u64),
-    /// Payload bytes received and accepted (not counting duplicates), and sent.
+    /// Payload bytes received and accepted (not counting duplicates; a piece that fails its
+    /// hash check is taken back off).
     pub downloaded: u64,
+    /// Payload bytes sent to peers.
     pub uploaded: u64,
     /// Payload bytes received that were of no use (duplicates, unwanted, failed pieces).
     pub wasted: u64,
-    /// Bytes per second over the last few seconds.
+    /// Payload bytes per second received over the last few seconds.
     pub download_rate: f64,
+    /// Payload bytes per second sent over the last few seconds.
     pub upload_rate: f64,
+    /// Connected peers (both directions).
     pub peers: usize,
     /// Connected peers that have every piece.
     pub seeds: usize,
+    /// Downloaded pieces that failed their hash check.
     pub hash_failures: u64,
+    /// IPs banned for sending corrupt data (see [`SessionConfig::ban_after`]).
     pub banned: usize,
 }
 
@@ -428,10 +442,12 @@ impl Session {
         })
     }
 
+    /// The torrent's info hash.
     pub fn info_hash(&self) -> [u8; 20] {
         self.shared.info_hash
     }
 
+    /// The torrent's parsed info dict.
     pub fn info(&self) -> &Info {
         &self.shared.info
     }
@@ -451,6 +467,7 @@ impl Session {
             .send(SessionCmd::AddPeers(peers.into_iter().collect()));
     }
 
+    /// Where the session is now.
     pub fn phase(&self) -> Phase {
         self.phase.borrow().clone()
     }
@@ -492,6 +509,7 @@ impl Session {
         self.wait_stopped().await
     }
 
+    /// A snapshot of the session's progress and counters.
     pub fn progress(&self) -> Progress {
         let st = self.shared.lock();
         let peers = st.peers.len();

@@ -70,12 +70,22 @@ pub enum Mode {
 pub enum StorageError {
     /// Creating, opening, sizing, reading or writing a file failed.
     Io {
+        /// The file (or directory) concerned.
         path: PathBuf,
+        /// What was being done, as a verb for the message ("open", "write", ...).
         op: &'static str,
+        /// The operating system's error.
         source: io::Error,
     },
     /// A file to seed is missing or shorter than the torrent says.
-    Incomplete { path: PathBuf, have: u64, want: u64 },
+    Incomplete {
+        /// The file concerned.
+        path: PathBuf,
+        /// Its length on disk (0 when missing).
+        have: u64,
+        /// The length the torrent gives it.
+        want: u64,
+    },
 }
 
 impl fmt::Display for StorageError {
@@ -108,12 +118,20 @@ pub enum DiskEvent {
     /// A fully received piece was hashed. `block_crcs`, when asked for, are CRC-32C
     /// checksums of each block as stored, for telling which sender lied.
     Verified {
+        /// The piece hashed.
         piece: u32,
+        /// Whether its hash matched the torrent's.
         ok: bool,
+        /// CRC-32C of each block, when asked for.
         block_crcs: Option<Vec<u32>>,
     },
     /// A start-up check of a piece already on disk.
-    Checked { piece: u32, ok: bool },
+    Checked {
+        /// The piece hashed.
+        piece: u32,
+        /// Whether its hash matched the torrent's.
+        ok: bool,
+    },
     /// A write failed; the session stops (what is verified stays verified).
     WriteFailed(StorageError),
 }
@@ -121,8 +139,11 @@ pub enum DiskEvent {
 /// A block read for uploading.
 #[derive(Debug)]
 pub struct ReadDone {
+    /// Piece index of the block.
     pub piece: u32,
+    /// Byte offset of the block within the piece.
     pub begin: u32,
+    /// The block, or why it could not be read.
     pub data: Result<Bytes, StorageError>,
 }
 
@@ -152,6 +173,7 @@ enum Job {
 /// can tell whether the file changed since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
+    /// Length in bytes (0 if missing).
     pub len: u64,
     /// Nanoseconds since the Unix epoch (0 if unknown or missing).
     pub mtime_ns: i64,
@@ -601,10 +623,12 @@ impl Storage {
         })
     }
 
+    /// The directory the torrent is laid out under.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// Whether files are written or only seeded.
     pub fn mode(&self) -> Mode {
         self.files.mode
     }

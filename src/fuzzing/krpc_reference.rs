@@ -126,7 +126,12 @@ pub enum Verdict {
     /// Decoded into this message.
     Message(Message),
     /// A query answered with a KRPC error: this code, echoing this transaction id.
-    Answer { tid: Vec<u8>, code: i64 },
+    Answer {
+        /// The query's transaction id, echoed in the error.
+        tid: Vec<u8>,
+        /// The KRPC error code (BEP 5: 201-204; BEP 44: 205-207).
+        code: i64,
+    },
     /// Dropped.
     Drop(Drop),
 }

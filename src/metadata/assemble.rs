@@ -40,12 +40,20 @@ pub const MAX_COMBINATIONS: u64 = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockError {
     /// The piece index is beyond the end of the dict.
-    NoSuchPiece { piece: u32, pieces: u32 },
+    NoSuchPiece {
+        /// The block index the peer sent.
+        piece: u32,
+        /// How many blocks the dict has.
+        pieces: u32,
+    },
     /// The block is not exactly as long as that piece must be (16 KiB, or the remainder for
     /// the last piece).
     BadLength {
+        /// The block index.
         piece: u32,
+        /// The length that block must have.
         expected: usize,
+        /// The length the peer sent.
         got: usize,
     },
 }
@@ -86,7 +94,10 @@ pub enum Verdict {
     },
     /// Nothing verified. `liars` are peers whose own complete copy failed the hash check
     /// (possibly none: then more blocks from more peers are needed).
-    Failed { liars: Vec<PeerKey> },
+    Failed {
+        /// Peers whose own complete copy failed the hash check.
+        liars: Vec<PeerKey>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -7,8 +7,9 @@
 //! ([`Coordinator::handle_timeout`]), each with the current `now`. Its outputs are
 //! [`Action`]s ([`Coordinator::poll_action`]) — connect, request pieces, close, and finally
 //! exactly one `Done` or `Failed` — and the next instant it wants to be woken at
-//! ([`Coordinator::poll_timeout`]). The tokio driver behind [`super::fetch_metadata`] only carries these
-//! across; the rules below are therefore tested here with virtual instants, no sockets.
+//! ([`Coordinator::poll_timeout`]). The tokio driver behind [`super::fetch_metadata`] only
+//! carries these across; the rules below are therefore tested here with virtual instants, no
+//! sockets.
 //!
 //! Rules the coordinator owns, each with the unit test that checks it:
 //!
@@ -39,8 +40,9 @@
 //! * A peer that disconnects mid-transfer has its pieces re-requested from the others —
 //!   `disconnect_mid_transfer_rerequests_its_pieces`.
 //! * A data message whose `total_size` differs from the peer's `metadata_size`, or whose
-//!   block has the wrong length, drops the peer (its piece goes to another) — `wrong_total_size_drops_peer`,
-//!   `wrong_block_drops_peer`; more than [`MAX_UNREQUESTED`] unrequested blocks drop it —
+//!   block has the wrong length, drops the peer (its piece goes to another) —
+//!   `wrong_total_size_drops_peer`, `wrong_block_drops_peer`; more than [`MAX_UNREQUESTED`]
+//!   unrequested blocks drop it —
 //!   `unrequested_flood_drops_peer`; an undecodable message drops it —
 //!   `malformed_message_drops_peer`.
 //! * Candidate bytes held are capped by `max_buffered` — `buffer_budget_stops_storing`.
@@ -140,34 +142,60 @@ pub enum PeerEvent {
     Ext {
         /// Whether the peer maps ut_metadata to an id.
         ut_metadata: bool,
+        /// The info dict size the peer advertised (BEP 9); `None` when it has no metadata.
         metadata_size: Option<u64>,
+        /// How many requests the peer queues (BEP 10 `reqq`); caps our request window.
         reqq: Option<u32>,
     },
     /// A ut_metadata data message.
     Data {
+        /// Index of the block.
         piece: u32,
+        /// The dict size the message states; must equal the peer's `metadata_size`.
         total_size: u64,
+        /// The block's bytes.
         data: Bytes,
     },
     /// A ut_metadata reject.
-    Reject { piece: u32 },
+    Reject {
+        /// Index of the block the peer refused.
+        piece: u32,
+    },
     /// An undecodable ut_metadata message.
     Malformed,
     /// A PORT message was received (and passed to our DHT node).
     Port,
     /// The connection ended; `retry` when the reason may pass (refused, reset, timed out).
-    Closed { why: String, retry: bool },
+    Closed {
+        /// The reason, for the peer's report.
+        why: String,
+        /// Whether the reason may pass, so the peer may be tried again.
+        retry: bool,
+    },
 }
 
 /// What the coordinator wants done.
 #[derive(Debug, Clone)]
 pub enum Action {
     /// Open a connection to `addr`; its events are to be reported as peer `peer`.
-    Connect { peer: PeerKey, addr: SocketAddr },
+    Connect {
+        /// The key the connection's events are reported under.
+        peer: PeerKey,
+        /// The address to connect to.
+        addr: SocketAddr,
+    },
     /// Send ut_metadata requests for `pieces` to `peer`.
-    Request { peer: PeerKey, pieces: Vec<u32> },
+    Request {
+        /// The connection to send on.
+        peer: PeerKey,
+        /// Block indices to request, in order.
+        pieces: Vec<u32>,
+    },
     /// Close `peer`'s connection; nothing more from it is wanted.
-    Close { peer: PeerKey },
+    Close {
+        /// The connection to close.
+        peer: PeerKey,
+    },
     /// The verified dict; the last action.
     Done(Fetched),
     /// No dict; the last action.

@@ -76,6 +76,7 @@ pub struct FetchConfig {
     /// (connection refused or reset, "torrent not ready", rejected requests, too slow) is
     /// retried after `retry_delay`, doubled for each further attempt; a liar never is.
     pub max_attempts: u32,
+    /// Wait before the first retry of a peer; doubled for each further attempt.
     pub retry_delay: Duration,
     /// Our DHT node: PORT messages received from peers make it ping them.
     pub dht: Option<DhtHandle>,
@@ -124,13 +125,28 @@ pub enum Misbehavior {
     /// Its `metadata_size` is 0 or above the cap.
     AbsurdMetadataSize(u64),
     /// Its `metadata_size` is not the size of the verified dict.
-    WrongMetadataSize { advertised: u64, actual: u64 },
+    WrongMetadataSize {
+        /// The peer's `metadata_size`.
+        advertised: u64,
+        /// The size of the verified dict.
+        actual: u64,
+    },
     /// A data message's `total_size` differs from the peer's `metadata_size`.
-    WrongTotalSize { advertised: u64, got: u64 },
+    WrongTotalSize {
+        /// The peer's `metadata_size`.
+        advertised: u64,
+        /// The `total_size` of its data message.
+        got: u64,
+    },
     /// A block of the wrong length (or for a piece that does not exist).
     BadBlock(BlockError),
     /// A later extension handshake changed `metadata_size`.
-    SizeChanged { from: u64, to: u64 },
+    SizeChanged {
+        /// The size the peer was grouped under.
+        from: u64,
+        /// The size its later handshake claims.
+        to: u64,
+    },
     /// An undecodable ut_metadata message.
     Malformed,
     /// Kept sending blocks nobody asked for (more than [`MAX_UNREQUESTED`]).
@@ -176,7 +192,9 @@ pub enum PeerOutcome {
 /// One tried peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerReport {
+    /// The peer's address.
     pub addr: SocketAddr,
+    /// How the attempt ended.
     pub outcome: PeerOutcome,
     /// Blocks it sent that passed the size checks.
     pub blocks: u32,
@@ -197,6 +215,7 @@ pub struct FetchStats {
     pub ports_received: usize,
     /// Hash checks of assembled or per-peer copies that failed.
     pub hash_failures: usize,
+    /// Time from the start of the fetch to its end (success, timeout or exhaustion).
     pub elapsed: Duration,
 }
 
@@ -261,6 +280,7 @@ impl FetchStats {
 pub struct Fetched {
     /// The bencoded info dict; its SHA-1 is the info hash.
     pub info: Bytes,
+    /// What the fetch did.
     pub stats: FetchStats,
 }
 
@@ -274,6 +294,7 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// What the fetch did before it failed.
     pub fn stats(&self) -> &FetchStats {
         match self {
             FetchError::Timeout(s) | FetchError::Exhausted(s) => s,

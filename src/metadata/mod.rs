@@ -6,6 +6,8 @@
 //! nothing they send is trusted until the assembled dict hashes to the info hash, and a peer
 //! whose blocks break that is identified and dropped rather than failing the whole fetch.
 
+#![deny(missing_docs)]
+
 pub mod assemble;
 pub mod coordinator;
 mod driver;

@@ -51,6 +51,7 @@ pub struct MetadataRegistry {
 }
 
 impl MetadataRegistry {
+    /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
@@ -63,18 +64,22 @@ impl MetadataRegistry {
         hash
     }
 
+    /// Stops serving the dict of `info_hash` and returns it (attached handlers stay).
     pub fn remove(&self, info_hash: &[u8; 20]) -> Option<Bytes> {
         self.write().remove(info_hash)
     }
 
+    /// The info dict of `info_hash`, if served (a cheap reference-counted clone).
     pub fn get(&self, info_hash: &[u8; 20]) -> Option<Bytes> {
         self.read().get(info_hash).cloned()
     }
 
+    /// Number of info dicts served (attached handlers not counted).
     pub fn len(&self) -> usize {
         self.read().len()
     }
 
+    /// Whether no info dict is served.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -178,32 +183,51 @@ impl Default for ServeConfig {
 /// Counters of the serving side.
 #[derive(Debug, Default)]
 pub struct ServeStats {
+    /// Connections accepted (TCP and uTP), counted before any check.
     pub accepted: AtomicU64,
+    /// Accepted connections closed because the peer is outside the allow-list.
     pub refused_not_allowed: AtomicU64,
+    /// Accepted connections closed because `max_connections` were already served.
     pub refused_full: AtomicU64,
+    /// Handshakes for an info hash we neither serve nor have a handler for.
     pub unknown_info_hash: AtomicU64,
+    /// Handshakes completed (including those handed off to a torrent's session).
     pub handshakes: AtomicU64,
+    /// ut_metadata data messages sent.
     pub data_sent: AtomicU64,
+    /// ut_metadata rejects sent (requests for a block that does not exist).
     pub rejects_sent: AtomicU64,
+    /// Undecodable extension handshakes and ut_metadata messages received.
     pub malformed: AtomicU64,
+    /// PORT messages received (BEP 5).
     pub ports_received: AtomicU64,
 }
 
-/// A snapshot of [`ServeStats`].
+/// A snapshot of [`ServeStats`]; each field is the counter of the same name.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServeCounts {
+    /// See [`ServeStats::accepted`].
     pub accepted: u64,
+    /// See [`ServeStats::refused_not_allowed`].
     pub refused_not_allowed: u64,
+    /// See [`ServeStats::refused_full`].
     pub refused_full: u64,
+    /// See [`ServeStats::unknown_info_hash`].
     pub unknown_info_hash: u64,
+    /// See [`ServeStats::handshakes`].
     pub handshakes: u64,
+    /// See [`ServeStats::data_sent`].
     pub data_sent: u64,
+    /// See [`ServeStats::rejects_sent`].
     pub rejects_sent: u64,
+    /// See [`ServeStats::malformed`].
     pub malformed: u64,
+    /// See [`ServeStats::ports_received`].
     pub ports_received: u64,
 }
 
 impl ServeStats {
+    /// The current values of every counter.
     pub fn snapshot(&self) -> ServeCounts {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ServeCounts {
@@ -227,8 +251,11 @@ fn bump(a: &AtomicU64) {
 /// What a connection handler needs; shared by all connections of a listener.
 #[derive(Debug)]
 pub struct ServeContext {
+    /// The dicts served and the torrents that take their own connections.
     pub registry: Arc<MetadataRegistry>,
+    /// The listener's settings.
     pub config: ServeConfig,
+    /// The listener's counters.
     pub stats: ServeStats,
     /// The port we listen on, advertised as `p`.
     pub listen_port: Option<u16>,
@@ -306,14 +333,17 @@ impl MetadataServer {
         self.transports.clone()
     }
 
+    /// The address the listener is bound to (its port as chosen by the kernel for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// A snapshot of the listener's counters.
     pub fn stats(&self) -> ServeCounts {
         self.ctx.stats.snapshot()
     }
 
+    /// The registry this listener serves from.
     pub fn registry(&self) -> &Arc<MetadataRegistry> {
         &self.ctx.registry
     }

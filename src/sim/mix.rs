@@ -28,6 +28,7 @@ use crate::dht::node::{Event, LookupId, Overdue};
 /// How a simulated node deviates from an honest one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behavior {
+    /// Follows the protocol (the default of every node).
     Honest,
     /// Answers with this id instead of its own (a liar, or a node that changed id).
     WrongId(NodeId),
@@ -116,10 +117,16 @@ fn junk_nodes(data: &mut [u8], to: SocketAddrV4) {
 /// Shares of each kind of misbehaving node (fractions of the network).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Profile {
+    /// Nodes that answer with another id ([`Behavior::WrongId`]).
     pub wrong_id: f64,
+    /// Nodes behind a port-rewriting NAT ([`Behavior::Nat`]).
     pub nat: f64,
+    /// Nodes that never send anything ([`Behavior::Silent`]).
     pub silent: f64,
+    /// Nodes that join as BEP 43 read-only clients: their queries carry `ro` = 1 and they
+    /// answer none.
     pub read_only: f64,
+    /// Nodes whose `nodes` replies are half junk ([`Behavior::Junk`]).
     pub junk: f64,
     /// Nodes that restart with a new id before the measurement.
     pub restarted: f64,
@@ -184,18 +191,24 @@ impl Profile {
 /// What one run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// Nodes in the network (read-only clients and sybils included).
     pub nodes: usize,
+    /// get_peers lookups started.
     pub lookups: usize,
     /// Lookups (get_peers) that ended with `LookupDone`.
     pub completed: usize,
+    /// Queries sent per completed lookup, on average.
     pub messages_per_lookup: f64,
+    /// Median virtual time from start to `LookupDone`.
     pub time_p50: Duration,
+    /// 99th percentile of that time.
     pub time_p99: Duration,
     /// Of the 8 closest storing nodes to each announced infohash, the share that stored it.
     pub placement: f64,
     /// Of those 8 per target, the ones that did not store it and had restarted with a new
-    /// id, and the others that did not store it.
+    /// id.
     pub missed_restarted: usize,
+    /// Of those 8 per target, the others that did not store it.
     pub missed_other: usize,
     /// The other misses by behavior: honest, NAT'ed, junk-listing.
     pub missed_by_behavior: [usize; 3],
@@ -205,8 +218,11 @@ pub struct Report {
     pub worst_overdue: Overdue,
     /// Nodes whose `queries_out != queries_ended + transactions` at some checkpoint.
     pub accounting_errors: usize,
+    /// Lookups ended by their deadline rather than by converging, summed over all nodes.
     pub lookups_overdue: u64,
+    /// Junk `nodes` entries the nodes refused to query, summed over all nodes.
     pub junk_candidates: u64,
+    /// Replies that carried another id than the one queried, summed over all nodes.
     pub wrong_id_replies: u64,
 }
 

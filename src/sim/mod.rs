@@ -6,6 +6,8 @@
 //! bucket refresh, churn) is tested in seconds, deterministically for a given seed. No
 //! socket is opened: datagrams move between nodes through an in-memory priority queue.
 
+#![deny(missing_docs)]
+
 pub mod mix;
 pub mod testnet;
 
@@ -28,6 +30,8 @@ pub struct SimConfig {
     pub latency: (Duration, Duration),
     /// Probability that a datagram is lost.
     pub loss: f64,
+    /// Seed of the simulation's RNG (latencies, losses, node seeds): the same seed replays
+    /// the same run.
     pub seed: u64,
     /// Template for every node (its id and RNG seed are set per node).
     pub node: node::Config,
@@ -84,10 +88,15 @@ impl Ord for Packet {
 /// Counters of the simulated network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetStats {
+    /// Datagrams the nodes sent.
     pub sent: u64,
+    /// Datagrams handed to their destination node.
     pub delivered: u64,
+    /// Datagrams dropped by the loss probability or because the sender is
+    /// [`Behavior::Silent`].
     pub lost: u64,
-    /// Sent to an address with no (online) node.
+    /// Sent to an address with no (online) node, or swallowed by a
+    /// [`Behavior::Sybil`] receiver.
     pub undeliverable: u64,
 }
 
@@ -108,10 +117,12 @@ pub struct Sim {
     free_buffers: Vec<Vec<u8>>,
     /// How each node deviates from an honest one (see [`mix`]).
     behaviors: Vec<Behavior>,
+    /// Datagram counters of the whole network.
     pub net: NetStats,
 }
 
 impl Sim {
+    /// An empty network whose virtual clock starts at the current instant.
     pub fn new(config: SimConfig) -> Self {
         let start = Instant::now();
         Sim {
@@ -183,18 +194,22 @@ impl Sim {
         }
     }
 
+    /// Number of nodes added (online or not).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Whether no node was added yet.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
 
+    /// Node `i`, for inspection.
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i]
     }
 
+    /// The virtual clock.
     pub fn now(&self) -> Instant {
         self.now
     }
@@ -204,6 +219,7 @@ impl Sim {
         self.now - self.start
     }
 
+    /// Whether node `i` is on the network (not taken off by [`Sim::set_offline`]).
     pub fn is_online(&self, i: usize) -> bool {
         self.online[i]
     }
@@ -224,6 +240,7 @@ impl Sim {
         self.behaviors[i] = b;
     }
 
+    /// How node `i` behaves ([`Behavior::Honest`] unless [`Sim::set_behavior`] changed it).
     pub fn behavior(&self, i: usize) -> Behavior {
         self.behaviors[i]
     }

@@ -44,6 +44,7 @@ pub fn testnet_ip(subnet: u8, i: usize) -> Ipv4Addr {
 
 /// Running testnet nodes.
 pub struct Testnet {
+    /// Handles of the nodes, by index (node `i` binds [`testnet_ip`]`(subnet, i)`).
     pub nodes: Vec<DhtHandle>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }

@@ -137,8 +137,11 @@ pub enum MetainfoError {
     /// A value has the wrong type (or a key is duplicated); `path` locates it, e.g.
     /// `files[2].length`.
     Decode {
+        /// What was being decoded: `"torrent"` or `"info dict"`.
         what: &'static str,
+        /// Where the bad value is, e.g. `files[2].length` (empty or `.` at the top level).
         path: String,
+        /// The decoder's description of the problem.
         message: String,
     },
     /// A required key is absent; the string locates it (`piece length`, `files[3].path`).
@@ -150,13 +153,23 @@ pub enum MetainfoError {
     /// `pieces` is not a whole number of 20-byte hashes.
     PiecesNotMultipleOf20(usize),
     /// The number of piece hashes does not match ceil(total length / piece length).
-    PieceCountMismatch { expected: u64, actual: usize },
+    PieceCountMismatch {
+        /// ceil(total length / piece length).
+        expected: u64,
+        /// The number of hashes in `pieces`.
+        actual: usize,
+    },
     /// Both `length` and `files`: single- or multi-file is ambiguous.
     BothLengthAndFiles,
     /// Neither `length` nor `files`.
     NeitherLengthNorFiles,
     /// A file length below zero.
-    NegativeLength { path: Vec<String>, length: i64 },
+    NegativeLength {
+        /// The file's path components.
+        path: Vec<String>,
+        /// The length it gives.
+        length: i64,
+    },
     /// The file lengths add up past 2^64.
     TotalLengthOverflow,
     /// The torrent's total length is zero: there is nothing to download.
@@ -164,10 +177,17 @@ pub enum MetainfoError {
     /// `files` is an empty list.
     NoFiles,
     /// The torrent's `name` could escape or misdirect the download directory.
-    UnsafeName { name: String, reason: &'static str },
+    UnsafeName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it, for the message.
+        reason: &'static str,
+    },
     /// A file path could escape or misdirect the download directory.
     UnsafePath {
+        /// The path components as given.
         path: Vec<String>,
+        /// What is wrong with it, for the message.
         reason: &'static str,
     },
     /// Two files with the same path: the second would overwrite the first.
@@ -180,11 +200,18 @@ pub enum MetainfoError {
     V2Only,
     /// A file's path is also used as a directory by another file.
     PathConflict {
+        /// The file whose path is also a directory.
         file: Vec<String>,
+        /// A file inside that directory.
         other: Vec<String>,
     },
     /// Reading the file system failed.
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file or directory being read.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
     /// [`create_info`] found no regular file to share at this path.
     NothingToShare(PathBuf),
     /// A file's length changed while it was being hashed.

@@ -53,9 +53,14 @@ impl Default for WireConfig {
 /// What was being waited for when a timeout fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The TCP connect ([`WireConfig::connect_timeout`]).
     Connect,
+    /// The BitTorrent handshake exchange, or the sniffing of an incoming one that decides
+    /// between plain and MSE/PE ([`WireConfig::handshake_timeout`]).
     Handshake,
+    /// A complete message from the peer ([`WireConfig::read_timeout`]).
     Read,
+    /// A flush of queued messages ([`WireConfig::write_timeout`]).
     Write,
 }
 
@@ -72,7 +77,14 @@ pub enum WireError {
     /// The peer's first 20 bytes were not a BitTorrent handshake.
     Handshake(HandshakeError),
     /// We connected for one torrent and the peer answered for another.
-    InfoHashMismatch { expected: [u8; 20], got: [u8; 20] },
+    InfoHashMismatch {
+        /// The info hash the connection is for (ours when connecting, the peer's when
+        /// accepting).
+        expected: [u8; 20],
+        /// The other handshake's info hash (the peer's when connecting, our reply's when
+        /// accepting).
+        got: [u8; 20],
+    },
     /// An incoming peer asked for a torrent we do not serve.
     UnknownInfoHash([u8; 20]),
     /// The peer broke framing (oversized or mis-sized message).
@@ -342,6 +354,8 @@ pub struct PeerReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> PeerReader<R> {
+    /// Wraps the read half of a handshaken stream, with `config`'s frame limit and read
+    /// timeout.
     pub fn new(io: R, config: &WireConfig) -> Self {
         PeerReader {
             io,
@@ -417,6 +431,7 @@ pub struct PeerWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> PeerWriter<W> {
+    /// Wraps the write half of a handshaken stream, with `config`'s write timeout.
     pub fn new(io: W, config: &WireConfig) -> Self {
         PeerWriter {
             io,
@@ -505,7 +520,9 @@ impl<W: AsyncWrite + Unpin> PeerWriter<W> {
 /// A handshaken peer connection: a reader and a writer that can be split apart.
 #[derive(Debug)]
 pub struct PeerConn<R, W> {
+    /// Receives and decodes the peer's messages.
     pub reader: PeerReader<R>,
+    /// Queues and flushes our messages to the peer.
     pub writer: PeerWriter<W>,
 }
 

@@ -12,21 +12,37 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Message ids (BEP 3, BEP 5, BEP 10).
 pub mod id {
+    /// `choke` (BEP 3).
     pub const CHOKE: u8 = 0;
+    /// `unchoke` (BEP 3).
     pub const UNCHOKE: u8 = 1;
+    /// `interested` (BEP 3).
     pub const INTERESTED: u8 = 2;
+    /// `not interested` (BEP 3).
     pub const NOT_INTERESTED: u8 = 3;
+    /// `have` (BEP 3).
     pub const HAVE: u8 = 4;
+    /// `bitfield` (BEP 3).
     pub const BITFIELD: u8 = 5;
+    /// `request` (BEP 3).
     pub const REQUEST: u8 = 6;
+    /// `piece` (BEP 3).
     pub const PIECE: u8 = 7;
+    /// `cancel` (BEP 3).
     pub const CANCEL: u8 = 8;
+    /// `port`, the sender's DHT port (BEP 5).
     pub const PORT: u8 = 9;
+    /// `suggest piece` (BEP 6).
     pub const SUGGEST_PIECE: u8 = 0x0D;
+    /// `have all` (BEP 6).
     pub const HAVE_ALL: u8 = 0x0E;
+    /// `have none` (BEP 6).
     pub const HAVE_NONE: u8 = 0x0F;
+    /// `reject request` (BEP 6).
     pub const REJECT_REQUEST: u8 = 0x10;
+    /// `allowed fast` (BEP 6).
     pub const ALLOWED_FAST: u8 = 0x11;
+    /// `extended`, the carrier of every extension message (BEP 10).
     pub const EXTENDED: u8 = 20;
 }
 
@@ -44,61 +60,93 @@ pub const BLOCK_SIZE: u32 = 16 * 1024;
 pub enum Message {
     /// Length 0: keeps the connection from timing out.
     KeepAlive,
+    /// `choke` (id 0): the sender will not answer our requests until it unchokes us.
     Choke,
+    /// `unchoke` (id 1): the sender will now answer our requests.
     Unchoke,
+    /// `interested` (id 2): the sender wants pieces we have.
     Interested,
+    /// `not interested` (id 3): the sender wants nothing we have.
     NotInterested,
-    /// The sender completed (and verified) this piece.
+    /// `have` (id 4): the sender completed (and verified) this piece.
     Have {
+        /// Index of the completed piece.
         piece: u32,
     },
-    /// Which pieces the sender has, high bit of byte 0 = piece 0. Only valid as the first
-    /// message; the caller checks length and spare bits against the torrent.
+    /// `bitfield` (id 5): which pieces the sender has, high bit of byte 0 = piece 0. Only valid
+    /// as the first message; the caller checks length and spare bits against the torrent.
     Bitfield(Bytes),
+    /// `request` (id 6): asks for one block of a piece.
     Request {
+        /// Piece index.
         index: u32,
+        /// Byte offset of the block within the piece.
         begin: u32,
+        /// Block length in bytes (normally [`BLOCK_SIZE`]).
         length: u32,
     },
+    /// `piece` (id 7): one block of data, the answer to a `request`.
     Piece {
+        /// Piece index.
         index: u32,
+        /// Byte offset of the block within the piece.
         begin: u32,
+        /// The block's bytes, a slice of the decoder's buffer (not copied).
         block: Bytes,
     },
+    /// `cancel` (id 8): withdraws an earlier `request` (sent in endgame once another peer
+    /// delivered the block).
     Cancel {
+        /// Piece index of the withdrawn request.
         index: u32,
+        /// Byte offset of the withdrawn request.
         begin: u32,
+        /// Length of the withdrawn request.
         length: u32,
     },
-    /// The sender's DHT port (BEP 5).
+    /// `port` (id 9): the sender's DHT port (BEP 5).
     Port(u16),
-    /// BEP 6: a hint that the sender would like us to download this piece.
+    /// `suggest piece` (id 0x0D, BEP 6): a hint that the sender would like us to download this
+    /// piece.
     SuggestPiece {
+        /// Index of the suggested piece.
         piece: u32,
     },
-    /// BEP 6: replaces a bitfield when the sender has every piece.
+    /// `have all` (id 0x0E, BEP 6): replaces a bitfield when the sender has every piece.
     HaveAll,
-    /// BEP 6: replaces a bitfield when the sender has no piece.
+    /// `have none` (id 0x0F, BEP 6): replaces a bitfield when the sender has no piece.
     HaveNone,
-    /// BEP 6: the sender will not serve this request (it answers every request it drops).
+    /// `reject request` (id 0x10, BEP 6): the sender will not serve this request (it answers
+    /// every request it drops).
     RejectRequest {
+        /// Piece index of the rejected request.
         index: u32,
+        /// Byte offset of the rejected request.
         begin: u32,
+        /// Length of the rejected request.
         length: u32,
     },
-    /// BEP 6: the sender serves this piece to us even while it chokes us.
+    /// `allowed fast` (id 0x11, BEP 6): the sender serves this piece to us even while it
+    /// chokes us.
     AllowedFast {
+        /// Index of the piece we may request while choked.
         piece: u32,
     },
-    /// BEP 10: `id` 0 is the extension handshake; other ids are the ones *we* advertised in
-    /// our `m` dict when received, and the ones the *peer* advertised when sent.
+    /// `extended` (id 20, BEP 10): `id` 0 is the extension handshake; other ids are the ones
+    /// *we* advertised in our `m` dict when received, and the ones the *peer* advertised when
+    /// sent.
     Extended {
+        /// Extension message id (0 = extension handshake).
         id: u8,
+        /// The extension message body: bencoded, and a `ut_metadata` data message appends the
+        /// raw metadata block.
         payload: Bytes,
     },
     /// A message id we do not know. Its payload was skipped; the connection stays up.
     Unknown {
+        /// The unknown message id.
         id: u8,
+        /// The frame's length prefix (id byte + skipped payload).
         len: u32,
     },
 }
@@ -218,9 +266,19 @@ fn len_u32(n: usize) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
     /// The length prefix exceeds the configured maximum.
-    TooLong { len: u32, max: u32 },
+    TooLong {
+        /// The length prefix the peer sent.
+        len: u32,
+        /// The configured maximum it exceeds.
+        max: u32,
+    },
     /// A known message whose length does not match its fixed size (or is below its minimum).
-    BadLength { id: u8, len: u32 },
+    BadLength {
+        /// The message id.
+        id: u8,
+        /// The length prefix the peer sent for it.
+        len: u32,
+    },
 }
 
 impl fmt::Display for FrameError {

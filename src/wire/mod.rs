@@ -1,5 +1,5 @@
-//! The BitTorrent peer wire: handshake (BEP 3), messages (BEP 3, BEP 5 `port`, BEP 6 fast), the extension
-//! protocol (BEP 10) and metadata exchange (BEP 9 `ut_metadata`).
+//! The BitTorrent peer wire: handshake (BEP 3), messages (BEP 3, BEP 5 `port`, BEP 6 fast),
+//! the extension protocol (BEP 10) and metadata exchange (BEP 9 `ut_metadata`).
 //!
 //! Layered so the parsing can be tested and fuzzed without sockets:
 //! - [`handshake`], [`message`], [`ext`], [`ut_metadata`] are pure codecs; [`FrameDecoder`] is a
@@ -10,6 +10,8 @@
 //!
 //! Peer input never panics: a malformed frame is a [`FrameError`] that ends the connection,
 //! while malformed extension payloads are errors the caller may simply ignore.
+
+#![deny(missing_docs)]
 
 mod benc;
 pub mod conn;

@@ -2,9 +2,9 @@
 //! plain or MSE/PE handshake, with libtorrent's one fallback) and incoming (sniff the first
 //! bytes, run the MSE responder when they are not a plain handshake).
 //!
-//! The decisions are [`EncryptionPolicy`](super::EncryptionPolicy)'s pure functions and the MSE protocol is the
-//! sans-IO [`MseHandshake`]; this module only moves bytes and counts, so the download
-//! session, the metadata fetcher and the listener share one path.
+//! The decisions are [`EncryptionPolicy`](super::EncryptionPolicy)'s pure functions and the
+//! MSE protocol is the sans-IO [`MseHandshake`]; this module only moves bytes and counts, so
+//! the download session, the metadata fetcher and the listener share one path.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

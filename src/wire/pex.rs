@@ -3,8 +3,9 @@
 //! session's peer connections (`download::peer`) drive them.
 //!
 //! Only the IPv4 lists (`added`, `added.f`, `dropped`) are read and written; IPv6 keys
-//! (`added6`, `dropped6`) are ignored, since our peer connections are IPv4 only. Every count is bounded so a hostile peer cannot make us buffer or dial an
-//! unbounded list, and malformed input is an error, never a panic.
+//! (`added6`, `dropped6`) are ignored, since our peer connections are IPv4 only. Every count
+//! is bounded so a hostile peer cannot make us buffer or dial an unbounded list, and malformed
+//! input is an error, never a panic.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -29,10 +30,15 @@ pub const PEX_MIN_RECEIVE_GAP: Duration = Duration::from_secs(45);
 
 /// `added.f` flag bits (BEP 11).
 pub mod flags {
+    /// The peer prefers MSE/PE encrypted connections.
     pub const PREFERS_ENCRYPTION: u8 = 0x01;
+    /// The peer is a seed (has every piece).
     pub const SEED: u8 = 0x02;
+    /// The peer speaks uTP (BEP 29).
     pub const UTP: u8 = 0x04;
+    /// The peer supports the `ut_holepunch` extension (BEP 55).
     pub const HOLEPUNCH: u8 = 0x08;
+    /// The sender reached the peer with an outgoing connection, so it accepts connections.
     pub const REACHABLE: u8 = 0x10;
 }
 
@@ -48,7 +54,9 @@ pub struct PexMsg {
 /// Why a `ut_pex` payload was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PexError {
+    /// The payload is not valid bencode (the decoder's error, as text).
     Bencode(String),
+    /// The payload is bencode but not a dict.
     NotADict,
     /// A compact list whose length is not a multiple of 6.
     BadCompactLength(usize),
@@ -313,9 +321,14 @@ pub fn pex_counts() -> PexCounts {
 /// Which counter an event bumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PexEvent {
+    /// A message was received and acted on ([`PexCounts::msgs_in`]).
     In,
+    /// A message was sent ([`PexCounts::msgs_out`]).
     Out,
+    /// A message arrived too soon after the previous one from that peer and was ignored
+    /// ([`PexCounts::ignored_flood`]).
     IgnoredFlood,
+    /// A message did not decode and was dropped ([`PexCounts::malformed`]).
     Malformed,
     /// `n` new candidate addresses.
     Learned(u64),

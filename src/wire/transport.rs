@@ -27,7 +27,9 @@ use crate::dht::allow::AllowList;
 /// Which transport carries a connection (for logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
+    /// A TCP connection.
     Tcp,
+    /// A uTP connection (BEP 29, over UDP).
     Utp,
 }
 
@@ -120,6 +122,7 @@ impl From<UtpStream> for PeerStream {
 }
 
 impl PeerStream {
+    /// Which transport carries this stream.
     pub fn kind(&self) -> TransportKind {
         self.kind
     }
@@ -281,9 +284,13 @@ static UTP_ACCEPTS: AtomicU64 = AtomicU64::new(0);
 /// Connections established per transport and direction since start (process-wide).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TransportCounts {
+    /// Outgoing TCP connections established (counted before the handshake).
     pub tcp_out: u64,
+    /// Outgoing uTP connections established (counted before the handshake).
     pub utp_out: u64,
+    /// Incoming TCP connections accepted ([`note_accepted`]).
     pub tcp_in: u64,
+    /// Incoming uTP connections accepted ([`note_accepted`]).
     pub utp_in: u64,
 }
 

@@ -17,15 +17,24 @@ pub const MAX_METADATA_SIZE: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetadataMsg<'a> {
     /// `msg_type` 0: please send block `piece`.
-    Request { piece: u32 },
+    Request {
+        /// Index of the wanted block.
+        piece: u32,
+    },
     /// `msg_type` 1: block `piece` of a `total_size`-byte info dict.
     Data {
+        /// Index of the block carried.
         piece: u32,
+        /// Size of the whole info dict in bytes, as the sender states it.
         total_size: u64,
+        /// The raw block, appended after the bencoded dict.
         data: &'a [u8],
     },
     /// `msg_type` 2: the peer will not send block `piece`.
-    Reject { piece: u32 },
+    Reject {
+        /// Index of the refused block.
+        piece: u32,
+    },
 }
 
 /// Why a ut_metadata payload could not be decoded. Callers ignore the message (and may count
