@@ -108,11 +108,26 @@ pub enum Target {
 #[derive(Debug)]
 pub enum TargetError {
     /// A file that could not be read.
-    Read { path: String, error: io::Error },
+    Read {
+        /// The argument, as given.
+        path: String,
+        /// Why reading failed.
+        error: io::Error,
+    },
     /// A file that is not a `.torrent`.
-    Torrent { path: String, error: MetainfoError },
+    Torrent {
+        /// The argument, as given.
+        path: String,
+        /// What is wrong with its contents.
+        error: MetainfoError,
+    },
     /// A name ending in `.torrent` that is no file (and no magnet link either).
-    NoSuchFile { path: String, magnet: MagnetError },
+    NoSuchFile {
+        /// The argument, as given.
+        path: String,
+        /// Why it is not a magnet link either.
+        magnet: MagnetError,
+    },
     /// Not a file, and not a magnet link or info hash.
     Magnet(MagnetError),
 }
@@ -171,13 +186,27 @@ impl Target {
 #[derive(Debug)]
 pub enum ClientError {
     /// The peer listener could not bind.
-    Listen { addr: SocketAddr, error: io::Error },
-    /// No peer gave us the metadata; `dht_nodes` says whether the DHT was reachable at all.
-    Metadata { error: FetchError, dht_nodes: usize },
+    Listen {
+        /// The address it tried.
+        addr: SocketAddr,
+        /// Why binding failed.
+        error: io::Error,
+    },
+    /// No peer gave us the metadata.
+    Metadata {
+        /// How the fetch ended.
+        error: FetchError,
+        /// Nodes in the routing table when it ended: 0 means the DHT was never reached,
+        /// the likelier reason than a swarm without peers.
+        dht_nodes: usize,
+    },
     /// The info dict matches the info hash but is not one we can download.
     BadMetadata(MetainfoError),
     /// BEP 27: a private torrent's peers come only from its trackers.
-    Private { name: String },
+    Private {
+        /// The torrent's name.
+        name: String,
+    },
     /// The download session did not start.
     Session(SessionError),
 }

@@ -7,6 +7,12 @@
 //! The test harnesses (`sim`, `probe`, `fuzzing`, `crawl::sim`) are compiled only with the
 //! `testing` feature, which the crate's own tests, benches, tools and fuzz targets turn on, so a
 //! library user does not carry them.
+//!
+//! Where to start: [`client::Client`] downloads and seeds magnets and `.torrent` files;
+//! [`dht::driver::Dht`] runs a DHT node on its own; [`crawl`] collects infohashes.
+
+// Every public item carries rustdoc, and stays so.
+#![deny(missing_docs)]
 
 pub mod bencode;
 

@@ -229,13 +229,15 @@ impl TorrentMeta {
         let Ok(info) = crate::torrent::metainfo::Info::from_bytes(raw) else {
             return Self::from_info_lossy(raw, fetched_at);
         };
+        // BEP 47 pad files are alignment, not content: left out of the counts and the list,
+        // as the lenient reading below leaves them out, so a torrent is indexed with the
+        // same figures whichever reading took it.
+        let real = || info.files.iter().filter(|f| !f.pad);
         Some(TorrentMeta {
             name: info.name.clone(),
-            total_size: info.total_length(),
-            file_count: info.files.len() as u64,
-            files: info
-                .files
-                .iter()
+            total_size: real().map(|f| f.length).sum(),
+            file_count: real().count() as u64,
+            files: real()
                 .take(MAX_META_FILES)
                 .map(|f| MetaFile {
                     path: if info.single_file {
@@ -735,6 +737,33 @@ mod tests {
     }
 
     /// Non-UTF-8 names and paths are indexed lossily; pad files are left out; junk is not.
+    /// A hybrid torrent's pad files (BEP 47) are left out of the index whichever reading
+    /// takes the dict: the strict one (valid names) and the lenient one (a non-UTF-8 name)
+    /// give the same files, count and size.
+    #[test]
+    fn pad_files_are_left_out_by_both_readings() {
+        let dict = |name: &[u8]| {
+            let mut d = b"d5:filesl".to_vec();
+            d.extend_from_slice(b"d6:lengthi5e4:pathl1:aee");
+            d.extend_from_slice(b"d4:attr1:p6:lengthi16379e4:pathl4:.pad5:16379ee");
+            d.extend_from_slice(b"d6:lengthi9e4:pathl1:beee");
+            d.extend_from_slice(format!("4:name{}:", name.len()).as_bytes());
+            d.extend_from_slice(name);
+            d.extend_from_slice(b"12:piece lengthi16384e6:pieces40:");
+            d.extend_from_slice(&[1; 40]);
+            d.push(b'e');
+            d
+        };
+        let strict = TorrentMeta::from_info(&dict(b"dir"), 1).expect("indexed");
+        let lenient = TorrentMeta::from_info(&dict(b"d\xffr"), 1).expect("indexed");
+        assert!(crate::torrent::metainfo::Info::from_bytes(&dict(b"dir")).is_ok());
+        for m in [&strict, &lenient] {
+            assert_eq!((m.file_count, m.total_size), (2, 14), "{m:?}");
+            let paths: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+            assert_eq!(paths, ["a", "b"]);
+        }
+    }
+
     #[test]
     fn names_that_are_not_utf8_are_kept_lossily() {
         let raw = b"d5:filesl\
