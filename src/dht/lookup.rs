@@ -1050,6 +1050,13 @@ mod tests {
         assert_eq!(l.announced, 2);
     }
 
+    #[test]
+    fn a_get_peers_lookup_knows_its_info_hash() {
+        let ih = NodeId([0x5a; 20]);
+        let l = Lookup::new(ih, LookupKind::GetPeers, NodeId([0xee; 20]), 3, 8);
+        assert_eq!(l.target_info_hash(), ih);
+    }
+
     /// Up to K spares wait behind the K announces (all K announces may be swallowed), and
     /// every announce sent, first or replacement, counts as a message of the lookup.
     #[test]

@@ -1163,6 +1163,21 @@ mod tests {
     /// Sharing a directory takes regular files and links to regular files; links to
     /// directories and dangling links are left out rather than failing the whole share.
     #[cfg(unix)]
+    /// The bencode and I/O errors keep their cause as `source()`, so a caller's error
+    /// report can print the chain.
+    #[test]
+    fn bencode_and_io_errors_keep_their_source() {
+        use std::error::Error;
+        let e = Info::from_bytes(b"l").unwrap_err();
+        assert!(matches!(e, MetainfoError::Bencode(_)), "{e:?}");
+        assert!(e.source().is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let e = create_info(&dir.path().join("missing"), None, |_| {}).unwrap_err();
+        assert!(matches!(e, MetainfoError::Io { .. }), "{e:?}");
+        assert!(e.source().is_some());
+        assert!(MetainfoError::NoFiles.source().is_none());
+    }
+
     #[test]
     fn listing_a_directory_skips_links_to_directories_and_dangling_links() {
         let dir = scratch("links");
