@@ -1057,6 +1057,118 @@ mod tests {
         assert_eq!(l.target_info_hash(), ih);
     }
 
+    /// A search is complete only once no query is in flight, even when the K closest live
+    /// candidates have all answered: the one in flight may name closer nodes.
+    #[test]
+    fn a_search_with_a_query_in_flight_is_not_complete() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::FindNode,
+            NodeId([0xee; 20]),
+            2,
+            2,
+        );
+        for i in 1..=3 {
+            l.add_candidate(c(i as u8, i));
+        }
+        let mut q = Vec::new();
+        l.next_queries(&mut q);
+        l.on_slow(c(1, 1).addr);
+        let reply = |i: u32, was_slow: bool| SearchReply {
+            from: c(i as u8, i).addr,
+            was_slow,
+            id: c(i as u8, i).id,
+            nodes: &[],
+            token: None,
+            values: &[],
+            scrape: None,
+        };
+        let mut peers = Vec::new();
+        l.on_reply(&reply(2, false), &mut peers);
+        l.next_queries(&mut q);
+        assert_eq!(q, vec![(c(3, 3).addr, Some(c(3, 3).id))]);
+        // The slow one answers after all: the two closest have answered, 3 is in flight.
+        l.on_reply(&reply(1, true), &mut peers);
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(l.phase(), Phase::Searching);
+        l.on_reply(&reply(3, false), &mut peers);
+        l.advance(&mut ann);
+        assert_eq!(l.phase(), Phase::Done);
+    }
+
+    /// A resent announce goes to the same node with that node's own id and token.
+    #[test]
+    fn a_resent_announce_carries_the_nodes_own_token() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::Announce {
+                port: Some(1),
+                seed: false,
+            },
+            NodeId([0xee; 20]),
+            8,
+            2,
+        );
+        let holders: Vec<Contact> = (1..=3u8)
+            .map(|i| {
+                Contact::new(
+                    NodeId([i; 20]),
+                    SocketAddrV4::new([127, 0, 5, i].into(), 6881),
+                )
+            })
+            .collect();
+        all_answer_with_tokens(&mut l, &holders);
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        let second = ann[1].clone();
+        l.on_announce_timeout(second.0);
+        l.advance(&mut ann);
+        assert_eq!(ann, vec![second]);
+    }
+
+    /// Refused puts answer their slots: when every one is refused the lookup is done (no
+    /// spare is asked), and `finish` ends a lookup at once.
+    #[test]
+    fn refused_puts_end_the_lookup_and_finish_ends_it_at_once() {
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::PutItem,
+            NodeId([0xee; 20]),
+            8,
+            2,
+        );
+        let holders: Vec<Contact> = (1..=4u8)
+            .map(|i| {
+                Contact::new(
+                    NodeId([i; 20]),
+                    SocketAddrV4::new([127, 0, 6, i].into(), 6881),
+                )
+            })
+            .collect();
+        all_answer_with_tokens(&mut l, &holders);
+        let mut ann = Vec::new();
+        l.advance(&mut ann);
+        assert_eq!(ann.len(), 2);
+        l.on_store_refused();
+        assert_eq!(l.phase(), Phase::Announcing);
+        l.on_store_refused();
+        assert_eq!(l.phase(), Phase::Done);
+        l.advance(&mut ann);
+        assert!(ann.is_empty(), "no spare for a refused item");
+
+        let mut l = Lookup::new(
+            NodeId([0; 20]),
+            LookupKind::FindNode,
+            NodeId([0xee; 20]),
+            3,
+            8,
+        );
+        l.add_candidate(c(1, 1));
+        l.finish();
+        assert_eq!(l.phase(), Phase::Done);
+    }
+
     /// Up to K spares wait behind the K announces (all K announces may be swallowed), and
     /// every announce sent, first or replacement, counts as a message of the lookup.
     #[test]

@@ -1163,6 +1163,25 @@ mod tests {
     /// Sharing a directory takes regular files and links to regular files; links to
     /// directories and dangling links are left out rather than failing the whole share.
     #[cfg(unix)]
+    /// A file of exactly N pieces has N piece hashes (no empty last piece), and a piece
+    /// length outside 1..=MAX_PIECE_LENGTH is refused before anything is hashed.
+    #[test]
+    fn create_info_counts_whole_pieces_and_refuses_bad_piece_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("two.bin");
+        std::fs::write(&file, vec![7u8; 2 * 16384]).unwrap();
+        let (raw, info) = create_info(&file, Some(16384), |_| {}).unwrap();
+        assert_eq!(info.num_pieces(), 2);
+        assert_eq!(info.pieces.len(), 2);
+        assert!(raw.windows(11).any(|w| w == b"6:pieces40:"));
+        for bad in [0, MAX_PIECE_LENGTH + 1] {
+            assert!(matches!(
+                create_info(&file, Some(bad), |_| {}),
+                Err(MetainfoError::BadPieceLength(_))
+            ));
+        }
+    }
+
     /// The bencode and I/O errors keep their cause as `source()`, so a caller's error
     /// report can print the chain.
     #[test]
