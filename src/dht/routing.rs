@@ -669,6 +669,28 @@ mod tests {
         )
     }
 
+    /// A node that answers from a known address with a new id has restarted with another
+    /// identity: the old entry goes and the new one takes its place.
+    #[test]
+    fn a_known_address_answering_with_a_new_id_replaces_its_entry() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        let (old, new) = (
+            id_with_prefix(&own, 0, &mut rng),
+            id_with_prefix(&own, 0, &mut rng),
+        );
+        assert!(matches!(
+            t.heard_response(Contact::new(old, addr(1)), now),
+            Insert::Added
+        ));
+        assert!(matches!(
+            t.heard_response(Contact::new(new, addr(1)), now),
+            Insert::Added
+        ));
+        assert!(t.contains(&new) && !t.contains(&old));
+        assert_eq!(t.len(), 1);
+    }
+
     #[test]
     fn splits_only_the_bucket_holding_our_id() {
         let (mut t, now, mut rng) = table();
