@@ -1121,7 +1121,7 @@ mod tests {
         all_answer_with_tokens(&mut l, &holders);
         let mut ann = Vec::new();
         l.advance(&mut ann);
-        let second = ann[1].clone();
+        let second = ann[1];
         l.on_announce_timeout(second.0);
         l.advance(&mut ann);
         assert_eq!(ann, vec![second]);
