@@ -852,6 +852,196 @@ mod tests {
         assert_eq!(with_id(reused.id), 1);
     }
 
+    /// A table as `failing_node_is_replaced_by_a_replacement` builds it: bucket 0 (depth 0)
+    /// full and no longer the last bucket, so newcomers there become replacements. Returns
+    /// the table and bucket 0's entries.
+    fn full_inner_bucket() -> (RoutingTable, Instant, StdRng, Vec<Contact>) {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        t.heard_response(
+            Contact::new(id_with_prefix(&own, 3, &mut rng), addr(50)),
+            now,
+        );
+        let mut far = Vec::new();
+        for i in 0..8 {
+            let c = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i));
+            t.heard_response(c, now);
+            far.push(c);
+        }
+        for i in 0..8 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 2, &mut rng), addr(60 + i)),
+                now,
+            );
+        }
+        (t, now, rng, far)
+    }
+
+    /// Replacements are kept side by side (one per id and per address, not one in all),
+    /// and a replacement that enters the bucket leaves the others waiting.
+    #[test]
+    fn replacements_wait_side_by_side_and_stay_when_one_is_promoted() {
+        let (mut t, now, mut rng, far) = full_inner_bucket();
+        let own = t.own_id();
+        let spares: Vec<Contact> = (0..3)
+            .map(|i| Contact::new(id_with_prefix(&own, 0, &mut rng), addr(90 + i)))
+            .collect();
+        for s in &spares {
+            assert_eq!(t.heard_response(*s, now), Insert::Replacement);
+        }
+        assert_eq!(t.all_contacts().len(), t.len() + 3, "three replacements");
+        // far[0] fails: the freshest replacement (the last) takes its place.
+        for _ in 0..3 {
+            t.failed(&far[0], now);
+        }
+        assert!(t.contains(&spares[2].id) && !t.contains(&far[0].id));
+        // far[1] fails: the next replacement is still there to take its place.
+        for _ in 0..3 {
+            t.failed(&far[1], now);
+        }
+        assert!(t.contains(&spares[1].id) && !t.contains(&far[1].id));
+    }
+
+    /// A node that answers again from its address makes room in a bucket for itself when
+    /// it was waiting as a replacement, without taking the other replacements with it.
+    #[test]
+    fn entering_a_bucket_removes_only_its_own_replacement_entry() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        for i in 0..8 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i)),
+                now,
+            );
+        }
+        // One far node more splits the bucket; now bucket 0 (far) is inner and full.
+        t.heard_response(
+            Contact::new(id_with_prefix(&own, 0, &mut rng), addr(8)),
+            now,
+        );
+        let waiting: Vec<Contact> = (0..2)
+            .map(|i| Contact::new(id_with_prefix(&own, 0, &mut rng), addr(80 + i)))
+            .collect();
+        for w in &waiting {
+            assert_eq!(t.heard_response(*w, now), Insert::Replacement);
+        }
+        let before = t.all_contacts().len();
+        // A wrong-id answer from a main entry frees a slot: the freshest replacement moves
+        // in, the other one keeps waiting.
+        let main = t
+            .entries()
+            .find(|e| e.contact.id.common_prefix_len(&own) == 0)
+            .map(|e| e.contact)
+            .unwrap();
+        t.wrong_id(&main, now);
+        assert!(!t.contains(&main.id));
+        assert!(t.contains(&waiting[1].id));
+        assert_eq!(
+            t.all_contacts().len(),
+            before - 1,
+            "the other replacement stays"
+        );
+    }
+
+    /// A timeout counts only against the entry at the address that timed out: a query to
+    /// another address claiming a known id proves nothing about the entry.
+    #[test]
+    fn failures_count_only_at_the_entrys_own_address() {
+        let (mut t, now, mut rng, far) = full_inner_bucket();
+        let own = t.own_id();
+        let spare = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(99));
+        assert_eq!(t.heard_response(spare, now), Insert::Replacement);
+        let elsewhere = Contact::new(far[0].id, addr(98));
+        for _ in 0..5 {
+            t.failed(&elsewhere, now);
+        }
+        assert!(t.contains(&far[0].id), "not its address");
+        for _ in 0..3 {
+            t.failed(&far[0], now);
+        }
+        assert!(!t.contains(&far[0].id) && t.contains(&spare.id));
+    }
+
+    /// A replacement whose IP already has an entry (in another bucket) is not promoted:
+    /// one entry per IP in the whole table.
+    #[test]
+    fn a_replacement_whose_ip_is_taken_is_not_promoted() {
+        let (mut t, now, mut rng, far) = full_inner_bucket();
+        let own = t.own_id();
+        let spare = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(99));
+        assert_eq!(t.heard_response(spare, now), Insert::Replacement);
+        // The spare's IP, another port, enters a deeper bucket as a main entry.
+        let mut same_ip = addr(99);
+        same_ip.set_port(7000);
+        let deep = Contact::new(id_with_prefix(&own, 4, &mut rng), same_ip);
+        assert_eq!(t.heard_response(deep, now), Insert::Added);
+        for _ in 0..3 {
+            t.failed(&far[0], now);
+        }
+        assert!(!t.contains(&spare.id), "its IP is taken");
+        assert!(
+            t.contains(&far[0].id),
+            "no replacement fits: the entry stays"
+        );
+    }
+
+    /// A maintenance ping moves the least-recently-seen pick on to the next entry.
+    #[test]
+    fn a_pinged_entry_is_not_picked_again_next() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        for i in 0..3 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i)),
+                now + Duration::from_secs(u64::from(i)),
+            );
+        }
+        let first = t.least_recently_seen().unwrap().contact;
+        t.pinged(&first.id, now + Duration::from_secs(10));
+        let second = t.least_recently_seen().unwrap().contact;
+        assert_ne!(first.id, second.id);
+    }
+
+    /// A full last bucket splits for a newcomer even when the newcomer's /24 is already in
+    /// it (the split may separate them), and the table stops splitting at 160 buckets.
+    #[test]
+    fn would_accept_at_the_split_limits() {
+        let (mut t, now, mut rng) = table();
+        let own = t.own_id();
+        for i in 0..8 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 0, &mut rng), addr(i)),
+                now,
+            );
+        }
+        let mut neighbour = addr(3);
+        neighbour.set_ip(Ipv4Addr::from(u32::from(*neighbour.ip()) + 1));
+        let newcomer = Contact::new(id_with_prefix(&own, 0, &mut rng), neighbour);
+        assert!(t.would_accept(&newcomer, now), "a full last bucket splits");
+
+        // k = 1: one entry per bucket, one split per depth, down to the 160th bucket.
+        let mut t = RoutingTable::new(
+            own,
+            RoutingConfig {
+                k: 1,
+                restrict_subnets: false,
+                ..RoutingConfig::default()
+            },
+            now,
+        );
+        for d in 0..160u32 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, d as usize, &mut rng), addr(100 + d)),
+                now,
+            );
+        }
+        assert_eq!(t.num_buckets(), 160);
+        let deepest = id_with_prefix(&own, 159, &mut rng);
+        assert!(t.contains(&deepest));
+        let again = Contact::new(deepest, addr(400));
+        assert!(!t.would_accept(&again, now), "no split past 160 buckets");
+    }
+
     /// `would_accept` (is a verification ping worth it?) says what an insertion would do.
     #[test]
     fn would_accept_matches_what_an_insertion_would_do() {

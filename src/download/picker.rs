@@ -811,6 +811,79 @@ mod tests {
         assert!(p.is_complete());
     }
 
+    /// Random-first picks only pieces the peer has, and rarest-first scans its whole
+    /// availability bucket: whichever single piece a peer has is the one it is asked for.
+    #[test]
+    fn a_peer_is_asked_only_for_a_piece_it_has_in_either_mode() {
+        let n = 10;
+        for random_first in [0, 4] {
+            for j in 0..n {
+                let now = Instant::now();
+                let mut p = picker(n, u64::from(BLOCK), random_first);
+                // Two peers announcing every piece one by one (not seeds): every piece is
+                // in availability bucket 2.
+                for _ in 0..2 {
+                    for i in 0..n {
+                        p.peer_has(i as u32);
+                    }
+                }
+                let mut out = Vec::new();
+                let got = p.pick(1, &bits(n, &[j]), false, 4, now, &mut out);
+                assert_eq!(got, 1, "random_first {random_first}, piece {j}");
+                assert_eq!(out[0].piece as usize, j);
+            }
+        }
+    }
+
+    /// Before the endgame a peer gets no duplicates (blocks requested from another peer);
+    /// in the endgame it does, as many as it wants.
+    #[test]
+    fn duplicates_only_in_the_endgame() {
+        let now = Instant::now();
+        // Three pieces of two blocks.
+        let mut p = picker(3, 2 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(3);
+        for i in 0..3 {
+            p.peer_has(i);
+        }
+        let only0 = bits(3, &[0]);
+        let mut a = Vec::new();
+        // Peer 1 requests both blocks of piece 0; pieces 1 and 2 are not started.
+        assert_eq!(p.pick(1, &only0, false, 10, now, &mut a), 2);
+        assert!(!p.in_endgame());
+        let mut b = Vec::new();
+        assert_eq!(p.pick(2, &only0, false, 4, now, &mut b), 0, "{b:?}");
+        // Now the endgame: peer 1 requests every remaining block.
+        let mut rest = Vec::new();
+        assert_eq!(p.pick(1, &all, false, 100, now, &mut rest), 4);
+        assert!(p.in_endgame());
+        let mut c = Vec::new();
+        assert_eq!(p.pick(3, &all, false, 3, now, &mut c), 3);
+        assert_eq!(c.len(), 3);
+    }
+
+    /// Requests carry each block's own length: the last block of a torrent whose length is
+    /// not a multiple of the block size is short.
+    #[test]
+    fn the_last_block_is_requested_at_its_short_length() {
+        let now = Instant::now();
+        let total = 3 * u64::from(BLOCK) + 100;
+        let mut p = Picker::new(
+            4 * u64::from(BLOCK),
+            total,
+            Bitfield::new(1),
+            PickerConfig::default(),
+            1,
+        );
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        let mut out = Vec::new();
+        assert_eq!(p.pick(1, &all, true, 10, now, &mut out), 4);
+        out.sort();
+        let lengths: Vec<u32> = out.iter().map(|r| r.length).collect();
+        assert_eq!(lengths, vec![BLOCK, BLOCK, BLOCK, 100]);
+    }
+
     #[test]
     fn random_first_then_rarest_first() {
         let n = 64;
