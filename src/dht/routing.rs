@@ -1301,6 +1301,10 @@ mod tests {
             t.heard_response(Contact::new(NodeId::random(&mut rng), addr(i)), now);
         }
         assert!(t.stale_buckets(now, &mut rng).is_empty());
+        // BEP 5: 15 minutes without activity, not less.
+        assert_eq!(BUCKET_REFRESH_AFTER, Duration::from_secs(15 * 60));
+        let almost = now + BUCKET_REFRESH_AFTER - Duration::from_secs(1);
+        assert!(t.stale_buckets(almost, &mut rng).is_empty());
         let later = now + BUCKET_REFRESH_AFTER;
         let targets = t.stale_buckets(later, &mut rng);
         assert_eq!(targets.len(), t.num_buckets());

@@ -1204,6 +1204,96 @@ mod tests {
         assert_eq!(c[0], a[1]);
     }
 
+    /// An unrequested block that arrives leaves the piece's other free blocks pickable.
+    #[test]
+    fn an_unrequested_block_leaves_the_other_free_blocks_pickable() {
+        let now = Instant::now();
+        let mut p = picker(1, 3 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        assert_eq!(p.pick(1, &all, true, 1, now, &mut a), 1);
+        // Block 2 arrives unasked (e.g. a request that crossed a choke), not the one asked.
+        let unasked = (0..3u32)
+            .map(|b| b * BLOCK)
+            .find(|&b| b != a[0].begin)
+            .unwrap();
+        assert!(matches!(
+            p.on_block(2, 0, unasked, BLOCK, now),
+            BlockResult::Accepted { .. }
+        ));
+        let mut b = Vec::new();
+        // Free blocks come before anything else (endgame duplicates would follow).
+        assert_eq!(p.pick(2, &all, true, 1, now, &mut b), 1, "the third block");
+        assert!(b[0].begin != a[0].begin && b[0].begin != unasked);
+    }
+
+    /// When the first requester of a duplicated block lets go, the block passes to the
+    /// next requester (it stays requested, not free).
+    #[test]
+    fn a_released_block_passes_to_its_duplicate_requester() {
+        let now = Instant::now();
+        let mut p = picker(1, u64::from(BLOCK), 0);
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        assert_eq!(p.pick(1, &all, true, 1, now, &mut a), 1);
+        assert!(p.in_endgame());
+        let mut b = Vec::new();
+        assert_eq!(p.pick(2, &all, true, 1, now, &mut b), 1);
+        p.release(1, &a);
+        let state = p.partial[0].as_ref().unwrap().blocks[0];
+        assert!(
+            matches!(state, Block::Requested { peer: 2, .. }),
+            "{state:?}"
+        );
+    }
+
+    /// Verifying a piece leaves the other started pieces open, and a verdict on a piece we
+    /// already have (or one out of range) changes nothing.
+    #[test]
+    fn verifying_one_piece_keeps_the_others_open_and_repeats_are_ignored() {
+        let now = Instant::now();
+        let mut p = picker(2, 2 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(2);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        // Three blocks: one piece whole, one block of the other.
+        assert_eq!(p.pick(1, &all, true, 3, now, &mut a), 3);
+        let whole = a
+            .iter()
+            .map(|r| r.piece)
+            .find(|&x| a.iter().filter(|r| r.piece == x).count() == 2)
+            .unwrap();
+        let done = deliver(
+            &mut p,
+            1,
+            &a.iter()
+                .copied()
+                .filter(|r| r.piece == whole)
+                .collect::<Vec<_>>(),
+            now,
+        );
+        assert_eq!(done, vec![whole]);
+        p.on_verified(whole, true);
+        let mut b = Vec::new();
+        assert_eq!(
+            p.pick(2, &all, true, 1, now, &mut b),
+            1,
+            "the other piece's free block"
+        );
+        assert_eq!(b[0].piece, 1 - whole);
+        assert!(
+            !a.contains(&b[0]),
+            "a free block, not a duplicate of peer 1's"
+        );
+        // Repeated or stray verdicts are ignored.
+        p.on_verified(whole, false);
+        assert!(p.have().get(whole as usize));
+        p.on_verified(99, true);
+        assert_eq!(p.have().count(), 1);
+    }
+
     /// Verifying one piece drops only that piece's endgame duplicates.
     #[test]
     fn verifying_a_piece_keeps_other_pieces_duplicates() {
