@@ -33,7 +33,7 @@ use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle, StartError};
 use trackerless::dht::id::NodeId;
 use trackerless::dht::node;
 use trackerless::dht::persist::PersistError;
-use trackerless::probe::Summary;
+use trackerless::sim::stats::Summary;
 
 /// Times a node's table refill after a restart against a fresh bootstrap (loopback only).
 #[derive(Parser, Debug)]

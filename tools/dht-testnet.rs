@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
 use trackerless::dht::id::NodeId;
 use trackerless::dht::node;
-use trackerless::probe::{Summary, true_closest};
+use trackerless::sim::stats::{Summary, true_closest};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 /// Most nodes a testnet can hold: addresses are 127.S.x.y with x, y in 250 values each.
