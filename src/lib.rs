@@ -4,7 +4,7 @@
 //! ([`dht::driver`]) or by the virtual-time simulator (`sim`), so the code that runs on the public
 //! network is the same code the tests and benchmarks exercise at scale.
 //!
-//! The test harnesses (`sim`, `probe`, `fuzzing`, `crawl::sim`) are compiled only with the
+//! The test harnesses (`sim`, `fuzzing`, `crawl::sim`) are compiled only with the
 //! `testing` feature, which the crate's own tests, benches, tools and fuzz targets turn on, so a
 //! library user does not carry them.
 //!
@@ -27,8 +27,6 @@ pub mod download;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod metadata;
-#[cfg(feature = "testing")]
-pub mod probe;
 #[cfg(feature = "testing")]
 pub mod sim;
 pub mod torrent;

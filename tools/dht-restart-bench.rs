@@ -8,12 +8,14 @@
 //! the persisted contacts can fill the table. `dht-node` prints its status at most once a
 //! second, too coarse for loopback where a table fills in milliseconds, hence this tool.
 //!
-//! With `--delay-ms D` the node under test instead runs behind a [`Probe`] driver that hands
+//! With `--delay-ms D` the node under test is started with
+//! [`DhtConfig::receive_delay`](trackerless::dht::driver::DhtConfig) set, so its driver hands
 //! it every received datagram D ms late, emulating a wide-area round trip for its own
 //! exchanges (loopback round trips take microseconds, which hides how many sequential rounds
 //! a join needs). A restart is then emulated the way [`Dht::bind`] does it: same node id, the
 //! previous instance's contacts queued for verification, same router; the store itself is
-//! not involved (its open time is what the D = 0 runs report as "spawn").
+//! not involved (its open time is what the D = 0 runs report as "spawn"), so every delayed
+//! phase measures the join alone.
 //!
 //! The table target N is a fraction (default 90%) of the size the fresh node reached at the
 //! end of its observation window; every phase is timed to the first sample with >= N entries.
@@ -31,7 +33,7 @@ use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle, StartError};
 use trackerless::dht::id::NodeId;
 use trackerless::dht::node;
 use trackerless::dht::persist::PersistError;
-use trackerless::probe::{Probe, ProbeOptions, Summary};
+use trackerless::sim::stats::Summary;
 
 /// Times a node's table refill after a restart against a fresh bootstrap (loopback only).
 #[derive(Parser, Debug)]
@@ -63,8 +65,8 @@ struct Cli {
     /// Also restart a second time without any router (persisted contacts only).
     #[arg(long)]
     no_router_phase: bool,
-    /// Emulate this receive delay (ms) for the node under test; 0 runs the real
-    /// `Dht::spawn` path with its sled store.
+    /// Emulate this receive delay (ms) for the node under test, restarting it from its
+    /// previous id and contacts without a store; 0 runs `dht-node`'s path with its sled store.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     delay_ms: u64,
 }
@@ -150,14 +152,22 @@ fn bind_addr(cli: &Cli, run: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(127, cli.subnet, 0, run as u8 + 1), cli.port)
 }
 
-fn config(cli: &Cli, run: usize, routers: bool) -> DhtConfig {
+/// The node under test's settings: with no delay, `dht-node`'s (a store in the run's
+/// directory); with one, no store and the previous instance's id and contacts passed in.
+fn config(cli: &Cli, run: usize, routers: bool, previous: Option<&Persisted>) -> DhtConfig {
     let mut cfg = DhtConfig::new(SocketAddr::V4(bind_addr(cli, run)));
     cfg.node = node::Config::loopback_testnet();
     if routers {
         cfg.bootstrap = vec![cli.bootstrap.to_string()];
     }
-    cfg.data_dir = Some(run_dir(&cli.data_dir, run));
     cfg.save_interval = Duration::from_secs(300);
+    if cli.delay_ms == 0 {
+        cfg.data_dir = Some(run_dir(&cli.data_dir, run));
+    } else {
+        cfg.node.id = previous.map(|p| p.id);
+        cfg.contacts = previous.map(|p| p.contacts.clone()).unwrap_or_default();
+        cfg.receive_delay = Duration::from_millis(cli.delay_ms);
+    }
     cfg
 }
 
@@ -171,27 +181,10 @@ struct Persisted {
     contacts: Vec<SocketAddrV4>,
 }
 
-/// The node under test: the real driver, or a probe with an emulated delay.
-enum UnderTest {
-    Dht(DhtHandle),
-    Probe(Probe),
-}
-
-impl UnderTest {
-    fn id(&self) -> NodeId {
-        match self {
-            UnderTest::Dht(h) => h.id(),
-            UnderTest::Probe(p) => p.id(),
-        }
-    }
-
-    async fn table(&self) -> Result<usize, String> {
-        let stats = match self {
-            UnderTest::Dht(h) => h.stats().await.map_err(|e| e.to_string())?,
-            UnderTest::Probe(p) => p.stats().await.ok_or("the probe node stopped")?,
-        };
-        Ok(stats.good_nodes + stats.questionable_nodes)
-    }
+/// The node under test's table size.
+async fn table(node: &DhtHandle) -> Result<usize, String> {
+    let stats = node.stats().await.map_err(|e| e.to_string())?;
+    Ok(stats.good_nodes + stats.questionable_nodes)
 }
 
 /// Whether a start error is the previous instance still releasing its socket or store lock
@@ -206,40 +199,19 @@ fn transient(e: &StartError) -> bool {
 /// Starts the node under test, retrying transient errors for up to 10 s. Returns it and how
 /// long the successful start took.
 fn start(
-    rt: &tokio::runtime::Runtime,
     cli: &Cli,
     run: usize,
     routers: bool,
     previous: Option<&Persisted>,
-) -> Result<(UnderTest, Duration), String> {
+) -> Result<(DhtHandle, Duration), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let t0 = Instant::now();
-        let r = if cli.delay_ms == 0 {
-            Dht::spawn(config(cli, run, routers)).map(UnderTest::Dht)
-        } else {
-            let node = node::Config {
-                id: previous.map(|p| p.id),
-                ..node::Config::loopback_testnet()
-            };
-            let options = ProbeOptions {
-                persisted: previous.map(|p| p.contacts.clone()).unwrap_or_default(),
-                delay: Duration::from_millis(cli.delay_ms),
-            };
-            let routers = if routers { vec![cli.bootstrap] } else { vec![] };
-            rt.block_on(Probe::start_with(
-                bind_addr(cli, run),
-                node,
-                &routers,
-                options,
-            ))
-            .map(UnderTest::Probe)
-        };
-        match r {
+        match Dht::spawn(config(cli, run, routers, previous)) {
             Ok(n) => return Ok((n, t0.elapsed())),
             Err(e) if transient(&e) && Instant::now() < deadline => {
-                // On the runtime, so a stopped probe's driver task gets to run and let go.
-                rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+                // The previous instance's thread lets go of its socket on its own.
+                std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e.to_string()),
         }
@@ -254,7 +226,7 @@ fn observe(
     routers: bool,
     previous: Option<&Persisted>,
 ) -> Result<(Phase, Persisted), String> {
-    let (node, spawn_time) = start(rt, cli, run, routers, previous)?;
+    let (node, spawn_time) = start(cli, run, routers, previous)?;
     let started = Instant::now() - spawn_time;
     let window = Duration::from_secs(cli.observe);
     let every = Duration::from_millis(cli.sample_ms);
@@ -264,34 +236,27 @@ fn observe(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         while started.elapsed() < window {
             tick.tick().await;
-            samples.push((started.elapsed(), node.table().await?));
+            samples.push((started.elapsed(), table(&node).await?));
         }
-        let persisted = match &node {
-            UnderTest::Dht(h) => {
-                h.shutdown()
-                    .await
-                    .map_err(|e| format!("saving state failed: {e}"))?;
-                Persisted {
-                    id: h.id(),
-                    contacts: Vec::new(),
-                }
-            }
-            UnderTest::Probe(p) => Persisted {
-                id: p.id(),
-                contacts: p
-                    .contacts()
-                    .await
-                    .ok_or("the probe node stopped")?
-                    .iter()
-                    .map(|c| c.addr)
-                    .collect(),
-            },
+        // Without a store (a delayed run), the restart gets what the store would have kept.
+        let contacts = if cli.delay_ms == 0 {
+            Vec::new()
+        } else {
+            let contacts = node.contacts().await.map_err(|e| e.to_string())?;
+            contacts.iter().map(|c| c.addr).collect()
         };
-        Ok::<_, String>((samples, persisted))
+        node.shutdown()
+            .await
+            .map_err(|e| format!("saving state failed: {e}"))?;
+        Ok::<_, String>((
+            samples,
+            Persisted {
+                id: node.id(),
+                contacts,
+            },
+        ))
     })?;
     let id = node.id().to_hex();
-    // Dropping the last probe handle stops its driver (and frees the address).
-    drop(node);
     Ok((
         Phase {
             spawn: spawn_time,

@@ -6,10 +6,10 @@
 //! routing tables are populated, prints aggregate status periodically and, with `--lookups K`,
 //! measures lookups: success rate and messages per lookup (median, p90, max).
 //!
-//! find_node message counts come from "probe" nodes ([`trackerless::probe`]): the public
-//! handle does not expose a find_node lookup's message count, and a probe runs the same node
-//! code. get_peers is measured both from probes and from random testnet nodes through the
-//! public handle, which also shows whether the probes' fresher, sparser tables matter.
+//! Lookups are measured from "probe" nodes, ordinary nodes ([`Dht::bind`]) that join after
+//! the testnet and so have fresher, sparser tables, and from random testnet nodes; both go
+//! through the public handle, whose lookup summaries carry the messages each lookup sent.
+//! Comparing the two shows whether the probes' younger tables matter.
 
 #[path = "../src/bin/common/cli.rs"]
 #[allow(dead_code)] // each binary uses a different part of it
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tokio::task::JoinSet;
-use trackerless::dht::driver::DhtHandle;
+use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
 use trackerless::dht::id::NodeId;
 use trackerless::dht::node;
-use trackerless::probe::{Probe, Summary, true_closest};
+use trackerless::sim::stats::{Summary, true_closest};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
 /// Most nodes a testnet can hold: addresses are 127.S.x.y with x, y in 250 values each.
@@ -440,21 +440,27 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
             routers.push(net.addr(pick(alive)));
         }
         let bind = SocketAddrV4::new(Ipv4Addr::new(127, cli.subnet, 250, p as u8 + 1), cli.port);
-        let probe = Probe::start(bind, node::Config::loopback_testnet(), &routers)
-            .await
-            .map_err(|e| format!("probe: {e}"))?;
+        let config = DhtConfig {
+            node: node::Config::loopback_testnet(),
+            bootstrap: routers.iter().map(|r| r.to_string()).collect(),
+            ..DhtConfig::new(bind.into())
+        };
+        let (probe, driver) = Dht::bind(config).await.map_err(|e| format!("probe: {e}"))?;
+        // Runs until the last handle is dropped, when this function returns.
+        tokio::spawn(driver);
         probes.push(probe);
     }
     // Let the probes' bootstrap lookups finish (then a little more for the last replies).
+    // User lookups started before the table fills end at once: they are seeded from it.
     for p in &probes {
-        p.wait_for_table(k, Duration::from_secs(10)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), p.wait_for_nodes(k)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for p in &probes {
-        if let Some(s) = p.stats().await {
+        if let Ok(s) = p.stats().await {
             println!(
                 "probe {} table {} buckets {}",
-                p.addr(),
+                p.local_addr(),
                 s.good_nodes + s.questionable_nodes,
                 s.buckets
             );
@@ -479,13 +485,14 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
             set.spawn(async move {
                 let target = NodeId(rand::random());
                 let truth = true_closest(&ids, &target, k, &probe.id());
-                let r = probe.lookup(target, false).await.unwrap_or_default();
+                let started = Instant::now();
+                let r = probe.find_node(target).await.unwrap_or_default();
                 let found = r.closest.iter().filter(|c| truth.contains(&c.id)).count();
                 Measured {
                     ok: r.closest.first().map(|c| c.id) == truth.first().copied(),
                     recall: found as f64 / truth.len().max(1) as f64,
                     messages: r.messages,
-                    elapsed: r.elapsed,
+                    elapsed: started.elapsed(),
                 }
             });
         }
@@ -580,12 +587,16 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
             }
             let probe = probes[i % probes.len()].clone();
             set.spawn(async move {
-                let r = probe.lookup(ih, true).await.unwrap_or_default();
+                let started = Instant::now();
+                let (peers, summary) = match probe.get_peers(ih) {
+                    Ok(s) => s.collect().await,
+                    Err(_) => Default::default(),
+                };
                 Measured {
-                    ok: r.peers.contains(&peer),
+                    ok: peers.contains(&peer),
                     recall: 0.0,
-                    messages: r.messages,
-                    elapsed: r.elapsed,
+                    messages: summary.messages,
+                    elapsed: started.elapsed(),
                 }
             });
         }

@@ -8,6 +8,8 @@
 //! for callers that run many nodes on one runtime (the loopback testnet).
 
 use std::collections::HashMap;
+#[cfg(feature = "testing")]
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -49,6 +51,14 @@ pub struct DhtConfig {
     /// Receives the infohashes of get_peers/announce_peer queries this node is sent (a
     /// crawler's passive harvest). Full channel: the report is dropped, never the query.
     pub incoming: Option<mpsc::Sender<IncomingQuery>>,
+    /// Test harness: every received datagram is handed to the node this much later (zero:
+    /// at once). On loopback a round trip takes microseconds, which hides how many
+    /// sequential rounds a join or a lookup costs; holding what arrives back emulates a
+    /// wide-area round trip for this node's own exchanges (`dht-restart-bench --delay-ms`).
+    /// Only with the `testing` feature, so a production node neither carries the hook nor
+    /// can be slowed by it.
+    #[cfg(feature = "testing")]
+    pub receive_delay: Duration,
 }
 
 /// A get_peers or announce_peer query we received (see [`DhtConfig::incoming`]).
@@ -73,6 +83,8 @@ impl DhtConfig {
             data_dir: None,
             save_interval: Duration::from_secs(5 * 60),
             incoming: None,
+            #[cfg(feature = "testing")]
+            receive_delay: Duration::ZERO,
         }
     }
 }
@@ -668,6 +680,11 @@ impl Dht {
             id,
             waiters: Vec::new(),
             saving: None,
+            #[cfg(feature = "testing")]
+            held: (!config.receive_delay.is_zero()).then(|| Held {
+                delay: config.receive_delay,
+                queue: VecDeque::new(),
+            }),
         };
         Ok((handle, driver.run()))
     }
@@ -691,6 +708,62 @@ struct Driver {
     /// The periodic save running on the blocking pool, if any: sled's flush is disk I/O
     /// and must not hold up the event loop (replies, timers, commands).
     saving: Option<tokio::task::JoinHandle<Result<(), PersistError>>>,
+    /// Datagrams waiting out [`DhtConfig::receive_delay`]; `None` when there is no delay, so
+    /// the receive path is then exactly the one without the feature.
+    #[cfg(feature = "testing")]
+    held: Option<Held>,
+}
+
+/// Received datagrams held back for an emulated receive delay
+/// ([`DhtConfig::receive_delay`]), in arrival order, which is also their delivery order
+/// since every one waits the same delay.
+#[cfg(feature = "testing")]
+struct Held {
+    delay: Duration,
+    queue: VecDeque<(tokio::time::Instant, SocketAddr, Vec<u8>)>,
+}
+
+#[cfg(feature = "testing")]
+impl Held {
+    /// When the oldest held datagram is due, for the driver's timer.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.queue.front().map(|d| d.0)
+    }
+
+    /// Hands the node every datagram whose delay has passed.
+    fn deliver_due(&mut self, node: &mut Node) {
+        let now = tokio::time::Instant::now();
+        while self.queue.front().is_some_and(|d| d.0 <= now) {
+            let (_, from, data) = self.queue.pop_front().expect("checked");
+            node.handle_datagram(Instant::now(), from, &data);
+        }
+    }
+}
+
+/// What the socket feeds while a receive delay is set: received datagrams are copied into
+/// [`Held`] instead of handled; the rest (the oversized count, outgoing datagrams) goes to
+/// the node as usual. A wrapper rather than a branch in [`udp::BatchedSocket::receive`], so
+/// the socket code and the undelayed path stay as they are.
+#[cfg(feature = "testing")]
+struct Holding<'a> {
+    node: &'a mut Node,
+    held: &'a mut Held,
+}
+
+#[cfg(feature = "testing")]
+impl udp::Core for Holding<'_> {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let due = tokio::time::Instant::from_std(now) + self.held.delay;
+        self.held.queue.push_back((due, from, data.to_vec()));
+    }
+
+    fn note_oversized(&mut self, len: usize) {
+        self.node.note_oversized(len);
+    }
+
+    fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
+        self.node.drain_transmits(f);
+    }
 }
 
 /// `recvmmsg` batches read per wake-up before commands and timers get a turn.
@@ -742,6 +815,11 @@ impl Driver {
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(far);
+            #[cfg(feature = "testing")]
+            let deadline = match self.held.as_ref().and_then(Held::next_due) {
+                Some(due) => deadline.min(due),
+                None => deadline,
+            };
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
@@ -755,7 +833,7 @@ impl Driver {
                     Some(c) => self.command(c),
                     None => break,
                 },
-                () = &mut sleep => self.node.handle_timeout(Instant::now()),
+                () = &mut sleep => self.timer(),
                 () = &mut resolve_at, if need_resolve => {
                     need_resolve = !self.resolve_and_bootstrap().await;
                     resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff.next_pause());
@@ -765,7 +843,7 @@ impl Driver {
                 // readable, and commands and timers (rare, cheap) must still get their turn.
                 r = self.io.socket().readable() => {
                     if r.is_ok() {
-                        self.io.receive(&mut self.node, RECV_ROUNDS);
+                        self.receive();
                     }
                 }
             }
@@ -831,6 +909,31 @@ impl Driver {
 
     async fn flush(&mut self) {
         self.io.flush(&mut self.node).await;
+    }
+
+    /// Reads what the socket has into the node, or into the hold queue when a receive delay
+    /// is set.
+    fn receive(&mut self) {
+        #[cfg(feature = "testing")]
+        if let Some(held) = &mut self.held {
+            let mut core = Holding {
+                node: &mut self.node,
+                held,
+            };
+            self.io.receive(&mut core, RECV_ROUNDS);
+            return;
+        }
+        self.io.receive(&mut self.node, RECV_ROUNDS);
+    }
+
+    /// The timer fired: held datagrams now due go to the node, then its own timers run
+    /// (harmless when only a held datagram was due: the node keeps timers not yet due).
+    fn timer(&mut self) {
+        #[cfg(feature = "testing")]
+        if let Some(held) = &mut self.held {
+            held.deliver_due(&mut self.node);
+        }
+        self.node.handle_timeout(Instant::now());
     }
 
     fn command(&mut self, c: Command) {
@@ -956,5 +1059,102 @@ impl udp::Core for Node {
 
     fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
         Node::drain_transmits(self, f);
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::sim::testnet::{Testnet, TestnetConfig};
+
+    /// A node on the loopback testnet: `id` and `contacts` as a restart would pass them,
+    /// `routers` to bootstrap from, `delay` held on every datagram it receives.
+    async fn start(
+        bind: &str,
+        id: Option<NodeId>,
+        routers: &[SocketAddrV4],
+        contacts: Vec<SocketAddrV4>,
+        delay: Duration,
+    ) -> DhtHandle {
+        let mut config = DhtConfig::new(bind.parse().unwrap());
+        config.node = node::Config {
+            id,
+            ..node::Config::loopback_testnet()
+        };
+        config.bootstrap = routers.iter().map(|r| r.to_string()).collect();
+        config.contacts = contacts;
+        config.receive_delay = delay;
+        let (handle, driver) = Dht::bind(config).await.unwrap();
+        tokio::spawn(driver);
+        handle
+    }
+
+    /// The emulated receive delay is applied to every exchange: a restarted node (same id,
+    /// its previous contacts, no router, as `dht-restart-bench --delay-ms` starts one) with a
+    /// 50 ms delay takes at least that long to join, for each ping and for a lookup, and
+    /// still finds what an undelayed node finds. On loopback an undelayed round trip takes
+    /// well under a millisecond, so a driver that ignored the delay fails every bound.
+    #[tokio::test]
+    async fn a_receive_delay_holds_back_every_reply() {
+        const DELAY: Duration = Duration::from_millis(50);
+        let net = Testnet::start(
+            20,
+            TestnetConfig {
+                subnet: 99,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        net.wait_for_tables(4, Duration::from_secs(20)).await;
+        let wait = |h: DhtHandle| async move {
+            tokio::time::timeout(Duration::from_secs(10), h.wait_for_nodes(4))
+                .await
+                .expect("the table fills")
+                .unwrap();
+        };
+        let fast = start(
+            "127.99.250.1:0",
+            None,
+            &[net.addr(0)],
+            vec![],
+            Duration::ZERO,
+        )
+        .await;
+        wait(fast.clone()).await;
+        let target = net.nodes[7].id();
+        let r = fast.find_node(target).await.unwrap();
+        assert_eq!(r.closest.first().map(|c| c.id), Some(target), "{r:?}");
+
+        let id = fast.id();
+        let persisted: Vec<SocketAddrV4> = fast
+            .contacts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.addr)
+            .collect();
+        fast.shutdown().await.unwrap();
+        let started = Instant::now();
+        let slow = start("127.99.250.2:0", Some(id), &[], persisted, DELAY).await;
+        assert_eq!(slow.id(), id);
+        wait(slow.clone()).await;
+        // clock-ok: lower bounds (the configured delay was applied); load only lengthens them.
+        assert!(started.elapsed() >= DELAY);
+        for i in 1..6 {
+            let t = Instant::now();
+            let pong = slow.ping(net.addr(i)).await.unwrap();
+            assert_eq!(pong, net.nodes[i].id());
+            // clock-ok: a lower bound, as above.
+            assert!(t.elapsed() >= DELAY, "ping {i}: {:?}", t.elapsed());
+        }
+        let t = Instant::now();
+        let r = slow.find_node(target).await.unwrap();
+        let took = t.elapsed();
+        assert_eq!(r.closest.first().map(|c| c.id), Some(target), "{r:?}");
+        // clock-ok: a lower bound, as above.
+        assert!(took >= DELAY, "{took:?} {r:?}");
+        slow.shutdown().await.unwrap();
+        net.shutdown().await;
     }
 }

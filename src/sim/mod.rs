@@ -1,5 +1,6 @@
 //! Test networks: a virtual-time simulator over the sans-IO core ([`Sim`]) and a loopback
-//! testnet of real nodes on real sockets ([`testnet::Testnet`]).
+//! testnet of real nodes on real sockets ([`testnet::Testnet`]), with the statistics the
+//! testnet tools report ([`stats`]).
 //!
 //! The simulator runs thousands of [`Node`]s in one thread with per-packet latency and loss
 //! and a virtual clock, so behaviour that takes hours on a real network (token expiry,
@@ -9,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod mix;
+pub mod stats;
 pub mod testnet;
 
 use std::cmp::{Ordering, Reverse};

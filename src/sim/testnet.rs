@@ -88,6 +88,7 @@ impl Testnet {
                     .map(|d| d.join(format!("node-{i}"))),
                 save_interval: Duration::from_secs(300),
                 incoming: None,
+                receive_delay: Duration::ZERO,
             };
             let (handle, driver) = Dht::bind(dht).await?;
             tasks.push(tokio::spawn(driver));
