@@ -637,16 +637,6 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
     while let Some(r) = set.join_next().await {
         fn_results.push(r.map_err(|e| e.to_string())?);
     }
-    let n = fn_results.len().max(1) as f64;
-    let ok = fn_results.iter().filter(|r| r.ok).count();
-    let recall = fn_results.iter().map(|r| r.recall).sum::<f64>() / n;
-    println!(
-        "{:<22} lookups {} ok {} ({:.1}%) | top-8 recall {:.1}% (message count not exposed by DhtHandle)",
-        "find_node (nodes)",
-        fn_results.len(),
-        ok,
-        100.0 * ok as f64 / n,
-        100.0 * recall
-    );
+    report("find_node (nodes)", &fn_results, true);
     Ok(())
 }
