@@ -23,7 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dht::driver::StartError;
-use crate::dht::id::{Contact, NodeId};
+use crate::dht::id::{Contact, InfoHash, NodeId};
 use crate::dht::node::{self, Event, LookupId, Node, Stats};
 
 /// What one probe lookup found and cost.
@@ -244,7 +244,7 @@ async fn drive(
                 Some(ProbeCmd::Lookup { target, get_peers, reply }) => {
                     let now = Instant::now();
                     let id = if get_peers {
-                        node.get_peers(now, target)
+                        node.get_peers(now, InfoHash::from_node_id(target))
                     } else {
                         node.find_node(now, target)
                     };
