@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use trackerless::bencode;
-use trackerless::dht::id::{Contact, NodeId, compact_peer_bytes};
+use trackerless::dht::id::{Contact, InfoHash, NodeId, compact_peer_bytes};
 use trackerless::dht::krpc::{self, QueryArgs, ResponseBody};
 
 /// Version tag our node sends (`node::VERSION`).
@@ -163,7 +163,7 @@ fn encode_ours(k: Kind, f: &Fixture, out: &mut Vec<u8>) {
             &f.tid,
             &f.id,
             &QueryArgs::AnnouncePeer {
-                info_hash: &f.other,
+                info_hash: &InfoHash::from_node_id(f.other),
                 port: 6881,
                 implied_port: false,
                 token: &f.token,

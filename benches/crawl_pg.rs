@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use trackerless::crawl::backend::Store;
 use trackerless::crawl::pg::PgStore;
 use trackerless::crawl::store::{CrawlStore, MetaFile, StoreConfig, TorrentMeta};
-use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::id::InfoHash;
 
 const BATCH: usize = 5_000;
 
@@ -72,7 +72,7 @@ fn ih(w: u8, i: u64) -> InfoHash {
         let n = chunk.len();
         chunk.copy_from_slice(&x.to_le_bytes()[..n]);
     }
-    NodeId(b)
+    InfoHash(b)
 }
 
 fn peer(i: u64) -> SocketAddrV4 {

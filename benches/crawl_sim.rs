@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use trackerless::crawl::WalkConfig;
 use trackerless::crawl::sim::SimCrawler;
-use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::id::InfoHash;
 use trackerless::dht::node::{Config, Event};
 use trackerless::sim::{Sim, SimConfig, sim_addr};
 
@@ -34,7 +34,9 @@ fn run(interval: u32) {
     sim.grow(NODES, Duration::from_millis(2));
     sim.run_for(Duration::from_secs(120));
     let mut rng = StdRng::seed_from_u64(5);
-    let hashes: Vec<InfoHash> = (0..INFOHASHES).map(|_| NodeId::random(&mut rng)).collect();
+    let hashes: Vec<InfoHash> = (0..INFOHASHES)
+        .map(|_| InfoHash::random(&mut rng))
+        .collect();
     for (i, ih) in hashes.iter().enumerate() {
         let who = rng.random_range(0..NODES);
         sim.with_node(who, |n, now| n.announce(now, *ih, Some(6881)));

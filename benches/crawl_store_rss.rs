@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use trackerless::crawl::store::{HOW_ANNOUNCE, HOW_SAMPLE};
 use trackerless::crawl::{CrawlStore, Record, StoreConfig};
-use trackerless::dht::id::NodeId;
+use trackerless::torrent::InfoHash;
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -51,7 +51,7 @@ fn main() {
     {
         let mut store = CrawlStore::open(dir.path(), cfg.clone()).unwrap();
         for i in 0..n {
-            let ih = NodeId::random(&mut rng);
+            let ih = InfoHash::random(&mut rng);
             keys.push(ih);
             let peer = (i % 4 == 0).then(|| {
                 format!("10.0.{}.{}:6881", i % 250, i % 200)
@@ -97,7 +97,7 @@ fn main() {
     }
     // Reference: the same records in a HashMap (keys vector included in both figures).
     let before = status_kib("VmRSS:");
-    let mut map: HashMap<NodeId, Record> = HashMap::with_capacity(n);
+    let mut map: HashMap<InfoHash, Record> = HashMap::with_capacity(n);
     for (i, ih) in keys.iter().enumerate() {
         map.insert(
             *ih,

@@ -41,8 +41,8 @@ use support::{
     Cost, Proc, free_bytes, get_args, loadavg, lt_download, lt_joined, make_file, proc_cpu,
     proc_peak_rss, run_measured, same,
 };
-use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 
 const GET: &str = env!("CARGO_BIN_EXE_dht-get");
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
@@ -163,7 +163,7 @@ async fn run(a: Args) {
 
     let mut seeder = lt_joined(&net, Ipv4Addr::new(127, 145, 1, 1), &[]).await;
     let seeded = seeder.seed(&file).await;
-    let ih: NodeId = seeded.info_hash.parse().unwrap();
+    let ih: InfoHash = seeded.info_hash.parse().unwrap();
     for _ in 0..60 {
         let (peers, _) = net.nodes[7].get_peers(ih).unwrap().collect().await;
         if peers.contains(&seeder.addr) {

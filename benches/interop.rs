@@ -43,8 +43,8 @@ use support::{
     Cost, free_bytes, get_args, loadavg, lt_download, lt_joined, make_file, run_measured, same,
 };
 use tracker::{Aria2Dht, aria2_args, dht_only_magnet, tracker};
-use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 
 const GET: &str = env!("CARGO_BIN_EXE_dht-get");
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
@@ -167,7 +167,7 @@ async fn our_seeder(net: &Testnet, file: &Path, work: &Path, ip: &str, tag: &str
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no x.pe in dht-seed's magnet {magnet:?}"));
     // Announced and findable before anyone is timed.
-    let ih: NodeId = magnet["magnet:?xt=urn:btih:".len()..][..40]
+    let ih: InfoHash = magnet["magnet:?xt=urn:btih:".len()..][..40]
         .parse()
         .expect("hex info hash");
     wait_findable(net, ih, addr).await;
@@ -193,7 +193,7 @@ fn seeder_log(tag: &str) -> Stdio {
     }
 }
 
-async fn wait_findable(net: &Testnet, ih: NodeId, peer: SocketAddrV4) {
+async fn wait_findable(net: &Testnet, ih: InfoHash, peer: SocketAddrV4) {
     for _ in 0..120 {
         let (peers, _) = net.nodes[7]
             .get_peers(ih)
@@ -211,7 +211,7 @@ async fn wait_findable(net: &Testnet, ih: NodeId, peer: SocketAddrV4) {
 async fn lt_seeder(net: &Testnet, ip: Ipv4Addr, flags: &[&str], file: &Path) -> (LtNode, Seeded) {
     let mut lt = lt_joined(net, ip, flags).await;
     let seeded = lt.seed(file).await;
-    let ih: NodeId = seeded.info_hash.parse().expect("hex info hash");
+    let ih: InfoHash = seeded.info_hash.parse().expect("hex info hash");
     for _ in 0..60 {
         let (peers, _) = net.nodes[7]
             .get_peers(ih)

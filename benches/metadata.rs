@@ -30,12 +30,12 @@ use lt::LtNode;
 use meta_support::{info_hash, synthetic_info};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
-use trackerless::dht::id::NodeId;
 use trackerless::dht::node;
 use trackerless::metadata::{
     FetchConfig, MetadataRegistry, MetadataServer, PeerSource, ServeConfig, fetch_metadata,
 };
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dht-get");
 const RUNS: usize = 15;
@@ -92,7 +92,7 @@ async fn our_node(ip: Ipv4Addr, router: SocketAddrV4) -> DhtHandle {
 /// Our library path on a running node: get_peers lookup streaming into the fetcher.
 async fn library_fetch(dht: &DhtHandle, ih: [u8; 20]) -> f64 {
     let t = Instant::now();
-    let stream = dht.get_peers(NodeId(ih)).unwrap();
+    let stream = dht.get_peers(InfoHash(ih)).unwrap();
     let cfg = FetchConfig {
         allow: AllowList::loopback(),
         timeout: Some(Duration::from_secs(30)),
@@ -219,7 +219,7 @@ async fn latency(net: &Testnet, seeder: &mut LtNode, fetcher: &mut LtNode) {
         // peers while "checking_resume_data") and findable in our DHT.
         for (ih, _) in &seeded {
             wait_seeding(seeder, ih).await;
-            let id: NodeId = ih.parse().unwrap();
+            let id: InfoHash = ih.parse().unwrap();
             for _ in 0..40 {
                 let (peers, _) = net.nodes[3].get_peers(id).unwrap().collect().await;
                 if !peers.is_empty() {

@@ -15,9 +15,9 @@ use std::time::Duration;
 use trackerless::crawl::{self, CrawlConfig, CrawlStore, StoreConfig, WalkConfig};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::{Dht, DhtConfig};
-use trackerless::dht::id::NodeId;
 use trackerless::dht::node::Config;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 
 /// `--seconds N` (default 60): how long the crawl runs.
 fn seconds_arg() -> Result<f64, String> {
@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut hash = [0x74; 20];
         hash[..4].copy_from_slice(&i.to_be_bytes());
         hash[4] = (i.wrapping_mul(97)) as u8;
-        let ih = NodeId(hash);
+        let ih = InfoHash(hash);
         net.nodes[i as usize % net.nodes.len()]
             .announce(ih, Some(6000))?
             .collect()

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use trackerless::dht::allow::AllowList;
-use trackerless::dht::id::NodeId;
 use trackerless::metadata::{
     FetchConfig, MetadataRegistry, MetadataServer, PeerSource, ServeConfig, fetch_metadata,
 };
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::metainfo::{Info, create_info};
 
 #[tokio::main]
@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let (_, announced) = seeder
-        .announce(NodeId(info_hash), Some(server.local_addr().port()))?
+        .announce(InfoHash(info_hash), Some(server.local_addr().port()))?
         .collect()
         .await;
     println!(
@@ -67,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // The fetching side: node 9 knows nothing but the info hash.
-    let lookup = net.nodes[9].get_peers(NodeId(info_hash))?;
+    let lookup = net.nodes[9].get_peers(InfoHash(info_hash))?;
     let config = FetchConfig {
         allow: AllowList::loopback(),
         timeout: Some(Duration::from_secs(60)),

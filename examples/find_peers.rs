@@ -11,8 +11,8 @@
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Any 20 bytes work as an info hash; a real one is the SHA-1 of a torrent's info dict.
-    let info_hash: NodeId = "0123456789abcdef0123456789abcdef01234567".parse()?;
+    let info_hash: InfoHash = "0123456789abcdef0123456789abcdef01234567".parse()?;
     let seeder = 3;
     let (_, announced) = net.nodes[seeder]
         .announce(info_hash, Some(4000))?

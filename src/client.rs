@@ -32,13 +32,13 @@ use sha1::{Digest, Sha1};
 
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
-use crate::dht::id::NodeId;
 use crate::dht::peer_feed::PeersConfig;
 use crate::download::{Mode, Phase, Progress, ResumeStore, Session, SessionConfig, SessionError};
 use crate::metadata::{
     FetchConfig, FetchError, Fetched, MetadataRegistry, MetadataServer, PeerSource, ServeConfig,
     fetch_metadata,
 };
+use crate::torrent::InfoHash;
 use crate::torrent::PeerId;
 use crate::torrent::magnet::{Magnet, MagnetError};
 use crate::torrent::metainfo::{Info, Metainfo, MetainfoError};
@@ -378,7 +378,7 @@ impl Client {
             ..PeersConfig::lookup()
         };
         let source = PeerSource::new(magnet.peers.iter().copied())
-            .with_feed(self.dht.peers(NodeId(magnet.info_hash), lookups));
+            .with_feed(self.dht.peers(InfoHash(magnet.info_hash), lookups));
         match fetch_metadata(magnet.info_hash, source, &cfg).await {
             Ok(f) => Ok(f),
             Err(error) => {

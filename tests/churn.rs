@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
-use trackerless::dht::id::NodeId;
+use trackerless::dht::id::{InfoHash, NodeId};
 use trackerless::dht::node::{Event, LookupId};
 use trackerless::sim::mix::{Behavior, Profile};
 use trackerless::sim::{Sim, SimConfig, sim_addr};
@@ -59,7 +59,7 @@ struct World {
     rng: StdRng,
     joined: Vec<Instant>,
     online: Vec<usize>,
-    hashes: Vec<NodeId>,
+    hashes: Vec<InfoHash>,
     announcer: Vec<usize>,
     next_announce: Vec<Instant>,
     /// Every IP that ever announced each torrent.
@@ -231,7 +231,7 @@ fn run(nodes: usize, loss: f64, mix: Option<Profile>) -> ([u32; 4], [u32; 4]) {
     sim.take_events();
     let t0 = sim.now();
     let mut rng = StdRng::seed_from_u64(11);
-    let hashes: Vec<NodeId> = (0..TORRENTS).map(|_| NodeId::random(&mut rng)).collect();
+    let hashes: Vec<InfoHash> = (0..TORRENTS).map(|_| InfoHash::random(&mut rng)).collect();
     let mut world = World {
         joined: vec![t0 - WARM; nodes],
         online: (0..nodes).collect(),

@@ -26,7 +26,7 @@ fn sample_infohashes_reply_with_several_samples_round_trips() {
         .map(|i| {
             let mut b = [i; 20];
             b[0] = 0xf0 | i;
-            NodeId(b)
+            InfoHash(b)
         })
         .collect();
     let samples: Vec<u8> = hashes.iter().flat_map(|h| h.0).collect();
@@ -87,7 +87,7 @@ async fn our_node_serves_bep51() {
     .await
     .unwrap();
     net.wait_for_tables(3, Duration::from_secs(10)).await;
-    let announced: HashSet<InfoHash> = (0..40u8).map(|i| NodeId([i; 20])).collect();
+    let announced: HashSet<InfoHash> = (0..40u8).map(|i| InfoHash([i; 20])).collect();
     for ih in &announced {
         net.nodes[1]
             .announce(*ih, Some(7000))
@@ -153,7 +153,7 @@ fn walk_respects_interval_and_rate_on_the_simulator() {
     sim.grow(300, Duration::from_millis(20));
     sim.run_for(Duration::from_secs(60));
     let mut rng = StdRng::seed_from_u64(9);
-    let hashes: Vec<InfoHash> = (0..3000).map(|_| NodeId::random(&mut rng)).collect();
+    let hashes: Vec<InfoHash> = (0..3000).map(|_| InfoHash::random(&mut rng)).collect();
     for (i, ih) in hashes.iter().enumerate() {
         let who = rng.random_range(0..300);
         sim.with_node(who, |n, now| n.announce(now, *ih, Some(1000 + i as u16)));
@@ -238,7 +238,9 @@ async fn populated_testnet(subnet: u8, n: usize, infohashes: usize) -> (Testnet,
     .unwrap();
     net.wait_for_tables(8, Duration::from_secs(30)).await;
     let mut rng = StdRng::seed_from_u64(u64::from(subnet));
-    let hashes: Vec<InfoHash> = (0..infohashes).map(|_| NodeId::random(&mut rng)).collect();
+    let hashes: Vec<InfoHash> = (0..infohashes)
+        .map(|_| InfoHash::random(&mut rng))
+        .collect();
     let mut set = tokio::task::JoinSet::new();
     for (i, ih) in hashes.iter().enumerate() {
         let node = net.nodes[i % n].clone();
@@ -302,7 +304,7 @@ async fn crawl_store_and_out_file_survive_a_restart() {
     let mut seen = HashSet::new();
     for l in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let ih: NodeId = v["info_hash"].as_str().unwrap().parse().unwrap();
+        let ih: InfoHash = v["info_hash"].as_str().unwrap().parse().unwrap();
         assert!(seen.insert(ih), "{ih} reported twice");
         assert!(store.get(&ih).is_some());
         assert!(hashes.contains(&ih));
@@ -382,7 +384,7 @@ async fn kill_9_loses_nothing_reported() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let ih_of = |l: &str| -> NodeId {
+    let ih_of = |l: &str| -> InfoHash {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         v["info_hash"].as_str().unwrap().parse().unwrap()
     };
@@ -409,7 +411,7 @@ async fn kill_9_loses_nothing_reported() {
     assert!(status.success());
     let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
     let text = std::fs::read_to_string(&out).unwrap();
-    let written: HashSet<NodeId> = text.lines().map(ih_of).collect();
+    let written: HashSet<InfoHash> = text.lines().map(ih_of).collect();
     for (ih, _) in store.iter() {
         assert!(written.contains(&ih), "{ih} stored but never written");
     }
@@ -422,7 +424,7 @@ async fn kill_9_loses_nothing_reported() {
         .unwrap();
     assert!(exported.status.success());
     let lines = String::from_utf8(exported.stdout).unwrap();
-    let exported: HashSet<NodeId> = lines.lines().map(ih_of).collect();
+    let exported: HashSet<InfoHash> = lines.lines().map(ih_of).collect();
     assert_eq!(exported, written);
     let csv = Command::new(env!("CARGO_BIN_EXE_dht-crawl"))
         .args([
@@ -528,11 +530,11 @@ async fn metadata_pool_fetches_verifies_and_writes_torrents() {
     let mut good = Vec::new();
     for name in ["alpha", "beta", "gamma"] {
         let raw = dict(name);
-        let ih = NodeId(Sha1::digest(&raw).into());
+        let ih = InfoHash(Sha1::digest(&raw).into());
         dicts.insert(ih, raw);
         good.push(ih);
     }
-    let liar = NodeId([0x5a; 20]);
+    let liar = InfoHash([0x5a; 20]);
     dicts.insert(liar, dict("lie"));
     for (i, ih) in good.iter().chain([&liar]).enumerate() {
         net.nodes[i + 1]

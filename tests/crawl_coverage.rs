@@ -86,7 +86,9 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
 
     // 10,000 infohashes announced by 100 of our nodes, 64 announces at a time.
     let t1 = Instant::now();
-    let hashes: Vec<InfoHash> = (0..INFOHASHES).map(|_| NodeId::random(&mut rng)).collect();
+    let hashes: Vec<InfoHash> = (0..INFOHASHES)
+        .map(|_| InfoHash::random(&mut rng))
+        .collect();
     let mut set = tokio::task::JoinSet::new();
     let mut stored = 0usize;
     for (i, ih) in hashes.iter().enumerate() {
@@ -113,7 +115,7 @@ async fn crawler_finds_99_percent_of_10000_infohashes_on_1000_nodes_and_libtorre
     let mut lt_hashes = Vec::new();
     for (i, lt) in lts.iter().enumerate() {
         for j in 0..LT_HASHES_EACH {
-            let ih = NodeId::random(&mut rng);
+            let ih = InfoHash::random(&mut rng);
             let from = SocketAddrV4::new([127, 111, 1 + i as u8, j as u8 + 1].into(), 0);
             let sock = UdpSocket::bind(from).await.unwrap();
             let r = ask(

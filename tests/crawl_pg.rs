@@ -19,7 +19,7 @@ use trackerless::crawl::{
     self, CrawlConfig, CrawlStore, Store, StoreConfig, TorrentMeta, WalkConfig,
 };
 use trackerless::dht::driver::{Dht, DhtConfig};
-use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::id::InfoHash;
 use trackerless::dht::node::Config;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
 
@@ -27,7 +27,7 @@ fn ih(i: u32) -> InfoHash {
     let mut b = [0u8; 20];
     b[..4].copy_from_slice(&i.to_be_bytes());
     b[19] = 0x5a;
-    NodeId(b)
+    InfoHash(b)
 }
 
 /// PgStore::open blocks on its connection thread; keep it off the test's runtime threads.
@@ -316,7 +316,9 @@ async fn populated_testnet(subnet: u8, n: usize, infohashes: usize) -> (Testnet,
     .unwrap();
     net.wait_for_tables(8, Duration::from_secs(30)).await;
     let mut rng = StdRng::seed_from_u64(u64::from(subnet));
-    let hashes: Vec<InfoHash> = (0..infohashes).map(|_| NodeId::random(&mut rng)).collect();
+    let hashes: Vec<InfoHash> = (0..infohashes)
+        .map(|_| InfoHash::random(&mut rng))
+        .collect();
     let mut set = tokio::task::JoinSet::new();
     for (i, ih) in hashes.iter().enumerate() {
         let node = net.nodes[i % n].clone();
@@ -461,7 +463,7 @@ async fn three_crawlers_into_one_database_equal_a_sled_crawl() {
         let text = std::fs::read_to_string(dir.path().join("new.jsonl")).unwrap_or_default();
         for l in text.lines() {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let ih: NodeId = v["info_hash"].as_str().unwrap().parse().unwrap();
+            let ih: InfoHash = v["info_hash"].as_str().unwrap().parse().unwrap();
             assert!(reported.insert(ih), "{ih} reported new by two crawlers");
         }
     }
@@ -627,7 +629,7 @@ async fn kill_9_loses_nothing_reported_on_postgres() {
         s.count()
     );
     let text = std::fs::read_to_string(&out).unwrap();
-    let written: Vec<NodeId> = text
+    let written: Vec<InfoHash> = text
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use trackerless::crawl::store::{HOW_ANNOUNCE, HOW_SAMPLE, MetaFile};
 use trackerless::crawl::{CrawlStore, PgStore, Store, StoreConfig, TorrentMeta};
-use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::id::InfoHash;
 
 const XSS: &str = "<script>alert(1)</script>";
 
@@ -22,7 +22,7 @@ fn ih(i: u32) -> InfoHash {
     let mut b = [0u8; 20];
     b[..4].copy_from_slice(&i.to_be_bytes());
     b[19] = 0x77;
-    NodeId(b)
+    InfoHash(b)
 }
 
 fn meta(name: &str, files: &[&str]) -> TorrentMeta {

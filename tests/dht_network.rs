@@ -9,7 +9,7 @@ mod wait_support;
 
 use tokio::net::UdpSocket;
 use trackerless::dht::driver::{Dht, DhtConfig, DhtError};
-use trackerless::dht::id::{Contact, NodeId};
+use trackerless::dht::id::{Contact, InfoHash, NodeId};
 use trackerless::dht::krpc::{self, Body, Method, ResponseBody};
 use trackerless::dht::node::{Config, PingError};
 use trackerless::dht::peer_feed::PeersConfig;
@@ -103,7 +103,7 @@ async fn five_hundred_node_testnet_lookups_all_find_the_peer() {
     let smallest = net.wait_for_tables(8, Duration::from_secs(60)).await;
     assert!(smallest >= 8, "some node has only {smallest} contacts");
 
-    let ih = NodeId([0x3c; 20]);
+    let ih = InfoHash([0x3c; 20]);
     let announcer = 123;
     let (_, summary) = net.nodes[announcer]
         .announce(ih, Some(4000))
@@ -166,7 +166,7 @@ async fn a_peer_feed_finds_a_peer_that_announced_after_it_started() {
     .unwrap();
     let smallest = net.wait_for_tables(8, Duration::from_secs(60)).await;
     assert!(smallest >= 8, "some node has only {smallest} contacts");
-    let ih = NodeId([0x5d; 20]);
+    let ih = InfoHash([0x5d; 20]);
     let quick = PeersConfig {
         first_pause: Duration::from_millis(50),
         max_pause: Duration::from_millis(400),

@@ -46,7 +46,7 @@ async fn ping_find_node_announce_and_get_peers() {
         "{found:?}"
     );
 
-    let ih: InfoHash = NodeId([0x5a; 20]);
+    let ih: InfoHash = InfoHash([0x5a; 20]);
     let (_, summary) = b.announce(ih, Some(7000)).unwrap().collect().await;
     assert!(
         summary.announced >= 1,
@@ -58,7 +58,7 @@ async fn ping_find_node_announce_and_get_peers() {
     assert!(peers.contains(&expected), "{peers:?}");
 
     // implied_port: the announcer's UDP port is stored.
-    let ih2: InfoHash = NodeId([0x6b; 20]);
+    let ih2: InfoHash = InfoHash([0x6b; 20]);
     c.announce(ih2, None).unwrap().collect().await;
     let (peers, _) = a.get_peers(ih2).unwrap().collect().await;
     assert!(peers.contains(&net.addr(2)), "{peers:?}");
@@ -110,7 +110,7 @@ fn error_code(m: &krpc::Message) -> Option<i64> {
 async fn bad_and_foreign_tokens_are_refused() {
     let net = testnet(62).await;
     let target = net.addr(0);
-    let ih = NodeId([0x77; 20]);
+    let ih = InfoHash([0x77; 20]);
     let a = UdpSocket::bind("127.62.9.1:0").await.unwrap();
     let b = UdpSocket::bind("127.62.9.2:0").await.unwrap();
 
@@ -189,7 +189,7 @@ fn token_older_than_ten_minutes_is_refused() {
     let t0 = Instant::now();
     let mut node = Node::new(Config::loopback_testnet(), t0);
     let from: SocketAddr = "127.63.0.9:5000".parse().unwrap();
-    let ih = NodeId([0x11; 20]);
+    let ih = InfoHash([0x11; 20]);
     let exchange = |node: &mut Node, at: Instant, args: QueryArgs<'_>| {
         let mut out = Vec::new();
         krpc::encode_query(&mut out, b"tt", &NodeId([0x44; 20]), &args, false, None);
@@ -239,7 +239,7 @@ async fn sample_infohashes_direct_queries_and_incoming_reports() {
     // Two infohashes announced by node 1; sample them from every node's store.
     for b in [0x21u8, 0x22] {
         net.nodes[1]
-            .announce(NodeId([b; 20]), Some(9000))
+            .announce(InfoHash([b; 20]), Some(9000))
             .unwrap()
             .collect()
             .await;
@@ -254,12 +254,12 @@ async fn sample_infohashes_direct_queries_and_incoming_reports() {
         seen.extend(r.samples());
     }
     assert!(
-        seen.contains(&NodeId([0x21; 20])) && seen.contains(&NodeId([0x22; 20])),
+        seen.contains(&InfoHash([0x21; 20])) && seen.contains(&InfoHash([0x22; 20])),
         "{seen:?}"
     );
 
     let r = net.nodes[0]
-        .query(net.addr(2), DirectQuery::GetPeers(NodeId([0x21; 20])))
+        .query(net.addr(2), DirectQuery::GetPeers(InfoHash([0x21; 20])))
         .await
         .unwrap();
     assert!(r.token.is_some());
@@ -275,14 +275,14 @@ async fn sample_infohashes_direct_queries_and_incoming_reports() {
         unreachable!()
     };
     net.nodes[0]
-        .query(waddr, DirectQuery::GetPeers(NodeId([0x99; 20])))
+        .query(waddr, DirectQuery::GetPeers(InfoHash([0x99; 20])))
         .await
         .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(got.info_hash, NodeId([0x99; 20]));
+    assert_eq!(got.info_hash, InfoHash([0x99; 20]));
     assert_eq!(got.from, net.addr(0));
     assert_eq!(got.peer, None);
     watcher.shutdown().await.unwrap();

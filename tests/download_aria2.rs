@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use dl_support::{make_file, run_dht_get, same_file, start_seeder_at};
 use tracker::{Aria2Dht, aria2_args, dht_only_magnet, tracker};
-use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::metainfo::{create_info, torrent_file_from_info};
 
 const ARIA2: &str = "/usr/bin/aria2c";
@@ -98,7 +98,7 @@ async fn aria2_downloads_a_magnet_from_dht_seed_through_the_dht_only() {
     )
     .await;
     let peer = seeder.addr();
-    let ih: NodeId = seeder.info_hash().parse().expect("hex info hash");
+    let ih: InfoHash = seeder.info_hash().parse().expect("hex info hash");
     // The seeder's announce has reached the testnet before aria2 starts looking.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

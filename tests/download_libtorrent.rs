@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
 use dl_support::{make_file, run_dht_get, same_file, testnet};
-use trackerless::dht::id::NodeId;
+use trackerless::torrent::InfoHash;
 
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
 const SIZE: usize = 64 << 20;
@@ -31,7 +31,7 @@ async fn dht_get_downloads_from_a_libtorrent_seeder() {
     make_file(&file, SIZE, 41);
     let seeded = lt.seed(&file).await;
     // Wait until libtorrent's announce is in our DHT, re-announcing meanwhile.
-    let ih: NodeId = seeded.info_hash.parse().unwrap();
+    let ih: InfoHash = seeded.info_hash.parse().unwrap();
     let mut found = false;
     for _ in 0..40 {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use common::lt::LtNode;
 use dl_support::{last_counts, make_file, run_dht_get_with, same_file, start_seeder_with, testnet};
-use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::Testnet;
+use trackerless::torrent::InfoHash;
 use trackerless::wire::enc_policy::ENCRYPTION_REQUIRED_MSG;
 
 const SIZE: usize = 16 << 20;
@@ -31,7 +31,7 @@ const SIZE: usize = 16 << 20;
 /// libtorrent seeds `file`; returns once its announce is findable in the testnet.
 async fn lt_seeding(net: &Testnet, lt: &mut LtNode, file: &Path) -> common::lt::Seeded {
     let seeded = lt.seed(file).await;
-    let ih: NodeId = seeded.info_hash.parse().unwrap();
+    let ih: InfoHash = seeded.info_hash.parse().unwrap();
     for _ in 0..60 {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
         if peers.contains(&lt.addr) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
 use dl_support::{Seeder, make_file, run_dht_get, same_file, start_seeder, testnet};
-use trackerless::dht::id::NodeId;
+use trackerless::torrent::InfoHash;
 
 const SIZE: usize = 64 << 20;
 
@@ -92,7 +92,7 @@ async fn dht_get_downloads_from_a_utp_only_libtorrent() {
     let file = content.path().join("from-libtorrent.bin");
     make_file(&file, SIZE, 51);
     let seeded = lt.seed(&file).await;
-    let ih: NodeId = seeded.info_hash.parse().unwrap();
+    let ih: InfoHash = seeded.info_hash.parse().unwrap();
     let mut found = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

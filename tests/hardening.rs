@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use trackerless::dht::bep42;
-use trackerless::dht::id::NodeId;
+use trackerless::dht::id::{InfoHash, NodeId};
 use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody};
 use trackerless::dht::limits::RateLimit;
 use trackerless::dht::node::{Config, Event, Node};
@@ -127,8 +127,8 @@ fn a_full_store_still_hands_out_tokens_and_takes_announces() {
     cfg.store.max_infohashes = 1;
     let mut node = Node::new(cfg, t0);
     let from = addr("127.73.0.1:1000");
-    let (a, b) = (NodeId([0xaa; 20]), NodeId([0xbb; 20]));
-    let token_for = |node: &mut Node, ih: &NodeId| {
+    let (a, b) = (InfoHash([0xaa; 20]), InfoHash([0xbb; 20]));
+    let token_for = |node: &mut Node, ih: &InfoHash| {
         let r = exchange(
             node,
             t0,
@@ -148,7 +148,7 @@ fn a_full_store_still_hands_out_tokens_and_takes_announces() {
             other => panic!("{other:?}"),
         }
     };
-    let announce = |node: &mut Node, ih: &NodeId, token: &[u8]| {
+    let announce = |node: &mut Node, ih: &InfoHash, token: &[u8]| {
         let ann = QueryArgs::AnnouncePeer {
             info_hash: ih,
             port: 1,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
 use serde_bencode::value::Value;
-use trackerless::dht::id::NodeId;
+use trackerless::dht::id::{InfoHash, NodeId};
 use trackerless::dht::krpc::{
     self, Bep44Fields, Body, DecodeError, ErrorBody, ItemReply, Message, Method, MutablePut, Query,
     QueryArgs, Response, ResponseBody, Tid, Token, Version,
@@ -48,7 +48,7 @@ fn encoded(m: &Message) -> Vec<u8> {
 
 /// Every example in BEP 5, as (bencoded text, the message it denotes).
 fn bep5_examples() -> Vec<(&'static [u8], Message)> {
-    let info_hash = id(b"mnopqrstuvwxyz123456");
+    let info_hash = InfoHash(*b"mnopqrstuvwxyz123456");
     vec![
         (
             b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee",
@@ -154,6 +154,8 @@ fn canonical(v: &Value) -> Vec<u8> {
 fn hand_encoder_matches_serde_bencode_for_every_shape() {
     let me = id(&[0x11; 20]);
     let target = id(&[0x22; 20]);
+    // The same 160 bits as the info hash of the get_peers and announce_peer shapes.
+    let ih = InfoHash::from_node_id(target);
     let token = b"tok123";
     let ip: SocketAddrV4 = "127.1.2.3:6881".parse().unwrap();
     let version = b"TK\x00\x01";
@@ -183,7 +185,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         ),
         (
             QueryArgs::GetPeers {
-                info_hash: &target,
+                info_hash: &ih,
                 scrape: false,
                 noseed: false,
             },
@@ -191,7 +193,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         ),
         (
             QueryArgs::AnnouncePeer {
-                info_hash: &target,
+                info_hash: &ih,
                 port: 51413,
                 implied_port: true,
                 token,
@@ -206,7 +208,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         ),
         (
             QueryArgs::GetPeers {
-                info_hash: &target,
+                info_hash: &ih,
                 scrape: true,
                 noseed: true,
             },
@@ -218,7 +220,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         ),
         (
             QueryArgs::AnnouncePeer {
-                info_hash: &target,
+                info_hash: &ih,
                 port: 2,
                 implied_port: false,
                 token,
@@ -233,7 +235,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         ),
         (
             QueryArgs::AnnouncePeer {
-                info_hash: &target,
+                info_hash: &ih,
                 port: 1,
                 implied_port: false,
                 token,
@@ -673,6 +675,6 @@ fn samples_slice_into_infohashes() {
     let Body::Response(r) = decoded.body else {
         panic!()
     };
-    let got: Vec<NodeId> = r.samples().collect();
-    assert_eq!(got, (0..5u8).map(|i| NodeId([i; 20])).collect::<Vec<_>>());
+    let got: Vec<InfoHash> = r.samples().collect();
+    assert_eq!(got, (0..5u8).map(|i| InfoHash([i; 20])).collect::<Vec<_>>());
 }

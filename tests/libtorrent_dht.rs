@@ -324,7 +324,7 @@ async fn bootstrap_announce_and_get_peers_both_ways_with_libtorrent() {
     }
 
     // --- Our announce, libtorrent's lookup.
-    let x: InfoHash = NodeId([0x3c; 20]);
+    let x: InfoHash = InfoHash([0x3c; 20]);
     let p: u16 = 7011;
     let t = Instant::now();
     let (_, summary) = f
@@ -358,7 +358,7 @@ async fn bootstrap_announce_and_get_peers_both_ways_with_libtorrent() {
 
     // --- libtorrent's announce, our lookups (the joiner, and a testnet node that did not
     // bootstrap through libtorrent).
-    let y: InfoHash = NodeId([0xc5; 20]);
+    let y: InfoHash = InfoHash([0xc5; 20]);
     let q: u16 = 7022;
     let lt_peer = SocketAddrV4::new(LT_IP, q);
     let before = announce_counters(&f).await;

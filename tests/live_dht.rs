@@ -9,7 +9,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use trackerless::dht::id::{Contact, NodeId};
+use trackerless::dht::id::{Contact, InfoHash, NodeId};
 use trackerless::dht::krpc::{self, Body, Method, QueryArgs, ResponseBody};
 use trackerless::dht::node::{Config, Event, Node, PingError};
 
@@ -352,7 +352,7 @@ fn error_codes_and_lengths_follow_bep5() {
         "a 65-byte tid is dropped"
     );
 
-    let ih = id(0x61);
+    let ih = InfoHash([0x61; 20]);
     let long_token = [b'k'; 40];
     let ann = QueryArgs::AnnouncePeer {
         info_hash: &ih,

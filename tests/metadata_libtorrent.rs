@@ -20,9 +20,9 @@ use std::time::Duration;
 use common::lt::LtNode;
 use meta_support::{FakePeer, Lie, Seeder, info_hash, synthetic_info};
 use trackerless::dht::allow::AllowList;
-use trackerless::dht::id::NodeId;
 use trackerless::metadata::{FetchConfig, Misbehavior, PeerSource, fetch_metadata};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::metainfo::Metainfo;
 use trackerless::wire::num_metadata_pieces;
 
@@ -60,7 +60,7 @@ async fn lt_in(net: &Testnet, bind: SocketAddrV4) -> LtNode {
 
 /// Waits until our DHT returns `peer` for `ih`, asking libtorrent to re-announce meanwhile.
 async fn wait_announced(net: &Testnet, lt: &mut LtNode, ih: &str, peer: SocketAddrV4) {
-    let id: NodeId = ih.parse().unwrap();
+    let id: InfoHash = ih.parse().unwrap();
     for _ in 0..30 {
         let (peers, _) = net.nodes[4].get_peers(id).unwrap().collect().await;
         if peers.contains(&peer) {

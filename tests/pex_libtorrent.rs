@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
 use dl_support::{make_file, run_dht_get, start_seeder_with, testnet};
-use trackerless::dht::id::NodeId;
 use trackerless::sim::testnet::Testnet;
+use trackerless::torrent::InfoHash;
 
 const SIZE: usize = 4 << 20;
 
 /// Polls `get_peers` on a testnet node until `want` is among the peers, or the deadline.
-async fn dht_knows(net: &Testnet, ih: NodeId, want: SocketAddr, within: Duration) -> bool {
+async fn dht_knows(net: &Testnet, ih: InfoHash, want: SocketAddr, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
@@ -56,7 +56,7 @@ async fn dht_get_downloads_from_a_seeder_known_only_by_pex() {
     make_file(&file, SIZE, 61);
     let seeded = s2.seed(&file).await;
     let ih = seeded.info_hash.clone();
-    let ih_id: NodeId = ih.parse().unwrap();
+    let ih_id: InfoHash = ih.parse().unwrap();
     // S1: metadata, no data, never downloads; in the DHT; connected to S2. Both keep the
     // connection libtorrent would close as redundant (two upload-only ends).
     let mut s1 = LtNode::start_on_with(Ipv4Addr::new(127, 185, 1, 1), &["--keep-redundant"]).await;

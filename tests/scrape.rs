@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::lt::LtNode;
 use tokio::net::UdpSocket;
-use trackerless::dht::id::NodeId;
+use trackerless::dht::id::{InfoHash, NodeId};
 use trackerless::dht::krpc::{self, Body, QueryArgs, Response};
 use trackerless::dht::node::{Config, Node};
 use trackerless::dht::scrape::ScrapeFilter;
@@ -48,7 +48,7 @@ fn exchange(node: &mut Node, now: Instant, from: SocketAddr, args: QueryArgs<'_>
     reply.expect("a reply")
 }
 
-fn get_peers(info_hash: &NodeId, scrape: bool, noseed: bool) -> QueryArgs<'_> {
+fn get_peers(info_hash: &InfoHash, scrape: bool, noseed: bool) -> QueryArgs<'_> {
     QueryArgs::GetPeers {
         info_hash,
         scrape,
@@ -60,7 +60,7 @@ fn get_peers(info_hash: &NodeId, scrape: bool, noseed: bool) -> QueryArgs<'_> {
 fn a_node_answers_scrapes_and_noseed_as_bep33_says() {
     let t0 = Instant::now();
     let mut node = Node::new(Config::loopback_testnet(), t0);
-    let ih = NodeId([0x33; 20]);
+    let ih = InfoHash([0x33; 20]);
     let mut seeds = ScrapeFilter::default();
     for i in 0..SEEDS + DOWNLOADERS {
         let ip = Ipv4Addr::new(127, 90, (i / 200) as u8, (i % 200) as u8 + 1);
@@ -113,7 +113,7 @@ fn a_node_answers_scrapes_and_noseed_as_bep33_says() {
         &mut node,
         t0,
         asker,
-        get_peers(&NodeId([1; 20]), true, false),
+        get_peers(&InfoHash([1; 20]), true, false),
     );
     assert!(r.bf_seeds.is_none() && r.bf_peers.is_none() && r.token.is_some());
 }
@@ -132,7 +132,7 @@ async fn scrape_of_a_testnet_swarm_estimates_its_seeds_and_downloaders() {
     .unwrap();
     let smallest = net.wait_for_tables(8, Duration::from_secs(60)).await;
     assert!(smallest >= 8, "a node has only {smallest} contacts");
-    let ih = NodeId([0x5c; 20]);
+    let ih = InfoHash([0x5c; 20]);
     let mut set = tokio::task::JoinSet::new();
     for (i, node) in net.nodes.iter().take(SEEDS + DOWNLOADERS).enumerate() {
         let node = node.clone();
@@ -232,7 +232,7 @@ async fn ask(sock: &UdpSocket, to: SocketAddrV4, args: QueryArgs<'_>) -> Respons
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libtorrent_filters_are_bit_for_bit_ours() {
     let lt = LtNode::start(SocketAddrV4::new(Ipv4Addr::new(127, 142, 0, 1), 16881)).await;
-    let ih = NodeId([0x6b; 20]);
+    let ih = InfoHash([0x6b; 20]);
     let (mut seeds, mut downloaders) = (ScrapeFilter::default(), ScrapeFilter::default());
     for i in 0..12u8 {
         let ip = Ipv4Addr::new(127, 142, 1, i + 1);

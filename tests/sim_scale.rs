@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use trackerless::dht::id::NodeId;
+use trackerless::dht::id::InfoHash;
 use trackerless::dht::node::{Event, LookupId};
 use trackerless::sim::{Sim, SimConfig};
 
@@ -35,7 +35,7 @@ fn ten_thousand_nodes_with_latency_and_loss() {
     let mut rng = StdRng::seed_from_u64(7);
     // One node announces 20 infohashes; 200 random nodes look each of them up.
     let announcer = rng.random_range(0..nodes);
-    let hashes: Vec<NodeId> = (0..20).map(|_| NodeId::random(&mut rng)).collect();
+    let hashes: Vec<InfoHash> = (0..20).map(|_| InfoHash::random(&mut rng)).collect();
     for ih in &hashes {
         sim.with_node(announcer, |n, now| n.announce(now, *ih, Some(6881)));
     }
@@ -55,7 +55,7 @@ fn ten_thousand_nodes_with_latency_and_loss() {
     );
 
     let lookups = 200;
-    let mut started: HashMap<(usize, LookupId), (NodeId, std::time::Instant)> = HashMap::new();
+    let mut started: HashMap<(usize, LookupId), (InfoHash, std::time::Instant)> = HashMap::new();
     for i in 0..lookups {
         let who = rng.random_range(0..nodes);
         let ih = hashes[i % hashes.len()];

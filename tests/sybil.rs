@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use trackerless::dht::allow::AllowList;
-use trackerless::dht::id::{Contact, NodeId};
+use trackerless::dht::id::{Contact, InfoHash, NodeId};
 use trackerless::dht::krpc::{self, Body, Method, QueryArgs, ResponseBody};
 use trackerless::dht::node::{Config, Node};
 
@@ -171,7 +171,7 @@ impl Net {
             | Method::SampleInfohashes { target }
             | Method::Unknown { target }
             | Method::Get { target, .. } => Some(target),
-            Method::GetPeers { info_hash, .. } => Some(info_hash),
+            Method::GetPeers { info_hash, .. } => Some(info_hash.to_node_id()),
             Method::Ping | Method::AnnouncePeer { .. } | Method::Put(_) => None,
         };
         let pool = match kind {
@@ -312,7 +312,7 @@ fn attack(config: Config) -> (Vec<NodeId>, Vec<(usize, usize)>, usize) {
         let target = NodeId::random(&mut net.rng);
         let now = net.now;
         net.node.find_node(now, target);
-        let ih = NodeId::random(&mut net.rng);
+        let ih = InfoHash::random(&mut net.rng);
         net.node.get_peers(now, ih);
     });
     let stats = net.node.stats(net.now);

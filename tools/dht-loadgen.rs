@@ -49,6 +49,7 @@ use tokio::net::UdpSocket;
 use trackerless::bencode;
 use trackerless::dht::id::NodeId;
 use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody, Token};
+use trackerless::torrent::InfoHash;
 
 /// Version tag of the generator's messages.
 const VERSION: &[u8] = b"LG\x00\x01";
@@ -604,7 +605,7 @@ const STOP: u8 = 2;
 struct LoadPlan {
     target: SocketAddrV4,
     mix: Vec<Kind>,
-    infohashes: Vec<NodeId>,
+    infohashes: Vec<InfoHash>,
     concurrency: u16,
     timeout: Duration,
     answer_pings: bool,
@@ -945,7 +946,7 @@ fn load(args: LoadArgs) -> Result<ExitCode, String> {
     let plan = Arc::new(LoadPlan {
         target,
         mix,
-        infohashes: (0..args.infohashes).map(|_| rng.id()).collect(),
+        infohashes: (0..args.infohashes).map(|_| InfoHash(rng.id().0)).collect(),
         concurrency: args.concurrency,
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
         answer_pings: args.answer_pings,
@@ -1139,7 +1140,7 @@ impl FillSource {
     /// Encodes the next job into `out`; its tid, or `None` when idle or at the limit.
     fn next(
         &mut self,
-        infohashes: &[NodeId],
+        infohashes: &[InfoHash],
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Option<[u8; TID_LEN]> {
@@ -1251,7 +1252,7 @@ impl FillSource {
 
 async fn run_fill_source(
     target: SocketAddrV4,
-    infohashes: Arc<Vec<NodeId>>,
+    infohashes: Arc<Vec<InfoHash>>,
     timeout: Duration,
     attempts: u8,
     sock: std::net::UdpSocket,
@@ -1297,7 +1298,7 @@ async fn run_fill_source(
 async fn verify_fill(
     target: SocketAddrV4,
     ip: Ipv4Addr,
-    infohashes: &[NodeId],
+    infohashes: &[InfoHash],
     n: u32,
     timeout: Duration,
     attempts: u8,
@@ -1384,7 +1385,8 @@ fn fill(args: FillArgs) -> Result<ExitCode, String> {
         ));
     }
     let mut rng = FastRng(args.seed);
-    let infohashes: Arc<Vec<NodeId>> = Arc::new((0..args.infohashes).map(|_| rng.id()).collect());
+    let infohashes: Arc<Vec<InfoHash>> =
+        Arc::new((0..args.infohashes).map(|_| InfoHash(rng.id().0)).collect());
     if let Some(path) = &args.write_infohashes {
         let text: String = infohashes
             .iter()
@@ -1472,7 +1474,7 @@ mod tests {
         LoadPlan {
             target: "127.90.0.1:7000".parse().unwrap(),
             mix: vec![Kind::Ping, Kind::GetPeers, Kind::Announce],
-            infohashes: vec![NodeId([7; 20])],
+            infohashes: vec![InfoHash([7; 20])],
             concurrency: 2,
             timeout: Duration::from_secs(1),
             answer_pings,
@@ -1680,7 +1682,7 @@ mod tests {
         assert_eq!(s0.ports, vec![10000, 10001, 10002]);
         assert_eq!(s1.ports, vec![10000, 10001]);
 
-        let ihs = vec![NodeId([5; 20]), NodeId([6; 20])];
+        let ihs = vec![InfoHash([5; 20]), InfoHash([6; 20])];
         let mut src = s0;
         let t0 = Instant::now();
         let mut out = Vec::new();

@@ -27,6 +27,7 @@ use trackerless::dht::id::NodeId;
 use trackerless::dht::node;
 use trackerless::sim::stats::{Summary, true_closest};
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
+use trackerless::torrent::InfoHash;
 
 /// Most nodes a testnet can hold: addresses are 127.S.x.y with x, y in 250 values each.
 const MAX_NODES: usize = 250 * 250;
@@ -520,7 +521,7 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
         let ip = *net.addr(from).ip();
         let port = 10_000 + (i % 50_000) as u16;
         set.spawn(async move {
-            let ih = NodeId(rand::random());
+            let ih = InfoHash(rand::random());
             let started = Instant::now();
             let (_, summary) = match handle.announce(ih, Some(port)) {
                 Ok(s) => s.collect().await,

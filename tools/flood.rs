@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use trackerless::dht::id::NodeId;
 use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody};
+use trackerless::torrent::InfoHash;
 
 use super::{FastRng, Kind, VERSION, cpu_time, loopback_v4, parse_mix, random_seed, source_ips};
 
@@ -321,7 +322,7 @@ pub fn flood(args: FloodArgs) -> Result<ExitCode, String> {
                         Kind::Ping => QueryArgs::Ping,
                         Kind::FindNode => QueryArgs::FindNode { target: &target },
                         Kind::GetPeers | Kind::Announce => QueryArgs::GetPeers {
-                            info_hash: &target,
+                            info_hash: &InfoHash::from_node_id(target),
                             scrape: false,
                             noseed: false,
                         },

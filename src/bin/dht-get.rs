@@ -14,9 +14,9 @@ use cli::NetArgs;
 use trackerless::client::{AddOptions, Client, ClientConfig, Target};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
-use trackerless::dht::id::NodeId;
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
 use trackerless::download::{ResumeStore, Session};
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::PeerId;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::{Info, torrent_file_from_info};
@@ -400,7 +400,7 @@ impl Counts {
 async fn run_scrape(cli: &Cli, ih: [u8; 20], dht: &DhtHandle) -> i32 {
     let scrape = async {
         dht.wait_for_nodes(1).await.map_err(|e| e.to_string())?;
-        dht.scrape(NodeId(ih)).await.map_err(|e| e.to_string())
+        dht.scrape(InfoHash(ih)).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(cli.timeout, scrape).await {
         Ok(Ok(est)) => {

@@ -169,11 +169,11 @@ pub fn export(store: &Store, format: Format, w: &mut impl Write) -> Result<u64, 
 mod tests {
     use super::*;
     use crate::crawl::store::{HOW_ANNOUNCE, HOW_SAMPLE, MetaFile};
-    use crate::dht::id::NodeId;
+    use crate::dht::id::InfoHash;
 
     #[test]
     fn json_and_csv_escape_hostile_names() {
-        let ih = NodeId([0xab; 20]);
+        let ih = InfoHash([0xab; 20]);
         let r = Record {
             first_seen: 10,
             last_seen: 20,

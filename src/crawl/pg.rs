@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use super::store::{Flushed, MAX_PEERS, Record, SwarmEstimate, TorrentMeta};
-use crate::dht::id::{InfoHash, NodeId};
+use crate::dht::id::InfoHash;
 
 /// The schema migrations, in order: (version, SQL). A database at version N gets every
 /// migration above N on open.
@@ -509,7 +509,7 @@ impl PgStore {
 /// (info_hash, first_seen, last_seen, times_seen, how, peers, meta, seeds_est, peers_est,
 /// scraped_at) → a record.
 fn full_row(r: &tokio_postgres::Row) -> Option<(InfoHash, Record, Option<TorrentMeta>)> {
-    let ih = NodeId::from_slice(r.get::<_, &[u8]>(0))?;
+    let ih = InfoHash::from_slice(r.get::<_, &[u8]>(0))?;
     let meta = r
         .get::<_, Option<&[u8]>>(6)
         .and_then(|b| serde_bencode::from_bytes(b).ok());
@@ -800,7 +800,7 @@ impl PgStore {
                 .await?;
             Ok(rows
                 .iter()
-                .filter_map(|r| NodeId::from_slice(r.get::<_, &[u8]>(0)))
+                .filter_map(|r| InfoHash::from_slice(r.get::<_, &[u8]>(0)))
                 .collect())
         })
     }
@@ -941,7 +941,7 @@ async fn write_batch(
             )
             .await?;
         for r in &returned {
-            let Some(ih) = NodeId::from_slice(r.get::<_, &[u8]>(0)) else {
+            let Some(ih) = InfoHash::from_slice(r.get::<_, &[u8]>(0)) else {
                 continue;
             };
             out.push(Upserted {

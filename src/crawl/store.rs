@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dht::id::{ID_LEN, InfoHash, NodeId};
+use crate::dht::id::{ID_LEN, InfoHash};
 use crate::util::sled_open::{self, SledError};
 
 /// Seen in a BEP 51 sample.
@@ -606,7 +606,7 @@ impl CrawlStore {
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| k.len() == OUTBOX_PREFIX.len() + ID_LEN)
-            .filter_map(|k| NodeId::from_slice(&k[OUTBOX_PREFIX.len()..]))
+            .filter_map(|k| InfoHash::from_slice(&k[OUTBOX_PREFIX.len()..]))
             .collect()
     }
 
@@ -628,7 +628,7 @@ impl CrawlStore {
             .iter()
             .filter_map(|kv| kv.ok())
             .filter(|(k, _)| k.len() == ID_LEN)
-            .filter_map(|(k, v)| Some((NodeId::from_slice(&k)?, Record::decode(&v)?)))
+            .filter_map(|(k, v)| Some((InfoHash::from_slice(&k)?, Record::decode(&v)?)))
     }
 
     /// Up to `limit` durable records after `after`, in infohash order, with metadata.
@@ -646,7 +646,7 @@ impl CrawlStore {
             .range::<Vec<u8>, _>((start, Bound::Unbounded))
             .filter_map(|kv| kv.ok())
             .filter(|(k, _)| k.len() == ID_LEN)
-            .filter_map(|(k, v)| Some((NodeId::from_slice(&k)?, Record::decode(&v)?)))
+            .filter_map(|(k, v)| Some((InfoHash::from_slice(&k)?, Record::decode(&v)?)))
             .take(limit)
             .map(|(ih, r)| {
                 let m = self.metadata(&ih);
@@ -733,7 +733,7 @@ mod tests {
         let mut b = [0u8; 20];
         b[..4].copy_from_slice(&i.to_be_bytes());
         b[19] = 0xab;
-        NodeId(b)
+        InfoHash(b)
     }
 
     /// Non-UTF-8 names and paths are indexed lossily; pad files are left out; junk is not.

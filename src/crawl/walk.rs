@@ -828,7 +828,7 @@ mod tests {
         let q2 = w.poll_query(t0).unwrap();
         assert!(matches!(q1.query, DirectQuery::SampleInfohashes(_)));
         assert_eq!(w.poll_query(t0), None);
-        let many: Vec<InfoHash> = (0..20u8).map(|i| NodeId([i; 20])).collect();
+        let many: Vec<InfoHash> = (0..20u8).map(|i| InfoHash([i; 20])).collect();
         let mut out = Vec::new();
         // Node 1: 100 infohashes, all we got were new; asks for 100 s.
         assert!(w.on_reply(
@@ -891,17 +891,20 @@ mod tests {
         w.add_nodes(t0, [a(1)]);
         let q = w.poll_query(t0).unwrap();
         let hashes = [
-            NodeId([1; 20]),
-            NodeId([2; 20]),
-            NodeId([1; 20]),
-            NodeId([3; 20]),
+            InfoHash([1; 20]),
+            InfoHash([2; 20]),
+            InfoHash([1; 20]),
+            InfoHash([3; 20]),
         ];
         let mut r = sample_reply(&hashes, 4, 60, &[2, 3, 4]);
         // A ragged tail is ignored, not read as a short infohash.
         r.samples.as_mut().unwrap().extend_from_slice(&[7; 7]);
         let mut out = Vec::new();
         w.on_reply(t0, q.addr, &r, |_| true, &mut out);
-        assert_eq!(out, vec![NodeId([1; 20]), NodeId([2; 20]), NodeId([3; 20])]);
+        assert_eq!(
+            out,
+            vec![InfoHash([1; 20]), InfoHash([2; 20]), InfoHash([3; 20])]
+        );
         assert_eq!(w.stats().samples, 3);
         // The contacts joined the frontier.
         assert_eq!(w.stats().frontier, 3);

@@ -23,7 +23,7 @@ use super::backend::Store;
 use super::export::record_json;
 use super::run::CrawlStatus;
 use super::store::{Record, StoreError, TorrentMeta};
-use crate::dht::id::{InfoHash, NodeId};
+use crate::dht::id::InfoHash;
 
 /// Rows per page.
 pub const PAGE_SIZE: usize = 50;
@@ -384,7 +384,7 @@ fn parse_hash(h: &str) -> Option<InfoHash> {
     if h.len() != 40 {
         return None;
     }
-    NodeId::from_slice(&hex::decode(h).ok()?)
+    InfoHash::from_slice(&hex::decode(h).ok()?)
 }
 
 async fn torrent_page(State(state): State<WebState>, Path(hash): Path<String>) -> Response {
@@ -745,7 +745,7 @@ mod tests {
         assert_eq!(when(951_827_696), "2000-02-29 12:34:56 UTC");
         assert_eq!(human(5), "5 B");
         assert_eq!(human(1536), "1.5 KiB");
-        let ih = NodeId([0xab; 20]);
+        let ih = InfoHash([0xab; 20]);
         let m = TorrentMeta {
             name: "a b&c".into(),
             total_size: 1,

@@ -1,7 +1,8 @@
 //! 160-bit identifiers (node ids and infohashes), XOR distance and compact contact encoding.
 //!
-//! Node ids and infohashes live in the same keyspace (that is what makes the DHT work), so one
-//! type serves both; [`InfoHash`] is an alias that documents intent at call sites.
+//! Node ids and infohashes live in the same keyspace (that is what makes the DHT work), but
+//! they are different types: [`InfoHash`] (re-exported here from [`crate::torrent`]) crosses
+//! into a [`NodeId`] lookup target only through [`InfoHash::to_node_id`], never silently.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -16,12 +17,12 @@ pub const COMPACT_NODE_LEN: usize = 26;
 /// Length of a compact peer info entry: IPv4 address, port.
 pub const COMPACT_PEER_LEN: usize = 6;
 
-/// A 160-bit node id or infohash, compared as a big-endian unsigned integer.
+/// A 160-bit node id (or DHT lookup target), compared as a big-endian unsigned integer.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct NodeId(pub [u8; ID_LEN]);
 
-/// An infohash shares the node id keyspace.
-pub type InfoHash = NodeId;
+/// Re-exported so `dht::id::InfoHash` keeps naming the torrent's info hash type.
+pub use crate::torrent::InfoHash;
 
 impl NodeId {
     /// A uniformly random id (BEP 5: "plenty of entropy").

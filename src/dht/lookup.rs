@@ -530,7 +530,7 @@ impl Lookup {
 
     /// The target as the infohash of a get_peers, announce or scrape lookup.
     pub fn target_info_hash(&self) -> InfoHash {
-        self.target
+        InfoHash::from_node_id(self.target)
     }
 }
 
@@ -1052,8 +1052,14 @@ mod tests {
 
     #[test]
     fn a_get_peers_lookup_knows_its_info_hash() {
-        let ih = NodeId([0x5a; 20]);
-        let l = Lookup::new(ih, LookupKind::GetPeers, NodeId([0xee; 20]), 3, 8);
+        let ih = InfoHash([0x5a; 20]);
+        let l = Lookup::new(
+            ih.to_node_id(),
+            LookupKind::GetPeers,
+            NodeId([0xee; 20]),
+            3,
+            8,
+        );
         assert_eq!(l.target_info_hash(), ih);
     }
 

@@ -819,7 +819,7 @@ impl Node {
 
     /// Finds peers for `info_hash`; they arrive as [`Event::Peers`].
     pub fn get_peers(&mut self, now: Instant, info_hash: InfoHash) -> LookupId {
-        self.user_lookup(now, info_hash, LookupKind::GetPeers)
+        self.user_lookup(now, info_hash.to_node_id(), LookupKind::GetPeers)
     }
 
     /// Finds peers for `info_hash` and announces us to the K closest nodes, on `port` or,
@@ -837,13 +837,17 @@ impl Node {
         port: Option<u16>,
         seed: bool,
     ) -> LookupId {
-        self.user_lookup(now, info_hash, LookupKind::Announce { port, seed })
+        self.user_lookup(
+            now,
+            info_hash.to_node_id(),
+            LookupKind::Announce { port, seed },
+        )
     }
 
     /// BEP 33: estimates the swarm of `info_hash` from the bloom filters of the nodes a
     /// get_peers lookup meets; the estimate arrives with [`Event::LookupDone`].
     pub fn scrape(&mut self, now: Instant, info_hash: InfoHash) -> LookupId {
-        self.user_lookup(now, info_hash, LookupKind::Scrape)
+        self.user_lookup(now, info_hash.to_node_id(), LookupKind::Scrape)
     }
 
     fn new_lookup(&self, target: NodeId, kind: LookupKind) -> Lookup {
@@ -974,6 +978,8 @@ impl Node {
         queries: &[(SocketAddrV4, Option<NodeId>)],
     ) -> bool {
         let mut unsent = false;
+        // A get_peers lookup's target is the info hash it searches (BEP 5).
+        let info_hash = InfoHash::from_node_id(target);
         let item_seq = self
             .lookups
             .get(&id)
@@ -987,7 +993,7 @@ impl Node {
                 }
             } else if kind.wants_peers() {
                 QueryArgs::GetPeers {
-                    info_hash: &target,
+                    info_hash: &info_hash,
                     scrape: kind == LookupKind::Scrape,
                     noseed: matches!(kind, LookupKind::Announce { seed: true, .. }),
                 }
@@ -1025,9 +1031,11 @@ impl Node {
             LookupKind::Announce { port: None, seed } => (0, true, seed),
             _ => (0, true, false),
         };
+        // An announce lookup's target is the info hash it announces (BEP 5).
+        let info_hash = InfoHash::from_node_id(target);
         for (addr, node, token) in announce.drain(..) {
             let args = QueryArgs::AnnouncePeer {
-                info_hash: &target,
+                info_hash: &info_hash,
                 port,
                 implied_port,
                 token: token.as_slice(),
@@ -1208,7 +1216,12 @@ impl Node {
                 scrape,
                 noseed,
             } => {
-                closest(&self.table, &info_hash, &mut contacts, &mut nodes);
+                closest(
+                    &self.table,
+                    &info_hash.to_node_id(),
+                    &mut contacts,
+                    &mut nodes,
+                );
                 body.nodes = Some(&nodes);
                 self.tokens.maybe_rotate(now, &mut self.rng);
                 token = self.tokens.make(*from.ip());

@@ -408,7 +408,6 @@ impl PeerStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dht::id::NodeId;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -477,7 +476,7 @@ mod tests {
         assert_eq!(st.config().max_peers_per_infohash, 2);
         assert_eq!(st.config().peer_ttl, Duration::from_secs(60));
         assert_eq!(st.config().max_values_per_reply, 9);
-        let (a, b) = (NodeId([1; 20]), NodeId([2; 20]));
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
         assert!(!st.contains(&a));
         st.announce(a, peer(1), false, now, &mut rng);
         assert!(st.contains(&a) && !st.contains(&b));
@@ -493,7 +492,7 @@ mod tests {
             max_infohashes: 2,
             ..StoreConfig::default()
         });
-        let (a, b, c) = (NodeId([1; 20]), NodeId([2; 20]), NodeId([3; 20]));
+        let (a, b, c) = (InfoHash([1; 20]), InfoHash([2; 20]), InfoHash([3; 20]));
         st.announce(a, peer(1), false, now, &mut rng);
         st.announce(b, peer(2), false, now, &mut rng);
         st.announce(c, peer(3), false, now, &mut rng);
@@ -513,7 +512,7 @@ mod tests {
         let cfg = StoreConfig::default();
         let ttl = cfg.peer_ttl;
         let mut st = PeerStore::new(cfg);
-        let ih = NodeId([1; 20]);
+        let ih = InfoHash([1; 20]);
         st.announce(ih, peer(1), true, t0, &mut rng);
         let mut out = Vec::new();
         let (mut sd, mut pe) = (ScrapeFilter::default(), ScrapeFilter::default());
@@ -544,14 +543,14 @@ mod tests {
         };
         let mut st = PeerStore::new(one);
         assert!(!st.is_full());
-        st.announce(NodeId([1; 20]), peer(1), false, now, &mut rng);
+        st.announce(InfoHash([1; 20]), peer(1), false, now, &mut rng);
         assert!(st.is_full());
         let mut none = PeerStore::new(StoreConfig {
             max_infohashes: 0,
             ..StoreConfig::default()
         });
         assert!(none.is_full());
-        assert!(!none.announce(NodeId([1; 20]), peer(1), false, now, &mut rng));
+        assert!(!none.announce(InfoHash([1; 20]), peer(1), false, now, &mut rng));
         assert_eq!(none.refused(), 1);
     }
 
@@ -565,7 +564,7 @@ mod tests {
             peer_ttl: Duration::from_secs(60),
             max_values_per_reply: 100,
         });
-        let ih = |i: u8| InfoHash::from([i; 20]);
+        let ih = |i: u8| InfoHash([i; 20]);
         for i in 0..10 {
             st.announce(ih(1), peer(i), false, now, &mut rng);
         }
@@ -615,18 +614,18 @@ mod tests {
         let now = Instant::now();
         let mut st = PeerStore::new(StoreConfig::default());
         for i in 0..300 {
-            st.announce(InfoHash::from([7; 20]), peer(i), false, now, &mut rng);
+            st.announce(InfoHash([7; 20]), peer(i), false, now, &mut rng);
         }
         let mut a = Vec::new();
         let mut b = Vec::new();
-        st.sample_peers(&InfoHash::from([7; 20]), 100, false, now, &mut rng, &mut a);
-        st.sample_peers(&InfoHash::from([7; 20]), 100, false, now, &mut rng, &mut b);
+        st.sample_peers(&InfoHash([7; 20]), 100, false, now, &mut rng, &mut a);
+        st.sample_peers(&InfoHash([7; 20]), 100, false, now, &mut rng, &mut b);
         assert_eq!(a.len(), 100);
         let distinct: std::collections::HashSet<_> = a.iter().collect();
         assert_eq!(distinct.len(), 100);
         assert_ne!(a, b);
         for i in 0..50u8 {
-            st.announce(InfoHash::from([i; 20]), peer(1), false, now, &mut rng);
+            st.announce(InfoHash([i; 20]), peer(1), false, now, &mut rng);
         }
         let mut s = Vec::new();
         st.sample_infohashes(20, &mut rng, &mut s);
@@ -644,7 +643,7 @@ mod tests {
             ..StoreConfig::default()
         });
         let big = |i: u32| {
-            InfoHash::from({
+            InfoHash({
                 let mut b = [0xAA; 20];
                 b[..4].copy_from_slice(&i.to_be_bytes());
                 b
@@ -658,7 +657,7 @@ mod tests {
         for i in 0..20_000u32 {
             let mut b = [0x55; 20];
             b[..4].copy_from_slice(&i.to_be_bytes());
-            assert!(st.announce(InfoHash::from(b), peer(1), false, now, &mut rng));
+            assert!(st.announce(InfoHash(b), peer(1), false, now, &mut rng));
         }
         assert_eq!(st.num_infohashes(), 1000);
         assert_eq!(st.evicted(), 20_000 + 10 - 1000);
@@ -677,7 +676,7 @@ mod tests {
             peer_ttl: Duration::from_secs(60),
             ..StoreConfig::default()
         });
-        let ih = InfoHash::from([3; 20]);
+        let ih = InfoHash([3; 20]);
         for i in 0..30 {
             st.announce(ih, peer(i), true, now, &mut rng);
         }
@@ -700,7 +699,7 @@ mod tests {
         assert_eq!(out.len(), 69);
         st.scrape(&ih, now + Duration::from_secs(61), &mut sd, &mut pe);
         assert!(sd.is_empty() && pe.is_empty());
-        assert!(!st.scrape(&InfoHash::from([4; 20]), now, &mut sd, &mut pe));
+        assert!(!st.scrape(&InfoHash([4; 20]), now, &mut sd, &mut pe));
         assert!(sd.is_empty() && pe.is_empty());
     }
 }

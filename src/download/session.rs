@@ -37,9 +37,9 @@ use super::resume::{ResumeError, ResumeRecord, ResumeStore, plan_start};
 use super::storage::{DiskEvent, Mode, Storage, StorageError};
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
-use crate::dht::id::NodeId;
 use crate::dht::peer_feed::{Announce, PeersConfig};
 use crate::metadata::PeerHandoff;
+use crate::torrent::InfoHash;
 use crate::torrent::metainfo::{Info, MetainfoError};
 use crate::wire::{Handshake, PeerStream, Transports, WireConfig, WireError, open_outgoing};
 
@@ -893,7 +893,7 @@ impl Runner {
         let (Some(dht), false) = (self.shared.cfg.dht.clone(), self.shared.info.private) else {
             return;
         };
-        let ih = NodeId(self.shared.info_hash);
+        let ih = InfoHash(self.shared.info_hash);
         let port = self.shared.cfg.listen_port;
         let max = self.shared.cfg.reannounce;
         let tx = self.self_tx.clone();

@@ -39,7 +39,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde_bencode::value::Value;
 
-use crate::dht::id::NodeId;
+use crate::dht::id::{InfoHash, NodeId};
 use crate::dht::krpc::{
     Body, DecodeError, ErrorBody, Message, Method, MutablePut, PutArgs, Query, Response, Tid,
     Token, Version,
@@ -401,12 +401,12 @@ fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
         // BEP 33 flags: "scrape" and "noseed" are integers, set when 1 (any non-zero
         // counts, as for `implied_port`).
         b"get_peers" => Method::GetPeers {
-            info_hash: need("info_hash")?,
+            info_hash: InfoHash::from_node_id(need("info_hash")?),
             scrape: int(a, "scrape").is_some_and(|v| v != 0),
             noseed: int(a, "noseed").is_some_and(|v| v != 0),
         },
         b"announce_peer" => {
-            let info_hash = need("info_hash")?;
+            let info_hash = InfoHash::from_node_id(need("info_hash")?);
             let token = bytes(a, "token")
                 .filter(|t| t.len() <= rules.max_token)
                 .and_then(Token::new)

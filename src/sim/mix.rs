@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use super::{Sim, SimConfig, sim_addr};
-use crate::dht::id::NodeId;
+use crate::dht::id::{InfoHash, NodeId};
 use crate::dht::node::{Event, LookupId, Overdue};
 
 /// How a simulated node deviates from an honest one.
@@ -335,12 +335,15 @@ pub fn run(nodes: usize, profile: Profile, targets: usize, lookups: usize, seed:
     }
     sim.take_events();
 
-    // Announce each target from a random honest node.
+    // Announce each target from a random honest node. The targets are drawn as node ids
+    // (sybils are placed next to them); as info hashes they are the same 160 bits.
     let mut announcers = HashMap::new();
     for t in &targets {
         let who = honest[rng.random_range(0..honest.len())];
         announcers.insert(*t, sim_addr(who));
-        sim.with_node(who, |n, now| n.announce(now, *t, Some(6881)));
+        sim.with_node(who, |n, now| {
+            n.announce(now, InfoHash::from_node_id(*t), Some(6881))
+        });
     }
     step(&mut sim, Duration::from_secs(90), &mut report);
     sim.take_events();
@@ -360,7 +363,7 @@ pub fn run(nodes: usize, profile: Profile, targets: usize, lookups: usize, seed:
         let mut by_distance: Vec<usize> = storing.clone();
         by_distance.sort_by_key(|&i| sim.node(i).id().distance(t));
         for &i in by_distance.iter().take(8) {
-            if sim.node(i).store().contains(t) {
+            if sim.node(i).store().contains(&InfoHash::from_node_id(*t)) {
                 held += 1;
             } else if restarted.contains(&i) {
                 report.missed_restarted += 1;
@@ -382,7 +385,7 @@ pub fn run(nodes: usize, profile: Profile, targets: usize, lookups: usize, seed:
     for k in 0..lookups {
         let who = honest[rng.random_range(0..honest.len())];
         let t = targets[k % targets.len()];
-        let id = sim.with_node(who, |n, now| n.get_peers(now, t));
+        let id = sim.with_node(who, |n, now| n.get_peers(now, InfoHash::from_node_id(t)));
         started.insert((who, id), (t, sim.now()));
         step(&mut sim, Duration::from_millis(100), &mut report);
     }
@@ -476,7 +479,7 @@ mod tests {
         assert_eq!(addrs[5], to);
 
         let mut query = Vec::new();
-        let ih = NodeId([3; 20]);
+        let ih = InfoHash([3; 20]);
         krpc::encode_query(
             &mut query,
             b"qq",

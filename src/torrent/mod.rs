@@ -3,8 +3,10 @@
 #![deny(missing_docs)]
 
 pub mod hybrid;
+pub mod info_hash;
 pub mod magnet;
 pub mod metainfo;
 pub mod peer_id;
 
+pub use info_hash::InfoHash;
 pub use peer_id::PeerId;

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use trackerless::dht::id::NodeId;
+use trackerless::dht::id::{InfoHash, NodeId};
 
 /// How long `lt_node.py` may take to print its ready line (python + libtorrent import take
 /// ~0.3 s on an idle machine; a loaded CI machine can be much slower).
@@ -340,21 +340,21 @@ impl LtNode {
     }
 
     /// `dht_announce(ih, port, flags)`; flags: 1 = seed, 2 = implied_port.
-    pub async fn announce(&mut self, info_hash: NodeId, port: u16, flags: u32) {
+    pub async fn announce(&mut self, info_hash: InfoHash, port: u16, flags: u32) {
         self.command(&format!("announce {info_hash} {port} {flags}"))
             .await;
     }
 
     /// Starts a get_peers lookup; results arrive as `peers` events (see
     /// [`LtNode::wait_for_peer`]).
-    pub async fn get_peers(&mut self, info_hash: NodeId) {
+    pub async fn get_peers(&mut self, info_hash: InfoHash) {
         self.command(&format!("get_peers {info_hash}")).await;
     }
 
     /// Waits up to `timeout` for a `peers` event for `info_hash` that lists `peer`.
     pub async fn wait_for_peer(
         &mut self,
-        info_hash: NodeId,
+        info_hash: InfoHash,
         peer: SocketAddrV4,
         timeout: Duration,
     ) -> bool {

@@ -323,7 +323,7 @@ impl Seeder {
         let port = self.server.local_addr().port();
         let (_, summary) = self
             .dht
-            .announce(trackerless::dht::id::NodeId(ih), Some(port))
+            .announce(trackerless::torrent::InfoHash(ih), Some(port))
             .unwrap()
             .collect()
             .await;

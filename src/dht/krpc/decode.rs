@@ -33,7 +33,7 @@ use super::{
     Query, Response, Tid, Token, Version,
 };
 use crate::bencode::{self, ScanError};
-use crate::dht::id::{NodeId, compact_peer};
+use crate::dht::id::{InfoHash, NodeId, compact_peer};
 use crate::dht::scrape::ScrapeFilter;
 
 /// KRPC never nests deeper than message → dict → list; 8 leaves room for extensions.
@@ -335,6 +335,11 @@ fn id20(b: Option<&[u8]>) -> Option<NodeId> {
     b.and_then(NodeId::from_slice)
 }
 
+/// An `info_hash` argument: 20 bytes, or `None`.
+fn ih20(b: Option<&[u8]>) -> Option<InfoHash> {
+    b.and_then(InfoHash::from_slice)
+}
+
 impl RawMessage<'_> {
     fn into_message(self) -> Result<Message, DecodeError> {
         let tid = self
@@ -401,12 +406,12 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag<'_>>) -> Result<Query, Decode
             target: id20(a.target).ok_or_else(|| bad("missing or invalid target"))?,
         },
         b"get_peers" => Method::GetPeers {
-            info_hash: id20(a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?,
+            info_hash: ih20(a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?,
             scrape: a.scrape.is_some_and(|v| v != 0),
             noseed: a.noseed.is_some_and(|v| v != 0),
         },
         b"announce_peer" => {
-            let info_hash = id20(a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?;
+            let info_hash = ih20(a.info_hash).ok_or_else(|| bad("missing or invalid info_hash"))?;
             let token = a
                 .token
                 .and_then(Token::new)

@@ -143,6 +143,12 @@ fn put_id(out: &mut Vec<u8>, key_prefix: &[u8], id: &NodeId) {
     out.extend_from_slice(&id.0);
 }
 
+/// `9:info_hash20:<20 bytes>`.
+fn put_ih(out: &mut Vec<u8>, ih: &InfoHash) {
+    out.extend_from_slice(b"9:info_hash20:");
+    out.extend_from_slice(ih.as_bytes());
+}
+
 /// `2:ip6:<compact address>`.
 fn put_ip(out: &mut Vec<u8>, ip: SocketAddrV4) {
     out.extend_from_slice(b"2:ip6:");
@@ -195,7 +201,7 @@ pub fn encode_query(
             scrape,
             noseed,
         } => {
-            put_id(out, b"9:info_hash20:", info_hash);
+            put_ih(out, info_hash);
             if *noseed {
                 out.extend_from_slice(b"6:noseedi1e");
             }
@@ -213,7 +219,7 @@ pub fn encode_query(
             if *implied_port {
                 out.extend_from_slice(b"12:implied_porti1e");
             }
-            put_id(out, b"9:info_hash20:", info_hash);
+            put_ih(out, info_hash);
             out.extend_from_slice(b"4:porti");
             put_int_body(out, i64::from(*port));
             if *seed {

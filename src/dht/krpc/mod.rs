@@ -303,7 +303,7 @@ impl Response {
             .as_deref()
             .unwrap_or(&[])
             .chunks_exact(ID_LEN)
-            .filter_map(NodeId::from_slice)
+            .filter_map(InfoHash::from_slice)
     }
 }
 

@@ -42,6 +42,10 @@ fn id(b: u8) -> NodeId {
     NodeId([b; 20])
 }
 
+fn ih(b: u8) -> InfoHash {
+    InfoHash([b; 20])
+}
+
 fn query(args: QueryArgs<'_>, tid: &[u8], from_id: NodeId) -> Vec<u8> {
     let mut out = Vec::new();
     krpc::encode_query(&mut out, tid, &from_id, &args, false, None);
@@ -302,7 +306,7 @@ fn find_node_returns_the_k_closest_contacts_of_the_table() {
 fn a_get_peers_token_lets_the_same_ip_announce_and_no_other() {
     let now = Instant::now();
     let mut node = Node::new(config(), now);
-    let ih = id(0x42);
+    let ih = ih(0x42);
     let asker = sa("127.0.0.2:1000");
     let gp = QueryArgs::GetPeers {
         info_hash: &ih,
@@ -386,7 +390,7 @@ fn report_incoming_tells_the_application_about_get_peers_and_announces() {
         },
         now,
     );
-    let ih = id(0x42);
+    let ih = ih(0x42);
     let from = sa("127.0.0.2:1000");
     let gp = QueryArgs::GetPeers {
         info_hash: &ih,
@@ -427,7 +431,7 @@ fn sample_infohashes_replies_carry_samples_interval_and_count() {
     let mut rng = StdRng::seed_from_u64(1);
     for b in 1..=3u8 {
         node.store
-            .announce(id(b), sa("127.0.0.9:1"), false, now, &mut rng);
+            .announce(ih(b), sa("127.0.0.9:1"), false, now, &mut rng);
     }
     let from = sa("127.0.0.2:1000");
     let target = id(0x11);
@@ -632,7 +636,7 @@ fn a_ping_ends_by_its_reply_an_error_or_a_wrong_id() {
 fn a_direct_query_returns_the_whole_reply() {
     let now = Instant::now();
     let mut node = Node::new(config(), now);
-    let ih = id(3);
+    let ih = ih(3);
     let request = node.query(now, sa("127.0.0.2:1000"), DirectQuery::GetPeers(ih));
     let (to, tid, q) = queries_in(&sent(&mut node)).remove(0);
     assert_eq!(
@@ -715,7 +719,7 @@ fn a_lookup_through_a_router_reports_peers_and_keeps_the_router_out_of_the_table
     assert_eq!(node.table.len(), 0, "a router never enters the table");
     sent(&mut node);
 
-    let ih = id(0x42);
+    let ih = ih(0x42);
     let lookup = node.get_peers(now, ih);
     let (to, tid, q) = queries_in(&sent(&mut node)).remove(0);
     assert_eq!(to, router, "a thin table falls back on the routers");
@@ -745,7 +749,7 @@ fn a_lookup_through_a_router_reports_peers_and_keeps_the_router_out_of_the_table
 fn an_announce_lookup_announces_to_the_token_holders() {
     let now = Instant::now();
     let mut node = node_with_table(4, now);
-    let ih = id(0x42);
+    let ih = ih(0x42);
     let lookup = node.announce(now, ih, Some(6881));
     let mut announced = 0;
     for _round in 0..10 {
@@ -956,7 +960,7 @@ fn stats_report_bad_entries_evictions_and_refused_sends() {
     let mut rng = StdRng::seed_from_u64(1);
     for b in 1..=3 {
         node.store
-            .announce(id(b), sa("127.0.0.9:1"), false, now, &mut rng);
+            .announce(ih(b), sa("127.0.0.9:1"), false, now, &mut rng);
     }
     assert_eq!(node.stats(now).infohashes_evicted, 1);
     // A full transaction table refuses the second query.
@@ -1059,7 +1063,7 @@ fn lookups_beyond_max_lookups_end_at_once() {
 fn scrape_and_seed_lookups_set_their_bep33_flags() {
     let now = Instant::now();
     let mut node = node_with_table(1, now);
-    let ih = id(9);
+    let ih = ih(9);
     node.scrape(now, ih);
     node.get_peers(now, ih);
     node.announce_as(now, ih, Some(1), true);
@@ -1117,7 +1121,7 @@ fn a_store_that_holds_nothing_refuses_announces_and_counts_them() {
         },
         now,
     );
-    let ih = id(0x42);
+    let ih = ih(0x42);
     let from = sa("127.0.0.2:1000");
     let gp = QueryArgs::GetPeers {
         info_hash: &ih,
@@ -1273,7 +1277,7 @@ fn stats_report_every_gauge() {
         later,
     );
     node.store
-        .announce(id(9), sa("127.0.0.9:1"), false, later, &mut rng);
+        .announce(ih(9), sa("127.0.0.9:1"), false, later, &mut rng);
     let put = crate::dht::krpc::PutArgs {
         token: Token::new(b"t").unwrap(),
         v: b"5:hello".to_vec(),
@@ -1477,7 +1481,7 @@ fn expired_peers_are_swept_when_the_sweep_is_due() {
     let mut node = Node::new(config(), t0);
     let mut rng = StdRng::seed_from_u64(1);
     node.store
-        .announce(NodeId([7; 20]), sa("127.0.0.7:6881"), false, t0, &mut rng);
+        .announce(InfoHash([7; 20]), sa("127.0.0.7:6881"), false, t0, &mut rng);
     assert_eq!(node.stats(t0).peers, 1);
     let ttl = node.store.config().peer_ttl;
     let later = t0 + ttl + SWEEP_INTERVAL + Duration::from_secs(1);

@@ -472,6 +472,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dht::id::InfoHash;
 
     fn router(cfg: RouterConfig) -> (Router, Instant) {
         let now = Instant::now();
@@ -655,7 +656,7 @@ mod tests {
                 SocketAddr::V4(asker),
                 &query(
                     QueryArgs::GetPeers {
-                        info_hash: &NodeId([0; 20]),
+                        info_hash: &InfoHash([0; 20]),
                         scrape: false,
                         noseed: false,
                     },
@@ -724,7 +725,7 @@ mod tests {
             ..Default::default()
         });
         let a: SocketAddrV4 = "127.83.0.1:6881".parse().unwrap();
-        let ih = NodeId([5; 20]);
+        let ih = InfoHash([5; 20]);
         let ann = query(
             QueryArgs::AnnouncePeer {
                 info_hash: &ih,
