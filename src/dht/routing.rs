@@ -985,6 +985,25 @@ mod tests {
         );
     }
 
+    /// An inner bucket with room accepts a newcomer; an empty table says it is empty.
+    #[test]
+    fn an_inner_bucket_with_room_accepts_and_emptiness_is_reported() {
+        let (mut t, now, mut rng) = table();
+        assert!(t.is_empty());
+        let own = t.own_id();
+        // Nine near nodes split the table; the far bucket (0) is then inner and empty.
+        for i in 0..9 {
+            t.heard_response(
+                Contact::new(id_with_prefix(&own, 1 + i % 3, &mut rng), addr(i as u32)),
+                now,
+            );
+        }
+        assert!(!t.is_empty());
+        assert!(t.num_buckets() > 1);
+        let far = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(40));
+        assert!(t.would_accept(&far, now), "an inner bucket with room");
+    }
+
     /// A maintenance ping moves the least-recently-seen pick on to the next entry.
     #[test]
     fn a_pinged_entry_is_not_picked_again_next() {
@@ -1029,12 +1048,24 @@ mod tests {
             },
             now,
         );
+        let mut checked_at_40 = false;
         for d in 0..160u32 {
             t.heard_response(
                 Contact::new(id_with_prefix(&own, d as usize, &mut rng), addr(100 + d)),
                 now,
             );
+            let n = t.num_buckets();
+            if n == 40 {
+                // A full last bucket deep in the table still splits, and its refresh
+                // target lies inside it.
+                let deeper = Contact::new(id_with_prefix(&own, 45, &mut rng), addr(500));
+                assert!(t.would_accept(&deeper, now), "40 buckets split further");
+                let targets = t.all_bucket_targets(now, &mut rng);
+                assert!(own.common_prefix_len(targets.last().unwrap()) >= 39);
+                checked_at_40 = true;
+            }
         }
+        assert!(checked_at_40);
         assert_eq!(t.num_buckets(), 160);
         let deepest = id_with_prefix(&own, 159, &mut rng);
         assert!(t.contains(&deepest));

@@ -1172,6 +1172,14 @@ mod tests {
         assert_eq!(p.latency, Some(1.0));
         deliver(&mut p, 1, &out[1..], now + Duration::from_secs(3));
         assert!((p.latency.unwrap() - 1.1).abs() < 1e-9, "{:?}", p.latency);
+        // The slow timeout is the average times `slow_factor`, within its bounds.
+        let want = Duration::from_secs_f64(1.1 * p.cfg.slow_factor)
+            .clamp(p.cfg.min_slow_timeout, p.cfg.max_slow_timeout);
+        assert_eq!(p.slow_timeout(), want);
+        assert!(
+            want > p.cfg.min_slow_timeout,
+            "the test needs the unclamped range"
+        );
     }
 
     /// Releasing touches only the releasing peer's own requests: a block first requested
@@ -1312,6 +1320,57 @@ mod tests {
             BlockResult::Accepted { cancel, .. } => assert_eq!(cancel, [2]),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A pick takes exactly `want` blocks from the started pieces, however many are free.
+    #[test]
+    fn free_blocks_of_started_pieces_are_taken_up_to_want() {
+        let now = Instant::now();
+        let mut p = picker(2, 4 * u64::from(BLOCK), 0);
+        let all = Bitfield::full(2);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        // Start both pieces with one block each.
+        assert_eq!(p.pick(1, &all, true, 5, now, &mut a), 5);
+        let mut b = Vec::new();
+        assert_eq!(p.pick(2, &all, true, 2, now, &mut b), 2);
+        assert_eq!(b.len(), 2);
+    }
+
+    /// Marking a piece we have (or one out of range) changes nothing.
+    #[test]
+    fn marking_a_piece_twice_or_out_of_range_changes_nothing() {
+        let mut p = picker(3, u64::from(BLOCK), 0);
+        p.mark_have(1);
+        p.mark_have(1);
+        p.mark_have(99);
+        assert_eq!(p.have().count(), 1);
+        assert_eq!(p.verified_bytes(), u64::from(BLOCK));
+    }
+
+    /// A hash failure of one piece frees only that piece's duplicates; verifying one piece
+    /// keeps the others' blocks available to endgame duplicates.
+    #[test]
+    fn one_pieces_verdict_leaves_the_others_duplicates() {
+        let now = Instant::now();
+        let mut p = picker(2, u64::from(BLOCK), 0);
+        let all = Bitfield::full(2);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        assert_eq!(p.pick(1, &all, true, 2, now, &mut a), 2);
+        assert!(p.in_endgame());
+        // Piece a[0] arrives and passes: a third peer may still duplicate the other.
+        deliver(&mut p, 1, &a[..1], now);
+        p.on_verified(a[0].piece, true);
+        let mut c = Vec::new();
+        assert_eq!(p.pick(3, &all, true, 2, now, &mut c), 1);
+        assert_eq!(c[0], a[1]);
+        // The other piece fails its check: its blocks are free again, for anyone.
+        deliver(&mut p, 1, &a[1..], now);
+        p.on_verified(a[1].piece, false);
+        let mut d = Vec::new();
+        assert_eq!(p.pick(4, &all, true, 1, now, &mut d), 1);
+        assert_eq!(d[0], a[1]);
     }
 
     /// A block nobody requested (of a started piece) is taken, and that piece leaves the
