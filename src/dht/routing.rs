@@ -902,6 +902,30 @@ mod tests {
         assert!(t.contains(&spares[1].id) && !t.contains(&far[1].id));
     }
 
+    /// A newcomer that takes a bad entry's slot leaves the bucket's replacements waiting
+    /// (only a replacement at the newcomer's own address is dropped).
+    #[test]
+    fn a_newcomer_taking_a_bad_entrys_slot_leaves_the_replacements_waiting() {
+        let (mut t, now, mut rng, far) = full_inner_bucket();
+        let own = t.own_id();
+        let spares: Vec<Contact> = (0..2)
+            .map(|i| Contact::new(id_with_prefix(&own, 0, &mut rng), addr(90 + i)))
+            .collect();
+        for s in &spares {
+            assert_eq!(t.heard_response(*s, now), Insert::Replacement);
+        }
+        // far[0] goes bad without a promotion (as when no replacement fitted).
+        let (b, i) = t.find(&far[0].id).unwrap();
+        t.buckets[b].nodes[i].failures = t.config.max_failures;
+        let newcomer = Contact::new(id_with_prefix(&own, 0, &mut rng), addr(95));
+        assert_eq!(t.heard_response(newcomer, now), Insert::Added);
+        assert!(!t.contains(&far[0].id));
+        let all = t.all_contacts();
+        for s in &spares {
+            assert!(all.iter().any(|c| c.id == s.id), "{s:?} still waits");
+        }
+    }
+
     /// A node that answers again from its address makes room in a bucket for itself when
     /// it was waiting as a replacement, without taking the other replacements with it.
     #[test]

@@ -1513,3 +1513,15 @@ fn a_contact_already_being_verified_does_not_stall_the_others() {
     assert_eq!(second, [b]);
     assert!(node.to_verify.is_empty());
 }
+
+/// The node reports the configuration it was started with.
+#[test]
+fn the_node_keeps_the_config_it_was_given() {
+    let now = Instant::now();
+    let mut cfg = config();
+    cfg.routing.k = 5;
+    cfg.read_only = true;
+    let node = Node::new(cfg, now);
+    assert_eq!(node.config().routing.k, 5);
+    assert!(node.config().read_only);
+}
