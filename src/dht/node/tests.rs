@@ -1525,3 +1525,143 @@ fn the_node_keeps_the_config_it_was_given() {
     assert_eq!(node.config().routing.k, 5);
     assert!(node.config().read_only);
 }
+
+/// Every direct query gets its own request id.
+#[test]
+fn direct_queries_get_distinct_request_ids() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let a = node.ping(now, sa("127.0.0.21:7000"));
+    let b = node.ping(now, sa("127.0.0.22:7000"));
+    let c = node.ping(now, sa("127.0.0.23:7000"));
+    assert!(a != b && b != c && a != c);
+}
+
+/// We are on the public internet when either our bound address or the one repliers vote
+/// for is global: a node bound to 0.0.0.0 learns it from the vote.
+#[test]
+fn a_voted_global_address_makes_the_node_public() {
+    let now = Instant::now();
+    let mut node = Node::new(
+        Config {
+            adopt_bep42_id: false,
+            local_addr: Some(sa("0.0.0.0:6881")),
+            ..config()
+        },
+        now,
+    );
+    assert!(!node.candidate_filter().public);
+    vote_for(&mut node, now, sa("8.8.4.4:6881"));
+    assert!(node.candidate_filter().public);
+}
+
+/// A table with K entries is enough: the routers are not added to a lookup (they join
+/// only when the table is thinner than K).
+#[test]
+fn a_table_of_k_entries_looks_up_without_the_routers() {
+    let t0 = Instant::now();
+    let k = config().routing.k;
+    let mut node = node_with_table(k as u8, t0);
+    let router = sa("127.0.0.50:6881");
+    node.routers.push(router);
+    let target = NodeId([0x33; 20]);
+    node.find_node(t0, target);
+    for _ in 0..10_000 {
+        for (to, _, _) in queries_in(&sent(&mut node)) {
+            assert_ne!(to, router, "a router was asked");
+        }
+        if node.lookups.is_empty() {
+            break;
+        }
+        let now = node.poll_timeout().unwrap();
+        node.handle_timeout(now);
+    }
+    assert!(node.lookups.is_empty());
+}
+
+/// Candidates the allow-list refuses free their slots at once: the lookup asks the next
+/// ones in the same step.
+#[test]
+fn refused_candidates_are_replaced_in_the_same_step() {
+    let now = Instant::now();
+    let mut node = Node::new(config(), now);
+    let target = NodeId([0x10; 20]);
+    // The three closest are off loopback (refused here), five more on loopback.
+    for i in 0..3u8 {
+        let mut id = [0x10; 20];
+        id[19] = i;
+        node.table.heard_response(
+            Contact::new(
+                NodeId(id),
+                SocketAddrV4::new([10, 0, 0, i + 1].into(), 7000),
+            ),
+            now,
+        );
+    }
+    for i in 0..5u8 {
+        let mut id = [0x11; 20];
+        id[19] = i;
+        node.table.heard_response(
+            Contact::new(
+                NodeId(id),
+                SocketAddrV4::new([127, 0, 7, i + 1].into(), 7000),
+            ),
+            now,
+        );
+    }
+    node.find_node(now, target);
+    let asked: Vec<SocketAddrV4> = queries_in(&sent(&mut node))
+        .into_iter()
+        .map(|q| q.0)
+        .collect();
+    assert!(!asked.is_empty(), "nothing asked after the refusals");
+    assert!(asked.iter().all(|a| a.ip().is_loopback()), "{asked:?}");
+}
+
+/// An announce with `implied_port` (no TCP port given) keeps its BEP 33 seed flag.
+#[test]
+fn an_implied_port_announce_keeps_its_seed_flag() {
+    let now = Instant::now();
+    let mut node = node_with_table(2, now);
+    let ih = ih(0x43);
+    node.announce_as(now, ih, None, true);
+    let mut seen = 0;
+    for _round in 0..10 {
+        let out = sent(&mut node);
+        if out.is_empty() {
+            break;
+        }
+        for (to, tid, q) in queries_in(&out) {
+            let who = node
+                .table
+                .entries()
+                .find(|e| e.contact.addr == to)
+                .unwrap()
+                .contact
+                .id;
+            match q.method {
+                Method::GetPeers { .. } => {
+                    let token = [to.ip().octets()[3]];
+                    let body = ResponseBody {
+                        token: Some(&token),
+                        ..ResponseBody::id_only(&who)
+                    };
+                    node.handle_datagram(now, SocketAddr::V4(to), &response(&tid, &body, None));
+                }
+                Method::AnnouncePeer {
+                    implied_port, seed, ..
+                } => {
+                    assert!(implied_port && seed, "implied {implied_port} seed {seed}");
+                    seen += 1;
+                    node.handle_datagram(
+                        now,
+                        SocketAddr::V4(to),
+                        &response(&tid, &ResponseBody::id_only(&who), None),
+                    );
+                }
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+    }
+    assert_eq!(seen, 2);
+}
