@@ -1665,3 +1665,17 @@ fn an_implied_port_announce_keeps_its_seed_flag() {
     }
     assert_eq!(seen, 2);
 }
+
+/// A table of exactly K entries is healthy: the refresh check does not rejoin through the
+/// routers (only a thinner one does).
+#[test]
+fn a_table_of_k_entries_does_not_rejoin_at_the_refresh_check() {
+    let t0 = Instant::now();
+    let k = config().routing.k;
+    let mut node = node_with_table(k as u8, t0);
+    node.routers.push(sa("127.0.0.50:6881"));
+    let at = node.next_refresh_check;
+    node.handle_timeout(at);
+    assert!(!node.bootstrap_running, "a full enough table rejoined");
+    assert!(node.bootstrap_next.is_none());
+}
