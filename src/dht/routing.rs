@@ -1089,6 +1089,10 @@ mod tests {
                 assert!(t.would_accept(&deeper, now), "40 buckets split further");
                 let targets = t.all_bucket_targets(now, &mut rng);
                 assert!(own.common_prefix_len(targets.last().unwrap()) >= 39);
+                // The same for the refresh of a stale last bucket.
+                let stale = t.stale_buckets(now + BUCKET_REFRESH_AFTER, &mut rng);
+                assert_eq!(stale.len(), 40);
+                assert!(own.common_prefix_len(stale.last().unwrap()) >= 40);
                 checked_at_40 = true;
             }
         }
