@@ -1337,6 +1337,40 @@ mod tests {
         assert_eq!(b.len(), 2);
     }
 
+    /// A departing peer's pieces move down the availability buckets: the piece it leaves
+    /// rarest is the one rarest-first picks next.
+    #[test]
+    fn a_departing_peer_makes_its_pieces_rarer() {
+        let now = Instant::now();
+        let mut p = picker(3, u64::from(BLOCK), 0);
+        // Piece 0 at availability 3, pieces 1 and 2 at 2.
+        let a = bits(3, &[0, 1, 2]);
+        let b = bits(3, &[0, 1, 2]);
+        let c = bits(3, &[0]);
+        for peer in [&a, &b, &c] {
+            for i in peer.ones() {
+                p.peer_has(i as u32);
+            }
+        }
+        // Two of them leave: piece 0 is now at 1, pieces 1 and 2 at 0 (only a seed has
+        // those), so a non-seed asking for everything gets piece 0.
+        p.remove_peer(1, &a, false, &[]);
+        p.remove_peer(2, &b, false, &[]);
+        assert_eq!(p.availability(0), 1);
+        let mut out = Vec::new();
+        assert_eq!(p.pick(3, &bits(3, &[0, 1, 2]), false, 1, now, &mut out), 1);
+        assert_eq!(out[0].piece, 0);
+        // And a piece already started is never put back among the new ones.
+        let mut more = Vec::new();
+        p.remove_peer(3, &c, false, &[]);
+        p.peer_has(0);
+        assert_eq!(
+            p.pick(4, &bits(3, &[0]), false, 1, now, &mut more),
+            0,
+            "{more:?}"
+        );
+    }
+
     /// Marking a piece we have (or one out of range) changes nothing.
     #[test]
     fn marking_a_piece_twice_or_out_of_range_changes_nothing() {
