@@ -1371,6 +1371,26 @@ mod tests {
         );
     }
 
+    /// A hash failure drops only the failed piece's duplicates: another piece's block
+    /// arriving afterwards still cancels its duplicate request.
+    #[test]
+    fn a_hash_failure_keeps_the_other_pieces_duplicates() {
+        let now = Instant::now();
+        let mut p = picker(2, u64::from(BLOCK), 0);
+        let all = Bitfield::full(2);
+        p.add_peer(&all);
+        let mut a = Vec::new();
+        assert_eq!(p.pick(1, &all, true, 2, now, &mut a), 2);
+        let mut dup = Vec::new();
+        assert_eq!(p.pick(3, &all, true, 2, now, &mut dup), 2);
+        assert_eq!(deliver(&mut p, 1, &a[..1], now), vec![a[0].piece]);
+        p.on_verified(a[0].piece, false);
+        match p.on_block(1, a[1].piece, a[1].begin, a[1].length, now) {
+            BlockResult::Accepted { cancel, .. } => assert_eq!(cancel, [3]),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Marking a piece we have (or one out of range) changes nothing.
     #[test]
     fn marking_a_piece_twice_or_out_of_range_changes_nothing() {
