@@ -1679,3 +1679,42 @@ fn a_table_of_k_entries_does_not_rejoin_at_the_refresh_check() {
     assert!(!node.bootstrap_running, "a full enough table rejoined");
     assert!(node.bootstrap_next.is_none());
 }
+
+/// Junk contacts in replies (port 0 here) are counted once each, across every reply of a
+/// lookup.
+#[test]
+fn junk_contacts_are_counted_once_across_replies() {
+    let now = Instant::now();
+    let mut node = node_with_table(2, now);
+    node.find_node(now, NodeId([0x44; 20]));
+    let mut nodes = Vec::new();
+    for i in 0..2u8 {
+        Contact::new(
+            NodeId([0x90 + i; 20]),
+            SocketAddrV4::new([127, 0, 9, i + 1].into(), 0),
+        )
+        .write_compact(&mut nodes);
+    }
+    let before = node.stats(now).junk_candidates;
+    let mut replied = 0;
+    for (to, tid, q) in queries_in(&sent(&mut node)) {
+        if !matches!(q.method, Method::FindNode { .. }) {
+            continue;
+        }
+        let who = node
+            .table
+            .entries()
+            .find(|e| e.contact.addr == to)
+            .unwrap()
+            .contact
+            .id;
+        let body = ResponseBody {
+            nodes: Some(&nodes),
+            ..ResponseBody::id_only(&who)
+        };
+        node.handle_datagram(now, SocketAddr::V4(to), &response(&tid, &body, None));
+        replied += 1;
+    }
+    assert_eq!(replied, 2);
+    assert_eq!(node.stats(now).junk_candidates - before, 4);
+}
