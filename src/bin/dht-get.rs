@@ -12,12 +12,10 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use cli::NetArgs;
 use trackerless::client::{AddOptions, Client, ClientConfig, Target};
-use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
 use trackerless::download::display::{ProgressDisplay, human_bytes, human_duration};
 use trackerless::download::{ResumeStore, Session};
 use trackerless::torrent::InfoHash;
-use trackerless::torrent::PeerId;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::{Info, torrent_file_from_info};
 
@@ -139,22 +137,10 @@ fn main() {
 /// The client settings the flags give.
 fn client_config(cli: &Cli, resume: Option<ResumeStore>) -> ClientConfig {
     ClientConfig {
-        peer_id: PeerId::generate(),
-        allow: AllowList::only(cli.net.allow_net.clone()),
-        // Default: the DHT's IP, any port (peers learn it from our announces).
-        listen: Some(
-            cli.peer
-                .listen
-                .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0)),
-        ),
-        max_peers: usize::from(cli.peer.max_peers),
-        utp: !cli.transport.no_utp,
-        tcp: !cli.transport.no_tcp,
-        encryption: cli.transport.encryption,
         metadata_timeout: Some(cli.timeout),
         upload_rate: cli.upload_rate,
-        pex: !cli.peer.no_pex,
         resume,
+        ..cli::client_config(&cli.peer, &cli.net, cli.transport)
     }
 }
 

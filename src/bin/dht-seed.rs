@@ -15,11 +15,9 @@ use cli::NetArgs;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha1::{Digest, Sha1};
 use trackerless::client::{Client, ClientConfig};
-use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::DhtHandle;
 use trackerless::download::Phase;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
-use trackerless::torrent::PeerId;
 use trackerless::torrent::hybrid::create_hybrid_info;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::{Info, Metainfo, create_info};
@@ -190,21 +188,8 @@ async fn run(
     dht: &DhtHandle,
 ) -> i32 {
     let cfg = ClientConfig {
-        peer_id: PeerId::generate(),
-        allow: AllowList::only(cli.net.allow_net.clone()),
-        // Default: the DHT's IP, any port (peers learn it from our announces).
-        listen: Some(
-            cli.peer
-                .listen
-                .unwrap_or_else(|| SocketAddr::new(cli.net.bind.ip(), 0)),
-        ),
-        max_peers: usize::from(cli.peer.max_peers),
-        utp: !cli.transport.no_utp,
-        tcp: !cli.transport.no_tcp,
-        encryption: cli.transport.encryption,
         upload_rate: cli.upload_rate,
-        pex: !cli.peer.no_pex,
-        ..ClientConfig::default()
+        ..cli::client_config(&cli.peer, &cli.net, cli.transport)
     };
     let client = match Client::start(dht.clone(), cfg).await {
         Ok(c) => c,

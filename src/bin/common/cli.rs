@@ -239,6 +239,30 @@ pub fn start_dht_or_without_store(
     }
 }
 
+/// The client settings the shared peer, network and transport flags give (a fresh peer id;
+/// the rest of [`ClientConfig`] at its defaults for the caller to override).
+pub fn client_config(
+    peer: &PeerArgs,
+    net: &NetArgs,
+    transport: TransportArgs,
+) -> trackerless::client::ClientConfig {
+    trackerless::client::ClientConfig {
+        peer_id: trackerless::torrent::PeerId::generate(),
+        allow: AllowList::only(net.allow_net.clone()),
+        // Default: the DHT's IP, any port (peers learn it from our announces).
+        listen: Some(
+            peer.listen
+                .unwrap_or_else(|| SocketAddr::new(net.bind.ip(), 0)),
+        ),
+        max_peers: usize::from(peer.max_peers),
+        utp: !transport.no_utp,
+        tcp: !transport.no_tcp,
+        encryption: transport.encryption,
+        pex: !peer.no_pex,
+        ..trackerless::client::ClientConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
