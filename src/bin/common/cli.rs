@@ -240,7 +240,7 @@ pub fn start_dht_or_without_store(
 }
 
 /// The client settings the shared peer, network and transport flags give (a fresh peer id;
-/// the rest of [`ClientConfig`] at its defaults for the caller to override).
+/// the rest of [`ClientConfig`](trackerless::client::ClientConfig) at its defaults for the caller to override).
 pub fn client_config(
     peer: &PeerArgs,
     net: &NetArgs,
