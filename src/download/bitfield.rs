@@ -3,8 +3,9 @@
 
 use std::fmt;
 
-/// A set of piece indices below a fixed length, stored as the wire sends it.
-#[derive(Clone, PartialEq, Eq)]
+/// A set of piece indices below a fixed length, stored as the wire sends it (the default is
+/// the empty set of no pieces).
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Bitfield {
     bytes: Vec<u8>,
     len: usize,

@@ -9,6 +9,7 @@
 
 pub mod bitfield;
 pub mod choker;
+pub mod connection;
 pub mod display;
 mod peer;
 pub mod picker;
@@ -18,7 +19,7 @@ pub mod storage;
 
 pub use bitfield::{Bitfield, BitfieldError};
 pub use choker::{Choker, ChokerConfig, PeerView};
-pub use peer::{MAX_QUEUED_REQUESTS, MAX_REQUEST};
+pub use connection::{MAX_QUEUED_REQUESTS, MAX_REQUEST, PeerConnection};
 pub use picker::{BLOCK, BlockRef, BlockResult, PeerKey, Picker, PickerConfig};
 pub use resume::{ResumeError, ResumeRecord, ResumeStore, StartPlan, plan_start};
 pub use session::{Phase, Progress, Session, SessionConfig, SessionError, SessionHandoff};

@@ -1,14 +1,19 @@
 //! One torrent being downloaded or seeded: the picker, the choker, the storage, the peer
 //! connections, and the loop that ties them together.
 //!
-//! Peer connections are tasks (`super::peer`) that share the torrent's state behind one
-//! mutex: the hot path (a block arrives, the pipeline is refilled) takes it briefly without
-//! a round trip through another task. Everything periodic or torrent-wide runs in the
-//! session task: connecting to candidates as the DHT (and peers' BEP 11 PEX messages)
-//! stream them (bounded number of connections and of connection attempts), accepting
-//! handed-off incoming connections,
-//! hash-check results from the disk threads (`have` broadcasts, bans), the 10 s choking
-//! round, the slow-peer sweep, and batched resume-record saves.
+//! The session task owns the torrent's state: the picker, the choker, the storage and every
+//! connection's sans-IO protocol machine ([`super::connection::PeerConnection`]). Each peer
+//! socket has a thin driver task ([`super::peer`]) that forwards the peer's messages here
+//! and writes what the machine queued; nothing is shared behind a lock. After each input
+//! the session drains the machine's events (blocks to the picker and the disk, pieces to
+//! the picker's availability, PEX candidates, DHT nodes), refills the peer's requests from
+//! the picker, starts the disk reads it may have, and hands the queued bytes to its driver.
+//! Everything periodic or torrent-wide runs here too: connecting to candidates as the DHT
+//! (and peers' BEP 11 PEX messages) stream them (bounded number of connections and of
+//! connection attempts), accepting handed-off incoming connections, hash-check results from
+//! the disk threads (`have` broadcasts, bans), the 10 s choking round, the slow-peer sweep,
+//! and batched resume-record saves. The [`Session`] handle reads counters and a snapshot
+//! the task publishes.
 //!
 //! Bans: every block's sender is recorded. A piece that fails its hash check with a single
 //! sender is a strike against that peer's IP. When several peers sent it, the stored copy's
@@ -21,7 +26,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,10 +36,11 @@ use tokio::task::JoinSet;
 
 use super::bitfield::Bitfield;
 use super::choker::{Choker, ChokerConfig, PeerView};
-use super::peer::{self, PeerCmd};
-use super::picker::{BlockRef, PeerKey, Picker, PickerConfig};
+use super::connection::{ConnConfig, PeerConnection, PeerError, PeerEvent, end_reason};
+use super::peer::{self, IoEvent, PeerIo};
+use super::picker::{BlockRef, BlockResult, PeerKey, Picker, PickerConfig};
 use super::resume::{ResumeError, ResumeRecord, ResumeStore, plan_start};
-use super::storage::{DiskEvent, Mode, Storage, StorageError};
+use super::storage::{DiskEvent, Mode, ReadDone, Storage, StorageError};
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
 use crate::dht::peer_feed::{Announce, PeersConfig};
@@ -215,85 +221,36 @@ pub struct Progress {
     pub banned: usize,
 }
 
-/// Per-connection counters the session reads for choking and progress.
-#[derive(Debug, Default)]
-pub(super) struct PeerStats {
-    pub down: AtomicU64,
-    pub up: AtomicU64,
-    /// Milliseconds since the session started at which the peer last sent a wanted block
-    /// (0: never).
-    pub last_block_ms: AtomicU64,
-    pub interested: AtomicBool,
-    pub seed: AtomicBool,
+/// What the session task publishes for its [`Session`] handle. Only the session task writes
+/// it; peer connections never see it (they have no shared state at all).
+#[derive(Default)]
+struct Public {
+    downloaded: AtomicU64,
+    uploaded: AtomicU64,
+    wasted: AtomicU64,
+    hash_failures: AtomicU64,
+    /// Pieces checked so far / to check at start.
+    checked: (AtomicU64, AtomicU64),
+    snapshot: Mutex<Snapshot>,
 }
 
-pub(super) struct PeerEntry {
-    pub addr: SocketAddr,
-    pub peer_id: crate::torrent::PeerId,
-    pub cmd: mpsc::UnboundedSender<PeerCmd>,
-    pub stats: Arc<PeerStats>,
-    pub connected_at: Instant,
-    /// Where the peer accepts connections, for PEX: the address we dialed, or for an
-    /// incoming peer its IP and the `p` port of its extension handshake (unknown until
-    /// then, and then never advertised).
-    pub listen: Option<SocketAddrV4>,
-    /// BEP 11 `added.f` bits known from the connection itself (uTP, outgoing); the seed
-    /// bit is added from `stats` when a message is built.
-    pub pex_flags: u8,
-    last_down: u64,
-    last_up: u64,
-    down_rate: f64,
-    up_rate: f64,
+/// The parts of [`Progress`] that are not plain counters.
+#[derive(Default)]
+struct Snapshot {
+    verified: Bitfield,
+    verified_bytes: u64,
+    peers: usize,
+    seeds: usize,
+    /// Smoothed download and upload rates, bytes per second.
+    rates: (f64, f64),
+    banned: HashSet<IpAddr>,
 }
 
-/// The state behind the session mutex.
-pub(super) struct State {
-    pub picker: Picker,
-    pub choker: Choker,
-    pub peers: HashMap<PeerKey, PeerEntry>,
-    /// Pieces that failed a hash check with several senders: per block, who sent it and
-    /// the checksum of what they sent, until the piece passes.
-    pub suspects: HashMap<u32, (Vec<PeerKey>, Vec<u32>)>,
-    /// Which connection each key was (for blame after it left).
-    pub key_ip: HashMap<PeerKey, IpAddr>,
-    /// Addresses from peers' BEP 11 messages, waiting for the session loop to offer them
-    /// as candidates (with the ban, self and allow-list checks, dedup and connection
-    /// limits of DHT peers). Bounded by [`MAX_PEX_INBOX`].
-    pub pex_inbox: Vec<SocketAddr>,
-}
-
-/// PEX-learnt addresses held between two rounds of the session loop; more are dropped.
-pub(super) const MAX_PEX_INBOX: usize = 200;
-
-/// What the session and its peer tasks share.
-pub(super) struct Shared {
-    pub info_hash: [u8; 20],
-    pub info: Arc<Info>,
-    pub info_bytes: Bytes,
-    pub storage: Storage,
-    pub cfg: SessionConfig,
-    pub started: Instant,
-    state: Mutex<State>,
-    pub downloaded: AtomicU64,
-    pub uploaded: AtomicU64,
-    pub wasted: AtomicU64,
-    pub upload_limit: Option<Mutex<TokenBucket>>,
-    complete: AtomicBool,
-}
-
-impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        // A peer task that panicked mid-update leaves counts possibly off by one block; the
-        // download can still proceed (and every piece is hash-checked anyway).
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn is_complete(&self) -> bool {
-        self.complete.load(Ordering::Relaxed)
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+impl Public {
+    fn snapshot(&self) -> MutexGuard<'_, Snapshot> {
+        // Only the session task writes, and never panics mid-update; a poisoned lock still
+        // holds a usable snapshot.
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -341,15 +298,17 @@ impl PeerHandoff for SessionHandoff {
 
 /// A running torrent session.
 pub struct Session {
-    shared: Arc<Shared>,
+    info_hash: [u8; 20],
+    info: Arc<Info>,
     tx: mpsc::UnboundedSender<SessionCmd>,
     phase: watch::Receiver<Phase>,
-    checked: Arc<(AtomicU64, AtomicU64)>,
-    rates: Arc<Mutex<(f64, f64)>>,
-    banned: Arc<Mutex<HashSet<IpAddr>>>,
-    hash_failures: Arc<AtomicU64>,
+    public: Arc<Public>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Messages from peer drivers waiting for the session task at most; a driver with more to
+/// say waits (and so does its socket).
+const PEER_IO_QUEUE: usize = 1024;
 
 impl Session {
     /// Opens the torrent's files under `root` and starts the session on the current tokio
@@ -381,75 +340,69 @@ impl Session {
             cfg.rng_seed,
         );
         let choker = Choker::new(cfg.choker.clone(), cfg.rng_seed ^ 0x5eed);
-        let upload_limit = cfg.upload_rate.map(|r| Mutex::new(upload_bucket(r, now)));
-        let shared = Arc::new(Shared {
+        let upload_limit = cfg.upload_rate.map(|r| upload_bucket(r, now));
+        let info = Arc::new(info);
+        let public = Arc::new(Public::default());
+        public.snapshot().verified = Bitfield::new(n);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (phase_tx, phase) = watch::channel(Phase::Checking);
+        let (io_tx, io_rx) = mpsc::channel(PEER_IO_QUEUE);
+        let (read_tx, read_rx) = mpsc::unbounded_channel();
+        let run = Runner {
             info_hash,
-            info: Arc::new(info),
+            info: info.clone(),
             info_bytes,
             storage,
             cfg,
-            started: now,
-            state: Mutex::new(State {
-                picker,
-                choker,
-                peers: HashMap::new(),
-                suspects: HashMap::new(),
-                key_ip: HashMap::new(),
-                pex_inbox: Vec::new(),
-            }),
-            downloaded: AtomicU64::new(0),
-            uploaded: AtomicU64::new(0),
-            wasted: AtomicU64::new(0),
-            upload_limit,
-            complete: AtomicBool::new(false),
-        });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (phase_tx, phase) = watch::channel(Phase::Checking);
-        let checked = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-        let rates = Arc::new(Mutex::new((0.0, 0.0)));
-        let banned = Arc::new(Mutex::new(HashSet::new()));
-        let hash_failures = Arc::new(AtomicU64::new(0));
-        let run = Runner {
-            shared: shared.clone(),
+            picker,
+            choker,
+            peers: HashMap::new(),
+            suspects: HashMap::new(),
+            key_ip: HashMap::new(),
+            pex_inbox: Vec::new(),
+            strikes: HashMap::new(),
+            banned: HashSet::new(),
             cmds: rx,
             self_tx: tx.clone(),
             disk: disk_rx,
-            phase: phase_tx,
-            checked: checked.clone(),
-            rates: rates.clone(),
-            banned: banned.clone(),
-            hash_failures: hash_failures.clone(),
-            root,
-            peers: JoinSet::new(),
+            io_tx,
+            io_rx,
+            read_tx,
+            read_rx,
+            drivers: JoinSet::new(),
             connecting: JoinSet::new(),
             candidates: Candidates::default(),
-            strikes: HashMap::new(),
+            phase: phase_tx,
+            public: public.clone(),
+            root,
             next_key: 0,
             dirty: false,
             last_save: now,
             lookups: None,
+            upload_limit,
+            rate_wait: None,
+            complete: false,
+            pick_buf: Vec::new(),
         };
         let task = tokio::spawn(run.run());
         Ok(Session {
-            shared,
+            info_hash,
+            info,
             tx,
             phase,
-            checked,
-            rates,
-            banned,
-            hash_failures,
+            public,
             task,
         })
     }
 
     /// The torrent's info hash.
     pub fn info_hash(&self) -> [u8; 20] {
-        self.shared.info_hash
+        self.info_hash
     }
 
     /// The torrent's parsed info dict.
     pub fn info(&self) -> &Info {
-        &self.shared.info
+        &self.info
     }
 
     /// The handler to attach to the listener's registry for this torrent.
@@ -511,51 +464,38 @@ impl Session {
 
     /// A snapshot of the session's progress and counters.
     pub fn progress(&self) -> Progress {
-        let st = self.shared.lock();
-        let peers = st.peers.len();
-        let seeds = st
-            .peers
-            .values()
-            .filter(|p| p.stats.seed.load(Ordering::Relaxed))
-            .count();
-        let verified_bytes = st.picker.verified_bytes();
-        let verified_pieces = st.picker.have().count();
-        drop(st);
-        let (down, up) = *self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &self.public;
+        let snap = p.snapshot();
         Progress {
             phase: self.phase(),
-            total_bytes: self.shared.info.total_length(),
-            verified_bytes,
-            pieces: self.shared.info.num_pieces(),
-            verified_pieces,
+            total_bytes: self.info.total_length(),
+            verified_bytes: snap.verified_bytes,
+            pieces: self.info.num_pieces(),
+            verified_pieces: snap.verified.count(),
             checked: (
-                self.checked.0.load(Ordering::Relaxed),
-                self.checked.1.load(Ordering::Relaxed),
+                p.checked.0.load(Ordering::Relaxed),
+                p.checked.1.load(Ordering::Relaxed),
             ),
-            downloaded: self.shared.downloaded.load(Ordering::Relaxed),
-            uploaded: self.shared.uploaded.load(Ordering::Relaxed),
-            wasted: self.shared.wasted.load(Ordering::Relaxed),
-            download_rate: down,
-            upload_rate: up,
-            peers,
-            seeds,
-            hash_failures: self.hash_failures.load(Ordering::Relaxed),
-            banned: self.banned.lock().map(|b| b.len()).unwrap_or(0),
+            downloaded: p.downloaded.load(Ordering::Relaxed),
+            uploaded: p.uploaded.load(Ordering::Relaxed),
+            wasted: p.wasted.load(Ordering::Relaxed),
+            download_rate: snap.rates.0,
+            upload_rate: snap.rates.1,
+            peers: snap.peers,
+            seeds: snap.seeds,
+            hash_failures: p.hash_failures.load(Ordering::Relaxed),
+            banned: snap.banned.len(),
         }
     }
 
     /// Our verified pieces now.
     pub fn verified(&self) -> Bitfield {
-        self.shared.lock().picker.have().clone()
+        self.public.snapshot().verified.clone()
     }
 
     /// The IPs banned for sending corrupt data.
     pub fn banned(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
-            .banned
-            .lock()
-            .map(|b| b.iter().copied().collect())
-            .unwrap_or_default();
+        let mut v: Vec<IpAddr> = self.public.snapshot().banned.iter().copied().collect();
         v.sort();
         v
     }
@@ -661,51 +601,103 @@ impl Candidates {
     }
 }
 
-/// How a peer task ended.
-struct PeerExit {
-    key: PeerKey,
+/// One connected peer, as the session task holds it.
+struct Peer {
+    /// The connection's protocol state (sans-IO).
+    conn: PeerConnection,
+    /// Bytes for the driver to write; dropping it closes the connection.
+    frames: mpsc::UnboundedSender<Vec<u8>>,
     addr: SocketAddr,
+    peer_id: crate::torrent::PeerId,
     outgoing: bool,
+    connected_at: Instant,
+    /// Whether (and how) the picker counts the peer's pieces: `Some(seed?)`.
+    registered: Option<bool>,
+    /// BEP 11 `added.f` bits known from the connection itself (uTP, outgoing); the seed
+    /// bit is added when a message is built.
+    pex_flags: u8,
+    /// Payload bytes received (accepted) from and sent to the peer.
+    down: u64,
+    up: u64,
+    /// When the peer last sent a block we wanted.
+    last_block: Option<Instant>,
+    last_down: u64,
+    last_up: u64,
+    down_rate: f64,
+    up_rate: f64,
 }
+
+/// PEX-learnt addresses held between two rounds of the session loop; more are dropped.
+const MAX_PEX_INBOX: usize = 200;
 
 /// The outcome of a connection attempt: the stream and the peer's handshake, or why not.
 type Attempt = (SocketAddr, Result<(PeerStream, Handshake), WireError>);
 
-/// The session task.
+/// Why we close a healthy connection ourselves.
+const CLOSED_BY_SESSION: &str = "the session closed it (peer banned, or stopping)";
+const BOTH_COMPLETE: &str = "both sides complete: nothing to trade";
+
+/// The session task: owns the picker, the choker, the storage and every connection's state
+/// machine; peer drivers only move bytes (see [`super::connection`]).
 struct Runner {
-    shared: Arc<Shared>,
+    info_hash: [u8; 20],
+    info: Arc<Info>,
+    info_bytes: Bytes,
+    storage: Storage,
+    cfg: SessionConfig,
+    picker: Picker,
+    choker: Choker,
+    peers: HashMap<PeerKey, Peer>,
+    /// Pieces that failed a hash check with several senders: per block, who sent it and
+    /// the checksum of what they sent, until the piece passes.
+    suspects: HashMap<u32, (Vec<PeerKey>, Vec<u32>)>,
+    /// Which connection each key was (for blame after it left).
+    key_ip: HashMap<PeerKey, IpAddr>,
+    /// Addresses from peers' BEP 11 messages, waiting to be offered as candidates (with
+    /// the ban, self and allow-list checks, dedup and connection limits of DHT peers).
+    pex_inbox: Vec<SocketAddr>,
+    strikes: HashMap<IpAddr, u32>,
+    banned: HashSet<IpAddr>,
     cmds: mpsc::UnboundedReceiver<SessionCmd>,
     self_tx: mpsc::UnboundedSender<SessionCmd>,
     disk: mpsc::UnboundedReceiver<DiskEvent>,
-    phase: watch::Sender<Phase>,
-    checked: Arc<(AtomicU64, AtomicU64)>,
-    rates: Arc<Mutex<(f64, f64)>>,
-    banned: Arc<Mutex<HashSet<IpAddr>>>,
-    hash_failures: Arc<AtomicU64>,
-    root: PathBuf,
-    peers: JoinSet<PeerExit>,
+    io_tx: mpsc::Sender<PeerIo>,
+    io_rx: mpsc::Receiver<PeerIo>,
+    read_tx: mpsc::UnboundedSender<ReadDone>,
+    read_rx: mpsc::UnboundedReceiver<ReadDone>,
+    drivers: JoinSet<()>,
     connecting: JoinSet<Attempt>,
     candidates: Candidates,
-    strikes: HashMap<IpAddr, u32>,
+    phase: watch::Sender<Phase>,
+    public: Arc<Public>,
+    root: PathBuf,
     next_key: PeerKey,
     dirty: bool,
     last_save: Instant,
     lookups: Option<tokio::task::JoinHandle<()>>,
+    upload_limit: Option<TokenBucket>,
+    /// Uploads wait for the rate limit until then.
+    rate_wait: Option<Instant>,
+    complete: bool,
+    pick_buf: Vec<BlockRef>,
 }
 
 impl Runner {
     async fn run(mut self) {
         let result = self.run_inner().await;
-        self.peers.abort_all();
+        self.drivers.abort_all();
         self.connecting.abort_all();
         if let Some(l) = self.lookups.take() {
             l.abort();
         }
-        self.shared.storage.flush().await;
+        self.storage.flush().await;
         if let Err(e) = self.save_resume() {
             tracing::warn!("{e}");
         }
-        self.shared.lock().peers.clear();
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for k in keys {
+            self.close(k, Ok("the session ended"));
+        }
         let _ = self.phase.send(Phase::Stopped(result));
     }
 
@@ -714,10 +706,9 @@ impl Runner {
             let _ = stop.send(());
             return Ok(());
         }
-        let complete = self.shared.lock().picker.is_complete();
-        if complete {
-            self.shared.complete.store(true, Ordering::Relaxed);
-            if !self.shared.cfg.seed {
+        if self.picker.is_complete() {
+            self.complete = true;
+            if !self.cfg.seed {
                 return Ok(());
             }
             let _ = self.phase.send(Phase::Seeding);
@@ -726,12 +717,12 @@ impl Runner {
         }
         self.start_lookups();
 
-        let cfg = self.shared.cfg.clone();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_choke = Instant::now();
         let mut rate_mark = (Instant::now(), 0u64, 0u64);
         loop {
+            let wait = self.rate_wait.map(tokio::time::Instant::from_std);
             tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
                     None => return Ok(()),
@@ -742,7 +733,7 @@ impl Runner {
                     Some(SessionCmd::AddPeers(addrs)) => {
                         let now = Instant::now();
                         for a in addrs {
-                            if !self.is_banned(a.ip()) && !self.is_self(a) {
+                            if !self.banned.contains(&a.ip()) && !self.is_self(a) {
                                 self.candidates.offer(a, now);
                             }
                         }
@@ -751,14 +742,11 @@ impl Runner {
                         self.accept_incoming(*stream, addr, theirs);
                     }
                 },
+                Some(io) = self.io_rx.recv() => self.on_io(io),
+                Some(done) = self.read_rx.recv() => self.on_read_done(done),
                 Some(ev) = self.disk.recv() => {
                     if let Some(end) = self.on_disk(ev)? {
                         return end;
-                    }
-                }
-                Some(done) = self.peers.join_next() => {
-                    if let Ok(exit) = done {
-                        self.peer_left(exit);
                     }
                 }
                 Some(done) = self.connecting.join_next() => {
@@ -766,25 +754,32 @@ impl Runner {
                         self.connected(addr, res);
                     }
                 }
+                Some(_) = self.drivers.join_next() => {}
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    self.sweep_slow(now);
+                    self.on_tick(now);
                     if now >= next_choke {
                         self.rechoke(now);
-                        next_choke = now + cfg.choker.interval;
+                        next_choke = now + self.cfg.choker.interval;
                     }
                     let (t, d, u) = rate_mark;
                     let dt = now.saturating_duration_since(t).as_secs_f64().max(1e-3);
-                    let d2 = self.shared.downloaded.load(Ordering::Relaxed);
-                    let u2 = self.shared.uploaded.load(Ordering::Relaxed);
-                    if let Ok(mut r) = self.rates.lock() {
+                    let d2 = self.public.downloaded.load(Ordering::Relaxed);
+                    let u2 = self.public.uploaded.load(Ordering::Relaxed);
+                    {
+                        let mut snap = self.public.snapshot();
                         let (dr, ur) = ((d2 - d) as f64 / dt, (u2 - u) as f64 / dt);
-                        *r = (r.0 * 0.5 + dr * 0.5, r.1 * 0.5 + ur * 0.5);
+                        snap.rates = (snap.rates.0 * 0.5 + dr * 0.5, snap.rates.1 * 0.5 + ur * 0.5);
+                        snap.seeds = self.peers.values().filter(|p| p.conn.is_seed()).count();
                     }
                     rate_mark = (now, d2, u2);
-                    if self.dirty && now.saturating_duration_since(self.last_save) >= cfg.save_interval {
+                    if self.dirty && now.saturating_duration_since(self.last_save) >= self.cfg.save_interval {
                         self.save_resume()?;
                     }
+                }
+                _ = tokio::time::sleep_until(wait.unwrap_or_else(tokio::time::Instant::now)), if wait.is_some() => {
+                    self.rate_wait = None;
+                    self.service_all(Instant::now());
                 }
             }
             self.connect_more();
@@ -793,21 +788,19 @@ impl Runner {
 
     /// The start-up check. Returns a stop request that arrived meanwhile, if any.
     async fn check_start(&mut self) -> Result<Option<oneshot::Sender<()>>, SessionError> {
-        let n = self.shared.info.num_pieces();
-        if self.shared.cfg.assume_complete {
-            let mut st = self.shared.lock();
+        let n = self.info.num_pieces();
+        if self.cfg.assume_complete {
             for p in 0..n as u32 {
-                st.picker.mark_have(p);
+                self.mark_have(p);
             }
             return Ok(None);
         }
-        let storage = &self.shared.storage;
         let record = self
-            .shared
             .cfg
             .resume
             .as_ref()
-            .and_then(|r| r.load(&self.shared.info_hash, n, self.shared.info.files.len()));
+            .and_then(|r| r.load(&self.info_hash, n, self.info.files.len()));
+        let storage = &self.storage;
         let plan = plan_start(
             record.as_ref(),
             &self.root,
@@ -816,21 +809,19 @@ impl Runner {
             |f| storage.preexisting(f),
             n,
         );
-        {
-            let mut st = self.shared.lock();
-            for p in plan.trusted.ones() {
-                st.picker.mark_have(p as u32);
-            }
+        for p in plan.trusted.ones() {
+            self.mark_have(p as u32);
         }
-        self.checked
+        self.public
+            .checked
             .1
             .store(plan.check.len() as u64, Ordering::Relaxed);
         // Queue the checks a few per disk thread at a time, so a stop is noticed soon.
         let mut pending = plan.check.into_iter();
-        let window = 4 * self.shared.cfg.disk_threads.max(1);
+        let window = 4 * self.cfg.disk_threads.max(1);
         let mut in_flight = 0;
         for p in pending.by_ref().take(window) {
-            storage.check(p);
+            self.storage.check(p);
             in_flight += 1;
         }
         while in_flight > 0 {
@@ -838,12 +829,12 @@ impl Runner {
                 ev = self.disk.recv() => match ev {
                     Some(DiskEvent::Checked { piece, ok }) => {
                         in_flight -= 1;
-                        self.checked.0.fetch_add(1, Ordering::Relaxed);
+                        self.public.checked.0.fetch_add(1, Ordering::Relaxed);
                         if ok {
-                            self.shared.lock().picker.mark_have(piece);
+                            self.mark_have(piece);
                         }
                         if let Some(p) = pending.next() {
-                            self.shared.storage.check(p);
+                            self.storage.check(p);
                             in_flight += 1;
                         }
                     }
@@ -869,9 +860,27 @@ impl Runner {
         Ok(None)
     }
 
+    /// Records a piece found valid on disk (no peer is connected yet).
+    fn mark_have(&mut self, piece: u32) {
+        self.picker.mark_have(piece);
+        self.publish_verified(piece);
+    }
+
+    fn publish_verified(&self, piece: u32) {
+        let mut snap = self.public.snapshot();
+        snap.verified.set(piece as usize);
+        snap.verified_bytes = self.picker.verified_bytes();
+    }
+
+    fn publish_peers(&self) {
+        let mut snap = self.public.snapshot();
+        snap.peers = self.peers.len();
+        snap.seeds = self.peers.values().filter(|p| p.conn.is_seed()).count();
+    }
+
     fn save_resume(&mut self) -> Result<(), SessionError> {
         self.last_save = Instant::now();
-        let Some(store) = &self.shared.cfg.resume else {
+        let Some(store) = &self.cfg.resume else {
             self.dirty = false;
             return Ok(());
         };
@@ -880,24 +889,23 @@ impl Runner {
         }
         let rec = ResumeRecord {
             dir: self.root.clone(),
-            verified: self.shared.lock().picker.have().clone(),
-            stamps: self.shared.storage.stamps(),
+            verified: self.picker.have().clone(),
+            stamps: self.storage.stamps(),
         };
         self.dirty = false;
         store
-            .save(&self.shared.info_hash, &rec)
+            .save(&self.info_hash, &rec)
             .map_err(SessionError::Resume)
     }
 
     fn start_lookups(&mut self) {
-        let (Some(dht), false) = (self.shared.cfg.dht.clone(), self.shared.info.private) else {
+        let (Some(dht), false) = (self.cfg.dht.clone(), self.info.private) else {
             return;
         };
-        let ih = InfoHash(self.shared.info_hash);
-        let port = self.shared.cfg.listen_port;
-        let max = self.shared.cfg.reannounce;
+        let ih = InfoHash(self.info_hash);
+        let port = self.cfg.listen_port;
+        let max = self.cfg.reannounce;
         let tx = self.self_tx.clone();
-        let shared = self.shared.clone();
         // Announcing also looks the peers up; without a listen port nobody could connect
         // to us, so only look. Once complete we announce as a seed (BEP 33: scrapes count
         // us among the seeds, and seeds are left out of our results) and look less often;
@@ -907,7 +915,7 @@ impl Runner {
             first_pause: Duration::from_secs(1),
             max_pause: max,
             max_pause_leeching: max.min(Duration::from_secs(30)),
-            seeding: shared.is_complete(),
+            seeding: self.complete,
             rounds: None,
         };
         let mut phase = self.phase.subscribe();
@@ -925,23 +933,20 @@ impl Runner {
                         if changed.is_err() {
                             return;
                         }
-                        feed.set_seeding(shared.is_complete());
+                        let seeding = matches!(*phase.borrow(), Phase::Seeding);
+                        feed.set_seeding(seeding);
                     }
                 }
             }
         }));
     }
 
-    fn is_banned(&self, ip: IpAddr) -> bool {
-        self.banned.lock().map(|b| b.contains(&ip)).unwrap_or(false)
-    }
-
     /// Our own listen address, as the DHT may hand it back to us.
     fn is_self(&self, addr: SocketAddr) -> bool {
-        let Some(port) = self.shared.cfg.listen_port else {
+        let Some(port) = self.cfg.listen_port else {
             return false;
         };
-        let Some(dht) = &self.shared.cfg.dht else {
+        let Some(dht) = &self.cfg.dht else {
             return false;
         };
         addr.port() == port && addr.ip() == dht.local_addr().ip()
@@ -949,35 +954,31 @@ impl Runner {
 
     fn connect_more(&mut self) {
         self.offer_pex_peers(Instant::now());
-        let cfg = &self.shared.cfg;
-        if self.shared.is_complete() && !cfg.seed {
+        if self.complete && !self.cfg.seed {
             return;
         }
         let now = Instant::now();
         loop {
-            let connected = self.shared.lock().peers.len();
-            if connected + self.connecting.len() >= cfg.max_peers
-                || self.connecting.len() >= cfg.max_connecting
+            if self.peers.len() + self.connecting.len() >= self.cfg.max_peers
+                || self.connecting.len() >= self.cfg.max_connecting
             {
                 return;
             }
             let Some(addr) = self.candidates.queue.pop_front() else {
                 return;
             };
-            if self.is_banned(addr.ip()) {
+            if self.banned.contains(&addr.ip()) {
                 continue;
             }
-            let already = self.shared.lock().peers.values().any(|p| p.addr == addr);
-            if already {
+            if self.peers.values().any(|p| p.addr == addr) {
                 self.candidates.disconnected(addr, now);
                 continue;
             }
-            let ih = self.shared.info_hash;
-            let ours = Handshake::new(ih, cfg.peer_id);
-            let allow = cfg.allow.clone();
-            let wire = cfg.wire;
-            let local = cfg.local_ip;
-            let transports = cfg.transports.clone();
+            let ours = Handshake::new(self.info_hash, self.cfg.peer_id);
+            let allow = self.cfg.allow.clone();
+            let wire = self.cfg.wire;
+            let local = self.cfg.local_ip;
+            let transports = self.cfg.transports.clone();
             self.connecting.spawn(async move {
                 let res = open_outgoing(addr, local, &allow, &wire, &transports, &ours).await;
                 (addr, res)
@@ -985,16 +986,16 @@ impl Runner {
         }
     }
 
-    /// Moves the addresses peer tasks learnt by PEX into the candidates, through the same
-    /// checks as DHT peers (and the allow-list here already, so none is even queued).
+    /// Moves the addresses learnt by PEX into the candidates, through the same checks as
+    /// DHT peers (and the allow-list here already, so none is even queued).
     fn offer_pex_peers(&mut self, now: Instant) {
-        let learnt = std::mem::take(&mut self.shared.lock().pex_inbox);
-        if learnt.is_empty() {
+        if self.pex_inbox.is_empty() {
             return;
         }
+        let learnt = std::mem::take(&mut self.pex_inbox);
         let mut new = 0;
         for a in learnt {
-            if self.is_banned(a.ip()) || self.is_self(a) || !self.shared.cfg.allow.allows(a) {
+            if self.banned.contains(&a.ip()) || self.is_self(a) || !self.cfg.allow.allows(a) {
                 continue;
             }
             if !self.candidates.known.contains_key(&a) {
@@ -1022,11 +1023,10 @@ impl Runner {
     }
 
     fn accept_incoming(&mut self, stream: PeerStream, addr: SocketAddr, theirs: Handshake) {
-        if self.is_banned(addr.ip()) {
+        if self.banned.contains(&addr.ip()) {
             return;
         }
-        let full = self.shared.lock().peers.len() >= self.shared.cfg.max_peers;
-        if full {
+        if self.peers.len() >= self.cfg.max_peers {
             tracing::debug!(%addr, "incoming peer refused: connection limit");
             return;
         }
@@ -1035,8 +1035,8 @@ impl Runner {
         }
     }
 
-    /// Registers a handshaken connection and starts its task. Refuses ourselves, a peer id
-    /// already connected, and (when complete) nothing else: a seed serves everyone.
+    /// Registers a handshaken connection and starts its driver. Refuses ourselves, a peer
+    /// id already connected, and (when complete) nothing else: a seed serves everyone.
     fn add_peer(
         &mut self,
         stream: PeerStream,
@@ -1044,13 +1044,14 @@ impl Runner {
         theirs: Handshake,
         outgoing: bool,
     ) -> bool {
-        if theirs.peer_id == self.shared.cfg.peer_id {
+        if theirs.peer_id == self.cfg.peer_id
+            || self.peers.values().any(|p| p.peer_id == theirs.peer_id)
+        {
             return false;
         }
+        let now = Instant::now();
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(PeerStats::default());
         let utp = stream.kind() == crate::wire::TransportKind::Utp;
         let pex_flags = if utp { crate::wire::pex::flags::UTP } else { 0 }
             | if outgoing {
@@ -1058,63 +1059,321 @@ impl Runner {
             } else {
                 0
             };
-        {
-            let mut st = self.shared.lock();
-            if st.peers.values().any(|p| p.peer_id == theirs.peer_id) {
-                return false;
-            }
-            st.peers.insert(
-                key,
-                PeerEntry {
-                    addr,
-                    peer_id: theirs.peer_id,
-                    cmd: tx,
-                    stats: stats.clone(),
-                    connected_at: Instant::now(),
-                    listen: if outgoing { v4(addr) } else { None },
-                    pex_flags,
-                    last_down: 0,
-                    last_up: 0,
-                    down_rate: 0.0,
-                    up_rate: 0.0,
-                },
-            );
-            st.key_ip.insert(key, addr.ip());
-        }
-        let shared = self.shared.clone();
-        self.peers.spawn(async move {
-            let began = Instant::now();
-            let r = peer::run(shared.clone(), key, addr, stream, theirs, stats.clone(), rx).await;
-            let (by, reason) = peer::end_reason(&r);
-            tracing::debug!(
-                %addr,
-                outgoing,
-                secs = began.elapsed().as_secs(),
-                down = stats.down.load(Ordering::Relaxed),
-                up = stats.up.load(Ordering::Relaxed),
-                "peer connection ended: {by}: {reason}"
-            );
-            PeerExit {
-                key,
+        let conn = PeerConnection::new(
+            ConnConfig {
+                info: self.info.clone(),
+                info_bytes: self.info_bytes.clone(),
+                info_hash: InfoHash(self.info_hash),
                 addr,
                 outgoing,
-            }
-        });
+                // Every piece-trading connection sends `Handshake::new`, which claims BEP 6
+                // (the session's dials, and the listener's reply when it hands one over).
+                fast: theirs.supports_fast(),
+                extensions: theirs.supports_extensions(),
+                dht_port: self.cfg.dht_port.filter(|_| theirs.supports_dht()),
+                listen_port: self.cfg.listen_port,
+                pex: self.cfg.pex && !self.info.private,
+                max_pipeline: self.cfg.max_pipeline,
+            },
+            self.picker.have(),
+            now,
+        );
+        let (frames, frames_rx) = mpsc::unbounded_channel();
+        self.drivers.spawn(peer::drive(
+            key,
+            stream,
+            self.cfg.wire,
+            self.io_tx.clone(),
+            frames_rx,
+        ));
+        self.peers.insert(
+            key,
+            Peer {
+                conn,
+                frames,
+                addr,
+                peer_id: theirs.peer_id,
+                outgoing,
+                connected_at: now,
+                registered: None,
+                pex_flags,
+                down: 0,
+                up: 0,
+                last_block: None,
+                last_down: 0,
+                last_up: 0,
+                down_rate: 0.0,
+                up_rate: 0.0,
+            },
+        );
+        self.key_ip.insert(key, addr.ip());
+        self.publish_peers();
+        self.service(key, now);
         true
     }
 
-    fn peer_left(&mut self, exit: PeerExit) {
+    /// Ends connection `key` (if it is still open): its requests and availability go back
+    /// to the picker, its driver is dropped, and one debug line says who ended it and why.
+    fn close(&mut self, key: PeerKey, why: Result<&'static str, PeerError>) {
+        let Some(mut p) = self.peers.remove(&key) else {
+            return;
+        };
         let now = Instant::now();
-        {
-            let mut st = self.shared.lock();
-            if !st.suspects.values().any(|(s, _)| s.contains(&exit.key)) {
-                st.key_ip.remove(&exit.key);
+        let outstanding = p.conn.take_outstanding();
+        match p.registered {
+            Some(seed) => self
+                .picker
+                .remove_peer(key, p.conn.bits(), seed, &outstanding),
+            None => self.picker.release(key, &outstanding),
+        }
+        self.choker.peer_gone(key);
+        let (by, reason) = end_reason(&why);
+        tracing::debug!(
+            addr = %p.addr,
+            outgoing = p.outgoing,
+            secs = now.saturating_duration_since(p.connected_at).as_secs(),
+            down = p.down,
+            up = p.up,
+            "peer connection ended: {by}: {reason}"
+        );
+        if !self.suspects.values().any(|(s, _)| s.contains(&key)) {
+            self.key_ip.remove(&key);
+        }
+        if p.outgoing {
+            self.candidates.disconnected(p.addr, now);
+        } else if let Some(c) = self.candidates.known.get_mut(&p.addr) {
+            c.busy = false;
+        }
+        self.publish_peers();
+    }
+
+    /// What a peer's driver reported (a peer's failure is its own: it ends only that
+    /// connection).
+    fn on_io(&mut self, io: PeerIo) {
+        let now = Instant::now();
+        let key = io.key;
+        match io.ev {
+            IoEvent::Message(msg) => {
+                let Some(p) = self.peers.get_mut(&key) else {
+                    return;
+                };
+                if let Err(e) = p.conn.handle(now, msg) {
+                    self.close(key, Err(e));
+                    return;
+                }
+                self.drain_events(key, now);
+                self.service(key, now);
+            }
+            IoEvent::Written(total) => {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.conn.on_written(now, total);
+                    self.service(key, now);
+                }
+            }
+            IoEvent::Ended(e) => self.close(key, Err(PeerError::Wire(e))),
+        }
+    }
+
+    /// Acts on what connection `key`'s machine reported.
+    fn drain_events(&mut self, key: PeerKey, now: Instant) {
+        loop {
+            let Some(p) = self.peers.get_mut(&key) else {
+                return;
+            };
+            let Some(ev) = p.conn.poll_event() else {
+                return;
+            };
+            match ev {
+                PeerEvent::Bitfield => {
+                    if p.registered.is_none() {
+                        p.registered = Some(self.picker.add_peer(p.conn.bits()));
+                    }
+                }
+                PeerEvent::Have(piece) => match p.registered {
+                    None => {
+                        let mut only = Bitfield::new(self.info.num_pieces());
+                        only.set(piece as usize);
+                        self.picker.add_peer(&only);
+                        p.registered = Some(false);
+                    }
+                    Some(false) => self.picker.peer_has(piece),
+                    Some(true) => {}
+                },
+                PeerEvent::Block { piece, begin, data } => {
+                    self.on_block(key, piece, begin, data, now)
+                }
+                PeerEvent::Unrequested(len) => {
+                    self.public
+                        .wasted
+                        .fetch_add(u64::from(len), Ordering::Relaxed);
+                }
+                PeerEvent::Released(r) => self.picker.release(key, &[r]),
+                PeerEvent::Interested => {
+                    if p.conn.am_choking() && self.choker.on_interested(key) {
+                        p.conn.unchoke(now);
+                    }
+                }
+                PeerEvent::DhtNode(a) => {
+                    if let Some(dht) = &self.cfg.dht {
+                        let _ = dht.add_contacts(vec![a]);
+                    }
+                }
+                // Read from the connection when PEX messages are built.
+                PeerEvent::ListenAddr(_) => {}
+                PeerEvent::Pex(addrs) => {
+                    let room = MAX_PEX_INBOX.saturating_sub(self.pex_inbox.len());
+                    self.pex_inbox.extend(addrs.into_iter().take(room));
+                }
             }
         }
-        if exit.outgoing {
-            self.candidates.disconnected(exit.addr, now);
-        } else if let Some(c) = self.candidates.known.get_mut(&exit.addr) {
-            c.busy = false;
+    }
+
+    /// A block we asked `key` for: to the picker, then to the disk (in order, so a piece's
+    /// writes are queued before its hash check).
+    fn on_block(&mut self, key: PeerKey, piece: u32, begin: u32, data: Bytes, now: Instant) {
+        let len = data.len() as u32;
+        match self.picker.on_block(key, piece, begin, len, now) {
+            BlockResult::Accepted { complete, cancel } => {
+                self.storage.write(piece, begin, data);
+                if complete {
+                    let crcs = self.suspects.contains_key(&piece);
+                    self.storage.verify(piece, crcs);
+                }
+                let r = BlockRef {
+                    piece,
+                    begin,
+                    length: len,
+                };
+                for k in cancel {
+                    if let Some(o) = self.peers.get_mut(&k) {
+                        o.conn.cancel(now, r);
+                        transmit(o, now);
+                    }
+                }
+                self.public
+                    .downloaded
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.down += u64::from(len);
+                    p.last_block = Some(now);
+                }
+            }
+            BlockResult::Duplicate | BlockResult::NotWanted => {
+                self.public
+                    .wasted
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+            }
+            BlockResult::Invalid => self.close(
+                key,
+                Err(PeerError::Protocol(format!(
+                    "block {piece}:{begin}+{len} does not fit the torrent"
+                ))),
+            ),
+        }
+    }
+
+    /// After any input of connection `key`: refills its requests from the picker, starts
+    /// the disk reads it may have, and hands what it queued to its driver.
+    fn service(&mut self, key: PeerKey, now: Instant) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if self.storage.backlog() <= self.cfg.max_disk_backlog
+            && let Some(req) = p.conn.wants_blocks()
+        {
+            // A restricted set is not a seed's, whatever the peer has.
+            let seed = !req.restricted && p.registered == Some(true);
+            self.pick_buf.clear();
+            self.picker
+                .pick(key, req.pieces, seed, req.room, now, &mut self.pick_buf);
+            p.conn.requested(now, &self.pick_buf);
+        }
+        if self.rate_wait.is_none() {
+            while let Some(r) = p.conn.next_upload() {
+                if let Some(limit) = &mut self.upload_limit
+                    && let Err(wait) = limit.take_or_wait(f64::from(r.length), now)
+                {
+                    self.rate_wait = Some(now + wait);
+                    break;
+                }
+                p.conn.upload_started();
+                self.storage
+                    .read(r.piece, r.begin, r.length, key, self.read_tx.clone());
+            }
+        }
+        transmit(p, now);
+    }
+
+    fn service_all(&mut self, now: Instant) {
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for k in keys {
+            self.service(k, now);
+        }
+    }
+
+    fn on_read_done(&mut self, done: ReadDone) {
+        let now = Instant::now();
+        let key = done.tag;
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let data = match done.data {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!("cannot read a block to upload: {e}");
+                None
+            }
+        };
+        let sent = p.conn.on_read(now, done.piece, done.begin, data);
+        p.up += sent;
+        self.public.uploaded.fetch_add(sent, Ordering::Relaxed);
+        self.service(key, now);
+    }
+
+    /// Once a second: slow requests go back to the picker, every connection's timers
+    /// (rate, write stall, keep-alive), and PEX messages that are due.
+    fn on_tick(&mut self, now: Instant) {
+        if !self.picker.is_complete() {
+            for (peer, block) in self.picker.reclaim_slow(now) {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.conn.cancel(now, block);
+                }
+            }
+        }
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        let mut connected: Option<Vec<(PeerKey, SocketAddrV4, u8)>> = None;
+        for key in keys {
+            let Some(p) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if let Err(e) = p.conn.on_tick(now) {
+                self.close(key, Err(e));
+                continue;
+            }
+            if p.conn.pex_due(now) {
+                let all = connected.get_or_insert_with(|| {
+                    self.peers
+                        .iter()
+                        .filter_map(|(k, o)| {
+                            let seed = if o.conn.is_seed() {
+                                crate::wire::pex::flags::SEED
+                            } else {
+                                0
+                            };
+                            o.conn.listen_addr().map(|a| (*k, a, o.pex_flags | seed))
+                        })
+                        .collect()
+                });
+                let others: Vec<(SocketAddrV4, u8)> = all
+                    .iter()
+                    .filter(|(k, _, _)| *k != key)
+                    .map(|(_, a, f)| (*a, *f))
+                    .collect();
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.conn.send_pex(now, &others);
+                }
+            }
+            self.service(key, now);
         }
     }
 
@@ -1127,7 +1386,7 @@ impl Runner {
             } => {
                 if ok {
                     self.piece_passed(piece, block_crcs);
-                    if self.shared.lock().picker.is_complete() {
+                    if self.picker.is_complete() {
                         return Ok(self.on_complete());
                     }
                 } else {
@@ -1141,10 +1400,10 @@ impl Runner {
     }
 
     fn piece_passed(&mut self, piece: u32, crcs: Option<Vec<u32>>) {
-        let mut st = self.shared.lock();
-        st.picker.on_verified(piece, true);
+        self.picker.on_verified(piece, true);
+        self.publish_verified(piece);
         self.dirty = true;
-        if let (Some((senders, bad_crcs)), Some(good)) = (st.suspects.remove(&piece), crcs) {
+        if let (Some((senders, bad_crcs)), Some(good)) = (self.suspects.remove(&piece), crcs) {
             // The senders of blocks that differ from the verified copy lied.
             let mut liars: Vec<PeerKey> = senders
                 .iter()
@@ -1156,48 +1415,50 @@ impl Runner {
             liars.dedup();
             let ips: Vec<IpAddr> = liars
                 .iter()
-                .filter_map(|k| st.key_ip.get(k).copied())
+                .filter_map(|k| self.key_ip.get(k).copied())
                 .collect();
-            drop(st);
             for ip in ips {
                 self.strike(ip);
             }
-            st = self.shared.lock();
         }
-        for p in st.peers.values() {
-            let _ = p.cmd.send(PeerCmd::Have(piece));
+        let now = Instant::now();
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.conn.we_have(now, piece);
+            }
+            self.service(key, now);
         }
     }
 
     fn piece_failed(&mut self, piece: u32, crcs: Option<Vec<u32>>) {
-        self.hash_failures.fetch_add(1, Ordering::Relaxed);
-        let size = u64::from(self.shared.lock().picker.piece_size(piece));
-        self.shared.wasted.fetch_add(size, Ordering::Relaxed);
-        self.shared.downloaded.fetch_sub(
-            size.min(self.shared.downloaded.load(Ordering::Relaxed)),
+        self.public.hash_failures.fetch_add(1, Ordering::Relaxed);
+        let size = u64::from(self.picker.piece_size(piece));
+        let public = &self.public;
+        public.wasted.fetch_add(size, Ordering::Relaxed);
+        public.downloaded.fetch_sub(
+            size.min(public.downloaded.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        let mut st = self.shared.lock();
-        let senders = st.picker.block_senders(piece).unwrap_or_default();
-        st.picker.on_verified(piece, false);
+        let senders = self.picker.block_senders(piece).unwrap_or_default();
+        self.picker.on_verified(piece, false);
         let mut distinct = senders.clone();
         distinct.sort_unstable();
         distinct.dedup();
         let single = if let [only] = distinct.as_slice() {
-            st.key_ip.get(only).copied()
+            self.key_ip.get(only).copied()
         } else {
             None
         };
         match single {
             Some(ip) => {
-                drop(st);
                 tracing::info!(piece, %ip, "piece failed its hash check");
                 self.strike(ip);
             }
             None => {
                 // Several senders: keep what each sent, judge when the piece passes.
                 if let Some(c) = crcs {
-                    st.suspects.entry(piece).or_insert((senders, c));
+                    self.suspects.entry(piece).or_insert((senders, c));
                 }
                 tracing::info!(
                     piece,
@@ -1211,108 +1472,85 @@ impl Runner {
     fn strike(&mut self, ip: IpAddr) {
         let n = self.strikes.entry(ip).or_insert(0);
         *n += 1;
-        if *n < self.shared.cfg.ban_after {
+        if *n < self.cfg.ban_after {
             return;
         }
         tracing::warn!(%ip, strikes = *n, "banning peer for sending corrupt data");
-        if let Ok(mut b) = self.banned.lock() {
-            b.insert(ip);
-        }
-        let st = self.shared.lock();
-        for p in st.peers.values().filter(|p| p.addr.ip() == ip) {
-            let _ = p.cmd.send(PeerCmd::Close);
+        self.banned.insert(ip);
+        self.public.snapshot().banned.insert(ip);
+        let keys: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.addr.ip() == ip)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.close(k, Ok(CLOSED_BY_SESSION));
         }
     }
 
     fn on_complete(&mut self) -> Option<Result<(), SessionError>> {
-        self.shared.complete.store(true, Ordering::Relaxed);
+        self.complete = true;
         self.dirty = true;
         if let Err(e) = self.save_resume() {
             tracing::warn!("{e}");
         }
-        if !self.shared.cfg.seed {
+        if !self.cfg.seed {
             return Some(Ok(()));
         }
         let _ = self.phase.send(Phase::Seeding);
         // Seeds have nothing to give each other.
-        let st = self.shared.lock();
-        for p in st.peers.values() {
-            let _ = p.cmd.send(PeerCmd::Complete);
+        let done: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.conn.keep_when_complete())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            self.close(k, Ok(BOTH_COMPLETE));
         }
         None
     }
 
-    fn sweep_slow(&mut self, now: Instant) {
-        let mut st = self.shared.lock();
-        if st.picker.is_complete() {
-            return;
-        }
-        for (peer, block) in st.picker.reclaim_slow(now) {
-            if let Some(p) = st.peers.get(&peer) {
-                let _ = p.cmd.send(PeerCmd::Reclaimed(block));
-            }
-        }
-    }
-
     fn rechoke(&mut self, now: Instant) {
-        let mut st = self.shared.lock();
-        let seeding = st.picker.is_complete();
-        let mut views = Vec::with_capacity(st.peers.len());
-        let started = self.shared.started;
-        let interval = self.shared.cfg.choker.interval.as_secs_f64().max(1e-3);
-        for (&key, p) in st.peers.iter_mut() {
-            let down = p.stats.down.load(Ordering::Relaxed);
-            let up = p.stats.up.load(Ordering::Relaxed);
+        let seeding = self.picker.is_complete();
+        let mut views = Vec::with_capacity(self.peers.len());
+        let interval = self.cfg.choker.interval.as_secs_f64().max(1e-3);
+        for (&key, p) in self.peers.iter_mut() {
             // Average of this round and the last, so one quiet interval does not drop a
             // good partner.
-            p.down_rate = 0.5 * p.down_rate + 0.5 * (down - p.last_down) as f64 / interval;
-            p.up_rate = 0.5 * p.up_rate + 0.5 * (up - p.last_up) as f64 / interval;
-            p.last_down = down;
-            p.last_up = up;
-            let last = p.stats.last_block_ms.load(Ordering::Relaxed);
+            p.down_rate = 0.5 * p.down_rate + 0.5 * (p.down - p.last_down) as f64 / interval;
+            p.up_rate = 0.5 * p.up_rate + 0.5 * (p.up - p.last_up) as f64 / interval;
+            p.last_down = p.down;
+            p.last_up = p.up;
             views.push(PeerView {
                 key,
-                interested: p.stats.interested.load(Ordering::Relaxed),
+                interested: p.conn.peer_interested(),
                 down_rate: p.down_rate,
                 up_rate: p.up_rate,
                 connected_at: p.connected_at,
-                last_block: (last > 0).then(|| started + Duration::from_millis(last)),
+                last_block: p.last_block,
             });
         }
-        let changes = st.choker.rechoke(now, &views, seeding);
+        let changes = self.choker.rechoke(now, &views, seeding);
         for (key, unchoke) in changes {
-            if let Some(p) = st.peers.get(&key) {
-                let _ = p.cmd.send(if unchoke {
-                    PeerCmd::Unchoke
+            if let Some(p) = self.peers.get_mut(&key) {
+                if unchoke {
+                    p.conn.unchoke(now);
                 } else {
-                    PeerCmd::Choke
-                });
+                    p.conn.choke(now);
+                }
             }
+            self.service(key, now);
         }
     }
 }
 
-/// Offers to the picker what a peer task knows about its requests; used by [`peer::leave`].
-pub(super) fn release_all(
-    st: &mut State,
-    key: PeerKey,
-    bits: &Bitfield,
-    seed: Option<bool>,
-    outstanding: &[BlockRef],
-) {
-    match seed {
-        Some(seed) => st.picker.remove_peer(key, bits, seed, outstanding),
-        None => st.picker.release(key, outstanding),
-    }
-    st.choker.peer_gone(key);
-    st.peers.remove(&key);
-}
-
-/// The IPv4 form of a peer address, for DHT PORT handling.
-pub(super) fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
-    match addr {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
+/// Hands what connection `p` queued to its driver.
+fn transmit(p: &mut Peer, now: Instant) {
+    if let Some(buf) = p.conn.take_transmit(now) {
+        // A driver that is gone reports `Ended`; its bytes no longer matter.
+        let _ = p.frames.send(buf);
     }
 }
 

@@ -139,6 +139,9 @@ pub enum DiskEvent {
 /// A block read for uploading.
 #[derive(Debug)]
 pub struct ReadDone {
+    /// Who asked (the caller's tag, e.g. a session's peer key), so one reply channel can
+    /// serve many readers.
+    pub tag: u32,
     /// Piece index of the block.
     pub piece: u32,
     /// Byte offset of the block within the piece.
@@ -164,6 +167,7 @@ enum Job {
         piece: u32,
         begin: u32,
         length: u32,
+        tag: u32,
         reply: mpsc::UnboundedSender<ReadDone>,
     },
     Barrier(oneshot::Sender<()>),
@@ -390,13 +394,19 @@ impl Worker {
                     piece,
                     begin,
                     length,
+                    tag,
                     reply,
                 } => {
                     self.write_runs(Some(piece));
                     let mut buf = vec![0u8; length as usize];
                     let offset = u64::from(piece) * self.files.piece_length + u64::from(begin);
                     let data = self.files.read(offset, &mut buf).map(|()| Bytes::from(buf));
-                    let _ = reply.send(ReadDone { piece, begin, data });
+                    let _ = reply.send(ReadDone {
+                        tag,
+                        piece,
+                        begin,
+                        data,
+                    });
                 }
                 Job::Barrier(done) => {
                     self.write_runs(None);
@@ -667,12 +677,13 @@ impl Storage {
         self.send(piece, Job::Check { piece });
     }
 
-    /// Queues a read for uploading; the answer goes to `reply`.
+    /// Queues a read for uploading; the answer goes to `reply`, carrying `tag`.
     pub fn read(
         &self,
         piece: u32,
         begin: u32,
         length: u32,
+        tag: u32,
         reply: mpsc::UnboundedSender<ReadDone>,
     ) {
         self.send(
@@ -681,6 +692,7 @@ impl Storage {
                 piece,
                 begin,
                 length,
+                tag,
                 reply,
             },
         );
@@ -982,11 +994,12 @@ mod tests {
         assert_eq!(got, all);
         // Reads across file boundaries (piece 0 spans a, b/c).
         let (rtx, mut rrx) = mpsc::unbounded_channel();
-        st.read(0, 0, 16384, rtx.clone());
-        st.read(1, 16384, 20_000 - 16384, rtx);
+        st.read(0, 0, 16384, 7, rtx.clone());
+        st.read(1, 16384, 20_000 - 16384, 7, rtx);
         // Two disk threads: the answers may come in either order.
         for _ in 0..2 {
             let r = rrx.recv().await.unwrap();
+            assert_eq!(r.tag, 7, "the reply carries the caller's tag");
             let want = if r.piece == 0 {
                 &all[..16384]
             } else {
@@ -1028,7 +1041,7 @@ mod tests {
         let seed = Storage::open(src.path(), &info, Mode::ReadOnly, 1, tx.clone()).unwrap();
         let (rtx, mut rrx) = mpsc::unbounded_channel();
         // Piece 1 is the end of `a` then its pad.
-        seed.read(1, 0, 16384, rtx.clone());
+        seed.read(1, 0, 16384, 0, rtx.clone());
         let r = rrx.recv().await.unwrap();
         assert_eq!(r.data.unwrap()[..], stream[32768..32768 + 16384]);
         for p in 0..info.num_pieces() as u32 {

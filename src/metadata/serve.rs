@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::wire::message::FrameSink;
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncWrite;
@@ -578,8 +579,8 @@ pub enum MetadataAnswer {
 /// Answers a ut_metadata message (the payload of an extended message sent to
 /// [`OUR_UT_METADATA_ID`]) from the info dict `info`, queueing the reply on `writer`. Shared
 /// by this listener and the download sessions' peer connections.
-pub fn answer_metadata<W: AsyncWrite + Unpin>(
-    writer: &mut PeerWriter<W>,
+pub fn answer_metadata(
+    writer: &mut impl FrameSink,
     peer_ext: &ExtHandshake,
     info: &[u8],
     payload: &[u8],
@@ -600,18 +601,17 @@ pub fn answer_metadata<W: AsyncWrite + Unpin>(
         Some(len) => {
             let start = piece as usize * METADATA_BLOCK;
             let data = &info[start..start + len];
-            writer.queue_metadata(
-                id,
-                &MetadataMsg::Data {
-                    piece,
-                    total_size,
-                    data,
-                },
-            );
+            let msg = MetadataMsg::Data {
+                piece,
+                total_size,
+                data,
+            };
+            writer.queue_extended_with(id, |out| msg.encode_into(out));
             MetadataAnswer::Data
         }
         None => {
-            writer.queue_metadata(id, &MetadataMsg::Reject { piece });
+            let msg = MetadataMsg::Reject { piece };
+            writer.queue_extended_with(id, |out| msg.encode_into(out));
             MetadataAnswer::Reject
         }
     }

@@ -13,7 +13,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::enc_policy::{ENCRYPTION_REQUIRED_MSG, EncryptionPolicy};
 use super::handshake::{HANDSHAKE_LEN, Handshake, HandshakeError};
-use super::message::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message, id};
+use super::message::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message};
 use super::mse_io::MseIoError;
 use super::ut_metadata::MetadataMsg;
 use crate::dht::allow::AllowList;
@@ -451,17 +451,24 @@ impl<W: AsyncWrite + Unpin> PeerWriter<W> {
     ///
     /// `ext_id` is the id the *peer* advertised for the extension (0 for the handshake).
     pub fn queue_extended_with(&mut self, ext_id: u8, fill: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.buf.len();
-        self.buf
-            .extend_from_slice(&[0, 0, 0, 0, id::EXTENDED, ext_id]);
-        fill(&mut self.buf);
-        let len = u32::try_from(self.buf.len() - start - 4).unwrap_or(u32::MAX);
-        self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        super::message::encode_extended_with(&mut self.buf, ext_id, fill);
     }
 
     /// Appends a ut_metadata message, addressed with the peer's ut_metadata id.
     pub fn queue_metadata(&mut self, peer_ut_metadata_id: u8, msg: &MetadataMsg<'_>) {
         self.queue_extended_with(peer_ut_metadata_id, |out| msg.encode_into(out));
+    }
+
+    /// Appends bytes that already hold whole frames (a sans-IO connection's output). When
+    /// nothing is queued the vector becomes the buffer, so a batch of blocks is not copied
+    /// a second time on its way to the socket.
+    pub fn queue_owned(&mut self, frames: Vec<u8>) {
+        if self.written == self.buf.len() {
+            self.buf = frames;
+            self.written = 0;
+        } else {
+            self.buf.extend_from_slice(&frames);
+        }
     }
 
     /// Bytes queued and not yet written.
@@ -514,6 +521,16 @@ impl<W: AsyncWrite + Unpin> PeerWriter<W> {
     /// The underlying stream.
     pub fn get_ref(&self) -> &W {
         &self.io
+    }
+}
+
+impl<W: AsyncWrite + Unpin> super::message::FrameSink for PeerWriter<W> {
+    fn queue(&mut self, msg: &Message) {
+        PeerWriter::queue(self, msg);
+    }
+
+    fn queue_extended_with(&mut self, ext_id: u8, fill: impl FnOnce(&mut Vec<u8>)) {
+        PeerWriter::queue_extended_with(self, ext_id, fill);
     }
 }
 

@@ -529,6 +529,37 @@ impl FrameDecoder {
     }
 }
 
+/// Appends an extended message (BEP 10, id 20) whose payload `fill` writes straight into
+/// `buf`, then patches its length prefix: extension handshakes and ut_metadata answers need no
+/// intermediate vector. `ext_id` is the id the *peer* advertised (0 for the handshake).
+pub fn encode_extended_with(buf: &mut Vec<u8>, ext_id: u8, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0, 0, 0, id::EXTENDED, ext_id]);
+    fill(buf);
+    let len = u32::try_from(buf.len() - start - 4).unwrap_or(u32::MAX);
+    buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Where outgoing frames are queued: a socket's [`PeerWriter`](super::PeerWriter), or the
+/// byte buffer of a sans-IO connection that its driver writes later. Code that only builds
+/// answers (BEP 9 metadata serving) is written once against this and runs in both.
+pub trait FrameSink {
+    /// Appends one message.
+    fn queue(&mut self, msg: &Message);
+    /// Appends an extended message whose payload `fill` writes; see [`encode_extended_with`].
+    fn queue_extended_with(&mut self, ext_id: u8, fill: impl FnOnce(&mut Vec<u8>));
+}
+
+impl FrameSink for Vec<u8> {
+    fn queue(&mut self, msg: &Message) {
+        msg.encode(self);
+    }
+
+    fn queue_extended_with(&mut self, ext_id: u8, fill: impl FnOnce(&mut Vec<u8>)) {
+        encode_extended_with(self, ext_id, fill);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
