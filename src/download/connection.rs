@@ -1119,3 +1119,7 @@ fn pipeline_depth(
     };
     by_rate.max(MIN_PIPELINE).min(cap)
 }
+
+#[cfg(test)]
+#[path = "connection_tests.rs"]
+mod tests;
