@@ -19,6 +19,10 @@
 //!    times until the first and the last complete, how many copies the seeder uploaded,
 //!    how much the downloaders traded among themselves, CPU and memory.
 //!
+//! `BEFORE=DIR` also times the `dht-get` and `dht-seed` found in DIR (an older build) in
+//! the same run: a fourth downloader in part 1, and a second swarm of ours in part 2, so a
+//! change's before/after ratio is measured side by side.
+//!
 //! `DOWNLOAD_BENCH_VERBOSE=1` copies each single download's output (progress lines) to
 //! stderr.
 //!
@@ -87,6 +91,14 @@ fn args() -> Result<Args, String> {
         }
     }
     Ok(a)
+}
+
+/// `BEFORE`'s copy of binary `name`, when the variable is set (a missing file is an error).
+fn before_bin(name: &str) -> Option<String> {
+    let dir = std::env::var_os("BEFORE")?;
+    let p = Path::new(&dir).join(name);
+    assert!(p.is_file(), "BEFORE: {} does not exist", p.display());
+    Some(p.to_string_lossy().into_owned())
 }
 
 fn row(who: &str, size_mib: u64, c: Cost) -> String {
@@ -210,9 +222,16 @@ async fn run(a: Args) {
     let mut ours = Vec::new();
     let mut theirs_tcp = Vec::new();
     let mut theirs_utp = Vec::new();
+    let mut before = Vec::new();
+    let before_get = before_bin("dht-get");
     for round in 0..a.rounds {
-        let order: [u8; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
-        for who in order.into_iter().filter(|&w| w != 2 || a.utp) {
+        let order: [u8; 4] = if round % 2 == 0 {
+            [0, 3, 1, 2]
+        } else {
+            [2, 1, 3, 0]
+        };
+        let wanted = |w: &u8| (*w != 2 || a.utp) && (*w != 3 || before_get.is_some());
+        for who in order.into_iter().filter(wanted) {
             let (out, data, ip) = fresh("run");
             match who {
                 0 => {
@@ -223,6 +242,19 @@ async fn run(a: Args) {
                     assert!(same(&file, &out.join("bench.bin")), "dht-get: bytes differ");
                     println!("{}", row("dht-get", a.size_mib, c));
                     ours.push(c);
+                }
+                3 => {
+                    let bin = before_get.clone().unwrap();
+                    let args = get_args(&net, &seeded.magnet, &ip, &out, &data);
+                    let c = tokio::task::spawn_blocking(move || run_measured(&bin, &args))
+                        .await
+                        .unwrap();
+                    assert!(
+                        same(&file, &out.join("bench.bin")),
+                        "dht-get (before): bytes differ"
+                    );
+                    println!("{}", row("dht-get (before)", a.size_mib, c));
+                    before.push(c);
                 }
                 w => {
                     let (flags, tag): (&[&str], &str) = if w == 1 {
@@ -254,7 +286,7 @@ async fn run(a: Args) {
         }
     }
     if a.rounds > 0 {
-        summary(a.size_mib, &ours, &theirs_tcp, &theirs_utp);
+        summary(a.size_mib, &ours, &theirs_tcp, &theirs_utp, &before);
     }
 
     if a.swarm {
@@ -268,7 +300,7 @@ async fn run(a: Args) {
 
 /// Best and mean of each downloader, and the ratios (libtorrent's time over ours: above
 /// 1 means we are faster).
-fn summary(size_mib: u64, ours: &[Cost], tcp: &[Cost], utp: &[Cost]) {
+fn summary(size_mib: u64, ours: &[Cost], tcp: &[Cost], utp: &[Cost], before: &[Cost]) {
     let best = |v: &[Cost]| v.iter().map(|c| c.secs).fold(f64::INFINITY, f64::min);
     let mean = |v: &[Cost], f: fn(&Cost) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
     let max_rss = |v: &[Cost]| v.iter().map(|c| c.rss_mib).fold(0.0, f64::max);
@@ -280,6 +312,7 @@ fn summary(size_mib: u64, ours: &[Cost], tcp: &[Cost], utp: &[Cost]) {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (who, v) in [
         ("dht-get", ours),
+        ("dht-get (before)", before),
         ("libtorrent (TCP)", tcp),
         ("libtorrent (default: uTP)", utp),
     ] {
@@ -322,98 +355,21 @@ async fn swarm(
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
 
-    // Ours: dht-seed + 4 dht-get --seed.
-    let seed_state = work.join("swarm-seed-state");
-    let seed_args: Vec<String> = [
-        file.to_str().unwrap(),
-        "--bind",
-        "127.145.3.1:0",
-        "--bootstrap",
-        &net.addr(0).to_string(),
-        "--allow-net",
-        "127.0.0.0/8",
-        "--no-subnet-limit",
-        "--rate-limit",
-        "0",
-        "--data-dir",
-        seed_state.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let seed = Proc::spawn(SEED, &seed_args);
-    let (_, magnet) = seed
-        .lines
-        .recv_timeout(Duration::from_secs(300))
-        .expect("dht-seed printed no magnet link");
-    let seed_cpu0 = proc_cpu(seed.pid());
-    let t = Instant::now();
-    let mut gets = Vec::new();
-    for i in 0..4 {
-        let out = work.join(format!("swarm-ours-{i}"));
-        let data = work.join(format!("swarm-ours-{i}-state"));
-        let mut args = get_args(net, &magnet, &format!("127.145.4.{}", i + 1), &out, &data);
-        args.push("--seed".into());
-        gets.push(Proc::spawn(GET, &args));
+    // Ours: dht-seed + 4 dht-get --seed (and the same with BEFORE's binaries).
+    let (last, traded) =
+        ours_swarm(net, a, file, work, (SEED, GET), "dht-seed + 4 dht-get", 3).await;
+    if let (Some(seed), Some(get)) = (before_bin("dht-seed"), before_bin("dht-get")) {
+        ours_swarm(
+            net,
+            a,
+            file,
+            work,
+            (&seed, &get),
+            "dht-seed + 4 dht-get (before)",
+            6,
+        )
+        .await;
     }
-    let mut done: Vec<Option<f64>> = vec![None; gets.len()];
-    while done.iter().any(Option::is_none) {
-        assert!(
-            t.elapsed() < Duration::from_secs(900),
-            "swarm downloads unfinished after 900 s"
-        );
-        for (i, g) in gets.iter().enumerate() {
-            while let Ok((_, l)) = g.lines.try_recv() {
-                if l.starts_with("complete:") {
-                    done[i] = Some(t.elapsed().as_secs_f64());
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let seed_cpu = proc_cpu(seed.pid()) - seed_cpu0;
-    let first = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
-    let last = done.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
-    let (mut cpu, mut rss, mut traded) = (0.0, 0.0f64, 0u64);
-    for g in gets {
-        g.interrupt();
-        let (e, lines) = g.wait();
-        assert!(e.success, "swarm dht-get failed: {}", e.stderr);
-        cpu += e.cpu;
-        rss = rss.max(e.rss_mib);
-        // "downloaded N bytes, wasted W, uploaded U in T s"
-        for (_, l) in lines.try_iter() {
-            if let Some(rest) = l.split_once(", uploaded ").map(|x| x.1) {
-                traded += rest
-                    .split(' ')
-                    .next()
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    seed.interrupt();
-    let (e, lines) = seed.wait();
-    assert!(e.success, "dht-seed failed: {}", e.stderr);
-    let uploaded = lines
-        .try_iter()
-        .find_map(|(_, l)| {
-            l.strip_prefix("uploaded ")
-                .and_then(|n| n.split(' ').next()?.parse::<u64>().ok())
-        })
-        .expect("dht-seed printed no upload count");
-    for i in 0..4 {
-        assert!(
-            same(file, &work.join(format!("swarm-ours-{i}/bench.bin"))),
-            "swarm dht-get {i}: bytes differ"
-        );
-        let _ = std::fs::remove_dir_all(work.join(format!("swarm-ours-{i}")));
-    }
-    println!(
-        "| dht-seed + 4 dht-get | {first:.2} / {last:.2} | {:.0} | {:.2} | {seed_cpu:.2} | {cpu:.2} | {rss:.0} |",
-        4.0 * a.size_mib as f64 / last,
-        uploaded as f64 / size as f64
-    );
     let ours_last = last;
     let ours_traded = traded;
 
@@ -489,4 +445,119 @@ async fn swarm(
     for i in 0..4 {
         let _ = std::fs::remove_dir_all(work.join(format!("swarm-lt-{i}")));
     }
+}
+
+/// One swarm of ours: `bins` = (dht-seed, dht-get), the seeder on 127.145.`subnet`.1 and the
+/// downloaders on 127.145.`subnet + 1`.x. Prints its row; returns the time until the last
+/// completion and the bytes the downloaders uploaded to each other.
+async fn ours_swarm(
+    net: &Testnet,
+    a: &Args,
+    file: &Path,
+    work: &Path,
+    bins: (&str, &str),
+    label: &str,
+    subnet: u8,
+) -> (f64, u64) {
+    let size = a.size_mib << 20;
+    let seed_state = work.join(format!("swarm-seed-state-{subnet}"));
+    let _ = std::fs::remove_dir_all(&seed_state);
+    let seed_bind = format!("127.145.{subnet}.1:0");
+    let seed_args: Vec<String> = [
+        file.to_str().unwrap(),
+        "--bind",
+        &seed_bind,
+        "--bootstrap",
+        &net.addr(0).to_string(),
+        "--allow-net",
+        "127.0.0.0/8",
+        "--no-subnet-limit",
+        "--rate-limit",
+        "0",
+        "--data-dir",
+        seed_state.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let seed = Proc::spawn(bins.0, &seed_args);
+    let (_, magnet) = seed
+        .lines
+        .recv_timeout(Duration::from_secs(300))
+        .expect("dht-seed printed no magnet link");
+    let seed_cpu0 = proc_cpu(seed.pid());
+    let t = Instant::now();
+    let mut gets = Vec::new();
+    for i in 0..4 {
+        let out = work.join(format!("swarm-ours-{i}"));
+        let data = work.join(format!("swarm-ours-{i}-state"));
+        let mut args = get_args(
+            net,
+            &magnet,
+            &format!("127.145.{}.{}", subnet + 1, i + 1),
+            &out,
+            &data,
+        );
+        args.push("--seed".into());
+        gets.push(Proc::spawn(bins.1, &args));
+    }
+    let mut done: Vec<Option<f64>> = vec![None; gets.len()];
+    while done.iter().any(Option::is_none) {
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "swarm downloads unfinished after 900 s"
+        );
+        for (i, g) in gets.iter().enumerate() {
+            while let Ok((_, l)) = g.lines.try_recv() {
+                if l.starts_with("complete:") {
+                    done[i] = Some(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seed_cpu = proc_cpu(seed.pid()) - seed_cpu0;
+    let first = done.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
+    let last = done.iter().flatten().fold(0.0, |a: f64, &b| a.max(b));
+    let (mut cpu, mut rss, mut traded) = (0.0, 0.0f64, 0u64);
+    for g in gets {
+        g.interrupt();
+        let (e, lines) = g.wait();
+        assert!(e.success, "swarm dht-get failed: {}", e.stderr);
+        cpu += e.cpu;
+        rss = rss.max(e.rss_mib);
+        // "downloaded N bytes, wasted W, uploaded U in T s"
+        for (_, l) in lines.try_iter() {
+            if let Some(rest) = l.split_once(", uploaded ").map(|x| x.1) {
+                traded += rest
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    seed.interrupt();
+    let (e, lines) = seed.wait();
+    assert!(e.success, "dht-seed failed: {}", e.stderr);
+    let uploaded = lines
+        .try_iter()
+        .find_map(|(_, l)| {
+            l.strip_prefix("uploaded ")
+                .and_then(|n| n.split(' ').next()?.parse::<u64>().ok())
+        })
+        .expect("dht-seed printed no upload count");
+    for i in 0..4 {
+        assert!(
+            same(file, &work.join(format!("swarm-ours-{i}/bench.bin"))),
+            "swarm dht-get {i}: bytes differ"
+        );
+        let _ = std::fs::remove_dir_all(work.join(format!("swarm-ours-{i}")));
+    }
+    println!(
+        "| {label} | {first:.2} / {last:.2} | {:.0} | {:.2} | {seed_cpu:.2} | {cpu:.2} | {rss:.0} |",
+        4.0 * a.size_mib as f64 / last,
+        uploaded as f64 / size as f64
+    );
+    (last, traded)
 }

@@ -22,6 +22,9 @@
 //!    lookup, metadata, pieces, exit), libtorrent from `add_magnet` as above, so the
 //!    comparison is tilted against us by our start-up.
 //!
+//! `BEFORE=DIR` adds, in part 1, a `dht-seed` from DIR (an older build) seeding a copy of
+//! the file, timed in the same rounds: a change's before/after ratio side by side.
+//!
 //! Untimed warm-up downloads first (libtorrent's seed mode hashes each piece the first time
 //! it is asked for it). Addresses: testnet 127.146.0.x, seeders 127.146.1.x, downloaders
 //! 127.146.2-3.x, tracker 127.146.4.1; every node has a loopback allow-list.
@@ -124,9 +127,21 @@ impl Drop for OurSeeder {
 }
 
 async fn our_seeder(net: &Testnet, file: &Path, work: &Path, ip: &str, tag: &str) -> OurSeeder {
+    our_seeder_with(SEED, net, file, work, ip, tag).await
+}
+
+/// [`our_seeder`] with the `dht-seed` binary `bin` (BEFORE's, to compare builds).
+async fn our_seeder_with(
+    bin: &str,
+    net: &Testnet,
+    file: &Path,
+    work: &Path,
+    ip: &str,
+    tag: &str,
+) -> OurSeeder {
     let data = work.join(format!("{tag}-seed-state"));
     let torrent = work.join(format!("{tag}.torrent"));
-    let mut child = Command::new(SEED)
+    let mut child = Command::new(bin)
         .arg(file)
         .args([
             "--torrent-out",
@@ -346,37 +361,74 @@ async fn run(a: Args) {
         (out, ip)
     };
 
-    // Part 1: libtorrent, default settings (uTP first).
-    let ours_ih = ours.magnet["magnet:?xt=urn:btih:".len()..][..40].to_string();
-    let mut t_ours = Vec::new();
-    let mut t_theirs = Vec::new();
+    // Part 1: libtorrent, default settings (uTP first). With BEFORE, an older dht-seed
+    // seeds a copy of the file under another name (so another info hash: a downloader
+    // finds one seeder only) and is timed in the same rounds.
+    let before = match std::env::var_os("BEFORE") {
+        Some(dir) => {
+            let bin = Path::new(&dir).join("dht-seed");
+            assert!(bin.is_file(), "BEFORE: {} does not exist", bin.display());
+            let copy = src.join("interop-before.bin");
+            std::fs::copy(&small, &copy).expect("copy");
+            let s = our_seeder_with(
+                bin.to_str().expect("utf-8 path"),
+                &net,
+                &copy,
+                w,
+                "127.146.1.5",
+                "before",
+            )
+            .await;
+            Some((s, copy))
+        }
+        None => None,
+    };
+    let ih_of = |magnet: &str| magnet["magnet:?xt=urn:btih:".len()..][..40].to_string();
+    let ours_ih = ih_of(&ours.magnet);
+    let mut seeders: Vec<(&str, &str, String, &Path, Vec<f64>)> = vec![
+        (
+            "libtorrent ← dht-seed",
+            &ours.magnet,
+            ours_ih,
+            &small,
+            Vec::new(),
+        ),
+        (
+            "libtorrent ← libtorrent",
+            &theirs.magnet,
+            theirs.info_hash.clone(),
+            &small,
+            Vec::new(),
+        ),
+    ];
+    if let Some((s, copy)) = &before {
+        seeders.push((
+            "libtorrent ← dht-seed (before)",
+            &s.magnet,
+            ih_of(&s.magnet),
+            copy,
+            Vec::new(),
+        ));
+    }
     for round in 0..=a.rounds {
-        for first in [round % 2 == 0, round % 2 != 0] {
+        let n = seeders.len();
+        for i in 0..n {
+            let j = if round % 2 == 0 { i } else { n - 1 - i };
+            let (label, magnet, ih, file, _) = &seeders[j];
             let (out, ip) = fresh("lt");
-            let (magnet, ih) = if first {
-                (&ours.magnet, &ours_ih)
-            } else {
-                (&theirs.magnet, &theirs.info_hash)
-            };
             let c = lt_download(&net, ip, &[], magnet, ih, &out).await;
             if std::env::var_os("INTEROP_SEED_LOG").is_some() {
                 eprintln!(
-                    "# {:?} libtorrent {ip} <- {} took {:.2} s",
+                    "# {:?} {label} {ip} took {:.2} s",
                     std::time::SystemTime::now(),
-                    if first { "dht-seed" } else { "libtorrent" },
                     c.secs
                 );
             }
-            let got = out.join("interop.bin");
-            assert!(same(&small, &got), "libtorrent: bytes differ");
+            let got = out.join(file.file_name().expect("file name"));
+            assert!(same(file, &got), "{label}: bytes differ");
             let _ = std::fs::remove_dir_all(&out);
-            if round == 0 {
-                continue; // warm-up
-            }
-            if first {
-                t_ours.push(c.secs);
-            } else {
-                t_theirs.push(c.secs);
+            if round > 0 {
+                seeders[j].4.push(c.secs); // round 0 is the warm-up
             }
         }
     }
@@ -387,12 +439,21 @@ async fn run(a: Args) {
     );
     println!();
     header();
-    row("libtorrent ← dht-seed", a.size_mib, &t_ours);
-    row("libtorrent ← libtorrent", a.size_mib, &t_theirs);
+    for (label, _, _, _, t) in &seeders {
+        row(label, a.size_mib, t);
+    }
     println!(
         "ratio (median, libtorrent seeder / dht-seed): {:.2}",
-        stats(&t_theirs).1 / stats(&t_ours).1
+        stats(&seeders[1].4).1 / stats(&seeders[0].4).1
     );
+    if seeders.len() > 2 {
+        println!(
+            "ratio (median, dht-seed before / dht-seed now; > 1 = now is faster): {:.2}",
+            stats(&seeders[2].4).1 / stats(&seeders[0].4).1
+        );
+    }
+    drop(seeders);
+    drop(before);
 
     // Part 2: aria2c, through the DHT and through a tracker.
     if a.aria2 {
