@@ -2,7 +2,7 @@
 //! sans-IO state machine in the quinn-proto style: messages and the time go in; frames to
 //! send, requests for the picker and events come out. It owns no socket, no timer and no
 //! shared state, so every rule below is a unit test (`tests` at the end of this file) and
-//! the tokio side ([`super::peer`]) is a thin driver that only moves bytes.
+//! the tokio side (`download::peer`) is a thin driver that only moves bytes.
 //!
 //! The session owns the picker, the choker and the storage, and runs every connection's
 //! machine on its own task: after each input it drains [`PeerConnection::poll_event`],
@@ -10,59 +10,94 @@
 //! [`PeerConnection::next_upload`] offers, and hands [`PeerConnection::take_transmit`]'s
 //! bytes to the driver. Nothing is shared behind a lock.
 //!
-//! # Rules this machine owns
+//! # Rules this machine owns, each with the unit test that checks it
 //!
 //! Opening and extensions:
 //! - The greeting: `have_all` / `have_none` with BEP 6 where they fit, otherwise a
 //!   `bitfield` (nothing when we have no piece); then, with BEP 6, our allowed-fast set for
 //!   the peer's IPv4 address; the BEP 10 handshake (`p`, `metadata_size`, `yourip`, `reqq`
 //!   = [`MAX_QUEUED_REQUESTS`], `ut_pex` unless PEX is off) when the peer's handshake set
-//!   the extension bit; a `port` message when it set the DHT bit and we run a node.
+//!   the extension bit; a `port` message when it set the DHT bit and we run a node —
+//!   `greeting_is_bitfield_then_extension_handshake_then_port`,
+//!   `fast_greeting_uses_have_all_or_have_none_and_sends_the_allowed_fast_set`.
 //! - BEP 10 handshakes are cumulative ([`ExtHandshake::update`]); an incoming peer's `p`
-//!   makes its listen address known ([`PeerEvent::ListenAddr`]), once.
+//!   makes its listen address known ([`PeerEvent::ListenAddr`]), once; an outgoing peer
+//!   listens where we dialed it —
+//!   `extension_handshakes_accumulate_and_make_an_incoming_peers_listen_address_known_once`.
 //! - `ut_metadata` requests are answered from the info dict (BEP 9), rejects for pieces
-//!   that do not exist.
+//!   that do not exist —
+//!   `metadata_requests_are_answered_from_the_info_dict_and_missing_pieces_rejected`.
 //! - `ut_pex` (BEP 11, never for private torrents): a received message more often than
 //!   about once a minute or malformed is ignored, not fatal; its `added` peers (not the
-//!   peer itself) become [`PeerEvent::Pex`]. Ours go out when [`PeerConnection::pex_due`],
-//!   never naming the peer to itself.
-//! - `port` (BEP 5) from an IPv4 peer with a non-zero port is a DHT node to ping.
-//! - Unknown messages and extensions we did not advertise are ignored.
+//!   peer itself) become [`PeerEvent::Pex`] —
+//!   `received_pex_yields_candidates_but_floods_and_junk_are_ignored_without_closing`.
+//!   Ours go out when [`PeerConnection::pex_due`] (a moment after the handshake, then at
+//!   most once a minute, not after the peer switched `ut_pex` off), never naming the peer
+//!   to itself — `our_pex_goes_out_when_due_and_never_names_the_peer_to_itself`.
+//! - `port` (BEP 5) from an IPv4 peer with a non-zero port is a DHT node to ping —
+//!   `port_messages_name_dht_nodes_unless_the_port_is_zero`.
+//! - Unknown messages and extensions we did not advertise are ignored —
+//!   `unknown_messages_and_unadvertised_extensions_are_ignored`.
 //!
 //! Downloading:
 //! - Interest is exact: we are interested exactly while the peer has a piece we lack
-//!   (bitfield, `have`, `have_all`, and our own completed pieces all update it).
+//!   (bitfield, `have`, `have_all`, and our own completed pieces all update it) —
+//!   `interest_follows_exactly_whether_the_peer_has_a_piece_we_lack`.
 //! - A `have` or `suggest` beyond the last piece, or a bitfield of the wrong length, is a
-//!   protocol violation. A bitfield after the first picture (aria2 sends them instead of
-//!   many `have`s) is read as a batch of `have`s; bits it clears are ignored.
-//! - Two seeds have nothing to trade: the connection ends when both are complete.
-//! - Requests go out only while interested and unchoked, or with BEP 6 while choked for
-//!   the pieces of the peer's allowed-fast set that it has. The pipeline is sized from the
-//!   peer's delivery rate (about two seconds' worth, at least [`MIN_PIPELINE`], at most our
-//!   `max_pipeline` and the peer's `reqq`); until the first rate measurement it grows by one
-//!   block per block received (slow start). It is refilled in batches of a quarter.
+//!   protocol violation — `out_of_range_pieces_and_wrong_bitfields_are_protocol_violations`.
+//!   A bitfield after the first picture (aria2 sends them instead of many `have`s) is read
+//!   as a batch of `have`s; bits it clears are ignored —
+//!   `a_later_bitfield_is_read_as_haves_and_never_clears_pieces`.
+//! - Two seeds have nothing to trade: the connection ends when both are complete —
+//!   `two_seeds_part_at_once`.
+//! - Requests go out only while interested and unchoked —
+//!   `requests_go_out_only_while_interested_and_unchoked` — or with BEP 6 while choked for
+//!   the pieces of the peer's allowed-fast set that it has —
+//!   `while_choked_with_fast_only_allowed_fast_pieces_the_peer_has_are_requested`. The
+//!   pipeline is sized from the peer's delivery rate (about two seconds' worth, at least
+//!   [`MIN_PIPELINE`], at most our `max_pipeline` and the peer's `reqq`); until the first
+//!   rate measurement it grows by one block per block received (slow start). It is refilled
+//!   in batches of a quarter — `the_pipeline_is_refilled_in_batches_and_grows_by_slow_start`,
+//!   `pipeline_follows_rate_and_reqq`, `the_peers_reqq_caps_the_pipeline`.
 //! - A choke without BEP 6 gives every outstanding request back to the picker; with BEP 6
-//!   the peer answers each (piece or reject), and a reject gives that block back.
+//!   the peer answers each (piece or reject), and a reject gives that block back —
+//!   `a_choke_gives_requests_back_without_fast_and_a_reject_gives_back_its_block`.
 //! - A block we asked for (or cancelled recently) goes to the picker; a block nobody asked
-//!   for is counted, and more than [`MAX_UNREQUESTED`] of them end the connection.
-//! - A cancel (endgame, or a block the picker reclaimed from us) sends `cancel` and
-//!   remembers the block for a while, so its late answer is not held against the peer.
-//! - Fast-extension messages without both handshakes setting the bit are a violation.
+//!   for is counted, and more than [`MAX_UNREQUESTED`] of them end the connection —
+//!   `blocks_we_asked_for_go_to_the_picker_and_unrequested_ones_are_counted_then_fatal`.
+//! - A cancel (endgame, or a block the picker reclaimed from us) sends `cancel` once and
+//!   remembers the block for a while, so its late answer is not held against the peer —
+//!   `a_cancel_is_sent_once_and_the_late_answer_still_counts`.
+//! - Fast-extension messages without both handshakes setting the bit are a violation —
+//!   `fast_messages_without_both_fast_bits_are_violations`.
+//! - The peer's interest is reported while we choke it (the choker may unchoke it at once)
+//!   — `interested_is_reported_only_while_we_choke`.
 //!
 //! Uploading:
 //! - A request is queued only while we unchoke the peer (with BEP 6 also for its
 //!   allowed-fast pieces while choked), for a piece we have, inside the piece, at most
 //!   [`MAX_REQUEST`] bytes and [`MAX_QUEUED_REQUESTS`] deep; otherwise it is dropped, or
-//!   with BEP 6 rejected. A repeated request is queued once; `cancel` removes it.
+//!   with BEP 6 rejected. A repeated request is queued once; `cancel` removes it —
+//!   `requests_are_queued_only_when_they_can_be_served_and_dropped_otherwise`,
+//!   `the_request_queue_is_bounded_by_our_reqq`,
+//!   `with_fast_every_unservable_request_is_rejected_and_allowed_fast_pieces_are_served_while_choked`.
 //! - Disk reads start a few at a time ([`MAX_READS`]) and only while fewer than
-//!   [`WRITE_HIGH_WATER`] bytes wait for the socket.
+//!   [`WRITE_HIGH_WATER`] bytes wait for the socket —
+//!   `disk_reads_are_few_at_a_time_and_wait_for_the_socket`.
 //! - Choking drops the queued requests and forgets reads in flight (their data is not
-//!   sent); with BEP 6 the ones outside the allowed-fast set are rejected instead, and
-//!   allowed-fast ones stay queued.
+//!   sent) — `choking_drops_queued_requests_and_forgets_reads_in_flight`; with BEP 6 the
+//!   ones outside the allowed-fast set are rejected instead, and allowed-fast ones stay
+//!   queued — `with_fast_choking_rejects_what_it_drops_and_keeps_allowed_fast_requests`.
+//! - A finished read goes out as a `piece`; a failed one sends nothing —
+//!   `a_finished_read_goes_out_as_a_piece_and_a_failed_one_sends_nothing`.
 //!
 //! Liveness:
-//! - A keep-alive after [`KEEPALIVE`] of send silence when nothing is waiting to be written.
-//! - A peer that accepts no byte for [`WRITE_STALL`] while data waits for it is gone.
+//! - A keep-alive after [`KEEPALIVE`] of send silence when nothing is waiting to be written
+//!   — `a_keep_alive_follows_send_silence_when_nothing_waits`.
+//! - A peer that accepts no byte for [`WRITE_STALL`] while data waits for it is gone —
+//!   `a_peer_that_stops_reading_is_dropped_after_the_write_stall_time`.
+//! - Every end of a connection says who ended it and why, for the one log line —
+//!   `every_end_says_who_closed_and_why`.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -3,7 +3,7 @@
 //!
 //! The session task owns the torrent's state: the picker, the choker, the storage and every
 //! connection's sans-IO protocol machine ([`super::connection::PeerConnection`]). Each peer
-//! socket has a thin driver task ([`super::peer`]) that forwards the peer's messages here
+//! socket has a thin driver task (`download::peer`) that forwards the peer's messages here
 //! and writes what the machine queued; nothing is shared behind a lock. After each input
 //! the session drains the machine's events (blocks to the picker and the disk, pieces to
 //! the picker's availability, PEX candidates, DHT nodes), refills the peer's requests from
