@@ -378,6 +378,7 @@ impl Session {
             next_key: 0,
             dirty: false,
             last_save: now,
+            saving: None,
             lookups: None,
             upload_limit,
             rate_wait: None,
@@ -674,6 +675,9 @@ struct Runner {
     next_key: PeerKey,
     dirty: bool,
     last_save: Instant,
+    /// The resume record being written by a blocking thread (at most one at a time; the
+    /// fsync never stalls the task every connection's messages go through).
+    saving: Option<tokio::task::JoinHandle<Result<(), ResumeError>>>,
     lookups: Option<tokio::task::JoinHandle<()>>,
     upload_limit: Option<TokenBucket>,
     /// Uploads wait for the rate limit until then.
@@ -691,7 +695,7 @@ impl Runner {
             l.abort();
         }
         self.storage.flush().await;
-        if let Err(e) = self.save_resume() {
+        if let Err(e) = self.save_now().await {
             tracing::warn!("{e}");
         }
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
@@ -745,8 +749,15 @@ impl Runner {
                 Some(io) = self.io_rx.recv() => self.on_io(io),
                 Some(done) = self.read_rx.recv() => self.on_read_done(done),
                 Some(ev) = self.disk.recv() => {
-                    if let Some(end) = self.on_disk(ev)? {
-                        return end;
+                    if self.on_disk(ev)? {
+                        // Saved before anyone hears we are complete: a process stopped
+                        // right after "complete" restarts without re-checking.
+                        if let Err(e) = self.save_now().await {
+                            tracing::warn!("{e}");
+                        }
+                        if let Some(end) = self.on_complete() {
+                            return end;
+                        }
                     }
                 }
                 Some(done) = self.connecting.join_next() => {
@@ -773,8 +784,9 @@ impl Runner {
                         snap.seeds = self.peers.values().filter(|p| p.conn.is_seed()).count();
                     }
                     rate_mark = (now, d2, u2);
+                    self.check_save().await?;
                     if self.dirty && now.saturating_duration_since(self.last_save) >= self.cfg.save_interval {
-                        self.save_resume()?;
+                        self.start_save();
                     }
                 }
                 _ = tokio::time::sleep_until(wait.unwrap_or_else(tokio::time::Instant::now)), if wait.is_some() => {
@@ -856,7 +868,7 @@ impl Runner {
             }
         }
         self.dirty = true;
-        self.save_resume()?;
+        self.save_now().await?;
         Ok(None)
     }
 
@@ -878,24 +890,60 @@ impl Runner {
         snap.seeds = self.peers.values().filter(|p| p.conn.is_seed()).count();
     }
 
-    fn save_resume(&mut self) -> Result<(), SessionError> {
+    /// The resume record as it stands, if there is a store and something changed.
+    fn record_to_save(&mut self) -> Option<(ResumeStore, ResumeRecord)> {
         self.last_save = Instant::now();
-        let Some(store) = &self.cfg.resume else {
+        let Some(store) = self.cfg.resume.clone() else {
             self.dirty = false;
-            return Ok(());
+            return None;
         };
         if !self.dirty {
-            return Ok(());
+            return None;
         }
+        self.dirty = false;
         let rec = ResumeRecord {
             dir: self.root.clone(),
             verified: self.picker.have().clone(),
             stamps: self.storage.stamps(),
         };
-        self.dirty = false;
-        store
-            .save(&self.info_hash, &rec)
-            .map_err(SessionError::Resume)
+        Some((store, rec))
+    }
+
+    /// Starts writing the resume record on a blocking thread, unless one is being written
+    /// (then it stays due for the next tick).
+    fn start_save(&mut self) {
+        if self.saving.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some((store, rec)) = self.record_to_save() {
+            let ih = self.info_hash;
+            self.saving = Some(tokio::task::spawn_blocking(move || store.save(&ih, &rec)));
+        }
+    }
+
+    /// The outcome of a background save that has finished (a failed one ends the session).
+    async fn check_save(&mut self) -> Result<(), SessionError> {
+        match self.saving.take() {
+            Some(h) if h.is_finished() => join_save(h).await,
+            other => {
+                self.saving = other;
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for any save in flight, then writes the record now if it changed since.
+    async fn save_now(&mut self) -> Result<(), SessionError> {
+        if let Some(h) = self.saving.take() {
+            join_save(h).await?;
+        }
+        match self.record_to_save() {
+            Some((store, rec)) => {
+                let ih = self.info_hash;
+                join_save(tokio::task::spawn_blocking(move || store.save(&ih, &rec))).await
+            }
+            None => Ok(()),
+        }
     }
 
     fn start_lookups(&mut self) {
@@ -1377,7 +1425,8 @@ impl Runner {
         }
     }
 
-    fn on_disk(&mut self, ev: DiskEvent) -> Result<Option<Result<(), SessionError>>, SessionError> {
+    /// A disk thread's report; `true` when the torrent just became complete.
+    fn on_disk(&mut self, ev: DiskEvent) -> Result<bool, SessionError> {
         match ev {
             DiskEvent::Verified {
                 piece,
@@ -1387,14 +1436,16 @@ impl Runner {
                 if ok {
                     self.piece_passed(piece, block_crcs);
                     if self.picker.is_complete() {
-                        return Ok(self.on_complete());
+                        self.complete = true;
+                        self.dirty = true;
+                        return Ok(true);
                     }
                 } else {
                     self.piece_failed(piece, block_crcs);
                 }
-                Ok(None)
+                Ok(false)
             }
-            DiskEvent::Checked { .. } => Ok(None),
+            DiskEvent::Checked { .. } => Ok(false),
             DiskEvent::WriteFailed(e) => Err(SessionError::Storage(Arc::new(e))),
         }
     }
@@ -1489,12 +1540,8 @@ impl Runner {
         }
     }
 
+    /// Every piece is verified (and the record saved): the session ends, or seeds.
     fn on_complete(&mut self) -> Option<Result<(), SessionError>> {
-        self.complete = true;
-        self.dirty = true;
-        if let Err(e) = self.save_resume() {
-            tracing::warn!("{e}");
-        }
         if !self.cfg.seed {
             return Some(Ok(()));
         }
@@ -1543,6 +1590,17 @@ impl Runner {
             }
             self.service(key, now);
         }
+    }
+}
+
+/// The outcome of a resume save on a blocking thread.
+async fn join_save(
+    h: tokio::task::JoinHandle<Result<(), ResumeError>>,
+) -> Result<(), SessionError> {
+    match h.await {
+        Ok(r) => r.map_err(SessionError::Resume),
+        // The save panicked (or the runtime is shutting down): the record was not written.
+        Err(_) => Err(SessionError::TaskEnded),
     }
 }
 
