@@ -174,7 +174,7 @@ impl Target {
     }
 
     /// The info hash (v1, or the truncated v2 hash of a v2-only magnet).
-    pub fn info_hash(&self) -> [u8; 20] {
+    pub fn info_hash(&self) -> InfoHash {
         match self {
             Target::Magnet(m) => m.info_hash,
             Target::Torrent(t) => t.info_hash,
@@ -250,13 +250,13 @@ pub struct AddOptions {
 pub struct Torrent {
     session: Session,
     registry: Arc<MetadataRegistry>,
-    info_hash: [u8; 20],
+    info_hash: InfoHash,
     info: Info,
 }
 
 impl Torrent {
     /// The torrent's info hash.
-    pub fn info_hash(&self) -> [u8; 20] {
+    pub fn info_hash(&self) -> InfoHash {
         self.info_hash
     }
 
@@ -294,8 +294,8 @@ impl Torrent {
     /// listener.
     pub async fn stop(self) -> Result<(), SessionError> {
         let r = self.session.stop().await;
-        self.registry.detach(&self.info_hash);
-        self.registry.remove(&self.info_hash);
+        self.registry.detach(&self.info_hash.0);
+        self.registry.remove(&self.info_hash.0);
         r
     }
 }
@@ -378,8 +378,8 @@ impl Client {
             ..PeersConfig::lookup()
         };
         let source = PeerSource::new(magnet.peers.iter().copied())
-            .with_feed(self.dht.peers(InfoHash(magnet.info_hash), lookups));
-        match fetch_metadata(magnet.info_hash, source, &cfg).await {
+            .with_feed(self.dht.peers(magnet.info_hash, lookups));
+        match fetch_metadata(magnet.info_hash.0, source, &cfg).await {
             Ok(f) => Ok(f),
             Err(error) => {
                 let dht_nodes = self
@@ -402,7 +402,7 @@ impl Client {
         dir: &Path,
         opts: AddOptions,
     ) -> Result<Torrent, ClientError> {
-        let ih = target.info_hash();
+        let ih = target.info_hash().0;
         let mut peers: Vec<SocketAddr> = Vec::new();
         let cached = self
             .cfg
@@ -444,7 +444,7 @@ impl Client {
         Ok(Torrent {
             session,
             registry: self.registry.clone(),
-            info_hash: ih,
+            info_hash: InfoHash(ih),
             info,
         })
     }
@@ -467,7 +467,7 @@ impl Client {
         Ok(Torrent {
             session,
             registry: self.registry.clone(),
-            info_hash: ih,
+            info_hash: InfoHash(ih),
             info,
         })
     }
@@ -502,7 +502,7 @@ mod tests {
     fn targets_parse_from_a_hash_a_file_or_say_why_not() {
         assert!(matches!(
             Target::parse(&hex::encode([3u8; 20])),
-            Ok(Target::Magnet(m)) if m.info_hash == [3; 20]
+            Ok(Target::Magnet(m)) if m.info_hash == InfoHash([3; 20])
         ));
         let e = Target::parse("/nonexistent/x.torrent").unwrap_err();
         assert!(matches!(e, TargetError::NoSuchFile { .. }), "{e:?}");

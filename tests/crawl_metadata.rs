@@ -74,7 +74,7 @@ async fn crawler_fetches_metadata_of_what_it_finds() {
         assert_eq!(meta.name, format!("crawled-{i}"));
         let file = torrents.join(format!("{ih}.torrent"));
         let written = Metainfo::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
-        assert_eq!(written.info_hash, ih.0);
+        assert_eq!(written.info_hash, ih);
     }
     net.shutdown().await;
 }

@@ -88,7 +88,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     assert!(stdout.contains("total size: "), "{stdout}");
     let file = out.join("dht e2e_ 2000 files.torrent");
     let meta = Metainfo::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(meta.info_hash, ih);
+    assert_eq!(meta.info_hash.0, ih);
     assert_eq!(meta.info_bytes, info);
     assert!(meta.announce.is_none() && meta.announce_list.is_empty());
     assert!(seeder.server.stats().data_sent >= 4);
@@ -110,7 +110,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let meta = Metainfo::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(meta.info_hash, ih);
+    assert_eq!(meta.info_hash.0, ih);
 
     // An info hash nobody has: non-zero exit, saying how many peers were found and tried.
     let missing = hex::encode([0x42; 20]);

@@ -146,7 +146,7 @@ async fn dht_get_fetches_metadata_from_a_libtorrent_seeder() {
         assert!(ok, "{text}");
         let written = std::fs::read(out.path().join(format!("{name}.torrent"))).unwrap();
         let meta = Metainfo::from_bytes(&written).unwrap();
-        assert_eq!(hex::encode(meta.info_hash), ih);
+        assert_eq!(meta.info_hash.to_hex(), ih);
         assert_eq!(meta.info_bytes, lt_meta.info_bytes);
         assert!(
             text.contains(&format!("files: {}", lt_meta.info.files.len())),
