@@ -267,7 +267,7 @@ pub(super) const MAX_PEX_INBOX: usize = 200;
 
 /// What the session and its peer tasks share.
 pub(super) struct Shared {
-    pub info_hash: [u8; 20],
+    pub info_hash: InfoHash,
     pub info: Arc<Info>,
     pub info_bytes: Bytes,
     pub storage: Storage,
@@ -363,10 +363,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let info =
             Info::from_bytes(&info_bytes).map_err(|e| SessionError::Metainfo(Arc::new(e)))?;
-        let info_hash: [u8; 20] = {
-            use sha1::{Digest, Sha1};
-            Sha1::digest(&info_bytes).into()
-        };
+        let info_hash = InfoHash::of_info(&info_bytes);
         let (disk_tx, disk_rx) = mpsc::unbounded_channel();
         let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         let storage = Storage::open(&root, &info, mode, cfg.disk_threads, disk_tx)
@@ -443,7 +440,7 @@ impl Session {
     }
 
     /// The torrent's info hash.
-    pub fn info_hash(&self) -> [u8; 20] {
+    pub fn info_hash(&self) -> InfoHash {
         self.shared.info_hash
     }
 
@@ -807,7 +804,7 @@ impl Runner {
             .cfg
             .resume
             .as_ref()
-            .and_then(|r| r.load(&self.shared.info_hash, n, self.shared.info.files.len()));
+            .and_then(|r| r.load(&self.shared.info_hash.0, n, self.shared.info.files.len()));
         let plan = plan_start(
             record.as_ref(),
             &self.root,
@@ -885,7 +882,7 @@ impl Runner {
         };
         self.dirty = false;
         store
-            .save(&self.shared.info_hash, &rec)
+            .save(&self.shared.info_hash.0, &rec)
             .map_err(SessionError::Resume)
     }
 
@@ -893,7 +890,7 @@ impl Runner {
         let (Some(dht), false) = (self.shared.cfg.dht.clone(), self.shared.info.private) else {
             return;
         };
-        let ih = InfoHash(self.shared.info_hash);
+        let ih = self.shared.info_hash;
         let port = self.shared.cfg.listen_port;
         let max = self.shared.cfg.reannounce;
         let tx = self.self_tx.clone();

@@ -95,7 +95,7 @@ async fn run_peer(
     mut cmds: mpsc::UnboundedReceiver<PeerCmd>,
 ) -> Result<(), PeerEnd> {
     // Metadata only: no pieces are traded, so no BEP 6 promises.
-    let ours = Handshake::new(ctx.info_hash, ctx.peer_id).without_fast();
+    let ours = Handshake::new(crate::torrent::InfoHash(ctx.info_hash), ctx.peer_id).without_fast();
     let (stream, theirs) =
         crate::wire::open_outgoing(addr, None, &ctx.allow, &ctx.wire, &ctx.transports, &ours)
             .await?;

@@ -456,11 +456,17 @@ pub async fn serve_connection(
 ) -> Result<(), WireError> {
     let mut info = None;
     let mut handoff = None;
-    crate::wire::accept_incoming(&mut stream, &ctx.config.wire, || ctx.registry.info_hashes())
-        .await?;
+    crate::wire::accept_incoming(&mut stream, &ctx.config.wire, || {
+        ctx.registry
+            .info_hashes()
+            .into_iter()
+            .map(crate::torrent::InfoHash)
+            .collect()
+    })
+    .await?;
     let theirs = handshake_incoming(&mut stream, ctx.config.wire.handshake_timeout, |hs| {
-        handoff = ctx.registry.handoff(&hs.info_hash);
-        info = ctx.registry.get(&hs.info_hash);
+        handoff = ctx.registry.handoff(&hs.info_hash.0);
+        info = ctx.registry.get(&hs.info_hash.0);
         if info.is_none() && handoff.is_none() {
             bump(&ctx.stats.unknown_info_hash);
             return None;

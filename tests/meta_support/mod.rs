@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpListener;
+use trackerless::torrent::InfoHash;
 use trackerless::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, METADATA_BLOCK, Message, MetadataMsg,
     OUR_UT_METADATA_ID, PeerConn, UT_METADATA, WireConfig, handshake_incoming,
@@ -164,7 +165,7 @@ async fn serve_fake(
     let wire = WireConfig::default();
     let peer_id = trackerless::torrent::PeerId::generate();
     handshake_incoming(&mut stream, Duration::from_secs(5), |hs| {
-        (hs.info_hash == ih).then(|| Handshake::new(ih, peer_id).without_fast())
+        (hs.info_hash.0 == ih).then(|| Handshake::new(InfoHash(ih), peer_id).without_fast())
     })
     .await?;
     let advertised = match lie {
