@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha1::{Digest, Sha1};
 
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
@@ -402,14 +401,14 @@ impl Client {
         dir: &Path,
         opts: AddOptions,
     ) -> Result<Torrent, ClientError> {
-        let ih = target.info_hash().0;
+        let ih = target.info_hash();
         let mut peers: Vec<SocketAddr> = Vec::new();
         let cached = self
             .cfg
             .resume
             .as_ref()
             .and_then(|r| r.load_info(&ih))
-            .filter(|i| <[u8; 20]>::from(Sha1::digest(i)) == ih);
+            .filter(|i| InfoHash::of_info(i) == ih);
         let info_bytes: Bytes = match (&target, cached) {
             (Target::Torrent(t), _) => Bytes::from(t.info_bytes.clone()),
             (Target::Magnet(_), Some(cached)) => Bytes::from(cached),
@@ -439,12 +438,12 @@ impl Client {
         let session = Session::start(info_bytes.clone(), dir, Mode::ReadWrite, cfg)
             .map_err(ClientError::Session)?;
         self.registry.insert(info_bytes);
-        self.registry.attach(ih, session.handoff());
+        self.registry.attach(ih.0, session.handoff());
         session.add_peers(peers);
         Ok(Torrent {
             session,
             registry: self.registry.clone(),
-            info_hash: InfoHash(ih),
+            info_hash: ih,
             info,
         })
     }

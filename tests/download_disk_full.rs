@@ -116,7 +116,7 @@ async fn write_failure_stops_cleanly_and_keeps_verified_pieces() {
     );
     // Nothing verified is lost: the record holds exactly the pieces below the limit.
     let rec = store
-        .load(&ih.0, SIZE / PIECE as usize, 1)
+        .load(&ih, SIZE / PIECE as usize, 1)
         .expect("a resume record");
     assert_eq!(
         rec.verified.ones().collect::<Vec<_>>(),

@@ -804,7 +804,7 @@ impl Runner {
             .cfg
             .resume
             .as_ref()
-            .and_then(|r| r.load(&self.shared.info_hash.0, n, self.shared.info.files.len()));
+            .and_then(|r| r.load(&self.shared.info_hash, n, self.shared.info.files.len()));
         let plan = plan_start(
             record.as_ref(),
             &self.root,
@@ -882,7 +882,7 @@ impl Runner {
         };
         self.dirty = false;
         store
-            .save(&self.shared.info_hash.0, &rec)
+            .save(&self.shared.info_hash, &rec)
             .map_err(SessionError::Resume)
     }
 
