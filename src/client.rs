@@ -293,8 +293,8 @@ impl Torrent {
     /// listener.
     pub async fn stop(self) -> Result<(), SessionError> {
         let r = self.session.stop().await;
-        self.registry.detach(&self.info_hash.0);
-        self.registry.remove(&self.info_hash.0);
+        self.registry.detach(&self.info_hash);
+        self.registry.remove(&self.info_hash);
         r
     }
 }
@@ -378,7 +378,7 @@ impl Client {
         };
         let source = PeerSource::new(magnet.peers.iter().copied())
             .with_feed(self.dht.peers(magnet.info_hash, lookups));
-        match fetch_metadata(magnet.info_hash.0, source, &cfg).await {
+        match fetch_metadata(magnet.info_hash, source, &cfg).await {
             Ok(f) => Ok(f),
             Err(error) => {
                 let dht_nodes = self
@@ -438,7 +438,7 @@ impl Client {
         let session = Session::start(info_bytes.clone(), dir, Mode::ReadWrite, cfg)
             .map_err(ClientError::Session)?;
         self.registry.insert(info_bytes);
-        self.registry.attach(ih.0, session.handoff());
+        self.registry.attach(ih, session.handoff());
         session.add_peers(peers);
         Ok(Torrent {
             session,
@@ -466,7 +466,7 @@ impl Client {
         Ok(Torrent {
             session,
             registry: self.registry.clone(),
-            info_hash: InfoHash(ih),
+            info_hash: ih,
             info,
         })
     }

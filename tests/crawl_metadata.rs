@@ -67,7 +67,7 @@ async fn crawler_fetches_metadata_of_what_it_finds() {
 
     let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
     for (i, info) in infos.iter().enumerate() {
-        let ih = trackerless::torrent::InfoHash(info_hash(info));
+        let ih = info_hash(info);
         let meta = store
             .metadata(&ih)
             .unwrap_or_else(|| panic!("no metadata stored for torrent {i} ({ih})"));

@@ -70,7 +70,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("state");
     let out = dir.path().join("out");
-    let magnet = format!("magnet:?xt=urn:btih:{}&dn=ignored", hex::encode(ih));
+    let magnet = format!("magnet:?xt=urn:btih:{ih}&dn=ignored");
     let run = dht_get(args(
         &magnet,
         "127.82.200.1:0",
@@ -88,7 +88,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     assert!(stdout.contains("total size: "), "{stdout}");
     let file = out.join("dht e2e_ 2000 files.torrent");
     let meta = Metainfo::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(meta.info_hash.0, ih);
+    assert_eq!(meta.info_hash, ih);
     assert_eq!(meta.info_bytes, info);
     assert!(meta.announce.is_none() && meta.announce_list.is_empty());
     assert!(seeder.server.stats().data_sent >= 4);
@@ -99,7 +99,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     // routing table persisted by the first run.
     std::fs::remove_file(&file).unwrap();
     let run = dht_get(args(
-        &hex::encode(ih),
+        &ih.to_hex(),
         "127.82.200.2:0",
         "127.82.250.250:9",
         &data,
@@ -110,7 +110,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let meta = Metainfo::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(meta.info_hash.0, ih);
+    assert_eq!(meta.info_hash, ih);
 
     // An info hash nobody has: non-zero exit, saying how many peers were found and tried.
     let missing = hex::encode([0x42; 20]);

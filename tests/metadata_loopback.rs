@@ -222,7 +222,7 @@ async fn overall_timeout_reports_found_and_tried() {
 /// Handshakes with `srv` for `ih` and exchanges extension handshakes.
 async fn raw_client(
     srv: SocketAddr,
-    ih: [u8; 20],
+    ih: InfoHash,
 ) -> (
     PeerConn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>,
     ExtHandshake,
@@ -230,7 +230,7 @@ async fn raw_client(
     let mut stream = TcpStream::connect(srv).await.unwrap();
     handshake_outgoing(
         &mut stream,
-        &Handshake::new(InfoHash(ih), trackerless::torrent::PeerId([7; 20])),
+        &Handshake::new(ih, trackerless::torrent::PeerId([7; 20])),
         Duration::from_secs(5),
     )
     .await
@@ -260,11 +260,9 @@ async fn server_survives_hostile_input() {
     let mut buf = [0u8; 16];
     assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0);
     let mut s = TcpStream::connect(srv.local_addr()).await.unwrap();
-    s.write_all(
-        &Handshake::new(InfoHash(ih), trackerless::torrent::PeerId([1; 20])).encode()[..30],
-    )
-    .await
-    .unwrap();
+    s.write_all(&Handshake::new(ih, trackerless::torrent::PeerId([1; 20])).encode()[..30])
+        .await
+        .unwrap();
     drop(s);
 
     let (mut conn, hs) = raw_client(srv.local_addr(), ih).await;
@@ -319,7 +317,7 @@ async fn server_survives_hostile_input() {
     let (_, mut w) = conn.into_split();
     let _ = w.shutdown().await;
     let mut s = TcpStream::connect(srv.local_addr()).await.unwrap();
-    let mut hs = Handshake::new(InfoHash(ih), trackerless::torrent::PeerId([2; 20]))
+    let mut hs = Handshake::new(ih, trackerless::torrent::PeerId([2; 20]))
         .encode()
         .to_vec();
     hs.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -352,7 +350,7 @@ async fn connection_limit_closes_excess_connections() {
     let (_b, _) = raw_client(srv.local_addr(), ih).await;
     let mut c = TcpStream::connect(srv.local_addr()).await.unwrap();
     let _ = c
-        .write_all(&Handshake::new(InfoHash(ih), trackerless::torrent::PeerId([3; 20])).encode())
+        .write_all(&Handshake::new(ih, trackerless::torrent::PeerId([3; 20])).encode())
         .await;
     let mut buf = [0u8; 68];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
@@ -482,7 +480,7 @@ async fn serve_connection_survives_random_traffic() {
     let srv = listener.local_addr().unwrap();
     let mut rng = rand::rng();
     for round in 0..200u32 {
-        let mut wire = Handshake::new(InfoHash(ih), trackerless::torrent::PeerId([9; 20]))
+        let mut wire = Handshake::new(ih, trackerless::torrent::PeerId([9; 20]))
             .encode()
             .to_vec();
         if round % 2 == 0 {

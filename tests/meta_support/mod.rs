@@ -71,8 +71,8 @@ pub fn synthetic_info(name: &str, files: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-pub fn info_hash(info: &[u8]) -> [u8; 20] {
-    Sha1::digest(info).into()
+pub fn info_hash(info: &[u8]) -> InfoHash {
+    InfoHash(Sha1::digest(info).into())
 }
 
 /// How a [`FakePeer`] answers metadata requests.
@@ -165,7 +165,7 @@ async fn serve_fake(
     let wire = WireConfig::default();
     let peer_id = trackerless::torrent::PeerId::generate();
     handshake_incoming(&mut stream, Duration::from_secs(5), |hs| {
-        (hs.info_hash.0 == ih).then(|| Handshake::new(InfoHash(ih), peer_id).without_fast())
+        (hs.info_hash == ih).then(|| Handshake::new(ih, peer_id).without_fast())
     })
     .await?;
     let advertised = match lie {
@@ -320,14 +320,9 @@ impl Seeder {
     }
 
     /// Announces `ih` on the server's TCP port; panics if no node acknowledged it.
-    pub async fn announce(&self, ih: [u8; 20]) {
+    pub async fn announce(&self, ih: InfoHash) {
         let port = self.server.local_addr().port();
-        let (_, summary) = self
-            .dht
-            .announce(trackerless::torrent::InfoHash(ih), Some(port))
-            .unwrap()
-            .collect()
-            .await;
+        let (_, summary) = self.dht.announce(ih, Some(port)).unwrap().collect().await;
         assert!(
             summary.announced >= 1,
             "announce reached nobody: {summary:?}"
