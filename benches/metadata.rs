@@ -90,9 +90,9 @@ async fn our_node(ip: Ipv4Addr, router: SocketAddrV4) -> DhtHandle {
 }
 
 /// Our library path on a running node: get_peers lookup streaming into the fetcher.
-async fn library_fetch(dht: &DhtHandle, ih: [u8; 20]) -> f64 {
+async fn library_fetch(dht: &DhtHandle, ih: InfoHash) -> f64 {
     let t = Instant::now();
-    let stream = dht.get_peers(InfoHash(ih)).unwrap();
+    let stream = dht.get_peers(ih).unwrap();
     let cfg = FetchConfig {
         allow: AllowList::loopback(),
         timeout: Some(Duration::from_secs(30)),
@@ -243,7 +243,7 @@ async fn latency(net: &Testnet, seeder: &mut LtNode, fetcher: &mut LtNode) {
             if !lt_first {
                 theirs.push(lt_resolve(fetcher, magnet_a, ih_a, out.path()).await);
             }
-            let ih: [u8; 20] = hex::decode(ih_b).unwrap().try_into().unwrap();
+            let ih: InfoHash = ih_b.parse().unwrap();
             lib.push(library_fetch(&lib_node, ih).await);
             let _ = magnet_b;
         }
@@ -267,7 +267,7 @@ async fn latency(net: &Testnet, seeder: &mut LtNode, fetcher: &mut LtNode) {
 /// Fetches every info hash from `addr_of(i)` with `concurrency` fetches in flight; returns
 /// elapsed seconds. Every fetch must verify.
 async fn fetch_all(
-    hashes: &[[u8; 20]],
+    hashes: &[InfoHash],
     addr_of: impl Fn(usize) -> SocketAddr,
     concurrency: usize,
 ) -> f64 {
@@ -361,10 +361,7 @@ async fn throughput(lt_seeder: &mut LtNode, lt_fetcher: &mut LtNode) {
         wait_seeding(lt_seeder, ih).await;
     }
     let seeder_addr = SocketAddr::V4(lt_seeder.addr);
-    let lt_hashes: Vec<[u8; 20]> = lt_torrents
-        .iter()
-        .map(|h| hex::decode(h).unwrap().try_into().unwrap())
-        .collect();
+    let lt_hashes: Vec<InfoHash> = lt_torrents.iter().map(|h| h.parse().unwrap()).collect();
     // libtorrent listens with a TCP backlog of 5 (its listen_queue_size default): more
     // simultaneous TCP connects than that lose their SYNs and retry after 1 s, 3 s... while
     // libtorrent-to-libtorrent goes over uTP. So our fetcher is measured at two levels.

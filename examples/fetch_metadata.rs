@@ -18,7 +18,6 @@ use trackerless::metadata::{
     FetchConfig, MetadataRegistry, MetadataServer, PeerSource, ServeConfig, fetch_metadata,
 };
 use trackerless::sim::testnet::{Testnet, TestnetConfig};
-use trackerless::torrent::InfoHash;
 use trackerless::torrent::metainfo::{Info, create_info};
 
 #[tokio::main]
@@ -56,18 +55,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let (_, announced) = seeder
-        .announce(InfoHash(info_hash), Some(server.local_addr().port()))?
+        .announce(info_hash, Some(server.local_addr().port()))?
         .collect()
         .await;
     println!(
         "serving {} on {} (announced to {} nodes)",
-        hex::encode(info_hash),
+        info_hash,
         server.local_addr(),
         announced.announced
     );
 
     // The fetching side: node 9 knows nothing but the info hash.
-    let lookup = net.nodes[9].get_peers(InfoHash(info_hash))?;
+    let lookup = net.nodes[9].get_peers(info_hash)?;
     let config = FetchConfig {
         allow: AllowList::loopback(),
         timeout: Some(Duration::from_secs(60)),
@@ -77,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("no metadata: {}", e.stats().summary()))?;
     let parsed = Info::from_bytes(&fetched.info)?;
-    println!("fetched the metadata of {}:", hex::encode(info_hash));
+    println!("fetched the metadata of {info_hash}:");
     println!("  name: {}", parsed.name);
     println!("  files: {}", parsed.files.len());
     println!("  total size: {} bytes", parsed.total_length());

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha1::{Digest, Sha1};
 
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
@@ -174,7 +173,7 @@ impl Target {
     }
 
     /// The info hash (v1, or the truncated v2 hash of a v2-only magnet).
-    pub fn info_hash(&self) -> [u8; 20] {
+    pub fn info_hash(&self) -> InfoHash {
         match self {
             Target::Magnet(m) => m.info_hash,
             Target::Torrent(t) => t.info_hash,
@@ -250,13 +249,13 @@ pub struct AddOptions {
 pub struct Torrent {
     session: Session,
     registry: Arc<MetadataRegistry>,
-    info_hash: [u8; 20],
+    info_hash: InfoHash,
     info: Info,
 }
 
 impl Torrent {
     /// The torrent's info hash.
-    pub fn info_hash(&self) -> [u8; 20] {
+    pub fn info_hash(&self) -> InfoHash {
         self.info_hash
     }
 
@@ -378,7 +377,7 @@ impl Client {
             ..PeersConfig::lookup()
         };
         let source = PeerSource::new(magnet.peers.iter().copied())
-            .with_feed(self.dht.peers(InfoHash(magnet.info_hash), lookups));
+            .with_feed(self.dht.peers(magnet.info_hash, lookups));
         match fetch_metadata(magnet.info_hash, source, &cfg).await {
             Ok(f) => Ok(f),
             Err(error) => {
@@ -409,7 +408,7 @@ impl Client {
             .resume
             .as_ref()
             .and_then(|r| r.load_info(&ih))
-            .filter(|i| <[u8; 20]>::from(Sha1::digest(i)) == ih);
+            .filter(|i| InfoHash::of_info(i) == ih);
         let info_bytes: Bytes = match (&target, cached) {
             (Target::Torrent(t), _) => Bytes::from(t.info_bytes.clone()),
             (Target::Magnet(_), Some(cached)) => Bytes::from(cached),
@@ -502,7 +501,7 @@ mod tests {
     fn targets_parse_from_a_hash_a_file_or_say_why_not() {
         assert!(matches!(
             Target::parse(&hex::encode([3u8; 20])),
-            Ok(Target::Magnet(m)) if m.info_hash == [3; 20]
+            Ok(Target::Magnet(m)) if m.info_hash == InfoHash([3; 20])
         ));
         let e = Target::parse("/nonexistent/x.torrent").unwrap_err();
         assert!(matches!(e, TargetError::NoSuchFile { .. }), "{e:?}");

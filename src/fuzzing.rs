@@ -302,7 +302,7 @@ pub fn mse_run(
     use crate::wire::mse::{CryptoSet, DEFAULT_TIMEOUT, DhKey, MseHandshake, MseSecrets, Role};
     let (&ctl, rest) = data.split_first()?;
     let now = std::time::Instant::now();
-    let hash = [0xab; 20];
+    let hash = crate::torrent::InfoHash([0xab; 20]);
     let role = if ctl & 1 == 0 {
         Role::Initiator {
             info_hash: hash,

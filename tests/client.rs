@@ -9,6 +9,7 @@ use std::time::Duration;
 use trackerless::client::{AddOptions, Client, ClientConfig, ClientError, Target};
 use trackerless::dht::driver::{Dht, DhtConfig};
 use trackerless::dht::node::Config;
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::Metainfo;
 
@@ -38,7 +39,7 @@ async fn a_magnet_nobody_has_times_out_naming_the_empty_routing_table() {
     .await
     .unwrap();
     assert_eq!(client.local_addr().ip(), dht.local_addr().ip());
-    let magnet = Magnet::from_info_hash([0x42; 20]);
+    let magnet = Magnet::from_info_hash(InfoHash([0x42; 20]));
     let err = tokio::time::timeout(Duration::from_secs(30), client.fetch_metadata(&magnet))
         .await
         .expect("the fetch ends at its own timeout")

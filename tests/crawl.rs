@@ -590,7 +590,7 @@ async fn metadata_pool_fetches_verifies_and_writes_torrents() {
         assert_eq!((m.name.as_str(), m.total_size, m.file_count), (name, 5, 1));
         let file = std::fs::read(torrents.join(format!("{}.torrent", ih.to_hex()))).unwrap();
         let mi = trackerless::torrent::metainfo::Metainfo::from_bytes(&file).unwrap();
-        assert_eq!(mi.info_hash, ih.0);
+        assert_eq!(mi.info_hash, *ih);
     }
     assert!(store.metadata(&liar).is_none());
     assert!(!torrents.join(format!("{}.torrent", liar.to_hex())).exists());

@@ -67,14 +67,14 @@ async fn crawler_fetches_metadata_of_what_it_finds() {
 
     let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
     for (i, info) in infos.iter().enumerate() {
-        let ih = trackerless::torrent::InfoHash(info_hash(info));
+        let ih = info_hash(info);
         let meta = store
             .metadata(&ih)
             .unwrap_or_else(|| panic!("no metadata stored for torrent {i} ({ih})"));
         assert_eq!(meta.name, format!("crawled-{i}"));
         let file = torrents.join(format!("{ih}.torrent"));
         let written = Metainfo::from_bytes(&std::fs::read(&file).unwrap()).unwrap();
-        assert_eq!(written.info_hash, ih.0);
+        assert_eq!(written.info_hash, ih);
     }
     net.shutdown().await;
 }

@@ -49,9 +49,9 @@ async fn write_failure_stops_cleanly_and_keeps_verified_pieces() {
     let data = content(SIZE, 3);
     std::fs::write(&file, &data).unwrap();
     let info = torrent_of(&file, Some(PIECE));
-    let ih: [u8; 20] = {
+    let ih = {
         use sha1::{Digest, Sha1};
-        Sha1::digest(&info).into()
+        trackerless::torrent::InfoHash(Sha1::digest(&info).into())
     };
     let seeder = Peer::seeder(v4(127, 143, 1, 1), &[net.addr(0)], &info, src.path()).await;
     let below = (LIMIT / PIECE) as u32;

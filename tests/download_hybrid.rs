@@ -194,7 +194,7 @@ async fn libtorrent_downloads_a_hybrid_torrent_from_dht_seed() {
     let mut lt = LtNode::start_on(Ipv4Addr::new(127, 151, 1, 2)).await;
     let save = tempfile::tempdir().unwrap();
     let ih = lt.add_torrent_file(&torrent, save.path()).await;
-    assert_eq!(ih, hex::encode(ours.info_hash));
+    assert_eq!(ih, ours.info_hash.to_hex());
     lt.add_peer(&ih, peer).await;
     let done = lt.wait_finished(&ih, Duration::from_secs(120)).await;
     let _ = seeder.kill();

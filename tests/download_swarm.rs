@@ -76,9 +76,9 @@ async fn lying_peer_is_banned_and_the_download_completes() {
     std::fs::write(&file, &data).unwrap();
     let piece_length = 64 * 1024;
     let info = torrent_of(&file, Some(piece_length));
-    let ih: [u8; 20] = {
+    let ih = {
         use sha1::{Digest, Sha1};
-        Sha1::digest(&info).into()
+        trackerless::torrent::InfoHash(Sha1::digest(&info).into())
     };
     // The liar corrupts every block it sends; the honest seeder is slowed down so that the
     // liar gets plenty of pieces to spoil before the download can finish without it.

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use dl_support::{Peer, content, testnet, torrent_of, v4};
 use trackerless::dht::allow::AllowList;
 use trackerless::download::{Mode, Phase};
-use trackerless::torrent::PeerId;
+use trackerless::torrent::{InfoHash, PeerId};
 use trackerless::wire::ExtHandshake;
 use trackerless::wire::pex::{PEX_FIRST_DELAY, PexMsg, UT_PEX, flags, pex_counts};
 use trackerless::wire::{
@@ -47,16 +47,16 @@ type Conn = PeerConn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWrite
 
 /// Connects from `ip` to `to` and handshakes for `info_hash` as a plain BEP 3 peer (fast
 /// bit clear).
-async fn scripted_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20]) -> Conn {
+async fn scripted_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: InfoHash) -> Conn {
     scripted(ip, to, info_hash, false).await
 }
 
 /// The same, claiming BEP 6 (fast bit set).
-async fn scripted_fast_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20]) -> Conn {
+async fn scripted_fast_peer(ip: Ipv4Addr, to: SocketAddr, info_hash: InfoHash) -> Conn {
     scripted(ip, to, info_hash, true).await
 }
 
-async fn scripted(ip: Ipv4Addr, to: SocketAddr, info_hash: [u8; 20], fast: bool) -> Conn {
+async fn scripted(ip: Ipv4Addr, to: SocketAddr, info_hash: InfoHash, fast: bool) -> Conn {
     let mut s = connect_from(
         to,
         Some(ip.into()),
@@ -122,9 +122,9 @@ async fn next_piece(c: &mut Conn) -> (u32, u32, u32) {
     }
 }
 
-fn info_hash(info: &[u8]) -> [u8; 20] {
+fn info_hash(info: &[u8]) -> InfoHash {
     use sha1::{Digest, Sha1};
-    Sha1::digest(info).into()
+    InfoHash(Sha1::digest(info).into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -856,7 +856,7 @@ async fn slow_swarm(
     net: &trackerless::sim::testnet::Testnet,
     third: u8,
     pex: bool,
-) -> (Peer, Peer, [u8; 20], Vec<tempfile::TempDir>) {
+) -> (Peer, Peer, InfoHash, Vec<tempfile::TempDir>) {
     let (src, info, _) = pex_torrent("slow.bin", 4, 9);
     let ih = info_hash(&info);
     let seeder = Peer::start(

@@ -70,7 +70,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("state");
     let out = dir.path().join("out");
-    let magnet = format!("magnet:?xt=urn:btih:{}&dn=ignored", hex::encode(ih));
+    let magnet = format!("magnet:?xt=urn:btih:{ih}&dn=ignored");
     let run = dht_get(args(
         &magnet,
         "127.82.200.1:0",
@@ -99,7 +99,7 @@ async fn dht_get_fetches_metadata_through_the_dht() {
     // routing table persisted by the first run.
     std::fs::remove_file(&file).unwrap();
     let run = dht_get(args(
-        &hex::encode(ih),
+        &ih.to_hex(),
         "127.82.200.2:0",
         "127.82.250.250:9",
         &data,

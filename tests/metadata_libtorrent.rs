@@ -146,7 +146,7 @@ async fn dht_get_fetches_metadata_from_a_libtorrent_seeder() {
         assert!(ok, "{text}");
         let written = std::fs::read(out.path().join(format!("{name}.torrent"))).unwrap();
         let meta = Metainfo::from_bytes(&written).unwrap();
-        assert_eq!(hex::encode(meta.info_hash), ih);
+        assert_eq!(meta.info_hash.to_hex(), ih);
         assert_eq!(meta.info_bytes, lt_meta.info_bytes);
         assert!(
             text.contains(&format!("files: {}", lt_meta.info.files.len())),
@@ -181,7 +181,7 @@ async fn libtorrent_resolves_magnets_from_our_serving_side() {
     let save = tempfile::tempdir().unwrap();
 
     // Through the DHT only.
-    let ih = hex::encode(info_hash(&via_dht));
+    let ih = info_hash(&via_dht).to_hex();
     lt.add_magnet(&format!("magnet:?xt=urn:btih:{ih}"), save.path())
         .await;
     let ev = lt
@@ -202,7 +202,7 @@ async fn libtorrent_resolves_magnets_from_our_serving_side() {
     assert!(served.data_sent >= 4, "{served:?}");
 
     // Given our address in the magnet.
-    let ih = hex::encode(info_hash(&via_xpe));
+    let ih = info_hash(&via_xpe).to_hex();
     let srv = seeder.server.local_addr();
     lt.add_magnet(&format!("magnet:?xt=urn:btih:{ih}&x.pe={srv}"), save.path())
         .await;
@@ -227,7 +227,7 @@ async fn liar_next_to_libtorrent_is_dropped() {
     let tree = content.path().join("lt-liar");
     make_tree(&tree, 1200);
     let r = lt.seed(&tree).await;
-    let ih: [u8; 20] = hex::decode(&r.info_hash).unwrap().try_into().unwrap();
+    let ih: InfoHash = r.info_hash.parse().unwrap();
     let lt_meta = Metainfo::from_bytes(&std::fs::read(&r.torrent).unwrap()).unwrap();
     let liar = FakePeer::start(
         SocketAddr::V4(v4(52, 2, 0)),

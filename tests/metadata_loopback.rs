@@ -20,6 +20,7 @@ use trackerless::metadata::{
     FetchConfig, FetchError, MetadataRegistry, MetadataServer, PeerOutcome, PeerSource,
     ServeConfig, fetch_metadata,
 };
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::metainfo::Info;
 use trackerless::wire::{
     ExtHandshake, Handshake, Message, MetadataMsg, OUR_UT_METADATA_ID, PeerConn, UT_METADATA,
@@ -221,7 +222,7 @@ async fn overall_timeout_reports_found_and_tried() {
 /// Handshakes with `srv` for `ih` and exchanges extension handshakes.
 async fn raw_client(
     srv: SocketAddr,
-    ih: [u8; 20],
+    ih: InfoHash,
 ) -> (
     PeerConn<tokio::net::tcp::OwnedReadHalf, tokio::net::tcp::OwnedWriteHalf>,
     ExtHandshake,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha1::{Digest, Sha1};
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::{
     Info, Metainfo, MetainfoError, create_info, default_piece_length, torrent_file_from_info,
@@ -52,7 +53,7 @@ fn libtorrent_v1_fixture_parses_and_writes_back_identically() {
     let bytes = fixture("v1_multi.torrent");
     let meta = Metainfo::from_bytes(&bytes).unwrap();
     assert_eq!(
-        hex::encode(meta.info_hash),
+        meta.info_hash.to_hex(),
         "16723f7899b415631e2469941cf1b4f0aa43d146"
     );
     assert_eq!(
@@ -97,7 +98,7 @@ fn libtorrent_hybrid_fixture_keeps_v2_keys_in_the_v1_hash() {
     let meta = Metainfo::from_bytes(&bytes).unwrap();
     // The v1 info hash covers `file tree` and `meta version`, which we do not parse.
     assert_eq!(
-        hex::encode(meta.info_hash),
+        meta.info_hash.to_hex(),
         "2a27efc66f0513dce51525d47b0a60d2feef6f8d"
     );
     let info_text = String::from_utf8_lossy(&meta.info_bytes);
@@ -209,7 +210,7 @@ fn created_multi_file_torrent_parses_back_and_verifies() {
     assert_eq!(meta.info, info);
     assert_eq!(meta.info_bytes, raw);
     let expected_hash: [u8; 20] = Sha1::digest(&raw).into();
-    assert_eq!(meta.info_hash, expected_hash);
+    assert_eq!(meta.info_hash, InfoHash(expected_hash));
     verify_on_disk(&meta.info, tmp.path());
 
     // Deterministic: the same tree gives the same bytes.
@@ -400,7 +401,7 @@ fn magnet_of_a_torrent_round_trips() {
     // After a BEP 9 fetch the raw info dict is checked against the magnet and saved.
     let fetched = meta.info_bytes.clone();
     let digest: [u8; 20] = Sha1::digest(&fetched).into();
-    assert_eq!(digest, magnet.info_hash);
+    assert_eq!(InfoHash(digest), magnet.info_hash);
     let saved = Metainfo::from_bytes(&torrent_file_from_info(&fetched)).unwrap();
     assert_eq!(saved.info, meta.info);
     assert_eq!(saved.info_hash, magnet.info_hash);

@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use trackerless::dht::allow::AllowList;
-use trackerless::torrent::PeerId;
+use trackerless::torrent::{InfoHash, PeerId};
 use trackerless::wire::{
     Handshake, Message, PeerConn, WireConfig, connect_from, handshake_outgoing,
 };
 
 const SEED: &str = env!("CARGO_BIN_EXE_dht-seed");
 
-async fn handshaken(to: SocketAddr, ih: [u8; 20]) -> tokio::net::TcpStream {
+async fn handshaken(to: SocketAddr, ih: InfoHash) -> tokio::net::TcpStream {
     let mut s = connect_from(
         to,
         Some("127.154.2.2".parse().unwrap()),
@@ -99,8 +99,7 @@ async fn each_connection_end_is_logged_with_who_and_why() {
     })
     .await
     .unwrap();
-    let mut ih = [0u8; 20];
-    hex::decode_to_slice(&magnet["magnet:?xt=urn:btih:".len()..][..40], &mut ih).unwrap();
+    let ih = InfoHash::from_hex(&magnet["magnet:?xt=urn:btih:".len()..][..40]).unwrap();
     let peer: SocketAddr = magnet
         .split("x.pe=")
         .nth(1)

@@ -197,9 +197,9 @@ async fn run_metadata_only(cli: &Cli, magnet: Magnet, dht: &DhtHandle) -> i32 {
     0
 }
 
-fn print_info(info: &Info, ih: &[u8; 20]) {
+fn print_info(info: &Info, ih: &InfoHash) {
     println!("name: {}", info.name);
-    println!("info hash: {}", hex::encode(ih));
+    println!("info hash: {ih}");
     println!(
         "total size: {} bytes ({})",
         info.total_length(),
@@ -383,10 +383,10 @@ impl Counts {
 /// nothing for the info hash send none, as libtorrent's do, so an unknown swarm reads
 /// `seeds 0 downloaders 0 nodes 0`). Exit code 1 when the DHT could not be reached within
 /// --timeout.
-async fn run_scrape(cli: &Cli, ih: [u8; 20], dht: &DhtHandle) -> i32 {
+async fn run_scrape(cli: &Cli, ih: InfoHash, dht: &DhtHandle) -> i32 {
     let scrape = async {
         dht.wait_for_nodes(1).await.map_err(|e| e.to_string())?;
-        dht.scrape(InfoHash(ih)).await.map_err(|e| e.to_string())
+        dht.scrape(ih).await.map_err(|e| e.to_string())
     };
     match tokio::time::timeout(cli.timeout, scrape).await {
         Ok(Ok(est)) => {
@@ -415,7 +415,7 @@ async fn run_scrape(cli: &Cli, ih: [u8; 20], dht: &DhtHandle) -> i32 {
 /// `<name>.torrent`, made safe for any file system: the name already passed the path-safety
 /// check (one component, no `..`), but may still hold control characters or characters some
 /// file systems refuse, or be too long for a file name.
-fn torrent_file_name(name: &str, ih: &[u8; 20]) -> String {
+fn torrent_file_name(name: &str, ih: &InfoHash) -> String {
     let mut clean: String = name
         .chars()
         .map(|c| match c {
@@ -431,7 +431,7 @@ fn torrent_file_name(name: &str, ih: &[u8; 20]) -> String {
         clean.pop();
     }
     if clean.is_empty() {
-        clean = hex::encode(ih);
+        clean = ih.to_hex();
     }
     format!("{clean}.torrent")
 }
@@ -442,7 +442,7 @@ mod tests {
 
     #[test]
     fn file_names_are_sanitised() {
-        let ih = [0xab; 20];
+        let ih = InfoHash([0xab; 20]);
         assert_eq!(
             torrent_file_name("Ubuntu 24.04", &ih),
             "Ubuntu 24.04.torrent"
@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(torrent_file_name("a:b*c?\u{7}", &ih), "a_b_c__.torrent");
         assert_eq!(
             torrent_file_name("...", &ih),
-            format!("{}.torrent", hex::encode(ih))
+            format!("{}.torrent", "ab".repeat(20))
         );
         let long = "é".repeat(300);
         let n = torrent_file_name(&long, &ih);

@@ -13,11 +13,11 @@ use bytes::Bytes;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use cli::NetArgs;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sha1::{Digest, Sha1};
 use trackerless::client::{Client, ClientConfig};
 use trackerless::dht::driver::DhtHandle;
 use trackerless::download::Phase;
 use trackerless::download::display::{ProgressDisplay, human_bytes};
+use trackerless::torrent::InfoHash;
 use trackerless::torrent::hybrid::create_hybrid_info;
 use trackerless::torrent::magnet::Magnet;
 use trackerless::torrent::metainfo::{Info, Metainfo, create_info};
@@ -198,8 +198,7 @@ async fn run(
             return 1;
         }
     };
-    let ih: [u8; 20] = Sha1::digest(&raw).into();
-    let mut magnet = Magnet::from_info_hash(ih);
+    let mut magnet = Magnet::from_info_hash(InfoHash::of_info(&raw));
     magnet.display_name = Some(info.name.clone());
     if !client.local_addr().ip().is_unspecified() {
         magnet.peers.push(client.local_addr());

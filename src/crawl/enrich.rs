@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha1::{Digest, Sha1};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
@@ -190,8 +189,7 @@ async fn verify_and_save(
     ih: &InfoHash,
     raw: &[u8],
 ) -> Result<TorrentMeta, EnrichError> {
-    let digest: [u8; 20] = Sha1::digest(raw).into();
-    if digest != ih.0 {
+    if InfoHash::of_info(raw) != *ih {
         return Err(EnrichError::Mismatch);
     }
     let meta = TorrentMeta::from_info(raw, now_unix()).ok_or(EnrichError::Unparsable)?;
@@ -214,7 +212,7 @@ impl MetadataFetcher for Bep9Fetcher {
         Box::pin(async move {
             let source =
                 crate::metadata::PeerSource::new(peers.into_iter().map(std::net::SocketAddr::V4));
-            crate::metadata::fetch_metadata(info_hash.0, source, &self.0)
+            crate::metadata::fetch_metadata(info_hash, source, &self.0)
                 .await
                 .map(|f| f.info.to_vec())
         })

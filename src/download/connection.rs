@@ -407,7 +407,7 @@ impl PeerConnection {
         {
             self.allowed_out = crate::wire::fast::allowed_fast_set(
                 *a.ip(),
-                self.cfg.info_hash.as_bytes(),
+                &self.cfg.info_hash,
                 self.bits.len() as u32,
                 crate::wire::fast::ALLOWED_FAST_COUNT,
             );

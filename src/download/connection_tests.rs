@@ -216,7 +216,12 @@ fn fast_greeting_uses_have_all_or_have_none_and_sends_the_allowed_fast_set() {
         ..config(true)
     };
     let all: Vec<u32> = (0..PIECES as u32).collect();
-    let expected = allowed_fast_set(*PEER.ip(), &[9; 20], PIECES as u32, ALLOWED_FAST_COUNT);
+    let expected = allowed_fast_set(
+        *PEER.ip(),
+        &InfoHash([9; 20]),
+        PIECES as u32,
+        ALLOWED_FAST_COUNT,
+    );
     assert_eq!(expected.len(), ALLOWED_FAST_COUNT);
     let allowed: Vec<Message> = expected
         .iter()
@@ -892,7 +897,12 @@ fn the_request_queue_is_bounded_by_our_reqq() {
 fn with_fast_every_unservable_request_is_rejected_and_allowed_fast_pieces_are_served_while_choked()
 {
     let t = Instant::now();
-    let allowed = allowed_fast_set(*PEER.ip(), &[9; 20], PIECES as u32, ALLOWED_FAST_COUNT);
+    let allowed = allowed_fast_set(
+        *PEER.ip(),
+        &InfoHash([9; 20]),
+        PIECES as u32,
+        ALLOWED_FAST_COUNT,
+    );
     let all: Vec<u32> = (0..PIECES as u32).collect();
     let mut c = conn(config(true), &all, t);
     let not_allowed = all.iter().copied().find(|p| !allowed.contains(p)).unwrap();
@@ -995,7 +1005,12 @@ fn choking_drops_queued_requests_and_forgets_reads_in_flight() {
 #[test]
 fn with_fast_choking_rejects_what_it_drops_and_keeps_allowed_fast_requests() {
     let t = Instant::now();
-    let allowed = allowed_fast_set(*PEER.ip(), &[9; 20], PIECES as u32, ALLOWED_FAST_COUNT);
+    let allowed = allowed_fast_set(
+        *PEER.ip(),
+        &InfoHash([9; 20]),
+        PIECES as u32,
+        ALLOWED_FAST_COUNT,
+    );
     let all: Vec<u32> = (0..PIECES as u32).collect();
     let other = all.iter().copied().find(|p| !allowed.contains(p)).unwrap();
     let mut c = conn(config(true), &all, t);

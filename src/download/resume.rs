@@ -19,6 +19,7 @@ use serde_bytes::ByteBuf;
 
 use super::bitfield::Bitfield;
 use super::storage::FileStamp;
+use crate::torrent::InfoHash;
 use crate::util::sled_open::{self, SledError};
 
 const RECORD_VERSION: u32 = 1;
@@ -104,15 +105,18 @@ struct Raw {
     files: Vec<(u64, i64)>,
 }
 
-fn record_key(ih: &[u8; 20]) -> Vec<u8> {
+/// `rec/` and the 20 raw info-hash bytes: the key layout of every store already on disk,
+/// so it must not change with the type that carries the hash.
+fn record_key(ih: &InfoHash) -> Vec<u8> {
     let mut k = b"rec/".to_vec();
-    k.extend_from_slice(ih);
+    k.extend_from_slice(ih.as_bytes());
     k
 }
 
-fn info_key(ih: &[u8; 20]) -> Vec<u8> {
+/// `info/` and the 20 raw info-hash bytes (see [`record_key`]).
+fn info_key(ih: &InfoHash) -> Vec<u8> {
     let mut k = b"info/".to_vec();
-    k.extend_from_slice(ih);
+    k.extend_from_slice(ih.as_bytes());
     k
 }
 
@@ -136,7 +140,7 @@ impl ResumeStore {
 
     /// The record for `ih`, if one is stored and readable for a torrent of `pieces` pieces
     /// and `files` files (anything else is treated as absent: it describes another layout).
-    pub fn load(&self, ih: &[u8; 20], pieces: usize, files: usize) -> Option<ResumeRecord> {
+    pub fn load(&self, ih: &InfoHash, pieces: usize, files: usize) -> Option<ResumeRecord> {
         let raw = self.db.get(record_key(ih)).ok()??;
         let r: Raw = serde_bencode::from_bytes(&raw).ok()?;
         if r.v != RECORD_VERSION || r.pieces != pieces as u64 || r.files.len() != files {
@@ -154,7 +158,7 @@ impl ResumeStore {
     }
 
     /// Stores the record for `ih` and flushes it to disk.
-    pub fn save(&self, ih: &[u8; 20], rec: &ResumeRecord) -> Result<(), ResumeError> {
+    pub fn save(&self, ih: &InfoHash, rec: &ResumeRecord) -> Result<(), ResumeError> {
         let raw = Raw {
             v: RECORD_VERSION,
             dir: ByteBuf::from(path_bytes(&rec.dir)),
@@ -171,7 +175,7 @@ impl ResumeStore {
     }
 
     /// Forgets `ih` (record and info dict).
-    pub fn remove(&self, ih: &[u8; 20]) -> Result<(), ResumeError> {
+    pub fn remove(&self, ih: &InfoHash) -> Result<(), ResumeError> {
         let r = self
             .db
             .remove(record_key(ih))
@@ -180,12 +184,12 @@ impl ResumeStore {
     }
 
     /// The info dict stored for `ih` (the caller checks its hash).
-    pub fn load_info(&self, ih: &[u8; 20]) -> Option<Vec<u8>> {
+    pub fn load_info(&self, ih: &InfoHash) -> Option<Vec<u8>> {
         self.db.get(info_key(ih)).ok()?.map(|v| v.to_vec())
     }
 
     /// Keeps the info dict of `ih`, so a restart needs no metadata fetch.
-    pub fn save_info(&self, ih: &[u8; 20], info: &[u8]) -> Result<(), ResumeError> {
+    pub fn save_info(&self, ih: &InfoHash, info: &[u8]) -> Result<(), ResumeError> {
         self.db
             .insert(info_key(ih), info)
             .and_then(|_| self.db.flush().map(drop))
@@ -288,7 +292,7 @@ mod tests {
     fn records_round_trip_and_wrong_shapes_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let store = ResumeStore::open(&dir.path().join("resume")).unwrap();
-        let ih = [7u8; 20];
+        let ih = InfoHash([7u8; 20]);
         assert!(store.load(&ih, 10, 1).is_none());
         let mut have = Bitfield::new(10);
         have.set(3);
@@ -306,6 +310,36 @@ mod tests {
         assert_eq!(store.load_info(&ih).unwrap(), b"d4:infoe");
         store.remove(&ih).unwrap();
         assert!(store.load(&ih, 10, 1).is_none() && store.load_info(&ih).is_none());
+    }
+
+    /// The on-disk layout is pinned byte for byte: a store written before info hashes had a
+    /// type of their own (keys `rec/` or `info/` plus the 20 raw bytes, a bencoded record)
+    /// must still load, and new writes must land under the same keys.
+    #[test]
+    fn stored_keys_and_records_keep_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ResumeStore::open(&dir.path().join("resume")).unwrap();
+        let raw = [0x11u8; 20];
+        let rec_key = [b"rec/".as_slice(), &raw].concat();
+        let info_key = [b"info/".as_slice(), &raw].concat();
+        let old_record = b"d3:dir2:/d5:fileslli5ei7eee4:have1:\x816:piecesi8e1:vi1ee";
+        store.db.insert(&rec_key, old_record.as_slice()).unwrap();
+        store.db.insert(&info_key, b"d4:infoe".as_slice()).unwrap();
+        let ih = InfoHash(raw);
+        let want = ResumeRecord {
+            dir: PathBuf::from("/d"),
+            verified: Bitfield::from_bytes_lossy(&[0x81], 8),
+            stamps: vec![st(5, 7)],
+        };
+        assert_eq!(store.load(&ih, 8, 1), Some(want.clone()));
+        assert_eq!(store.load_info(&ih).unwrap(), b"d4:infoe");
+        // Writing it back gives the same bytes under the same key, and nothing else.
+        store.db.clear().unwrap();
+        store.save(&ih, &want).unwrap();
+        store.save_info(&ih, b"d4:infoe").unwrap();
+        assert_eq!(&*store.db.get(&rec_key).unwrap().unwrap(), old_record);
+        assert_eq!(&*store.db.get(&info_key).unwrap().unwrap(), b"d4:infoe");
+        assert_eq!(store.db.len(), 2);
     }
 
     #[test]

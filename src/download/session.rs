@@ -298,7 +298,7 @@ impl PeerHandoff for SessionHandoff {
 
 /// A running torrent session.
 pub struct Session {
-    info_hash: [u8; 20],
+    info_hash: InfoHash,
     info: Arc<Info>,
     tx: mpsc::UnboundedSender<SessionCmd>,
     phase: watch::Receiver<Phase>,
@@ -322,10 +322,7 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let info =
             Info::from_bytes(&info_bytes).map_err(|e| SessionError::Metainfo(Arc::new(e)))?;
-        let info_hash: [u8; 20] = {
-            use sha1::{Digest, Sha1};
-            Sha1::digest(&info_bytes).into()
-        };
+        let info_hash = InfoHash::of_info(&info_bytes);
         let (disk_tx, disk_rx) = mpsc::unbounded_channel();
         let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
         let storage = Storage::open(&root, &info, mode, cfg.disk_threads, disk_tx)
@@ -397,7 +394,7 @@ impl Session {
     }
 
     /// The torrent's info hash.
-    pub fn info_hash(&self) -> [u8; 20] {
+    pub fn info_hash(&self) -> InfoHash {
         self.info_hash
     }
 
@@ -641,7 +638,7 @@ const BOTH_COMPLETE: &str = "both sides complete: nothing to trade";
 /// The session task: owns the picker, the choker, the storage and every connection's state
 /// machine; peer drivers only move bytes (see [`super::connection`]).
 struct Runner {
-    info_hash: [u8; 20],
+    info_hash: InfoHash,
     info: Arc<Info>,
     info_bytes: Bytes,
     storage: Storage,
@@ -950,7 +947,7 @@ impl Runner {
         let (Some(dht), false) = (self.cfg.dht.clone(), self.info.private) else {
             return;
         };
-        let ih = InfoHash(self.info_hash);
+        let ih = self.info_hash;
         let port = self.cfg.listen_port;
         let max = self.cfg.reannounce;
         let tx = self.self_tx.clone();
@@ -1111,7 +1108,7 @@ impl Runner {
             ConnConfig {
                 info: self.info.clone(),
                 info_bytes: self.info_bytes.clone(),
-                info_hash: InfoHash(self.info_hash),
+                info_hash: self.info_hash,
                 addr,
                 outgoing,
                 // Every piece-trading connection sends `Handshake::new`, which claims BEP 6

@@ -26,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 
+use crate::torrent::InfoHash;
 use crate::wire::{metadata_block_len, num_metadata_pieces, valid_metadata_size};
 
 /// Identifies a peer to the assembly; the fetcher's index of the connection.
@@ -109,7 +110,7 @@ struct Candidate {
 /// Candidate blocks of one info dict of a given size, with provenance.
 #[derive(Debug, Clone)]
 pub struct Assembly {
-    info_hash: [u8; 20],
+    info_hash: InfoHash,
     size: u64,
     pieces: Vec<Vec<Candidate>>,
     stored: usize,
@@ -124,7 +125,7 @@ pub struct Assembly {
 impl Assembly {
     /// An empty assembly for a dict of `size` bytes; `None` for a size
     /// [`valid_metadata_size`] refuses, so a hostile size never allocates anything.
-    pub fn new(info_hash: [u8; 20], size: u64) -> Option<Assembly> {
+    pub fn new(info_hash: InfoHash, size: u64) -> Option<Assembly> {
         if !valid_metadata_size(size) {
             return None;
         }
@@ -218,12 +219,13 @@ impl Assembly {
             .collect()
     }
 
-    fn hash_choice(&self, choice: &[usize]) -> [u8; 20] {
+    /// The info hash the dict made of the `choice` candidates would have.
+    fn hash_choice(&self, choice: &[usize]) -> InfoHash {
         let mut h = Sha1::new();
         for (slot, &i) in self.pieces.iter().zip(choice) {
             h.update(&slot[i].data);
         }
-        h.finalize().into()
+        InfoHash(h.finalize().into())
     }
 
     /// Number of combinations, saturating above [`MAX_COMBINATIONS`].
@@ -249,7 +251,7 @@ impl Assembly {
         let mut depth = 0;
         loop {
             if depth == n {
-                let digest: [u8; 20] = states[n].clone().finalize().into();
+                let digest = InfoHash(states[n].clone().finalize().into());
                 if digest == self.info_hash {
                     return Some(choice);
                 }
@@ -355,9 +357,9 @@ mod tests {
     use super::*;
     use crate::wire::METADATA_BLOCK;
 
-    fn dict(len: usize) -> (Vec<u8>, [u8; 20]) {
+    fn dict(len: usize) -> (Vec<u8>, InfoHash) {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        let h = Sha1::digest(&data).into();
+        let h = InfoHash(Sha1::digest(&data).into());
         (data, h)
     }
 
@@ -375,9 +377,9 @@ mod tests {
 
     #[test]
     fn refuses_absurd_sizes_and_bad_blocks() {
-        assert!(Assembly::new([0; 20], 0).is_none());
-        assert!(Assembly::new([0; 20], 16 * 1024 * 1024 + 1).is_none());
-        let mut a = Assembly::new([0; 20], 20_000).unwrap();
+        assert!(Assembly::new(InfoHash([0; 20]), 0).is_none());
+        assert!(Assembly::new(InfoHash([0; 20]), 16 * 1024 * 1024 + 1).is_none());
+        let mut a = Assembly::new(InfoHash([0; 20]), 20_000).unwrap();
         assert_eq!(a.num_pieces(), 2);
         assert_eq!(
             a.add_block(1, 2, Bytes::from_static(b"x")),

@@ -84,6 +84,7 @@ use super::fetch::{
     FetchConfig, FetchError, FetchStats, Fetched, MAX_SIZE_GROUPS, MAX_UNREQUESTED, Misbehavior,
     PeerOutcome, PeerReport,
 };
+use crate::torrent::InfoHash;
 use crate::wire::valid_metadata_size;
 
 /// The part of [`FetchConfig`] the coordinator decides with (the rest is the driver's: peer
@@ -248,7 +249,7 @@ struct Known {
 
 /// The state of one metadata fetch. See the module docs.
 pub struct Coordinator {
-    info_hash: [u8; 20],
+    info_hash: InfoHash,
     cfg: CoordinatorConfig,
     started: Instant,
     deadline: Option<Instant>,
@@ -272,7 +273,7 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A fetch of `info_hash` starting at `now` (the overall deadline counts from it).
-    pub fn new(info_hash: [u8; 20], cfg: CoordinatorConfig, now: Instant) -> Self {
+    pub fn new(info_hash: InfoHash, cfg: CoordinatorConfig, now: Instant) -> Self {
         Coordinator {
             info_hash,
             deadline: cfg.timeout.and_then(|t| now.checked_add(t)),
@@ -964,7 +965,7 @@ mod tests {
         fn new(len: usize, cfg: CoordinatorConfig) -> Fx {
             let info: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let now = Instant::now();
-            let hash: [u8; 20] = Sha1::digest(&info).into();
+            let hash = InfoHash(Sha1::digest(&info).into());
             Fx {
                 co: Coordinator::new(hash, cfg, now),
                 now,

@@ -16,6 +16,7 @@ use super::fetch::{FetchConfig, FetchError, Fetched};
 use super::peer_source::PeerSource;
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
+use crate::torrent::{InfoHash, PeerId};
 use crate::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, MetadataMsg, OUR_UT_METADATA_ID, PeerConn,
     UT_METADATA, WireConfig, WireError,
@@ -28,8 +29,8 @@ enum PeerCmd {
 
 /// What every peer task of one fetch shares (the I/O half of [`FetchConfig`]).
 struct TaskCtx {
-    info_hash: [u8; 20],
-    peer_id: crate::torrent::PeerId,
+    info_hash: InfoHash,
+    peer_id: PeerId,
     allow: AllowList,
     transports: crate::wire::Transports,
     wire: WireConfig,
@@ -215,7 +216,7 @@ async fn handle_peer_message<W: tokio::io::AsyncWrite + Unpin>(
 /// Returns as soon as one dict verifies; connections still open are closed. Peers that lied
 /// are listed in the stats with the reason ([`FetchStats::dropped`](super::FetchStats::dropped)).
 pub async fn fetch_metadata(
-    info_hash: [u8; 20],
+    info_hash: InfoHash,
     mut source: PeerSource,
     cfg: &FetchConfig,
 ) -> Result<Fetched, FetchError> {

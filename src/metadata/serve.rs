@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use crate::wire::message::FrameSink;
 use bytes::Bytes;
-use sha1::{Digest, Sha1};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -28,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::dht::allow::AllowList;
 use crate::dht::driver::DhtHandle;
+use crate::torrent::InfoHash;
 use crate::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, METADATA_BLOCK, Message, MetadataMsg,
     OUR_UT_METADATA_ID, PeerConn, PeerStream, PeerWriter, TransportKind, Transports, UT_METADATA,
@@ -47,8 +47,8 @@ pub trait PeerHandoff: Send + Sync + std::fmt::Debug {
 /// fetched one, a download).
 #[derive(Debug, Default)]
 pub struct MetadataRegistry {
-    dicts: RwLock<HashMap<[u8; 20], Bytes>>,
-    handoffs: RwLock<HashMap<[u8; 20], Arc<dyn PeerHandoff>>>,
+    dicts: RwLock<HashMap<InfoHash, Bytes>>,
+    handoffs: RwLock<HashMap<InfoHash, Arc<dyn PeerHandoff>>>,
 }
 
 impl MetadataRegistry {
@@ -58,20 +58,20 @@ impl MetadataRegistry {
     }
 
     /// Adds a raw info dict and returns its info hash (the SHA-1 of exactly these bytes).
-    pub fn insert(&self, info: impl Into<Bytes>) -> [u8; 20] {
+    pub fn insert(&self, info: impl Into<Bytes>) -> InfoHash {
         let info = info.into();
-        let hash: [u8; 20] = Sha1::digest(&info).into();
+        let hash = InfoHash::of_info(&info);
         self.write().insert(hash, info);
         hash
     }
 
     /// Stops serving the dict of `info_hash` and returns it (attached handlers stay).
-    pub fn remove(&self, info_hash: &[u8; 20]) -> Option<Bytes> {
+    pub fn remove(&self, info_hash: &InfoHash) -> Option<Bytes> {
         self.write().remove(info_hash)
     }
 
     /// The info dict of `info_hash`, if served (a cheap reference-counted clone).
-    pub fn get(&self, info_hash: &[u8; 20]) -> Option<Bytes> {
+    pub fn get(&self, info_hash: &InfoHash) -> Option<Bytes> {
         self.read().get(info_hash).cloned()
     }
 
@@ -87,7 +87,7 @@ impl MetadataRegistry {
 
     /// Routes connections for `info_hash` to `handler` (after the handshake) instead of
     /// serving them metadata only.
-    pub fn attach(&self, info_hash: [u8; 20], handler: Arc<dyn PeerHandoff>) {
+    pub fn attach(&self, info_hash: InfoHash, handler: Arc<dyn PeerHandoff>) {
         self.handoffs
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -95,7 +95,7 @@ impl MetadataRegistry {
     }
 
     /// Undoes [`Self::attach`].
-    pub fn detach(&self, info_hash: &[u8; 20]) {
+    pub fn detach(&self, info_hash: &InfoHash) {
         self.handoffs
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -104,8 +104,8 @@ impl MetadataRegistry {
 
     /// Every info hash a connection may ask for (served dicts and attached torrents): the
     /// SKEYs an incoming MSE/PE handshake is matched against.
-    pub fn info_hashes(&self) -> Vec<[u8; 20]> {
-        let mut all: Vec<[u8; 20]> = self.read().keys().copied().collect();
+    pub fn info_hashes(&self) -> Vec<InfoHash> {
+        let mut all: Vec<InfoHash> = self.read().keys().copied().collect();
         for h in self
             .handoffs
             .read()
@@ -120,7 +120,7 @@ impl MetadataRegistry {
     }
 
     /// The handler attached for `info_hash`.
-    pub fn handoff(&self, info_hash: &[u8; 20]) -> Option<Arc<dyn PeerHandoff>> {
+    pub fn handoff(&self, info_hash: &InfoHash) -> Option<Arc<dyn PeerHandoff>> {
         self.handoffs
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -130,11 +130,11 @@ impl MetadataRegistry {
 
     // A poisoned lock only means another thread panicked mid-insert of a HashMap entry;
     // the map itself is still consistent, so keep serving.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 20], Bytes>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<InfoHash, Bytes>> {
         self.dicts.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<[u8; 20], Bytes>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<InfoHash, Bytes>> {
         self.dicts.write().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -12,6 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use rand::Rng;
+use sha1::{Digest, Sha1};
 
 use crate::dht::id::NodeId;
 
@@ -30,6 +31,12 @@ impl InfoHash {
         let mut b = [0u8; INFO_HASH_LEN];
         rng.fill_bytes(&mut b);
         InfoHash(b)
+    }
+
+    /// The info hash of a bencoded info dict: SHA-1 over its exact bytes. Callers must pass
+    /// the dict as received or stored, never a re-encoding, or the hash names another torrent.
+    pub fn of_info(info_dict: &[u8]) -> Self {
+        InfoHash(Sha1::digest(info_dict).into())
     }
 
     /// Builds an info hash from a slice that must be exactly 20 bytes long (wire fields and
@@ -131,6 +138,19 @@ mod tests {
         assert_eq!(ih.to_string(), HEX);
         assert_eq!(format!("{ih:?}"), format!("InfoHash({HEX})"));
         assert_eq!(InfoHash([0xab; 20]).to_string(), "ab".repeat(20));
+    }
+
+    #[test]
+    fn of_info_is_the_sha1_of_the_dict() {
+        // SHA-1 of the empty string and of "abc" (FIPS 180 test vectors).
+        assert_eq!(
+            InfoHash::of_info(b"").to_hex(),
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+        );
+        assert_eq!(
+            InfoHash::of_info(b"abc").to_hex(),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
     }
 
     #[test]

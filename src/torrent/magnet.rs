@@ -13,6 +13,8 @@ use std::str::FromStr;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
+use super::InfoHash;
+
 /// Characters left bare in an encoded parameter value: RFC 3986 "unreserved", the only set
 /// every URI parser agrees needs no escaping. Everything else (`&`, `=`, `+`, `#`, `%`,
 /// spaces, non-ASCII) is escaped so the value cannot be misread as URI structure.
@@ -33,7 +35,7 @@ const BTIH: &str = "urn:btih:";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Magnet {
     /// The v1 info hash: SHA-1 of the torrent's bencoded `info` dict.
-    pub info_hash: [u8; 20],
+    pub info_hash: InfoHash,
     /// `dn`: a name to show until the metadata (which holds the real name) has arrived.
     pub display_name: Option<String>,
     /// `tr` entries in link order, duplicates removed. Kept only to reproduce the link.
@@ -116,8 +118,10 @@ impl fmt::Display for MagnetError {
 
 impl std::error::Error for MagnetError {}
 
-/// Decodes an info hash written as 40 hex or 32 base32 characters, either case.
-pub fn parse_info_hash(text: &str) -> Result<[u8; 20], MagnetError> {
+/// Decodes an info hash written as 40 hex or 32 base32 characters, either case. Unlike
+/// [`InfoHash::from_hex`] it also takes base32 (older magnet links use it) and says what is
+/// wrong with a bad hash, since the text comes from a user.
+pub fn parse_info_hash(text: &str) -> Result<InfoHash, MagnetError> {
     let mut out = [0u8; 20];
     match text.chars().count() {
         40 => {
@@ -150,7 +154,7 @@ pub fn parse_info_hash(text: &str) -> Result<[u8; 20], MagnetError> {
         }
         n => return Err(MagnetError::BadHashLength(n)),
     }
-    Ok(out)
+    Ok(InfoHash(out))
 }
 
 /// Percent-decodes a query value; invalid UTF-8 is replaced rather than refused because the
@@ -187,9 +191,9 @@ impl Magnet {
         // A fragment is not part of the query.
         let query = query.split('#').next().unwrap_or("");
 
-        let mut info_hash: Option<[u8; 20]> = None;
+        let mut info_hash: Option<InfoHash> = None;
         let mut other_urn: Option<String> = None;
-        let mut magnet = Magnet::from_info_hash([0; 20]);
+        let mut magnet = Magnet::from_info_hash(InfoHash::default());
         // Sets, not `Vec::contains`: a pasted link can be arbitrarily long.
         let mut seen_trackers = HashSet::new();
         let mut seen_peers = HashSet::new();
@@ -237,7 +241,7 @@ impl Magnet {
     }
 
     /// A magnet carrying nothing but the info hash.
-    pub fn from_info_hash(info_hash: [u8; 20]) -> Magnet {
+    pub fn from_info_hash(info_hash: InfoHash) -> Magnet {
         Magnet {
             info_hash,
             display_name: None,
@@ -249,7 +253,7 @@ impl Magnet {
     /// The canonical link: lowercase hex hash, then `dn`, `tr` and `x.pe` in that order, each
     /// value percent-encoded so that [`Magnet::parse`] gives back an equal `Magnet`.
     pub fn to_uri(&self) -> String {
-        let mut uri = format!("magnet:?xt={BTIH}{}", hex::encode(self.info_hash));
+        let mut uri = format!("magnet:?xt={BTIH}{}", self.info_hash.to_hex());
         if let Some(name) = &self.display_name {
             uri.push_str("&dn=");
             uri.extend(utf8_percent_encode(name, VALUE));
@@ -294,14 +298,12 @@ mod tests {
     /// The info hash of the Ubuntu-style example used throughout: 20 distinct bytes.
     const HEX: &str = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a";
 
-    fn hash() -> [u8; 20] {
-        let mut h = [0u8; 20];
-        hex::decode_to_slice(HEX, &mut h).unwrap();
-        h
+    fn hash() -> InfoHash {
+        InfoHash::from_hex(HEX).unwrap()
     }
 
-    fn base32_of(h: &[u8; 20]) -> String {
-        data_encoding::BASE32.encode(h)
+    fn base32_of(h: &InfoHash) -> String {
+        data_encoding::BASE32.encode(h.as_bytes())
     }
 
     #[test]

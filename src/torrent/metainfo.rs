@@ -25,6 +25,7 @@ use serde_bencode::value::Value;
 use serde_bytes::ByteBuf;
 use sha1::{Digest, Sha1};
 
+use super::InfoHash;
 use crate::bencode::{self, MAX_DEPTH, ScanError, put_bytes, put_int};
 
 /// Largest piece length accepted. Real torrents stay at or below 16 MiB; 256 MiB leaves room
@@ -104,7 +105,7 @@ pub struct Metainfo {
     /// The typed, validated view of [`Metainfo::info_bytes`].
     pub info: Info,
     /// SHA-1 of [`Metainfo::info_bytes`].
-    pub info_hash: [u8; 20],
+    pub info_hash: InfoHash,
     /// The `info` dict exactly as it appeared in the file (or as received over BEP 9).
     pub info_bytes: Vec<u8>,
     /// `announce`: kept for writing the file back; a trackerless client does not use it.
@@ -828,7 +829,7 @@ impl Metainfo {
         let info = Info::from_bytes(raw_info)?;
         Ok(Metainfo {
             info,
-            info_hash: Sha1::digest(raw_info).into(),
+            info_hash: InfoHash::of_info(raw_info),
             info_bytes: raw_info.to_vec(),
             announce: None,
             announce_list: Vec::new(),
@@ -1315,8 +1316,8 @@ mod tests {
             ("pieces", pieces(n_pieces)),
         ])
     }
-    fn sha1(bytes: &[u8]) -> [u8; 20] {
-        Sha1::digest(bytes).into()
+    fn sha1(bytes: &[u8]) -> InfoHash {
+        InfoHash::of_info(bytes)
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::message::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError, Message};
 use super::mse_io::MseIoError;
 use super::ut_metadata::MetadataMsg;
 use crate::dht::allow::AllowList;
+use crate::torrent::InfoHash;
 
 /// Timeouts and limits of one peer connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,13 +81,13 @@ pub enum WireError {
     InfoHashMismatch {
         /// The info hash the connection is for (ours when connecting, the peer's when
         /// accepting).
-        expected: [u8; 20],
+        expected: InfoHash,
         /// The other handshake's info hash (the peer's when connecting, our reply's when
         /// accepting).
-        got: [u8; 20],
+        got: InfoHash,
     },
     /// An incoming peer asked for a torrent we do not serve.
-    UnknownInfoHash([u8; 20]),
+    UnknownInfoHash(InfoHash),
     /// The peer broke framing (oversized or mis-sized message).
     Frame(FrameError),
     /// The peer closed the connection cleanly (between messages).
@@ -114,18 +115,11 @@ impl fmt::Display for WireError {
             WireError::Timeout(phase) => write!(f, "peer {phase:?} timed out"),
             WireError::Io(e) => write!(f, "peer connection I/O error: {e}"),
             WireError::Handshake(e) => write!(f, "bad peer handshake: {e}"),
-            WireError::InfoHashMismatch { expected, got } => write!(
-                f,
-                "peer answered for info hash {} instead of {}",
-                hex::encode(got),
-                hex::encode(expected)
-            ),
+            WireError::InfoHashMismatch { expected, got } => {
+                write!(f, "peer answered for info hash {got} instead of {expected}",)
+            }
             WireError::UnknownInfoHash(h) => {
-                write!(
-                    f,
-                    "incoming peer wants unknown info hash {}",
-                    hex::encode(h)
-                )
+                write!(f, "incoming peer wants unknown info hash {h}")
             }
             WireError::Frame(e) => write!(f, "peer protocol error: {e}"),
             WireError::Closed => write!(f, "peer closed the connection"),

@@ -1,6 +1,6 @@
 //! Tests of the tokio layer over real loopback TCP (127.0.0.1 only) and in-memory pipes.
 
-use crate::torrent::PeerId;
+use crate::torrent::{InfoHash, PeerId};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use super::*;
 use crate::dht::allow::{AllowList, Ipv4Net};
 
-const INFO_HASH: [u8; 20] = [0x42; 20];
+const INFO_HASH: InfoHash = InfoHash([0x42; 20]);
 const SHORT: Duration = Duration::from_secs(5);
 
 fn config() -> WireConfig {
@@ -37,7 +37,7 @@ async fn loopback_session_end_to_end() {
     let (l, addr) = listener().await;
     let server = tokio::spawn(async move {
         let (mut stream, _) = l.accept().await.unwrap();
-        let served: HashSet<[u8; 20]> = HashSet::from([INFO_HASH]);
+        let served: HashSet<InfoHash> = HashSet::from([INFO_HASH]);
         let server_id = PeerId::generate();
         let theirs = handshake_incoming(&mut stream, SHORT, |hs| {
             served
@@ -247,9 +247,11 @@ async fn info_hash_mismatch_is_rejected_on_both_sides() {
         .await
     });
     let mut s = connect(addr, &AllowList::loopback(), SHORT).await.unwrap();
-    let ours = Handshake::new([9; 20], PeerId::generate());
+    let ours = Handshake::new(InfoHash([9; 20]), PeerId::generate());
     let client = handshake_outgoing(&mut s, &ours, SHORT).await;
-    assert!(matches!(server.await.unwrap(), Err(WireError::UnknownInfoHash(h)) if h == [9; 20]));
+    assert!(
+        matches!(server.await.unwrap(), Err(WireError::UnknownInfoHash(h)) if h == InfoHash([9; 20]))
+    );
     assert!(matches!(client, Err(WireError::Closed)), "{client:?}");
 
     // Initiating side: a (raw, non-checking) peer answers for another torrent.
@@ -258,7 +260,7 @@ async fn info_hash_mismatch_is_rejected_on_both_sides() {
         let (mut s, _) = l.accept().await.unwrap();
         let mut theirs = [0u8; HANDSHAKE_LEN];
         s.read_exact(&mut theirs).await.unwrap();
-        s.write_all(&Handshake::new([8; 20], PeerId::generate()).encode())
+        s.write_all(&Handshake::new(InfoHash([8; 20]), PeerId::generate()).encode())
             .await
             .unwrap();
         s
@@ -268,7 +270,7 @@ async fn info_hash_mismatch_is_rejected_on_both_sides() {
     let client = handshake_outgoing(&mut s, &ours, SHORT).await;
     assert!(
         matches!(client, Err(WireError::InfoHashMismatch { expected, got })
-            if expected == INFO_HASH && got == [8; 20]),
+            if expected == INFO_HASH && got == InfoHash([8; 20])),
         "{client:?}"
     );
     drop(server.await.unwrap());
@@ -279,7 +281,7 @@ async fn info_hash_mismatch_is_rejected_on_both_sides() {
         .await
         .unwrap();
     let res = handshake_incoming(&mut a, SHORT, |_| {
-        Some(Handshake::new([8; 20], PeerId::generate()))
+        Some(Handshake::new(InfoHash([8; 20]), PeerId::generate()))
     })
     .await;
     assert!(

@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 
 use sha1::{Digest, Sha1};
 
+use crate::torrent::InfoHash;
+
 /// How many allowed-fast pieces we hand a peer (BEP 6 suggests 10 as a sensible default).
 pub const ALLOWED_FAST_COUNT: usize = 10;
 
@@ -20,7 +22,7 @@ pub const MAX_ALLOWED_IN: usize = 64;
 ///
 /// Capped at `num_pieces`, so a torrent with fewer pieces than `k` yields every piece instead
 /// of looping forever. The result is in generation order and free of duplicates.
-pub fn allowed_fast_set(ip: Ipv4Addr, info_hash: &[u8; 20], num_pieces: u32, k: usize) -> Vec<u32> {
+pub fn allowed_fast_set(ip: Ipv4Addr, info_hash: &InfoHash, num_pieces: u32, k: usize) -> Vec<u32> {
     let k = k.min(num_pieces as usize);
     let mut set = Vec::with_capacity(k);
     if k == 0 {
@@ -33,7 +35,7 @@ pub fn allowed_fast_set(ip: Ipv4Addr, info_hash: &[u8; 20], num_pieces: u32, k: 
     let mut x: [u8; 20] = {
         let mut h = Sha1::new();
         h.update(octets);
-        h.update(info_hash);
+        h.update(info_hash.as_bytes());
         h.finalize().into()
     };
     loop {
@@ -59,7 +61,7 @@ mod tests {
     #[test]
     fn bep6_test_vector() {
         let ip = Ipv4Addr::new(80, 4, 4, 200);
-        let ih = [0xaa; 20];
+        let ih = InfoHash([0xaa; 20]);
         assert_eq!(
             allowed_fast_set(ip, &ih, 1313, 7),
             [1059, 431, 808, 1217, 287, 376, 1188]
@@ -78,10 +80,10 @@ mod tests {
     #[test]
     fn small_torrents_terminate() {
         let ip = Ipv4Addr::new(127, 0, 0, 1);
-        let mut all = allowed_fast_set(ip, &[1; 20], 3, 10);
+        let mut all = allowed_fast_set(ip, &InfoHash([1; 20]), 3, 10);
         all.sort_unstable();
         assert_eq!(all, [0, 1, 2]);
-        assert!(allowed_fast_set(ip, &[1; 20], 0, 10).is_empty());
-        assert_eq!(allowed_fast_set(ip, &[1; 20], 1, 10), [0]);
+        assert!(allowed_fast_set(ip, &InfoHash([1; 20]), 0, 10).is_empty());
+        assert_eq!(allowed_fast_set(ip, &InfoHash([1; 20]), 1, 10), [0]);
     }
 }

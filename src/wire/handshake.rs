@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::torrent::PeerId;
+use crate::torrent::{InfoHash, PeerId};
 
 /// The protocol string every handshake starts with, after its one-byte length.
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
@@ -23,8 +23,9 @@ pub const RESERVED_EXTENSIONS: (usize, u8) = (5, 0x10);
 pub struct Handshake {
     /// Capability bits; see the `RESERVED_*` constants.
     pub reserved: [u8; 8],
-    /// The torrent the connection is about.
-    pub info_hash: [u8; 20],
+    /// The torrent the connection is about. Its own type, so a constructor call with the
+    /// info hash and the peer id swapped (both 20 bytes) does not compile.
+    pub info_hash: InfoHash,
     /// The sender's peer id.
     pub peer_id: PeerId,
 }
@@ -61,7 +62,7 @@ impl Handshake {
     /// Our handshake: DHT, extension-protocol and fast (BEP 6) bits set. Connections that
     /// never trade pieces (metadata-only ones) clear the fast bit with
     /// [`Handshake::without_fast`], so they are not bound by its rules.
-    pub fn new(info_hash: [u8; 20], peer_id: PeerId) -> Self {
+    pub fn new(info_hash: InfoHash, peer_id: PeerId) -> Self {
         let mut reserved = [0u8; 8];
         reserved[RESERVED_DHT.0] |= RESERVED_DHT.1;
         reserved[RESERVED_EXTENSIONS.0] |= RESERVED_EXTENSIONS.1;
@@ -103,7 +104,7 @@ impl Handshake {
         out[0] = PROTOCOL.len() as u8;
         out[1..20].copy_from_slice(PROTOCOL);
         out[20..28].copy_from_slice(&self.reserved);
-        out[28..48].copy_from_slice(&self.info_hash);
+        out[28..48].copy_from_slice(self.info_hash.as_bytes());
         out[48..68].copy_from_slice(self.peer_id.as_bytes());
         out
     }
@@ -124,11 +125,11 @@ impl Handshake {
         }
         let mut hs = Handshake {
             reserved: [0; 8],
-            info_hash: [0; 20],
+            info_hash: InfoHash([0; 20]),
             peer_id: PeerId([0; 20]),
         };
         hs.reserved.copy_from_slice(&buf[20..28]);
-        hs.info_hash.copy_from_slice(&buf[28..48]);
+        hs.info_hash.0.copy_from_slice(&buf[28..48]);
         hs.peer_id.0.copy_from_slice(&buf[48..68]);
         Ok(hs)
     }
@@ -147,7 +148,7 @@ impl fmt::Debug for Handshake {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handshake")
             .field("reserved", &hex::encode(self.reserved))
-            .field("info_hash", &hex::encode(self.info_hash))
+            .field("info_hash", &self.info_hash.to_hex())
             .field("peer_id", &self.peer_id)
             .finish()
     }
@@ -174,7 +175,7 @@ mod tests {
         assert!(!hs.supports_dht() && !hs.supports_extensions() && !hs.supports_fast());
         // The capture's notes give the info hash URL-encoded.
         assert_eq!(
-            hex::encode(hs.info_hash),
+            hs.info_hash.to_hex(),
             "2d044fc0db1a617539be4d72c2a545a0fd4803e2"
         );
         assert_eq!(
@@ -186,7 +187,7 @@ mod tests {
 
     #[test]
     fn our_handshake_sets_dht_extension_and_fast_bits_only() {
-        let hs = Handshake::new([1; 20], PeerId::generate());
+        let hs = Handshake::new(InfoHash([1; 20]), PeerId::generate());
         assert_eq!(hs.reserved, [0, 0, 0, 0, 0, 0x10, 0, 0x05]);
         assert!(hs.supports_dht() && hs.supports_extensions() && hs.supports_fast());
         let wire = hs.encode();

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use num_bigint::BigUint;
 use sha1::{Digest, Sha1};
 
+use crate::torrent::InfoHash;
+
 /// The 768-bit MSE prime (the Oakley group 1 prime), big-endian hex.
 pub const DH_PRIME: &str = "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74\
 020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F14374FE1356D6D51C245E485B576625E7EC\
@@ -223,7 +225,7 @@ pub struct MseOutcome {
     pub method: Method,
     /// The info hash (SKEY) the connection is about: ours as initiator, the one the peer
     /// asked for as responder.
-    pub info_hash: [u8; 20],
+    pub info_hash: InfoHash,
     /// Application bytes already received, already decrypted: the initiator's `IA` plus
     /// anything after it (responder), or whatever followed `PadD` (initiator). The driver
     /// must consume these before reading the stream again.
@@ -373,7 +375,7 @@ enum State {
     AwaitIa {
         dec: Rc4,
         enc: Rc4,
-        info_hash: [u8; 20],
+        info_hash: InfoHash,
         method: Method,
         pad_c: usize,
     },
@@ -385,25 +387,25 @@ enum State {
 pub enum Role {
     /// We connected: we know the info hash and send `IA` (usually our BitTorrent handshake).
     Initiator {
-        /// The SKEY.
-        info_hash: [u8; 20],
+        /// The torrent's info hash, which MSE uses as the shared secret SKEY.
+        info_hash: InfoHash,
         /// The initial payload, sent encrypted in step 3.
         ia: Vec<u8>,
     },
     /// We accepted: any of these info hashes may be asked for.
     Responder {
         /// `(HASH('req2', info_hash), info_hash)` for every info hash we serve.
-        req2: Vec<([u8; 20], [u8; 20])>,
+        req2: Vec<([u8; 20], InfoHash)>,
     },
 }
 
 impl Role {
     /// A responder serving `info_hashes`.
-    pub fn responder<'a>(info_hashes: impl IntoIterator<Item = &'a [u8; 20]>) -> Role {
+    pub fn responder<'a>(info_hashes: impl IntoIterator<Item = &'a InfoHash>) -> Role {
         Role::Responder {
             req2: info_hashes
                 .into_iter()
-                .map(|h| (sha1(&[b"req2", h]), *h))
+                .map(|h| (sha1(&[b"req2", h.as_bytes()]), *h))
                 .collect(),
         }
     }
@@ -544,13 +546,13 @@ impl MseHandshake {
                 let Role::Initiator { info_hash, ia } = &self.role else {
                     unreachable!("AwaitYb is an initiator state")
                 };
-                let mut enc = rc4_for(b"keyA", &s, info_hash);
-                let dec = rc4_for(b"keyB", &s, info_hash);
+                let mut enc = rc4_for(b"keyA", &s, info_hash.as_bytes());
+                let dec = rc4_for(b"keyB", &s, info_hash.as_bytes());
                 // What B's encrypted VC looks like: its keystream's first 8 bytes.
                 let mut enc_vc = VC;
                 dec.clone().apply(&mut enc_vc);
                 self.out.extend_from_slice(&sha1(&[b"req1", &s]));
-                let req2 = sha1(&[b"req2", info_hash]);
+                let req2 = sha1(&[b"req2", info_hash.as_bytes()]);
                 let req3 = sha1(&[b"req3", &s]);
                 self.out.extend(req2.iter().zip(req3).map(|(a, b)| a ^ b));
                 let start = self.out.len();
@@ -685,8 +687,8 @@ impl MseHandshake {
                     .find(|(r, _)| *r == req2)
                     .map(|(_, h)| *h)
                     .ok_or(MseError::UnknownInfoHash)?;
-                let mut dec = rc4_for(b"keyA", &s, &info_hash);
-                let mut enc = rc4_for(b"keyB", &s, &info_hash);
+                let mut dec = rc4_for(b"keyA", &s, info_hash.as_bytes());
+                let mut enc = rc4_for(b"keyB", &s, info_hash.as_bytes());
                 let mut head = [0u8; 14];
                 head.copy_from_slice(&self.inbuf[..14]);
                 self.inbuf.drain(..14);
@@ -786,7 +788,7 @@ impl MseHandshake {
     fn finish(
         &mut self,
         method: Method,
-        info_hash: [u8; 20],
+        info_hash: InfoHash,
         enc: Rc4,
         mut dec: Rc4,
     ) -> MseOutcome {

@@ -228,6 +228,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Rc4Writer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::torrent::InfoHash;
     use crate::wire::mse::{CryptoSet, DEFAULT_TIMEOUT, MseSecrets, Role};
 
     /// Both roles over an in-memory duplex (no sockets), then 1 MiB each way through the
@@ -236,7 +237,7 @@ mod tests {
     async fn rc4_handshake_and_adapters_over_duplex() {
         for accept in [CryptoSet::BOTH, CryptoSet::PLAIN] {
             let (mut a_io, mut b_io) = tokio::io::duplex(1000);
-            let hash = [7u8; 20];
+            let hash = InfoHash([7u8; 20]);
             let now = Instant::now();
             let a = MseHandshake::new(
                 Role::Initiator {

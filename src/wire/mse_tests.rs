@@ -88,8 +88,8 @@ fn dh_both_sides_agree_and_match_known_public() {
     assert_eq!(a.shared(&[0xff; DH_LEN]), Err(MseError::BadPublicKey));
 }
 
-const HASH: [u8; 20] = [0xab; 20];
-const OTHER: [u8; 20] = [0xcd; 20];
+const HASH: InfoHash = InfoHash([0xab; 20]);
+const OTHER: InfoHash = InfoHash([0xcd; 20]);
 
 /// What a driver does with bytes after the handshake: decrypt if RC4, append.
 fn deliver(o: &mut MseOutcome, c: &[u8]) {

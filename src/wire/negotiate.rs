@@ -20,6 +20,7 @@ use super::mse::{self, Incoming, MseError, MseHandshake, MseSecrets, Role};
 use super::mse_io::{MseIoError, drive};
 use super::transport::{PeerStream, StreamCrypto, Transports, connect_peer};
 use crate::dht::allow::AllowList;
+use crate::torrent::InfoHash;
 
 static OUT: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 static IN: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
@@ -208,7 +209,7 @@ const SNIFF: usize = 20;
 pub async fn accept_incoming(
     stream: &mut PeerStream,
     cfg: &WireConfig,
-    serving: impl FnOnce() -> Vec<[u8; 20]>,
+    serving: impl FnOnce() -> Vec<InfoHash>,
 ) -> Result<(), WireError> {
     let policy = cfg.encryption;
     let mut first = Vec::with_capacity(SNIFF);

@@ -246,7 +246,7 @@ impl Drop for Liar {
 impl Liar {
     pub async fn start(
         ip: Ipv4Addr,
-        info_hash: [u8; 20],
+        info_hash: trackerless::torrent::InfoHash,
         data: Arc<Vec<u8>>,
         piece_length: u64,
         has: fn(u32) -> bool,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpListener;
+use trackerless::torrent::InfoHash;
 use trackerless::wire::{
     EXT_HANDSHAKE_ID, ExtHandshake, Handshake, METADATA_BLOCK, Message, MetadataMsg,
     OUR_UT_METADATA_ID, PeerConn, UT_METADATA, WireConfig, handshake_incoming,
@@ -70,8 +71,8 @@ pub fn synthetic_info(name: &str, files: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-pub fn info_hash(info: &[u8]) -> [u8; 20] {
-    Sha1::digest(info).into()
+pub fn info_hash(info: &[u8]) -> InfoHash {
+    InfoHash(Sha1::digest(info).into())
 }
 
 /// How a [`FakePeer`] answers metadata requests.
@@ -319,14 +320,9 @@ impl Seeder {
     }
 
     /// Announces `ih` on the server's TCP port; panics if no node acknowledged it.
-    pub async fn announce(&self, ih: [u8; 20]) {
+    pub async fn announce(&self, ih: InfoHash) {
         let port = self.server.local_addr().port();
-        let (_, summary) = self
-            .dht
-            .announce(trackerless::torrent::InfoHash(ih), Some(port))
-            .unwrap()
-            .collect()
-            .await;
+        let (_, summary) = self.dht.announce(ih, Some(port)).unwrap().collect().await;
         assert!(
             summary.announced >= 1,
             "announce reached nobody: {summary:?}"
