@@ -4,7 +4,6 @@
 //! they are different types: [`InfoHash`] (re-exported here from [`crate::torrent`]) crosses
 //! into a [`NodeId`] lookup target only through [`InfoHash::to_node_id`], never silently.
 
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
@@ -24,24 +23,9 @@ pub struct NodeId(pub [u8; ID_LEN]);
 /// Re-exported so `dht::id::InfoHash` keeps naming the torrent's info hash type.
 pub use crate::torrent::InfoHash;
 
+crate::util::id160::id160_common!(NodeId, "a node id");
+
 impl NodeId {
-    /// A uniformly random id (BEP 5: "plenty of entropy").
-    pub fn random<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut b = [0u8; ID_LEN];
-        rng.fill_bytes(&mut b);
-        NodeId(b)
-    }
-
-    /// Builds an id from a slice that must be exactly 20 bytes long.
-    pub fn from_slice(b: &[u8]) -> Option<Self> {
-        <[u8; ID_LEN]>::try_from(b).ok().map(NodeId)
-    }
-
-    /// The raw bytes.
-    pub fn as_bytes(&self) -> &[u8; ID_LEN] {
-        &self.0
-    }
-
     /// XOR distance to `other`; smaller is closer.
     pub fn distance(&self, other: &NodeId) -> NodeId {
         let mut d = [0u8; ID_LEN];
@@ -89,26 +73,6 @@ impl NodeId {
         } else {
             self.0[index / 8] &= !mask;
         }
-    }
-
-    /// Lowercase hex, the usual human form.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({self})")
     }
 }
 

@@ -8,10 +8,8 @@
 //! info hash), so there is a crossing, but only an explicit one: [`InfoHash::to_node_id`] and
 //! [`InfoHash::from_node_id`]. There are deliberately no `From` impls between the two.
 
-use std::fmt;
 use std::str::FromStr;
 
-use rand::Rng;
 use sha1::{Digest, Sha1};
 
 use crate::dht::id::NodeId;
@@ -24,42 +22,13 @@ pub const INFO_HASH_LEN: usize = 20;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct InfoHash(pub [u8; INFO_HASH_LEN]);
 
-impl InfoHash {
-    /// A uniformly random info hash, for tests, simulations and benchmarks that need torrents
-    /// which exist nowhere else.
-    pub fn random<R: Rng + ?Sized>(rng: &mut R) -> Self {
-        let mut b = [0u8; INFO_HASH_LEN];
-        rng.fill_bytes(&mut b);
-        InfoHash(b)
-    }
+crate::util::id160::id160_common!(InfoHash, "an info hash");
 
+impl InfoHash {
     /// The info hash of a bencoded info dict: SHA-1 over its exact bytes. Callers must pass
     /// the dict as received or stored, never a re-encoding, or the hash names another torrent.
     pub fn of_info(info_dict: &[u8]) -> Self {
         InfoHash(Sha1::digest(info_dict).into())
-    }
-
-    /// Builds an info hash from a slice that must be exactly 20 bytes long (wire fields and
-    /// store keys arrive as slices; any other length is malformed, hence `None`).
-    pub fn from_slice(b: &[u8]) -> Option<Self> {
-        <[u8; INFO_HASH_LEN]>::try_from(b).ok().map(InfoHash)
-    }
-
-    /// The raw bytes, as sent on the wire and stored as keys.
-    pub fn as_bytes(&self) -> &[u8; INFO_HASH_LEN] {
-        &self.0
-    }
-
-    /// Lowercase hex (40 digits), the usual human form (magnet links, logs, web pages).
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Parses exactly 40 hex digits (either case); `None` otherwise.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        let mut b = [0u8; INFO_HASH_LEN];
-        hex::decode_to_slice(s, &mut b).ok()?;
-        Some(InfoHash(b))
     }
 
     /// The same 160 bits as a DHT lookup target. This is the one explicit crossing from the
@@ -74,21 +43,6 @@ impl InfoHash {
     /// its inverse.
     pub fn from_node_id(id: NodeId) -> Self {
         InfoHash(id.0)
-    }
-}
-
-impl fmt::Display for InfoHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for InfoHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "InfoHash({self})")
     }
 }
 
