@@ -1,78 +1,100 @@
-//! The outbound allow-list: the set of IPv4 networks this process may send to.
+//! The outbound allow-list: the set of IPv4 and IPv6 networks this process may send to.
 //!
 //! Every datagram the DHT core emits and every TCP connection the peer-wire code opens is
 //! checked here first, so a test (or a cautious operator) can confine all traffic to, say,
-//! 127.0.0.0/8 and be sure that no lookup result, `nodes` entry or PORT message from a hostile
-//! or real-world packet makes us contact anything else.
+//! 127.0.0.0/8 and `fd77::/16` and be sure that no lookup result, `nodes` entry or PORT
+//! message from a hostile or real-world packet makes us contact anything else.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-/// An IPv4 network in CIDR notation, e.g. `127.0.0.0/8`.
+/// A network of either family in CIDR notation, e.g. `127.0.0.0/8` or `fd77::/16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Net {
-    addr: Ipv4Addr,
+pub struct IpNet {
+    addr: IpAddr,
     prefix: u8,
 }
 
-impl Ipv4Net {
+impl IpNet {
     /// Builds a network; host bits of `addr` are cleared so equal networks compare equal.
-    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
-        if prefix > 32 {
-            return None;
-        }
-        let masked = u32::from(addr) & Self::mask(prefix);
-        Some(Ipv4Net {
-            addr: Ipv4Addr::from(masked),
-            prefix,
-        })
+    /// `None` when the prefix is longer than the family's address (32 or 128 bits).
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                if prefix > 32 {
+                    return None;
+                }
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask4(prefix)))
+            }
+            IpAddr::V6(a) => {
+                if prefix > 128 {
+                    return None;
+                }
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask6(prefix)))
+            }
+        };
+        Some(IpNet { addr, prefix })
     }
 
-    fn mask(prefix: u8) -> u32 {
-        if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(prefix))
+    /// Whether `ip` lies inside this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+    /// is the IPv4 address it carries: a dual-stack socket reports IPv4 peers that way, and
+    /// they must not slip past (or be refused by) an IPv4 list.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => u32::from(a) & mask4(self.prefix) == u32::from(net),
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                u128::from(a) & mask6(self.prefix) == u128::from(net)
+            }
+            _ => false,
         }
-    }
-
-    /// Whether `ip` lies inside this network.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.prefix) == u32::from(self.addr)
     }
 
     /// The loopback network, 127.0.0.0/8: what every test and tool in this project uses.
-    pub const LOOPBACK: Ipv4Net = Ipv4Net {
-        addr: Ipv4Addr::new(127, 0, 0, 0),
+    pub const LOOPBACK: IpNet = IpNet {
+        addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
         prefix: 8,
     };
 }
 
-impl fmt::Display for Ipv4Net {
+fn mask4(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask6(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
-impl FromStr for Ipv4Net {
+impl FromStr for IpNet {
     type Err = String;
 
-    /// Accepts `a.b.c.d/len` or a bare address (a /32).
+    /// Accepts `address/len` of either family, or a bare address (a /32 or /128).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => {
                 let p: u8 = p
                     .parse()
                     .map_err(|_| format!("invalid prefix length in network {s:?}"))?;
-                (a, p)
+                (a, Some(p))
             }
-            None => (s, 32),
+            None => (s, None),
         };
-        let addr: Ipv4Addr = addr
+        let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("invalid IPv4 address in network {s:?}"))?;
-        Ipv4Net::new(addr, prefix).ok_or_else(|| format!("prefix length above 32 in {s:?}"))
+            .map_err(|_| format!("invalid IP address in network {s:?}"))?;
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        IpNet::new(addr, prefix.unwrap_or(full))
+            .ok_or_else(|| format!("prefix length above {full} in {s:?}"))
     }
 }
 
@@ -80,7 +102,7 @@ impl FromStr for Ipv4Net {
 /// default for a node on the public internet); a non-empty one allows only its networks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowList {
-    nets: Vec<Ipv4Net>,
+    nets: Vec<IpNet>,
 }
 
 impl AllowList {
@@ -90,14 +112,14 @@ impl AllowList {
     }
 
     /// Allows only the given networks (an empty vector allows everything).
-    pub fn only(nets: Vec<Ipv4Net>) -> Self {
+    pub fn only(nets: Vec<IpNet>) -> Self {
         AllowList { nets }
     }
 
     /// Only 127.0.0.0/8.
     pub fn loopback() -> Self {
         AllowList {
-            nets: vec![Ipv4Net::LOOPBACK],
+            nets: vec![IpNet::LOOPBACK],
         }
     }
 
@@ -107,23 +129,15 @@ impl AllowList {
     }
 
     /// The configured networks.
-    pub fn nets(&self) -> &[Ipv4Net] {
+    pub fn nets(&self) -> &[IpNet] {
         &self.nets
     }
 
-    /// Whether sending to `ip` is allowed. IPv6 is refused whenever a list is set, because
-    /// the list is IPv4-only and "only these networks" must not leak through another family.
+    /// Whether sending to `ip` is allowed: the list is empty, or one of its networks (of
+    /// either family) contains it. An IPv6 address needs an IPv6 network: "only these
+    /// networks" must not leak through the other family.
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
-        if self.nets.is_empty() {
-            return true;
-        }
-        match ip {
-            IpAddr::V4(v4) => self.nets.iter().any(|n| n.contains(v4)),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => self.nets.iter().any(|n| n.contains(v4)),
-                None => false,
-            },
-        }
+        self.nets.is_empty() || self.nets.iter().any(|n| n.contains(ip))
     }
 
     /// Whether sending to `addr` is allowed.
@@ -138,21 +152,54 @@ mod tests {
 
     #[test]
     fn parses_and_matches_networks() {
-        let net: Ipv4Net = "127.0.0.0/8".parse().unwrap();
-        assert!(net.contains(Ipv4Addr::new(127, 3, 4, 5)));
-        assert!(!net.contains(Ipv4Addr::new(10, 0, 0, 1)));
-        let host: Ipv4Net = "192.0.2.7".parse().unwrap();
-        assert!(host.contains(Ipv4Addr::new(192, 0, 2, 7)));
-        assert!(!host.contains(Ipv4Addr::new(192, 0, 2, 8)));
-        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net: IpNet = "127.0.0.0/8".parse().unwrap();
+        assert!(net.contains(ip("127.3.4.5")));
+        assert!(!net.contains(ip("10.0.0.1")));
+        let host: IpNet = "192.0.2.7".parse().unwrap();
+        assert!(host.contains(ip("192.0.2.7")));
+        assert!(!host.contains(ip("192.0.2.8")));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")));
+        assert!(
+            !all.contains(ip("2001:db8::1")),
+            "an IPv4 net holds no IPv6 address"
+        );
         assert_eq!(
-            "10.1.2.3/8".parse::<Ipv4Net>().unwrap().to_string(),
+            "10.1.2.3/8".parse::<IpNet>().unwrap().to_string(),
             "10.0.0.0/8"
         );
-        for bad in ["", "127.0.0.0/33", "127.0.0/8", "abc/8", "1.2.3.4/x"] {
-            assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
+        // IPv6 networks, host bits cleared, bare addresses are /128.
+        let ula: IpNet = "fd77::5/16".parse().unwrap();
+        assert_eq!(ula.to_string(), "fd77::/16");
+        assert!(ula.contains(ip("fd77::1")));
+        assert!(ula.contains(ip("fd77:1234::9")));
+        assert!(!ula.contains(ip("fd78::1")));
+        assert!(!ula.contains(ip("127.0.0.1")));
+        let one: IpNet = "fd77::3".parse().unwrap();
+        assert!(one.contains(ip("fd77::3")) && !one.contains(ip("fd77::4")));
+        let any6: IpNet = "::/0".parse().unwrap();
+        assert!(any6.contains(ip("2001:db8::1")));
+        assert!(
+            !any6.contains(ip("::ffff:10.0.0.1")),
+            "mapped forms are IPv4"
+        );
+        // IPv4-mapped addresses match IPv4 networks.
+        assert!(net.contains(ip("::ffff:127.0.0.9")));
+        for bad in [
+            "",
+            "127.0.0.0/33",
+            "127.0.0/8",
+            "abc/8",
+            "1.2.3.4/x",
+            "fd77::/129",
+            "fd77::/-1",
+            "fd77:::/16",
+        ] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
         }
+        assert!(IpNet::new(ip("::1"), 129).is_none());
+        assert!(IpNet::new(ip("1.2.3.4"), 33).is_none());
     }
 
     #[test]
@@ -161,7 +208,15 @@ mod tests {
         assert!(lo.allows("127.0.0.1:1".parse().unwrap()));
         assert!(!lo.allows("10.0.0.1:6881".parse().unwrap()));
         assert!(!lo.allows("[2001:db8::1]:6881".parse().unwrap()));
+        assert!(!lo.allows("[::1]:6881".parse().unwrap()));
         assert!(lo.allows("[::ffff:127.0.0.2]:6881".parse().unwrap()));
         assert!(AllowList::any().allows("10.0.0.1:6881".parse().unwrap()));
+        assert!(AllowList::any().allows("[2001:db8::1]:6881".parse().unwrap()));
+        // A list of both families: each address needs a network of its own family.
+        let both = AllowList::only(vec![IpNet::LOOPBACK, "fd77::/16".parse().unwrap()]);
+        assert!(both.allows("[fd77::2]:6881".parse().unwrap()));
+        assert!(both.allows("127.9.9.9:6881".parse().unwrap()));
+        assert!(!both.allows("[fd78::2]:6881".parse().unwrap()));
+        assert!(!both.allows("10.0.0.1:6881".parse().unwrap()));
     }
 }

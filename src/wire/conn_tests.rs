@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::dht::allow::{AllowList, Ipv4Net};
+use crate::dht::allow::{AllowList, IpNet};
 
 const INFO_HASH: InfoHash = InfoHash([0x42; 20]);
 const SHORT: Duration = Duration::from_secs(5);
@@ -178,7 +178,7 @@ async fn loopback_session_end_to_end() {
 /// with a non-loopback address, which must be refused before any socket exists.
 #[tokio::test]
 async fn connect_outside_allow_list_is_refused() {
-    let only_one = AllowList::only(vec![Ipv4Net::new([127, 0, 0, 1].into(), 32).unwrap()]);
+    let only_one = AllowList::only(vec![IpNet::new([127, 0, 0, 1].into(), 32).unwrap()]);
     let l = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let other = l.local_addr().unwrap();
     let before = refused_connects();

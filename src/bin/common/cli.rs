@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use trackerless::dht::allow::{AllowList, Ipv4Net};
+use trackerless::dht::allow::{AllowList, IpNet};
 use trackerless::dht::bootstrap;
 use trackerless::dht::driver::DhtConfig;
 use trackerless::dht::limits::RateLimit;
@@ -70,9 +70,10 @@ pub struct NetArgs {
     /// Directory for persistent state (default: the per-user data directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Only send to this IPv4 network, e.g. 127.0.0.0/8 (repeatable; default: anywhere).
+    /// Only send to this IPv4 or IPv6 network, e.g. 127.0.0.0/8 or fd77::/16 (repeatable;
+    /// default: anywhere).
     #[arg(long, value_name = "CIDR", value_parser = parse_net)]
-    pub allow_net: Vec<Ipv4Net>,
+    pub allow_net: Vec<IpNet>,
     /// Allow several routing-table entries from one /24 (for private test networks).
     #[arg(long)]
     pub no_subnet_limit: bool,
@@ -92,7 +93,7 @@ pub struct NetArgs {
     pub save_interval: Duration,
 }
 
-fn parse_net(s: &str) -> Result<Ipv4Net, String> {
+fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse()
 }
 
