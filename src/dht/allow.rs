@@ -75,26 +75,56 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// Why text is not a network (`--allow-net`'s one-line error says which part is wrong).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseNetError {
+    /// The part before `/` is not an IPv4 or IPv6 address.
+    Address(String),
+    /// The part after `/` is not a number from 0 to 255.
+    Prefix(String),
+    /// The prefix is longer than the family's address (32 or 128 bits).
+    PrefixTooLong {
+        /// The text that did not parse.
+        input: String,
+        /// The longest prefix of its family.
+        max: u8,
+    },
+}
+
+impl fmt::Display for ParseNetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseNetError::Address(s) => write!(f, "invalid IP address in network {s:?}"),
+            ParseNetError::Prefix(s) => write!(f, "invalid prefix length in network {s:?}"),
+            ParseNetError::PrefixTooLong { input, max } => {
+                write!(f, "prefix length above {max} in {input:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ParseNetError {}
+
 impl FromStr for IpNet {
-    type Err = String;
+    type Err = ParseNetError;
 
     /// Accepts `address/len` of either family, or a bare address (a /32 or /128).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => {
-                let p: u8 = p
-                    .parse()
-                    .map_err(|_| format!("invalid prefix length in network {s:?}"))?;
+                let p: u8 = p.parse().map_err(|_| ParseNetError::Prefix(s.to_owned()))?;
                 (a, Some(p))
             }
             None => (s, None),
         };
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| format!("invalid IP address in network {s:?}"))?;
-        let full = if addr.is_ipv4() { 32 } else { 128 };
-        IpNet::new(addr, prefix.unwrap_or(full))
-            .ok_or_else(|| format!("prefix length above {full} in {s:?}"))
+            .map_err(|_| ParseNetError::Address(s.to_owned()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        IpNet::new(addr, prefix.unwrap_or(max)).ok_or_else(|| ParseNetError::PrefixTooLong {
+            input: s.to_owned(),
+            max,
+        })
     }
 }
 
@@ -198,6 +228,25 @@ mod tests {
         ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad}");
         }
+        assert_eq!(
+            "fd77::/129".parse::<IpNet>(),
+            Err(ParseNetError::PrefixTooLong {
+                input: "fd77::/129".into(),
+                max: 128
+            })
+        );
+        assert_eq!(
+            "10.0.0.0/40".parse::<IpNet>().unwrap_err().to_string(),
+            "prefix length above 32 in \"10.0.0.0/40\""
+        );
+        assert!(matches!(
+            "x/8".parse::<IpNet>(),
+            Err(ParseNetError::Address(_))
+        ));
+        assert!(matches!(
+            "1.2.3.4/y".parse::<IpNet>(),
+            Err(ParseNetError::Prefix(_))
+        ));
         assert!(IpNet::new(ip("::1"), 129).is_none());
         assert!(IpNet::new(ip("1.2.3.4"), 33).is_none());
     }

@@ -5,7 +5,6 @@
 //! into a [`NodeId`] lookup target only through [`InfoHash::to_node_id`], never silently.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::str::FromStr;
 
 use rand::Rng;
 
@@ -73,18 +72,6 @@ impl NodeId {
         } else {
             self.0[index / 8] &= !mask;
         }
-    }
-}
-
-impl FromStr for NodeId {
-    type Err = String;
-
-    /// Parses 40 hex digits.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut b = [0u8; ID_LEN];
-        hex::decode_to_slice(s, &mut b)
-            .map_err(|_| format!("expected 40 hex digits for a 160-bit id, got {s:?}"))?;
-        Ok(NodeId(b))
     }
 }
 

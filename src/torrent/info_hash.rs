@@ -8,8 +8,6 @@
 //! info hash), so there is a crossing, but only an explicit one: [`InfoHash::to_node_id`] and
 //! [`InfoHash::from_node_id`]. There are deliberately no `From` impls between the two.
 
-use std::str::FromStr;
-
 use sha1::{Digest, Sha1};
 
 use crate::dht::id::NodeId;
@@ -43,16 +41,6 @@ impl InfoHash {
     /// its inverse.
     pub fn from_node_id(id: NodeId) -> Self {
         InfoHash(id.0)
-    }
-}
-
-impl FromStr for InfoHash {
-    type Err = String;
-
-    /// Parses 40 hex digits (command lines, web queries).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        InfoHash::from_hex(s)
-            .ok_or_else(|| format!("expected 40 hex digits for an info hash, got {s:?}"))
     }
 }
 

@@ -1,7 +1,29 @@
 //! What every 160-bit identifier type shares (node ids, info hashes): construction from
-//! random bits, a slice or hex, the raw bytes, and the lowercase-hex `Display` and named
-//! `Debug` forms. Written once, as a macro, because the types must stay distinct (a swapped
+//! random bits, a slice or hex (also as `FromStr`, with [`ParseIdError`]), the raw bytes,
+//! and the lowercase-hex `Display` and named `Debug` forms. Written once, as a macro, because the types must stay distinct (a swapped
 //! node id and info hash must not compile) while their byte handling is the same.
+
+/// Why text is not a 160-bit id: anything but exactly 40 hex digits. Carries the input so
+/// the one-line error a command prints names what was typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseIdError {
+    /// What was being parsed ("an info hash", "a node id").
+    pub what: &'static str,
+    /// The text that did not parse.
+    pub input: String,
+}
+
+impl std::fmt::Display for ParseIdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "expected 40 hex digits for {}, got {:?}",
+            self.what, self.input
+        )
+    }
+}
+
+impl std::error::Error for ParseIdError {}
 
 /// Implements the shared constructors, accessors and formatting for a newtype
 /// `$ty(pub [u8; 20])`; `$what` names a value of it in the generated docs.
@@ -38,6 +60,18 @@ macro_rules! id160_common {
                 let mut b = [0u8; 20];
                 hex::decode_to_slice(s, &mut b).ok()?;
                 Some($ty(b))
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::util::id160::ParseIdError;
+
+            /// Parses exactly 40 hex digits (command lines, web queries, files).
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $ty::from_hex(s).ok_or_else(|| $crate::util::id160::ParseIdError {
+                    what: $what,
+                    input: s.to_owned(),
+                })
             }
         }
 

@@ -1,7 +1,7 @@
 //! Primitives the rest of the crate shares, each written once: a token bucket
 //! ([`TokenBucket`]), retry pauses ([`Backoff`]), a crash-safe file write ([`atomic_write`]), the human-readable
 //! size and rate formatters ([`fmt`]), opening a sled store ([`sled_open`]), and the byte
-//! handling every 160-bit id type shares (`id160`).
+//! handling every 160-bit id type shares ([`id160`]).
 
 // Every public item here is documented, and stays so: the rest of the crate gets the same
 // lint module by module as each owner finishes its rustdoc (issue 11, part 5).
@@ -10,7 +10,7 @@
 mod atomic;
 mod backoff;
 pub mod fmt;
-pub(crate) mod id160;
+pub mod id160;
 pub mod sled_open;
 mod token_bucket;
 

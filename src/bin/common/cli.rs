@@ -95,6 +95,7 @@ pub struct NetArgs {
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse()
+        .map_err(|e: trackerless::dht::allow::ParseNetError| e.to_string())
 }
 
 /// A positive number of seconds, at most a day (a zero period would save in a busy loop).
