@@ -109,13 +109,7 @@ impl Default for SessionConfig {
         SessionConfig {
             peer_id: crate::torrent::PeerId::generate(),
             allow: AllowList::any(),
-            wire: WireConfig {
-                connect_timeout: Duration::from_secs(5),
-                handshake_timeout: Duration::from_secs(10),
-                read_timeout: Duration::from_secs(150),
-                write_timeout: Duration::from_secs(60),
-                ..WireConfig::default()
-            },
+            wire: WireConfig::with_timeout_secs(5, 10, 150, 60),
             max_peers: 50,
             max_connecting: 8,
             listen_port: None,

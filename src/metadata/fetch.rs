@@ -93,13 +93,7 @@ impl Default for FetchConfig {
         FetchConfig {
             peer_id: crate::torrent::PeerId::generate(),
             allow: AllowList::any(),
-            wire: WireConfig {
-                connect_timeout: Duration::from_secs(3),
-                handshake_timeout: Duration::from_secs(5),
-                read_timeout: Duration::from_secs(30),
-                write_timeout: Duration::from_secs(10),
-                ..WireConfig::default()
-            },
+            wire: WireConfig::with_timeout_secs(3, 5, 30, 10),
             max_connections: 12,
             max_window: MAX_WINDOW,
             ext_handshake_timeout: Duration::from_secs(5),

@@ -1,7 +1,8 @@
 //! Primitives the rest of the crate shares, each written once: a token bucket
 //! ([`TokenBucket`]), retry pauses ([`Backoff`]), a crash-safe file write ([`atomic_write`]), the human-readable
-//! size and rate formatters ([`fmt`]), opening a sled store ([`sled_open`]), and the byte
-//! handling every 160-bit id type shares ([`id160`]).
+//! size and rate formatters ([`fmt`]), opening a sled store ([`sled_open`]), the byte
+//! handling every 160-bit id type shares ([`id160`]), and process-wide event counters
+//! (`counters`).
 
 // Every public item here is documented, and stays so: the rest of the crate gets the same
 // lint module by module as each owner finishes its rustdoc (issue 11, part 5).
@@ -9,6 +10,7 @@
 
 mod atomic;
 mod backoff;
+pub(crate) mod counters;
 pub mod fmt;
 pub mod id160;
 pub mod sled_open;

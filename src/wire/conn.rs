@@ -51,6 +51,21 @@ impl Default for WireConfig {
     }
 }
 
+impl WireConfig {
+    /// The defaults with these four timeouts, in seconds (connect, handshake, read,
+    /// write): each user has its own patience (a metadata fetch gives up on a silent peer
+    /// sooner than a download does).
+    pub fn with_timeout_secs(connect: u64, handshake: u64, read: u64, write: u64) -> Self {
+        WireConfig {
+            connect_timeout: Duration::from_secs(connect),
+            handshake_timeout: Duration::from_secs(handshake),
+            read_timeout: Duration::from_secs(read),
+            write_timeout: Duration::from_secs(write),
+            ..WireConfig::default()
+        }
+    }
+}
+
 /// What was being waited for when a timeout fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

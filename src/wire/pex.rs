@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::benc::{self, DictEntries};
@@ -274,26 +274,22 @@ impl PexSender {
     }
 }
 
-static MSGS_IN: AtomicU64 = AtomicU64::new(0);
-static MSGS_OUT: AtomicU64 = AtomicU64::new(0);
-static IGNORED_FLOOD: AtomicU64 = AtomicU64::new(0);
-static MALFORMED: AtomicU64 = AtomicU64::new(0);
-static PEERS_LEARNED: AtomicU64 = AtomicU64::new(0);
-
-/// PEX activity since start (process-wide, like
-/// [`transport_counts`](super::transport_counts)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PexCounts {
+crate::util::counters::process_counters! {
+    /// PEX activity since start (process-wide, like
+    /// [`transport_counts`](super::transport_counts)).
+    pub struct PexCounts;
+    /// Snapshot of the PEX counters.
+    pub fn pex_counts;
     /// Messages received and acted on.
-    pub msgs_in: u64,
+    msgs_in = MSGS_IN,
     /// Messages sent.
-    pub msgs_out: u64,
+    msgs_out = MSGS_OUT,
     /// Messages ignored for arriving too soon after the previous one from that peer.
-    pub ignored_flood: u64,
+    ignored_flood = IGNORED_FLOOD,
     /// Messages that did not decode (dropped).
-    pub malformed: u64,
+    malformed = MALFORMED,
     /// Addresses from received messages that were new to the session's candidates.
-    pub peers_learned: u64,
+    peers_learned = PEERS_LEARNED,
 }
 
 impl std::fmt::Display for PexCounts {
@@ -304,17 +300,6 @@ impl std::fmt::Display for PexCounts {
             "pex: messages in {} out {}, ignored {} too frequent {} malformed, peers learned {}",
             self.msgs_in, self.msgs_out, self.ignored_flood, self.malformed, self.peers_learned
         )
-    }
-}
-
-/// Snapshot of the PEX counters.
-pub fn pex_counts() -> PexCounts {
-    PexCounts {
-        msgs_in: MSGS_IN.load(Ordering::Relaxed),
-        msgs_out: MSGS_OUT.load(Ordering::Relaxed),
-        ignored_flood: IGNORED_FLOOD.load(Ordering::Relaxed),
-        malformed: MALFORMED.load(Ordering::Relaxed),
-        peers_learned: PEERS_LEARNED.load(Ordering::Relaxed),
     }
 }
 

@@ -10,7 +10,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -276,32 +276,19 @@ macro_rules! delegate_write {
 delegate_write!(PeerStream, write);
 delegate_write!(PeerWriteHalf, 0);
 
-static TCP_CONNECTS: AtomicU64 = AtomicU64::new(0);
-static UTP_CONNECTS: AtomicU64 = AtomicU64::new(0);
-static TCP_ACCEPTS: AtomicU64 = AtomicU64::new(0);
-static UTP_ACCEPTS: AtomicU64 = AtomicU64::new(0);
-
-/// Connections established per transport and direction since start (process-wide).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TransportCounts {
+crate::util::counters::process_counters! {
+    /// Connections established per transport and direction since start (process-wide).
+    pub struct TransportCounts;
+    /// Snapshot of the per-transport connection counters.
+    pub fn transport_counts;
     /// Outgoing TCP connections established (counted before the handshake).
-    pub tcp_out: u64,
+    tcp_out = TCP_CONNECTS,
     /// Outgoing uTP connections established (counted before the handshake).
-    pub utp_out: u64,
+    utp_out = UTP_CONNECTS,
     /// Incoming TCP connections accepted ([`note_accepted`]).
-    pub tcp_in: u64,
+    tcp_in = TCP_ACCEPTS,
     /// Incoming uTP connections accepted ([`note_accepted`]).
-    pub utp_in: u64,
-}
-
-/// Snapshot of the per-transport connection counters.
-pub fn transport_counts() -> TransportCounts {
-    TransportCounts {
-        tcp_out: TCP_CONNECTS.load(Ordering::Relaxed),
-        utp_out: UTP_CONNECTS.load(Ordering::Relaxed),
-        tcp_in: TCP_ACCEPTS.load(Ordering::Relaxed),
-        utp_in: UTP_ACCEPTS.load(Ordering::Relaxed),
-    }
+    utp_in = UTP_ACCEPTS,
 }
 
 /// Counts and logs an accepted connection.
