@@ -468,7 +468,15 @@ mod tests {
             r.iter().collect::<Vec<_>>()
         );
         let small = NodeRing::load(&path, 10).unwrap();
-        assert_eq!(small.iter().next(), Some(c(41)), "newest entries kept");
+        // The newest ten of what the ring holds (its IP filter may, rarely, have refused an
+        // insert as a probable duplicate, so the expectation comes from the ring itself).
+        let all: Vec<_> = r.iter().collect();
+        assert!(all.len() >= 45, "{}", all.len());
+        assert_eq!(
+            small.iter().collect::<Vec<_>>(),
+            all[all.len() - 10..],
+            "newest entries kept"
+        );
         assert!(
             NodeRing::load(&dir.path().join("missing"), 10)
                 .unwrap()
