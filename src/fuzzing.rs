@@ -199,11 +199,26 @@ pub fn wire(data: &[u8]) {
     assert_eq!(dec.buffered(), 0);
 }
 
-/// BEP 9 / BEP 10: the payload of an extended message, as a `ut_metadata` message and as an
-/// extension handshake.
+/// BEP 9 / BEP 10 / BEP 11: the payload of an extended message, as a `ut_metadata` message,
+/// as an extension handshake and as a `ut_pex` message (both families).
 ///
-/// Properties: whatever decodes re-encodes into a payload that decodes to the same value.
+/// Properties: whatever decodes re-encodes into a payload that decodes to the same value;
+/// a PEX message never holds more than its per-family caps.
 pub fn bep9(data: &[u8]) {
+    if let Ok(msg) = crate::wire::pex::PexMsg::decode(data) {
+        let cap = crate::wire::pex::MAX_PEX_ENTRIES;
+        for v6 in [false, true] {
+            assert!(msg.added.iter().filter(|(a, _)| a.is_ipv6() == v6).count() <= cap);
+            assert!(msg.dropped.iter().filter(|a| a.is_ipv6() == v6).count() <= cap);
+        }
+        let mut encoded = Vec::new();
+        msg.encode_into(&mut encoded);
+        assert_eq!(
+            crate::wire::pex::PexMsg::decode(&encoded),
+            Ok(msg),
+            "ut_pex round trip"
+        );
+    }
     if let Ok(msg) = MetadataMsg::decode(data) {
         let encoded = msg.encode();
         assert_eq!(

@@ -21,15 +21,15 @@
 //!   `greeting_is_bitfield_then_extension_handshake_then_port`,
 //!   `fast_greeting_uses_have_all_or_have_none_and_sends_the_allowed_fast_set`.
 //! - BEP 10 handshakes are cumulative ([`ExtHandshake::update`]); an incoming peer's `p`
-//!   makes its listen address known ([`PeerEvent::ListenAddr`]), once; an outgoing peer
-//!   listens where we dialed it —
+//!   makes its listen address known ([`PeerEvent::ListenAddr`], either family), once; an
+//!   outgoing peer listens where we dialed it —
 //!   `extension_handshakes_accumulate_and_make_an_incoming_peers_listen_address_known_once`.
 //! - `ut_metadata` requests are answered from the info dict (BEP 9), rejects for pieces
 //!   that do not exist —
 //!   `metadata_requests_are_answered_from_the_info_dict_and_missing_pieces_rejected`.
 //! - `ut_pex` (BEP 11, never for private torrents): a received message more often than
-//!   about once a minute or malformed is ignored, not fatal; its `added` peers (not the
-//!   peer itself) become [`PeerEvent::Pex`] —
+//!   about once a minute or malformed is ignored, not fatal; its `added` and `added6` peers
+//!   (not the peer itself) become [`PeerEvent::Pex`] —
 //!   `received_pex_yields_candidates_but_floods_and_junk_are_ignored_without_closing`.
 //!   Ours go out when [`PeerConnection::pex_due`] (a moment after the handshake, then at
 //!   most once a minute, not after the peer switched `ut_pex` off), never naming the peer
@@ -280,7 +280,7 @@ pub enum PeerEvent {
     DhtNode(SocketAddrV4),
     /// Where an incoming peer accepts connections (its IP and the `p` of its extension
     /// handshake), for PEX.
-    ListenAddr(SocketAddrV4),
+    ListenAddr(SocketAddr),
     /// Candidate peers from the peer's `ut_pex` message.
     Pex(Vec<SocketAddr>),
 }
@@ -334,7 +334,7 @@ pub struct PeerConnection {
     /// Scratch for the allowed-fast subset handed to the picker.
     only: Bitfield,
     /// Where the peer accepts connections, once known.
-    listen: Option<SocketAddrV4>,
+    listen: Option<SocketAddr>,
     pex_in: PexRate,
     pex_out: Option<PexSender>,
     /// Frames queued and not yet handed to the driver.
@@ -353,10 +353,7 @@ impl PeerConnection {
     /// the greeting (see the module docs).
     pub fn new(cfg: ConnConfig, ours: &Bitfield, now: Instant) -> Self {
         let n = cfg.info.num_pieces();
-        let listen = match (cfg.outgoing, cfg.addr) {
-            (true, SocketAddr::V4(a)) => Some(a),
-            _ => None,
-        };
+        let listen = cfg.outgoing.then_some(cfg.addr);
         let mut c = PeerConnection {
             ours: ours.clone(),
             bits: Bitfield::new(n),
@@ -480,7 +477,7 @@ impl PeerConnection {
 
     /// Where the peer accepts connections: the address we dialed, or an incoming peer's IP
     /// and the `p` of its extension handshake.
-    pub fn listen_addr(&self) -> Option<SocketAddrV4> {
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen
     }
 
@@ -903,7 +900,7 @@ impl PeerConnection {
 
     /// Sends our PEX message if one is due: the `connected` peers (listen address and
     /// `added.f` flags) as a change since the last message.
-    pub fn send_pex(&mut self, now: Instant, connected: &[(SocketAddrV4, u8)]) {
+    pub fn send_pex(&mut self, now: Instant, connected: &[(SocketAddr, u8)]) {
         // The peer may have switched ut_pex off with a later handshake (id 0).
         let Some(id) = self.peer_ext.ext_id(UT_PEX) else {
             return;
@@ -1081,21 +1078,16 @@ impl PeerConnection {
     /// `ut_pex` (and we do), our messages to it start.
     fn on_ext_handshake(&mut self, now: Instant) {
         if self.listen.is_none()
-            && let (SocketAddr::V4(a), Some(p)) = (self.cfg.addr, self.peer_ext.p)
+            && let Some(p) = self.peer_ext.p
         {
-            let l = SocketAddrV4::new(*a.ip(), p);
+            let l = SocketAddr::new(self.cfg.addr.ip(), p);
             self.listen = Some(l);
             self.events.push_back(PeerEvent::ListenAddr(l));
         }
         if self.cfg.pex && self.pex_out.is_none() && self.peer_ext.ext_id(UT_PEX).is_some() {
             // Never echoing the peer to itself: its listen address is how others know it.
-            let to = self.listen.or(match self.cfg.addr {
-                SocketAddr::V4(a) => Some(a),
-                SocketAddr::V6(_) => None,
-            });
-            if let Some(to) = to {
-                self.pex_out = Some(PexSender::new(to, now));
-            }
+            let to = self.listen.unwrap_or(self.cfg.addr);
+            self.pex_out = Some(PexSender::new(to, now));
         }
     }
 
@@ -1127,7 +1119,7 @@ impl PeerConnection {
         let added: Vec<SocketAddr> = msg
             .added
             .iter()
-            .map(|(a, _)| SocketAddr::V4(*a))
+            .map(|(a, _)| *a)
             .filter(|a| *a != addr)
             .collect();
         if !added.is_empty() {

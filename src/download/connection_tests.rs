@@ -263,7 +263,7 @@ fn extension_handshakes_accumulate_and_make_an_incoming_peers_listen_address_kno
         "an incoming peer's source port is not its listen port"
     );
     c.handle(t, ext_hs(Some(5000), false)).unwrap();
-    let l = SocketAddrV4::new(*PEER.ip(), 5000);
+    let l = SocketAddr::V4(SocketAddrV4::new(*PEER.ip(), 5000));
     assert_eq!(events(&mut c), vec![PeerEvent::ListenAddr(l)]);
     assert_eq!(c.listen_addr(), Some(l));
     // A later handshake adds to the first (BEP 10) and does not move the listen address.
@@ -281,10 +281,20 @@ fn extension_handshakes_accumulate_and_make_an_incoming_peers_listen_address_kno
     assert_eq!(c.peer_ext().reqq, Some(77));
     // An outgoing peer listens where we dialed it; its `p` changes nothing.
     let mut c = conn(config(false), &[], t);
-    assert_eq!(c.listen_addr(), Some(PEER));
+    assert_eq!(c.listen_addr(), Some(SocketAddr::V4(PEER)));
     c.handle(t, ext_hs(Some(5000), false)).unwrap();
     assert!(events(&mut c).is_empty());
-    assert_eq!(c.listen_addr(), Some(PEER));
+    assert_eq!(c.listen_addr(), Some(SocketAddr::V4(PEER)));
+    // An incoming IPv6 peer's listen address is its IPv6 address and `p`.
+    let cfg6 = ConnConfig {
+        outgoing: false,
+        addr: "[fd77::5]:40000".parse().unwrap(),
+        ..config(false)
+    };
+    let mut c = conn(cfg6, &[], t);
+    c.handle(t, ext_hs(Some(6000), false)).unwrap();
+    let l6: SocketAddr = "[fd77::5]:6000".parse().unwrap();
+    assert_eq!(events(&mut c), vec![PeerEvent::ListenAddr(l6)]);
 }
 
 #[test]
@@ -328,7 +338,7 @@ fn metadata_requests_are_answered_from_the_info_dict_and_missing_pieces_rejected
     }
 }
 
-fn pex_payload(added: &[SocketAddrV4]) -> Message {
+fn pex_payload(added: &[SocketAddr]) -> Message {
     let msg = PexMsg {
         added: added.iter().map(|a| (*a, 0)).collect(),
         dropped: Vec::new(),
@@ -345,15 +355,17 @@ fn pex_payload(added: &[SocketAddrV4]) -> Message {
 fn received_pex_yields_candidates_but_floods_and_junk_are_ignored_without_closing() {
     let t = Instant::now();
     let mut c = conn(config(false), &[], t);
-    let other = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 51413);
-    c.handle(t, pex_payload(&[other, PEER])).unwrap();
+    let other = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 51413));
+    let other6: SocketAddr = "[fd77::9]:51413".parse().unwrap();
+    c.handle(t, pex_payload(&[other, SocketAddr::V4(PEER), other6]))
+        .unwrap();
     assert_eq!(
         events(&mut c),
-        vec![PeerEvent::Pex(vec![SocketAddr::V4(other)])],
-        "the peer itself is not a candidate"
+        vec![PeerEvent::Pex(vec![other, other6])],
+        "both families; the peer itself is not a candidate"
     );
     // Too soon after the last: ignored.
-    let third = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 10), 51413);
+    let third = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 10), 51413));
     c.handle(t + Duration::from_secs(5), pex_payload(&[third]))
         .unwrap();
     assert!(events(&mut c).is_empty());
@@ -387,15 +399,16 @@ fn our_pex_goes_out_when_due_and_never_names_the_peer_to_itself() {
     assert!(!c.pex_due(t), "the first message waits a moment");
     let due = t + PEX_FIRST_DELAY;
     assert!(c.pex_due(due));
-    let other = SocketAddrV4::new(Ipv4Addr::new(10, 7, 7, 7), 6881);
-    c.send_pex(due, &[(PEER, 0), (other, 2)]);
+    let other = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 7, 7, 7), 6881));
+    let other6: SocketAddr = "[fd77::7]:6881".parse().unwrap();
+    c.send_pex(due, &[(SocketAddr::V4(PEER), 0), (other, 2), (other6, 0)]);
     let out = sent(&mut c, due);
     assert_eq!(out.len(), 1);
     match &out[0] {
         Message::Extended { id, payload } => {
             assert_eq!(*id, PEER_UT_PEX);
             let msg = PexMsg::decode(payload).unwrap();
-            assert_eq!(msg.added, vec![(other, 2)]);
+            assert_eq!(msg.added, vec![(other, 2), (other6, 0)]);
         }
         other => panic!("{other:?}"),
     }

@@ -24,7 +24,7 @@
 use crate::util::TokenBucket;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1380,7 +1380,7 @@ impl Runner {
             }
         }
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
-        let mut connected: Option<Vec<(PeerKey, SocketAddrV4, u8)>> = None;
+        let mut connected: Option<Vec<(PeerKey, SocketAddr, u8)>> = None;
         for key in keys {
             let Some(p) = self.peers.get_mut(&key) else {
                 continue;
@@ -1403,7 +1403,7 @@ impl Runner {
                         })
                         .collect()
                 });
-                let others: Vec<(SocketAddrV4, u8)> = all
+                let others: Vec<(SocketAddr, u8)> = all
                     .iter()
                     .filter(|(k, _, _)| *k != key)
                     .map(|(_, a, f)| (*a, *f))

@@ -2,13 +2,14 @@
 //! rules and the per-peer send state ([`PexSender`]), free of sockets. The download
 //! session's peer connections (`download::peer`) drive them.
 //!
-//! Only the IPv4 lists (`added`, `added.f`, `dropped`) are read and written; IPv6 keys
-//! (`added6`, `dropped6`) are ignored, since our peer connections are IPv4 only. Every count
-//! is bounded so a hostile peer cannot make us buffer or dial an unbounded list, and malformed
-//! input is an error, never a panic.
+//! Both families are read and written: `added`, `added.f`, `dropped` hold 6-byte IPv4
+//! entries and `added6`, `added6.f`, `dropped6` 18-byte IPv6 ones (BEP 11); a message carries
+//! them as one list of socket addresses. Every count is bounded (per list and family) so a
+//! hostile peer cannot make us buffer or dial an unbounded list, and malformed input is an
+//! error, never a panic.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,8 @@ use crate::bencode::{self, MAX_DEPTH};
 /// The extension name in the BEP 10 `m` dict.
 pub const UT_PEX: &str = "ut_pex";
 
-/// Entries per list in one message, sent or accepted (libtorrent sends at most 50 too).
+/// Entries per list and family in one message, sent or accepted (libtorrent sends at most
+/// 50 too).
 pub const MAX_PEX_ENTRIES: usize = 50;
 
 /// Minimum spacing of messages in one direction (BEP 11: at most one a minute).
@@ -42,13 +44,13 @@ pub mod flags {
     pub const REACHABLE: u8 = 0x10;
 }
 
-/// One `ut_pex` message (IPv4 part).
+/// One `ut_pex` message, both families.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PexMsg {
     /// Peers the sender connected to since its last message, with their flags.
-    pub added: Vec<(SocketAddrV4, u8)>,
+    pub added: Vec<(SocketAddr, u8)>,
     /// Peers the sender disconnected from.
-    pub dropped: Vec<SocketAddrV4>,
+    pub dropped: Vec<SocketAddr>,
 }
 
 /// Why a `ut_pex` payload was refused.
@@ -58,8 +60,14 @@ pub enum PexError {
     Bencode(String),
     /// The payload is bencode but not a dict.
     NotADict,
-    /// A compact list whose length is not a multiple of 6.
-    BadCompactLength(usize),
+    /// A compact list whose length is not a multiple of its entry size (6 bytes for IPv4,
+    /// 18 for IPv6).
+    BadCompactLength {
+        /// The list's length in bytes.
+        len: usize,
+        /// The entry size it should be a multiple of.
+        entry: usize,
+    },
 }
 
 impl std::fmt::Display for PexError {
@@ -67,10 +75,10 @@ impl std::fmt::Display for PexError {
         match self {
             PexError::Bencode(e) => write!(f, "ut_pex is not valid bencode: {e}"),
             PexError::NotADict => f.write_str("ut_pex is not a dict"),
-            PexError::BadCompactLength(n) => {
+            PexError::BadCompactLength { len, entry } => {
                 write!(
                     f,
-                    "ut_pex compact peer list of {n} bytes (not a multiple of 6)"
+                    "ut_pex compact peer list of {len} bytes (not a multiple of {entry})"
                 )
             }
         }
@@ -79,80 +87,133 @@ impl std::fmt::Display for PexError {
 
 impl std::error::Error for PexError {}
 
-fn compact(raw: &[u8]) -> Result<impl Iterator<Item = SocketAddrV4> + '_, PexError> {
-    if !raw.len().is_multiple_of(6) {
-        return Err(PexError::BadCompactLength(raw.len()));
+/// The entries of a compact list: 6-byte IPv4 or 18-byte IPv6 (address, then port).
+fn compact(raw: &[u8], v6: bool) -> Result<impl Iterator<Item = SocketAddr> + '_, PexError> {
+    let entry = if v6 { 18 } else { 6 };
+    if !raw.len().is_multiple_of(entry) {
+        return Err(PexError::BadCompactLength {
+            len: raw.len(),
+            entry,
+        });
     }
-    Ok(raw.chunks_exact(6).map(|c| {
-        SocketAddrV4::new(
-            Ipv4Addr::new(c[0], c[1], c[2], c[3]),
-            u16::from_be_bytes([c[4], c[5]]),
-        )
+    Ok(raw.chunks_exact(entry).map(move |c| {
+        let port = u16::from_be_bytes([c[entry - 2], c[entry - 1]]);
+        if v6 {
+            let ip: [u8; 16] = c[..16].try_into().expect("18-byte entry");
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, 0))
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                port,
+            ))
+        }
     }))
 }
 
 impl PexMsg {
-    /// Parses a payload, keeping at most [`MAX_PEX_ENTRIES`] of each list. Missing flags
-    /// read as 0; port-0 entries are skipped.
+    /// Parses a payload, keeping at most [`MAX_PEX_ENTRIES`] of each list and family.
+    /// Missing flags read as 0; port-0 entries are skipped.
     pub fn decode(payload: &[u8]) -> Result<Self, PexError> {
         bencode::validate(payload, MAX_DEPTH).map_err(|e| PexError::Bencode(format!("{e:?}")))?;
         let entries = DictEntries::new(payload).ok_or(PexError::NotADict)?;
-        let (mut added, mut added_f, mut dropped): (&[u8], &[u8], &[u8]) = (b"", b"", b"");
+        // Per family (IPv4, IPv6): added, added flags, dropped.
+        let mut lists: [(&[u8], &[u8], &[u8]); 2] = [(b"", b"", b""); 2];
         for (key, raw) in entries {
             let Some(bytes) = benc::as_bytes(raw) else {
                 continue;
             };
             match key {
-                b"added" => added = bytes,
-                b"added.f" => added_f = bytes,
-                b"dropped" => dropped = bytes,
+                b"added" => lists[0].0 = bytes,
+                b"added.f" => lists[0].1 = bytes,
+                b"dropped" => lists[0].2 = bytes,
+                b"added6" => lists[1].0 = bytes,
+                b"added6.f" => lists[1].1 = bytes,
+                b"dropped6" => lists[1].2 = bytes,
                 _ => {}
             }
         }
         let mut msg = PexMsg::default();
-        for (i, a) in compact(added)?.enumerate() {
-            if msg.added.len() == MAX_PEX_ENTRIES {
-                break;
+        for (family, (added, added_f, dropped)) in lists.into_iter().enumerate() {
+            let v6 = family == 1;
+            let mut kept = 0;
+            for (i, a) in compact(added, v6)?.enumerate() {
+                if kept == MAX_PEX_ENTRIES {
+                    break;
+                }
+                if a.port() != 0 {
+                    msg.added.push((a, added_f.get(i).copied().unwrap_or(0)));
+                    kept += 1;
+                }
             }
-            if a.port() != 0 {
-                msg.added.push((a, added_f.get(i).copied().unwrap_or(0)));
-            }
+            msg.dropped.extend(
+                compact(dropped, v6)?
+                    .filter(|a| a.port() != 0)
+                    .take(MAX_PEX_ENTRIES),
+            );
         }
-        msg.dropped = compact(dropped)?
-            .filter(|a| a.port() != 0)
-            .take(MAX_PEX_ENTRIES)
-            .collect();
         Ok(msg)
     }
 
     /// Appends the bencoded message (keys sorted), truncating each list to
-    /// [`MAX_PEX_ENTRIES`].
+    /// [`MAX_PEX_ENTRIES`] per family. The IPv6 keys appear only when there are IPv6
+    /// entries, so an IPv4-only message is what IPv4-only clients always got.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let added = &self.added[..self.added.len().min(MAX_PEX_ENTRIES)];
-        let dropped = &self.dropped[..self.dropped.len().min(MAX_PEX_ENTRIES)];
-        out.push(b'd');
-        benc::put_bytes(out, b"added");
-        crate::bencode::put_uint(out, (added.len() * 6) as u64);
-        out.push(b':');
-        for (a, _) in added {
-            put_compact(out, a);
+        let pick_added = |v6: bool| -> Vec<&(SocketAddr, u8)> {
+            self.added
+                .iter()
+                .filter(|(a, _)| a.is_ipv6() == v6)
+                .take(MAX_PEX_ENTRIES)
+                .collect()
+        };
+        let pick_dropped = |v6: bool| -> Vec<&SocketAddr> {
+            self.dropped
+                .iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .take(MAX_PEX_ENTRIES)
+                .collect()
+        };
+        let (added4, added6) = (pick_added(false), pick_added(true));
+        let (dropped4, dropped6) = (pick_dropped(false), pick_dropped(true));
+        let put_list = |out: &mut Vec<u8>, key: &[u8], entry: usize, addrs: &[&SocketAddr]| {
+            benc::put_bytes(out, key);
+            crate::bencode::put_uint(out, (addrs.len() * entry) as u64);
+            out.push(b':');
+            for a in addrs {
+                put_compact(out, a);
+            }
+        };
+        let put_flags = |out: &mut Vec<u8>, key: &[u8], added: &[&(SocketAddr, u8)]| {
+            benc::put_bytes(out, key);
+            crate::bencode::put_uint(out, added.len() as u64);
+            out.push(b':');
+            out.extend(added.iter().map(|(_, f)| f));
+        };
+        fn addrs<'a>(added: &[&'a (SocketAddr, u8)]) -> Vec<&'a SocketAddr> {
+            added.iter().map(|(a, _)| a).collect()
         }
-        benc::put_bytes(out, b"added.f");
-        crate::bencode::put_uint(out, added.len() as u64);
-        out.push(b':');
-        out.extend(added.iter().map(|(_, f)| f));
-        benc::put_bytes(out, b"dropped");
-        crate::bencode::put_uint(out, (dropped.len() * 6) as u64);
-        out.push(b':');
-        for a in dropped {
-            put_compact(out, a);
+        let v6 = !added6.is_empty() || !dropped6.is_empty();
+        // Keys in byte order: added, added.f, added6, added6.f, dropped, dropped6.
+        out.push(b'd');
+        put_list(out, b"added", 6, &addrs(&added4));
+        put_flags(out, b"added.f", &added4);
+        if v6 {
+            put_list(out, b"added6", 18, &addrs(&added6));
+            put_flags(out, b"added6.f", &added6);
+        }
+        put_list(out, b"dropped", 6, &dropped4);
+        if v6 {
+            put_list(out, b"dropped6", 18, &dropped6);
         }
         out.push(b'e');
     }
 }
 
-fn put_compact(out: &mut Vec<u8>, a: &SocketAddrV4) {
-    out.extend_from_slice(&a.ip().octets());
+/// The compact form: 4 or 16 address bytes, then the port (big-endian).
+fn put_compact(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        std::net::IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+        std::net::IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+    }
     out.extend_from_slice(&a.port().to_be_bytes());
 }
 
@@ -204,17 +265,17 @@ pub const PEX_FIRST_DELAY: Duration = Duration::from_secs(2);
 /// current set of connected peers.
 #[derive(Debug, Clone)]
 pub struct PexSender {
-    to: SocketAddrV4,
+    to: SocketAddr,
     first_at: Instant,
     rate: PexRate,
     /// Addresses the recipient was told are connected (added and not yet dropped).
-    told: HashSet<SocketAddrV4>,
+    told: HashSet<SocketAddr>,
 }
 
 impl PexSender {
     /// Send state for the peer listening at (or connected from) `to`, whose extension
     /// handshake (advertising `ut_pex`) arrived at `now`.
-    pub fn new(to: SocketAddrV4, now: Instant) -> Self {
+    pub fn new(to: SocketAddr, now: Instant) -> Self {
         PexSender {
             to,
             first_at: now + PEX_FIRST_DELAY,
@@ -236,28 +297,36 @@ impl PexSender {
     /// The message to send at `now`, given the peers connected now (listen address and
     /// `added.f` flags), or `None` when it is not yet time or nothing changed. A returned
     /// message counts as sent.
-    pub fn poll(&mut self, now: Instant, connected: &[(SocketAddrV4, u8)]) -> Option<PexMsg> {
+    pub fn poll(&mut self, now: Instant, connected: &[(SocketAddr, u8)]) -> Option<PexMsg> {
         if !self.due(now) {
             return None;
         }
         let mut added = Vec::new();
+        let mut per_family = [0usize; 2];
         let mut seen = HashSet::with_capacity(connected.len());
         for &(a, f) in connected {
             if a == self.to || a.port() == 0 || !seen.insert(a) {
                 continue;
             }
-            if !self.told.contains(&a) && added.len() < MAX_PEX_ENTRIES {
+            let n = &mut per_family[usize::from(a.is_ipv6())];
+            if !self.told.contains(&a) && *n < MAX_PEX_ENTRIES {
                 added.push((a, f));
+                *n += 1;
             }
         }
-        let mut dropped: Vec<SocketAddrV4> = self
+        let mut dropped: Vec<SocketAddr> = self
             .told
             .iter()
             .filter(|a| !seen.contains(a))
             .copied()
             .collect();
         dropped.sort_unstable();
-        dropped.truncate(MAX_PEX_ENTRIES);
+        let mut per_family = [0usize; 2];
+        dropped.retain(|a| {
+            let n = &mut per_family[usize::from(a.is_ipv6())];
+            *n += 1;
+            *n <= MAX_PEX_ENTRIES
+        });
         if added.is_empty() && dropped.is_empty() {
             return None;
         }
@@ -335,8 +404,17 @@ pub fn note(ev: PexEvent) {
 mod tests {
     use super::*;
 
-    fn a(last: u8, port: u16) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), port)
+    fn a(last: u8, port: u16) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), port))
+    }
+
+    fn a6(last: u16, port: u16) -> SocketAddr {
+        SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, last),
+            port,
+            0,
+            0,
+        ))
     }
 
     #[test]
@@ -378,7 +456,7 @@ mod tests {
         assert!(PexMsg::decode(b"le").is_err());
         assert_eq!(
             PexMsg::decode(b"d5:added5:abcdee"),
-            Err(PexError::BadCompactLength(5))
+            Err(PexError::BadCompactLength { len: 5, entry: 6 })
         );
         // Wrong types are ignored, missing flags read as 0, port 0 skipped.
         let m =
@@ -389,6 +467,91 @@ mod tests {
             let junk: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
             let _ = PexMsg::decode(&junk);
         }
+    }
+
+    #[test]
+    fn ipv6_entries_travel_in_their_own_keys() {
+        let msg = PexMsg {
+            added: vec![(a(1, 6881), flags::SEED), (a6(2, 51413), flags::UTP)],
+            dropped: vec![a6(3, 7), a(4, 8)],
+        };
+        let mut out = Vec::new();
+        msg.encode_into(&mut out);
+        // BEP 11's layout: 18-byte entries under added6 / dropped6, flags in added6.f, keys
+        // in byte order.
+        let mut want = b"d5:added6:\x7f\0\0\x01\x1a\xe17:added.f1:\x02".to_vec();
+        want.extend_from_slice(b"6:added618:\xfd\x77");
+        want.extend_from_slice(&[0; 13]);
+        want.extend_from_slice(b"\x02\xc8\xd58:added6.f1:\x047:dropped6:\x7f\0\0\x04\0\x08");
+        want.extend_from_slice(b"8:dropped618:\xfd\x77");
+        want.extend_from_slice(&[0; 13]);
+        want.extend_from_slice(b"\x03\0\x07e");
+        assert_eq!(out, want);
+        let back = PexMsg::decode(&out).unwrap();
+        assert_eq!(back.added, msg.added);
+        let mut dropped = back.dropped.clone();
+        dropped.sort();
+        let mut expected = msg.dropped.clone();
+        expected.sort();
+        assert_eq!(dropped, expected);
+        // An IPv4-only message has no IPv6 keys (what IPv4-only clients always got).
+        let v4 = PexMsg {
+            added: vec![(a(1, 1), 0)],
+            dropped: vec![],
+        };
+        let mut out = Vec::new();
+        v4.encode_into(&mut out);
+        assert_eq!(
+            out,
+            b"d5:added6:\x7f\0\0\x01\0\x017:added.f1:\x007:dropped0:e"
+        );
+        // Each IPv6 list must be whole 18-byte entries.
+        assert_eq!(
+            PexMsg::decode(b"d6:added66:abcdefe"),
+            Err(PexError::BadCompactLength { len: 6, entry: 18 })
+        );
+        // Caps hold per family: 60 of each in, 50 of each out.
+        let mut raw = b"d5:added360:".to_vec();
+        for i in 0..60 {
+            put_compact(&mut raw, &a(i, 1000));
+        }
+        raw.extend_from_slice(b"6:added61080:");
+        for i in 0..60 {
+            put_compact(&mut raw, &a6(i, 1000));
+        }
+        raw.push(b'e');
+        let m = PexMsg::decode(&raw).unwrap();
+        assert_eq!(
+            m.added.iter().filter(|(x, _)| x.is_ipv4()).count(),
+            MAX_PEX_ENTRIES
+        );
+        assert_eq!(
+            m.added.iter().filter(|(x, _)| x.is_ipv6()).count(),
+            MAX_PEX_ENTRIES
+        );
+    }
+
+    #[test]
+    fn sender_tells_both_families_and_caps_each() {
+        let t0 = Instant::now();
+        let to = a6(9, 9);
+        let mut s = PexSender::new(to, t0);
+        let mut conn: Vec<(SocketAddr, u8)> = (0..60u16).map(|i| (a6(100 + i, 1), 0)).collect();
+        conn.push((a(1, 1), 0));
+        conn.push((to, 0));
+        let m = s.poll(t0 + PEX_FIRST_DELAY, &conn).unwrap();
+        assert_eq!(
+            m.added.iter().filter(|(x, _)| x.is_ipv6()).count(),
+            MAX_PEX_ENTRIES
+        );
+        assert!(
+            m.added.contains(&(a(1, 1), 0)),
+            "IPv4 has its own allowance"
+        );
+        assert!(
+            !m.added.iter().any(|(x, _)| *x == to),
+            "never the recipient itself"
+        );
     }
 
     #[test]
