@@ -292,6 +292,18 @@ def check_loopback(ip):
     return ip
 
 
+def check_test_v6(ip):
+    """An IPv6 address inside fd77::/16, the test prefix the tests add to lo inside their
+    own network namespace (never a routed address)."""
+    try:
+        b = socket.inet_pton(socket.AF_INET6, ip)
+    except OSError:
+        raise ValueError("not an IPv6 address: %r" % ip)
+    if b[:2] != b"\xfd\x77":
+        raise ValueError("refusing IPv6 address %s outside the test prefix fd77::/16" % ip)
+    return ip
+
+
 def ep_str(ep):
     # endpoints come back from the binding as (ip, port) tuples
     try:
@@ -344,7 +356,7 @@ def jsonable(v):
 
 
 def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, no_dht=False,
-                   keep_redundant=False, encryption=None):
+                   keep_redundant=False, encryption=None, listen6=None):
     cat = lt.alert.category_t
     mask = (cat.error_notification | cat.peer_notification | cat.port_mapping_notification
             | cat.storage_notification | cat.tracker_notification | cat.connect_notification
@@ -357,7 +369,9 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, n
         mask |= cat.session_log_notification | cat.dht_log_notification
     # Safety-critical settings go into the constructor pack (all exist in 2.x).
     core = {
-        "listen_interfaces": "%s:%d" % (ip, port),
+        # With --listen6, the same port on an IPv6 test address too (TCP and uTP).
+        "listen_interfaces": "%s:%d" % (ip, port)
+        + ("" if listen6 is None else ",[%s]:%d" % (listen6, port)),
         "enable_dht": not no_dht,
         "dht_bootstrap_nodes": "",
         "enable_lsd": False,
@@ -376,7 +390,10 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, n
     }
     # Everything else is applied one at a time; missing names only warn.
     extra = [
-        ("outgoing_interfaces", ip),
+        # With --listen6 the kernel picks each connection's source: libtorrent binds an
+        # outgoing socket to the listed interfaces in turn whatever its family (an IPv6
+        # connection bound to the IPv4 address fails with EINVAL, seen with 2.1.1).
+        ("outgoing_interfaces", ip if listen6 is None else ""),
         ("enable_ip_notifier", False),
         ("dht_restrict_routing_ips", False),
         ("dht_restrict_search_ips", False),
@@ -419,7 +436,7 @@ def build_settings(ip, port, verbose, quiet=False, no_utp=False, no_tcp=False, n
 
 class Node:
     def __init__(self, ip, port, save_dir, verbose, quiet=False, no_utp=False, no_tcp=False,
-                 no_dht=False, keep_redundant=False, no_pex=False, encryption=None):
+                 no_dht=False, keep_redundant=False, no_pex=False, encryption=None, listen6=None):
         self.no_dht = no_dht
         self.no_pex = no_pex
         self.ip = ip
@@ -437,7 +454,7 @@ class Node:
         self.listen_ports = set()
 
         core, extra = build_settings(ip, port, verbose, quiet, no_utp, no_tcp, no_dht,
-                                     keep_redundant, encryption)
+                                     keep_redundant, encryption, listen6)
         self.ses = lt.session(core)
         for name, value in extra:
             try:
@@ -446,11 +463,14 @@ class Node:
                 log("warning: setting %s does not exist in libtorrent %s; skipped" % (name, lt.__version__))
             except Exception as e:  # noqa: BLE001
                 log("warning: setting %s=%r rejected: %s" % (name, value, e))
-        # Only peers on loopback may ever be connected to.
+        # Only peers on loopback (and, with --listen6, in the IPv6 test prefix fd77::/16,
+        # which exists only inside the test's network namespace) may ever be connected to.
         f = lt.ip_filter()
         f.add_rule("0.0.0.0", "255.255.255.255", 1)
         f.add_rule("127.0.0.0", "127.255.255.255", 0)
         f.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1)
+        if listen6 is not None:
+            f.add_rule("fd77::", "fd77:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 0)
         self.ses.set_ip_filter(f)
 
         self.thread = threading.Thread(target=self.alert_loop, name="alerts", daemon=True)
@@ -725,6 +745,8 @@ class Node:
         atp.save_path = save
         os.makedirs(save, exist_ok=True)
         self.add_flags(atp)
+        if self.verbose:
+            log("add_magnet: x.pe peers %s" % (atp.peers,))
         ih = hexhash(atp.info_hashes.v1)
         h = self.ses.add_torrent(atp)
         self.torrents[ih] = h
@@ -870,6 +892,9 @@ def main():
     ap.add_argument("--encryption", choices=["forced", "disabled"], default=None,
                     help="MSE/PE: forced (RC4 only, both ways) or disabled (plain only); "
                          "default: libtorrent's (plain first, either accepted)")
+    ap.add_argument("--listen6", default=None, metavar="ADDR",
+                    help="also listen (TCP and uTP, same port) on this IPv6 address, "
+                         "which must be in the test prefix fd77::/16")
     ap.add_argument("--ready-timeout", type=float, default=20.0)
     opts = ap.parse_args()
 
@@ -877,6 +902,8 @@ def main():
         ip, port_s = opts.bind.rsplit(":", 1)
         check_loopback(ip)
         port = parse_port(port_s)
+        if opts.listen6 is not None:
+            check_test_v6(opts.listen6)
     except ValueError as e:
         emit({"event": "error", "kind": "usage", "message": str(e)})
         return 2
@@ -894,7 +921,7 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
 
     node = Node(ip, port, os.path.abspath(save_dir), opts.verbose, opts.quiet, opts.no_utp, opts.no_tcp,
-                opts.no_dht, opts.keep_redundant, opts.no_pex, opts.encryption)
+                opts.no_dht, opts.keep_redundant, opts.no_pex, opts.encryption, opts.listen6)
 
     deadline = time.time() + opts.ready_timeout
     try:

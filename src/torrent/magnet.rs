@@ -24,9 +24,11 @@ const VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// `x.pe` values keep `:` bare (legal in a query) so `1.2.3.4:6881` stays readable; brackets
-/// of IPv6 addresses and the `%` of a scope id still have to be escaped.
-const PEER: &AsciiSet = &VALUE.remove(b':');
+/// `x.pe` values keep `:` bare (legal in a query) so `1.2.3.4:6881` stays readable, and the
+/// brackets of an IPv6 address too: libtorrent 2.x reads `x.pe` without unescaping it, so
+/// `%5B...%5D` makes it drop the peer (seen with 2.1.1), while `[fd77::1]:6881` works. The `%`
+/// of a scope id is still escaped. Reading accepts both forms.
+const PEER: &AsciiSet = &VALUE.remove(b':').remove(b'[').remove(b']');
 
 /// The URN prefix of a BitTorrent v1 info hash inside `xt`.
 const BTIH: &str = "urn:btih:";
@@ -520,7 +522,7 @@ mod tests {
             "{uri}"
         );
         assert!(
-            uri.contains("&x.pe=10.1.2.3:6881&x.pe=%5B2001:db8::7%5D:443"),
+            uri.contains("&x.pe=10.1.2.3:6881&x.pe=[2001:db8::7]:443"),
             "{uri}"
         );
         assert!(!uri.contains(' '));
