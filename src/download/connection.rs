@@ -576,11 +576,7 @@ impl PeerConnection {
                 // The block goes straight back to the picker for another peer (or a later
                 // request), with no timeout to wait out. A reject for something we did not
                 // ask for (or already cancelled) is harmless and ignored.
-                let r = BlockRef {
-                    piece: index,
-                    begin,
-                    length,
-                };
+                let r = BlockRef::new(index, begin, length);
                 if let Some(i) = self.outstanding.iter().position(|x| *x == r) {
                     self.outstanding.remove(i);
                     self.events.push_back(PeerEvent::Released(r));
@@ -604,14 +600,7 @@ impl PeerConnection {
                 index,
                 begin,
                 length,
-            } => self.on_request(
-                now,
-                BlockRef {
-                    piece: index,
-                    begin,
-                    length,
-                },
-            ),
+            } => self.on_request(now, BlockRef::new(index, begin, length)),
             Message::Piece {
                 index,
                 begin,
@@ -622,11 +611,7 @@ impl PeerConnection {
                 begin,
                 length,
             } => {
-                let r = BlockRef {
-                    piece: index,
-                    begin,
-                    length,
-                };
+                let r = BlockRef::new(index, begin, length);
                 self.uploads.retain(|x| *x != r);
             }
             Message::Port(port) => {
@@ -1042,11 +1027,7 @@ impl PeerConnection {
 
     fn on_piece(&mut self, piece: u32, begin: u32, block: Bytes) -> Result<(), PeerError> {
         let len = block.len() as u32;
-        let r = BlockRef {
-            piece,
-            begin,
-            length: len,
-        };
+        let r = BlockRef::new(piece, begin, len);
         // Answers come in request order, so this is nearly always the front.
         if let Some(i) = self.outstanding.iter().position(|x| *x == r) {
             self.outstanding.remove(i);

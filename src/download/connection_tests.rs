@@ -906,19 +906,26 @@ fn the_request_queue_is_bounded_by_our_reqq() {
     );
 }
 
-#[test]
-fn with_fast_every_unservable_request_is_rejected_and_allowed_fast_pieces_are_served_while_choked()
-{
-    let t = Instant::now();
+/// The allowed-fast set we give the test peer (BEP 6's, for its address and our info
+/// hash), and a piece outside it.
+fn our_allowed_fast_set() -> (Vec<u32>, u32) {
     let allowed = allowed_fast_set(
         *PEER.ip(),
         &InfoHash([9; 20]),
         PIECES as u32,
         ALLOWED_FAST_COUNT,
     );
+    let outside = (0..PIECES as u32).find(|p| !allowed.contains(p)).unwrap();
+    (allowed, outside)
+}
+
+#[test]
+fn with_fast_every_unservable_request_is_rejected_and_allowed_fast_pieces_are_served_while_choked()
+{
+    let t = Instant::now();
+    let (allowed, not_allowed) = our_allowed_fast_set();
     let all: Vec<u32> = (0..PIECES as u32).collect();
     let mut c = conn(config(true), &all, t);
-    let not_allowed = all.iter().copied().find(|p| !allowed.contains(p)).unwrap();
     c.handle(t, req(first_block(not_allowed))).unwrap();
     c.handle(t, req(first_block(allowed[0]))).unwrap();
     assert_eq!(
@@ -1018,14 +1025,8 @@ fn choking_drops_queued_requests_and_forgets_reads_in_flight() {
 #[test]
 fn with_fast_choking_rejects_what_it_drops_and_keeps_allowed_fast_requests() {
     let t = Instant::now();
-    let allowed = allowed_fast_set(
-        *PEER.ip(),
-        &InfoHash([9; 20]),
-        PIECES as u32,
-        ALLOWED_FAST_COUNT,
-    );
+    let (allowed, other) = our_allowed_fast_set();
     let all: Vec<u32> = (0..PIECES as u32).collect();
-    let other = all.iter().copied().find(|p| !allowed.contains(p)).unwrap();
     let mut c = conn(config(true), &all, t);
     c.unchoke(t);
     c.handle(t, req(first_block(other))).unwrap();

@@ -55,6 +55,18 @@ pub struct BlockRef {
     pub length: u32,
 }
 
+impl BlockRef {
+    /// The block a `request`, `piece`, `cancel` or `reject_request` message names (their
+    /// fields are `index`, `begin`, `length`).
+    pub fn new(piece: u32, begin: u32, length: u32) -> Self {
+        BlockRef {
+            piece,
+            begin,
+            length,
+        }
+    }
+}
+
 /// Tuning of the picker.
 #[derive(Debug, Clone)]
 pub struct PickerConfig {
