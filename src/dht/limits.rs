@@ -151,9 +151,66 @@ pub fn is_bogon_source(ip: Ipv4Addr) -> bool {
     ip.is_unspecified() || o[0] == 0 || ip.is_multicast() || ip.is_broadcast() || o[0] >= 240
 }
 
+/// [`is_bogon_source`] for either family. IPv6: unspecified, multicast (`ff00::/8`),
+/// link-local unicast (`fe80::/10`: meaningless without the scope id only its own host
+/// knows) and documentation (`2001:db8::/32`); an IPv4-mapped address (`::ffff:a.b.c.d`) is
+/// judged as the IPv4 address it carries. Loopback and unique-local (`fc00::/7`) stay
+/// allowed, like IPv4's private ranges: test networks use them.
+pub fn is_bogon(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => is_bogon_source(v4),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_bogon_source(v4),
+            None => {
+                let s = v6.segments();
+                v6.is_unspecified()
+                    || v6.is_multicast()
+                    || s[0] & 0xffc0 == 0xfe80
+                    || (s[0] == 0x2001 && s[1] == 0x0db8)
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bogons_of_both_families() {
+        let b = |s: &str| is_bogon(s.parse().unwrap());
+        for bad in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "::",
+            "ff02::1",
+            "fe80::1",
+            "febf::1",
+            "2001:db8::7",
+            "::ffff:224.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(b(bad), "{bad}");
+        }
+        for good in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "8.8.8.8",
+            "::1",
+            "fd77::1",
+            "fc00::1",
+            "2001:db9::1",
+            "2a00:1450::1",
+            "fec0::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!b(good), "{good}");
+        }
+    }
 
     #[test]
     fn heavy_hitter_is_banned_then_forgiven() {

@@ -524,7 +524,14 @@ const MAX_CONNECT_FAILURES: u32 = 3;
 const MAX_KNOWN_CANDIDATES: usize = 4000;
 
 impl Candidates {
+    /// Queues `addr` for a connection attempt, unless it is no peer address at all (port 0,
+    /// or a bogon of either family: multicast, unspecified, link-local, documentation...),
+    /// whichever source named it (the DHT, a magnet, a peer's PEX), is known and busy, or
+    /// is pausing after failures.
     fn offer(&mut self, addr: SocketAddr, now: Instant) {
+        if addr.port() == 0 || crate::dht::limits::is_bogon(addr.ip()) {
+            return;
+        }
         if !self.known.contains_key(&addr)
             && self.known.len() >= MAX_KNOWN_CANDIDATES
             && !self.evict_one()
@@ -1643,6 +1650,28 @@ mod tests {
         // A known address is never refused for lack of room.
         c.offer(addr(7), now + Duration::from_secs(3600));
         assert!(c.known[&addr(7)].busy);
+    }
+
+    #[test]
+    fn candidates_that_are_no_peer_address_are_never_queued() {
+        let now = Instant::now();
+        let mut c = Candidates::default();
+        for bad in [
+            "10.0.0.1:0",
+            "224.0.0.1:6881",
+            "0.0.0.0:6881",
+            "[fe80::1]:6881",
+            "[ff02::1]:6881",
+            "[2001:db8::1]:6881",
+            "[::ffff:255.255.255.255]:6881",
+        ] {
+            c.offer(bad.parse().unwrap(), now);
+        }
+        assert!(c.queue.is_empty() && c.known.is_empty());
+        for good in ["10.0.0.1:6881", "[fd77::1]:6881", "[2a00:1450::1]:51413"] {
+            c.offer(good.parse().unwrap(), now);
+        }
+        assert_eq!(c.queue.len(), 3);
     }
 
     #[test]
