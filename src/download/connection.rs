@@ -24,6 +24,9 @@
 //!   makes its listen address known ([`PeerEvent::ListenAddr`], either family), once; an
 //!   outgoing peer listens where we dialed it —
 //!   `extension_handshakes_accumulate_and_make_an_incoming_peers_listen_address_known_once`.
+//!   Ours carries our IPv6 listen address as `ipv6`; a peer met over IPv4 whose handshake
+//!   names its `ipv6` (and `p`) yields that address as a candidate, once
+//!   ([`PeerEvent::OtherAddr`]) — `the_bep10_ipv6_address_goes_both_ways`.
 //! - `ut_metadata` requests are answered from the info dict (BEP 9), rejects for pieces
 //!   that do not exist —
 //!   `metadata_requests_are_answered_from_the_info_dict_and_missing_pieces_rejected`.
@@ -164,6 +167,9 @@ pub struct ConnConfig {
     pub dht_port: Option<u16>,
     /// Our TCP listen port, for the extension handshake's `p`.
     pub listen_port: Option<u16>,
+    /// Our IPv6 listen address, if we listen on one: sent as BEP 10 `ipv6`, so a peer that
+    /// met us over IPv4 can reach us over IPv6 too.
+    pub our_ipv6: Option<std::net::Ipv6Addr>,
     /// BEP 11 is on for this torrent (configuration, and never for a private one).
     pub pex: bool,
     /// Requests in flight to the peer at most (also bounded by its `reqq`).
@@ -283,6 +289,9 @@ pub enum PeerEvent {
     ListenAddr(SocketAddr),
     /// Candidate peers from the peer's `ut_pex` message.
     Pex(Vec<SocketAddr>),
+    /// The peer's other address: the IPv6 address (and `p`) of its BEP 10 handshake, when
+    /// we met it over IPv4. A candidate like a PEX one, once per connection.
+    OtherAddr(SocketAddr),
 }
 
 /// What the picker should be asked for: see [`PeerConnection::wants_blocks`].
@@ -335,6 +344,8 @@ pub struct PeerConnection {
     only: Bitfield,
     /// Where the peer accepts connections, once known.
     listen: Option<SocketAddr>,
+    /// The peer's BEP 10 `ipv6` address was reported.
+    other_addr_told: bool,
     pex_in: PexRate,
     pex_out: Option<PexSender>,
     /// Frames queued and not yet handed to the driver.
@@ -376,6 +387,7 @@ impl PeerConnection {
             allowed_in: Vec::new(),
             only: Bitfield::new(n),
             listen,
+            other_addr_told: false,
             pex_in: PexRate::default(),
             pex_out: None,
             out: Vec::new(),
@@ -417,6 +429,7 @@ impl PeerConnection {
             let mut ours =
                 ExtHandshake::ours(self.cfg.listen_port, Some(self.cfg.info_bytes.len() as u64));
             ours.yourip = Some(self.cfg.addr.ip());
+            ours.ipv6 = self.cfg.our_ipv6;
             ours.reqq = Some(MAX_QUEUED_REQUESTS as u32);
             if self.cfg.pex {
                 ours.m.insert(UT_PEX.to_owned(), OUR_UT_PEX_ID);
@@ -1064,6 +1077,14 @@ impl PeerConnection {
             let l = SocketAddr::new(self.cfg.addr.ip(), p);
             self.listen = Some(l);
             self.events.push_back(PeerEvent::ListenAddr(l));
+        }
+        if !self.other_addr_told
+            && self.cfg.addr.is_ipv4()
+            && let (Some(v6), Some(p)) = (self.peer_ext.ipv6, self.peer_ext.p)
+        {
+            self.other_addr_told = true;
+            self.events
+                .push_back(PeerEvent::OtherAddr(SocketAddr::new(v6.into(), p)));
         }
         if self.cfg.pex && self.pex_out.is_none() && self.peer_ext.ext_id(UT_PEX).is_some() {
             // Never echoing the peer to itself: its listen address is how others know it.

@@ -50,6 +50,7 @@ fn config(fast: bool) -> ConnConfig {
         extensions: true,
         dht_port: Some(6999),
         listen_port: Some(7000),
+        our_ipv6: None,
         pex: true,
         max_pipeline: 512,
     }
@@ -295,6 +296,49 @@ fn extension_handshakes_accumulate_and_make_an_incoming_peers_listen_address_kno
     c.handle(t, ext_hs(Some(6000), false)).unwrap();
     let l6: SocketAddr = "[fd77::5]:6000".parse().unwrap();
     assert_eq!(events(&mut c), vec![PeerEvent::ListenAddr(l6)]);
+}
+
+#[test]
+fn the_bep10_ipv6_address_goes_both_ways() {
+    let t = Instant::now();
+    // Ours: our IPv6 listen address, when we have one.
+    let cfg = ConnConfig {
+        our_ipv6: Some("fd77::1".parse().unwrap()),
+        ..config(false)
+    };
+    let mut c = PeerConnection::new(cfg, &bits(&[]), t);
+    assert_eq!(
+        their_ext(&sent(&mut c, t))[0].ipv6,
+        Some("fd77::1".parse().unwrap())
+    );
+    let mut c = PeerConnection::new(config(false), &bits(&[]), t);
+    assert_eq!(their_ext(&sent(&mut c, t))[0].ipv6, None);
+    // Theirs: a peer met over IPv4 names its IPv6 address: a candidate at its `p`, once.
+    let hs = ExtHandshake {
+        p: Some(5000),
+        ipv6: Some("fd77::2".parse().unwrap()),
+        ..ExtHandshake::default()
+    };
+    c.handle(t, hs.to_message()).unwrap();
+    let other: SocketAddr = "[fd77::2]:5000".parse().unwrap();
+    assert_eq!(events(&mut c), vec![PeerEvent::OtherAddr(other)]);
+    c.handle(t, hs.to_message()).unwrap();
+    assert!(events(&mut c).is_empty(), "once");
+    // Without a port there is nothing to dial; over IPv6 already, nothing new.
+    let mut c = conn(config(false), &[], t);
+    let no_port = ExtHandshake {
+        ipv6: Some("fd77::2".parse().unwrap()),
+        ..ExtHandshake::default()
+    };
+    c.handle(t, no_port.to_message()).unwrap();
+    assert!(events(&mut c).is_empty());
+    let cfg6 = ConnConfig {
+        addr: "[fd77::3]:6881".parse().unwrap(),
+        ..config(false)
+    };
+    let mut c = conn(cfg6, &[], t);
+    c.handle(t, hs.to_message()).unwrap();
+    assert!(events(&mut c).is_empty());
 }
 
 #[test]

@@ -1118,6 +1118,10 @@ impl Runner {
                 extensions: theirs.supports_extensions(),
                 dht_port: self.cfg.dht_port.filter(|_| theirs.supports_dht()),
                 listen_port: self.cfg.listen_port,
+                our_ipv6: match self.cfg.local_ip {
+                    Some(IpAddr::V6(v6)) if !v6.is_unspecified() => Some(v6),
+                    _ => None,
+                },
                 pex: self.cfg.pex && !self.info.private,
                 max_pipeline: self.cfg.max_pipeline,
             },
@@ -1266,6 +1270,15 @@ impl Runner {
                 }
                 // Read from the connection when PEX messages are built.
                 PeerEvent::ListenAddr(_) => {}
+                PeerEvent::OtherAddr(a) => {
+                    if !self.banned.contains(&a.ip())
+                        && !self.is_self(a)
+                        && self.cfg.allow.allows(a)
+                    {
+                        tracing::debug!(peer = %a, "candidate peer from a BEP 10 ipv6 address");
+                        self.candidates.offer(a, now);
+                    }
+                }
                 PeerEvent::Pex(addrs) => {
                     let room = MAX_PEX_INBOX.saturating_sub(self.pex_inbox.len());
                     self.pex_inbox.extend(addrs.into_iter().take(room));

@@ -45,6 +45,9 @@ pub struct ExtHandshake {
     pub reqq: Option<u32>,
     /// The address the sender sees us at (4 or 16 bytes on the wire).
     pub yourip: Option<IpAddr>,
+    /// The sender's own IPv6 address (BEP 10 `ipv6`, 16 bytes), so a dual-stack peer met
+    /// over IPv4 can be reached over IPv6 too (at the same `p`).
+    pub ipv6: Option<Ipv6Addr>,
     /// Size of the info dict in bytes (BEP 9). Not range-checked here: the metadata layer
     /// caps it (see `MAX_METADATA_SIZE`).
     pub metadata_size: Option<u64>,
@@ -80,6 +83,7 @@ impl ExtHandshake {
             p: listen_port,
             reqq: Some(250),
             yourip: None,
+            ipv6: None,
             metadata_size,
         }
     }
@@ -105,13 +109,18 @@ impl ExtHandshake {
         self.p = newer.p.or(self.p);
         self.reqq = newer.reqq.or(self.reqq);
         self.yourip = newer.yourip.or(self.yourip);
+        self.ipv6 = newer.ipv6.or(self.ipv6);
         self.metadata_size = newer.metadata_size.or(self.metadata_size);
     }
 
     /// Appends the bencoded dict (keys in canonical sorted order) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(b'd');
-        // Keys in byte order: m < metadata_size < p < reqq < v < yourip.
+        // Keys in byte order: ipv6 < m < metadata_size < p < reqq < v < yourip.
+        if let Some(ip) = self.ipv6 {
+            benc::put_bytes(out, b"ipv6");
+            benc::put_bytes(out, &ip.octets());
+        }
         benc::put_bytes(out, b"m");
         out.push(b'd');
         for (name, id) in &self.m {
@@ -200,6 +209,11 @@ impl ExtHandshake {
                 b"metadata_size" => {
                     hs.metadata_size = benc::as_int(raw).and_then(|i| u64::try_from(i).ok());
                 }
+                b"ipv6" => {
+                    hs.ipv6 = benc::as_bytes(raw)
+                        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                        .map(Ipv6Addr::from);
+                }
                 _ => {}
             }
         }
@@ -219,6 +233,7 @@ mod tests {
             p: Some(6881),
             reqq: Some(250),
             yourip: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))),
+            ipv6: None,
             metadata_size: Some(31235),
         };
         let wire = hs.encode();
@@ -230,9 +245,15 @@ mod tests {
         assert_eq!(ExtHandshake::decode(&wire), Ok(hs));
         let v6 = ExtHandshake {
             yourip: Some("2001:db8::1".parse().unwrap()),
+            ipv6: Some("fd77::9".parse().unwrap()),
             ..Default::default()
         };
-        assert_eq!(ExtHandshake::decode(&v6.encode()), Ok(v6));
+        let wire = v6.encode();
+        assert!(wire.starts_with(b"d4:ipv616:\xfd\x77"), "ipv6 sorts first");
+        assert_eq!(ExtHandshake::decode(&wire), Ok(v6));
+        // An `ipv6` of another length is ignored, not an error.
+        let odd = ExtHandshake::decode(b"d4:ipv64:\x7f\0\0\x01e").unwrap();
+        assert_eq!(odd.ipv6, None);
     }
 
     #[test]
