@@ -177,7 +177,7 @@ fn encode_ours(k: Kind, f: &Fixture, out: &mut Vec<u8>) {
                 nodes: Some(&f.nodes),
                 ..ResponseBody::id_only(&f.id)
             };
-            krpc::encode_response(out, &f.tid, &body, Some(f.requester), Some(VERSION))
+            krpc::encode_response(out, &f.tid, &body, Some(f.requester.into()), Some(VERSION))
         }
         Kind::GetPeersReply => {
             let body = ResponseBody {
@@ -186,7 +186,7 @@ fn encode_ours(k: Kind, f: &Fixture, out: &mut Vec<u8>) {
                 values: &f.values,
                 ..ResponseBody::id_only(&f.id)
             };
-            krpc::encode_response(out, &f.tid, &body, Some(f.requester), Some(VERSION))
+            krpc::encode_response(out, &f.tid, &body, Some(f.requester.into()), Some(VERSION))
         }
     }
 }

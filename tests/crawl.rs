@@ -34,7 +34,9 @@ fn sample_infohashes_reply_with_several_samples_round_trips() {
     for i in 0..3u8 {
         Contact::new(
             NodeId([i; 20]),
-            format!("127.0.0.{}:6881", i + 1).parse().unwrap(),
+            format!("127.0.0.{}:6881", i + 1)
+                .parse::<std::net::SocketAddrV4>()
+                .unwrap(),
         )
         .write_compact(&mut nodes);
     }

@@ -194,7 +194,7 @@ fn node_adopts_a_bep42_id_for_the_voted_external_ip() {
             &mut reply,
             m.tid.as_slice(),
             &ResponseBody::id_only(&rid),
-            Some(external),
+            Some(external.into()),
             None,
         );
         node.handle_datagram(t0, SocketAddr::V4(responder), &reply);

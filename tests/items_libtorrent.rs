@@ -65,6 +65,7 @@ async fn ask(sock: &UdpSocket, node: SocketAddrV4, method: Method) -> Option<Dic
         body: Body::Query(Query {
             id: NodeId([0x5a; 20]),
             method,
+            want: Default::default(),
         }),
         ip: None,
         read_only: true,

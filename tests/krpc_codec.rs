@@ -2,13 +2,13 @@
 //! serde_bencode's canonical output, and hostile input.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use serde_bencode::value::Value;
-use trackerless::dht::id::{InfoHash, NodeId};
+use trackerless::dht::id::{Contact, Family, InfoHash, NodeId};
 use trackerless::dht::krpc::{
     self, Bep44Fields, Body, DecodeError, ErrorBody, ItemReply, Message, Method, MutablePut, Query,
-    QueryArgs, Response, ResponseBody, Tid, Token, Version,
+    QueryArgs, Response, ResponseBody, Tid, Token, Version, Want,
 };
 use trackerless::dht::scrape::ScrapeFilter;
 
@@ -36,6 +36,7 @@ fn query(method: Method) -> Message {
         Body::Query(Query {
             id: id(b"abcdefghij0123456789"),
             method,
+            want: Default::default(),
         }),
     )
 }
@@ -381,8 +382,10 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     let body = ResponseBody {
         id: &me,
         nodes: Some(&nodes),
+        nodes6: None,
         token: Some(token),
         values: &values,
+        values6: &[],
         samples: Some(&samples),
         interval: Some(21600),
         num: Some(-3),
@@ -396,7 +399,7 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
         scrape: Some((&bf_sd, &bf_pe)),
     };
     let mut ours = Vec::new();
-    krpc::encode_response(&mut ours, b"\x00\xff", &body, Some(ip), None);
+    krpc::encode_response(&mut ours, b"\x00\xff", &body, Some(ip.into()), None);
     // And it decodes to the same fields (the value's bytes as sent).
     let Body::Response(back) = krpc::decode(&ours).unwrap().body else {
         panic!("not a response");
@@ -455,7 +458,14 @@ fn hand_encoder_matches_serde_bencode_for_every_shape() {
     assert_eq!(ours, canonical(&want));
 
     let mut ours = Vec::new();
-    krpc::encode_error(&mut ours, b"t1", 203, "bad token", Some(ip), Some(version));
+    krpc::encode_error(
+        &mut ours,
+        b"t1",
+        203,
+        "bad token",
+        Some(ip.into()),
+        Some(version),
+    );
     let want = dict(vec![
         (b"e", Value::List(vec![Value::Int(203), b(b"bad token")])),
         (b"ip", b(&trackerless::dht::id::compact_peer_bytes(ip))),
@@ -677,4 +687,169 @@ fn samples_slice_into_infohashes() {
     };
     let got: Vec<InfoHash> = r.samples().collect();
     assert_eq!(got, (0..5u8).map(|i| InfoHash([i; 20])).collect::<Vec<_>>());
+}
+
+/// BEP 32, both ways: `want` in the queries whose replies carry nodes (in its sorted place,
+/// last among the arguments), `nodes6` after `nodes`, 18-byte peers in the same `values`
+/// list as 6-byte ones, and an 18-byte top-level `ip`; each matches serde_bencode's
+/// canonical bytes and decodes back to the same fields.
+#[test]
+fn bep32_want_nodes6_ipv6_values_and_ip_round_trip() {
+    let me = id(b"abcdefghij0123456789");
+    let target = id(b"mnopqrstuvwxyz123456");
+    let ih = InfoHash::from_node_id(target);
+    for (want, list) in [
+        (Want::BOTH, vec![b(b"n4"), b(b"n6")]),
+        (Want::only(Family::V6), vec![b(b"n6")]),
+        (Want::only(Family::V4), vec![b(b"n4")]),
+    ] {
+        let shapes: [(QueryArgs, &[u8], Vec<(&[u8], Value)>); 2] = [
+            (
+                QueryArgs::FindNode { target: &target },
+                b"find_node",
+                vec![(b"target", b(&target.0))],
+            ),
+            (
+                QueryArgs::GetPeers {
+                    info_hash: &ih,
+                    scrape: false,
+                    noseed: false,
+                },
+                b"get_peers",
+                vec![(b"info_hash", b(ih.as_bytes()))],
+            ),
+        ];
+        for (args, name, mut fields) in shapes {
+            let mut ours = Vec::new();
+            krpc::encode_query_want(&mut ours, b"aa", &me, &args, want, false, None);
+            fields.push((b"id", b(&me.0)));
+            fields.push((b"want", Value::List(list.clone())));
+            let expect = dict(vec![
+                (b"a", dict(fields)),
+                (b"q", b(name)),
+                (b"t", b(b"aa")),
+                (b"y", b(b"q")),
+            ]);
+            assert_eq!(
+                ours,
+                canonical(&expect),
+                "{}",
+                String::from_utf8_lossy(&ours)
+            );
+            let Body::Query(q) = krpc::decode(&ours).unwrap().body else {
+                panic!("not a query")
+            };
+            assert_eq!(q.want, want);
+        }
+    }
+    // A ping's reply carries no nodes, so `want` is not written; an absent `want` is NONE.
+    let mut ping = Vec::new();
+    krpc::encode_query_want(
+        &mut ping,
+        b"aa",
+        &me,
+        &QueryArgs::Ping,
+        Want::BOTH,
+        false,
+        None,
+    );
+    assert_eq!(
+        ping,
+        b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"
+    );
+    let Body::Query(q) = krpc::decode(&ping).unwrap().body else {
+        panic!("not a query")
+    };
+    assert_eq!(q.want, Want::NONE);
+
+    // Unknown `want` entries and non-strings are ignored; a non-list `want` is absent.
+    let odd = b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:wantl2:n52:n6i4eee1:q9:find_node1:t2:aa1:y1:qe";
+    let Body::Query(q) = krpc::decode(odd).unwrap().body else {
+        panic!("not a query")
+    };
+    assert_eq!(q.want, Want::only(Family::V6));
+    let not_list = b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:want2:n6e1:q9:find_node1:t2:aa1:y1:qe";
+    let Body::Query(q) = krpc::decode(not_list).unwrap().body else {
+        panic!("not a query")
+    };
+    assert_eq!(q.want, Want::NONE);
+
+    // A reply with both node lists, both kinds of peers and an IPv6 `ip`.
+    let v4: SocketAddrV4 = "1.2.3.4:5".parse().unwrap();
+    let v6a: SocketAddrV6 = "[2001:4860::1]:6881".parse().unwrap();
+    let v6b: SocketAddrV6 = "[fd77::9]:65535".parse().unwrap();
+    let mut nodes = Vec::new();
+    Contact::new(id(b"01234567890123456789"), v4).write_compact(&mut nodes);
+    let mut nodes6 = Vec::new();
+    Contact::new(id(b"98765432109876543210"), v6a).write_compact(&mut nodes6);
+    Contact::new(id(b"aaaaaaaaaaaaaaaaaaaa"), v6b).write_compact(&mut nodes6);
+    assert_eq!(nodes6.len(), 2 * 38);
+    let values = [v4];
+    let values6 = [v6a, v6b];
+    let body = ResponseBody {
+        nodes: Some(&nodes),
+        nodes6: Some(&nodes6),
+        token: Some(b"tok"),
+        values: &values,
+        values6: &values6,
+        ..ResponseBody::id_only(&me)
+    };
+    let requester: SocketAddr = "[fd77::2]:4000".parse().unwrap();
+    let mut ours = Vec::new();
+    krpc::encode_response(&mut ours, b"rr", &body, Some(requester), None);
+    let compact6 = |a: SocketAddrV6| {
+        let mut v = a.ip().octets().to_vec();
+        v.extend_from_slice(&a.port().to_be_bytes());
+        v
+    };
+    let expect = dict(vec![
+        (b"ip", b(&compact6("[fd77::2]:4000".parse().unwrap()))),
+        (
+            b"r",
+            dict(vec![
+                (b"id", b(&me.0)),
+                (b"nodes", b(&nodes)),
+                (b"nodes6", b(&nodes6)),
+                (b"token", b(b"tok")),
+                (
+                    b"values",
+                    Value::List(vec![
+                        b(&[1, 2, 3, 4, 0, 5]),
+                        b(&compact6(v6a)),
+                        b(&compact6(v6b)),
+                    ]),
+                ),
+            ]),
+        ),
+        (b"t", b(b"rr")),
+        (b"y", b(b"r")),
+    ]);
+    assert_eq!(ours, canonical(&expect));
+    let m = krpc::decode(&ours).unwrap();
+    assert_eq!(m.ip, Some(requester));
+    let Body::Response(r) = m.body else {
+        panic!("not a reply")
+    };
+    assert_eq!(r.values, values);
+    assert_eq!(r.values6, values6);
+    assert_eq!(r.values_of::<SocketAddrV6>().collect::<Vec<_>>(), values6);
+    assert_eq!(r.values_of::<SocketAddrV4>().collect::<Vec<_>>(), values);
+    assert_eq!(r.nodes().map(|c| c.addr).collect::<Vec<_>>(), [v4]);
+    assert_eq!(r.nodes6().map(|c| c.addr).collect::<Vec<_>>(), [v6a, v6b]);
+    assert_eq!(r.nodes_of::<SocketAddrV6>().count(), 2);
+    assert!(r.nodes_well_formed());
+    // A ragged `nodes6` is not well formed; its whole entries still read.
+    let mut ragged = r.clone();
+    ragged.nodes6.as_mut().unwrap().push(0);
+    assert!(!ragged.nodes_well_formed());
+    assert_eq!(ragged.nodes6().count(), 2);
+    // `values` entries of other lengths are skipped, and so is an `ip` of another length.
+    let junk = b"d2:ip5:abcde1:rd2:id20:abcdefghij01234567896:valuesl5:abcde17:abcdefghijklmnopq6:abcdefee1:t2:aa1:y1:re";
+    let m = krpc::decode(junk).unwrap();
+    assert_eq!(m.ip, None);
+    let Body::Response(r) = m.body else {
+        panic!("not a reply")
+    };
+    assert_eq!(r.values.len(), 1);
+    assert!(r.values6.is_empty());
 }

@@ -718,7 +718,7 @@ impl LoadSource {
                     answer,
                     tid,
                     &ResponseBody::id_only(&self.id),
-                    Some(plan.target),
+                    Some(plan.target.into()),
                     Some(VERSION),
                 );
                 self.counts[p].answered += 1;

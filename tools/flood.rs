@@ -256,7 +256,7 @@ fn run_probe(k: u32, sock: &UdpSocket, plan: ProbePlan) -> Vec<Probe> {
                     &mut out,
                     msg.tid.as_slice(),
                     &ResponseBody::id_only(&id),
-                    Some(target),
+                    Some(target.into()),
                     Some(VERSION),
                 );
                 let _ = sock.send_to(&out, target);

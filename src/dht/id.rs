@@ -1,10 +1,13 @@
-//! 160-bit identifiers (node ids and infohashes), XOR distance and compact contact encoding.
+//! 160-bit identifiers (node ids and infohashes), XOR distance and compact contact encoding
+//! for both address families (BEP 5's 6/26-byte IPv4 forms, BEP 32's 18/38-byte IPv6 forms).
 //!
 //! Node ids and infohashes live in the same keyspace (that is what makes the DHT work), but
 //! they are different types: [`InfoHash`] (re-exported here from [`crate::torrent`]) crosses
 //! into a [`NodeId`] lookup target only through [`InfoHash::to_node_id`], never silently.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::fmt;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use rand::Rng;
 
@@ -14,6 +17,161 @@ pub const ID_LEN: usize = 20;
 pub const COMPACT_NODE_LEN: usize = 26;
 /// Length of a compact peer info entry: IPv4 address, port.
 pub const COMPACT_PEER_LEN: usize = 6;
+/// Length of a BEP 32 compact IPv6 node info entry (`nodes6`): id, IPv6 address, port.
+pub const COMPACT_NODE6_LEN: usize = 38;
+/// Length of a BEP 32 compact IPv6 peer (an 18-byte `values` entry): address, port.
+pub const COMPACT_PEER6_LEN: usize = 18;
+
+/// The DHT's two address families. BEP 32 runs them as two independent DHTs (one routing
+/// table, node id and peer store each), joined only by `want`, which lets a query sent over
+/// one family ask for contacts of the other.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4: 6-byte peers, 26-byte nodes, `nodes`, `n4`.
+    V4,
+    /// IPv6: 18-byte peers, 38-byte nodes, `nodes6`, `n6`.
+    V6,
+}
+
+impl Family {
+    /// The family of an address (an IPv4-mapped IPv6 address is IPv4).
+    pub fn of(addr: SocketAddr) -> Family {
+        match addr.ip().to_canonical() {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// `"ipv4"` or `"ipv6"`: the label of logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A UDP address of one family, as the sans-IO core holds it: `SocketAddrV4` for the IPv4
+/// DHT, `SocketAddrV6` for the IPv6 one. The core is generic over it so that each family's
+/// tables hold only their own addresses, unconvertible by construction, and the IPv4 path
+/// keeps its 6-byte keys rather than paying for an enum on every packet.
+pub trait NodeAddr:
+    Copy + Eq + Ord + Hash + fmt::Debug + fmt::Display + Send + Sync + 'static + Into<SocketAddr>
+{
+    /// Which family this is.
+    const FAMILY: Family;
+    /// Bytes of a compact peer (6 or 18).
+    const COMPACT_LEN: usize;
+    /// Bytes of a compact node (26 or 38).
+    const NODE_LEN: usize = ID_LEN + Self::COMPACT_LEN;
+
+    /// Parses a compact peer of exactly [`Self::COMPACT_LEN`] bytes.
+    fn from_compact(b: &[u8]) -> Option<Self>;
+    /// Appends the compact peer form.
+    fn write_compact(&self, out: &mut Vec<u8>);
+    /// This family's form of `a`; `None` for the other family. An IPv4-mapped IPv6 address
+    /// is IPv4.
+    fn from_socket(a: SocketAddr) -> Option<Self>;
+    /// The IP address.
+    fn ip_addr(&self) -> IpAddr;
+    /// The port.
+    fn port_number(&self) -> u16;
+    /// The same host on another port.
+    fn with_port(&self, port: u16) -> Self;
+}
+
+impl NodeAddr for SocketAddrV4 {
+    const FAMILY: Family = Family::V4;
+    const COMPACT_LEN: usize = COMPACT_PEER_LEN;
+
+    fn from_compact(b: &[u8]) -> Option<Self> {
+        compact_peer(b)
+    }
+    fn write_compact(&self, out: &mut Vec<u8>) {
+        write_compact_peer(*self, out);
+    }
+    fn from_socket(a: SocketAddr) -> Option<Self> {
+        match a {
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(a) => a
+                .ip()
+                .to_ipv4_mapped()
+                .map(|ip| SocketAddrV4::new(ip, a.port())),
+        }
+    }
+    fn ip_addr(&self) -> IpAddr {
+        IpAddr::V4(*self.ip())
+    }
+    fn port_number(&self) -> u16 {
+        self.port()
+    }
+    fn with_port(&self, port: u16) -> Self {
+        SocketAddrV4::new(*self.ip(), port)
+    }
+}
+
+impl NodeAddr for SocketAddrV6 {
+    const FAMILY: Family = Family::V6;
+    const COMPACT_LEN: usize = COMPACT_PEER6_LEN;
+
+    fn from_compact(b: &[u8]) -> Option<Self> {
+        compact_peer6(b)
+    }
+    fn write_compact(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.ip().octets());
+        out.extend_from_slice(&self.port().to_be_bytes());
+    }
+    fn from_socket(a: SocketAddr) -> Option<Self> {
+        match a {
+            SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_none() => {
+                Some(SocketAddrV6::new(*a.ip(), a.port(), 0, 0))
+            }
+            _ => None,
+        }
+    }
+    fn ip_addr(&self) -> IpAddr {
+        IpAddr::V6(*self.ip())
+    }
+    fn port_number(&self) -> u16 {
+        self.port()
+    }
+    fn with_port(&self, port: u16) -> Self {
+        SocketAddrV6::new(*self.ip(), port, 0, 0)
+    }
+}
+
+/// Parses an 18-byte compact IPv6 peer (BEP 32).
+pub fn compact_peer6(b: &[u8]) -> Option<SocketAddrV6> {
+    let b: &[u8; COMPACT_PEER6_LEN] = b.try_into().ok()?;
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&b[..16]);
+    let port = u16::from_be_bytes([b[16], b[17]]);
+    Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, 0))
+}
+
+/// Parses a compact address of either length (6 bytes IPv4, 18 bytes IPv6), as the
+/// top-level `ip` key carries it (BEP 42, BEP 32).
+pub fn compact_addr(b: &[u8]) -> Option<SocketAddr> {
+    match b.len() {
+        COMPACT_PEER_LEN => compact_peer(b).map(SocketAddr::V4),
+        COMPACT_PEER6_LEN => compact_peer6(b).map(SocketAddr::V6),
+        _ => None,
+    }
+}
+
+/// Appends the compact form of an address of either family.
+pub fn write_compact_addr(addr: SocketAddr, out: &mut Vec<u8>) {
+    match addr {
+        SocketAddr::V4(a) => a.write_compact(out),
+        SocketAddr::V6(a) => a.write_compact(out),
+    }
+}
 
 /// A 160-bit node id (or DHT lookup target), compared as a big-endian unsigned integer.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -81,42 +239,47 @@ impl From<[u8; ID_LEN]> for NodeId {
     }
 }
 
-/// A DHT node's id and UDP address.
+/// A DHT node's id and UDP address (IPv4 unless said otherwise: [`Contact6`] is the IPv6
+/// DHT's).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Contact {
+pub struct Contact<A: NodeAddr = SocketAddrV4> {
     /// The node's id.
     pub id: NodeId,
     /// The node's UDP address.
-    pub addr: SocketAddrV4,
+    pub addr: A,
 }
 
-impl Contact {
+/// A contact of the IPv6 DHT (BEP 32).
+pub type Contact6 = Contact<SocketAddrV6>;
+
+impl<A: NodeAddr> Contact<A> {
     /// A contact for node `id` at `addr`.
-    pub fn new(id: NodeId, addr: SocketAddrV4) -> Self {
+    pub fn new(id: NodeId, addr: A) -> Self {
         Contact { id, addr }
     }
 
-    /// Appends the 26-byte compact node info.
+    /// Appends the compact node info (26 bytes IPv4, 38 bytes IPv6).
     pub fn write_compact(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.0);
-        write_compact_peer(self.addr, out);
+        self.addr.write_compact(out);
     }
 
-    /// Parses one 26-byte compact node info entry.
-    pub fn from_compact(b: &[u8]) -> Option<Contact> {
-        if b.len() != COMPACT_NODE_LEN {
+    /// Parses one compact node info entry of exactly this family's length.
+    pub fn from_compact(b: &[u8]) -> Option<Self> {
+        if b.len() != A::NODE_LEN {
             return None;
         }
         let id = NodeId::from_slice(&b[..ID_LEN])?;
-        let addr = compact_peer(&b[ID_LEN..])?;
+        let addr = A::from_compact(&b[ID_LEN..])?;
         Some(Contact { id, addr })
     }
 }
 
-/// Iterates the complete 26-byte entries of a compact `nodes` string (a ragged tail, which
-/// only broken senders produce, is ignored rather than failing the whole reply).
-pub fn compact_nodes(b: &[u8]) -> impl Iterator<Item = Contact> + '_ {
-    b.chunks_exact(COMPACT_NODE_LEN)
+/// Iterates the complete entries of a compact `nodes` (IPv4) or `nodes6` (IPv6) string; a
+/// ragged tail, which only broken senders produce, is ignored rather than failing the whole
+/// reply.
+pub fn compact_nodes<A: NodeAddr>(b: &[u8]) -> impl Iterator<Item = Contact<A>> + '_ {
+    b.chunks_exact(A::NODE_LEN)
         .filter_map(Contact::from_compact)
 }
 

@@ -879,7 +879,10 @@ mod tests {
         // The target is all zeros: `plain` (id 0x0101…) is the closest possible non-zero
         // prefix; a BEP 42 id farther away is drawn (its first 21 bits are fixed by the IP
         // and a random r, so setting bits would make it invalid).
-        let plain = Contact::new(NodeId([1; 20]), "203.0.113.1:6881".parse().unwrap());
+        let plain = Contact::new(
+            NodeId([1; 20]),
+            "203.0.113.1:6881".parse::<SocketAddrV4>().unwrap(),
+        );
         let (ip, bep42_id) = (2u8..=250)
             .flat_map(|last| {
                 let ip = std::net::Ipv4Addr::new(203, 0, 113, last);
@@ -1357,7 +1360,11 @@ mod tests {
         .iter()
         .enumerate()
         {
-            Contact::new(NodeId([i as u8 + 1; 20]), a.parse().unwrap()).write_compact(&mut compact);
+            Contact::new(
+                NodeId([i as u8 + 1; 20]),
+                a.parse::<SocketAddrV4>().unwrap(),
+            )
+            .write_compact(&mut compact);
         }
         let mut peers = Vec::new();
         l.on_reply(

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use crate::dht::allow::AllowList;
 use crate::dht::bep42::{self, IpVoter};
 use crate::dht::gate::{self, Dropped, Gated};
-use crate::dht::id::{Contact, InfoHash, NodeId};
+use crate::dht::id::{Contact, InfoHash, NodeAddr, NodeId};
 use crate::dht::items::{ItemStats, ItemStore, ItemStoreConfig};
 
 mod bep44;
@@ -1116,7 +1116,13 @@ impl Node {
                 }
                 Body::Response(r) => {
                     self.stats.replies_in += 1;
-                    self.handle_response(now, from, msg.tid.as_slice(), r, msg.ip);
+                    self.handle_response(
+                        now,
+                        from,
+                        msg.tid.as_slice(),
+                        r,
+                        msg.ip.and_then(SocketAddrV4::from_socket),
+                    );
                 }
                 Body::Error(e) => {
                     self.stats.errors_in += 1;
@@ -1156,7 +1162,7 @@ impl Node {
             quota.as_mut(),
             now,
             to,
-            |out| krpc::encode_error(out, tid, code, message, Some(to), Some(VERSION)),
+            |out| krpc::encode_error(out, tid, code, message, Some(to.into()), Some(VERSION)),
         ) {
             stats.errors_out += 1;
         }
@@ -1315,7 +1321,7 @@ impl Node {
             quota.as_mut(),
             now,
             from,
-            |out| krpc::encode_response(out, tid, &body, Some(from), Some(VERSION)),
+            |out| krpc::encode_response(out, tid, &body, Some(from.into()), Some(VERSION)),
         ) {
             stats.replies_out += 1;
         }

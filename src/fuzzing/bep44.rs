@@ -340,6 +340,7 @@ fn round_trip_put(v: &[u8], mutable: Option<&MutablePut>) {
         body: Body::Query(Query {
             id: NodeId([7; 20]),
             method: Method::Put(Box::new(args)),
+            want: Default::default(),
         }),
         ip: None,
         read_only: false,

@@ -2,7 +2,8 @@
 //!
 //! Written from the protocol texts, not from `krpc/decode.rs`: bencoding as BEP 3 defines
 //! it, the message format of BEP 5 (`t`, `y`, `q`/`a`, `r`, `e`, the four queries and their
-//! arguments, error codes 201-204), BEP 42's top-level `ip`, BEP 43's `ro` and BEP 51's
+//! arguments, error codes 201-204), BEP 42's top-level `ip`, BEP 32's IPv6 forms (`want`,
+//! `nodes6`, 18-byte `values` and `ip`), BEP 43's `ro` and BEP 51's
 //! `sample_infohashes` (`samples`, `interval`, `num`), BEP 33's scrape fields (`scrape`,
 //! `noseed`, `seed`, `BFsd`, `BFpe`). It shares no code with the real
 //! decoder: its own iterative grammar check, then `serde_bencode`'s generic
@@ -25,8 +26,10 @@
 //!   anything after the top-level value, and integers outside i64 are malformed.
 //! * Field leniency: unknown keys are ignored (BEP 5 extensions add keys), a known key with
 //!   the wrong type reads as absent, `ro` and `implied_port` are true for any non-zero
-//!   integer (BEP 43 and BEP 5 send 1), `values` entries that are not 6-byte strings are
-//!   skipped (18-byte IPv6 peers are BEP 32's), an `e` list may be short (code 201 and an
+//!   integer (BEP 43 and BEP 5 send 1), `values` entries that are neither 6-byte (IPv4) nor
+//!   18-byte (IPv6, BEP 32) strings are skipped, `want` entries other than the strings `n4`
+//!   and `n6` are ignored (BEP 32 asks for that, so families can be added), a top-level
+//!   `ip` of another length than 6 or 18 reads as absent, an `e` list may be short (code 201 and an
 //!   empty message fill in), an unknown method whose arguments carry a 20-byte `target` (or
 //!   else `info_hash`) is answered as `find_node` (libtorrent does the same).
 //! * Length policy (BEP 5 sets none): transaction ids, tokens and the `v` tag longer than
@@ -35,14 +38,14 @@
 //!   and tokens).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use serde_bencode::value::Value;
 
 use crate::dht::id::{InfoHash, NodeId};
 use crate::dht::krpc::{
     Body, DecodeError, ErrorBody, Message, Method, MutablePut, PutArgs, Query, Response, Tid,
-    Token, Version,
+    Token, Version, Want,
 };
 use crate::dht::scrape::ScrapeFilter;
 
@@ -326,6 +329,42 @@ fn peer(b: &[u8]) -> Option<SocketAddrV4> {
     ))
 }
 
+/// BEP 32: 16 bytes of IPv6 address, 2 of port, big-endian.
+fn peer6(b: &[u8]) -> Option<SocketAddrV6> {
+    if b.len() != 18 {
+        return None;
+    }
+    let mut octets = [0u8; 16];
+    octets.copy_from_slice(&b[..16]);
+    Some(SocketAddrV6::new(
+        Ipv6Addr::from(octets),
+        u16::from_be_bytes([b[16], b[17]]),
+        0,
+        0,
+    ))
+}
+
+/// The top-level `ip`: BEP 42's 6-byte form or BEP 32's 18-byte one.
+fn either_peer(b: &[u8]) -> Option<SocketAddr> {
+    peer(b)
+        .map(SocketAddr::V4)
+        .or_else(|| peer6(b).map(SocketAddr::V6))
+}
+
+/// BEP 32 `want`: a list; the byte strings `n4` and `n6` in it count.
+fn want(a: &Dict) -> Want {
+    let mut w = Want::default();
+    if let Some(Value::List(items)) = a.get(&b"want"[..]) {
+        for item in items {
+            if let Value::Bytes(b) = item {
+                w.n4 |= b.as_slice() == b"n4";
+                w.n6 |= b.as_slice() == b"n6";
+            }
+        }
+    }
+    w
+}
+
 fn message(top: &Dict, rules: &Rules) -> Verdict {
     let Some(t) = bytes(top, "t").filter(|t| t.len() <= rules.max_tid) else {
         return Verdict::Drop(Drop::NotKrpc);
@@ -362,7 +401,7 @@ fn message(top: &Dict, rules: &Rules) -> Verdict {
     Verdict::Message(Message {
         tid: Tid::new(t).expect("within max_tid"),
         body,
-        ip: bytes(top, "ip").and_then(peer),
+        ip: bytes(top, "ip").and_then(either_peer),
         read_only: !rules.planted_ignore_ro && int(top, "ro").is_some_and(|ro| ro != 0),
         version: bytes(top, "v")
             .filter(|v| v.len() <= rules.max_version)
@@ -440,7 +479,11 @@ fn query(top: &Dict, rules: &Rules) -> Result<Query, i64> {
                 .ok_or(METHOD_UNKNOWN)?,
         },
     };
-    Ok(Query { id: sender, method })
+    Ok(Query {
+        id: sender,
+        method,
+        want: want(a),
+    })
 }
 
 /// BEP 44 `put`. The value is re-encoded from the parsed tree, so this agrees with the real
@@ -480,21 +523,26 @@ fn put(a: &Dict, rules: &Rules) -> Result<PutArgs, i64> {
     Ok(PutArgs { token, v, mutable })
 }
 
+/// The byte strings of a `values` list (none when it is not a list).
+fn values(r: &Dict) -> impl Iterator<Item = &[u8]> {
+    let items = match r.get(&b"values"[..]) {
+        Some(Value::List(items)) => items.as_slice(),
+        _ => &[],
+    };
+    items.iter().filter_map(|v| match v {
+        Value::Bytes(b) => Some(b.as_slice()),
+        _ => None,
+    })
+}
+
 fn response(top: &Dict, rules: &Rules) -> Option<Response> {
     let r = dict(top, "r")?;
     Some(Response {
         id: id(r, "id", rules)?,
         nodes: bytes(r, "nodes").map(<[u8]>::to_vec),
-        values: match r.get(&b"values"[..]) {
-            Some(Value::List(items)) => items
-                .iter()
-                .filter_map(|v| match v {
-                    Value::Bytes(b) => peer(b),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        },
+        nodes6: bytes(r, "nodes6").map(<[u8]>::to_vec),
+        values: values(r).filter_map(peer).collect(),
+        values6: values(r).filter_map(peer6).collect(),
         token: bytes(r, "token")
             .filter(|t| t.len() <= rules.max_token)
             .and_then(Token::new),
@@ -541,7 +589,8 @@ mod tests {
             m.body,
             Body::Query(Query {
                 id: NodeId(*b"abcdefghij0123456789"),
-                method: Method::Ping
+                method: Method::Ping,
+                want: Default::default(),
             })
         );
         let Verdict::Message(m) = decode(

@@ -25,15 +25,15 @@
 //! reference decoder built on serde_bencode.
 
 use std::fmt;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 use super::{
     Body, ERR_GENERIC, ERR_METHOD_UNKNOWN, ERR_PROTOCOL, ERR_SALT_TOO_BIG, ERR_VALUE_TOO_BIG,
     ErrorBody, MAX_DATAGRAM, MAX_ITEM_SALT, MAX_ITEM_VALUE, Message, Method, MutablePut, PutArgs,
-    Query, Response, Tid, Token, Version,
+    Query, Response, Tid, Token, Version, Want,
 };
 use crate::bencode::{self, ScanError};
-use crate::dht::id::{InfoHash, NodeId, compact_peer};
+use crate::dht::id::{InfoHash, NodeId, compact_addr, compact_peer, compact_peer6};
 use crate::dht::scrape::ScrapeFilter;
 
 /// KRPC never nests deeper than message → dict → list; 8 leaves room for extensions.
@@ -164,28 +164,56 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// `values`, at depth 2: the 6-byte strings of a list as IPv4 peers. Other entries are
-    /// skipped (18-byte IPv6 peers belong to BEP 32, which this node does not speak); a
-    /// non-list reads as no peers.
-    fn peers(&mut self) -> Result<Vec<SocketAddrV4>, ScanError> {
+    /// `values`, at depth 2: the 6-byte strings of a list as IPv4 peers and the 18-byte ones
+    /// as IPv6 peers (BEP 32). Other entries are skipped; a non-list reads as no peers.
+    #[allow(clippy::type_complexity)]
+    fn peers(&mut self) -> Result<(Vec<SocketAddrV4>, Vec<SocketAddrV6>), ScanError> {
         let mut out = Vec::new();
+        let mut out6 = Vec::new();
         if self.peek()? != b'l' {
             self.skip(2)?;
-            return Ok(out);
+            return Ok((out, out6));
         }
         self.pos += 1;
         while self.element()? {
-            // compact_peer takes exactly 6 bytes.
-            if let Some(addr) = self.bytes_or_absent(3)?.and_then(compact_peer) {
+            let Some(b) = self.bytes_or_absent(3)? else {
+                continue;
+            };
+            // compact_peer takes exactly 6 bytes, compact_peer6 exactly 18.
+            if let Some(addr) = compact_peer(b) {
                 if out.is_empty() {
                     // One allocation instead of a doubling series: every entry takes 8 bytes
                     // (`6:` + 6), so the rest of the datagram bounds the count.
                     out.reserve((self.buf.len() - self.pos.min(self.buf.len())) / 8 + 1);
                 }
                 out.push(addr);
+            } else if let Some(addr) = compact_peer6(b) {
+                if out6.is_empty() {
+                    out6.reserve((self.buf.len() - self.pos.min(self.buf.len())) / 21 + 1);
+                }
+                out6.push(addr);
             }
         }
-        Ok(out)
+        Ok((out, out6))
+    }
+
+    /// BEP 32 `want`, at depth 2: a list of strings, of which `n4` and `n6` are known; a
+    /// non-list, other entries and other types are ignored.
+    fn want(&mut self) -> Result<Want, ScanError> {
+        let mut want = Want::NONE;
+        if self.peek()? != b'l' {
+            self.skip(2)?;
+            return Ok(want);
+        }
+        self.pos += 1;
+        while self.element()? {
+            match self.bytes_or_absent(3)? {
+                Some(b"n4") => want.n4 = true,
+                Some(b"n6") => want.n6 = true,
+                _ => {}
+            }
+        }
+        Ok(want)
     }
 
     /// `e = [code, message, ...]`, at depth 1; each element lenient, extra elements ignored,
@@ -233,7 +261,9 @@ impl<'a> Cursor<'a> {
                 b"BFpe" => bag.bf_peers = self.bytes_or_absent(2)?,
                 b"token" => bag.token = self.bytes_or_absent(2)?,
                 b"nodes" => bag.nodes = self.bytes_or_absent(2)?,
-                b"values" => bag.values = self.peers()?,
+                b"nodes6" => bag.nodes6 = self.bytes_or_absent(2)?,
+                b"values" => (bag.values, bag.values6) = self.peers()?,
+                b"want" => bag.want = self.want()?,
                 b"samples" => bag.samples = self.bytes_or_absent(2)?,
                 b"interval" => bag.interval = self.int_or_absent(2)?,
                 b"num" => bag.num = self.int_or_absent(2)?,
@@ -273,7 +303,10 @@ struct Bag<'a> {
     bf_peers: Option<&'a [u8]>,
     token: Option<&'a [u8]>,
     nodes: Option<&'a [u8]>,
+    nodes6: Option<&'a [u8]>,
     values: Vec<SocketAddrV4>,
+    values6: Vec<SocketAddrV6>,
+    want: Want,
     samples: Option<&'a [u8]>,
     interval: Option<i64>,
     num: Option<i64>,
@@ -361,7 +394,7 @@ impl RawMessage<'_> {
         Ok(Message {
             tid,
             body,
-            ip: self.ip.and_then(compact_peer),
+            ip: self.ip.and_then(compact_addr),
             read_only: self.ro.is_some_and(|v| v != 0),
             version: self.v.and_then(Version::new),
         })
@@ -444,7 +477,11 @@ fn query(tid: Tid, q: Option<&[u8]>, a: Option<Bag<'_>>) -> Result<Query, Decode
             None => return Err(unknown),
         },
     };
-    Ok(Query { id, method })
+    Ok(Query {
+        id,
+        method,
+        want: a.want,
+    })
 }
 
 /// BEP 44 `put` arguments. Size limits get their own error codes (205, 207); anything else
@@ -498,7 +535,9 @@ fn response(r: Option<Bag<'_>>) -> Result<Response, DecodeError> {
     Ok(Response {
         id,
         nodes: r.nodes.map(<[u8]>::to_vec),
+        nodes6: r.nodes6.map(<[u8]>::to_vec),
         values: r.values,
+        values6: r.values6,
         token: r.token.and_then(Token::new),
         samples: r.samples.map(<[u8]>::to_vec),
         interval: r.interval,

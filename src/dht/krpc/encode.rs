@@ -1,12 +1,12 @@
 //! Hand-written KRPC encoding. Keys are emitted in bencode's sorted order by construction:
 //! top level `a e ip q r ro t v y`; arguments
 //! `cas id implied_port info_hash k noseed port salt scrape seed seq sig target token v`;
-//! replies `BFpe BFsd id interval k nodes num samples seq sig token v values` (uppercase
-//! sorts first).
+//! replies `BFpe BFsd id interval k nodes nodes6 num samples seq sig token v values`
+//! (uppercase sorts first); BEP 32's `want` sorts last among the arguments.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use super::{Body, Message, Method, MutablePut};
+use super::{Body, Message, Method, MutablePut, Want};
 use crate::bencode::{put_bytes, put_int_body};
 use crate::dht::id::{InfoHash, NodeId, compact_peer_bytes};
 use crate::dht::scrape::ScrapeFilter;
@@ -88,10 +88,14 @@ pub struct ResponseBody<'a> {
     pub id: &'a NodeId,
     /// Compact node info, already concatenated.
     pub nodes: Option<&'a [u8]>,
+    /// BEP 32 compact IPv6 node info (38-byte entries), already concatenated.
+    pub nodes6: Option<&'a [u8]>,
     /// The token for a later `announce_peer` or `put` (`get_peers` and `get` replies).
     pub token: Option<&'a [u8]>,
-    /// Omitted when empty.
+    /// Omitted when empty (with `values6`).
     pub values: &'a [SocketAddrV4],
+    /// BEP 32: IPv6 peers, 18-byte entries in the same `values` list.
+    pub values6: &'a [SocketAddrV6],
     /// BEP 51 fields.
     pub samples: Option<&'a [u8]>,
     /// BEP 51: seconds before the asker should sample us again.
@@ -123,8 +127,10 @@ impl<'a> ResponseBody<'a> {
         ResponseBody {
             id,
             nodes: None,
+            nodes6: None,
             token: None,
             values: &[],
+            values6: &[],
             samples: None,
             interval: None,
             num: None,
@@ -149,10 +155,24 @@ fn put_ih(out: &mut Vec<u8>, ih: &InfoHash) {
     out.extend_from_slice(ih.as_bytes());
 }
 
-/// `2:ip6:<compact address>`.
-fn put_ip(out: &mut Vec<u8>, ip: SocketAddrV4) {
-    out.extend_from_slice(b"2:ip6:");
-    out.extend_from_slice(&compact_peer_bytes(ip));
+/// `2:ip6:<compact address>`, or `2:ip18:<compact address>` for IPv6 (BEP 32).
+fn put_ip(out: &mut Vec<u8>, ip: SocketAddr) {
+    match ip {
+        SocketAddr::V4(ip) => {
+            out.extend_from_slice(b"2:ip6:");
+            out.extend_from_slice(&compact_peer_bytes(ip));
+        }
+        SocketAddr::V6(ip) => {
+            out.extend_from_slice(b"2:ip18:");
+            put_peer6(out, ip);
+        }
+    }
+}
+
+/// The 18 bytes of a compact IPv6 peer, without a length prefix.
+fn put_peer6(out: &mut Vec<u8>, a: SocketAddrV6) {
+    out.extend_from_slice(&a.ip().octets());
+    out.extend_from_slice(&a.port().to_be_bytes());
 }
 
 /// Top-level trailer shared by every message: `[ro] t [v] y` and the closing `e`; `y_entry`
@@ -171,12 +191,26 @@ fn trailer(out: &mut Vec<u8>, read_only: bool, tid: &[u8], version: Option<&[u8]
     out.push(b'e');
 }
 
-/// Appends a query to `out`.
+/// Appends a query to `out`, without a BEP 32 `want`.
 pub fn encode_query(
     out: &mut Vec<u8>,
     tid: &[u8],
     id: &NodeId,
     args: &QueryArgs<'_>,
+    read_only: bool,
+    version: Option<&[u8]>,
+) {
+    encode_query_want(out, tid, id, args, Want::NONE, read_only, version);
+}
+
+/// Appends a query to `out` with a BEP 32 `want` (written only when it names a family, and
+/// only for the queries whose replies carry nodes).
+pub fn encode_query_want(
+    out: &mut Vec<u8>,
+    tid: &[u8],
+    id: &NodeId,
+    args: &QueryArgs<'_>,
+    want: Want,
     read_only: bool,
     version: Option<&[u8]>,
 ) {
@@ -254,6 +288,23 @@ pub fn encode_query(
             out.extend_from_slice(v);
         }
     }
+    let carries_nodes = matches!(
+        args,
+        QueryArgs::FindNode { .. }
+            | QueryArgs::GetPeers { .. }
+            | QueryArgs::SampleInfohashes { .. }
+            | QueryArgs::Get { .. }
+    );
+    if carries_nodes && want.is_given() {
+        out.extend_from_slice(b"4:wantl");
+        if want.n4 {
+            out.extend_from_slice(b"2:n4");
+        }
+        if want.n6 {
+            out.extend_from_slice(b"2:n6");
+        }
+        out.push(b'e');
+    }
     out.extend_from_slice(b"e1:q");
     out.extend_from_slice(args.method_entry());
     trailer(out, read_only, tid, version, b"1:y1:q");
@@ -264,7 +315,7 @@ pub fn encode_response(
     out: &mut Vec<u8>,
     tid: &[u8],
     body: &ResponseBody<'_>,
-    ip: Option<SocketAddrV4>,
+    ip: Option<SocketAddr>,
     version: Option<&[u8]>,
 ) {
     out.push(b'd');
@@ -291,6 +342,10 @@ pub fn encode_response(
         out.extend_from_slice(b"5:nodes");
         put_bytes(out, nodes);
     }
+    if let Some(nodes6) = body.nodes6 {
+        out.extend_from_slice(b"6:nodes6");
+        put_bytes(out, nodes6);
+    }
     if let Some(num) = body.num {
         out.extend_from_slice(b"3:numi");
         put_int_body(out, num);
@@ -315,12 +370,16 @@ pub fn encode_response(
         out.extend_from_slice(b"1:v");
         out.extend_from_slice(v);
     }
-    if !body.values.is_empty() {
+    if !body.values.is_empty() || !body.values6.is_empty() {
         out.extend_from_slice(b"6:valuesl");
-        out.reserve(body.values.len() * 8 + 1);
+        out.reserve(body.values.len() * 8 + body.values6.len() * 21 + 1);
         for v in body.values {
             let [a, b, c, d, p0, p1] = compact_peer_bytes(*v);
             out.extend_from_slice(&[b'6', b':', a, b, c, d, p0, p1]);
+        }
+        for v in body.values6 {
+            out.extend_from_slice(b"18:");
+            put_peer6(out, *v);
         }
         out.push(b'e');
     }
@@ -346,7 +405,7 @@ pub fn encode_get_response(
     nodes: &[u8],
     token: Option<&[u8]>,
     item: Option<ItemReply<'_>>,
-    ip: Option<SocketAddrV4>,
+    ip: Option<SocketAddr>,
     version: Option<&[u8]>,
 ) {
     let mutable = item.and_then(|i| i.mutable);
@@ -370,7 +429,7 @@ pub fn encode_error(
     tid: &[u8],
     code: i64,
     message: &str,
-    ip: Option<SocketAddrV4>,
+    ip: Option<SocketAddr>,
     version: Option<&[u8]>,
 ) {
     out.extend_from_slice(b"d1:eli");
@@ -423,14 +482,24 @@ pub fn encode_message(out: &mut Vec<u8>, m: &Message) {
                     mutable: p.mutable.as_ref(),
                 },
             };
-            encode_query(out, m.tid.as_slice(), &q.id, &args, m.read_only, version);
+            encode_query_want(
+                out,
+                m.tid.as_slice(),
+                &q.id,
+                &args,
+                q.want,
+                m.read_only,
+                version,
+            );
         }
         Body::Response(r) => {
             let body = ResponseBody {
                 id: &r.id,
                 nodes: r.nodes.as_deref(),
+                nodes6: r.nodes6.as_deref(),
                 token: r.token.as_ref().map(|t| t.as_slice()),
                 values: &r.values,
+                values6: &r.values6,
                 samples: r.samples.as_deref(),
                 interval: r.interval,
                 num: r.num,

@@ -1,5 +1,6 @@
-//! KRPC messages (BEP 5, plus BEP 43 `ro`, BEP 42-style top-level `ip` and BEP 51
-//! `sample_infohashes`): typed values, a tolerant decoder and a hand-written encoder.
+//! KRPC messages (BEP 5, plus BEP 32 `want`/`nodes6`/IPv6 `values`, BEP 43 `ro`, BEP 42-style
+//! top-level `ip` of either family and BEP 51 `sample_infohashes`): typed values, a tolerant
+//! decoder and a hand-written encoder.
 //!
 //! Decoding is one borrowing pass over the datagram that validates its structure (size,
 //! depth, lengths, nothing trailing) while it extracts the fields, and it is *lenient*:
@@ -14,15 +15,17 @@ mod decode;
 mod encode;
 
 use std::fmt;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
 pub use decode::{DecodeError, decode};
 pub use encode::{
     Bep44Fields, ItemReply, QueryArgs, ResponseBody, encode_error, encode_get_response,
-    encode_message, encode_query, encode_response,
+    encode_message, encode_query, encode_query_want, encode_response,
 };
 
-use crate::dht::id::{COMPACT_NODE_LEN, Contact, ID_LEN, InfoHash, NodeId, compact_nodes};
+use crate::dht::id::{
+    Contact, Contact6, Family, ID_LEN, InfoHash, NodeAddr, NodeId, compact_nodes,
+};
 use crate::dht::scrape::ScrapeFilter;
 
 /// Largest datagram we accept or produce. Real KRPC messages stay under ~1.5 KB; anything
@@ -113,8 +116,9 @@ pub struct Message {
     pub tid: Tid,
     /// The `y`-selected part: query, response or error.
     pub body: Body,
-    /// Top-level `ip`: in a reply, the replier's view of our address (BEP 42).
-    pub ip: Option<SocketAddrV4>,
+    /// Top-level `ip`: in a reply, the replier's view of our address (BEP 42): 6 bytes for
+    /// IPv4, 18 for IPv6 (BEP 32); another length reads as absent.
+    pub ip: Option<SocketAddr>,
     /// BEP 43: the sender is read-only and must not be added to routing tables.
     pub read_only: bool,
     /// Top-level `v`: the sender's client version tag, if it sent one (too long: absent).
@@ -139,6 +143,60 @@ pub struct Query {
     pub id: NodeId,
     /// The method (`q`) and its arguments.
     pub method: Method,
+    /// BEP 32 `want`: which families' nodes the querier asks for (empty when absent).
+    pub want: Want,
+}
+
+/// BEP 32 `want`: a list of `n4` and `n6` naming the node lists a querier wants in the
+/// reply (`nodes`, `nodes6`). Absent, the reply carries the nodes of the family the query
+/// came over. Unknown entries are ignored, as BEP 32 asks, so new families can be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Want {
+    /// `n4`: IPv4 nodes wanted (`nodes`).
+    pub n4: bool,
+    /// `n6`: IPv6 nodes wanted (`nodes6`).
+    pub n6: bool,
+}
+
+impl Want {
+    /// No `want` key.
+    pub const NONE: Want = Want {
+        n4: false,
+        n6: false,
+    };
+    /// `want = [n4, n6]`: both families.
+    pub const BOTH: Want = Want { n4: true, n6: true };
+
+    /// Whether the query carried a `want` naming a family we know.
+    pub fn is_given(self) -> bool {
+        self.n4 || self.n6
+    }
+
+    /// Only `family`.
+    pub fn only(family: Family) -> Want {
+        Want {
+            n4: family == Family::V4,
+            n6: family == Family::V6,
+        }
+    }
+
+    /// What to answer a query that arrived over `transport`: the families it named or,
+    /// without a `want`, the transport's own.
+    pub fn resolve(self, transport: Family) -> Want {
+        if self.is_given() {
+            self
+        } else {
+            Want::only(transport)
+        }
+    }
+
+    /// Whether nodes of `family` are wanted (after [`Want::resolve`]).
+    pub fn wants(self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.n4,
+            Family::V6 => self.n6,
+        }
+    }
 }
 
 /// The queries we understand.
@@ -249,8 +307,13 @@ pub struct Response {
     pub id: NodeId,
     /// Raw compact node info; see [`Response::nodes`].
     pub nodes: Option<Vec<u8>>,
-    /// `get_peers` reply: the compact IPv4 peers in `values` (other entries skipped).
+    /// BEP 32: raw compact IPv6 node info (38-byte entries); see [`Response::nodes6`].
+    pub nodes6: Option<Vec<u8>>,
+    /// `get_peers` reply: the 6-byte (IPv4) peers in `values`.
     pub values: Vec<SocketAddrV4>,
+    /// `get_peers` reply: the 18-byte (IPv6, BEP 32) peers in `values`; entries of any other
+    /// length are skipped.
+    pub values6: Vec<SocketAddrV6>,
     /// `get_peers` or BEP 44 `get` reply: the token for a later announce or put (too long:
     /// absent).
     pub token: Option<Token>,
@@ -290,11 +353,36 @@ impl Response {
         compact_nodes(self.nodes.as_deref().unwrap_or(&[]))
     }
 
-    /// Whether `nodes` holds a whole number of entries.
+    /// The contacts in `nodes6` (complete 38-byte entries only).
+    pub fn nodes6(&self) -> impl Iterator<Item = Contact6> + '_ {
+        compact_nodes(self.nodes6.as_deref().unwrap_or(&[]))
+    }
+
+    /// The contacts of family `A`: `nodes` for IPv4, `nodes6` for IPv6.
+    pub fn nodes_of<A: NodeAddr>(&self) -> impl Iterator<Item = Contact<A>> + '_ {
+        let raw = match A::FAMILY {
+            Family::V4 => self.nodes.as_deref(),
+            Family::V6 => self.nodes6.as_deref(),
+        };
+        compact_nodes(raw.unwrap_or(&[]))
+    }
+
+    /// Whether `nodes` and `nodes6` each hold a whole number of entries.
     pub fn nodes_well_formed(&self) -> bool {
         self.nodes
             .as_ref()
-            .is_none_or(|n| n.len() % COMPACT_NODE_LEN == 0)
+            .is_none_or(|n| n.len() % SocketAddrV4::NODE_LEN == 0)
+            && self
+                .nodes6
+                .as_ref()
+                .is_none_or(|n| n.len() % SocketAddrV6::NODE_LEN == 0)
+    }
+
+    /// The peers of family `A` in `values` (6-byte entries for IPv4, 18-byte for IPv6).
+    pub fn values_of<A: NodeAddr>(&self) -> impl Iterator<Item = A> + '_ {
+        let v4 = self.values.iter().map(|&a| SocketAddr::V4(a));
+        let v6 = self.values6.iter().map(|&a| SocketAddr::V6(a));
+        v4.chain(v6).filter_map(A::from_socket)
     }
 
     /// The BEP 51 samples, sliced into 20-byte infohashes (a ragged tail is ignored).

@@ -66,7 +66,7 @@ impl Node {
                     &nodes,
                     Some(token.as_slice()),
                     reply,
-                    Some(from),
+                    Some(from.into()),
                     Some(VERSION),
                 )
             },
@@ -112,7 +112,7 @@ impl Node {
             quota.as_mut(),
             now,
             from,
-            |out| krpc::encode_response(out, tid, &body, Some(from), Some(VERSION)),
+            |out| krpc::encode_response(out, tid, &body, Some(from.into()), Some(VERSION)),
         ) {
             stats.replies_out += 1;
         }
@@ -140,6 +140,7 @@ mod tests {
             body: Body::Query(Query {
                 id: NodeId([9; 20]),
                 method,
+                want: Default::default(),
             }),
             ip: None,
             read_only: true,

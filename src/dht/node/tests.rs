@@ -54,7 +54,7 @@ fn query(args: QueryArgs<'_>, tid: &[u8], from_id: NodeId) -> Vec<u8> {
 
 fn response(tid: &[u8], body: &ResponseBody<'_>, ip: Option<SocketAddrV4>) -> Vec<u8> {
     let mut out = Vec::new();
-    krpc::encode_response(&mut out, tid, body, ip, None);
+    krpc::encode_response(&mut out, tid, body, ip.map(Into::into), None);
     out
 }
 
@@ -138,7 +138,7 @@ fn ping_is_answered_with_our_id_the_tid_and_the_querier_address() {
     node.handle_datagram(now, SocketAddr::V4(from), &data);
     let m = reply_to(&mut node, from);
     assert_eq!(m.tid.as_slice(), b"aa");
-    assert_eq!(m.ip, Some(from));
+    assert_eq!(m.ip, Some(from.into()));
     assert_eq!(m.version.as_ref().map(|v| v.as_slice()), Some(&VERSION[..]));
     assert_eq!(response_of(&m).id, ME);
     let s = node.stats(now);
@@ -470,7 +470,7 @@ fn the_input_gate_drops_what_no_node_should_answer() {
     // An IPv4-mapped source is answered as IPv4.
     node.handle_datagram(now, "[::ffff:127.0.0.2]:1000".parse().unwrap(), &ping);
     let m = reply_to(&mut node, sa("127.0.0.2:1000"));
-    assert_eq!(m.ip, Some(sa("127.0.0.2:1000")));
+    assert_eq!(m.ip, Some(sa("127.0.0.2:1000").into()));
 }
 
 #[test]

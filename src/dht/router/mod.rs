@@ -275,7 +275,14 @@ impl Router {
                 reason,
             } => {
                 if self.emit(now, from, true, |out| {
-                    krpc::encode_error(out, tid.as_slice(), code, reason, Some(from), Some(VERSION))
+                    krpc::encode_error(
+                        out,
+                        tid.as_slice(),
+                        code,
+                        reason,
+                        Some(from.into()),
+                        Some(VERSION),
+                    )
                 }) {
                     self.stats.errors_out += 1;
                 }
@@ -322,7 +329,7 @@ impl Router {
                     tid,
                     ERR_GENERIC,
                     "this is a bootstrap router: it stores no peers or items, use DHT nodes",
-                    Some(from),
+                    Some(from.into()),
                     Some(VERSION),
                 )
             }) {
@@ -352,7 +359,7 @@ impl Router {
         match self
             .outbox
             .emit(&self.config.allow, quota, now, from, |out| {
-                krpc::encode_response(out, tid, &body, Some(from), Some(VERSION))
+                krpc::encode_response(out, tid, &body, Some(from.into()), Some(VERSION))
             }) {
             Emitted::Queued(len) => {
                 self.stats.packets_out += 1;
