@@ -703,7 +703,8 @@ fn bep32_want_nodes6_ipv6_values_and_ip_round_trip() {
         (Want::only(Family::V6), vec![b(b"n6")]),
         (Want::only(Family::V4), vec![b(b"n4")]),
     ] {
-        let shapes: [(QueryArgs, &[u8], Vec<(&[u8], Value)>); 2] = [
+        type Shape<'a> = (QueryArgs<'a>, &'a [u8], Vec<(&'a [u8], Value)>);
+        let shapes: [Shape; 2] = [
             (
                 QueryArgs::FindNode { target: &target },
                 b"find_node",
