@@ -203,7 +203,7 @@ fn node_adopts_a_bep42_id_for_the_voted_external_ip() {
     assert!(events.contains(&Event::IdChanged(node.id())), "{events:?}");
     assert_ne!(node.id(), old);
     assert!(bep42::is_valid(&node.id(), *external.ip()));
-    assert_eq!(node.stats(t0).external_ip, Some(*external.ip()));
+    assert_eq!(node.stats(t0).external_ip, Some((*external.ip()).into()));
     // The table survived the change of id.
     assert_eq!(node.table().len(), 5);
 }

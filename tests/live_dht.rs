@@ -294,7 +294,7 @@ fn junk_nodes_entries_are_never_queried() {
         Config {
             id: Some(id(0x10)),
             seed: Some(7),
-            local_addr: Some(me),
+            local_addr: Some(me.into()),
             ..Config::loopback_testnet()
         },
         t0,

@@ -148,7 +148,7 @@ pub struct PutSummary {
     /// Nodes that stored it.
     pub stored: usize,
     /// Every node asked and its answer (refusals carry their BEP 44 error code).
-    pub nodes: Vec<(SocketAddrV4, PutOutcome)>,
+    pub nodes: Vec<(SocketAddr, PutOutcome)>,
 }
 
 /// A BEP 44 item read from the DHT, already checked against its hash or signature.
@@ -640,8 +640,8 @@ impl Dht {
         };
         let mut node_config = config.node.clone();
         node_config.report_incoming |= config.incoming.is_some();
-        if let (None, SocketAddr::V4(a)) = (node_config.local_addr, local_addr) {
-            node_config.local_addr = Some(a);
+        if node_config.local_addr.is_none() {
+            node_config.local_addr = Some(local_addr);
         }
         let mut persisted = Vec::new();
         if let Some(store) = &store {

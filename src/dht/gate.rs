@@ -10,13 +10,15 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
+use crate::dht::id::NodeAddr;
 use crate::dht::krpc::{self, DecodeError, Message, Tid};
 use crate::dht::limits::{self, RateLimiter, Verdict};
 
 /// Why a datagram was dropped without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    /// Port 0, a non-IPv4 source (other than IPv4-mapped), or a bogon source address.
+    /// Port 0, a source of the other address family (an IPv4-mapped IPv6 source counts as
+    /// IPv4), or a bogon source address.
     Source,
     /// The source IP is over its rate limit (or banned for having been).
     RateLimited,
@@ -30,14 +32,14 @@ pub enum Dropped {
 /// path, and boxing it would cost an allocation per datagram to save a move of the stack.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
-pub enum Gated {
-    /// A message from this (IPv4) source.
-    Message(SocketAddrV4, Message),
+pub enum Gated<A: NodeAddr = SocketAddrV4> {
+    /// A message from this source.
+    Message(A, Message),
     /// A query readable far enough to be answered with this error (BEP 5: 203 or 204; a
     /// BEP 44 put: 205 or 207).
     BadQuery {
-        /// The (IPv4) source to send the error to.
-        from: SocketAddrV4,
+        /// The source to send the error to.
+        from: A,
         /// The query's transaction id, echoed in the error.
         tid: Tid,
         /// The KRPC error code.
@@ -51,28 +53,25 @@ pub enum Gated {
 
 /// Passes one datagram from `from` through the source checks, the rate limiter (when
 /// there is one) and the decoder.
-pub fn admit(
+pub fn admit<A: NodeAddr>(
     now: Instant,
     from: SocketAddr,
     data: &[u8],
-    limiter: Option<&mut RateLimiter>,
-) -> Gated {
-    let from = match from {
-        SocketAddr::V4(a) => a,
-        // A dual-stack socket reports IPv4 senders as ::ffff:a.b.c.d.
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(ip) => SocketAddrV4::new(ip, a.port()),
-            None => return Gated::Dropped(Dropped::Source),
-        },
+    limiter: Option<&mut RateLimiter<A::Ip>>,
+) -> Gated<A> {
+    // A dual-stack socket reports IPv4 senders as ::ffff:a.b.c.d, which `from_socket` reads
+    // as IPv4.
+    let Some(from) = A::from_socket(from) else {
+        return Gated::Dropped(Dropped::Source);
     };
-    if from.port() == 0 || limits::is_bogon_source(*from.ip()) {
+    if from.port_number() == 0 || limits::is_bogon(from.ip_addr()) {
         return Gated::Dropped(Dropped::Source);
     }
     if let Some(limiter) = limiter {
-        match limiter.check(*from.ip(), now) {
+        match limiter.check(from.host(), now) {
             Verdict::Allow => {}
             Verdict::NewBan => {
-                tracing::debug!("rate limit: banning {} for a while", from.ip());
+                tracing::debug!("rate limit: banning {} for a while", from.host());
                 return Gated::Dropped(Dropped::RateLimited);
             }
             Verdict::Banned => return Gated::Dropped(Dropped::RateLimited),
@@ -107,12 +106,40 @@ mod tests {
     #[test]
     fn a_good_query_passes_with_its_source() {
         let now = Instant::now();
-        match admit(now, v4([127, 0, 0, 2], 6881), PING, None) {
+        match admit::<SocketAddrV4>(now, v4([127, 0, 0, 2], 6881), PING, None) {
             Gated::Message(from, m) => {
                 assert_eq!(from, "127.0.0.2:6881".parse().unwrap());
                 assert_eq!(m.tid.as_slice(), b"aa");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// BEP 32: the IPv6 DHT's gate takes IPv6 sources and drops IPv4 ones (mapped forms
+    /// included), link-local and multicast sources, and IPv6 port 0.
+    #[test]
+    fn the_ipv6_gate_takes_only_ipv6_sources() {
+        let now = Instant::now();
+        let v6 = |s: &str| SocketAddr::V6(s.parse().unwrap());
+        match admit::<SocketAddrV6>(now, v6("[fd77::2]:6881"), PING, None) {
+            Gated::Message(from, _) => assert_eq!(from, "[fd77::2]:6881".parse().unwrap()),
+            other => panic!("{other:?}"),
+        }
+        for dropped in [
+            v4([127, 0, 0, 2], 6881),
+            v6("[::ffff:127.0.0.2]:6881"),
+            v6("[fe80::1]:6881"),
+            v6("[ff02::1]:6881"),
+            v6("[2001:db8::1]:6881"),
+            v6("[fd77::2]:0"),
+        ] {
+            assert!(
+                matches!(
+                    admit::<SocketAddrV6>(now, dropped, PING, None),
+                    Gated::Dropped(Dropped::Source)
+                ),
+                "{dropped}"
+            );
         }
     }
 
@@ -126,12 +153,12 @@ mod tests {
             0,
         ));
         assert!(matches!(
-            admit(now, mapped, PING, None),
+            admit::<SocketAddrV4>(now, mapped, PING, None),
             Gated::Message(from, _) if from == "127.0.0.3:7000".parse().unwrap()
         ));
         let v6: SocketAddr = "[fd77::1]:7000".parse().unwrap();
         assert!(matches!(
-            admit(now, v6, PING, None),
+            admit::<SocketAddrV4>(now, v6, PING, None),
             Gated::Dropped(Dropped::Source)
         ));
     }
@@ -148,7 +175,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    admit(now, from, PING, None),
+                    admit::<SocketAddrV4>(now, from, PING, None),
                     Gated::Dropped(Dropped::Source)
                 ),
                 "{from}"
@@ -168,22 +195,22 @@ mod tests {
         let from = v4([127, 0, 0, 9], 6881);
         for _ in 0..2 {
             assert!(matches!(
-                admit(now, from, b"junk", Some(&mut limiter)),
+                admit::<SocketAddrV4>(now, from, b"junk", Some(&mut limiter)),
                 Gated::Dropped(Dropped::Malformed)
             ));
         }
         // Over the limit: dropped as rate-limited, even a valid query.
         assert!(matches!(
-            admit(now, from, PING, Some(&mut limiter)),
+            admit::<SocketAddrV4>(now, from, PING, Some(&mut limiter)),
             Gated::Dropped(Dropped::RateLimited)
         ));
         assert!(matches!(
-            admit(now, from, PING, Some(&mut limiter)),
+            admit::<SocketAddrV4>(now, from, PING, Some(&mut limiter)),
             Gated::Dropped(Dropped::RateLimited)
         ));
         // Another IP is not affected.
         assert!(matches!(
-            admit(now, v4([127, 0, 0, 10], 6881), PING, Some(&mut limiter)),
+            admit::<SocketAddrV4>(now, v4([127, 0, 0, 10], 6881), PING, Some(&mut limiter)),
             Gated::Message(..)
         ));
     }
@@ -193,7 +220,7 @@ mod tests {
         let now = Instant::now();
         // get_peers without an info_hash: answerable with 203.
         let bad = b"d1:ad2:id20:abcdefghij0123456789e1:q9:get_peers1:t2:bb1:y1:qe";
-        match admit(now, v4([127, 0, 0, 2], 6881), bad, None) {
+        match admit::<SocketAddrV4>(now, v4([127, 0, 0, 2], 6881), bad, None) {
             Gated::BadQuery { tid, code, .. } => {
                 assert_eq!(tid.as_slice(), b"bb");
                 assert_eq!(code, krpc::ERR_PROTOCOL);
@@ -202,7 +229,7 @@ mod tests {
         }
         for junk in [&b""[..], b"de", b"d1:t2:aa1:y1:re", b"\xff\xff"] {
             assert!(matches!(
-                admit(now, v4([127, 0, 0, 2], 6881), junk, None),
+                admit::<SocketAddrV4>(now, v4([127, 0, 0, 2], 6881), junk, None),
                 Gated::Dropped(Dropped::Malformed)
             ));
         }

@@ -11,6 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use rand::Rng;
 
+use crate::dht::krpc::{Response, ResponseBody};
+
 /// Length of ids and infohashes in bytes.
 pub const ID_LEN: usize = 20;
 /// Length of a compact node info entry: id, IPv4 address, port.
@@ -70,6 +72,17 @@ pub trait NodeAddr:
     const COMPACT_LEN: usize;
     /// Bytes of a compact node (26 or 38).
     const NODE_LEN: usize = ID_LEN + Self::COMPACT_LEN;
+    /// The host part (`Ipv4Addr` or `Ipv6Addr`): the key of per-IP limits, tokens and votes.
+    type Ip: Copy
+        + Eq
+        + Ord
+        + Hash
+        + fmt::Debug
+        + fmt::Display
+        + Send
+        + Sync
+        + 'static
+        + Into<IpAddr>;
 
     /// Parses a compact peer of exactly [`Self::COMPACT_LEN`] bytes.
     fn from_compact(b: &[u8]) -> Option<Self>;
@@ -84,10 +97,39 @@ pub trait NodeAddr:
     fn port_number(&self) -> u16;
     /// The same host on another port.
     fn with_port(&self, port: u16) -> Self;
+    /// An address from its parts.
+    fn from_parts(ip: Self::Ip, port: u16) -> Self;
+    /// The host.
+    fn host(&self) -> Self::Ip;
+    /// The network a routing bucket admits one node from: the /24 for IPv4, the /64 for
+    /// IPv6 (one site's allocation; libtorrent restricts the same prefixes), as an integer.
+    fn subnet(&self) -> u64;
+    /// `0.0.0.0:0` or `[::]:0`.
+    fn unspecified() -> Self;
+    /// This family's peers in a reply's `values` (`values` or `values6`).
+    fn values_in(r: &Response) -> &[Self];
+    /// Puts this family's peers in a reply body (`values` or `values6`).
+    fn set_values<'a>(body: &mut ResponseBody<'a>, v: &'a [Self]);
+    /// This family's raw compact nodes in a reply (`nodes` or `nodes6`).
+    fn nodes_in(r: &Response) -> Option<&[u8]> {
+        match Self::FAMILY {
+            Family::V4 => r.nodes.as_deref(),
+            Family::V6 => r.nodes6.as_deref(),
+        }
+    }
+}
+
+/// Puts compact nodes of `family` in a reply body (`nodes` or `nodes6`).
+pub fn set_nodes<'a>(body: &mut ResponseBody<'a>, family: Family, nodes: &'a [u8]) {
+    match family {
+        Family::V4 => body.nodes = Some(nodes),
+        Family::V6 => body.nodes6 = Some(nodes),
+    }
 }
 
 impl NodeAddr for SocketAddrV4 {
     const FAMILY: Family = Family::V4;
+    type Ip = Ipv4Addr;
     const COMPACT_LEN: usize = COMPACT_PEER_LEN;
 
     fn from_compact(b: &[u8]) -> Option<Self> {
@@ -114,10 +156,29 @@ impl NodeAddr for SocketAddrV4 {
     fn with_port(&self, port: u16) -> Self {
         SocketAddrV4::new(*self.ip(), port)
     }
+    fn from_parts(ip: Ipv4Addr, port: u16) -> Self {
+        SocketAddrV4::new(ip, port)
+    }
+    fn host(&self) -> Ipv4Addr {
+        *self.ip()
+    }
+    fn subnet(&self) -> u64 {
+        u64::from(u32::from(*self.ip()) >> 8)
+    }
+    fn unspecified() -> Self {
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
+    }
+    fn values_in(r: &Response) -> &[Self] {
+        &r.values
+    }
+    fn set_values<'a>(body: &mut ResponseBody<'a>, v: &'a [Self]) {
+        body.values = v;
+    }
 }
 
 impl NodeAddr for SocketAddrV6 {
     const FAMILY: Family = Family::V6;
+    type Ip = Ipv6Addr;
     const COMPACT_LEN: usize = COMPACT_PEER6_LEN;
 
     fn from_compact(b: &[u8]) -> Option<Self> {
@@ -143,6 +204,24 @@ impl NodeAddr for SocketAddrV6 {
     }
     fn with_port(&self, port: u16) -> Self {
         SocketAddrV6::new(*self.ip(), port, 0, 0)
+    }
+    fn from_parts(ip: Ipv6Addr, port: u16) -> Self {
+        SocketAddrV6::new(ip, port, 0, 0)
+    }
+    fn host(&self) -> Ipv6Addr {
+        *self.ip()
+    }
+    fn subnet(&self) -> u64 {
+        (u128::from(*self.ip()) >> 64) as u64
+    }
+    fn unspecified() -> Self {
+        SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0)
+    }
+    fn values_in(r: &Response) -> &[Self] {
+        &r.values6
+    }
+    fn set_values<'a>(body: &mut ResponseBody<'a>, v: &'a [Self]) {
+        body.values6 = v;
     }
 }
 

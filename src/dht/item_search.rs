@@ -8,7 +8,7 @@
 //! α, timeouts, deadline) is the ordinary [`crate::dht::lookup::Lookup`]; this state rides
 //! alongside it in the node's lookup slot.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use ed25519_dalek::{Signer, SigningKey};
 
@@ -89,7 +89,7 @@ pub struct ItemSearch {
     pub query: ItemQuery,
     best: Option<FoundItem>,
     /// Nodes that returned exactly `best`.
-    confirmed_by: Vec<SocketAddrV4>,
+    confirmed_by: Vec<SocketAddr>,
     /// Replies whose value failed its check.
     pub forged: u32,
     /// Valid values older than the best one.
@@ -119,7 +119,7 @@ impl ItemSearch {
     }
 
     /// Checks one reply's value and keeps it if it is the best so far.
-    pub fn on_reply(&mut self, from: SocketAddrV4, f: ItemFields<'_>) -> ItemVerdict {
+    pub fn on_reply(&mut self, from: SocketAddr, f: ItemFields<'_>) -> ItemVerdict {
         let Some(v) = f.v else {
             return ItemVerdict::NoValue;
         };
@@ -387,7 +387,7 @@ pub struct PutReport {
     /// The sequence number put (mutable items).
     pub seq: Option<i64>,
     /// Each node asked, with its answer, in the order the answers came.
-    pub nodes: Vec<(SocketAddrV4, PutOutcome)>,
+    pub nodes: Vec<(SocketAddr, PutOutcome)>,
 }
 
 impl PutReport {
@@ -426,9 +426,10 @@ pub struct ItemResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{SocketAddr, SocketAddrV4};
 
-    fn a(i: u8) -> SocketAddrV4 {
-        SocketAddrV4::new([127, 0, 0, i].into(), 6881)
+    fn a(i: u8) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new([127, 0, 0, i].into(), 6881))
     }
 
     fn fields<'a>(v: &'a [u8], k: &'a [u8; 32], seq: i64, sig: &'a [u8; 64]) -> ItemFields<'a> {

@@ -54,14 +54,14 @@ pub enum Verdict {
     Banned,
 }
 
-/// Counts packets per source IP.
+/// Counts packets per source IP (`K` is `Ipv4Addr` or `Ipv6Addr`: one limiter per family).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = Ipv4Addr> {
     config: RateLimit,
-    slots: HashMap<Ipv4Addr, Slot>,
+    slots: HashMap<K, Slot>,
 }
 
-impl RateLimiter {
+impl<K: Copy + Eq + std::hash::Hash> RateLimiter<K> {
     /// A limiter that has seen no packet yet.
     pub fn new(config: RateLimit) -> Self {
         RateLimiter {
@@ -71,7 +71,7 @@ impl RateLimiter {
     }
 
     /// Accounts one packet from `ip`.
-    pub fn check(&mut self, ip: Ipv4Addr, now: Instant) -> Verdict {
+    pub fn check(&mut self, ip: K, now: Instant) -> Verdict {
         let cfg = self.config;
         if !self.slots.contains_key(&ip) && self.slots.len() >= cfg.max_tracked {
             return Verdict::Allow;

@@ -9,10 +9,10 @@
 //! closest live candidates have all answered.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 
 use crate::dht::bep42;
-use crate::dht::id::{Contact, InfoHash, NodeId, compact_nodes};
+use crate::dht::id::{Contact, InfoHash, NodeAddr, NodeId, compact_nodes};
 use crate::dht::krpc::Token;
 use crate::dht::scrape::{ScrapeEstimate, ScrapeFilter};
 
@@ -27,10 +27,10 @@ pub const MAX_PEERS_TRACKED: usize = 4096;
 /// that is on the public internet, addresses no internet node can have (bogons, private,
 /// loopback, link-local, shared CGNAT space). On a LAN or a loopback test network the private
 /// ranges are where the other nodes live, so they are kept there.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CandidateFilter {
+#[derive(Debug, Clone, Copy)]
+pub struct CandidateFilter<A: NodeAddr = SocketAddrV4> {
     /// Addresses that are us: the bound one (when specific) and the voted external one.
-    pub own: [Option<SocketAddrV4>; 2],
+    pub own: [Option<A>; 2],
     /// Whether we are on the public internet (bound to, or voted, a global address).
     pub public: bool,
     /// At most one candidate per IP (libtorrent's `dht_restrict_search_ips`): a sybil that
@@ -39,19 +39,38 @@ pub struct CandidateFilter {
     pub one_per_ip: bool,
 }
 
-impl CandidateFilter {
-    /// Whether `addr` is worth a query.
-    pub fn accepts(&self, addr: SocketAddrV4) -> bool {
-        let ip = *addr.ip();
-        if addr.port() == 0 || self.own.contains(&Some(addr)) {
-            return false;
+impl<A: NodeAddr> Default for CandidateFilter<A> {
+    fn default() -> Self {
+        CandidateFilter {
+            own: [None; 2],
+            public: false,
+            one_per_ip: false,
         }
-        !(crate::dht::limits::is_bogon_source(ip) || self.public && !is_global(ip))
     }
 }
 
-/// Whether `ip` can be a node on the public internet (std's `is_global` is unstable).
-pub fn is_global(ip: Ipv4Addr) -> bool {
+impl<A: NodeAddr> CandidateFilter<A> {
+    /// Whether `addr` is worth a query.
+    pub fn accepts(&self, addr: A) -> bool {
+        let ip = addr.ip_addr();
+        if addr.port_number() == 0 || self.own.contains(&Some(addr)) {
+            return false;
+        }
+        !(crate::dht::limits::is_bogon(ip) || self.public && !is_global(ip))
+    }
+}
+
+/// Whether `ip` can be a node on the public internet (std's `is_global` is unstable). IPv6:
+/// global unicast (`2000::/3`) other than documentation; an IPv4-mapped address is judged as
+/// IPv4.
+pub fn is_global(ip: impl Into<IpAddr>) -> bool {
+    let ip = match ip.into().to_canonical() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => {
+            let s = ip.segments();
+            return s[0] & 0xe000 == 0x2000 && !crate::dht::limits::is_bogon(IpAddr::V6(ip));
+        }
+    };
     let o = ip.octets();
     !(crate::dht::limits::is_bogon_source(ip)
         || ip.is_private()
@@ -120,10 +139,10 @@ enum CandState {
 }
 
 #[derive(Debug, Clone)]
-struct Candidate {
+struct Candidate<A: NodeAddr = SocketAddrV4> {
     /// Unknown for bootstrap routers, which we reach by address only.
     id: Option<NodeId>,
-    addr: SocketAddrV4,
+    addr: A,
     distance: NodeId,
     state: CandState,
     token: Option<Token>,
@@ -131,19 +150,19 @@ struct Candidate {
 
 /// The parts of a get_peers/find_node reply a lookup uses.
 #[derive(Debug, Clone, Copy)]
-pub struct SearchReply<'a> {
+pub struct SearchReply<'a, A: NodeAddr = SocketAddrV4> {
     /// The replier's address (the candidate it answers for).
-    pub from: SocketAddrV4,
+    pub from: A,
     /// Whether the query had already passed its short timeout.
     pub was_slow: bool,
     /// The replier's node id.
     pub id: NodeId,
-    /// Raw compact node info.
+    /// Raw compact node info of the lookup's family (`nodes` or `nodes6`).
     pub nodes: &'a [u8],
     /// The replier's token, kept for an announce_peer or put to it.
     pub token: Option<Token>,
     /// Peers in a get_peers reply.
-    pub values: &'a [SocketAddrV4],
+    pub values: &'a [A],
     /// BEP 33 `BFsd` and `BFpe`, when the reply carried both.
     pub scrape: Option<(&'a ScrapeFilter, &'a ScrapeFilter)>,
 }
@@ -169,7 +188,7 @@ pub enum Phase {
 
 /// One iterative search.
 #[derive(Debug)]
-pub struct Lookup {
+pub struct Lookup<A: NodeAddr = SocketAddrV4> {
     /// The id (node id, infohash or item target) whose closest nodes are searched.
     pub target: NodeId,
     /// What the lookup is for.
@@ -177,34 +196,34 @@ pub struct Lookup {
     own_id: NodeId,
     alpha: usize,
     k: usize,
-    candidates: Vec<Candidate>,
+    candidates: Vec<Candidate<A>>,
     in_flight: usize,
     phase: Phase,
-    peers_seen: HashSet<SocketAddrV4>,
+    peers_seen: HashSet<A>,
     announces_pending: usize,
     /// Token holders next in line after the K chosen, closest first: a failed announce
     /// (timeout, error, unsendable) passes its slot to the next of them, so a node that
     /// takes a token and swallows the announce (a sybil, a node that just left) does not
     /// cost the peer one of its K storing nodes.
-    spare: std::collections::VecDeque<(SocketAddrV4, NodeId, Token)>,
+    spare: std::collections::VecDeque<(A, NodeId, Token)>,
     /// Announces to send in place of failed ones (see `spare`).
-    retry: Vec<(SocketAddrV4, NodeId, Token)>,
+    retry: Vec<(A, NodeId, Token)>,
     /// Nodes whose announce timed out once and was sent again.
-    resent: Vec<SocketAddrV4>,
+    resent: Vec<A>,
     /// Announces acknowledged by the storing nodes.
     pub announced: usize,
     /// Queries sent (find_node/get_peers and announce_peer).
     pub messages: u32,
     /// Replies received.
     pub replies: u32,
-    filter: CandidateFilter,
+    filter: CandidateFilter<A>,
     /// `nodes` entries dropped as junk by the filter.
     pub junk_dropped: u32,
     /// A scrape lookup's union of the filters replies carried.
     pub scrape: Option<ScrapeEstimate>,
 }
 
-impl Lookup {
+impl<A: NodeAddr> Lookup<A> {
     /// A lookup with no candidates yet, keeping `alpha` queries in flight and finishing on
     /// the `k` closest that answer (both at least 1).
     pub fn new(target: NodeId, kind: LookupKind, own_id: NodeId, alpha: usize, k: usize) -> Self {
@@ -232,7 +251,7 @@ impl Lookup {
     }
 
     /// Sets which `nodes` entries of replies are junk (by default only port 0).
-    pub fn set_filter(&mut self, filter: CandidateFilter) {
+    pub fn set_filter(&mut self, filter: CandidateFilter<A>) {
         self.filter = filter;
     }
 
@@ -242,7 +261,7 @@ impl Lookup {
     }
 
     /// Adds a contact we may query. Our own id is never a candidate.
-    pub fn add_candidate(&mut self, contact: Contact) {
+    pub fn add_candidate(&mut self, contact: Contact<A>) {
         if contact.id == self.own_id {
             return;
         }
@@ -250,7 +269,7 @@ impl Lookup {
         if self.candidates.iter().any(|c| {
             c.id == Some(contact.id)
                 || c.addr == contact.addr
-                || (one_per_ip && c.addr.ip() == contact.addr.ip())
+                || (one_per_ip && c.addr.host() == contact.addr.host())
         }) {
             return;
         }
@@ -277,7 +296,7 @@ impl Lookup {
 
     /// Adds an entry point known only by address (a bootstrap router). It sorts last, so it
     /// is used only while nothing better is known.
-    pub fn add_router(&mut self, addr: SocketAddrV4) {
+    pub fn add_router(&mut self, addr: A) {
         if self.candidates.iter().any(|c| c.addr == addr) || self.candidates.len() >= MAX_CANDIDATES
         {
             return;
@@ -296,7 +315,7 @@ impl Lookup {
         !self.candidates.is_empty()
     }
 
-    fn find(&mut self, addr: SocketAddrV4) -> Option<&mut Candidate> {
+    fn find(&mut self, addr: A) -> Option<&mut Candidate<A>> {
         self.candidates.iter_mut().find(|c| c.addr == addr)
     }
 
@@ -312,7 +331,7 @@ impl Lookup {
 
     /// The next queries to send, as (address, expected id; `None` for a router); each is
     /// marked in flight. At most α are in flight, all among the closest live candidates.
-    pub fn next_queries(&mut self, out: &mut Vec<(SocketAddrV4, Option<NodeId>)>) {
+    pub fn next_queries(&mut self, out: &mut Vec<(A, Option<NodeId>)>) {
         out.clear();
         if self.phase != Phase::Searching {
             return;
@@ -362,7 +381,7 @@ impl Lookup {
 
     /// A reply to a search query: its `nodes` become candidates and its `values` are
     /// returned, minus those already reported, in `new_peers`.
-    pub fn on_reply(&mut self, reply: &SearchReply<'_>, new_peers: &mut Vec<SocketAddrV4>) {
+    pub fn on_reply(&mut self, reply: &SearchReply<'_, A>, new_peers: &mut Vec<A>) {
         if !reply.was_slow {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
@@ -395,7 +414,7 @@ impl Lookup {
     }
 
     /// The short timeout of a query passed: free its slot.
-    pub fn on_slow(&mut self, addr: SocketAddrV4) {
+    pub fn on_slow(&mut self, addr: A) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(c) = self.find(addr).filter(|c| c.state == CandState::InFlight) {
             c.state = CandState::Slow;
@@ -403,7 +422,7 @@ impl Lookup {
     }
 
     /// A query failed (hard timeout, error reply or unsendable).
-    pub fn on_failure(&mut self, addr: SocketAddrV4, was_slow: bool) {
+    pub fn on_failure(&mut self, addr: A, was_slow: bool) {
         if !was_slow {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
@@ -415,7 +434,7 @@ impl Lookup {
     /// Advances the phase after events: returns the announce targets when the search just
     /// finished and this is an announce lookup (the caller sends them and reports each
     /// answer with [`Lookup::on_announce_result`]).
-    pub fn advance(&mut self, announce_to: &mut Vec<(SocketAddrV4, NodeId, Token)>) {
+    pub fn advance(&mut self, announce_to: &mut Vec<(A, NodeId, Token)>) {
         announce_to.clear();
         if self.phase == Phase::Announcing {
             // Replacements for failed announces.
@@ -432,13 +451,13 @@ impl Lookup {
             // ids, and other clients search the truly closest nodes, so skipping them would
             // park our announce where nobody looks. BEP 42 validity only breaks ties in
             // distance (which, ids being distinct, only equal ids could produce).
-            let mut chosen: Vec<(NodeId, bool, SocketAddrV4, NodeId, Token)> = self
+            let mut chosen: Vec<(NodeId, bool, A, NodeId, Token)> = self
                 .candidates
                 .iter()
                 .filter(|c| c.state == CandState::Responded)
                 .filter_map(|c| {
                     let (id, token) = (c.id?, c.token?);
-                    let valid = bep42::is_valid(&id, *c.addr.ip());
+                    let valid = bep42::is_valid(&id, c.addr.ip_addr());
                     Some((c.distance, !valid, c.addr, id, token))
                 })
                 .collect();
@@ -482,7 +501,7 @@ impl Lookup {
     /// An announce to `addr` timed out. The first time, it is sent again to the same node: a
     /// lost datagram must not move the peer off one of the K closest nodes (the spares are
     /// farther). A second timeout passes the slot on like any failure.
-    pub fn on_announce_timeout(&mut self, addr: SocketAddrV4) {
+    pub fn on_announce_timeout(&mut self, addr: A) {
         if self.phase == Phase::Announcing
             && !self.resent.contains(&addr)
             && let Some((id, token)) = self
@@ -514,7 +533,7 @@ impl Lookup {
     }
 
     /// The K closest candidates that answered, closest first.
-    pub fn closest_responders(&self) -> Vec<Contact> {
+    pub fn closest_responders(&self) -> Vec<Contact<A>> {
         self.candidates
             .iter()
             .filter(|c| c.state == CandState::Responded)
@@ -1056,7 +1075,7 @@ mod tests {
     #[test]
     fn a_get_peers_lookup_knows_its_info_hash() {
         let ih = InfoHash([0x5a; 20]);
-        let l = Lookup::new(
+        let l: Lookup = Lookup::new(
             ih.to_node_id(),
             LookupKind::GetPeers,
             NodeId([0xee; 20]),

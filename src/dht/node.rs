@@ -11,7 +11,7 @@
 //! allow-list.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -55,7 +55,7 @@ pub struct Config {
     /// The address our socket is bound to (the driver sets it): `nodes` entries at our own
     /// address are never queried, and a node bound to a global address drops candidates
     /// that no internet node can have (private, loopback, bogons).
-    pub local_addr: Option<SocketAddrV4>,
+    pub local_addr: Option<SocketAddr>,
     /// Routing table settings (bucket size, replacements, subnet and BEP 42 rules).
     pub routing: RoutingConfig,
     /// Peer store bounds for the announces we receive.
@@ -174,7 +174,7 @@ pub enum PingError {
 
 /// Results for the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<A: NodeAddr = SocketAddrV4> {
     /// The answer to a [`Node::ping`] (or a [`Node::query`] with [`DirectQuery::Ping`]).
     Pong {
         /// The id the ping was started with.
@@ -197,16 +197,16 @@ pub enum Event {
         /// The infohash asked about or announced.
         info_hash: InfoHash,
         /// The querier's address.
-        from: SocketAddrV4,
+        from: A,
         /// The announced peer: the querier's IP with the announced (or implied) port.
-        peer: Option<SocketAddrV4>,
+        peer: Option<A>,
     },
     /// Peers found by a get_peers/announce lookup, each reported once per lookup.
     Peers {
         /// The lookup that found them.
         lookup: LookupId,
         /// Peers from one reply's `values` that this lookup had not reported yet.
-        peers: Vec<SocketAddrV4>,
+        peers: Vec<A>,
     },
     /// The result of an item lookup ([`Node::get_item`], [`Node::put_item`]), emitted just
     /// before its [`Event::LookupDone`].
@@ -222,7 +222,7 @@ pub enum Event {
         /// The lookup that ended.
         lookup: LookupId,
         /// The K closest nodes that answered.
-        closest: Vec<Contact>,
+        closest: Vec<Contact<A>>,
         /// announce_peer acknowledgements (announce lookups), or nodes that stored the item
         /// (put lookups).
         announced: usize,
@@ -345,7 +345,7 @@ pub struct Stats {
     /// IPs currently banned by the rate limiter.
     pub banned_ips: usize,
     /// Our external IP as voted by repliers (BEP 42).
-    pub external_ip: Option<std::net::Ipv4Addr>,
+    pub external_ip: Option<std::net::IpAddr>,
     /// Valid announces not stored (only a store configured to hold nothing refuses).
     pub announces_refused: u64,
     /// Infohashes the full peer store evicted to take a new announce.
@@ -397,11 +397,11 @@ enum Owner {
     Refresh,
 }
 
-struct LookupSlot {
-    lookup: Lookup,
+struct LookupSlot<A: NodeAddr = SocketAddrV4> {
+    lookup: Lookup<A>,
     owner: Owner,
     /// The BEP 44 side of a get/put item lookup.
-    item: Option<Box<ItemSlot>>,
+    item: Option<Box<ItemSlot<A>>>,
     /// When the lookup ends at the latest ([`LOOKUP_DEADLINE`] after it started).
     deadline: Instant,
 }
@@ -419,13 +419,13 @@ pub struct Overdue {
 
 /// Queues one datagram through the allow-list and (for replies) the quota, counting what
 /// happened: every datagram the node sends passes here.
-fn emit(
-    outbox: &mut Outbox,
+fn emit<A: NodeAddr>(
+    outbox: &mut Outbox<A>,
     stats: &mut Stats,
     allow: &AllowList,
     quota: Option<&mut ByteQuota>,
     now: Instant,
-    to: SocketAddrV4,
+    to: A,
     encode: impl FnOnce(&mut Vec<u8>),
 ) -> bool {
     match outbox.emit(allow, quota, now, to, encode) {
@@ -446,24 +446,24 @@ fn emit(
 }
 
 /// The DHT node core.
-pub struct Node {
+pub struct Node<A: NodeAddr = SocketAddrV4> {
     id: NodeId,
     config: Config,
     rng: StdRng,
-    table: RoutingTable,
-    txns: Transactions<Purpose>,
+    table: RoutingTable<A>,
+    txns: Transactions<Purpose, A>,
     tokens: TokenSecrets,
-    store: PeerStore,
+    store: PeerStore<A>,
     /// BEP 44 items (served by `bep44.rs`).
     items: ItemStore,
-    lookups: HashMap<LookupId, LookupSlot>,
+    lookups: HashMap<LookupId, LookupSlot<A>>,
     next_lookup: u64,
     next_request: u64,
     /// Addresses with a verification ping outstanding, so one querier gets one ping.
-    verifying: HashSet<SocketAddrV4>,
+    verifying: HashSet<A>,
     /// Persisted or PORT-learned contacts waiting for a verification ping (paced).
-    to_verify: VecDeque<SocketAddrV4>,
-    routers: Vec<SocketAddrV4>,
+    to_verify: VecDeque<A>,
+    routers: Vec<A>,
     bootstrap_running: bool,
     bootstrap_next: Option<Instant>,
     bootstrap_backoff: Duration,
@@ -472,23 +472,23 @@ pub struct Node {
     next_verify: Instant,
     next_refresh_check: Instant,
     next_sweep: Instant,
-    outbox: Outbox,
-    events: VecDeque<Event>,
-    limiter: Option<RateLimiter>,
+    outbox: Outbox<A>,
+    events: VecDeque<Event<A>>,
+    limiter: Option<RateLimiter<A::Ip>>,
     quota: Option<ByteQuota>,
-    voter: IpVoter,
+    voter: IpVoter<A::Ip>,
     stats: Stats,
     // Scratch buffers reused across packets.
-    scratch_contacts: Vec<Contact>,
+    scratch_contacts: Vec<Contact<A>>,
     scratch_nodes: Vec<u8>,
-    scratch_values: Vec<SocketAddrV4>,
+    scratch_values: Vec<A>,
     scratch_samples: Vec<u8>,
     /// BEP 33 filters (seeds, downloaders) of the scrape being answered; boxed, 512 bytes.
     scratch_scrape: Box<(ScrapeFilter, ScrapeFilter)>,
-    scratch_queries: Vec<(SocketAddrV4, Option<NodeId>)>,
-    scratch_announce: Vec<(SocketAddrV4, NodeId, Token)>,
-    scratch_failed: Vec<Pending<Purpose>>,
-    scratch_slow: Vec<Pending<Purpose>>,
+    scratch_queries: Vec<(A, Option<NodeId>)>,
+    scratch_announce: Vec<(A, NodeId, Token)>,
+    scratch_failed: Vec<Pending<Purpose, A>>,
+    scratch_slow: Vec<Pending<Purpose, A>>,
 }
 
 /// Contacts paced per timer tick when re-verifying persisted contacts.
@@ -517,8 +517,24 @@ const IP_VOTE_MIN: usize = 5;
 const MAX_SAMPLES: usize = 20;
 
 impl Node {
-    /// Creates a node. Nothing is sent until [`Node::bootstrap`], a command, or a datagram.
+    /// Creates a node of the IPv4 DHT. Nothing is sent until [`Node::bootstrap`], a command,
+    /// or a datagram.
     pub fn new(config: Config, now: Instant) -> Self {
+        Node::of_family(config, now)
+    }
+}
+
+impl Node<SocketAddrV6> {
+    /// Creates a node of the IPv6 DHT (BEP 32): its own table, id, peer store and tokens,
+    /// answering on an IPv6 socket.
+    pub fn new_v6(config: Config, now: Instant) -> Self {
+        Node::of_family(config, now)
+    }
+}
+
+impl<A: NodeAddr> Node<A> {
+    /// Creates a node of `A`'s family ([`Node::new`] and [`Node::new_v6`] name the two).
+    pub fn of_family(config: Config, now: Instant) -> Self {
         let mut rng = match config.seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => rand::make_rng(),
@@ -580,12 +596,12 @@ impl Node {
     }
 
     /// The routing table.
-    pub fn table(&self) -> &RoutingTable {
+    pub fn table(&self) -> &RoutingTable<A> {
         &self.table
     }
 
     /// The peers announced to us, by infohash.
-    pub fn store(&self) -> &PeerStore {
+    pub fn store(&self) -> &PeerStore<A> {
         &self.store
     }
 
@@ -622,7 +638,7 @@ impl Node {
             banned_ips: self.limiter.as_ref().map_or(0, |l| l.banned(now)),
             valid_id_nodes: self.table.entries().filter(|e| e.valid_id).count(),
             infohashes_evicted: self.store.evicted(),
-            external_ip: self.voter.external_ip(),
+            external_ip: self.voter.external_ip().map(Into::into),
             ..self.stats.clone()
         }
     }
@@ -636,7 +652,7 @@ impl Node {
 
     /// Hands every queued datagram to `f`, in order (for batched sends: the driver copies
     /// them into one `sendmmsg`).
-    pub fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
+    pub fn drain_transmits(&mut self, f: impl FnMut(A, &[u8])) {
         self.outbox.drain_all(f);
     }
 
@@ -646,7 +662,7 @@ impl Node {
     }
 
     /// The next event for the application.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
         self.events.pop_front()
     }
 
@@ -674,7 +690,7 @@ impl Node {
     }
 
     /// Encodes one query datagram into the outbox (replies use [`emit`] directly).
-    fn queue(&mut self, now: Instant, to: SocketAddrV4, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+    fn queue(&mut self, now: Instant, to: A, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
         let Node {
             outbox,
             stats,
@@ -688,12 +704,12 @@ impl Node {
     fn send_query(
         &mut self,
         now: Instant,
-        to: SocketAddrV4,
+        to: A,
         expected_id: Option<NodeId>,
         args: QueryArgs<'_>,
         purpose: Purpose,
     ) -> bool {
-        if !self.config.allow.allows(SocketAddr::V4(to)) {
+        if !self.config.allow.allows(to.into()) {
             self.stats.dropped_not_allowed += 1;
             return false;
         }
@@ -719,7 +735,7 @@ impl Node {
 
     /// Sets the bootstrap routers and starts joining the network. While the table stays
     /// empty the join is retried with exponential backoff (2 s doubling to 5 min).
-    pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddrV4]) {
+    pub fn bootstrap(&mut self, now: Instant, routers: &[A]) {
         self.routers = routers.to_vec();
         self.start_bootstrap(now);
     }
@@ -739,7 +755,7 @@ impl Node {
 
     /// Adds known contacts (e.g. persisted ones). They are pinged, paced, and enter the
     /// table when they answer.
-    pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = SocketAddrV4>) {
+    pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = A>) {
         self.next_verify = self.next_verify.min(now);
         let mut added = false;
         for c in contacts {
@@ -759,18 +775,18 @@ impl Node {
 
     /// Whether `addr` is one of the bootstrap routers. Matched on the whole address: on a
     /// loopback testnet many nodes share one IP.
-    fn is_router(&self, addr: SocketAddrV4) -> bool {
+    fn is_router(&self, addr: A) -> bool {
         self.routers.contains(&addr)
     }
 
     /// Pings `addr`; the answer arrives as [`Event::Pong`].
-    pub fn ping(&mut self, now: Instant, addr: SocketAddrV4) -> RequestId {
+    pub fn ping(&mut self, now: Instant, addr: A) -> RequestId {
         self.query(now, addr, DirectQuery::Ping)
     }
 
     /// Sends one query to `addr`; a ping is answered by [`Event::Pong`], anything else by
     /// [`Event::Reply`] with the node's whole response (e.g. BEP 51 samples for a crawler).
-    pub fn query(&mut self, now: Instant, addr: SocketAddrV4, q: DirectQuery) -> RequestId {
+    pub fn query(&mut self, now: Instant, addr: A, q: DirectQuery) -> RequestId {
         let request = RequestId(self.next_request);
         self.next_request += 1;
         let is_ping = q == DirectQuery::Ping;
@@ -784,7 +800,7 @@ impl Node {
             },
             DirectQuery::SampleInfohashes(t) => QueryArgs::SampleInfohashes { target: t },
         };
-        let error = if !self.config.allow.allows(SocketAddr::V4(addr)) {
+        let error = if !self.config.allow.allows(addr.into()) {
             self.stats.dropped_not_allowed += 1;
             Some(PingError::NotAllowed)
         } else if !self.send_query(now, addr, None, args, Purpose::Direct(request, is_ping)) {
@@ -850,7 +866,7 @@ impl Node {
         self.user_lookup(now, info_hash.to_node_id(), LookupKind::Scrape)
     }
 
-    fn new_lookup(&self, target: NodeId, kind: LookupKind) -> Lookup {
+    fn new_lookup(&self, target: NodeId, kind: LookupKind) -> Lookup<A> {
         let mut lookup = Lookup::new(
             target,
             kind,
@@ -864,13 +880,18 @@ impl Node {
 
     /// What counts as junk in `nodes` replies now: our bound and voted addresses are us, and
     /// once we know we are on the internet, non-global addresses cannot be nodes for us.
-    fn candidate_filter(&self) -> CandidateFilter {
-        let local = self.config.local_addr.filter(|a| !a.ip().is_unspecified());
+    fn candidate_filter(&self) -> CandidateFilter<A> {
+        let local = self
+            .config
+            .local_addr
+            .and_then(A::from_socket)
+            .filter(|a| !a.ip_addr().is_unspecified());
         let external = self.voter.external_ip();
         let port = self.config.local_addr.map_or(0, |a| a.port());
         CandidateFilter {
-            own: [local, external.map(|ip| SocketAddrV4::new(ip, port))],
-            public: local.is_some_and(|a| is_global(*a.ip())) || external.is_some_and(is_global),
+            own: [local, external.map(|ip| A::from_parts(ip, port))],
+            public: local.is_some_and(|a| is_global(a.ip_addr()))
+                || external.is_some_and(is_global),
             one_per_ip: self.config.restrict_search_ips,
         }
     }
@@ -883,9 +904,9 @@ impl Node {
     fn start_lookup(
         &mut self,
         now: Instant,
-        mut lookup: Lookup,
+        mut lookup: Lookup<A>,
         owner: Owner,
-        item: Option<Box<ItemSlot>>,
+        item: Option<Box<ItemSlot<A>>>,
     ) -> LookupId {
         let id = LookupId(self.next_lookup);
         self.next_lookup += 1;
@@ -975,7 +996,7 @@ impl Node {
         id: LookupId,
         target: NodeId,
         kind: LookupKind,
-        queries: &[(SocketAddrV4, Option<NodeId>)],
+        queries: &[(A, Option<NodeId>)],
     ) -> bool {
         let mut unsent = false;
         // A get_peers lookup's target is the info hash it searches (BEP 5).
@@ -1017,7 +1038,7 @@ impl Node {
         id: LookupId,
         target: NodeId,
         kind: LookupKind,
-        announce: &mut Vec<(SocketAddrV4, NodeId, Token)>,
+        announce: &mut Vec<(A, NodeId, Token)>,
     ) {
         if kind == LookupKind::PutItem {
             self.send_puts(now, id, announce);
@@ -1121,7 +1142,7 @@ impl Node {
                         from,
                         msg.tid.as_slice(),
                         r,
-                        msg.ip.and_then(SocketAddrV4::from_socket),
+                        msg.ip.and_then(A::from_socket),
                     );
                 }
                 Body::Error(e) => {
@@ -1144,7 +1165,7 @@ impl Node {
         }
     }
 
-    fn send_error(&mut self, now: Instant, to: SocketAddrV4, tid: &[u8], code: i64, message: &str) {
+    fn send_error(&mut self, now: Instant, to: A, tid: &[u8], code: i64, message: &str) {
         if self.config.read_only {
             return;
         }
@@ -1168,7 +1189,7 @@ impl Node {
         }
     }
 
-    fn handle_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query, ro: bool) {
+    fn handle_query(&mut self, now: Instant, from: A, tid: &[u8], q: Query, ro: bool) {
         if q.id == self.id {
             // Our own id from elsewhere: a reflection or an impostor.
             self.stats.dropped_other += 1;
@@ -1186,7 +1207,7 @@ impl Node {
         }
     }
 
-    fn answer_query(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], q: Query) {
+    fn answer_query(&mut self, now: Instant, from: A, tid: &[u8], q: Query) {
         let method = match q.method {
             // BEP 44 replies have their own shape; see bep44.rs.
             Method::Get { target, seq } => return self.answer_get(now, from, tid, target, seq),
@@ -1201,9 +1222,9 @@ impl Node {
         let mut samples = std::mem::take(&mut self.scratch_samples);
         let token;
         nodes.clear();
-        let closest = |table: &RoutingTable,
+        let closest = |table: &RoutingTable<A>,
                        target: &NodeId,
-                       contacts: &mut Vec<Contact>,
+                       contacts: &mut Vec<Contact<A>>,
                        nodes: &mut Vec<u8>| {
             table.closest(target, k, contacts);
             for c in contacts.iter() {
@@ -1230,7 +1251,7 @@ impl Node {
                 );
                 body.nodes = Some(&nodes);
                 self.tokens.maybe_rotate(now, &mut self.rng);
-                token = self.tokens.make(*from.ip());
+                token = self.tokens.make(from.host());
                 // BEP 5: a get_peers reply always carries a token. A full store makes room
                 // for the announce by evicting its least-announced infohash.
                 body.token = Some(token.as_slice());
@@ -1252,7 +1273,7 @@ impl Node {
                         &mut self.rng,
                         &mut values,
                     );
-                    body.values = &values;
+                    A::set_values(&mut body, &values);
                 }
                 if self.config.report_incoming {
                     self.events.push_back(Event::Incoming {
@@ -1270,7 +1291,7 @@ impl Node {
                 seed,
             } => {
                 self.tokens.maybe_rotate(now, &mut self.rng);
-                if !self.tokens.verify(*from.ip(), token.as_slice()) {
+                if !self.tokens.verify(from.host(), token.as_slice()) {
                     self.stats.bad_tokens += 1;
                     self.scratch_contacts = contacts;
                     self.scratch_nodes = nodes;
@@ -1279,8 +1300,12 @@ impl Node {
                     self.send_error(now, from, tid, ERR_PROTOCOL, "bad token");
                     return;
                 }
-                let port = if implied_port { from.port() } else { port };
-                let peer = SocketAddrV4::new(*from.ip(), port);
+                let port = if implied_port {
+                    from.port_number()
+                } else {
+                    port
+                };
+                let peer = from.with_port(port);
                 if self
                     .store
                     .announce(info_hash, peer, seed, now, &mut self.rng)
@@ -1333,12 +1358,7 @@ impl Node {
 
     /// Counts a replier's view of our address; when the majority settles on a public IP our
     /// id is not valid for, switches to a BEP 42 id for it.
-    fn vote_external_ip(
-        &mut self,
-        now: Instant,
-        voter: std::net::Ipv4Addr,
-        seen_as: std::net::Ipv4Addr,
-    ) {
+    fn vote_external_ip(&mut self, now: Instant, voter: A::Ip, seen_as: A::Ip) {
         let Some(ip) = self.voter.vote(voter, seen_as) else {
             return;
         };
@@ -1368,11 +1388,11 @@ impl Node {
 
     /// Pings an unknown querier when it could get a table slot: a claimed id becomes a
     /// table entry only once the node answers a query of ours.
-    fn maybe_verify(&mut self, now: Instant, contact: Contact) {
+    fn maybe_verify(&mut self, now: Instant, contact: Contact<A>) {
         if self.verifying.len() >= MAX_VERIFYING
             || self.verifying.contains(&contact.addr)
             || !self.table.would_accept(&contact, now)
-            || !self.config.allow.allows(SocketAddr::V4(contact.addr))
+            || !self.config.allow.allows(contact.addr.into())
         {
             return;
         }
@@ -1390,10 +1410,10 @@ impl Node {
     fn handle_response(
         &mut self,
         now: Instant,
-        from: SocketAddrV4,
+        from: A,
         tid: &[u8],
         r: Response,
-        seen_as: Option<SocketAddrV4>,
+        seen_as: Option<A>,
     ) {
         let pending = match self.txns.take(tid, from, Some(&r.id)) {
             Ok(Matched::Expected(p)) if r.id != self.id => p,
@@ -1416,7 +1436,7 @@ impl Node {
         };
         self.stats.queries_ended += 1;
         if let Some(seen_as) = seen_as {
-            self.vote_external_ip(now, *from.ip(), *seen_as.ip());
+            self.vote_external_ip(now, from.host(), seen_as.host());
         }
         // BEP 5: bootstrap routers are for joining only. They answer everyone and store
         // nothing, so in our table (and so in our replies) they would take a slot from a
@@ -1446,9 +1466,9 @@ impl Node {
                     from: pending.addr,
                     was_slow: pending.slow,
                     id: r.id,
-                    nodes: r.nodes.as_deref().unwrap_or(&[]),
+                    nodes: A::nodes_in(&r).unwrap_or(&[]),
                     token: r.token,
-                    values: &r.values,
+                    values: A::values_in(&r),
                     scrape: r.bf_seeds.as_deref().zip(r.bf_peers.as_deref()),
                 };
                 let junk_before = slot.lookup.junk_dropped;
@@ -1478,14 +1498,7 @@ impl Node {
         }
     }
 
-    fn handle_error(
-        &mut self,
-        now: Instant,
-        from: SocketAddrV4,
-        tid: &[u8],
-        code: i64,
-        msg: String,
-    ) {
+    fn handle_error(&mut self, now: Instant, from: A, tid: &[u8], code: i64, msg: String) {
         let Ok(m) = self.txns.take(tid, from, None) else {
             self.stats.dropped_unmatched += 1;
             return;
@@ -1496,7 +1509,7 @@ impl Node {
 
     /// Ends a query that failed (error reply, wrong-id reply, hard timeout): the one place
     /// that tells whoever waits on it, so every failure path frees the same state.
-    fn query_failed(&mut self, now: Instant, p: Pending<Purpose>, why: PingError) {
+    fn query_failed(&mut self, now: Instant, p: Pending<Purpose, A>, why: PingError) {
         self.stats.queries_ended += 1;
         match p.data {
             Purpose::Direct(request, is_ping) => self.direct_result(request, is_ping, Err(why)),
@@ -1654,7 +1667,7 @@ impl Node {
     }
 
     /// Contacts worth persisting: table entries first, then replacements.
-    pub fn contacts(&self) -> Vec<Contact> {
+    pub fn contacts(&self) -> Vec<Contact<A>> {
         self.table.all_contacts()
     }
 

@@ -9,12 +9,13 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use crate::dht::allow::AllowList;
+use crate::dht::id::NodeAddr;
 use crate::dht::limits::ByteQuota;
 
 /// One datagram to send, borrowed from its core until the next call.
 #[derive(Debug)]
 pub struct Transmit<'a> {
-    /// The destination (always an IPv4 address).
+    /// The destination (of the core's address family).
     pub to: SocketAddr,
     /// The encoded KRPC message.
     pub payload: &'a [u8],
@@ -32,23 +33,32 @@ pub enum Emitted {
 }
 
 /// Datagrams waiting to be sent.
-#[derive(Debug, Default)]
-pub struct Outbox {
+#[derive(Debug)]
+pub struct Outbox<A = SocketAddrV4> {
     bytes: Vec<u8>,
-    queue: VecDeque<(SocketAddrV4, usize, usize)>,
+    queue: VecDeque<(A, usize, usize)>,
 }
 
-impl Outbox {
+impl<A> Default for Outbox<A> {
+    fn default() -> Self {
+        Outbox {
+            bytes: Vec::new(),
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<A: NodeAddr> Outbox<A> {
     /// Encodes one datagram to `to` through the allow-list and, when given, the quota.
     pub fn emit(
         &mut self,
         allow: &AllowList,
         quota: Option<&mut ByteQuota>,
         now: Instant,
-        to: SocketAddrV4,
+        to: A,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Emitted {
-        if !allow.allows(SocketAddr::V4(to)) {
+        if !allow.allows(to.into()) {
             return Emitted::NotAllowed;
         }
         if self.queue.is_empty() {
@@ -74,13 +84,13 @@ impl Outbox {
             return None;
         };
         Some(Transmit {
-            to: SocketAddr::V4(to),
+            to: to.into(),
             payload: &self.bytes[start..start + len],
         })
     }
 
     /// Every waiting datagram at once (for batched sends), then empties the outbox.
-    pub fn drain_all(&mut self, mut f: impl FnMut(SocketAddrV4, &[u8])) {
+    pub fn drain_all(&mut self, mut f: impl FnMut(A, &[u8])) {
         for &(to, start, len) in &self.queue {
             f(to, &self.bytes[start..start + len]);
         }

@@ -10,13 +10,13 @@
 //! entry is created by remote parties; peers expire unless re-announced.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
 use sha1::{Digest, Sha1};
 
-use crate::dht::id::InfoHash;
+use crate::dht::id::{InfoHash, NodeAddr};
 use crate::dht::krpc::Token;
 use crate::dht::scrape::ScrapeFilter;
 
@@ -67,21 +67,27 @@ impl TokenSecrets {
         self.rotated_at + TOKEN_ROTATION
     }
 
-    fn token_with(secret: &[u8; 16], ip: Ipv4Addr) -> Token {
+    fn token_with(secret: &[u8; 16], ip: IpAddr) -> Token {
         let mut h = Sha1::new();
-        h.update(ip.octets());
+        // The address's own bytes: 4 for IPv4 (an IPv4-mapped IPv6 address is IPv4), 16 for
+        // IPv6, so a token is bound to the querier's address in its family (BEP 32).
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => h.update(v4.octets()),
+            IpAddr::V6(v6) => h.update(v6.octets()),
+        }
         h.update(secret);
         let digest = h.finalize();
         Token::new(&digest[..TOKEN_LEN]).expect("token fits")
     }
 
     /// The token we hand to `ip` now.
-    pub fn make(&self, ip: Ipv4Addr) -> Token {
-        Self::token_with(&self.current, ip)
+    pub fn make(&self, ip: impl Into<IpAddr>) -> Token {
+        Self::token_with(&self.current, ip.into())
     }
 
     /// Whether `token` was issued to `ip` under the current or previous secret.
-    pub fn verify(&self, ip: Ipv4Addr, token: &[u8]) -> bool {
+    pub fn verify(&self, ip: impl Into<IpAddr>, token: &[u8]) -> bool {
+        let ip = ip.into();
         token == Self::token_with(&self.current, ip).as_slice()
             || token == Self::token_with(&self.previous, ip).as_slice()
     }
@@ -122,20 +128,21 @@ fn expiry(stamp: u32) -> u32 {
 }
 
 #[derive(Debug)]
-struct Swarm {
+struct Swarm<A> {
     /// Peers with their stamp: the expiry in whole seconds since the store's epoch and the
     /// [`SEED`] bit; 12 bytes a peer instead of 24 with an `Instant`, which halves the
     /// memory of a full store.
-    peers: Vec<(SocketAddrV4, u32)>,
+    peers: Vec<(A, u32)>,
     /// Position of this infohash in `PeerStore::keys` (for O(1) random sampling).
     key_index: usize,
 }
 
-/// Announced peers by infohash.
+/// Announced peers by infohash (of one address family: BEP 32 keeps the IPv4 and IPv6 DHTs'
+/// peers apart).
 #[derive(Debug)]
-pub struct PeerStore {
+pub struct PeerStore<A = SocketAddrV4> {
     config: StoreConfig,
-    swarms: HashMap<InfoHash, Swarm>,
+    swarms: HashMap<InfoHash, Swarm<A>>,
     /// The keys of `swarms`, so BEP 51 can sample infohashes uniformly.
     keys: Vec<InfoHash>,
     total_peers: usize,
@@ -147,7 +154,7 @@ pub struct PeerStore {
     evicted: u64,
 }
 
-impl PeerStore {
+impl<A: NodeAddr> PeerStore<A> {
     /// An empty store with these limits.
     pub fn new(config: StoreConfig) -> Self {
         PeerStore {
@@ -218,7 +225,7 @@ impl PeerStore {
     pub fn announce<R: Rng + ?Sized>(
         &mut self,
         info_hash: InfoHash,
-        peer: SocketAddrV4,
+        peer: A,
         seed: bool,
         now: Instant,
         rng: &mut R,
@@ -315,7 +322,7 @@ impl PeerStore {
         noseed: bool,
         now: Instant,
         rng: &mut R,
-        out: &mut Vec<SocketAddrV4>,
+        out: &mut Vec<A>,
     ) {
         out.clear();
         let now = self.secs(now);
@@ -357,7 +364,7 @@ impl PeerStore {
                 } else {
                     &mut *downloaders
                 };
-                f.insert(IpAddr::V4(*addr.ip()));
+                f.insert(addr.ip_addr());
             }
         }
         true
@@ -396,9 +403,7 @@ impl PeerStore {
     }
 
     /// Every infohash and peer (for tools and persistence).
-    pub fn iter(
-        &self,
-    ) -> impl Iterator<Item = (&InfoHash, impl Iterator<Item = SocketAddrV4> + '_)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&InfoHash, impl Iterator<Item = A> + '_)> {
         self.swarms
             .iter()
             .map(|(k, s)| (k, s.peers.iter().map(|(a, _)| *a)))
@@ -410,6 +415,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     #[test]
     fn tokens_are_per_ip_and_live_5_to_10_minutes() {

@@ -12,13 +12,13 @@
 //!   repeatedly is swapped for the freshest replacement.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
 use crate::dht::bep42;
-use crate::dht::id::{Contact, ID_LEN, NodeId};
+use crate::dht::id::{Contact, ID_LEN, NodeAddr, NodeId};
 
 /// BEP 5 bucket size.
 pub const K: usize = 8;
@@ -70,9 +70,9 @@ pub enum NodeStatus {
 
 /// One routing table entry.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub struct Entry<A: NodeAddr = SocketAddrV4> {
     /// The node's id and address.
-    pub contact: Contact,
+    pub contact: Contact<A>,
     /// When it last answered one of our queries.
     pub last_response: Instant,
     /// When it last sent us a query.
@@ -85,15 +85,15 @@ pub struct Entry {
     pub valid_id: bool,
 }
 
-impl Entry {
-    fn new(contact: Contact, now: Instant) -> Self {
+impl<A: NodeAddr> Entry<A> {
+    fn new(contact: Contact<A>, now: Instant) -> Self {
         Entry {
             contact,
             last_response: now,
             last_query: None,
             last_pinged: None,
             failures: 0,
-            valid_id: bep42::is_valid(&contact.id, *contact.addr.ip()),
+            valid_id: bep42::is_valid(&contact.id, contact.addr.host()),
         }
     }
 
@@ -123,13 +123,13 @@ impl Entry {
 }
 
 #[derive(Debug, Clone)]
-struct Bucket {
-    nodes: Vec<Entry>,
-    replacements: Vec<Entry>,
+struct Bucket<A: NodeAddr = SocketAddrV4> {
+    nodes: Vec<Entry<A>>,
+    replacements: Vec<Entry<A>>,
     last_changed: Instant,
 }
 
-impl Bucket {
+impl<A: NodeAddr> Bucket<A> {
     fn new(now: Instant) -> Self {
         Bucket {
             nodes: Vec::new(),
@@ -154,14 +154,14 @@ pub enum Insert {
 
 /// The routing table.
 #[derive(Debug, Clone)]
-pub struct RoutingTable {
+pub struct RoutingTable<A: NodeAddr = SocketAddrV4> {
     own: NodeId,
     config: RoutingConfig,
     /// Bucket `i` (except the last) holds nodes sharing exactly `i` leading bits with `own`;
     /// the last holds everything sharing at least `len - 1` bits, including our own id's range.
-    buckets: Vec<Bucket>,
+    buckets: Vec<Bucket<A>>,
     /// IPs of main entries, for the one-entry-per-IP rule.
-    ips: HashSet<Ipv4Addr>,
+    ips: HashSet<A::Ip>,
 }
 
 /// An id as (first 16 bytes, last 4 bytes), big-endian: XOR of two of these pairs compares
@@ -174,7 +174,7 @@ fn distance_halves(id: &NodeId) -> (u128, u32) {
     )
 }
 
-impl RoutingTable {
+impl<A: NodeAddr> RoutingTable<A> {
     /// An empty table around our id `own`: one bucket covering the whole keyspace.
     pub fn new(own: NodeId, config: RoutingConfig, now: Instant) -> Self {
         RoutingTable {
@@ -208,8 +208,8 @@ impl RoutingTable {
             .map(|i| (b, i))
     }
 
-    fn find_addr(&self, addr: SocketAddrV4) -> Option<(usize, usize)> {
-        if !self.ips.contains(addr.ip()) {
+    fn find_addr(&self, addr: A) -> Option<(usize, usize)> {
+        if !self.ips.contains(&addr.host()) {
             return None;
         }
         self.buckets.iter().enumerate().find_map(|(b, bucket)| {
@@ -221,14 +221,14 @@ impl RoutingTable {
         })
     }
 
-    fn remove_at(&mut self, b: usize, i: usize) -> Entry {
+    fn remove_at(&mut self, b: usize, i: usize) -> Entry<A> {
         let e = self.buckets[b].nodes.swap_remove(i);
-        self.ips.remove(e.contact.addr.ip());
+        self.ips.remove(&e.contact.addr.host());
         e
     }
 
     /// Records that `contact` answered one of our queries: the only way into a bucket.
-    pub fn heard_response(&mut self, contact: Contact, now: Instant) -> Insert {
+    pub fn heard_response(&mut self, contact: Contact<A>, now: Instant) -> Insert {
         if contact.id == self.own {
             return Insert::Rejected;
         }
@@ -250,25 +250,25 @@ impl RoutingTable {
         if let Some((b, i)) = self.find_addr(contact.addr) {
             // Same address, new id: the old identity is gone.
             self.remove_at(b, i);
-        } else if self.ips.contains(contact.addr.ip()) {
+        } else if self.ips.contains(&contact.addr.host()) {
             return Insert::Rejected;
         }
         self.insert_verified(entry, now)
     }
 
-    fn subnet_taken(&self, b: usize, addr: &SocketAddrV4, ignore: Option<usize>) -> bool {
+    fn subnet_taken(&self, b: usize, addr: &A, ignore: Option<usize>) -> bool {
         if !self.config.restrict_subnets {
             return false;
         }
-        let net = addr.ip().octets();
+        let net = addr.subnet();
         self.buckets[b]
             .nodes
             .iter()
             .enumerate()
-            .any(|(i, e)| Some(i) != ignore && e.contact.addr.ip().octets()[..3] == net[..3])
+            .any(|(i, e)| Some(i) != ignore && e.contact.addr.subnet() == net)
     }
 
-    fn insert_verified(&mut self, entry: Entry, now: Instant) -> Insert {
+    fn insert_verified(&mut self, entry: Entry<A>, now: Instant) -> Insert {
         loop {
             let b = self.bucket_index(&entry.contact.id);
             let addr = entry.contact.addr;
@@ -277,7 +277,7 @@ impl RoutingTable {
                 if self.subnet_taken(b, &addr, None) {
                     return Insert::Rejected;
                 }
-                self.ips.insert(*addr.ip());
+                self.ips.insert(addr.host());
                 let bucket = &mut self.buckets[b];
                 bucket.nodes.push(entry);
                 bucket.last_changed = now;
@@ -315,7 +315,7 @@ impl RoutingTable {
                     .map(|(i, _)| i)
             {
                 let displaced = self.remove_at(b, i);
-                self.ips.insert(*addr.ip());
+                self.ips.insert(addr.host());
                 let cap = self.config.replacements;
                 let bucket = &mut self.buckets[b];
                 bucket.nodes.push(entry);
@@ -344,11 +344,11 @@ impl RoutingTable {
         let depth = self.buckets.len() - 1;
         let own = self.own;
         let last = self.buckets.last_mut().expect("table has a bucket");
-        let (stay, go): (Vec<Entry>, Vec<Entry>) = last
+        let (stay, go): (Vec<Entry<A>>, Vec<Entry<A>>) = last
             .nodes
             .drain(..)
             .partition(|e| own.common_prefix_len(&e.contact.id) == depth);
-        let (rstay, rgo): (Vec<Entry>, Vec<Entry>) = last
+        let (rstay, rgo): (Vec<Entry<A>>, Vec<Entry<A>>) = last
             .replacements
             .drain(..)
             .partition(|e| own.common_prefix_len(&e.contact.id) == depth);
@@ -365,7 +365,7 @@ impl RoutingTable {
     /// address with another id: anyone can forge a query from an address our `find_node`
     /// replies publish. A restarted node with a new id gets in once the old entry fails to
     /// answer our own query (or answers it with the new id, see [`RoutingTable::wrong_id`]).
-    pub fn heard_query(&mut self, contact: Contact, now: Instant) -> bool {
+    pub fn heard_query(&mut self, contact: Contact<A>, now: Instant) -> bool {
         if let Some((b, i)) = self.find(&contact.id) {
             let e = &mut self.buckets[b].nodes[i];
             if e.contact.addr == contact.addr {
@@ -378,8 +378,8 @@ impl RoutingTable {
 
     /// Whether a verified `contact` would get a main-bucket slot now, i.e. whether it is
     /// worth a verification ping.
-    pub fn would_accept(&self, contact: &Contact, now: Instant) -> bool {
-        if contact.id == self.own || self.ips.contains(contact.addr.ip()) {
+    pub fn would_accept(&self, contact: &Contact<A>, now: Instant) -> bool {
+        if contact.id == self.own || self.ips.contains(&contact.addr.host()) {
             return false;
         }
         let b = self.bucket_index(&contact.id);
@@ -397,7 +397,7 @@ impl RoutingTable {
 
     /// Records that a query to `contact` timed out. A node that becomes bad is replaced by the
     /// freshest verified replacement, when there is one.
-    pub fn failed(&mut self, contact: &Contact, now: Instant) {
+    pub fn failed(&mut self, contact: &Contact<A>, now: Instant) {
         let Some((b, i)) = self.find(&contact.id) else {
             return;
         };
@@ -416,7 +416,7 @@ impl RoutingTable {
     /// address no longer speaks for the node, so its entry goes (a replacement takes its
     /// place when one fits). Only this and [`RoutingTable::failed`] remove a confirmed
     /// entry; a query never does, since anyone can forge one from a published address.
-    pub fn wrong_id(&mut self, contact: &Contact, now: Instant) {
+    pub fn wrong_id(&mut self, contact: &Contact<A>, now: Instant) {
         let Some((b, i)) = self.find(&contact.id) else {
             return;
         };
@@ -432,11 +432,11 @@ impl RoutingTable {
     /// does (the entry stays).
     fn promote_replacement(&mut self, b: usize, i: usize, now: Instant) -> bool {
         while let Some(r) = self.buckets[b].replacements.pop() {
-            if !self.ips.contains(r.contact.addr.ip())
+            if !self.ips.contains(&r.contact.addr.host())
                 && !self.subnet_taken(b, &r.contact.addr, Some(i))
             {
                 self.remove_at(b, i);
-                self.ips.insert(*r.contact.addr.ip());
+                self.ips.insert(r.contact.addr.host());
                 let bucket = &mut self.buckets[b];
                 bucket.nodes.push(r);
                 bucket.last_changed = now;
@@ -455,7 +455,7 @@ impl RoutingTable {
 
     /// The entry we have heard from (or pinged) least recently: pinging one such node every
     /// few seconds keeps the whole table fresh without bursts (libtorrent's approach).
-    pub fn least_recently_seen(&self) -> Option<&Entry> {
+    pub fn least_recently_seen(&self) -> Option<&Entry<A>> {
         self.buckets
             .iter()
             .flat_map(|b| b.nodes.iter())
@@ -521,13 +521,13 @@ impl RoutingTable {
     /// the usual small `count`, candidates go straight into a sorted stack array of the best
     /// `count` so far; a larger `count` collects them all, drops the excess with a
     /// linear-time selection and sorts the rest.
-    pub fn closest(&self, target: &NodeId, count: usize, out: &mut Vec<Contact>) {
+    pub fn closest(&self, target: &NodeId, count: usize, out: &mut Vec<Contact<A>>) {
         out.clear();
         if count == 0 {
             return;
         }
         let (t_hi, t_lo) = distance_halves(target);
-        let key = |c: &Contact| {
+        let key = |c: &Contact<A>| {
             let (hi, lo) = distance_halves(&c.id);
             (hi ^ t_hi, lo ^ t_lo)
         };
@@ -541,7 +541,7 @@ impl RoutingTable {
             out.sort_unstable_by_key(key);
             return;
         }
-        let blank = Contact::new(NodeId([0; 20]), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        let blank = Contact::new(NodeId([0; 20]), A::unspecified());
         let mut keys = [(0u128, 0u32); KEYED];
         let mut best = [blank; KEYED];
         let mut kept = 0;
@@ -570,9 +570,9 @@ impl RoutingTable {
     /// Calls `f` with every candidate for [`RoutingTable::closest`]: the usable contacts of
     /// the target's bucket, then, while fewer than `count` were seen, of all deeper buckets
     /// and then of shallower ones, nearest first.
-    fn closest_candidates(&self, target: &NodeId, count: usize, mut f: impl FnMut(Contact)) {
+    fn closest_candidates(&self, target: &NodeId, count: usize, mut f: impl FnMut(Contact<A>)) {
         let mut seen = 0;
-        let mut visit = |b: &Bucket| {
+        let mut visit = |b: &Bucket<A>| {
             for e in b.nodes.iter().filter(|e| e.failures == 0) {
                 seen += 1;
                 f(e.contact);
@@ -594,13 +594,13 @@ impl RoutingTable {
     }
 
     /// Every main entry.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn entries(&self) -> impl Iterator<Item = &Entry<A>> {
         self.buckets.iter().flat_map(|b| b.nodes.iter())
     }
 
     /// Main entries then replacements: what is worth persisting.
-    pub fn all_contacts(&self) -> Vec<Contact> {
-        let mut v: Vec<Contact> = self.entries().map(|e| e.contact).collect();
+    pub fn all_contacts(&self) -> Vec<Contact<A>> {
+        let mut v: Vec<Contact<A>> = self.entries().map(|e| e.contact).collect();
         v.extend(
             self.buckets
                 .iter()
@@ -648,6 +648,7 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
+    use std::net::{Ipv4Addr, SocketAddrV4};
 
     fn addr(i: u32) -> SocketAddrV4 {
         // Distinct /24s so the subnet rule does not interfere unless a test wants it.
@@ -1262,7 +1263,7 @@ mod tests {
             max_failures: 7,
             ..RoutingConfig::default()
         };
-        let t = RoutingTable::new(NodeId([3; 20]), cfg, now);
+        let t: RoutingTable = RoutingTable::new(NodeId([3; 20]), cfg, now);
         assert_eq!((t.config().k, t.config().max_failures), (5, 7));
         assert_eq!(t.own_id(), NodeId([3; 20]));
     }

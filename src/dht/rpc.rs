@@ -11,6 +11,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
+
+use crate::dht::id::NodeAddr;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngExt};
@@ -22,9 +24,9 @@ pub const TID_LEN: usize = 2;
 
 /// A query waiting for its reply.
 #[derive(Debug, Clone)]
-pub struct Pending<T> {
+pub struct Pending<T, A = SocketAddrV4> {
     /// Where the query went; only a reply from this IP matches.
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// The id we expect the reply to carry, when we know it.
     pub expected_id: Option<NodeId>,
     /// When the query was sent (both timeouts count from here).
@@ -48,17 +50,17 @@ pub enum Unmatched {
 /// A reply matched to its query: the transaction is gone from the table either way, so the
 /// caller must resolve it (as a success or as a failure) exactly once.
 #[derive(Debug)]
-pub enum Matched<T> {
+pub enum Matched<T, A = SocketAddrV4> {
     /// The reply carries the id we expected (or any id, when we expected none).
-    Expected(Pending<T>),
+    Expected(Pending<T, A>),
     /// The reply came from the right IP but with an unexpected node id: that address no
     /// longer speaks for the node we asked, so the query failed.
-    WrongId(Pending<T>),
+    WrongId(Pending<T, A>),
 }
 
-impl<T> Matched<T> {
+impl<T, A> Matched<T, A> {
     /// The query, whichever way it matched.
-    pub fn pending(&self) -> &Pending<T> {
+    pub fn pending(&self) -> &Pending<T, A> {
         match self {
             Matched::Expected(p) | Matched::WrongId(p) => p,
         }
@@ -67,8 +69,8 @@ impl<T> Matched<T> {
 
 /// The bounded table of outstanding queries.
 #[derive(Debug)]
-pub struct Transactions<T> {
-    pending: HashMap<u16, Pending<T>>,
+pub struct Transactions<T, A = SocketAddrV4> {
+    pending: HashMap<u16, Pending<T, A>>,
     /// (deadline base, tid, seq) in send order; entries of answered queries are skipped lazily.
     short_queue: VecDeque<(Instant, u16, u64)>,
     hard_queue: VecDeque<(Instant, u16, u64)>,
@@ -78,7 +80,7 @@ pub struct Transactions<T> {
     next_seq: u64,
 }
 
-impl<T> Transactions<T> {
+impl<T, A: NodeAddr> Transactions<T, A> {
     /// `capacity` is capped at half the 16-bit id space so a free id is found quickly.
     pub fn new(capacity: usize, short_timeout: Duration, hard_timeout: Duration) -> Self {
         Transactions {
@@ -111,7 +113,7 @@ impl<T> Transactions<T> {
     pub fn insert<R: Rng + ?Sized>(
         &mut self,
         rng: &mut R,
-        addr: SocketAddrV4,
+        addr: A,
         expected_id: Option<NodeId>,
         now: Instant,
         data: T,
@@ -149,14 +151,14 @@ impl<T> Transactions<T> {
     pub fn take(
         &mut self,
         tid: &[u8],
-        from: SocketAddrV4,
+        from: A,
         reply_id: Option<&NodeId>,
-    ) -> Result<Matched<T>, Unmatched> {
+    ) -> Result<Matched<T, A>, Unmatched> {
         let tid: [u8; TID_LEN] = tid.try_into().map_err(|_| Unmatched::UnknownTid)?;
         let key = u16::from_be_bytes(tid);
         let p = self.pending.get(&key).ok_or(Unmatched::UnknownTid)?;
         // The IP, not the port: NATs rewrite source ports (issue 12, defect 6).
-        if p.addr.ip() != from.ip() {
+        if p.addr.host() != from.host() {
             return Err(Unmatched::WrongAddress);
         }
         let wrong_id = matches!((p.expected_id, reply_id), (Some(want), Some(got)) if want != *got);
@@ -195,8 +197,8 @@ impl<T> Transactions<T> {
     pub fn expire(
         &mut self,
         now: Instant,
-        mut on_slow: impl FnMut(&Pending<T>),
-        failed: &mut Vec<Pending<T>>,
+        mut on_slow: impl FnMut(&Pending<T, A>),
+        failed: &mut Vec<Pending<T, A>>,
     ) {
         while let Some(&(sent, tid, seq)) = self.short_queue.front() {
             if sent + self.short_timeout > now {

@@ -272,7 +272,7 @@ pub fn bep44(data: &[u8]) {
                     sig: (control & 0x80 == 0).then_some(&item.sig),
                 };
                 let forged = mutable_search.forged;
-                let verdict = mutable_search.on_reply(from, fields);
+                let verdict = mutable_search.on_reply(from.into(), fields);
                 let believable = item.covers
                     && fields.k.is_some()
                     && fields.sig.is_some()
@@ -303,7 +303,7 @@ pub fn bep44(data: &[u8]) {
                     assert!((1..=8).contains(&mutable_search.confirmations()));
                 }
                 if let Some(search) = &mut immutable_search {
-                    let verdict = search.on_reply(from, fields);
+                    let verdict = search.on_reply(from.into(), fields);
                     let hashes = NodeId(Sha1::digest(&item.v).into()) == search.target;
                     assert_eq!(verdict == ItemVerdict::Forged, !hashes, "{verdict:?}");
                 }

@@ -1,7 +1,7 @@
 //! The node's BEP 44 server side: answering `get` and `put` from the [`ItemStore`]. Kept out
 //! of `node.rs` so the query dispatch there stays a two-line hand-off.
 
-use std::net::SocketAddrV4;
+use crate::dht::id::NodeAddr;
 use std::time::Instant;
 
 use super::{Node, VERSION, emit};
@@ -9,7 +9,7 @@ use crate::dht::id::NodeId;
 use crate::dht::items::ItemStore;
 use crate::dht::krpc::{self, ERR_PROTOCOL, PutArgs, ResponseBody};
 
-impl Node {
+impl<A: NodeAddr> Node<A> {
     /// The BEP 44 item store.
     pub fn items(&self) -> &ItemStore {
         &self.items
@@ -20,7 +20,7 @@ impl Node {
     pub(super) fn answer_get(
         &mut self,
         now: Instant,
-        from: SocketAddrV4,
+        from: A,
         tid: &[u8],
         target: NodeId,
         seq: Option<i64>,
@@ -34,7 +34,7 @@ impl Node {
             c.write_compact(&mut nodes);
         }
         self.tokens.maybe_rotate(now, &mut self.rng);
-        let token = self.tokens.make(*from.ip());
+        let token = self.tokens.make(from.host());
         let item = self.items.get(&target, now).filter(|i| {
             // `seq` only concerns mutable items; an immutable item never changes.
             match (&i.mutable, seq) {
@@ -79,15 +79,9 @@ impl Node {
 
     /// `put`: token first (cheap, and it proves the querier's address), then the store's
     /// checks (signature, CAS, sequence number), each refusal with its BEP 44 error code.
-    pub(super) fn answer_put(
-        &mut self,
-        now: Instant,
-        from: SocketAddrV4,
-        tid: &[u8],
-        args: &PutArgs,
-    ) {
+    pub(super) fn answer_put(&mut self, now: Instant, from: A, tid: &[u8], args: &PutArgs) {
         self.tokens.maybe_rotate(now, &mut self.rng);
-        if !self.tokens.verify(*from.ip(), args.token.as_slice()) {
+        if !self.tokens.verify(from.host(), args.token.as_slice()) {
             self.stats.bad_tokens += 1;
             self.send_error(now, from, tid, ERR_PROTOCOL, "bad token");
             return;
@@ -121,7 +115,7 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
     use ed25519_dalek::{Signer, SigningKey};
     use serde_bencode::value::Value;

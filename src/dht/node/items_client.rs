@@ -7,7 +7,7 @@ use std::net::SocketAddrV4;
 use std::time::Instant;
 
 use super::{LookupId, Node, Owner, PingError, Purpose};
-use crate::dht::id::NodeId;
+use crate::dht::id::{NodeAddr, NodeId};
 use crate::dht::item_search::{
     ItemFields, ItemQuery, ItemResult, ItemSearch, PutOutcome, PutReport, PutRequest,
 };
@@ -19,7 +19,7 @@ use crate::dht::lookup::{Lookup, LookupKind};
 
 /// The item state of one lookup.
 #[derive(Debug)]
-pub struct ItemSlot {
+pub struct ItemSlot<A: NodeAddr = SocketAddrV4> {
     pub(super) search: ItemSearch,
     /// What to put once the search ends (put lookups only).
     put: Option<PutRequest>,
@@ -27,10 +27,10 @@ pub struct ItemSlot {
     prepared: Option<PutArgs>,
     report: PutReport,
     /// Put targets whose first attempt timed out (they get one resend).
-    timed_out_once: Vec<SocketAddrV4>,
+    timed_out_once: Vec<A>,
 }
 
-impl ItemSlot {
+impl<A: NodeAddr> ItemSlot<A> {
     fn new(search: ItemSearch, put: Option<PutRequest>) -> Self {
         ItemSlot {
             search,
@@ -43,19 +43,14 @@ impl ItemSlot {
 
     /// A reply to one of the search's `get` queries: check its value; a `get` whose value is
     /// proven ends here (the queries still in flight end on their own).
-    pub(super) fn on_search_reply(
-        &mut self,
-        lookup: &mut Lookup,
-        from: SocketAddrV4,
-        r: &Response,
-    ) {
+    pub(super) fn on_search_reply(&mut self, lookup: &mut Lookup<A>, from: A, r: &Response) {
         let fields = ItemFields {
             v: r.v.as_deref(),
             k: r.k.as_deref(),
             seq: r.seq,
             sig: r.sig.as_deref(),
         };
-        self.search.on_reply(from, fields);
+        self.search.on_reply(from.into(), fields);
         // A put must reach the closest token holders, so only a get stops early.
         if self.put.is_none() && self.search.satisfied() {
             lookup.finish();
@@ -63,17 +58,12 @@ impl ItemSlot {
     }
 
     /// A node stored the put.
-    pub(super) fn on_put_stored(&mut self, from: SocketAddrV4) {
-        self.report.nodes.push((from, PutOutcome::Stored));
+    pub(super) fn on_put_stored(&mut self, from: A) {
+        self.report.nodes.push((from.into(), PutOutcome::Stored));
     }
 
     /// A put failed: an error reply, a wrong-id answer or a timeout.
-    pub(super) fn on_put_failure(
-        &mut self,
-        lookup: &mut Lookup,
-        from: SocketAddrV4,
-        why: &PingError,
-    ) {
+    pub(super) fn on_put_failure(&mut self, lookup: &mut Lookup<A>, from: A, why: &PingError) {
         match why {
             PingError::Timeout if !self.timed_out_once.contains(&from) => {
                 // Resent once to the same node (see `Lookup::on_announce_timeout`).
@@ -82,7 +72,7 @@ impl ItemSlot {
             }
             PingError::Remote(code, message) => {
                 self.report.nodes.push((
-                    from,
+                    from.into(),
                     PutOutcome::Refused {
                         code: *code,
                         message: message.clone(),
@@ -103,7 +93,7 @@ impl ItemSlot {
                 }
             }
             _ => {
-                self.report.nodes.push((from, PutOutcome::NoAnswer));
+                self.report.nodes.push((from.into(), PutOutcome::NoAnswer));
                 lookup.on_announce_result(false);
             }
         }
@@ -131,7 +121,7 @@ impl ItemSlot {
     }
 }
 
-impl Node {
+impl<A: NodeAddr> Node<A> {
     /// Looks up a BEP 44 item: immutable under `target`, or mutable as described by `query`
     /// (whose key and salt determine the target; `target` is then ignored). Ends with
     /// [`super::Event::Item`] then [`super::Event::LookupDone`].
@@ -160,7 +150,7 @@ impl Node {
         &mut self,
         now: Instant,
         id: LookupId,
-        to: &mut Vec<(SocketAddrV4, NodeId, Token)>,
+        to: &mut Vec<(A, NodeId, Token)>,
     ) {
         let Some(args) = self.lookups.get_mut(&id).and_then(|s| {
             let item = s.item.as_mut()?;
@@ -188,7 +178,7 @@ impl Node {
                 && let Some(slot) = self.lookups.get_mut(&id)
             {
                 if let Some(item) = &mut slot.item {
-                    item.report.nodes.push((addr, PutOutcome::NoAnswer));
+                    item.report.nodes.push((addr.into(), PutOutcome::NoAnswer));
                 }
                 slot.lookup.announce_unsent();
             }
@@ -424,7 +414,7 @@ mod tests {
         assert_eq!(put.refused_with(ERR_CAS_MISMATCH), 1);
         assert_eq!(put.refused_with(ERR_SEQ_TOO_OLD), 1);
         let farthest = fakes[order[fakes.len() - 1]].addr;
-        assert!(put.nodes.iter().all(|(a, _)| *a != farthest));
+        assert!(put.nodes.iter().all(|(a, _)| *a != farthest.into()));
         let sent = &fakes[order[2]].puts[0];
         let m = sent.mutable.as_ref().unwrap();
         assert_eq!((m.seq, m.cas), (5, Some(4)));

@@ -932,7 +932,7 @@ fn a_majority_of_repliers_seeing_a_public_ip_gives_us_a_bep42_id_for_it() {
     assert_eq!(changed.len(), 1);
     assert_eq!(node.id(), changed[0]);
     assert!(bep42::is_valid(&node.id(), *public.ip()));
-    assert_eq!(node.stats(now).external_ip, Some(*public.ip()));
+    assert_eq!(node.stats(now).external_ip, Some((*public.ip()).into()));
     // The table moved to the new id with its entries.
     assert_eq!(node.table.len(), IP_VOTE_MIN);
 }
@@ -1011,7 +1011,7 @@ fn nodes_listed_at_our_own_address_are_never_queried() {
     let me = sa("127.0.0.1:6881");
     let mut node = Node::new(
         Config {
-            local_addr: Some(me),
+            local_addr: Some(me.into()),
             ..config()
         },
         now,
@@ -1354,7 +1354,7 @@ fn a_voted_public_ip_keeps_an_id_that_is_valid_or_fixed() {
     );
     vote_for(&mut node, now, public);
     assert_eq!(node.id(), valid, "already valid for the address");
-    assert_eq!(node.stats(now).external_ip, Some(*public.ip()));
+    assert_eq!(node.stats(now).external_ip, Some((*public.ip()).into()));
 
     let mut node = Node::new(
         Config {
@@ -1365,7 +1365,7 @@ fn a_voted_public_ip_keeps_an_id_that_is_valid_or_fixed() {
     );
     vote_for(&mut node, now, public);
     assert_eq!(node.id(), ME, "adopting is off");
-    assert_eq!(node.stats(now).external_ip, Some(*public.ip()));
+    assert_eq!(node.stats(now).external_ip, Some((*public.ip()).into()));
 }
 
 /// A query for a method we do not know but that carries a target is answered like
@@ -1545,7 +1545,7 @@ fn a_voted_global_address_makes_the_node_public() {
     let mut node = Node::new(
         Config {
             adopt_bep42_id: false,
-            local_addr: Some(sa("0.0.0.0:6881")),
+            local_addr: Some(sa("0.0.0.0:6881").into()),
             ..config()
         },
         now,
