@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use crate::dht::allow::AllowList;
 use crate::dht::bep42::{self, IpVoter};
 use crate::dht::gate::{self, Dropped, Gated};
-use crate::dht::id::{Contact, InfoHash, NodeAddr, NodeId};
+use crate::dht::id::{Contact, Family, InfoHash, NodeAddr, NodeId, set_nodes};
 use crate::dht::items::{ItemStats, ItemStore, ItemStoreConfig};
 
 mod bep44;
@@ -28,7 +28,7 @@ mod items_client;
 #[cfg(test)]
 mod tests;
 use crate::dht::krpc::{
-    self, Body, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token,
+    self, Body, ERR_PROTOCOL, Method, Query, QueryArgs, Response, ResponseBody, Token, Want,
 };
 use crate::dht::limits::{ByteQuota, RateLimit, RateLimiter};
 use crate::dht::lookup::{CandidateFilter, Lookup, LookupKind, Phase, SearchReply, is_global};
@@ -417,6 +417,32 @@ pub struct Overdue {
     pub verifications: usize,
 }
 
+/// The other family's node, as a node answering a query sees it: BEP 32's `want` asks one
+/// family's node for the other family's contacts, and a dual-stack process has both. The
+/// node never holds the other one; the caller lends it for the one datagram.
+pub trait OtherFamily {
+    /// The family of the contacts this gives.
+    fn family(&self) -> Family;
+    /// Appends the compact form (26 or 38 bytes each) of up to `k` closest verified contacts
+    /// to `target`.
+    fn write_closest(&self, target: &NodeId, k: usize, out: &mut Vec<u8>);
+}
+
+impl<A: NodeAddr> OtherFamily for Node<A> {
+    fn family(&self) -> Family {
+        A::FAMILY
+    }
+
+    fn write_closest(&self, target: &NodeId, k: usize, out: &mut Vec<u8>) {
+        // Allocates: only a query whose `want` names the other family comes here.
+        let mut contacts = Vec::with_capacity(k);
+        self.table.closest(target, k, &mut contacts);
+        for c in &contacts {
+            c.write_compact(out);
+        }
+    }
+}
+
 /// Queues one datagram through the allow-list and (for replies) the quota, counting what
 /// happened: every datagram the node sends passes here.
 fn emit<A: NodeAddr>(
@@ -481,6 +507,8 @@ pub struct Node<A: NodeAddr = SocketAddrV4> {
     // Scratch buffers reused across packets.
     scratch_contacts: Vec<Contact<A>>,
     scratch_nodes: Vec<u8>,
+    /// The other family's nodes of a reply to a BEP 32 `want`.
+    scratch_nodes_other: Vec<u8>,
     scratch_values: Vec<A>,
     scratch_samples: Vec<u8>,
     /// BEP 33 filters (seeds, downloaders) of the scrape being answered; boxed, 512 bytes.
@@ -573,6 +601,7 @@ impl<A: NodeAddr> Node<A> {
             stats: Stats::default(),
             scratch_contacts: Vec::new(),
             scratch_nodes: Vec::new(),
+            scratch_nodes_other: Vec::new(),
             scratch_values: Vec::new(),
             scratch_samples: Vec::new(),
             scratch_scrape: Box::default(),
@@ -1127,13 +1156,25 @@ impl<A: NodeAddr> Node<A> {
 
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.handle_datagram_with(now, from, data, None);
+    }
+
+    /// Handles one received datagram, with the other family's node (when this process runs
+    /// both) to answer a BEP 32 `want` for its contacts.
+    pub fn handle_datagram_with(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        data: &[u8],
+        other: Option<&dyn OtherFamily>,
+    ) {
         self.stats.packets_in += 1;
         self.stats.bytes_in += data.len() as u64;
         match gate::admit(now, from, data, self.limiter.as_mut()) {
             Gated::Message(from, msg) => match msg.body {
                 Body::Query(q) => {
                     self.stats.queries_in += 1;
-                    self.handle_query(now, from, msg.tid.as_slice(), q, msg.read_only);
+                    self.handle_query(now, from, msg.tid.as_slice(), q, msg.read_only, other);
                 }
                 Body::Response(r) => {
                     self.stats.replies_in += 1;
@@ -1189,7 +1230,15 @@ impl<A: NodeAddr> Node<A> {
         }
     }
 
-    fn handle_query(&mut self, now: Instant, from: A, tid: &[u8], q: Query, ro: bool) {
+    fn handle_query(
+        &mut self,
+        now: Instant,
+        from: A,
+        tid: &[u8],
+        q: Query,
+        ro: bool,
+        other: Option<&dyn OtherFamily>,
+    ) {
         if q.id == self.id {
             // Our own id from elsewhere: a reflection or an impostor.
             self.stats.dropped_other += 1;
@@ -1199,7 +1248,7 @@ impl<A: NodeAddr> Node<A> {
         let contact = Contact::new(q.id, from);
         let known = ro || self.table.heard_query(contact, now);
         if !self.config.read_only {
-            self.answer_query(now, from, tid, q);
+            self.answer_query(now, from, tid, q, other);
         }
         // After the reply, so verification never delays an answer.
         if !known {
@@ -1207,10 +1256,51 @@ impl<A: NodeAddr> Node<A> {
         }
     }
 
-    fn answer_query(&mut self, now: Instant, from: A, tid: &[u8], q: Query) {
+    /// Writes the node lists a reply about `target` carries: BEP 32's `want` (resolved
+    /// against the family the query came over) picks ours (`nodes` for IPv4, `nodes6` for
+    /// IPv6), the other family's from `other`, or both.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_nodes<'b>(
+        table: &RoutingTable<A>,
+        k: usize,
+        target: &NodeId,
+        want: Want,
+        other: Option<&dyn OtherFamily>,
+        contacts: &mut Vec<Contact<A>>,
+        nodes: &'b mut Vec<u8>,
+        nodes_other: &'b mut Vec<u8>,
+        body: &mut ResponseBody<'b>,
+    ) {
+        let want = want.resolve(A::FAMILY);
+        nodes.clear();
+        nodes_other.clear();
+        if want.wants(A::FAMILY) {
+            table.closest(target, k, contacts);
+            for c in contacts.iter() {
+                c.write_compact(nodes);
+            }
+            set_nodes(body, A::FAMILY, nodes);
+        }
+        if let Some(other) = other.filter(|o| o.family() != A::FAMILY && want.wants(o.family())) {
+            other.write_closest(target, k, nodes_other);
+            set_nodes(body, other.family(), nodes_other);
+        }
+    }
+
+    fn answer_query(
+        &mut self,
+        now: Instant,
+        from: A,
+        tid: &[u8],
+        q: Query,
+        other: Option<&dyn OtherFamily>,
+    ) {
+        let want = q.want;
         let method = match q.method {
             // BEP 44 replies have their own shape; see bep44.rs.
-            Method::Get { target, seq } => return self.answer_get(now, from, tid, target, seq),
+            Method::Get { target, seq } => {
+                return self.answer_get(now, from, tid, target, seq, want, other);
+            }
             Method::Put(p) => return self.answer_put(now, from, tid, &p),
             m => m,
         };
@@ -1218,38 +1308,42 @@ impl<A: NodeAddr> Node<A> {
         let mut body = ResponseBody::id_only(&self.id);
         let mut contacts = std::mem::take(&mut self.scratch_contacts);
         let mut nodes = std::mem::take(&mut self.scratch_nodes);
+        let mut nodes_other = std::mem::take(&mut self.scratch_nodes_other);
         let mut values = std::mem::take(&mut self.scratch_values);
         let mut samples = std::mem::take(&mut self.scratch_samples);
         let token;
-        nodes.clear();
-        let closest = |table: &RoutingTable<A>,
-                       target: &NodeId,
-                       contacts: &mut Vec<Contact<A>>,
-                       nodes: &mut Vec<u8>| {
-            table.closest(target, k, contacts);
-            for c in contacts.iter() {
-                c.write_compact(nodes);
-            }
-        };
         match method {
             Method::Get { .. } | Method::Put(_) => {}
             Method::Ping => {}
             Method::FindNode { target } | Method::Unknown { target } => {
-                closest(&self.table, &target, &mut contacts, &mut nodes);
-                body.nodes = Some(&nodes);
+                Self::fill_nodes(
+                    &self.table,
+                    k,
+                    &target,
+                    want,
+                    other,
+                    &mut contacts,
+                    &mut nodes,
+                    &mut nodes_other,
+                    &mut body,
+                );
             }
             Method::GetPeers {
                 info_hash,
                 scrape,
                 noseed,
             } => {
-                closest(
+                Self::fill_nodes(
                     &self.table,
+                    k,
                     &info_hash.to_node_id(),
+                    want,
+                    other,
                     &mut contacts,
                     &mut nodes,
+                    &mut nodes_other,
+                    &mut body,
                 );
-                body.nodes = Some(&nodes);
                 self.tokens.maybe_rotate(now, &mut self.rng);
                 token = self.tokens.make(from.host());
                 // BEP 5: a get_peers reply always carries a token. A full store makes room
@@ -1295,6 +1389,7 @@ impl<A: NodeAddr> Node<A> {
                     self.stats.bad_tokens += 1;
                     self.scratch_contacts = contacts;
                     self.scratch_nodes = nodes;
+                    self.scratch_nodes_other = nodes_other;
                     self.scratch_values = values;
                     self.scratch_samples = samples;
                     self.send_error(now, from, tid, ERR_PROTOCOL, "bad token");
@@ -1323,8 +1418,17 @@ impl<A: NodeAddr> Node<A> {
                 }
             }
             Method::SampleInfohashes { target } => {
-                closest(&self.table, &target, &mut contacts, &mut nodes);
-                body.nodes = Some(&nodes);
+                Self::fill_nodes(
+                    &self.table,
+                    k,
+                    &target,
+                    want,
+                    other,
+                    &mut contacts,
+                    &mut nodes,
+                    &mut nodes_other,
+                    &mut body,
+                );
                 self.store
                     .sample_infohashes(MAX_SAMPLES, &mut self.rng, &mut samples);
                 body.samples = Some(&samples);
@@ -1352,6 +1456,7 @@ impl<A: NodeAddr> Node<A> {
         }
         self.scratch_contacts = contacts;
         self.scratch_nodes = nodes;
+        self.scratch_nodes_other = nodes_other;
         self.scratch_values = values;
         self.scratch_samples = samples;
     }

@@ -396,29 +396,25 @@ pub struct ItemReply<'a> {
     pub mutable: Option<(&'a [u8; 32], i64, &'a [u8; 64])>,
 }
 
-/// Appends a BEP 44 `get` reply to `out`: nodes, token and, when held, the item.
-#[allow(clippy::too_many_arguments)]
+/// Appends a BEP 44 `get` reply to `out`: `base` carries the id, the node lists and the
+/// token; the item's fields are added when one is held.
 pub fn encode_get_response(
     out: &mut Vec<u8>,
     tid: &[u8],
-    id: &NodeId,
-    nodes: &[u8],
-    token: Option<&[u8]>,
+    base: ResponseBody<'_>,
     item: Option<ItemReply<'_>>,
     ip: Option<SocketAddr>,
     version: Option<&[u8]>,
 ) {
     let mutable = item.and_then(|i| i.mutable);
     let body = ResponseBody {
-        nodes: Some(nodes),
-        token,
         bep44: Bep44Fields {
             v: item.map(|i| i.v),
             k: mutable.map(|m| m.0),
             seq: mutable.map(|m| m.1),
             sig: mutable.map(|m| m.2),
         },
-        ..ResponseBody::id_only(id)
+        ..base
     };
     encode_response(out, tid, &body, ip, version);
 }

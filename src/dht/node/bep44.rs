@@ -4,10 +4,10 @@
 use crate::dht::id::NodeAddr;
 use std::time::Instant;
 
-use super::{Node, VERSION, emit};
+use super::{Node, OtherFamily, VERSION, emit};
 use crate::dht::id::NodeId;
 use crate::dht::items::ItemStore;
-use crate::dht::krpc::{self, ERR_PROTOCOL, PutArgs, ResponseBody};
+use crate::dht::krpc::{self, ERR_PROTOCOL, PutArgs, ResponseBody, Want};
 
 impl<A: NodeAddr> Node<A> {
     /// The BEP 44 item store.
@@ -24,15 +24,24 @@ impl<A: NodeAddr> Node<A> {
         tid: &[u8],
         target: NodeId,
         seq: Option<i64>,
+        want: Want,
+        other: Option<&dyn OtherFamily>,
     ) {
         let mut contacts = std::mem::take(&mut self.scratch_contacts);
         let mut nodes = std::mem::take(&mut self.scratch_nodes);
-        nodes.clear();
-        self.table
-            .closest(&target, self.config.routing.k, &mut contacts);
-        for c in contacts.iter() {
-            c.write_compact(&mut nodes);
-        }
+        let mut nodes_other = std::mem::take(&mut self.scratch_nodes_other);
+        let mut base = ResponseBody::id_only(&self.id);
+        Self::fill_nodes(
+            &self.table,
+            self.config.routing.k,
+            &target,
+            want,
+            other,
+            &mut contacts,
+            &mut nodes,
+            &mut nodes_other,
+            &mut base,
+        );
         self.tokens.maybe_rotate(now, &mut self.rng);
         let token = self.tokens.make(from.host());
         let item = self.items.get(&target, now).filter(|i| {
@@ -43,12 +52,12 @@ impl<A: NodeAddr> Node<A> {
             }
         });
         let reply = item.map(|i| i.reply());
+        base.token = Some(token.as_slice());
         let Node {
             outbox,
             stats,
             config,
             quota,
-            id,
             ..
         } = self;
         if emit(
@@ -59,22 +68,14 @@ impl<A: NodeAddr> Node<A> {
             now,
             from,
             |out| {
-                krpc::encode_get_response(
-                    out,
-                    tid,
-                    id,
-                    &nodes,
-                    Some(token.as_slice()),
-                    reply,
-                    Some(from.into()),
-                    Some(VERSION),
-                )
+                krpc::encode_get_response(out, tid, base, reply, Some(from.into()), Some(VERSION))
             },
         ) {
             stats.replies_out += 1;
         }
         self.scratch_contacts = contacts;
         self.scratch_nodes = nodes;
+        self.scratch_nodes_other = nodes_other;
     }
 
     /// `put`: token first (cheap, and it proves the querier's address), then the store's

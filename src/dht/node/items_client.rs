@@ -195,7 +195,7 @@ mod tests {
     use super::*;
     use crate::dht::item_search::{FoundItem, ItemResult};
     use crate::dht::items::{immutable_target, mutable_target, signable};
-    use crate::dht::krpc::{self, Body, ItemReply, Method};
+    use crate::dht::krpc::{self, Body, ItemReply, Method, ResponseBody};
     use crate::dht::node::{Config, Event};
 
     /// Key, seq and signature of a mutable item.
@@ -261,16 +261,12 @@ mod tests {
                             v,
                             mutable: m.as_ref().map(|(k, s, sig)| (k, *s, sig)),
                         });
-                        krpc::encode_get_response(
-                            &mut out,
-                            tid,
-                            &f.id,
-                            &[],
-                            Some(b"tok"),
-                            reply,
-                            None,
-                            None,
-                        );
+                        let base = ResponseBody {
+                            nodes: Some(&[]),
+                            token: Some(b"tok"),
+                            ..ResponseBody::id_only(&f.id)
+                        };
+                        krpc::encode_get_response(&mut out, tid, base, reply, None, None);
                     }
                 }
                 node.handle_datagram(now, SocketAddr::V4(f.addr), &out);
@@ -461,16 +457,12 @@ mod tests {
                 }
                 let f = fakes.iter().find(|f| f.addr == to).unwrap();
                 let mut out = Vec::new();
-                krpc::encode_get_response(
-                    &mut out,
-                    msg.tid.as_slice(),
-                    &f.id,
-                    &[],
-                    Some(b"tok"),
-                    None,
-                    None,
-                    None,
-                );
+                let base = ResponseBody {
+                    nodes: Some(&[]),
+                    token: Some(b"tok"),
+                    ..ResponseBody::id_only(&f.id)
+                };
+                krpc::encode_get_response(&mut out, msg.tid.as_slice(), base, None, None, None);
                 node.handle_datagram(now, SocketAddr::V4(to), &out);
                 answered = true;
             }

@@ -4,8 +4,9 @@
 //!   carry our id, the querier's tid and address (BEP 42 `ip`) and the right fields;
 //! - tokens: a get_peers token lets the same IP announce (any port, `implied_port`), not
 //!   another IP; a bad token gets error 203;
-//! - the input gate: port 0, bogon, IPv6 and our-own-id sources are dropped, IPv4-mapped
-//!   ones answered as IPv4, malformed datagrams counted, bad queries answered with their code;
+//! - the input gate: port 0, bogon, other-family and our-own-id sources are dropped,
+//!   IPv4-mapped ones answered as IPv4, malformed datagrams counted, bad queries answered
+//!   with their code;
 //! - never trusting a query: an unknown querier enters the table only after answering our
 //!   verification ping with the id it claimed (one ping per querier);
 //! - every query ends exactly once: by a reply, an error, a wrong-id reply or a timeout;
@@ -16,7 +17,11 @@
 //! - timers: bootstrap retries with doubling backoff, maintenance pings only for entries
 //!   older than `ping_min_age`, paced verification of added contacts;
 //! - BEP 42: a majority of repliers agreeing on a public IP gives us a valid id for it;
-//! - BEP 43: a read-only node answers nothing and marks its queries `ro`.
+//! - BEP 43: a read-only node answers nothing and marks its queries `ro`;
+//! - BEP 32: an IPv6 node answers with `nodes6` and an 18-byte `ip`, binds tokens to the
+//!   querier's IPv6 address, stores and returns 18-byte peers, and looks up through
+//!   `nodes6`; `want` picks `nodes`, `nodes6` or both (the other family's from the sibling
+//!   node lent for the datagram).
 
 use super::*;
 use crate::dht::krpc::{Message, ResponseBody};
@@ -1717,4 +1722,241 @@ fn junk_contacts_are_counted_once_across_replies() {
     }
     assert_eq!(replied, 2);
     assert_eq!(node.stats(now).junk_candidates - before, 4);
+}
+
+// ---- BEP 32: the IPv6 DHT and `want` ----
+
+fn sa6(s: &str) -> SocketAddrV6 {
+    s.parse().unwrap()
+}
+
+/// A loopback-testnet config whose allow-list also takes the IPv6 test range.
+fn config6() -> Config {
+    Config {
+        allow: AllowList::only(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "fd77::/16".parse().unwrap(),
+        ]),
+        ..config()
+    }
+}
+
+/// An IPv6 node whose table holds `n` verified contacts at fd77::1:i.
+fn node6_with_table(n: u8, now: Instant) -> Node<SocketAddrV6> {
+    let mut node = Node::new_v6(config6(), now);
+    for i in 0..n {
+        let c = Contact::new(
+            NodeId([i.wrapping_mul(37).wrapping_add(1); 20]),
+            sa6(&format!("[fd77::1:{}]:7000", i + 1)),
+        );
+        node.table.heard_response(c, now);
+    }
+    node
+}
+
+fn sent6(node: &mut Node<SocketAddrV6>) -> Vec<(SocketAddr, Message)> {
+    let mut out = Vec::new();
+    while let Some(t) = node.poll_transmit() {
+        out.push((t.to, krpc::decode(t.payload).expect("valid KRPC")));
+    }
+    out
+}
+
+fn find_node_want(target: NodeId, want: Want) -> Vec<u8> {
+    let mut out = Vec::new();
+    let args = QueryArgs::FindNode { target: &target };
+    krpc::encode_query_want(&mut out, b"fw", &id(9), &args, want, false, None);
+    out
+}
+
+/// An IPv6 node answers over IPv6 with 38-byte `nodes6` (never `nodes`), an 18-byte `ip`,
+/// and refuses IPv4 sources (the IPv4 DHT is another node's).
+#[test]
+fn an_ipv6_node_answers_with_nodes6_and_an_18_byte_ip() {
+    let now = Instant::now();
+    let mut node = node6_with_table(5, now);
+    let from = sa6("[fd77::9]:6881");
+    node.handle_datagram(
+        now,
+        SocketAddr::V6(from),
+        &find_node_want(id(3), Want::NONE),
+    );
+    // The reply, and a verification ping to the unknown querier (over IPv6 too).
+    let out = sent6(&mut node);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|(to, _)| *to == SocketAddr::V6(from)));
+    let reply = &out
+        .iter()
+        .find(|(_, m)| matches!(m.body, Body::Response(_)))
+        .unwrap()
+        .1;
+    assert_eq!(reply.ip, Some(SocketAddr::V6(from)));
+    let r = response_of(reply);
+    assert!(r.nodes.is_none());
+    assert_eq!(r.nodes6.as_ref().unwrap().len(), 5 * 38);
+    assert!(r.nodes6().all(|c| c.addr.ip().segments()[0] == 0xfd77));
+    // An IPv4 source is not this node's.
+    node.handle_datagram(
+        now,
+        SocketAddr::V4(sa("127.0.0.9:6881")),
+        &find_node_want(id(3), Want::NONE),
+    );
+    assert!(sent6(&mut node).is_empty());
+    assert_eq!(node.stats(now).dropped_other, 1);
+}
+
+/// BEP 32 `want`, answered by an IPv4 node that lends its IPv6 sibling: none gives the
+/// transport's family, `n6` gives only `nodes6`, `n4` and `n6` give both; without a sibling
+/// `n6` gives an empty answer rather than the wrong family.
+#[test]
+fn want_picks_the_node_lists_of_a_reply() {
+    let now = Instant::now();
+    let mut v4 = node_with_table(4, now);
+    let v6 = node6_with_table(3, now);
+    let from = sa("127.0.0.9:6881");
+    let ask = |v4: &mut Node, want: Want, other: Option<&dyn OtherFamily>| {
+        v4.handle_datagram_with(
+            now,
+            SocketAddr::V4(from),
+            &find_node_want(id(3), want),
+            other,
+        );
+        let m = reply_to(v4, from);
+        let r = response_of(&m).clone();
+        (
+            r.nodes.map_or(0, |n| n.len() / 26),
+            r.nodes6.map_or(0, |n| n.len() / 38),
+        )
+    };
+    assert_eq!(ask(&mut v4, Want::NONE, Some(&v6)), (4, 0));
+    assert_eq!(ask(&mut v4, Want::only(Family::V6), Some(&v6)), (0, 3));
+    assert_eq!(ask(&mut v4, Want::BOTH, Some(&v6)), (4, 3));
+    assert_eq!(ask(&mut v4, Want::only(Family::V4), Some(&v6)), (4, 0));
+    assert_eq!(ask(&mut v4, Want::only(Family::V6), None), (0, 0));
+    // get_peers and BEP 44 get honour it too.
+    let mut q = Vec::new();
+    let info = ih(3);
+    let args = QueryArgs::GetPeers {
+        info_hash: &info,
+        scrape: false,
+        noseed: false,
+    };
+    krpc::encode_query_want(&mut q, b"gp", &id(9), &args, Want::BOTH, false, None);
+    v4.handle_datagram_with(now, SocketAddr::V4(from), &q, Some(&v6));
+    let m = reply_to(&mut v4, from);
+    let r = response_of(&m);
+    assert_eq!(r.nodes6().count(), 3);
+    assert_eq!(r.nodes().count(), 4);
+    assert!(r.token.is_some());
+    let target = id(3);
+    let mut q = Vec::new();
+    let args = QueryArgs::Get {
+        target: &target,
+        seq: None,
+    };
+    krpc::encode_query_want(
+        &mut q,
+        b"gt",
+        &id(9),
+        &args,
+        Want::only(Family::V6),
+        false,
+        None,
+    );
+    v4.handle_datagram_with(now, SocketAddr::V4(from), &q, Some(&v6));
+    let m = reply_to(&mut v4, from);
+    let r = response_of(&m);
+    assert_eq!((r.nodes().count(), r.nodes6().count()), (0, 3));
+}
+
+/// The IPv6 peer store: a get_peers token is bound to the querier's IPv6 address (another
+/// IPv6 address cannot use it), an announce stores an 18-byte peer with the announced (or
+/// implied) port, and a later get_peers returns it in `values`.
+#[test]
+fn ipv6_tokens_announces_and_values() {
+    let now = Instant::now();
+    let mut node = node6_with_table(2, now);
+    let a = sa6("[fd77::a]:6881");
+    let b = sa6("[fd77::b]:6881");
+    let info = ih(0x42);
+    let gp = query(
+        QueryArgs::GetPeers {
+            info_hash: &info,
+            scrape: false,
+            noseed: false,
+        },
+        b"g1",
+        id(9),
+    );
+    node.handle_datagram(now, SocketAddr::V6(a), &gp);
+    let out = sent6(&mut node);
+    let token = response_of(&out[0].1).token.unwrap();
+    let announce = |port, implied| {
+        query(
+            QueryArgs::AnnouncePeer {
+                info_hash: &info,
+                port,
+                implied_port: implied,
+                token: token.as_slice(),
+                seed: false,
+            },
+            b"a1",
+            id(9),
+        )
+    };
+    // The token is a's, not b's.
+    node.handle_datagram(now, SocketAddr::V6(b), &announce(7777, false));
+    let out = sent6(&mut node);
+    assert!(matches!(&out[0].1.body, Body::Error(e) if e.code == 203));
+    node.handle_datagram(now, SocketAddr::V6(a), &announce(7777, false));
+    let out = sent6(&mut node);
+    assert!(matches!(out[0].1.body, Body::Response(_)));
+    node.handle_datagram(now, SocketAddr::V6(a), &announce(0, true));
+    sent6(&mut node);
+    node.handle_datagram(now, SocketAddr::V6(b), &gp);
+    let out = sent6(&mut node);
+    let r = response_of(&out[0].1);
+    let mut got = r.values6.clone();
+    got.sort();
+    assert_eq!(got, vec![sa6("[fd77::a]:6881"), sa6("[fd77::a]:7777")]);
+    assert!(r.values.is_empty());
+}
+
+/// An IPv6 lookup asks IPv6 contacts, reads `nodes6` from replies (a reply's IPv4 `nodes` are
+/// another DHT's and ignored) and reports IPv6 peers.
+#[test]
+fn an_ipv6_lookup_follows_nodes6_and_reports_ipv6_peers() {
+    let now = Instant::now();
+    let mut node = node6_with_table(1, now);
+    let lid = node.get_peers(now, ih(0x42));
+    let out = sent6(&mut node);
+    assert_eq!(out.len(), 1);
+    let (to, m) = &out[0];
+    let SocketAddr::V6(to) = *to else {
+        panic!("queried over IPv4")
+    };
+    let mut nodes = Vec::new();
+    Contact::new(id(0x42), sa6("[fd77::2:1]:7000")).write_compact(&mut nodes);
+    let mut nodes4 = Vec::new();
+    Contact::new(id(0x41), sa("127.0.2.1:7000")).write_compact(&mut nodes4);
+    let peers = [sa6("[fd77::99]:51413")];
+    let replier = id(1);
+    let body = ResponseBody {
+        nodes: Some(&nodes4),
+        nodes6: Some(&nodes),
+        token: Some(b"tk"),
+        values6: &peers,
+        ..ResponseBody::id_only(&replier)
+    };
+    let mut reply = Vec::new();
+    krpc::encode_response(&mut reply, m.tid.as_slice(), &body, None, None);
+    node.handle_datagram(now, SocketAddr::V6(to), &reply);
+    let evs: Vec<_> = std::iter::from_fn(|| node.poll_event()).collect();
+    assert!(
+        evs.iter().any(
+            |e| matches!(e, Event::Peers { lookup, peers: p } if *lookup == lid && p == &peers)
+        )
+    );
+    let next: Vec<_> = sent6(&mut node).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(next, vec![SocketAddr::V6(sa6("[fd77::2:1]:7000"))]);
 }
