@@ -17,6 +17,7 @@ impl<A: NodeAddr> Node<A> {
 
     /// `get`: the closest nodes, a write token (as for `get_peers`), and the item when we hold
     /// it, unless the querier's `seq` says it already has this or a newer version.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn answer_get(
         &mut self,
         now: Instant,
