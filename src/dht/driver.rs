@@ -999,6 +999,8 @@ impl Driver {
                         });
                     }
                 }
+                // The driver runs one family's node and never turns `want_other` on.
+                Event::OtherFamilyNodes(_) => {}
                 Event::Reply { request, result } => {
                     if let Some(tx) = self.replies.remove(&request) {
                         let _ = tx.send(result);

@@ -8,6 +8,7 @@ pub mod allow;
 pub mod bep42;
 pub mod bootstrap;
 pub mod driver;
+pub mod dual;
 pub mod gate;
 pub mod id;
 pub mod item_keys;

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use crate::dht::allow::AllowList;
 use crate::dht::bep42::{self, IpVoter};
 use crate::dht::gate::{self, Dropped, Gated};
-use crate::dht::id::{Contact, Family, InfoHash, NodeAddr, NodeId, set_nodes};
+use crate::dht::id::{Contact, Family, InfoHash, NodeAddr, NodeId, compact_nodes, set_nodes};
 use crate::dht::items::{ItemStats, ItemStore, ItemStoreConfig};
 
 mod bep44;
@@ -191,6 +191,9 @@ pub enum Event<A: NodeAddr = SocketAddrV4> {
     },
     /// Our node id changed (BEP 42, after learning our external IP): persist it.
     IdChanged(NodeId),
+    /// Contacts of the other address family from replies to our BEP 32 `want` (only while
+    /// [`Node::set_want_other`] is on): for the sibling node to verify and keep.
+    OtherFamilyNodes(Vec<SocketAddr>),
     /// Someone asked us about an infohash (only with [`Config::report_incoming`]): what a
     /// crawler harvests passively. `peer` is set for a valid announce.
     Incoming {
@@ -517,6 +520,8 @@ pub struct Node<A: NodeAddr = SocketAddrV4> {
     scratch_announce: Vec<(A, NodeId, Token)>,
     scratch_failed: Vec<Pending<Purpose, A>>,
     scratch_slow: Vec<Pending<Purpose, A>>,
+    /// See [`Node::set_want_other`].
+    want_other: bool,
 }
 
 /// Contacts paced per timer tick when re-verifying persisted contacts.
@@ -543,6 +548,8 @@ const IP_VOTE_WINDOW: usize = 25;
 const IP_VOTE_MIN: usize = 5;
 /// BEP 51: samples per reply.
 const MAX_SAMPLES: usize = 20;
+/// Other-family contacts read from one reply (a `want` reply carries K of them).
+pub const MAX_OTHER_FAMILY: usize = 16;
 
 impl Node {
     /// Creates a node of the IPv4 DHT. Nothing is sent until [`Node::bootstrap`], a command,
@@ -602,6 +609,7 @@ impl<A: NodeAddr> Node<A> {
             scratch_contacts: Vec::new(),
             scratch_nodes: Vec::new(),
             scratch_nodes_other: Vec::new(),
+            want_other: false,
             scratch_values: Vec::new(),
             scratch_samples: Vec::new(),
             scratch_scrape: Box::default(),
@@ -754,9 +762,14 @@ impl<A: NodeAddr> Node<A> {
         };
         let id = self.id;
         let read_only = self.config.read_only;
+        let want = if self.want_other {
+            Want::BOTH
+        } else {
+            Want::NONE
+        };
         self.stats.queries_out += 1;
         self.queue(now, to, |out| {
-            krpc::encode_query(out, &tid, &id, &args, read_only, Some(VERSION))
+            krpc::encode_query_want(out, &tid, &id, &args, want, read_only, Some(VERSION))
         })
     }
 
@@ -1491,6 +1504,38 @@ impl<A: NodeAddr> Node<A> {
         self.events.push_back(Event::IdChanged(id));
     }
 
+    /// BEP 32 bootstrapping of a dual-stack node: while [`Node::set_want_other`] is on, our
+    /// queries carry `want = [n4, n6]` and the other family's contacts in replies (`nodes6`
+    /// for the IPv4 node, `nodes` for the IPv6 one) are handed on as
+    /// [`Event::OtherFamilyNodes`], for the sibling node to verify. Only contacts we asked
+    /// for are read, at most [`MAX_OTHER_FAMILY`] a reply.
+    pub fn set_want_other(&mut self, on: bool) {
+        self.want_other = on;
+    }
+
+    fn report_other_family(&mut self, r: &Response) {
+        let raw = match A::FAMILY {
+            Family::V4 => r.nodes6.as_deref(),
+            Family::V6 => r.nodes.as_deref(),
+        };
+        let Some(raw) = raw else {
+            return;
+        };
+        let addrs: Vec<SocketAddr> = match A::FAMILY {
+            Family::V4 => compact_nodes::<SocketAddrV6>(raw)
+                .map(|c| SocketAddr::V6(c.addr))
+                .take(MAX_OTHER_FAMILY)
+                .collect(),
+            Family::V6 => compact_nodes::<SocketAddrV4>(raw)
+                .map(|c| SocketAddr::V4(c.addr))
+                .take(MAX_OTHER_FAMILY)
+                .collect(),
+        };
+        if !addrs.is_empty() {
+            self.events.push_back(Event::OtherFamilyNodes(addrs));
+        }
+    }
+
     /// Pings an unknown querier when it could get a table slot: a claimed id becomes a
     /// table entry only once the node answers a query of ours.
     fn maybe_verify(&mut self, now: Instant, contact: Contact<A>) {
@@ -1542,6 +1587,9 @@ impl<A: NodeAddr> Node<A> {
         self.stats.queries_ended += 1;
         if let Some(seen_as) = seen_as {
             self.vote_external_ip(now, from.host(), seen_as.host());
+        }
+        if self.want_other {
+            self.report_other_family(&r);
         }
         // BEP 5: bootstrap routers are for joining only. They answer everyone and store
         // nothing, so in our table (and so in our replies) they would take a slot from a
