@@ -209,7 +209,7 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
         let t6 = n.v6().unwrap().table().len();
         assert!(t6 > 0, "dual node {d} has no IPv6 contact");
         assert!(n.stats().contacts_handed_over > 0, "dual node {d}");
-        assert!(n.v4().unwrap().table().len() > 0, "dual node {d}");
+        assert!(!n.v4().unwrap().table().is_empty(), "dual node {d}");
         // Each table holds only its own family (the types say so; the addresses agree).
         assert!(
             n.v6()
@@ -221,7 +221,7 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
     }
     for &n in &v6_only {
         assert!(
-            net.nodes[n].v6().unwrap().table().len() > 0,
+            !net.nodes[n].v6().unwrap().table().is_empty(),
             "v6-only node {n}"
         );
     }
