@@ -178,7 +178,7 @@ async fn run(a: Args) {
     let ih: InfoHash = seeded.info_hash.parse().unwrap();
     for _ in 0..60 {
         let (peers, _) = net.nodes[7].get_peers(ih).unwrap().collect().await;
-        if peers.contains(&seeder.addr) {
+        if peers.contains(&std::net::SocketAddr::from(seeder.addr)) {
             break;
         }
         seeder

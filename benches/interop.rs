@@ -215,7 +215,7 @@ async fn wait_findable(net: &Testnet, ih: InfoHash, peer: SocketAddrV4) {
             .expect("node runs")
             .collect()
             .await;
-        if peers.contains(&peer) {
+        if peers.contains(&std::net::SocketAddr::from(peer)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -233,7 +233,7 @@ async fn lt_seeder(net: &Testnet, ip: Ipv4Addr, flags: &[&str], file: &Path) -> 
             .expect("node runs")
             .collect()
             .await;
-        if peers.contains(&lt.addr) {
+        if peers.contains(&std::net::SocketAddr::from(lt.addr)) {
             break;
         }
         lt.command(&format!("dht_announce_torrent {}", seeded.info_hash))

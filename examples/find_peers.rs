@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut found = false;
     while let Some(peer) = peers.next().await {
         println!("node {searcher} found peer {peer}");
-        found |= peer == expected;
+        found |= peer == std::net::SocketAddr::from(expected);
     }
     net.shutdown().await;
     if !found {

@@ -486,14 +486,14 @@ fn bad_arguments_and_stores_fail_with_one_line() {
 /// records the peers it was given.
 struct CannedFetcher {
     dicts: HashMap<InfoHash, Vec<u8>>,
-    asked: std::sync::Mutex<Vec<(InfoHash, Vec<SocketAddrV4>)>>,
+    asked: std::sync::Mutex<Vec<(InfoHash, Vec<std::net::SocketAddr>)>>,
 }
 
 impl trackerless::crawl::enrich::MetadataFetcher for CannedFetcher {
     fn fetch(
         &self,
         info_hash: InfoHash,
-        peers: Vec<SocketAddrV4>,
+        peers: Vec<std::net::SocketAddr>,
     ) -> trackerless::crawl::enrich::FetchFuture<'_> {
         self.asked.lock().unwrap().push((info_hash, peers));
         let r = self.dicts.get(&info_hash).cloned().ok_or_else(|| {

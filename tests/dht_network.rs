@@ -125,7 +125,7 @@ async fn five_hundred_node_testnet_lookups_all_find_the_peer() {
             let mut stream = node.get_peers(ih).unwrap();
             let mut found = false;
             while let Some(p) = stream.next().await {
-                found |= p == expected;
+                found |= p == std::net::SocketAddr::from(expected);
             }
             (
                 who,
@@ -193,7 +193,7 @@ async fn a_peer_feed_finds_a_peer_that_announced_after_it_started() {
     let expected = SocketAddrV4::new(*net.addr(17).ip(), 4100);
     let found = tokio::time::timeout(wait_support::GENEROUS, async {
         while let Some(p) = feed.next().await {
-            if p == expected {
+            if p == std::net::SocketAddr::from(expected) {
                 return true;
             }
         }
@@ -219,7 +219,10 @@ async fn a_peer_feed_finds_a_peer_that_announced_after_it_started() {
     })
     .await
     .expect("a one-round feed ends");
-    assert!(peers.contains(&expected), "{peers:?}");
+    assert!(
+        peers.contains(&std::net::SocketAddr::from(expected)),
+        "{peers:?}"
+    );
     assert_eq!(once.lookups(), 1);
     net.shutdown().await;
 }

@@ -103,7 +103,7 @@ async fn aria2_downloads_a_magnet_from_dht_seed_through_the_dht_only() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
-        if peers.contains(&peer) {
+        if peers.contains(&std::net::SocketAddr::from(peer)) {
             break;
         }
         assert!(Instant::now() < deadline, "{peer} never became findable");

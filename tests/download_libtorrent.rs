@@ -35,7 +35,7 @@ async fn dht_get_downloads_from_a_libtorrent_seeder() {
     let mut found = false;
     for _ in 0..40 {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
-        if peers.contains(&lt.addr) {
+        if peers.contains(&std::net::SocketAddr::from(lt.addr)) {
             found = true;
             break;
         }

@@ -34,7 +34,7 @@ async fn lt_seeding(net: &Testnet, lt: &mut LtNode, file: &Path) -> common::lt::
     let ih: InfoHash = seeded.info_hash.parse().unwrap();
     for _ in 0..60 {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
-        if peers.contains(&lt.addr) {
+        if peers.contains(&std::net::SocketAddr::from(lt.addr)) {
             return seeded;
         }
         lt.command(&format!("dht_announce_torrent {}", seeded.info_hash))

@@ -97,7 +97,7 @@ async fn dht_get_downloads_from_a_utp_only_libtorrent() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
-        if peers.contains(&lt.addr) {
+        if peers.contains(&std::net::SocketAddr::from(lt.addr)) {
             found = true;
             break;
         }

@@ -253,7 +253,7 @@ async fn we_find(
     ih: InfoHash,
     want: SocketAddrV4,
     deadline: Instant,
-) -> (Option<u32>, Vec<SocketAddrV4>) {
+) -> (Option<u32>, Vec<std::net::SocketAddr>) {
     let mut attempts = 0;
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -265,7 +265,7 @@ async fn we_find(
                     seen.push(p);
                 }
             }
-            if seen.contains(&want) {
+            if seen.contains(&std::net::SocketAddr::from(want)) {
                 return (Some(attempts), seen);
             }
         }

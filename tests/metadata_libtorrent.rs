@@ -63,7 +63,7 @@ async fn wait_announced(net: &Testnet, lt: &mut LtNode, ih: &str, peer: SocketAd
     let id: InfoHash = ih.parse().unwrap();
     for _ in 0..30 {
         let (peers, _) = net.nodes[4].get_peers(id).unwrap().collect().await;
-        if peers.contains(&peer) {
+        if peers.contains(&std::net::SocketAddr::from(peer)) {
             return;
         }
         lt.command(&format!("dht_announce_torrent {ih}")).await;

@@ -565,7 +565,7 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
                 Err(_) => Default::default(),
             };
             Measured {
-                ok: peers.contains(&peer),
+                ok: peers.contains(&std::net::SocketAddr::from(peer)),
                 recall: 0.0,
                 messages: summary.messages,
                 elapsed: started.elapsed(),
@@ -594,7 +594,7 @@ async fn measure_lookups(cli: &Cli, net: &Testnet, alive: &[usize]) -> Result<()
                     Err(_) => Default::default(),
                 };
                 Measured {
-                    ok: peers.contains(&peer),
+                    ok: peers.contains(&std::net::SocketAddr::from(peer)),
                     recall: 0.0,
                     messages: summary.messages,
                     elapsed: started.elapsed(),

@@ -8,7 +8,7 @@
 //! counted) rather than buffered without limit.
 
 use std::future::Future;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, FetchErro
 pub trait MetadataFetcher: Send + Sync + 'static {
     /// Fetches the bencoded info dict of `info_hash` from `peers` (live ones first). The
     /// pool checks the SHA-1, so an implementation may return unverified bytes.
-    fn fetch(&self, info_hash: InfoHash, peers: Vec<SocketAddrV4>) -> FetchFuture<'_>;
+    fn fetch(&self, info_hash: InfoHash, peers: Vec<SocketAddr>) -> FetchFuture<'_>;
 }
 
 /// Pool settings.
@@ -64,7 +64,7 @@ pub struct MetaJob {
     /// The torrent whose metadata is wanted.
     pub info_hash: InfoHash,
     /// Peers announced to us for it; a DHT lookup adds more.
-    pub peers: Vec<SocketAddrV4>,
+    pub peers: Vec<SocketAddr>,
 }
 
 /// Why a job got no metadata.
@@ -208,10 +208,9 @@ async fn verify_and_save(
 pub struct Bep9Fetcher(pub crate::metadata::FetchConfig);
 
 impl MetadataFetcher for Bep9Fetcher {
-    fn fetch(&self, info_hash: InfoHash, peers: Vec<SocketAddrV4>) -> FetchFuture<'_> {
+    fn fetch(&self, info_hash: InfoHash, peers: Vec<SocketAddr>) -> FetchFuture<'_> {
         Box::pin(async move {
-            let source =
-                crate::metadata::PeerSource::new(peers.into_iter().map(std::net::SocketAddr::V4));
+            let source = crate::metadata::PeerSource::new(peers);
             crate::metadata::fetch_metadata(info_hash, source, &self.0)
                 .await
                 .map(|f| f.info.to_vec())

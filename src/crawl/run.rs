@@ -357,7 +357,10 @@ impl Crawl {
                 }
             }
             if let Some(pool) = &self.pool {
-                let peers = records.remove(ih).map(|(r, _)| r.peers).unwrap_or_default();
+                let peers = records
+                    .remove(ih)
+                    .map(|(r, _)| r.peers.into_iter().map(SocketAddr::V4).collect())
+                    .unwrap_or_default();
                 if !pool.offer(MetaJob {
                     info_hash: *ih,
                     peers,

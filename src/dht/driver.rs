@@ -232,14 +232,14 @@ pub struct LookupSummary {
 }
 
 enum LookupUpdate {
-    Peers(Vec<SocketAddrV4>),
+    Peers(Vec<SocketAddr>),
     Done(LookupSummary),
 }
 
 /// Peers of a get_peers/announce lookup, streamed as they arrive.
 pub struct PeerStream {
     rx: mpsc::UnboundedReceiver<LookupUpdate>,
-    buffered: Vec<SocketAddrV4>,
+    buffered: Vec<SocketAddr>,
     summary: Option<LookupSummary>,
 }
 
@@ -249,7 +249,7 @@ impl PeerStream {
     pub fn poll_next(
         &mut self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<SocketAddrV4>> {
+    ) -> std::task::Poll<Option<SocketAddr>> {
         use std::task::Poll;
         loop {
             if let Some(p) = self.buffered.pop() {
@@ -270,12 +270,12 @@ impl PeerStream {
     }
 
     /// The next new peer, or `None` when the lookup has finished.
-    pub async fn next(&mut self) -> Option<SocketAddrV4> {
+    pub async fn next(&mut self) -> Option<SocketAddr> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
     /// Drains the stream: every peer, and how the lookup ended.
-    pub async fn collect(mut self) -> (Vec<SocketAddrV4>, LookupSummary) {
+    pub async fn collect(mut self) -> (Vec<SocketAddr>, LookupSummary) {
         let mut peers = Vec::new();
         while let Some(p) = self.next().await {
             peers.push(p);
@@ -1026,7 +1026,9 @@ impl Driver {
                 }
                 Event::Peers { lookup, peers } => {
                     if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::Peers(peers));
+                        let _ = tx.send(LookupUpdate::Peers(
+                            peers.into_iter().map(SocketAddr::V4).collect(),
+                        ));
                     }
                 }
                 Event::LookupDone {

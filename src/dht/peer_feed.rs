@@ -6,7 +6,7 @@
 //! hold it), so a client keeps looking, quickly at first and then less often. Each of those
 //! callers used to carry its own copy of this loop with its own pauses.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -79,7 +79,7 @@ struct Counters {
 /// consumer keeps what it already knows). Dropping the feed stops its lookups.
 #[derive(Debug)]
 pub struct PeerFeed {
-    rx: mpsc::UnboundedReceiver<SocketAddrV4>,
+    rx: mpsc::UnboundedReceiver<SocketAddr>,
     seeding: watch::Sender<bool>,
     counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
@@ -93,12 +93,12 @@ impl Drop for PeerFeed {
 
 impl PeerFeed {
     /// Polls for the next peer (`Ready(None)` once the rounds are done or the node stopped).
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketAddrV4>> {
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<SocketAddr>> {
         self.rx.poll_recv(cx)
     }
 
     /// The next peer, or `None` once the rounds are done or the node stopped.
-    pub async fn next(&mut self) -> Option<SocketAddrV4> {
+    pub async fn next(&mut self) -> Option<SocketAddr> {
         self.rx.recv().await
     }
 
@@ -148,7 +148,7 @@ async fn feed(
     dht: DhtHandle,
     ih: InfoHash,
     cfg: PeersConfig,
-    tx: mpsc::UnboundedSender<SocketAddrV4>,
+    tx: mpsc::UnboundedSender<SocketAddr>,
     seeding: watch::Receiver<bool>,
     counters: Arc<Counters>,
 ) {

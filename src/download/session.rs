@@ -971,7 +971,7 @@ impl Runner {
                 tokio::select! {
                     p = feed.next() => {
                         let Some(p) = p else { return };
-                        if tx.send(SessionCmd::AddPeers(vec![SocketAddr::V4(p)])).is_err() {
+                        if tx.send(SessionCmd::AddPeers(vec![p])).is_err() {
                             return;
                         }
                     }

@@ -64,7 +64,7 @@ impl PeerSource {
                 for (i, s) in self.streams.iter_mut().enumerate() {
                     if let std::task::Poll::Ready(r) = s.poll_next(cx) {
                         return std::task::Poll::Ready(match r {
-                            Some(a) => Ok(SocketAddr::V4(a)),
+                            Some(a) => Ok(a),
                             None => Err(Source::Stream(i)),
                         });
                     }
@@ -72,7 +72,7 @@ impl PeerSource {
                 for (i, f) in self.feeds.iter_mut().enumerate() {
                     if let std::task::Poll::Ready(r) = f.poll_next(cx) {
                         return std::task::Poll::Ready(match r {
-                            Some(a) => Ok(SocketAddr::V4(a)),
+                            Some(a) => Ok(a),
                             None => Err(Source::Feed(i)),
                         });
                     }
