@@ -28,7 +28,7 @@ async fn dht_knows(net: &Testnet, ih: InfoHash, want: SocketAddr, within: Durati
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let (peers, _) = net.nodes[5].get_peers(ih).unwrap().collect().await;
-        if peers.iter().any(|p| *p == want) {
+        if peers.contains(&want) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -136,10 +136,7 @@ async fn dht_get_downloads_from_a_seeder_known_only_by_pex() {
         run.text
     );
     let (peers, _) = net.nodes[5].get_peers(ih_id).unwrap().collect().await;
-    assert!(
-        !peers.iter().any(|p| *p == s2_addr),
-        "S2 was in the DHT: {peers:?}"
-    );
+    assert!(!peers.contains(&s2_addr), "S2 was in the DHT: {peers:?}");
     s1.quit().await;
     s2.quit().await;
     net.shutdown().await;
