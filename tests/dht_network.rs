@@ -63,7 +63,7 @@ async fn allow_list_drops_and_counts_off_loopback_sends() {
     tokio::spawn(driver);
 
     let err = dht
-        .ping("10.0.0.1:6881".parse().unwrap())
+        .ping("10.0.0.1:6881".parse::<SocketAddrV4>().unwrap())
         .await
         .unwrap_err();
     assert_eq!(err, DhtError::Ping(PingError::NotAllowed));

@@ -289,7 +289,7 @@ async fn sample_infohashes_direct_queries_and_incoming_reports() {
         .unwrap()
         .unwrap();
     assert_eq!(got.info_hash, InfoHash([0x99; 20]));
-    assert_eq!(got.from, net.addr(0));
+    assert_eq!(got.from, SocketAddr::V4(net.addr(0)));
     assert_eq!(got.peer, None);
     watcher.shutdown().await.unwrap();
     net.shutdown().await;

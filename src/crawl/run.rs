@@ -301,7 +301,13 @@ impl Crawl {
         } else {
             HOW_GET_PEERS
         };
-        self.store.note(q.info_hash, how, q.peer);
+        // The store's rows hold IPv4 peers (BEP 32 crawling is not done yet): an IPv6
+        // announce still counts, without its address.
+        let peer = q.peer.and_then(|p| match p {
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(_) => None,
+        });
+        self.store.note(q.info_hash, how, peer);
     }
 
     /// Makes everything durable, then reports the new records (out file, channel,

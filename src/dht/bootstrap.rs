@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4};
+
+use crate::dht::id::NodeAddr;
 use std::path::{Path, PathBuf};
 
 /// The default routers (`bootstrap-nodes.txt`, embedded at build time).
@@ -119,9 +121,11 @@ pub fn default_list() -> Vec<String> {
     parse_list(DEFAULT_LIST).expect("embedded bootstrap list is valid")
 }
 
-/// Resolves `host:port` entries to IPv4 addresses. Entries that do not resolve are skipped
-/// (and reported in the error list) so one dead name does not stop the others.
-pub async fn resolve(entries: &[String]) -> (Vec<SocketAddrV4>, Vec<String>) {
+/// Resolves `host:port` entries to addresses of both families (A and AAAA records; an
+/// IPv4-mapped answer counts as IPv4). Entries that do not resolve are skipped (and reported
+/// in the error list) so one dead name does not stop the others; each node takes its own
+/// family's.
+pub async fn resolve(entries: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
     let mut addrs = Vec::new();
     let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -130,14 +134,16 @@ pub async fn resolve(entries: &[String]) -> (Vec<SocketAddrV4>, Vec<String>) {
             Ok(it) => {
                 let before = addrs.len();
                 for a in it {
-                    if let SocketAddr::V4(v4) = a
-                        && !addrs.contains(&v4)
-                    {
-                        addrs.push(v4);
+                    let a = match SocketAddrV4::from_socket(a) {
+                        Some(v4) => SocketAddr::V4(v4),
+                        None => a,
+                    };
+                    if !addrs.contains(&a) {
+                        addrs.push(a);
                     }
                 }
                 if addrs.len() == before {
-                    errors.push(format!("{e}: no IPv4 address"));
+                    errors.push(format!("{e}: no address"));
                 }
             }
             Err(err) => errors.push(format!("{e}: {err}")),

@@ -6,12 +6,18 @@
 //! multi-thread runtime with one worker, 166k), so [`Dht::spawn`] runs the driver on its own
 //! thread with a current-thread runtime. [`Dht::bind`] instead returns the driver as a future
 //! for callers that run many nodes on one runtime (the loopback testnet).
+//!
+//! Dual stack (BEP 32): with [`DhtConfig::bind6`] the same task also owns an IPv6 socket and
+//! the IPv6 DHT's node, the two held as one [`DualNode`] (which answers `want` from the
+//! sibling and bootstraps each family through the other). `get_peers` and `announce` run on
+//! both and their peers come out of one [`PeerStream`]; the other commands act on the IPv4
+//! node, or on the node of the address they name.
 
 use std::collections::HashMap;
 #[cfg(feature = "testing")]
 use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +26,8 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dht::bootstrap;
-use crate::dht::id::{Contact, InfoHash, NodeId};
+use crate::dht::dual::{DualEvent, DualNode};
+use crate::dht::id::{Contact, Contact6, Family, InfoHash, NodeAddr, NodeId};
 use crate::dht::item_search::{
     FoundItem, ItemError, ItemQuery, ItemResult, PutOutcome, PutRequest,
 };
@@ -34,8 +41,11 @@ use crate::util::Backoff;
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
-    /// UDP address to bind.
+    /// UDP address to bind: an IPv4 address (the IPv4 DHT's socket).
     pub bind: SocketAddr,
+    /// BEP 32: an IPv6 address for a second socket and the IPv6 DHT's node (its own table
+    /// and id); `None` runs IPv4 only.
+    pub bind6: Option<SocketAddr>,
     /// The sans-IO node's settings (including the outbound allow-list).
     pub node: node::Config,
     /// Bootstrap routers as `host:port`. Resolution failures are retried with backoff.
@@ -66,10 +76,10 @@ pub struct DhtConfig {
 pub struct IncomingQuery {
     /// The infohash queried or announced.
     pub info_hash: InfoHash,
-    /// The querying node's address (the UDP source).
-    pub from: SocketAddrV4,
+    /// The querying node's address (the UDP source), of either family.
+    pub from: SocketAddr,
     /// The announced peer, for a valid announce_peer.
-    pub peer: Option<SocketAddrV4>,
+    pub peer: Option<SocketAddr>,
 }
 
 impl DhtConfig {
@@ -77,6 +87,7 @@ impl DhtConfig {
     pub fn new(bind: SocketAddr) -> Self {
         DhtConfig {
             bind,
+            bind6: None,
             node: node::Config::default(),
             bootstrap: Vec::new(),
             contacts: Vec::new(),
@@ -221,8 +232,11 @@ impl std::error::Error for ItemsError {}
 /// How a lookup ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LookupSummary {
-    /// The K closest nodes that answered.
+    /// The K closest nodes that answered (the IPv4 DHT's).
     pub closest: Vec<Contact>,
+    /// The K closest nodes of the IPv6 DHT that answered (a dual-stack node's `get_peers`
+    /// and `announce` only).
+    pub closest6: Vec<Contact6>,
     /// Nodes that acknowledged our announce (announce lookups only).
     pub announced: usize,
     /// Queries the lookup sent.
@@ -290,17 +304,18 @@ impl PeerStream {
 }
 
 enum Command {
-    Ping(SocketAddrV4, oneshot::Sender<Result<NodeId, PingError>>),
+    Ping(SocketAddr, oneshot::Sender<Result<NodeId, PingError>>),
     Query(
-        SocketAddrV4,
+        SocketAddr,
         DirectQuery,
         oneshot::Sender<Result<Box<Response>, PingError>>,
     ),
     Lookup(LookupRequest, mpsc::UnboundedSender<LookupUpdate>),
     Item(ItemRequest, oneshot::Sender<ItemResult>),
-    AddContacts(Vec<SocketAddrV4>),
-    Bootstrap(Vec<SocketAddrV4>),
+    AddContacts(Vec<SocketAddr>),
+    Bootstrap(Vec<SocketAddr>),
     Stats(oneshot::Sender<Stats>),
+    Stats6(oneshot::Sender<Option<Stats>>),
     Contacts(oneshot::Sender<Vec<Contact>>),
     WaitNodes(usize, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), PersistError>>),
@@ -324,6 +339,7 @@ enum LookupRequest {
 pub struct DhtHandle {
     tx: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
+    local_addr6: Option<SocketAddr>,
     /// Shared with the driver, which updates it when BEP 42 changes our id.
     id: Arc<Mutex<NodeId>>,
 }
@@ -332,6 +348,11 @@ impl DhtHandle {
     /// The UDP address the node is bound to (with the actual port when port 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The IPv6 socket's address, when the node runs the IPv6 DHT too.
+    pub fn local_addr6(&self) -> Option<SocketAddr> {
+        self.local_addr6
     }
 
     /// Our current node id.
@@ -343,10 +364,10 @@ impl DhtHandle {
         self.tx.send(c).map_err(|_| DhtError::Stopped)
     }
 
-    /// Pings `addr` and returns its node id.
-    pub async fn ping(&self, addr: SocketAddrV4) -> Result<NodeId, DhtError> {
+    /// Pings `addr` (from the node of its family) and returns its node id.
+    pub async fn ping(&self, addr: impl Into<SocketAddr>) -> Result<NodeId, DhtError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Ping(addr, tx))?;
+        self.send(Command::Ping(addr.into(), tx))?;
         rx.await
             .map_err(|_| DhtError::Stopped)?
             .map_err(DhtError::Ping)
@@ -355,7 +376,12 @@ impl DhtHandle {
     /// Sends one query to one node and returns its whole reply (e.g. a crawler's BEP 51
     /// `sample_infohashes`, or `get_peers` to a node that lacks it). A ping returns a reply
     /// holding just the node id.
-    pub async fn query(&self, addr: SocketAddrV4, q: DirectQuery) -> Result<Response, DhtError> {
+    pub async fn query(
+        &self,
+        addr: impl Into<SocketAddr>,
+        q: DirectQuery,
+    ) -> Result<Response, DhtError> {
+        let addr = addr.into();
         if q == DirectQuery::Ping {
             return self.ping(addr).await.map(Response::with_id);
         }
@@ -370,7 +396,7 @@ impl DhtHandle {
     /// BEP 51: asks `addr` for a sample of the infohashes it stores.
     pub async fn sample_infohashes(
         &self,
-        addr: SocketAddrV4,
+        addr: impl Into<SocketAddr>,
         target: NodeId,
     ) -> Result<Response, DhtError> {
         self.query(addr, DirectQuery::SampleInfohashes(target))
@@ -530,13 +556,30 @@ impl DhtHandle {
 
     /// Pings these addresses; those that answer may enter the routing table (e.g. a peer's
     /// BEP 5 PORT message). The allow-list applies.
-    pub fn add_contacts(&self, addrs: Vec<SocketAddrV4>) -> Result<(), DhtError> {
-        self.send(Command::AddContacts(addrs))
+    pub fn add_contacts<A: Into<SocketAddr>>(
+        &self,
+        addrs: impl IntoIterator<Item = A>,
+    ) -> Result<(), DhtError> {
+        self.send(Command::AddContacts(
+            addrs.into_iter().map(Into::into).collect(),
+        ))
     }
 
-    /// (Re-)joins the network through these routers.
-    pub fn bootstrap(&self, routers: Vec<SocketAddrV4>) -> Result<(), DhtError> {
-        self.send(Command::Bootstrap(routers))
+    /// (Re-)joins the network through these routers (each family's node through its own).
+    pub fn bootstrap<A: Into<SocketAddr>>(
+        &self,
+        routers: impl IntoIterator<Item = A>,
+    ) -> Result<(), DhtError> {
+        self.send(Command::Bootstrap(
+            routers.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// The IPv6 node's counters and table (`None` when the node runs IPv4 only).
+    pub async fn stats6(&self) -> Result<Option<Stats>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stats6(tx))?;
+        rx.await.map_err(|_| DhtError::Stopped)
     }
 
     /// A snapshot of the node's counters and table, plus the driver's UDP send errors
@@ -547,7 +590,7 @@ impl DhtHandle {
         rx.await.map_err(|_| DhtError::Stopped)
     }
 
-    /// Resolves once the routing table holds at least `n` nodes (e.g. to start a lookup as
+    /// Resolves once the routing tables (both families together) hold at least `n` nodes (e.g. to start a lookup as
     /// soon as bootstrap has found someone).
     pub async fn wait_for_nodes(&self, n: usize) -> Result<(), DhtError> {
         let (tx, rx) = oneshot::channel();
@@ -626,10 +669,35 @@ impl Dht {
         ),
         StartError,
     > {
+        let not_family = |addr: SocketAddr, what: &str| StartError::Bind {
+            addr,
+            error: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not an {what} address"),
+            ),
+        };
+        if !config.bind.is_ipv4() {
+            return Err(not_family(config.bind, "IPv4"));
+        }
         let socket = udp::bind(config.bind).map_err(|error| StartError::Bind {
             addr: config.bind,
             error,
         })?;
+        let socket6 = match config.bind6 {
+            Some(a) if !a.is_ipv6() => return Err(not_family(a, "IPv6")),
+            Some(a) => Some((
+                udp::bind(a).map_err(|error| StartError::Bind { addr: a, error })?,
+                a,
+            )),
+            None => None,
+        };
+        let local_addr6 = match &socket6 {
+            Some((s, a)) => Some(
+                s.local_addr()
+                    .map_err(|error| StartError::Bind { addr: *a, error })?,
+            ),
+            None => None,
+        };
         let local_addr = socket.local_addr().map_err(|error| StartError::Bind {
             addr: config.bind,
             error,
@@ -651,6 +719,17 @@ impl Dht {
             persisted = store.contact_addrs();
         }
         let now = Instant::now();
+        // The IPv6 node: the same settings, its own id (BEP 42 ids are per address) and its
+        // own socket address.
+        let node6 = local_addr6.map(|a6| {
+            let cfg = node::Config {
+                id: None,
+                local_addr: Some(a6),
+                seed: node_config.seed.map(|s| s ^ 0x6666),
+                ..node_config.clone()
+            };
+            Node::new_v6(cfg, now)
+        });
         let mut node = Node::new(node_config, now);
         if let Some(store) = &store {
             store.set_node_id(&node.id()).map_err(StartError::Store)?;
@@ -663,10 +742,17 @@ impl Dht {
         let handle = DhtHandle {
             tx,
             local_addr,
+            local_addr6,
             id: id.clone(),
         };
         let driver = Driver {
-            node,
+            dual: DualNode::new(Some(node), node6, now),
+            io6: socket6.map(|(s, _)| Udp6 {
+                socket: s,
+                buf: vec![0; RECV_BUF + 1],
+                send_errors: 0,
+            }),
+            lookups6: HashMap::new(),
             rx,
             store,
             routers: config.bootstrap.clone(),
@@ -691,15 +777,20 @@ impl Dht {
 }
 
 struct Driver {
-    node: Node,
+    /// The IPv4 node, and the IPv6 one with [`DhtConfig::bind6`].
+    dual: DualNode,
+    /// The IPv6 socket.
+    io6: Option<Udp6>,
+    /// IPv6 halves of dual lookups: the IPv6 lookup id to the IPv4 one that keys `lookups`.
+    lookups6: HashMap<LookupId, LookupId>,
     rx: mpsc::UnboundedReceiver<Command>,
     store: Option<NodeStore>,
     routers: Vec<String>,
     save_interval: Duration,
-    pings: HashMap<RequestId, oneshot::Sender<Result<NodeId, PingError>>>,
-    replies: HashMap<RequestId, oneshot::Sender<Result<Box<Response>, PingError>>>,
+    pings: HashMap<(Family, RequestId), oneshot::Sender<Result<NodeId, PingError>>>,
+    replies: HashMap<(Family, RequestId), oneshot::Sender<Result<Box<Response>, PingError>>>,
     incoming: Option<mpsc::Sender<IncomingQuery>>,
-    lookups: HashMap<LookupId, mpsc::UnboundedSender<LookupUpdate>>,
+    lookups: HashMap<LookupId, Stream>,
     items: HashMap<LookupId, oneshot::Sender<ItemResult>>,
     io: udp::BatchedSocket,
     id: Arc<Mutex<NodeId>>,
@@ -712,6 +803,58 @@ struct Driver {
     /// the receive path is then exactly the one without the feature.
     #[cfg(feature = "testing")]
     held: Option<Held>,
+}
+
+/// A lookup's stream and how many of its halves (one per family) are still running.
+struct Stream {
+    tx: mpsc::UnboundedSender<LookupUpdate>,
+    open: u8,
+    summary: LookupSummary,
+}
+
+/// The IPv6 socket. Plain `recv_from`/`send_to` (the batched path is IPv4's): the IPv6 DHT
+/// is a small share of the traffic.
+struct Udp6 {
+    socket: tokio::net::UdpSocket,
+    buf: Vec<u8>,
+    send_errors: u64,
+}
+
+impl Udp6 {
+    /// Hands up to `max` datagrams to the IPv6 node (a longer one than [`RECV_BUF`] is
+    /// counted as malformed unread).
+    fn receive(&mut self, dual: &mut DualNode, max: usize) {
+        for _ in 0..max {
+            match self.socket.try_recv_from(&mut self.buf) {
+                Ok((n, from)) if n <= RECV_BUF => {
+                    dual.handle_datagram(Instant::now(), from, &self.buf[..n]);
+                }
+                Ok((n, _)) => {
+                    if let Some(node) = dual.v6_mut() {
+                        node.note_oversized(n);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("IPv6 recv error: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends what the IPv6 node queued.
+    async fn flush(&mut self, dual: &mut DualNode) {
+        let Some(node) = dual.v6_mut() else {
+            return;
+        };
+        while let Some(t) = node.poll_transmit() {
+            if let Err(e) = self.socket.send_to(t.payload, t.to).await {
+                self.send_errors += 1;
+                tracing::debug!("IPv6 send error: {e}");
+            }
+        }
+    }
 }
 
 /// Received datagrams held back for an emulated receive delay
@@ -731,7 +874,7 @@ impl Held {
     }
 
     /// Hands the node every datagram whose delay has passed.
-    fn deliver_due(&mut self, node: &mut Node) {
+    fn deliver_due(&mut self, node: &mut DualNode) {
         let now = tokio::time::Instant::now();
         while self.queue.front().is_some_and(|d| d.0 <= now) {
             let (_, from, data) = self.queue.pop_front().expect("checked");
@@ -746,7 +889,7 @@ impl Held {
 /// the socket code and the undelayed path stay as they are.
 #[cfg(feature = "testing")]
 struct Holding<'a> {
-    node: &'a mut Node,
+    node: &'a mut DualNode,
     held: &'a mut Held,
 }
 
@@ -758,11 +901,11 @@ impl udp::Core for Holding<'_> {
     }
 
     fn note_oversized(&mut self, len: usize) {
-        self.node.note_oversized(len);
+        udp::Core::note_oversized(self.node, len);
     }
 
     fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
-        self.node.drain_transmits(f);
+        udp::Core::drain_transmits(self.node, f);
     }
 }
 
@@ -787,7 +930,7 @@ impl Driver {
         let mut need_resolve = false;
         if self.routers.is_empty() {
             // No routers: join through persisted contacts (or wait to be contacted).
-            self.node.bootstrap(Instant::now(), &[]);
+            self.dual.bootstrap(Instant::now(), &[]);
         } else {
             need_resolve = !self.resolve_and_bootstrap().await;
             resolve_at
@@ -799,7 +942,8 @@ impl Driver {
             self.flush().await;
             self.dispatch_events();
             if !self.waiters.is_empty() {
-                let have = self.node.table().len();
+                let have =
+                    self.node().table().len() + self.dual.v6().map_or(0, |n| n.table().len());
                 let mut i = 0;
                 while i < self.waiters.len() {
                     if self.waiters[i].0 <= have {
@@ -811,7 +955,7 @@ impl Driver {
                 }
             }
             let deadline = self
-                .node
+                .dual
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(far);
@@ -844,6 +988,18 @@ impl Driver {
                 r = self.io.socket().readable() => {
                     if r.is_ok() {
                         self.receive();
+                    }
+                }
+                r = async {
+                    match &self.io6 {
+                        Some(io) => io.socket.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_ok()
+                        && let Some(io) = &mut self.io6
+                    {
+                        io.receive(&mut self.dual, RECV_ROUNDS * 32);
                     }
                 }
             }
@@ -880,7 +1036,7 @@ impl Driver {
         if addrs.is_empty() {
             tracing::warn!("no bootstrap router resolved; will retry");
         }
-        self.node.bootstrap(Instant::now(), &addrs);
+        self.dual.bootstrap(Instant::now(), &addrs);
         !addrs.is_empty()
     }
 
@@ -897,7 +1053,7 @@ impl Driver {
     /// Snapshots the contacts here and writes them on the blocking pool.
     fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), PersistError>>> {
         let store = self.store.clone()?;
-        let contacts = self.node.contacts();
+        let contacts = self.node_ref().contacts();
         Some(tokio::task::spawn_blocking(move || {
             let res = store.save_contacts(&contacts);
             if let Err(e) = &res {
@@ -908,7 +1064,23 @@ impl Driver {
     }
 
     async fn flush(&mut self) {
-        self.io.flush(&mut self.node).await;
+        self.io.flush(&mut self.dual).await;
+        if let Some(io) = &mut self.io6 {
+            io.flush(&mut self.dual).await;
+        }
+    }
+
+    /// The IPv4 node (the driver's first socket is always IPv4).
+    fn node(&mut self) -> &mut Node {
+        self.dual
+            .v4_mut()
+            .expect("the driver always runs the IPv4 node")
+    }
+
+    fn node_ref(&self) -> &Node {
+        self.dual
+            .v4()
+            .expect("the driver always runs the IPv4 node")
     }
 
     /// Reads what the socket has into the node, or into the hold queue when a receive delay
@@ -917,13 +1089,13 @@ impl Driver {
         #[cfg(feature = "testing")]
         if let Some(held) = &mut self.held {
             let mut core = Holding {
-                node: &mut self.node,
+                node: &mut self.dual,
                 held,
             };
             self.io.receive(&mut core, RECV_ROUNDS);
             return;
         }
-        self.io.receive(&mut self.node, RECV_ROUNDS);
+        self.io.receive(&mut self.dual, RECV_ROUNDS);
     }
 
     /// The timer fired: held datagrams now due go to the node, then its own timers run
@@ -931,49 +1103,110 @@ impl Driver {
     fn timer(&mut self) {
         #[cfg(feature = "testing")]
         if let Some(held) = &mut self.held {
-            held.deliver_due(&mut self.node);
+            held.deliver_due(&mut self.dual);
         }
-        self.node.handle_timeout(Instant::now());
+        self.dual.handle_timeout(Instant::now());
     }
 
     fn command(&mut self, c: Command) {
         let now = Instant::now();
         match c {
-            Command::Ping(addr, tx) => {
-                let req = self.node.ping(now, addr);
-                self.pings.insert(req, tx);
-            }
-            Command::Query(addr, q, tx) => {
-                let req = self.node.query(now, addr, q);
-                self.replies.insert(req, tx);
-            }
-            Command::Lookup(req, tx) => {
-                let id = match req {
-                    LookupRequest::FindNode(t) => self.node.find_node(now, t),
-                    LookupRequest::GetPeers(ih) => self.node.get_peers(now, ih),
-                    LookupRequest::Announce(ih, port, seed) => {
-                        self.node.announce_as(now, ih, port, seed)
+            Command::Ping(addr, tx) => match split(addr) {
+                Split::V4(a) => {
+                    let req = self.node().ping(now, a);
+                    self.pings.insert((Family::V4, req), tx);
+                }
+                Split::V6(a) => match self.dual.v6_mut() {
+                    Some(n) => {
+                        let req = n.ping(now, a);
+                        self.pings.insert((Family::V6, req), tx);
                     }
-                    LookupRequest::Scrape(ih) => self.node.scrape(now, ih),
+                    None => {
+                        let _ = tx.send(Err(PingError::NotAllowed));
+                    }
+                },
+            },
+            Command::Query(addr, q, tx) => match split(addr) {
+                Split::V4(a) => {
+                    let req = self.node().query(now, a, q);
+                    self.replies.insert((Family::V4, req), tx);
+                }
+                Split::V6(a) => match self.dual.v6_mut() {
+                    Some(n) => {
+                        let req = n.query(now, a, q);
+                        self.replies.insert((Family::V6, req), tx);
+                    }
+                    None => {
+                        let _ = tx.send(Err(PingError::NotAllowed));
+                    }
+                },
+            },
+            Command::Lookup(req, tx) => {
+                // get_peers and announce run on both families; the rest on IPv4.
+                let both = matches!(
+                    req,
+                    LookupRequest::GetPeers(_) | LookupRequest::Announce(..)
+                );
+                let id = match req {
+                    LookupRequest::FindNode(t) => self.node().find_node(now, t),
+                    LookupRequest::GetPeers(ih) => self.node().get_peers(now, ih),
+                    LookupRequest::Announce(ih, port, seed) => {
+                        self.node().announce_as(now, ih, port, seed)
+                    }
+                    LookupRequest::Scrape(ih) => self.node().scrape(now, ih),
                 };
-                self.lookups.insert(id, tx);
+                let mut open = 1;
+                if both && let Some(n6) = self.dual.v6_mut() {
+                    let id6 = match req {
+                        LookupRequest::GetPeers(ih) => n6.get_peers(now, ih),
+                        LookupRequest::Announce(ih, port, seed) => {
+                            n6.announce_as(now, ih, port, seed)
+                        }
+                        _ => unreachable!("only get_peers and announce run on both"),
+                    };
+                    self.lookups6.insert(id6, id);
+                    open = 2;
+                }
+                self.lookups.insert(
+                    id,
+                    Stream {
+                        tx,
+                        open,
+                        summary: LookupSummary::default(),
+                    },
+                );
             }
             Command::Item(req, tx) => {
                 let id = match req {
-                    ItemRequest::Get(target, q) => self.node.get_item(now, target, q),
-                    ItemRequest::Put(p) => self.node.put_item(now, p),
+                    ItemRequest::Get(target, q) => self.node().get_item(now, target, q),
+                    ItemRequest::Put(p) => self.node().put_item(now, p),
                 };
                 self.items.insert(id, tx);
             }
-            Command::AddContacts(addrs) => self.node.add_contacts(now, addrs),
-            Command::Bootstrap(routers) => self.node.bootstrap(now, &routers),
+            Command::AddContacts(addrs) => {
+                let (v4, v6) = split_all(addrs);
+                self.node().add_contacts(now, v4);
+                if let Some(n) = self.dual.v6_mut() {
+                    n.add_contacts(now, v6);
+                }
+            }
+            Command::Bootstrap(routers) => self.dual.bootstrap(now, &routers),
             Command::Stats(tx) => {
-                let mut s = self.node.stats(now);
+                let mut s = self.node().stats(now);
                 s.dropped_other += self.io.send_errors();
                 let _ = tx.send(s);
             }
+            Command::Stats6(tx) => {
+                let errors = self.io6.as_ref().map_or(0, |io| io.send_errors);
+                let s = self.dual.v6().map(|n| {
+                    let mut s = n.stats(now);
+                    s.dropped_other += errors;
+                    s
+                });
+                let _ = tx.send(s);
+            }
             Command::Contacts(tx) => {
-                let _ = tx.send(self.node.contacts());
+                let _ = tx.send(self.node_ref().contacts());
             }
             Command::WaitNodes(n, tx) => self.waiters.push((n, tx)),
             Command::Shutdown(_) => unreachable!("handled by the loop"),
@@ -981,88 +1214,202 @@ impl Driver {
     }
 
     fn dispatch_events(&mut self) {
-        while let Some(ev) = self.node.poll_event() {
+        while let Some(ev) = self.dual.poll_event() {
             match ev {
-                Event::Pong { request, result } => {
-                    if let Some(tx) = self.pings.remove(&request) {
-                        let _ = tx.send(result);
-                    }
+                DualEvent::V4(ev) => self.on_event4(ev),
+                DualEvent::V6(ev) => self.on_event6(ev),
+            }
+        }
+    }
+
+    /// One half of a lookup reported peers or ended; the stream ends with its last half.
+    fn on_lookup(&mut self, key: LookupId, update: LookupUpdate) {
+        let Some(stream) = self.lookups.get_mut(&key) else {
+            return;
+        };
+        match update {
+            LookupUpdate::Peers(p) => {
+                let _ = stream.tx.send(LookupUpdate::Peers(p));
+            }
+            LookupUpdate::Done(half) => {
+                let s = &mut stream.summary;
+                s.closest.extend(half.closest);
+                s.closest6.extend(half.closest6);
+                s.announced += half.announced;
+                s.messages += half.messages;
+                if half.scrape.is_some() {
+                    s.scrape = half.scrape;
                 }
-                Event::IdChanged(id) => {
-                    *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
-                    if let Some(store) = self.store.clone() {
-                        // Off the event loop, like every other store write.
-                        tokio::task::spawn_blocking(move || {
-                            if let Err(e) = store.set_node_id(&id).and_then(|()| store.flush()) {
-                                tracing::warn!("could not save the new node id: {e}");
-                            }
-                        });
-                    }
+                stream.open -= 1;
+                if stream.open == 0 {
+                    let stream = self.lookups.remove(&key).expect("present");
+                    let _ = stream.tx.send(LookupUpdate::Done(stream.summary));
                 }
-                // The driver runs one family's node and never turns `want_other` on.
-                Event::OtherFamilyNodes(_) => {}
-                Event::Reply { request, result } => {
-                    if let Some(tx) = self.replies.remove(&request) {
-                        let _ = tx.send(result);
-                    }
+            }
+        }
+    }
+
+    fn on_incoming(&self, info_hash: InfoHash, from: SocketAddr, peer: Option<SocketAddr>) {
+        if let Some(tx) = &self.incoming {
+            let _ = tx.try_send(IncomingQuery {
+                info_hash,
+                from,
+                peer,
+            });
+        }
+    }
+
+    fn on_event6(&mut self, ev: Event<SocketAddrV6>) {
+        match ev {
+            Event::Pong { request, result } => {
+                if let Some(tx) = self.pings.remove(&(Family::V6, request)) {
+                    let _ = tx.send(result);
                 }
-                Event::Incoming {
-                    info_hash,
-                    from,
-                    peer,
-                } => {
-                    if let Some(tx) = &self.incoming {
-                        let _ = tx.try_send(IncomingQuery {
-                            info_hash,
-                            from,
-                            peer,
-                        });
-                    }
+            }
+            Event::Reply { request, result } => {
+                if let Some(tx) = self.replies.remove(&(Family::V6, request)) {
+                    let _ = tx.send(result);
                 }
-                Event::Item { lookup, result } => {
-                    if let Some(tx) = self.items.remove(&lookup) {
-                        let _ = tx.send(*result);
-                    }
+            }
+            Event::IdChanged(id) => tracing::info!("IPv6 node id is now {id}"),
+            Event::Incoming {
+                info_hash,
+                from,
+                peer,
+            } => self.on_incoming(info_hash, from.into(), peer.map(Into::into)),
+            Event::Peers { lookup, peers } => {
+                if let Some(&key) = self.lookups6.get(&lookup) {
+                    let peers = peers.into_iter().map(SocketAddr::V6).collect();
+                    self.on_lookup(key, LookupUpdate::Peers(peers));
                 }
-                Event::Peers { lookup, peers } => {
-                    if let Some(tx) = self.lookups.get(&lookup) {
-                        let _ = tx.send(LookupUpdate::Peers(
-                            peers.into_iter().map(SocketAddr::V4).collect(),
-                        ));
-                    }
+            }
+            Event::LookupDone {
+                lookup,
+                closest,
+                announced,
+                messages,
+                scrape,
+            } => {
+                if let Some(key) = self.lookups6.remove(&lookup) {
+                    let half = LookupSummary {
+                        closest6: closest,
+                        announced,
+                        messages,
+                        scrape,
+                        ..LookupSummary::default()
+                    };
+                    self.on_lookup(key, LookupUpdate::Done(half));
                 }
-                Event::LookupDone {
-                    lookup,
+            }
+            // Items run on the IPv4 node; handed-over contacts never leave the DualNode.
+            Event::Item { .. } | Event::OtherFamilyNodes(_) => {}
+        }
+    }
+
+    fn on_event4(&mut self, ev: Event) {
+        match ev {
+            Event::Pong { request, result } => {
+                if let Some(tx) = self.pings.remove(&(Family::V4, request)) {
+                    let _ = tx.send(result);
+                }
+            }
+            Event::IdChanged(id) => {
+                *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+                if let Some(store) = self.store.clone() {
+                    // Off the event loop, like every other store write.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.set_node_id(&id).and_then(|()| store.flush()) {
+                            tracing::warn!("could not save the new node id: {e}");
+                        }
+                    });
+                }
+            }
+            // Handed to the sibling inside the DualNode; never surfaces here.
+            Event::OtherFamilyNodes(_) => {}
+            Event::Reply { request, result } => {
+                if let Some(tx) = self.replies.remove(&(Family::V4, request)) {
+                    let _ = tx.send(result);
+                }
+            }
+            Event::Incoming {
+                info_hash,
+                from,
+                peer,
+            } => self.on_incoming(info_hash, from.into(), peer.map(Into::into)),
+            Event::Item { lookup, result } => {
+                if let Some(tx) = self.items.remove(&lookup) {
+                    let _ = tx.send(*result);
+                }
+            }
+            Event::Peers { lookup, peers } => {
+                let peers = peers.into_iter().map(SocketAddr::V4).collect();
+                self.on_lookup(lookup, LookupUpdate::Peers(peers));
+            }
+            Event::LookupDone {
+                lookup,
+                closest,
+                announced,
+                messages,
+                scrape,
+            } => {
+                let half = LookupSummary {
                     closest,
                     announced,
                     messages,
                     scrape,
-                } => {
-                    if let Some(tx) = self.lookups.remove(&lookup) {
-                        let _ = tx.send(LookupUpdate::Done(LookupSummary {
-                            closest,
-                            announced,
-                            messages,
-                            scrape,
-                        }));
-                    }
-                }
+                    ..LookupSummary::default()
+                };
+                self.on_lookup(lookup, LookupUpdate::Done(half));
             }
         }
     }
 }
 
-impl udp::Core for Node {
+/// An address split by family (an IPv4-mapped IPv6 address is IPv4).
+enum Split {
+    V4(SocketAddrV4),
+    V6(SocketAddrV6),
+}
+
+fn split(a: SocketAddr) -> Split {
+    match SocketAddrV4::from_socket(a) {
+        Some(v4) => Split::V4(v4),
+        None => match a {
+            SocketAddr::V6(v6) => Split::V6(v6),
+            SocketAddr::V4(v4) => Split::V4(v4),
+        },
+    }
+}
+
+fn split_all(addrs: Vec<SocketAddr>) -> (Vec<SocketAddrV4>, Vec<SocketAddrV6>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for a in addrs {
+        match split(a) {
+            Split::V4(a) => v4.push(a),
+            Split::V6(a) => v6.push(a),
+        }
+    }
+    (v4, v6)
+}
+
+/// The IPv4 socket serves the DualNode: datagrams go through its family routing (with the
+/// sibling lent for `want`), transmits come from its IPv4 node.
+impl udp::Core for DualNode {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        Node::handle_datagram(self, now, from, data);
+        DualNode::handle_datagram(self, now, from, data);
     }
 
     fn note_oversized(&mut self, len: usize) {
-        Node::note_oversized(self, len);
+        if let Some(n) = self.v4_mut() {
+            n.note_oversized(len);
+        }
     }
 
     fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
-        Node::drain_transmits(self, f);
+        if let Some(n) = self.v4_mut() {
+            n.drain_transmits(f);
+        }
     }
 }
 

@@ -34,6 +34,11 @@ pub fn bind_std(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSock
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
+    // BEP 32 runs the IPv6 DHT on its own socket: IPv4 arrives on the IPv4 socket, never as
+    // IPv4-mapped datagrams on this one (which would reach the wrong family's node).
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     // Bigger buffers are an optimisation: run with the defaults rather than not at all.
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
         tracing::debug!("cannot enlarge the UDP receive buffer: {e}");

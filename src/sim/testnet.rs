@@ -79,6 +79,7 @@ impl Testnet {
             let bind = SocketAddr::V4(SocketAddrV4::new(testnet_ip(config.subnet, i), config.port));
             let dht = DhtConfig {
                 bind,
+                bind6: None,
                 node: node_cfg,
                 bootstrap: Vec::new(),
                 contacts,

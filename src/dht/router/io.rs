@@ -247,6 +247,14 @@ impl Driver {
         for e in errors {
             tracing::warn!("router seed {e}");
         }
+        // The router holds IPv4 contacts only.
+        let addrs: Vec<std::net::SocketAddrV4> = addrs
+            .into_iter()
+            .filter_map(|a| match a {
+                std::net::SocketAddr::V4(a) => Some(a),
+                std::net::SocketAddr::V6(_) => None,
+            })
+            .collect();
         self.router.seed(Instant::now(), &addrs);
     }
 
