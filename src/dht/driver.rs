@@ -788,7 +788,7 @@ struct Driver {
     routers: Vec<String>,
     save_interval: Duration,
     pings: HashMap<(Family, RequestId), oneshot::Sender<Result<NodeId, PingError>>>,
-    replies: HashMap<(Family, RequestId), oneshot::Sender<Result<Box<Response>, PingError>>>,
+    replies: HashMap<(Family, RequestId), ReplyTx>,
     incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, Stream>,
     items: HashMap<LookupId, oneshot::Sender<ItemResult>>,
@@ -804,6 +804,9 @@ struct Driver {
     #[cfg(feature = "testing")]
     held: Option<Held>,
 }
+
+/// Who waits for a direct query's reply.
+type ReplyTx = oneshot::Sender<Result<Box<Response>, PingError>>;
 
 /// A lookup's stream and how many of its halves (one per family) are still running.
 struct Stream {
