@@ -190,17 +190,24 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
     let now = net.now;
     // The router knows both families of the dual nodes from the start (as a long-running
     // public node would); dual nodes join over IPv4 only.
-    for &d in &duals {
-        net.nodes[d].bootstrap(now, &[r4]);
-    }
-    for &n in &v4_only {
-        net.nodes[n].bootstrap(now, &[r4]);
-    }
-    for &n in &v6_only {
-        net.nodes[n].bootstrap(now, &[r6]);
-    }
     net.nodes[router].bootstrap(now, &[]);
-    net.run_for(Duration::from_secs(90));
+    // Nodes join one after another (as on a real network: all at the same instant, each
+    // early joiner would meet a router that knows nobody yet and keep a sparse table), in
+    // an order that mixes the kinds.
+    let mut joins: Vec<(usize, SocketAddr)> = Vec::new();
+    for k in 0..12 {
+        joins.push((duals[k], r4));
+        if k < 10 {
+            joins.push((v4_only[k], r4));
+            joins.push((v6_only[k], r6));
+        }
+    }
+    for (n, r) in joins {
+        let t = net.now;
+        net.nodes[n].bootstrap(t, &[r]);
+        net.run_for(Duration::from_secs(2));
+    }
+    net.run_for(Duration::from_secs(60));
 
     // Cross-bootstrap: every dual node has an IPv6 table, filled from contacts its IPv4
     // node was handed in `nodes6` (it was never given an IPv6 router).
@@ -276,5 +283,76 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
             );
         }
         assert_eq!(n.stats().dropped_no_family, 0, "node {i}");
+    }
+}
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "wait_support/mod.rs"]
+mod wait_support;
+
+/// The dual-stack driver on real sockets (loopback and `fd77::61:x` on `lo`, inside the
+/// test's network namespace): three nodes join over IPv4; only the first is also given the
+/// second's IPv6 address (as a router's AAAA record would). The third, which knows no IPv6
+/// address at all, fills its IPv6 table through `want`; a peer announced by it is then
+/// found by the first in both families from one `get_peers` stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_drivers_join_ipv6_through_ipv4_and_find_both_families() {
+    use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
+    use wait_support::{GENEROUS, wait_until};
+    for i in 1..=3 {
+        common::ensure_ipv6_on_lo(&format!("fd77::61:{i}"));
+    }
+    let start = |i: u8| {
+        let mut c = DhtConfig::new(format!("127.61.0.{i}:0").parse().unwrap());
+        c.bind6 = Some(format!("[fd77::61:{i}]:0").parse().unwrap());
+        c.node = Config {
+            allow: AllowList::only(vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "fd77::/16".parse().unwrap(),
+            ]),
+            ..Config::loopback_testnet()
+        };
+        Dht::spawn(c).expect("binds")
+    };
+    let nodes: Vec<DhtHandle> = (1..=3).map(start).collect();
+    for n in &nodes {
+        assert!(n.local_addr6().is_some_and(|a| a.is_ipv6()));
+        let others: Vec<SocketAddr> = nodes
+            .iter()
+            .filter(|o| o.local_addr() != n.local_addr())
+            .map(DhtHandle::local_addr)
+            .collect();
+        n.add_contacts(others).unwrap();
+    }
+    // One IPv6 address given: the first node's sibling pings the second's.
+    nodes[0].add_contacts(nodes[1].local_addr6()).unwrap();
+    wait_until("the first IPv6 contact", GENEROUS, async || {
+        let s = nodes[0].stats6().await.unwrap().expect("an IPv6 node");
+        s.good_nodes >= 1
+    })
+    .await;
+    // The third node's lookups over IPv4 ask for `nodes6` too; what comes back is verified
+    // by its IPv6 node.
+    wait_until("the third node's IPv6 table", GENEROUS, async || {
+        let _ = nodes[2].find_node(NodeId([0x33; 20])).await;
+        let s = nodes[2].stats6().await.unwrap().expect("an IPv6 node");
+        s.good_nodes >= 1
+    })
+    .await;
+    let ih = InfoHash([0x61; 20]);
+    let (_, announced) = nodes[2].announce(ih, Some(7777)).unwrap().collect().await;
+    assert!(
+        announced.announced >= 2,
+        "stored over both families: {announced:?}"
+    );
+    assert!(!announced.closest6.is_empty());
+    let want4: SocketAddr = "127.61.0.3:7777".parse().unwrap();
+    let want6: SocketAddr = "[fd77::61:3]:7777".parse().unwrap();
+    let (mut peers, summary) = nodes[0].get_peers(ih).unwrap().collect().await;
+    peers.sort();
+    assert_eq!(peers, vec![want4, want6], "{summary:?}");
+    for n in &nodes {
+        n.shutdown().await.unwrap();
     }
 }

@@ -29,42 +29,10 @@ use dl_support::{make_file, run_dht_get_with, same_file, start_seeder_with, test
 
 const SIZE: usize = 3 << 20;
 
-/// Adds `addr`/128 to `lo` unless it is there already. Only possible as root of a network
-/// namespace (`unshare -rn`, as `tools/test.sh` runs the tests); anywhere else the test
-/// stops here with that explanation rather than touch a real interface.
-fn ensure_ipv6_on_lo(addr: &str) {
-    let has = |a: &str| {
-        Command::new("ip")
-            .args(["-6", "addr", "show", "dev", "lo"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{a}/128")))
-    };
-    if has(addr) {
-        return;
-    }
-    let added = Command::new("ip")
-        .args([
-            "-6",
-            "addr",
-            "add",
-            &format!("{addr}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        added && has(addr),
-        "cannot add {addr} to lo: run the tests in their own network namespace \
-         (tools/test.sh, or unshare -rn sh -c 'ip link set lo up && cargo test ...')"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dht_get_downloads_from_an_ipv6_only_seeder_over_tcp_and_utp() {
-    ensure_ipv6_on_lo("fd77::174:1");
-    ensure_ipv6_on_lo("fd77::174:2");
+    common::ensure_ipv6_on_lo("fd77::174:1");
+    common::ensure_ipv6_on_lo("fd77::174:2");
     let net = testnet(174, 8).await;
     let content = tempfile::tempdir().unwrap();
     let file = content.path().join("over-v6.bin");
@@ -132,7 +100,7 @@ const LT_SIZE: usize = 32 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libtorrent_and_we_trade_a_magnet_both_ways_over_ipv6_only() {
     for a in ["fd77::175:1", "fd77::175:2", "fd77::175:3"] {
-        ensure_ipv6_on_lo(a);
+        common::ensure_ipv6_on_lo(a);
     }
     let net = testnet(175, 8).await;
     let mut lt = LtNode::start_on_with(
