@@ -356,3 +356,24 @@ async fn dual_stack_drivers_join_ipv6_through_ipv4_and_find_both_families() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A host without the IPv6 address asked for: with `bind6_optional` (the CLI's default of
+/// both families) the node runs IPv4 only; an IPv6 address given explicitly must bind.
+#[tokio::test]
+async fn an_unavailable_ipv6_address_is_optional_only_when_asked_so() {
+    use trackerless::dht::driver::{Dht, DhtConfig};
+    let mut c = DhtConfig::new("127.61.1.1:0".parse().unwrap());
+    c.node = Config::loopback_testnet();
+    // Never added to lo: the kernel refuses to bind it (EADDRNOTAVAIL).
+    c.bind6 = Some("[fd77::61:99]:0".parse().unwrap());
+    assert!(
+        Dht::bind(c.clone()).await.is_err(),
+        "explicit IPv6 must bind"
+    );
+    c.bind6_optional = true;
+    let (dht, driver) = Dht::bind(c).await.expect("runs IPv4 only");
+    tokio::spawn(driver);
+    assert_eq!(dht.local_addr6(), None);
+    assert_eq!(dht.stats6().await.unwrap(), None);
+    dht.shutdown().await.unwrap();
+}

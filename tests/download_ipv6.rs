@@ -23,7 +23,6 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use trackerless::torrent::InfoHash;
 
-
 use dl_support::{make_file, run_dht_get_with, same_file, start_seeder_with, testnet};
 
 const SIZE: usize = 3 << 20;

@@ -144,6 +144,7 @@ async fn run_router(cli: &Cli) {
     let metrics_listener = bind_metrics(cli).await;
     let handle = router_io::spawn(RouterRunConfig {
         bind: net.bind,
+        // The router serves the IPv4 DHT only.
         router,
         data_dir: Some(data_dir.clone()),
         save_interval: net.save_interval,

@@ -46,6 +46,10 @@ pub struct DhtConfig {
     /// BEP 32: an IPv6 address for a second socket and the IPv6 DHT's node (its own table
     /// and id); `None` runs IPv4 only.
     pub bind6: Option<SocketAddr>,
+    /// When binding [`DhtConfig::bind6`] fails because the host has no IPv6 (no IPv6
+    /// support, or the address is not available), run IPv4 only after one log line instead
+    /// of failing (the CLI's default, which asks for both families).
+    pub bind6_optional: bool,
     /// The sans-IO node's settings (including the outbound allow-list).
     pub node: node::Config,
     /// Bootstrap routers as `host:port`. Resolution failures are retried with backoff.
@@ -88,6 +92,7 @@ impl DhtConfig {
         DhtConfig {
             bind,
             bind6: None,
+            bind6_optional: false,
             node: node::Config::default(),
             bootstrap: Vec::new(),
             contacts: Vec::new(),
@@ -685,10 +690,14 @@ impl Dht {
         })?;
         let socket6 = match config.bind6 {
             Some(a) if !a.is_ipv6() => return Err(not_family(a, "IPv6")),
-            Some(a) => Some((
-                udp::bind(a).map_err(|error| StartError::Bind { addr: a, error })?,
-                a,
-            )),
+            Some(a) => match udp::bind(a) {
+                Ok(s) => Some((s, a)),
+                Err(error) if config.bind6_optional && no_ipv6(&error) => {
+                    tracing::info!("no IPv6 on this host ({error}): running the IPv4 DHT only");
+                    None
+                }
+                Err(error) => return Err(StartError::Bind { addr: a, error }),
+            },
             None => None,
         };
         let local_addr6 = match &socket6 {
@@ -1366,6 +1375,14 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether a bind error says the host has no IPv6 (rather than, say, a port in use).
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::Unsupported
+    ) || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
 }
 
 /// An address split by family (an IPv4-mapped IPv6 address is IPv4).

@@ -80,6 +80,7 @@ impl Testnet {
             let dht = DhtConfig {
                 bind,
                 bind6: None,
+                bind6_optional: false,
                 node: node_cfg,
                 bootstrap: Vec::new(),
                 contacts,

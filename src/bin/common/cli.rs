@@ -54,9 +54,16 @@ pub struct TransportArgs {
 /// Flags every DHT-speaking command takes.
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
-    /// UDP address of the DHT node.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:6881")]
-    pub bind: SocketAddr,
+    /// UDP address of the DHT node, one per family (repeatable): an IPv4 address for the
+    /// IPv4 DHT and, optionally, an IPv6 one for the IPv6 DHT (BEP 32). Given, only the
+    /// addresses given are bound; the default binds both, and on a host without IPv6 runs
+    /// IPv4 only (one log line).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_values = [DEFAULT_BIND4, DEFAULT_BIND6]
+    )]
+    pub bind: Vec<SocketAddr>,
     /// Bootstrap router host:port (repeatable); replaces the built-in list.
     #[arg(long, value_name = "ADDR")]
     pub bootstrap: Vec<String>,
@@ -93,6 +100,11 @@ pub struct NetArgs {
     pub save_interval: Duration,
 }
 
+/// `--bind`'s IPv4 default.
+const DEFAULT_BIND4: &str = "0.0.0.0:6881";
+/// `--bind`'s IPv6 default.
+const DEFAULT_BIND6: &str = "[::]:6881";
+
 fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse()
         .map_err(|e: trackerless::dht::allow::ParseNetError| e.to_string())
@@ -110,6 +122,32 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 impl NetArgs {
+    /// The IPv4 and (optional) IPv6 addresses of `--bind`: one IPv4 address is required
+    /// (the IPv6-only node is not supported yet), at most one of each family.
+    pub fn binds(&self) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+        let v4: Vec<_> = self.bind.iter().filter(|a| a.is_ipv4()).collect();
+        let v6: Vec<_> = self.bind.iter().filter(|a| a.is_ipv6()).collect();
+        if v4.len() > 1 || v6.len() > 1 {
+            return Err("--bind: at most one address per family".into());
+        }
+        let Some(&&v4) = v4.first() else {
+            return Err(
+                "--bind: an IPv4 address is required (IPv6-only nodes are not supported yet)"
+                    .into(),
+            );
+        };
+        Ok((v4, v6.first().map(|a| **a)))
+    }
+
+    /// Whether `--bind` was left at its default (both families, IPv6 optional).
+    fn default_bind(&self) -> bool {
+        self.bind
+            == [
+                DEFAULT_BIND4.parse::<SocketAddr>().expect("valid"),
+                DEFAULT_BIND6.parse().expect("valid"),
+            ]
+    }
+
     /// The data directory: `--data-dir`, else `$XDG_DATA_HOME/trackerless`, else
     /// `~/.local/share/trackerless`.
     pub fn data_dir(&self) -> Result<PathBuf, String> {
@@ -137,7 +175,10 @@ impl NetArgs {
 
     /// A node configuration from these flags; the node store lives in `<data dir>/dht`.
     pub fn dht_config(&self) -> Result<DhtConfig, String> {
-        let mut cfg = DhtConfig::new(self.bind);
+        let (bind, bind6) = self.binds()?;
+        let mut cfg = DhtConfig::new(bind);
+        cfg.bind6 = bind6;
+        cfg.bind6_optional = self.default_bind();
         cfg.bootstrap = self.routers()?;
         cfg.contacts = self.contact.clone();
         cfg.data_dir = Some(self.data_dir()?.join("dht"));
@@ -252,10 +293,10 @@ pub fn client_config(
         peer_id: trackerless::torrent::PeerId::generate(),
         allow: AllowList::only(net.allow_net.clone()),
         // Default: the DHT's IP, any port (peers learn it from our announces).
-        listen: Some(
-            peer.listen
-                .unwrap_or_else(|| SocketAddr::new(net.bind.ip(), 0)),
-        ),
+        listen: Some(peer.listen.unwrap_or_else(|| {
+            let ip = net.binds().map_or([0, 0, 0, 0].into(), |(v4, _)| v4.ip());
+            SocketAddr::new(ip, 0)
+        })),
         max_peers: usize::from(peer.max_peers),
         utp: !transport.no_utp,
         tcp: !transport.no_tcp,
@@ -282,6 +323,28 @@ mod tests {
         assert!(!log_colour(false, false), "a pipe or file gets plain text");
         assert!(!log_colour(true, true), "NO_COLOR wins on a terminal");
         assert!(!log_colour(false, true));
+    }
+
+    /// `--bind` per family: the default asks for both (IPv6 optional), given addresses are
+    /// exactly what is bound, an IPv4 one is required, one per family at most.
+    #[test]
+    fn bind_takes_one_address_per_family() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["x"];
+            v.extend_from_slice(args);
+            T::try_parse_from(v).unwrap().net.dht_config()
+        };
+        let d = parse(&[]).unwrap();
+        assert_eq!(d.bind, "0.0.0.0:6881".parse().unwrap());
+        assert_eq!(d.bind6, Some("[::]:6881".parse().unwrap()));
+        assert!(d.bind6_optional);
+        let one = parse(&["--bind", "127.0.0.5:7000"]).unwrap();
+        assert_eq!((one.bind6, one.bind6_optional), (None, false));
+        let two = parse(&["--bind", "127.0.0.5:7000", "--bind", "[fd77::5]:7000"]).unwrap();
+        assert_eq!(two.bind6, Some("[fd77::5]:7000".parse().unwrap()));
+        assert!(!two.bind6_optional, "an IPv6 address given must bind");
+        assert!(parse(&["--bind", "[fd77::5]:7000"]).is_err());
+        assert!(parse(&["--bind", "127.0.0.5:1", "--bind", "127.0.0.6:1"]).is_err());
     }
 
     #[test]
