@@ -432,3 +432,107 @@ async fn bootstrap_announce_and_get_peers_both_ways_with_libtorrent() {
     eprintln!("total {:?}", t0.elapsed());
     f.shutdown().await;
 }
+
+/// BEP 32 interop over IPv6 only: libtorrent listening on an IPv6 test address (its DHT runs
+/// a node per listen socket) and our dual-stack node exchange DHT traffic over IPv6:
+/// libtorrent answers our IPv6 ping and enters our IPv6 table, answers an IPv6 `find_node`
+/// with `nodes6` (never `nodes`), finds a peer we announced over IPv6 (its 18-byte value),
+/// and we find a peer it announced, by its IPv6 address.
+#[tokio::test]
+async fn ipv6_dht_traffic_with_libtorrent() {
+    use trackerless::dht::allow::AllowList;
+    use trackerless::dht::node::DirectQuery;
+    common::ensure_ipv6_on_lo("fd77::70:1");
+    common::ensure_ipv6_on_lo("fd77::70:2");
+    let mut cfg = DhtConfig::new("127.70.3.1:0".parse().unwrap());
+    cfg.bind6 = Some("[fd77::70:1]:0".parse().unwrap());
+    cfg.node = Config {
+        allow: AllowList::only(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "fd77::/16".parse().unwrap(),
+        ]),
+        ..Config::loopback_testnet()
+    };
+    let ours = Dht::spawn(cfg).unwrap();
+    let ours6 = ours.local_addr6().expect("an IPv6 socket");
+    let mut lt =
+        LtNode::start_on_with(Ipv4Addr::new(127, 70, 3, 2), &["--listen6", "fd77::70:2"]).await;
+    let lt6: SocketAddr = format!("[fd77::70:2]:{}", lt.addr.port()).parse().unwrap();
+    lt.add_node(ours6).await;
+    ours.add_contacts([lt6]).unwrap();
+
+    // libtorrent answers over IPv6 and, verified, enters our IPv6 table.
+    let deadline = Instant::now() + BOOTSTRAP_TIMEOUT;
+    loop {
+        let s = ours.stats6().await.unwrap().expect("IPv6 node");
+        if s.good_nodes >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "libtorrent never answered over IPv6: {s:?}"
+        );
+        // Polling our table until the verification ping has been answered.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (libtorrent's IPv6 node has an id of its own, BEP 42's for its IPv6 address.)
+    ours.ping(lt6)
+        .await
+        .expect("libtorrent answers an IPv6 ping");
+
+    // Its reply to an IPv6 find_node lists IPv6 nodes in nodes6 (BEP 32), us among them once
+    // it has verified us, and no IPv4 node (libtorrent 2.1 sends an empty `nodes` too).
+    let ours6_v6 = match ours6 {
+        SocketAddr::V6(a) => a,
+        SocketAddr::V4(_) => unreachable!("an IPv6 socket"),
+    };
+    let deadline = Instant::now() + BOOTSTRAP_TIMEOUT;
+    loop {
+        let r = ours
+            .query(lt6, DirectQuery::FindNode(NodeId([0x70; 20])))
+            .await
+            .expect("libtorrent answers find_node over IPv6");
+        assert_eq!(r.nodes().count(), 0, "{r:?}");
+        if r.nodes6().any(|c| c.addr == ours6_v6) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "libtorrent never listed us in nodes6: {r:?}"
+        );
+        // Polling libtorrent's table, which its own verification fills.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Our announce over both families reaches libtorrent's IPv6 DHT: it finds our IPv6 peer.
+    let ih = InfoHash([0x70; 20]);
+    let (_, summary) = ours.announce(ih, Some(7070)).unwrap().collect().await;
+    assert!(!summary.closest6.is_empty(), "{summary:?}");
+    let want: SocketAddr = format!("[{}]:7070", ours6.ip()).parse().unwrap();
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    let mut found = false;
+    while !found && Instant::now() < deadline {
+        lt.get_peers(ih).await;
+        found = lt.wait_for_peer(ih, want, LT_LOOKUP_RETRY).await;
+    }
+    assert!(found, "libtorrent did not find {want} over IPv6");
+
+    // And the other way: libtorrent announces; we find its IPv6 address.
+    let ih2 = InfoHash([0x71; 20]);
+    lt.announce(ih2, 7171, 0).await;
+    let want2: SocketAddr = "[fd77::70:2]:7171".parse().unwrap();
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !seen.contains(&want2) {
+        let stream = ours.get_peers(ih2).expect("our node is running");
+        if let Ok((peers, _)) = tokio::time::timeout(OUR_LOOKUP_TIMEOUT, stream.collect()).await {
+            seen.extend(peers);
+        }
+        if !seen.contains(&want2) {
+            // Waiting for libtorrent's announce to land, not asserting after it: safe.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert!(seen.contains(&want2), "we did not find {want2}: {seen:?}");
+    ours.shutdown().await.unwrap();
+}

@@ -42,7 +42,8 @@ If a listen socket can't be opened: {"event":"error",...} and exit code 2.
 
 Commands (INFOHASH/TARGET = 40 hex chars; every IP argument must be in
 127.0.0.0/8, anything else is refused with ok:false):
-  add_node IP PORT           -> {"ok":true}   session.add_dht_node((ip,port)).
+  add_node IP PORT           -> {"ok":true}   session.add_dht_node((ip,port)); IP is loopback IPv4
+                                or an IPv6 address in fd77::/16.
                                  libtorrent sends the node one get_peers (or
                                  ping) and inserts it only if it answers.
   status                     -> {"ok":true,"dht_nodes":N,"dht_node_cache":R,
@@ -305,9 +306,12 @@ def check_test_v6(ip):
 
 
 def ep_str(ep):
-    # endpoints come back from the binding as (ip, port) tuples
+    # endpoints come back from the binding as (ip, port) tuples; IPv6 in brackets, as
+    # Rust's SocketAddr prints and parses it
     try:
         ip, port = ep[0], ep[1]
+        if ":" in ip:
+            return "[%s]:%d" % (ip, port)
         return "%s:%d" % (ip, port)
     except Exception:
         return str(ep)
@@ -643,7 +647,9 @@ class Node:
                 "active_lookups": st["active_requests"]}
 
     def cmd_add_node(self, args):
-        ip, port = check_loopback(args[0]), parse_port(args[1])
+        # A loopback IPv4 address, or an IPv6 one in the test prefix (BEP 32 interop).
+        ip = check_test_v6(args[0]) if ":" in args[0] else check_loopback(args[0])
+        port = parse_port(args[1])
         self.ses.add_dht_node((ip, port))
         return {}
 

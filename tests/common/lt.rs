@@ -334,7 +334,8 @@ impl LtNode {
         parse_nodes(reply.get("nodes"))
     }
 
-    pub async fn add_node(&mut self, addr: SocketAddrV4) {
+    pub async fn add_node(&mut self, addr: impl Into<std::net::SocketAddr>) {
+        let addr = addr.into();
         self.command(&format!("add_node {} {}", addr.ip(), addr.port()))
             .await;
     }
@@ -355,9 +356,10 @@ impl LtNode {
     pub async fn wait_for_peer(
         &mut self,
         info_hash: InfoHash,
-        peer: SocketAddrV4,
+        peer: impl Into<std::net::SocketAddr>,
         timeout: Duration,
     ) -> bool {
+        let peer = peer.into();
         let ih = info_hash.to_string();
         let want = peer.to_string();
         self.wait_event("peers", timeout, |e| {
