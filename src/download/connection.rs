@@ -104,7 +104,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,8 +282,9 @@ pub enum PeerEvent {
     Released(BlockRef),
     /// The peer became interested while we choke it: the choker may unchoke it at once.
     Interested,
-    /// The peer's DHT node (BEP 5 `port`).
-    DhtNode(SocketAddrV4),
+    /// The peer's DHT node (BEP 5 `port`): at the peer's IP, so an IPv6 peer names its IPv6
+    /// DHT node (BEP 32), which goes to our IPv6 table.
+    DhtNode(SocketAddr),
     /// Where an incoming peer accepts connections (its IP and the `p` of its extension
     /// handshake), for PEX.
     ListenAddr(SocketAddr),
@@ -628,9 +629,10 @@ impl PeerConnection {
                 self.uploads.retain(|x| *x != r);
             }
             Message::Port(port) => {
-                if let (SocketAddr::V4(a), true) = (self.cfg.addr, port != 0) {
+                if port != 0 {
+                    let ip = self.cfg.addr.ip().to_canonical();
                     self.events
-                        .push_back(PeerEvent::DhtNode(SocketAddrV4::new(*a.ip(), port)));
+                        .push_back(PeerEvent::DhtNode(SocketAddr::new(ip, port)));
                 }
             }
             Message::Extended {

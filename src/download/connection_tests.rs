@@ -480,7 +480,21 @@ fn port_messages_name_dht_nodes_unless_the_port_is_zero() {
     c.handle(t, Message::Port(0)).unwrap();
     assert_eq!(
         events(&mut c),
-        vec![PeerEvent::DhtNode(SocketAddrV4::new(*PEER.ip(), 7777))]
+        vec![PeerEvent::DhtNode(SocketAddr::V4(SocketAddrV4::new(
+            *PEER.ip(),
+            7777
+        )))]
+    );
+    // An IPv6 peer names its IPv6 DHT node (BEP 32).
+    let v6 = ConnConfig {
+        addr: "[fd77::5]:6881".parse().unwrap(),
+        ..config(false)
+    };
+    let mut c = conn(v6, &[], t);
+    c.handle(t, Message::Port(7777)).unwrap();
+    assert_eq!(
+        events(&mut c),
+        vec![PeerEvent::DhtNode("[fd77::5]:7777".parse().unwrap())]
     );
 }
 

@@ -4,7 +4,7 @@
 //! No decision about peers, pieces or time limits is made here.
 
 use std::fmt;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -200,8 +200,9 @@ async fn handle_peer_message<W: tokio::io::AsyncWrite + Unpin>(
             }
         },
         Message::Port(port) => {
-            if let (Some(dht), SocketAddr::V4(v4), true) = (&ctx.dht, addr, port != 0) {
-                let _ = dht.add_contacts(vec![SocketAddrV4::new(*v4.ip(), port)]);
+            if let (Some(dht), true) = (&ctx.dht, port != 0) {
+                // At the peer's IP: an IPv6 peer's PORT names its IPv6 DHT node (BEP 32).
+                let _ = dht.add_contacts([SocketAddr::new(addr.ip().to_canonical(), port)]);
                 let _ = events.send((idx, PeerEvent::Port));
             }
         }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -556,9 +556,10 @@ impl<W: AsyncWrite + Unpin> ServeConn<'_, W> {
 
     fn on_port(&mut self, port: u16) {
         bump(&self.ctx.stats.ports_received);
-        if let (Some(dht), SocketAddr::V4(v4), true) = (&self.ctx.config.dht, self.peer, port != 0)
-        {
-            let _ = dht.add_contacts(vec![SocketAddrV4::new(*v4.ip(), port)]);
+        if let (Some(dht), true) = (&self.ctx.config.dht, port != 0) {
+            // At the peer's IP: an IPv6 peer's PORT names its IPv6 DHT node (BEP 32).
+            let ip = self.peer.ip().to_canonical();
+            let _ = dht.add_contacts([SocketAddr::new(ip, port)]);
         }
     }
 }
