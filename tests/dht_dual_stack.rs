@@ -377,3 +377,68 @@ async fn an_unavailable_ipv6_address_is_optional_only_when_asked_so() {
     assert_eq!(dht.stats6().await.unwrap(), None);
     dht.shutdown().await.unwrap();
 }
+
+/// Persistence per family: a dual node's IPv6 id and IPv6 contacts are saved beside the
+/// IPv4 ones, and after a restart from the same data directory it keeps that id and
+/// rejoins its IPv6 contact without being told again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_ipv6_id_and_table() {
+    use trackerless::dht::driver::{Dht, DhtConfig};
+    use trackerless::dht::persist::NodeStore;
+    use wait_support::{GENEROUS, wait_until};
+    for i in 1..=2 {
+        common::ensure_ipv6_on_lo(&format!("fd77::62:{i}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = |i: u8, data: Option<std::path::PathBuf>| {
+        let mut c = DhtConfig::new(format!("127.62.0.{i}:0").parse().unwrap());
+        c.bind6 = Some(format!("[fd77::62:{i}]:0").parse().unwrap());
+        c.data_dir = data;
+        c.node = Config {
+            allow: AllowList::only(vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "fd77::/16".parse().unwrap(),
+            ]),
+            ..Config::loopback_testnet()
+        };
+        c
+    };
+    let other = Dht::spawn(config(2, None)).unwrap();
+    let other6 = other.local_addr6().unwrap();
+    let node = Dht::spawn(config(1, Some(dir.path().to_path_buf()))).unwrap();
+    node.add_contacts([other6]).unwrap();
+    wait_until("the IPv6 contact verified", GENEROUS, async || {
+        node.stats6().await.unwrap().unwrap().good_nodes >= 1
+    })
+    .await;
+    node.shutdown().await.unwrap();
+    let (id6, saved6) = {
+        let store = NodeStore::open(dir.path()).unwrap();
+        (
+            store.node_id_of(Family::V6).unwrap(),
+            store.contact_addrs6(),
+        )
+    };
+    assert!(id6.is_some());
+    assert_eq!(
+        saved6
+            .iter()
+            .map(|a| SocketAddr::V6(*a))
+            .collect::<Vec<_>>(),
+        vec![other6]
+    );
+    // Restart: the saved IPv6 contact is pinged and re-enters the table.
+    let node = Dht::spawn(config(1, Some(dir.path().to_path_buf()))).unwrap();
+    wait_until("the saved IPv6 contact back", GENEROUS, async || {
+        node.stats6().await.unwrap().unwrap().good_nodes >= 1
+    })
+    .await;
+    node.shutdown().await.unwrap();
+    let store = NodeStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.node_id_of(Family::V6).unwrap(),
+        id6,
+        "the IPv6 id survives"
+    );
+    other.shutdown().await.unwrap();
+}

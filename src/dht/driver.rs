@@ -730,18 +730,31 @@ impl Dht {
         let now = Instant::now();
         // The IPv6 node: the same settings, its own id (BEP 42 ids are per address) and its
         // own socket address.
-        let node6 = local_addr6.map(|a6| {
-            let cfg = node::Config {
-                id: None,
-                local_addr: Some(a6),
-                seed: node_config.seed.map(|s| s ^ 0x6666),
-                ..node_config.clone()
-            };
-            Node::new_v6(cfg, now)
-        });
+        let mut node6 = match local_addr6 {
+            Some(a6) => {
+                let id = match &store {
+                    Some(s) => s.node_id_of(Family::V6).map_err(StartError::Store)?,
+                    None => None,
+                };
+                let cfg = node::Config {
+                    id,
+                    local_addr: Some(a6),
+                    seed: node_config.seed.map(|s| s ^ 0x6666),
+                    ..node_config.clone()
+                };
+                Some(Node::new_v6(cfg, now))
+            }
+            None => None,
+        };
         let mut node = Node::new(node_config, now);
         if let Some(store) = &store {
             store.set_node_id(&node.id()).map_err(StartError::Store)?;
+            if let Some(n6) = &mut node6 {
+                store
+                    .set_node_id_of(Family::V6, &n6.id())
+                    .map_err(StartError::Store)?;
+                n6.add_contacts(now, store.contact_addrs6());
+            }
             store.flush().map_err(StartError::Store)?;
         }
         persisted.extend(config.contacts.iter().copied());
@@ -1066,8 +1079,14 @@ impl Driver {
     fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), PersistError>>> {
         let store = self.store.clone()?;
         let contacts = self.node_ref().contacts();
+        let contacts6 = self.dual.v6().map(Node::contacts);
         Some(tokio::task::spawn_blocking(move || {
-            let res = store.save_contacts(&contacts);
+            let res = store
+                .save_contacts(&contacts)
+                .and_then(|()| match &contacts6 {
+                    Some(c6) => store.save_contacts_of(c6),
+                    None => Ok(()),
+                });
             if let Err(e) = &res {
                 tracing::warn!("saving the routing table failed: {e}");
             }
@@ -1283,7 +1302,19 @@ impl Driver {
                     let _ = tx.send(result);
                 }
             }
-            Event::IdChanged(id) => tracing::info!("IPv6 node id is now {id}"),
+            Event::IdChanged(id) => {
+                if let Some(store) = self.store.clone() {
+                    // Off the event loop, like every other store write.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store
+                            .set_node_id_of(Family::V6, &id)
+                            .and_then(|()| store.flush())
+                        {
+                            tracing::warn!("could not save the new IPv6 node id: {e}");
+                        }
+                    });
+                }
+            }
             Event::Incoming {
                 info_hash,
                 from,
