@@ -10,164 +10,16 @@
 //!   address, and neither gets the other family's;
 //! - every lookup ends and every query ends exactly once, in both families.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trackerless::dht::allow::AllowList;
-use trackerless::dht::dual::{DualEvent, DualLookup, DualNode};
 use trackerless::dht::id::{Family, InfoHash, NodeId};
-use trackerless::dht::node::{Config, Node, Stats};
+use trackerless::dht::node::{Config, Stats};
+use trackerless::sim::dual::DualNet;
 
 const LATENCY: Duration = Duration::from_millis(5);
-
-struct Net {
-    nodes: Vec<DualNode>,
-    by_addr: HashMap<SocketAddr, usize>,
-    /// (delivery time, sequence) -> (to, from, datagram)
-    wire: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
-    seq: u64,
-    now: Instant,
-    events: Vec<(usize, DualEvent)>,
-}
-
-fn config(seed: u64) -> Config {
-    Config {
-        seed: Some(seed),
-        id: Some(NodeId::random(&mut rand::rng())),
-        allow: AllowList::only(vec![
-            "127.0.0.0/8".parse().unwrap(),
-            "fd77::/16".parse().unwrap(),
-        ]),
-        ..Config::loopback_testnet()
-    }
-}
-
-impl Net {
-    fn new() -> Net {
-        Net {
-            nodes: Vec::new(),
-            by_addr: HashMap::new(),
-            wire: BTreeMap::new(),
-            seq: 0,
-            now: Instant::now(),
-            events: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, v4: Option<SocketAddrV4>, v6: Option<SocketAddrV6>) -> usize {
-        let i = self.nodes.len();
-        let seed = i as u64 + 1;
-        let n4 = v4.map(|a| {
-            self.by_addr.insert(a.into(), i);
-            Node::new(
-                Config {
-                    local_addr: Some(a.into()),
-                    ..config(seed)
-                },
-                self.now,
-            )
-        });
-        let n6 = v6.map(|a| {
-            self.by_addr.insert(a.into(), i);
-            Node::new_v6(
-                Config {
-                    local_addr: Some(a.into()),
-                    ..config(seed + 1000)
-                },
-                self.now,
-            )
-        });
-        self.nodes.push(DualNode::new(n4, n6, self.now));
-        i
-    }
-
-    /// The address node `i` sends from, for a destination of `to`'s family.
-    fn source(&self, i: usize, to: SocketAddr) -> SocketAddr {
-        self.by_addr
-            .iter()
-            .find(|(a, j)| **j == i && Family::of(**a) == Family::of(to))
-            .map(|(a, _)| *a)
-            .expect("a node sends only over a family it has")
-    }
-
-    fn collect(&mut self) {
-        for i in 0..self.nodes.len() {
-            let mut out = Vec::new();
-            while let Some(t) = self.nodes[i].poll_transmit() {
-                out.push((t.to, t.payload.to_vec()));
-            }
-            for (to, data) in out {
-                let from = self.source(i, to);
-                self.seq += 1;
-                self.wire
-                    .insert((self.now + LATENCY, self.seq), (to, from, data));
-            }
-            while let Some(ev) = self.nodes[i].poll_event() {
-                self.events.push((i, ev));
-            }
-        }
-    }
-
-    fn run_for(&mut self, d: Duration) {
-        let until = self.now + d;
-        loop {
-            self.collect();
-            let next_wire = self.wire.keys().next().map(|k| k.0);
-            let next_timer = self.nodes.iter().filter_map(DualNode::poll_timeout).min();
-            let next = [next_wire, next_timer].into_iter().flatten().min();
-            let Some(next) = next.filter(|t| *t <= until) else {
-                self.now = until;
-                return;
-            };
-            self.now = self.now.max(next);
-            while let Some((&k, _)) = self.wire.iter().next() {
-                if k.0 > self.now {
-                    break;
-                }
-                let (to, from, data) = self.wire.remove(&k).unwrap();
-                if let Some(&j) = self.by_addr.get(&to) {
-                    self.nodes[j].handle_datagram(self.now, from, &data);
-                }
-            }
-            for n in &mut self.nodes {
-                if n.poll_timeout().is_some_and(|t| t <= self.now) {
-                    n.handle_timeout(self.now);
-                }
-            }
-        }
-    }
-
-    /// Runs until both halves of `lookup` on node `i` have ended; returns the peers found.
-    fn finish(&mut self, i: usize, lookup: DualLookup) -> Vec<SocketAddr> {
-        let mut peers = Vec::new();
-        let mut open = usize::from(lookup.v4.is_some()) + usize::from(lookup.v6.is_some());
-        for _ in 0..600 {
-            self.run_for(Duration::from_millis(100));
-            for (j, ev) in std::mem::take(&mut self.events) {
-                if j != i {
-                    continue;
-                }
-                if let Some((f, id, p)) = ev.peers()
-                    && lookup.has(f, id)
-                {
-                    peers.extend(p);
-                }
-                if let Some((f, id)) = ev.done()
-                    && lookup.has(f, id)
-                {
-                    open -= 1;
-                }
-            }
-            if open == 0 {
-                peers.sort();
-                peers.dedup();
-                return peers;
-            }
-        }
-        panic!("node {i}'s lookup never ended");
-    }
-}
+const LOOKUP_LIMIT: Duration = Duration::from_secs(60);
 
 fn ended_once(s: &Stats) -> bool {
     s.queries_out == s.queries_ended + s.transactions as u64
@@ -175,7 +27,7 @@ fn ended_once(s: &Stats) -> bool {
 
 #[test]
 fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
-    let mut net = Net::new();
+    let mut net = DualNet::new(LATENCY);
     let v4 = |i: u8| -> SocketAddrV4 { format!("127.0.1.{i}:6881").parse().unwrap() };
     let v6 = |g: u16, i: u16| -> SocketAddrV6 { format!("[fd77::{g}:{i}]:6881").parse().unwrap() };
     // Node 0: the dual router everybody starts from.
@@ -187,13 +39,12 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
     let v6_only: Vec<usize> = (1..=10).map(|i| net.add(None, Some(v6(2, i)))).collect();
     let r4: SocketAddr = v4(200).into();
     let r6: SocketAddr = v6(9, 1).into();
-    let now = net.now;
-    // The router knows both families of the dual nodes from the start (as a long-running
-    // public node would); dual nodes join over IPv4 only.
-    net.nodes[router].bootstrap(now, &[]);
+    let now = net.now();
+    net.node_mut(router).bootstrap(now, &[]);
+    net.touch(router);
     // Nodes join one after another (as on a real network: all at the same instant, each
     // early joiner would meet a router that knows nobody yet and keep a sparse table), in
-    // an order that mixes the kinds.
+    // an order that mixes the kinds. Dual nodes are given the IPv4 router only.
     let mut joins: Vec<(usize, SocketAddr)> = Vec::new();
     for k in 0..12 {
         joins.push((duals[k], r4));
@@ -203,8 +54,9 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
         }
     }
     for (n, r) in joins {
-        let t = net.now;
-        net.nodes[n].bootstrap(t, &[r]);
+        let t = net.now();
+        net.node_mut(n).bootstrap(t, &[r]);
+        net.touch(n);
         net.run_for(Duration::from_secs(2));
     }
     net.run_for(Duration::from_secs(60));
@@ -212,7 +64,7 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
     // Cross-bootstrap: every dual node has an IPv6 table, filled from contacts its IPv4
     // node was handed in `nodes6` (it was never given an IPv6 router).
     for &d in &duals {
-        let n = &net.nodes[d];
+        let n = net.node(d);
         let t6 = n.v6().unwrap().table().len();
         assert!(t6 > 0, "dual node {d} has no IPv6 contact");
         assert!(n.stats().contacts_handed_over > 0, "dual node {d}");
@@ -228,7 +80,7 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
     }
     for &n in &v6_only {
         assert!(
-            !net.nodes[n].v6().unwrap().table().is_empty(),
+            !net.node(n).v6().unwrap().table().is_empty(),
             "v6-only node {n}"
         );
     }
@@ -236,38 +88,40 @@ fn a_dual_stack_testnet_keeps_each_family_in_its_own_dht() {
     // A dual node announces (implied port): over IPv4 its IPv4 address, over IPv6 its IPv6.
     let ih = InfoHash([0x77; 20]);
     let announcer = duals[4];
-    let t = net.now;
-    let a = net.nodes[announcer].announce(t, ih, None);
-    net.finish(announcer, a);
+    let t = net.now();
+    let a = net.node_mut(announcer).announce(t, ih, None);
+    net.finish(announcer, a, LOOKUP_LIMIT)
+        .expect("the announce ends");
     let a4: SocketAddr = v4(105).into();
     let a6: SocketAddr = v6(3, 5).into();
 
     // An IPv6-only node finds the IPv6 address, never the IPv4 one.
     let seeker6 = v6_only[7];
-    let t = net.now;
-    let l = net.nodes[seeker6].get_peers(t, ih);
+    let t = net.now();
+    let l = net.node_mut(seeker6).get_peers(t, ih);
     assert!(l.v4.is_none());
-    let found = net.finish(seeker6, l);
-    assert_eq!(found, vec![a6], "IPv6-only node");
+    let found = net.finish(seeker6, l, LOOKUP_LIMIT).expect("ends");
+    assert_eq!(found.peers, vec![a6], "IPv6-only node");
 
     // An IPv4-only node finds the IPv4 address.
     let seeker4 = v4_only[3];
-    let t = net.now;
-    let l = net.nodes[seeker4].get_peers(t, ih);
-    let found = net.finish(seeker4, l);
-    assert_eq!(found, vec![a4], "IPv4-only node");
+    let t = net.now();
+    let l = net.node_mut(seeker4).get_peers(t, ih);
+    let found = net.finish(seeker4, l, LOOKUP_LIMIT).expect("ends");
+    assert_eq!(found.peers, vec![a4], "IPv4-only node");
 
     // A dual node finds both.
     let seeker = duals[9];
-    let t = net.now;
-    let l = net.nodes[seeker].get_peers(t, ih);
-    let found = net.finish(seeker, l);
-    assert_eq!(found, vec![a4, a6], "dual node");
+    let t = net.now();
+    let l = net.node_mut(seeker).get_peers(t, ih);
+    let found = net.finish(seeker, l, LOOKUP_LIMIT).expect("ends");
+    assert_eq!(found.peers, vec![a4, a6], "dual node");
 
     // Settle, then every query of every node in both families has ended exactly once.
     net.run_for(Duration::from_secs(10));
-    for (i, n) in net.nodes.iter().enumerate() {
-        let now = net.now;
+    for i in 0..net.len() {
+        let now = net.now();
+        let n = net.node(i);
         if let Some(n4) = n.v4() {
             assert!(
                 ended_once(&n4.stats(now)),

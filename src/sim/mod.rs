@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod dual;
 pub mod mix;
 pub mod stats;
 pub mod testnet;
