@@ -296,3 +296,67 @@ async fn a_restart_keeps_the_ipv6_id_and_table() {
     );
     other.shutdown().await.unwrap();
 }
+
+/// The `dht-node` binary with `--bind` for both families answers over IPv6 and says so.
+#[tokio::test]
+async fn dht_node_binds_both_families() {
+    use std::process::Stdio;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use trackerless::dht::driver::{Dht, DhtConfig};
+    common::ensure_ipv6_on_lo("fd77::63:1");
+    common::ensure_ipv6_on_lo("fd77::63:2");
+    let data = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dht-node"))
+        .args(["--bind", "127.63.0.1:6881", "--bind", "[fd77::63:1]:6881"])
+        .args(["--allow-net", "127.0.0.0/8", "--allow-net", "fd77::/16"])
+        .args([
+            "--no-subnet-limit",
+            "--stats-interval",
+            "0",
+            "--bootstrap",
+            "127.63.0.9:1",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dht-node starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("listening on") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("a listening line");
+    assert!(
+        line.contains("127.63.0.1:6881 and [fd77::63:1]:6881 (IPv6 DHT)"),
+        "{line}"
+    );
+    let mut c = DhtConfig::new("127.63.0.2:0".parse().unwrap());
+    c.bind6 = Some("[fd77::63:2]:0".parse().unwrap());
+    c.node = Config {
+        allow: AllowList::only(vec![
+            "fd77::/16".parse().unwrap(),
+            "127.0.0.0/8".parse().unwrap(),
+        ]),
+        ..Config::loopback_testnet()
+    };
+    let probe = Dht::spawn(c).unwrap();
+    let target: SocketAddr = "[fd77::63:1]:6881".parse().unwrap();
+    probe
+        .ping(target)
+        .await
+        .expect("dht-node answers a ping over IPv6");
+    probe.shutdown().await.unwrap();
+    child.kill().await.unwrap();
+}

@@ -88,8 +88,12 @@ async fn run_node(cli: &Cli) {
     cfg.node.items = trackerless::dht::items::ItemStoreConfig::with_max_items(cli.max_items);
     let metrics_listener = bind_metrics(cli).await;
     let dht = Dht::spawn(cfg.clone()).unwrap_or_else(|e| cli::fail(e));
+    let ipv6 = dht
+        .local_addr6()
+        .map(|a| format!(" and {a} (IPv6 DHT)"))
+        .unwrap_or_default();
     tracing::info!(
-        "node {} listening on {} (data in {})",
+        "node {} listening on {}{ipv6} (data in {})",
         dht.id(),
         dht.local_addr(),
         cfg.data_dir
