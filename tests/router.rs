@@ -170,7 +170,7 @@ async fn metrics_endpoint_in_both_modes() {
         let (gauge, want) = if router {
             ("trackerless_router_stored_nodes", 5.0)
         } else {
-            ("trackerless_table_nodes", 5.0)
+            ("trackerless_table_nodes{family=\"ipv4\"}", 5.0)
         };
         let mut seen = None;
         for _ in 0..100 {
@@ -178,9 +178,12 @@ async fn metrics_endpoint_in_both_modes() {
                 assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
                 seen = metric(&text, gauge);
                 if seen.is_some_and(|v| v >= want) {
-                    assert!(
-                        text.contains("trackerless_queries_received_total{method=\"find_node\"}")
-                    );
+                    let by_method = if router {
+                        "trackerless_queries_received_total{method=\"find_node\"}"
+                    } else {
+                        "trackerless_queries_received_total{family=\"ipv4\",method=\"find_node\"}"
+                    };
+                    assert!(text.contains(by_method), "{text}");
                     break;
                 }
             }

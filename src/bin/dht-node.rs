@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cli::NetArgs;
 use trackerless::dht::driver::Dht;
+use trackerless::dht::id::Family;
 use trackerless::dht::metrics;
 use trackerless::dht::node::Stats;
 use trackerless::dht::router::RouterConfig;
@@ -105,7 +106,15 @@ async fn run_node(cli: &Cli) {
         let h = dht.clone();
         tokio::spawn(metrics::serve(l, move || {
             let h = h.clone();
-            async move { h.stats().await.ok().map(|s| metrics::render_node(&s)) }
+            async move {
+                let s4 = h.stats().await.ok()?;
+                let s6 = h.stats6().await.ok().flatten();
+                let mut families = vec![(Family::V4, &s4)];
+                if let Some(s6) = &s6 {
+                    families.push((Family::V6, s6));
+                }
+                Some(metrics::render_node(&families))
+            }
         }));
     }
     let mut last = (Instant::now(), dht.stats().await.unwrap_or_default());

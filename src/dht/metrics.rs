@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::dht::id::Family;
 use crate::dht::node::{MethodCounts, Stats};
 use crate::dht::router::RouterStats;
 
@@ -58,27 +59,17 @@ impl Exposition {
         }
     }
 
-    /// Queries received by method: the same family in both node modes, so one dashboard
-    /// serves both.
+    /// Queries received by method (the router's; a node's carry its family too).
     fn queries_received(&mut self, m: &MethodCounts) {
         self.counter_by(
             "queries_received_total",
             "Queries received, by method.",
             "method",
-            &[
-                ("ping", m.ping),
-                ("find_node", m.find_node),
-                ("get_peers", m.get_peers),
-                ("announce_peer", m.announce_peer),
-                ("sample_infohashes", m.sample_infohashes),
-                ("get", m.get),
-                ("put", m.put),
-                ("other", m.other),
-            ],
+            &by_method(m),
         );
     }
 
-    /// UDP traffic counters, shared by both node modes.
+    /// UDP traffic counters of the router.
     fn traffic(&mut self, bytes_in: u64, bytes_out: u64, packets_in: u64, packets_out: u64) {
         self.counter(
             "bytes_received_total",
@@ -96,97 +87,196 @@ impl Exposition {
     }
 }
 
+/// The `method` label's values: the same in both node modes, so one dashboard serves both.
+fn by_method(m: &MethodCounts) -> Vec<(&'static str, u64)> {
+    vec![
+        ("ping", m.ping),
+        ("find_node", m.find_node),
+        ("get_peers", m.get_peers),
+        ("announce_peer", m.announce_peer),
+        ("sample_infohashes", m.sample_infohashes),
+        ("get", m.get),
+        ("put", m.put),
+        ("other", m.other),
+    ]
+}
+
 /// `part / whole`, 0 when there is nothing yet (a gauge must stay a number).
 fn share(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
 }
 
-/// The metrics of a normal DHT node.
-pub fn render_node(s: &Stats) -> String {
-    let mut e = Exposition::new();
-    e.queries_received(&s.queries_by_method);
-    e.counter("queries_sent_total", "Queries sent.", s.queries_out);
-    e.counter("replies_sent_total", "Replies sent.", s.replies_out);
-    e.counter("replies_received_total", "Replies received.", s.replies_in);
-    e.counter("errors_sent_total", "KRPC errors sent.", s.errors_out);
-    e.counter(
-        "errors_received_total",
-        "KRPC errors received.",
-        s.errors_in,
+/// One family's counter or gauge value, for [`Families`].
+type Sample = fn(&Stats) -> f64;
+
+/// The node's series, one line per address family (`family="ipv4"`, `"ipv6"`): each metric's
+/// `HELP`/`TYPE` once, then its samples, as the exposition format wants.
+struct Families<'a> {
+    e: Exposition,
+    stats: &'a [(Family, &'a Stats)],
+}
+
+impl Families<'_> {
+    fn series(&mut self, name: &str, help: &str, kind: &str, value: Sample) {
+        self.e.header(name, help, kind);
+        for (f, s) in self.stats {
+            let _ = writeln!(
+                self.e.out,
+                "{PREFIX}_{name}{{family=\"{}\"}} {}",
+                f.label(),
+                value(s)
+            );
+        }
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: Sample) {
+        self.series(name, help, "counter", value);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: Sample) {
+        self.series(name, help, "gauge", value);
+    }
+
+    /// A counter with a second label, e.g. queries by `method`.
+    fn counter_by(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: fn(&Stats) -> Vec<(&'static str, u64)>,
+    ) {
+        self.e.header(name, help, "counter");
+        for (f, s) in self.stats {
+            for (l, v) in values(s) {
+                let _ = writeln!(
+                    self.e.out,
+                    "{PREFIX}_{name}{{family=\"{}\",{label}=\"{l}\"}} {v}",
+                    f.label()
+                );
+            }
+        }
+    }
+}
+
+/// The metrics of a normal DHT node, one sample per address family it runs (BEP 32: the
+/// IPv4 and IPv6 DHTs are separate, with their own tables and stores).
+pub fn render_node(stats: &[(Family, &Stats)]) -> String {
+    let mut e = Families {
+        e: Exposition::new(),
+        stats,
+    };
+    e.counter_by(
+        "queries_received_total",
+        "Queries received, by method.",
+        "method",
+        |s| by_method(&s.queries_by_method),
     );
+    e.counter("queries_sent_total", "Queries sent.", |s| {
+        s.queries_out as f64
+    });
+    e.counter("replies_sent_total", "Replies sent.", |s| {
+        s.replies_out as f64
+    });
+    e.counter("replies_received_total", "Replies received.", |s| {
+        s.replies_in as f64
+    });
+    e.counter("errors_sent_total", "KRPC errors sent.", |s| {
+        s.errors_out as f64
+    });
+    e.counter("errors_received_total", "KRPC errors received.", |s| {
+        s.errors_in as f64
+    });
     e.counter_by(
         "dropped_total",
         "Datagrams dropped, by reason.",
         "reason",
-        &[
-            ("malformed", s.dropped_malformed),
-            ("unmatched", s.dropped_unmatched),
-            ("not_allowed", s.dropped_not_allowed),
-            ("rate_limited", s.dropped_rate_limited),
-            ("quota", s.dropped_quota),
-            ("other", s.dropped_other),
-        ],
+        |s| {
+            vec![
+                ("malformed", s.dropped_malformed),
+                ("unmatched", s.dropped_unmatched),
+                ("not_allowed", s.dropped_not_allowed),
+                ("rate_limited", s.dropped_rate_limited),
+                ("quota", s.dropped_quota),
+                ("other", s.dropped_other),
+            ]
+        },
     );
-    e.counter("timeouts_total", "Queries that got no answer.", s.timeouts);
-    e.counter(
-        "bad_tokens_total",
-        "announce_peer with a bad token.",
-        s.bad_tokens,
-    );
-    e.counter(
-        "announces_stored_total",
-        "Announces stored.",
-        s.announces_stored,
-    );
-    e.traffic(s.bytes_in, s.bytes_out, s.packets_in, s.packets_out);
-    let table = s.good_nodes + s.questionable_nodes + s.bad_nodes;
-    e.gauge("table_nodes", "Routing table entries.", table as f64);
-    e.gauge(
-        "table_good_nodes",
-        "Good routing table entries.",
-        s.good_nodes as f64,
-    );
-    e.gauge("table_buckets", "Routing table buckets.", s.buckets as f64);
+    e.counter("timeouts_total", "Queries that got no answer.", |s| {
+        s.timeouts as f64
+    });
+    e.counter("bad_tokens_total", "announce_peer with a bad token.", |s| {
+        s.bad_tokens as f64
+    });
+    e.counter("announces_stored_total", "Announces stored.", |s| {
+        s.announces_stored as f64
+    });
+    e.counter("bytes_received_total", "UDP payload bytes received.", |s| {
+        s.bytes_in as f64
+    });
+    e.counter("bytes_sent_total", "UDP payload bytes sent.", |s| {
+        s.bytes_out as f64
+    });
+    e.counter("packets_received_total", "Datagrams received.", |s| {
+        s.packets_in as f64
+    });
+    e.counter("packets_sent_total", "Datagrams sent.", |s| {
+        s.packets_out as f64
+    });
+    e.gauge("table_nodes", "Routing table entries.", |s| {
+        (s.good_nodes + s.questionable_nodes + s.bad_nodes) as f64
+    });
+    e.gauge("table_good_nodes", "Good routing table entries.", |s| {
+        s.good_nodes as f64
+    });
+    e.gauge("table_buckets", "Routing table buckets.", |s| {
+        s.buckets as f64
+    });
     e.gauge(
         "table_verified_ratio",
         "Share of routing table entries with a BEP 42-valid id.",
-        share(s.valid_id_nodes as f64, table as f64),
+        |s| {
+            let table = s.good_nodes + s.questionable_nodes + s.bad_nodes;
+            share(s.valid_id_nodes as f64, table as f64)
+        },
     );
-    e.gauge(
-        "stored_infohashes",
-        "Infohashes in the peer store.",
-        s.infohashes as f64,
-    );
-    e.gauge("stored_peers", "Peers in the peer store.", s.peers as f64);
-    e.gauge("stored_items", "BEP 44 items held.", s.items as f64);
+    e.gauge("stored_infohashes", "Infohashes in the peer store.", |s| {
+        s.infohashes as f64
+    });
+    e.gauge("stored_peers", "Peers in the peer store.", |s| {
+        s.peers as f64
+    });
+    e.gauge("stored_items", "BEP 44 items held.", |s| s.items as f64);
     e.gauge(
         "stored_item_bytes",
         "Bytes the BEP 44 item store accounts for (what --max-items caps).",
-        s.item_bytes as f64,
+        |s| s.item_bytes as f64,
     );
-    let i = &s.item_counts;
     e.counter_by(
         "item_puts_total",
         "BEP 44 puts, by outcome.",
         "outcome",
-        &[
-            ("stored", i.stored),
-            ("refreshed", i.refreshed),
-            ("refused", i.refused),
-        ],
+        |s| {
+            let i = &s.item_counts;
+            vec![
+                ("stored", i.stored),
+                ("refreshed", i.refreshed),
+                ("refused", i.refused),
+            ]
+        },
     );
     e.counter_by(
         "items_dropped_total",
         "BEP 44 items dropped, by reason.",
         "reason",
-        &[("evicted", i.evicted), ("expired", i.expired)],
+        |s| {
+            let i = &s.item_counts;
+            vec![("evicted", i.evicted), ("expired", i.expired)]
+        },
     );
-    e.gauge(
-        "banned_ips",
-        "IPs banned by the rate limiter.",
-        s.banned_ips as f64,
-    );
-    e.finish()
+    e.gauge("banned_ips", "IPs banned by the rate limiter.", |s| {
+        s.banned_ips as f64
+    });
+    e.e.finish()
 }
 
 /// The metrics of a bootstrap router.
@@ -345,12 +435,32 @@ mod tests {
         s.queries_by_method.put = 5;
         s.items = 7;
         s.item_counts.refused = 2;
-        let text = render_node(&s);
-        assert!(text.contains("trackerless_queries_received_total{method=\"put\"} 5\n"));
-        assert!(text.contains("trackerless_stored_items 7\n"));
-        assert!(text.contains("trackerless_item_puts_total{outcome=\"refused\"} 2\n"));
-        assert!(text.contains("trackerless_queries_received_total{method=\"ping\"} 3\n"));
-        assert!(text.contains("trackerless_table_verified_ratio 0.5\n"));
+        let s6 = Stats {
+            good_nodes: 9,
+            ..Stats::default()
+        };
+        let text = render_node(&[(Family::V4, &s), (Family::V6, &s6)]);
+        assert!(
+            text.contains("trackerless_queries_received_total{family=\"ipv4\",method=\"put\"} 5\n")
+        );
+        assert!(text.contains("trackerless_stored_items{family=\"ipv4\"} 7\n"));
+        assert!(
+            text.contains("trackerless_item_puts_total{family=\"ipv4\",outcome=\"refused\"} 2\n")
+        );
+        assert!(
+            text.contains(
+                "trackerless_queries_received_total{family=\"ipv4\",method=\"ping\"} 3\n"
+            )
+        );
+        assert!(text.contains("trackerless_table_verified_ratio{family=\"ipv4\"} 0.5\n"));
+        // The IPv6 DHT's own series, under the same metric names.
+        assert!(text.contains("trackerless_table_good_nodes{family=\"ipv6\"} 9\n"));
+        assert!(text.contains("trackerless_table_good_nodes{family=\"ipv4\"} 4\n"));
+        // HELP and TYPE once per metric, whatever the number of families.
+        assert_eq!(
+            text.matches("# TYPE trackerless_table_good_nodes ").count(),
+            1
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("trackerless_"), "{line}");
