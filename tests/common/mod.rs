@@ -11,30 +11,40 @@ pub mod lt;
 /// namespace (`unshare -rn`, as `tools/test.sh` runs the tests); anywhere else the test
 /// stops here with that explanation rather than touch a real interface.
 pub fn ensure_ipv6_on_lo(addr: &str) {
-    let has = |a: &str| {
+    // glibc's getaddrinfo with AI_ADDRCONFIG (aria2 binds every socket through it) treats
+    // a host whose only non-loopback addresses are IPv6 as IPv6-only and refuses IPv4
+    // binds ("Name or service not known"). The namespace is shared by every test binary
+    // of a run, so an IPv6 test address would break the aria2 tests that run after it;
+    // an IPv4 test address (RFC 2544 benchmarking range, never routed) keeps it dual-stack.
+    ensure_addr_on_lo("-4", "198.18.0.1/32");
+    ensure_addr_on_lo("-6", &format!("{addr}/128"));
+}
+
+/// Adds `cidr` to `lo` unless it is there already; `family` is `ip`'s `-4` or `-6`.
+fn ensure_addr_on_lo(family: &str, cidr: &str) {
+    let has = || {
         Command::new("ip")
-            .args(["-6", "addr", "show", "dev", "lo"])
+            .args([family, "addr", "show", "dev", "lo"])
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{a}/128")))
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(cidr))
     };
-    if has(addr) {
+    if has() {
         return;
     }
+    let mut args = vec![family, "addr", "add", cidr, "dev", "lo"];
+    if family == "-6" {
+        args.push("nodad");
+    }
+    // Tests of one binary race to add the same address: the loser's "already assigned"
+    // is not an error, so stderr is dropped and the address checked again below.
     let added = Command::new("ip")
-        .args([
-            "-6",
-            "addr",
-            "add",
-            &format!("{addr}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ])
+        .args(&args)
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     assert!(
-        added && has(addr),
-        "cannot add {addr} to lo: run the tests in their own network namespace \
+        added || has(),
+        "cannot add {cidr} to lo: run the tests in their own network namespace \
          (tools/test.sh, or unshare -rn sh -c 'ip link set lo up && cargo test ...')"
     );
 }
