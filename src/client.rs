@@ -50,9 +50,11 @@ pub struct ClientConfig {
     pub peer_id: PeerId,
     /// Peers outside this list are never connected to (the DHT node has its own list).
     pub allow: AllowList,
-    /// Where the peer listener binds; `None`: the DHT node's IP, any port (peers learn the
-    /// port from our announces).
-    pub listen: Option<SocketAddr>,
+    /// Where the peer listener binds, one address per family at most, all on one port
+    /// (an address with port 0 takes the first one's). Empty: beside each of the DHT
+    /// node's addresses, any port ([`default_listen`]); peers learn the port from our
+    /// announces, which carry no address.
+    pub listen: Vec<SocketAddr>,
     /// Peer connections per torrent at most (both directions), and incoming connections
     /// the listener holds at most.
     pub max_peers: usize,
@@ -80,7 +82,7 @@ impl Default for ClientConfig {
         ClientConfig {
             peer_id: PeerId::generate(),
             allow: AllowList::loopback(),
-            listen: None,
+            listen: Vec::new(),
             max_peers: 50,
             utp: true,
             tcp: true,
@@ -299,6 +301,38 @@ impl Torrent {
     }
 }
 
+/// The peer listener's addresses when none are configured: beside each of the DHT node's
+/// sockets, any port. Both wildcards become one dual-stack `[::]` listener (two sockets
+/// could not both hold the port on a host where `[::]` is dual-stack); specific addresses
+/// get one listener each, on one port.
+pub fn default_listen(dht4: SocketAddr, dht6: Option<SocketAddr>) -> Vec<SocketAddr> {
+    let v4 = SocketAddr::new(dht4.ip(), 0);
+    match dht6 {
+        None => vec![v4],
+        Some(v6) if v6.ip().is_unspecified() && dht4.ip().is_unspecified() => {
+            vec![SocketAddr::new(v6.ip(), 0)]
+        }
+        Some(v6) => vec![v4, SocketAddr::new(v6.ip(), 0)],
+    }
+}
+
+/// The listener settings a client's configuration gives.
+fn serve_config(cfg: &ClientConfig, dht: &DhtHandle) -> ServeConfig {
+    ServeConfig {
+        peer_id: cfg.peer_id,
+        allow: cfg.allow.clone(),
+        dht: Some(dht.clone()),
+        dht_port: Some(dht.local_addr().port()),
+        max_connections: cfg.max_peers,
+        utp: cfg.utp,
+        tcp: cfg.tcp,
+        wire: WireConfig {
+            encryption: cfg.encryption,
+            ..ServeConfig::default().wire
+        },
+    }
+}
+
 /// Downloads and seeds torrents through one DHT node and one peer listener.
 pub struct Client {
     dht: DhtHandle,
@@ -311,28 +345,37 @@ impl Client {
     /// Binds the peer listener; the DHT node is shared, not owned (shut it down yourself).
     pub async fn start(dht: DhtHandle, cfg: ClientConfig) -> Result<Client, ClientError> {
         let registry = Arc::new(MetadataRegistry::new());
-        let addr = cfg
-            .listen
-            .unwrap_or_else(|| SocketAddr::new(dht.local_addr().ip(), 0));
-        let server = MetadataServer::bind(
-            addr,
+        let addrs = if cfg.listen.is_empty() {
+            default_listen(dht.local_addr(), dht.local_addr6())
+        } else {
+            cfg.listen.clone()
+        };
+        let server = match MetadataServer::bind_all(
+            &addrs,
             registry.clone(),
-            ServeConfig {
-                peer_id: cfg.peer_id,
-                allow: cfg.allow.clone(),
-                dht: Some(dht.clone()),
-                dht_port: Some(dht.local_addr().port()),
-                max_connections: cfg.max_peers,
-                utp: cfg.utp,
-                tcp: cfg.tcp,
-                wire: WireConfig {
-                    encryption: cfg.encryption,
-                    ..ServeConfig::default().wire
-                },
-            },
+            serve_config(&cfg, &dht),
         )
         .await
-        .map_err(|error| ClientError::Listen { addr, error })?;
+        {
+            Ok(s) => s,
+            // The default's IPv6 half is a bonus: a host whose IPv6 DHT socket bound but
+            // whose TCP or uTP over IPv6 does not still serves IPv4 (after one log line).
+            Err(error) if cfg.listen.is_empty() && addrs.iter().any(SocketAddr::is_ipv6) => {
+                let v4 = SocketAddr::new(dht.local_addr().ip(), 0);
+                tracing::info!(
+                    "cannot listen for peers on {addrs:?} ({error}): IPv4 only, on {v4}"
+                );
+                MetadataServer::bind(v4, registry.clone(), serve_config(&cfg, &dht))
+                    .await
+                    .map_err(|error| ClientError::Listen { addr: v4, error })?
+            }
+            Err(error) => {
+                return Err(ClientError::Listen {
+                    addr: addrs[0],
+                    error,
+                });
+            }
+        };
         Ok(Client {
             dht,
             registry,
@@ -341,9 +384,14 @@ impl Client {
         })
     }
 
-    /// The peer listener's address (what our announces advertise).
+    /// The peer listener's first address (its port is what our announces advertise).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Every address the peer listener is bound to (one per family at most, one port).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.server.local_addrs()
     }
 
     /// The DHT node this client finds peers with.
@@ -478,7 +526,7 @@ impl Client {
             allow: self.cfg.allow.clone(),
             max_peers: self.cfg.max_peers,
             listen_port: Some(self.local_addr().port()),
-            local_ip: Some(self.local_addr().ip()),
+            local_ips: self.local_addrs().iter().map(|a| a.ip()).collect(),
             transports: self.server.transports(),
             wire: WireConfig {
                 encryption: self.cfg.encryption,

@@ -263,7 +263,7 @@ async fn run_download(cli: &Cli, target: Target, dht: &DhtHandle) -> i32 {
         if info.real_files() == 1 { "" } else { "s" },
         info.num_pieces(),
         human_bytes(info.piece_length),
-        client.local_addr()
+        cli::addr_list(client.local_addrs())
     ));
 
     let interrupted = watch_progress(torrent.session(), &mut lines, false).await;

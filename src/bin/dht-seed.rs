@@ -200,9 +200,14 @@ async fn run(
     };
     let mut magnet = Magnet::from_info_hash(InfoHash::of_info(&raw));
     magnet.display_name = Some(info.name.clone());
-    if !client.local_addr().ip().is_unspecified() {
-        magnet.peers.push(client.local_addr());
-    }
+    // Every specific listen address, so a peer of either family can dial us (BEP 9 `x.pe`,
+    // `[v6]:port` for IPv6); a wildcard names no address a peer could use.
+    magnet.peers.extend(
+        client
+            .local_addrs()
+            .iter()
+            .filter(|a| !a.ip().is_unspecified()),
+    );
     // Written before the magnet is printed, so a script that read the magnet finds it.
     if let Some(out) = &cli.torrent_out
         && let Err(e) =
@@ -234,7 +239,7 @@ async fn run(
         info.real_files(),
         if info.real_files() == 1 { "" } else { "s" },
         info.num_pieces(),
-        client.local_addr(),
+        cli::addr_list(client.local_addrs()),
         dht.local_addr()
     ));
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -64,8 +64,9 @@ pub struct SessionConfig {
     pub max_connecting: usize,
     /// Our TCP listen port (advertised in the extension handshake and announced).
     pub listen_port: Option<u16>,
-    /// Address outgoing peer connections are made from (usually the listen IP).
-    pub local_ip: Option<IpAddr>,
+    /// Addresses outgoing peer connections are made from, the one of the peer's family
+    /// (usually the listener's IPs; none: the kernel picks).
+    pub local_ips: Vec<IpAddr>,
     /// Transports for outgoing connections (the listener's, so uTP leaves from its port).
     pub transports: Transports,
     /// Our DHT node: announce and find peers, ping the senders of PORT messages.
@@ -113,7 +114,7 @@ impl Default for SessionConfig {
             max_peers: 50,
             max_connecting: 8,
             listen_port: None,
-            local_ip: None,
+            local_ips: Vec::new(),
             transports: Transports::default(),
             dht: None,
             dht_port: None,
@@ -1023,7 +1024,12 @@ impl Runner {
             let ours = Handshake::new(self.info_hash, self.cfg.peer_id);
             let allow = self.cfg.allow.clone();
             let wire = self.cfg.wire;
-            let local = self.cfg.local_ip;
+            let local = self
+                .cfg
+                .local_ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() == addr.is_ipv4());
             let transports = self.cfg.transports.clone();
             self.connecting.spawn(async move {
                 let res = open_outgoing(addr, local, &allow, &wire, &transports, &ours).await;
@@ -1118,10 +1124,10 @@ impl Runner {
                 extensions: theirs.supports_extensions(),
                 dht_port: self.cfg.dht_port.filter(|_| theirs.supports_dht()),
                 listen_port: self.cfg.listen_port,
-                our_ipv6: match self.cfg.local_ip {
-                    Some(IpAddr::V6(v6)) if !v6.is_unspecified() => Some(v6),
+                our_ipv6: self.cfg.local_ips.iter().find_map(|ip| match ip {
+                    IpAddr::V6(v6) if !v6.is_unspecified() => Some(*v6),
                     _ => None,
-                },
+                }),
                 pex: self.cfg.pex && !self.info.private,
                 max_pipeline: self.cfg.max_pipeline,
             },

@@ -264,12 +264,14 @@ pub struct ServeContext {
 
 /// A running listener. Dropping it stops accepting and closes its connections.
 pub struct MetadataServer {
-    local_addr: SocketAddr,
+    local_addrs: Vec<SocketAddr>,
     ctx: Arc<ServeContext>,
-    task: tokio::task::JoinHandle<()>,
-    utp_task: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     transports: Transports,
 }
+
+/// One address's sockets: the TCP listener and, with uTP, the UDP socket on the same port.
+type Bound = (TcpListener, Option<Arc<librqbit_utp::UtpSocketUdp>>);
 
 impl MetadataServer {
     /// Binds `addr` and serves on the current tokio runtime.
@@ -278,54 +280,105 @@ impl MetadataServer {
         registry: Arc<MetadataRegistry>,
         config: ServeConfig,
     ) -> io::Result<MetadataServer> {
-        // uTP needs the same port number over UDP. With a kernel-chosen port (0) that UDP
-        // port may be taken (e.g. by our own DHT socket), so pick another TCP port then.
-        let mut tries = if addr.port() == 0 { 8 } else { 1 };
-        let (listener, local_addr, utp_sock) = loop {
+        Self::bind_all(&[addr], registry, config).await
+    }
+
+    /// Binds every address of `addrs` (typically one per family) and serves them all from
+    /// one registry and one pool of connection slots. All share one port number: a DHT
+    /// announce carries a port but no address, so a peer of either family must find us on
+    /// the same one. An address given with port 0 takes the first address's port (itself
+    /// kernel-chosen when 0). `[::]` is bound dual-stack, so it also serves IPv4 unless
+    /// `0.0.0.0` is bound beside it; accepted IPv4-mapped addresses are reported as IPv4,
+    /// so the allow-list and PEX see the peer's real address.
+    pub async fn bind_all(
+        addrs: &[SocketAddr],
+        registry: Arc<MetadataRegistry>,
+        config: ServeConfig,
+    ) -> io::Result<MetadataServer> {
+        let Some(&first) = addrs.first() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no address to listen on",
+            ));
+        };
+        // uTP needs the same port number over UDP, and the other addresses need it too.
+        // With a kernel-chosen port (0) that port may be taken on another socket (e.g. by
+        // our own DHT socket), so pick another port then.
+        let mut tries = if first.port() == 0 { 8 } else { 1 };
+        let bound = loop {
             tries -= 1;
-            let listener = TcpListener::bind(addr).await?;
-            let local_addr = listener.local_addr()?;
-            if !config.utp {
-                break (listener, local_addr, None);
-            }
-            match librqbit_utp::UtpSocketUdp::new_udp(local_addr).await {
-                Ok(sock) => break (listener, local_addr, Some(sock)),
-                Err(e) if tries == 0 => {
-                    return Err(io::Error::other(format!(
-                        "cannot bind uTP on udp {local_addr}: {e}"
-                    )));
-                }
-                Err(e) => tracing::debug!("uTP cannot bind udp {local_addr} ({e}); new port"),
+            match Self::bind_each(addrs, config.utp).await {
+                Ok(b) => break b,
+                Err(e) if tries == 0 => return Err(e),
+                Err(e) => tracing::debug!("cannot bind every listener address ({e}); new port"),
             }
         };
+        let local_addrs: Vec<SocketAddr> = bound
+            .iter()
+            .map(|(l, _)| l.local_addr())
+            .collect::<io::Result<_>>()?;
         let ctx = Arc::new(ServeContext {
             registry,
             config,
             stats: ServeStats::default(),
-            listen_port: Some(local_addr.port()),
+            listen_port: Some(local_addrs[0].port()),
         });
         let slots = Arc::new(Semaphore::new(ctx.config.max_connections.max(1)));
         let mut transports = Transports {
             tcp: ctx.config.tcp,
             ..Transports::default()
         };
-        let mut utp_task = None;
-        if let Some(sock) = utp_sock {
-            utp_task = Some(tokio::spawn(utp_accept_loop(
-                sock.clone(),
+        let mut tasks = Vec::new();
+        for (listener, utp) in bound {
+            if let Some(sock) = utp {
+                tasks.push(tokio::spawn(utp_accept_loop(
+                    sock.clone(),
+                    ctx.clone(),
+                    slots.clone(),
+                )));
+                transports.utp.push(sock);
+            }
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
                 ctx.clone(),
                 slots.clone(),
             )));
-            transports.utp = Some(sock);
         }
-        let task = tokio::spawn(accept_loop(listener, ctx.clone(), slots));
         Ok(MetadataServer {
-            local_addr,
+            local_addrs,
             ctx,
-            task,
-            utp_task,
+            tasks,
             transports,
         })
+    }
+
+    /// One try of [`MetadataServer::bind_all`]: every address on the first one's port.
+    async fn bind_each(addrs: &[SocketAddr], utp: bool) -> io::Result<Vec<Bound>> {
+        let mut port = addrs[0].port();
+        let mut bound = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            let addr = if addr.port() == 0 {
+                SocketAddr::new(addr.ip(), port)
+            } else {
+                addr
+            };
+            let listener = tcp_listener(addr)?;
+            let local = listener.local_addr()?;
+            port = local.port();
+            let sock = if utp {
+                Some(
+                    librqbit_utp::UtpSocketUdp::new_udp(local)
+                        .await
+                        .map_err(|e| {
+                            io::Error::other(format!("cannot bind uTP on udp {local}: {e}"))
+                        })?,
+                )
+            } else {
+                None
+            };
+            bound.push((listener, sock));
+        }
+        Ok(bound)
     }
 
     /// The transports outgoing connections of this client should use: the uTP socket
@@ -334,9 +387,15 @@ impl MetadataServer {
         self.transports.clone()
     }
 
-    /// The address the listener is bound to (its port as chosen by the kernel for port 0).
+    /// The first address the listener is bound to (its port as chosen by the kernel for
+    /// port 0); every other address has the same port.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
+    }
+
+    /// Every address the listener is bound to, in the order given.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// A snapshot of the listener's counters.
@@ -352,11 +411,26 @@ impl MetadataServer {
 
 impl Drop for MetadataServer {
     fn drop(&mut self) {
-        self.task.abort();
-        if let Some(t) = &self.utp_task {
+        for t in &self.tasks {
             t.abort();
         }
     }
+}
+
+/// A TCP listener on `addr`; `[::]` explicitly dual-stack (whatever the host's
+/// `bindv6only`), as librqbit-utp makes its UDP socket, so both transports of a listener
+/// reach the same peers.
+fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let SocketAddr::V6(a) = addr {
+        socket.set_only_v6(!a.ip().is_unspecified())?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>, slots: Arc<Semaphore>) {
@@ -364,7 +438,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServeContext>, slots: Arc<S
     let mut conns = JoinSet::new();
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
+            // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+            Ok((s, peer)) => (s, SocketAddr::new(peer.ip().to_canonical(), peer.port())),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::debug!("accept failed: {e}");

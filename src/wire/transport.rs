@@ -318,8 +318,10 @@ pub const DEFAULT_UTP_HEAD_START: Duration = Duration::from_millis(800);
 /// The transports outgoing connections may use. Cheap to clone.
 #[derive(Clone)]
 pub struct Transports {
-    /// The uTP socket (bound to the listener's ip:port), if uTP is enabled.
-    pub utp: Option<Arc<UtpSocketUdp>>,
+    /// The uTP sockets (one per listener address, each on its ip:port), empty when uTP is
+    /// off. A peer is dialled from the socket of its own family, or else from a dual-stack
+    /// `[::]` one: a socket of the other family cannot reach it at all.
+    pub utp: Vec<Arc<UtpSocketUdp>>,
     /// Whether outgoing TCP is allowed.
     pub tcp: bool,
     /// See [`DEFAULT_UTP_HEAD_START`].
@@ -330,17 +332,36 @@ impl Default for Transports {
     /// TCP only: what every caller had before uTP, and what needs no socket.
     fn default() -> Self {
         Transports {
-            utp: None,
+            utp: Vec::new(),
             tcp: true,
             utp_head_start: DEFAULT_UTP_HEAD_START,
         }
     }
 }
 
+impl Transports {
+    /// The uTP socket to dial `addr` from: one of its family, else a dual-stack `[::]` one
+    /// (librqbit-utp makes an unspecified IPv6 socket dual-stack and maps IPv4 for it).
+    pub fn utp_for(&self, addr: SocketAddr) -> Option<&Arc<UtpSocketUdp>> {
+        let own = |s: &&Arc<UtpSocketUdp>| s.bind_addr().is_ipv4() == addr.is_ipv4();
+        let dual = |s: &&Arc<UtpSocketUdp>| match s.bind_addr() {
+            SocketAddr::V6(a) => a.ip().is_unspecified(),
+            SocketAddr::V4(_) => false,
+        };
+        self.utp
+            .iter()
+            .find(own)
+            .or_else(|| self.utp.iter().find(dual))
+    }
+}
+
 impl fmt::Debug for Transports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transports")
-            .field("utp", &self.utp.as_ref().map(|s| s.bind_addr()))
+            .field(
+                "utp",
+                &self.utp.iter().map(|s| s.bind_addr()).collect::<Vec<_>>(),
+            )
             .field("tcp", &self.tcp)
             .field("utp_head_start", &self.utp_head_start)
             .finish()
@@ -370,10 +391,7 @@ pub async fn connect_peer(
     transports: &Transports,
 ) -> Result<PeerStream, WireError> {
     check_peer_allowed(addr, allow)?;
-    let utp = transports
-        .utp
-        .as_ref()
-        .filter(|s| s.bind_addr().is_ipv4() == addr.is_ipv4());
+    let utp = transports.utp_for(addr);
     let tcp = async {
         connect_from(addr, local, allow, connect_timeout)
             .await
@@ -431,7 +449,7 @@ mod tests {
 
     fn utp_only(sock: Arc<UtpSocketUdp>) -> Transports {
         Transports {
-            utp: Some(sock),
+            utp: vec![sock],
             tcp: false,
             utp_head_start: DEFAULT_UTP_HEAD_START,
         }
@@ -475,11 +493,62 @@ mod tests {
         assert_eq!(&buf, b"back");
     }
 
+    /// A peer is dialled from the uTP socket of its family; a dual-stack `[::]` socket
+    /// serves either family when no socket of the peer's own family exists; an IPv4
+    /// socket never serves an IPv6 peer.
+    #[tokio::test]
+    async fn utp_socket_is_chosen_by_the_peer_family() {
+        let v4 = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let dual = UtpSocketUdp::new_udp("[::]:0".parse().unwrap())
+            .await
+            .unwrap();
+        let peer4: SocketAddr = "127.0.0.2:6881".parse().unwrap();
+        let peer6: SocketAddr = "[::1]:6881".parse().unwrap();
+        let only_v4 = utp_only(v4.clone());
+        assert!(Arc::ptr_eq(only_v4.utp_for(peer4).unwrap(), &v4));
+        assert!(only_v4.utp_for(peer6).is_none());
+        let both = Transports {
+            utp: vec![dual.clone(), v4.clone()],
+            ..only_v4.clone()
+        };
+        assert!(Arc::ptr_eq(both.utp_for(peer4).unwrap(), &v4));
+        assert!(Arc::ptr_eq(both.utp_for(peer6).unwrap(), &dual));
+        let only_dual = utp_only(dual.clone());
+        assert!(Arc::ptr_eq(only_dual.utp_for(peer4).unwrap(), &dual));
+    }
+
+    /// A dual-stack `[::]` uTP socket reaches an IPv4 peer (the listener's default when
+    /// the DHT runs both families).
+    #[tokio::test]
+    async fn dual_stack_utp_socket_connects_to_an_ipv4_peer() {
+        let dual = UtpSocketUdp::new_udp("[::]:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b = UtpSocketUdp::new_udp("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let b_addr = b.bind_addr();
+        let accept = tokio::spawn(async move { b.accept().await.map(PeerStream::from) });
+        let s = connect_peer(
+            b_addr,
+            None,
+            &AllowList::any(),
+            Duration::from_secs(10),
+            &utp_only(dual),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.kind(), TransportKind::Utp);
+        accept.await.unwrap().unwrap();
+    }
+
     /// With neither transport usable the attempt fails at once instead of hanging.
     #[tokio::test]
     async fn no_transport_is_an_error() {
         let t = Transports {
-            utp: None,
+            utp: Vec::new(),
             tcp: false,
             utp_head_start: DEFAULT_UTP_HEAD_START,
         };

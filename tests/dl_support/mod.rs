@@ -142,7 +142,7 @@ pub fn session_config(
         peer_id,
         allow: AllowList::loopback(),
         listen_port: Some(server.local_addr().port()),
-        local_ip: Some(server.local_addr().ip()),
+        local_ips: vec![server.local_addr().ip()],
         dht: Some(dht.clone()),
         dht_port: Some(dht.local_addr().port()),
         ..SessionConfig::default()

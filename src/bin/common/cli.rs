@@ -19,9 +19,12 @@ use trackerless::wire::EncryptionPolicy;
 /// Peer-connection flags of the commands that talk to peers (dht-get, dht-seed).
 #[derive(Debug, Clone, Args)]
 pub struct PeerArgs {
-    /// TCP address to accept peer connections on (default: the --bind IP, any port).
+    /// Address to accept peer connections on, TCP and uTP (repeatable, e.g. one per
+    /// family; all share one port, and one given with port 0 takes the first one's).
+    /// Default: beside each --bind address, any port; with both families on wildcard
+    /// addresses, one dual-stack `[::]` listener (IPv4 only where IPv6 is missing).
     #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    pub listen: Vec<SocketAddr>,
     /// Peer connections open at once, both directions.
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=2000))]
     pub max_peers: u16,
@@ -282,6 +285,15 @@ pub fn start_dht_or_without_store(
     }
 }
 
+/// Addresses for a status line: `a, b`.
+pub fn addr_list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The client settings the shared peer, network and transport flags give (a fresh peer id;
 /// the rest of [`ClientConfig`](trackerless::client::ClientConfig) at its defaults for the caller to override).
 pub fn client_config(
@@ -292,11 +304,8 @@ pub fn client_config(
     trackerless::client::ClientConfig {
         peer_id: trackerless::torrent::PeerId::generate(),
         allow: AllowList::only(net.allow_net.clone()),
-        // Default: the DHT's IP, any port (peers learn it from our announces).
-        listen: Some(peer.listen.unwrap_or_else(|| {
-            let ip = net.binds().map_or([0, 0, 0, 0].into(), |(v4, _)| v4.ip());
-            SocketAddr::new(ip, 0)
-        })),
+        // Empty: the client listens beside the DHT's sockets (`client::default_listen`).
+        listen: peer.listen.clone(),
         max_peers: usize::from(peer.max_peers),
         utp: !transport.no_utp,
         tcp: !transport.no_tcp,
