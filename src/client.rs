@@ -301,12 +301,16 @@ impl Torrent {
     }
 }
 
-/// The peer listener's addresses when none are configured: beside each of the DHT node's
-/// sockets, any port. Both wildcards become one dual-stack `[::]` listener (two sockets
+/// The peer listener's addresses when none are configured (`dht4` is the DHT handle's main
+/// address, IPv6 on an IPv6-only node): beside each of the DHT node's sockets, any port. Both wildcards become one dual-stack `[::]` listener (two sockets
 /// could not both hold the port on a host where `[::]` is dual-stack); specific addresses
 /// get one listener each, on one port.
 pub fn default_listen(dht4: SocketAddr, dht6: Option<SocketAddr>) -> Vec<SocketAddr> {
     let v4 = SocketAddr::new(dht4.ip(), 0);
+    if dht4.is_ipv6() {
+        // An IPv6-only node: its main address is its IPv6 one.
+        return vec![v4];
+    }
     match dht6 {
         None => vec![v4],
         Some(v6) if v6.ip().is_unspecified() && dht4.ip().is_unspecified() => {

@@ -360,3 +360,125 @@ async fn dht_node_binds_both_families() {
     probe.shutdown().await.unwrap();
     child.kill().await.unwrap();
 }
+
+/// Real sockets, each kind of host: dual-stack nodes, an IPv4-only node and an IPv6-only
+/// node (`DhtConfig::bind` an IPv6 address, no `bind6`). A dual node announces; through
+/// the dual nodes the IPv6-only node finds its IPv6 address and the IPv4-only node its
+/// IPv4 one (each DHT carries its own family's peers). The IPv6-only node's primary node
+/// is its IPv6 one: `stats()`, `find_node` and the handle's id are IPv6's; IPv4 pings are
+/// refused without a packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_only_driver_finds_peers_through_dual_nodes() {
+    use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
+    use trackerless::dht::node::PingError;
+    use wait_support::{GENEROUS, wait_until};
+    for i in 1..=4 {
+        common::ensure_ipv6_on_lo(&format!("fd77::64:{i}"));
+    }
+    common::ensure_ipv6_on_lo("fd77::64:30");
+    let allow = || Config {
+        allow: AllowList::only(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "fd77::/16".parse().unwrap(),
+        ]),
+        ..Config::loopback_testnet()
+    };
+    let start = |bind: &str, bind6: Option<&str>| {
+        let mut c = DhtConfig::new(bind.parse().unwrap());
+        c.bind6 = bind6.map(|b| b.parse().unwrap());
+        c.node = allow();
+        Dht::spawn(c).expect("binds")
+    };
+    let duals: Vec<DhtHandle> = (1..=4)
+        .map(|i| {
+            start(
+                &format!("127.64.0.{i}:0"),
+                Some(&format!("[fd77::64:{i}]:0")),
+            )
+        })
+        .collect();
+    for n in &duals {
+        for o in &duals {
+            if o.local_addr() != n.local_addr() {
+                n.add_contacts([o.local_addr(), o.local_addr6().unwrap()])
+                    .unwrap();
+            }
+        }
+    }
+    let v4_only = start("127.64.0.20:0", None);
+    let v6_only = start("[fd77::64:30]:0", None);
+    assert!(v6_only.local_addr().is_ipv6());
+    assert_eq!(v6_only.local_addr6(), Some(v6_only.local_addr()));
+    v4_only.add_contacts([duals[0].local_addr()]).unwrap();
+    v6_only
+        .add_contacts([duals[0].local_addr6().unwrap()])
+        .unwrap();
+    // An IPv4 address is out of an IPv6-only node's reach.
+    let r = v6_only.ping(duals[0].local_addr()).await;
+    assert!(
+        matches!(
+            r,
+            Err(trackerless::dht::driver::DhtError::Ping(
+                PingError::NotAllowed
+            ))
+        ),
+        "{r:?}"
+    );
+    wait_until("every dual node's tables", GENEROUS, async || {
+        for n in &duals {
+            let s4 = n.stats().await.unwrap();
+            let s6 = n.stats6().await.unwrap().expect("an IPv6 node");
+            if s4.good_nodes < 3 || s6.good_nodes < 3 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // The IPv6-only node joins through lookups of its own (its primary node is IPv6).
+    wait_until("the IPv6-only node's table", GENEROUS, async || {
+        let _ = v6_only.find_node(NodeId([0x64; 20])).await;
+        v6_only.stats().await.unwrap().good_nodes >= 3
+    })
+    .await;
+    let s6 = v6_only.stats6().await.unwrap().expect("the IPv6 node");
+    assert_eq!(s6.good_nodes, v6_only.stats().await.unwrap().good_nodes);
+    assert!(
+        v6_only.contacts().await.unwrap().is_empty(),
+        "no IPv4 table"
+    );
+    wait_until("the IPv4-only node's table", GENEROUS, async || {
+        let _ = v4_only.find_node(NodeId([0x46; 20])).await;
+        v4_only.stats().await.unwrap().good_nodes >= 3
+    })
+    .await;
+
+    let ih = InfoHash([0x64; 20]);
+    let (_, announced) = duals[3].announce(ih, Some(7777)).unwrap().collect().await;
+    assert!(announced.announced >= 2, "{announced:?}");
+    let (peers6, summary6) = v6_only.get_peers(ih).unwrap().collect().await;
+    assert_eq!(
+        peers6,
+        vec!["[fd77::64:4]:7777".parse::<SocketAddr>().unwrap()],
+        "IPv6-only: {summary6:?}"
+    );
+    assert!(summary6.closest.is_empty() && !summary6.closest6.is_empty());
+    let (peers4, summary4) = v4_only.get_peers(ih).unwrap().collect().await;
+    assert_eq!(
+        peers4,
+        vec!["127.64.0.4:7777".parse::<SocketAddr>().unwrap()],
+        "IPv4-only: {summary4:?}"
+    );
+    // An IPv6-only node announces and is found over IPv6.
+    let ih2 = InfoHash([0x65; 20]);
+    let (_, a) = v6_only.announce(ih2, Some(6666)).unwrap().collect().await;
+    assert!(a.announced >= 1, "{a:?}");
+    let (found, _) = duals[1].get_peers(ih2).unwrap().collect().await;
+    assert_eq!(
+        found,
+        vec!["[fd77::64:30]:6666".parse::<SocketAddr>().unwrap()]
+    );
+    for n in duals.iter().chain([&v4_only, &v6_only]) {
+        n.shutdown().await.unwrap();
+    }
+}

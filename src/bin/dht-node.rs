@@ -89,8 +89,10 @@ async fn run_node(cli: &Cli) {
     cfg.node.items = trackerless::dht::items::ItemStoreConfig::with_max_items(cli.max_items);
     let metrics_listener = bind_metrics(cli).await;
     let dht = Dht::spawn(cfg.clone()).unwrap_or_else(|e| cli::fail(e));
+    // A second socket is named as such; an IPv6-only node's one socket is its main one.
     let ipv6 = dht
         .local_addr6()
+        .filter(|_| dht.local_addr().is_ipv4())
         .map(|a| format!(" and {a} (IPv6 DHT)"))
         .unwrap_or_default();
     tracing::info!(
@@ -107,9 +109,13 @@ async fn run_node(cli: &Cli) {
         tokio::spawn(metrics::serve(l, move || {
             let h = h.clone();
             async move {
-                let s4 = h.stats().await.ok()?;
+                // stats() is the primary node's: the IPv6 one on an IPv6-only node.
+                let s4 = h.stats().await.ok().filter(|_| h.local_addr().is_ipv4());
                 let s6 = h.stats6().await.ok().flatten();
-                let mut families = vec![(Family::V4, &s4)];
+                let mut families = Vec::new();
+                if let Some(s4) = &s4 {
+                    families.push((Family::V4, s4));
+                }
                 if let Some(s6) = &s6 {
                     families.push((Family::V6, s6));
                 }

@@ -41,10 +41,12 @@ use crate::util::Backoff;
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]
 pub struct DhtConfig {
-    /// UDP address to bind: an IPv4 address (the IPv4 DHT's socket).
+    /// UDP address to bind: an IPv4 address (the IPv4 DHT's socket), or an IPv6 one with
+    /// [`DhtConfig::bind6`] `None` for a node that runs the IPv6 DHT only (a host without
+    /// IPv4, or a test's IPv6-only node).
     pub bind: SocketAddr,
     /// BEP 32: an IPv6 address for a second socket and the IPv6 DHT's node (its own table
-    /// and id); `None` runs IPv4 only.
+    /// and id); `None` runs one family only, the one of [`DhtConfig::bind`].
     pub bind6: Option<SocketAddr>,
     /// When binding [`DhtConfig::bind6`] fails because the host has no IPv6 (no IPv6
     /// support, or the address is not available), run IPv4 only after one log line instead
@@ -56,7 +58,8 @@ pub struct DhtConfig {
     /// BEP 5: routers only help us join; they never enter the routing table.
     pub bootstrap: Vec<String>,
     /// Known DHT nodes (not routers) to ping at start: each one that answers enters the
-    /// table like any node (libtorrent's `add_dht_node`).
+    /// table like any node (libtorrent's `add_dht_node`). IPv4 only (an IPv6-only node
+    /// ignores them); [`DhtHandle::add_contacts`] takes either family.
     pub contacts: Vec<SocketAddrV4>,
     /// Directory of the node store (id and contacts); `None` keeps nothing across restarts.
     pub data_dir: Option<PathBuf>,
@@ -350,7 +353,8 @@ pub struct DhtHandle {
 }
 
 impl DhtHandle {
-    /// The UDP address the node is bound to (with the actual port when port 0 was asked).
+    /// The UDP address the node is bound to (with the actual port when port 0 was asked):
+    /// the IPv4 socket's, or the IPv6 one's on an IPv6-only node.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -588,7 +592,8 @@ impl DhtHandle {
     }
 
     /// A snapshot of the node's counters and table, plus the driver's UDP send errors
-    /// (counted in [`Stats::dropped_other`]).
+    /// (counted in [`Stats::dropped_other`]): the IPv4 node's, or the IPv6 one's on an
+    /// IPv6-only node (whose [`DhtHandle::stats6`] is the same node).
     pub async fn stats(&self) -> Result<Stats, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Stats(tx))?;
@@ -603,7 +608,8 @@ impl DhtHandle {
         rx.await.map_err(|_| DhtError::Stopped)
     }
 
-    /// The routing table's contacts (main entries, then replacements).
+    /// The IPv4 routing table's contacts (main entries, then replacements); none on an
+    /// IPv6-only node.
     pub async fn contacts(&self) -> Result<Vec<Contact>, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Contacts(tx))?;
@@ -681,18 +687,24 @@ impl Dht {
                 format!("not an {what} address"),
             ),
         };
-        if !config.bind.is_ipv4() {
-            return Err(not_family(config.bind, "IPv4"));
-        }
-        let socket = udp::bind(config.bind).map_err(|error| StartError::Bind {
-            addr: config.bind,
-            error,
-        })?;
-        let socket6 = match config.bind6 {
+        // Which address each family's socket takes: `bind` is the IPv4 one, unless it is
+        // IPv6 and alone (an IPv6-only node).
+        let (bind4, bind6) = match (config.bind, config.bind6) {
+            (b @ SocketAddr::V4(_), b6) => (Some(b), b6),
+            (b @ SocketAddr::V6(_), None) => (None, Some(b)),
+            (b, Some(_)) => return Err(not_family(b, "IPv4")),
+        };
+        let socket = match bind4 {
+            Some(a) => Some(udp::bind(a).map_err(|error| StartError::Bind { addr: a, error })?),
+            None => None,
+        };
+        // Optional only beside an IPv4 socket: an IPv6-only node without IPv6 is an error.
+        let v6_optional = config.bind6_optional && socket.is_some();
+        let socket6 = match bind6 {
             Some(a) if !a.is_ipv6() => return Err(not_family(a, "IPv6")),
             Some(a) => match udp::bind(a) {
                 Ok(s) => Some((s, a)),
-                Err(error) if config.bind6_optional && no_ipv6(&error) => {
+                Err(error) if v6_optional && no_ipv6(&error) => {
                     tracing::info!("no IPv6 on this host ({error}): running the IPv4 DHT only");
                     None
                 }
@@ -707,10 +719,17 @@ impl Dht {
             ),
             None => None,
         };
-        let local_addr = socket.local_addr().map_err(|error| StartError::Bind {
-            addr: config.bind,
-            error,
-        })?;
+        let local_addr4 = match &socket {
+            Some(s) => Some(s.local_addr().map_err(|error| StartError::Bind {
+                addr: config.bind,
+                error,
+            })?),
+            None => None,
+        };
+        // The handle's main address: the IPv4 socket's, or the IPv6 one on an IPv6-only node.
+        let local_addr = local_addr4
+            .or(local_addr6)
+            .expect("at least one socket is bound");
         let store = match &config.data_dir {
             Some(dir) => Some(NodeStore::open(dir).map_err(StartError::Store)?),
             None => None,
@@ -718,7 +737,7 @@ impl Dht {
         let mut node_config = config.node.clone();
         node_config.report_incoming |= config.incoming.is_some();
         if node_config.local_addr.is_none() {
-            node_config.local_addr = Some(local_addr);
+            node_config.local_addr = local_addr4;
         }
         let mut persisted = Vec::new();
         if let Some(store) = &store {
@@ -746,9 +765,11 @@ impl Dht {
             }
             None => None,
         };
-        let mut node = Node::new(node_config, now);
+        let mut node = local_addr4.map(|_| Node::new(node_config, now));
         if let Some(store) = &store {
-            store.set_node_id(&node.id()).map_err(StartError::Store)?;
+            if let Some(node) = &node {
+                store.set_node_id(&node.id()).map_err(StartError::Store)?;
+            }
             if let Some(n6) = &mut node6 {
                 store
                     .set_node_id_of(Family::V6, &n6.id())
@@ -758,9 +779,16 @@ impl Dht {
             store.flush().map_err(StartError::Store)?;
         }
         persisted.extend(config.contacts.iter().copied());
-        node.add_contacts(now, persisted);
+        if let Some(node) = &mut node {
+            node.add_contacts(now, persisted);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = Arc::new(Mutex::new(node.id()));
+        let primary_id = match (&node, &node6) {
+            (Some(n), _) => n.id(),
+            (None, Some(n6)) => n6.id(),
+            (None, None) => unreachable!("at least one socket is bound"),
+        };
+        let id = Arc::new(Mutex::new(primary_id));
         let handle = DhtHandle {
             tx,
             local_addr,
@@ -768,7 +796,7 @@ impl Dht {
             id: id.clone(),
         };
         let driver = Driver {
-            dual: DualNode::new(Some(node), node6, now),
+            dual: DualNode::new(node, node6, now),
             io6: socket6.map(|(s, _)| Udp6 {
                 socket: s,
                 buf: vec![0; RECV_BUF + 1],
@@ -784,7 +812,7 @@ impl Dht {
             incoming: config.incoming.clone(),
             lookups: HashMap::new(),
             items: HashMap::new(),
-            io: udp::BatchedSocket::new(socket, RECV_BUF),
+            io: socket.map(|s| udp::BatchedSocket::new(s, RECV_BUF)),
             id,
             waiters: Vec::new(),
             saving: None,
@@ -798,8 +826,26 @@ impl Dht {
     }
 }
 
+/// Runs `$body` with `$n` bound to the driver's primary node (see [`Driver::dual`]), of
+/// whichever family: the node types differ, so a closure could not take either.
+macro_rules! on_primary {
+    ($self:ident, |$n:ident| $body:expr) => {
+        if let Some($n) = $self.dual.v4_mut() {
+            $body
+        } else {
+            let $n = $self
+                .dual
+                .v6_mut()
+                .expect("a driver runs at least one family");
+            $body
+        }
+    };
+}
+
 struct Driver {
-    /// The IPv4 node, and the IPv6 one with [`DhtConfig::bind6`].
+    /// The IPv4 node, the IPv6 one, or both. The first present is the *primary* node:
+    /// lookups other than get_peers/announce and items run on it, and its id is the
+    /// handle's.
     dual: DualNode,
     /// The IPv6 socket.
     io6: Option<Udp6>,
@@ -814,7 +860,8 @@ struct Driver {
     incoming: Option<mpsc::Sender<IncomingQuery>>,
     lookups: HashMap<LookupId, Stream>,
     items: HashMap<LookupId, oneshot::Sender<ItemResult>>,
-    io: udp::BatchedSocket,
+    /// The IPv4 socket (`None` on an IPv6-only node).
+    io: Option<udp::BatchedSocket>,
     id: Arc<Mutex<NodeId>>,
     /// `wait_for_nodes` callers: (table size wanted, who to tell).
     waiters: Vec<(usize, oneshot::Sender<()>)>,
@@ -967,8 +1014,8 @@ impl Driver {
             self.flush().await;
             self.dispatch_events();
             if !self.waiters.is_empty() {
-                let have =
-                    self.node().table().len() + self.dual.v6().map_or(0, |n| n.table().len());
+                let have = self.dual.v4().map_or(0, |n| n.table().len())
+                    + self.dual.v6().map_or(0, |n| n.table().len());
                 let mut i = 0;
                 while i < self.waiters.len() {
                     if self.waiters[i].0 <= have {
@@ -1010,7 +1057,12 @@ impl Driver {
                 _ = save_tick.tick() => self.start_save(),
                 // Last in the biased order: under a saturating flood the socket is always
                 // readable, and commands and timers (rare, cheap) must still get their turn.
-                r = self.io.socket().readable() => {
+                r = async {
+                    match &self.io {
+                        Some(io) => io.socket().readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     if r.is_ok() {
                         self.receive();
                     }
@@ -1078,15 +1130,17 @@ impl Driver {
     /// Snapshots the contacts here and writes them on the blocking pool.
     fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), PersistError>>> {
         let store = self.store.clone()?;
-        let contacts = self.node_ref().contacts();
+        let contacts = self.dual.v4().map(Node::contacts);
         let contacts6 = self.dual.v6().map(Node::contacts);
         Some(tokio::task::spawn_blocking(move || {
-            let res = store
-                .save_contacts(&contacts)
-                .and_then(|()| match &contacts6 {
-                    Some(c6) => store.save_contacts_of(c6),
-                    None => Ok(()),
-                });
+            let res = match &contacts {
+                Some(c) => store.save_contacts(c),
+                None => Ok(()),
+            }
+            .and_then(|()| match &contacts6 {
+                Some(c6) => store.save_contacts_of(c6),
+                None => Ok(()),
+            });
             if let Err(e) = &res {
                 tracing::warn!("saving the routing table failed: {e}");
             }
@@ -1095,38 +1149,35 @@ impl Driver {
     }
 
     async fn flush(&mut self) {
-        self.io.flush(&mut self.dual).await;
+        if let Some(io) = &mut self.io {
+            io.flush(&mut self.dual).await;
+        }
         if let Some(io) = &mut self.io6 {
             io.flush(&mut self.dual).await;
         }
     }
 
-    /// The IPv4 node (the driver's first socket is always IPv4).
-    fn node(&mut self) -> &mut Node {
-        self.dual
-            .v4_mut()
-            .expect("the driver always runs the IPv4 node")
-    }
-
-    fn node_ref(&self) -> &Node {
-        self.dual
-            .v4()
-            .expect("the driver always runs the IPv4 node")
+    /// Whether the primary node (see [`Driver::dual`]) is the IPv4 one.
+    fn v4_primary(&self) -> bool {
+        self.dual.v4().is_some()
     }
 
     /// Reads what the socket has into the node, or into the hold queue when a receive delay
     /// is set.
     fn receive(&mut self) {
+        let Some(io) = &mut self.io else {
+            return;
+        };
         #[cfg(feature = "testing")]
         if let Some(held) = &mut self.held {
             let mut core = Holding {
                 node: &mut self.dual,
                 held,
             };
-            self.io.receive(&mut core, RECV_ROUNDS);
+            io.receive(&mut core, RECV_ROUNDS);
             return;
         }
-        self.io.receive(&mut self.dual, RECV_ROUNDS);
+        io.receive(&mut self.dual, RECV_ROUNDS);
     }
 
     /// The timer fired: held datagrams now due go to the node, then its own timers run
@@ -1143,10 +1194,15 @@ impl Driver {
         let now = Instant::now();
         match c {
             Command::Ping(addr, tx) => match split(addr) {
-                Split::V4(a) => {
-                    let req = self.node().ping(now, a);
-                    self.pings.insert((Family::V4, req), tx);
-                }
+                Split::V4(a) => match self.dual.v4_mut() {
+                    Some(n) => {
+                        let req = n.ping(now, a);
+                        self.pings.insert((Family::V4, req), tx);
+                    }
+                    None => {
+                        let _ = tx.send(Err(PingError::NotAllowed));
+                    }
+                },
                 Split::V6(a) => match self.dual.v6_mut() {
                     Some(n) => {
                         let req = n.ping(now, a);
@@ -1158,10 +1214,15 @@ impl Driver {
                 },
             },
             Command::Query(addr, q, tx) => match split(addr) {
-                Split::V4(a) => {
-                    let req = self.node().query(now, a, q);
-                    self.replies.insert((Family::V4, req), tx);
-                }
+                Split::V4(a) => match self.dual.v4_mut() {
+                    Some(n) => {
+                        let req = n.query(now, a, q);
+                        self.replies.insert((Family::V4, req), tx);
+                    }
+                    None => {
+                        let _ = tx.send(Err(PingError::NotAllowed));
+                    }
+                },
                 Split::V6(a) => match self.dual.v6_mut() {
                     Some(n) => {
                         let req = n.query(now, a, q);
@@ -1173,21 +1234,22 @@ impl Driver {
                 },
             },
             Command::Lookup(req, tx) => {
-                // get_peers and announce run on both families; the rest on IPv4.
+                // get_peers and announce run on both families; the rest on the primary.
                 let both = matches!(
                     req,
                     LookupRequest::GetPeers(_) | LookupRequest::Announce(..)
                 );
-                let id = match req {
-                    LookupRequest::FindNode(t) => self.node().find_node(now, t),
-                    LookupRequest::GetPeers(ih) => self.node().get_peers(now, ih),
-                    LookupRequest::Announce(ih, port, seed) => {
-                        self.node().announce_as(now, ih, port, seed)
-                    }
-                    LookupRequest::Scrape(ih) => self.node().scrape(now, ih),
-                };
+                let id = on_primary!(self, |n| match req {
+                    LookupRequest::FindNode(t) => n.find_node(now, t),
+                    LookupRequest::GetPeers(ih) => n.get_peers(now, ih),
+                    LookupRequest::Announce(ih, port, seed) => n.announce_as(now, ih, port, seed),
+                    LookupRequest::Scrape(ih) => n.scrape(now, ih),
+                });
                 let mut open = 1;
-                if both && let Some(n6) = self.dual.v6_mut() {
+                if both
+                    && self.v4_primary()
+                    && let Some(n6) = self.dual.v6_mut()
+                {
                     let id6 = match req {
                         LookupRequest::GetPeers(ih) => n6.get_peers(now, ih),
                         LookupRequest::Announce(ih, port, seed) => {
@@ -1208,23 +1270,28 @@ impl Driver {
                 );
             }
             Command::Item(req, tx) => {
-                let id = match req {
-                    ItemRequest::Get(target, q) => self.node().get_item(now, target, q),
-                    ItemRequest::Put(p) => self.node().put_item(now, p),
-                };
+                let id = on_primary!(self, |n| match req {
+                    ItemRequest::Get(target, q) => n.get_item(now, target, q),
+                    ItemRequest::Put(p) => n.put_item(now, p),
+                });
                 self.items.insert(id, tx);
             }
             Command::AddContacts(addrs) => {
                 let (v4, v6) = split_all(addrs);
-                self.node().add_contacts(now, v4);
+                if let Some(n) = self.dual.v4_mut() {
+                    n.add_contacts(now, v4);
+                }
                 if let Some(n) = self.dual.v6_mut() {
                     n.add_contacts(now, v6);
                 }
             }
             Command::Bootstrap(routers) => self.dual.bootstrap(now, &routers),
             Command::Stats(tx) => {
-                let mut s = self.node().stats(now);
-                s.dropped_other += self.io.send_errors();
+                let mut s = on_primary!(self, |n| n.stats(now));
+                s.dropped_other += match &self.io {
+                    Some(io) => io.send_errors(),
+                    None => self.io6.as_ref().map_or(0, |io| io.send_errors),
+                };
                 let _ = tx.send(s);
             }
             Command::Stats6(tx) => {
@@ -1237,7 +1304,7 @@ impl Driver {
                 let _ = tx.send(s);
             }
             Command::Contacts(tx) => {
-                let _ = tx.send(self.node_ref().contacts());
+                let _ = tx.send(self.dual.v4().map(Node::contacts).unwrap_or_default());
             }
             Command::WaitNodes(n, tx) => self.waiters.push((n, tx)),
             Command::Shutdown(_) => unreachable!("handled by the loop"),
@@ -1303,6 +1370,9 @@ impl Driver {
                 }
             }
             Event::IdChanged(id) => {
+                if !self.v4_primary() {
+                    *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+                }
                 if let Some(store) = self.store.clone() {
                     // Off the event loop, like every other store write.
                     tokio::task::spawn_blocking(move || {
@@ -1321,7 +1391,13 @@ impl Driver {
                 peer,
             } => self.on_incoming(info_hash, from.into(), peer.map(Into::into)),
             Event::Peers { lookup, peers } => {
-                if let Some(&key) = self.lookups6.get(&lookup) {
+                // The IPv6 half of a dual lookup, or an IPv6-only node's own lookup.
+                let key = if self.v4_primary() {
+                    self.lookups6.get(&lookup).copied()
+                } else {
+                    Some(lookup)
+                };
+                if let Some(key) = key {
                     let peers = peers.into_iter().map(SocketAddr::V6).collect();
                     self.on_lookup(key, LookupUpdate::Peers(peers));
                 }
@@ -1333,7 +1409,12 @@ impl Driver {
                 messages,
                 scrape,
             } => {
-                if let Some(key) = self.lookups6.remove(&lookup) {
+                let key = if self.v4_primary() {
+                    self.lookups6.remove(&lookup)
+                } else {
+                    Some(lookup)
+                };
+                if let Some(key) = key {
                     let half = LookupSummary {
                         closest6: closest,
                         announced,
@@ -1344,8 +1425,16 @@ impl Driver {
                     self.on_lookup(key, LookupUpdate::Done(half));
                 }
             }
-            // Items run on the IPv4 node; handed-over contacts never leave the DualNode.
-            Event::Item { .. } | Event::OtherFamilyNodes(_) => {}
+            // Items run on the primary node: the IPv6 one only on an IPv6-only node.
+            Event::Item { lookup, result } => {
+                if !self.v4_primary()
+                    && let Some(tx) = self.items.remove(&lookup)
+                {
+                    let _ = tx.send(*result);
+                }
+            }
+            // Handed to the sibling inside the DualNode; never surfaces here.
+            Event::OtherFamilyNodes(_) => {}
         }
     }
 

@@ -58,9 +58,9 @@ pub struct TransportArgs {
 #[derive(Debug, Clone, Args)]
 pub struct NetArgs {
     /// UDP address of the DHT node, one per family (repeatable): an IPv4 address for the
-    /// IPv4 DHT and, optionally, an IPv6 one for the IPv6 DHT (BEP 32). Given, only the
-    /// addresses given are bound; the default binds both, and on a host without IPv6 runs
-    /// IPv4 only (one log line).
+    /// IPv4 DHT and/or an IPv6 one for the IPv6 DHT (BEP 32); an IPv6 address alone runs
+    /// an IPv6-only node. Given, only the addresses given are bound; the default binds
+    /// both, and on a host without IPv6 runs IPv4 only (one log line).
     #[arg(
         long,
         value_name = "ADDR",
@@ -125,21 +125,20 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 impl NetArgs {
-    /// The IPv4 and (optional) IPv6 addresses of `--bind`: one IPv4 address is required
-    /// (the IPv6-only node is not supported yet), at most one of each family.
+    /// The addresses of `--bind` as [`DhtConfig`] takes them: the IPv4 one and the
+    /// (optional) IPv6 one, or the IPv6 one alone for an IPv6-only node; at most one of
+    /// each family.
     pub fn binds(&self) -> Result<(SocketAddr, Option<SocketAddr>), String> {
         let v4: Vec<_> = self.bind.iter().filter(|a| a.is_ipv4()).collect();
         let v6: Vec<_> = self.bind.iter().filter(|a| a.is_ipv6()).collect();
         if v4.len() > 1 || v6.len() > 1 {
             return Err("--bind: at most one address per family".into());
         }
-        let Some(&&v4) = v4.first() else {
-            return Err(
-                "--bind: an IPv4 address is required (IPv6-only nodes are not supported yet)"
-                    .into(),
-            );
-        };
-        Ok((v4, v6.first().map(|a| **a)))
+        match (v4.first(), v6.first()) {
+            (Some(&&v4), v6) => Ok((v4, v6.map(|a| **a))),
+            (None, Some(&&v6)) => Ok((v6, None)),
+            (None, None) => Err("--bind: an address is required".into()),
+        }
     }
 
     /// Whether `--bind` was left at its default (both families, IPv6 optional).
@@ -352,7 +351,9 @@ mod tests {
         let two = parse(&["--bind", "127.0.0.5:7000", "--bind", "[fd77::5]:7000"]).unwrap();
         assert_eq!(two.bind6, Some("[fd77::5]:7000".parse().unwrap()));
         assert!(!two.bind6_optional, "an IPv6 address given must bind");
-        assert!(parse(&["--bind", "[fd77::5]:7000"]).is_err());
+        let v6_only = parse(&["--bind", "[fd77::5]:7000"]).unwrap();
+        assert_eq!(v6_only.bind, "[fd77::5]:7000".parse().unwrap());
+        assert_eq!((v6_only.bind6, v6_only.bind6_optional), (None, false));
         assert!(parse(&["--bind", "127.0.0.5:1", "--bind", "127.0.0.6:1"]).is_err());
     }
 
