@@ -9,10 +9,10 @@
 //!
 //! **Both families (BEP 32).** The IPv4 DHT and the IPv6 DHT are separate networks, so the
 //! router keeps one ring per family, each with its own verification queue, filters and rate
-//! limiter (a [`Half`]), and one code path generic over [`NodeAddr`] serves both. A query is
-//! answered from the ring of the family it arrived over (`nodes` over IPv4, `nodes6` over
-//! IPv6) unless its `want` names families, in which case it gets exactly those. A newcomer
-//! is verified over its own family, so an IPv6 contact is only ever handed out after it
+//! limiter, and one code path generic over [`NodeAddr`] serves both. A query is answered
+//! from the ring of the family it arrived over (`nodes` over IPv4, `nodes6` over IPv6)
+//! unless its `want` names families, in which case it gets exactly those. A newcomer is
+//! verified over its own family, so an IPv6 contact is only ever handed out after it
 //! answered a cookie over IPv6. With IPv6 on ([`RouterConfig::ipv6`]) the verification
 //! queries carry `want = [n4, n6]`, so the other family's contacts in the replies are queued
 //! for verification too and an IPv4 seed fills the IPv6 ring as well.
