@@ -246,3 +246,28 @@ async fn the_router_binary_binds_and_answers_ipv6() {
     assert_eq!(n4, None);
     assert_eq!(n6, Some(vec![]), "an empty IPv6 ring, answered over IPv6");
 }
+
+/// A host without the IPv6 address asked for: with `bind6_optional` (the CLI's default
+/// `--bind`) the router serves IPv4 alone and says so (no IPv6 address, IPv6 off, so no
+/// IPv6 contact is queued); without it, starting fails. An address of the wrong family is
+/// refused either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ipv6_address_is_optional_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    // Never added to lo: binding it fails with "address not available".
+    let absent: SocketAddr = "[fd77:0:0:14ff::dead]:0".parse().unwrap();
+    let mut cfg = router_config(dir.path(), vec![]);
+    cfg.bind6 = Some(absent);
+    cfg.bind6_optional = false;
+    assert!(router_io::spawn(cfg.clone()).is_err());
+    cfg.bind6_optional = true;
+    let router = router_io::spawn(cfg.clone()).expect("IPv4 only");
+    assert_eq!(router.local_addr6(), None);
+    // Answered over IPv4 as ever.
+    let s4 = UdpSocket::bind("127.140.4.1:0").await.unwrap();
+    let (n4, _) = find_node(&s4, router.local_addr(), Want::NONE).await;
+    assert_eq!(n4, Some(vec![]));
+    router.shutdown().await.unwrap();
+    cfg.bind6 = Some("127.140.4.2:0".parse().unwrap());
+    assert!(router_io::spawn(cfg).is_err(), "an IPv4 address as bind6");
+}
