@@ -44,7 +44,7 @@ struct Cli {
     /// seeds an empty store from the bootstrap nodes).
     #[arg(long)]
     router: bool,
-    /// Router: verified contacts kept.
+    /// Router: verified contacts kept per address family (one ring each).
     #[arg(
         long,
         value_name = "N",
