@@ -19,6 +19,8 @@ mod wait_support;
 fn router_config(data_dir: &std::path::Path, seed: String) -> RouterRunConfig {
     RouterRunConfig {
         bind: "127.130.0.1:0".parse().unwrap(),
+        bind6: None,
+        bind6_optional: false,
         router: RouterConfig {
             verify_delay: Duration::from_millis(200),
             allow: AllowList::loopback(),

@@ -44,7 +44,10 @@ fn router_saves_every_save_interval() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let data = std::fs::read(&store).unwrap();
-    assert!(data.starts_with(b"TLROUTE1"), "not a router store");
-    assert_eq!(data.len(), 16, "an empty ring saves just its header");
+    assert!(
+        data.starts_with(b"TLROUTE2"),
+        "not a version-2 router store"
+    );
+    assert_eq!(data.len(), 24, "empty rings save just the header");
     assert!(child.0.try_wait().unwrap().is_none(), "still serving");
 }

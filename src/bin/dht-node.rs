@@ -44,7 +44,7 @@ struct Cli {
     /// seeds an empty store from the bootstrap nodes).
     #[arg(long)]
     router: bool,
-    /// Router: verified contacts kept.
+    /// Router: verified contacts kept per address family (one ring each).
     #[arg(
         long,
         value_name = "N",
@@ -163,17 +163,24 @@ async fn run_router(cli: &Cli) {
     let metrics_listener = bind_metrics(cli).await;
     let handle = router_io::spawn(RouterRunConfig {
         bind: net.bind,
-        // The router serves the IPv4 DHT only.
+        // BEP 32: the IPv6 DHT on its own socket, optional under the default `--bind`.
+        bind6: net.bind6,
+        bind6_optional: net.bind6_optional,
         router,
         data_dir: Some(data_dir.clone()),
         save_interval: net.save_interval,
         seeds: net.bootstrap.clone(),
     })
     .unwrap_or_else(|e| cli::fail(e));
+    let v6 = handle
+        .local_addr6()
+        .map(|a| format!(" and {a} (IPv6 DHT)"))
+        .unwrap_or_default();
     tracing::info!(
-        "router listening on {} ({} contacts loaded from {})",
+        "router listening on {}{v6} ({} contacts, {} of them IPv6, loaded from {})",
         handle.local_addr(),
         handle.loaded(),
+        handle.loaded6(),
         data_dir.display()
     );
     if let Some(l) = metrics_listener {
@@ -201,8 +208,9 @@ async fn router_loop(cli: &Cli, handle: &RouterHandle) {
                 let secs = (now - last.0).as_secs_f64().max(1e-3);
                 let q = |m: &trackerless::dht::node::MethodCounts| m.ping + m.find_node + m.get_peers + m.announce_peer + m.sample_infohashes + m.get + m.put + m.other;
                 println!(
-                    "router stored {} pending {} | queries {:.1}/s admitted {} | in {} out {}",
+                    "router stored {} ({} IPv6) pending {} | queries {:.1}/s admitted {} | in {} out {}",
                     s.stored,
+                    s.stored6,
                     s.pending,
                     (q(&s.queries_by_method) - q(&last.1.queries_by_method)) as f64 / secs,
                     s.admitted,

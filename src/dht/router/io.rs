@@ -1,6 +1,13 @@
 //! The router's driver: batched UDP I/O ([`crate::dht::udp`], shared with the node's
 //! driver) on its own thread. Batching (not more threads) is the lever here: the target is
 //! "tens of thousands of queries per second on one core".
+//!
+//! BEP 32 runs the IPv6 DHT on its own socket, so the driver binds one per family: the
+//! IPv4 socket (required) with batched I/O, and optionally an IPv6 one (`IPV6_V6ONLY`, see
+//! [`udp::bind_std`]) read and written one datagram per call, as the node's driver does:
+//! the batch code speaks `sockaddr_in` only, and the IPv6 DHT is a small fraction of the
+//! traffic. A host without IPv6 runs the IPv4 router alone when
+//! [`RouterRunConfig::bind6_optional`] says so.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::store::{NodeRing, StoreError, store_file};
+use super::store::{Rings, StoreError, store_file};
 use super::{Router, RouterConfig, RouterStats};
 use crate::dht::driver::StartError;
 use crate::dht::udp::{self, BatchedSocket};
@@ -21,8 +28,14 @@ const BUF_LEN: usize = 2048;
 /// What [`spawn`] needs.
 #[derive(Debug, Clone)]
 pub struct RouterRunConfig {
-    /// UDP address to bind (IPv4 only).
+    /// UDP address of the IPv4 socket (required: an IPv4 address).
     pub bind: SocketAddr,
+    /// UDP address of the IPv6 socket (an IPv6 address); `None` serves IPv4 only.
+    pub bind6: Option<SocketAddr>,
+    /// When binding [`RouterRunConfig::bind6`] fails because the host has no IPv6, serve
+    /// IPv4 only after one log line instead of failing (the CLI's default `--bind`, which
+    /// asks for both families, like the node's).
+    pub bind6_optional: bool,
     /// The sans-IO router's settings.
     pub router: RouterConfig,
     /// Where the verified-node store is kept (`router-nodes.bin`); `None` = not kept.
@@ -43,7 +56,9 @@ enum Command {
 pub struct RouterHandle {
     tx: mpsc::UnboundedSender<Command>,
     local_addr: SocketAddr,
+    local_addr6: Option<SocketAddr>,
     loaded: usize,
+    loaded6: usize,
 }
 
 impl RouterHandle {
@@ -52,9 +67,19 @@ impl RouterHandle {
         self.local_addr
     }
 
-    /// Contacts loaded from the store at start.
+    /// The IPv6 socket's address, when the router serves IPv6.
+    pub fn local_addr6(&self) -> Option<SocketAddr> {
+        self.local_addr6
+    }
+
+    /// Contacts loaded from the store at start, both families.
     pub fn loaded(&self) -> usize {
         self.loaded
+    }
+
+    /// IPv6 contacts loaded from the store at start (included in [`RouterHandle::loaded`]).
+    pub fn loaded6(&self) -> usize {
+        self.loaded6
     }
 
     /// The router's counters and gauges; `None` once it has stopped.
@@ -76,14 +101,23 @@ impl RouterHandle {
 
 /// Loads the store, binds, and runs the router on its own thread.
 pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
-    let SocketAddr::V4(_) = config.bind else {
-        return Err(StartError::Bind {
-            addr: config.bind,
-            error: io::Error::new(io::ErrorKind::Unsupported, "router mode binds IPv4 only"),
-        });
+    let not_family = |addr: SocketAddr, what: &str| StartError::Bind {
+        addr,
+        error: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not an {what} address"),
+        ),
     };
+    if !config.bind.is_ipv4() {
+        return Err(not_family(config.bind, "IPv4"));
+    }
+    if let Some(a) = config.bind6
+        && !a.is_ipv6()
+    {
+        return Err(not_family(a, "IPv6"));
+    }
     let started = Instant::now();
-    let ring = match &config.data_dir {
+    let rings = match &config.data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StartError::Runtime(io::Error::new(
@@ -92,22 +126,22 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
                 ))
             })?;
             let path = store_file(dir);
-            match NodeRing::load(&path, config.router.capacity) {
+            match Rings::load(&path, config.router.capacity) {
                 Ok(r) => r,
                 Err(e) => {
                     // Only rebuildable state: keep the bad file for inspection, start empty.
                     let aside = path.with_extension("corrupt");
                     let _ = std::fs::rename(&path, &aside);
                     tracing::warn!("{e}; moved it to {} and starting empty", aside.display());
-                    NodeRing::new(config.router.capacity)
+                    Rings::new(config.router.capacity)
                 }
             }
         }
-        None => NodeRing::new(config.router.capacity),
+        None => Rings::new(config.router.capacity),
     };
-    let loaded = ring.len();
+    let (loaded, loaded6) = (rings.len(), rings.v6.len());
     tracing::info!(
-        "router store: {loaded} contacts loaded in {:?}",
+        "router store: {loaded} contacts ({loaded6} IPv6) loaded in {:?}",
         started.elapsed()
     );
     // A router's traffic comes in bursts, and every datagram dropped by a full buffer is a
@@ -120,8 +154,31 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
         addr: config.bind,
         error,
     })?;
+    let std_socket6 = match config.bind6 {
+        Some(a) => match udp::bind_std(a, 8 << 20) {
+            Ok(s) => Some(s),
+            Err(error) if config.bind6_optional && no_ipv6(&error) => {
+                tracing::info!("no IPv6 on this host ({error}): the router serves IPv4 only");
+                None
+            }
+            Err(error) => return Err(StartError::Bind { addr: a, error }),
+        },
+        None => None,
+    };
+    let local_addr6 = match (&std_socket6, config.bind6) {
+        (Some(s), Some(a)) => Some(
+            s.local_addr()
+                .map_err(|error| StartError::Bind { addr: a, error })?,
+        ),
+        _ => None,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
-    let router = Router::new(config.router.clone(), ring, Instant::now());
+    let router_config = RouterConfig {
+        // Nothing IPv6 is queued that could never be verified.
+        ipv6: config.router.ipv6 && std_socket6.is_some(),
+        ..config.router.clone()
+    };
+    let router = Router::new(router_config, rings, Instant::now());
     let store = config.data_dir.as_ref().map(|d| store_file(d));
     let (save_interval, seeds) = (config.save_interval, config.seeds.clone());
     // The runtime is built on the router's own thread, so this works from inside another
@@ -147,8 +204,19 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
                         return;
                     }
                 };
+                let io6 = match std_socket6.map(UdpSocket::from_std).transpose() {
+                    Ok(s) => s.map(|socket| Udp6 {
+                        socket,
+                        buf: vec![0; BUF_LEN + 1],
+                    }),
+                    Err(e) => {
+                        tracing::error!("cannot register the router's IPv6 socket: {e}");
+                        return;
+                    }
+                };
                 let driver = Driver {
                     io: BatchedSocket::new(socket, BUF_LEN),
+                    io6,
                     router,
                     rx,
                     store,
@@ -163,12 +231,68 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
     Ok(RouterHandle {
         tx,
         local_addr,
+        local_addr6,
         loaded,
+        loaded6,
     })
+}
+
+/// Whether a bind error says the host has no IPv6 (rather than, say, a port in use): the
+/// node driver's rule, which [`RouterRunConfig::bind6_optional`] follows.
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::Unsupported
+    ) || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+}
+
+/// The IPv6 socket, one datagram per system call (see the module docs).
+struct Udp6 {
+    socket: UdpSocket,
+    /// One byte longer than [`BUF_LEN`], so a datagram that does not fit is seen as such.
+    buf: Vec<u8>,
+}
+
+impl Udp6 {
+    /// Hands up to `max` datagrams to the router (a longer one than [`BUF_LEN`] is counted
+    /// unread).
+    fn receive(&mut self, router: &mut Router, max: usize) {
+        for _ in 0..max {
+            match self.socket.try_recv_from(&mut self.buf) {
+                Ok((n, from)) if n <= BUF_LEN => {
+                    router.handle_datagram(Instant::now(), from, &self.buf[..n]);
+                }
+                Ok(_) => router.note_unreadable(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!("router IPv6 recv error: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Sends what the router queued for IPv6, waiting for the socket when it is full.
+    async fn flush(&mut self, router: &mut Router) {
+        while let Some(t) = router.poll_transmit6() {
+            if let Err(e) = self.socket.send_to(t.payload, t.to).await {
+                tracing::debug!("router IPv6 send error: {e}");
+            }
+        }
+    }
+}
+
+/// Resolves when the IPv6 socket (if any) is readable; never without one.
+async fn readable6(io6: Option<&Udp6>) -> io::Result<()> {
+    match io6 {
+        Some(u) => u.socket.readable().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Driver {
     io: BatchedSocket,
+    io6: Option<Udp6>,
     router: Router,
     rx: mpsc::UnboundedReceiver<Command>,
     store: Option<PathBuf>,
@@ -217,6 +341,13 @@ impl Driver {
                         self.io.receive(&mut self.router, 64);
                     }
                 }
+                r = readable6(self.io6.as_ref()) => {
+                    if r.is_ok()
+                        && let Some(io6) = &mut self.io6
+                    {
+                        io6.receive(&mut self.router, 256);
+                    }
+                }
             }
         }
         self.flush().await;
@@ -238,28 +369,28 @@ impl Driver {
         }
     }
 
-    /// Queries the seeds when the store is less than half full.
+    /// Queries the seeds (of either family) when a ring is less than half full.
     async fn seed(&mut self, seeds: &[String]) {
-        if seeds.is_empty() || self.router.ring().len() * 2 >= self.router.ring().capacity() {
+        let half_full = |len: usize, cap: usize| len * 2 >= cap;
+        let (r4, r6) = (self.router.ring(), self.router.ring6());
+        if seeds.is_empty()
+            || (half_full(r4.len(), r4.capacity())
+                && (self.io6.is_none() || half_full(r6.len(), r6.capacity())))
+        {
             return;
         }
         let (addrs, errors) = crate::dht::bootstrap::resolve(seeds).await;
         for e in errors {
             tracing::warn!("router seed {e}");
         }
-        // The router holds IPv4 contacts only.
-        let addrs: Vec<std::net::SocketAddrV4> = addrs
-            .into_iter()
-            .filter_map(|a| match a {
-                std::net::SocketAddr::V4(a) => Some(a),
-                std::net::SocketAddr::V6(_) => None,
-            })
-            .collect();
         self.router.seed(Instant::now(), &addrs);
     }
 
     async fn flush(&mut self) {
         self.io.flush(&mut self.router).await;
+        if let Some(io6) = &mut self.io6 {
+            io6.flush(&mut self.router).await;
+        }
     }
 
     /// Starts a periodic save unless the previous one is still being written (a finished
@@ -275,7 +406,7 @@ impl Driver {
     /// Snapshots the ring here (milliseconds) and writes it on the blocking pool.
     fn save_in_background(&self) -> Option<tokio::task::JoinHandle<Result<(), StoreError>>> {
         let path = self.store.clone()?;
-        let snap = self.router.ring().snapshot();
+        let snap = self.router.snapshot();
         Some(tokio::task::spawn_blocking(move || {
             let res = snap.save(&path).map_err(|source| StoreError::Io {
                 path: path.clone(),

@@ -7,6 +7,16 @@
 //! the querier's address (a SYN-cookie), so no per-ping state is kept and only a node that
 //! really answers from that address, with a BEP 42-valid id, gets into the ring.
 //!
+//! **Both families (BEP 32).** The IPv4 DHT and the IPv6 DHT are separate networks, so the
+//! router keeps one ring per family, each with its own verification queue, filters and rate
+//! limiter, and one code path generic over [`NodeAddr`] serves both. A query is answered
+//! from the ring of the family it arrived over (`nodes` over IPv4, `nodes6` over IPv6)
+//! unless its `want` names families, in which case it gets exactly those. A newcomer is
+//! verified over its own family, so an IPv6 contact is only ever handed out after it
+//! answered a cookie over IPv6. With IPv6 on ([`RouterConfig::ipv6`]) the verification
+//! queries carry `want = [n4, n6]`, so the other family's contacts in the replies are queued
+//! for verification too and an IPv4 seed fills the IPv6 ring as well.
+//!
 //! Like [`crate::dht::node::Node`] this is sans-IO; [`io`] drives it with batched syscalls.
 
 pub mod io;
@@ -14,7 +24,7 @@ pub mod store;
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -23,38 +33,43 @@ use rand::rngs::StdRng;
 use crate::dht::allow::AllowList;
 use crate::dht::bep42;
 use crate::dht::gate::{self, Dropped, Gated};
-use crate::dht::id::{Contact, NodeId};
-use crate::dht::krpc::{self, Body, ERR_GENERIC, Method, QueryArgs, ResponseBody};
+use crate::dht::id::{Contact, Family, NodeAddr, NodeId};
+use crate::dht::krpc::{self, Body, ERR_GENERIC, Method, QueryArgs, ResponseBody, Want};
 use crate::dht::limits::{self, ByteQuota, RateLimit, RateLimiter};
 use crate::dht::node::{MethodCounts, VERSION};
 use crate::dht::outbox::{Emitted, Outbox, Transmit};
-use store::{NodeRing, RecentSet};
+use store::{NodeRing, NodeRing6, RecentSet, RingSnapshot, Rings, host_key};
 
 /// Router settings.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    /// Verified contacts kept (the ring's size).
+    /// Verified contacts kept per family (the size of each ring).
     pub capacity: usize,
     /// How long after its query a new node is pinged. Minutes, like bootstrap-dht: a node
     /// that is still there after that is worth handing out.
     pub verify_delay: Duration,
-    /// Queriers waiting for their verification ping, at most.
+    /// Queriers waiting for their verification ping, at most, per family.
     pub max_pending: usize,
-    /// Verification pings sent per timer tick, at most (no bursts).
+    /// Verification pings sent per timer tick and family, at most (no bursts).
     pub verify_burst: usize,
-    /// Contacts per reply to a first-time requester.
+    /// Contacts per reply to a first-time requester (per family asked for).
     pub contacts_new: usize,
     /// Contacts per reply to a recent requester (it already had a first batch): fewer, so a
     /// node that keeps asking does not drain the ring.
     pub contacts_repeat: usize,
     /// Admit only ids valid for their IP under BEP 42 (exempt addresses pass).
     pub require_valid_id: bool,
+    /// Serve the IPv6 DHT too: answer IPv6 queries and verify IPv6 contacts. The driver
+    /// turns it off when it has no IPv6 socket, so nothing is queued that could never be
+    /// verified (IPv6 datagrams are then dropped, and verification queries carry no
+    /// `want`).
+    pub ipv6: bool,
     /// Outbound allow-list, enforced on every datagram (replies and verification queries).
     pub allow: AllowList,
     /// Per-IP packet rate limit with temporary bans; `None` = unlimited.
     pub rate_limit: Option<RateLimit>,
-    /// Bytes per second of replies and errors at most (an amplification cap); `None` =
-    /// unlimited.
+    /// Bytes per second of replies and errors at most, both families together (an
+    /// amplification cap on one uplink); `None` = unlimited.
     pub reply_quota: Option<u64>,
     /// Our id; random when `None`.
     pub id: Option<NodeId>,
@@ -73,6 +88,7 @@ impl Default for RouterConfig {
             contacts_new: 16,
             contacts_repeat: 8,
             require_valid_id: true,
+            ipv6: true,
             allow: AllowList::any(),
             rate_limit: Some(RateLimit::default()),
             reply_quota: None,
@@ -82,7 +98,7 @@ impl Default for RouterConfig {
     }
 }
 
-/// Router counters and gauges.
+/// Router counters and gauges (both families together unless a field says otherwise).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouterStats {
     /// Queries received and decoded, by method (those claiming our own id excepted).
@@ -99,7 +115,7 @@ pub struct RouterStats {
     pub admitted: u64,
     /// Cookie matched but the id is not valid for the IP (BEP 42).
     pub rejected_invalid_id: u64,
-    /// Cookie matched but the IP already has an entry.
+    /// Cookie matched but the host (an IPv4 address, an IPv6 `/64`) already has an entry.
     pub duplicate_ip: u64,
     /// Replies that matched no cookie.
     pub bad_cookie: u64,
@@ -111,8 +127,9 @@ pub struct RouterStats {
     pub dropped_quota: u64,
     /// Datagrams not sent because the allow-list refused the destination.
     pub dropped_not_allowed: u64,
-    /// Other datagrams dropped: unusable sources (non-IPv4, port 0, bogon), messages
-    /// carrying our own id, KRPC errors received, and datagrams the driver could not read.
+    /// Other datagrams dropped: unusable sources (port 0, bogon, IPv6 with
+    /// [`RouterConfig::ipv6`] off), messages carrying our own id, KRPC errors received, and
+    /// datagrams the driver could not read.
     pub dropped_other: u64,
     /// Queriers not queued because the queue was full.
     pub queue_full: u64,
@@ -124,32 +141,95 @@ pub struct RouterStats {
     pub bytes_in: u64,
     /// UDP payload bytes of [`RouterStats::packets_out`].
     pub bytes_out: u64,
-    /// Gauge: verified contacts in the ring.
+    /// Gauge: verified contacts in the rings, both families.
     pub stored: usize,
-    /// Gauge: queriers waiting for their verification query.
+    /// Gauge: verified contacts in the IPv6 ring (included in [`RouterStats::stored`]).
+    pub stored6: usize,
+    /// Gauge: queriers waiting for their verification query, both families.
     pub pending: usize,
-    /// Gauge: IPs currently banned by the rate limiter.
+    /// Gauge: IPv6 queriers waiting (included in [`RouterStats::pending`]).
+    pub pending6: usize,
+    /// Gauge: IPs currently banned by the rate limiters.
     pub banned_ips: usize,
-    /// Gauge: bytes held by the ring and the recent-IP filters.
+    /// Gauge: bytes held by the rings and the recent-host filters.
     pub memory_bytes: usize,
+}
+
+/// One family's share of the router: its ring, its verification queue, its filters, its
+/// rate limiter (keyed by its own kind of IP) and its outgoing datagrams.
+struct Half<A: NodeAddr> {
+    ring: NodeRing<A>,
+    pending: VecDeque<(Instant, A)>,
+    /// Hosts queued recently, so one busy node is queued once.
+    queued: RecentSet,
+    /// Recent requesters, who get fewer contacts.
+    requesters: RecentSet,
+    limiter: Option<RateLimiter<A::Ip>>,
+    outbox: Outbox<A>,
+}
+
+impl<A: NodeAddr> Half<A> {
+    fn new(config: &RouterConfig, ring: NodeRing<A>) -> Self {
+        Half {
+            ring,
+            pending: VecDeque::new(),
+            queued: RecentSet::new(config.max_pending.clamp(1024, 1 << 22)),
+            requesters: RecentSet::new(100_000),
+            limiter: config.rate_limit.map(RateLimiter::new),
+            outbox: Outbox::default(),
+        }
+    }
+
+    fn memory(&self) -> usize {
+        self.ring.memory() + self.queued.memory() + self.requesters.memory()
+    }
+
+    fn banned(&self, now: Instant) -> usize {
+        self.limiter.as_ref().map_or(0, |l| l.banned(now))
+    }
+}
+
+/// Both halves.
+struct Halves {
+    v4: Half<SocketAddrV4>,
+    v6: Half<SocketAddrV6>,
+}
+
+/// An address family the router serves: the type-to-field map that lets one generic code
+/// path pick its family's [`Half`].
+trait Side: NodeAddr {
+    fn half(h: &mut Halves) -> &mut Half<Self>;
+    fn half_ref(h: &Halves) -> &Half<Self>;
+}
+
+impl Side for SocketAddrV4 {
+    fn half(h: &mut Halves) -> &mut Half<Self> {
+        &mut h.v4
+    }
+    fn half_ref(h: &Halves) -> &Half<Self> {
+        &h.v4
+    }
+}
+
+impl Side for SocketAddrV6 {
+    fn half(h: &mut Halves) -> &mut Half<Self> {
+        &mut h.v6
+    }
+    fn half_ref(h: &Halves) -> &Half<Self> {
+        &h.v6
+    }
 }
 
 /// The router core.
 pub struct Router {
     id: NodeId,
     config: RouterConfig,
-    ring: NodeRing,
-    pending: VecDeque<(Instant, SocketAddrV4)>,
-    /// Queriers queued recently, so one busy node is queued once.
-    queued: RecentSet,
-    /// Recent requesters, who get fewer contacts.
-    requesters: RecentSet,
+    halves: Halves,
     cookie_key: RandomState,
-    limiter: Option<RateLimiter>,
     quota: Option<ByteQuota>,
-    outbox: Outbox,
     stats: RouterStats,
     nodes_scratch: Vec<u8>,
+    nodes6_scratch: Vec<u8>,
     next_sweep: Instant,
     rng: StdRng,
 }
@@ -157,9 +237,12 @@ pub struct Router {
 /// Cookie transaction ids are 4 bytes.
 const COOKIE_LEN: usize = 4;
 
+/// Contacts taken from a verified reply's node lists (per list) to verify in turn.
+const FOLLOW_PER_REPLY: usize = 16;
+
 impl Router {
-    /// A router serving the contacts of `ring` (empty, or loaded from a saved store).
-    pub fn new(config: RouterConfig, ring: NodeRing, now: Instant) -> Self {
+    /// A router serving the contacts of `rings` (empty, or loaded from a saved store).
+    pub fn new(config: RouterConfig, rings: Rings, now: Instant) -> Self {
         let mut rng = match config.seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => rand::make_rng(),
@@ -167,18 +250,17 @@ impl Router {
         let id = config.id.unwrap_or_else(|| NodeId::random(&mut rng));
         Router {
             id,
-            queued: RecentSet::new(config.max_pending.clamp(1024, 1 << 22)),
-            requesters: RecentSet::new(100_000),
+            halves: Halves {
+                v4: Half::new(&config, rings.v4),
+                v6: Half::new(&config, rings.v6),
+            },
             cookie_key: RandomState::new(),
-            limiter: config.rate_limit.map(RateLimiter::new),
             quota: config.reply_quota.map(|q| ByteQuota::new(q, now)),
-            outbox: Outbox::default(),
             stats: RouterStats::default(),
-            nodes_scratch: Vec::with_capacity(16 * 26),
-            pending: VecDeque::new(),
+            nodes_scratch: Vec::with_capacity(16 * SocketAddrV4::NODE_LEN),
+            nodes6_scratch: Vec::with_capacity(16 * SocketAddrV6::NODE_LEN),
             next_sweep: now + Duration::from_secs(60),
             rng,
-            ring,
             config,
         }
     }
@@ -188,64 +270,90 @@ impl Router {
         self.id
     }
 
-    /// The verified contacts handed out.
+    /// The verified IPv4 contacts handed out.
     pub fn ring(&self) -> &NodeRing {
-        &self.ring
+        &self.halves.v4.ring
+    }
+
+    /// The verified IPv6 contacts handed out.
+    pub fn ring6(&self) -> &NodeRing6 {
+        &self.halves.v6.ring
+    }
+
+    /// A copy of both rings for saving ([`RingSnapshot::save`]).
+    pub fn snapshot(&self) -> RingSnapshot {
+        RingSnapshot::of(&self.halves.v4.ring, &self.halves.v6.ring)
     }
 
     /// Counters plus current gauges.
     pub fn stats(&self, now: Instant) -> RouterStats {
+        let (v4, v6) = (&self.halves.v4, &self.halves.v6);
         RouterStats {
-            stored: self.ring.len(),
-            pending: self.pending.len(),
-            banned_ips: self.limiter.as_ref().map_or(0, |l| l.banned(now)),
-            memory_bytes: self.ring.memory() + self.queued.memory() + self.requesters.memory(),
+            stored: v4.ring.len() + v6.ring.len(),
+            stored6: v6.ring.len(),
+            pending: v4.pending.len() + v6.pending.len(),
+            pending6: v6.pending.len(),
+            banned_ips: v4.banned(now) + v6.banned(now),
+            memory_bytes: v4.memory() + v6.memory(),
             ..self.stats.clone()
         }
     }
 
     /// The verification cookie for `addr`: what we put in the ping's `t` and expect back.
-    fn cookie(&self, addr: SocketAddrV4) -> [u8; COOKIE_LEN] {
+    /// The family is part of what is hashed (an [`std::net::IpAddr`]), so a cookie sent
+    /// over one family is no good over the other.
+    fn cookie<A: NodeAddr>(&self, addr: A) -> [u8; COOKIE_LEN] {
         let h = self
             .cookie_key
-            .hash_one((u32::from(*addr.ip()), addr.port()));
+            .hash_one((addr.ip_addr(), addr.port_number()));
         (h as u32).to_be_bytes()
     }
 
-    /// The next datagram to send. The payload borrows the router until the next call.
+    /// The next datagram to send, of either family (IPv4 first). The payload borrows the
+    /// router until the next call.
     pub fn poll_transmit(&mut self) -> Option<Transmit<'_>> {
-        self.outbox.poll()
+        if !self.halves.v4.outbox.is_empty() {
+            return self.halves.v4.outbox.poll();
+        }
+        self.halves.v6.outbox.poll()
     }
 
-    /// Hands every queued datagram to `f` (for batched sends).
+    /// The next IPv6 datagram to send (for the driver's IPv6 socket).
+    pub fn poll_transmit6(&mut self) -> Option<Transmit<'_>> {
+        self.halves.v6.outbox.poll()
+    }
+
+    /// Hands every queued IPv4 datagram to `f` (for batched sends on the IPv4 socket).
     pub fn drain_transmits(&mut self, f: impl FnMut(SocketAddrV4, &[u8])) {
-        self.outbox.drain_all(f);
+        self.halves.v4.outbox.drain_all(f);
     }
 
-    /// Whether datagrams are waiting.
+    /// Whether datagrams of either family are waiting.
     pub fn has_transmit(&self) -> bool {
-        !self.outbox.is_empty()
+        !self.halves.v4.outbox.is_empty() || !self.halves.v6.outbox.is_empty()
     }
 
     /// When the next verification ping or sweep is due.
     pub fn poll_timeout(&self) -> Instant {
-        let due = self
-            .pending
-            .front()
-            .map(|(t, _)| *t)
-            .unwrap_or(self.next_sweep);
-        due.min(self.next_sweep)
+        [
+            self.halves.v4.pending.front().map(|(t, _)| *t),
+            self.halves.v6.pending.front().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_sweep, Instant::min)
     }
 
-    fn emit(
+    fn emit<A: Side>(
         &mut self,
         now: Instant,
-        to: SocketAddrV4,
+        to: A,
         reply: bool,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> bool {
         let quota = if reply { self.quota.as_mut() } else { None };
-        match self.outbox.emit(&self.config.allow, quota, now, to, encode) {
+        let outbox = &mut A::half(&mut self.halves).outbox;
+        match outbox.emit(&self.config.allow, quota, now, to, encode) {
             Emitted::Queued(len) => {
                 self.stats.packets_out += 1;
                 self.stats.bytes_out += len as u64;
@@ -262,11 +370,21 @@ impl Router {
         }
     }
 
-    /// Handles one received datagram.
+    /// Handles one received datagram, of either family (an IPv4-mapped IPv6 source is
+    /// IPv4, as a dual-stack socket reports it).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         self.stats.packets_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        let (from, msg) = match gate::admit(now, from, data, self.limiter.as_mut()) {
+        match Family::of(from) {
+            Family::V4 => self.handle_from::<SocketAddrV4>(now, from, data),
+            Family::V6 if self.config.ipv6 => self.handle_from::<SocketAddrV6>(now, from, data),
+            Family::V6 => self.stats.dropped_other += 1,
+        }
+    }
+
+    fn handle_from<A: Side>(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let limiter = A::half(&mut self.halves).limiter.as_mut();
+        let (from, msg) = match gate::admit::<A>(now, from, data, limiter) {
             Gated::Message(from, msg) => (from, msg),
             Gated::BadQuery {
                 from,
@@ -307,7 +425,7 @@ impl Router {
                     self.stats.dropped_other += 1;
                     return;
                 }
-                self.answer(now, from, msg.tid.as_slice(), &q.method);
+                self.answer(now, from, msg.tid.as_slice(), &q.method, q.want);
                 if !msg.read_only {
                     self.enqueue(now, from);
                 }
@@ -317,7 +435,9 @@ impl Router {
         }
     }
 
-    fn answer(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], method: &Method) {
+    /// Answers a query from `from`: nodes of the families `want` names, or of the family
+    /// the query came over when it names none (BEP 32).
+    fn answer<A: Side>(&mut self, now: Instant, from: A, tid: &[u8], method: &Method, want: Want) {
         self.stats.queries_by_method.count(method);
         let id = self.id;
         if let Method::AnnouncePeer { .. } | Method::Put(_) = method {
@@ -338,17 +458,31 @@ impl Router {
             return;
         }
         let mut nodes = std::mem::take(&mut self.nodes_scratch);
+        let mut nodes6 = std::mem::take(&mut self.nodes6_scratch);
         nodes.clear();
+        nodes6.clear();
         let mut body = ResponseBody::id_only(&id);
         if !matches!(method, Method::Ping) {
-            let n = if self.requesters.contains(*from.ip()) {
+            let key = host_key(from.ip_addr());
+            let half = A::half(&mut self.halves);
+            let n = if half.requesters.contains(key) {
                 self.config.contacts_repeat
             } else {
-                self.requesters.insert(*from.ip());
+                half.requesters.insert(key);
                 self.config.contacts_new
             };
-            self.ring.take(n, *from.ip(), &mut nodes);
-            body.nodes = Some(&nodes);
+            // The requester is left out of its own family's list only: its key means
+            // nothing in the other ring.
+            let own = |f: Family| (f == A::FAMILY).then_some(key);
+            let want = want.resolve(A::FAMILY);
+            if want.n4 {
+                self.halves.v4.ring.take(n, own(Family::V4), &mut nodes);
+                body.nodes = Some(&nodes);
+            }
+            if want.n6 {
+                self.halves.v6.ring.take(n, own(Family::V6), &mut nodes6);
+                body.nodes6 = Some(&nodes6);
+            }
             if let Method::SampleInfohashes { .. } = method {
                 body.samples = Some(&[]);
                 body.num = Some(0);
@@ -356,11 +490,10 @@ impl Router {
             }
         }
         let quota = self.quota.as_mut();
-        match self
-            .outbox
-            .emit(&self.config.allow, quota, now, from, |out| {
-                krpc::encode_response(out, tid, &body, Some(from.into()), Some(VERSION))
-            }) {
+        let outbox = &mut A::half(&mut self.halves).outbox;
+        match outbox.emit(&self.config.allow, quota, now, from, |out| {
+            krpc::encode_response(out, tid, &body, Some(from.into()), Some(VERSION))
+        }) {
             Emitted::Queued(len) => {
                 self.stats.packets_out += 1;
                 self.stats.bytes_out += len as u64;
@@ -370,43 +503,58 @@ impl Router {
             Emitted::OverQuota => self.stats.dropped_quota += 1,
         }
         self.nodes_scratch = nodes;
+        self.nodes6_scratch = nodes6;
     }
 
     /// Queues a querier for a verification query after `verify_delay`, unless it is known
     /// or already queued.
-    fn enqueue(&mut self, now: Instant, from: SocketAddrV4) {
+    fn enqueue<A: Side>(&mut self, now: Instant, from: A) {
         self.enqueue_at(now + self.config.verify_delay, from);
     }
 
-    fn enqueue_at(&mut self, due: Instant, addr: SocketAddrV4) {
-        let ip = *addr.ip();
-        if addr.port() == 0 || self.ring.has_ip(ip) || self.queued.contains(ip) {
+    fn enqueue_at<A: Side>(&mut self, due: Instant, addr: A) {
+        let key = host_key(addr.ip_addr());
+        let max = self.config.max_pending;
+        let half = A::half(&mut self.halves);
+        if addr.port_number() == 0
+            || half.ring.has_host(addr.ip_addr())
+            || half.queued.contains(key)
+        {
             return;
         }
-        if self.pending.len() >= self.config.max_pending {
+        if half.pending.len() >= max {
             self.stats.queue_full += 1;
             return;
         }
-        self.queued.insert(ip);
+        half.queued.insert(key);
         // Due times only grow when the delay is constant; an immediate one goes first.
-        if self.pending.back().is_some_and(|(t, _)| *t > due) {
-            self.pending.push_front((due, addr));
+        if half.pending.back().is_some_and(|(t, _)| *t > due) {
+            half.pending.push_front((due, addr));
         } else {
-            self.pending.push_back((due, addr));
+            half.pending.push_back((due, addr));
         }
     }
 
-    /// Seeds the store from known routers or nodes: they are queried at once, and every
-    /// verified reply's `nodes` are queried in turn, so an empty router fills itself.
-    pub fn seed(&mut self, now: Instant, addrs: &[SocketAddrV4]) {
-        for a in addrs {
-            self.enqueue_at(now, *a);
+    /// Seeds the store from known routers or nodes of either family: they are queried at
+    /// once, and every verified reply's nodes are queried in turn, so an empty router fills
+    /// itself. IPv6 seeds are skipped with [`RouterConfig::ipv6`] off.
+    pub fn seed(&mut self, now: Instant, addrs: &[SocketAddr]) {
+        for &a in addrs {
+            if let Some(a4) = SocketAddrV4::from_socket(a) {
+                self.enqueue_at(now, a4);
+            } else if let Some(a6) = SocketAddrV6::from_socket(a)
+                && self.config.ipv6
+            {
+                self.enqueue_at(now, a6);
+            }
         }
     }
 
     /// A reply: admitted only if its transaction id is the cookie for its source address.
-    /// Its `nodes` are queued for verification too (that is how the store grows from a seed).
-    fn verify_reply(&mut self, now: Instant, from: SocketAddrV4, tid: &[u8], r: &krpc::Response) {
+    /// Its nodes are queued for verification too (that is how the store grows from a seed):
+    /// its own family's and, with IPv6 on, the other family's (each verified over its own
+    /// family before it is handed out).
+    fn verify_reply<A: Side>(&mut self, now: Instant, from: A, tid: &[u8], r: &krpc::Response) {
         if tid != self.cookie(from) {
             self.stats.bad_cookie += 1;
             return;
@@ -415,62 +563,91 @@ impl Router {
             self.stats.dropped_other += 1;
             return;
         }
-        if self.ring.len() < self.ring.capacity() {
-            for c in r.nodes().take(16) {
-                if self.config.allow.allows(SocketAddr::V4(c.addr))
-                    && !limits::is_bogon_source(*c.addr.ip())
-                {
-                    self.enqueue_at(now, c.addr);
-                }
+        self.follow::<A>(now, r);
+        if self.config.ipv6 {
+            match A::FAMILY {
+                Family::V4 => self.follow::<SocketAddrV6>(now, r),
+                Family::V6 => self.follow::<SocketAddrV4>(now, r),
             }
         }
-        if self.config.require_valid_id && !bep42::is_valid(&r.id, *from.ip()) {
+        if self.config.require_valid_id && !bep42::is_valid(&r.id, from.ip_addr()) {
             self.stats.rejected_invalid_id += 1;
             return;
         }
-        if self.ring.insert(&Contact::new(r.id, from)) {
+        if A::half(&mut self.halves)
+            .ring
+            .insert(&Contact::new(r.id, from))
+        {
             self.stats.admitted += 1;
         } else {
             self.stats.duplicate_ip += 1;
         }
     }
 
-    /// Counts a datagram the driver could not read (truncated, or not IPv4).
+    /// Queues the family-`B` contacts of a verified reply for verification, while `B`'s
+    /// ring has room.
+    fn follow<B: Side>(&mut self, now: Instant, r: &krpc::Response) {
+        let ring = &B::half_ref(&self.halves).ring;
+        if ring.len() >= ring.capacity() {
+            return;
+        }
+        for c in r.nodes_of::<B>().take(FOLLOW_PER_REPLY) {
+            if self.config.allow.allows(c.addr.into()) && !limits::is_bogon(c.addr.ip_addr()) {
+                self.enqueue_at(now, c.addr);
+            }
+        }
+    }
+
+    /// Counts a datagram the driver could not read (truncated, or of no family it serves).
     pub fn note_unreadable(&mut self) {
         self.stats.packets_in += 1;
         self.stats.dropped_other += 1;
     }
 
-    /// Sends due verification queries (paced) and sweeps the rate limiter.
+    /// Sends due verification queries (paced, per family) and sweeps the rate limiters.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.verify_due::<SocketAddrV4>(now);
+        self.verify_due::<SocketAddrV6>(now);
+        if now >= self.next_sweep {
+            self.next_sweep = now + Duration::from_secs(60);
+            if let Some(l) = &mut self.halves.v4.limiter {
+                l.sweep(now);
+            }
+            if let Some(l) = &mut self.halves.v6.limiter {
+                l.sweep(now);
+            }
+        }
+    }
+
+    fn verify_due<A: Side>(&mut self, now: Instant) {
+        let want = if self.config.ipv6 {
+            Want::BOTH
+        } else {
+            Want::NONE
+        };
         let mut sent = 0;
         while sent < self.config.verify_burst {
-            match self.pending.front() {
+            let half = A::half(&mut self.halves);
+            match half.pending.front() {
                 Some(&(due, addr)) if due <= now => {
-                    self.pending.pop_front();
-                    if self.ring.has_ip(*addr.ip()) {
+                    half.pending.pop_front();
+                    if half.ring.has_host(addr.ip_addr()) {
                         continue;
                     }
                     let tid = self.cookie(addr);
                     let id = self.id;
                     // find_node (for a random target, so answers differ) rather than ping:
-                    // the answer also brings candidates.
+                    // the answer also brings candidates, of both families when asked.
                     let target = NodeId::random(&mut self.rng);
                     if self.emit(now, addr, false, |out| {
                         let args = QueryArgs::FindNode { target: &target };
-                        krpc::encode_query(out, &tid, &id, &args, false, Some(VERSION))
+                        krpc::encode_query_want(out, &tid, &id, &args, want, false, Some(VERSION))
                     }) {
                         self.stats.pings_out += 1;
                     }
                     sent += 1;
                 }
                 _ => break,
-            }
-        }
-        if now >= self.next_sweep {
-            self.next_sweep = now + Duration::from_secs(60);
-            if let Some(l) = &mut self.limiter {
-                l.sweep(now);
             }
         }
     }
@@ -480,18 +657,30 @@ impl Router {
 mod tests {
     use super::*;
     use crate::dht::id::InfoHash;
+    use crate::dht::router::store::{contacts_of, contacts6_of};
 
     fn router(cfg: RouterConfig) -> (Router, Instant) {
         let now = Instant::now();
         let cfg = RouterConfig {
-            allow: AllowList::loopback(),
+            allow: test_allow(),
             ..cfg
         };
         // A ring far bigger than any test fills: its one-entry-per-IP check is a Bloom filter
         // sized for the ring (about 1 % false positives when full), and at 100 slots a few
         // dozen entries made a new IP look present about once in 300 runs, so it was never
         // verified and `replies_rotate_and_repeat_requesters_get_fewer` failed at random.
-        (Router::new(cfg, NodeRing::new(100_000), now), now)
+        (Router::new(cfg, Rings::new(100_000), now), now)
+    }
+
+    /// Loopback of both families and the fd77::/16 test addresses: nothing else is ever
+    /// queued for sending.
+    fn test_allow() -> AllowList {
+        AllowList::only(
+            ["127.0.0.0/8", "::1/128", "fd77::/16"]
+                .iter()
+                .map(|n| n.parse().unwrap())
+                .collect(),
+        )
     }
 
     fn query(method: QueryArgs<'_>, id: NodeId, ro: bool) -> Vec<u8> {
@@ -502,23 +691,19 @@ mod tests {
 
     /// Runs a query from `from`, then lets the verification ping happen and has the querier
     /// answer it with `reply_id` (and, if `tamper`, a wrong transaction id).
-    fn verify(
+    fn verify<A: NodeAddr>(
         r: &mut Router,
         now: &mut Instant,
-        from: SocketAddrV4,
+        from: A,
         reply_id: NodeId,
         tamper: bool,
     ) {
-        r.handle_datagram(
-            *now,
-            SocketAddr::V4(from),
-            &query(QueryArgs::Ping, reply_id, false),
-        );
+        r.handle_datagram(*now, from.into(), &query(QueryArgs::Ping, reply_id, false));
         while r.poll_transmit().is_some() {}
         *now += r.config.verify_delay;
         r.handle_timeout(*now);
         let ping = r.poll_transmit().expect("verification query");
-        assert_eq!(ping.to, SocketAddr::V4(from));
+        assert_eq!(ping.to, from.into(), "verified over its own family");
         let m = krpc::decode(ping.payload).unwrap();
         let mut tid = m.tid.as_slice().to_vec();
         if tamper {
@@ -532,7 +717,7 @@ mod tests {
             None,
             None,
         );
-        r.handle_datagram(*now, SocketAddr::V4(from), &reply);
+        r.handle_datagram(*now, from.into(), &reply);
     }
 
     #[test]
@@ -691,7 +876,7 @@ mod tests {
     fn seeding_follows_nodes_in_verified_replies() {
         let (mut r, now) = router(RouterConfig::default());
         let seed: SocketAddrV4 = "127.84.0.1:6881".parse().unwrap();
-        r.seed(now, &[seed]);
+        r.seed(now, &[seed.into()]);
         r.handle_timeout(now);
         let q = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
         let mut nodes = Vec::new();
@@ -795,5 +980,336 @@ mod tests {
         };
         assert!(resp.nodes.is_some());
         assert!(resp.token.is_none());
+    }
+
+    /// An IPv6 host in its own `/64` (fd77:0:g:i::1), so each is a distinct host.
+    fn v6(g: u16, i: u16) -> SocketAddrV6 {
+        SocketAddrV6::new(
+            std::net::Ipv6Addr::new(0xfd77, 0, g, i, 0, 0, 0, 1),
+            6881,
+            0,
+            0,
+        )
+    }
+
+    /// A router allowed to talk to loopback and fd77::/16, with `n` verified contacts in
+    /// each ring (IPv4 127.81.0.i, IPv6 fd77:0:1:i::1).
+    fn dual_router(n: u8) -> (Router, Instant) {
+        let now = Instant::now();
+        let cfg = RouterConfig {
+            allow: test_allow(),
+            verify_delay: Duration::from_secs(1),
+            ..RouterConfig::default()
+        };
+        let mut r = Router::new(cfg, Rings::new(100_000), now);
+        let mut now = now;
+        for i in 1..=n {
+            let a = SocketAddrV4::new([127, 81, 0, i].into(), 6881);
+            verify(&mut r, &mut now, a, NodeId([i; 20]), false);
+            verify(
+                &mut r,
+                &mut now,
+                v6(1, i.into()),
+                NodeId([0x80 | i; 20]),
+                false,
+            );
+        }
+        assert_eq!((r.ring().len(), r.ring6().len()), (n.into(), n.into()));
+        (r, now)
+    }
+
+    /// Sends `find_node` with `want` from `from` and returns the reply's address and its
+    /// `nodes` and `nodes6` (decoded).
+    fn ask(
+        r: &mut Router,
+        now: Instant,
+        from: SocketAddr,
+        want: Want,
+    ) -> (
+        SocketAddr,
+        Option<Vec<SocketAddrV4>>,
+        Option<Vec<SocketAddrV6>>,
+    ) {
+        let mut q = Vec::new();
+        let target = NodeId([0; 20]);
+        let args = QueryArgs::FindNode { target: &target };
+        krpc::encode_query_want(&mut q, b"qq", &NodeId([0xee; 20]), &args, want, false, None);
+        r.handle_datagram(now, from, &q);
+        let t = r.poll_transmit().expect("answered");
+        let to = t.to;
+        let m = krpc::decode(t.payload).unwrap();
+        let Body::Response(resp) = m.body else {
+            panic!("not a reply: {m:?}")
+        };
+        assert_eq!(
+            m.ip,
+            Some(from),
+            "BEP 42 `ip` echoes the querier, of its family"
+        );
+        while r.poll_transmit().is_some() {}
+        (
+            to,
+            resp.nodes.as_deref().map(contacts_of),
+            resp.nodes6.as_deref().map(contacts6_of),
+        )
+    }
+
+    /// BEP 32: an IPv6 query is answered over IPv6 from the IPv6 ring (`nodes6`, no
+    /// `nodes`), an IPv4 one from the IPv4 ring; neither list ever holds the other family.
+    #[test]
+    fn an_ipv6_query_is_answered_with_nodes6_from_the_ipv6_ring() {
+        let (mut r, now) = dual_router(20);
+        let replies = r.stats(now).replies_out;
+        let asker6 = SocketAddr::V6(v6(7, 1));
+        let (to, n4, n6) = ask(&mut r, now, asker6, Want::NONE);
+        assert_eq!(to, asker6);
+        assert_eq!(n4, None, "no IPv4 nodes unless asked for");
+        let n6 = n6.expect("nodes6");
+        assert_eq!(n6.len(), 16);
+        let ring6: Vec<_> = r.ring6().iter().map(|c| c.addr).collect();
+        assert!(n6.iter().all(|a| ring6.contains(a)), "{n6:?}");
+
+        let asker4: SocketAddr = "127.82.0.1:7000".parse().unwrap();
+        let (to, n4, n6) = ask(&mut r, now, asker4, Want::NONE);
+        assert_eq!(to, asker4);
+        assert_eq!(n6, None);
+        let ring4: Vec<_> = r.ring().iter().map(|c| c.addr).collect();
+        let n4 = n4.expect("nodes");
+        assert_eq!(n4.len(), 16);
+        assert!(n4.iter().all(|a| ring4.contains(a)));
+        assert_eq!(r.stats(now).replies_out, replies + 2);
+    }
+
+    /// `want` names the lists in the reply: both with `[n4, n6]`, only the other family's
+    /// when that is all it names, whichever family the query came over. A repeat requester
+    /// gets fewer per list, counted per family of the requester.
+    #[test]
+    fn want_selects_the_families_of_the_reply() {
+        let (mut r, now) = dual_router(20);
+        let asker4: SocketAddr = "127.82.0.2:7000".parse().unwrap();
+        let (_, n4, n6) = ask(&mut r, now, asker4, Want::BOTH);
+        assert_eq!(n4.map(|v| v.len()), Some(16));
+        assert_eq!(n6.map(|v| v.len()), Some(16));
+        let (_, n4, n6) = ask(&mut r, now, asker4, Want::only(Family::V6));
+        assert_eq!(n4, None);
+        assert_eq!(n6.map(|v| v.len()), Some(8), "repeat requester");
+
+        let asker6 = SocketAddr::V6(v6(7, 2));
+        let (to, n4, n6) = ask(&mut r, now, asker6, Want::only(Family::V4));
+        assert_eq!(to, asker6, "answered over the family it asked over");
+        assert_eq!(n6, None);
+        assert_eq!(
+            n4.map(|v| v.len()),
+            Some(16),
+            "first request from this IPv6 host"
+        );
+    }
+
+    /// The requester is not handed itself: over IPv6 its whole `/64` is left out.
+    #[test]
+    fn an_ipv6_requester_is_not_handed_its_own_slash_64() {
+        let (mut r, now) = dual_router(3);
+        // Another address in the /64 of the ring's first IPv6 entry.
+        let mut ip = v6(1, 1).ip().segments();
+        ip[7] = 0x99;
+        let asker = SocketAddr::V6(SocketAddrV6::new(ip.into(), 7000, 0, 0));
+        let (_, _, n6) = ask(&mut r, now, asker, Want::NONE);
+        let n6 = n6.unwrap();
+        assert_eq!(n6.len(), 2, "{n6:?}");
+        assert!(!n6.contains(&v6(1, 1)));
+    }
+
+    /// An IPv6 newcomer is verified over IPv6 with a cookie, enters the IPv6 ring and only
+    /// it: a wrong cookie, or the right cookie from another address or over IPv4, fails.
+    #[test]
+    fn ipv6_newcomers_are_verified_over_ipv6() {
+        let (mut r, mut now) = router(RouterConfig::default());
+        let a = SocketAddrV6::new("::1".parse().unwrap(), 7001, 0, 0);
+        verify(&mut r, &mut now, a, NodeId([1; 20]), true);
+        assert_eq!(r.ring6().len(), 0);
+        assert_eq!(r.stats(now).bad_cookie, 1);
+        let cookie = r.cookie(a);
+        // The cookie for `a`, sent from an IPv4 address, is not `a`'s.
+        let v4: SocketAddrV4 = "127.85.0.1:7001".parse().unwrap();
+        let mut reply = Vec::new();
+        krpc::encode_response(
+            &mut reply,
+            &cookie,
+            &ResponseBody::id_only(&NodeId([3; 20])),
+            None,
+            None,
+        );
+        r.handle_datagram(now, v4.into(), &reply);
+        assert_eq!(r.stats(now).bad_cookie, 2);
+        assert!(r.ring().is_empty() && r.ring6().is_empty());
+        // The genuine exchange.
+        let b = SocketAddrV6::new("::1".parse().unwrap(), 7002, 0, 0);
+        let (mut r, mut now) = router(RouterConfig::default());
+        r.handle_datagram(
+            now,
+            b.into(),
+            &query(QueryArgs::Ping, NodeId([4; 20]), false),
+        );
+        while r.poll_transmit().is_some() {}
+        now += r.config.verify_delay;
+        r.handle_timeout(now);
+        let t = r.poll_transmit().expect("verification query");
+        assert_eq!(t.to, SocketAddr::V6(b));
+        let m = krpc::decode(t.payload).unwrap();
+        let Body::Query(q) = &m.body else { panic!() };
+        assert_eq!(q.want, Want::BOTH, "asks for both families' nodes");
+        let tid = m.tid.as_slice().to_vec();
+        let mut reply = Vec::new();
+        krpc::encode_response(
+            &mut reply,
+            &tid,
+            &ResponseBody::id_only(&NodeId([4; 20])),
+            None,
+            None,
+        );
+        r.handle_datagram(now, b.into(), &reply);
+        assert_eq!(
+            r.ring6().iter().collect::<Vec<_>>(),
+            vec![Contact::new(NodeId([4; 20]), b)]
+        );
+        assert!(
+            r.ring().is_empty(),
+            "an IPv6 contact never enters the IPv4 ring"
+        );
+        let st = r.stats(now);
+        assert_eq!((st.admitted, st.stored, st.stored6), (1, 1, 1));
+    }
+
+    /// BEP 42 for IPv6: a public IPv6 source needs an id derived from its address.
+    #[test]
+    fn invalid_bep42_ids_are_not_admitted_over_ipv6() {
+        let (mut r, now) = router(RouterConfig::default());
+        // Nothing is sent: the reply is handed to the core directly.
+        let public = SocketAddrV6::new("2a00:1450:4001::1".parse().unwrap(), 6881, 0, 0);
+        let reply = |id: &NodeId, r: &Router| {
+            let mut out = Vec::new();
+            krpc::encode_response(
+                &mut out,
+                &r.cookie(public),
+                &ResponseBody::id_only(id),
+                None,
+                None,
+            );
+            out
+        };
+        let bad = reply(&NodeId([9; 20]), &r);
+        r.handle_datagram(now, public.into(), &bad);
+        assert_eq!(r.stats(now).rejected_invalid_id, 1);
+        let good = bep42::id_for_ip(*public.ip(), &mut rand::rng());
+        let good = reply(&good, &r);
+        r.handle_datagram(now, public.into(), &good);
+        assert_eq!(r.stats(now).stored6, 1);
+    }
+
+    /// Each family's ring is bounded by the capacity on its own: filling one does not evict
+    /// the other, and each keeps its newest contacts.
+    #[test]
+    fn each_family_ring_is_bounded_on_its_own() {
+        let now = Instant::now();
+        let cfg = RouterConfig {
+            allow: test_allow(),
+            capacity: 3,
+            verify_delay: Duration::from_secs(1),
+            ..RouterConfig::default()
+        };
+        let mut r = Router::new(cfg, Rings::new(3), now);
+        let mut now = now;
+        for i in 1..=5u8 {
+            verify(&mut r, &mut now, v6(2, i.into()), NodeId([i; 20]), false);
+        }
+        verify(
+            &mut r,
+            &mut now,
+            SocketAddrV4::new([127, 86, 0, 1].into(), 6881),
+            NodeId([1; 20]),
+            false,
+        );
+        assert_eq!(r.ring().len(), 1);
+        assert_eq!(
+            r.ring6().iter().map(|c| c.addr).collect::<Vec<_>>(),
+            (3..=5).map(|i| v6(2, i)).collect::<Vec<_>>()
+        );
+        for i in 2..=6u8 {
+            verify(
+                &mut r,
+                &mut now,
+                SocketAddrV4::new([127, 86, 0, i].into(), 6881),
+                NodeId([i; 20]),
+                false,
+            );
+        }
+        assert_eq!(r.ring().len(), 3);
+        assert_eq!(
+            r.ring6().len(),
+            3,
+            "IPv4 inserts do not evict IPv6 contacts"
+        );
+        assert_eq!(r.stats(now).stored, 6);
+    }
+
+    /// A verified IPv4 reply's `nodes6` are queued on the IPv6 side and verified over IPv6
+    /// (never admitted on the IPv4 node's word).
+    #[test]
+    fn nodes6_in_an_ipv4_reply_are_verified_over_ipv6() {
+        let (mut r, now) = router(RouterConfig {
+            allow: test_allow(),
+            ..RouterConfig::default()
+        });
+        let seed: SocketAddrV4 = "127.87.0.1:6881".parse().unwrap();
+        r.seed(now, &[seed.into()]);
+        r.handle_timeout(now);
+        let q = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
+        let mut nodes6 = Vec::new();
+        for i in 1..=3u16 {
+            Contact::new(NodeId([i as u8; 20]), v6(3, i)).write_compact(&mut nodes6);
+        }
+        let body = ResponseBody {
+            nodes6: Some(&nodes6),
+            ..ResponseBody::id_only(&NodeId([1; 20]))
+        };
+        let mut reply = Vec::new();
+        krpc::encode_response(&mut reply, q.tid.as_slice(), &body, None, None);
+        r.handle_datagram(now, seed.into(), &reply);
+        assert_eq!((r.ring().len(), r.ring6().len()), (1, 0));
+        assert_eq!(r.stats(now).pending6, 3);
+        r.handle_timeout(now);
+        let mut asked = Vec::new();
+        while let Some(t) = r.poll_transmit() {
+            asked.push(t.to);
+        }
+        assert_eq!(
+            asked,
+            (1..=3)
+                .map(|i| SocketAddr::V6(v6(3, i)))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// With IPv6 off (the driver has no IPv6 socket) IPv6 datagrams are dropped, IPv6 seeds
+    /// and `nodes6` are not queued, and verification queries carry no `want`.
+    #[test]
+    fn with_ipv6_off_nothing_ipv6_is_queued_or_answered() {
+        let (mut r, now) = router(RouterConfig {
+            ipv6: false,
+            ..RouterConfig::default()
+        });
+        let a6 = SocketAddr::V6(SocketAddrV6::new("::1".parse().unwrap(), 7003, 0, 0));
+        r.handle_datagram(now, a6, &query(QueryArgs::Ping, NodeId([1; 20]), false));
+        assert!(r.poll_transmit().is_none());
+        assert_eq!(r.stats(now).dropped_other, 1);
+        let seed: SocketAddrV4 = "127.88.0.1:6881".parse().unwrap();
+        r.seed(now, &[seed.into(), a6]);
+        assert_eq!(r.stats(now).pending, 1);
+        r.handle_timeout(now);
+        let q = krpc::decode(r.poll_transmit().unwrap().payload).unwrap();
+        let Body::Query(query) = &q.body else {
+            panic!()
+        };
+        assert_eq!(query.want, Want::NONE);
     }
 }
