@@ -31,6 +31,6 @@ pub mod web;
 
 pub use backend::Store;
 pub use pg::PgStore;
-pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, ScrapeConfig, run};
+pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, FamilyStatus, ScrapeConfig, run};
 pub use store::{CrawlStore, Record, StoreConfig, SwarmEstimate, TorrentMeta};
 pub use walk::{DualWalker, WalkConfig, WalkError, WalkQuery, WalkStats, Walker};

@@ -1,0 +1,291 @@
+//! dht-crawl over both address families (BEP 32): a dual-stack crawler walks the IPv4 and
+//! the IPv6 DHT of a small loopback testnet and finds the torrents that only the IPv6 DHT
+//! holds; an IPv4-only crawler on the same net cannot.
+//!
+//! The testnet: dual-stack nodes (127.124.0.x and fd77::7c:x), and IPv6-only nodes
+//! (fd77::7c:1x; their allow-list admits no IPv4 address, so their IPv4 half is mute).
+//! Each family's node keeps its own peer store, so what the IPv6-only nodes announce is
+//! stored by IPv6 nodes only, and sampling the IPv4 DHT never returns it.
+//!
+//! Run inside a network namespace (`unshare -rn`), where the fd77:: test addresses are
+//! added to `lo`; nothing leaves the machine.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use trackerless::crawl::{self, CrawlConfig, CrawlReport, CrawlStore, StoreConfig, WalkConfig};
+use trackerless::dht::allow::AllowList;
+use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
+use trackerless::dht::id::{Family, InfoHash};
+use trackerless::dht::node::Config;
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "wait_support/mod.rs"]
+mod wait_support;
+
+use wait_support::{GENEROUS, wait_until};
+
+const DUAL: u8 = 6;
+const V6_ONLY: u8 = 4;
+
+fn node_config(allow: AllowList) -> Config {
+    Config {
+        allow,
+        ..Config::loopback_testnet()
+    }
+}
+
+fn both() -> AllowList {
+    AllowList::only(vec![
+        "127.0.0.0/8".parse().unwrap(),
+        "fd77::/16".parse().unwrap(),
+    ])
+}
+
+fn ipv6_only() -> AllowList {
+    AllowList::only(vec!["fd77::/16".parse().unwrap()])
+}
+
+fn spawn(bind: &str, bind6: &str, allow: AllowList) -> DhtHandle {
+    let mut c = DhtConfig::new(bind.parse().unwrap());
+    c.bind6 = Some(bind6.parse().unwrap());
+    c.node = node_config(allow);
+    Dht::spawn(c).expect("binds")
+}
+
+struct Net {
+    dual: Vec<DhtHandle>,
+    v6_only: Vec<DhtHandle>,
+    /// Announced by dual-stack nodes: in both DHTs.
+    in_both: Vec<InfoHash>,
+    /// Announced by IPv6-only nodes: in the IPv6 DHT only.
+    in_v6: Vec<InfoHash>,
+}
+
+impl Net {
+    async fn start() -> Net {
+        for i in 1..=DUAL {
+            common::ensure_ipv6_on_lo(&format!("fd77::7c:{i}"));
+        }
+        for i in 1..=V6_ONLY {
+            common::ensure_ipv6_on_lo(&format!("fd77::7c:1{i}"));
+        }
+        common::ensure_ipv6_on_lo("fd77::7c:99");
+        let dual: Vec<DhtHandle> = (1..=DUAL)
+            .map(|i| {
+                spawn(
+                    &format!("127.124.0.{i}:0"),
+                    &format!("[fd77::7c:{i}]:0"),
+                    both(),
+                )
+            })
+            .collect();
+        let v6_only: Vec<DhtHandle> = (1..=V6_ONLY)
+            .map(|i| {
+                spawn(
+                    &format!("127.124.1.{i}:0"),
+                    &format!("[fd77::7c:1{i}]:0"),
+                    ipv6_only(),
+                )
+            })
+            .collect();
+        let v4: Vec<SocketAddr> = dual.iter().map(DhtHandle::local_addr).collect();
+        let v6: Vec<SocketAddr> = dual
+            .iter()
+            .chain(&v6_only)
+            .filter_map(DhtHandle::local_addr6)
+            .collect();
+        for n in &dual {
+            n.add_contacts(v4.iter().chain(&v6).copied()).unwrap();
+        }
+        for n in &v6_only {
+            n.add_contacts(v6.iter().copied()).unwrap();
+        }
+        for n in dual.iter().chain(&v6_only) {
+            wait_until("a full IPv6 table", GENEROUS, async || {
+                n.stats6().await.unwrap().expect("an IPv6 node").good_nodes >= 4
+            })
+            .await;
+        }
+        for n in &dual {
+            wait_until("a full IPv4 table", GENEROUS, async || {
+                n.stats().await.unwrap().good_nodes >= 4
+            })
+            .await;
+        }
+        let mut rng = StdRng::seed_from_u64(0x7c);
+        let mut announce = async |nodes: &[DhtHandle], count: usize| {
+            let mut hashes = Vec::new();
+            for i in 0..count {
+                let ih = InfoHash::random(&mut rng);
+                let (_, summary) = nodes[i % nodes.len()]
+                    .announce(ih, Some(6000))
+                    .unwrap()
+                    .collect()
+                    .await;
+                assert!(summary.announced > 0, "{summary:?}");
+                hashes.push(ih);
+            }
+            hashes
+        };
+        let in_both = announce(&dual, 12).await;
+        let in_v6 = announce(&v6_only, 12).await;
+        Net {
+            dual,
+            v6_only,
+            in_both,
+            in_v6,
+        }
+    }
+
+    async fn shutdown(self) {
+        for n in self.dual.iter().chain(&self.v6_only) {
+            n.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Crawls with a fresh node (`bind6` makes it dual-stack) until `enough` of the new
+/// infohashes have been reported, or a generous deadline.
+async fn crawl_until(
+    net: &Net,
+    bind: &str,
+    bind6: Option<&str>,
+    enough: impl Fn(&HashSet<InfoHash>) -> bool + Send + 'static,
+) -> (CrawlReport, HashSet<InfoHash>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let mut cfg = DhtConfig::new(bind.parse().unwrap());
+    cfg.bind6 = bind6.map(|a| a.parse().unwrap());
+    cfg.node = node_config(both());
+    cfg.incoming = Some(tx);
+    let dht = Dht::spawn(cfg).expect("binds");
+    // One dual-stack node of each family to start from; the walk finds the rest.
+    dht.add_contacts([net.dual[0].local_addr()]).unwrap();
+    if bind6.is_some() {
+        dht.add_contacts(net.dual[0].local_addr6()).unwrap();
+    }
+    let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
+    let (new_tx, mut new_rx) = tokio::sync::mpsc::unbounded_channel();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let lines_w = lines.clone();
+    let found = Arc::new(Mutex::new(HashSet::new()));
+    let found_w = found.clone();
+    let stop = async move {
+        while let Some(ih) = new_rx.recv().await {
+            let mut f = found_w.lock().unwrap();
+            f.insert(ih);
+            if enough(&f) {
+                break;
+            }
+        }
+    };
+    let report = crawl::run(
+        dht.clone(),
+        Some(rx),
+        store,
+        CrawlConfig {
+            walk: WalkConfig {
+                rate: 500.0,
+                burst: 50.0,
+                min_interval: Duration::from_secs(1),
+                allow: both(),
+                ..Default::default()
+            },
+            flush_interval: Duration::from_millis(100),
+            status_interval: Duration::from_millis(100),
+            duration: Some(GENEROUS),
+            new_infohashes: Some(new_tx),
+            on_status: Some(Box::new(move |s| {
+                lines_w.lock().unwrap().push(s.to_string());
+            })),
+            ..Default::default()
+        },
+        stop,
+    )
+    .await
+    .unwrap();
+    dht.shutdown().await.unwrap();
+    let found = found.lock().unwrap().clone();
+    let lines = lines.lock().unwrap().clone();
+    (report, found, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_crawl_finds_what_only_the_ipv6_dht_holds() {
+    let net = Net::start().await;
+    let in_v6: HashSet<InfoHash> = net.in_v6.iter().copied().collect();
+    let all: HashSet<InfoHash> = net.in_both.iter().chain(&net.in_v6).copied().collect();
+
+    let want = all.clone();
+    let (report, found, lines) =
+        crawl_until(&net, "127.124.2.1:0", Some("[fd77::7c:99]:0"), move |f| {
+            want.is_subset(f)
+        })
+        .await;
+    let missing: Vec<_> = all.difference(&found).collect();
+    assert!(missing.is_empty(), "not found: {missing:?}\n{report:?}");
+    let s = &report.status;
+    let v6 = s.ipv6.as_ref().expect("the IPv6 DHT was crawled");
+    // The IPv6-only torrents can only have come from IPv6 samples.
+    assert!(
+        v6.samples_new >= in_v6.len() as u64,
+        "{v6:?} vs {} IPv6-only torrents",
+        in_v6.len()
+    );
+    assert!(v6.visited >= u64::from(V6_ONLY), "{v6:?}");
+    assert!(v6.nodes_known >= usize::from(V6_ONLY), "{v6:?}");
+    assert!(s.ipv4.visited >= 1 && s.ipv4.samples > 0, "{:?}", s.ipv4);
+    assert_eq!(s.visited, s.ipv4.visited + v6.visited);
+    assert_eq!(s.samples_new, s.ipv4.samples_new + v6.samples_new);
+    let w6 = report.walk6.as_ref().expect("an IPv6 walk");
+    assert!(w6.bep51_replies > 0, "{w6:?}");
+    assert_eq!(report.walk.queries, report.walk4.queries + w6.queries);
+    // The status line (the final one, which the binary prints too: the crawl may well
+    // end before the first tick) and the metrics show both families.
+    for l in lines.iter().chain([&s.to_string()]) {
+        assert!(
+            l.contains("| ipv4 nodes ") && l.contains("| ipv6 nodes "),
+            "{l}"
+        );
+    }
+    let line = s.to_string();
+    assert!(
+        line.contains(&format!(
+            "| ipv6 nodes {} visited {} samples {} new {}",
+            v6.nodes_known, v6.visited, v6.samples, v6.samples_new
+        )),
+        "{line}"
+    );
+    let metrics = crawl::web::render_metrics(Some(s), None);
+    let line = format!(
+        "dht_crawl_family_samples_new_total{{family=\"{}\"}} {}\n",
+        Family::V6,
+        v6.samples_new
+    );
+    assert!(metrics.contains(&line), "{line:?} missing from\n{metrics}");
+
+    // The same net crawled over IPv4 only: every torrent of the IPv4 DHT, none of the
+    // IPv6-only ones.
+    let want = net.in_both.iter().copied().collect::<HashSet<_>>();
+    let (report, found, lines) =
+        crawl_until(&net, "127.124.2.2:0", None, move |f| want.is_subset(f)).await;
+    assert!(
+        net.in_both.iter().all(|ih| found.contains(ih)),
+        "{report:?}"
+    );
+    assert!(
+        found.is_disjoint(&in_v6),
+        "the IPv4 DHT does not hold these"
+    );
+    assert!(report.status.ipv6.is_none() && report.walk6.is_none());
+    for l in lines.iter().chain([&report.status.to_string()]) {
+        assert!(!l.contains("ipv"), "{l}");
+    }
+    net.shutdown().await;
+}
