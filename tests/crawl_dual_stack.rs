@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use trackerless::crawl::{self, CrawlConfig, CrawlReport, CrawlStore, StoreConfig, WalkConfig};
+use trackerless::crawl::store::HOW_ANNOUNCE;
+use trackerless::crawl::{
+    self, CrawlConfig, CrawlReport, CrawlStore, Record, StoreConfig, WalkConfig,
+};
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
 use trackerless::dht::id::{Family, InfoHash};
@@ -100,21 +103,21 @@ impl Net {
             .chain(&v6_only)
             .filter_map(DhtHandle::local_addr6)
             .collect();
-        for n in &dual {
-            n.add_contacts(v4.iter().chain(&v6).copied()).unwrap();
-        }
-        for n in &v6_only {
-            n.add_contacts(v6.iter().copied()).unwrap();
-        }
-        for n in dual.iter().chain(&v6_only) {
-            wait_until("a full IPv6 table", GENEROUS, async || {
-                n.stats6().await.unwrap().expect("an IPv6 node").good_nodes >= 4
-            })
-            .await;
-        }
-        for n in &dual {
-            wait_until("a full IPv4 table", GENEROUS, async || {
-                n.stats().await.unwrap().good_nodes >= 4
+        // Each node pings the others (again while its tables are short: a ping answered
+        // while the other side was still starting up may not have made it a table entry).
+        for (i, n) in dual.iter().chain(&v6_only).enumerate() {
+            let contacts: Vec<SocketAddr> = if i < dual.len() {
+                v4.iter().chain(&v6).copied().collect()
+            } else {
+                v6.clone()
+            };
+            wait_until("full tables", GENEROUS, async || {
+                let v6_full = n.stats6().await.unwrap().expect("an IPv6 node").good_nodes >= 4;
+                let v4_full = i >= dual.len() || n.stats().await.unwrap().good_nodes >= 4;
+                if !(v6_full && v4_full) {
+                    n.add_contacts(contacts.iter().copied()).unwrap();
+                }
+                v6_full && v4_full
             })
             .await;
         }
@@ -150,14 +153,25 @@ impl Net {
     }
 }
 
+/// What one crawl saw.
+struct Crawled {
+    report: CrawlReport,
+    found: HashSet<InfoHash>,
+    lines: Vec<String>,
+    /// The store's record of the infohash announced to the crawler over IPv6.
+    announced: Option<(InfoHash, Record)>,
+}
+
 /// Crawls with a fresh node (`bind6` makes it dual-stack) until `enough` of the new
-/// infohashes have been reported, or a generous deadline.
+/// infohashes have been reported, or a generous deadline. With `bind6`, an IPv6-only node
+/// also announces to the crawler's IPv6 node (an infohash equal to that node's id, so the
+/// crawler is the closest node and gets the announce).
 async fn crawl_until(
     net: &Net,
     bind: &str,
     bind6: Option<&str>,
     enough: impl Fn(&HashSet<InfoHash>) -> bool + Send + 'static,
-) -> (CrawlReport, HashSet<InfoHash>, Vec<String>) {
+) -> Crawled {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let mut cfg = DhtConfig::new(bind.parse().unwrap());
@@ -171,16 +185,35 @@ async fn crawl_until(
         dht.add_contacts(net.dual[0].local_addr6()).unwrap();
     }
     let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
+    // The announcer learns the crawler's IPv6 node (and its id) by pinging it.
+    let announce = match dht.local_addr6() {
+        Some(a6) => {
+            let id6 = net.v6_only[0]
+                .ping(a6)
+                .await
+                .expect("the crawler answers over IPv6");
+            Some((net.v6_only[0].clone(), InfoHash(id6.0)))
+        }
+        None => None,
+    };
+    let announced_ih = announce.as_ref().map(|(_, ih)| *ih);
     let (new_tx, mut new_rx) = tokio::sync::mpsc::unbounded_channel();
     let lines = Arc::new(Mutex::new(Vec::new()));
     let lines_w = lines.clone();
     let found = Arc::new(Mutex::new(HashSet::new()));
     let found_w = found.clone();
     let stop = async move {
+        if let Some((node, ih)) = announce {
+            let (_, summary) = node.announce(ih, Some(6000)).unwrap().collect().await;
+            assert!(summary.announced > 0, "{summary:?}");
+        }
         while let Some(ih) = new_rx.recv().await {
-            let mut f = found_w.lock().unwrap();
-            f.insert(ih);
-            if enough(&f) {
+            let done = {
+                let mut f = found_w.lock().unwrap();
+                f.insert(ih);
+                enough(&f) && announced_ih.is_none_or(|a| f.contains(&a))
+            };
+            if done {
                 break;
             }
         }
@@ -211,9 +244,15 @@ async fn crawl_until(
     .await
     .unwrap();
     dht.shutdown().await.unwrap();
+    let store = CrawlStore::open(&dir.path().join("crawl"), StoreConfig::default()).unwrap();
     let found = found.lock().unwrap().clone();
     let lines = lines.lock().unwrap().clone();
-    (report, found, lines)
+    Crawled {
+        report,
+        found,
+        lines,
+        announced: announced_ih.and_then(|ih| Some((ih, store.get(&ih)?))),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,11 +262,21 @@ async fn a_dual_stack_crawl_finds_what_only_the_ipv6_dht_holds() {
     let all: HashSet<InfoHash> = net.in_both.iter().chain(&net.in_v6).copied().collect();
 
     let want = all.clone();
-    let (report, found, lines) =
-        crawl_until(&net, "127.124.2.1:0", Some("[fd77::7c:99]:0"), move |f| {
-            want.is_subset(f)
-        })
-        .await;
+    let Crawled {
+        report,
+        found,
+        lines,
+        announced,
+    } = crawl_until(&net, "127.124.2.1:0", Some("[fd77::7c:99]:0"), move |f| {
+        want.is_subset(f)
+    })
+    .await;
+    // The peer announced over IPv6 is recorded (BEP 32 peers in the store).
+    let (_, record) = announced.expect("the IPv6 announce reached the store");
+    let peer = SocketAddr::new(net.v6_only[0].local_addr6().unwrap().ip(), 6000);
+    assert!(record.peers.contains(&peer), "{record:?}");
+    assert!(record.how & HOW_ANNOUNCE != 0, "{record:?}");
+    assert!(report.status.ipv6.as_ref().unwrap().passive > 0);
     let missing: Vec<_> = all.difference(&found).collect();
     assert!(missing.is_empty(), "not found: {missing:?}\n{report:?}");
     let s = &report.status;
@@ -273,8 +322,12 @@ async fn a_dual_stack_crawl_finds_what_only_the_ipv6_dht_holds() {
     // The same net crawled over IPv4 only: every torrent of the IPv4 DHT, none of the
     // IPv6-only ones.
     let want = net.in_both.iter().copied().collect::<HashSet<_>>();
-    let (report, found, lines) =
-        crawl_until(&net, "127.124.2.2:0", None, move |f| want.is_subset(f)).await;
+    let Crawled {
+        report,
+        found,
+        lines,
+        ..
+    } = crawl_until(&net, "127.124.2.2:0", None, move |f| want.is_subset(f)).await;
     assert!(
         net.in_both.iter().all(|ih| found.contains(ih)),
         "{report:?}"

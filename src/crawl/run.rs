@@ -386,13 +386,8 @@ impl Crawl {
         } else {
             HOW_GET_PEERS
         };
-        // The store's rows hold IPv4 peers (BEP 32 crawling is not done yet): an IPv6
-        // announce still counts, without its address.
-        let peer = q.peer.and_then(|p| match p {
-            SocketAddr::V4(a) => Some(a),
-            SocketAddr::V6(_) => None,
-        });
-        self.store.note(q.info_hash, how, peer);
+        // Peers of either family: an announce over the IPv6 DHT names an IPv6 peer.
+        self.store.note(q.info_hash, how, q.peer);
     }
 
     /// Makes everything durable, then reports the new records (out file, channel,
@@ -448,10 +443,7 @@ impl Crawl {
                 }
             }
             if let Some(pool) = &self.pool {
-                let peers = records
-                    .remove(ih)
-                    .map(|(r, _)| r.peers.into_iter().map(SocketAddr::V4).collect())
-                    .unwrap_or_default();
+                let peers = records.remove(ih).map(|(r, _)| r.peers).unwrap_or_default();
                 if !pool.offer(MetaJob {
                     info_hash: *ih,
                     peers,
