@@ -1,8 +1,8 @@
 //! The tokio crawler: a normal DHT node (its own id, answering queries) plus the walk.
 //!
-//! [`run`] owns the [`Walker`] and the [`Store`] (sled or PostgreSQL). Walk queries go out through
-//! [`DhtHandle::query`], so they carry the node's real id and transaction ids; nothing is
-//! spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
+//! [`run`] owns the walk ([`DualWalker`]) and the [`Store`] (sled or PostgreSQL). Walk
+//! queries go out through [`DhtHandle::query`], so they carry the node's real id and
+//! transaction ids; nothing is spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
 //! the node's `incoming` channel and are recorded too (passive harvest).
 //!
 //! A node with an IPv6 socket (`DhtConfig::bind6`) makes the crawl dual-stack: a
