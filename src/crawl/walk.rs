@@ -197,9 +197,16 @@ struct NodeState {
     flags: u8,
 }
 
-/// Whether no node can be reached at `ip` (a contact naming it is junk or an attack).
+/// Whether no node can be reached at `ip` (a contact naming it is junk or an attack). An
+/// IPv6 link-local address names a host only together with an interface (a scope), which a
+/// compact contact does not carry.
 fn unusable(ip: IpAddr) -> bool {
-    ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+    ip.is_unspecified()
+        || ip.is_multicast()
+        || match ip {
+            IpAddr::V4(v4) => v4.is_broadcast(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        }
 }
 
 /// The samples a node may hand out per reply (BEP 51 leaves it to the node; 20 is what
@@ -278,7 +285,8 @@ impl<A: NodeAddr> Walker<A> {
 
     /// Never query `addr` (our own node's address).
     pub fn exclude(&mut self, addr: A) {
-        self.excluded.push(addr);
+        self.excluded
+            .push(A::from_parts(addr.host(), addr.port_number()));
     }
 
     /// Whole seconds since start, rounded down (for "is it due yet").
@@ -1323,6 +1331,10 @@ mod tests {
             ],
         );
         assert_eq!(w.stats().nodes_known, 3 + 8);
+        // Link-local needs a scope no contact carries: never tracked, even when allowed.
+        let mut any: Walker<SocketAddrV6> = Walker::new(cfg(), t0);
+        any.add_nodes(t0, ["[fe80::1]:6881".parse().unwrap()]);
+        assert_eq!(any.stats().nodes_known, 0);
         // The interval is kept per node as in IPv4: node 1 is not asked again early.
         for _ in 0..20 {
             if let Some(q) = w.poll_query(t0) {
