@@ -342,3 +342,92 @@ async fn a_dual_stack_crawl_finds_what_only_the_ipv6_dht_holds() {
     }
     net.shutdown().await;
 }
+
+/// The binary: `--bind` for both families makes `dht-crawl` dual-stack; its status line
+/// gains an IPv6 part, and the IPv6-only torrents reach `--out`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_bound_to_both_families_crawls_the_ipv6_dht() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let net = Net::start().await;
+    common::ensure_ipv6_on_lo("fd77::7c:98");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("new.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dht-crawl"))
+        .args([
+            "--bind",
+            "127.124.3.1:0",
+            "--bind",
+            "[fd77::7c:98]:0",
+            "--bootstrap",
+            &net.dual[0].local_addr().to_string(),
+            "--bootstrap",
+            &net.dual[0].local_addr6().unwrap().to_string(),
+            "--allow-net",
+            "127.0.0.0/8",
+            "--allow-net",
+            "fd77::/16",
+            "--no-subnet-limit",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--flush-interval",
+            "1",
+            "--status-interval",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let total = net.in_both.len() + net.in_v6.len();
+    let v6_wanted = net.in_v6.len() as u64;
+    let last = tokio::task::spawn_blocking(move || {
+        let number_after = |line: &str, key: &str| -> Option<u64> {
+            line.split(key)
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            let part6 = line
+                .split(" | ipv6 nodes ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no IPv6 part in {line:?}"));
+            assert!(line.contains(" | ipv4 nodes "), "{line}");
+            let stored = number_after(&line, "infohashes ").unwrap_or(0);
+            let new6 = number_after(part6, " new ").unwrap_or(0);
+            if stored >= total as u64 && new6 >= v6_wanted {
+                return line;
+            }
+        }
+        panic!("the crawler never stored the IPv6 DHT's torrents");
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let written: HashSet<InfoHash> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["info_hash"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    for ih in &net.in_v6 {
+        assert!(
+            written.contains(ih),
+            "{ih} missing from --out; last status {last}"
+        );
+    }
+    net.shutdown().await;
+}
