@@ -2,8 +2,9 @@
 //!
 //! [`run`] owns the walk ([`DualWalker`]) and the [`Store`] (sled or PostgreSQL). Walk
 //! queries go out through [`DhtHandle::query`], so they carry the node's real id and
-//! transaction ids; nothing is spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
-//! the node's `incoming` channel and are recorded too (passive harvest).
+//! transaction ids; nothing is spoofed and we never answer on anyone's behalf. Queries
+//! other nodes send us arrive on the node's `incoming` channel and are recorded too
+//! (passive harvest).
 //!
 //! A node with an IPv6 socket (`DhtConfig::bind6`) makes the crawl dual-stack: a
 //! [`DualWalker`] walks the IPv4 and the IPv6 DHT (BEP 32: two keyspaces, two node sets)
