@@ -343,8 +343,26 @@ async fn a_dual_stack_crawl_finds_what_only_the_ipv6_dht_holds() {
     net.shutdown().await;
 }
 
+/// One HTTP/1.1 GET on loopback: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(GENEROUS)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
 /// The binary: `--bind` for both families makes `dht-crawl` dual-stack; its status line
-/// gains an IPv6 part, and the IPv6-only torrents reach `--out`.
+/// gains an IPv6 part, `/api/stats`, the status page and `/metrics` (`--http`) count each
+/// family, and the IPv6-only torrents reach `--out`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_bound_to_both_families_crawls_the_ipv6_dht() {
     use std::io::{BufRead, BufReader};
@@ -377,6 +395,8 @@ async fn the_binary_bound_to_both_families_crawls_the_ipv6_dht() {
             "1",
             "--status-interval",
             "1",
+            "--http",
+            "127.124.3.1:0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -385,7 +405,7 @@ async fn the_binary_bound_to_both_families_crawls_the_ipv6_dht() {
     let stdout = child.stdout.take().unwrap();
     let total = net.in_both.len() + net.in_v6.len();
     let v6_wanted = net.in_v6.len() as u64;
-    let last = tokio::task::spawn_blocking(move || {
+    let (last, http) = tokio::task::spawn_blocking(move || {
         let number_after = |line: &str, key: &str| -> Option<u64> {
             line.split(key)
                 .nth(1)?
@@ -395,6 +415,12 @@ async fn the_binary_bound_to_both_families_crawls_the_ipv6_dht() {
                 .ok()
         };
         let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().unwrap().unwrap();
+        let http = first
+            .strip_prefix("serving status on http://")
+            .and_then(|r| r.strip_suffix('/'))
+            .unwrap_or_else(|| panic!("{first:?}"))
+            .to_string();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
             let Some(Ok(line)) = lines.next() else { break };
@@ -406,13 +432,40 @@ async fn the_binary_bound_to_both_families_crawls_the_ipv6_dht() {
             let stored = number_after(&line, "infohashes ").unwrap_or(0);
             let new6 = number_after(part6, " new ").unwrap_or(0);
             if stored >= total as u64 && new6 >= v6_wanted {
-                return line;
+                return (line, http);
             }
         }
         panic!("the crawler never stored the IPv6 DHT's torrents");
     })
     .await
     .unwrap();
+    // The web side, read while the crawl runs: the numbers are at least what the status
+    // line showed.
+    let (stats, page, metrics) = tokio::task::spawn_blocking(move || {
+        let (code, stats) = http_get(&http, "/api/stats");
+        assert_eq!(code, 200, "{stats}");
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        (stats, http_get(&http, "/").1, http_get(&http, "/metrics").1)
+    })
+    .await
+    .unwrap();
+    let ipv6 = &stats["crawl"]["ipv6"];
+    assert!(
+        ipv6["samples_new"].as_u64().unwrap() >= v6_wanted,
+        "{stats}"
+    );
+    assert!(ipv6["visited"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["crawl"]["ipv4"]["visited"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    assert!(page.contains("id=\"stat-ipv6-nodes-visited\""), "{page}");
+    let new6: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dht_crawl_family_samples_new_total{family=\"ipv6\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv6 samples metric in\n{metrics}"));
+    assert!(new6 >= v6_wanted as f64, "{metrics}");
     child.kill().unwrap();
     child.wait().unwrap();
     let written: HashSet<InfoHash> = std::fs::read_to_string(&out)

@@ -341,6 +341,18 @@ async fn index(State(state): State<WebState>) -> Response {
             };
             row(label, v);
         }
+        // A dual-stack crawl: each DHT's own progress (an IPv4-only page stays as it was).
+        if c["ipv6"].is_object() {
+            for fam in ["ipv4", "ipv6"] {
+                for (k, label) in [
+                    ("nodes_known", "nodes known"),
+                    ("visited", "nodes visited"),
+                    ("samples_new", "new from samples"),
+                ] {
+                    row(&format!("{fam} {label}"), c[fam][k].to_string());
+                }
+            }
+        }
     }
     b.push_str("</table><h2>Newest</h2>");
     b.push_str(&torrent_table(&newest));
