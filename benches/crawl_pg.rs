@@ -134,7 +134,7 @@ fn crawl(store: &mut Store, w: u8, records: usize, with_meta: bool, own_base: u6
         } else {
             (ih(w, own_base + i), false)
         };
-        store.note_at(h, 1, Some(peer(i)), 1_790_000_000 + i);
+        store.note_at(h, 1, Some(peer(i).into()), 1_790_000_000 + i);
         if with_meta && !is_shared {
             store.set_metadata(h, meta(own_base + i + u64::from(w) * 10_000_000));
         }

@@ -6,7 +6,7 @@ mod pgtest;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,7 +117,7 @@ async fn migrates_from_empty_and_from_the_previous_version() {
         (r.first_seen, r.last_seen, r.times_seen, r.how),
         (100, 200, 3, 1)
     );
-    assert_eq!(r.peers, ["127.0.0.1:6881".parse::<SocketAddrV4>().unwrap()]);
+    assert_eq!(r.peers, ["127.0.0.1:6881".parse::<SocketAddr>().unwrap()]);
     let page = blocking(move || s.page(None, 10).unwrap()).await;
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].1.times_seen, 4);
@@ -171,6 +171,13 @@ async fn two_stores_merge_sightings_and_report_new_once() {
             Some("127.0.0.1:1".parse().unwrap()),
             1100,
         );
+        // A BEP 32 peer, announced over the IPv6 DHT.
+        a.note_at(
+            ih(7),
+            HOW_ANNOUNCE,
+            Some("[fd77::6e:1]:1".parse().unwrap()),
+            1101,
+        );
         for i in 25..75 {
             b.note_at(ih(i), HOW_GET_PEERS, None, 900);
         }
@@ -205,8 +212,12 @@ async fn two_stores_merge_sightings_and_report_new_once() {
         (r30.first_seen, r30.last_seen, r30.times_seen, r30.how),
         (900, 2000, 3, HOW_SAMPLE | HOW_GET_PEERS | HOW_ANNOUNCE)
     );
-    assert_eq!(r30.peers, ["127.0.0.1:2".parse::<SocketAddrV4>().unwrap()]);
-    assert_eq!(r7.peers, ["127.0.0.1:1".parse::<SocketAddrV4>().unwrap()]);
+    assert_eq!(r30.peers, ["127.0.0.1:2".parse::<SocketAddr>().unwrap()]);
+    let want7: Vec<SocketAddr> = ["127.0.0.1:1", "[fd77::6e:1]:1"]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(r7.peers, want7);
     // The peer merge keeps the newest few, a peer seen again moving to the end.
     let c = pgtest::client(&url).await;
     let merged: Vec<String> = c

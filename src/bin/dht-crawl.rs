@@ -289,23 +289,22 @@ fn crawl_cmd(a: CrawlArgs) {
         lookup_timeout: Duration::from_secs(20),
     });
     tracing::info!(
-        "crawler node {} on {} (store {}, {} infohashes)",
+        "crawler node {} on {}{} (store {}, {} infohashes)",
         dht.id(),
         dht.local_addr(),
+        dht.local_addr6()
+            .map(|a| format!(" and {a} (IPv6 DHT crawled too)"))
+            .unwrap_or_default(),
         store.describe(),
         store.count()
     );
     let status_interval = a.status_interval;
     let live = Arc::new(std::sync::Mutex::new(crawl::CrawlStatus::default()));
     let live_w = live.clone();
-    let routers: Vec<std::net::SocketAddrV4> = routers
+    let routers: Vec<std::net::SocketAddr> = routers
         .iter()
         .filter_map(|r| std::net::ToSocketAddrs::to_socket_addrs(r).ok())
         .flatten()
-        .filter_map(|a| match a {
-            std::net::SocketAddr::V4(a) => Some(a),
-            std::net::SocketAddr::V6(_) => None,
-        })
         .collect();
     let crawl_cfg = CrawlConfig {
         stall_after: (a.stall_after > 0.0).then(|| Duration::from_secs_f64(a.stall_after * 60.0)),
@@ -367,7 +366,10 @@ fn crawl_cmd(a: CrawlArgs) {
         match result {
             Ok(report) => {
                 println!("final: {}", report.status);
-                tracing::info!("walk: {:?}", report.walk);
+                tracing::info!("walk: {:?}", report.walk4);
+                if let Some(w6) = &report.walk6 {
+                    tracing::info!("walk over IPv6: {w6:?}");
+                }
             }
             Err(e) => cli::fail(e),
         }

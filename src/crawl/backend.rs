@@ -4,7 +4,7 @@
 //! path stays exactly as it was.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use super::pg::PgStore;
@@ -77,7 +77,7 @@ impl Store {
 
     /// Records a sighting of `ih` at `now` (unix seconds) by way of `how` (`HOW_*` bits),
     /// with the announced `peer` if any; buffered until the next flush.
-    pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+    pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddr>, now: u64) {
         match self {
             Store::Sled(s) => s.note_at(ih, how, peer, now),
             Store::Postgres(s) => s.note_at(ih, how, peer, now),
@@ -85,7 +85,7 @@ impl Store {
     }
 
     /// [`Self::note_at`] with the current time.
-    pub fn note(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>) {
+    pub fn note(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddr>) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

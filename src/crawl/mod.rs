@@ -5,7 +5,8 @@
 //! and from the get_peers/announce_peer queries other nodes send it), and optionally fetches
 //! each torrent's metadata.
 //!
-//! - [`walk`]: the sans-IO scheduler (which node next, when; politeness rules);
+//! - [`walk`]: the sans-IO scheduler (which node next, when; politeness rules), one walk
+//!   per address family and both under one rate limit ([`DualWalker`]);
 //! - [`store`]: the sled store and its durability contract;
 //! - [`pg`]: the PostgreSQL store (many crawlers, one database), same contract;
 //! - [`backend`]: [`Store`], either of them, what the crawl and the export use;
@@ -30,6 +31,6 @@ pub mod web;
 
 pub use backend::Store;
 pub use pg::PgStore;
-pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, ScrapeConfig, run};
+pub use run::{CrawlConfig, CrawlError, CrawlReport, CrawlStatus, FamilyStatus, ScrapeConfig, run};
 pub use store::{CrawlStore, Record, StoreConfig, SwarmEstimate, TorrentMeta};
-pub use walk::{WalkConfig, WalkError, WalkQuery, WalkStats, Walker};
+pub use walk::{DualWalker, WalkConfig, WalkError, WalkQuery, WalkStats, Walker};

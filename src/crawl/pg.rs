@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -331,7 +331,7 @@ fn text_safe(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
-fn peers_text(peers: &[SocketAddrV4]) -> String {
+fn peers_text(peers: &[SocketAddr]) -> String {
     peers
         .iter()
         .map(|p| p.to_string())
@@ -628,7 +628,7 @@ impl PgStore {
     }
 
     /// Records a sighting at `now` (unix seconds), buffered until the next flush.
-    pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+    pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddr>, now: u64) {
         if self.pending.len() >= MAX_BUFFERED && !self.pending.contains_key(&ih) {
             if self.dropped == 0 {
                 tracing::warn!(

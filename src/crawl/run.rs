@@ -1,15 +1,21 @@
 //! The tokio crawler: a normal DHT node (its own id, answering queries) plus the walk.
 //!
-//! [`run`] owns the [`Walker`] and the [`Store`] (sled or PostgreSQL). Walk queries go out through
-//! [`DhtHandle::query`], so they carry the node's real id and transaction ids; nothing is
-//! spoofed and we never answer on anyone's behalf. Queries other nodes send us arrive on
-//! the node's `incoming` channel and are recorded too (passive harvest).
+//! [`run`] owns the walk ([`DualWalker`]) and the [`Store`] (sled or PostgreSQL). Walk
+//! queries go out through [`DhtHandle::query`], so they carry the node's real id and
+//! transaction ids; nothing is spoofed and we never answer on anyone's behalf. Queries
+//! other nodes send us arrive on the node's `incoming` channel and are recorded too
+//! (passive harvest).
+//!
+//! A node with an IPv6 socket (`DhtConfig::bind6`) makes the crawl dual-stack: a
+//! [`DualWalker`] walks the IPv4 and the IPv6 DHT (BEP 32: two keyspaces, two node sets)
+//! under one rate limit, queries to IPv6 nodes leave through the IPv6 socket (so their
+//! answers carry `nodes6`), and the status counts each family apart ([`FamilyStatus`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufWriter, Write};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,11 +28,31 @@ use super::export::write_jsonl_line;
 use super::store::{
     HOW_ANNOUNCE, HOW_GET_PEERS, HOW_SAMPLE, Record, StoreError, SwarmEstimate, TorrentMeta,
 };
-use super::walk::{WalkConfig, WalkError, WalkStats, Walker};
+use super::walk::{DualWalker, WalkConfig, WalkError, WalkStats};
 use crate::dht::driver::{DhtError, DhtHandle, IncomingQuery};
-use crate::dht::id::InfoHash;
+use crate::dht::id::{Family, InfoHash};
 use crate::dht::krpc::Response;
 use crate::dht::node::PingError;
+
+/// One address family's numbers in a status: the IPv4 and the IPv6 DHT are separate
+/// keyspaces with separate nodes, so how far each walk got, and what each yields, is
+/// worth knowing apart (the IPv6 DHT is far smaller, and may hold torrents the IPv4 one
+/// does not).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FamilyStatus {
+    /// Nodes this family's walk tracks now.
+    pub nodes_known: usize,
+    /// Distinct nodes of this family that answered.
+    pub visited: u64,
+    /// Answers from nodes of this family.
+    pub responses: u64,
+    /// Infohashes in this family's BEP 51 samples (with repeats).
+    pub samples: u64,
+    /// Of those, new to the store when they arrived: infohashes this family found first.
+    pub samples_new: u64,
+    /// get_peers/announce_peer queries that reached us over this family.
+    pub passive: u64,
+}
 
 /// A status line's numbers.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -82,6 +108,41 @@ pub struct CrawlStatus {
     pub flush_max: Duration,
     /// Resident memory of the process in bytes (0 where `/proc` is missing).
     pub rss_bytes: u64,
+    /// The IPv4 DHT's share of the numbers above.
+    pub ipv4: FamilyStatus,
+    /// The IPv6 DHT's share, when the crawler's node runs IPv6 (`None`: IPv4 only).
+    pub ipv6: Option<FamilyStatus>,
+}
+
+impl CrawlStatus {
+    /// The numbers of `family` (`None` for IPv6 when it is not crawled).
+    pub fn family(&self, family: Family) -> Option<&FamilyStatus> {
+        match family {
+            Family::V4 => Some(&self.ipv4),
+            Family::V6 => self.ipv6.as_ref(),
+        }
+    }
+
+    fn family_mut(&mut self, family: Family) -> Option<&mut FamilyStatus> {
+        match family {
+            Family::V4 => Some(&mut self.ipv4),
+            Family::V6 => self.ipv6.as_mut(),
+        }
+    }
+
+    /// Copies the walk's node counts into the totals and the families.
+    fn set_walk(&mut self, w: &DualWalker) {
+        let all = w.stats();
+        self.nodes_known = all.nodes_known;
+        self.visited = all.visited;
+        for f in [Family::V4, Family::V6] {
+            let s = w.stats_of(f);
+            if let Some(fs) = self.family_mut(f) {
+                fs.nodes_known = s.nodes_known;
+                fs.visited = s.visited;
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for CrawlStatus {
@@ -96,6 +157,16 @@ impl std::fmt::Display for CrawlStatus {
             self.queries_per_sec,
             self.passive
         )?;
+        // Per family only when there are two: an IPv4-only line stays as it was.
+        if let Some(v6) = &self.ipv6 {
+            for (fam, s) in [(Family::V4, &self.ipv4), (Family::V6, v6)] {
+                write!(
+                    f,
+                    " | {fam} nodes {} visited {} samples {} new {}",
+                    s.nodes_known, s.visited, s.samples, s.samples_new
+                )?;
+            }
+        }
         if self.metadata_fetched + self.metadata_failed + self.metadata_skipped > 0 {
             write!(
                 f,
@@ -145,8 +216,9 @@ pub struct CrawlConfig {
     /// (a crawler whose walk ran dry, e.g. cut off from the network for a while, would
     /// otherwise idle until its slow reseed; checked at each status tick).
     pub stall_after: Option<Duration>,
-    /// Bootstrap routers, for the re-bootstrap after a stall.
-    pub routers: Vec<SocketAddrV4>,
+    /// Bootstrap routers, for the re-bootstrap after a stall (each family's node through
+    /// the routers of its family, so IPv6 ones re-join the IPv6 DHT).
+    pub routers: Vec<SocketAddr>,
     /// Retention: keep at most this many records (the least-seen go first).
     pub max_records: Option<u64>,
     /// Retention: drop records not seen for this long.
@@ -232,8 +304,12 @@ impl From<StoreError> for CrawlError {
 pub struct CrawlReport {
     /// The last status numbers.
     pub status: CrawlStatus,
-    /// The walk's counters at the end.
+    /// The walk's counters at the end (both families together).
     pub walk: WalkStats,
+    /// The IPv4 walk's counters at the end.
+    pub walk4: WalkStats,
+    /// The IPv6 walk's counters at the end, when IPv6 was crawled.
+    pub walk6: Option<WalkStats>,
 }
 
 /// Flush early when this many sightings are buffered.
@@ -247,7 +323,7 @@ struct OutFile {
 struct Crawl {
     dht: DhtHandle,
     store: Store,
-    walker: Walker,
+    walker: DualWalker,
     out: Option<OutFile>,
     new_tx: Option<mpsc::UnboundedSender<InfoHash>>,
     pool: Option<MetadataPool>,
@@ -260,12 +336,13 @@ struct Crawl {
 }
 
 impl Crawl {
-    fn on_result(&mut self, addr: SocketAddrV4, r: Result<Response, DhtError>) -> bool {
+    fn on_result(&mut self, addr: SocketAddr, r: Result<Response, DhtError>) -> bool {
         let now = Instant::now();
         match r {
             Ok(resp) => {
+                let samples = resp.samples().count() as u64;
                 self.status.responses += 1;
-                self.status.samples += resp.samples().count() as u64;
+                self.status.samples += samples;
                 let store = &self.store;
                 self.walker.on_reply(
                     now,
@@ -274,7 +351,13 @@ impl Crawl {
                     |ih| !store.is_known(ih),
                     &mut self.samples,
                 );
-                self.status.samples_new += self.samples.len() as u64;
+                let new = self.samples.len() as u64;
+                self.status.samples_new += new;
+                if let Some(fs) = self.status.family_mut(Family::of(addr)) {
+                    fs.responses += 1;
+                    fs.samples += samples;
+                    fs.samples_new += new;
+                }
                 for ih in &self.samples {
                     self.store.note(*ih, HOW_SAMPLE, None);
                 }
@@ -296,18 +379,16 @@ impl Crawl {
 
     fn on_incoming(&mut self, q: IncomingQuery) {
         self.status.passive += 1;
+        if let Some(fs) = self.status.family_mut(Family::of(q.from)) {
+            fs.passive += 1;
+        }
         let how = if q.peer.is_some() {
             HOW_ANNOUNCE
         } else {
             HOW_GET_PEERS
         };
-        // The store's rows hold IPv4 peers (BEP 32 crawling is not done yet): an IPv6
-        // announce still counts, without its address.
-        let peer = q.peer.and_then(|p| match p {
-            SocketAddr::V4(a) => Some(a),
-            SocketAddr::V6(_) => None,
-        });
-        self.store.note(q.info_hash, how, peer);
+        // Peers of either family: an announce over the IPv6 DHT names an IPv6 peer.
+        self.store.note(q.info_hash, how, q.peer);
     }
 
     /// Makes everything durable, then reports the new records (out file, channel,
@@ -363,10 +444,7 @@ impl Crawl {
                 }
             }
             if let Some(pool) = &self.pool {
-                let peers = records
-                    .remove(ih)
-                    .map(|(r, _)| r.peers.into_iter().map(SocketAddr::V4).collect())
-                    .unwrap_or_default();
+                let peers = records.remove(ih).map(|(r, _)| r.peers).unwrap_or_default();
                 if !pool.offer(MetaJob {
                     info_hash: *ih,
                     peers,
@@ -431,11 +509,14 @@ pub async fn run(
         }
         None => None,
     };
-    let mut walker = Walker::new(cfg.walk.clone(), started);
-    if let SocketAddr::V4(a) = dht.local_addr()
-        && !a.ip().is_unspecified()
+    let mut walker = DualWalker::new(cfg.walk.clone(), started, dht.local_addr6().is_some());
+    for a in [Some(dht.local_addr()), dht.local_addr6()]
+        .into_iter()
+        .flatten()
     {
-        walker.exclude(a);
+        if !a.ip().is_unspecified() {
+            walker.exclude(a);
+        }
     }
     let pool = cfg
         .metadata
@@ -444,6 +525,7 @@ pub async fn run(
     let mut c = Crawl {
         status: CrawlStatus {
             infohashes: store.count(),
+            ipv6: walker.has_ipv6().then(FamilyStatus::default),
             ..Default::default()
         },
         dht: dht.clone(),
@@ -604,8 +686,7 @@ pub async fn run(
                 c.status.queries_in_flight = tasks.len();
                 c.status.store_pending = c.store.pending();
                 c.status.rss_bytes = crate::util::rss_bytes();
-                c.status.nodes_known = w.nodes_known;
-                c.status.visited = w.visited;
+                c.status.set_walk(&c.walker);
                 c.status.elapsed = now - started;
                 if c.status.infohashes > last_growth.1 {
                     last_growth = (now, c.status.infohashes);
@@ -634,7 +715,12 @@ pub async fn run(
             }
             () = tokio::time::sleep_until(next_reseed) => {
                 if let Ok(contacts) = dht.contacts().await {
-                    c.walker.add_contacts(Instant::now(), contacts);
+                    c.walker.add_contacts4(Instant::now(), contacts);
+                }
+                if c.walker.has_ipv6()
+                    && let Ok(contacts) = dht.contacts6().await
+                {
+                    c.walker.add_contacts6(Instant::now(), contacts);
                 }
                 reseeds += 1;
                 let pause = if c.walker.stats().nodes_known == 0 && reseeds < 120 {
@@ -669,13 +755,13 @@ pub async fn run(
             c.store.pending()
         );
     }
-    let w = c.walker.stats();
-    c.status.nodes_known = w.nodes_known;
-    c.status.visited = w.visited;
+    c.status.set_walk(&c.walker);
     c.status.elapsed = started.elapsed();
     Ok(CrawlReport {
         status: c.status,
-        walk: w,
+        walk: c.walker.stats(),
+        walk4: c.walker.stats_of(Family::V4),
+        walk6: c.walker.has_ipv6().then(|| c.walker.stats_of(Family::V6)),
     })
 }
 
@@ -754,5 +840,47 @@ mod off_the_loop_tests {
             .build()
             .unwrap();
         assert_eq!(current.block_on(async { off_the_loop(|| 7) }), 7);
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::{CrawlStatus, FamilyStatus};
+
+    /// A dual-stack crawl's line names each family's nodes and finds; an IPv4-only one
+    /// reads as before.
+    #[test]
+    fn the_status_line_counts_each_family() {
+        let mut s = CrawlStatus {
+            infohashes: 9,
+            nodes_known: 50,
+            visited: 45,
+            ..Default::default()
+        };
+        let v4_only = s.to_string();
+        assert!(v4_only.contains("nodes known 50 visited 45"), "{v4_only}");
+        assert!(!v4_only.contains("ipv"), "{v4_only}");
+        s.ipv4 = FamilyStatus {
+            nodes_known: 40,
+            visited: 38,
+            samples: 800,
+            samples_new: 120,
+            ..Default::default()
+        };
+        s.ipv6 = Some(FamilyStatus {
+            nodes_known: 10,
+            visited: 7,
+            samples: 90,
+            samples_new: 30,
+            ..Default::default()
+        });
+        let line = s.to_string();
+        assert!(
+            line.contains(
+                " | ipv4 nodes 40 visited 38 samples 800 new 120 \
+                 | ipv6 nodes 10 visited 7 samples 90 new 30"
+            ),
+            "{line}"
+        );
     }
 }

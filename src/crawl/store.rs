@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -40,8 +40,15 @@ pub const MAX_PEERS: usize = 4;
 pub const MAX_META_FILES: usize = 10_000;
 
 /// Version 2 adds the optional BEP 33 estimate after the peers; version 1 values (no
-/// estimate) still read.
+/// estimate) still read. Version 3 tags each peer with its family (`4` + 6 bytes, or
+/// `6` + 18 bytes: BEP 32 peers announced over IPv6); it is written only for records that
+/// hold an IPv6 peer, so an IPv4-only store stays readable by older versions.
 const RECORD_VERSION: u8 = 2;
+/// See [`RECORD_VERSION`].
+const RECORD_VERSION_V6: u8 = 3;
+/// Tags of a peer in a version 3 value.
+const PEER_TAG_V4: u8 = 4;
+const PEER_TAG_V6: u8 = 6;
 const COUNT_KEY: &[u8] = b"\x00count";
 const OUTBOX_PREFIX: &[u8] = b"\x00outbox/";
 
@@ -56,8 +63,9 @@ pub struct Record {
     pub times_seen: u32,
     /// `HOW_*` bits.
     pub how: u8,
-    /// Announced peers (live when seen), oldest first.
-    pub peers: Vec<SocketAddrV4>,
+    /// Announced peers (live when seen), oldest first; IPv6 ones from announces over the
+    /// IPv6 DHT.
+    pub peers: Vec<SocketAddr>,
     /// The newest BEP 33 scrape of the swarm (`dht-crawl --scrape`).
     pub scrape: Option<SwarmEstimate>,
 }
@@ -76,15 +84,31 @@ pub struct SwarmEstimate {
 impl Record {
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
-        out.push(RECORD_VERSION);
+        let n = self.peers.len().min(MAX_PEERS);
+        let tagged = self.peers[..n].iter().any(SocketAddr::is_ipv6);
+        out.push(if tagged {
+            RECORD_VERSION_V6
+        } else {
+            RECORD_VERSION
+        });
         out.extend_from_slice(&self.first_seen.to_be_bytes());
         out.extend_from_slice(&self.last_seen.to_be_bytes());
         out.extend_from_slice(&self.times_seen.to_be_bytes());
         out.push(self.how);
-        let n = self.peers.len().min(MAX_PEERS);
         out.push(n as u8);
         for p in &self.peers[..n] {
-            out.extend_from_slice(&p.ip().octets());
+            match p.ip() {
+                IpAddr::V4(ip) => {
+                    if tagged {
+                        out.push(PEER_TAG_V4);
+                    }
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(PEER_TAG_V6);
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
             out.extend_from_slice(&p.port().to_be_bytes());
         }
         if let Some(e) = &self.scrape {
@@ -96,15 +120,42 @@ impl Record {
 
     /// `None` for a value this version cannot read.
     pub fn decode(b: &[u8]) -> Option<Record> {
-        if b.len() < 23 || !(1..=RECORD_VERSION).contains(&b[0]) {
+        if b.len() < 23 || !(1..=RECORD_VERSION_V6).contains(&b[0]) {
             return None;
         }
         let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let n = usize::from(b[22]);
-        let end = 23 + 6 * n;
+        if n > MAX_PEERS {
+            return None;
+        }
+        let mut peers = Vec::with_capacity(n);
+        let mut end = 23;
+        for _ in 0..n {
+            let tag = if b[0] == RECORD_VERSION_V6 {
+                let t = *b.get(end)?;
+                end += 1;
+                t
+            } else {
+                PEER_TAG_V4
+            };
+            let len = match tag {
+                PEER_TAG_V4 => 4,
+                PEER_TAG_V6 => 16,
+                _ => return None,
+            };
+            let c = b.get(end..end + len + 2)?;
+            let ip = match tag {
+                PEER_TAG_V4 => IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3])),
+                _ => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&c[..16]).ok()?)),
+            };
+            peers.push(SocketAddr::new(
+                ip,
+                u16::from_be_bytes([c[len], c[len + 1]]),
+            ));
+            end += len + 2;
+        }
         let scrape = match b.len().checked_sub(end) {
-            _ if n > MAX_PEERS => return None,
             Some(0) => None,
             Some(16) if b[0] >= 2 => Some(SwarmEstimate {
                 seeds: u32_at(end),
@@ -113,15 +164,6 @@ impl Record {
             }),
             _ => return None,
         };
-        let peers = b[23..end]
-            .chunks_exact(6)
-            .map(|c| {
-                SocketAddrV4::new(
-                    Ipv4Addr::new(c[0], c[1], c[2], c[3]),
-                    u16::from_be_bytes([c[4], c[5]]),
-                )
-            })
-            .collect();
         Some(Record {
             first_seen: u64_at(1),
             last_seen: u64_at(9),
@@ -148,7 +190,7 @@ impl Record {
     }
 
     /// One more sighting at `now` (unix seconds).
-    pub(crate) fn note(&mut self, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+    pub(crate) fn note(&mut self, how: u8, peer: Option<SocketAddr>, now: u64) {
         self.last_seen = self.last_seen.max(now);
         self.times_seen = self.times_seen.saturating_add(1);
         self.how |= how;
@@ -186,8 +228,10 @@ impl Record {
     }
 }
 
-/// Keeps the newest `MAX_PEERS` distinct peers.
-fn add_peer(peers: &mut Vec<SocketAddrV4>, p: SocketAddrV4) {
+/// Keeps the newest `MAX_PEERS` distinct peers. An IPv4-mapped IPv6 address is kept as the
+/// IPv4 one (one peer, one form), and a scope id is dropped (it means nothing elsewhere).
+fn add_peer(peers: &mut Vec<SocketAddr>, p: SocketAddr) {
+    let p = SocketAddr::new(p.ip().to_canonical(), p.port());
     if let Some(i) = peers.iter().position(|x| *x == p) {
         peers.remove(i);
     } else if peers.len() >= MAX_PEERS {
@@ -493,7 +537,7 @@ impl CrawlStore {
     }
 
     /// Records a sighting at `now` (unix seconds), buffered until the next flush.
-    pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>, now: u64) {
+    pub fn note_at(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddr>, now: u64) {
         let r = self.pending.entry(ih).or_insert_with(|| Record {
             first_seen: now,
             last_seen: now,
@@ -516,7 +560,7 @@ impl CrawlStore {
     }
 
     /// Records a sighting now.
-    pub fn note(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddrV4>) {
+    pub fn note(&mut self, ih: InfoHash, how: u8, peer: Option<SocketAddr>) {
         self.note_at(ih, how, peer, now_unix());
     }
 
@@ -829,6 +873,60 @@ mod tests {
         assert_eq!(Record::decode(&b), None);
     }
 
+    /// BEP 32 peers: a record holding an IPv6 peer is written as version 3 (each peer
+    /// tagged with its family), reads back, and rejects every truncation and a bad tag; a
+    /// record with IPv4 peers only is still written as version 2, which older crawlers read.
+    #[test]
+    fn records_with_ipv6_peers_round_trip_as_version_3() {
+        let v4_only = Record {
+            first_seen: 1,
+            last_seen: 2,
+            times_seen: 3,
+            how: HOW_ANNOUNCE,
+            peers: vec!["127.0.0.1:80".parse().unwrap()],
+            scrape: None,
+        };
+        let mut b = Vec::new();
+        v4_only.encode(&mut b);
+        assert_eq!(b[0], 2);
+        let r = Record {
+            peers: vec![
+                "127.0.0.1:80".parse().unwrap(),
+                "[fd77::6e:1]:6881".parse().unwrap(),
+                "1.2.3.4:5".parse().unwrap(),
+            ],
+            scrape: Some(SwarmEstimate {
+                seeds: 1,
+                peers: 2,
+                at: 3,
+            }),
+            ..v4_only
+        };
+        r.encode(&mut b);
+        assert_eq!(b[0], 3);
+        assert_eq!(b.len(), 23 + 7 + 19 + 7 + 16);
+        assert_eq!(Record::decode(&b), Some(r.clone()));
+        let peers_end = b.len() - 16;
+        for cut in 0..b.len() {
+            // Cut right after the peers: the same record without the estimate.
+            let want = (cut == peers_end).then(|| Record {
+                scrape: None,
+                ..r.clone()
+            });
+            assert_eq!(Record::decode(&b[..cut]), want, "cut at {cut}");
+        }
+        let mut bad = b.clone();
+        bad[23] = 5;
+        assert_eq!(Record::decode(&bad), None, "unknown family tag");
+        // Merging keeps both families.
+        let mut m = Record {
+            peers: Vec::new(),
+            ..r.clone()
+        };
+        m.merge(&r);
+        assert_eq!(m.peers, r.peers);
+    }
+
     /// `--scrape` estimates: the newest wins, a sighting's counters are untouched, and an
     /// estimate never creates a record.
     #[test]
@@ -867,13 +965,15 @@ mod tests {
     #[test]
     fn survives_reopen_with_counts_merges_and_metadata() {
         let dir = tempfile::tempdir().unwrap();
-        let peer: SocketAddrV4 = "127.110.0.9:6000".parse().unwrap();
+        let peer: SocketAddr = "127.110.0.9:6000".parse().unwrap();
+        let peer6: SocketAddr = "[fd77::6e:9]:6001".parse().unwrap();
         {
             let mut s = CrawlStore::open(dir.path(), StoreConfig::default()).unwrap();
             for i in 0..100 {
                 s.note_at(ih(i), HOW_SAMPLE, None, 1000);
             }
             s.note_at(ih(5), HOW_ANNOUNCE, Some(peer), 1010);
+            s.note_at(ih(6), HOW_ANNOUNCE, Some(peer6), 1010);
             assert!(s.is_known(&ih(5)) && !s.is_known(&ih(500)));
             assert_eq!(s.count(), 0, "nothing is counted before it is durable");
             let f = s.flush().unwrap();
@@ -905,6 +1005,7 @@ mod tests {
             (1000, 2000, 3, HOW_SAMPLE | HOW_ANNOUNCE | HOW_GET_PEERS)
         );
         assert_eq!(r.peers, vec![peer]);
+        assert_eq!(s.get(&ih(6)).unwrap().peers, vec![peer6]);
         assert_eq!(s.metadata(&ih(5)).unwrap().name, "x");
         assert_eq!(s.iter().count(), 101);
         assert!(s.outbox().is_empty(), "no outbox without --out");
@@ -941,11 +1042,16 @@ mod tests {
     fn peers_keep_the_newest_few() {
         let mut peers = Vec::new();
         for p in 1..=6u16 {
-            add_peer(&mut peers, SocketAddrV4::new(Ipv4Addr::LOCALHOST, p));
+            add_peer(&mut peers, SocketAddr::from((Ipv4Addr::LOCALHOST, p)));
         }
-        add_peer(&mut peers, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 4));
+        // The IPv4-mapped form of a peer is that peer.
+        add_peer(
+            &mut peers,
+            SocketAddr::from((Ipv4Addr::LOCALHOST.to_ipv6_mapped(), 4)),
+        );
         let ports: Vec<u16> = peers.iter().map(|p| p.port()).collect();
         assert_eq!(ports, [3, 5, 6, 4]);
+        assert!(peers.iter().all(SocketAddr::is_ipv4));
     }
 
     #[test]

@@ -35,14 +35,14 @@
 use crate::util::TokenBucket;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::dht::allow::AllowList;
-use crate::dht::id::{Contact, ID_LEN, InfoHash, NodeId};
+use crate::dht::id::{Contact, Family, ID_LEN, InfoHash, NodeAddr, NodeId, compact_nodes};
 use crate::dht::krpc::{ERR_METHOD_UNKNOWN, ERR_PROTOCOL, Response};
 use crate::dht::node::DirectQuery;
 
@@ -100,11 +100,12 @@ impl Default for WalkConfig {
     }
 }
 
-/// One query the walk wants sent.
+/// One query the walk wants sent. `A` is the node's address: a family's own
+/// (`SocketAddrV4`, `SocketAddrV6`) from a [`Walker`], a `SocketAddr` from a [`DualWalker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalkQuery {
+pub struct WalkQuery<A = SocketAddrV4> {
     /// The node to ask.
-    pub addr: SocketAddrV4,
+    pub addr: A,
     /// `sample_infohashes` (BEP 51), or `find_node` for a node without BEP 51.
     pub query: DirectQuery,
 }
@@ -196,12 +197,16 @@ struct NodeState {
     flags: u8,
 }
 
-fn key(addr: SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*addr.ip())) << 16) | u64::from(addr.port())
-}
-
-fn addr_of(key: u64) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from((key >> 16) as u32), key as u16)
+/// Whether no node can be reached at `ip` (a contact naming it is junk or an attack). An
+/// IPv6 link-local address names a host only together with an interface (a scope), which a
+/// compact contact does not carry.
+fn unusable(ip: IpAddr) -> bool {
+    ip.is_unspecified()
+        || ip.is_multicast()
+        || match ip {
+            IpAddr::V4(v4) => v4.is_broadcast(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        }
 }
 
 /// The samples a node may hand out per reply (BEP 51 leaves it to the node; 20 is what
@@ -212,28 +217,32 @@ const BACKOFF_BASE: Duration = Duration::from_secs(60);
 /// Pause between sweeps of the node map once it is full.
 const MAINTAIN_PAUSE: Duration = Duration::from_secs(10);
 
-/// The walk scheduler. See the module docs.
-pub struct Walker {
+/// The walk scheduler of one address family's DHT (`A` is `SocketAddrV4` or
+/// `SocketAddrV6`): BEP 32 makes the IPv4 and IPv6 DHTs separate keyspaces with separate
+/// node sets, so each is walked on its own, the node address itself being the key (a
+/// `SocketAddrV4` key stays 6 bytes for the millions of IPv4 nodes). See the module docs,
+/// and [`DualWalker`] for both families under one rate limit.
+pub struct Walker<A: NodeAddr = SocketAddrV4> {
     cfg: WalkConfig,
     start: Instant,
     rng: StdRng,
     bucket: TokenBucket,
-    nodes: HashMap<u64, NodeState>,
-    per_ip: HashMap<u32, u8>,
-    frontier: VecDeque<u64>,
-    fallback: VecDeque<u64>,
-    due: BinaryHeap<Reverse<(u32, u64)>>,
+    nodes: HashMap<A, NodeState>,
+    per_ip: HashMap<A::Ip, u8>,
+    frontier: VecDeque<A>,
+    fallback: VecDeque<A>,
+    due: BinaryHeap<Reverse<(u32, A)>>,
     /// (expected yield, earlier due first, node).
-    ready: BinaryHeap<(u16, Reverse<u32>, u64)>,
+    ready: BinaryHeap<(u16, Reverse<u32>, A)>,
     in_flight: usize,
     target_seq: u32,
     queries_made: u32,
-    excluded: Vec<u64>,
+    excluded: Vec<A>,
     last_maintain: Option<Instant>,
     stats: WalkStats,
 }
 
-impl Walker {
+impl<A: NodeAddr> Walker<A> {
     /// A walker with an empty frontier; feed it with [`Walker::add_nodes`].
     pub fn new(cfg: WalkConfig, now: Instant) -> Self {
         let rng = match cfg.seed {
@@ -275,8 +284,9 @@ impl Walker {
     }
 
     /// Never query `addr` (our own node's address).
-    pub fn exclude(&mut self, addr: SocketAddrV4) {
-        self.excluded.push(key(addr));
+    pub fn exclude(&mut self, addr: A) {
+        self.excluded
+            .push(A::from_parts(addr.host(), addr.port_number()));
     }
 
     /// Whole seconds since start, rounded down (for "is it due yet").
@@ -313,7 +323,7 @@ impl Walker {
     }
 
     /// Offers addresses of unknown id (e.g. routers). See [`Walker::add_contacts`].
-    pub fn add_nodes(&mut self, now: Instant, addrs: impl IntoIterator<Item = SocketAddrV4>) {
+    pub fn add_nodes(&mut self, now: Instant, addrs: impl IntoIterator<Item = A>) {
         for addr in addrs {
             self.add(now, addr, None);
         }
@@ -321,25 +331,24 @@ impl Walker {
 
     /// Offers contacts (from a reply, the routing table). Unknown ones join the frontier;
     /// known ones are left where they are, except penalised ones whose penalty is over.
-    pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = Contact>) {
+    pub fn add_contacts(&mut self, now: Instant, contacts: impl IntoIterator<Item = Contact<A>>) {
         for c in contacts {
             self.add(now, c.addr, Some(c.id));
         }
     }
 
-    fn add(&mut self, now: Instant, addr: SocketAddrV4, id: Option<NodeId>) {
+    fn add(&mut self, now: Instant, addr: A, id: Option<NodeId>) {
         let now_s = self.secs_floor(now);
         let prefix = id.map(|id| u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]));
-        let ip = *addr.ip();
-        if addr.port() == 0
-            || ip.is_unspecified()
-            || ip.is_broadcast()
-            || ip.is_multicast()
-            || !self.cfg.allow.allows(std::net::SocketAddr::V4(addr))
+        // One form per node: a scope or flow label must not make one node two keys.
+        let addr = A::from_parts(addr.host(), addr.port_number());
+        if addr.port_number() == 0
+            || unusable(addr.ip_addr())
+            || !self.cfg.allow.allows(addr.into())
         {
             return;
         }
-        let k = key(addr);
+        let k = addr;
         if self.excluded.contains(&k) {
             return;
         }
@@ -371,7 +380,7 @@ impl Walker {
                 return;
             }
         }
-        let ports = self.per_ip.entry(u32::from(ip)).or_insert(0);
+        let ports = self.per_ip.entry(addr.host()).or_insert(0);
         if *ports >= self.cfg.max_ports_per_ip {
             self.stats.dropped_contacts += 1;
             return;
@@ -454,7 +463,7 @@ impl Walker {
     }
 
     /// Which node goes next, without taking it.
-    fn candidate(&self) -> Option<(u64, bool)> {
+    fn candidate(&self) -> Option<(A, bool)> {
         if let Some(&k) = self.fallback.front() {
             return Some((k, true));
         }
@@ -494,8 +503,17 @@ impl Walker {
     /// The next query to send now, if the rate limit, the in-flight cap and the schedule
     /// allow one. Call repeatedly until `None`, then wait until [`Walker::poll_timeout`] or
     /// the next answer.
-    pub fn poll_query(&mut self, now: Instant) -> Option<WalkQuery> {
-        if self.in_flight >= self.cfg.max_in_flight || !self.bucket.available(1.0, now) {
+    pub fn poll_query(&mut self, now: Instant) -> Option<WalkQuery<A>> {
+        let mut bucket = self.bucket.clone();
+        let q = self.poll_query_with(now, &mut bucket);
+        self.bucket = bucket;
+        q
+    }
+
+    /// [`Walker::poll_query`] charging `bucket` instead of the walker's own (a
+    /// [`DualWalker`]'s one rate limit for both families).
+    fn poll_query_with(&mut self, now: Instant, bucket: &mut TokenBucket) -> Option<WalkQuery<A>> {
+        if self.in_flight >= self.cfg.max_in_flight || !bucket.available(1.0, now) {
             return None;
         }
         self.promote_due(now);
@@ -518,7 +536,7 @@ impl Walker {
         let find_node = is_fallback || st.flags & NO_BEP51 != 0;
         let neighbourhood = (st.flags & HAS_PREFIX != 0).then_some(st.prefix);
         self.in_flight += 1;
-        self.bucket.charge(1.0, f64::INFINITY, now);
+        bucket.charge(1.0, f64::INFINITY, now);
         self.stats.queries += 1;
         let target = self.next_target(neighbourhood);
         let query = if find_node {
@@ -527,21 +545,24 @@ impl Walker {
         } else {
             DirectQuery::SampleInfohashes(target)
         };
-        Some(WalkQuery {
-            addr: addr_of(k),
-            query,
-        })
+        Some(WalkQuery { addr: k, query })
     }
 
     /// When [`Walker::poll_query`] may next return a query; `None` when only an answer
     /// (or new contacts) can unblock the walk.
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let mut bucket = self.bucket.clone();
+        self.poll_timeout_with(now, &mut bucket)
+    }
+
+    /// [`Walker::poll_timeout`] against `bucket` instead of the walker's own.
+    fn poll_timeout_with(&mut self, now: Instant, bucket: &mut TokenBucket) -> Option<Instant> {
         if self.in_flight >= self.cfg.max_in_flight {
             return None;
         }
         self.promote_due(now);
         self.clean_heads();
-        let ready = self.bucket.ready_at(1.0, now);
+        let ready = bucket.ready_at(1.0, now);
         if self.candidate().is_some() {
             return Some(ready.max(now));
         }
@@ -560,8 +581,8 @@ impl Walker {
     }
 
     /// Takes the in-flight node `addr`, or `None` for an answer we did not ask for.
-    fn take_in_flight(&mut self, addr: SocketAddrV4) -> Option<u64> {
-        let k = key(addr);
+    fn take_in_flight(&mut self, addr: A) -> Option<A> {
+        let k = A::from_parts(addr.host(), addr.port_number());
         let st = self.nodes.get(&k)?;
         if st.place != Place::InFlight {
             return None;
@@ -577,7 +598,7 @@ impl Walker {
     pub fn on_reply(
         &mut self,
         now: Instant,
-        addr: SocketAddrV4,
+        addr: A,
         r: &Response,
         mut is_new: impl FnMut(&InfoHash) -> bool,
         out: &mut Vec<InfoHash>,
@@ -653,13 +674,15 @@ impl Walker {
         if place == Place::Due {
             self.due.push(Reverse((next, k)));
         }
-        let contacts: Vec<Contact> = r.nodes().take(self.cfg.max_nodes_per_reply).collect();
+        let contacts: Vec<Contact<A>> = compact_nodes(A::nodes_in(r).unwrap_or(&[]))
+            .take(self.cfg.max_nodes_per_reply)
+            .collect();
         self.add_contacts(now, contacts);
         bep51 && !sent_find_node
     }
 
     /// Handles a failed query to `addr`.
-    pub fn on_error(&mut self, now: Instant, addr: SocketAddrV4, e: WalkError) {
+    pub fn on_error(&mut self, now: Instant, addr: A, e: WalkError) {
         let Some(k) = self.take_in_flight(addr) else {
             return;
         };
@@ -728,7 +751,7 @@ impl Walker {
             let forget = (st.place == Place::Idle && st.next <= now_s)
                 || (st.place == Place::Ready && st.yield_est == 0);
             if forget {
-                let ip = (k >> 16) as u32;
+                let ip = k.host();
                 if let Some(c) = per_ip.get_mut(&ip) {
                     *c -= 1;
                     if *c == 0 {
@@ -744,9 +767,255 @@ impl Walker {
     }
 }
 
+impl WalkStats {
+    /// The sum of two walks' numbers (both families of a [`DualWalker`]); `fresh_yield`
+    /// is their average weighted by nodes visited, so an idle family does not drag it.
+    pub fn combined(a: &WalkStats, b: &WalkStats) -> WalkStats {
+        let (wa, wb) = (a.visited as f64 + 1.0, b.visited as f64 + 1.0);
+        WalkStats {
+            queries: a.queries + b.queries,
+            find_node_queries: a.find_node_queries + b.find_node_queries,
+            replies: a.replies + b.replies,
+            bep51_replies: a.bep51_replies + b.bep51_replies,
+            samples: a.samples + b.samples,
+            new_samples: a.new_samples + b.new_samples,
+            timeouts: a.timeouts + b.timeouts,
+            errors: a.errors + b.errors,
+            busy: a.busy + b.busy,
+            no_bep51: a.no_bep51 + b.no_bep51,
+            visited: a.visited + b.visited,
+            external_queries: a.external_queries + b.external_queries,
+            dropped_contacts: a.dropped_contacts + b.dropped_contacts,
+            nodes_known: a.nodes_known + b.nodes_known,
+            frontier: a.frontier + b.frontier,
+            in_flight: a.in_flight + b.in_flight,
+            fresh_yield: (a.fresh_yield * wa + b.fresh_yield * wb) / (wa + wb),
+        }
+    }
+}
+
+/// Both keyspaces walked at once: the IPv4 DHT and the IPv6 DHT (BEP 32), one [`Walker`]
+/// each, under **one** token bucket. Politeness is about what we send in total, so a
+/// dual-stack crawler must not get twice the rate of an IPv4 one; within the budget the
+/// families take turns, so the small IPv6 DHT is not starved by the large IPv4 one and
+/// leaves its share to it once it has nothing due. Every other bound of [`WalkConfig`]
+/// (nodes, frontier, in flight) applies per family.
+///
+/// A reply's contacts of the other family (`nodes6` in an answer over IPv4 and vice versa,
+/// sent when a query carried BEP 32 `want`) feed the other family's walk.
+pub struct DualWalker {
+    bucket: TokenBucket,
+    v4: Walker<SocketAddrV4>,
+    v6: Walker<SocketAddrV6>,
+    /// Whether the IPv6 walk runs (off when our node has no IPv6 socket).
+    ipv6: bool,
+    /// Which family gets the next turn.
+    v6_next: bool,
+    external_queries: u64,
+}
+
+/// Separates the IPv6 walk's target sequence from the IPv4 one's under a fixed seed.
+const V6_SEED_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl DualWalker {
+    /// Two empty walks; with `ipv6` false only the IPv4 one is ever fed or polled.
+    pub fn new(cfg: WalkConfig, now: Instant, ipv6: bool) -> Self {
+        let v4 = Walker::new(cfg.clone(), now);
+        let v6 = Walker::new(
+            WalkConfig {
+                seed: cfg.seed.map(|s| s ^ V6_SEED_SALT),
+                ..cfg
+            },
+            now,
+        );
+        DualWalker {
+            bucket: v4.bucket.clone(),
+            v4,
+            v6,
+            ipv6,
+            v6_next: false,
+            external_queries: 0,
+        }
+    }
+
+    /// Whether the IPv6 keyspace is walked.
+    pub fn has_ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    /// The IPv4 walk.
+    pub fn v4(&self) -> &Walker<SocketAddrV4> {
+        &self.v4
+    }
+
+    /// The IPv6 walk.
+    pub fn v6(&self) -> &Walker<SocketAddrV6> {
+        &self.v6
+    }
+
+    /// Never query `addr` (one of our own node's addresses).
+    pub fn exclude(&mut self, addr: SocketAddr) {
+        if let Some(a) = SocketAddrV4::from_socket(addr) {
+            self.v4.exclude(a);
+        } else if let Some(a) = SocketAddrV6::from_socket(addr) {
+            self.v6.exclude(a);
+        }
+    }
+
+    /// Offers addresses of unknown id, each to its family's walk (an IPv4-mapped IPv6
+    /// address is IPv4).
+    pub fn add_nodes(&mut self, now: Instant, addrs: impl IntoIterator<Item = SocketAddr>) {
+        for addr in addrs {
+            if let Some(a) = SocketAddrV4::from_socket(addr) {
+                self.v4.add_nodes(now, [a]);
+            } else if let Some(a) = SocketAddrV6::from_socket(addr)
+                && self.ipv6
+            {
+                self.v6.add_nodes(now, [a]);
+            }
+        }
+    }
+
+    /// Offers IPv4 contacts (the IPv4 routing table).
+    pub fn add_contacts4(&mut self, now: Instant, contacts: impl IntoIterator<Item = Contact>) {
+        self.v4.add_contacts(now, contacts);
+    }
+
+    /// Offers IPv6 contacts (the IPv6 routing table); ignored while IPv6 is off.
+    pub fn add_contacts6(
+        &mut self,
+        now: Instant,
+        contacts: impl IntoIterator<Item = Contact<SocketAddrV6>>,
+    ) {
+        if self.ipv6 {
+            self.v6.add_contacts(now, contacts);
+        }
+    }
+
+    /// Whether the shared budget has room for one more query now (see
+    /// [`Walker::has_budget`]).
+    pub fn has_budget(&mut self, now: Instant) -> bool {
+        self.bucket.available(1.0, now)
+    }
+
+    /// Charges `n` queries sent outside the walk to the shared rate limit (see
+    /// [`Walker::charge`]).
+    pub fn charge(&mut self, now: Instant, n: u32) {
+        let floor = 60.0 * self.bucket.rate();
+        self.bucket.charge(f64::from(n), floor, now);
+        self.external_queries += u64::from(n);
+    }
+
+    /// The next query to send now, from either family, taking turns; see
+    /// [`Walker::poll_query`].
+    pub fn poll_query(&mut self, now: Instant) -> Option<WalkQuery<SocketAddr>> {
+        let order = if self.v6_next && self.ipv6 {
+            [Family::V6, Family::V4]
+        } else {
+            [Family::V4, Family::V6]
+        };
+        for f in order {
+            let q = match f {
+                Family::V4 => self
+                    .v4
+                    .poll_query_with(now, &mut self.bucket)
+                    .map(|q| WalkQuery {
+                        addr: SocketAddr::V4(q.addr),
+                        query: q.query,
+                    }),
+                Family::V6 if self.ipv6 => {
+                    self.v6
+                        .poll_query_with(now, &mut self.bucket)
+                        .map(|q| WalkQuery {
+                            addr: SocketAddr::V6(q.addr),
+                            query: q.query,
+                        })
+                }
+                Family::V6 => None,
+            };
+            if q.is_some() {
+                self.v6_next = f == Family::V4;
+                return q;
+            }
+        }
+        None
+    }
+
+    /// When [`DualWalker::poll_query`] may next return a query (the earlier family).
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let t4 = self.v4.poll_timeout_with(now, &mut self.bucket);
+        let t6 = if self.ipv6 {
+            self.v6.poll_timeout_with(now, &mut self.bucket)
+        } else {
+            None
+        };
+        match (t4, t6) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether neither walk has anything queued, scheduled or in flight.
+    pub fn is_idle(&self) -> bool {
+        self.v4.is_idle() && self.v6.is_idle()
+    }
+
+    /// Handles a reply from `addr` (see [`Walker::on_reply`]), then offers the reply's
+    /// contacts of the other family to the other walk.
+    pub fn on_reply(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        r: &Response,
+        is_new: impl FnMut(&InfoHash) -> bool,
+        out: &mut Vec<InfoHash>,
+    ) -> bool {
+        let max = self.v4.cfg.max_nodes_per_reply;
+        if let Some(a) = SocketAddrV4::from_socket(addr) {
+            let bep51 = self.v4.on_reply(now, a, r, is_new, out);
+            let others: Vec<Contact<SocketAddrV6>> = r.nodes6().take(max).collect();
+            self.add_contacts6(now, others);
+            bep51
+        } else if let Some(a) = SocketAddrV6::from_socket(addr) {
+            let bep51 = self.v6.on_reply(now, a, r, is_new, out);
+            let others: Vec<Contact> = r.nodes().take(max).collect();
+            self.v4.add_contacts(now, others);
+            bep51
+        } else {
+            out.clear();
+            false
+        }
+    }
+
+    /// Handles a failed query to `addr` (see [`Walker::on_error`]).
+    pub fn on_error(&mut self, now: Instant, addr: SocketAddr, e: WalkError) {
+        if let Some(a) = SocketAddrV4::from_socket(addr) {
+            self.v4.on_error(now, a, e);
+        } else if let Some(a) = SocketAddrV6::from_socket(addr) {
+            self.v6.on_error(now, a, e);
+        }
+    }
+
+    /// One family's counters and gauges.
+    pub fn stats_of(&self, family: Family) -> WalkStats {
+        match family {
+            Family::V4 => self.v4.stats(),
+            Family::V6 => self.v6.stats(),
+        }
+    }
+
+    /// Both families' counters together, with the queries charged from outside the walk.
+    pub fn stats(&self) -> WalkStats {
+        let mut s = WalkStats::combined(&self.v4.stats(), &self.v6.stats());
+        s.external_queries += self.external_queries;
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn a(i: u32) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(0x7f6e_0000 + i), 6881)
@@ -993,5 +1262,196 @@ mod tests {
         assert_eq!(s.frontier, 50);
         assert!(s.nodes_known <= 100);
         assert!(s.dropped_contacts > 0);
+    }
+
+    fn a6(i: u32) -> SocketAddrV6 {
+        SocketAddrV6::new(format!("fd77::6e:{i:x}").parse().unwrap(), 6881, 0, 0)
+    }
+
+    /// A reply over IPv6: `nodes6` holds IPv6 contacts, `nodes` (IPv4) whatever BEP 32
+    /// `want` added.
+    fn sample_reply6(samples: &[InfoHash], nodes6: &[u32], nodes4: &[u32]) -> Response {
+        let mut r = sample_reply(samples, samples.len() as i64, 60, nodes4);
+        let mut n = Vec::new();
+        for &i in nodes6 {
+            Contact::new(NodeId([i as u8; 20]), a6(i)).write_compact(&mut n);
+        }
+        r.nodes6 = Some(n);
+        r
+    }
+
+    #[test]
+    fn the_walk_is_generic_over_the_family_and_walks_ipv6_contacts() {
+        let t0 = Instant::now();
+        let mut w: Walker<SocketAddrV6> = Walker::new(
+            WalkConfig {
+                allow: AllowList::only(vec!["fd77::/16".parse().unwrap()]),
+                ..cfg()
+            },
+            t0,
+        );
+        w.add_nodes(t0, [a6(1)]);
+        let q = w.poll_query(t0).unwrap();
+        assert_eq!(q.addr, a6(1));
+        assert!(matches!(q.query, DirectQuery::SampleInfohashes(_)));
+        let hashes = [InfoHash([1; 20]), InfoHash([2; 20])];
+        let mut out = Vec::new();
+        // A scope id on the answer's address is the same node.
+        let mut from = a6(1);
+        from.set_scope_id(3);
+        assert!(w.on_reply(
+            t0,
+            from,
+            &sample_reply6(&hashes, &[2, 3], &[4, 5, 6]),
+            |_| true,
+            &mut out
+        ));
+        assert_eq!(out, hashes.to_vec());
+        let s = w.stats();
+        assert_eq!((s.visited, s.samples, s.new_samples), (1, 2, 2));
+        // The two IPv6 contacts joined the frontier; the IPv4 ones are not this walk's.
+        assert_eq!(s.frontier, 2);
+        let mut next = vec![
+            w.poll_query(t0).unwrap().addr,
+            w.poll_query(t0).unwrap().addr,
+        ];
+        next.sort();
+        assert_eq!(next, vec![a6(2), a6(3)]);
+        // Bounds hold for IPv6 too: one host on many ports, junk and foreign addresses.
+        let victim: std::net::Ipv6Addr = "fd77::6e:ff".parse().unwrap();
+        w.add_nodes(t0, (1..=1000).map(|p| SocketAddrV6::new(victim, p, 0, 0)));
+        assert_eq!(w.stats().nodes_known, 3 + 8);
+        w.add_nodes(
+            t0,
+            [
+                "[::]:6881".parse().unwrap(),
+                "[ff02::1]:6881".parse().unwrap(),
+                "[fd77::1]:0".parse().unwrap(),
+                "[2001:db8::1]:6881".parse().unwrap(),
+            ],
+        );
+        assert_eq!(w.stats().nodes_known, 3 + 8);
+        // Link-local needs a scope no contact carries: never tracked, even when allowed.
+        let mut any: Walker<SocketAddrV6> = Walker::new(cfg(), t0);
+        any.add_nodes(t0, ["[fe80::1]:6881".parse().unwrap()]);
+        assert_eq!(any.stats().nodes_known, 0);
+        // The interval is kept per node as in IPv4: node 1 is not asked again early.
+        for _ in 0..20 {
+            if let Some(q) = w.poll_query(t0) {
+                assert_ne!(q.addr, a6(1));
+            }
+        }
+    }
+
+    #[test]
+    fn dual_walker_shares_one_rate_limit_and_takes_turns() {
+        let t0 = Instant::now();
+        let mut w = DualWalker::new(
+            WalkConfig {
+                rate: 10.0,
+                burst: 6.0,
+                ..cfg()
+            },
+            t0,
+            true,
+        );
+        w.add_nodes(t0, (1..=200).map(|i| SocketAddr::V4(a(i))));
+        w.add_nodes(t0, (1..=200).map(|i| SocketAddr::V6(a6(i))));
+        let mut fams = Vec::new();
+        while let Some(q) = w.poll_query(t0) {
+            fams.push(Family::of(q.addr));
+        }
+        assert_eq!(fams.len(), 6, "one burst for both families, not one each");
+        assert_eq!(
+            fams,
+            [
+                Family::V4,
+                Family::V6,
+                Family::V4,
+                Family::V6,
+                Family::V4,
+                Family::V6
+            ]
+        );
+        let mut t = t0;
+        let mut sent = fams.len();
+        let mut v6 = 3;
+        for _ in 0..1000 {
+            t += Duration::from_millis(10);
+            while let Some(q) = w.poll_query(t) {
+                sent += 1;
+                v6 += usize::from(q.addr.is_ipv6());
+            }
+        }
+        assert!(
+            (105..=107).contains(&sent),
+            "the total rate is capped: {sent}"
+        );
+        assert!((50..=56).contains(&v6), "fair turns: {v6} of {sent}");
+        let s = w.stats();
+        assert_eq!(s.queries, sent as u64);
+        assert_eq!(
+            w.stats_of(Family::V4).queries + w.stats_of(Family::V6).queries,
+            s.queries
+        );
+        // Work outside the walk drains the same budget.
+        w.charge(t, 600);
+        assert!(!w.has_budget(t));
+        assert_eq!(w.poll_query(t), None);
+        assert!(w.poll_timeout(t).is_some_and(|at| at > t));
+    }
+
+    #[test]
+    fn dual_walker_routes_answers_by_family_and_feeds_the_other_family() {
+        let t0 = Instant::now();
+        let mut w = DualWalker::new(cfg(), t0, true);
+        w.exclude(SocketAddr::V6(a6(9)));
+        w.add_nodes(t0, [SocketAddr::V4(a(1)), SocketAddr::V6(a6(1))]);
+        let q4 = w.poll_query(t0).unwrap();
+        let q6 = w.poll_query(t0).unwrap();
+        assert_eq!(
+            (q4.addr, q6.addr),
+            (SocketAddr::V4(a(1)), SocketAddr::V6(a6(1)))
+        );
+        let mut out = Vec::new();
+        // An answer over IPv4 carrying `nodes6` (BEP 32 want): those go to the IPv6 walk.
+        w.on_reply(
+            t0,
+            q4.addr,
+            &sample_reply6(&[InfoHash([4; 20])], &[2, 9], &[2]),
+            |_| true,
+            &mut out,
+        );
+        assert_eq!(out, vec![InfoHash([4; 20])]);
+        assert_eq!(w.v4().stats().frontier, 1);
+        assert_eq!(w.v6().stats().frontier, 1, "fd77::6e:9 is excluded");
+        // The IPv6 node's samples count for the IPv6 family.
+        w.on_reply(
+            t0,
+            q6.addr,
+            &sample_reply6(&[InfoHash([6; 20]), InfoHash([7; 20])], &[], &[]),
+            |_| true,
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(w.stats_of(Family::V6).new_samples, 2);
+        assert_eq!(w.stats_of(Family::V4).new_samples, 1);
+        assert_eq!(w.stats().visited, 2);
+        w.on_error(t0, SocketAddr::V6(a6(2)), WalkError::Timeout);
+        assert_eq!(w.stats_of(Family::V6).timeouts, 0, "not in flight: ignored");
+
+        // Without IPv6 nothing is fed to or polled from the IPv6 walk.
+        let mut w = DualWalker::new(cfg(), t0, false);
+        w.add_nodes(t0, [SocketAddr::V6(a6(1)), SocketAddr::V4(a(1))]);
+        let q = w.poll_query(t0).unwrap();
+        w.on_reply(
+            t0,
+            q.addr,
+            &sample_reply6(&[], &[2, 3], &[]),
+            |_| true,
+            &mut out,
+        );
+        assert_eq!(w.v6().stats().nodes_known, 0);
+        assert_eq!(w.poll_query(t0), None);
     }
 }

@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 
 use super::backend::Store;
 use super::export::record_json;
-use super::run::CrawlStatus;
+use super::run::{CrawlStatus, FamilyStatus};
 use super::store::{Record, StoreError, TorrentMeta};
+use crate::dht::id::Family;
 use crate::dht::id::InfoHash;
 
 /// Rows per page.
@@ -253,6 +254,8 @@ fn status_json(state: &WebState, totals: (u64, u64)) -> Value {
             "new_per_min": s.new_per_min,
             "nodes_known": s.nodes_known,
             "visited": s.visited,
+            "ipv4": family_json(&s.ipv4),
+            "ipv6": s.ipv6.as_ref().map(family_json),
             "queries_per_sec": s.queries_per_sec,
             "passive": s.passive,
             "metadata_fetched": s.metadata_fetched,
@@ -266,6 +269,18 @@ fn status_json(state: &WebState, totals: (u64, u64)) -> Value {
         });
     }
     v
+}
+
+/// One family's numbers in `/api/stats`.
+fn family_json(f: &FamilyStatus) -> Value {
+    json!({
+        "nodes_known": f.nodes_known,
+        "visited": f.visited,
+        "responses": f.responses,
+        "samples": f.samples,
+        "samples_new": f.samples_new,
+        "passive": f.passive,
+    })
 }
 
 /// Store totals and the newest records; with no store, the crawl's own count.
@@ -325,6 +340,18 @@ async fn index(State(state): State<WebState>) -> Response {
                 v => v.to_string(),
             };
             row(label, v);
+        }
+        // A dual-stack crawl: each DHT's own progress (an IPv4-only page stays as it was).
+        if c["ipv6"].is_object() {
+            for fam in ["ipv4", "ipv6"] {
+                for (k, label) in [
+                    ("nodes_known", "nodes known"),
+                    ("visited", "nodes visited"),
+                    ("samples_new", "new from samples"),
+                ] {
+                    row(&format!("{fam} {label}"), c[fam][k].to_string());
+                }
+            }
         }
     }
     b.push_str("</table><h2>Newest</h2>");
@@ -710,7 +737,68 @@ pub fn render_metrics(status: Option<&CrawlStatus>, totals: Option<(u64, u64)>) 
             meta as f64,
         );
     }
+    if let Some(s) = status {
+        family_metrics(&mut o, s);
+    }
     o
+}
+
+/// The per-family series: `dht_crawl_family_*{family="ipv4"|"ipv6"}`, one sample per DHT
+/// walked (IPv6 only when the crawler runs it). Separate names from the totals above, so
+/// that summing a metric over its labels never counts anything twice.
+fn family_metrics(o: &mut String, s: &CrawlStatus) {
+    let fams: Vec<(Family, &FamilyStatus)> = [Family::V4, Family::V6]
+        .into_iter()
+        .filter_map(|f| s.family(f).map(|st| (f, st)))
+        .collect();
+    type Get = fn(&FamilyStatus) -> f64;
+    let series: [(&str, &str, &str, Get); 6] = [
+        (
+            "nodes_known",
+            "gauge",
+            "Nodes the walk of this address family knows.",
+            |f| f.nodes_known as f64,
+        ),
+        (
+            "nodes_visited",
+            "gauge",
+            "Distinct nodes of this address family that answered.",
+            |f| f.visited as f64,
+        ),
+        (
+            "responses_total",
+            "counter",
+            "Answers to walk queries from nodes of this address family.",
+            |f| f.responses as f64,
+        ),
+        (
+            "samples_total",
+            "counter",
+            "Infohashes in BEP 51 samples from this address family (with repeats).",
+            |f| f.samples as f64,
+        ),
+        (
+            "samples_new_total",
+            "counter",
+            "Sampled infohashes from this address family that were new to the store.",
+            |f| f.samples_new as f64,
+        ),
+        (
+            "passive_total",
+            "counter",
+            "get_peers/announce_peer queries received over this address family.",
+            |f| f.passive as f64,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(
+            o,
+            "# HELP dht_crawl_family_{name} {help}\n# TYPE dht_crawl_family_{name} {kind}"
+        );
+        for (f, st) in &fams {
+            let _ = writeln!(o, "dht_crawl_family_{name}{{family=\"{f}\"}} {}", get(st));
+        }
+    }
 }
 
 async fn metrics(State(state): State<WebState>) -> Response {
@@ -771,9 +859,42 @@ mod tests {
             samples: 40,
             samples_new: 10,
             flush_last: std::time::Duration::from_millis(250),
+            ipv4: FamilyStatus {
+                nodes_known: 40,
+                samples_new: 6,
+                ..Default::default()
+            },
+            ipv6: Some(FamilyStatus {
+                nodes_known: 12,
+                samples_new: 4,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let text = render_metrics(Some(&s), Some((9, 3)));
+        for want in [
+            "# TYPE dht_crawl_family_nodes_known gauge\n\
+             dht_crawl_family_nodes_known{family=\"ipv4\"} 40\n\
+             dht_crawl_family_nodes_known{family=\"ipv6\"} 12\n",
+            "dht_crawl_family_samples_new_total{family=\"ipv6\"} 4\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE dht_crawl_family_samples_total ")
+                .count(),
+            1
+        );
+        // IPv4 only: no IPv6 samples at all.
+        let v4_only = render_metrics(
+            Some(&CrawlStatus {
+                ipv6: None,
+                ..s.clone()
+            }),
+            None,
+        );
+        assert!(v4_only.contains("dht_crawl_family_nodes_known{family=\"ipv4\"} 40\n"));
+        assert!(!v4_only.contains("ipv6"));
         for want in [
             "# TYPE dht_crawl_infohashes gauge\ndht_crawl_infohashes 7\n",
             "# TYPE dht_crawl_stalls_total counter\ndht_crawl_stalls_total 2\n",

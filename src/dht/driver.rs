@@ -325,6 +325,7 @@ enum Command {
     Stats(oneshot::Sender<Stats>),
     Stats6(oneshot::Sender<Option<Stats>>),
     Contacts(oneshot::Sender<Vec<Contact>>),
+    Contacts6(oneshot::Sender<Vec<Contact6>>),
     WaitNodes(usize, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<Result<(), PersistError>>),
 }
@@ -613,6 +614,14 @@ impl DhtHandle {
     pub async fn contacts(&self) -> Result<Vec<Contact>, DhtError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Contacts(tx))?;
+        rx.await.map_err(|_| DhtError::Stopped)
+    }
+
+    /// The IPv6 routing table's contacts (main entries, then replacements); empty when the
+    /// node runs IPv4 only. A crawler seeds its IPv6 walk with them.
+    pub async fn contacts6(&self) -> Result<Vec<Contact6>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Contacts6(tx))?;
         rx.await.map_err(|_| DhtError::Stopped)
     }
 
@@ -1305,6 +1314,9 @@ impl Driver {
             }
             Command::Contacts(tx) => {
                 let _ = tx.send(self.dual.v4().map(Node::contacts).unwrap_or_default());
+            }
+            Command::Contacts6(tx) => {
+                let _ = tx.send(self.dual.v6().map(|n| n.contacts()).unwrap_or_default());
             }
             Command::WaitNodes(n, tx) => self.waiters.push((n, tx)),
             Command::Shutdown(_) => unreachable!("handled by the loop"),
