@@ -806,11 +806,7 @@ impl Dht {
         };
         let driver = Driver {
             dual: DualNode::new(node, node6, now),
-            io6: socket6.map(|(s, _)| Udp6 {
-                socket: s,
-                buf: vec![0; RECV_BUF + 1],
-                send_errors: 0,
-            }),
+            io6: socket6.map(|(s, _)| udp::BatchedSocket::new(s, RECV_BUF)),
             lookups6: HashMap::new(),
             rx,
             store,
@@ -857,7 +853,7 @@ struct Driver {
     /// handle's.
     dual: DualNode,
     /// The IPv6 socket.
-    io6: Option<Udp6>,
+    io6: Option<udp::BatchedSocket<SocketAddrV6>>,
     /// IPv6 halves of dual lookups: the IPv6 lookup id to the IPv4 one that keys `lookups`.
     lookups6: HashMap<LookupId, LookupId>,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -891,51 +887,6 @@ struct Stream {
     tx: mpsc::UnboundedSender<LookupUpdate>,
     open: u8,
     summary: LookupSummary,
-}
-
-/// The IPv6 socket. Plain `recv_from`/`send_to` (the batched path is IPv4's): the IPv6 DHT
-/// is a small share of the traffic.
-struct Udp6 {
-    socket: tokio::net::UdpSocket,
-    buf: Vec<u8>,
-    send_errors: u64,
-}
-
-impl Udp6 {
-    /// Hands up to `max` datagrams to the IPv6 node (a longer one than [`RECV_BUF`] is
-    /// counted as malformed unread).
-    fn receive(&mut self, dual: &mut DualNode, max: usize) {
-        for _ in 0..max {
-            match self.socket.try_recv_from(&mut self.buf) {
-                Ok((n, from)) if n <= RECV_BUF => {
-                    dual.handle_datagram(Instant::now(), from, &self.buf[..n]);
-                }
-                Ok((n, _)) => {
-                    if let Some(node) = dual.v6_mut() {
-                        node.note_oversized(n);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!("IPv6 recv error: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Sends what the IPv6 node queued.
-    async fn flush(&mut self, dual: &mut DualNode) {
-        let Some(node) = dual.v6_mut() else {
-            return;
-        };
-        while let Some(t) = node.poll_transmit() {
-            if let Err(e) = self.socket.send_to(t.payload, t.to).await {
-                self.send_errors += 1;
-                tracing::debug!("IPv6 send error: {e}");
-            }
-        }
-    }
 }
 
 /// Received datagrams held back for an emulated receive delay
@@ -982,11 +933,11 @@ impl udp::Core for Holding<'_> {
     }
 
     fn note_oversized(&mut self, len: usize) {
-        udp::Core::note_oversized(self.node, len);
+        udp::Core::<std::net::SocketAddrV4>::note_oversized(self.node, len);
     }
 
     fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
-        udp::Core::drain_transmits(self.node, f);
+        udp::Core::<std::net::SocketAddrV4>::drain_transmits(self.node, f);
     }
 }
 
@@ -1078,14 +1029,14 @@ impl Driver {
                 }
                 r = async {
                     match &self.io6 {
-                        Some(io) => io.socket.readable().await,
+                        Some(io) => io.socket().readable().await,
                         None => std::future::pending().await,
                     }
                 } => {
                     if r.is_ok()
                         && let Some(io) = &mut self.io6
                     {
-                        io.receive(&mut self.dual, RECV_ROUNDS * 32);
+                        io.receive(&mut self.dual, RECV_ROUNDS);
                     }
                 }
             }
@@ -1299,12 +1250,12 @@ impl Driver {
                 let mut s = on_primary!(self, |n| n.stats(now));
                 s.dropped_other += match &self.io {
                     Some(io) => io.send_errors(),
-                    None => self.io6.as_ref().map_or(0, |io| io.send_errors),
+                    None => self.io6.as_ref().map_or(0, |io| io.send_errors()),
                 };
                 let _ = tx.send(s);
             }
             Command::Stats6(tx) => {
-                let errors = self.io6.as_ref().map_or(0, |io| io.send_errors);
+                let errors = self.io6.as_ref().map_or(0, |io| io.send_errors());
                 let s = self.dual.v6().map(|n| {
                     let mut s = n.stats(now);
                     s.dropped_other += errors;
@@ -1545,8 +1496,8 @@ fn split_all(addrs: Vec<SocketAddr>) -> (Vec<SocketAddrV4>, Vec<SocketAddrV6>) {
     (v4, v6)
 }
 
-/// The IPv4 socket serves the DualNode: datagrams go through its family routing (with the
-/// sibling lent for `want`), transmits come from its IPv4 node.
+/// Each socket serves the DualNode: datagrams go through its family routing (with the
+/// sibling lent for `want`), transmits come from the socket's family's node.
 impl udp::Core for DualNode {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         DualNode::handle_datagram(self, now, from, data);
@@ -1560,6 +1511,24 @@ impl udp::Core for DualNode {
 
     fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
         if let Some(n) = self.v4_mut() {
+            n.drain_transmits(f);
+        }
+    }
+}
+
+impl udp::Core<SocketAddrV6> for DualNode {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        DualNode::handle_datagram(self, now, from, data);
+    }
+
+    fn note_oversized(&mut self, len: usize) {
+        if let Some(n) = self.v6_mut() {
+            n.note_oversized(len);
+        }
+    }
+
+    fn drain_transmits(&mut self, f: impl FnMut(SocketAddrV6, &[u8])) {
+        if let Some(n) = self.v6_mut() {
             n.drain_transmits(f);
         }
     }

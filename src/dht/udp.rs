@@ -5,13 +5,16 @@
 //! [`RecvBatch`] reads up to [`BATCH`] datagrams per `recvmmsg` and [`SendQueue`] sends them
 //! with `sendmmsg`, which moves most of the per-packet cost out of the kernel entry path.
 //! Elsewhere both fall back to one `recv_from`/`send_to` per datagram. The buffers are
-//! allocated once and reused: no allocation per packet.
+//! allocated once and reused: no allocation per packet. Each socket is of one family (the
+//! IPv6 one is `IPV6_V6ONLY`), so the batches are typed by it ([`BatchAddr`]): an IPv4
+//! socket's buffers hold `sockaddr_in`s, an IPv6 one's `sockaddr_in6`s, and neither path
+//! pays for the other.
 
 // Fully documented, and kept so (issue 11, part 5).
 #![deny(missing_docs)]
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 
 use tokio::io::Interest;
@@ -64,18 +67,119 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(bind_std(addr, SOCKET_BUFFER)?)
 }
 
+/// A socket address family the batches carry: its C `sockaddr` form for
+/// `recvmmsg`/`sendmmsg`.
+pub trait BatchAddr: Copy + Into<SocketAddr> + 'static {
+    /// The C socket address (`sockaddr_in` or `sockaddr_in6`).
+    #[cfg(target_os = "linux")]
+    type Raw: Copy;
+    /// An all-zero C address (a valid initial value).
+    #[cfg(target_os = "linux")]
+    fn raw_zero() -> Self::Raw {
+        // SAFETY: both C address structs are plain data; all-zero is valid.
+        unsafe { std::mem::zeroed() }
+    }
+    /// The C form of `self`.
+    #[cfg(target_os = "linux")]
+    fn to_raw(self) -> Self::Raw;
+    /// The address in `raw`, or `None` if it is of another family.
+    #[cfg(target_os = "linux")]
+    fn from_raw(raw: &Self::Raw) -> Option<Self>;
+    /// The address if it is of this family (the portable fallback's receive path).
+    fn from_std(a: SocketAddr) -> Option<Self>;
+}
+
+impl BatchAddr for SocketAddrV4 {
+    #[cfg(target_os = "linux")]
+    type Raw = libc::sockaddr_in;
+
+    #[cfg(target_os = "linux")]
+    fn to_raw(self) -> libc::sockaddr_in {
+        let mut s: libc::sockaddr_in = Self::raw_zero();
+        s.sin_family = libc::AF_INET as libc::sa_family_t;
+        s.sin_port = self.port().to_be();
+        s.sin_addr = libc::in_addr {
+            s_addr: u32::from(*self.ip()).to_be(),
+        };
+        s
+    }
+
+    #[cfg(target_os = "linux")]
+    fn from_raw(raw: &libc::sockaddr_in) -> Option<Self> {
+        (raw.sin_family == libc::AF_INET as libc::sa_family_t).then(|| {
+            SocketAddrV4::new(
+                u32::from_be(raw.sin_addr.s_addr).into(),
+                u16::from_be(raw.sin_port),
+            )
+        })
+    }
+
+    fn from_std(a: SocketAddr) -> Option<Self> {
+        match a {
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(_) => None,
+        }
+    }
+}
+
+impl BatchAddr for SocketAddrV6 {
+    #[cfg(target_os = "linux")]
+    type Raw = libc::sockaddr_in6;
+
+    #[cfg(target_os = "linux")]
+    fn to_raw(self) -> libc::sockaddr_in6 {
+        let mut s: libc::sockaddr_in6 = Self::raw_zero();
+        s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        s.sin6_port = self.port().to_be();
+        s.sin6_flowinfo = self.flowinfo().to_be();
+        s.sin6_addr = libc::in6_addr {
+            s6_addr: self.ip().octets(),
+        };
+        s.sin6_scope_id = self.scope_id();
+        s
+    }
+
+    #[cfg(target_os = "linux")]
+    fn from_raw(raw: &libc::sockaddr_in6) -> Option<Self> {
+        (raw.sin6_family == libc::AF_INET6 as libc::sa_family_t).then(|| {
+            SocketAddrV6::new(
+                raw.sin6_addr.s6_addr.into(),
+                u16::from_be(raw.sin6_port),
+                u32::from_be(raw.sin6_flowinfo),
+                raw.sin6_scope_id,
+            )
+        })
+    }
+
+    fn from_std(a: SocketAddr) -> Option<Self> {
+        match a {
+            SocketAddr::V6(a) => Some(a),
+            SocketAddr::V4(_) => None,
+        }
+    }
+}
+
 /// Outgoing datagrams copied out of a sans-IO core, sent in batches.
-#[derive(Default)]
-pub struct SendQueue {
+pub struct SendQueue<A = SocketAddrV4> {
     bytes: Vec<u8>,
-    items: Vec<(SocketAddrV4, usize, usize)>,
+    items: Vec<(A, usize, usize)>,
     /// Items already sent.
     done: usize,
 }
 
-impl SendQueue {
+impl<A> Default for SendQueue<A> {
+    fn default() -> Self {
+        SendQueue {
+            bytes: Vec::new(),
+            items: Vec::new(),
+            done: 0,
+        }
+    }
+}
+
+impl<A: BatchAddr> SendQueue<A> {
     /// Queues one datagram (copied into a reused buffer).
-    pub fn push(&mut self, to: SocketAddrV4, payload: &[u8]) {
+    pub fn push(&mut self, to: A, payload: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
         self.items.push((to, start, payload.len()));
@@ -113,20 +217,18 @@ impl SendQueue {
         use std::os::fd::AsRawFd;
         while self.done < self.items.len() {
             let batch = &self.items[self.done..(self.done + BATCH).min(self.items.len())];
-            let mut names: [libc::sockaddr_in; BATCH] = [sockaddr_zero(); BATCH];
+            let mut names: [A::Raw; BATCH] = [A::raw_zero(); BATCH];
             // SAFETY: plain C structs, all-zero is a valid initial state.
             let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
             let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
             for (i, &(to, start, len)) in batch.iter().enumerate() {
-                names[i] = sockaddr_from(to);
+                names[i] = to.to_raw();
                 iovs[i] = libc::iovec {
                     iov_base: self.bytes[start..start + len].as_ptr() as *mut libc::c_void,
                     iov_len: len,
                 };
-                hdrs[i].msg_hdr.msg_name =
-                    &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-                hdrs[i].msg_hdr.msg_namelen =
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                hdrs[i].msg_hdr.msg_name = &mut names[i] as *mut A::Raw as *mut libc::c_void;
+                hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<A::Raw>() as libc::socklen_t;
                 hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
                 hdrs[i].msg_hdr.msg_iovlen = 1;
             }
@@ -154,7 +256,7 @@ impl SendQueue {
     pub fn send(&mut self, socket: &UdpSocket) -> io::Result<()> {
         while self.done < self.items.len() {
             let (to, start, len) = self.items[self.done];
-            socket.try_send_to(&self.bytes[start..start + len], SocketAddr::V4(to))?;
+            socket.try_send_to(&self.bytes[start..start + len], to.into())?;
             self.done += 1;
         }
         self.clear();
@@ -162,33 +264,16 @@ impl SendQueue {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn sockaddr_zero() -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is a plain C struct; all-zero is valid.
-    unsafe { std::mem::zeroed() }
-}
-
-#[cfg(target_os = "linux")]
-fn sockaddr_from(a: SocketAddrV4) -> libc::sockaddr_in {
-    let mut s = sockaddr_zero();
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr = libc::in_addr {
-        s_addr: u32::from(*a.ip()).to_be(),
-    };
-    s
-}
-
 /// Receive buffers for one batch, with what the last call filled in.
-pub struct RecvBatch {
+pub struct RecvBatch<A = SocketAddrV4> {
     /// `BATCH` buffers of `buf_len` bytes, back to back.
     bufs: Vec<u8>,
     buf_len: usize,
     lens: [usize; BATCH],
-    froms: [Option<SocketAddrV4>; BATCH],
+    froms: [Option<A>; BATCH],
 }
 
-impl RecvBatch {
+impl<A: BatchAddr> RecvBatch<A> {
     /// Buffers for [`BATCH`] datagrams of up to `buf_len` bytes; longer ones are reported
     /// as unreadable rather than handled truncated.
     pub fn new(buf_len: usize) -> Self {
@@ -201,8 +286,8 @@ impl RecvBatch {
     }
 
     /// The `i`th datagram of the last batch; `None` for one that was truncated (longer than
-    /// the buffer) or came from a non-IPv4 source.
-    pub fn datagram(&self, i: usize) -> Option<(SocketAddrV4, &[u8])> {
+    /// the buffer) or came from a source of another family.
+    pub fn datagram(&self, i: usize) -> Option<(A, &[u8])> {
         let start = i * self.buf_len;
         Some((self.froms[i]?, &self.bufs[start..start + self.lens[i]]))
     }
@@ -212,7 +297,7 @@ impl RecvBatch {
     #[cfg(target_os = "linux")]
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let mut names: [libc::sockaddr_in; BATCH] = [sockaddr_zero(); BATCH];
+        let mut names: [A::Raw; BATCH] = [A::raw_zero(); BATCH];
         // SAFETY: plain C structs, all-zero is a valid initial state.
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
@@ -221,14 +306,13 @@ impl RecvBatch {
                 iov_base: chunk.as_mut_ptr() as *mut libc::c_void,
                 iov_len: self.buf_len,
             };
-            hdrs[i].msg_hdr.msg_name = &mut names[i] as *mut libc::sockaddr_in as *mut libc::c_void;
-            hdrs[i].msg_hdr.msg_namelen =
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_name = &mut names[i] as *mut A::Raw as *mut libc::c_void;
+            hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<A::Raw>() as libc::socklen_t;
             hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
             hdrs[i].msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: BATCH headers, each pointing at a live buffer of buf_len bytes and a live
-        // sockaddr_in, all outliving the call.
+        // C address of the size given, all outliving the call.
         let n = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
@@ -245,14 +329,12 @@ impl RecvBatch {
         for i in 0..n {
             let h = &hdrs[i];
             let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let is_v4 = names[i].sin_family == libc::AF_INET as libc::sa_family_t;
             self.lens[i] = (h.msg_len as usize).min(self.buf_len);
-            self.froms[i] = (is_v4 && !truncated).then(|| {
-                SocketAddrV4::new(
-                    u32::from_be(names[i].sin_addr.s_addr).into(),
-                    u16::from_be(names[i].sin_port),
-                )
-            });
+            self.froms[i] = if truncated {
+                None
+            } else {
+                A::from_raw(&names[i])
+            };
         }
         Ok(n)
     }
@@ -262,35 +344,33 @@ impl RecvBatch {
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let (len, from) = socket.try_recv_from(&mut self.bufs[..self.buf_len])?;
         self.lens[0] = len.min(self.buf_len);
-        self.froms[0] = match from {
-            SocketAddr::V4(a) if len <= self.buf_len => Some(a),
-            _ => None,
-        };
+        self.froms[0] = A::from_std(from).filter(|_| len <= self.buf_len);
         Ok(1)
     }
 }
 
-/// A sans-IO core that a [`BatchedSocket`] serves: the DHT node or the bootstrap router.
-pub trait Core {
+/// A sans-IO core that a [`BatchedSocket`] of family `A` serves: the DHT node or the
+/// bootstrap router.
+pub trait Core<A = SocketAddrV4> {
     /// One received datagram.
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]);
     /// A datagram longer than the receive buffer, dropped unread (counted by the core).
     fn note_oversized(&mut self, len: usize);
     /// Hands every queued outgoing datagram to `f`, in order.
-    fn drain_transmits(&mut self, f: impl FnMut(SocketAddrV4, &[u8]));
+    fn drain_transmits(&mut self, f: impl FnMut(A, &[u8]));
 }
 
 /// A UDP socket with its batch buffers: the I/O half of the node's and the router's
 /// drivers, written once.
-pub struct BatchedSocket {
+pub struct BatchedSocket<A = SocketAddrV4> {
     socket: UdpSocket,
-    recv: RecvBatch,
-    send: SendQueue,
+    recv: RecvBatch<A>,
+    send: SendQueue<A>,
     /// Datagrams the socket refused for good (unreachable and the like).
     send_errors: u64,
 }
 
-impl BatchedSocket {
+impl<A: BatchAddr> BatchedSocket<A> {
     /// Wraps `socket`, receiving datagrams of up to `buf_len` bytes.
     pub fn new(socket: UdpSocket, buf_len: usize) -> Self {
         BatchedSocket {
@@ -314,7 +394,7 @@ impl BatchedSocket {
     /// Reads and hands to `core` up to `rounds` batches (fewer once the socket is drained:
     /// bounded, so the caller's timers and commands get their turn under a flood), sending
     /// what the core queued after each batch.
-    pub fn receive(&mut self, core: &mut impl Core, rounds: usize) {
+    pub fn receive(&mut self, core: &mut impl Core<A>, rounds: usize) {
         for _ in 0..rounds {
             let recv = &mut self.recv;
             let got = self
@@ -331,7 +411,7 @@ impl BatchedSocket {
             let now = Instant::now();
             for i in 0..n {
                 match self.recv.datagram(i) {
-                    Some((from, data)) => core.handle_datagram(now, SocketAddr::V4(from), data),
+                    Some((from, data)) => core.handle_datagram(now, from.into(), data),
                     None => core.note_oversized(self.recv.buf_len),
                 }
             }
@@ -344,7 +424,7 @@ impl BatchedSocket {
 
     /// Sends what `core` queued without waiting; false if the socket is full (the rest
     /// stays queued for [`BatchedSocket::flush`]).
-    pub fn try_flush(&mut self, core: &mut impl Core) -> bool {
+    pub fn try_flush(&mut self, core: &mut impl Core<A>) -> bool {
         let send = &mut self.send;
         core.drain_transmits(|to, payload| send.push(to, payload));
         while !self.send.is_empty() {
@@ -365,7 +445,7 @@ impl BatchedSocket {
     }
 
     /// Sends everything `core` queued, waiting for the socket when it is full.
-    pub async fn flush(&mut self, core: &mut impl Core) {
+    pub async fn flush(&mut self, core: &mut impl Core<A>) {
         while !self.try_flush(core) {
             if self.socket.writable().await.is_err() {
                 self.send_errors += self.send.len() as u64;
@@ -380,14 +460,13 @@ impl BatchedSocket {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn batches_round_trip_and_long_datagrams_are_flagged() {
-        let a = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let b = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let SocketAddr::V4(to) = b.local_addr().unwrap() else {
-            unreachable!("bound to IPv4")
-        };
-        let mut q = SendQueue::default();
+    /// 41 datagrams from `a` to `b` through one family's batches: the 40 short ones arrive
+    /// in order from `a`'s address, the long one is flagged unreadable.
+    async fn round_trip<A: BatchAddr + PartialEq + std::fmt::Debug>(local: &str) {
+        let a = bind(local.parse().unwrap()).unwrap();
+        let b = bind(local.parse().unwrap()).unwrap();
+        let to = A::from_std(b.local_addr().unwrap()).expect("the family asked for");
+        let mut q = SendQueue::<A>::default();
         for i in 0..40u8 {
             q.push(to, &[i; 10]);
         }
@@ -396,7 +475,7 @@ mod tests {
             a.writable().await.unwrap();
             let _ = a.try_io(Interest::WRITABLE, || q.send(&a));
         }
-        let mut batch = RecvBatch::new(64);
+        let mut batch = RecvBatch::<A>::new(64);
         let mut got = Vec::new();
         let mut unreadable = 0;
         while got.len() + unreadable < 41 {
@@ -408,7 +487,7 @@ mod tests {
             for i in 0..n {
                 match batch.datagram(i) {
                     Some((from, data)) => {
-                        assert_eq!(SocketAddr::V4(from), a.local_addr().unwrap());
+                        assert_eq!(from.into(), a.local_addr().unwrap());
                         got.push(data.to_vec());
                     }
                     None => unreadable += 1,
@@ -417,5 +496,33 @@ mod tests {
         }
         assert_eq!(got, (0..40u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
         assert_eq!(unreadable, 1, "the 100-byte datagram does not fit 64 bytes");
+    }
+
+    #[tokio::test]
+    async fn batches_round_trip_and_long_datagrams_are_flagged() {
+        round_trip::<SocketAddrV4>("127.0.0.1:0").await;
+    }
+
+    /// The IPv6 socket batches too, with `sockaddr_in6` names.
+    #[tokio::test]
+    async fn ipv6_batches_round_trip_and_long_datagrams_are_flagged() {
+        round_trip::<SocketAddrV6>("[::1]:0").await;
+    }
+
+    /// Each family's C address converts both ways, and a name of the other family is not
+    /// taken for one of this family.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn c_addresses_round_trip_and_check_the_family() {
+        let v4: SocketAddrV4 = "203.0.113.7:6881".parse().unwrap();
+        assert_eq!(SocketAddrV4::from_raw(&v4.to_raw()), Some(v4));
+        let v6 = SocketAddrV6::new("2001:db8::1".parse().unwrap(), 6881, 0, 3);
+        assert_eq!(SocketAddrV6::from_raw(&v6.to_raw()), Some(v6));
+        let mut wrong = v6.to_raw();
+        wrong.sin6_family = libc::AF_INET as libc::sa_family_t;
+        assert_eq!(SocketAddrV6::from_raw(&wrong), None);
+        let mut wrong = v4.to_raw();
+        wrong.sin_family = libc::AF_INET6 as libc::sa_family_t;
+        assert_eq!(SocketAddrV4::from_raw(&wrong), None);
     }
 }

@@ -3,14 +3,13 @@
 //! "tens of thousands of queries per second on one core".
 //!
 //! BEP 32 runs the IPv6 DHT on its own socket, so the driver binds one per family: the
-//! IPv4 socket (required) with batched I/O, and optionally an IPv6 one (`IPV6_V6ONLY`, see
-//! [`udp::bind_std`]) read and written one datagram per call, as the node's driver does:
-//! the batch code speaks `sockaddr_in` only, and the IPv6 DHT is a small fraction of the
-//! traffic. A host without IPv6 runs the IPv4 router alone when
+//! IPv4 socket (required) and optionally an IPv6 one (`IPV6_V6ONLY`, see
+//! [`udp::bind_std`]), both with batched I/O, as the node's driver does. A host without
+//! IPv6 runs the IPv4 router alone when
 //! [`RouterRunConfig::bind6_optional`] says so.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -205,10 +204,7 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
                     }
                 };
                 let io6 = match std_socket6.map(UdpSocket::from_std).transpose() {
-                    Ok(s) => s.map(|socket| Udp6 {
-                        socket,
-                        buf: vec![0; BUF_LEN + 1],
-                    }),
+                    Ok(s) => s.map(|socket| BatchedSocket::new(socket, BUF_LEN)),
                     Err(e) => {
                         tracing::error!("cannot register the router's IPv6 socket: {e}");
                         return;
@@ -246,53 +242,17 @@ fn no_ipv6(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
 }
 
-/// The IPv6 socket, one datagram per system call (see the module docs).
-struct Udp6 {
-    socket: UdpSocket,
-    /// One byte longer than [`BUF_LEN`], so a datagram that does not fit is seen as such.
-    buf: Vec<u8>,
-}
-
-impl Udp6 {
-    /// Hands up to `max` datagrams to the router (a longer one than [`BUF_LEN`] is counted
-    /// unread).
-    fn receive(&mut self, router: &mut Router, max: usize) {
-        for _ in 0..max {
-            match self.socket.try_recv_from(&mut self.buf) {
-                Ok((n, from)) if n <= BUF_LEN => {
-                    router.handle_datagram(Instant::now(), from, &self.buf[..n]);
-                }
-                Ok(_) => router.note_unreadable(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!("router IPv6 recv error: {e}");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Sends what the router queued for IPv6, waiting for the socket when it is full.
-    async fn flush(&mut self, router: &mut Router) {
-        while let Some(t) = router.poll_transmit6() {
-            if let Err(e) = self.socket.send_to(t.payload, t.to).await {
-                tracing::debug!("router IPv6 send error: {e}");
-            }
-        }
-    }
-}
-
 /// Resolves when the IPv6 socket (if any) is readable; never without one.
-async fn readable6(io6: Option<&Udp6>) -> io::Result<()> {
+async fn readable6(io6: Option<&BatchedSocket<SocketAddrV6>>) -> io::Result<()> {
     match io6 {
-        Some(u) => u.socket.readable().await,
+        Some(u) => u.socket().readable().await,
         None => std::future::pending().await,
     }
 }
 
 struct Driver {
     io: BatchedSocket,
-    io6: Option<Udp6>,
+    io6: Option<BatchedSocket<SocketAddrV6>>,
     router: Router,
     rx: mpsc::UnboundedReceiver<Command>,
     store: Option<PathBuf>,
@@ -345,7 +305,8 @@ impl Driver {
                     if r.is_ok()
                         && let Some(io6) = &mut self.io6
                     {
-                        io6.receive(&mut self.router, 256);
+                        // As many batches as IPv4 gets.
+                        io6.receive(&mut self.router, 64);
                     }
                 }
             }
@@ -431,5 +392,19 @@ impl udp::Core for Router {
 
     fn drain_transmits(&mut self, f: impl FnMut(std::net::SocketAddrV4, &[u8])) {
         Router::drain_transmits(self, f);
+    }
+}
+
+impl udp::Core<SocketAddrV6> for Router {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        Router::handle_datagram(self, now, from, data);
+    }
+
+    fn note_oversized(&mut self, _len: usize) {
+        self.note_unreadable();
+    }
+
+    fn drain_transmits(&mut self, f: impl FnMut(SocketAddrV6, &[u8])) {
+        Router::drain_transmits6(self, f);
     }
 }

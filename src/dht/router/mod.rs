@@ -328,6 +328,11 @@ impl Router {
         self.halves.v4.outbox.drain_all(f);
     }
 
+    /// Hands every queued IPv6 datagram to `f` (for batched sends on the IPv6 socket).
+    pub fn drain_transmits6(&mut self, f: impl FnMut(SocketAddrV6, &[u8])) {
+        self.halves.v6.outbox.drain_all(f);
+    }
+
     /// Whether datagrams of either family are waiting.
     pub fn has_transmit(&self) -> bool {
         !self.halves.v4.outbox.is_empty() || !self.halves.v6.outbox.is_empty()
