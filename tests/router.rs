@@ -170,7 +170,7 @@ async fn metrics_endpoint_in_both_modes() {
         }
         let _child = Kill(cmd.spawn().unwrap());
         let (gauge, want) = if router {
-            ("trackerless_router_stored_nodes", 5.0)
+            ("trackerless_router_stored_nodes{family=\"ipv4\"}", 5.0)
         } else {
             ("trackerless_table_nodes{family=\"ipv4\"}", 5.0)
         };

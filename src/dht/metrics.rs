@@ -59,6 +59,14 @@ impl Exposition {
         }
     }
 
+    /// A gauge with one label, e.g. the router's contacts by `family`.
+    pub fn gauge_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, f64)]) {
+        self.header(name, help, "gauge");
+        for (l, v) in values {
+            let _ = writeln!(self.out, "{PREFIX}_{name}{{{label}=\"{l}\"}} {v}");
+        }
+    }
+
     /// Queries received by method (the router's; a node's carry its family too).
     fn queries_received(&mut self, m: &MethodCounts) {
         self.counter_by(
@@ -315,15 +323,24 @@ pub fn render_router(s: &RouterStats) -> String {
         ],
     );
     e.traffic(s.bytes_in, s.bytes_out, s.packets_in, s.packets_out);
-    e.gauge(
+    // By family, like the node's series: each ring fills (and is capped) on its own.
+    let by_family = |total: usize, v6: usize| {
+        [
+            ("ipv4", total.saturating_sub(v6) as f64),
+            ("ipv6", v6 as f64),
+        ]
+    };
+    e.gauge_by(
         "router_stored_nodes",
-        "Verified contacts in the store.",
-        s.stored as f64,
+        "Verified contacts in the store, by address family.",
+        "family",
+        &by_family(s.stored, s.stored6),
     );
-    e.gauge(
+    e.gauge_by(
         "router_pending_verifications",
-        "Queriers waiting for verification.",
-        s.pending as f64,
+        "Queriers waiting for verification, by address family.",
+        "family",
+        &by_family(s.pending, s.pending6),
     );
     let answered = s.admitted + s.rejected_invalid_id + s.duplicate_ip;
     e.gauge(
@@ -425,6 +442,32 @@ async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The router's rings are reported per family; the totals split without overlap.
+    #[test]
+    fn router_contacts_are_labelled_by_family() {
+        let s = RouterStats {
+            stored: 10,
+            stored6: 3,
+            pending: 4,
+            pending6: 1,
+            ..RouterStats::default()
+        };
+        let text = render_router(&s);
+        for line in [
+            "trackerless_router_stored_nodes{family=\"ipv4\"} 7\n",
+            "trackerless_router_stored_nodes{family=\"ipv6\"} 3\n",
+            "trackerless_router_pending_verifications{family=\"ipv4\"} 3\n",
+            "trackerless_router_pending_verifications{family=\"ipv6\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE trackerless_router_stored_nodes")
+                .count(),
+            1
+        );
+    }
 
     #[test]
     fn node_exposition_is_well_formed() {
