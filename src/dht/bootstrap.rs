@@ -2,6 +2,10 @@
 
 use std::fmt;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use crate::dht::id::Family;
+use crate::util::Backoff;
 
 use crate::dht::id::NodeAddr;
 use std::path::{Path, PathBuf};
@@ -152,9 +156,124 @@ pub async fn resolve(entries: &[String]) -> (Vec<SocketAddr>, Vec<String>) {
     (addrs, errors)
 }
 
+/// When to resolve the bootstrap routers again, for each family a node runs.
+///
+/// Why per family: the IPv4 and IPv6 DHTs join separately (BEP 32), and a router list
+/// often has A records but no AAAA (or a host resolves one family only for a while). One
+/// retry clock for both would either re-bootstrap a family that already joined or give up
+/// on the one still waiting; here each family that got no address retries on its own
+/// doubling pause, and a family that got one is done. Sans-IO: the caller passes `now`.
+#[derive(Debug, Clone)]
+pub struct ResolveSchedule {
+    families: [Retry; 2],
+}
+
+#[derive(Debug, Clone)]
+struct Retry {
+    /// Still waiting for a first address (and the node runs this family).
+    pending: bool,
+    /// When to try again; `None` before the first attempt.
+    next: Option<Instant>,
+    backoff: Backoff,
+    /// Failed attempts so far (only the first is worth a warning).
+    failures: u32,
+}
+
+impl ResolveSchedule {
+    /// A schedule for a node running IPv4 (`v4`) and/or IPv6 (`v6`): both due at once.
+    pub fn new(v4: bool, v6: bool) -> Self {
+        let retry = |runs: bool| Retry {
+            pending: runs,
+            next: None,
+            backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            failures: 0,
+        };
+        ResolveSchedule {
+            families: [retry(v4), retry(v6)],
+        }
+    }
+
+    fn index(f: Family) -> usize {
+        match f {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
+    /// Whether `family` should be resolved (again) at `now`.
+    pub fn due(&self, now: Instant, family: Family) -> bool {
+        let r = &self.families[Self::index(family)];
+        r.pending && r.next.is_none_or(|t| t <= now)
+    }
+
+    /// Whether any family still waits for an address.
+    pub fn pending(&self) -> bool {
+        self.families.iter().any(|r| r.pending)
+    }
+
+    /// When the next family is due, if any still waits.
+    pub fn next_at(&self) -> Option<Instant> {
+        self.families
+            .iter()
+            .filter(|r| r.pending)
+            .map(|r| r.next)
+            .min()
+            .flatten()
+    }
+
+    /// Records a resolution attempt for `family` at `now` that found `found` addresses of
+    /// it. Returns the number of failed attempts so far (0 when it found some: the family
+    /// is done).
+    pub fn attempted(&mut self, now: Instant, family: Family, found: usize) -> u32 {
+        let r = &mut self.families[Self::index(family)];
+        if found > 0 {
+            r.pending = false;
+            r.next = None;
+            return 0;
+        }
+        r.failures += 1;
+        r.next = Some(now + r.backoff.next_pause());
+        r.failures
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each family retries on its own clock: the one that resolved is done, the other
+    /// doubles its pause; a family the node does not run is never due.
+    #[test]
+    fn each_family_retries_on_its_own_backoff() {
+        let t0 = Instant::now();
+        let mut s = ResolveSchedule::new(true, true);
+        assert!(s.due(t0, Family::V4) && s.due(t0, Family::V6));
+        assert_eq!(s.next_at(), None, "both due now");
+        assert_eq!(s.attempted(t0, Family::V4, 2), 0);
+        assert_eq!(s.attempted(t0, Family::V6, 0), 1);
+        assert!(
+            !s.due(t0 + Duration::from_secs(3600), Family::V4),
+            "v4 is done"
+        );
+        assert!(s.pending());
+        assert_eq!(s.next_at(), Some(t0 + Duration::from_secs(5)));
+        assert!(!s.due(t0 + Duration::from_secs(4), Family::V6));
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(s.due(t1, Family::V6));
+        assert_eq!(s.attempted(t1, Family::V6, 0), 2);
+        assert_eq!(s.next_at(), Some(t1 + Duration::from_secs(10)), "doubled");
+        let t2 = t1 + Duration::from_secs(10);
+        assert_eq!(s.attempted(t2, Family::V6, 1), 0);
+        assert!(!s.pending());
+        assert_eq!(s.next_at(), None);
+
+        let v4_only = ResolveSchedule::new(true, false);
+        assert!(!v4_only.due(t0, Family::V6));
+        let mut v6_only = ResolveSchedule::new(false, true);
+        assert!(!v6_only.due(t0, Family::V4) && v6_only.due(t0, Family::V6));
+        v6_only.attempted(t0, Family::V6, 0);
+        assert_eq!(v6_only.next_at(), Some(t0 + Duration::from_secs(5)));
+    }
 
     #[test]
     fn embedded_list_has_the_well_known_routers() {

@@ -36,7 +36,6 @@ use crate::dht::node::{self, DirectQuery, Event, LookupId, Node, PingError, Requ
 use crate::dht::persist::{NodeStore, PersistError};
 use crate::dht::scrape::ScrapeEstimate;
 use crate::dht::udp;
-use crate::util::Backoff;
 
 /// Everything needed to start a node.
 #[derive(Debug, Clone)]
@@ -955,19 +954,23 @@ impl Driver {
         tokio::pin!(sleep);
         let mut save_tick = tokio::time::interval(self.save_interval);
         save_tick.tick().await;
-        let mut resolve_backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
+        let mut schedule =
+            bootstrap::ResolveSchedule::new(self.dual.v4().is_some(), self.dual.v6().is_some());
         let resolve_at = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(resolve_at);
         // Resolve before serving commands so the first lookups can use the routers.
-        let mut need_resolve = false;
         if self.routers.is_empty() {
             // No routers: join through persisted contacts (or wait to be contacted).
             self.dual.bootstrap(Instant::now(), &[]);
+            schedule = bootstrap::ResolveSchedule::new(false, false);
         } else {
-            need_resolve = !self.resolve_and_bootstrap().await;
+            self.resolve_and_bootstrap(&mut schedule, true).await;
+        }
+        let mut need_resolve = schedule.pending();
+        if let Some(at) = schedule.next_at() {
             resolve_at
                 .as_mut()
-                .reset(tokio::time::Instant::now() + resolve_backoff.next_pause());
+                .reset(tokio::time::Instant::from_std(at));
         }
         let mut shutdown_ack = None;
         loop {
@@ -1011,8 +1014,11 @@ impl Driver {
                 },
                 () = &mut sleep => self.timer(),
                 () = &mut resolve_at, if need_resolve => {
-                    need_resolve = !self.resolve_and_bootstrap().await;
-                    resolve_at.as_mut().reset(tokio::time::Instant::now() + resolve_backoff.next_pause());
+                    self.resolve_and_bootstrap(&mut schedule, false).await;
+                    need_resolve = schedule.pending();
+                    if let Some(at) = schedule.next_at() {
+                        resolve_at.as_mut().reset(tokio::time::Instant::from_std(at));
+                    }
                 }
                 _ = save_tick.tick() => self.start_save(),
                 // Last in the biased order: under a saturating flood the socket is always
@@ -1063,18 +1069,46 @@ impl Driver {
         }
     }
 
-    /// Resolves the routers and (re)starts the bootstrap; false when none resolved, so the
-    /// caller retries with backoff (e.g. started offline).
-    async fn resolve_and_bootstrap(&mut self) -> bool {
+    /// Resolves the routers and bootstraps each family that is due: at the first call
+    /// every family (one without a router address joins through its persisted contacts),
+    /// later only a family whose routers now resolve, so the other's join never restarts.
+    /// A family left without an address retries on its own backoff (`schedule`); its first
+    /// failure is a warning, the repeats are debug lines (a router list without AAAA
+    /// records is common and must not fill the log).
+    async fn resolve_and_bootstrap(
+        &mut self,
+        schedule: &mut bootstrap::ResolveSchedule,
+        first: bool,
+    ) {
         let (addrs, errors) = bootstrap::resolve(&self.routers).await;
         for e in &errors {
-            tracing::warn!("bootstrap router {e}");
+            if first {
+                tracing::warn!("bootstrap router {e}");
+            } else {
+                tracing::debug!("bootstrap router {e}");
+            }
         }
-        if addrs.is_empty() {
-            tracing::warn!("no bootstrap router resolved; will retry");
+        let now = Instant::now();
+        if first {
+            self.dual.bootstrap(now, &addrs);
         }
-        self.dual.bootstrap(Instant::now(), &addrs);
-        !addrs.is_empty()
+        for (family, name) in [(Family::V4, "IPv4"), (Family::V6, "IPv6")] {
+            if !schedule.due(now, family) {
+                continue;
+            }
+            let found = addrs
+                .iter()
+                .filter(|a| a.is_ipv4() == (family == Family::V4))
+                .count();
+            if found > 0 && !first {
+                self.dual.bootstrap_family(now, family, &addrs);
+            }
+            match schedule.attempted(now, family, found) {
+                0 => {}
+                1 => tracing::warn!("no {name} bootstrap router resolved; will retry"),
+                n => tracing::debug!("no {name} bootstrap router resolved (attempt {n})"),
+            }
+        }
     }
 
     /// Starts a periodic save unless the previous one is still running (a finished one

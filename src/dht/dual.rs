@@ -259,20 +259,33 @@ impl DualNode {
 
     /// Joins through `routers` of either family (each node gets its own family's).
     pub fn bootstrap(&mut self, now: Instant, routers: &[SocketAddr]) {
+        self.bootstrap_family(now, Family::V4, routers);
+        self.bootstrap_family(now, Family::V6, routers);
+    }
+
+    /// Bootstraps one family's node only (its share of `routers`), e.g. when its routers
+    /// resolve later than the other family's, whose join must not restart.
+    pub fn bootstrap_family(&mut self, now: Instant, family: Family, routers: &[SocketAddr]) {
         self.now = now;
-        if let Some(n) = &mut self.v4 {
-            let r: Vec<SocketAddrV4> = routers
-                .iter()
-                .filter_map(|&a| NodeAddr::from_socket(a))
-                .collect();
-            n.bootstrap(now, &r);
-        }
-        if let Some(n) = &mut self.v6 {
-            let r: Vec<SocketAddrV6> = routers
-                .iter()
-                .filter_map(|&a| NodeAddr::from_socket(a))
-                .collect();
-            n.bootstrap(now, &r);
+        match family {
+            Family::V4 => {
+                if let Some(n) = &mut self.v4 {
+                    let r: Vec<SocketAddrV4> = routers
+                        .iter()
+                        .filter_map(|&a| NodeAddr::from_socket(a))
+                        .collect();
+                    n.bootstrap(now, &r);
+                }
+            }
+            Family::V6 => {
+                if let Some(n) = &mut self.v6 {
+                    let r: Vec<SocketAddrV6> = routers
+                        .iter()
+                        .filter_map(|&a| NodeAddr::from_socket(a))
+                        .collect();
+                    n.bootstrap(now, &r);
+                }
+            }
         }
         self.update_want();
     }
