@@ -53,7 +53,8 @@ pub struct DhtConfig {
     pub bind6_optional: bool,
     /// The sans-IO node's settings (including the outbound allow-list).
     pub node: node::Config,
-    /// Bootstrap routers as `host:port`. Resolution failures are retried with backoff.
+    /// Bootstrap routers as `host:port` (A and AAAA records both used). A family none of
+    /// whose routers resolve retries with its own backoff ([`bootstrap::ResolveSchedule`]).
     /// BEP 5: routers only help us join; they never enter the routing table.
     pub bootstrap: Vec<String>,
     /// Known DHT nodes (not routers) to ping at start: each one that answers enters the
