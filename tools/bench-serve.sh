@@ -31,8 +31,10 @@
 # Those addresses exist nowhere: the script builds the binaries, then re-executes itself
 # under `unshare -rn` (a new user and network namespace whose only interface is its own
 # `lo`) and adds them to that `lo` itself (`nodad`, no route). Everything, the IPv4 columns
-# too, then runs inside the namespace. There a negative nice is refused, so V6 runs use the
-# default priority (printed as a note).
+# too, then runs inside the namespace. In a user namespace a negative nice is refused, so
+# there every column runs at the default priority (printed as a note); run as root, the
+# script uses `unshare -n` instead (a new network namespace only, same checks), which
+# keeps NICE. V6_UNSHARE overrides the unshare flags (e.g. V6_UNSHARE=-rn as root).
 # Everything binds to 127.90.0.0/16, 127.91.0.0/16 (sources) and 127.93.0.0/16 (testnet),
 # and with V6=1 to fd77::90:1 and fd77::91:x on the namespace's `lo`; nothing leaves
 # loopback.
@@ -64,7 +66,9 @@ if [[ -n ${V6:-} && -z ${BENCH_SERVE_OUTER_NETNS:-} ]]; then
     command -v unshare > /dev/null || { echo "error: V6=1 needs unshare (util-linux)" >&2; exit 1; }
     export BENCH_SERVE_OUTER_NETNS
     BENCH_SERVE_OUTER_NETNS=$(readlink /proc/self/ns/net)
-    exec env NO_BUILD=1 unshare -rn bash "$PWD/tools/bench-serve.sh" "$@"
+    flags=-rn
+    [[ $(id -u) == 0 ]] && flags=-n
+    exec env NO_BUILD=1 unshare "${V6_UNSHARE:-$flags}" bash "$PWD/tools/bench-serve.sh" "$@"
 fi
 if [[ -n ${V6:-} ]]; then
     if [[ $(readlink /proc/self/ns/net) == "$BENCH_SERVE_OUTER_NETNS" ]]; then
@@ -77,7 +81,7 @@ if [[ -n ${V6:-} ]]; then
     for i in $(seq 0 $((SOURCES - 1))); do
         ip -6 addr add "fd77::91:$(printf '%x' $((0x${SOURCE_BASE6##*:} + i)))/128" dev lo nodad
     done
-    echo "# V6: own network namespace ($(readlink /proc/self/ns/net)), lo up with $SERVER_IP6 and $SOURCES source addresses from $SOURCE_BASE6"
+    echo "# V6: own network namespace ($(readlink /proc/self/ns/net), uid $(id -u) inside), lo up with $SERVER_IP6 and $SOURCES source addresses from $SOURCE_BASE6"
 fi
 BIN=target/release
 for b in dht-node dht-loadgen; do
