@@ -62,7 +62,9 @@ stop_pid() {
 # and `boost` gives that session's autogroup the nice value NICE, which `check_nice` first
 # lowers to 0 where the caller may not use it.
 check_nice() {
-    if ! nice -n "$NICE" true 2>/dev/null; then
+    # GNU nice only warns when it may not lower the niceness (e.g. in a user namespace) and
+    # runs the command anyway, so compare the niceness the command really got.
+    if [[ $(nice -n "$NICE" nice 2>/dev/null) != $(($(nice) + NICE)) ]]; then
         echo "note: cannot run at nice $NICE; using the default priority" >&2
         NICE=0
     fi

@@ -25,8 +25,19 @@
 # LT=1 adds a `libtorrent` column: python libtorrent 2.x's DHT (tools/lt_node.py --quiet: no
 # alert per query, libtorrent's per-IP DHT rate limits raised as in the interop tests), pinned
 # to the server core like the others; its network thread answers the queries.
-# Everything binds to 127.90.0.0/16, 127.91.0.0/16 (sources) and 127.93.0.0/16 (testnet);
-# nothing leaves loopback.
+# V6=1 adds IPv6 columns measured in the same rounds: `echo6` (the echo server on
+# [fd77::90:1]) and `node6` (dht-node bound to that IPv6 address alone, an IPv6-only node),
+# loaded from fd77::91:1..SOURCES; the summary adds node6/node and node6/echo6 per round.
+# Those addresses exist nowhere: the script builds the binaries, then re-executes itself
+# under `unshare -rn` (a new user and network namespace whose only interface is its own
+# `lo`) and adds them to that `lo` itself (`nodad`, no route). Everything, the IPv4 columns
+# too, then runs inside the namespace. In a user namespace a negative nice is refused, so
+# there every column runs at the default priority (printed as a note); run as root, the
+# script uses `unshare -n` instead (a new network namespace only, same checks), which
+# keeps NICE. V6_UNSHARE overrides the unshare flags (e.g. V6_UNSHARE=-rn as root).
+# Everything binds to 127.90.0.0/16, 127.91.0.0/16 (sources) and 127.93.0.0/16 (testnet),
+# and with V6=1 to fd77::90:1 and fd77::91:x on the namespace's `lo`; nothing leaves
+# loopback.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -40,10 +51,37 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 NICE=${NICE:--15}
 SERVER_IP=127.90.0.1
+SERVER_IP6=fd77::90:1
+SOURCE_BASE=127.91.0.1
+SOURCE_BASE6=fd77::91:1
 
 cd "$(dirname "$0")/.."
 if [[ -z "${NO_BUILD:-}" ]]; then
     cargo build --release --features testing --bin dht-node --bin dht-loadgen --bin dht-testnet >&2
+fi
+
+# V6=1: run the rest in a namespace of our own (BENCH_SERVE_OUTER_NETNS names the namespace
+# we came from, so the child can check it really is in another one before touching `lo`).
+if [[ -n ${V6:-} && -z ${BENCH_SERVE_OUTER_NETNS:-} ]]; then
+    command -v unshare > /dev/null || { echo "error: V6=1 needs unshare (util-linux)" >&2; exit 1; }
+    export BENCH_SERVE_OUTER_NETNS
+    BENCH_SERVE_OUTER_NETNS=$(readlink /proc/self/ns/net)
+    flags=-rn
+    [[ $(id -u) == 0 ]] && flags=-n
+    exec env NO_BUILD=1 unshare "${V6_UNSHARE:-$flags}" bash "$PWD/tools/bench-serve.sh" "$@"
+fi
+if [[ -n ${V6:-} ]]; then
+    if [[ $(readlink /proc/self/ns/net) == "$BENCH_SERVE_OUTER_NETNS" ]]; then
+        echo "error: not in a network namespace of our own; refusing to add addresses" >&2
+        exit 1
+    fi
+    # Only `lo` exists here; it starts down.
+    ip link set lo up
+    ip -6 addr add "$SERVER_IP6/128" dev lo nodad
+    for i in $(seq 0 $((SOURCES - 1))); do
+        ip -6 addr add "fd77::91:$(printf '%x' $((0x${SOURCE_BASE6##*:} + i)))/128" dev lo nodad
+    done
+    echo "# V6: own network namespace ($(readlink /proc/self/ns/net), uid $(id -u) inside), lo up with $SERVER_IP6 and $SOURCES source addresses from $SOURCE_BASE6"
 fi
 BIN=target/release
 for b in dht-node dht-loadgen; do
@@ -92,10 +130,11 @@ stop_server() {
     SERVER_PID=
 }
 
-# Runs the load against $1, writing the loadgen's output to $2.
+# Runs the load against $1 from sources starting at $3, writing the loadgen's output to $2.
 run_load() {
-    local addr=$1 log=$2
-    pinned "$LOADGEN_CPU" $BIN/dht-loadgen load --target "$addr" --duration "$DURATION" \
+    local addr=$1 log=$2 sources=$3
+    pinned "$LOADGEN_CPU" $BIN/dht-loadgen load --target "$addr" --source-base "$sources" \
+        --duration "$DURATION" \
         --warmup "$WARMUP" --sources "$SOURCES" --concurrency "$CONCURRENCY" --mix "$MIX" \
         --answer-pings --busy-poll --server-pid "$SERVER_PID" > "$log" &
     LOAD_PID=$!
@@ -110,12 +149,19 @@ result_of() {
                      print v["replies_per_s"], v["server_cpu"], v["timeouts"], v["loadgen_cpu"] }' "$1"
 }
 
-# Starts server $1 (echo, node or node2) on port $2 and leaves its pid in SERVER_PID.
+# The address server kind $1 listens on, port $2 (IPv6 for the kinds ending in 6).
+addr_of() {
+    if [[ $1 == *6 ]]; then echo "[$SERVER_IP6]:$2"; else echo "$SERVER_IP:$2"; fi
+}
+
+# Starts server $1 (echo, node, node2, echo6, node6, ...) on port $2 and leaves its pid in
+# SERVER_PID.
 start_server() {
-    local kind=$1 port=$2 addr=$SERVER_IP:$2 bin=$BIN/dht-loadgen
+    local kind=$1 port=$2 addr bin=$BIN/dht-loadgen
+    addr=$(addr_of "$kind" "$port")
     check_free "$addr"
     case $kind in
-        echo)
+        echo | echo6)
             pinned "$SERVER_CPU" "$bin" echo --bind "$addr" 2> "$TMP/$kind.err" &
             ;;
         node | node2)
@@ -125,6 +171,16 @@ start_server() {
             mkdir -p "$TMP/data-$kind"
             pinned "$SERVER_CPU" "$bin" --bind "$addr" --bootstrap 127.90.0.2:1 \
                 --allow-net 127.0.0.0/8 --no-subnet-limit --rate-limit 0 --reply-quota 0 \
+                --data-dir "$TMP/data-$kind" \
+                --stats-interval 0 2> "$TMP/$kind.err" &
+            ;;
+        node6)
+            # IPv6 only: its IPv6 socket is its only one.
+            bin=$BIN/dht-node
+            rm -rf "$TMP/data-$kind"
+            mkdir -p "$TMP/data-$kind"
+            pinned "$SERVER_CPU" "$bin" --bind "$addr" --bootstrap "[fd77::90:2]:1" \
+                --allow-net fd77::/16 --no-subnet-limit --rate-limit 0 --reply-quota 0 \
                 --data-dir "$TMP/data-$kind" \
                 --stats-interval 0 2> "$TMP/$kind.err" &
             ;;
@@ -152,6 +208,7 @@ start_server() {
 }
 
 SERVERS="echo node"
+[[ -n ${V6:-} ]] && SERVERS="$SERVERS echo6 node6"
 if [[ -n ${ROUTER:-} ]]; then
     SERVERS="$SERVERS router"
     $BIN/dht-testnet --nodes 300 --subnet 93 --stats-interval 0 --print-addrs 1 \
@@ -186,6 +243,7 @@ RESULTS=$TMP/results
 port=$PORT
 for round in $(seq "$ROUNDS"); do
     e_rate=
+    e6_rate=
     for kind in $SERVERS; do
         port=$((port + 1))
         start_server "$kind" "$port"
@@ -197,12 +255,18 @@ for round in $(seq "$ROUNDS"); do
                 sleep 0.1
             done
         fi
-        run_load "$SERVER_IP:$port" "$TMP/$kind-$round.log"
+        sources=$SOURCE_BASE
+        [[ $kind == *6 ]] && sources=$SOURCE_BASE6
+        run_load "$(addr_of "$kind" "$port")" "$TMP/$kind-$round.log" "$sources"
         read -r rate cpu timeouts gen < <(result_of "$TMP/$kind-$round.log")
         stop_server
         if [[ $kind == echo ]]; then e_rate=$rate; e_cpu=$cpu; fi
+        if [[ $kind == echo6 ]]; then e6_rate=$rate; e6_cpu=$cpu; fi
+        # The IPv6 columns' ratios are to the IPv6 echo server.
+        ref_rate=$e_rate ref_cpu=$e_cpu
+        [[ $kind == *6 ]] && { ref_rate=$e6_rate; ref_cpu=$e6_cpu; }
         awk -v r="$round" -v k="$kind" -v rate="$rate" -v cpu="$cpu" -v to="$timeouts" \
-            -v gen="$gen" -v er="$e_rate" -v ec="$e_cpu" 'BEGIN {
+            -v gen="$gen" -v er="$ref_rate" -v ec="$ref_cpu" 'BEGIN {
             if (cpu <= 0 || ec <= 0) { print "error: no server cpu time measured" > "/dev/stderr"; exit 1 }
             pc = rate / cpu; epc = er / ec
             printf "%-5s %-10s | %10.0f %5.1f%% %11.0f %8d %7.1f%% | %6.1f%% %8.1f%%\n",
@@ -229,6 +293,27 @@ for kind in $SERVERS; do
         print line
     }' "$RESULTS"
 done
+if [[ -n ${V6:-} ]]; then
+    # Per round: node6 / node and echo6 / echo (replies/s and per cpu-s); then medians.
+    awk '{ rate[$1, ++n[$1]] = $2; pc[$1, n[$1]] = $4 }
+    function median(a, m,   j, b, x, v) {
+        for (j = 1; j <= m; j++) v[j] = a[j]
+        for (j = 2; j <= m; j++) { x = v[j]; b = j - 1; while (b >= 1 && v[b] > x) { v[b + 1] = v[b]; b-- } v[b + 1] = x }
+        return sprintf("%.1f%% [%.1f-%.1f]", (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2, v[1], v[m])
+    }
+    END {
+        m = n["node6"]
+        for (i = 1; i <= m; i++) {
+            nr[i] = 100 * rate["node6", i] / rate["node", i]; np[i] = 100 * pc["node6", i] / pc["node", i]
+            er[i] = 100 * rate["echo6", i] / rate["echo", i]; ep[i] = 100 * pc["echo6", i] / pc["echo", i]
+            printf "  round %d: node6/node %.1f%% (per cpu-s %.1f%%), echo6/echo %.1f%% (per cpu-s %.1f%%)\n", i, nr[i], np[i], er[i], ep[i]
+        }
+        print "IPv6 vs IPv4, median [min-max] over " m " rounds:"
+        print "  node6/node   replies/s " median(nr, m) "  per-cpu-s " median(np, m)
+        print "  echo6/echo   replies/s " median(er, m) "  per-cpu-s " median(ep, m)
+    }' "$RESULTS"
+    echo "  (node6/echo6: the ratio% columns of node6 above)"
+fi
 echo "full loadgen output of the last round:"
 for kind in $SERVERS; do
     sed "s/^/  $kind: /" "$TMP/$kind-$ROUNDS.log"

@@ -16,7 +16,9 @@
 //!   need a full store; `--verify` reads a sample back. The project's only fill tool (a
 //!   separate `dht-fill` with other flag names was folded into it).
 //!
-//! Every socket binds to and sends to 127.0.0.0/8 only; other targets are refused.
+//! Every socket binds to and sends to 127.0.0.0/8 only; other targets are refused. `echo` and
+//! `load` also take IPv6 addresses: `::1`, and fd77::/16, test addresses that exist only on
+//! `lo` inside a network namespace the benchmark creates (tools/bench-serve.sh `V6=1`).
 //!
 //! The generator must not be the bottleneck: replies are classified by one pass over the
 //! top-level dictionary (no allocation, no full decode), and all sources are served by one
@@ -34,7 +36,7 @@ mod cli;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,7 +77,7 @@ struct Cli {
 enum Cmd {
     /// Plain UDP echo server: the reference ceiling for served queries per second.
     Echo {
-        /// Loopback address to listen on.
+        /// Address to listen on: in 127.0.0.0/8, `::1` or fd77::/16.
         #[arg(long, value_name = "ADDR")]
         bind: SocketAddr,
     },
@@ -93,7 +95,7 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct LoadArgs {
-    /// The node (or echo server) to load; must be in 127.0.0.0/8.
+    /// The node (or echo server) to load: in 127.0.0.0/8, or IPv6 `::1` or fd77::/16.
     #[arg(long, value_name = "ADDR")]
     target: SocketAddr,
     /// Seconds measured (after the warm-up).
@@ -112,9 +114,11 @@ struct LoadArgs {
     /// `announce` needs a token, so until a source has one it sends get_peers instead.
     #[arg(long, value_name = "LIST", default_value = "ping,find_node,get_peers")]
     mix: String,
-    /// Address of the first source; the others follow it (all must stay in 127.0.0.0/8).
+    /// Address of the first source; the others follow it (all must stay in 127.0.0.0/8, or
+    /// for an IPv6 target in fd77::/16, counting up in the last 16 bits). Same family as
+    /// --target.
     #[arg(long, value_name = "IP", default_value = "127.91.0.1")]
-    source_base: Ipv4Addr,
+    source_base: IpAddr,
     /// Size of the pool of infohashes that get_peers and announce draw from.
     #[arg(long, value_name = "N", default_value_t = 256)]
     infohashes: u32,
@@ -203,14 +207,65 @@ fn main() -> ExitCode {
 
 // ------------------------------------------------------------------ address checks
 
-/// The IPv4 loopback address in `addr`, or a one-line error naming `what`.
+/// The IPv4 loopback address in `addr`, or a one-line error naming `what` (for the
+/// subcommands that speak IPv4 only).
 fn loopback_v4(addr: SocketAddr, what: &str) -> Result<SocketAddrV4, String> {
     match addr {
         SocketAddr::V4(a) if a.ip().is_loopback() => Ok(a),
+        SocketAddr::V6(_) if allowed_ip(addr.ip()) => Err(format!(
+            "{what} {addr}: this subcommand speaks IPv4 only (only `echo` and `load` take IPv6)"
+        )),
         _ => Err(format!(
             "{what} {addr} is outside 127.0.0.0/8; this tool only talks to loopback"
         )),
     }
+}
+
+/// Whether `ip` is one this tool may use: 127.0.0.0/8, `::1`, or fd77::/16 (unique-local
+/// test addresses that only exist on `lo` inside the benchmark's own network namespace).
+fn allowed_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => ip.is_loopback(),
+        IpAddr::V6(ip) => ip.is_loopback() || ip.segments()[0] == 0xfd77,
+    }
+}
+
+/// `addr` if its address is [allowed](allowed_ip), or a one-line error naming `what`.
+fn test_addr(addr: SocketAddr, what: &str) -> Result<SocketAddr, String> {
+    if allowed_ip(addr.ip()) {
+        Ok(addr)
+    } else {
+        Err(format!(
+            "{what} {addr} is outside 127.0.0.0/8, ::1 and fd77::/16; this tool only talks to loopback and namespace test addresses"
+        ))
+    }
+}
+
+/// The `n` consecutive source addresses starting at `base`, all [allowed](allowed_ip): IPv4
+/// ones count up through 127.0.0.0/8, IPv6 ones count up in the last 16-bit segment (so
+/// they stay in `base`'s /112).
+fn source_ips_any(base: IpAddr, n: u16) -> Result<Vec<IpAddr>, String> {
+    let base6 = match base {
+        IpAddr::V4(b) => return Ok(source_ips(b, n)?.into_iter().map(IpAddr::V4).collect()),
+        IpAddr::V6(b) => b,
+    };
+    if n == 0 {
+        return Err("--sources must be at least 1".into());
+    }
+    let mut seg = base6.segments();
+    let first = seg[7];
+    let fits = u32::from(first) + u32::from(n) - 1 <= u32::from(u16::MAX);
+    if !fits || !allowed_ip(base) || (base6.is_loopback() && n > 1) {
+        return Err(format!(
+            "{n} sources from {base} do not fit in fd77::/16 (the last 16 bits count up) or ::1"
+        ));
+    }
+    Ok((0..n)
+        .map(|i| {
+            seg[7] = first + i;
+            IpAddr::V6(Ipv6Addr::from(seg))
+        })
+        .collect())
 }
 
 /// The `n` consecutive source addresses starting at `base`, all inside 127.0.0.0/8.
@@ -422,10 +477,11 @@ fn query_prefix(id: &NodeId) -> Vec<u8> {
     p
 }
 
-fn bind_sources(ips: &[Ipv4Addr]) -> Result<Vec<std::net::UdpSocket>, String> {
+fn bind_sources<I: Copy + Into<IpAddr>>(ips: &[I]) -> Result<Vec<std::net::UdpSocket>, String> {
     ips.iter()
-        .map(|ip| {
-            let s = std::net::UdpSocket::bind(SocketAddrV4::new(*ip, 0))
+        .map(|&ip| {
+            let ip: IpAddr = ip.into();
+            let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
                 .map_err(|e| format!("cannot bind a source socket on {ip}: {e}"))?;
             s.set_nonblocking(true)
                 .map_err(|e| format!("cannot configure the socket on {ip}: {e}"))?;
@@ -456,7 +512,7 @@ fn cpu_time(pid: &str) -> Option<Duration> {
 // ------------------------------------------------------------------ echo
 
 fn echo(bind: SocketAddr) -> Result<ExitCode, String> {
-    let bind = loopback_v4(bind, "--bind")?;
+    let bind = test_addr(bind, "--bind")?;
     let rt = runtime()?;
     rt.block_on(async {
         let sock = UdpSocket::bind(bind)
@@ -495,7 +551,7 @@ fn echo(bind: SocketAddr) -> Result<ExitCode, String> {
 }
 
 /// Echoes one datagram the way the node's driver sends: try first, wait for room only if
-/// the socket is full. Only loopback senders get an answer.
+/// the socket is full. Only senders in the allowed ranges get an answer.
 async fn echo_one(
     sock: &UdpSocket,
     data: &[u8],
@@ -503,7 +559,7 @@ async fn echo_one(
     packets: &mut u64,
     send_errors: &mut u64,
 ) {
-    if !from.ip().is_loopback() {
+    if !allowed_ip(from.ip()) {
         return;
     }
     *packets += 1;
@@ -603,7 +659,7 @@ const STOP: u8 = 2;
 
 /// Settings shared by every source of a load run.
 struct LoadPlan {
-    target: SocketAddrV4,
+    target: SocketAddr,
     mix: Vec<Kind>,
     infohashes: Vec<InfoHash>,
     concurrency: u16,
@@ -700,7 +756,7 @@ impl LoadSource {
         answer: &mut Vec<u8>,
     ) -> bool {
         let p = usize::from(phase.min(MEASURE));
-        if from != SocketAddr::V4(plan.target) {
+        if from != plan.target {
             // Nothing but the target should write to us; treat strays as noise.
             self.counts[p].malformed += 1;
             return false;
@@ -718,7 +774,7 @@ impl LoadSource {
                     answer,
                     tid,
                     &ResponseBody::id_only(&self.id),
-                    Some(plan.target.into()),
+                    Some(plan.target),
                     Some(VERSION),
                 );
                 self.counts[p].answered += 1;
@@ -797,7 +853,7 @@ async fn run_load_source(
     let mut answer = Vec::with_capacity(256);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let to = SocketAddr::V4(plan.target);
+    let to = plan.target;
     // A full socket (or one tokio does not yet know is writable) stops the filling until the
     // next datagram or tick.
     let fill = |src: &mut LoadSource, out: &mut Vec<u8>, now: Instant, phase: u8| {
@@ -853,7 +909,7 @@ fn run_busy(
     sockets: Vec<std::net::UdpSocket>,
     mut sources: Vec<LoadSource>,
 ) -> Vec<LoadSource> {
-    let to = SocketAddr::V4(plan.target);
+    let to = plan.target;
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::with_capacity(1500);
     let mut answer = Vec::with_capacity(256);
@@ -922,8 +978,14 @@ fn us(v: Option<u32>) -> String {
 }
 
 fn load(args: LoadArgs) -> Result<ExitCode, String> {
-    let target = loopback_v4(args.target, "--target")?;
-    let ips = source_ips(args.source_base, args.sources)?;
+    let target = test_addr(args.target, "--target")?;
+    if target.is_ipv4() != args.source_base.is_ipv4() {
+        return Err(format!(
+            "--source-base {} and --target {target} are of different address families",
+            args.source_base
+        ));
+    }
+    let ips = source_ips_any(args.source_base, args.sources)?;
     let mix = parse_mix(&args.mix)?;
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
@@ -1565,7 +1627,7 @@ mod tests {
     #[test]
     fn load_source_accounts_replies_errors_tokens_and_pings() {
         let plan = plan(true);
-        let target = SocketAddr::V4(plan.target);
+        let target = plan.target;
         let t0 = Instant::now();
         let mut src = LoadSource::new(&plan, 42);
         let mut out = Vec::new();
@@ -1731,9 +1793,7 @@ mod tests {
         let echo = std::net::UdpSocket::bind("127.90.3.1:0").unwrap();
         echo.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        let SocketAddr::V4(target) = echo.local_addr().unwrap() else {
-            unreachable!()
-        };
+        let target = echo.local_addr().unwrap();
         let stop = Arc::new(AtomicU8::new(0));
         let echo_thread = {
             let stop = stop.clone();
@@ -1788,10 +1848,121 @@ mod tests {
             source_ips("127.91.0.255".parse().unwrap(), 2).unwrap()[1],
             Ipv4Addr::new(127, 91, 1, 0)
         );
+        // IPv6: ::1 and fd77::/16 only.
+        assert!(test_addr("[::1]:1".parse().unwrap(), "--target").is_ok());
+        assert!(test_addr("[fd77::90:1]:1".parse().unwrap(), "--target").is_ok());
+        assert!(test_addr("127.90.0.1:1".parse().unwrap(), "--target").is_ok());
+        for bad in [
+            "[fd00::1]:1",
+            "[fd78::1]:1",
+            "[2001:db8::1]:1",
+            "[::ffff:127.0.0.1]:1",
+            "[::]:1",
+            "10.0.0.1:1",
+        ] {
+            let e = test_addr(bad.parse().unwrap(), "--target").unwrap_err();
+            assert!(!e.contains('\n') && e.contains("fd77::/16"), "{e}");
+        }
+        assert!(loopback_v4("[fd77::1]:1".parse().unwrap(), "--target").is_err());
+        assert!(source_ips_any("fd00::1".parse().unwrap(), 1).is_err());
+        assert!(source_ips_any("::1".parse().unwrap(), 2).is_err());
+        assert!(source_ips_any("fd77::ffff".parse().unwrap(), 2).is_err());
+        assert!(source_ips_any("fd77::1".parse().unwrap(), 0).is_err());
+        assert_eq!(
+            source_ips_any("::1".parse().unwrap(), 1).unwrap(),
+            vec!["::1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(source_ips_any("10.0.0.1".parse().unwrap(), 1).is_err());
         assert!(parse_mix("ping,nope").is_err());
         assert_eq!(
             parse_mix("ping,announce_peer").unwrap(),
             vec![Kind::Ping, Kind::Announce]
+        );
+    }
+
+    #[test]
+    fn ipv6_sources_count_up_in_the_last_segment() {
+        let ips = source_ips_any("fd77::91:fffe".parse().unwrap(), 2).unwrap();
+        assert_eq!(
+            ips,
+            vec![
+                "fd77::91:fffe".parse::<IpAddr>().unwrap(),
+                "fd77::91:ffff".parse().unwrap()
+            ]
+        );
+        let ips = source_ips_any("fd77::91:1".parse().unwrap(), 8).unwrap();
+        assert_eq!(ips.len(), 8);
+        assert_eq!(ips[7], "fd77::91:8".parse::<IpAddr>().unwrap());
+        // IPv4 bases still count through 127.0.0.0/8.
+        assert_eq!(
+            source_ips_any("127.91.0.255".parse().unwrap(), 2).unwrap()[1],
+            IpAddr::V4(Ipv4Addr::new(127, 91, 1, 0))
+        );
+    }
+
+    #[test]
+    fn load_source_accepts_ipv6_replies() {
+        let target: SocketAddr = "[fd77::90:1]:7000".parse().unwrap();
+        let me: SocketAddr = "[fd77::91:1]:40000".parse().unwrap();
+        let plan = LoadPlan {
+            target,
+            mix: vec![Kind::FindNode, Kind::GetPeers],
+            ..plan(true)
+        };
+        let t0 = Instant::now();
+        let mut src = LoadSource::new(&plan, 7);
+        let (mut out, mut answer) = (Vec::new(), Vec::new());
+        src.next_query(&plan, t0, MEASURE, &mut out).unwrap();
+        let fn_tid = tid_of(&out);
+        src.next_query(&plan, t0, MEASURE, &mut out).unwrap();
+        let gp_tid = tid_of(&out);
+        // What an IPv6 node answers: an 18-byte `ip` (BEP 42) and `nodes6` (BEP 32: without
+        // a `want`, nodes of the querier's family).
+        let id = NodeId([9; 20]);
+        let nodes6 = [0x42u8; 38 * 2];
+        let values6 = ["[fd77::91:2]:6881".parse().unwrap()];
+        let mut r = Vec::new();
+        let body = ResponseBody {
+            nodes6: Some(&nodes6),
+            ..ResponseBody::id_only(&id)
+        };
+        krpc::encode_response(&mut r, &fn_tid, &body, Some(me), None);
+        assert!(r.windows(7).any(|w| w == b"2:ip18:"), "an 18-byte ip");
+        src.on_datagram(&plan, t0, MEASURE, target, &r, &mut answer);
+        r.clear();
+        let body = ResponseBody {
+            nodes6: Some(&nodes6),
+            token: Some(b"tok6"),
+            values6: &values6,
+            ..ResponseBody::id_only(&id)
+        };
+        krpc::encode_response(&mut r, &gp_tid, &body, Some(me), None);
+        src.on_datagram(&plan, t0, MEASURE, target, &r, &mut answer);
+        assert_eq!(
+            src.token.map(|(t, _)| t.as_slice().to_vec()),
+            Some(b"tok6".to_vec())
+        );
+        // The node's verification ping over IPv6 is answered, with its 18-byte `ip`.
+        let mut ping = Vec::new();
+        krpc::encode_query(&mut ping, b"vp", &id, &QueryArgs::Ping, false, None);
+        assert!(src.on_datagram(&plan, t0, MEASURE, target, &ping, &mut answer));
+        let pong = krpc::decode(&answer).unwrap();
+        assert_eq!(pong.ip, Some(target));
+        // The same ping from any other address (here an IPv4 one) is a stray.
+        src.on_datagram(
+            &plan,
+            t0,
+            MEASURE,
+            "127.90.0.1:7000".parse().unwrap(),
+            &ping,
+            &mut answer,
+        );
+        let c = &src.counts[usize::from(MEASURE)];
+        assert_eq!(c.replies_by_kind[Kind::FindNode as usize], 1);
+        assert_eq!(c.replies_by_kind[Kind::GetPeers as usize], 1);
+        assert_eq!(
+            (c.replies, c.unmatched, c.malformed, c.answered),
+            (2, 0, 1, 1)
         );
     }
 
