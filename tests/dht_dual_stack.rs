@@ -406,13 +406,17 @@ async fn an_ipv6_only_driver_finds_peers_through_dual_nodes() {
         }
     }
     let v4_only = start("127.64.0.20:0", None);
-    let v6_only = start("[fd77::64:30]:0", None);
+    // The IPv6-only node learns its first contact from its configuration (`--contact`
+    // takes either family), the IPv4-only one through the handle.
+    let v6_only = {
+        let mut c = DhtConfig::new("[fd77::64:30]:0".parse().unwrap());
+        c.node = allow();
+        c.contacts = vec![duals[0].local_addr6().unwrap(), duals[0].local_addr()];
+        Dht::spawn(c).expect("binds")
+    };
     assert!(v6_only.local_addr().is_ipv6());
     assert_eq!(v6_only.local_addr6(), Some(v6_only.local_addr()));
     v4_only.add_contacts([duals[0].local_addr()]).unwrap();
-    v6_only
-        .add_contacts([duals[0].local_addr6().unwrap()])
-        .unwrap();
     // An IPv4 address is out of an IPv6-only node's reach.
     let r = v6_only.ping(duals[0].local_addr()).await;
     assert!(

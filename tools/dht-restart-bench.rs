@@ -165,7 +165,9 @@ fn config(cli: &Cli, run: usize, routers: bool, previous: Option<&Persisted>) ->
         cfg.data_dir = Some(run_dir(&cli.data_dir, run));
     } else {
         cfg.node.id = previous.map(|p| p.id);
-        cfg.contacts = previous.map(|p| p.contacts.clone()).unwrap_or_default();
+        cfg.contacts = previous
+            .map(|p| p.contacts.iter().copied().map(SocketAddr::V4).collect())
+            .unwrap_or_default();
         cfg.receive_delay = Duration::from_millis(cli.delay_ms);
     }
     cfg

@@ -58,9 +58,9 @@ pub struct DhtConfig {
     /// BEP 5: routers only help us join; they never enter the routing table.
     pub bootstrap: Vec<String>,
     /// Known DHT nodes (not routers) to ping at start: each one that answers enters the
-    /// table like any node (libtorrent's `add_dht_node`). IPv4 only (an IPv6-only node
-    /// ignores them); [`DhtHandle::add_contacts`] takes either family.
-    pub contacts: Vec<SocketAddrV4>,
+    /// table of its family like any node (libtorrent's `add_dht_node`); one of a family the
+    /// node does not run is ignored.
+    pub contacts: Vec<SocketAddr>,
     /// Directory of the node store (id and contacts); `None` keeps nothing across restarts.
     pub data_dir: Option<PathBuf>,
     /// How often contacts are saved while running (they are also saved on shutdown).
@@ -787,9 +787,13 @@ impl Dht {
             }
             store.flush().map_err(StartError::Store)?;
         }
-        persisted.extend(config.contacts.iter().copied());
+        let (given4, given6) = split_all(config.contacts.clone());
+        persisted.extend(given4);
         if let Some(node) = &mut node {
             node.add_contacts(now, persisted);
+        }
+        if let Some(n6) = &mut node6 {
+            n6.add_contacts(now, given6);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let primary_id = match (&node, &node6) {
@@ -1589,7 +1593,7 @@ mod tests {
             ..node::Config::loopback_testnet()
         };
         config.bootstrap = routers.iter().map(|r| r.to_string()).collect();
-        config.contacts = contacts;
+        config.contacts = contacts.into_iter().map(SocketAddr::V4).collect();
         config.receive_delay = delay;
         let (handle, driver) = Dht::bind(config).await.unwrap();
         tokio::spawn(driver);

@@ -83,7 +83,7 @@ impl Testnet {
                 bind6_optional: false,
                 node: node_cfg,
                 bootstrap: Vec::new(),
-                contacts,
+                contacts: contacts.into_iter().map(SocketAddr::V4).collect(),
                 data_dir: config
                     .data_dir
                     .as_ref()

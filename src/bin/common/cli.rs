@@ -3,7 +3,7 @@
 //! one-line errors.
 
 use std::io::IsTerminal;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -73,10 +73,11 @@ pub struct NetArgs {
     /// File with one bootstrap router host:port per line; replaces the built-in list.
     #[arg(long, value_name = "PATH")]
     pub bootstrap_file: Option<PathBuf>,
-    /// A known DHT node ip:port (repeatable): pinged at start and, unlike a bootstrap
-    /// router, kept in the routing table once it answers.
+    /// A known DHT node ip:port (repeatable; either family, `[v6]:port` for IPv6): pinged
+    /// at start and, unlike a bootstrap router, kept in its family's routing table once it
+    /// answers.
     #[arg(long, value_name = "ADDR")]
-    pub contact: Vec<SocketAddrV4>,
+    pub contact: Vec<SocketAddr>,
     /// Directory for persistent state (default: the per-user data directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -351,6 +352,15 @@ mod tests {
         let two = parse(&["--bind", "127.0.0.5:7000", "--bind", "[fd77::5]:7000"]).unwrap();
         assert_eq!(two.bind6, Some("[fd77::5]:7000".parse().unwrap()));
         assert!(!two.bind6_optional, "an IPv6 address given must bind");
+        let contacts = parse(&["--contact", "127.0.0.7:1", "--contact", "[fd77::7]:2"]).unwrap();
+        assert_eq!(
+            contacts.contacts,
+            vec![
+                "127.0.0.7:1".parse::<SocketAddr>().unwrap(),
+                "[fd77::7]:2".parse().unwrap()
+            ],
+            "--contact takes either family"
+        );
         let v6_only = parse(&["--bind", "[fd77::5]:7000"]).unwrap();
         assert_eq!(v6_only.bind, "[fd77::5]:7000".parse().unwrap());
         assert_eq!((v6_only.bind6, v6_only.bind6_optional), (None, false));
