@@ -1316,8 +1316,14 @@ impl Driver {
     fn dispatch_events(&mut self) {
         while let Some(ev) = self.dual.poll_event() {
             match ev {
-                DualEvent::V4(ev) => self.on_event4(ev),
-                DualEvent::V6(ev) => self.on_event6(ev),
+                DualEvent::V4(ev) => self.on_event(Family::V4, ev, |closest| LookupSummary {
+                    closest,
+                    ..LookupSummary::default()
+                }),
+                DualEvent::V6(ev) => self.on_event(Family::V6, ev, |closest6| LookupSummary {
+                    closest6,
+                    ..LookupSummary::default()
+                }),
             }
         }
     }
@@ -1359,30 +1365,47 @@ impl Driver {
         }
     }
 
-    fn on_event6(&mut self, ev: Event<SocketAddrV6>) {
+    /// Whether `family`'s node is the primary one (see [`Driver::dual`]).
+    fn is_primary(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.v4_primary(),
+            Family::V6 => !self.v4_primary(),
+        }
+    }
+
+    /// One node's event, either family: `half` puts a finished lookup's closest contacts
+    /// into the summary field of their family. A lookup of the primary node keys its
+    /// stream; the secondary node's get_peers/announce halves map to it via `lookups6`.
+    fn on_event<A: NodeAddr + Into<SocketAddr>>(
+        &mut self,
+        family: Family,
+        ev: Event<A>,
+        half: fn(Vec<Contact<A>>) -> LookupSummary,
+    ) {
+        let primary = self.is_primary(family);
         match ev {
             Event::Pong { request, result } => {
-                if let Some(tx) = self.pings.remove(&(Family::V6, request)) {
+                if let Some(tx) = self.pings.remove(&(family, request)) {
                     let _ = tx.send(result);
                 }
             }
             Event::Reply { request, result } => {
-                if let Some(tx) = self.replies.remove(&(Family::V6, request)) {
+                if let Some(tx) = self.replies.remove(&(family, request)) {
                     let _ = tx.send(result);
                 }
             }
             Event::IdChanged(id) => {
-                if !self.v4_primary() {
+                if primary {
                     *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
                 }
                 if let Some(store) = self.store.clone() {
                     // Off the event loop, like every other store write.
                     tokio::task::spawn_blocking(move || {
                         if let Err(e) = store
-                            .set_node_id_of(Family::V6, &id)
+                            .set_node_id_of(family, &id)
                             .and_then(|()| store.flush())
                         {
-                            tracing::warn!("could not save the new IPv6 node id: {e}");
+                            tracing::warn!("could not save the new {family:?} node id: {e}");
                         }
                     });
                 }
@@ -1392,15 +1415,20 @@ impl Driver {
                 from,
                 peer,
             } => self.on_incoming(info_hash, from.into(), peer.map(Into::into)),
+            // Items run on the primary node only.
+            Event::Item { lookup, result } => {
+                if primary && let Some(tx) = self.items.remove(&lookup) {
+                    let _ = tx.send(*result);
+                }
+            }
             Event::Peers { lookup, peers } => {
-                // The IPv6 half of a dual lookup, or an IPv6-only node's own lookup.
-                let key = if self.v4_primary() {
-                    self.lookups6.get(&lookup).copied()
-                } else {
+                let key = if primary {
                     Some(lookup)
+                } else {
+                    self.lookups6.get(&lookup).copied()
                 };
                 if let Some(key) = key {
-                    let peers = peers.into_iter().map(SocketAddr::V6).collect();
+                    let peers = peers.into_iter().map(Into::into).collect();
                     self.on_lookup(key, LookupUpdate::Peers(peers));
                 }
             }
@@ -1411,90 +1439,23 @@ impl Driver {
                 messages,
                 scrape,
             } => {
-                let key = if self.v4_primary() {
-                    self.lookups6.remove(&lookup)
-                } else {
+                let key = if primary {
                     Some(lookup)
+                } else {
+                    self.lookups6.remove(&lookup)
                 };
                 if let Some(key) = key {
-                    let half = LookupSummary {
-                        closest6: closest,
+                    let summary = LookupSummary {
                         announced,
                         messages,
                         scrape,
-                        ..LookupSummary::default()
+                        ..half(closest)
                     };
-                    self.on_lookup(key, LookupUpdate::Done(half));
-                }
-            }
-            // Items run on the primary node: the IPv6 one only on an IPv6-only node.
-            Event::Item { lookup, result } => {
-                if !self.v4_primary()
-                    && let Some(tx) = self.items.remove(&lookup)
-                {
-                    let _ = tx.send(*result);
+                    self.on_lookup(key, LookupUpdate::Done(summary));
                 }
             }
             // Handed to the sibling inside the DualNode; never surfaces here.
             Event::OtherFamilyNodes(_) => {}
-        }
-    }
-
-    fn on_event4(&mut self, ev: Event) {
-        match ev {
-            Event::Pong { request, result } => {
-                if let Some(tx) = self.pings.remove(&(Family::V4, request)) {
-                    let _ = tx.send(result);
-                }
-            }
-            Event::IdChanged(id) => {
-                *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
-                if let Some(store) = self.store.clone() {
-                    // Off the event loop, like every other store write.
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = store.set_node_id(&id).and_then(|()| store.flush()) {
-                            tracing::warn!("could not save the new node id: {e}");
-                        }
-                    });
-                }
-            }
-            // Handed to the sibling inside the DualNode; never surfaces here.
-            Event::OtherFamilyNodes(_) => {}
-            Event::Reply { request, result } => {
-                if let Some(tx) = self.replies.remove(&(Family::V4, request)) {
-                    let _ = tx.send(result);
-                }
-            }
-            Event::Incoming {
-                info_hash,
-                from,
-                peer,
-            } => self.on_incoming(info_hash, from.into(), peer.map(Into::into)),
-            Event::Item { lookup, result } => {
-                if let Some(tx) = self.items.remove(&lookup) {
-                    let _ = tx.send(*result);
-                }
-            }
-            Event::Peers { lookup, peers } => {
-                let peers = peers.into_iter().map(SocketAddr::V4).collect();
-                self.on_lookup(lookup, LookupUpdate::Peers(peers));
-            }
-            Event::LookupDone {
-                lookup,
-                closest,
-                announced,
-                messages,
-                scrape,
-            } => {
-                let half = LookupSummary {
-                    closest,
-                    announced,
-                    messages,
-                    scrape,
-                    ..LookupSummary::default()
-                };
-                self.on_lookup(lookup, LookupUpdate::Done(half));
-            }
         }
     }
 }
