@@ -713,7 +713,7 @@ impl Dht {
             Some(a) if !a.is_ipv6() => return Err(not_family(a, "IPv6")),
             Some(a) => match udp::bind(a) {
                 Ok(s) => Some((s, a)),
-                Err(error) if v6_optional && no_ipv6(&error) => {
+                Err(error) if v6_optional && udp::no_ipv6(&error) => {
                     tracing::info!("no IPv6 on this host ({error}): running the IPv4 DHT only");
                     None
                 }
@@ -1458,14 +1458,6 @@ impl Driver {
             Event::OtherFamilyNodes(_) => {}
         }
     }
-}
-
-/// Whether a bind error says the host has no IPv6 (rather than, say, a port in use).
-fn no_ipv6(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::AddrNotAvailable | io::ErrorKind::Unsupported
-    ) || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
 }
 
 /// An address split by family (an IPv4-mapped IPv6 address is IPv4).

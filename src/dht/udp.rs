@@ -61,6 +61,15 @@ pub fn bind_std(addr: SocketAddr, buffer: usize) -> io::Result<std::net::UdpSock
     Ok(socket.into())
 }
 
+/// Whether a bind error says the host has no IPv6 (rather than, say, a port in use): the
+/// one rule by which the node's and the router's optional IPv6 sockets are skipped.
+pub fn no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::Unsupported
+    ) || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+}
+
 /// The node's socket: [`bind_std`] with [`SOCKET_BUFFER`], registered with tokio (needs a
 /// runtime).
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {

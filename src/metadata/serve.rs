@@ -287,14 +287,21 @@ impl MetadataServer {
     /// one registry and one pool of connection slots. All share one port number: a DHT
     /// announce carries a port but no address, so a peer of either family must find us on
     /// the same one. An address given with port 0 takes the first address's port (itself
-    /// kernel-chosen when 0). `[::]` is bound dual-stack, so it also serves IPv4 unless
-    /// `0.0.0.0` is bound beside it; accepted IPv4-mapped addresses are reported as IPv4,
-    /// so the allow-list and PEX see the peer's real address.
+    /// kernel-chosen when 0). `[::]` is bound dual-stack, so it also serves IPv4; a
+    /// `0.0.0.0` given beside it is therefore dropped (the two could not share the port).
+    /// Accepted IPv4-mapped addresses are reported as IPv4, so the allow-list and PEX see
+    /// the peer's real address.
     pub async fn bind_all(
         addrs: &[SocketAddr],
         registry: Arc<MetadataRegistry>,
         config: ServeConfig,
     ) -> io::Result<MetadataServer> {
+        let dual_stack = addrs.iter().any(|a| a.is_ipv6() && a.ip().is_unspecified());
+        let addrs: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !(dual_stack && a.is_ipv4() && a.ip().is_unspecified()))
+            .collect();
         let Some(&first) = addrs.first() else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -307,7 +314,7 @@ impl MetadataServer {
         let mut tries = if first.port() == 0 { 8 } else { 1 };
         let bound = loop {
             tries -= 1;
-            match Self::bind_each(addrs, config.utp).await {
+            match Self::bind_each(&addrs, config.utp).await {
                 Ok(b) => break b,
                 Err(e) if tries == 0 => return Err(e),
                 Err(e) => tracing::debug!("cannot bind every listener address ({e}); new port"),
@@ -690,5 +697,40 @@ pub fn answer_metadata(
             writer.queue_extended_with(id, |out| msg.encode_into(out));
             MetadataAnswer::Reject
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `0.0.0.0` and `[::]` asked together bind one dual-stack listener (the two could not
+    /// share a port), which IPv4 peers reach; two specific addresses share one port.
+    #[tokio::test]
+    async fn wildcards_together_bind_one_dual_stack_listener() {
+        let addrs = ["0.0.0.0:0".parse().unwrap(), "[::]:0".parse().unwrap()];
+        let config = || ServeConfig {
+            utp: true,
+            ..ServeConfig::default()
+        };
+        let s = MetadataServer::bind_all(&addrs, Arc::new(MetadataRegistry::new()), config())
+            .await
+            .unwrap();
+        assert_eq!(s.local_addrs().len(), 1, "{:?}", s.local_addrs());
+        let a = s.local_addr();
+        assert!(a.is_ipv6() && a.ip().is_unspecified());
+        tokio::net::TcpStream::connect(("127.0.0.1", a.port()))
+            .await
+            .expect("an IPv4 peer reaches the dual-stack listener");
+
+        let specific = ["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+        let s = MetadataServer::bind_all(&specific, Arc::new(MetadataRegistry::new()), config())
+            .await
+            .unwrap();
+        let [v4, v6] = s.local_addrs() else {
+            panic!("{:?}", s.local_addrs())
+        };
+        assert_eq!(v4.port(), v6.port(), "one port for both families");
+        assert_eq!(s.transports().utp.len(), 2);
     }
 }

@@ -156,7 +156,7 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
     let std_socket6 = match config.bind6 {
         Some(a) => match udp::bind_std(a, 8 << 20) {
             Ok(s) => Some(s),
-            Err(error) if config.bind6_optional && no_ipv6(&error) => {
+            Err(error) if config.bind6_optional && udp::no_ipv6(&error) => {
                 tracing::info!("no IPv6 on this host ({error}): the router serves IPv4 only");
                 None
             }
@@ -231,15 +231,6 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
         loaded,
         loaded6,
     })
-}
-
-/// Whether a bind error says the host has no IPv6 (rather than, say, a port in use): the
-/// node driver's rule, which [`RouterRunConfig::bind6_optional`] follows.
-fn no_ipv6(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::AddrNotAvailable | io::ErrorKind::Unsupported
-    ) || e.raw_os_error() == Some(libc::EAFNOSUPPORT)
 }
 
 /// Resolves when the IPv6 socket (if any) is readable; never without one.
