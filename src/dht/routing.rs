@@ -533,7 +533,7 @@ impl<A: NodeAddr> RoutingTable<A> {
         };
         const KEYED: usize = 16;
         if count > KEYED {
-            self.closest_candidates(target, count, |c| out.push(c));
+            self.closest_candidates(target, count, |c| out.push(*c));
             if out.len() > count {
                 out.select_nth_unstable_by_key(count, key);
                 out.truncate(count);
@@ -541,12 +541,14 @@ impl<A: NodeAddr> RoutingTable<A> {
             out.sort_unstable_by_key(key);
             return;
         }
+        // References, not copies: an IPv6 contact is 48 bytes, and shifting copies of them
+        // through the array showed in the IPv6 node's profile.
         let blank = Contact::new(NodeId([0; 20]), A::unspecified());
         let mut keys = [(0u128, 0u32); KEYED];
-        let mut best = [blank; KEYED];
+        let mut best = [&blank; KEYED];
         let mut kept = 0;
         self.closest_candidates(target, count, |c| {
-            let k = key(&c);
+            let k = key(c);
             // Insertion into keys[..kept], sorted; when full, the farthest falls off.
             let mut j = if kept < count {
                 kept += 1;
@@ -564,18 +566,23 @@ impl<A: NodeAddr> RoutingTable<A> {
             keys[j] = k;
             best[j] = c;
         });
-        out.extend_from_slice(&best[..kept]);
+        out.extend(best[..kept].iter().map(|c| **c));
     }
 
     /// Calls `f` with every candidate for [`RoutingTable::closest`]: the usable contacts of
     /// the target's bucket, then, while fewer than `count` were seen, of all deeper buckets
     /// and then of shallower ones, nearest first.
-    fn closest_candidates(&self, target: &NodeId, count: usize, mut f: impl FnMut(Contact<A>)) {
+    fn closest_candidates<'a>(
+        &'a self,
+        target: &NodeId,
+        count: usize,
+        mut f: impl FnMut(&'a Contact<A>),
+    ) {
         let mut seen = 0;
-        let mut visit = |b: &Bucket<A>| {
+        let mut visit = |b: &'a Bucket<A>| {
             for e in b.nodes.iter().filter(|e| e.failures == 0) {
                 seen += 1;
-                f(e.contact);
+                f(&e.contact);
             }
             seen
         };
