@@ -16,8 +16,10 @@
 //!   is rediscovered after [`WalkConfig::dead_retry`];
 //! - errors 203/204 (no BEP 51) switch that node to one `find_node`; 201/202 count as a
 //!   failure (backoff);
-//! - at most [`WalkConfig::max_ports_per_ip`] ports per IP are tracked, so a hostile
-//!   `nodes` list naming one victim on thousands of ports cannot make us flood it;
+//! - at most [`WalkConfig::max_ports_per_ip`] ports per IPv4 address and
+//!   [`WalkConfig::max_per_ipv6_net`] contacts per IPv6 /64 are tracked, so a hostile
+//!   `nodes` list naming one victim on thousands of ports (or, over IPv6, thousands of
+//!   addresses of its /64, which all reach the same site) cannot make us flood it;
 //! - memory is bounded ([`WalkConfig::max_nodes`]); a node is only forgotten once its
 //!   interval has passed, so forgetting can never cause an early revisit.
 //!
@@ -69,8 +71,13 @@ pub struct WalkConfig {
     pub max_nodes: usize,
     /// Fresh nodes waiting for a first visit, at most.
     pub max_frontier: usize,
-    /// Ports tracked per IP address, at most.
+    /// Ports tracked per IPv4 address, at most.
     pub max_ports_per_ip: u8,
+    /// Contacts (addresses and ports together) tracked per IPv6 /64, at most. An IPv6 site
+    /// gets a whole /64, so a cap per address would let one `nodes6` list name a victim
+    /// network on any number of addresses; the cap is larger than the IPv4 one because
+    /// several DHT nodes in one home or one hosting /64 is normal.
+    pub max_per_ipv6_net: u8,
     /// Contacts taken from one reply, at most (K is 8; some clients send 16).
     pub max_nodes_per_reply: usize,
     /// Only nodes in these networks are queried (the node enforces it again).
@@ -93,6 +100,7 @@ impl Default for WalkConfig {
             max_nodes: 2_000_000,
             max_frontier: 200_000,
             max_ports_per_ip: 8,
+            max_per_ipv6_net: 32,
             max_nodes_per_reply: 16,
             allow: AllowList::any(),
             seed: None,
@@ -228,7 +236,8 @@ pub struct Walker<A: NodeAddr = SocketAddrV4> {
     rng: StdRng,
     bucket: TokenBucket,
     nodes: HashMap<A, NodeState>,
-    per_ip: HashMap<A::Ip, u8>,
+    /// Contacts tracked per site ([`Walker::site`]).
+    per_site: HashMap<u64, u8>,
     frontier: VecDeque<A>,
     fallback: VecDeque<A>,
     due: BinaryHeap<Reverse<(u32, A)>>,
@@ -260,7 +269,7 @@ impl<A: NodeAddr> Walker<A> {
             start: now,
             rng,
             nodes: HashMap::new(),
-            per_ip: HashMap::new(),
+            per_site: HashMap::new(),
             frontier: VecDeque::new(),
             fallback: VecDeque::new(),
             due: BinaryHeap::new(),
@@ -281,6 +290,20 @@ impl<A: NodeAddr> Walker<A> {
     /// The settings it was made with.
     pub fn config(&self) -> &WalkConfig {
         &self.cfg
+    }
+
+    /// The site `addr` counts against, and that site's cap: an IPv4 address (its ports are
+    /// one host), or an IPv6 /64 (one site's allocation: every address in it reaches the
+    /// same network).
+    fn site(&self, addr: &A) -> (u64, u8) {
+        Self::site_of(addr, &self.cfg)
+    }
+
+    fn site_of(addr: &A, cfg: &WalkConfig) -> (u64, u8) {
+        match addr.ip_addr() {
+            IpAddr::V4(ip) => (u64::from(u32::from(ip)), cfg.max_ports_per_ip),
+            IpAddr::V6(_) => (addr.subnet(), cfg.max_per_ipv6_net),
+        }
     }
 
     /// Never query `addr` (our own node's address).
@@ -380,8 +403,9 @@ impl<A: NodeAddr> Walker<A> {
                 return;
             }
         }
-        let ports = self.per_ip.entry(addr.host()).or_insert(0);
-        if *ports >= self.cfg.max_ports_per_ip {
+        let (site, cap) = self.site(&addr);
+        let ports = self.per_site.entry(site).or_insert(0);
+        if *ports >= cap {
             self.stats.dropped_contacts += 1;
             return;
         }
@@ -746,16 +770,17 @@ impl<A: NodeAddr> Walker<A> {
         }
         self.last_maintain = Some(now);
         let now_s = self.secs_floor(now);
-        let per_ip = &mut self.per_ip;
+        let per_site = &mut self.per_site;
+        let cfg = &self.cfg;
         self.nodes.retain(|&k, st| {
             let forget = (st.place == Place::Idle && st.next <= now_s)
                 || (st.place == Place::Ready && st.yield_est == 0);
             if forget {
-                let ip = k.host();
-                if let Some(c) = per_ip.get_mut(&ip) {
+                let (site, _) = Self::site_of(&k, &cfg);
+                if let Some(c) = per_site.get_mut(&site) {
                     *c -= 1;
                     if *c == 0 {
-                        per_ip.remove(&ip);
+                        per_site.remove(&site);
                     }
                 }
             }
@@ -1015,7 +1040,7 @@ impl DualWalker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn a(i: u32) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(0x7f6e_0000 + i), 6881)
@@ -1264,8 +1289,37 @@ mod tests {
         assert!(s.dropped_contacts > 0);
     }
 
+    /// Node `i` of the IPv6 tests, each in a /64 of its own (the walk caps contacts per /64).
     fn a6(i: u32) -> SocketAddrV6 {
-        SocketAddrV6::new(format!("fd77::6e:{i:x}").parse().unwrap(), 6881, 0, 0)
+        SocketAddrV6::new(format!("fd77:0:0:{i:x}::6e").parse().unwrap(), 6881, 0, 0)
+    }
+
+    /// Over IPv6 the cap is per /64: a thousand addresses of one victim's /64 (or one
+    /// address on a thousand ports) yield `max_per_ipv6_net` contacts, while other /64s
+    /// are unaffected.
+    #[test]
+    fn ipv6_contacts_are_capped_per_64() {
+        let t0 = Instant::now();
+        let mut w = Walker::<SocketAddrV6>::new(
+            WalkConfig {
+                allow: AllowList::only(vec!["fd77::/16".parse().unwrap()]),
+                ..cfg()
+            },
+            t0,
+        );
+        let cap = usize::from(w.config().max_per_ipv6_net);
+        let victim = |i: u32| {
+            let ip: Ipv6Addr = format!("fd77:0:0:99::{i:x}").parse().unwrap();
+            SocketAddrV6::new(ip, 6881, 0, 0)
+        };
+        w.add_nodes(t0, (1..=1000).map(victim));
+        assert_eq!(w.stats().nodes_known, cap);
+        let one = victim(5000);
+        w.add_nodes(t0, (1..=1000).map(|p| one.with_port(p)));
+        assert_eq!(w.stats().nodes_known, cap, "same /64, other ports");
+        w.add_nodes(t0, (1..=100).map(a6));
+        assert_eq!(w.stats().nodes_known, cap + 100, "one per other /64");
+        assert!(w.stats().dropped_contacts >= 1999 - cap as u64);
     }
 
     /// A reply over IPv6: `nodes6` holds IPv6 contacts, `nodes` (IPv4) whatever BEP 32
@@ -1317,10 +1371,11 @@ mod tests {
         ];
         next.sort();
         assert_eq!(next, vec![a6(2), a6(3)]);
-        // Bounds hold for IPv6 too: one host on many ports, junk and foreign addresses.
+        // Bounds hold for IPv6 too: one host on many ports (the cap is per /64 here, see
+        // ipv6_contacts_are_capped_per_64), junk and foreign addresses.
         let victim: std::net::Ipv6Addr = "fd77::6e:ff".parse().unwrap();
         w.add_nodes(t0, (1..=1000).map(|p| SocketAddrV6::new(victim, p, 0, 0)));
-        assert_eq!(w.stats().nodes_known, 3 + 8);
+        assert_eq!(w.stats().nodes_known, 3 + 32);
         w.add_nodes(
             t0,
             [
@@ -1330,7 +1385,7 @@ mod tests {
                 "[2001:db8::1]:6881".parse().unwrap(),
             ],
         );
-        assert_eq!(w.stats().nodes_known, 3 + 8);
+        assert_eq!(w.stats().nodes_known, 3 + 32);
         // Link-local needs a scope no contact carries: never tracked, even when allowed.
         let mut any: Walker<SocketAddrV6> = Walker::new(cfg(), t0);
         any.add_nodes(t0, ["[fe80::1]:6881".parse().unwrap()]);
