@@ -15,12 +15,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
 use trackerless::dht::allow::AllowList;
 use trackerless::dht::driver::{Dht, DhtConfig, DhtHandle};
-use trackerless::dht::id::NodeId;
+use trackerless::dht::id::{Contact, NodeId};
 use trackerless::dht::krpc::{self, Body, QueryArgs, Want};
 use trackerless::dht::node::Config;
 use trackerless::dht::router::RouterConfig;
 use trackerless::dht::router::io::{self as router_io, RouterRunConfig};
-use trackerless::dht::router::store::{contacts_of, contacts6_of};
+use trackerless::dht::router::store::{Rings, contacts_of, contacts6_of, store_file};
 use wait_support::{GENEROUS, wait_for, wait_until};
 
 mod common;
@@ -245,6 +245,71 @@ async fn the_router_binary_binds_and_answers_ipv6() {
     let (n4, n6) = find_node(&s6, r6, Want::NONE).await;
     assert_eq!(n4, None);
     assert_eq!(n6, Some(vec![]), "an empty IPv6 ring, answered over IPv6");
+}
+
+/// `--router-capacity6` sizes the IPv6 ring on its own; without it the IPv6 ring is as big
+/// as `--router-capacity`. A store of 6 contacts per family loaded into smaller rings keeps
+/// each ring's capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_capacity6_sizes_the_ipv6_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("router");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let mut rings = Rings::new(10, 10);
+    for i in 1..=6u8 {
+        rings.v4.insert(&Contact::new(
+            NodeId([i; 20]),
+            SocketAddrV4::new([127, 140, 4, i].into(), 6881),
+        ));
+        let ip: std::net::Ipv6Addr = format!("fd77:0:0:14{:02x}::1", 0x40 + i).parse().unwrap();
+        rings.v6.insert(&Contact::new(
+            NodeId([i; 20]),
+            SocketAddrV6::new(ip, 6881, 0, 0),
+        ));
+    }
+    assert_eq!((rings.v4.len(), rings.v6.len()), (6, 6));
+    rings.save(&store_file(&store_dir)).unwrap();
+    let a6 = v6(0x32);
+    for (extra, want) in [
+        (
+            &["--router-capacity6", "2"][..],
+            "(6 contacts, 2 of them IPv6,",
+        ),
+        (&[][..], "(8 contacts, 4 of them IPv6,"),
+    ] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dht-node"))
+            .args(["--router", "--router-capacity", "4"])
+            .args(extra)
+            .args(["--bind", "127.140.3.5:0", "--bind"])
+            .arg(format!("[{a6}]:0"))
+            .args(["--bootstrap", "127.140.3.2:9"])
+            .args(["--allow-net", "127.0.0.0/8", "--allow-net", "fd77::/16"])
+            .args(["--stats-interval", "0", "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dht-node starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let line = tokio::time::timeout(GENEROUS, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("router listening on") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("a listening line");
+        assert!(line.contains(want), "{extra:?}: {line}");
+        // SIGKILL: the store on disk stays the 6 + 6 we wrote for the next run.
+        child.kill().await.unwrap();
+    }
 }
 
 /// A host without the IPv6 address asked for: with `bind6_optional` (the CLI's default

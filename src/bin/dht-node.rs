@@ -44,7 +44,8 @@ struct Cli {
     /// seeds an empty store from the bootstrap nodes).
     #[arg(long)]
     router: bool,
-    /// Router: verified contacts kept per address family (one ring each).
+    /// Router: verified IPv4 contacts kept (the IPv4 ring's size; also the IPv6 ring's
+    /// unless --router-capacity6 is given).
     #[arg(
         long,
         value_name = "N",
@@ -52,6 +53,9 @@ struct Cli {
         requires = "router"
     )]
     router_capacity: usize,
+    /// Router: verified IPv6 contacts kept (the IPv6 ring's size) [default: --router-capacity].
+    #[arg(long, value_name = "N", requires = "router")]
+    router_capacity6: Option<usize>,
     /// Router: seconds between a node's query and its verification.
     #[arg(long, value_name = "SECS", default_value_t = 900, requires = "router")]
     router_verify_delay: u64,
@@ -154,6 +158,7 @@ async fn run_router(cli: &Cli) {
         .join("router");
     let router = RouterConfig {
         capacity: cli.router_capacity.max(1),
+        capacity6: cli.router_capacity6.unwrap_or(cli.router_capacity).max(1),
         verify_delay: Duration::from_secs(cli.router_verify_delay),
         allow: net.node.allow.clone(),
         rate_limit: net.node.rate_limit,

@@ -125,18 +125,18 @@ pub fn spawn(config: RouterRunConfig) -> Result<RouterHandle, StartError> {
                 ))
             })?;
             let path = store_file(dir);
-            match Rings::load(&path, config.router.capacity) {
+            match Rings::load(&path, config.router.capacity, config.router.capacity6) {
                 Ok(r) => r,
                 Err(e) => {
                     // Only rebuildable state: keep the bad file for inspection, start empty.
                     let aside = path.with_extension("corrupt");
                     let _ = std::fs::rename(&path, &aside);
                     tracing::warn!("{e}; moved it to {} and starting empty", aside.display());
-                    Rings::new(config.router.capacity)
+                    Rings::new(config.router.capacity, config.router.capacity6)
                 }
             }
         }
-        None => Rings::new(config.router.capacity),
+        None => Rings::new(config.router.capacity, config.router.capacity6),
     };
     let (loaded, loaded6) = (rings.len(), rings.v6.len());
     tracing::info!(

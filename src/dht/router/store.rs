@@ -467,11 +467,11 @@ pub struct Rings {
 }
 
 impl Rings {
-    /// Two empty rings of `capacity` contacts each.
-    pub fn new(capacity: usize) -> Self {
+    /// Two empty rings: `capacity4` IPv4 contacts, `capacity6` IPv6 ones.
+    pub fn new(capacity4: usize, capacity6: usize) -> Self {
         Rings {
-            v4: NodeRing::new(capacity),
-            v6: NodeRing::new(capacity),
+            v4: NodeRing::new(capacity4),
+            v6: NodeRing::new(capacity6),
         }
     }
 
@@ -503,10 +503,10 @@ impl Rings {
     }
 
     /// Loads a store written by [`Rings::save`] (version 2) or by a router before IPv6
-    /// (version 1: IPv4 only) into rings of `capacity` each (the newest entries win when
-    /// the file holds more). A missing file is an empty store.
-    pub fn load(path: &Path, capacity: usize) -> Result<Rings, StoreError> {
-        let mut rings = Rings::new(capacity);
+    /// (version 1: IPv4 only) into rings of `capacity4` and `capacity6` contacts (the
+    /// newest entries win when the file holds more). A missing file is an empty store.
+    pub fn load(path: &Path, capacity4: usize, capacity6: usize) -> Result<Rings, StoreError> {
+        let mut rings = Rings::new(capacity4, capacity6);
         let mut f = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(rings),
@@ -693,7 +693,7 @@ mod tests {
     fn save_and_load_round_trip_both_families_and_reject_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let path = store_file(dir.path());
-        let mut r = Rings::new(100);
+        let mut r = Rings::new(100, 100);
         for i in 1..=50 {
             r.v4.insert(&c(i));
         }
@@ -703,7 +703,7 @@ mod tests {
         r.save(&path).unwrap();
         let data = std::fs::read(&path).unwrap();
         assert!(data.starts_with(b"TLROUTE2"));
-        let back = Rings::load(&path, 100).unwrap();
+        let back = Rings::load(&path, 100, 100).unwrap();
         assert_eq!(
             back.v4.iter().collect::<Vec<_>>(),
             r.v4.iter().collect::<Vec<_>>()
@@ -713,7 +713,7 @@ mod tests {
             r.v6.iter().collect::<Vec<_>>()
         );
         assert!(back.v6.len() >= 27, "{}", back.v6.len());
-        let small = Rings::load(&path, 10).unwrap();
+        let small = Rings::load(&path, 10, 10).unwrap();
         // The newest ten of what each ring holds (its host filter may, rarely, have refused
         // an insert as a probable duplicate, so the expectation comes from the ring itself).
         let all: Vec<_> = r.v4.iter().collect();
@@ -726,13 +726,13 @@ mod tests {
         let all6: Vec<_> = r.v6.iter().collect();
         assert_eq!(small.v6.iter().collect::<Vec<_>>(), all6[all6.len() - 10..]);
         assert!(
-            Rings::load(&dir.path().join("missing"), 10)
+            Rings::load(&dir.path().join("missing"), 10, 10)
                 .unwrap()
                 .is_empty()
         );
         std::fs::write(&path, b"TLROUTE1\x05\0\0\0\0\0\0\0short").unwrap();
         assert!(matches!(
-            Rings::load(&path, 10),
+            Rings::load(&path, 10, 10),
             Err(StoreError::Truncated { entries: 5, .. })
         ));
         // Version 2 counts the IPv6 entries at 38 bytes: 26 bytes are not one of them.
@@ -742,7 +742,7 @@ mod tests {
         v2.extend_from_slice(&[0; 26]);
         std::fs::write(&path, &v2).unwrap();
         assert!(matches!(
-            Rings::load(&path, 10),
+            Rings::load(&path, 10, 10),
             Err(StoreError::Truncated { entries: 1, .. })
         ));
         // Counts that overflow the length computation are an error, not a panic.
@@ -751,11 +751,11 @@ mod tests {
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         std::fs::write(&path, &huge).unwrap();
         assert!(matches!(
-            Rings::load(&path, 10),
+            Rings::load(&path, 10, 10),
             Err(StoreError::Truncated { .. })
         ));
         std::fs::write(&path, b"TLROUTE9\0\0\0\0\0\0\0\0").unwrap();
-        let e = Rings::load(&path, 10).unwrap_err();
+        let e = Rings::load(&path, 10, 10).unwrap_err();
         assert!(
             matches!(e, StoreError::UnsupportedVersion { version: b'9', .. }),
             "{e}"
@@ -763,7 +763,7 @@ mod tests {
         for garbage in [&b"garbage"[..], b"TLROUTE2\0\0", b"TLROUTE"] {
             std::fs::write(&path, garbage).unwrap();
             assert!(matches!(
-                Rings::load(&path, 10),
+                Rings::load(&path, 10, 10),
                 Err(StoreError::NotAStore { .. })
             ));
         }
@@ -785,7 +785,7 @@ mod tests {
         }
         assert_eq!(old.len(), 16 + 3 * 26);
         std::fs::write(&path, &old).unwrap();
-        let rings = Rings::load(&path, 100).unwrap();
+        let rings = Rings::load(&path, 100, 100).unwrap();
         let want: Vec<Contact> = (1..=3u8)
             .map(|i| {
                 Contact::new(
@@ -805,7 +805,7 @@ mod tests {
             &old[16..],
             "the same entries, in the same order"
         );
-        let again = Rings::load(&path, 100).unwrap();
+        let again = Rings::load(&path, 100, 100).unwrap();
         assert_eq!(again.v4.iter().collect::<Vec<_>>(), want);
     }
 
@@ -813,7 +813,7 @@ mod tests {
     fn snapshot_of_a_wrapped_ring_saves_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = store_file(dir.path());
-        let mut r = Rings::new(5);
+        let mut r = Rings::new(5, 5);
         for i in 1..=8 {
             r.v4.insert(&c(i));
             r.v6.insert(&c6(i));
@@ -824,7 +824,7 @@ mod tests {
         r.v4.insert(&c(9));
         r.v6.insert(&c6(9));
         snap.save(&path).unwrap();
-        let back = Rings::load(&path, 5).unwrap();
+        let back = Rings::load(&path, 5, 5).unwrap();
         assert_eq!(
             back.v4.iter().map(|x| x.addr).collect::<Vec<_>>(),
             (4..=8).map(|i| c(i).addr).collect::<Vec<_>>()
@@ -833,6 +833,6 @@ mod tests {
             back.v6.iter().collect::<Vec<_>>(),
             (4..=8).map(c6).collect::<Vec<_>>()
         );
-        assert!(Rings::new(3).snapshot().is_empty());
+        assert!(Rings::new(3, 3).snapshot().is_empty());
     }
 }
