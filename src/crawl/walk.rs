@@ -776,7 +776,7 @@ impl<A: NodeAddr> Walker<A> {
             let forget = (st.place == Place::Idle && st.next <= now_s)
                 || (st.place == Place::Ready && st.yield_est == 0);
             if forget {
-                let (site, _) = Self::site_of(&k, &cfg);
+                let (site, _) = Self::site_of(&k, cfg);
                 if let Some(c) = per_site.get_mut(&site) {
                     *c -= 1;
                     if *c == 0 {
