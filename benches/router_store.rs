@@ -133,7 +133,7 @@ fn measure<A: Synthetic>(n: usize, path: &Path) -> One {
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     drop(rings);
     let t = Instant::now();
-    let mut back = Rings::load(path, n).expect("load");
+    let mut back = Rings::load(path, n, n).expect("load");
     let loaded = t.elapsed();
     assert_eq!(A::ring(&mut back).len(), n);
     One {
