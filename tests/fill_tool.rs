@@ -1,22 +1,40 @@
 //! `dht-loadgen fill`, the one fill tool (issue 11: "one fill tool"): it fills a real
 //! `dht-node`'s peer store through the protocol from sources run in waves, every announce
-//! is acknowledged, and `--verify` reads the peers back.
+//! is acknowledged, and `--verify` reads the peers back. Over IPv6 too (issue 13): an
+//! IPv6-only node is filled from IPv6 sources, and its own metrics count the peers.
 //!
-//! Addresses: the node on 127.68.0.1:6881, fill sources from 127.68.1.1.
+//! Addresses: the node on 127.68.0.1:6881, fill sources from 127.68.1.1; the IPv6 node on
+//! [fd77:0:68::1]:6881, sources fd77:0:68:100::1 to fd77:0:68:109::1 (one /64 each, as
+//! fill counts IPv6 sources), all added to `lo`. Run in a network namespace
+//! (`unshare -rn sh -c 'ip link set lo up && cargo test --features testing --test fill_tool'`).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-#[test]
-fn fill_in_waves_is_acknowledged_and_verified() {
-    let dir = tempfile::tempdir().unwrap();
+mod common;
+
+/// Kills the node however the test ends.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `dht-node` with `args` plus a scratch data dir and no rate limits (the fill is
+/// many queries from few addresses), and waits for its listening line; `None` if it never
+/// logs one.
+fn start_node(args: &[&str], dir: &std::path::Path) -> Option<Kill> {
     let mut node = Command::new(env!("CARGO_BIN_EXE_dht-node"))
-        .args(["--bind", "127.68.0.1:6881", "--bootstrap", "127.68.0.2:9"])
-        .args(["--allow-net", "127.0.0.0/8", "--rate-limit", "0"])
-        .args(["--reply-quota", "0", "--stats-interval", "0", "--data-dir"])
-        .arg(dir.path())
+        .args(args)
+        .args(["--rate-limit", "0", "--reply-quota", "0"])
+        .args(["--stats-interval", "0", "--data-dir"])
+        .arg(dir)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -24,6 +42,7 @@ fn fill_in_waves_is_acknowledged_and_verified() {
         .spawn()
         .expect("dht-node starts");
     let stderr = BufReader::new(node.stderr.take().expect("piped"));
+    let node = Kill(node);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
@@ -32,34 +51,174 @@ fn fill_in_waves_is_acknowledged_and_verified() {
             }
         }
     });
-    let up = rx.recv_timeout(Duration::from_secs(60)).is_ok();
-    let fill = up.then(|| {
-        Command::new(env!("CARGO_BIN_EXE_dht-loadgen"))
-            .args(["fill", "--target", "127.68.0.1:6881"])
-            .args(["--infohashes", "30", "--peers", "12", "--sources", "10"])
-            .args(["--sources-at-once", "3", "--source-base", "127.68.1.1"])
-            .args(["--verify", "6"])
-            .output()
-            .expect("dht-loadgen runs")
-    });
-    let _ = node.kill();
-    let _ = node.wait();
-    assert!(up, "dht-node never logged its listening line");
-    let fill = fill.unwrap();
-    let out = String::from_utf8_lossy(&fill.stdout);
-    let err = String::from_utf8_lossy(&fill.stderr);
-    assert!(fill.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    rx.recv_timeout(Duration::from_secs(60)).ok().map(|()| node)
+}
+
+fn fill(args: &[&str]) -> (Output, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dht-loadgen"))
+        .arg("fill")
+        .args(args)
+        .output()
+        .expect("dht-loadgen runs");
+    let text = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+#[test]
+fn fill_in_waves_is_acknowledged_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(
+        &[
+            "--bind",
+            "127.68.0.1:6881",
+            "--bootstrap",
+            "127.68.0.2:9",
+            "--allow-net",
+            "127.0.0.0/8",
+        ],
+        dir.path(),
+    );
+    assert!(node.is_some(), "dht-node never logged its listening line");
+    let (fill, text) = fill(&[
+        "--target",
+        "127.68.0.1:6881",
+        "--infohashes",
+        "30",
+        "--peers",
+        "12",
+        "--sources",
+        "10",
+        "--sources-at-once",
+        "3",
+        "--source-base",
+        "127.68.1.1",
+        "--verify",
+        "6",
+    ]);
+    drop(node);
+    assert!(fill.status.success(), "{text}");
     assert!(
-        out.contains("30 infohashes x 12 peers from 10 sources")
-            && out.contains("announced 360 failed 0"),
-        "{out}"
+        text.contains("30 infohashes x 12 peers from 10 sources")
+            && text.contains("announced 360 failed 0"),
+        "{text}"
     );
     // 12 peers per infohash, 10 source IPs: ports 10000 and 10001 make them distinct, and
     // every one comes back.
     assert!(
-        out.contains(
+        text.contains(
             "verify: 6 infohashes looked up, peers returned per infohash mean 12.0 min 12"
         ),
-        "{out}"
+        "{text}"
     );
+}
+
+/// Scrapes `http://addr/metrics`.
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `name{labels}` in a Prometheus exposition.
+fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The same fill against an IPv6-only node: IPv6 target and sources, the announces are
+/// acknowledged, `--verify` counts the `values6` peers that come back, and the node's own
+/// metrics show exactly the peers the fill stored, in its IPv6 store.
+#[test]
+fn fill_over_ipv6_fills_an_ipv6_node() {
+    common::ensure_ipv6_on_lo("fd77:0:68::1");
+    let sources: Vec<String> = (0..10)
+        .map(|i| format!("fd77:0:68:{:x}::1", 0x100 + i))
+        .collect();
+    for s in &sources {
+        common::ensure_ipv6_on_lo(s);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = "[fd77:0:68::1]:9168";
+    let node = start_node(
+        &[
+            "--bind",
+            "[fd77:0:68::1]:6881",
+            "--bootstrap",
+            "[fd77:0:68::2]:9",
+            "--allow-net",
+            "fd77::/16",
+            "--metrics",
+            metrics,
+        ],
+        dir.path(),
+    );
+    assert!(node.is_some(), "dht-node never logged its listening line");
+    // An IPv4 source base for an IPv6 target is refused in one line.
+    let (bad, text) = fill(&[
+        "--target",
+        "[fd77:0:68::1]:6881",
+        "--infohashes",
+        "1",
+        "--peers",
+        "1",
+        "--source-base",
+        "127.68.1.1",
+    ]);
+    assert!(!bad.status.success(), "{text}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{text}");
+    assert!(err.contains("different address families"), "{text}");
+
+    let (fill, text) = fill(&[
+        "--target",
+        "[fd77:0:68::1]:6881",
+        "--infohashes",
+        "30",
+        "--peers",
+        "12",
+        "--sources",
+        "10",
+        "--sources-at-once",
+        "3",
+        "--source-base",
+        &sources[0],
+        "--verify",
+        "6",
+    ]);
+    let exposition = scrape(metrics);
+    drop(node);
+    assert!(fill.status.success(), "{text}");
+    assert!(
+        text.contains("fill [fd77:0:68::1]:6881: 30 infohashes x 12 peers from 10 sources")
+            && text.contains("announced 360 failed 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "verify: 6 infohashes looked up, peers returned per infohash mean 12.0 min 12"
+        ),
+        "{text}"
+    );
+    // The node's view: 30 infohashes with 12 distinct peers each (10 source addresses, two
+    // of them also on a second port), all in the IPv6 store; an IPv6-only node has no IPv4
+    // family at all. Announces can exceed the peers only by retried ones.
+    let v6 = |name: &str| {
+        metric(
+            &exposition,
+            &format!("trackerless_{name}{{family=\"ipv6\"}}"),
+        )
+    };
+    assert_eq!(v6("stored_infohashes"), Some(30.0), "{exposition}");
+    assert_eq!(v6("stored_peers"), Some(360.0), "{exposition}");
+    assert!(v6("announces_stored_total") >= Some(360.0), "{exposition}");
+    assert!(!exposition.contains("family=\"ipv4\""), "{exposition}");
 }
