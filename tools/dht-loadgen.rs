@@ -241,11 +241,12 @@ fn test_addr(addr: SocketAddr, what: &str) -> Result<SocketAddr, String> {
 
 /// Which part of an IPv6 source address counts up from one source to the next.
 ///
-/// IPv4 sources always count through 127.0.0.0/8: every address there is local, and the
-/// DHT's per-host rules key IPv4 hosts by address. IPv6 has no such local range (each
-/// source address must be added to `lo`), and the DHT keys IPv6 *hosts* by `/64`: the
-/// router stores one entry per `/64` (src/dht/router/store.rs), a routing bucket admits one
-/// node per `/64` (`NodeAddr::subnet`), because one machine normally owns a whole `/64`.
+/// IPv4 sources always count through 127.0.0.0/8, where every address is local (and the
+/// router and the rate limiter key an IPv4 host by its address). IPv6 has no such local
+/// range (each source address must be added to `lo`), and the DHT keys IPv6 *hosts* by
+/// `/64`, because one machine normally owns a whole `/64`: the router stores one entry per
+/// `/64` (src/dht/router/store.rs) and a routing bucket admits one node per `/64`
+/// (`NodeAddr::subnet`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum V6Step {
     /// The last 16 bits (all sources in `base`'s /112): enough where only distinct sockets
