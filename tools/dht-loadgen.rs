@@ -16,9 +16,16 @@
 //!   need a full store; `--verify` reads a sample back. The project's only fill tool (a
 //!   separate `dht-fill` with other flag names was folded into it).
 //!
-//! Every socket binds to and sends to 127.0.0.0/8 only; other targets are refused. `echo` and
-//! `load` also take IPv6 addresses: `::1`, and fd77::/16, test addresses that exist only on
-//! `lo` inside a network namespace the benchmark creates (tools/bench-serve.sh `V6=1`).
+//! Every socket binds to and sends to 127.0.0.0/8, `::1` or fd77::/16 only; other addresses
+//! are refused. fd77::/16 addresses are test addresses that exist only on `lo` inside a
+//! network namespace the benchmark creates (tools/bench-serve.sh `V6=1`), one `ip -6 addr
+//! add` each. Every mode takes either family (issue 13): an IPv6 `--target` means IPv6
+//! sources (a mismatch is refused: an IPv6 node does not answer IPv4 sources, BEP 32).
+//! `load` counts IPv6 sources up in the last 16 bits; `fill` and `flood`, whose sources
+//! stand for distinct hosts, count up in the 4th segment so that each source is a `/64` of
+//! its own (see [`V6Step`]), and default to fd77:0:92::1 (fill) and fd77:0:121::1 /
+//! fd77:0:120::1 (flood, probes) for an IPv6 target. `fill --verify` counts the peers of the
+//! target's family (`values6` from an IPv6 node).
 //!
 //! The generator must not be the bottleneck: replies are classified by one pass over the
 //! top-level dictionary (no allocation, no full decode), and all sources are served by one
@@ -36,7 +43,7 @@ mod cli;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,7 +151,8 @@ struct LoadArgs {
 
 #[derive(Args, Debug)]
 struct FillArgs {
-    /// The node to fill; must be in 127.0.0.0/8.
+    /// The node to fill: in 127.0.0.0/8, or IPv6 `::1` or fd77::/16 (an IPv6 node: the
+    /// sources are then IPv6 too, and the node's IPv6 peer store is filled).
     #[arg(long, value_name = "ADDR")]
     target: SocketAddr,
     /// Number of infohashes to announce.
@@ -154,7 +162,8 @@ struct FillArgs {
     /// k mod S, on TCP port `port-base + k / S`). `--peers-per` is the old name.
     #[arg(long, value_name = "M", alias = "peers-per")]
     peers: u32,
-    /// Number of source addresses (distinct loopback IPs, i.e. distinct peer IPs).
+    /// Number of source addresses (distinct loopback IPs, i.e. distinct peer IPs). IPv6
+    /// sources must exist on `lo` (see --source-base).
     #[arg(long, value_name = "S", default_value_t = 16)]
     sources: u16,
     /// Sources working at the same time (each with its own socket): thousands of sources
@@ -167,9 +176,12 @@ struct FillArgs {
     /// timeouts and a slower fill than 16 x 4).
     #[arg(long, value_name = "C", default_value_t = 4)]
     concurrency: u16,
-    /// Address of the first source; the others follow it.
-    #[arg(long, value_name = "IP", default_value = "127.92.0.1")]
-    source_base: Ipv4Addr,
+    /// Address of the first source, of --target's family; the others follow it. Default
+    /// 127.92.0.1 for an IPv4 target (counting up through 127.0.0.0/8), fd77:0:92::1 for an
+    /// IPv6 one: IPv6 sources count up in the 4th segment (fd77:0:92:1::1, fd77:0:92:2::1,
+    /// ...), each in a /64 of its own, because the DHT treats a /64 as one host.
+    #[arg(long, value_name = "IP")]
+    source_base: Option<IpAddr>,
     /// First announced TCP port.
     #[arg(long, value_name = "PORT", default_value_t = 10000)]
     port_base: u16,
@@ -207,20 +219,6 @@ fn main() -> ExitCode {
 
 // ------------------------------------------------------------------ address checks
 
-/// The IPv4 loopback address in `addr`, or a one-line error naming `what` (for the
-/// subcommands that speak IPv4 only).
-fn loopback_v4(addr: SocketAddr, what: &str) -> Result<SocketAddrV4, String> {
-    match addr {
-        SocketAddr::V4(a) if a.ip().is_loopback() => Ok(a),
-        SocketAddr::V6(_) if allowed_ip(addr.ip()) => Err(format!(
-            "{what} {addr}: this subcommand speaks IPv4 only (only `echo` and `load` take IPv6)"
-        )),
-        _ => Err(format!(
-            "{what} {addr} is outside 127.0.0.0/8; this tool only talks to loopback"
-        )),
-    }
-}
-
 /// Whether `ip` is one this tool may use: 127.0.0.0/8, `::1`, or fd77::/16 (unique-local
 /// test addresses that only exist on `lo` inside the benchmark's own network namespace).
 fn allowed_ip(ip: IpAddr) -> bool {
@@ -241,10 +239,39 @@ fn test_addr(addr: SocketAddr, what: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Which part of an IPv6 source address counts up from one source to the next.
+///
+/// IPv4 sources always count through 127.0.0.0/8, where every address is local (and the
+/// router and the rate limiter key an IPv4 host by its address). IPv6 has no such local
+/// range (each source address must be added to `lo`), and the DHT keys IPv6 *hosts* by
+/// `/64`, because one machine normally owns a whole `/64`: the router stores one entry per
+/// `/64` (src/dht/router/store.rs) and a routing bucket admits one node per `/64`
+/// (`NodeAddr::subnet`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum V6Step {
+    /// The last 16 bits (all sources in `base`'s /112): enough where only distinct sockets
+    /// matter (`load`, whose sources tools/bench-serve.sh adds as fd77::91:x).
+    Host,
+    /// The 4th segment, bits 48..64 (fd77:0:92:0::1, fd77:0:92:1::1, ...): every source is
+    /// a host of its own `/64`, so `fill` and `flood` look like many hosts, not one, to any
+    /// per-`/64` rule of the target.
+    Subnet,
+}
+
+impl V6Step {
+    /// The index of the 16-bit segment that counts up.
+    fn segment(self) -> usize {
+        match self {
+            V6Step::Host => 7,
+            V6Step::Subnet => 3,
+        }
+    }
+}
+
 /// The `n` consecutive source addresses starting at `base`, all [allowed](allowed_ip): IPv4
-/// ones count up through 127.0.0.0/8, IPv6 ones count up in the last 16-bit segment (so
-/// they stay in `base`'s /112).
-fn source_ips_any(base: IpAddr, n: u16) -> Result<Vec<IpAddr>, String> {
+/// ones count up through 127.0.0.0/8, IPv6 ones count up in the segment `step` names (and
+/// may not carry out of it, so they stay where `base` put them).
+fn source_ips_any(base: IpAddr, n: u16, step: V6Step) -> Result<Vec<IpAddr>, String> {
     let base6 = match base {
         IpAddr::V4(b) => return Ok(source_ips(b, n)?.into_iter().map(IpAddr::V4).collect()),
         IpAddr::V6(b) => b,
@@ -253,19 +280,48 @@ fn source_ips_any(base: IpAddr, n: u16) -> Result<Vec<IpAddr>, String> {
         return Err("--sources must be at least 1".into());
     }
     let mut seg = base6.segments();
-    let first = seg[7];
+    let k = step.segment();
+    let first = seg[k];
     let fits = u32::from(first) + u32::from(n) - 1 <= u32::from(u16::MAX);
     if !fits || !allowed_ip(base) || (base6.is_loopback() && n > 1) {
+        let how = match step {
+            V6Step::Host => "the last 16 bits count up",
+            V6Step::Subnet => "the 4th segment counts up, one /64 per source",
+        };
         return Err(format!(
-            "{n} sources from {base} do not fit in fd77::/16 (the last 16 bits count up) or ::1"
+            "{n} sources from {base} do not fit in fd77::/16 ({how}) or ::1"
         ));
     }
     Ok((0..n)
         .map(|i| {
-            seg[7] = first + i;
+            seg[k] = first + i;
             IpAddr::V6(Ipv6Addr::from(seg))
         })
         .collect())
+}
+
+/// The sources of a run against `target`: `n` addresses from `base`, or from the default
+/// base of the target's family when `base` is `None` (so `--target [fd77::1]:6881` alone
+/// works). `flag` names the base's option in the one-line error a family mismatch gives:
+/// an IPv6 node only talks to IPv6 sources (BEP 32), so such a run could only time out.
+fn sources_for(
+    target: SocketAddr,
+    base: Option<IpAddr>,
+    defaults: (Ipv4Addr, Ipv6Addr),
+    n: u16,
+    flag: &str,
+    step: V6Step,
+) -> Result<Vec<IpAddr>, String> {
+    let base = base.unwrap_or(match target {
+        SocketAddr::V4(_) => IpAddr::V4(defaults.0),
+        SocketAddr::V6(_) => IpAddr::V6(defaults.1),
+    });
+    if base.is_ipv4() != target.is_ipv4() {
+        return Err(format!(
+            "{flag} {base} and --target {target} are of different address families"
+        ));
+    }
+    source_ips_any(base, n, step)
 }
 
 /// The `n` consecutive source addresses starting at `base`, all inside 127.0.0.0/8.
@@ -477,17 +533,30 @@ fn query_prefix(id: &NodeId) -> Vec<u8> {
     p
 }
 
+/// One nonblocking socket on each of `ips`, port chosen by the kernel.
 fn bind_sources<I: Copy + Into<IpAddr>>(ips: &[I]) -> Result<Vec<std::net::UdpSocket>, String> {
     ips.iter()
         .map(|&ip| {
             let ip: IpAddr = ip.into();
             let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
-                .map_err(|e| format!("cannot bind a source socket on {ip}: {e}"))?;
+                .map_err(|e| bind_error("a source socket", ip, &e))?;
             s.set_nonblocking(true)
                 .map_err(|e| format!("cannot configure the socket on {ip}: {e}"))?;
             Ok(s)
         })
         .collect()
+}
+
+/// The one-line error for a failed bind of `what` on `ip`. Every 127.0.0.0/8 address is
+/// local, but an IPv6 test address exists only once added to `lo`, so that is the likely
+/// cause and the line says how.
+fn bind_error(what: &str, ip: IpAddr, e: &io::Error) -> String {
+    let hint = if ip.is_ipv6() && e.kind() == io::ErrorKind::AddrNotAvailable {
+        format!(" (add it inside the test namespace: ip -6 addr add {ip}/128 dev lo nodad)")
+    } else {
+        String::new()
+    };
+    format!("cannot bind {what} on {ip}: {e}{hint}")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -985,7 +1054,7 @@ fn load(args: LoadArgs) -> Result<ExitCode, String> {
             args.source_base
         ));
     }
-    let ips = source_ips_any(args.source_base, args.sources)?;
+    let ips = source_ips_any(args.source_base, args.sources, V6Step::Host)?;
     let mix = parse_mix(&args.mix)?;
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
@@ -1142,6 +1211,12 @@ fn load(args: LoadArgs) -> Result<ExitCode, String> {
 }
 
 // ------------------------------------------------------------------ fill
+
+/// Default first fill source per family (see `FillArgs::source_base`).
+const FILL_SOURCE_BASE: (Ipv4Addr, Ipv6Addr) = (
+    Ipv4Addr::new(127, 92, 0, 1),
+    Ipv6Addr::new(0xfd77, 0, 0x92, 0, 0, 0, 0, 1),
+);
 
 #[derive(Clone, Copy, Debug)]
 enum Job {
@@ -1313,7 +1388,7 @@ impl FillSource {
 }
 
 async fn run_fill_source(
-    target: SocketAddrV4,
+    target: SocketAddr,
     infohashes: Arc<Vec<InfoHash>>,
     timeout: Duration,
     attempts: u8,
@@ -1331,7 +1406,7 @@ async fn run_fill_source(
     while !src.done() {
         let now = Instant::now();
         while let Some(tid) = src.next(&infohashes, now, &mut out) {
-            if sock.try_send_to(&out, SocketAddr::V4(target)).is_err() {
+            if sock.try_send_to(&out, target).is_err() {
                 // Full socket buffer: the tick retries.
                 src.unsend(&tid);
                 break;
@@ -1342,7 +1417,7 @@ async fn run_fill_source(
                 let mut next = r.ok();
                 for i in 1..=RECV_BATCH {
                     let Some((n, from)) = next else { break };
-                    if from == SocketAddr::V4(target) {
+                    if from == target {
                         src.on_datagram(Instant::now(), &buf[..n]);
                     }
                     // Read the next one only if it will be handled in this batch.
@@ -1355,19 +1430,36 @@ async fn run_fill_source(
     Ok(src)
 }
 
+/// The number of peers in `data` if it is the answer to our query `tid`: the peers of the
+/// target's family (`values` from an IPv4 node; from an IPv6 node the 18-byte entries the
+/// decoder puts in `values6`), as announced there; an error answer has none. `None` for
+/// anything else (a stray, another query's late reply, the node's own query).
+fn peers_in_reply(data: &[u8], tid: &[u8], ipv6: bool) -> Option<usize> {
+    let m = krpc::decode(data).ok()?;
+    if m.tid.as_slice() != tid {
+        return None;
+    }
+    match m.body {
+        Body::Response(r) if ipv6 => Some(r.values6.len()),
+        Body::Response(r) => Some(r.values.len()),
+        Body::Error(_) => Some(0),
+        Body::Query(_) => None,
+    }
+}
+
 /// Looks up `n` of `infohashes` (evenly spread) from `ip` and summarises the peers the node
 /// returns for each. A lookup that gets no reply after `attempts` counts as zero peers.
 async fn verify_fill(
-    target: SocketAddrV4,
-    ip: Ipv4Addr,
+    target: SocketAddr,
+    ip: IpAddr,
     infohashes: &[InfoHash],
     n: u32,
     timeout: Duration,
     attempts: u8,
 ) -> Result<String, String> {
-    let sock = UdpSocket::bind(SocketAddrV4::new(ip, 0))
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0))
         .await
-        .map_err(|e| format!("cannot bind {ip}: {e}"))?;
+        .map_err(|e| bind_error("the verify socket", ip, &e))?;
     let id = FastRng(0x5eed).id();
     let n = (n as usize).min(infohashes.len());
     let step = (infohashes.len() / n).max(1);
@@ -1396,15 +1488,11 @@ async fn verify_fill(
             let deadline = tokio::time::Instant::now() + timeout;
             while let Ok(r) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
                 let Ok((len, from)) = r else { break };
-                if from != SocketAddr::V4(target) {
+                if from != target {
                     continue;
                 }
-                if let Ok(m) = krpc::decode(&buf[..len])
-                    && m.tid.as_slice() == tid
-                {
-                    if let Body::Response(r) = m.body {
-                        peers = r.values.len();
-                    }
+                if let Some(n) = peers_in_reply(&buf[..len], &tid, target.is_ipv6()) {
+                    peers = n;
                     break 'attempts;
                 }
             }
@@ -1430,8 +1518,15 @@ impl fmt::Display for FillTotals {
 }
 
 fn fill(args: FillArgs) -> Result<ExitCode, String> {
-    let target = loopback_v4(args.target, "--target")?;
-    let ips = source_ips(args.source_base, args.sources)?;
+    let target = test_addr(args.target, "--target")?;
+    let ips = sources_for(
+        target,
+        args.source_base,
+        FILL_SOURCE_BASE,
+        args.sources,
+        "--source-base",
+        V6Step::Subnet,
+    )?;
     if args.infohashes == 0 || args.peers == 0 {
         return Err("--infohashes and --peers must be at least 1".into());
     }
@@ -1839,9 +1934,6 @@ mod tests {
 
     #[test]
     fn refuses_non_loopback_targets_and_sources() {
-        assert!(loopback_v4("10.0.0.1:1".parse().unwrap(), "--target").is_err());
-        assert!(loopback_v4("[::1]:1".parse().unwrap(), "--target").is_err());
-        assert!(loopback_v4("127.90.0.1:1".parse().unwrap(), "--target").is_ok());
         assert!(source_ips("127.255.255.254".parse().unwrap(), 3).is_err());
         assert!(source_ips("10.0.0.1".parse().unwrap(), 1).is_err());
         assert_eq!(
@@ -1863,16 +1955,18 @@ mod tests {
             let e = test_addr(bad.parse().unwrap(), "--target").unwrap_err();
             assert!(!e.contains('\n') && e.contains("fd77::/16"), "{e}");
         }
-        assert!(loopback_v4("[fd77::1]:1".parse().unwrap(), "--target").is_err());
-        assert!(source_ips_any("fd00::1".parse().unwrap(), 1).is_err());
-        assert!(source_ips_any("::1".parse().unwrap(), 2).is_err());
-        assert!(source_ips_any("fd77::ffff".parse().unwrap(), 2).is_err());
-        assert!(source_ips_any("fd77::1".parse().unwrap(), 0).is_err());
-        assert_eq!(
-            source_ips_any("::1".parse().unwrap(), 1).unwrap(),
-            vec!["::1".parse::<IpAddr>().unwrap()]
-        );
-        assert!(source_ips_any("10.0.0.1".parse().unwrap(), 1).is_err());
+        for step in [V6Step::Host, V6Step::Subnet] {
+            let any = |base: &str, n| source_ips_any(base.parse().unwrap(), n, step);
+            assert!(any("fd00::1", 1).is_err());
+            assert!(any("::1", 2).is_err());
+            assert!(any("fd77:0:0:ffff::ffff", 2).is_err());
+            assert!(any("fd77::1", 0).is_err());
+            assert_eq!(
+                any("::1", 1).unwrap(),
+                vec!["::1".parse::<IpAddr>().unwrap()]
+            );
+            assert!(any("10.0.0.1", 1).is_err());
+        }
         assert!(parse_mix("ping,nope").is_err());
         assert_eq!(
             parse_mix("ping,announce_peer").unwrap(),
@@ -1880,9 +1974,191 @@ mod tests {
         );
     }
 
+    /// `fill` and `flood` take an IPv6 target, with sources of its family, and refuse
+    /// non-test addresses and a family mismatch with a one-line error before any socket
+    /// is opened.
+    #[test]
+    fn fill_and_flood_take_either_family_and_refuse_the_rest() {
+        let v4: SocketAddr = "127.90.0.1:6881".parse().unwrap();
+        let v6: SocketAddr = "[fd77::90:1]:6881".parse().unwrap();
+        let sources = |target, base: Option<&str>| {
+            let base = base.map(|b| b.parse().unwrap());
+            sources_for(
+                target,
+                base,
+                FILL_SOURCE_BASE,
+                3,
+                "--source-base",
+                V6Step::Subnet,
+            )
+        };
+        // Each family's default base, when none is given.
+        assert_eq!(
+            sources(v4, None).unwrap()[2],
+            "127.92.0.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            sources(v6, None).unwrap(),
+            ["fd77:0:92::1", "fd77:0:92:1::1", "fd77:0:92:2::1"]
+                .map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        let v6_loop: SocketAddr = "[::1]:6881".parse().unwrap();
+        assert!(sources(v6_loop, Some("fd77::5")).is_ok());
+        for (target, base) in [(v6, "127.92.0.1"), (v4, "fd77::1"), (v6_loop, "127.0.0.1")] {
+            let e = sources(target, Some(base)).unwrap_err();
+            assert!(
+                e.contains("different address families") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        assert!(sources(v6, Some("fd00::1")).is_err());
+
+        // Through the subcommands: every one of these fails before binding anything.
+        let fill_err = |a: &[&str]| {
+            let mut args = vec!["--infohashes", "1", "--peers", "1"];
+            args.extend_from_slice(a);
+            fill(FillArgs::try_parse_from_for_test(&args)).unwrap_err()
+        };
+        let flood_err = |a: &[&str]| flood::flood(flood_args(a)).unwrap_err();
+        for run in [&fill_err as &dyn Fn(&[&str]) -> String, &flood_err] {
+            for bad in [
+                "[2001:db8::1]:6881",
+                "[fd00::1]:6881",
+                "[::ffff:127.0.0.1]:1",
+            ] {
+                let e = run(&["--target", bad]);
+                assert!(e.contains("fd77::/16") && !e.contains('\n'), "{e}");
+            }
+            let e = run(&[
+                "--target",
+                "[fd77::90:1]:6881",
+                "--source-base",
+                "127.92.0.1",
+            ]);
+            assert!(e.contains("different address families"), "{e}");
+            let e = run(&["--target", "127.90.0.1:6881", "--source-base", "fd77::1"]);
+            assert!(e.contains("different address families"), "{e}");
+        }
+        let e = flood_err(&["--target", "[fd77::90:1]:1", "--probe-base", "127.1.0.1"]);
+        assert!(e.starts_with("--probe-base 127.1.0.1 and --target"), "{e}");
+        // A clap-level parse of an IPv6 --target and --source-base.
+        let args = FillArgs::try_parse_from_for_test(&[
+            "--target",
+            "[fd77::90:1]:6881",
+            "--infohashes",
+            "1",
+            "--peers",
+            "1",
+            "--source-base",
+            "fd77:0:92:10::1",
+        ]);
+        assert_eq!(args.target, v6);
+        assert_eq!(args.source_base, Some("fd77:0:92:10::1".parse().unwrap()));
+    }
+
+    /// What an IPv6 node answers a fill source: an 18-byte `ip`, `nodes6` (38-byte entries)
+    /// instead of `nodes`, `values6` peers and a token bound to the 16-byte address. The
+    /// token is all fill needs; the verify step counts the `values6` peers.
+    #[test]
+    fn fill_handles_ipv6_replies() {
+        let args = FillArgs::try_parse_from_for_test(&[
+            "--target",
+            "[fd77::90:1]:6881",
+            "--infohashes",
+            "1",
+            "--peers",
+            "2",
+            "--sources",
+            "1",
+        ]);
+        let target = args.target;
+        let me: SocketAddr = "[fd77:0:92::1]:40000".parse().unwrap();
+        let mut src = FillSource::new(NodeId([1; 20]), 0, 1, &args);
+        let ihs = vec![InfoHash([5; 20])];
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let gp = src.next(&ihs, t0, &mut out).unwrap();
+        let id = NodeId([9; 20]);
+        let nodes6 = [0x42u8; 38 * 3];
+        let values6: Vec<std::net::SocketAddrV6> = vec!["[fd77:0:92:7::1]:10000".parse().unwrap()];
+        let body = ResponseBody {
+            nodes6: Some(&nodes6),
+            token: Some(b"tok6"),
+            values6: &values6,
+            ..ResponseBody::id_only(&id)
+        };
+        let mut r = Vec::new();
+        krpc::encode_response(&mut r, &gp, &body, Some(me), None);
+        assert!(r.windows(8).any(|w| w == b"6:nodes6"), "an IPv6 reply");
+        src.on_datagram(t0, &r);
+        assert_eq!(
+            src.queue.len(),
+            2,
+            "both announces queued: {:?}",
+            src.first_error
+        );
+        while let Some(tid) = src.next(&ihs, t0, &mut out) {
+            let m = krpc::decode(&out).unwrap();
+            assert!(matches!(
+                m.body,
+                Body::Query(krpc::Query {
+                    method: krpc::Method::AnnouncePeer { token, .. }, ..
+                }) if token.as_slice() == b"tok6"
+            ));
+            let mut ack = Vec::new();
+            krpc::encode_response(&mut ack, &tid, &ResponseBody::id_only(&id), Some(me), None);
+            src.on_datagram(t0, &ack);
+        }
+        assert_eq!((src.announced, src.failed), (2, 0));
+        assert!(src.done());
+
+        // Verify: the IPv6 peers count against an IPv6 target, not against an IPv4 one,
+        // and only in the reply to our own tid.
+        assert_eq!(peers_in_reply(&r, &gp, target.is_ipv6()), Some(1));
+        assert_eq!(peers_in_reply(&r, &gp, false), Some(0));
+        assert_eq!(peers_in_reply(&r, b"other", true), None);
+        let mut e = Vec::new();
+        krpc::encode_error(&mut e, &gp, 201, "no", None, None);
+        assert_eq!(peers_in_reply(&e, &gp, true), Some(0));
+        // An IPv4 node's reply still counts its `values`.
+        let values = vec!["127.92.0.1:10000".parse().unwrap(); 2];
+        let body = ResponseBody {
+            values: &values,
+            ..ResponseBody::id_only(&id)
+        };
+        r.clear();
+        krpc::encode_response(&mut r, b"v4", &body, None, None);
+        assert_eq!(peers_in_reply(&r, b"v4", false), Some(2));
+    }
+
+    #[test]
+    fn ipv6_fill_and_flood_sources_are_one_per_64() {
+        let ips = source_ips_any("fd77:0:92:fffe::1".parse().unwrap(), 2, V6Step::Subnet).unwrap();
+        assert_eq!(
+            ips,
+            ["fd77:0:92:fffe::1", "fd77:0:92:ffff::1"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        assert!(source_ips_any("fd77:0:92:fffe::1".parse().unwrap(), 3, V6Step::Subnet).is_err());
+        // Thousands of sources: all distinct, and so are their /64s (what the router and a
+        // routing bucket key an IPv6 host by).
+        let ips = source_ips_any("fd77:0:92::1".parse().unwrap(), 5000, V6Step::Subnet).unwrap();
+        let nets: std::collections::HashSet<u64> = ips
+            .iter()
+            .map(|ip| match ip {
+                IpAddr::V6(ip) => (u128::from(*ip) >> 64) as u64,
+                IpAddr::V4(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(nets.len(), 5000);
+        assert_eq!(ips[4999], "fd77:0:92:1387::1".parse::<IpAddr>().unwrap());
+        // `load` keeps counting in the last 16 bits (the addresses bench-serve.sh adds).
+        let ips = source_ips_any("fd77::91:1".parse().unwrap(), 2, V6Step::Host).unwrap();
+        assert_eq!(ips[1], "fd77::91:2".parse::<IpAddr>().unwrap());
+    }
+
     #[test]
     fn ipv6_sources_count_up_in_the_last_segment() {
-        let ips = source_ips_any("fd77::91:fffe".parse().unwrap(), 2).unwrap();
+        let ips = source_ips_any("fd77::91:fffe".parse().unwrap(), 2, V6Step::Host).unwrap();
         assert_eq!(
             ips,
             vec![
@@ -1890,12 +2166,12 @@ mod tests {
                 "fd77::91:ffff".parse().unwrap()
             ]
         );
-        let ips = source_ips_any("fd77::91:1".parse().unwrap(), 8).unwrap();
+        let ips = source_ips_any("fd77::91:1".parse().unwrap(), 8, V6Step::Host).unwrap();
         assert_eq!(ips.len(), 8);
         assert_eq!(ips[7], "fd77::91:8".parse::<IpAddr>().unwrap());
         // IPv4 bases still count through 127.0.0.0/8.
         assert_eq!(
-            source_ips_any("127.91.0.255".parse().unwrap(), 2).unwrap()[1],
+            source_ips_any("127.91.0.255".parse().unwrap(), 2, V6Step::Subnet).unwrap()[1],
             IpAddr::V4(Ipv4Addr::new(127, 91, 1, 0))
         );
     }
@@ -1964,6 +2240,17 @@ mod tests {
             (c.replies, c.unmatched, c.malformed, c.answered),
             (2, 0, 1, 1)
         );
+    }
+
+    fn flood_args(args: &[&str]) -> flood::FloodArgs {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            f: flood::FloodArgs,
+        }
+        T::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .unwrap()
+            .f
     }
 
     impl FillArgs {

@@ -15,9 +15,15 @@
 //!
 //! It prints a per-second table and a summary, and with `--max-p99-ms`, `--max-lost-pct` or
 //! `--max-rss-spread-pct` it exits with status 1 when a bound is missed.
+//!
+//! Over IPv6 (`--target [fd77::…]:PORT` or `[::1]:PORT`, an IPv6 node) every source is
+//! IPv6 as well, and consecutive sources differ in their 4th segment (fd77:0:121:0::1,
+//! fd77:0:121:1::1, ...): each is its own `/64`, i.e. its own host to the DHT, so the flood
+//! keeps coming from many hosts even against per-`/64` limits. Each address must be added to
+//! `lo` of the test namespace first (`ip -6 addr add fd77:0:121:N::1/128 dev lo nodad`).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,11 +34,26 @@ use trackerless::dht::id::NodeId;
 use trackerless::dht::krpc::{self, Body, QueryArgs, ResponseBody};
 use trackerless::torrent::InfoHash;
 
-use super::{FastRng, Kind, VERSION, cpu_time, loopback_v4, parse_mix, random_seed, source_ips};
+use super::{
+    FastRng, Kind, V6Step, VERSION, bind_error, bind_sources, cpu_time, parse_mix, random_seed,
+    sources_for, test_addr,
+};
+
+/// Default first flooding source per family (see `FloodArgs::source_base`).
+const FLOOD_SOURCE_BASE: (Ipv4Addr, Ipv6Addr) = (
+    Ipv4Addr::new(127, 121, 0, 1),
+    Ipv6Addr::new(0xfd77, 0, 0x121, 0, 0, 0, 0, 1),
+);
+/// Default first honest probe source per family (see `FloodArgs::probe_base`).
+const PROBE_BASE: (Ipv4Addr, Ipv6Addr) = (
+    Ipv4Addr::new(127, 120, 1, 1),
+    Ipv6Addr::new(0xfd77, 0, 0x120, 0, 0, 0, 0, 1),
+);
 
 #[derive(Args, Debug)]
 pub struct FloodArgs {
-    /// The node to flood; must be in 127.0.0.0/8.
+    /// The node to flood: in 127.0.0.0/8, or IPv6 `::1` or fd77::/16 (then every source,
+    /// flooding or probing, is IPv6 too).
     #[arg(long, value_name = "ADDR")]
     target: SocketAddr,
     /// Seconds of flood.
@@ -41,9 +62,11 @@ pub struct FloodArgs {
     /// Number of flooding source addresses.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     sources: u16,
-    /// Address of the first flooding source; the others follow it.
-    #[arg(long, value_name = "IP", default_value = "127.121.0.1")]
-    source_base: Ipv4Addr,
+    /// Address of the first flooding source, of --target's family; the others follow it.
+    /// Default 127.121.0.1, or fd77:0:121::1 for an IPv6 target: IPv6 sources count up in
+    /// the 4th segment (one /64 each, as distinct hosts; each must exist on `lo`).
+    #[arg(long, value_name = "IP")]
+    source_base: Option<IpAddr>,
     /// Cap on the flood's packets per second (0 = as fast as the generator can send).
     #[arg(long, value_name = "PPS", default_value_t = 0)]
     rate: u64,
@@ -51,9 +74,10 @@ pub struct FloodArgs {
     /// (announce needs a token and is sent as get_peers).
     #[arg(long, value_name = "LIST", default_value = "ping,find_node,get_peers")]
     mix: String,
-    /// Address of the first honest probe source.
-    #[arg(long, value_name = "IP", default_value = "127.120.1.1")]
-    probe_base: Ipv4Addr,
+    /// Address of the first honest probe source, of --target's family. Default 127.120.1.1,
+    /// or fd77:0:120::1 for an IPv6 target (counting up like --source-base).
+    #[arg(long, value_name = "IP")]
+    probe_base: Option<IpAddr>,
     /// Number of honest probe addresses the pings rotate over.
     #[arg(long, value_name = "N", default_value_t = 4)]
     probe_sources: u16,
@@ -101,14 +125,13 @@ struct FloodCounters {
 /// With a `rate` (packets per second) each round of one packet per source waits for its
 /// share of time, spinning so the pacing stays exact at high rates.
 fn run_flood(
-    target: SocketAddrV4,
+    to: SocketAddr,
     sockets: &[UdpSocket],
     queries: &[Vec<Vec<u8>>],
     rate: Option<u64>,
     stop: &AtomicBool,
     counters: &FloodCounters,
 ) {
-    let to = SocketAddr::V4(target);
     let start = Instant::now();
     let round_time = rate.map(|r| Duration::from_secs_f64(sockets.len() as f64 / r as f64));
     // Connected sockets skip the route lookup per datagram and filter what they receive.
@@ -160,7 +183,7 @@ struct Probe {
 /// The honest pings' schedule, shared by the probers.
 #[derive(Clone, Copy)]
 struct ProbePlan {
-    target: SocketAddrV4,
+    target: SocketAddr,
     /// Number of probers (addresses).
     probers: u32,
     start: Instant,
@@ -232,7 +255,7 @@ fn run_probe(k: u32, sock: &UdpSocket, plan: ProbePlan) -> Vec<Probe> {
             continue;
         };
         let received = Instant::now();
-        if from != SocketAddr::V4(target) {
+        if from != target {
             continue;
         }
         let Ok(msg) = krpc::decode(&buf[..len]) else {
@@ -256,7 +279,7 @@ fn run_probe(k: u32, sock: &UdpSocket, plan: ProbePlan) -> Vec<Probe> {
                     &mut out,
                     msg.tid.as_slice(),
                     &ResponseBody::id_only(&id),
-                    Some(target.into()),
+                    Some(target),
                     Some(VERSION),
                 );
                 let _ = sock.send_to(&out, target);
@@ -286,10 +309,24 @@ fn ms(us: Option<f64>) -> String {
 }
 
 pub fn flood(args: FloodArgs) -> Result<ExitCode, String> {
-    let target = loopback_v4(args.target, "--target")?;
-    let ips = source_ips(args.source_base, args.sources)?;
-    let probe_ips = source_ips(args.probe_base, args.probe_sources)?;
-    if probe_ips.iter().any(|p| ips.contains(p)) || probe_ips.contains(target.ip()) {
+    let target = test_addr(args.target, "--target")?;
+    let ips = sources_for(
+        target,
+        args.source_base,
+        FLOOD_SOURCE_BASE,
+        args.sources,
+        "--source-base",
+        V6Step::Subnet,
+    )?;
+    let probe_ips = sources_for(
+        target,
+        args.probe_base,
+        PROBE_BASE,
+        args.probe_sources,
+        "--probe-base",
+        V6Step::Subnet,
+    )?;
+    if probe_ips.iter().any(|p| ips.contains(p)) || probe_ips.contains(&target.ip()) {
         return Err("the probe addresses overlap the flood sources or the target".into());
     }
     let mix = parse_mix(&args.mix)?;
@@ -335,21 +372,13 @@ pub fn flood(args: FloodArgs) -> Result<ExitCode, String> {
                 .collect()
         })
         .collect();
-    let sockets: Vec<UdpSocket> = ips
-        .iter()
-        .map(|ip| {
-            let s = UdpSocket::bind(SocketAddrV4::new(*ip, 0))
-                .map_err(|e| format!("cannot bind a source socket on {ip}: {e}"))?;
-            s.set_nonblocking(true)
-                .map_err(|e| format!("cannot configure the socket on {ip}: {e}"))?;
-            Ok(s)
-        })
-        .collect::<Result<_, String>>()?;
+    let sockets = bind_sources(&ips)?;
+    // The probers block (with a read timeout) rather than poll.
     let probe_sockets: Vec<UdpSocket> = probe_ips
         .iter()
-        .map(|ip| {
-            UdpSocket::bind(SocketAddrV4::new(*ip, 0))
-                .map_err(|e| format!("cannot bind a probe socket on {ip}: {e}"))
+        .map(|&ip| {
+            UdpSocket::bind(SocketAddr::new(ip, 0))
+                .map_err(|e| bind_error("a probe socket", ip, &e))
         })
         .collect::<Result<_, String>>()?;
 
@@ -566,18 +595,9 @@ mod tests {
             ..Config::default()
         };
         let dht = Dht::spawn(cfg).unwrap();
-        let SocketAddr::V4(target) = dht.local_addr() else {
-            unreachable!()
-        };
-        let ips = source_ips("127.120.6.1".parse().unwrap(), 20).unwrap();
-        let sockets: Vec<UdpSocket> = ips
-            .iter()
-            .map(|ip| {
-                let s = UdpSocket::bind(SocketAddrV4::new(*ip, 0)).unwrap();
-                s.set_nonblocking(true).unwrap();
-                s
-            })
-            .collect();
+        let target = dht.local_addr();
+        let ips = crate::source_ips("127.120.6.1".parse().unwrap(), 20).unwrap();
+        let sockets = bind_sources(&ips).unwrap();
         let queries: Vec<Vec<Vec<u8>>> = (0..sockets.len())
             .map(|i| {
                 let mut q = Vec::new();
