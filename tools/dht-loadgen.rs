@@ -123,9 +123,9 @@ struct LoadArgs {
     mix: String,
     /// Address of the first source; the others follow it (all must stay in 127.0.0.0/8, or
     /// for an IPv6 target in fd77::/16, counting up in the last 16 bits). Same family as
-    /// --target.
-    #[arg(long, value_name = "IP", default_value = "127.91.0.1")]
-    source_base: IpAddr,
+    /// --target [default: 127.91.0.1, or fd77::91:1 for an IPv6 target].
+    #[arg(long, value_name = "IP")]
+    source_base: Option<IpAddr>,
     /// Size of the pool of infohashes that get_peers and announce draw from.
     #[arg(long, value_name = "N", default_value_t = 256)]
     infohashes: u32,
@@ -1048,13 +1048,14 @@ fn us(v: Option<u32>) -> String {
 
 fn load(args: LoadArgs) -> Result<ExitCode, String> {
     let target = test_addr(args.target, "--target")?;
-    if target.is_ipv4() != args.source_base.is_ipv4() {
-        return Err(format!(
-            "--source-base {} and --target {target} are of different address families",
-            args.source_base
-        ));
-    }
-    let ips = source_ips_any(args.source_base, args.sources, V6Step::Host)?;
+    let ips = sources_for(
+        target,
+        args.source_base,
+        LOAD_SOURCE_BASE,
+        args.sources,
+        "--source-base",
+        V6Step::Host,
+    )?;
     let mix = parse_mix(&args.mix)?;
     if args.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
@@ -1211,6 +1212,13 @@ fn load(args: LoadArgs) -> Result<ExitCode, String> {
 }
 
 // ------------------------------------------------------------------ fill
+
+/// Default first load source per family (see `LoadArgs::source_base`): the addresses
+/// tools/bench-serve.sh puts on `lo`.
+const LOAD_SOURCE_BASE: (Ipv4Addr, Ipv6Addr) = (
+    Ipv4Addr::new(127, 91, 0, 1),
+    Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0x91, 1),
+);
 
 /// Default first fill source per family (see `FillArgs::source_base`).
 const FILL_SOURCE_BASE: (Ipv4Addr, Ipv6Addr) = (
