@@ -757,8 +757,8 @@ pub async fn run(
 /// How long after its `reseeds`-th feed the routing table is fed to the walk again: every
 /// 500 ms while the walk knows no node (right after start, or after losing them all, the
 /// table is still filling, and the walk should start the moment it has anyone), for at most
-/// a minute, then every `interval`. The simulated crawler (`super::sim`) paces its reseeds
-/// with the same rule.
+/// a minute, then every `interval`. The dual-stack simulated crawler (`super::sim`) paces
+/// its reseeds with the same rule.
 pub(crate) fn reseed_pause(nodes_known: usize, reseeds: u32, interval: Duration) -> Duration {
     if nodes_known == 0 && reseeds < 120 {
         Duration::from_millis(500)

@@ -3,7 +3,8 @@
 //! [`Walker`] reads no clock and opens no socket: the caller passes `now`, asks
 //! [`Walker::poll_query`] for the next query to send, and reports each answer with
 //! [`Walker::on_reply`] or [`Walker::on_error`]. The tokio crawler ([`super::run()`]) and the
-//! virtual-time harness (`super::sim`, feature `testing`) drive the same code, so the
+//! virtual-time harness (`super::sim`, feature `testing`: a [`Walker`] on the IPv4
+//! simulator, a [`DualWalker`] on the dual-stack one) drive the same code, so the
 //! politeness rules below are tested on a virtual clock and measured at scale.
 //!
 //! Politeness, the point of this module:
