@@ -14,7 +14,8 @@
 //! - [`enrich`]: the bounded metadata worker pool;
 //! - [`web`]: `dht-crawl serve`, the read-only search and status page and JSON API;
 //! - [`run`](mod@run): the tokio crawler tying them to a [`crate::dht::driver::DhtHandle`];
-//! - `sim` (feature `testing`): the same walk on the virtual-time simulator.
+//! - `sim` (feature `testing`): the same walk on the virtual-time simulators, the IPv4
+//!   one and the dual-stack one (both families' walks, as [`run()`] drives them).
 
 #![deny(missing_docs)]
 

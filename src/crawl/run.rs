@@ -32,7 +32,6 @@ use super::walk::{DualWalker, WalkConfig, WalkError, WalkStats};
 use crate::dht::driver::{DhtError, DhtHandle, IncomingQuery};
 use crate::dht::id::{Family, InfoHash};
 use crate::dht::krpc::Response;
-use crate::dht::node::PingError;
 
 /// One address family's numbers in a status: the IPv4 and the IPv6 DHT are separate
 /// keyspaces with separate nodes, so how far each walk got, and what each yields, is
@@ -365,13 +364,7 @@ impl Crawl {
             Err(DhtError::Stopped) => return false,
             Err(DhtError::Ping(e)) => {
                 self.status.query_failures += 1;
-                let e = match e {
-                    PingError::Timeout | PingError::WrongId => WalkError::Timeout,
-                    PingError::Remote(code, _) => WalkError::Remote(code),
-                    PingError::Busy => WalkError::Busy,
-                    PingError::NotAllowed => WalkError::Refused,
-                };
-                self.walker.on_error(now, addr, e);
+                self.walker.on_error(now, addr, WalkError::from(e));
             }
         }
         true
@@ -723,11 +716,7 @@ pub async fn run(
                     c.walker.add_contacts6(Instant::now(), contacts);
                 }
                 reseeds += 1;
-                let pause = if c.walker.stats().nodes_known == 0 && reseeds < 120 {
-                    Duration::from_millis(500)
-                } else {
-                    cfg.reseed_interval
-                };
+                let pause = reseed_pause(c.walker.stats().nodes_known, reseeds, cfg.reseed_interval);
                 next_reseed = tokio::time::Instant::now() + pause;
             }
             () = tokio::time::sleep_until(wake) => {}
@@ -763,6 +752,19 @@ pub async fn run(
         walk4: c.walker.stats_of(Family::V4),
         walk6: c.walker.has_ipv6().then(|| c.walker.stats_of(Family::V6)),
     })
+}
+
+/// How long after its `reseeds`-th feed the routing table is fed to the walk again: every
+/// 500 ms while the walk knows no node (right after start, or after losing them all, the
+/// table is still filling, and the walk should start the moment it has anyone), for at most
+/// a minute, then every `interval`. The dual-stack simulated crawler (`super::sim`) paces
+/// its reseeds with the same rule.
+pub(crate) fn reseed_pause(nodes_known: usize, reseeds: u32, interval: Duration) -> Duration {
+    if nodes_known == 0 && reseeds < 120 {
+        Duration::from_millis(500)
+    } else {
+        interval
+    }
 }
 
 fn unix_now() -> u64 {

@@ -3,7 +3,8 @@
 //! [`Walker`] reads no clock and opens no socket: the caller passes `now`, asks
 //! [`Walker::poll_query`] for the next query to send, and reports each answer with
 //! [`Walker::on_reply`] or [`Walker::on_error`]. The tokio crawler ([`super::run()`]) and the
-//! virtual-time harness (`super::sim`, feature `testing`) drive the same code, so the
+//! virtual-time harness (`super::sim`, feature `testing`: a [`Walker`] on the IPv4
+//! simulator, a [`DualWalker`] on the dual-stack one) drive the same code, so the
 //! politeness rules below are tested on a virtual clock and measured at scale.
 //!
 //! Politeness, the point of this module:
@@ -46,7 +47,7 @@ use rand::{RngExt, SeedableRng};
 use crate::dht::allow::AllowList;
 use crate::dht::id::{Contact, Family, ID_LEN, InfoHash, NodeAddr, NodeId, compact_nodes};
 use crate::dht::krpc::{ERR_METHOD_UNKNOWN, ERR_PROTOCOL, Response};
-use crate::dht::node::DirectQuery;
+use crate::dht::node::{DirectQuery, PingError};
 
 /// Walk settings.
 #[derive(Debug, Clone)]
@@ -55,7 +56,9 @@ pub struct WalkConfig {
     pub rate: f64,
     /// Token bucket depth: how many queries may go out back to back after an idle spell.
     pub burst: f64,
-    /// Queries awaiting an answer at most.
+    /// Queries awaiting an answer at most (both families together in a [`DualWalker`]: it
+    /// bounds the crawler's pending requests and its node's transactions, which a second
+    /// family does not make larger).
     pub max_in_flight: usize,
     /// Floor on a node's advertised interval (a node asking for 0 s is not hammered).
     pub min_interval: Duration,
@@ -129,6 +132,20 @@ pub enum WalkError {
     Busy,
     /// The allow-list refuses the address.
     Refused,
+}
+
+/// How the walk reads a failed query of our node (the tokio crawler and the simulated one
+/// both map their node's errors through here).
+impl From<PingError> for WalkError {
+    fn from(e: PingError) -> Self {
+        match e {
+            // An answer from another node id is no answer from the node we meant.
+            PingError::Timeout | PingError::WrongId => WalkError::Timeout,
+            PingError::Remote(code, _) => WalkError::Remote(code),
+            PingError::Busy => WalkError::Busy,
+            PingError::NotAllowed => WalkError::Refused,
+        }
+    }
 }
 
 /// Counters and gauges of the walk.
@@ -934,6 +951,9 @@ impl DualWalker {
     /// The next query to send now, from either family, taking turns; see
     /// [`Walker::poll_query`].
     pub fn poll_query(&mut self, now: Instant) -> Option<WalkQuery<SocketAddr>> {
+        if self.at_in_flight_cap() {
+            return None;
+        }
         let order = if self.v6_next && self.ipv6 {
             [Family::V6, Family::V4]
         } else {
@@ -968,6 +988,10 @@ impl DualWalker {
 
     /// When [`DualWalker::poll_query`] may next return a query (the earlier family).
     pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        if self.at_in_flight_cap() {
+            // Only an answer or a failure frees a slot: nothing to wake for until then.
+            return None;
+        }
         let t4 = self.v4.poll_timeout_with(now, &mut self.bucket);
         let t6 = if self.ipv6 {
             self.v6.poll_timeout_with(now, &mut self.bucket)
@@ -978,6 +1002,12 @@ impl DualWalker {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether both walks' queries in flight together fill [`WalkConfig::max_in_flight`]
+    /// (each walk alone would allow that many).
+    fn at_in_flight_cap(&self) -> bool {
+        self.v4.in_flight + self.v6.in_flight >= self.v4.cfg.max_in_flight
     }
 
     /// Whether neither walk has anything queued, scheduled or in flight.
@@ -1454,6 +1484,44 @@ mod tests {
         assert!(!w.has_budget(t));
         assert_eq!(w.poll_query(t), None);
         assert!(w.poll_timeout(t).is_some_and(|at| at > t));
+    }
+
+    /// `max_in_flight` bounds both families together, as it bounds one walk: a dual-stack
+    /// crawler does not have twice the queries pending of an IPv4-only one.
+    #[test]
+    fn dual_walker_caps_queries_in_flight_across_both_families() {
+        let t0 = Instant::now();
+        let mut w = DualWalker::new(
+            WalkConfig {
+                max_in_flight: 4,
+                ..cfg()
+            },
+            t0,
+            true,
+        );
+        w.add_nodes(t0, (1..=20).map(|i| SocketAddr::V4(a(i))));
+        w.add_nodes(t0, (1..=20).map(|i| SocketAddr::V6(a6(i))));
+        let mut sent = Vec::new();
+        while let Some(q) = w.poll_query(t0) {
+            sent.push(q.addr);
+        }
+        assert_eq!(sent.len(), 4, "{sent:?}");
+        assert_eq!(sent.iter().filter(|a| a.is_ipv6()).count(), 2, "turns");
+        assert_eq!(w.stats().in_flight, 4);
+        assert_eq!(w.poll_timeout(t0), None, "only an answer frees a slot");
+        // One IPv6 answer frees one slot, for whichever family's turn it is.
+        let mut out = Vec::new();
+        w.on_reply(
+            t0,
+            sent[1],
+            &sample_reply(&[], 0, 60, &[]),
+            |_| true,
+            &mut out,
+        );
+        assert!(w.poll_timeout(t0).is_some());
+        assert!(w.poll_query(t0).is_some());
+        assert_eq!(w.poll_query(t0), None);
+        assert_eq!(w.stats().in_flight, 4);
     }
 
     #[test]

@@ -1192,45 +1192,21 @@ impl Driver {
     fn command(&mut self, c: Command) {
         let now = Instant::now();
         match c {
-            Command::Ping(addr, tx) => match split(addr) {
-                Split::V4(a) => match self.dual.v4_mut() {
-                    Some(n) => {
-                        let req = n.ping(now, a);
-                        self.pings.insert((Family::V4, req), tx);
-                    }
-                    None => {
-                        let _ = tx.send(Err(PingError::NotAllowed));
-                    }
-                },
-                Split::V6(a) => match self.dual.v6_mut() {
-                    Some(n) => {
-                        let req = n.ping(now, a);
-                        self.pings.insert((Family::V6, req), tx);
-                    }
-                    None => {
-                        let _ = tx.send(Err(PingError::NotAllowed));
-                    }
-                },
+            Command::Ping(addr, tx) => match self.dual.query(now, addr, DirectQuery::Ping) {
+                Some(req) => {
+                    self.pings.insert(req, tx);
+                }
+                None => {
+                    let _ = tx.send(Err(PingError::NotAllowed));
+                }
             },
-            Command::Query(addr, q, tx) => match split(addr) {
-                Split::V4(a) => match self.dual.v4_mut() {
-                    Some(n) => {
-                        let req = n.query(now, a, q);
-                        self.replies.insert((Family::V4, req), tx);
-                    }
-                    None => {
-                        let _ = tx.send(Err(PingError::NotAllowed));
-                    }
-                },
-                Split::V6(a) => match self.dual.v6_mut() {
-                    Some(n) => {
-                        let req = n.query(now, a, q);
-                        self.replies.insert((Family::V6, req), tx);
-                    }
-                    None => {
-                        let _ = tx.send(Err(PingError::NotAllowed));
-                    }
-                },
+            Command::Query(addr, q, tx) => match self.dual.query(now, addr, q) {
+                Some(req) => {
+                    self.replies.insert(req, tx);
+                }
+                None => {
+                    let _ = tx.send(Err(PingError::NotAllowed));
+                }
             },
             Command::Lookup(req, tx) => {
                 // get_peers and announce run on both families; the rest on the primary.

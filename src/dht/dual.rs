@@ -20,7 +20,7 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 
 use crate::dht::id::{Family, InfoHash, NodeAddr};
-use crate::dht::node::{Event, LookupId, Node, OtherFamily};
+use crate::dht::node::{DirectQuery, Event, LookupId, Node, OtherFamily, RequestId};
 use crate::dht::outbox::Transmit;
 
 /// One lookup started on every family present.
@@ -288,6 +288,28 @@ impl DualNode {
             }
         }
         self.update_want();
+    }
+
+    /// Sends one query (see [`Node::query`]) from the node of `to`'s family (an
+    /// IPv4-mapped address is IPv4), so its answer comes back over the family it went out
+    /// on and, over IPv6, carries `nodes6`. The answer arrives as that node's
+    /// [`Event::Reply`] (or [`Event::Pong`]), so it is known by the family together with the
+    /// [`RequestId`] returned here: each node numbers its own requests. `None` when this
+    /// host has no node of that family (nothing was sent). The tokio driver and the
+    /// simulated crawler both route their queries through here.
+    pub fn query(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        q: DirectQuery,
+    ) -> Option<(Family, RequestId)> {
+        self.now = now;
+        match (SocketAddrV4::from_socket(to), to) {
+            (Some(a), _) | (None, SocketAddr::V4(a)) => {
+                self.v4.as_mut().map(|n| (Family::V4, n.query(now, a, q)))
+            }
+            (None, SocketAddr::V6(a)) => self.v6.as_mut().map(|n| (Family::V6, n.query(now, a, q))),
+        }
     }
 
     /// `get_peers` on every family present.

@@ -642,6 +642,17 @@ impl<A: NodeAddr> Node<A> {
         &self.store
     }
 
+    /// Stores `peer` for `info_hash` as if `peer` had announced itself to us (test
+    /// networks only). An announce lookup stores an infohash at the K nodes closest to it
+    /// in the announcer's family, wherever those are; a test that needs an infohash held by
+    /// exactly this node (say, only by IPv6-only nodes, for a crawler to find over IPv6
+    /// alone) places it here instead. Returns whether it is stored.
+    #[cfg(feature = "testing")]
+    pub fn hold(&mut self, now: Instant, info_hash: InfoHash, peer: A) -> bool {
+        self.store
+            .announce(info_hash, peer, false, now, &mut self.rng)
+    }
+
     /// The state that must always drain, checked by the simulator's property tests: queries
     /// still pending past their hard timeout, lookups running past [`LOOKUP_DEADLINE`], and
     /// verifications without a query in flight. All three are zero in a correct node at

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::dht::allow::AllowList;
 use crate::dht::dual::{DualEvent, DualLookup, DualNode};
-use crate::dht::id::Family;
+use crate::dht::id::{Family, InfoHash};
 use crate::dht::node::{Config, Event, Node};
 
 /// How a lookup ended, per family half.
@@ -148,7 +148,13 @@ impl DualNet {
 
     /// Runs the network for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
-        let until = self.now + d;
+        self.run_until(self.now + d);
+    }
+
+    /// Runs the network until `until` (virtual; a time already past does nothing), for a
+    /// caller that keeps its own schedule, such as the simulated crawler
+    /// (`crate::crawl::sim`), which wakes at its walk's next deadline.
+    pub fn run_until(&mut self, until: Instant) {
         loop {
             let next_wire = self.wire.keys().next().map(|k| k.0);
             let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
@@ -158,7 +164,7 @@ impl DualNet {
                 .min()
                 .filter(|t| *t <= until)
             else {
-                self.now = until;
+                self.now = self.now.max(until);
                 return;
             };
             self.now = self.now.max(next);
@@ -223,5 +229,37 @@ impl DualNet {
     /// Drops the events gathered so far (a long run between lookups gathers many).
     pub fn clear_events(&mut self) {
         self.events.clear();
+    }
+
+    /// Takes the events gathered so far, tagged with the node index, for a caller that
+    /// drives its own node (the simulated crawler reads the answers to its queries here).
+    /// The buffer keeps its capacity, so a caller that looks every few milliseconds does
+    /// not reallocate it each time.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, (usize, DualEvent)> {
+        self.events.drain(..)
+    }
+
+    /// Makes node `i`'s `family` node store `info_hash` (with the node's own address of that
+    /// family as the peer), so its BEP 51 samples return it. Placing an infohash at chosen
+    /// nodes, rather than announcing it (which stores it at the K closest nodes of the
+    /// announcer's family), lets a test say exactly which DHT holds it: e.g. only IPv6-only
+    /// nodes, which a crawler reaches over IPv6 alone. Returns false if node `i` has no
+    /// `family` node (or its store refused).
+    pub fn hold(&mut self, i: usize, family: Family, info_hash: InfoHash) -> bool {
+        let now = self.now;
+        let Some(&(v4, v6)) = self.addrs.get(i) else {
+            return false;
+        };
+        let node = &mut self.nodes[i];
+        match family {
+            Family::V4 => match (node.v4_mut(), v4) {
+                (Some(n), Some(a)) => n.hold(now, info_hash, a),
+                _ => false,
+            },
+            Family::V6 => match (node.v6_mut(), v6) {
+                (Some(n), Some(a)) => n.hold(now, info_hash, a),
+                _ => false,
+            },
+        }
     }
 }
