@@ -10,6 +10,8 @@
 //! - an IPv4-only crawler on the same net finds the IPv4 set and nothing held only in the
 //!   IPv6 DHT, though it talks to the very dual nodes that hold some of it (over IPv4, whose
 //!   peer store is separate);
+//! - an IPv6-only crawler, given the router's IPv6 address, finds the two IPv6 sets and
+//!   nothing of the IPv4 one; an IPv4 contact handed to it is refused once and dropped;
 //! - every query ends: the crawler's request map never outgrows the walk's in-flight cap,
 //!   and once the network has run past the timeouts no request, walk slot or node
 //!   transaction is left.
@@ -47,6 +49,7 @@ fn v6(g: u16, i: u16) -> SocketAddrV6 {
 struct Net {
     net: DualNet,
     r4: SocketAddr,
+    r6: SocketAddr,
     /// Held only by IPv4-only nodes.
     in_v4_only: Vec<InfoHash>,
     /// Held only by IPv6-only nodes.
@@ -110,6 +113,7 @@ fn build() -> Net {
     Net {
         net,
         r4,
+        r6,
         in_v4_only,
         in_v6_only,
         in_dual_v6,
@@ -170,10 +174,11 @@ fn all_ended(c: &SimDualCrawler, net: &DualNet, most: usize, who: &str) {
 }
 
 #[test]
-fn a_dual_stack_crawler_finds_what_only_the_ipv6_dht_holds_and_an_ipv4_one_does_not() {
+fn a_dual_stack_crawler_finds_what_only_the_ipv6_dht_holds_and_single_stack_ones_find_their_own() {
     let Net {
         mut net,
         r4,
+        r6,
         in_v4_only,
         in_v6_only,
         in_dual_v6,
@@ -247,4 +252,41 @@ fn a_dual_stack_crawler_finds_what_only_the_ipv6_dht_holds_and_an_ipv4_one_does_
 
     let seen: HashSet<InfoHash> = c.known.intersection(&c4.known).copied().collect();
     assert_eq!(seen.len(), in_v4_only.len());
+
+    // IPv6 only, joining through the router's IPv6 address: the mirror image. Its IPv4
+    // walk has no node to send from: an IPv4 contact is refused at once (as the driver
+    // refuses it), its query still ends, and it is not tried again.
+    let mut c6 = SimCrawler::join_dual(&mut net, walk(), None, Some(v6(5, 3)), &[r6]);
+    assert!(c6.walker.has_ipv6());
+    // No reply carries IPv4 contacts to an IPv6-only node (it asks for `n6` alone), so
+    // hand its walk one, as a `--bootstrap` IPv4 address would.
+    let t = net.now();
+    c6.walker.add_nodes(t, [SocketAddr::V4(v4(1, 1))]);
+    let most = crawl(&mut c6, &mut net, Duration::from_secs(120));
+    let (s4, s6) = (
+        c6.walker.stats_of(Family::V4),
+        c6.walker.stats_of(Family::V6),
+    );
+    println!(
+        "IPv6-only crawler: found {} of {total}; IPv4 walk {s4:?}; IPv6 walk {s6:?}",
+        c6.known.len()
+    );
+    assert_eq!(found(&c6, &in_v4_only), 0, "IPv4-only nodes' set");
+    assert_eq!(
+        found(&c6, &in_v6_only),
+        in_v6_only.len(),
+        "IPv6-only nodes' set"
+    );
+    assert_eq!(
+        found(&c6, &in_dual_v6),
+        in_dual_v6.len(),
+        "dual nodes' IPv6 set"
+    );
+    assert!(s6.visited > per_dht6 - 2, "IPv6 visited {}", s6.visited);
+    assert_eq!(
+        (s4.queries, s4.visited, s4.samples, s4.in_flight),
+        (1, 0, 0, 0),
+        "the IPv4 contact: refused once (no IPv4 node), never retried in two minutes"
+    );
+    all_ended(&c6, &net, most, "IPv6-only crawler");
 }
