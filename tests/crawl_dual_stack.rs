@@ -343,23 +343,6 @@ async fn a_dual_stack_crawl_finds_what_only_the_ipv6_dht_holds() {
     net.shutdown().await;
 }
 
-/// One HTTP/1.1 GET on loopback: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(GENEROUS)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
-}
-
 /// The binary: `--bind` for both families makes `dht-crawl` dual-stack; its status line
 /// gains an IPv6 part, `/api/stats`, the status page and `/metrics` (`--http`) count each
 /// family, and the IPv6-only torrents reach `--out`.
@@ -442,10 +425,14 @@ async fn the_binary_bound_to_both_families_crawls_the_ipv6_dht() {
     // The web side, read while the crawl runs: the numbers are at least what the status
     // line showed.
     let (stats, page, metrics) = tokio::task::spawn_blocking(move || {
-        let (code, stats) = http_get(&http, "/api/stats");
+        let (code, stats) = common::http_get(&http, "/api/stats");
         assert_eq!(code, 200, "{stats}");
         let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-        (stats, http_get(&http, "/").1, http_get(&http, "/metrics").1)
+        (
+            stats,
+            common::http_get(&http, "/").1,
+            common::http_get(&http, "/metrics").1,
+        )
     })
     .await
     .unwrap();

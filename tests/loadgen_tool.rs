@@ -13,8 +13,7 @@
 //! so run in a network namespace
 //! (`unshare -rn sh -c 'ip link set lo up && cargo test --features testing --test loadgen_tool'`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -130,24 +129,6 @@ fn fill_in_waves_is_acknowledged_and_verified() {
     );
 }
 
-/// Scrapes `http://addr/metrics`.
-fn scrape(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// The value of the sample `name{labels}` in a Prometheus exposition.
-fn metric(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-}
-
 /// The same fill against an IPv6-only node: IPv6 target and sources, the announces are
 /// acknowledged, `--verify` counts the `values6` peers that come back, and the node's own
 /// metrics show exactly the peers the fill stored, in its IPv6 store.
@@ -218,7 +199,7 @@ fn fill_over_ipv6_fills_an_ipv6_node() {
             "6",
         ],
     );
-    let exposition = scrape(metrics);
+    let exposition = common::http_get(metrics, "/metrics").1;
     drop(node);
     assert!(fill.status.success(), "{text}");
     assert!(
@@ -236,7 +217,7 @@ fn fill_over_ipv6_fills_an_ipv6_node() {
     // of them also on a second port), all in the IPv6 store; an IPv6-only node has no IPv4
     // family at all. Announces can exceed the peers only by retried ones.
     let v6 = |name: &str| {
-        metric(
+        common::metric(
             &exposition,
             &format!("trackerless_{name}{{family=\"ipv6\"}}"),
         )
@@ -294,7 +275,7 @@ fn flood_over_ipv6_bans_each_source_and_answers_the_prober() {
             "500",
         ],
     );
-    let exposition = scrape(metrics);
+    let exposition = common::http_get(metrics, "/metrics").1;
     drop(node);
     assert!(flood.status.success(), "{text}");
     assert!(
@@ -307,7 +288,7 @@ fn flood_over_ipv6_bans_each_source_and_answers_the_prober() {
         .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no honest-ping summary:\n{text}"));
     assert!(answered > 0, "{text}");
-    let v6 = |sample: &str| metric(&exposition, &format!("trackerless_{sample}"));
+    let v6 = |sample: &str| common::metric(&exposition, &format!("trackerless_{sample}"));
     assert_eq!(
         v6("banned_ips{family=\"ipv6\"}"),
         Some(20.0),

@@ -201,19 +201,23 @@ async fn router_serves_both_families_and_bootstraps_an_ipv6_node() {
     }
 }
 
-/// `dht-node --router` with `--bind` for both families names its IPv6 socket in the
-/// listening line and answers a query over it with `nodes6`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_router_binary_binds_and_answers_ipv6() {
-    let a6 = v6(0x30);
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `dht-node --router` with `extra` flags, bound to `bind4` and `[a6]:0`, its
+/// bootstrap a silent local address, and returns it with its "router listening on" line.
+async fn spawn_router(
+    extra: &[&str],
+    bind4: &str,
+    a6: &str,
+    data_dir: &std::path::Path,
+) -> (tokio::process::Child, String) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dht-node"))
-        .args(["--router", "--bind", "127.140.3.1:0", "--bind"])
+        .arg("--router")
+        .args(extra)
+        .args(["--bind", bind4, "--bind"])
         .arg(format!("[{a6}]:0"))
         .args(["--bootstrap", "127.140.3.2:9"])
         .args(["--allow-net", "127.0.0.0/8", "--allow-net", "fd77::/16"])
         .args(["--stats-interval", "0", "--data-dir"])
-        .arg(dir.path())
+        .arg(data_dir)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -234,6 +238,16 @@ async fn the_router_binary_binds_and_answers_ipv6() {
     .ok()
     .flatten()
     .expect("a listening line");
+    (child, line)
+}
+
+/// `dht-node --router` with `--bind` for both families names its IPv6 socket in the
+/// listening line and answers a query over it with `nodes6`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_binary_binds_and_answers_ipv6() {
+    let a6 = v6(0x30);
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, line) = spawn_router(&[], "127.140.3.1:0", &a6, dir.path()).await;
     let r6: SocketAddr = line
         .split(" and ")
         .nth(1)
@@ -277,35 +291,8 @@ async fn router_capacity6_sizes_the_ipv6_ring() {
         ),
         (&[][..], "(8 contacts, 4 of them IPv6,"),
     ] {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dht-node"))
-            .args(["--router", "--router-capacity", "4"])
-            .args(extra)
-            .args(["--bind", "127.140.3.5:0", "--bind"])
-            .arg(format!("[{a6}]:0"))
-            .args(["--bootstrap", "127.140.3.2:9"])
-            .args(["--allow-net", "127.0.0.0/8", "--allow-net", "fd77::/16"])
-            .args(["--stats-interval", "0", "--data-dir"])
-            .arg(dir.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("dht-node starts");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let line = tokio::time::timeout(GENEROUS, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("router listening on") {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .expect("a listening line");
+        let flags = [&["--router-capacity", "4"][..], extra].concat();
+        let (mut child, line) = spawn_router(&flags, "127.140.3.5:0", &a6, dir.path()).await;
         assert!(line.contains(want), "{extra:?}: {line}");
         // SIGKILL: the store on disk stays the 6 + 6 we wrote for the next run.
         child.kill().await.unwrap();

@@ -253,7 +253,7 @@ pub struct Walker<A: NodeAddr = SocketAddrV4> {
     rng: StdRng,
     bucket: TokenBucket,
     nodes: HashMap<A, NodeState>,
-    /// Contacts tracked per site ([`Walker::site`]).
+    /// Contacts tracked per site ([`Walker::site_of`]).
     per_site: HashMap<u64, u8>,
     frontier: VecDeque<A>,
     fallback: VecDeque<A>,
@@ -312,10 +312,6 @@ impl<A: NodeAddr> Walker<A> {
     /// The site `addr` counts against, and that site's cap: an IPv4 address (its ports are
     /// one host), or an IPv6 /64 (one site's allocation: every address in it reaches the
     /// same network).
-    fn site(&self, addr: &A) -> (u64, u8) {
-        Self::site_of(addr, &self.cfg)
-    }
-
     fn site_of(addr: &A, cfg: &WalkConfig) -> (u64, u8) {
         match addr.ip_addr() {
             IpAddr::V4(ip) => (u64::from(u32::from(ip)), cfg.max_ports_per_ip),
@@ -420,7 +416,7 @@ impl<A: NodeAddr> Walker<A> {
                 return;
             }
         }
-        let (site, cap) = self.site(&addr);
+        let (site, cap) = Self::site_of(&addr, &self.cfg);
         let ports = self.per_site.entry(site).or_insert(0);
         if *ports >= cap {
             self.stats.dropped_contacts += 1;

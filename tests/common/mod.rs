@@ -7,6 +7,31 @@ use std::process::Command;
 pub mod item_cli;
 pub mod lt;
 
+/// One HTTP/1.1 GET on loopback (a `--metrics` or `--http` endpoint): (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// The value of the sample `name{labels}` in a Prometheus exposition.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Adds `addr`/128 to `lo` unless it is there already. Only possible as root of a network
 /// namespace (`unshare -rn`, as `tools/test.sh` runs the tests); anywhere else the test
 /// stops here with that explanation rather than touch a real interface.
